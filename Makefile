@@ -1,0 +1,46 @@
+# Two commands: `make repro` (set up + run the default study) and `make test` (set up + run the tests).
+# The virtual environment lives outside the clone, keyed by a hash of the pinned requirements, so a
+# fresh clone (and CI) reuses it instead of reinstalling about 6 GB of wheels.
+
+PYTHON ?= python3
+VENV_ROOT ?= $(HOME)/.cache/biasloop
+REQ_HASH := $(shell cat requirements.lock | sha256sum | cut -c1-16)
+VENV := $(VENV_ROOT)/venv-$(REQ_HASH)
+BIN := $(VENV)/bin
+RUN := PATH="$(BIN):$$PATH" MLFLOW_DISABLE_TELEMETRY=true HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+
+.PHONY: env data repro test bench clean-env help
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+$(VENV)/.ready: requirements.lock
+	@echo "creating $(VENV) (first time only: about 5 minutes)"
+	rm -rf $(VENV).partial
+	$(PYTHON) -m venv $(VENV).partial
+	$(VENV).partial/bin/pip install -q --upgrade pip
+	$(VENV).partial/bin/pip install -q -r requirements.lock
+	rm -rf $(VENV) && mv $(VENV).partial $(VENV)
+	@# venvs are not relocatable: repoint the scripts at the final path
+	sed -i "s#$(VENV).partial#$(VENV)#g" $(VENV)/bin/* 2>/dev/null || true
+	touch $@
+
+env: $(VENV)/.ready  ## create or reuse the environment and install this checkout into it
+	@$(BIN)/pip install -q --no-deps --no-build-isolation -e . >/dev/null
+	@echo "environment: $(VENV)"
+
+data: env  ## materialise data/ (same bytes on every machine, so data.dvc matches)
+	@$(RUN) biasloop data --out data
+	@$(RUN) dvc commit -f -q data.dvc
+
+repro: data  ## set up and run the default pipeline (dvc repro on the glyph world)
+	$(RUN) dvc repro
+
+test: data  ## set up and run the tests
+	$(RUN) python -m pytest -q; status=$$?; if [ $$status -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$status
+
+bench: env  ## run the benchmarks; results in benchmarks/results/
+	$(RUN) python benchmarks/retrieval.py && $(RUN) python benchmarks/embedding.py && $(RUN) python benchmarks/generation.py
+
+clean-env:  ## remove this requirements hash's environment
+	rm -rf $(VENV)

@@ -1,0 +1,187 @@
+"""Typed, frozen stage configs read from ``params.yaml``.
+
+Every stage declares the params sections it reads in ``dvc.yaml`` and loads exactly those sections
+into frozen dataclasses here, so that an unknown key or a wrong type fails before any work is done,
+with an error that names the key (``world.markedness.counter``), what was expected and what was found.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A params value that is missing, unknown or of the wrong type; the message names the key."""
+
+
+def read_params(path: str | Path = "params.yaml") -> dict[str, Any]:
+    """Read a params file into a dict.
+
+    Args:
+        path: the YAML file (``params.yaml`` at the repository root by default).
+
+    Returns:
+        The top-level mapping.
+
+    Raises:
+        ConfigError: when the file is missing, not YAML, or not a mapping.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: params file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, found {type(data).__name__}")
+    return data
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _convert(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp`` and convert containers; raise naming ``key``."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for option in args:
+            try:
+                return _convert(value, option, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        expected = " or ".join(_type_name(a) for a in args)
+        raise ConfigError(f"{key}: expected {expected}, found {value!r}")
+    if tp is type(None):
+        if value is None:
+            return None
+        raise ConfigError(f"{key}: expected null, found {value!r}")
+    if origin is typing.Literal:
+        if value in args:
+            return value
+        raise ConfigError(f"{key}: expected one of {list(args)}, found {value!r}")
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, key)
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, found {value!r}")
+        item_type = args[0] if args else Any
+        return tuple(_convert(v, item_type, f"{key}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, found {value!r}")
+        key_type, value_type = args if args else (Any, Any)
+        return types.MappingProxyType(
+            {_convert(k, key_type, f"{key}.{k}"): _convert(v, value_type, f"{key}.{k}") for k, v in value.items()}
+        )
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true or false, found {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected an integer, found {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{key}: expected a number, found {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key}: expected a string, found {value!r}")
+    raise TypeError(f"unsupported annotation {tp!r} for {key}")
+
+
+def from_dict(cls: type[T], data: Any, where: str) -> T:
+    """Build the frozen dataclass ``cls`` from ``data``, rejecting unknown keys and wrong types.
+
+    Args:
+        cls: a dataclass type; fields without defaults are required keys.
+        data: the mapping read from params.yaml.
+        where: the dotted name of this section, used in error messages (``"world"``).
+
+    Returns:
+        An instance of ``cls`` (lists become tuples, mappings read-only).
+
+    Raises:
+        ConfigError: naming the first unknown, missing or mistyped key.
+    """
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, found {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"{where}.{unknown[0]}: unknown key (known keys: {', '.join(sorted(fields))})"
+        )
+    values = {}
+    for name, field in fields.items():
+        key = f"{where}.{name}"
+        if name in data:
+            values[name] = _convert(data[name], hints[name], key)
+        elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{key}: required key is missing")
+    return cls(**values)
+
+
+def load_section(cls: type[T], section: str, params: dict[str, Any]) -> T:
+    """Load one top-level section (``params[section]``) into ``cls``; a missing section is an error."""
+    if section not in params:
+        raise ConfigError(f"{section}: section is missing from params.yaml")
+    return from_dict(cls, params[section], section)
+
+
+def to_dict(config: Any) -> Any:
+    """Plain JSON/YAML-ready form of a config (for MLflow params and reports)."""
+    if dataclasses.is_dataclass(config):
+        return {f.name: to_dict(getattr(config, f.name)) for f in dataclasses.fields(config)}
+    if isinstance(config, (tuple, list)):
+        return [to_dict(v) for v in config]
+    if isinstance(config, (dict, types.MappingProxyType)):
+        return {k: to_dict(v) for k, v in config.items()}
+    return config
+
+
+@dataclasses.dataclass(frozen=True)
+class BaseConfig:
+    """``base``: settings every stage shares."""
+
+    seed: int = 0
+    device: Literal["cpu", "cuda", "auto"] = "cpu"
+    log_level: str = "INFO"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrackingConfig:
+    """``tracking``: MLflow, optional."""
+
+    enabled: bool = True
+    uri: str | None = None
+    experiment: str = "biasloop"
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` becomes ``cuda`` when a CUDA GPU is visible, else ``cpu``."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+

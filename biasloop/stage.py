@@ -1,0 +1,62 @@
+"""What every stage module shares: argument parsing, params loading, logging.
+
+A stage module is thin: it parses its paths (given by ``cmd`` in ``dvc.yaml``), loads exactly the
+params sections it declares in ``dvc.yaml`` into frozen configs, calls the library, writes outputs
+atomically, and records the run with :mod:`biasloop.tracking`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from biasloop.config import BaseConfig, ConfigError, TrackingConfig, load_section, read_params
+from biasloop.io import setup_logging
+
+
+def make_parser(doc: str | None, prog: str) -> argparse.ArgumentParser:
+    """A parser whose description is the stage module's docstring, with ``--params``."""
+    parser = argparse.ArgumentParser(
+        prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--params", default="params.yaml", help="params file to read the stage's sections from (default: %(default)s)"
+    )
+    return parser
+
+
+def load_configs(params_path: str, sections: dict[str, type]) -> dict[str, Any]:
+    """Load ``base``, ``tracking`` and the given ``{section: ConfigClass}`` from the params file.
+
+    Exits with status 2 and a message naming the bad key when a section is invalid.
+    """
+    try:
+        params = read_params(params_path)
+        configs: dict[str, Any] = {
+            "base": load_section(BaseConfig, "base", params),
+            "tracking": load_section(TrackingConfig, "tracking", params),
+        }
+        for section, cls in sections.items():
+            if cls is None:
+                configs[section] = params.get(section)
+            else:
+                configs[section] = load_section(cls, section, params)
+    except ConfigError as exc:
+        print(f"error: {params_path}: {exc}", file=sys.stderr)
+        raise SystemExit(2) from exc
+    setup_logging(configs["base"].log_level)
+    return configs
+
+
+def run_main(main_body: Any, argv: Sequence[str] | None, logger: logging.Logger) -> int:
+    """Call ``main_body(argv)`` turning input errors into a one-line message and exit status 2."""
+    try:
+        main_body(argv)
+    except (ConfigError, FileNotFoundError, ValueError) as exc:
+        logger.error("%s", exc)
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0

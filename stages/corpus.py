@@ -1,0 +1,115 @@
+"""corpus: build the glyph world, or ingest a LAION-style corpus, into one normalised form.
+
+Inputs:   data/ (occupation table + MNIST glyph pool for the world; tar shards or a parquet
+          listing for ``corpus.source: webdataset | folder``)
+Outputs:  artifacts/corpus/captions.parquet  (id, caption, image_ref, true_occupation, true_gender,
+                                             true_indicator, true_ambiguous, split)
+          artifacts/corpus/images/*.npy       (uint8 image shards)
+          metrics/corpus.json                 (counts, share of women per occupation, markedness check)
+          plots/corpus_contact_sheet.png      (a grid of samples per occupation)
+Params:   base, tracking, occupations, world, corpus
+
+Example:
+    python -m stages.corpus --out artifacts/corpus --metrics metrics/corpus.json \\
+        --contact-sheet plots/corpus_contact_sheet.png
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import polars as pl
+
+from biasloop.config import to_dict
+from biasloop.corpus import CorpusConfig, ingest, iter_folder, iter_webdataset, write_corpus
+from biasloop.io import timed, write_json
+from biasloop.plots import contact_sheet
+from biasloop.stage import load_configs, make_parser, run_main
+from biasloop.tracking import stage_run
+from biasloop.world import WorldConfig, build_world, read_occupation_shares
+
+log = logging.getLogger("corpus")
+
+
+def world_statistics(samples: pl.DataFrame, shares: dict[str, float]) -> dict:
+    """Per occupation: BLS share, ground-truth share of women, and that share among captions
+    without an indicator (further from 1/2 when captions are marked)."""
+    people = samples.filter(pl.col("true_occupation").is_not_null())
+    table = (
+        people.group_by("true_occupation")
+        .agg(
+            pl.len().alias("n"),
+            (pl.col("true_gender") == "female").mean().alias("share_female"),
+            (pl.col("true_gender") == "female").filter(pl.col("true_indicator") == "none").mean().alias(
+                "share_female_no_indicator"
+            ),
+            (pl.col("true_indicator") != "none").mean().alias("indicator_rate"),
+        )
+        .sort("true_occupation")
+    )
+    per_occupation = []
+    distance_all, distance_no_indicator = [], []
+    for row in table.iter_rows(named=True):
+        occupation = row["true_occupation"]
+        per_occupation.append({"occupation": occupation, "bls_share_female": shares.get(occupation), **row})
+        distance_all.append(abs(row["share_female"] - 0.5))
+        distance_no_indicator.append(abs(row["share_female_no_indicator"] - 0.5))
+    n = max(len(distance_all), 1)
+    return {
+        "mad_all_captions": sum(distance_all) / n,
+        "mad_no_indicator_captions": sum(distance_no_indicator) / n,
+        "per_occupation": per_occupation,
+    }
+
+
+def main_body(argv: Sequence[str] | None) -> None:
+    parser = make_parser(__doc__, "python -m stages.corpus")
+    parser.add_argument("--out", default="artifacts/corpus", help="output folder (default: %(default)s)")
+    parser.add_argument("--metrics", default="metrics/corpus.json", help="metrics JSON (default: %(default)s)")
+    parser.add_argument(
+        "--contact-sheet", default="plots/corpus_contact_sheet.png", help="contact sheet PNG (default: %(default)s)"
+    )
+    args = parser.parse_args(argv)
+    configs = load_configs(args.params, {"occupations": None, "world": WorldConfig, "corpus": CorpusConfig})
+    corpus: CorpusConfig = configs["corpus"]
+    world: WorldConfig = configs["world"]
+    occupations = configs["occupations"] or []
+
+    params = {"corpus": to_dict(corpus), "occupations": occupations}
+    if corpus.source == "world":
+        params["world"] = to_dict(world)
+    with stage_run("corpus", configs["tracking"], params) as run:
+        with timed(f"building corpus from source={corpus.source}", log):
+            if corpus.source == "world":
+                samples, images = build_world(world, list(occupations))
+            elif corpus.source == "webdataset":
+                if corpus.path is None:
+                    raise ValueError("corpus.path: the webdataset source needs a folder of .tar shards")
+                samples, images = ingest(iter_webdataset(corpus.path), corpus)
+            else:
+                samples, images = ingest(iter_folder(corpus), corpus)
+        table = write_corpus(samples, images, args.out, corpus.shard_size)
+        log.info("wrote %d samples (%d train, %d test) to %s", len(table),
+                 (table["split"] == "train").sum(), (table["split"] == "test").sum(), args.out)
+
+        metrics: dict = {
+            "n_samples": len(table),
+            "n_train": int((table["split"] == "train").sum()),
+            "n_test": int((table["split"] == "test").sum()),
+            "image_size": int(images.shape[1]),
+        }
+        if corpus.source == "world":
+            metrics.update(world_statistics(table, read_occupation_shares(world.occupation_table)))
+        write_json(args.metrics, metrics)
+        contact_sheet(table, images, args.contact_sheet, seed=configs["base"].seed)
+        run.log_metrics({k: v for k, v in metrics.items() if k != "per_occupation"})
+        run.log_artifact(args.contact_sheet)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_main(main_body, argv, log)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
