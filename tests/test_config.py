@@ -1,0 +1,64 @@
+"""Params validation: unknown keys and wrong types are rejected with the key named."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from biasloop.config import ConfigError, from_dict, load_section, read_params, to_dict
+from biasloop.corpus import CorpusConfig
+from biasloop.world import WorldConfig
+from tests.conftest import REPO_ROOT
+
+
+def test_repository_params_load() -> None:
+    params = read_params(REPO_ROOT / "params.yaml")
+    world = load_section(WorldConfig, "world", params)
+    assert world.markedness.counter == pytest.approx(0.4)
+    assert load_section(CorpusConfig, "corpus", params).source == "world"
+    assert 0.0 <= params["synthetic_ratio"] <= 1.0
+
+
+def test_unknown_key_is_named() -> None:
+    with pytest.raises(ConfigError, match=r"world\.markednes: unknown key"):
+        from_dict(WorldConfig, {"markednes": {}}, "world")
+
+
+def test_nested_unknown_key_is_named() -> None:
+    with pytest.raises(ConfigError, match=r"world\.markedness\.countr: unknown key"):
+        from_dict(WorldConfig, {"markedness": {"countr": 0.1}}, "world")
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"image_size": "16"}, r"world\.image_size: expected an integer, found '16'"),
+        ({"image_size": True}, r"world\.image_size: expected an integer"),
+        ({"markedness": {"base": "high"}}, r"world\.markedness\.base: expected a number"),
+        ({"glyphs": 3}, r"world\.glyphs: expected a string"),
+    ],
+)
+def test_wrong_type_is_named(data: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        from_dict(WorldConfig, data, "world")
+
+
+def test_literal_and_optional() -> None:
+    with pytest.raises(ConfigError, match=r"corpus\.source: expected one of \['world', 'webdataset', 'folder'\]"):
+        from_dict(CorpusConfig, {"source": "laion"}, "corpus")
+    assert from_dict(CorpusConfig, {"path": None}, "corpus").path is None
+    assert from_dict(CorpusConfig, {"path": "x"}, "corpus").path == "x"
+
+
+def test_configs_are_frozen_and_round_trip() -> None:
+    world = from_dict(WorldConfig, {"image_size": 24, "markedness": {"base": 0.2}}, "world")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        world.image_size = 3  # type: ignore[misc]
+    assert from_dict(WorldConfig, to_dict(world), "world") == world
+
+
+def test_missing_section(tmp_path) -> None:
+    (tmp_path / "p.yaml").write_text("base: {seed: 1}\n")
+    with pytest.raises(ConfigError, match="world: section is missing"):
+        load_section(WorldConfig, "world", read_params(tmp_path / "p.yaml"))
