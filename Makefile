@@ -16,13 +16,10 @@ help:  ## list the targets
 
 $(VENV)/.ready: requirements.lock
 	@echo "creating $(VENV) (first time only: about 5 minutes)"
-	rm -rf $(VENV).partial
-	$(PYTHON) -m venv $(VENV).partial
-	$(VENV).partial/bin/pip install -q --upgrade pip
-	$(VENV).partial/bin/pip install -q -r requirements.lock
-	rm -rf $(VENV) && mv $(VENV).partial $(VENV)
-	@# venvs are not relocatable: repoint the scripts at the final path
-	sed -i "s#$(VENV).partial#$(VENV)#g" $(VENV)/bin/* 2>/dev/null || true
+	rm -rf $(VENV)
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -r requirements.lock
 	touch $@
 
 env: $(VENV)/.ready  ## create or reuse the environment and install this checkout into it

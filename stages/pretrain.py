@@ -1,0 +1,58 @@
+"""pretrain: generation 0's models, trained on the real corpus.
+
+The generator (tiny-diffusion by default; ``generator.backend: stable-diffusion`` fine-tunes or keeps a
+pretrained pipeline) and the downstream CLIP (open_clip, from scratch), both on the corpus's training split.
+
+Inputs:   artifacts/corpus/captions.parquet (+ image shards)
+Outputs:  artifacts/models/gen0/{generator,downstream,training.json}
+Params:   base, tracking, generator, downstream
+
+Example:
+    python -m stages.pretrain --corpus artifacts/corpus/captions.parquet --out artifacts/models/gen0
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import polars as pl
+
+from biasloop.config import resolve_device, to_dict
+from biasloop.downstream import DownstreamConfig
+from biasloop.generators import GeneratorConfig
+from biasloop.stage import load_configs, make_parser, run_main
+from biasloop.tracking import stage_run
+from biasloop.training import train_generation
+
+log = logging.getLogger("pretrain")
+
+
+def main_body(argv: Sequence[str] | None) -> None:
+    parser = make_parser(__doc__, "python -m stages.pretrain")
+    parser.add_argument("--corpus", default="artifacts/corpus/captions.parquet", help="corpus caption table")
+    parser.add_argument("--out", default="artifacts/models/gen0", help="output folder (default: %(default)s)")
+    args = parser.parse_args(argv)
+    configs = load_configs(args.params, {"generator": GeneratorConfig, "downstream": DownstreamConfig})
+    generator, downstream = configs["generator"], configs["downstream"]
+    dataset = pl.read_parquet(args.corpus).filter(pl.col("split") == "train")
+    params = {"generator": to_dict(generator), "downstream": to_dict(downstream), "base": to_dict(configs["base"])}
+    with stage_run("pretrain", configs["tracking"], params, generation=0) as run:
+        stats = train_generation(
+            dataset,
+            args.out,
+            generator,
+            downstream,
+            seed=configs["base"].seed,
+            device=resolve_device(configs["base"].device),
+            generator_steps=generator.train_steps,
+        )
+        run.log_metrics(stats)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_main(main_body, argv, log)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

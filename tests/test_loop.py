@@ -1,0 +1,72 @@
+"""Mixing: exact counts, nesting across ratios, manifests that reference images; the generations command."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+import yaml
+
+from biasloop.cli import rewrite_generations
+from biasloop.loop import build_dataset, replaced_indices
+from tests.conftest import REPO_ROOT
+
+IDS = [f"s{i:04d}" for i in range(1000)]
+
+
+@pytest.mark.parametrize("ratio", [0.0, 0.2, 0.4, 0.5, 0.8, 1.0])
+def test_exact_count(ratio: float) -> None:
+    chosen = replaced_indices(IDS, ratio, seed=0, generation=1)
+    assert len(chosen) == round(ratio * len(IDS))
+    assert len(set(chosen.tolist())) == len(chosen)
+
+
+def test_nested_across_ratios() -> None:
+    previous: set[int] = set()
+    for ratio in (0.0, 0.2, 0.4, 0.6, 0.8, 1.0):
+        chosen = set(replaced_indices(IDS, ratio, seed=3, generation=2).tolist())
+        assert previous <= chosen
+        previous = chosen
+
+
+def test_choice_depends_on_ids_not_row_order() -> None:
+    shuffled = list(np.random.default_rng(1).permutation(IDS))
+    a = {IDS[i] for i in replaced_indices(IDS, 0.3, 0, 1)}
+    b = {shuffled[i] for i in replaced_indices(shuffled, 0.3, 0, 1)}
+    assert a == b
+    assert a != {IDS[i] for i in replaced_indices(IDS, 0.3, 0, 2)}  # another generation, another draw
+
+
+def test_bad_ratio() -> None:
+    with pytest.raises(ValueError, match="synthetic_ratio"):
+        replaced_indices(IDS, 1.5, 0, 1)
+
+
+def test_build_dataset_references_images() -> None:
+    corpus = pl.DataFrame(
+        {
+            "id": ["a", "b", "c"],
+            "caption": ["x", "y", "z"],
+            "image_ref": ["c.npy#0", "c.npy#1", "c.npy#2"],
+            "true_occupation": ["nurse", None, "chef"],
+            "true_gender": ["female", None, "male"],
+            "split": ["train"] * 3,
+        }
+    )
+    dataset = build_dataset(corpus, np.array([2, 0]), ["g.npy#0", "g.npy#1"])
+    assert dataset["image_ref"].to_list() == ["g.npy#1", "c.npy#1", "g.npy#0"]
+    assert dataset["synthetic"].to_list() == [True, False, True]
+
+
+def test_generations_command_rewrites_lists() -> None:
+    text = (REPO_ROOT / "params.yaml").read_text()
+    rewritten = yaml.safe_load(rewrite_generations(text, 5))
+    assert rewritten["generations"] == [0, 1, 2, 3, 4]
+    assert rewritten["rounds"] == [{"gen": n, "prev": n - 1} for n in range(1, 5)]
+    original = yaml.safe_load(text)
+    assert {k: v for k, v in rewritten.items() if k not in ("generations", "rounds")} == {
+        k: v for k, v in original.items() if k not in ("generations", "rounds")
+    }
+    one = yaml.safe_load(rewrite_generations(text, 1))
+    assert one["generations"] == [0] and one["rounds"] == []
+    assert yaml.safe_load(rewrite_generations(rewrite_generations(text, 2), 3))["generations"] == [0, 1, 2]
