@@ -82,3 +82,107 @@ def contact_sheet(
     with atomic_path(out_path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, out_path: str | Path) -> None:
+    from biasloop.io import atomic_path
+
+    with atomic_path(out_path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png", bbox_inches="tight")
+
+
+def share_plot(per_occupation_by_series: dict[str, list[dict]], out_path: str | Path, title: str) -> None:
+    """Share of women per occupation for training vs. generated images, with 95% intervals.
+
+    Args:
+        per_occupation_by_series: ``{series label: per_occupation rows}``; each row has ``occupation``,
+            ``share_train``, ``share_train_ci``, ``share_gen``, ``share_gen_ci``. The first series'
+            training shares are drawn once as "training"; each series adds its generated shares.
+        out_path: PNG path (written atomically).
+        title: figure title.
+    """
+    plt = _pyplot()
+    first = next(iter(per_occupation_by_series.values()))
+    order = sorted(first, key=lambda r: r["share_train"])
+    occupations = [r["occupation"] for r in order]
+    y = np.arange(len(occupations))
+    fig, ax = plt.subplots(figsize=(7.5, 0.45 * len(occupations) + 1.6))
+    ax.axvline(0.5, color="#bbbbbb", lw=1, ls="--", zorder=0)
+
+    def draw(rows: list[dict], key: str, offset: float, label: str, colour: str, marker: str) -> None:
+        by_name = {r["occupation"]: r for r in rows}
+        xs, lo, hi, ys = [], [], [], []
+        for i, occupation in enumerate(occupations):
+            row = by_name.get(occupation)
+            if row is None or row.get(key) is None:
+                continue
+            ci = row.get(f"{key}_ci") or [row[key], row[key]]
+            xs.append(row[key])
+            lo.append(row[key] - ci[0])
+            hi.append(ci[1] - row[key])
+            ys.append(i + offset)
+        ax.errorbar(xs, ys, xerr=[lo, hi], fmt=marker, color=colour, label=label, capsize=2, ms=6)
+
+    series = list(per_occupation_by_series.items())
+    step = 0.6 / max(len(series), 1)
+    draw(series[0][1], "share_train", -0.3, "training images (keyword captions)", "#333333", "s")
+    palette = ["#d62728", "#ff7f0e", "#9467bd", "#1f77b4", "#2ca02c"]
+    for k, (label, rows) in enumerate(series):
+        draw(rows, "share_gen", -0.3 + step * (k + 1), label, palette[k % len(palette)], "o")
+    ax.set_yticks(y)
+    ax.set_yticklabels(occupations)
+    ax.set_xlim(-0.02, 1.02)
+    ax.set_xlabel("share of women among confident images (95% bootstrap interval)")
+    ax.set_title(title, fontsize=11)
+    ax.legend(loc="lower right", fontsize=8, frameon=True)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    _save(fig, out_path)
+    plt.close(fig)
+
+
+def generation_curves(rows: list[dict], out_path: str | Path, title: str) -> None:
+    """Amplification and downstream bias across generations (one panel each), with intervals."""
+    plt = _pyplot()
+    generations = [r["generation"] for r in rows]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    panels = [
+        ("amplification", [("amplification_abs", "A_abs", "#d62728"), ("amplification_dir", "A_dir", "#1f77b4"),
+                           ("shift_to_majority", "shift to majority", "#2ca02c")], "fraction (share of women)"),
+        ("downstream retrieval", [("recall_at_10", "recall@10", "#333333"), ("recall_at_10_gap", "recall@10 gap", "#d62728")],
+         "recall"),
+        ("downstream fairness", [("max_skew_at_10", "MaxSkew@10", "#9467bd"), ("worst_group_accuracy", "worst-group acc.", "#ff7f0e")],
+         "value"),
+    ]
+    for ax, (panel_title, series, ylabel) in zip(axes, panels):
+        for key, label, colour in series:
+            values = [r.get(key) for r in rows]
+            if all(v is None for v in values):
+                continue
+            xs = [g for g, v in zip(generations, values) if v is not None]
+            ys = [v for v in values if v is not None]
+            ax.plot(xs, ys, marker="o", color=colour, label=label)
+            lows = [r.get(f"{key}_lo") for r in rows]
+            highs = [r.get(f"{key}_hi") for r in rows]
+            if all(v is not None for v in lows + highs):
+                ax.fill_between(generations, lows, highs, color=colour, alpha=0.15)
+        ax.axhline(0, color="#bbbbbb", lw=1)
+        ax.set_xticks(generations)
+        ax.set_xlabel("generation")
+        ax.set_ylabel(ylabel)
+        ax.set_title(panel_title, fontsize=10)
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    _save(fig, out_path)
+    plt.close(fig)

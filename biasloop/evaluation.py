@@ -1,0 +1,140 @@
+"""Evaluating one generation: amplification of its images and the bias of its downstream CLIP.
+
+``evaluate_generation`` gathers everything ``metrics/generations/gen{N}.json`` holds:
+
+- the paradox pairings for generation N's images against the real training selections
+  (:mod:`biasloop.paradox`), with the headline pairing ``prompt_vs_keyword``;
+- the generator's quality: the instrument's zero-shot occupation accuracy on the images it made for
+  neutral prompts (does the image show what was asked), and its abstain rate;
+- the downstream CLIP trained on dataset N, on the real corpus's held-out split: text-to-image
+  recall@k overall and per perceived-gender group (the gap), MaxSkew@k and NDKL of the images
+  retrieved for each neutral occupation query, and zero-shot occupation accuracy per
+  (occupation, gender) group with Fairlearn's group metrics.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from biasloop.downstream_metrics import group_fairness, max_skew_at_k, ndkl, recall_at_k
+from biasloop.paradox import headline, paradox_table
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluateConfig:
+    """``evaluate``: how generations are scored."""
+
+    n_boot: int = 1000  # bootstrap replicates for every 95% interval
+    recall_ks: tuple[int, ...] = (1, 5, 10)  # k of text-to-image recall@k
+    skew_k: int = 10  # k of MaxSkew@k and NDKL (images retrieved per occupation query)
+    query_templates: tuple[str, ...] = ("a photo of {article} {occupation}",)  # neutral downstream queries
+
+
+def format_prompt(template: str, occupation: str) -> str:
+    article = "an" if occupation[:1].lower() in "aeiou" else "a"
+    return template.format(article=article, occupation=occupation)
+
+
+def generator_quality(generated: pl.DataFrame) -> dict[str, Any]:
+    """Occupation accuracy and abstain rate of the generated images made for neutral prompts."""
+    neutral = generated.filter(pl.col("prompt_kind") == "neutral")
+    out: dict[str, Any] = {"n_images": len(generated), "abstain_rate": float((generated["label"] == "abstain").mean())}
+    if "predicted_occupation" in neutral.columns and len(neutral):
+        out["occupation_accuracy"] = float((neutral["predicted_occupation"] == neutral["occupation"]).mean())
+        out["chance"] = 1.0 / max(neutral["occupation"].n_unique(), 1)
+    return out
+
+
+def downstream_bias(
+    model: Any,
+    test: pl.DataFrame,
+    images: np.ndarray,
+    groups: list[str | None],
+    occupations: list[str],
+    config: EvaluateConfig,
+) -> dict[str, Any]:
+    """Quality and bias of a downstream CLIP on held-out real pairs.
+
+    Args:
+        model: a trained downstream CLIP with ``encode_images`` and ``encode_texts`` (unit vectors).
+        test: held-out rows (``caption``, ``true_occupation``), aligned with ``images`` and ``groups``.
+        images: ``uint8`` images of ``test``.
+        groups: perceived gender per row (``female``/``male``/None for no person).
+        occupations: the occupations to query.
+        config: the ``evaluate`` params.
+
+    Returns:
+        recall@k (overall, per group, gap), mean/max MaxSkew@k and NDKL over occupation queries, and
+        Fairlearn group metrics of zero-shot occupation classification.
+    """
+    image_vectors = model.encode_images(images)
+    caption_vectors = model.encode_texts(test["caption"].to_list())
+    group_array = np.array([g if g is not None else "none" for g in groups], dtype=object)
+    recall = recall_at_k(caption_vectors @ image_vectors.T, ks=config.recall_ks, groups=group_array)
+    recall["chance@" + str(max(config.recall_ks))] = max(config.recall_ks) / len(test)
+
+    people = np.flatnonzero(np.isin(group_array, ["female", "male"]))
+    skews, ndkls, per_query = [], [], []
+    for occupation in occupations:
+        prompts = [format_prompt(t, occupation) for t in config.query_templates]
+        query = model.encode_texts(prompts).mean(axis=0)
+        scores = image_vectors[people] @ query
+        top = people[np.argsort(-scores, kind="stable")[: config.skew_k]]
+        retrieved = group_array[top].tolist()
+        skew = max_skew_at_k(retrieved, config.skew_k, group_set=("female", "male"))
+        divergence = ndkl(retrieved, group_set=("female", "male"))
+        skews.append(skew)
+        ndkls.append(divergence)
+        per_query.append(
+            {"occupation": occupation, "max_skew": skew, "ndkl": divergence,
+             "share_female_retrieved": float(np.mean([g == "female" for g in retrieved]))}
+        )
+
+    labelled = np.flatnonzero(test["true_occupation"].is_not_null().to_numpy() & np.isin(group_array, ["female", "male"]))
+    fairness: dict[str, Any] = {}
+    if len(labelled):
+        class_vectors = np.stack(
+            [model.encode_texts([format_prompt(t, o) for t in config.query_templates]).mean(axis=0) for o in occupations]
+        )
+        predicted = np.array(occupations, dtype=object)[np.argmax(image_vectors[labelled] @ class_vectors.T, axis=1)]
+        fairness = group_fairness(
+            np.array(test["true_occupation"].to_list(), dtype=object)[labelled], predicted, group_array[labelled]
+        )
+    return {
+        "recall": recall,
+        "max_skew_mean": float(np.mean(skews)) if skews else None,
+        "max_skew_max": float(np.max(skews)) if skews else None,
+        "ndkl_mean": float(np.mean(ndkls)) if ndkls else None,
+        "per_query": per_query,
+        "fairness": fairness,
+        "n_test": len(test),
+    }
+
+
+def evaluate_generation(
+    generation: int,
+    train_predictions: pl.DataFrame,
+    generated_predictions: pl.DataFrame,
+    confusion: dict[str, float] | None,
+    config: EvaluateConfig,
+    seed: int,
+    downstream: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """Assemble generation N's metrics (see the module docstring)."""
+    paradox = paradox_table(train_predictions, generated_predictions, confusion, n_boot=config.n_boot, seed=seed)
+    main = paradox["prompt_vs_keyword"]
+    return {
+        "generation": generation,
+        "amplification": headline(main.get("measured")),
+        "amplification_corrected": headline(main.get("corrected")),
+        "amplification_true": headline(main.get("true")),
+        "per_occupation": (main.get("measured") or {}).get("per_occupation", []),
+        "paradox": {name: {kind: headline(entry.get(kind)) for kind in ("measured", "corrected", "true")}
+                    for name, entry in paradox.items()},
+        "generator": generator_quality(generated_predictions),
+        "downstream": downstream,
+    }

@@ -1,0 +1,240 @@
+"""Keyword retrieval: for each occupation, the captions that mention it, with their gender indicators.
+
+Matching rules:
+
+- **Whole words, case-insensitive**: ``nurse`` matches "Nurse", "nurse's", "NURSES" but never
+  "nursery"; ``engineer`` never matches "engineering".
+- **Singular and plural**: regular English plurals (``+s``; ``+es`` after s, x, z, ch, sh; consonant
+  ``+y`` becomes ``ies``; a final ``man`` becomes ``men``) unless the ``plurals`` mapping names the
+  plural(s) for the occupation or for its last word (``salesperson: salespeople``,
+  ``person: people``); a mapped plural replaces the regular one.
+- **Multi-word occupations** ("aerospace engineer") match with any run of whitespace between words;
+  only the last word is pluralised ("aerospace engineers").
+- A caption that mentions several occupations is retrieved once for each; "an aerospace engineer"
+  counts for ``aerospace engineer`` and for ``engineer``, as a per-occupation search would.
+
+All occupations are searched in **one regex pass** over the corpus (per-occupation passes would cost K
+scans); matches are mapped back to occupations, so a nested occupation ("engineer" inside "aerospace
+engineer") is found through its container's match. Occupations whose phrases could overlap without one
+containing the other are put in separate passes ("layers") so that no match hides another.
+
+The query is a polars lazy scan that runs on the streaming engine end to end (no in-memory fallback,
+no memory-intensive node), so a corpus larger than memory streams through; only the matches are kept.
+
+Output columns: ``occupation, id, caption, indicator, male_terms, female_terms``; the terms are
+``list[str]`` (see :mod:`biasloop.indicators`), plus any requested ``keep`` columns.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+
+from biasloop.indicators import tag_indicators
+
+_SEPARATOR = "\x1f"  # joins several occupations mapped from one matched phrase; never in an occupation
+
+
+def pluralize(word: str) -> str:
+    """The regular English plural of a lower-case word (``nurse`` -> ``nurses``, ``secretary`` -> ``secretaries``)."""
+    if word.endswith("man"):
+        return word[:-3] + "men"
+    if word.endswith(("s", "x", "z", "ch", "sh")):
+        return word + "es"
+    if len(word) > 1 and word.endswith("y") and word[-2] not in "aeiou":
+        return word[:-1] + "ies"
+    return word + "s"
+
+
+def normalise_occupation(occupation: str) -> str:
+    """Lower-case with single spaces; raises ValueError for names that cannot match as whole words."""
+    name = " ".join(occupation.lower().split())
+    if not name or not re.match(r"\w", name) or not re.search(r"\w$", name):
+        raise ValueError(f"occupation {occupation!r} must start and end with a letter or digit")
+    if _SEPARATOR in name:
+        raise ValueError(f"occupation {occupation!r} contains a control character")
+    return name
+
+
+def occupation_forms(occupation: str, plurals: Mapping[str, str | Sequence[str]] | None = None) -> tuple[str, ...]:
+    """Singular and plural surface forms of an occupation, lower-case, singular first.
+
+    Args:
+        occupation: e.g. ``"nurse"``, ``"aerospace engineer"``.
+        plurals: irregular plurals keyed by the whole occupation or by its last word; a value is one
+            plural or a list of plurals.
+    """
+    name = normalise_occupation(occupation)
+    plurals = {normalise_occupation(k): v for k, v in (plurals or {}).items()}
+    *head, last = name.split(" ")
+    if name in plurals:
+        mapped = plurals[name]
+        plural_forms = [mapped] if isinstance(mapped, str) else list(mapped)
+        plural_forms = [normalise_occupation(p) for p in plural_forms]
+    else:
+        mapped = plurals.get(last, pluralize(last))
+        last_forms = [mapped] if isinstance(mapped, str) else list(mapped)
+        plural_forms = [" ".join([*head, normalise_occupation(p)]) for p in last_forms]
+    return tuple(dict.fromkeys([name, *plural_forms]))
+
+
+def form_regex(forms: Iterable[str]) -> str:
+    """Case-insensitive whole-word regex for any of ``forms`` (longest first; spaces match any whitespace)."""
+    ordered = sorted(set(forms), key=lambda f: (-len(f), f))
+    alternatives = "|".join(r"\s+".join(re.escape(w) for w in f.split(" ")) for f in ordered)
+    return rf"(?i)\b(?:{alternatives})\b"
+
+
+@dataclass(frozen=True)
+class OccupationMatcher:
+    """Compiled search plan for a list of occupations.
+
+    Attributes:
+        occupations: normalised occupation names, in the given order.
+        forms: ``{occupation: (singular, plural, ...)}``.
+        layers: groups of forms searched in one regex pass each (usually a single group).
+        form_occupations: ``{form: occupations a match of this form counts for}`` (itself and every
+            occupation nested inside it).
+    """
+
+    occupations: tuple[str, ...]
+    forms: Mapping[str, tuple[str, ...]]
+    layers: tuple[tuple[str, ...], ...]
+    form_occupations: Mapping[str, tuple[str, ...]]
+
+    @classmethod
+    def build(
+        cls, occupations: Sequence[str], plurals: Mapping[str, str | Sequence[str]] | None = None
+    ) -> OccupationMatcher:
+        """Build the plan; raises ValueError for an empty list, duplicates, or two occupations sharing a form."""
+        names = [normalise_occupation(o) for o in occupations]
+        if not names:
+            raise ValueError("no occupations given")
+        if len(set(names)) != len(names):
+            raise ValueError(f"duplicate occupations in {list(occupations)}")
+        forms = {name: occupation_forms(name, plurals) for name in names}
+        owner: dict[str, str] = {}
+        for name, name_forms in forms.items():
+            for form in name_forms:
+                if owner.setdefault(form, name) != name:
+                    raise ValueError(f"occupations {owner[form]!r} and {name!r} share the form {form!r}")
+        contained = {form: [owner[form]] for form in owner}
+        conflicts: dict[str, set[str]] = {name: set() for name in names}
+        compiled = {form: re.compile(form_regex([form])) for form in owner}
+        for outer in owner:
+            for inner in owner:
+                if owner[inner] == owner[outer] or inner == outer:
+                    continue
+                if compiled[inner].search(outer):
+                    if owner[inner] not in contained[outer]:
+                        contained[outer].append(owner[inner])
+                elif set(re.findall(r"\w+", inner)) & set(re.findall(r"\w+", outer)):
+                    # the phrases share a word without one containing the other: their matches can
+                    # overlap in a caption, so they must be searched in different passes
+                    conflicts[owner[inner]].add(owner[outer])
+                    conflicts[owner[outer]].add(owner[inner])
+        layer_of: dict[str, int] = {}
+        for name in names:  # greedy colouring; occupations in the same layer never overlap
+            taken = {layer_of[other] for other in conflicts[name] if other in layer_of}
+            layer_of[name] = next(i for i in range(len(names)) if i not in taken)
+        layers = tuple(
+            tuple(form for name in names if layer_of[name] == i for form in forms[name])
+            for i in range(max(layer_of.values()) + 1)
+        )
+        return cls(tuple(names), forms, layers, {f: tuple(o) for f, o in contained.items()})
+
+    def pattern(self, occupation: str) -> str:
+        """The regex of one occupation alone (for per-occupation searches such as a pandas baseline)."""
+        return form_regex(self.forms[normalise_occupation(occupation)])
+
+    def occupations_expr(self, column: str = "caption") -> tuple[list[pl.Expr], pl.Expr, pl.Expr]:
+        """Expressions finding the occupations a caption mentions.
+
+        Returns:
+            ``(found, any_found, occupations)``: ``found`` adds one ``list[str]`` column of matched text
+            per layer (``_match0``, ...); ``any_found`` is true where any layer matched; ``occupations``
+            is the ``list[str]`` of distinct occupations, in order of first mention.
+        """
+        found = [pl.col(column).str.extract_all(form_regex(layer)).alias(f"_match{i}") for i, layer in enumerate(self.layers)]
+        any_found = pl.any_horizontal([pl.col(f"_match{i}").list.len() > 0 for i in range(len(self.layers))])
+        mapping = {form: _SEPARATOR.join(occs) for form, occs in self.form_occupations.items()}
+        per_layer = [
+            pl.col(f"_match{i}").list.eval(
+                pl.element()
+                .str.to_lowercase()
+                .str.replace_all(r"\s+", " ")
+                .replace_strict(mapping, return_dtype=pl.String)
+                .str.split(_SEPARATOR)
+                .explode()
+            )
+            for i in range(len(self.layers))
+        ]
+        merged = per_layer[0] if len(per_layer) == 1 else pl.concat_list(per_layer)
+        return found, any_found, merged.list.unique(maintain_order=True)
+
+
+OUTPUT_COLUMNS = ("occupation", "id", "caption", "indicator", "male_terms", "female_terms")
+
+
+def retrieve_lazy(
+    corpus: pl.LazyFrame | str | Path,
+    occupations: Sequence[str],
+    plurals: Mapping[str, str | Sequence[str]] | None = None,
+    first_names: bool = False,
+    keep: Sequence[str] = (),
+) -> pl.LazyFrame:
+    """The lazy retrieval query: one row per (occupation, caption that mentions it).
+
+    Args:
+        corpus: a lazy frame or a parquet path/glob with ``id`` and ``caption`` columns.
+        occupations: occupation names (see :func:`occupation_forms` for the forms matched).
+        plurals: irregular plurals (``{"salesperson": "salespeople"}``).
+        first_names: also count gendered first names as indicators (gender-guesser).
+        keep: extra corpus columns to carry along (e.g. ground truth for evaluation).
+
+    Returns:
+        A lazy frame with :data:`OUTPUT_COLUMNS` plus ``keep``, in corpus order, for
+        ``.collect(engine="streaming")`` or ``.sink_parquet(...)``.
+    """
+    matcher = OccupationMatcher.build(occupations, plurals)
+    scan = pl.scan_parquet(corpus) if isinstance(corpus, (str, Path)) else corpus
+    found, any_found, occupations_found = matcher.occupations_expr("caption")
+    matches = (
+        scan.select("id", "caption", *keep)
+        .with_columns(found)
+        .filter(any_found)  # cheap rows-out first: the rest only runs on captions that matched
+        .with_columns(occupations_found.alias("occupation"))
+        .drop([f"_match{i}" for i in range(len(matcher.layers))])
+    )
+    return tag_indicators(matches, "caption", first_names).explode("occupation").select(*OUTPUT_COLUMNS, *keep)
+
+
+def retrieve(
+    corpus: pl.LazyFrame | str | Path,
+    occupations: Sequence[str],
+    plurals: Mapping[str, str | Sequence[str]] | None = None,
+    first_names: bool = False,
+    keep: Sequence[str] = (),
+) -> pl.DataFrame:
+    """Run :func:`retrieve_lazy` on the streaming engine and return the matches in memory."""
+    return retrieve_lazy(corpus, occupations, plurals, first_names, keep).collect(engine="streaming")
+
+
+def streaming_problems(query: pl.LazyFrame) -> list[str]:
+    """Nodes of ``query``'s streaming physical plan that fall back to the in-memory engine or may hold
+    their whole input in memory (empty when the query streams end to end).
+
+    Reads the colour legend of polars' physical plan graph, which is the only place polars reports this.
+    """
+    dot = query.show_graph(engine="streaming", plan_stage="physical", raw_output=True) or ""
+    legend = re.search(r'<FONT COLOR="([^"]+)">⬤</FONT> potentially memory-intensive.*?<FONT COLOR="([^"]+)">⬤</FONT> in-memory', dot)
+    colours = set(legend.groups()) if legend else {"0.16 0.3 1.0", "0.0 0.3 1.0"}
+    problems = []
+    for label, colour in re.findall(r'\[label="([^"]*(?:\\"[^"]*)*)",style=filled,fillcolor="([^"]+)"\]', dot):
+        if colour in colours:
+            problems.append(label.split("\\n", 1)[0])
+    return problems

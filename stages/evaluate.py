@@ -1,0 +1,104 @@
+"""evaluate@N: amplification of generation N's images and the bias of generation N's downstream CLIP.
+
+Inputs:   artifacts/classify_train/predictions.parquet, artifacts/gen{N}/classify/predictions.parquet,
+          metrics/instrument.json (confusion rates), artifacts/models/gen{N}/downstream,
+          artifacts/corpus (held-out real pairs)
+Outputs:  metrics/generations/gen{N}.json
+Params:   base, tracking, occupations, evaluate
+
+Example:
+    python -m stages.evaluate --generation 0 --train-predictions artifacts/classify_train/predictions.parquet \\
+        --generated artifacts/gen0/classify/predictions.parquet --instrument-metrics metrics/instrument.json \\
+        --downstream artifacts/models/gen0/downstream --corpus artifacts/corpus/captions.parquet \\
+        --out metrics/generations/gen0.json
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import polars as pl
+
+from biasloop.config import resolve_device, to_dict
+from biasloop.evaluation import EvaluateConfig, downstream_bias, evaluate_generation
+from biasloop.io import load_images, timed, write_json
+from biasloop.stage import load_configs, make_parser, run_main
+from biasloop.tracking import stage_run
+
+log = logging.getLogger("evaluate")
+
+
+def read_confusion(path: str | Path) -> dict[str, float] | None:
+    """The instrument's ``{"tpr", "fpr"}`` from its metrics file, or None when unknown or unusable."""
+    metrics = json.loads(Path(path).read_text())
+    tpr, fpr = metrics.get("tpr"), metrics.get("fpr")
+    if tpr is None or fpr is None or tpr <= fpr:
+        log.warning("instrument confusion rates unknown or unusable (tpr=%s, fpr=%s): no correction", tpr, fpr)
+        return None
+    return {"tpr": float(tpr), "fpr": float(fpr)}
+
+
+def perceived_groups(test: pl.DataFrame, instrument_dir: str | None, device: str, threshold: float) -> list:
+    """Gender group per held-out row: ground truth when the corpus has it, else the instrument's label."""
+    if test["true_gender"].null_count() < len(test) or instrument_dir is None:
+        return test["true_gender"].to_list()
+    from biasloop.instrument import load_instrument
+    from biasloop.metrics import label_from_p
+
+    instrument = load_instrument(instrument_dir, device)
+    labels = label_from_p(instrument.p_female(load_images(test["image_ref"].to_list())), threshold)
+    return [label if label != "abstain" else None for label in labels]
+
+
+def main_body(argv: Sequence[str] | None) -> None:
+    parser = make_parser(__doc__, "python -m stages.evaluate")
+    parser.add_argument("--generation", type=int, required=True, help="generation N")
+    parser.add_argument("--train-predictions", required=True, help="classify_train predictions parquet")
+    parser.add_argument("--generated", required=True, help="classify@N predictions parquet")
+    parser.add_argument("--instrument-metrics", required=True, help="metrics/instrument.json (tpr, fpr)")
+    parser.add_argument("--downstream", required=True, help="generation N's downstream CLIP folder")
+    parser.add_argument("--corpus", required=True, help="corpus caption table (held-out split)")
+    parser.add_argument("--instrument", default=None, help="instrument folder, used when the corpus has no gender labels")
+    parser.add_argument("--out", required=True, help="metrics JSON to write")
+    args = parser.parse_args(argv)
+    configs = load_configs(args.params, {"occupations": None, "evaluate": EvaluateConfig})
+    config: EvaluateConfig = configs["evaluate"]
+    occupations = list(configs["occupations"] or [])
+    device = resolve_device(configs["base"].device)
+
+    with stage_run("evaluate", configs["tracking"], {"evaluate": to_dict(config)}, generation=args.generation) as run:
+        confusion = read_confusion(args.instrument_metrics)
+        with timed("downstream CLIP on held-out pairs", log):
+            from biasloop.downstream import load_downstream
+
+            test = pl.read_parquet(args.corpus).filter(pl.col("split") == "test")
+            model = load_downstream(args.downstream, device)
+            groups = perceived_groups(test, args.instrument, device, 0.1)
+            downstream = downstream_bias(model, test, load_images(test["image_ref"].to_list()), groups, occupations, config)
+        with timed("amplification with bootstrap intervals", log):
+            metrics = evaluate_generation(
+                args.generation,
+                pl.read_parquet(args.train_predictions),
+                pl.read_parquet(args.generated),
+                confusion,
+                config,
+                configs["base"].seed,
+                downstream,
+            )
+        write_json(args.out, metrics)
+        amplification = metrics["amplification"]
+        log.info("generation %d: amplification_abs %.3f %s, recall@10 %.3f", args.generation,
+                 amplification.get("amplification_abs", float("nan")), amplification.get("amplification_abs_ci"),
+                 downstream["recall"].get("recall@10", float("nan")))
+        run.log_metrics({k: v for k, v in metrics.items() if k != "per_occupation"})
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_main(main_body, argv, log)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,98 @@
+"""paradox: the bias amplification paradox table for generation 0 (Seshadri et al., 2023).
+
+Amplification of generation 0's images against the training images behind each retrieval selection:
+prompt vs. keyword captions, captions-as-prompts vs. keyword, prompt vs. nearest neighbours, and prompt
+vs. nearest neighbours without gender indicators; measured, corrected by the instrument's confusion
+rates, and (glyph world) against ground truth.
+
+Inputs:   artifacts/classify_train/predictions.parquet, artifacts/gen0/classify/predictions.parquet,
+          metrics/instrument.json
+Outputs:  metrics/paradox.json, plots/paradox.csv (one row per pairing and kind),
+          plots/paradox_shares.png (share of women per occupation, training vs. generated)
+Params:   base, tracking, evaluate
+
+Example:
+    python -m stages.paradox --train-predictions artifacts/classify_train/predictions.parquet \\
+        --generated artifacts/gen0/classify/predictions.parquet --instrument-metrics metrics/instrument.json \\
+        --out metrics/paradox.json --table plots/paradox.csv --plot plots/paradox_shares.png
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import polars as pl
+
+from biasloop.config import to_dict
+from biasloop.evaluation import EvaluateConfig
+from biasloop.io import atomic_path, write_json
+from biasloop.paradox import PAIRINGS, paradox_table
+from biasloop.plots import share_plot
+from biasloop.stage import load_configs, make_parser, run_main
+from biasloop.tracking import stage_run
+from stages.evaluate import read_confusion
+
+log = logging.getLogger("paradox")
+
+
+def table_rows(paradox: dict) -> list[dict]:
+    """One CSV row per (pairing, kind) with the absolute and directional amplification and intervals."""
+    rows = []
+    for name, entry in paradox.items():
+        for kind in ("measured", "corrected", "true"):
+            table = entry.get(kind)
+            if not table:
+                continue
+            lo, hi = table.get("amplification_abs_ci", [None, None])
+            rows.append({
+                "pairing": f"{name} ({kind})", "name": name, "kind": kind,
+                "amplification_abs": table.get("amplification_abs"), "amplification_abs_lo": lo,
+                "amplification_abs_hi": hi, "amplification_dir": table.get("amplification_dir"),
+                "shift_to_majority": table.get("shift_to_majority"),
+            })
+    return rows
+
+
+def main_body(argv: Sequence[str] | None) -> None:
+    parser = make_parser(__doc__, "python -m stages.paradox")
+    parser.add_argument("--train-predictions", required=True, help="classify_train predictions parquet")
+    parser.add_argument("--generated", required=True, help="classify@0 predictions parquet")
+    parser.add_argument("--instrument-metrics", required=True, help="metrics/instrument.json (tpr, fpr)")
+    parser.add_argument("--out", default="metrics/paradox.json", help="paradox table JSON (default: %(default)s)")
+    parser.add_argument("--table", default="plots/paradox.csv", help="CSV for dvc plots (default: %(default)s)")
+    parser.add_argument("--plot", default="plots/paradox_shares.png", help="share plot PNG (default: %(default)s)")
+    args = parser.parse_args(argv)
+    configs = load_configs(args.params, {"evaluate": EvaluateConfig})
+    config: EvaluateConfig = configs["evaluate"]
+    with stage_run("paradox", configs["tracking"], {"evaluate": to_dict(config)}, generation=0) as run:
+        confusion = read_confusion(args.instrument_metrics)
+        paradox = paradox_table(pl.read_parquet(args.train_predictions), pl.read_parquet(args.generated),
+                                confusion, n_boot=config.n_boot, seed=configs["base"].seed)
+        write_json(args.out, {"confusion": confusion, "pairings": {k: list(v) for k, v in PAIRINGS.items()},
+                              "table": paradox})
+        rows = table_rows(paradox)
+        with atomic_path(args.table) as tmp:
+            pl.DataFrame(rows).write_csv(tmp)
+        series = {}
+        for name, label in (("prompt_vs_keyword", "generated, neutral prompts"),
+                            ("captions_vs_keyword", "generated, captions as prompts")):
+            measured = paradox[name].get("measured")
+            if measured:
+                series[label] = measured["per_occupation"]
+        if series:
+            share_plot(series, args.plot, "Share of women per occupation: training vs. generation 0")
+        for row in rows:
+            log.info("%-45s A_abs %.3f [%.3f, %.3f]", row["pairing"], row["amplification_abs"],
+                     row["amplification_abs_lo"], row["amplification_abs_hi"])
+        run.log_metrics({r["pairing"].replace(" ", "_").replace("(", "").replace(")", ""): r["amplification_abs"]
+                         for r in rows})
+        run.log_artifact(args.plot)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_main(main_body, argv, log)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

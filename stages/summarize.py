@@ -1,0 +1,96 @@
+"""summarize: merge every generation's metrics into the headline, the plot rows and the offline report.
+
+Inputs:   metrics/generations/gen*.json, metrics/paradox.json, metrics/instrument.json,
+          metrics/corpus.json, plots/paradox_shares.png, plots/corpus_contact_sheet.png, params.yaml
+Outputs:  metrics/summary.json     (what `dvc exp show` / `dvc metrics diff` read)
+          plots/amplification.csv, plots/shares.csv, plots/downstream.csv   (named plots in dvc.yaml)
+          plots/generations.png    (curves across generations)
+          plots/report.html        (self-contained: figures embedded, opens offline)
+Params:   all of params.yaml (shown in the report)
+
+Example:
+    python -m stages.summarize --generations metrics/generations --paradox metrics/paradox.json \\
+        --instrument-metrics metrics/instrument.json --corpus-metrics metrics/corpus.json \\
+        --out metrics/summary.json --plots plots --report plots/report.html
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import polars as pl
+
+from biasloop.config import read_params
+from biasloop.io import atomic_path, write_json
+from biasloop.plots import generation_curves
+from biasloop.report import build_summary, load_json, render_report, share_rows, summary_row
+from biasloop.stage import load_configs, make_parser, run_main
+from biasloop.tracking import stage_run
+
+log = logging.getLogger("summarize")
+
+
+def _write_csv(rows: list[dict], path: Path) -> None:
+    with atomic_path(path) as tmp:
+        pl.DataFrame(rows, infer_schema_length=None).write_csv(tmp)
+
+
+def main_body(argv: Sequence[str] | None) -> None:
+    parser = make_parser(__doc__, "python -m stages.summarize")
+    parser.add_argument("--generations", default="metrics/generations", help="folder of gen{N}.json files")
+    parser.add_argument("--paradox", default="metrics/paradox.json", help="paradox table JSON")
+    parser.add_argument("--instrument-metrics", default="metrics/instrument.json", help="instrument metrics JSON")
+    parser.add_argument("--corpus-metrics", default="metrics/corpus.json", help="corpus metrics JSON")
+    parser.add_argument("--out", default="metrics/summary.json", help="summary JSON (default: %(default)s)")
+    parser.add_argument("--plots", default="plots", help="folder for plot CSVs and PNGs (default: %(default)s)")
+    parser.add_argument("--report", default="plots/report.html", help="HTML report (default: %(default)s)")
+    args = parser.parse_args(argv)
+    configs = load_configs(args.params, {})
+    params = read_params(args.params)
+
+    files = sorted(Path(args.generations).glob("gen*.json"), key=lambda p: int(re.sub(r"\D", "", p.stem) or 0))
+    if not files:
+        raise FileNotFoundError(f"{args.generations}: no gen*.json metrics files")
+    # Only the generations params.yaml lists: a stale file from a longer run must not leak in.
+    wanted = {int(g) for g in params.get("generations", [])}
+    generation_metrics = [m for m in (json.loads(f.read_text()) for f in files) if not wanted or m["generation"] in wanted]
+    rows = [summary_row(m) for m in generation_metrics]
+    paradox, instrument = load_json(args.paradox), load_json(args.instrument_metrics)
+
+    with stage_run("summarize", configs["tracking"], {"synthetic_ratio": params.get("synthetic_ratio")}) as run:
+        summary = build_summary(rows, paradox, instrument)
+        write_json(args.out, summary)
+        plots = Path(args.plots)
+        _write_csv([{k: r.get(k) for k in ("generation", "amplification_abs", "amplification_abs_lo",
+                                              "amplification_abs_hi", "amplification_dir", "shift_to_majority")}
+                    for r in rows], plots / "amplification.csv")
+        _write_csv(share_rows(generation_metrics), plots / "shares.csv")
+        _write_csv([{k: r.get(k) for k in ("generation", "recall_at_10", "recall_at_10_gap", "max_skew_at_10",
+                                              "worst_group_accuracy")} for r in rows], plots / "downstream.csv")
+        ratio = params.get("synthetic_ratio")
+        generation_curves(rows, plots / "generations.png",
+                          f"Across generations (synthetic_ratio = {ratio}; generation 0 trained on real data)")
+        render_report(
+            args.report, rows, paradox, instrument, params,
+            {
+                "Share of women per occupation, training vs. generation 0": plots / "paradox_shares.png",
+                "Across generations": plots / "generations.png",
+                "The corpus": plots / "corpus_contact_sheet.png",
+            },
+        )
+        log.info("summary of %d generations -> %s; report -> %s", len(rows), args.out, args.report)
+        run.log_metrics(summary)
+        run.log_artifact(args.out)
+        run.log_artifact(args.report)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_main(main_body, argv, log)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
