@@ -9,7 +9,7 @@ VENV := $(VENV_ROOT)/venv-$(REQ_HASH)
 BIN := $(VENV)/bin
 RUN := PATH="$(BIN):$$PATH" MLFLOW_DISABLE_TELEMETRY=true HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
-.PHONY: env data repro test bench clean-env help
+.PHONY: env data repro test bench chromium clean-env help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -33,7 +33,12 @@ data: env  ## materialise data/ (same bytes on every machine, so data.dvc matche
 repro: data  ## set up and run the default pipeline (dvc repro on the glyph world)
 	$(RUN) dvc repro
 
-test: data  ## set up and run the tests
+chromium:  ## Debian's Chromium, for the test that opens the report in a headless browser
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  { apt-get install -y -q chromium >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }; }; } || \
+	  echo "warning: chromium could not be installed; the report's browser test will be skipped"
+
+test: data chromium  ## set up and run the tests
 	$(RUN) python -m pytest -q; status=$$?; if [ $$status -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$status
 
 bench: env  ## run the benchmarks; results in benchmarks/results/
