@@ -11,13 +11,20 @@ be set instead; a hub name is only fetched when the user opts in (``allow_downlo
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
 import os
+import re
+import secrets
+import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 
 PACKAGED_MODEL = "packaged:all-MiniLM-L6-v2"
+log = logging.getLogger(__name__)
 
 
 @runtime_checkable
@@ -114,3 +121,151 @@ def load_text_encoder(model: str | None = None, device: str = "cpu", allow_downl
     if model is not None and model.startswith("fake:"):
         return FakeTextEncoder(int(model.split(":", 1)[1]))
     return SentenceTransformerEncoder(model, device=device, allow_download=allow_download)
+
+
+def default_cache_dir() -> Path:
+    """``$BIASLOOP_EMBEDDING_CACHE``, else ``<DVC_ROOT or cwd>/.cache/embeddings``.
+
+    ``DVC_ROOT`` points at the original repository even for queued experiments (which run in
+    temporary copies), so every experiment shares one cache. The folder is outside every DVC output.
+    """
+    override = os.environ.get("BIASLOOP_EMBEDDING_CACHE")
+    if override:
+        return Path(override)
+    return Path(os.environ.get("DVC_ROOT") or os.getcwd()) / ".cache" / "embeddings"
+
+
+class CachedTextEncoder:
+    """A :class:`TextEncoder` that never embeds the same text twice with the same model.
+
+    Vectors are stored on disk under ``cache_dir/<model slug>-<hash>/`` in append-only chunks: each
+    chunk is a pair ``<stem>.vectors.npy`` (float32, ``(n, dim)``) and ``<stem>.keys.npy`` (uint8,
+    ``(n, 32)``: sha256 of ``encoder.name`` + NUL + text), each written to a temporary name and renamed,
+    keys last, so a chunk is visible only once complete. Chunks are never rewritten, so several
+    processes (``dvc queue start -j 2``) can share a cache; each call picks up chunks other processes
+    added. Vectors are memory-mapped; only the key index (about 100 bytes per text) lives in memory.
+
+    Attributes:
+        hits: requested texts served from the cache, over the object's life.
+        misses: requested texts that were not in the cache.
+        embedded: texts actually sent to the model (unique misses).
+    """
+
+    def __init__(self, encoder: TextEncoder, cache_dir: str | Path | None = None, flush_every: int = 65536) -> None:
+        """Wrap ``encoder``.
+
+        Args:
+            encoder: the model; its ``name`` is part of every key.
+            cache_dir: root folder of the cache (default :func:`default_cache_dir`).
+            flush_every: write a chunk after this many new vectors (a killed run keeps its work).
+        """
+        self.encoder = encoder
+        self.name = encoder.name
+        self.dim = encoder.dim
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        slug = re.sub(r"[^A-Za-z0-9._-]+", "_", encoder.name).strip("_")[-60:] or "model"
+        self.model_dir = self.cache_dir / f"{slug}-{hashlib.sha256(encoder.name.encode()).hexdigest()[:12]}"
+        self.flush_every = flush_every
+        self.hits = 0
+        self.misses = 0
+        self.embedded = 0
+        self._index: dict[bytes, tuple[int, int]] = {}  # key -> (chunk number, row)
+        self._chunks: list[np.ndarray] = []
+        self._loaded: set[str] = set()
+
+    def key(self, text: str) -> bytes:
+        """The 32-byte cache key of ``text`` under this model."""
+        return hashlib.sha256(self.name.encode() + b"\0" + text.encode()).digest()
+
+    def stats(self) -> dict[str, int]:
+        """``hits``, ``misses``, ``embedded`` and ``cached`` (texts on disk for this model)."""
+        return {"hits": self.hits, "misses": self.misses, "embedded": self.embedded, "cached": len(self._index)}
+
+    def _refresh(self) -> None:
+        """Index chunks written since the last look (by this or another process)."""
+        if not self.model_dir.exists():
+            return
+        for keys_path in sorted(self.model_dir.glob("*.keys.npy")):
+            stem = keys_path.name[: -len(".keys.npy")]
+            if stem in self._loaded:
+                continue
+            vectors = np.load(self.model_dir / f"{stem}.vectors.npy", mmap_mode="r")
+            keys = np.load(keys_path)
+            self._loaded.add(stem)
+            if vectors.ndim != 2 or vectors.shape[1] != self.dim or len(vectors) != len(keys):
+                log.warning("ignoring embedding cache chunk %s: shape %s does not fit dim %d", stem, vectors.shape, self.dim)
+                continue
+            chunk = len(self._chunks)
+            self._chunks.append(vectors)
+            raw = keys.tobytes()
+            for row in range(len(keys)):
+                self._index.setdefault(raw[row * 32 : row * 32 + 32], (chunk, row))
+
+    def _write_chunk(self, keys: list[bytes], vectors: np.ndarray) -> None:
+        if not keys:
+            return
+        if not self.cache_dir.exists():
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            (self.cache_dir / ".gitignore").write_text("# embedding cache: local, never versioned\n*\n")
+        self.model_dir.mkdir(parents=True, exist_ok=True)
+        meta = self.model_dir / "model.json"
+        if not meta.exists():
+            meta.write_text(json.dumps({"name": self.name, "dim": self.dim}) + "\n")
+        stem = f"{time.time_ns():020d}-{os.getpid()}-{secrets.token_hex(4)}"
+        key_array = np.frombuffer(b"".join(keys), dtype=np.uint8).reshape(len(keys), 32)
+        for suffix, array in ((".vectors.npy", np.asarray(vectors, dtype=np.float32)), (".keys.npy", key_array)):
+            tmp = self.model_dir / f".{stem}{suffix}.tmp"
+            with open(tmp, "wb") as handle:
+                np.save(handle, array, allow_pickle=False)
+            os.replace(tmp, self.model_dir / f"{stem}{suffix}")
+        self._loaded.add(stem)
+        chunk = len(self._chunks)
+        self._chunks.append(np.load(self.model_dir / f"{stem}.vectors.npy", mmap_mode="r"))
+        for row, key in enumerate(keys):
+            self._index.setdefault(key, (chunk, row))
+
+    def encode(self, texts: Sequence[str], batch_size: int = 64, progress: bool = False) -> np.ndarray:
+        """Vectors for ``texts`` (``(n, dim)`` float32, unit length), embedding only texts not cached.
+
+        Texts to embed are deduplicated and sorted by length (long first, as sentence-transformers does,
+        so batches pad little), then sent to the model in groups of batches; ``progress`` shows a tqdm
+        bar over embedding batches.
+        """
+        self._refresh()
+        keys = [self.key(text) for text in texts]
+        new: dict[bytes, str] = {}
+        for key, text in zip(keys, texts):
+            if key in self._index:
+                self.hits += 1
+            else:
+                self.misses += 1
+                new.setdefault(key, text)
+        if new:
+            self._embed(new, batch_size, progress)
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        located = np.array([self._index[key] for key in keys], dtype=np.int64).reshape(-1, 2)
+        for chunk in np.unique(located[:, 0]):
+            positions = np.flatnonzero(located[:, 0] == chunk)
+            out[positions] = self._chunks[chunk][located[positions, 1]]
+        return out
+
+    def _embed(self, new: dict[bytes, str], batch_size: int, progress: bool) -> None:
+        from tqdm.auto import tqdm
+
+        order = sorted(new, key=lambda key: -len(new[key]))
+        group = batch_size * 16  # texts per call to the model: big enough that per-call overhead vanishes
+        pending_keys: list[bytes] = []
+        pending_vectors: list[np.ndarray] = []
+        n_batches = -(-len(order) // batch_size)
+        with tqdm(total=n_batches, desc=f"embedding ({self.name})", unit="batch", disable=not progress) as bar:
+            for start in range(0, len(order), group):
+                chunk_keys = order[start : start + group]
+                vectors = self.encoder.encode([new[k] for k in chunk_keys], batch_size=batch_size, progress=False)
+                pending_keys.extend(chunk_keys)
+                pending_vectors.append(np.asarray(vectors, dtype=np.float32))
+                self.embedded += len(chunk_keys)
+                bar.update(-(-len(chunk_keys) // batch_size))
+                if len(pending_keys) >= self.flush_every:
+                    self._write_chunk(pending_keys, np.concatenate(pending_vectors))
+                    pending_keys, pending_vectors = [], []
+        self._write_chunk(pending_keys, np.concatenate(pending_vectors) if pending_vectors else np.zeros((0, self.dim)))

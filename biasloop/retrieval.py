@@ -32,9 +32,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
-from biasloop.indicators import tag_indicators
+from biasloop.indicators import LABELS, tag_indicators
 
 _SEPARATOR = "\x1f"  # joins several occupations mapped from one matched phrase; never in an occupation
 
@@ -89,6 +90,13 @@ def form_regex(forms: Iterable[str]) -> str:
     return rf"(?i)\b(?:{alternatives})\b"
 
 
+def _can_overlap(first: str, second: str) -> bool:
+    """Whether a word-bounded match of ``first`` can end inside one of ``second`` (a suffix of its words
+    is a prefix of the other's); containment is handled separately."""
+    a, b = re.findall(r"\w+", first), re.findall(r"\w+", second)
+    return any(a[-n:] == b[:n] for n in range(1, min(len(a), len(b)) + 1))
+
+
 @dataclass(frozen=True)
 class OccupationMatcher:
     """Compiled search plan for a list of occupations.
@@ -132,9 +140,9 @@ class OccupationMatcher:
                 if compiled[inner].search(outer):
                     if owner[inner] not in contained[outer]:
                         contained[outer].append(owner[inner])
-                elif set(re.findall(r"\w+", inner)) & set(re.findall(r"\w+", outer)):
-                    # the phrases share a word without one containing the other: their matches can
-                    # overlap in a caption, so they must be searched in different passes
+                elif not compiled[outer].search(inner) and _can_overlap(inner, outer):
+                    # a caption can hold both phrases overlapping ("software engineer manager" for
+                    # "software engineer" and "engineer manager"): one pass would report only the first
                     conflicts[owner[inner]].add(owner[outer])
                     conflicts[owner[outer]].add(owner[inner])
         layer_of: dict[str, int] = {}
@@ -162,17 +170,14 @@ class OccupationMatcher:
         found = [pl.col(column).str.extract_all(form_regex(layer)).alias(f"_match{i}") for i, layer in enumerate(self.layers)]
         any_found = pl.any_horizontal([pl.col(f"_match{i}").list.len() > 0 for i in range(len(self.layers))])
         mapping = {form: _SEPARATOR.join(occs) for form, occs in self.form_occupations.items()}
-        per_layer = [
-            pl.col(f"_match{i}").list.eval(
-                pl.element()
-                .str.to_lowercase()
-                .str.replace_all(r"\s+", " ")
-                .replace_strict(mapping, return_dtype=pl.String)
-                .str.split(_SEPARATOR)
-                .explode()
-            )
-            for i in range(len(self.layers))
-        ]
+        # each step costs a pass over the matches, so only the ones these occupations need are added
+        matched = pl.element().str.to_lowercase()
+        if any(" " in form for form in mapping):
+            matched = matched.str.replace_all(r"\s+", " ")
+        matched = matched.replace_strict(mapping, return_dtype=pl.String)
+        if any(len(occs) > 1 for occs in self.form_occupations.values()):
+            matched = matched.str.split(_SEPARATOR).explode()
+        per_layer = [pl.col(f"_match{i}").list.eval(matched) for i in range(len(self.layers))]
         merged = per_layer[0] if len(per_layer) == 1 else pl.concat_list(per_layer)
         return found, any_found, merged.list.unique(maintain_order=True)
 
@@ -238,3 +243,133 @@ def streaming_problems(query: pl.LazyFrame) -> list[str]:
         if colour in colours:
             problems.append(label.split("\\n", 1)[0])
     return problems
+
+
+def parse_occupations(value: object) -> tuple[str, ...]:
+    """Validate the top-level ``occupations`` param: a non-empty list of distinct names."""
+    if not isinstance(value, (list, tuple)) or not value or not all(isinstance(o, str) for o in value):
+        raise ValueError(f"occupations: expected a non-empty list of strings, found {value!r}")
+    names = tuple(normalise_occupation(o) for o in value)
+    if len(set(names)) != len(names):
+        raise ValueError(f"occupations: duplicate names in {list(value)}")
+    return names
+
+
+def evaluate_against_truth(matches: pl.DataFrame, corpus: pl.LazyFrame, occupations: Sequence[str]) -> dict:
+    """Retrieval precision/recall against ``true_occupation`` and indicator agreement with ``true_indicator``.
+
+    Args:
+        matches: retrieval output carrying the ground-truth columns it found in the corpus.
+        corpus: the corpus scan (only ``true_occupation`` is read, streaming, for recall denominators).
+        occupations: the occupations searched.
+
+    Returns:
+        ``{"precision", "recall", "occupations": {o: {"precision", "recall", "n_true"}}}`` (micro
+        averages over occupations) and, where ``true_indicator`` exists, ``indicator_agreement`` (share
+        of retrieved captions whose label equals the world's) with ``indicator_confusion``
+        (``{true: {found: n}}``). Empty when the corpus has no ground truth.
+    """
+    result: dict = {}
+    if "true_occupation" in matches.columns:
+        n_true = dict(
+            corpus.group_by("true_occupation").len().collect(engine="streaming").iter_rows()
+        )
+        per_occupation = (
+            matches.group_by("occupation")
+            .agg(n=pl.len(), correct=(pl.col("true_occupation") == pl.col("occupation")).sum())
+            .rows_by_key("occupation", unique=True)
+        )
+        table = {}
+        for name in occupations:
+            n, correct = per_occupation.get(name, (0, 0))
+            table[name] = {
+                "precision": correct / n if n else None,
+                "recall": correct / n_true[name] if n_true.get(name) else None,
+                "n_true": int(n_true.get(name, 0)),
+            }
+        retrieved = sum(v[0] for v in per_occupation.values())
+        correct = sum(v[1] for v in per_occupation.values())
+        relevant = sum(int(n_true.get(name, 0)) for name in occupations)
+        result.update(
+            precision=correct / retrieved if retrieved else None,
+            recall=correct / relevant if relevant else None,
+            occupations=table,
+        )
+    if "true_indicator" in matches.columns:
+        labelled = matches.unique("id").filter(pl.col("true_indicator").is_not_null())
+        confusion: dict[str, dict[str, int]] = {}
+        for truth, found, n in labelled.group_by("true_indicator", "indicator").len().sort("true_indicator", "indicator").iter_rows():
+            confusion.setdefault(truth, {})[found] = n
+        result["indicator_agreement"] = (
+            float((labelled["indicator"] == labelled["true_indicator"]).mean()) if len(labelled) else None
+        )
+        result["indicator_confusion"] = confusion
+    return result
+
+
+def indicator_shares(matches: pl.DataFrame, occupations: Sequence[str]) -> dict:
+    """Counts and label shares of retrieved captions, overall (distinct captions) and per occupation."""
+
+    def shares(frame: pl.DataFrame) -> dict:
+        counts = dict(frame.group_by("indicator").len().iter_rows())
+        n = len(frame)
+        return {"n": n, **{f"share_{label}": (counts.get(label, 0) / n if n else None) for label in LABELS}}
+
+    return {
+        "all": shares(matches.unique("id")),
+        "occupations": {name: shares(matches.filter(pl.col("occupation") == name)) for name in occupations},
+    }
+
+
+DEFAULT_PROMPTS: tuple[str, ...] = (
+    "A photo of the face of a {occupation}",
+    "A photo of a {occupation}",
+    "A portrait of a {occupation} at work",
+)
+SELECTIONS: tuple[str, ...] = ("keyword", "keyword_no_indicator", "nn", "nn_no_indicator")
+
+
+def fill_prompt(template: str, occupation: str) -> str:
+    """Put ``occupation`` into ``template`` at ``{occupation}``, turning the article before it into
+    "an" when the occupation starts with a vowel letter ("a {occupation}" -> "an engineer")."""
+    if "{occupation}" not in template:
+        raise ValueError(f"prompt template {template!r} has no {{occupation}} placeholder")
+    if occupation[:1].lower() in "aeiou":
+        template = re.sub(r"\b([Aa])(\s+)(?=\{occupation\})", lambda m: ("An" if m[1] == "A" else "an") + m[2], template)
+    return template.replace("{occupation}", occupation)
+
+
+def select_neighbours(matches: pl.DataFrame, similarity: Sequence[float], k: int) -> pl.DataFrame:
+    """The four caption selections of the paradox study, ranked by similarity to the occupation prompts.
+
+    Args:
+        matches: retrieval output (``occupation, id, indicator``).
+        similarity: cosine similarity of each match row's caption to its occupation's prompt embedding.
+        k: captions per occupation in the nearest-neighbour selections.
+
+    Returns:
+        ``selection, occupation, id, similarity, rank``: ``keyword`` (every retrieved caption) and
+        ``keyword_no_indicator`` (those labelled ``none``) ranked in full; ``nn`` and
+        ``nn_no_indicator`` their top ``k`` per occupation. Rank 1 is the most similar; ties go to
+        the smaller id.
+    """
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    scored = matches.select("occupation", "id", "indicator").with_columns(
+        similarity=pl.Series(np.asarray(similarity, dtype=np.float32))
+    ).unique(["occupation", "id"], maintain_order=True)
+    ranked_frames = []
+    for selection, frame in (
+        ("keyword", scored),
+        ("keyword_no_indicator", scored.filter(pl.col("indicator") == "none")),
+    ):
+        ranked = frame.sort(["occupation", "similarity", "id"], descending=[False, True, False]).with_columns(
+            selection=pl.lit(selection), rank=pl.int_range(1, pl.len() + 1, dtype=pl.UInt32).over("occupation")
+        )
+        nn_name = selection.replace("keyword", "nn")
+        ranked_frames += [ranked, ranked.filter(pl.col("rank") <= k).with_columns(selection=pl.lit(nn_name))]
+    columns = ["selection", "occupation", "id", "similarity", "rank"]
+    return (
+        pl.concat([f.select(columns) for f in ranked_frames])
+        .sort(pl.col("selection").cast(pl.Enum(list(SELECTIONS))), "occupation", "rank")
+    )

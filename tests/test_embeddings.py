@@ -1,0 +1,110 @@
+"""The on-disk embedding cache, and the packaged MiniLM loaded offline."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from biasloop.embeddings import CachedTextEncoder, FakeTextEncoder, default_cache_dir
+
+
+class CountingEncoder(FakeTextEncoder):
+    """FakeTextEncoder that records every text it is asked to embed."""
+
+    def __init__(self, dim: int = 16) -> None:
+        super().__init__(dim)
+        self.seen: list[str] = []
+
+    def encode(self, texts, batch_size=64, progress=False):
+        self.seen.extend(texts)
+        return super().encode(texts, batch_size, progress)
+
+
+TEXTS = ["a nurse at work", "nurses on shift", "a dog", "a nurse at work", "an engineer"]
+
+
+def test_second_call_embeds_nothing(tmp_path: Path) -> None:
+    inner = CountingEncoder()
+    cached = CachedTextEncoder(inner, tmp_path)
+    first = cached.encode(TEXTS, batch_size=2)
+    assert sorted(inner.seen) == sorted(set(TEXTS))  # duplicates embedded once
+    assert cached.stats() == {"hits": 0, "misses": 5, "embedded": 4, "cached": 4}
+    np.testing.assert_allclose(first, FakeTextEncoder(16).encode(TEXTS), atol=1e-6)
+
+    inner.seen.clear()
+    again = cached.encode(list(reversed(TEXTS)))
+    assert inner.seen == []
+    np.testing.assert_array_equal(again, first[::-1])
+    assert cached.stats()["hits"] == 5
+
+
+def test_cache_persists_across_processes_and_new_texts_only(tmp_path: Path) -> None:
+    CachedTextEncoder(CountingEncoder(), tmp_path).encode(TEXTS)
+    inner = CountingEncoder()
+    fresh = CachedTextEncoder(inner, tmp_path)  # a new run: only the disk is shared
+    out = fresh.encode(["a dog", "a chef", "nurses on shift"])
+    assert inner.seen == ["a chef"]
+    assert fresh.stats() == {"hits": 2, "misses": 1, "embedded": 1, "cached": 5}
+    assert out.dtype == np.float32 and out.shape == (3, 16)
+
+
+def test_cache_is_keyed_by_model(tmp_path: Path) -> None:
+    CachedTextEncoder(CountingEncoder(16), tmp_path).encode(TEXTS)
+    other = CountingEncoder(8)  # a different name: nothing shared
+    CachedTextEncoder(other, tmp_path).encode(TEXTS)
+    assert sorted(other.seen) == sorted(set(TEXTS))
+    assert len([p for p in tmp_path.iterdir() if p.is_dir()]) == 2
+
+
+def test_chunks_are_append_only_and_flushed(tmp_path: Path) -> None:
+    cached = CachedTextEncoder(CountingEncoder(), tmp_path, flush_every=2)
+    cached.encode([f"text {i}" for i in range(40)], batch_size=1)  # model calls of 16 texts
+    chunks = sorted(cached.model_dir.glob("*.keys.npy"))
+    assert len(chunks) >= 2
+    before = {p: p.stat().st_mtime_ns for p in chunks}
+    cached.encode(["text 0", "another"])
+    assert all(p.stat().st_mtime_ns == t for p, t in before.items())  # old chunks never rewritten
+    assert len(list(cached.model_dir.glob("*.keys.npy"))) == len(chunks) + 1
+    assert not list(cached.model_dir.glob(".*.tmp"))
+
+
+def test_empty_input(tmp_path: Path) -> None:
+    assert CachedTextEncoder(FakeTextEncoder(4), tmp_path).encode([]).shape == (0, 4)
+
+
+def test_default_cache_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("BIASLOOP_EMBEDDING_CACHE", raising=False)
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    assert default_cache_dir() == tmp_path / ".cache" / "embeddings"
+    monkeypatch.setenv("BIASLOOP_EMBEDDING_CACHE", str(tmp_path / "elsewhere"))
+    assert default_cache_dir() == tmp_path / "elsewhere"
+
+
+def test_created_cache_dir_ignores_itself(tmp_path: Path) -> None:
+    root = tmp_path / "repo" / ".cache" / "embeddings"
+    CachedTextEncoder(FakeTextEncoder(4), root).encode(["x"])
+    assert (root / ".gitignore").read_text().strip().endswith("*")
+
+
+def test_packaged_minilm_offline_ranks_paraphrase_first(tmp_path: Path) -> None:
+    """Loads the wheel's all-MiniLM-L6-v2 with the hub switched off (in a child process, so the offline
+    environment is the one the model is loaded in) and checks it understands a paraphrase."""
+    script = f"""
+import numpy as np
+from biasloop.embeddings import CachedTextEncoder, load_text_encoder
+encoder = CachedTextEncoder(load_text_encoder(None), {str(tmp_path)!r})
+prompt, paraphrase, unrelated = encoder.encode(
+    ["A photo of the face of a nurse", "close-up portrait of a nurse in scrubs", "a bowl of soup on a table"])
+print(float(prompt @ paraphrase), float(prompt @ unrelated), encoder.dim)
+"""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    close, far, dim = done.stdout.split()
+    assert int(dim) == 384
+    assert float(close) > float(far) + 0.2
