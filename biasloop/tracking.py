@@ -28,10 +28,13 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
+def _root() -> Path:
+    return Path(os.environ.get("DVC_ROOT") or os.getcwd()).resolve()
+
+
 def default_uri() -> str:
     """``sqlite:///<DVC_ROOT or cwd>/mlflow.db``."""
-    root = Path(os.environ.get("DVC_ROOT") or os.getcwd()).resolve()
-    return f"sqlite:///{root / 'mlflow.db'}"
+    return f"sqlite:///{_root() / 'mlflow.db'}"
 
 
 def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -52,6 +55,20 @@ def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[name] = value
     return flat
+
+
+def _quietly(method: Callable[..., None]) -> Callable[..., None]:
+    """Tracking calls log a warning instead of failing the stage when MLflow keeps erroring."""
+
+    def wrapper(self: "StageRun", *args: Any, **kwargs: Any) -> None:
+        try:
+            method(self, *args, **kwargs)
+        except Exception as exc:
+            log.warning("MLflow %s failed: %s", method.__name__, exc)
+
+    wrapper.__name__ = method.__name__
+    wrapper.__doc__ = method.__doc__
+    return wrapper
 
 
 def _retry(call: Callable[[], T], what: str, attempts: int = 12) -> T:
@@ -90,6 +107,7 @@ class StageRun:
     def active(self) -> bool:
         return self._client is not None
 
+    @_quietly
     def log_params(self, params: Mapping[str, Any]) -> None:
         """Log (nested) params; values are stringified and cut to MLflow's length limit."""
         if not self.active:
@@ -101,6 +119,7 @@ class StageRun:
             chunk = items[start : start + 100]
             _retry(lambda c=chunk: self._client.log_batch(self.run_id, params=c), "log params")
 
+    @_quietly
     def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
         """Log the numeric leaves of a (nested) metrics dict; other values are skipped."""
         if not self.active:
@@ -117,6 +136,7 @@ class StageRun:
             chunk = items[start : start + 500]
             _retry(lambda c=chunk: self._client.log_batch(self.run_id, metrics=c), "log metrics")
 
+    @_quietly
     def log_artifact(self, path: str | Path) -> None:
         """Copy a file (or folder) into the run's artifacts."""
         if not self.active:
@@ -127,6 +147,7 @@ class StageRun:
         elif path.exists():
             _retry(lambda: self._client.log_artifact(self.run_id, str(path)), "log artifact")
 
+    @_quietly
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         if not self.active:
             return
@@ -168,7 +189,11 @@ def stage_run(
             if found is not None:
                 return found.experiment_id
             try:
-                return client.create_experiment(config.experiment)
+                # Artifacts beside the database (not in whichever folder a stage ran from).
+                database = Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else _root() / "x"
+                return client.create_experiment(
+                    config.experiment, artifact_location=(database.parent / "mlartifacts").as_uri()
+                )
             except mlflow.exceptions.MlflowException:
                 found = client.get_experiment_by_name(config.experiment)  # created by a parallel run
                 if found is None:

@@ -1,0 +1,126 @@
+"""The whole pipeline: `dvc repro` on a tiny world with 2 generations, in a temporary copy of the repo."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import REPO_ROOT
+
+pytestmark = pytest.mark.slow
+
+TINY = {
+    "occupations": ["engineer", "teacher", "nurse"],
+    "world": {"samples_per_occupation": 60, "distractors": 10, "near_misses": 6},
+    "neighbours": {"k": 20},
+    "evaluate": {"n_boot": 50},
+    "loop": {"generator_steps": 4},
+}
+
+
+def _merge(target: dict, update: dict) -> None:
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(target.get(key), dict):
+            _merge(target[key], value)
+        else:
+            target[key] = value
+
+
+def _tiny_overrides(params: dict) -> dict:
+    """Shrink every training section that exists to a few steps (keys the sections actually have)."""
+    overrides = json.loads(json.dumps(TINY))
+    shrink = {
+        "generator": {"train_steps": 6, "batch_size": 16, "sampling_steps": 2},
+        "generate": {"n_per_prompt": 4, "max_captions_per_occupation": 4},
+        "instrument": {"epochs": 1},
+        "downstream": {"epochs": 1},
+    }
+    for section, values in shrink.items():
+        present = params.get(section) or {}
+        overrides[section] = {k: v for k, v in values.items() if k in present}
+    return overrides
+
+
+def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "MLFLOW_DISABLE_TELEMETRY": "true",
+           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "BIASLOOP_EMBEDDING_CACHE": str(cwd / ".cache" / "embeddings")}
+    env.pop("DVC_ROOT", None)
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=1500)
+    assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    return result
+
+
+@pytest.fixture(scope="module")
+def pipeline_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if shutil.which("git") is None:
+        pytest.skip("git is needed for dvc")
+    repo = tmp_path_factory.mktemp("pipeline") / "repo"
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=REPO_ROOT, capture_output=True, check=True).stdout
+    for name in filter(None, tracked.decode().split("\0")):
+        source = REPO_ROOT / name
+        if source.is_file():
+            (repo / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, repo / name)
+    for name in ("dvc.lock",):
+        (repo / name).unlink(missing_ok=True)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    _merge(params, _tiny_overrides(params))
+    params["generations"] = [0, 1]
+    params["rounds"] = [{"gen": 1, "prev": 0}]
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _run(["git", "init", "-q"], repo)
+    _run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "add", "-A"], repo)
+    _run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "tiny"], repo)
+    _run([sys.executable, "-m", "biasloop.cli", "data", "--out", "data"], repo)
+    _run(["dvc", "repro"], repo)
+    return repo
+
+
+def test_repro_writes_summary_and_report(pipeline_repo: Path) -> None:
+    summary = json.loads((pipeline_repo / "metrics/summary.json").read_text())
+    assert {"gen0", "gen1"} <= set(summary)
+    assert summary["gen0"]["amplification_abs"] is not None
+    assert 0.0 <= summary["gen1"]["amplification_abs"] <= 1.0
+    paradox = json.loads((pipeline_repo / "metrics/paradox.json").read_text())
+    assert set(paradox["table"]) == {"prompt_vs_keyword", "captions_vs_keyword", "prompt_vs_nn", "prompt_vs_nn_no_indicator"}
+    report = (pipeline_repo / "plots/report.html").read_text()
+    assert "data:image/png;base64," in report
+    for name in ("amplification.csv", "shares.csv", "downstream.csv", "paradox_shares.png", "generations.png"):
+        assert (pipeline_repo / "plots" / name).stat().st_size > 0
+    dataset = pipeline_repo / "artifacts/gen1/mix/dataset.parquet"
+    assert dataset.exists()
+
+
+def test_second_repro_is_a_no_op(pipeline_repo: Path) -> None:
+    result = _run(["dvc", "repro"], pipeline_repo)
+    assert "Running stage" not in result.stdout
+    status = _run(["dvc", "status", "--json"], pipeline_repo)
+    assert json.loads(status.stdout or "{}") == {}
+
+
+def _changed_stages(repo: Path, section: str, key: str, value: object) -> set[str]:
+    params_path = repo / "params.yaml"
+    original = params_path.read_text()
+    params = yaml.safe_load(original)
+    if key:
+        params[section][key] = value
+    else:
+        params[section] = value
+    params_path.write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        status = _run(["dvc", "status", "--json"], repo)
+        return {name.split(":")[-1] for name in json.loads(status.stdout or "{}")}
+    finally:
+        params_path.write_text(original)
+
+
+def test_changed_params_rerun_only_their_stages(pipeline_repo: Path) -> None:
+    assert _changed_stages(pipeline_repo, "synthetic_ratio", "", 0.8) == {"mix@1", "summarize"}
+    assert _changed_stages(pipeline_repo, "neighbours", "k", 7) == {"neighbours", "summarize"}
