@@ -1,0 +1,60 @@
+"""Retrieval and group-fairness metrics against hand-computed values."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from biasloop.downstream_metrics import group_fairness, max_skew_at_k, ndkl, recall_at_k
+
+
+def test_recall_at_k_and_gap() -> None:
+    # True image of text i is image i. Ranks of the true image: text0 -> 0, text1 -> 2, text2 -> 1, text3 -> 0
+    similarity = np.array([
+        [0.9, 0.1, 0.2, 0.0],
+        [0.8, 0.5, 0.7, 0.0],
+        [0.9, 0.1, 0.5, 0.0],
+        [0.1, 0.2, 0.3, 0.4],
+    ])
+    result = recall_at_k(similarity, ks=(1, 2), groups=["female", "male", "female", "male"])
+    assert result["recall@1"] == pytest.approx(2 / 4)
+    assert result["recall@2"] == pytest.approx(3 / 4)
+    # female: texts 0 (rank 0), 2 (rank 1); male: texts 1 (rank 2), 3 (rank 0)
+    assert result["by_group"]["female"] == {"recall@1": 0.5, "recall@2": 1.0}
+    assert result["by_group"]["male"] == {"recall@1": 0.5, "recall@2": 0.5}
+    assert result["recall@2_gap"] == pytest.approx(0.5)
+    assert result["recall@2_gap_signed"] == pytest.approx(-0.5)
+
+
+def test_max_skew() -> None:
+    # top-4: 3 women, 1 man; desired 1/2 each: skew_f = ln(0.75/0.5), skew_m = ln(0.25/0.5)
+    assert max_skew_at_k(["female", "female", "male", "female", "male"], k=4) == pytest.approx(math.log(1.5))
+    assert max_skew_at_k(["male"] * 10, k=10) == pytest.approx(math.log(2))
+    assert max_skew_at_k(["female", "male"], k=2) == pytest.approx(0.0)
+    assert max_skew_at_k(["female", "male"], k=2, desired=[0.8, 0.2]) == pytest.approx(math.log(0.5 / 0.2))
+
+
+def test_ndkl() -> None:
+    # ranking f, m: prefix 1 = (1, 0): KL = ln 2 ; prefix 2 = (0.5, 0.5): KL = 0
+    # NDKL = (ln2 / log2(2) + 0 / log2(3)) / (1 + 1/log2(3))
+    expected = math.log(2) / (1 + 1 / math.log2(3))
+    assert ndkl(["female", "male"]) == pytest.approx(expected)
+    assert ndkl(["male", "male", "male"]) == pytest.approx(math.log(2))  # every prefix all men
+
+
+def test_group_fairness_with_fairlearn() -> None:
+    true = ["nurse", "nurse", "nurse", "nurse", "chef", "chef", "chef", "chef"]
+    pred = ["nurse", "nurse", "chef", "nurse", "chef", "chef", "chef", "nurse"]
+    gender = ["female", "female", "male", "male", "female", "female", "male", "male"]
+    result = group_fairness(true, pred, gender)
+    by_group = {(g["occupation"], g["gender"]): g["accuracy"] for g in result["accuracy_by_group"]}
+    assert by_group == {("chef", "female"): 1.0, ("chef", "male"): 0.5, ("nurse", "female"): 1.0, ("nurse", "male"): 0.5}
+    assert result["worst_group_accuracy"] == 0.5
+    assert result["overall_accuracy"] == pytest.approx(6 / 8)
+    rows = {r["occupation"]: r for r in result["per_occupation"]}
+    # "nurse" predicted for women: 2/4, for men: 2/4 -> demographic parity difference 0
+    assert rows["nurse"]["demographic_parity_difference"] == pytest.approx(0.0)
+    # nurse one-vs-rest: women TPR 2/2, FPR 0/2; men TPR 1/2, FPR 1/2 -> equalized odds difference 0.5
+    assert rows["nurse"]["equalized_odds_difference"] == pytest.approx(0.5)
