@@ -1,0 +1,181 @@
+"""The downstream CLIP: trained from scratch with open_clip on each generation's dataset.
+
+Its bias (retrieval gaps, skew, group accuracy) measures what a future model inherits from a dataset
+that mixes real and generated images (the replacement study). The architecture is data: a small
+open_clip config in ``biasloop/model_configs/`` (``biasloop-tiny-clip``: a 2-layer ViT over 4x4 patches
+of 16x16 images and a 2-layer text transformer), registered with ``open_clip.add_model_config``;
+``downstream.model`` can name any open_clip architecture instead (RN50, ViT-B-32 for the real study).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from biasloop.config import to_dict
+
+log = logging.getLogger(__name__)
+CONFIG_DIR = Path(__file__).parent / "model_configs"
+MANIFEST = "downstream.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class DownstreamConfig:
+    """``downstream``: the CLIP retrained from scratch on each generation's dataset."""
+
+    model: str = "biasloop-tiny-clip"  # open_clip architecture (biasloop/model_configs/*.json or built-in)
+    epochs: int = 10  # passes over the dataset
+    batch_size: int = 128  # pairs per contrastive batch
+    learning_rate: float = 2e-3  # AdamW peak learning rate (cosine decay)
+    weight_decay: float = 0.1  # AdamW weight decay
+
+
+def _open_clip() -> Any:
+    import open_clip
+
+    if "biasloop-tiny-clip" not in open_clip.list_models():
+        open_clip.add_model_config(CONFIG_DIR)
+    return open_clip
+
+
+class DownstreamCLIP:
+    """An open_clip model with numpy encoders (unit vectors) for evaluation."""
+
+    def __init__(self, model: Any, model_name: str, device: str = "cpu") -> None:
+        self.model = model
+        self.model_name = model_name
+        self.device = device
+        self.tokenizer = _open_clip().get_tokenizer(model_name)
+        size = model.visual.image_size
+        self.image_size = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
+
+    def image_batch(self, images: np.ndarray) -> Any:
+        import torch
+
+        batch = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div(255.0)
+        if tuple(batch.shape[-2:]) != self.image_size:
+            batch = torch.nn.functional.interpolate(batch, size=self.image_size, mode="bilinear", align_corners=False)
+        return ((batch - 0.5) / 0.5).to(self.device)
+
+    def encode_images(self, images: np.ndarray, batch_size: int = 512) -> np.ndarray:
+        """Unit image embeddings of ``uint8`` images ``(n, h, w, 3)``."""
+        import torch
+
+        self.model.eval()
+        out = []
+        with torch.no_grad():
+            for start in range(0, len(images), batch_size):
+                features = self.model.encode_image(self.image_batch(images[start : start + batch_size]), normalize=True)
+                out.append(features.float().cpu().numpy())
+        return np.concatenate(out)
+
+    def encode_texts(self, texts: list[str], batch_size: int = 512) -> np.ndarray:
+        """Unit text embeddings."""
+        import torch
+
+        self.model.eval()
+        out = []
+        with torch.no_grad():
+            for start in range(0, len(texts), batch_size):
+                tokens = self.tokenizer(list(texts[start : start + batch_size])).to(self.device)
+                out.append(self.model.encode_text(tokens, normalize=True).float().cpu().numpy())
+        return np.concatenate(out)
+
+
+def train_downstream_clip(
+    images: np.ndarray, captions: list[str], config: DownstreamConfig, seed: int, device: str = "cpu",
+    progress: bool = True,
+) -> tuple[DownstreamCLIP, dict[str, Any]]:
+    """Train an open_clip model from scratch with its contrastive loss (``open_clip.ClipLoss``).
+
+    Args:
+        images: ``uint8`` training images ``(n, h, w, 3)``.
+        captions: their captions.
+        config: the ``downstream`` params.
+        seed: initialisation and batch-order seed.
+        device: torch device.
+        progress: tqdm bar over steps.
+
+    Returns:
+        ``(model, stats)``; stats hold seconds, steps and the final loss.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    open_clip = _open_clip()
+    torch.manual_seed(seed)
+    model = open_clip.create_model(config.model, pretrained=None, device=device)
+    wrapper = DownstreamCLIP(model, config.model, device)
+    loss_fn = open_clip.ClipLoss()
+    optimiser = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    steps_per_epoch = max(1, (len(images) + config.batch_size - 1) // config.batch_size)
+    total = steps_per_epoch * config.epochs
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=config.learning_rate, total_steps=total,
+                                                   pct_start=0.1)
+    all_tokens = wrapper.tokenizer(list(captions))
+    all_images = wrapper.image_batch(images)
+    generator = torch.Generator().manual_seed(seed)
+    start = time.perf_counter()
+    loss_value = float("nan")
+    bar = tqdm(total=total, desc="downstream CLIP steps", disable=not progress)
+    model.train()
+    for _ in range(config.epochs):
+        order = torch.randperm(len(images), generator=generator)
+        for batch_start in range(0, len(order), config.batch_size):
+            batch = order[batch_start : batch_start + config.batch_size]
+            if len(batch) < 2:
+                continue
+            output = model(all_images[batch], all_tokens[batch].to(device))
+            if isinstance(output, dict):
+                output = (output["image_features"], output["text_features"], output["logit_scale"])
+            image_features, text_features, logit_scale = output[:3]
+            loss = loss_fn(image_features, text_features, logit_scale)
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            schedule.step()
+            with torch.no_grad():
+                model.logit_scale.clamp_(0, np.log(100))
+            loss_value = float(loss.item())
+            bar.update(1)
+    bar.close()
+    model.eval()
+    stats = {"seconds": time.perf_counter() - start, "steps": total, "final_loss": loss_value,
+             "n_pairs": len(captions), "model": config.model}
+    return wrapper, stats
+
+
+def save_downstream(model: DownstreamCLIP, folder: str | Path, config: DownstreamConfig | None = None) -> None:
+    """Write the weights (``model.pt``) and ``downstream.json`` naming the architecture."""
+    import torch
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(model.model.state_dict(), folder / "model.pt")
+    manifest = {"model": model.model_name}
+    if config is not None:
+        manifest["config"] = to_dict(config)
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2))
+
+
+def load_downstream(folder: str | Path, device: str = "cpu") -> DownstreamCLIP:
+    """Load a model saved with :func:`save_downstream`."""
+    import torch
+
+    folder = Path(folder)
+    manifest_path = folder / MANIFEST
+    if not manifest_path.exists():
+        raise FileNotFoundError(f"{manifest_path} not found: not a downstream CLIP folder")
+    manifest = json.loads(manifest_path.read_text())
+    open_clip = _open_clip()
+    model = open_clip.create_model(manifest["model"], pretrained=None, device=device)
+    model.load_state_dict(torch.load(folder / "model.pt", map_location=device, weights_only=True))
+    model.eval()
+    return DownstreamCLIP(model, manifest["model"], device)
+

@@ -1,0 +1,78 @@
+"""classify_train: perceived gender of the training images behind each retrieval selection.
+
+Each distinct image is classified once; every (selection, occupation) row that includes it gets its
+``p_female`` and label (``female``/``male``/``abstain`` by ``classify.abstain_threshold``). The world's
+``true_gender`` rides along for evaluation only.
+
+Inputs:   artifacts/instrument, artifacts/neighbours/selections.parquet, artifacts/corpus
+Outputs:  artifacts/classify_train/predictions.parquet
+          (selection, occupation, id, p_female, label, true_gender)
+Params:   base, tracking, classify
+
+Example:
+    python -m stages.classify_train --instrument artifacts/instrument \\
+        --selections artifacts/neighbours/selections.parquet --corpus artifacts/corpus/captions.parquet \\
+        --out artifacts/classify_train/predictions.parquet
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import polars as pl
+
+from biasloop.config import resolve_device, to_dict
+from biasloop.instrument import ClassifyConfig, load_instrument
+from biasloop.io import load_images, timed, write_parquet
+from biasloop.metrics import label_from_p
+from biasloop.stage import load_configs, make_parser, run_main
+from biasloop.tracking import stage_run
+
+log = logging.getLogger("classify_train")
+
+
+def main_body(argv: Sequence[str] | None) -> None:
+    parser = make_parser(__doc__, "python -m stages.classify_train")
+    parser.add_argument("--instrument", default="artifacts/instrument", help="instrument folder")
+    parser.add_argument("--selections", default="artifacts/neighbours/selections.parquet", help="selections parquet")
+    parser.add_argument("--corpus", default="artifacts/corpus/captions.parquet", help="corpus caption table")
+    parser.add_argument("--out", default="artifacts/classify_train/predictions.parquet", help="output parquet")
+    args = parser.parse_args(argv)
+    configs = load_configs(args.params, {"classify": ClassifyConfig})
+    config: ClassifyConfig = configs["classify"]
+    selections = pl.read_parquet(args.selections)
+    corpus = pl.read_parquet(args.corpus).select("id", "image_ref", "true_gender")
+    unknown = selections.join(corpus, on="id", how="anti")
+    if len(unknown):
+        raise ValueError(f"{args.selections}: {len(unknown)} ids not in {args.corpus} (first: {unknown['id'][0]!r})")
+    images_needed = selections.select("id").unique().sort("id").join(corpus, on="id", how="left")
+
+    with stage_run("classify_train", configs["tracking"], {"classify": to_dict(config)}) as run:
+        instrument = load_instrument(args.instrument, resolve_device(configs["base"].device))
+        with timed(f"classifying {len(images_needed)} training images", log):
+            p_female = instrument.p_female(load_images(images_needed["image_ref"].to_list()))
+        per_image = images_needed.select("id", "true_gender").with_columns(
+            pl.Series("p_female", p_female, dtype=pl.Float64),
+            pl.Series("label", label_from_p(p_female, config.abstain_threshold).tolist(), dtype=pl.String),
+        )
+        predictions = selections.select("selection", "occupation", "id").join(per_image, on="id", how="left").select(
+            "selection", "occupation", "id", "p_female", "label", "true_gender"
+        )
+        write_parquet(args.out, predictions)
+        summary = predictions.group_by("selection").agg(
+            pl.len().alias("n"), (pl.col("label") == "abstain").mean().alias("abstain_rate"),
+            (pl.col("label") == "female").sum().alias("n_female"), (pl.col("label") == "male").sum().alias("n_male"),
+        ).sort("selection")
+        for row in summary.iter_rows(named=True):
+            log.info("%-22s %5d images, %4d women, %4d men, abstain %.3f", row["selection"], row["n"],
+                     row["n_female"], row["n_male"], row["abstain_rate"])
+            run.log_metrics({f"{row['selection']}.abstain_rate": row["abstain_rate"], f"{row['selection']}.n": row["n"]})
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_main(main_body, argv, log)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
