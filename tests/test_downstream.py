@@ -1,0 +1,32 @@
+"""The downstream CLIP: open_clip from a repository config, trained from scratch, saved and loaded."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from biasloop.downstream import DownstreamConfig, load_downstream, save_downstream, train_downstream_clip
+
+
+def test_train_save_load(tmp_path) -> None:
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, size=(40, 16, 16, 3), dtype=np.uint8)
+    captions = [f"a photo of a {'nurse' if i % 2 else 'chef'}" for i in range(40)]
+    model, stats = train_downstream_clip(images, captions, DownstreamConfig(epochs=2, batch_size=16), seed=0,
+                                         progress=False)
+    assert stats["steps"] == 6 and np.isfinite(stats["final_loss"])
+    image_vectors = model.encode_images(images[:5])
+    text_vectors = model.encode_texts(["a photo of a nurse", "a chef"])
+    assert image_vectors.shape == (5, 64) and text_vectors.shape == (2, 64)
+    np.testing.assert_allclose(np.linalg.norm(image_vectors, axis=1), 1.0, atol=1e-5)
+    save_downstream(model, tmp_path / "model", DownstreamConfig())
+    loaded = load_downstream(tmp_path / "model")
+    np.testing.assert_allclose(loaded.encode_images(images[:5]), image_vectors, atol=1e-5)
+
+
+def test_same_seed_same_model() -> None:
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 255, size=(16, 16, 16, 3), dtype=np.uint8)
+    captions = ["a nurse"] * 8 + ["a chef"] * 8
+    first, _ = train_downstream_clip(images, captions, DownstreamConfig(epochs=1, batch_size=8), seed=3, progress=False)
+    second, _ = train_downstream_clip(images, captions, DownstreamConfig(epochs=1, batch_size=8), seed=3, progress=False)
+    np.testing.assert_allclose(first.encode_texts(["a nurse"]), second.encode_texts(["a nurse"]), atol=1e-6)
