@@ -9,29 +9,38 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 
 DESCRIPTION = """\
-Compute bias amplification from two per-occupation count files.
+Bias amplification of generated images against training images, from two per-occupation count files.
 
-Each file is a CSV with a header and one row per occupation:
-    occupation,n_female,n_male[,n_abstain]
+Each file is a CSV with a header and one row per occupation (other columns are ignored):
+    occupation,n_female,n_male,n_abstain
     nurse,180,20,4
-counts of images classified as female / male (and abstained) for that occupation. TRAIN.csv describes
-training images, GEN.csv generated images; occupations are matched by name.
+    engineer,15,185,0
+n_female / n_male count the images a classifier labelled as showing a woman / a man, n_abstain
+(optional, 0 when absent) those it abstained on. TRAIN.csv describes training images, GEN.csv generated
+images; occupations are matched by name (names in one file only are reported and left out).
 
-Metrics (shares F = n_female / (n_female + n_male), fractions; the table shows percentage points):
-  amplification_abs   mean over occupations of |F_gen - F_train|
-  amplification_dir   mean of |F_gen - 1/2| - |F_train - 1/2|: > 0 when generated images are further from parity
-  shift_to_majority   mean of sign(F_train - 1/2) * (F_gen - F_train): > 0 when they lean to the training majority
-  bias_amp            BiasAmp (Zhao et al. 2017); equals shift_to_majority for two groups
-  mad_train, mad_gen  mean |F - 1/2| of each side (DALL-Eval's gender MAD)
+With F = n_female / (n_female + n_male), the share of women among confident images of an occupation,
+and means taken over occupations:
+  amplification_abs   mean |F_gen - F_train|: how far generated shares are from training shares
+  amplification_dir   mean (|F_gen - 1/2| - |F_train - 1/2|): > 0 when generated images are further from parity
+  shift_to_majority   mean sign(F_train - 1/2) (F_gen - F_train): > 0 when generated images lean further
+                      towards each occupation's training majority
+  bias_amp            BiasAmp (Zhao et al. 2017): gain of the group favoured in training; for two groups
+                      it equals shift_to_majority
+  mad_train, mad_gen  mean |F - 1/2| of each side (DALL-Eval's gender MAD): distance from parity
   pearson             correlation of F_train and F_gen across occupations
-Every aggregate has a 95% bootstrap interval (images resampled within occupations).
+Each aggregate comes with a 95% bootstrap interval (images resampled within occupations, --n-boot
+replicates, --seed). The table shows shares in percent and differences in percentage points; --json
+prints everything as fractions. Exit status 2 on a bad file, naming the file and line.
 """
 
 
@@ -39,83 +48,162 @@ class CountFileError(ValueError):
     """A bad count file; the message names the file, the line and the problem."""
 
 
+REQUIRED_COLUMNS = ("occupation", "n_female", "n_male")
+COUNT_COLUMNS = ("n_female", "n_male", "n_abstain")
+_NON_NEGATIVE_INTEGER = re.compile(r"[0-9]+")
+
+
 def read_count_file(path: str | Path) -> pl.DataFrame:
-    """Read and validate a count CSV into ``occupation, n_female, n_male, n_abstain``.
+    """Read and validate a count CSV into ``occupation, n_female, n_male, n_abstain`` (Int64 counts).
+
+    Args:
+        path: a CSV with a header ``occupation,n_female,n_male[,n_abstain]`` (other columns are
+            ignored) and one row per occupation; a missing or empty ``n_abstain`` reads as 0.
 
     Raises:
-        CountFileError: missing file, empty file, missing column, a count that is not a
-            non-negative integer, or a duplicate occupation, naming the file and line.
+        CountFileError: an unreadable, missing or empty file, a missing column, a count that is not a
+            non-negative integer, an empty or duplicate occupation; the message names the file and,
+            where there is one, the line.
     """
     path = Path(path)
-    if not path.exists():
-        raise CountFileError(f"{path}: file not found")
-    with path.open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        if not reader.fieldnames:
-            raise CountFileError(f"{path}: empty file (expected a header: occupation,n_female,n_male[,n_abstain])")
-        columns = [c.strip() for c in reader.fieldnames]
-        missing = [c for c in ("occupation", "n_female", "n_male") if c not in columns]
-        if missing:
-            raise CountFileError(f"{path}, line 1: missing column(s) {', '.join(missing)} (header: {','.join(columns)})")
-        rows: dict[str, list] = {"occupation": [], "n_female": [], "n_male": [], "n_abstain": []}
-        seen: dict[str, int] = {}
-        for line, raw in enumerate(reader, start=2):
-            row = {k.strip(): (v or "").strip() for k, v in raw.items() if k is not None}
-            occupation = row.get("occupation", "")
-            if not occupation:
-                raise CountFileError(f"{path}, line {line}: empty occupation")
-            if occupation in seen:
-                raise CountFileError(f"{path}, line {line}: duplicate occupation {occupation!r} (first on line {seen[occupation]})")
-            seen[occupation] = line
-            rows["occupation"].append(occupation)
-            for column in ("n_female", "n_male", "n_abstain"):
-                text = row.get(column, "") if column in columns else "0"
-                if column == "n_abstain" and text == "":
-                    text = "0"
-                if not text.isdigit():
-                    raise CountFileError(f"{path}, line {line}: {column} must be a non-negative integer, found {text!r}")
-                rows[column].append(int(text))
+    try:
+        # utf-8-sig: spreadsheets often write a byte-order mark before the header.
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            return _parse_counts(path, csv.reader(handle))
+    except FileNotFoundError:
+        raise CountFileError(f"{path}: file not found") from None
+    except UnicodeDecodeError as exc:
+        raise CountFileError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except csv.Error as exc:
+        raise CountFileError(f"{path}: not a readable CSV ({exc})") from None
+    except OSError as exc:
+        raise CountFileError(f"{path}: cannot read ({exc.strerror or exc})") from None
+
+
+def _parse_counts(path: Path, reader: Any) -> pl.DataFrame:
+    header = next(reader, None)
+    while header is not None and not any(cell.strip() for cell in header):
+        header = next(reader, None)  # leading blank lines
+    if header is None:
+        raise CountFileError(f"{path}: empty file (expected a header: occupation,n_female,n_male[,n_abstain])")
+    header_line = reader.line_num
+    columns = [cell.strip() for cell in header]
+    missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+    if missing:
+        raise CountFileError(
+            f"{path}, line {header_line}: missing column(s) {', '.join(missing)} (header: {','.join(columns)})"
+        )
+    position = {name: columns.index(name) for name in (*REQUIRED_COLUMNS, "n_abstain") if name in columns}
+    rows: dict[str, list] = {"occupation": [], **{column: [] for column in COUNT_COLUMNS}}
+    first_seen: dict[str, int] = {}
+    for record in reader:
+        # line_num counts physical lines read so far, so it stays right past blank lines and quoted
+        # newlines (for a record spanning lines it names the last one).
+        line = reader.line_num
+        if not any(cell.strip() for cell in record):
+            continue
+        cells = {name: (record[i].strip() if i < len(record) else "") for name, i in position.items()}
+        occupation = cells["occupation"]
+        if not occupation:
+            raise CountFileError(f"{path}, line {line}: empty occupation")
+        if occupation in first_seen:
+            raise CountFileError(
+                f"{path}, line {line}: duplicate occupation {occupation!r} (first on line {first_seen[occupation]})"
+            )
+        first_seen[occupation] = line
+        rows["occupation"].append(occupation)
+        for column in COUNT_COLUMNS:
+            text = cells.get(column, "")
+            if column == "n_abstain" and text == "":
+                text = "0"
+            if not _NON_NEGATIVE_INTEGER.fullmatch(text):
+                raise CountFileError(f"{path}, line {line}: {column} must be a non-negative integer, found {text!r}")
+            rows[column].append(int(text))
     if not rows["occupation"]:
-        raise CountFileError(f"{path}: no occupation rows")
-    return pl.DataFrame(rows, schema={"occupation": pl.String, "n_female": pl.Int64, "n_male": pl.Int64, "n_abstain": pl.Int64})
+        raise CountFileError(f"{path}: no occupation rows after the header")
+    return pl.DataFrame(rows, schema={"occupation": pl.String, **{column: pl.Int64 for column in COUNT_COLUMNS}})
 
 
-def _pp(value: float | None) -> str:
-    return "   n/a" if value is None else f"{100 * value:6.1f}"
+def _percent(value: float | None, signed: bool = False) -> str:
+    if value is None:
+        return "n/a"
+    return f"{100 * value:+.1f}" if signed else f"{100 * value:.1f}"
 
 
-def format_table(result: dict) -> str:
-    """A readable table: per-occupation shares, then aggregates with intervals (percentage points)."""
-    lines = [f"{'occupation':<22}{'train %F':>10}{'gen %F':>10}{'diff pp':>10}"]
-    for row in result["per_occupation"]:
-        lines.append(f"{row['occupation']:<22}{_pp(row['share_train']):>10}{_pp(row['share_gen']):>10}{_pp(row['difference']):>10}")
+def _correlation(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """Per-occupation shares of women (percent) and their difference (percentage points), then the
+    aggregates with 95% intervals (percentage points; Pearson's r as is)."""
+    rows = result["per_occupation"]
+    name_width = max([len("occupation"), len("shift_to_majority"), *(len(r["occupation"]) for r in rows)]) + 2
+    lines = [f"{'occupation':<{name_width}}{'train %F':>10}{'gen %F':>10}{'diff pp':>10}{'abstain % (train/gen)':>24}"]
+    for row in rows:
+        abstain = f"{_percent(row['abstain_rate_train'])}/{_percent(row['abstain_rate_gen'])}"
+        lines.append(
+            f"{row['occupation']:<{name_width}}{_percent(row['share_train']):>10}{_percent(row['share_gen']):>10}"
+            f"{_percent(row['difference'], signed=True):>10}{abstain:>24}"
+        )
+    if result.get("dropped"):
+        lines.append(f"(left out of the aggregates, no confident image on a side: {', '.join(result['dropped'])})")
     lines.append("")
-    lines.append(f"{'aggregate':<22}{'value pp':>10}   95% interval")
+    lines.append(f"{'aggregate':<{name_width}}{'pp':>10}   95% interval   ({result['n_occupations']} occupations)")
     for name in ("amplification_abs", "amplification_dir", "shift_to_majority", "bias_amp", "mad_train", "mad_gen"):
         lo, hi = result[f"{name}_ci"]
-        lines.append(f"{name:<22}{_pp(result[name]):>10}   [{_pp(lo).strip()}, {_pp(hi).strip()}]")
-    pearson = result["pearson"]
-    lines.append(f"{'pearson':<22}{('n/a' if pearson is None else f'{pearson:.3f}'):>10}")
+        signed = name in ("amplification_dir", "shift_to_majority", "bias_amp")
+        interval = f"[{_percent(lo, signed)}, {_percent(hi, signed)}]"
+        lines.append(f"{name:<{name_width}}{_percent(result[name], signed):>10}   {interval}")
+    r_lo, r_hi = result["pearson_ci"]
+    lines.append(
+        f"{'pearson (r)':<{name_width}}{_correlation(result['pearson']):>10}   [{_correlation(r_lo)}, {_correlation(r_hi)}]"
+    )
     return "\n".join(lines)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="biasloop amplify", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def _replicates(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def build_parser(subparsers: Any | None = None) -> argparse.ArgumentParser:
+    """The ``amplify`` argument parser.
+
+    Args:
+        subparsers: the object ``ArgumentParser.add_subparsers()`` returned, to add ``amplify`` to a
+            parent command; None for a standalone parser (``prog`` "biasloop amplify").
+
+    Returns:
+        The parser (the new sub-parser when ``subparsers`` is given).
+    """
+    options: dict[str, Any] = {"description": DESCRIPTION, "formatter_class": argparse.RawDescriptionHelpFormatter}
+    if subparsers is None:
+        parser = argparse.ArgumentParser(prog="biasloop amplify", **options)
+    else:
+        parser = subparsers.add_parser("amplify", help="amplification table from two per-occupation count CSVs", **options)
     parser.add_argument("train", help="count CSV of training images")
     parser.add_argument("gen", help="count CSV of generated images")
     parser.add_argument("--json", action="store_true", help="print the full table as JSON (fractions, not percent)")
-    parser.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates (default: %(default)s)")
+    parser.add_argument("--n-boot", type=_replicates, default=1000, help="bootstrap replicates (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: %(default)s)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command; returns the exit status (2 on bad input)."""
+    """Run ``biasloop amplify`` with ``argv`` (the arguments after ``amplify``; ``sys.argv[1:]`` when None).
+
+    Returns:
+        The exit status: 0 on success, 2 on bad arguments or a bad count file (message on stderr).
+    """
     from biasloop.metrics import amplification_table
 
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a usage error (2): return the status, as for bad files
+        return int(exc.code or 0) if not isinstance(exc.code, str) else 2
     try:
         train, gen = read_count_file(args.train), read_count_file(args.gen)
     except CountFileError as exc:
@@ -124,10 +212,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     result = amplification_table(train, gen, n_boot=args.n_boot, seed=args.seed)
     unmatched = result["unmatched"]
     if unmatched["train_only"] or unmatched["gen_only"]:
-        print(f"warning: occupations only in {args.train}: {unmatched['train_only']}; "
-              f"only in {args.gen}: {unmatched['gen_only']} (left out)", file=sys.stderr)
+        only = [
+            f"only in {path}: {', '.join(names)}"
+            for path, names in ((args.train, unmatched["train_only"]), (args.gen, unmatched["gen_only"]))
+            if names
+        ]
+        print(f"warning: occupations left out, {'; '.join(only)}", file=sys.stderr)
     if result["n_occupations"] == 0:
-        print("error: no occupation has confident images on both sides", file=sys.stderr)
+        reason = "no occupation is in both files" if not result["per_occupation"] else (
+            "no occupation in both files has a confident (non-abstained) image on both sides"
+        )
+        print(f"error: {reason}", file=sys.stderr)
         return 2
     print(json.dumps(result, indent=2) if args.json else format_table(result))
     return 0

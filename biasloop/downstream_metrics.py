@@ -4,6 +4,8 @@
 - MaxSkew@k and NDKL (Geyik et al., 2019) of the groups among the images retrieved for a neutral query;
 - zero-shot occupation accuracy per (occupation, gender) group, worst-group accuracy, and one-vs-rest
   demographic parity and equalized odds differences, computed with Fairlearn.
+
+Recalls, accuracies and differences are fractions in [0, 1]; MaxSkew and NDKL are in nats.
 """
 
 from __future__ import annotations
@@ -13,52 +15,83 @@ from typing import Any
 
 import numpy as np
 
+NO_GROUP = "none"
+
+
+def _json_float(value: Any) -> float | None:
+    value = float(value)
+    return None if np.isnan(value) else value
+
 
 def recall_at_k(
-    similarity: np.ndarray, ks: Sequence[int] = (1, 5, 10), groups: Sequence[str] | np.ndarray | None = None
+    similarity: np.ndarray, ks: Sequence[int] = (1, 5, 10), groups: Sequence[str | None] | np.ndarray | None = None
 ) -> dict[str, Any]:
     """Text-to-image recall@k where text ``i``'s true image is image ``i``.
 
     Args:
-        similarity: ``(n_text, n_image)`` scores, higher is more similar.
+        similarity: ``(n_text, n_image)`` scores, higher is more similar, ``n_text <= n_image``.
         ks: the cut-offs.
-        groups: a group label per pair; rows labelled ``none`` count overall but not per group.
+        groups: a group label per text/image pair; pairs labelled ``none`` (or None) count overall but
+            in no group.
 
     Returns:
-        ``{"recall@k": fraction}`` per k; with ``groups`` also ``by_group`` (per group recall),
-        ``recall@k_gap`` (max minus min over groups) and, when both ``female`` and ``male`` are
-        present, ``recall@k_gap_signed`` (male minus female).
+        ``{"recall@k": fraction}`` per k; with ``groups`` also ``by_group`` ({group: {"recall@k": ..}}),
+        ``recall@k_gap`` (max minus min over the groups present; None with no group) and, when both
+        ``female`` and ``male`` are present, ``recall@k_gap_signed`` (male minus female).
+        Ties with the true image count as broken at random (expected recall), so a model whose
+        scores are all equal gets chance recall ``k / n_image``.
     """
     similarity = np.asarray(similarity, dtype=float)
-    n = similarity.shape[0]
-    true_scores = similarity[np.arange(n), np.arange(n)]
-    # Rank = how many images score strictly higher than the true one (ties resolved in its favour).
-    rank = (similarity > true_scores[:, None]).sum(axis=1)
-    out: dict[str, Any] = {f"recall@{k}": float(np.mean(rank < k)) for k in ks}
-    if groups is not None:
-        groups = np.asarray(groups, dtype=object)
-        present = sorted(g for g in set(groups.tolist()) if g not in (None, "none"))
-        out["by_group"] = {g: {f"recall@{k}": float(np.mean(rank[groups == g] < k)) for k in ks} for g in present}
-        for k in ks:
-            values = [out["by_group"][g][f"recall@{k}"] for g in present]
-            out[f"recall@{k}_gap"] = float(max(values) - min(values)) if values else None
-            if {"female", "male"} <= set(present):
-                out[f"recall@{k}_gap_signed"] = out["by_group"]["male"][f"recall@{k}"] - out["by_group"]["female"][f"recall@{k}"]
+    if similarity.ndim != 2 or similarity.shape[0] > similarity.shape[1]:
+        raise ValueError(f"similarity must be (n_text, n_image) with n_text <= n_image, got {similarity.shape}")
+    n_text = similarity.shape[0]
+    if n_text == 0:
+        raise ValueError("no texts to score")
+    true_scores = similarity[np.arange(n_text), np.arange(n_text)]
+    higher = (similarity > true_scores[:, None]).sum(axis=1)
+    tied = (similarity == true_scores[:, None]).sum(axis=1) - 1  # other images with the true image's score
+    # Ties are broken at random, in expectation: the true image's 0-based rank is uniform over
+    # higher .. higher + tied, so a model scoring every image alike gets chance recall k / n_image,
+    # neither a perfect recall (ties won) nor 0 (ties lost).
+    hits = {k: np.clip((k - higher) / (tied + 1), 0.0, 1.0) for k in ks}
+    out: dict[str, Any] = {f"recall@{k}": float(np.mean(hits[k])) for k in ks}
+    if groups is None:
+        return out
+    group_array = np.asarray([NO_GROUP if g is None else str(g) for g in groups], dtype=object)
+    if len(group_array) != n_text:
+        raise ValueError(f"{len(group_array)} group labels for {n_text} texts")
+    present = sorted(set(group_array.tolist()) - {NO_GROUP})
+    out["by_group"] = {
+        group: {f"recall@{k}": float(np.mean(hits[k][group_array == group])) for k in ks} for group in present
+    }
+    for k in ks:
+        values = [out["by_group"][group][f"recall@{k}"] for group in present]
+        out[f"recall@{k}_gap"] = float(max(values) - min(values)) if values else None
+        if {"female", "male"} <= set(present):
+            out[f"recall@{k}_gap_signed"] = out["by_group"]["male"][f"recall@{k}"] - out["by_group"]["female"][f"recall@{k}"]
     return out
 
 
-def _distribution(retrieved: Sequence[str], group_set: Sequence[str]) -> np.ndarray:
-    retrieved = list(retrieved)
-    return np.array([sum(1 for r in retrieved if r == g) for g in group_set], dtype=float) / max(len(retrieved), 1)
+def _prefix_distributions(retrieved_groups: Sequence[str], group_set: Sequence[str]) -> np.ndarray:
+    """``(len(retrieved), groups)``: row i-1 is the group distribution of the top i items."""
+    retrieved = np.asarray(list(retrieved_groups), dtype=object)
+    if len(retrieved) == 0:
+        raise ValueError("no retrieved items")
+    unknown = sorted(set(retrieved.tolist()) - set(group_set))
+    if unknown:
+        # An item outside the group set would leave the top-k distribution summing to less than 1.
+        raise ValueError(f"retrieved items outside the group set {tuple(group_set)}: {unknown}")
+    members = np.stack([retrieved == group for group in group_set], axis=1).astype(float)
+    return np.cumsum(members, axis=0) / np.arange(1, len(retrieved) + 1)[:, None]
 
 
 def _desired(desired: Sequence[float] | None, group_set: Sequence[str]) -> np.ndarray:
     if desired is None:
         return np.full(len(group_set), 1.0 / len(group_set))
-    desired = np.asarray(desired, dtype=float)
-    if desired.shape != (len(group_set),) or not np.isclose(desired.sum(), 1.0):
-        raise ValueError(f"desired proportions must be {len(group_set)} values summing to 1")
-    return desired
+    target = np.asarray(desired, dtype=float)
+    if target.shape != (len(group_set),) or not np.isclose(target.sum(), 1.0) or (target <= 0).any():
+        raise ValueError(f"desired proportions must be {len(group_set)} positive values summing to 1, got {desired}")
+    return target
 
 
 def max_skew_at_k(
@@ -67,42 +100,61 @@ def max_skew_at_k(
     desired: Sequence[float] | None = None,
     group_set: Sequence[str] = ("female", "male"),
 ) -> float:
-    """MaxSkew@k: ``max_g ln(p_g(top-k) / desired_g)`` (Geyik et al., 2019).
+    """MaxSkew@k (Geyik et al., 2019): ``max_g ln(p_g(top-k) / desired_g)``, in nats.
 
-    0 when the top k match the desired proportions (uniform by default); ``ln 2 = 0.693`` when all k
-    images come from one of two groups. Groups absent from the top k contribute ``-inf`` and so never
-    the maximum.
+    Args:
+        retrieved_groups: group of each retrieved item, best first; every item must be in ``group_set``.
+        k: the cut-off (all items when fewer than k are given).
+        desired: the target proportion of each group in ``group_set`` order; uniform by default.
+        group_set: the groups.
+
+    Returns:
+        0 when the top k match the desired proportions, ``ln 2 = 0.693`` when all k come from one of two
+        equally desired groups. Groups absent from the top k have skew -inf and so never the maximum.
     """
-    top = list(retrieved_groups)[:k]
-    if not top:
-        raise ValueError("no retrieved items")
-    observed = _distribution(top, group_set)
-    target = _desired(desired, group_set)
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    top_k = _prefix_distributions(list(retrieved_groups)[:k], group_set)[-1]
     with np.errstate(divide="ignore"):
-        skews = np.log(observed / target)
-    return float(np.max(skews))
+        return float(np.max(np.log(top_k / _desired(desired, group_set))))
 
 
 def ndkl(
     retrieved_groups: Sequence[str], desired: Sequence[float] | None = None, group_set: Sequence[str] = ("female", "male")
 ) -> float:
-    """Normalised discounted KL divergence of a ranking from the desired group proportions.
+    """Normalised discounted KL divergence of a ranking from the desired group proportions, in nats.
 
-    ``(1/Z) sum_{i=1..k} KL(D_{top-i} || D) / log2(i + 1)`` with ``Z = sum_i 1 / log2(i + 1)`` and
-    ``0 log 0 = 0`` (Geyik et al., 2019). 0 for a ranking whose every prefix matches ``D``.
+    ``(1/Z) sum_{i=1..k} KL(D_{top-i} || D) / log2(i + 1)`` with ``Z = sum_{i=1..k} 1 / log2(i + 1)``,
+    k the number of retrieved items and ``0 log 0 = 0`` (Geyik et al., 2019).
+
+    Args:
+        retrieved_groups: group of each retrieved item, best first; every item must be in ``group_set``.
+        desired: target proportions D in ``group_set`` order; uniform by default.
+        group_set: the groups.
+
+    Returns:
+        0 for a ranking whose every prefix matches D; ``ln 2`` when every item is from one of two groups.
     """
-    retrieved = list(retrieved_groups)
-    if not retrieved:
-        raise ValueError("no retrieved items")
+    prefixes = _prefix_distributions(retrieved_groups, group_set)
     target = _desired(desired, group_set)
-    total, normaliser = 0.0, 0.0
-    for i in range(1, len(retrieved) + 1):
-        weight = 1.0 / np.log2(i + 1)
-        prefix = _distribution(retrieved[:i], group_set)
-        nonzero = prefix > 0
-        total += weight * float(np.sum(prefix[nonzero] * np.log(prefix[nonzero] / target[nonzero])))
-        normaliser += weight
-    return total / normaliser
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(prefixes > 0, prefixes * np.log(prefixes / target), 0.0)
+    divergences = terms.sum(axis=1)
+    weights = 1.0 / np.log2(np.arange(1, len(prefixes) + 1) + 1)
+    return float(np.sum(weights * divergences) / np.sum(weights))
+
+
+def _rates_defined(binary_true: np.ndarray, sensitive: np.ndarray) -> bool:
+    """Whether every group has a positive and a negative example, so that TPR and FPR exist for it.
+
+    Fairlearn scores an undefined rate as 0, which would turn "no men in this occupation" into an
+    equalized-odds difference of 1.
+    """
+    for group in set(sensitive.tolist()):
+        in_group = binary_true[sensitive == group]
+        if in_group.min() == in_group.max():
+            return False
+    return True
 
 
 def group_fairness(
@@ -116,50 +168,69 @@ def group_fairness(
         gender: sensitive feature per image (``female``/``male``).
 
     Returns:
-        ``overall_accuracy``, ``accuracy_by_group`` (per occupation x gender, with n),
-        ``worst_group_accuracy``, and per occupation (one-vs-rest, Fairlearn's binary metrics)
-        ``demographic_parity_difference`` and ``equalized_odds_difference`` with their mean and max.
+        A JSON-ready dict, every rate a fraction in [0, 1] (None where undefined):
+        ``overall_accuracy``; ``accuracy_by_group``: ``[{occupation, gender, accuracy, n}]`` for each
+        (true occupation, gender) pair with images (Fairlearn ``MetricFrame``); ``worst_group_accuracy``
+        (their minimum); ``per_occupation``: ``[{occupation, demographic_parity_difference,
+        equalized_odds_difference}]``, one-vs-rest ("this occupation" vs. any other, since Fairlearn's
+        parity metrics are binary) over all images, the equalized-odds difference None when some gender
+        has no image of the occupation or none of other occupations; and the ``_mean`` / ``_max`` of
+        both differences over occupations where they are defined.
     """
     from fairlearn.metrics import MetricFrame, count, demographic_parity_difference, equalized_odds_difference
+    from sklearn.metrics import accuracy_score
 
     y_true = np.asarray(true_occupation, dtype=object)
     y_pred = np.asarray(predicted_occupation, dtype=object)
     sensitive = np.asarray(gender, dtype=object)
-    correct = (y_true == y_pred).astype(int)
+    if not len(y_true) == len(y_pred) == len(sensitive):
+        raise ValueError(f"{len(y_true)} true occupations, {len(y_pred)} predictions, {len(sensitive)} genders")
+    if not len(y_true):
+        raise ValueError("no images to evaluate")
     frame = MetricFrame(
-        metrics={"accuracy": lambda t, p: float(np.mean(t == p)) if len(t) else float("nan"), "n": count},
-        y_true=correct,
-        y_pred=np.ones_like(correct),
-        sensitive_features={"occupation": y_true, "gender": sensitive},
+        metrics={"accuracy": accuracy_score, "n": count},
+        y_true=y_true.astype(str),
+        y_pred=y_pred.astype(str),
+        sensitive_features={"occupation": y_true.astype(str), "gender": sensitive.astype(str)},
     )
-    by_group = frame.by_group.reset_index()
-    groups = [
-        {"occupation": str(r["occupation"]), "gender": str(r["gender"]), "accuracy": float(r["accuracy"]), "n": int(r["n"])}
-        for r in by_group.to_dict("records")
-        if int(r["n"]) > 0
-    ]
+    groups = []
+    for row in frame.by_group.reset_index().to_dict("records"):
+        # Depending on the Fairlearn version, (occupation, gender) pairs without images appear as nan.
+        if row["n"] is None or np.isnan(row["n"]) or int(row["n"]) == 0:
+            continue
+        groups.append({
+            "occupation": str(row["occupation"]),
+            "gender": str(row["gender"]),
+            "accuracy": float(row["accuracy"]),
+            "n": int(row["n"]),
+        })
     per_occupation = []
     for occupation in sorted(set(y_true.tolist())):
         binary_true = (y_true == occupation).astype(int)
         binary_pred = (y_pred == occupation).astype(int)
+        parity = demographic_parity_difference(binary_true, binary_pred, sensitive_features=sensitive)
+        odds = (
+            equalized_odds_difference(binary_true, binary_pred, sensitive_features=sensitive)
+            if _rates_defined(binary_true, sensitive)
+            else np.nan
+        )
         per_occupation.append({
             "occupation": str(occupation),
-            "demographic_parity_difference": float(
-                demographic_parity_difference(binary_true, binary_pred, sensitive_features=sensitive)
-            ),
-            "equalized_odds_difference": float(
-                equalized_odds_difference(binary_true, binary_pred, sensitive_features=sensitive)
-            ),
+            "demographic_parity_difference": _json_float(parity),
+            "equalized_odds_difference": _json_float(odds),
         })
-    dpd = [r["demographic_parity_difference"] for r in per_occupation]
-    eod = [r["equalized_odds_difference"] for r in per_occupation]
+
+    def summary(key: str, reduce: Any) -> float | None:
+        values = [r[key] for r in per_occupation if r[key] is not None]
+        return float(reduce(values)) if values else None
+
     return {
-        "overall_accuracy": float(np.mean(correct)) if len(correct) else None,
+        "overall_accuracy": float(frame.overall["accuracy"]),
         "accuracy_by_group": groups,
         "worst_group_accuracy": min((g["accuracy"] for g in groups), default=None),
         "per_occupation": per_occupation,
-        "demographic_parity_difference_mean": float(np.nanmean(dpd)) if dpd else None,
-        "demographic_parity_difference_max": float(np.nanmax(dpd)) if dpd else None,
-        "equalized_odds_difference_mean": float(np.nanmean(eod)) if eod else None,
-        "equalized_odds_difference_max": float(np.nanmax(eod)) if eod else None,
+        "demographic_parity_difference_mean": summary("demographic_parity_difference", np.mean),
+        "demographic_parity_difference_max": summary("demographic_parity_difference", np.max),
+        "equalized_odds_difference_mean": summary("equalized_odds_difference", np.mean),
+        "equalized_odds_difference_max": summary("equalized_odds_difference", np.max),
     }

@@ -97,8 +97,9 @@ def main_body(argv: Sequence[str] | None) -> None:
                 probs = instrument.occupation_probs(load_images(test["image_ref"].to_list()), occupations)
                 predicted = np.array(occupations, dtype=object)[probs.argmax(axis=1)]
                 metrics["occupation_accuracy"] = float(np.mean(predicted == np.array(test["true_occupation"].to_list(), dtype=object)))
-            log.info("instrument accuracy %.3f on confident images, abstain rate %.3f, tpr %.3f, fpr %.3f",
-                     metrics["accuracy"], metrics["abstain_rate"], metrics["tpr"], metrics["fpr"])
+            log.info("instrument on %s: accuracy %s on confident images, abstain rate %s, tpr %s, fpr %s", source,
+                     *(f"{metrics[k]:.3f}" if metrics[k] is not None else "n/a"
+                       for k in ("accuracy", "abstain_rate", "tpr", "fpr")))
         write_json(args.metrics, metrics)
         run.log_metrics(metrics)
 

@@ -58,3 +58,52 @@ def test_group_fairness_with_fairlearn() -> None:
     assert rows["nurse"]["demographic_parity_difference"] == pytest.approx(0.0)
     # nurse one-vs-rest: women TPR 2/2, FPR 0/2; men TPR 1/2, FPR 1/2 -> equalized odds difference 0.5
     assert rows["nurse"]["equalized_odds_difference"] == pytest.approx(0.5)
+
+
+def test_recall_ties_are_broken_at_random_and_none_is_no_group() -> None:
+    # All scores equal over 4 images: the true image is equally likely at ranks 0..3 -> recall@k = k / 4
+    assert recall_at_k(np.zeros((2, 4)), ks=(1, 2)) == {"recall@1": 0.25, "recall@2": 0.5}
+    # text 0: its image ties with image 1 (rank 0 or 1) -> recall@1 = 1/2 ; texts 1, 2: rank 0
+    similarity = np.array([[1.0, 1.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    result = recall_at_k(similarity, ks=(1,), groups=["female", "male", "none"])
+    assert result["recall@1"] == pytest.approx((0.5 + 1 + 1) / 3)
+    assert set(result["by_group"]) == {"female", "male"}
+    assert result["recall@1_gap"] == pytest.approx(0.5)  # male 1.0 - female 0.5
+    assert result["recall@1_gap_signed"] == pytest.approx(0.5)
+
+
+def test_ndkl_three_items() -> None:
+    # f, f, m: prefix KLs vs (1/2, 1/2): i=1 (1, 0): ln 2 ; i=2 (1, 0): ln 2 ;
+    # i=3 (2/3, 1/3): 2/3 ln(4/3) + 1/3 ln(2/3) ; weights 1/log2(2), 1/log2(3), 1/log2(4) = 1, 0.631, 0.5
+    kl3 = 2 / 3 * math.log(4 / 3) + 1 / 3 * math.log(2 / 3)
+    weights = [1.0, 1 / math.log2(3), 0.5]
+    expected = (weights[0] * math.log(2) + weights[1] * math.log(2) + weights[2] * kl3) / sum(weights)
+    assert ndkl(["female", "female", "male"]) == pytest.approx(expected)
+    # desired (1/4, 3/4), one man: KL((0, 1) || D) = ln(1 / 0.75)
+    assert ndkl(["male"], desired=[0.25, 0.75]) == pytest.approx(math.log(4 / 3))
+
+
+def test_groups_outside_the_group_set_are_refused() -> None:
+    with pytest.raises(ValueError, match="outside the group set"):
+        max_skew_at_k(["female", "none"], k=2)
+    with pytest.raises(ValueError, match="summing to 1"):
+        ndkl(["female"], desired=[0.3, 0.3])
+
+
+def test_group_fairness_with_an_empty_combination() -> None:
+    # No male chef: that (occupation, gender) cell is left out rather than reported with n = 0
+    true = ["nurse", "nurse", "chef", "chef"]
+    pred = ["nurse", "chef", "chef", "chef"]
+    gender = ["female", "male", "female", "female"]
+    result = group_fairness(true, pred, gender)
+    cells = {(g["occupation"], g["gender"]): (g["accuracy"], g["n"]) for g in result["accuracy_by_group"]}
+    assert cells == {("chef", "female"): (1.0, 2), ("nurse", "female"): (1.0, 1), ("nurse", "male"): (0.0, 1)}
+    assert result["worst_group_accuracy"] == 0.0
+    # "nurse" predicted for 1 of 3 women, 0 of 1 man -> demographic parity difference 1/3
+    rows = {r["occupation"]: r for r in result["per_occupation"]}
+    assert rows["nurse"]["demographic_parity_difference"] == pytest.approx(1 / 3)
+    # The only man is a nurse, so his one-vs-rest FPR for "nurse" (and TPR for "chef") is undefined:
+    # Fairlearn would score it 0; the equalized-odds difference is reported as None instead.
+    assert rows["nurse"]["equalized_odds_difference"] is None
+    assert rows["chef"]["equalized_odds_difference"] is None
+    assert result["equalized_odds_difference_max"] is None

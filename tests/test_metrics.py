@@ -7,13 +7,17 @@ import polars as pl
 import pytest
 
 from biasloop.metrics import (
+    abstain_rate,
     amplification_table,
     bias_amp,
     confusion_rates,
     corrected_share,
     count_table,
+    gender_mad,
     label_from_p,
+    pearson,
     share_female,
+    shift_to_majority,
 )
 
 # Two occupations. Training: nurse 8 women / 2 men (F = 0.8), engineer 1 / 9 (F = 0.1).
@@ -119,3 +123,66 @@ def test_unmatched_and_dropped() -> None:
     assert result["dropped"] == ["b"]  # no confident training image
     assert result["n_occupations"] == 1
     assert result["amplification_abs"] == pytest.approx(0.5)
+
+
+def test_regression_towards_parity_is_negative() -> None:
+    # train nurse F = 0.8, engineer F = 0.1 ; gen nurse 0.6, engineer 0.3 (both move towards 1/2)
+    # A_abs = (0.2 + 0.2) / 2 = 0.2 ; A_dir = ((0.1 - 0.3) + (0.2 - 0.4)) / 2 = -0.2
+    # shift = (+1 * -0.2 + -1 * +0.2) / 2 = -0.2 ; MAD gen = (0.1 + 0.2) / 2 = 0.15
+    gen = pl.DataFrame({"occupation": ["nurse", "engineer"], "n_female": [6, 3], "n_male": [4, 7]})
+    result = amplification_table(TRAIN, gen, n_boot=0)
+    assert result["amplification_abs"] == pytest.approx(0.2)
+    assert result["amplification_dir"] == pytest.approx(-0.2)
+    assert result["shift_to_majority"] == pytest.approx(-0.2)
+    assert result["bias_amp"] == pytest.approx(-0.2)
+    assert result["mad_gen"] == pytest.approx(0.15)
+    assert result["amplification_abs_ci"] == [None, None]  # n_boot = 0: no interval
+
+
+def test_abstentions_in_the_amplification_table() -> None:
+    # train chef 6 female, 2 male, 2 abstain: F = 6/8 = 0.75 (6/10 = 0.6 if abstentions counted as men)
+    # gen chef 9 female, 1 male, 10 abstain: F = 0.9, abstain rate 10/20 = 0.5 ; A_abs = 0.15
+    train = pl.DataFrame({"occupation": ["chef"], "n_female": [6], "n_male": [2], "n_abstain": [2]})
+    gen = pl.DataFrame({"occupation": ["chef"], "n_female": [9], "n_male": [1], "n_abstain": [10]})
+    result = amplification_table(train, gen, n_boot=0)
+    row = result["per_occupation"][0]
+    assert (row["share_train"], row["share_gen"], row["abstain_rate_gen"]) == pytest.approx((0.75, 0.9, 0.5))
+    assert result["amplification_abs"] == pytest.approx(0.15)
+    assert result["pearson"] is None  # one occupation: undefined
+
+
+def test_two_group_bias_amp_equals_shift_including_parity() -> None:
+    # F_train (0.5, 0.7), F_gen (0.9, 0.8): parity counts 0 in both; second occupation +0.1 -> mean 0.05
+    train, gen = np.array([0.5, 0.7]), np.array([0.9, 0.8])
+    assert shift_to_majority(train, gen) == pytest.approx(0.05)
+    assert bias_amp(np.stack([train, 1 - train], -1), np.stack([gen, 1 - gen], -1)) == pytest.approx(0.05)
+
+
+def test_small_helpers() -> None:
+    assert np.isnan(share_female(0, 0))
+    assert abstain_rate(6, 2, 2) == pytest.approx(0.2)
+    assert np.isnan(pearson([0.1, 0.1, 0.1], [0.2, 0.3, 0.4]))  # constant side: the mean rounds off
+    # x = (0, 1, 2), y = (0, 1, 1): cov = 1, var x = 2, var y = 2/3 -> r = 1 / sqrt(4/3) = 0.866
+    assert pearson([0, 1, 2], [0, 1, 1]) == pytest.approx(np.sqrt(3) / 2)
+    assert gender_mad([0.8, 0.1]) == pytest.approx(0.35)
+
+
+def test_per_occupation_intervals_cover_the_shares() -> None:
+    result = amplification_table(TRAIN, GEN, n_boot=200, seed=1)
+    for row in result["per_occupation"]:
+        for side in ("train", "gen"):
+            lo, hi = row[f"share_{side}_ci"]
+            assert 0.0 <= lo <= row[f"share_{side}"] <= hi <= 1.0
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        (pl.DataFrame({"occupation": ["a", "a"], "n_female": [1, 1], "n_male": [1, 1]}), "repeats occupation"),
+        (pl.DataFrame({"occupation": ["a"], "n_female": [-1], "n_male": [1]}), "negative count"),
+        (pl.DataFrame({"occupation": ["a"], "n_female": [1]}), "no 'n_male' column"),
+    ],
+)
+def test_bad_count_tables(table: pl.DataFrame, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        amplification_table(table, TRAIN)

