@@ -33,8 +33,8 @@ def _data(args: argparse.Namespace) -> int:
 def rewrite_generations(text: str, count: int) -> str:
     """Return params.yaml ``text`` with the ``generations`` and ``rounds`` lists set for ``count``.
 
-    ``generations`` lists 0 .. count-1 (generation 0 is trained on real data); ``rounds`` lists one
-    ``{gen, prev}`` item per retraining round. Comments and other keys are kept as they are.
+    ``generations`` lists 0 .. count-1 (generation 0 is trained on real data); ``rounds`` maps each
+    later generation to its ``{gen, prev}`` item (keys name the stages: ``mix@1``, ``retrain@1``). Comments and other keys are kept as they are.
     """
     if count < 1:
         raise ValueError("generations: need at least 1")
@@ -53,13 +53,11 @@ def rewrite_generations(text: str, count: int) -> str:
                 out.extend(f"  - {n}" for n in range(count))
             else:
                 out.append(f"rounds:  {comment}".rstrip())
-                out.extend(f"  - {{gen: {n}, prev: {n - 1}}}" for n in range(1, count))
+                out.extend(f'  "{n}": {{gen: {n}, prev: {n - 1}}}' for n in range(1, count))
                 if count == 1:
-                    out[-1] = "rounds: []  " + comment
+                    out[-1] = ("rounds: {}  " + comment).rstrip()
             i += 1
-            while i < len(lines) and (lines[i].startswith((" ", "-")) or not lines[i].strip()):
-                if not lines[i].strip():
-                    break
+            while i < len(lines) and lines[i].startswith((" ", "-")) and lines[i].strip():
                 i += 1
             continue
         out.append(line)

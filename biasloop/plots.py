@@ -112,7 +112,7 @@ def share_plot(per_occupation_by_series: dict[str, list[dict]], out_path: str | 
     """
     plt = _pyplot()
     first = next(iter(per_occupation_by_series.values()))
-    order = sorted(first, key=lambda r: r["share_train"])
+    order = sorted(first, key=lambda r: (r["share_train"] is None, r["share_train"] or 0.0, r["occupation"]))
     occupations = [r["occupation"] for r in order]
     y = np.arange(len(occupations))
     fig, ax = plt.subplots(figsize=(7.5, 0.45 * len(occupations) + 1.6))
@@ -125,7 +125,8 @@ def share_plot(per_occupation_by_series: dict[str, list[dict]], out_path: str | 
             row = by_name.get(occupation)
             if row is None or row.get(key) is None:
                 continue
-            ci = row.get(f"{key}_ci") or [row[key], row[key]]
+            ci = row.get(f"{key}_ci") or [None, None]
+            ci = [row[key] if c is None else c for c in ci]
             xs.append(row[key])
             lo.append(row[key] - ci[0])
             hi.append(ci[1] - row[key])

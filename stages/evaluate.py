@@ -90,9 +90,9 @@ def main_body(argv: Sequence[str] | None) -> None:
             )
         write_json(args.out, metrics)
         amplification = metrics["amplification"]
-        log.info("generation %d: amplification_abs %.3f %s, recall@10 %.3f", args.generation,
-                 amplification.get("amplification_abs", float("nan")), amplification.get("amplification_abs_ci"),
-                 downstream["recall"].get("recall@10", float("nan")))
+        log.info("generation %d: amplification_abs %s %s, recall@10 %s", args.generation,
+                 amplification.get("amplification_abs"), amplification.get("amplification_abs_ci"),
+                 downstream["recall"].get("recall@10"))
         run.log_metrics({k: v for k, v in metrics.items() if k != "per_occupation"})
 
 

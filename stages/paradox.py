@@ -83,10 +83,10 @@ def main_body(argv: Sequence[str] | None) -> None:
         if series:
             share_plot(series, args.plot, "Share of women per occupation: training vs. generation 0")
         for row in rows:
-            log.info("%-45s A_abs %.3f [%.3f, %.3f]", row["pairing"], row["amplification_abs"],
-                     row["amplification_abs_lo"], row["amplification_abs_hi"])
+            values = [row["amplification_abs"], row["amplification_abs_lo"], row["amplification_abs_hi"]]
+            log.info("%-45s A_abs %s [%s, %s]", row["pairing"], *("n/a" if v is None else f"{v:.3f}" for v in values))
         run.log_metrics({r["pairing"].replace(" ", "_").replace("(", "").replace(")", ""): r["amplification_abs"]
-                         for r in rows})
+                         for r in rows if r["amplification_abs"] is not None})
         run.log_artifact(args.plot)
 
 

@@ -62,11 +62,11 @@ def test_generations_command_rewrites_lists() -> None:
     text = (REPO_ROOT / "params.yaml").read_text()
     rewritten = yaml.safe_load(rewrite_generations(text, 5))
     assert rewritten["generations"] == [0, 1, 2, 3, 4]
-    assert rewritten["rounds"] == [{"gen": n, "prev": n - 1} for n in range(1, 5)]
+    assert rewritten["rounds"] == {str(n): {"gen": n, "prev": n - 1} for n in range(1, 5)}
     original = yaml.safe_load(text)
     assert {k: v for k, v in rewritten.items() if k not in ("generations", "rounds")} == {
         k: v for k, v in original.items() if k not in ("generations", "rounds")
     }
     one = yaml.safe_load(rewrite_generations(text, 1))
-    assert one["generations"] == [0] and one["rounds"] == []
+    assert one["generations"] == [0] and one["rounds"] == {}
     assert yaml.safe_load(rewrite_generations(rewrite_generations(text, 2), 3))["generations"] == [0, 1, 2]
