@@ -98,6 +98,12 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):
+            # PyYAML reads 3e-3 (no dot) as a string: accept what plainly spells a number.
+            try:
+                return float(value)
+            except ValueError:
+                pass
         raise ConfigError(f"{key}: expected a number, found {value!r}")
     if tp is str:
         if isinstance(value, str):

@@ -44,6 +44,11 @@ def test_wrong_type_is_named(data: dict, message: str) -> None:
         from_dict(WorldConfig, data, "world")
 
 
+def test_exponent_without_dot_is_a_number() -> None:
+    # PyYAML parses `3e-3` as a string; it is still the number a user meant.
+    assert from_dict(WorldConfig, {"hue_jitter": "3e-3"}, "world").hue_jitter == pytest.approx(0.003)
+
+
 def test_literal_and_optional() -> None:
     with pytest.raises(ConfigError, match=r"corpus\.source: expected one of \['world', 'webdataset', 'folder'\]"):
         from_dict(CorpusConfig, {"source": "laion"}, "corpus")
