@@ -3,8 +3,10 @@
 Its bias (retrieval gaps, skew, group accuracy) measures what a future model inherits from a dataset
 that mixes real and generated images (the replacement study). The architecture is data: a small
 open_clip config in ``biasloop/model_configs/`` (``biasloop-tiny-clip``: a 2-layer ViT over 4x4 patches
-of 16x16 images and a 2-layer text transformer), registered with ``open_clip.add_model_config``;
-``downstream.model`` can name any open_clip architecture instead (RN50, ViT-B-32 for the real study).
+of 16x16 images and a 2-layer text transformer), registered with ``open_clip.add_model_config`` and
+built with ``open_clip.create_model(name, pretrained=None)``; ``downstream.model`` can name any
+open_clip architecture instead (RN50, ViT-B-32 for the real study). Training uses open_clip's
+``ClipLoss`` with AdamW and a one-cycle learning rate.
 """
 
 from __future__ import annotations
@@ -18,11 +20,13 @@ from typing import Any
 
 import numpy as np
 
-from biasloop.config import to_dict
+from biasloop.config import from_dict, to_dict
+from biasloop.instrument import cpu_threads
 
 log = logging.getLogger(__name__)
 CONFIG_DIR = Path(__file__).parent / "model_configs"
 MANIFEST = "downstream.json"
+WEIGHTS = "model.pt"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,11 +36,13 @@ class DownstreamConfig:
     model: str = "biasloop-tiny-clip"  # open_clip architecture (biasloop/model_configs/*.json or built-in)
     epochs: int = 10  # passes over the dataset
     batch_size: int = 128  # pairs per contrastive batch
-    learning_rate: float = 2e-3  # AdamW peak learning rate (cosine decay)
+    learning_rate: float = 2e-3  # AdamW peak learning rate (one-cycle schedule)
     weight_decay: float = 0.1  # AdamW weight decay
+    cpu_threads: int | None = 1  # torch threads on CPU while training/encoding (None: torch's default)
 
 
 def _open_clip() -> Any:
+    """open_clip with the repository's model configs registered."""
     import open_clip
 
     if "biasloop-tiny-clip" not in open_clip.list_models():
@@ -45,46 +51,54 @@ def _open_clip() -> Any:
 
 
 class DownstreamCLIP:
-    """An open_clip model with numpy encoders (unit vectors) for evaluation."""
+    """An open_clip model with numpy encoders (L2-normalised float32) for evaluation."""
 
-    def __init__(self, model: Any, model_name: str, device: str = "cpu") -> None:
+    def __init__(self, model: Any, config: DownstreamConfig, device: str = "cpu") -> None:
         self.model = model
-        self.model_name = model_name
+        self.config = config
+        self.model_name = config.model
         self.device = device
-        self.tokenizer = _open_clip().get_tokenizer(model_name)
+        self.tokenizer = _open_clip().get_tokenizer(config.model)
         size = model.visual.image_size
         self.image_size = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
 
     def image_batch(self, images: np.ndarray) -> Any:
+        """``uint8 (n, h, w, 3)`` -> normalised float ``(n, 3, H, W)`` at the model's input size."""
         import torch
 
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+            raise ValueError(f"expected uint8 images (n, h, w, 3), got {images.dtype} {images.shape}")
         batch = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div(255.0)
         if tuple(batch.shape[-2:]) != self.image_size:
             batch = torch.nn.functional.interpolate(batch, size=self.image_size, mode="bilinear", align_corners=False)
         return ((batch - 0.5) / 0.5).to(self.device)
 
     def encode_images(self, images: np.ndarray, batch_size: int = 512) -> np.ndarray:
-        """Unit image embeddings of ``uint8`` images ``(n, h, w, 3)``."""
+        """Unit image embeddings ``(n, embed_dim)`` of ``uint8`` images ``(n, h, w, 3)``."""
         import torch
 
         self.model.eval()
         out = []
-        with torch.no_grad():
+        with cpu_threads(self.config.cpu_threads, self.device), torch.no_grad():
             for start in range(0, len(images), batch_size):
                 features = self.model.encode_image(self.image_batch(images[start : start + batch_size]), normalize=True)
                 out.append(features.float().cpu().numpy())
+        if not out:
+            raise ValueError("no images to encode")
         return np.concatenate(out)
 
     def encode_texts(self, texts: list[str], batch_size: int = 512) -> np.ndarray:
-        """Unit text embeddings."""
+        """Unit text embeddings ``(n, embed_dim)``."""
         import torch
 
         self.model.eval()
         out = []
-        with torch.no_grad():
+        with cpu_threads(self.config.cpu_threads, self.device), torch.no_grad():
             for start in range(0, len(texts), batch_size):
                 tokens = self.tokenizer(list(texts[start : start + batch_size])).to(self.device)
                 out.append(self.model.encode_text(tokens, normalize=True).float().cpu().numpy())
+        if not out:
+            raise ValueError("no texts to encode")
         return np.concatenate(out)
 
 
@@ -103,65 +117,74 @@ def train_downstream_clip(
         progress: tqdm bar over steps.
 
     Returns:
-        ``(model, stats)``; stats hold seconds, steps and the final loss.
+        ``(model, stats)``; stats hold seconds, steps, the final loss and the learned temperature.
     """
     import torch
     from tqdm.auto import tqdm
 
+    if len(images) != len(captions):
+        raise ValueError(f"{len(images)} images but {len(captions)} captions")
+    if len(images) < 2:
+        raise ValueError("the downstream CLIP needs at least 2 (image, caption) pairs")
+    if config.epochs < 1 or config.batch_size < 2:
+        raise ValueError("downstream.epochs must be >= 1 and downstream.batch_size >= 2")
     open_clip = _open_clip()
-    torch.manual_seed(seed)
-    model = open_clip.create_model(config.model, pretrained=None, device=device)
-    wrapper = DownstreamCLIP(model, config.model, device)
-    loss_fn = open_clip.ClipLoss()
-    optimiser = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
-    steps_per_epoch = max(1, (len(images) + config.batch_size - 1) // config.batch_size)
-    total = steps_per_epoch * config.epochs
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=config.learning_rate, total_steps=total,
-                                                   pct_start=0.1)
-    all_tokens = wrapper.tokenizer(list(captions))
-    all_images = wrapper.image_batch(images)
-    generator = torch.Generator().manual_seed(seed)
     start = time.perf_counter()
-    loss_value = float("nan")
-    bar = tqdm(total=total, desc="downstream CLIP steps", disable=not progress)
-    model.train()
-    for _ in range(config.epochs):
-        order = torch.randperm(len(images), generator=generator)
-        for batch_start in range(0, len(order), config.batch_size):
-            batch = order[batch_start : batch_start + config.batch_size]
-            if len(batch) < 2:
-                continue
-            output = model(all_images[batch], all_tokens[batch].to(device))
-            if isinstance(output, dict):
-                output = (output["image_features"], output["text_features"], output["logit_scale"])
-            image_features, text_features, logit_scale = output[:3]
-            loss = loss_fn(image_features, text_features, logit_scale)
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-            schedule.step()
-            with torch.no_grad():
-                model.logit_scale.clamp_(0, np.log(100))
-            loss_value = float(loss.item())
-            bar.update(1)
-    bar.close()
-    model.eval()
+    with cpu_threads(config.cpu_threads, device):
+        torch.manual_seed(seed)
+        model = open_clip.create_model(config.model, pretrained=None, device=device)
+        wrapper = DownstreamCLIP(model, config, device)
+        loss_fn = open_clip.ClipLoss()
+        optimiser = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+        steps_per_epoch = -(-len(images) // config.batch_size)
+        total = steps_per_epoch * config.epochs
+        schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=config.learning_rate, total_steps=total,
+                                                       pct_start=0.1)
+        all_tokens = wrapper.tokenizer(list(captions))
+        all_images = wrapper.image_batch(images)
+        generator = torch.Generator().manual_seed(seed)
+        loss_value = float("nan")
+        bar = tqdm(total=total, desc="downstream CLIP steps", disable=not progress)
+        model.train()
+        for _ in range(config.epochs):
+            order = torch.randperm(len(images), generator=generator)
+            for batch_start in range(0, len(order), config.batch_size):
+                batch = order[batch_start : batch_start + config.batch_size]
+                if len(batch) < 2:  # a contrastive batch needs two pairs
+                    schedule.step()
+                    continue
+                output = model(all_images[batch], all_tokens[batch].to(device))
+                if isinstance(output, dict):
+                    output = (output["image_features"], output["text_features"], output["logit_scale"])
+                loss = loss_fn(*output[:3])
+                optimiser.zero_grad()
+                loss.backward()
+                optimiser.step()
+                schedule.step()
+                with torch.no_grad():
+                    model.logit_scale.clamp_(0, float(np.log(100)))
+                loss_value = float(loss.item())
+                bar.update(1)
+        bar.close()
+        model.eval()
     stats = {"seconds": time.perf_counter() - start, "steps": total, "final_loss": loss_value,
-             "n_pairs": len(captions), "model": config.model}
+             "n_pairs": len(captions), "model": config.model,
+             "logit_scale": float(model.logit_scale.detach().exp().item())}
+    log.info("downstream CLIP %s: %d pairs, %d steps, final loss %.3f, %.1f s", config.model, len(captions), total,
+             loss_value, stats["seconds"])
     return wrapper, stats
 
 
 def save_downstream(model: DownstreamCLIP, folder: str | Path, config: DownstreamConfig | None = None) -> None:
-    """Write the weights (``model.pt``) and ``downstream.json`` naming the architecture."""
+    """Write the weights (``model.pt``) and ``downstream.json`` (architecture name and config)."""
     import torch
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    torch.save(model.model.state_dict(), folder / "model.pt")
-    manifest = {"model": model.model_name}
-    if config is not None:
-        manifest["config"] = to_dict(config)
-    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    torch.save(model.model.state_dict(), folder / WEIGHTS)
+    config = config or model.config
+    manifest = {"model": config.model, "config": to_dict(config)}
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
 
 
 def load_downstream(folder: str | Path, device: str = "cpu") -> DownstreamCLIP:
@@ -171,11 +194,13 @@ def load_downstream(folder: str | Path, device: str = "cpu") -> DownstreamCLIP:
     folder = Path(folder)
     manifest_path = folder / MANIFEST
     if not manifest_path.exists():
-        raise FileNotFoundError(f"{manifest_path} not found: not a downstream CLIP folder")
+        raise FileNotFoundError(f"{manifest_path} not found: not a downstream CLIP folder (run retrain/pretrain)")
     manifest = json.loads(manifest_path.read_text())
+    config = from_dict(DownstreamConfig, manifest.get("config") or {"model": manifest["model"]},
+                       f"{manifest_path}: config")
     open_clip = _open_clip()
-    model = open_clip.create_model(manifest["model"], pretrained=None, device=device)
-    model.load_state_dict(torch.load(folder / "model.pt", map_location=device, weights_only=True))
+    with cpu_threads(config.cpu_threads, device):
+        model = open_clip.create_model(config.model, pretrained=None, device=device)
+        model.load_state_dict(torch.load(folder / WEIGHTS, map_location=device, weights_only=True))
     model.eval()
-    return DownstreamCLIP(model, manifest["model"], device)
-
+    return DownstreamCLIP(model, config, device)

@@ -48,8 +48,9 @@ def main_body(argv: Sequence[str] | None) -> None:
         instrument = load_instrument(args.instrument, resolve_device(configs["base"].device))
         with timed(f"classifying {len(manifest)} generated images", log):
             images = load_images(manifest["image_ref"].to_list())
-            p_female = instrument.p_female(images)
-            occupation_probs = instrument.occupation_probs(images, occupations)
+            p_female = instrument.p_female(images, batch_size=config.batch_size, progress=True)
+            occupation_probs = instrument.occupation_probs(images, occupations, batch_size=config.batch_size,
+                                                           progress=True)
         asked = np.array([occupations.index(o) for o in manifest["occupation"].to_list()], dtype=int)
         predictions = manifest.with_columns(
             pl.Series("p_female", p_female, dtype=pl.Float64),

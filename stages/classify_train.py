@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
+import numpy as np
 import polars as pl
 
 from biasloop.config import resolve_device, to_dict
@@ -42,7 +43,10 @@ def main_body(argv: Sequence[str] | None) -> None:
     configs = load_configs(args.params, {"classify": ClassifyConfig})
     config: ClassifyConfig = configs["classify"]
     selections = pl.read_parquet(args.selections)
-    corpus = pl.read_parquet(args.corpus).select("id", "image_ref", "true_gender")
+    corpus = pl.read_parquet(args.corpus)
+    if "true_gender" not in corpus.columns:  # a corpus without ground truth
+        corpus = corpus.with_columns(true_gender=pl.lit(None, dtype=pl.String))
+    corpus = corpus.select("id", "image_ref", "true_gender")
     unknown = selections.join(corpus, on="id", how="anti")
     if len(unknown):
         raise ValueError(f"{args.selections}: {len(unknown)} ids not in {args.corpus} (first: {unknown['id'][0]!r})")
@@ -51,7 +55,12 @@ def main_body(argv: Sequence[str] | None) -> None:
     with stage_run("classify_train", configs["tracking"], {"classify": to_dict(config)}) as run:
         instrument = load_instrument(args.instrument, resolve_device(configs["base"].device))
         with timed(f"classifying {len(images_needed)} training images", log):
-            p_female = instrument.p_female(load_images(images_needed["image_ref"].to_list()))
+            if len(images_needed):
+                p_female = instrument.p_female(load_images(images_needed["image_ref"].to_list()),
+                                               batch_size=config.batch_size, progress=True)
+            else:
+                log.warning("%s: no selected captions, so no images to classify", args.selections)
+                p_female = np.zeros(0)
         per_image = images_needed.select("id", "true_gender").with_columns(
             pl.Series("p_female", p_female, dtype=pl.Float64),
             pl.Series("label", label_from_p(p_female, config.abstain_threshold).tolist(), dtype=pl.String),

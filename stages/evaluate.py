@@ -4,7 +4,7 @@ Inputs:   artifacts/classify_train/predictions.parquet, artifacts/gen{N}/classif
           metrics/instrument.json (confusion rates), artifacts/models/gen{N}/downstream,
           artifacts/corpus (held-out real pairs)
 Outputs:  metrics/generations/gen{N}.json
-Params:   base, tracking, occupations, evaluate
+Params:   base, tracking, occupations, evaluate, classify
 
 Example:
     python -m stages.evaluate --generation 0 --train-predictions artifacts/classify_train/predictions.parquet \\
@@ -24,6 +24,7 @@ import polars as pl
 
 from biasloop.config import resolve_device, to_dict
 from biasloop.evaluation import EvaluateConfig, downstream_bias, evaluate_generation
+from biasloop.instrument import ClassifyConfig
 from biasloop.io import load_images, timed, write_json
 from biasloop.stage import load_configs, make_parser, run_main
 from biasloop.tracking import stage_run
@@ -64,7 +65,7 @@ def main_body(argv: Sequence[str] | None) -> None:
     parser.add_argument("--instrument", default=None, help="instrument folder, used when the corpus has no gender labels")
     parser.add_argument("--out", required=True, help="metrics JSON to write")
     args = parser.parse_args(argv)
-    configs = load_configs(args.params, {"occupations": None, "evaluate": EvaluateConfig})
+    configs = load_configs(args.params, {"occupations": None, "evaluate": EvaluateConfig, "classify": ClassifyConfig})
     config: EvaluateConfig = configs["evaluate"]
     occupations = list(configs["occupations"] or [])
     device = resolve_device(configs["base"].device)
@@ -76,7 +77,7 @@ def main_body(argv: Sequence[str] | None) -> None:
 
             test = pl.read_parquet(args.corpus).filter(pl.col("split") == "test")
             model = load_downstream(args.downstream, device)
-            groups = perceived_groups(test, args.instrument, device, 0.1)
+            groups = perceived_groups(test, args.instrument, device, configs["classify"].abstain_threshold)
             downstream = downstream_bias(model, test, load_images(test["image_ref"].to_list()), groups, occupations, config)
         with timed("amplification with bootstrap intervals", log):
             metrics = evaluate_generation(

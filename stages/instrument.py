@@ -2,12 +2,14 @@
 
 ``instrument.backend: locked-text-clip`` trains a small image tower against the frozen Sentence-BERT
 caption embeddings of the corpus's training split; ``open-clip`` loads a pretrained open_clip model.
-Accuracy, abstain rate and the confusion rates (tpr, fpr for "female") come from the held-out split's
-ground truth (glyph world), or from ``instrument.labelled_csv`` (``image_ref, true_gender``) for a real
-corpus; without either they are reported as unknown and shares are left uncorrected.
+Accuracy, abstain rate and the confusion rates (tpr, fpr, "female" the positive class, over confident
+images) come from the held-out split's ground truth (glyph world), or from ``instrument.labelled_csv``
+(``image_ref, true_gender``) for a real corpus; without either they are written as null with
+``"status": "unknown"``, and the downstream stages leave shares uncorrected.
 
 Inputs:   artifacts/corpus (captions.parquet + image shards)
-Outputs:  artifacts/instrument/ (instrument.json + weights), metrics/instrument.json
+Outputs:  artifacts/instrument/ (instrument.json + image_tower.pt), metrics/instrument.json
+          (accuracy, abstain_rate, tpr, fpr, confusion, occupation_accuracy, n, training_seconds, status)
 Params:   base, tracking, occupations, instrument, classify
 
 Example:
@@ -25,13 +27,7 @@ import numpy as np
 import polars as pl
 
 from biasloop.config import resolve_device, to_dict
-from biasloop.instrument import (
-    ClassifyConfig,
-    InstrumentConfig,
-    build_open_clip_instrument,
-    evaluate_instrument,
-    train_locked_text_clip,
-)
+from biasloop.instrument import ClassifyConfig, InstrumentConfig, evaluate_instrument, train_or_load_instrument
 from biasloop.io import atomic_path, load_images, timed, write_json
 from biasloop.stage import load_configs, make_parser, run_main
 from biasloop.tracking import stage_run
@@ -39,18 +35,43 @@ from biasloop.tracking import stage_run
 log = logging.getLogger("instrument")
 
 
+def _split(corpus: pl.DataFrame, name: str) -> pl.DataFrame:
+    if "split" not in corpus.columns:
+        return corpus if name == "train" else corpus.clear()
+    return corpus.filter(pl.col("split") == name)
+
+
 def labelled_set(corpus: pl.DataFrame, config: InstrumentConfig) -> tuple[list[str], list[str], str] | None:
-    """(image refs, true genders, source) to measure the instrument on, or None when there is none."""
-    test = corpus.filter((pl.col("split") == "test") & pl.col("true_gender").is_in(["female", "male"]))
-    if len(test):
-        return test["image_ref"].to_list(), test["true_gender"].to_list(), "held-out ground truth"
+    """(image refs, true genders, source) to measure the instrument on, or None when there is none.
+
+    The held-out split's ground truth when it has any; else ``instrument.labelled_csv``.
+    """
+    if "true_gender" in corpus.columns:
+        test = _split(corpus, "test").filter(pl.col("true_gender").is_in(["female", "male"]))
+        if len(test):
+            return test["image_ref"].to_list(), test["true_gender"].to_list(), "held-out split (ground truth)"
     if config.labelled_csv:
-        labelled = pl.read_csv(config.labelled_csv)
+        labelled = pl.read_csv(config.labelled_csv, schema_overrides={"true_gender": pl.String})
         missing = [c for c in ("image_ref", "true_gender") if c not in labelled.columns]
         if missing:
-            raise ValueError(f"{config.labelled_csv}: missing column(s) {missing}")
+            raise ValueError(f"instrument.labelled_csv {config.labelled_csv}: missing column(s) {missing}")
+        labelled = labelled.filter(pl.col("true_gender").is_in(["female", "male"]))
+        if not len(labelled):
+            raise ValueError(f"instrument.labelled_csv {config.labelled_csv}: no row with true_gender female/male")
         return labelled["image_ref"].to_list(), labelled["true_gender"].to_list(), config.labelled_csv
     return None
+
+
+def occupation_accuracy(instrument: Any, corpus: pl.DataFrame, occupations: list[str], batch_size: int) -> float | None:
+    """Zero-shot occupation accuracy on the held-out rows with a known occupation (None without any)."""
+    if "true_occupation" not in corpus.columns or not occupations:
+        return None
+    test = _split(corpus, "test").filter(pl.col("true_occupation").is_in(occupations))
+    if not len(test):
+        return None
+    probs = instrument.occupation_probs(load_images(test["image_ref"].to_list()), occupations, batch_size=batch_size)
+    predicted = np.array(occupations, dtype=object)[probs.argmax(axis=1)]
+    return float(np.mean(predicted == np.array(test["true_occupation"].to_list(), dtype=object)))
 
 
 def main_body(argv: Sequence[str] | None) -> None:
@@ -59,49 +80,59 @@ def main_body(argv: Sequence[str] | None) -> None:
     parser.add_argument("--out", default="artifacts/instrument", help="instrument folder (default: %(default)s)")
     parser.add_argument("--metrics", default="metrics/instrument.json", help="metrics JSON (default: %(default)s)")
     args = parser.parse_args(argv)
-    configs = load_configs(args.params, {"occupations": None, "instrument": InstrumentConfig, "classify": ClassifyConfig})
+    configs = load_configs(
+        args.params, {"occupations": None, "instrument": InstrumentConfig, "classify": ClassifyConfig}
+    )
     config: InstrumentConfig = configs["instrument"]
     classify: ClassifyConfig = configs["classify"]
-    occupations = list(configs["occupations"] or [])
+    occupations = [str(o) for o in configs["occupations"] or []]
     device = resolve_device(configs["base"].device)
     corpus = pl.read_parquet(args.corpus)
 
-    with stage_run("instrument", configs["tracking"], {"instrument": to_dict(config), "classify": to_dict(classify)}) as run:
-        stats: dict[str, Any] = {}
+    params = {"instrument": to_dict(config), "classify": to_dict(classify), "occupations": occupations}
+    with stage_run("instrument", configs["tracking"], params) as run:
+        images = captions = None
         if config.backend == "locked-text-clip":
-            train = corpus.filter(pl.col("split") == "train")
-            with timed(f"training the locked-text CLIP image tower on {len(train)} pairs", log):
-                instrument, stats = train_locked_text_clip(
-                    config, load_images(train["image_ref"].to_list()), train["caption"].to_list(),
-                    seed=configs["base"].seed, device=device,
-                )
-        else:
-            instrument = build_open_clip_instrument(config, device)
+            train = _split(corpus, "train")
+            if len(train) < 2:
+                raise ValueError(f"{args.corpus}: the locked-text CLIP needs training pairs (split == 'train')")
+            images, captions = load_images(train["image_ref"].to_list()), train["caption"].to_list()
+        what = (f"training the locked-text CLIP on {len(captions)} pairs" if captions is not None
+                else f"loading open_clip {config.model} ({config.pretrained or 'random weights'})")
+        with timed(what, log):
+            instrument, stats = train_or_load_instrument(config, images, captions, occupations,
+                                                         seed=configs["base"].seed, device=device)
         with atomic_path(args.out) as tmp:
             instrument.save(tmp)
 
-        metrics: dict[str, Any] = {"backend": config.backend, "training_seconds": stats.get("seconds")}
+        metrics: dict[str, Any] = {"backend": config.backend, "status": "unknown", "accuracy": None,
+                                   "abstain_rate": None, "tpr": None, "fpr": None, "confusion": None, "n": 0,
+                                   "occupation_accuracy": None, "training_seconds": stats.get("seconds"),
+                                   "threshold": classify.abstain_threshold}
         labelled = labelled_set(corpus, config)
         if labelled is None:
-            log.warning("no labelled images: the instrument's accuracy is unknown and shares stay uncorrected")
-            metrics.update({"status": "unknown", "accuracy": None, "tpr": None, "fpr": None})
+            log.warning("no labelled images (no held-out ground truth, instrument.labelled_csv unset): the "
+                        "instrument's accuracy is unknown and shares stay uncorrected")
         else:
             refs, genders, source = labelled
-            images = load_images(refs)
             with timed(f"measuring the instrument on {len(refs)} labelled images ({source})", log):
-                metrics.update(evaluate_instrument(instrument, images, genders, classify.abstain_threshold))
-            metrics["status"] = "measured"
-            metrics["labelled_source"] = source
-            test = corpus.filter((pl.col("split") == "test") & pl.col("true_occupation").is_not_null())
-            if len(test) and occupations:
-                probs = instrument.occupation_probs(load_images(test["image_ref"].to_list()), occupations)
-                predicted = np.array(occupations, dtype=object)[probs.argmax(axis=1)]
-                metrics["occupation_accuracy"] = float(np.mean(predicted == np.array(test["true_occupation"].to_list(), dtype=object)))
-            log.info("instrument on %s: accuracy %s on confident images, abstain rate %s, tpr %s, fpr %s", source,
-                     *(f"{metrics[k]:.3f}" if metrics[k] is not None else "n/a"
-                       for k in ("accuracy", "abstain_rate", "tpr", "fpr")))
+                measured = evaluate_instrument(instrument, load_images(refs), genders, classify.abstain_threshold,
+                                               batch_size=classify.batch_size)
+            metrics.update(measured, status="measured", labelled_source=source)
+            log.info("instrument: accuracy %s on confident images, abstain rate %s, tpr %s, fpr %s (n=%d)",
+                     _fmt(metrics["accuracy"]), _fmt(metrics["abstain_rate"]), _fmt(metrics["tpr"]),
+                     _fmt(metrics["fpr"]), metrics["n"])
+        metrics["occupation_accuracy"] = occupation_accuracy(instrument, corpus, occupations, classify.batch_size)
+        if metrics["occupation_accuracy"] is not None:
+            metrics["occupation_chance"] = 1.0 / len(occupations)
+            log.info("zero-shot occupation accuracy %.3f (chance %.3f)", metrics["occupation_accuracy"],
+                     metrics["occupation_chance"])
         write_json(args.metrics, metrics)
         run.log_metrics(metrics)
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

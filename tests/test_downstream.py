@@ -30,3 +30,20 @@ def test_same_seed_same_model() -> None:
     first, _ = train_downstream_clip(images, captions, DownstreamConfig(epochs=1, batch_size=8), seed=3, progress=False)
     second, _ = train_downstream_clip(images, captions, DownstreamConfig(epochs=1, batch_size=8), seed=3, progress=False)
     np.testing.assert_allclose(first.encode_texts(["a nurse"]), second.encode_texts(["a nurse"]), atol=1e-6)
+
+
+def test_learns_a_colour_word() -> None:
+    """Solid red and blue images with captions naming the colour: zero-shot and retrieval both follow."""
+    rng = np.random.default_rng(2)
+    red = rng.random(64) < 0.5
+    images = np.zeros((64, 16, 16, 3), dtype=np.uint8)
+    images[red, :, :, 0] = 200
+    images[~red, :, :, 2] = 200
+    images = np.clip(images + rng.integers(0, 40, size=images.shape), 0, 255).astype(np.uint8)
+    captions = [f"a {'red' if r else 'blue'} square" for r in red]
+    model, stats = train_downstream_clip(images, captions, DownstreamConfig(epochs=15, batch_size=16), seed=0,
+                                         progress=False)
+    classes = model.encode_texts(["a red square", "a blue square"])
+    predicted_red = (model.encode_images(images) @ classes.T).argmax(axis=1) == 0
+    assert np.mean(predicted_red == red) > 0.9
+    assert model.config.cpu_threads == 1 and stats["seconds"] < 60

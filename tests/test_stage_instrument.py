@@ -1,0 +1,126 @@
+"""The instrument, classify_train and classify@N stages, in-process, on a tiny glyph corpus."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+import yaml
+
+from biasloop.config import from_dict
+from biasloop.corpus import write_corpus
+from biasloop.world import WorldConfig, build_world
+from stages import classify, classify_train, instrument
+
+OCCUPATIONS = ["engineer", "teacher", "nurse"]
+
+
+@pytest.fixture()
+def workspace(tmp_path: Path, tiny_params: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """tmp_path as the working directory: a tiny corpus in artifacts/corpus and a fast params.yaml."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("BIASLOOP_EMBEDDING_CACHE", str(tmp_path / "embedding-cache"))
+    params = yaml.safe_load(tiny_params.read_text())
+    params["instrument"].update(text_encoder="fake:32", epochs=3, batch_size=64)
+    tiny_params.write_text(yaml.safe_dump(params, sort_keys=False))
+    samples, images = build_world(from_dict(WorldConfig, params["world"], "world"), params["occupations"])
+    write_corpus(samples, images, "artifacts/corpus", shard_size=64)
+    return tmp_path
+
+
+def _set(params_path: Path, **instrument: object) -> None:
+    params = yaml.safe_load(params_path.read_text())
+    params["instrument"].update(instrument)
+    params_path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def _run_instrument(*extra: str) -> int:
+    return instrument.main(["--params", "params.yaml", "--corpus", "artifacts/corpus/captions.parquet",
+                            "--out", "artifacts/instrument", "--metrics", "metrics/instrument.json", *extra])
+
+
+def test_instrument_then_classify_stages(workspace: Path) -> None:
+    assert _run_instrument() == 0
+    metrics = json.loads((workspace / "metrics/instrument.json").read_text())
+    corpus = pl.read_parquet("artifacts/corpus/captions.parquet")
+    held_out = corpus.filter((pl.col("split") == "test") & pl.col("true_gender").is_not_null())
+    assert metrics["status"] == "measured" and metrics["n"] == len(held_out) > 0
+    for key in ("accuracy", "abstain_rate", "tpr", "fpr", "confusion", "occupation_accuracy", "training_seconds"):
+        assert key in metrics
+    assert metrics["training_seconds"] > 0 and 0 <= metrics["abstain_rate"] <= 1
+    assert sum(metrics["confusion"].values()) == metrics["n"]
+    assert (workspace / "artifacts/instrument/instrument.json").exists()
+    assert not list((workspace / "artifacts").glob(".instrument.*"))  # atomic: no temporary left
+
+    # classify_train: each distinct id classified once, every selection row labelled.
+    train = corpus.filter((pl.col("split") == "train") & pl.col("true_occupation").is_not_null())
+    picked = train.head(12)
+    selections = pl.concat([
+        picked.select(selection=pl.lit("keyword"), occupation="true_occupation", id="id"),
+        picked.head(5).select(selection=pl.lit("nn"), occupation="true_occupation", id="id"),
+    ]).with_columns(similarity=pl.lit(0.5), rank=pl.int_range(1, pl.len() + 1).over("selection"))
+    Path("artifacts/neighbours").mkdir(parents=True)
+    selections.write_parquet("artifacts/neighbours/selections.parquet")
+    assert classify_train.main(["--params", "params.yaml", "--instrument", "artifacts/instrument",
+                                "--selections", "artifacts/neighbours/selections.parquet",
+                                "--corpus", "artifacts/corpus/captions.parquet",
+                                "--out", "artifacts/classify_train/predictions.parquet"]) == 0
+    predictions = pl.read_parquet("artifacts/classify_train/predictions.parquet")
+    assert predictions.columns == ["selection", "occupation", "id", "p_female", "label", "true_gender"]
+    assert len(predictions) == 17
+    assert predictions.group_by("id").agg(pl.col("p_female").n_unique())["p_female"].max() == 1
+    assert set(predictions["label"]) <= {"female", "male", "abstain"}
+    threshold = yaml.safe_load(Path("params.yaml").read_text())["classify"]["abstain_threshold"]
+    for row in predictions.iter_rows(named=True):
+        expected = "female" if row["p_female"] > 1 - threshold else "male" if row["p_female"] < threshold else "abstain"
+        assert row["label"] == expected
+    truth = dict(corpus.select("id", "true_gender").iter_rows())
+    assert all(truth[i] == g for i, g in predictions.select("id", "true_gender").iter_rows())
+
+    # classify@N: the manifest's columns plus gender and occupation predictions.
+    manifest = train.head(9).select(
+        prompt_kind=pl.lit("neutral"), occupation="true_occupation", prompt="caption",
+        seed=pl.int_range(0, pl.len()), image_ref="image_ref",
+    )
+    Path("artifacts/gen0/generate").mkdir(parents=True)
+    manifest.write_parquet("artifacts/gen0/generate/manifest.parquet")
+    assert classify.main(["--params", "params.yaml", "--generation", "0", "--instrument", "artifacts/instrument",
+                          "--manifest", "artifacts/gen0/generate/manifest.parquet",
+                          "--out", "artifacts/gen0/classify/predictions.parquet"]) == 0
+    generated = pl.read_parquet("artifacts/gen0/classify/predictions.parquet")
+    assert generated.columns == [*manifest.columns, "p_female", "label", "p_occupation", "predicted_occupation"]
+    assert len(generated) == 9 and set(generated["predicted_occupation"]) <= set(OCCUPATIONS)
+    assert generated["p_occupation"].is_between(0, 1).all() and generated["p_female"].is_between(0, 1).all()
+
+
+def test_instrument_without_ground_truth_then_labelled_csv(workspace: Path) -> None:
+    """A corpus with no gender labels: accuracy unknown, unless instrument.labelled_csv names some."""
+    corpus = pl.read_parquet("artifacts/corpus/captions.parquet")
+    corpus.with_columns(true_gender=pl.lit(None, dtype=pl.String)).write_parquet("artifacts/corpus/captions.parquet")
+    # the open-clip backend from a repository config at random weights: nothing is downloaded
+    _set(Path("params.yaml"), backend="open-clip", model="biasloop-tiny-clip", pretrained=None)
+    assert _run_instrument() == 0
+    metrics = json.loads(Path("metrics/instrument.json").read_text())
+    assert metrics["status"] == "unknown" and metrics["accuracy"] is None and metrics["tpr"] is None
+    assert metrics["backend"] == "open-clip"
+
+    corpus.filter(pl.col("true_gender").is_not_null()).head(10).select("image_ref", "true_gender").write_csv("lab.csv")
+    _set(Path("params.yaml"), labelled_csv="lab.csv")
+    assert _run_instrument() == 0
+    metrics = json.loads(Path("metrics/instrument.json").read_text())
+    assert metrics["status"] == "measured" and metrics["n"] == 10 and metrics["labelled_source"] == "lab.csv"
+
+
+def test_stage_errors_are_one_line(workspace: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert _run_instrument("--corpus", "missing.parquet") == 2
+    _set(Path("params.yaml"), backend="clip-of-the-future")
+    with pytest.raises(SystemExit) as exit_info:
+        _run_instrument()
+    assert exit_info.value.code == 2
+    assert "instrument.backend" in capsys.readouterr().err
+    _set(Path("params.yaml"), backend="locked-text-clip")
+    assert classify_train.main(["--params", "params.yaml", "--instrument", "nowhere",
+                                "--selections", "missing.parquet"]) == 2
+    assert "missing.parquet" in capsys.readouterr().err
