@@ -172,6 +172,7 @@ class BaseConfig:
     seed: int = 0
     device: Literal["cpu", "cuda", "auto"] = "cpu"
     log_level: str = "INFO"
+    cpu_threads: int = 1  # torch CPU threads per stage; 1 avoids oversubscription (2 queued experiments on 2 cores)
 
 
 @dataclasses.dataclass(frozen=True)
