@@ -41,9 +41,9 @@ class GeneratorConfig:
     channels: tuple[int, ...] = (32, 64, 64)  # tiny: UNet block widths, one resolution level each
     layers_per_block: int = 1  # tiny: ResNet blocks per UNet level
     mid_attention: bool = True  # tiny: self-attention in the UNet's middle block (lowest resolution)
-    train_steps: int = 1000  # optimisation steps when training from scratch (warm starts: loop.generator_steps)
-    batch_size: int = 64  # training batch size
-    learning_rate: float = 2e-3  # tiny: peak AdamW learning rate (linear warm-up, cosine decay to 10%)
+    train_steps: int = 600  # optimisation steps when training from scratch (warm starts: loop.generator_steps)
+    batch_size: int = 128  # training batch size
+    learning_rate: float = 3e-3  # tiny: peak AdamW learning rate (linear warm-up, cosine decay to 10%)
     warmup_steps: int = 50  # linear learning-rate warm-up steps at the start of every train() call
     ema_decay: float = 0.995  # tiny: EMA of the weights used for sampling (decay warms up from 0); 0 disables
     prediction_type: Literal["epsilon", "v_prediction", "sample"] = "sample"  # tiny: what the UNet predicts
@@ -51,8 +51,8 @@ class GeneratorConfig:
     train_timesteps: int = 200  # tiny: diffusion timesteps of the training schedule
     snr_gamma: float = 5.0  # tiny: min-SNR-gamma loss weighting (Hang et al. 2023); 0 disables
     cond_dropout: float = 0.1  # share of training captions replaced by the null condition (for guidance)
-    guidance_scale: float = 3.0  # classifier-free guidance scale at sampling (1: no guidance)
-    sampling_steps: int = 20  # DDIM denoising steps at sampling
+    guidance_scale: float = 1.5  # classifier-free guidance scale at sampling (1: no guidance)
+    sampling_steps: int = 10  # DDIM denoising steps at sampling
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # tiny: training autocast; auto = bf16 on a CPU with AMX or a bf16 GPU
     lora_rank: int = 4  # stable-diffusion: LoRA rank of the UNet attention adapters trained by train()
     lora_learning_rate: float = 1e-4  # stable-diffusion: AdamW learning rate of the LoRA weights

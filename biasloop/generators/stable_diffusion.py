@@ -64,7 +64,7 @@ class StableDiffusionGenerator:
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
         self.pipe = StableDiffusionPipeline.from_pretrained(
             config.model,
-            torch_dtype=self.dtype,
+            dtype=self.dtype,
             safety_checker=None,
             requires_safety_checker=False,
             local_files_only=not (config.allow_download and not local),

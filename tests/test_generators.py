@@ -1,0 +1,222 @@
+"""Generators: the tiny-diffusion default and the stable-diffusion backend on a tiny random-weight pipeline.
+
+Everything is built locally (no hub): tiny-diffusion with the hashing ``fake:32`` text encoder, and a
+``StableDiffusionPipeline`` assembled from tiny configs and a CLIP tokenizer made from open_clip's bundled
+BPE vocabulary, saved with ``save_pretrained`` and loaded back through the backend.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from biasloop.config import ConfigError
+from biasloop.generators import (
+    Generator,
+    GeneratorConfig,
+    build_generator,
+    config_from_dict,
+    load_generator,
+    read_manifest,
+)
+
+TINY = GeneratorConfig(
+    text_encoder="fake:32",
+    image_size=8,
+    channels=(8, 16),
+    mid_attention=False,
+    train_steps=4,
+    batch_size=8,
+    warmup_steps=2,
+    sampling_steps=3,
+    train_timesteps=50,
+)
+
+
+def glyph_data(n: int = 24, size: int = 8) -> tuple[np.ndarray, list[str]]:
+    """Coloured bars: horizontal for 'nurse', vertical for 'engineer'; red for women, blue for men."""
+    rng = np.random.default_rng(0)
+    images = np.zeros((n, size, size, 3), dtype=np.uint8)
+    captions = []
+    for i in range(n):
+        occupation = ("nurse", "engineer")[i % 2]
+        gender = ("female", "male")[(i // 2) % 2]
+        colour = np.array([230, 40, 120] if gender == "female" else [40, 140, 230], dtype=np.uint8)
+        row = int(rng.integers(2, size - 2))
+        if occupation == "nurse":
+            images[i, row, 1:-1] = colour
+        else:
+            images[i, 1:-1, row] = colour
+        captions.append(f"a {gender} {occupation} at work" if i % 3 else f"a photo of a {occupation}")
+    return images, captions
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory):
+    images, captions = glyph_data()
+    generator = build_generator(TINY, "cpu", seed=0)
+    stats = generator.train(images, captions, steps=TINY.train_steps, seed=0, progress=False)
+    return generator, stats, images, captions
+
+
+def test_tiny_diffusion_trains_and_generates(trained) -> None:
+    generator, stats, _, _ = trained
+    assert isinstance(generator, Generator)
+    assert stats["steps"] == 4 and stats["seconds"] > 0 and np.isfinite(stats["final_loss"])
+    assert stats["warm_start"] is False
+    images = generator.generate(["a female nurse", "an engineer", "a male nurse"], [1, 2, 3], batch_size=2)
+    assert images.shape == (3, 8, 8, 3) and images.dtype == np.uint8
+    assert generator.generate([], []).shape == (0, 8, 8, 3)
+    with pytest.raises(ValueError, match="seed"):
+        generator.generate(["a nurse"], [1, 2])
+
+
+def test_seeds_decide_images_not_batches(trained) -> None:
+    generator, _, _, _ = trained
+    prompts = ["a female nurse", "an engineer", "a male nurse"]
+    first = generator.generate(prompts, [5, 6, 7], batch_size=3)
+    again = generator.generate(prompts, [5, 6, 7], batch_size=3)
+    np.testing.assert_array_equal(first, again)
+    other = generator.generate(prompts, [8, 9, 10], batch_size=3)
+    assert not np.array_equal(first, other)
+    alone = generator.generate(prompts[1:2], [6], batch_size=1)
+    assert np.abs(alone[0].astype(int) - first[1].astype(int)).max() <= 1  # batch composition does not matter
+
+
+def test_save_load_round_trip_and_warm_start(trained, tmp_path: Path) -> None:
+    generator, _, images, captions = trained
+    generator.save(tmp_path / "gen")
+    manifest = read_manifest(tmp_path / "gen")
+    assert manifest["backend"] == "tiny-diffusion" and manifest["trained_steps"] == 4
+    assert (tmp_path / "gen" / "unet" / "config.json").exists()
+    loaded = load_generator(tmp_path / "gen", "cpu")
+    prompts, seeds = ["a female nurse", "an engineer"], [11, 12]
+    np.testing.assert_array_equal(generator.generate(prompts, seeds), loaded.generate(prompts, seeds))
+
+    shift = loaded.ema.cond.shift.clone()
+    before = [p.detach().clone() for p in loaded.ema.unet.parameters()]
+    stats = loaded.train(images, captions, steps=2, seed=1, progress=False)
+    assert stats["warm_start"] is True and stats["total_steps"] == 6
+    assert any(not np.allclose(b, a.detach()) for b, a in zip(before, loaded.ema.unet.parameters()))
+    np.testing.assert_array_equal(shift, loaded.ema.cond.shift)  # standardisation kept on warm start
+    loaded.save(tmp_path / "gen1")
+    assert len(read_manifest(tmp_path / "gen1")["history"]) == 2
+
+
+def test_training_is_reproducible() -> None:
+    images, captions = glyph_data(12)
+    outs = []
+    for _ in range(2):
+        generator = build_generator(TINY, "cpu", seed=3)
+        generator.train(images, captions, steps=2, seed=4, progress=False)
+        outs.append(generator.generate(["a nurse"], [0]))
+    np.testing.assert_array_equal(outs[0], outs[1])
+
+
+def test_config_errors_name_the_key() -> None:
+    assert config_from_dict({"backend": "tiny-diffusion", "channels": [16, 32]}).channels == (16, 32)
+    with pytest.raises(ConfigError, match="generator.colour"):
+        config_from_dict({"colour": 1})
+    with pytest.raises(ConfigError, match="generator.backend"):
+        config_from_dict({"backend": "gan"})
+    with pytest.raises(ValueError, match="generator.channels"):
+        build_generator(dataclasses.replace(TINY, channels=(12, 16)))
+    with pytest.raises(ValueError, match="generator.model"):
+        build_generator(GeneratorConfig(backend="stable-diffusion"))
+    with pytest.raises(FileNotFoundError, match="generator.json"):
+        load_generator("/nonexistent/generator")
+
+
+# ------------------------------------------------------------------------------------ stable diffusion
+def tiny_sd_pipeline(folder: Path) -> Path:
+    """A random-weight SD-architecture pipeline (latents 8x8 -> images 16x16), saved to ``folder``."""
+    import torch
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from biasloop.generators.stable_diffusion import offline_clip_tokenizer
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=16,
+        attention_head_dim=4,
+        norm_num_groups=8,
+    )
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(8, 16),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=16,
+    )
+    tokenizer = offline_clip_tokenizer(folder.parent / "tokenizer_src")
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=77,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
+    scheduler = DDIMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False,
+        steps_offset=1,
+    )
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(folder)
+    return folder
+
+
+def test_stable_diffusion_backend_on_tiny_local_pipeline(tmp_path: Path) -> None:
+    model = tiny_sd_pipeline(tmp_path / "tiny-sd")
+    assert json.loads((model / "model_index.json").read_text())["safety_checker"] == [None, None]
+    config = GeneratorConfig(
+        backend="stable-diffusion", model=str(model), image_size=8, sampling_steps=2, batch_size=2, lora_rank=2
+    )
+    generator = build_generator(config, "cpu")
+    assert generator.native_size == 16
+    prompts = ["a photo of a nurse", "a male engineer"]
+    images = generator.generate(prompts, [0, 1], batch_size=2)
+    assert images.shape == (2, 8, 8, 3) and images.dtype == np.uint8
+    alone = generator.generate(prompts[1:], [1], batch_size=1)
+    assert np.abs(alone[0].astype(int) - images[1].astype(int)).max() <= 1
+
+    data, captions = glyph_data(4, size=16)
+    stats = generator.train(data, captions, steps=2, seed=0, progress=False)
+    assert stats["steps"] == 2 and np.isfinite(stats["final_loss"]) and stats["lora_parameters"] > 0
+    after = generator.generate(prompts, [0, 1])
+    generator.save(tmp_path / "gen")
+    assert (tmp_path / "gen" / "lora.safetensors").exists()
+    loaded = load_generator(tmp_path / "gen", "cpu")
+    assert loaded.has_lora
+    np.testing.assert_array_equal(after, loaded.generate(prompts, [0, 1]))
+    stats = loaded.train(data, captions, steps=1, seed=1, progress=False)
+    assert stats["warm_start"] is True and stats["total_steps"] == 3

@@ -1,0 +1,152 @@
+"""generate@N stage, in-process, on a tiny generator and tiny selections/corpus tables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+import yaml
+
+from biasloop.generators import GeneratorConfig, build_generator
+from biasloop.generators.prompts import GenerateConfig, fill_template, plan_prompts
+from biasloop.io import load_images
+
+OCCUPATIONS = ["engineer", "nurse"]
+
+
+def corpus_and_selections() -> tuple[pl.DataFrame, pl.DataFrame]:
+    captions = {
+        "c1": "an engineer at a desk",
+        "c2": "a female engineer at work",
+        "c3": "engineers on shift",
+        "c4": "portrait of a nurse at work",
+        "c5": "a man working as a nurse",
+        "c6": "a bowl of fruit on a table",
+    }
+    corpus = pl.DataFrame(
+        {
+            "id": list(captions),
+            "caption": list(captions.values()),
+            "image_ref": [f"x.npy#{i}" for i in range(6)],
+            "true_occupation": ["engineer"] * 3 + ["nurse"] * 2 + [None],
+            "true_gender": ["male", "female", "male", "female", "male", None],
+            "true_indicator": ["none", "female", "none", "none", "male", None],
+            "split": ["train"] * 6,
+        }
+    )
+    rows = [("keyword", "engineer", i) for i in ("c1", "c2", "c3")] + [("keyword", "nurse", i) for i in ("c4", "c5")]
+    rows += [("nn", "engineer", "c1"), ("nn", "nurse", "c4")]
+    selections = pl.DataFrame(
+        {
+            "selection": [r[0] for r in rows],
+            "occupation": [r[1] for r in rows],
+            "id": [r[2] for r in rows],
+            "similarity": np.linspace(0.9, 0.5, len(rows)).tolist(),
+            "rank": list(range(len(rows))),
+        }
+    )
+    return corpus, selections
+
+
+@pytest.fixture()
+def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    corpus, selections = corpus_and_selections()
+    Path("artifacts/corpus").mkdir(parents=True)
+    Path("artifacts/neighbours").mkdir(parents=True)
+    corpus.write_parquet("artifacts/corpus/captions.parquet")
+    selections.write_parquet("artifacts/neighbours/selections.parquet")
+    config = GeneratorConfig(
+        text_encoder="fake:32", image_size=8, channels=(8, 16), mid_attention=False, batch_size=4,
+        warmup_steps=1, sampling_steps=2, train_timesteps=20,
+    )
+    generator = build_generator(config, "cpu")
+    images = np.zeros((4, 8, 8, 3), dtype=np.uint8)
+    images[:, 2:6, 3] = [200, 30, 90]
+    generator.train(images, corpus["caption"].to_list()[:4], steps=1, seed=0, progress=False)
+    generator.save("artifacts/models/gen0/generator")
+    params = {
+        "base": {"seed": 0, "device": "cpu", "log_level": "INFO"},
+        "tracking": {"enabled": True, "uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "test"},
+        "occupations": OCCUPATIONS,
+        "generate": {
+            "neutral_prompts": ["a photo of {a} {occupation}", "{a} {occupation} at work"],
+            "n_per_prompt": 3,
+            "caption_selection": "keyword",
+            "max_captions_per_occupation": 2,
+            "batch_size": 5,
+            "shard_size": 7,
+        },
+    }
+    Path("params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return tmp_path
+
+
+ARGS = [
+    "--generation", "0", "--generator", "artifacts/models/gen0/generator",
+    "--selections", "artifacts/neighbours/selections.parquet", "--corpus", "artifacts/corpus/captions.parquet",
+    "--out", "artifacts/gen0/generate",
+]
+
+
+def test_generate_stage_writes_manifest_and_images(workspace: Path) -> None:
+    from stages.generate import main
+
+    assert main(ARGS) == 0
+    manifest = pl.read_parquet("artifacts/gen0/generate/manifest.parquet")
+    assert manifest.columns[:5] == ["prompt_kind", "occupation", "prompt", "seed", "image_ref"]
+    assert len(manifest) == 2 * (2 * 3) + 2 + 2
+    neutral = manifest.filter(pl.col("prompt_kind") == "neutral")
+    assert set(neutral["prompt"]) == {"a photo of an engineer", "an engineer at work", "a photo of a nurse", "a nurse at work"}
+    captions = manifest.filter(pl.col("prompt_kind") == "caption")
+    assert captions.filter(pl.col("occupation") == "nurse")["source_id"].sort().to_list() == ["c4", "c5"]
+    assert set(captions["source_id"]) <= {"c1", "c2", "c3", "c4", "c5"}
+    assert manifest["seed"].n_unique() == len(manifest)
+    assert manifest["image_ref"][0].startswith("artifacts/gen0/generate/images/00000.npy#")
+    images = load_images(manifest["image_ref"].to_list())
+    assert images.shape == (len(manifest), 8, 8, 3) and images.dtype == np.uint8
+    assert len(list(Path("artifacts/gen0/generate/images").glob("*.npy"))) == 3  # 16 images, 7 per shard
+    assert not list(Path("artifacts/gen0").glob(".generate*"))  # no temporary leftovers
+
+    # Rerun: same seeds, same images (atomic replace of the folder).
+    assert main(ARGS) == 0
+    again = pl.read_parquet("artifacts/gen0/generate/manifest.parquet")
+    assert again["seed"].to_list() == manifest["seed"].to_list()
+    np.testing.assert_array_equal(load_images(again["image_ref"].to_list()), images)
+
+    # Another generation: other seeds, same prompts.
+    assert main([*ARGS[:1], "1", *ARGS[2:-1], "artifacts/gen1/generate"]) == 0
+    gen1 = pl.read_parquet("artifacts/gen1/generate/manifest.parquet")
+    assert gen1["prompt"].to_list() == manifest["prompt"].to_list()
+    assert gen1["seed"].to_list() != manifest["seed"].to_list()
+
+
+def test_generate_stage_input_errors(workspace: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from stages.generate import main
+
+    bad = [a if a != "artifacts/models/gen0/generator" else "artifacts/models/missing" for a in ARGS]
+    assert main(bad) == 2
+    assert "generator.json" in capsys.readouterr().err
+    params = yaml.safe_load(Path("params.yaml").read_text())
+    params["generate"]["caption_selection"] = "nope"
+    Path("params.yaml").write_text(yaml.safe_dump(params))
+    assert main(ARGS) == 2
+    assert "caption_selection" in capsys.readouterr().err
+    params["generate"]["colour"] = 1
+    Path("params.yaml").write_text(yaml.safe_dump(params))
+    with pytest.raises(SystemExit):
+        main(ARGS)
+    assert not Path("artifacts/gen0/generate").exists()
+
+
+def test_plan_prompts_caps_and_templates() -> None:
+    corpus, selections = corpus_and_selections()
+    config = GenerateConfig(neutral_prompts=("{a} {occupation}",), n_per_prompt=2, max_captions_per_occupation=1)
+    plan = plan_prompts(config, OCCUPATIONS, selections, corpus, seed=0)
+    assert plan["prompt_kind"].to_list() == ["neutral"] * 4 + ["caption"] * 2
+    assert plan_prompts(config, OCCUPATIONS, selections, corpus, seed=0).equals(plan)
+    assert fill_template("{a} {occupation}", "engineer") == "an engineer"
+    with pytest.raises(ValueError, match="neutral_prompts"):
+        fill_template("a {job}", "nurse")
