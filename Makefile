@@ -23,7 +23,8 @@ $(VENV)/.ready: requirements.lock
 	touch $@
 
 env: $(VENV)/.ready  ## create or reuse the environment and install this checkout into it
-	@$(BIN)/pip install -q --no-deps --no-build-isolation -e . >/dev/null
+	@$(BIN)/pip install -q --no-deps --no-build-isolation -e . > $(VENV)/editable-install.log 2>&1 || \
+	  { cat $(VENV)/editable-install.log; exit 1; }
 	@echo "environment: $(VENV)"
 
 data: env  ## materialise data/ (same bytes on every machine, so data.dvc matches)
