@@ -8,6 +8,7 @@ with an error that names the key (``world.markedness.counter``), what was expect
 from __future__ import annotations
 
 import dataclasses
+import os
 import types
 import typing
 from pathlib import Path
@@ -172,7 +173,7 @@ class BaseConfig:
     seed: int = 0
     device: Literal["cpu", "cuda", "auto"] = "cpu"
     log_level: str = "INFO"
-    cpu_threads: int = 1  # torch CPU threads per stage; 1 avoids oversubscription (2 queued experiments on 2 cores)
+    cpu_threads: int = 0  # torch CPU threads per stage; 0: automatic (see resolve_cpu_threads)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,6 +183,26 @@ class TrackingConfig:
     enabled: bool = True
     uri: str | None = None
     experiment: str = "biasloop"
+
+
+QUEUE_WORKSPACE = os.sep.join(("", ".dvc", "tmp", "exps", ""))
+
+
+def resolve_cpu_threads(threads: int, cwd: str | None = None, cpus: int | None = None) -> int:
+    """CPU threads a stage may use: ``threads`` when positive; for 0 (automatic) every CPU, except in a
+    queued experiment's temporary workspace (``.dvc/tmp/exps/...``, where ``dvc queue start -j N`` runs
+    several experiments at once), which gets 1 thread so parallel workers do not oversubscribe the cores.
+
+    Measured on 2 cores: a tiny-diffusion training step took 0.45 s with 1 thread and 0.23 s with 2 on an
+    idle machine, but 1.1 s with 2 threads while another process used the other core.
+    """
+    if threads < 0:
+        raise ConfigError(f"base.cpu_threads: expected 0 (automatic) or a positive count, found {threads}")
+    if threads > 0:
+        return threads
+    if QUEUE_WORKSPACE in (cwd if cwd is not None else os.getcwd()) + os.sep:
+        return 1
+    return max(1, cpus if cpus is not None else (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
 
 
 def resolve_device(device: str) -> str:

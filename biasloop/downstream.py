@@ -38,7 +38,7 @@ class DownstreamConfig:
     batch_size: int = 128  # pairs per contrastive batch
     learning_rate: float = 2e-3  # AdamW peak learning rate (one-cycle schedule)
     weight_decay: float = 0.1  # AdamW weight decay
-    cpu_threads: int | None = 1  # torch threads on CPU while training/encoding (None: torch's default)
+    cpu_threads: int | None = None  # torch threads on CPU while training/encoding (None: the stage's base.cpu_threads)
 
 
 def _open_clip() -> Any:

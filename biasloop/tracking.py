@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import random
+import re
 import subprocess
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -57,6 +58,17 @@ def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+_NOT_TRANSIENT = {"INVALID_PARAMETER_VALUE", "BAD_REQUEST", "RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST"}
+
+
+def mlflow_key(name: str) -> str:
+    """``name`` with the characters MLflow rejects in param/metric keys replaced (``recall@10`` -> ``recall_at_10``).
+
+    MLflow keys may hold alphanumerics, ``_ - . / :`` and spaces; anything else fails the whole batch.
+    """
+    return re.sub(r"[^A-Za-z0-9_\-./: ]", "_", name.replace("@", "_at_"))
+
+
 def _quietly(method: Callable[..., None]) -> Callable[..., None]:
     """Tracking calls log a warning instead of failing the stage when MLflow keeps erroring."""
 
@@ -78,8 +90,8 @@ def _retry(call: Callable[[], T], what: str, attempts: int = 12) -> T:
         try:
             return call()
         except Exception as exc:  # MLflow wraps sqlite errors in several exception types
-            if attempt == attempts:
-                raise
+            if attempt == attempts or getattr(exc, "error_code", None) in _NOT_TRANSIENT:
+                raise  # a rejected request fails the same way every time: no retrying for a minute
             log.debug("MLflow %s failed (%s); retry %d", what, exc, attempt)
             time.sleep(delay + random.uniform(0, delay))
             delay = min(delay * 2, 5.0)
@@ -114,7 +126,7 @@ class StageRun:
             return
         from mlflow.entities import Param
 
-        items = [Param(k, str(v)[:6000]) for k, v in flatten(params).items()]
+        items = [Param(mlflow_key(k), str(v)[:6000]) for k, v in flatten(params).items()]
         for start in range(0, len(items), 100):
             chunk = items[start : start + 100]
             _retry(lambda c=chunk: self._client.log_batch(self.run_id, params=c), "log params")
@@ -128,7 +140,7 @@ class StageRun:
 
         now = int(time.time() * 1000)
         items = [
-            Metric(k, float(v), now, step or 0)
+            Metric(mlflow_key(k), float(v), now, step or 0)
             for k, v in flatten(metrics).items()
             if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v
         ]

@@ -67,3 +67,13 @@ def test_missing_section(tmp_path) -> None:
     (tmp_path / "p.yaml").write_text("base: {seed: 1}\n")
     with pytest.raises(ConfigError, match="world: section is missing"):
         load_section(WorldConfig, "world", read_params(tmp_path / "p.yaml"))
+
+
+def test_cpu_threads_automatic_outside_and_inside_queued_experiments() -> None:
+    from biasloop.config import resolve_cpu_threads
+
+    assert resolve_cpu_threads(3, cwd="/repo", cpus=2) == 3  # explicit wins
+    assert resolve_cpu_threads(0, cwd="/repo", cpus=2) == 2  # dvc repro, dvc exp run: every core
+    assert resolve_cpu_threads(0, cwd="/repo/.dvc/tmp/exps/tmpab12cd", cpus=2) == 1  # dvc queue start -j N
+    with pytest.raises(ConfigError, match=r"base\.cpu_threads"):
+        resolve_cpu_threads(-1)

@@ -108,3 +108,29 @@ print(float(prompt @ paraphrase), float(prompt @ unrelated), encoder.dim)
     close, far, dim = done.stdout.split()
     assert int(dim) == 384
     assert float(close) > float(far) + 0.2
+
+
+def test_cached_texts_need_no_model(tmp_path: Path) -> None:
+    """A stage whose texts are all cached neither loads the model nor imports sentence-transformers
+    (seconds per process), and the cache remembers the model's width."""
+    script = f"""
+import sys
+from biasloop.embeddings import load_cached_text_encoder
+encoder = load_cached_text_encoder(None, cache_dir={str(tmp_path)!r})
+vectors = encoder.encode(["a nurse at work"])
+assert encoder.dim == 384 and vectors.shape == (1, 384), vectors.shape
+assert encoder.encoder._model is None, "model loaded"
+assert "sentence_transformers" not in sys.modules, "sentence_transformers imported"
+"""
+    # Seed the cache as a run with the real model would: model.json names the width, a chunk the vector.
+    from biasloop.embeddings import SentenceTransformerEncoder
+
+    class Named(FakeTextEncoder):
+        def __init__(self) -> None:
+            super().__init__(384)
+            self.name = SentenceTransformerEncoder(None).name
+
+    CachedTextEncoder(Named(), tmp_path).encode(["a nurse at work"])
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -27,7 +27,7 @@ def test_run_recorded_with_tags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("DVC_EXP_NAME", "sweep-1")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     with stage_run("generate", TrackingConfig(uri=uri), {"generator": {"steps": 5}}, generation=2) as run:
-        run.log_metrics({"loss": 0.5, "nested": {"x": 1}, "label": "text"})
+        run.log_metrics({"loss": 0.5, "nested": {"x": 1}, "label": "text", "recall": {"recall@10": 0.25}})
         (tmp_path / "a.txt").write_text("hi")
         run.log_artifact(tmp_path / "a.txt")
     (recorded,) = _runs(uri)
@@ -35,7 +35,23 @@ def test_run_recorded_with_tags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert recorded.data.tags["stage"] == "generate" and recorded.data.tags["generation"] == "2"
     assert recorded.data.tags["dvc_exp_name"] == "sweep-1"
     assert recorded.data.params["generator.steps"] == "5"
-    assert recorded.data.metrics == {"loss": 0.5, "nested.x": 1.0}
+    # "@" is not allowed in MLflow keys: renamed, not a failed batch that loses every metric
+    assert recorded.data.metrics == {"loss": 0.5, "nested.x": 1.0, "recall.recall_at_10": 0.25}
+
+
+def test_rejected_batch_is_not_retried(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A request MLflow rejects as invalid fails at once with a warning (no minute of backoff)."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with stage_run("evaluate", TrackingConfig(uri=uri)) as run:
+        sleeps: list[float] = []
+        monkeypatch.setattr("biasloop.tracking.time.sleep", sleeps.append)
+        run.log_params({"key": "a"})
+        run.log_params({"key": "b"})  # changing a logged param is rejected (INVALID_PARAMETER_VALUE)
+        monkeypatch.undo()
+    assert "MLflow log_params failed" in caplog.text
+    assert sleeps == []  # no retry backoff
 
 
 def test_failed_stage_marks_run_failed(tmp_path: Path) -> None:

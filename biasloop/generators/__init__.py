@@ -38,7 +38,7 @@ class GeneratorConfig:
     allow_download: bool = False  # let from_pretrained fetch a hub name that is not in the local cache
     text_encoder: str | None = None  # tiny: sentence encoder for captions (None: packaged MiniLM; "fake:32" in tests)
     image_size: int = 16  # pixels per side of the images the generator returns (and tiny-diffusion models)
-    channels: tuple[int, ...] = (32, 64, 64)  # tiny: UNet block widths, one resolution level each
+    channels: tuple[int, ...] = (16, 32, 32)  # tiny: UNet block widths, one resolution level each
     layers_per_block: int = 1  # tiny: ResNet blocks per UNet level
     mid_attention: bool = True  # tiny: self-attention in the UNet's middle block (lowest resolution)
     train_steps: int = 600  # optimisation steps when training from scratch (warm starts: loop.generator_steps)

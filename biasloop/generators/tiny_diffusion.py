@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from biasloop.config import to_dict
-from biasloop.embeddings import TextEncoder, load_text_encoder
+from biasloop.embeddings import TextEncoder, load_cached_text_encoder
 from biasloop.generators import MANIFEST, GeneratorConfig, check_prompts_seeds, config_from_dict, to_uint8
 
 log = logging.getLogger(__name__)
@@ -45,10 +45,14 @@ _ENCODERS: dict[tuple[str | None, str], TextEncoder] = {}
 
 
 def cached_text_encoder(name: str | None, device: str = "cpu") -> TextEncoder:
-    """One loaded text encoder per (name, device) per process (MiniLM takes seconds to load)."""
+    """One text encoder per (name, device) per process, behind the shared on-disk embedding cache.
+
+    The model itself loads only if a text is not cached: the captions are embedded once (by
+    ``neighbours`` or ``pretrain``), and later stages that condition on them skip the seconds-long load.
+    """
     key = (name, device)
     if key not in _ENCODERS:
-        _ENCODERS[key] = load_text_encoder(name, device=device)
+        _ENCODERS[key] = load_cached_text_encoder(name, device=device)
     return _ENCODERS[key]
 
 
