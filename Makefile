@@ -14,7 +14,9 @@ RUN := PATH="$(BIN):$$PATH" MLFLOW_DISABLE_TELEMETRY=true HF_HUB_OFFLINE=1 TRANS
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
-$(VENV)/.ready: requirements.lock
+# No prerequisite: the path already holds the hash of requirements.lock, and a fresh clone's newer
+# file times must not trigger a rebuild of an environment that matches.
+$(VENV)/.ready:
 	@echo "creating $(VENV) (first time only: about 5 minutes)"
 	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
