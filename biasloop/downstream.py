@@ -34,7 +34,7 @@ class DownstreamConfig:
     """``downstream``: the CLIP retrained from scratch on each generation's dataset."""
 
     model: str = "biasloop-tiny-clip"  # open_clip architecture (biasloop/model_configs/*.json or built-in)
-    epochs: int = 10  # passes over the dataset
+    epochs: int = 6  # passes over the dataset
     batch_size: int = 128  # pairs per contrastive batch
     learning_rate: float = 2e-3  # AdamW peak learning rate (one-cycle schedule)
     weight_decay: float = 0.1  # AdamW weight decay

@@ -23,7 +23,7 @@ class LoopConfig:
 
     retrain_generator: bool = True  # false: the generator stays generation 0's (the replacement study)
     warm_start: bool = True  # fine-tune generation N from N-1's generator instead of training from scratch
-    generator_steps: int = 300  # training steps per generation when warm-starting (from scratch: generator.train_steps)
+    generator_steps: int = 100  # training steps per generation when warm-starting (from scratch: generator.train_steps)
     batch_size: int = 256  # images per generation batch when making replacement images
 
 

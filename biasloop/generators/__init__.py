@@ -41,7 +41,7 @@ class GeneratorConfig:
     channels: tuple[int, ...] = (16, 32, 32)  # tiny: UNet block widths, one resolution level each
     layers_per_block: int = 1  # tiny: ResNet blocks per UNet level
     mid_attention: bool = True  # tiny: self-attention in the UNet's middle block (lowest resolution)
-    train_steps: int = 600  # optimisation steps when training from scratch (warm starts: loop.generator_steps)
+    train_steps: int = 500  # optimisation steps when training from scratch (warm starts: loop.generator_steps)
     batch_size: int = 128  # training batch size
     learning_rate: float = 3e-3  # tiny: peak AdamW learning rate (linear warm-up, cosine decay to 10%)
     warmup_steps: int = 50  # linear learning-rate warm-up steps at the start of every train() call
