@@ -213,8 +213,10 @@ class Instrument:
                     model, (mean, std, size), _ = self._open_clip
                     batch = (batch + 1) / 2
                     if tuple(batch.shape[-2:]) != size:
+                        # Corpus images are square (ingestion centre-crops), so a resize is open_clip's
+                        # resize + centre crop; antialias as PIL does when shrinking (512 px -> 224 px).
                         batch = torch.nn.functional.interpolate(batch, size=size, mode="bicubic",
-                                                                align_corners=False).clamp(0, 1)
+                                                                align_corners=False, antialias=True).clamp(0, 1)
                     features = model.encode_image((batch - mean.to(self.device)) / std.to(self.device)).float()
                 else:
                     self.image_tower.eval()

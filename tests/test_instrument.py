@@ -114,6 +114,8 @@ def test_open_clip_backend_offline_random_weights(tmp_path) -> None:
     assert p.shape == (4,) and np.all((p >= 0) & (p <= 1))
     probs = instrument.occupation_probs(images, OCCUPATIONS)
     assert probs.shape == (4, 2) and np.allclose(probs.sum(axis=1), 1.0)
+    larger = np.random.default_rng(1).integers(0, 255, size=(2, 40, 40, 3), dtype=np.uint8)  # shrunk, antialiased
+    assert np.all(np.isfinite(instrument.p_female(larger)))
     instrument.save(tmp_path / "oc")
     # reloading rebuilds the architecture (pretrained=None: random weights again, so only shapes compare)
     assert load_instrument(tmp_path / "oc").p_female(images).shape == (4,)
