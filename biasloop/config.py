@@ -202,7 +202,9 @@ def resolve_cpu_threads(threads: int, cwd: str | None = None, cpus: int | None =
         return threads
     if QUEUE_WORKSPACE in (cwd if cwd is not None else os.getcwd()) + os.sep:
         return 1
-    return max(1, cpus if cpus is not None else (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+    if cpus is None:  # the CPUs this process may run on (a container or taskset may allow fewer than exist)
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cpus)
 
 
 def resolve_device(device: str) -> str:

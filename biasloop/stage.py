@@ -45,6 +45,7 @@ def load_configs(params_path: str, sections: dict[str, type]) -> dict[str, Any]:
                 configs[section] = params.get(section)
             else:
                 configs[section] = load_section(cls, section, params)
+        threads = resolve_cpu_threads(configs["base"].cpu_threads)
     except ConfigError as exc:
         print(f"error: {params_path}: {exc}", file=sys.stderr)
         raise SystemExit(2) from exc
@@ -52,11 +53,6 @@ def load_configs(params_path: str, sections: dict[str, type]) -> dict[str, Any]:
     # Torch is imported lazily, after this: its thread pools read these at start-up. An explicit
     # environment setting wins. Oversubscribed cores (2 processes x 2 threads on 2 cores) made tiny
     # models 2 to 20x slower, hence 1 thread per stage inside queued experiments (resolve_cpu_threads).
-    try:
-        threads = resolve_cpu_threads(configs["base"].cpu_threads)
-    except ConfigError as exc:
-        print(f"error: {params_path}: {exc}", file=sys.stderr)
-        raise SystemExit(2) from exc
     for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(variable, str(threads))
     return configs
