@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from diffusers.utils import logging as diffusers_logging
 
-    from biasloop.generators.stable_diffusion import offline_clip_tokenizer
+    from biasloop.models.generators.stable_diffusion import offline_clip_tokenizer
 
     diffusers_logging.set_verbosity_error()
 

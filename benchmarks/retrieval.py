@@ -3,7 +3,7 @@
 Both sides do the same work on the same 5-million-caption parquet, from reading the file to a table of
 (occupation, caption, indicator):
 
-- **biasloop**: ``biasloop.retrieval.retrieve_lazy(...).collect(engine="streaming")``, exactly what
+- **biasloop**: ``biasloop.data.retrieval.retrieve_lazy(...).collect(engine="streaming")``, exactly what
   the ``retrieve`` stage runs (it also extracts the matched indicator terms, which the baseline does not);
 - **pandas baseline**: ``pd.read_parquet``, then for each occupation one ``Series.str.contains`` with
   that occupation's whole-word pattern (same forms, case-insensitive), and on the matching rows two
@@ -41,9 +41,9 @@ import numpy as np
 import polars as pl
 
 from biasloop import world
-from biasloop.indicators import FEMALE_REGEX, MALE_REGEX
-from biasloop.io import write_json
-from biasloop.retrieval import OccupationMatcher, retrieve_lazy
+from biasloop.data.indicators import FEMALE_REGEX, MALE_REGEX
+from biasloop.core.io import write_json
+from biasloop.data.retrieval import OccupationMatcher, retrieve_lazy
 
 HERE = Path(__file__).resolve().parent
 OCCUPATIONS = ("carpenter", "engineer", "chef", "lawyer", "scientist", "salesperson", "baker", "teacher", "librarian", "nurse")

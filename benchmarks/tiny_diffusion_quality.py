@@ -35,9 +35,9 @@ import polars as pl
 import torch
 import yaml
 
-from biasloop.config import read_params, to_dict
-from biasloop.generators import GeneratorConfig, build_generator, config_from_dict
-from biasloop.io import load_images
+from biasloop.core.config import read_params, to_dict
+from biasloop.models.generators import GeneratorConfig, build_generator, config_from_dict
+from biasloop.core.io import load_images
 
 NEUTRAL = ("a photo of a {o}", "a {o} at work")
 FEMALE = ("a female {o}", "a woman working as a {o}")

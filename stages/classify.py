@@ -19,12 +19,13 @@ from collections.abc import Sequence
 import numpy as np
 import polars as pl
 
-from biasloop.config import resolve_device, to_dict
-from biasloop.instrument import ClassifyConfig, load_instrument
-from biasloop.io import load_images, timed, write_parquet
-from biasloop.metrics import label_from_p
-from biasloop.stage import load_configs, make_parser, run_main
-from biasloop.tracking import stage_run
+from biasloop.core.config import to_dict
+from biasloop.core.runtime import resolve_device
+from biasloop.models.instrument import ClassifyConfig, load_instrument
+from biasloop.core.io import load_images, timed, write_parquet
+from biasloop.metrics.amplification import label_from_p
+from biasloop.core.stage import load_configs, make_parser, run_main
+from biasloop.core.tracking import stage_run
 
 log = logging.getLogger("classify")
 

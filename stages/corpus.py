@@ -21,46 +21,15 @@ from collections.abc import Sequence
 
 import polars as pl
 
-from biasloop.config import to_dict
-from biasloop.corpus import CorpusConfig, ingest, iter_folder, iter_webdataset, write_corpus
-from biasloop.io import timed, write_json
-from biasloop.plots import contact_sheet
-from biasloop.stage import load_configs, make_parser, run_main
-from biasloop.tracking import stage_run
-from biasloop.world import WorldConfig, build_world, read_occupation_shares
+from biasloop.core.config import to_dict
+from biasloop.data.corpus import CorpusConfig, ingest, iter_folder, iter_webdataset, write_corpus
+from biasloop.core.io import timed, write_json
+from biasloop.report.plots import contact_sheet
+from biasloop.core.stage import load_configs, make_parser, run_main
+from biasloop.core.tracking import stage_run
+from biasloop.data.world import WorldConfig, build_world, read_occupation_shares, world_statistics
 
 log = logging.getLogger("corpus")
-
-
-def world_statistics(samples: pl.DataFrame, shares: dict[str, float]) -> dict:
-    """Per occupation: BLS share, ground-truth share of women, and that share among captions
-    without an indicator (further from 1/2 when captions are marked)."""
-    people = samples.filter(pl.col("true_occupation").is_not_null())
-    table = (
-        people.group_by("true_occupation")
-        .agg(
-            pl.len().alias("n"),
-            (pl.col("true_gender") == "female").mean().alias("share_female"),
-            (pl.col("true_gender") == "female").filter(pl.col("true_indicator") == "none").mean().alias(
-                "share_female_no_indicator"
-            ),
-            (pl.col("true_indicator") != "none").mean().alias("indicator_rate"),
-        )
-        .sort("true_occupation")
-    )
-    per_occupation = []
-    distance_all, distance_no_indicator = [], []
-    for row in table.iter_rows(named=True):
-        occupation = row["true_occupation"]
-        per_occupation.append({"occupation": occupation, "bls_share_female": shares.get(occupation), **row})
-        distance_all.append(abs(row["share_female"] - 0.5))
-        distance_no_indicator.append(abs(row["share_female_no_indicator"] - 0.5))
-    n = max(len(distance_all), 1)
-    return {
-        "mad_all_captions": sum(distance_all) / n,
-        "mad_no_indicator_captions": sum(distance_no_indicator) / n,
-        "per_occupation": per_occupation,
-    }
 
 
 def main_body(argv: Sequence[str] | None) -> None:

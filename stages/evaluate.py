@@ -22,36 +22,16 @@ from pathlib import Path
 
 import polars as pl
 
-from biasloop.config import resolve_device, to_dict
-from biasloop.evaluation import EvaluateConfig, downstream_bias, evaluate_generation
-from biasloop.instrument import ClassifyConfig
-from biasloop.io import load_images, timed, write_json
-from biasloop.stage import load_configs, make_parser, run_main
-from biasloop.tracking import stage_run
+from biasloop.core.config import to_dict
+from biasloop.core.runtime import resolve_device
+from biasloop.metrics.amplification import read_confusion
+from biasloop.metrics.evaluation import EvaluateConfig, downstream_bias, evaluate_generation, perceived_groups
+from biasloop.models.instrument import ClassifyConfig
+from biasloop.core.io import load_images, timed, write_json
+from biasloop.core.stage import load_configs, make_parser, run_main
+from biasloop.core.tracking import stage_run
 
 log = logging.getLogger("evaluate")
-
-
-def read_confusion(path: str | Path) -> dict[str, float] | None:
-    """The instrument's ``{"tpr", "fpr"}`` from its metrics file, or None when unknown or unusable."""
-    metrics = json.loads(Path(path).read_text())
-    tpr, fpr = metrics.get("tpr"), metrics.get("fpr")
-    if tpr is None or fpr is None or tpr <= fpr:
-        log.warning("instrument confusion rates unknown or unusable (tpr=%s, fpr=%s): no correction", tpr, fpr)
-        return None
-    return {"tpr": float(tpr), "fpr": float(fpr)}
-
-
-def perceived_groups(test: pl.DataFrame, instrument_dir: str | None, device: str, threshold: float) -> list:
-    """Gender group per held-out row: ground truth when the corpus has it, else the instrument's label."""
-    if test["true_gender"].null_count() < len(test) or instrument_dir is None:
-        return test["true_gender"].to_list()
-    from biasloop.instrument import load_instrument
-    from biasloop.metrics import label_from_p
-
-    instrument = load_instrument(instrument_dir, device)
-    labels = label_from_p(instrument.p_female(load_images(test["image_ref"].to_list())), threshold)
-    return [label if label != "abstain" else None for label in labels]
 
 
 def main_body(argv: Sequence[str] | None) -> None:
@@ -73,7 +53,7 @@ def main_body(argv: Sequence[str] | None) -> None:
     with stage_run("evaluate", configs["tracking"], {"evaluate": to_dict(config)}, generation=args.generation) as run:
         confusion = read_confusion(args.instrument_metrics)
         with timed("downstream CLIP on held-out pairs", log):
-            from biasloop.downstream import load_downstream
+            from biasloop.models.downstream_clip import load_downstream
 
             test = pl.read_parquet(args.corpus).filter(pl.col("split") == "test")
             model = load_downstream(args.downstream, device)

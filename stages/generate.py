@@ -32,12 +32,13 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from biasloop.config import resolve_device, to_dict
-from biasloop.generators.prompts import MANIFEST_COLUMNS, GenerateConfig, plan_prompts
-from biasloop.io import atomic_path, timed, write_image_shards
-from biasloop.loop import generation_seeds
-from biasloop.stage import load_configs, make_parser, run_main
-from biasloop.tracking import stage_run
+from biasloop.core.config import to_dict
+from biasloop.core.runtime import resolve_device
+from biasloop.loop.prompts import MANIFEST_COLUMNS, GenerateConfig, plan_prompts
+from biasloop.core.io import atomic_path, timed, write_image_shards
+from biasloop.loop.mixing import generation_seeds
+from biasloop.core.stage import load_configs, make_parser, run_main
+from biasloop.core.tracking import stage_run
 
 log = logging.getLogger("generate")
 
@@ -79,7 +80,7 @@ def main_body(argv: Sequence[str] | None) -> None:
     with stage_run("generate", configs["tracking"], params, generation=args.generation) as run:
         from tqdm.auto import tqdm
 
-        from biasloop.generators import load_generator, read_manifest
+        from biasloop.models.generators import load_generator, read_manifest
 
         device = resolve_device(configs["base"].device)
         with timed(f"loading generator {args.generator}", log):

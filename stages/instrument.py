@@ -26,52 +26,21 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from biasloop.config import resolve_device, to_dict
-from biasloop.instrument import ClassifyConfig, InstrumentConfig, evaluate_instrument, train_or_load_instrument
-from biasloop.io import atomic_path, load_images, timed, write_json
-from biasloop.stage import load_configs, make_parser, run_main
-from biasloop.tracking import stage_run
+from biasloop.core.config import to_dict
+from biasloop.core.runtime import resolve_device
+from biasloop.models.instrument import (
+    ClassifyConfig,
+    InstrumentConfig,
+    evaluate_instrument,
+    labelled_set,
+    occupation_accuracy,
+    train_or_load_instrument,
+)
+from biasloop.core.io import atomic_path, load_images, timed, write_json
+from biasloop.core.stage import load_configs, make_parser, run_main
+from biasloop.core.tracking import stage_run
 
 log = logging.getLogger("instrument")
-
-
-def _split(corpus: pl.DataFrame, name: str) -> pl.DataFrame:
-    if "split" not in corpus.columns:
-        return corpus if name == "train" else corpus.clear()
-    return corpus.filter(pl.col("split") == name)
-
-
-def labelled_set(corpus: pl.DataFrame, config: InstrumentConfig) -> tuple[list[str], list[str], str] | None:
-    """(image refs, true genders, source) to measure the instrument on, or None when there is none.
-
-    The held-out split's ground truth when it has any; else ``instrument.labelled_csv``.
-    """
-    if "true_gender" in corpus.columns:
-        test = _split(corpus, "test").filter(pl.col("true_gender").is_in(["female", "male"]))
-        if len(test):
-            return test["image_ref"].to_list(), test["true_gender"].to_list(), "held-out split (ground truth)"
-    if config.labelled_csv:
-        labelled = pl.read_csv(config.labelled_csv, schema_overrides={"true_gender": pl.String})
-        missing = [c for c in ("image_ref", "true_gender") if c not in labelled.columns]
-        if missing:
-            raise ValueError(f"instrument.labelled_csv {config.labelled_csv}: missing column(s) {missing}")
-        labelled = labelled.filter(pl.col("true_gender").is_in(["female", "male"]))
-        if not len(labelled):
-            raise ValueError(f"instrument.labelled_csv {config.labelled_csv}: no row with true_gender female/male")
-        return labelled["image_ref"].to_list(), labelled["true_gender"].to_list(), config.labelled_csv
-    return None
-
-
-def occupation_accuracy(instrument: Any, corpus: pl.DataFrame, occupations: list[str], batch_size: int) -> float | None:
-    """Zero-shot occupation accuracy on the held-out rows with a known occupation (None without any)."""
-    if "true_occupation" not in corpus.columns or not occupations:
-        return None
-    test = _split(corpus, "test").filter(pl.col("true_occupation").is_in(occupations))
-    if not len(test):
-        return None
-    probs = instrument.occupation_probs(load_images(test["image_ref"].to_list()), occupations, batch_size=batch_size)
-    predicted = np.array(occupations, dtype=object)[probs.argmax(axis=1)]
-    return float(np.mean(predicted == np.array(test["true_occupation"].to_list(), dtype=object)))
 
 
 def main_body(argv: Sequence[str] | None) -> None:

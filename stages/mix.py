@@ -1,6 +1,6 @@
 """mix@N: generation N's dataset, the corpus with a fraction of its images replaced by generated ones.
 
-The samples to replace are a seeded, nested choice (see ``biasloop.loop``): exactly
+The samples to replace are a seeded, nested choice (see ``biasloop.loop.mixing``): exactly
 ``round(synthetic_ratio * n_train)`` of the training split. Generation N-1's generator makes each
 replaced sample's image from the sample's own caption. The dataset is a manifest that references
 images (the corpus's, or this stage's new shards), so DVC caches each generation cheaply.
@@ -24,11 +24,12 @@ from pathlib import Path
 
 import polars as pl
 
-from biasloop.config import resolve_device, to_dict
-from biasloop.io import atomic_path, timed, write_image_shards
-from biasloop.loop import LoopConfig, build_dataset, generation_seeds, replaced_indices
-from biasloop.stage import load_configs, make_parser, run_main
-from biasloop.tracking import stage_run
+from biasloop.core.config import to_dict
+from biasloop.core.runtime import resolve_device
+from biasloop.core.io import atomic_path, timed, write_image_shards
+from biasloop.loop.mixing import LoopConfig, build_dataset, generation_seeds, replaced_indices
+from biasloop.core.stage import load_configs, make_parser, run_main
+from biasloop.core.tracking import stage_run
 
 log = logging.getLogger("mix")
 
@@ -56,7 +57,7 @@ def main_body(argv: Sequence[str] | None) -> None:
             tmp.mkdir()
             generated_refs: list[str] = []
             if len(replaced):
-                from biasloop.generators import load_generator
+                from biasloop.models.generators import load_generator
 
                 generator = load_generator(args.generator, resolve_device(configs["base"].device))
                 prompts = corpus["caption"].gather(replaced).to_list()

@@ -28,25 +28,16 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from biasloop.config import resolve_device, to_dict
-from biasloop.embeddings import CachedTextEncoder, load_text_encoder
-from biasloop.io import write_json, write_parquet
-from biasloop.retrieval import DEFAULT_PROMPTS, SELECTIONS, fill_prompt, parse_occupations, select_neighbours
-from biasloop.stage import load_configs, make_parser, run_main
-from biasloop.tracking import stage_run
+from biasloop.core.config import to_dict
+from biasloop.core.runtime import resolve_device
+from biasloop.data.embeddings import CachedTextEncoder, load_text_encoder
+from biasloop.core.io import write_json, write_parquet
+from biasloop.data.text import fill_template
+from biasloop.data.retrieval import SELECTIONS, NeighboursConfig, parse_occupations, select_neighbours
+from biasloop.core.stage import load_configs, make_parser, run_main
+from biasloop.core.tracking import stage_run
 
 log = logging.getLogger("neighbours")
-
-
-@dataclasses.dataclass(frozen=True)
-class NeighboursConfig:
-    """``neighbours``: nearest-neighbour caption selection."""
-
-    model: str | None = None
-    prompts: tuple[str, ...] = DEFAULT_PROMPTS
-    k: int = 100
-    batch_size: int = 64
-    allow_download: bool = False
 
 
 def main_body(argv: Sequence[str] | None) -> None:
@@ -60,7 +51,7 @@ def main_body(argv: Sequence[str] | None) -> None:
     occupations = parse_occupations(configs["occupations"])
     if config.k < 1 or config.batch_size < 1 or not config.prompts:
         raise ValueError("neighbours: k and batch_size must be at least 1 and prompts non-empty")
-    prompts = {o: [fill_prompt(template, o) for template in config.prompts] for o in occupations}
+    prompts = {o: [fill_template(template, occupation=o) for template in config.prompts] for o in occupations}
     if not Path(args.matches).exists():
         raise FileNotFoundError(f"matches {args.matches} not found (run the retrieve stage first)")
     matches = pl.read_parquet(args.matches, columns=["occupation", "id", "caption", "indicator"])

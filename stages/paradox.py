@@ -24,34 +24,16 @@ from collections.abc import Sequence
 
 import polars as pl
 
-from biasloop.config import to_dict
-from biasloop.evaluation import EvaluateConfig
-from biasloop.io import atomic_path, write_json
-from biasloop.paradox import PAIRINGS, paradox_table
-from biasloop.plots import share_plot
-from biasloop.stage import load_configs, make_parser, run_main
-from biasloop.tracking import stage_run
-from stages.evaluate import read_confusion
+from biasloop.core.config import to_dict
+from biasloop.metrics.evaluation import EvaluateConfig
+from biasloop.core.io import atomic_path, write_json
+from biasloop.metrics.amplification import read_confusion
+from biasloop.metrics.paradox import PAIRINGS, paradox_table, table_rows
+from biasloop.report.plots import share_plot
+from biasloop.core.stage import load_configs, make_parser, run_main
+from biasloop.core.tracking import stage_run
 
 log = logging.getLogger("paradox")
-
-
-def table_rows(paradox: dict) -> list[dict]:
-    """One CSV row per (pairing, kind) with the absolute and directional amplification and intervals."""
-    rows = []
-    for name, entry in paradox.items():
-        for kind in ("measured", "corrected", "true"):
-            table = entry.get(kind)
-            if not table:
-                continue
-            lo, hi = table.get("amplification_abs_ci", [None, None])
-            rows.append({
-                "pairing": f"{name} ({kind})", "name": name, "kind": kind,
-                "amplification_abs": table.get("amplification_abs"), "amplification_abs_lo": lo,
-                "amplification_abs_hi": hi, "amplification_dir": table.get("amplification_dir"),
-                "shift_to_majority": table.get("shift_to_majority"),
-            })
-    return rows
 
 
 def main_body(argv: Sequence[str] | None) -> None:

@@ -18,12 +18,13 @@ from collections.abc import Sequence
 
 import polars as pl
 
-from biasloop.config import resolve_device, to_dict
-from biasloop.downstream import DownstreamConfig
-from biasloop.generators import GeneratorConfig
-from biasloop.stage import load_configs, make_parser, run_main
-from biasloop.tracking import stage_run
-from biasloop.training import train_generation
+from biasloop.core.config import to_dict
+from biasloop.core.runtime import resolve_device
+from biasloop.models.downstream_clip import DownstreamConfig
+from biasloop.models.generators import GeneratorConfig
+from biasloop.core.stage import load_configs, make_parser, run_main
+from biasloop.core.tracking import stage_run
+from biasloop.loop.training import train_generation
 
 log = logging.getLogger("pretrain")
 

@@ -28,29 +28,21 @@ from pathlib import Path
 
 import polars as pl
 
-from biasloop.config import to_dict
-from biasloop.io import write_json, write_parquet
-from biasloop.retrieval import (
+from biasloop.core.config import to_dict
+from biasloop.core.io import write_json, write_parquet
+from biasloop.data.retrieval import (
+    RetrieveConfig,
     evaluate_against_truth,
     indicator_shares,
     parse_occupations,
     retrieve_lazy,
     streaming_problems,
 )
-from biasloop.stage import load_configs, make_parser, run_main
-from biasloop.tracking import stage_run
+from biasloop.core.stage import load_configs, make_parser, run_main
+from biasloop.core.tracking import stage_run
 
 log = logging.getLogger("retrieve")
 TRUTH_COLUMNS = ("true_occupation", "true_indicator")
-
-
-@dataclasses.dataclass(frozen=True)
-class RetrieveConfig:
-    """``retrieve``: keyword retrieval and indicator tagging."""
-
-    plurals: dict[str, str | tuple[str, ...]] = dataclasses.field(default_factory=dict)
-    first_names: bool = False
-    split: str | None = "train"
 
 
 def main_body(argv: Sequence[str] | None) -> None:

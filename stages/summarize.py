@@ -24,12 +24,12 @@ from pathlib import Path
 
 import polars as pl
 
-from biasloop.config import read_params
-from biasloop.io import atomic_path, write_json
-from biasloop.plots import generation_curves
-from biasloop.report import build_summary, load_json, render_report, share_rows, summary_row
-from biasloop.stage import load_configs, make_parser, run_main
-from biasloop.tracking import stage_run
+from biasloop.core.config import read_params
+from biasloop.core.io import atomic_path, write_json
+from biasloop.report.plots import generation_curves
+from biasloop.report.html import build_summary, load_json, render_report, share_rows, summary_row
+from biasloop.core.stage import load_configs, make_parser, run_main
+from biasloop.core.tracking import stage_run
 
 log = logging.getLogger("summarize")
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from biasloop.amplify import main
+from biasloop.cli.amplify import main
 from biasloop.cli import main as cli_main
 
 

@@ -6,9 +6,9 @@ import dataclasses
 
 import pytest
 
-from biasloop.config import ConfigError, from_dict, load_section, read_params, to_dict
-from biasloop.corpus import CorpusConfig
-from biasloop.world import WorldConfig
+from biasloop.core.config import ConfigError, from_dict, load_section, read_params, to_dict
+from biasloop.data.corpus import CorpusConfig
+from biasloop.data.world import WorldConfig
 from tests.conftest import REPO_ROOT
 
 
@@ -70,7 +70,7 @@ def test_missing_section(tmp_path) -> None:
 
 
 def test_cpu_threads_automatic_outside_and_inside_queued_experiments() -> None:
-    from biasloop.config import resolve_cpu_threads
+    from biasloop.core.runtime import resolve_cpu_threads
 
     assert resolve_cpu_threads(3, cwd="/repo", cpus=2) == 3  # explicit wins
     assert resolve_cpu_threads(0, cwd="/repo", cpus=2) == 2  # dvc repro, dvc exp run: every core

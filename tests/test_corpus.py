@@ -15,8 +15,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from biasloop.corpus import CAPTION_COLUMNS, CorpusConfig, CorpusError, ingest, iter_folder, iter_webdataset
-from biasloop.io import load_images
+from biasloop.data.corpus import CAPTION_COLUMNS, CorpusConfig, CorpusError, ingest, iter_folder, iter_webdataset
+from biasloop.core.io import load_images
 
 
 def _png(colour: tuple[int, int, int], size: tuple[int, int] = (20, 12)) -> bytes:
@@ -170,7 +170,7 @@ def test_corpus_stage_rejects_unknown_param(tmp_path: Path, tiny_params: Path, c
 
 
 def test_image_refs_round_trip(tmp_path: Path) -> None:
-    from biasloop.io import write_image_shards
+    from biasloop.core.io import write_image_shards
 
     images = np.random.default_rng(0).integers(0, 255, size=(7, 4, 4, 3), dtype=np.uint8)
     refs = write_image_shards(images, tmp_path / "s", shard_size=3)

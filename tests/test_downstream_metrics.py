@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from biasloop.downstream_metrics import group_fairness, max_skew_at_k, ndkl, recall_at_k
+from biasloop.metrics.downstream import group_fairness, max_skew_at_k, ndkl, recall_at_k
 
 
 def test_recall_at_k_and_gap() -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from biasloop.embeddings import CachedTextEncoder, FakeTextEncoder, default_cache_dir
+from biasloop.data.embeddings import CachedTextEncoder, FakeTextEncoder, default_cache_dir
 
 
 class CountingEncoder(FakeTextEncoder):
@@ -96,7 +96,7 @@ def test_packaged_minilm_offline_ranks_paraphrase_first(tmp_path: Path) -> None:
     environment is the one the model is loaded in) and checks it understands a paraphrase."""
     script = f"""
 import numpy as np
-from biasloop.embeddings import CachedTextEncoder, load_text_encoder
+from biasloop.data.embeddings import CachedTextEncoder, load_text_encoder
 encoder = CachedTextEncoder(load_text_encoder(None), {str(tmp_path)!r})
 prompt, paraphrase, unrelated = encoder.encode(
     ["A photo of the face of a nurse", "close-up portrait of a nurse in scrubs", "a bowl of soup on a table"])
@@ -115,7 +115,7 @@ def test_cached_texts_need_no_model(tmp_path: Path) -> None:
     (seconds per process), and the cache remembers the model's width."""
     script = f"""
 import sys
-from biasloop.embeddings import load_cached_text_encoder
+from biasloop.data.embeddings import load_cached_text_encoder
 encoder = load_cached_text_encoder(None, cache_dir={str(tmp_path)!r})
 vectors = encoder.encode(["a nurse at work"])
 assert encoder.dim == 384 and vectors.shape == (1, 384), vectors.shape
@@ -123,7 +123,7 @@ assert encoder.encoder._model is None, "model loaded"
 assert "sentence_transformers" not in sys.modules, "sentence_transformers imported"
 """
     # Seed the cache as a run with the real model would: model.json names the width, a chunk the vector.
-    from biasloop.embeddings import SentenceTransformerEncoder
+    from biasloop.data.embeddings import SentenceTransformerEncoder
 
     class Named(FakeTextEncoder):
         def __init__(self) -> None:

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from biasloop.config import ConfigError
-from biasloop.generators import (
+from biasloop.core.config import ConfigError
+from biasloop.models.generators import (
     Generator,
     GeneratorConfig,
     build_generator,
@@ -138,7 +138,7 @@ def tiny_sd_pipeline(folder: Path) -> Path:
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from biasloop.generators.stable_diffusion import offline_clip_tokenizer
+    from biasloop.models.generators.stable_diffusion import offline_clip_tokenizer
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(

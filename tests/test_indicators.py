@@ -1,4 +1,4 @@
-"""Gender-indicator labelling: every rule of biasloop.indicators on hand-written captions.
+"""Gender-indicator labelling: every rule of biasloop.data.indicators on hand-written captions.
 
 Decisions these tests pin down: whole words only (compound words such as "salesman", "mankind",
 "heroine" never count); possessives count as the word before the apostrophe ("woman's" -> woman);
@@ -10,7 +10,7 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
-from biasloop.indicators import label_caption, tag_indicators
+from biasloop.data.indicators import label_caption, tag_indicators
 
 CASES = [
     # caption, label, male terms, female terms (in order of occurrence)

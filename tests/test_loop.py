@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from biasloop.cli import rewrite_generations
-from biasloop.loop import build_dataset, replaced_indices
+from biasloop.loop.mixing import build_dataset, replaced_indices
 from tests.conftest import REPO_ROOT
 
 IDS = [f"s{i:04d}" for i in range(1000)]

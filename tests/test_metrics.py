@@ -6,7 +6,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from biasloop.metrics import (
+from biasloop.metrics.amplification import (
     abstain_rate,
     amplification_table,
     bias_amp,

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from biasloop.report import build_summary, render_report, share_rows, summary_row
+from biasloop.report.html import build_summary, render_report, share_rows, summary_row
 
 GEN_METRICS = {
     "generation": 1,

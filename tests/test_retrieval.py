@@ -9,12 +9,10 @@ import numpy as np
 import polars as pl
 import pytest
 
-from biasloop.retrieval import (
+from biasloop.data.retrieval import (
     OccupationMatcher,
-    fill_prompt,
     occupation_forms,
     parse_occupations,
-    pluralize,
     retrieve,
     retrieve_lazy,
     select_neighbours,
@@ -30,15 +28,6 @@ def _matched(captions: list[str], occupations=OCCUPATIONS, plurals=PLURALS) -> l
     found = retrieve(corpus, occupations, plurals)
     by_id = found.group_by("id").agg(pl.col("occupation")).rows_by_key("id", unique=True)
     return [set(by_id.get(f"c{i}", [[]])[0]) for i in range(len(captions))]
-
-
-@pytest.mark.parametrize(
-    ("word", "plural"),
-    [("nurse", "nurses"), ("secretary", "secretaries"), ("day", "days"), ("coach", "coaches"),
-     ("boss", "bosses"), ("chairman", "chairmen"), ("mechanic", "mechanics")],
-)
-def test_pluralize(word: str, plural: str) -> None:
-    assert pluralize(word) == plural
 
 
 def test_forms_irregular_and_multi_word() -> None:
@@ -114,15 +103,6 @@ def test_bad_occupations_rejected() -> None:
         OccupationMatcher.build(["person", "persons"], {"person": "persons"})
     with pytest.raises(ValueError, match="letter or digit"):
         OccupationMatcher.build(["c++"])
-
-
-def test_fill_prompt_articles() -> None:
-    assert fill_prompt("A photo of the face of a {occupation}", "engineer") == "A photo of the face of an engineer"
-    assert fill_prompt("A photo of a {occupation}", "nurse") == "A photo of a nurse"
-    assert fill_prompt("A {occupation} at work", "accountant") == "An accountant at work"
-    assert fill_prompt("a portrait of a {occupation}", "aerospace engineer") == "a portrait of an aerospace engineer"
-    with pytest.raises(ValueError):
-        fill_prompt("A photo", "nurse")
 
 
 def test_select_neighbours_ranks_and_ties() -> None:

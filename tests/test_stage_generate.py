@@ -9,9 +9,9 @@ import polars as pl
 import pytest
 import yaml
 
-from biasloop.generators import GeneratorConfig, build_generator
-from biasloop.generators.prompts import GenerateConfig, fill_template, plan_prompts
-from biasloop.io import load_images
+from biasloop.models.generators import GeneratorConfig, build_generator
+from biasloop.loop.prompts import GenerateConfig, fill_template, plan_prompts
+from biasloop.core.io import load_images
 
 OCCUPATIONS = ["engineer", "nurse"]
 

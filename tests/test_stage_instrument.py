@@ -9,9 +9,9 @@ import polars as pl
 import pytest
 import yaml
 
-from biasloop.config import from_dict
-from biasloop.corpus import write_corpus
-from biasloop.world import WorldConfig, build_world
+from biasloop.core.config import from_dict
+from biasloop.data.corpus import write_corpus
+from biasloop.data.world import WorldConfig, build_world
 from stages import classify, classify_train, instrument
 
 OCCUPATIONS = ["engineer", "teacher", "nurse"]

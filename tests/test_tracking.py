@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from biasloop.config import TrackingConfig
-from biasloop.tracking import flatten, stage_run
+from biasloop.core.config import TrackingConfig
+from biasloop.core.tracking import flatten, stage_run
 
 
 def test_flatten() -> None:
@@ -46,7 +46,7 @@ def test_rejected_batch_is_not_retried(
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     with stage_run("evaluate", TrackingConfig(uri=uri)) as run:
         sleeps: list[float] = []
-        monkeypatch.setattr("biasloop.tracking.time.sleep", sleeps.append)
+        monkeypatch.setattr("biasloop.core.tracking.time.sleep", sleeps.append)
         run.log_params({"key": "a"})
         run.log_params({"key": "b"})  # changing a logged param is rejected (INVALID_PARAMETER_VALUE)
         monkeypatch.undo()

@@ -9,7 +9,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from biasloop.world import MarkednessConfig, WorldConfig, build_world, plural, read_occupation_shares
+from biasloop.data.world import MarkednessConfig, WorldConfig, build_world, read_occupation_shares
 
 OCCUPATIONS = ["carpenter", "engineer", "lawyer", "teacher", "nurse"]
 
@@ -95,14 +95,6 @@ def test_colour_follows_gender(config: WorldConfig) -> None:
     female = (samples["true_gender"] == "female").fill_null(False).to_numpy()
     assert np.all(red[female & people] > blue[female & people])
     assert np.all(blue[~female & people] > red[~female & people])
-
-
-def test_plurals() -> None:
-    assert plural("nurse") == "nurses"
-    assert plural("salesperson") == "salespeople"
-    assert plural("secretary") == "secretaries"
-    assert plural("aerospace engineer") == "aerospace engineers"
-    assert plural("coach") == "coaches"
 
 
 def test_bad_occupation_is_named(config: WorldConfig) -> None:

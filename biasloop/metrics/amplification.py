@@ -24,12 +24,19 @@ The canonical per-image classification table is a polars DataFrame with ``occupa
 
 from __future__ import annotations
 
+import json
+import logging
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import polars as pl
+
+from biasloop.core.io import json_float
+
+log = logging.getLogger(__name__)
 
 LABELS = ("female", "male", "abstain")
 AGGREGATES = ("amplification_abs", "amplification_dir", "shift_to_majority", "bias_amp", "mad_train", "mad_gen", "pearson")
@@ -271,11 +278,6 @@ def _bootstrap_shares(counts: np.ndarray, n_boot: int, rng: np.random.Generator)
     return np.asarray(share_female(draws[..., 0], draws[..., 1]), dtype=float).reshape(n_boot, len(totals))
 
 
-def _json_float(value: Any) -> float | None:
-    value = float(value)
-    return None if np.isnan(value) else value
-
-
 def _intervals(samples: np.ndarray) -> np.ndarray:
     """``(2, ...)`` 2.5% and 97.5% percentiles over axis 0, ignoring nan replicates (nan if none)."""
     if samples.shape[0] == 0:
@@ -287,7 +289,7 @@ def _intervals(samples: np.ndarray) -> np.ndarray:
 
 
 def _interval_pair(bounds: np.ndarray) -> list[float | None]:
-    return [_json_float(bounds[0]), _json_float(bounds[1])]
+    return [json_float(bounds[0]), json_float(bounds[1])]
 
 
 def _table(
@@ -312,7 +314,7 @@ def _table(
         point = {name: np.nan for name in AGGREGATES}
         boot = {name: np.full(n_boot, np.nan) for name in AGGREGATES}
     for name in AGGREGATES:
-        out[name] = _json_float(point[name])
+        out[name] = json_float(point[name])
         out[f"{name}_ci"] = _interval_pair(_intervals(np.asarray(boot[name], float).reshape(n_boot)))
     out["n_occupations"] = int(keep.sum())
     intervals_train, intervals_gen = _intervals(boot_train), _intervals(boot_gen)
@@ -326,13 +328,13 @@ def _table(
             "n_female_gen": int(gen[i, 0]),
             "n_male_gen": int(gen[i, 1]),
             "n_abstain_gen": int(gen[i, 2]),
-            "share_train": _json_float(share_train[i]),
+            "share_train": json_float(share_train[i]),
             "share_train_ci": _interval_pair(intervals_train[:, i]),
-            "share_gen": _json_float(share_gen[i]),
+            "share_gen": json_float(share_gen[i]),
             "share_gen_ci": _interval_pair(intervals_gen[:, i]),
-            "abstain_rate_train": _json_float(np.atleast_1d(abstain_train)[i]),
-            "abstain_rate_gen": _json_float(np.atleast_1d(abstain_gen)[i]),
-            "difference": _json_float(share_gen[i] - share_train[i]),
+            "abstain_rate_train": json_float(np.atleast_1d(abstain_train)[i]),
+            "abstain_rate_gen": json_float(np.atleast_1d(abstain_gen)[i]),
+            "difference": json_float(share_gen[i] - share_train[i]),
         }
         for i, occupation in enumerate(names)
     ]
@@ -410,3 +412,13 @@ def amplification_table(
         corrected["confusion"] = {"tpr": tpr, "fpr": fpr, "train_corrected": bool(correct_train)}
         result["corrected"] = corrected
     return result
+
+
+def read_confusion(path: str | Path) -> dict[str, float] | None:
+    """The instrument's ``{"tpr", "fpr"}`` from its metrics file, or None when unknown or unusable."""
+    metrics = json.loads(Path(path).read_text())
+    tpr, fpr = metrics.get("tpr"), metrics.get("fpr")
+    if tpr is None or fpr is None or tpr <= fpr:
+        log.warning("instrument confusion rates unknown or unusable (tpr=%s, fpr=%s): no correction", tpr, fpr)
+        return None
+    return {"tpr": float(tpr), "fpr": float(fpr)}

@@ -3,7 +3,7 @@
 ``evaluate_generation`` gathers everything ``metrics/generations/gen{N}.json`` holds:
 
 - the paradox pairings for generation N's images against the real training selections
-  (:mod:`biasloop.paradox`), with the headline pairing ``prompt_vs_keyword``;
+  (:mod:`biasloop.metrics.paradox`), with the headline pairing ``prompt_vs_keyword``;
 - the generator's quality: the instrument's zero-shot occupation accuracy on the images it made for
   neutral prompts (does the image show what was asked), and its abstain rate;
 - the downstream CLIP trained on dataset N, on the real corpus's held-out split: text-to-image
@@ -20,8 +20,11 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from biasloop.downstream_metrics import group_fairness, max_skew_at_k, ndkl, recall_at_k
-from biasloop.paradox import headline, paradox_table
+from biasloop.core.io import load_images
+from biasloop.data.text import fill_template
+from biasloop.metrics.amplification import label_from_p
+from biasloop.metrics.downstream import group_fairness, max_skew_at_k, ndkl, recall_at_k
+from biasloop.metrics.paradox import headline, paradox_table
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,11 +35,6 @@ class EvaluateConfig:
     recall_ks: tuple[int, ...] = (1, 5, 10)  # k of text-to-image recall@k
     skew_k: int = 10  # k of MaxSkew@k and NDKL (images retrieved per occupation query)
     query_templates: tuple[str, ...] = ("a photo of {article} {occupation}",)  # neutral downstream queries
-
-
-def format_prompt(template: str, occupation: str) -> str:
-    article = "an" if occupation[:1].lower() in "aeiou" else "a"
-    return template.format(article=article, occupation=occupation)
 
 
 def generator_quality(generated: pl.DataFrame) -> dict[str, Any]:
@@ -80,7 +78,7 @@ def downstream_bias(
     people = np.flatnonzero(np.isin(group_array, ["female", "male"]))
     skews, ndkls, per_query = [], [], []
     for occupation in occupations:
-        prompts = [format_prompt(t, occupation) for t in config.query_templates]
+        prompts = [fill_template(t, occupation=occupation) for t in config.query_templates]
         query = model.encode_texts(prompts).mean(axis=0)
         scores = image_vectors[people] @ query
         top = people[np.argsort(-scores, kind="stable")[: config.skew_k]]
@@ -98,7 +96,7 @@ def downstream_bias(
     fairness: dict[str, Any] = {}
     if len(labelled):
         class_vectors = np.stack(
-            [model.encode_texts([format_prompt(t, o) for t in config.query_templates]).mean(axis=0) for o in occupations]
+            [model.encode_texts([fill_template(t, occupation=o) for t in config.query_templates]).mean(axis=0) for o in occupations]
         )
         predicted = np.array(occupations, dtype=object)[np.argmax(image_vectors[labelled] @ class_vectors.T, axis=1)]
         fairness = group_fairness(
@@ -138,3 +136,14 @@ def evaluate_generation(
         "generator": generator_quality(generated_predictions),
         "downstream": downstream,
     }
+
+
+def perceived_groups(test: pl.DataFrame, instrument_dir: str | None, device: str, threshold: float) -> list:
+    """Gender group per held-out row: ground truth when the corpus has it, else the instrument's label."""
+    if test["true_gender"].null_count() < len(test) or instrument_dir is None:
+        return test["true_gender"].to_list()
+    from biasloop.models.instrument import load_instrument
+
+    instrument = load_instrument(instrument_dir, device)
+    labels = label_from_p(instrument.p_female(load_images(test["image_ref"].to_list())), threshold)
+    return [label if label != "abstain" else None for label in labels]

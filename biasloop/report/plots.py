@@ -40,7 +40,7 @@ def contact_sheet(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from biasloop.io import atomic_path
+    from biasloop.core.io import atomic_path
 
     rng = np.random.default_rng(seed)
     rows: list[tuple[str, np.ndarray]] = []
@@ -94,7 +94,7 @@ def _pyplot():
 
 
 def _save(fig, out_path: str | Path) -> None:
-    from biasloop.io import atomic_path
+    from biasloop.core.io import atomic_path
 
     with atomic_path(out_path) as tmp:
         fig.savefig(tmp, dpi=120, format="png", bbox_inches="tight")

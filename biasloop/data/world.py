@@ -27,49 +27,51 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from biasloop.data.text import fill_template
+
 GENDERS = ("female", "male")
 
-# Caption banks. {a} is the article for the occupation, {o} the occupation, {os} its plural.
+# Caption banks, in the template spelling of biasloop.data.text.
 NEUTRAL_SINGULAR = (
-    "portrait of {a} {o} at work",
-    "{a} {o} smiling in a hallway",
-    "the {o} on a busy day",
-    "photo of {a} {o}",
-    "{a} {o} taking a short break",
-    "close-up of {a} {o}",
-    "{a} {o} in uniform",
-    "an experienced {o} explaining something",
-    "the {o} arriving early",
-    "candid shot of {a} {o}",
+    "portrait of {article} {occupation} at work",
+    "{article} {occupation} smiling in a hallway",
+    "the {occupation} on a busy day",
+    "photo of {article} {occupation}",
+    "{article} {occupation} taking a short break",
+    "close-up of {article} {occupation}",
+    "{article} {occupation} in uniform",
+    "an experienced {occupation} explaining something",
+    "the {occupation} arriving early",
+    "candid shot of {article} {occupation}",
 )
 NEUTRAL_PLURAL = (
-    "{os} on shift",
-    "a group of {os}",
-    "two {os} talking",
-    "{os} at a meeting",
-    "several {os} at work",
+    "{occupations} on shift",
+    "a group of {occupations}",
+    "two {occupations} talking",
+    "{occupations} at a meeting",
+    "several {occupations} at work",
 )
 INDICATOR_SINGULAR = {
     "female": (
-        "a female {o} at work",
-        "a woman working as {a} {o}",
-        "she is {a} {o}",
-        "portrait of {a} {o} on her first day",
-        "a young lady who is {a} {o}",
-        "the {o} and her colleagues",
+        "a female {occupation} at work",
+        "a woman working as {article} {occupation}",
+        "she is {article} {occupation}",
+        "portrait of {article} {occupation} on her first day",
+        "a young lady who is {article} {occupation}",
+        "the {occupation} and her colleagues",
     ),
     "male": (
-        "a male {o} at work",
-        "a man working as {a} {o}",
-        "he is {a} {o}",
-        "portrait of {a} {o} on his first day",
-        "a young gentleman who is {a} {o}",
-        "the {o} and his colleagues",
+        "a male {occupation} at work",
+        "a man working as {article} {occupation}",
+        "he is {article} {occupation}",
+        "portrait of {article} {occupation} on his first day",
+        "a young gentleman who is {article} {occupation}",
+        "the {occupation} and his colleagues",
     ),
 }
 INDICATOR_PLURAL = {
-    "female": ("female {os} on shift", "two women working as {os}"),
-    "male": ("male {os} on shift", "two men working as {os}"),
+    "female": ("female {occupations} on shift", "two women working as {occupations}"),
+    "male": ("male {occupations} on shift", "two men working as {occupations}"),
 }
 DISTRACTORS = (
     "a city street in the rain",
@@ -96,8 +98,6 @@ NEAR_MISSES = {
     "chef": ("mischief in the kitchen", "the chefdom of the kitchen"),
     "salesperson": ("a sales chart", "salesmanship books"),
 }
-IRREGULAR_PLURALS = {"salesperson": "salespeople", "person": "people", "man": "men", "woman": "women"}
-
 
 @dataclasses.dataclass(frozen=True)
 class MarkednessConfig:
@@ -128,25 +128,6 @@ class WorldConfig:
     seed: int = 0  # the world's own seed: same seed, same bytes
 
 
-def article(word: str) -> str:
-    return "an" if word[:1].lower() in "aeiou" else "a"
-
-
-def plural(word: str, irregular: dict[str, str] | None = None) -> str:
-    """English plural of an occupation (last word pluralised; irregular forms first)."""
-    irregular = {**IRREGULAR_PLURALS, **(irregular or {})}
-    if word in irregular:
-        return irregular[word]
-    head, _, last = word.rpartition(" ")
-    if last in irregular:
-        result = irregular[last]
-    elif last.endswith(("s", "sh", "ch", "x", "z")):
-        result = last + "es"
-    elif last.endswith("y") and last[-2:-1] not in tuple("aeiou"):
-        result = last[:-1] + "ies"
-    else:
-        result = last + "s"
-    return f"{head} {result}" if head else result
 
 
 def read_occupation_shares(path: str | Path) -> dict[str, float]:
@@ -236,7 +217,7 @@ def _caption(
     else:
         bank = NEUTRAL_PLURAL if is_plural else NEUTRAL_SINGULAR
     template = bank[rng.integers(len(bank))]
-    return template.format(a=article(occupation), o=occupation, os=plural(occupation))
+    return fill_template(template, occupation=occupation)
 
 
 def build_world(
@@ -352,3 +333,34 @@ def materialise_glyph_pool(prefix: str | Path) -> None:
     prefix.parent.mkdir(parents=True, exist_ok=True)
     np.save(f"{prefix}_images.npy", np.asarray(images, dtype=np.uint8).reshape(-1, 28, 28), allow_pickle=False)
     np.save(f"{prefix}_labels.npy", np.asarray(labels, dtype=np.uint8), allow_pickle=False)
+
+
+def world_statistics(samples: pl.DataFrame, shares: dict[str, float]) -> dict:
+    """Per occupation: BLS share, ground-truth share of women, and that share among captions
+    without an indicator (further from 1/2 when captions are marked)."""
+    people = samples.filter(pl.col("true_occupation").is_not_null())
+    table = (
+        people.group_by("true_occupation")
+        .agg(
+            pl.len().alias("n"),
+            (pl.col("true_gender") == "female").mean().alias("share_female"),
+            (pl.col("true_gender") == "female").filter(pl.col("true_indicator") == "none").mean().alias(
+                "share_female_no_indicator"
+            ),
+            (pl.col("true_indicator") != "none").mean().alias("indicator_rate"),
+        )
+        .sort("true_occupation")
+    )
+    per_occupation = []
+    distance_all, distance_no_indicator = [], []
+    for row in table.iter_rows(named=True):
+        occupation = row["true_occupation"]
+        per_occupation.append({"occupation": occupation, "bls_share_female": shares.get(occupation), **row})
+        distance_all.append(abs(row["share_female"] - 0.5))
+        distance_no_indicator.append(abs(row["share_female_no_indicator"] - 0.5))
+    n = max(len(distance_all), 1)
+    return {
+        "mad_all_captions": sum(distance_all) / n,
+        "mad_no_indicator_captions": sum(distance_no_indicator) / n,
+        "per_occupation": per_occupation,
+    }

@@ -2,7 +2,7 @@
 
 A stage module is thin: it parses its paths (given by ``cmd`` in ``dvc.yaml``), loads exactly the
 params sections it declares in ``dvc.yaml`` into frozen configs, calls the library, writes outputs
-atomically, and records the run with :mod:`biasloop.tracking`.
+atomically, and records the run with :mod:`biasloop.core.tracking`.
 """
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from biasloop.config import BaseConfig, ConfigError, TrackingConfig, load_section, read_params, resolve_cpu_threads
-from biasloop.io import setup_logging
+from biasloop.core.config import BaseConfig, ConfigError, TrackingConfig, load_section, read_params
+from biasloop.core.runtime import resolve_cpu_threads
+from biasloop.core.io import setup_logging
 
 
 def make_parser(doc: str | None, prog: str) -> argparse.ArgumentParser:

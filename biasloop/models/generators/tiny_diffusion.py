@@ -2,7 +2,7 @@
 
 The denoiser is a diffusers ``UNet2DModel`` (a few resolution levels, no attention except optionally in
 the middle block) whose time embedding receives the caption's sentence embedding (from a
-:class:`biasloop.embeddings.TextEncoder`, MiniLM by default) through a small MLP
+:class:`biasloop.data.embeddings.TextEncoder`, MiniLM by default) through a small MLP
 (``class_embed_type="identity"``). A learned null embedding replaces the caption for
 ``cond_dropout`` of the training samples, so sampling can use classifier-free guidance. Training uses a
 diffusers ``DDPMScheduler`` (few timesteps, cosine schedule), an x0 ("sample") target with min-SNR
@@ -35,9 +35,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from biasloop.config import to_dict
-from biasloop.embeddings import TextEncoder, load_cached_text_encoder
-from biasloop.generators import MANIFEST, GeneratorConfig, check_prompts_seeds, config_from_dict, to_uint8
+from biasloop.core.config import to_dict
+from biasloop.data.embeddings import TextEncoder, load_cached_text_encoder
+from biasloop.models.generators import MANIFEST, GeneratorConfig, check_prompts_seeds, config_from_dict
+from biasloop.models.tensors import images_to_tensor, tensor_to_images
 
 log = logging.getLogger(__name__)
 
@@ -151,14 +152,6 @@ def use_bf16(precision: str, device: torch.device) -> bool:
     return False
 
 
-def images_to_tensor(images: np.ndarray, size: int) -> torch.Tensor:
-    """``uint8 (n, H, W, 3)`` -> float ``(n, 3, size, size)`` in [-1, 1] (resized when H != size)."""
-    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
-        raise ValueError(f"expected uint8 images (n, h, w, 3), got {images.dtype} {images.shape}")
-    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
-    if x.shape[-2:] != (size, size):
-        x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    return x.clamp(-1, 1)
 
 
 class TinyDiffusion:
@@ -382,7 +375,7 @@ class TinyDiffusion:
                 else:
                     output = model(sample, timesteps, cond_text)
                 sample = ddim.step(output, t, sample, eta=0.0).prev_sample
-            out[begin:end] = to_uint8(sample)
+            out[begin:end] = tensor_to_images(sample)
         return out
 
     # ----------------------------------------------------------------------------------- persistence

@@ -1,6 +1,6 @@
 """What the ``generate@N`` stage asks the generator for: neutral prompts and captions used as prompts.
 
-For each occupation: every neutral template (``"a photo of {a} {occupation}"``) ``n_per_prompt`` times,
+For each occupation: every neutral template (``"a photo of {article} {occupation}"``) ``n_per_prompt`` times,
 and a capped, seeded sample of the captions the ``keyword`` selection retrieved for it, each used as a
 prompt (the paradox study's captions-as-prompts control). The caption sample depends on ``base.seed``
 only, so every generation is asked the same questions; image seeds also depend on the generation.
@@ -15,6 +15,8 @@ import zlib
 import numpy as np
 import polars as pl
 
+from biasloop.data.text import fill_template
+
 log = logging.getLogger(__name__)
 
 PROMPT_KINDS = ("neutral", "caption")
@@ -25,27 +27,12 @@ MANIFEST_COLUMNS = ("prompt_kind", "occupation", "prompt", "seed", "image_ref", 
 class GenerateConfig:
     """``generate``: the images each generation's generator makes for measurement."""
 
-    neutral_prompts: tuple[str, ...] = ("a photo of {a} {occupation}", "{a} {occupation} at work")  # {a}: a/an
+    neutral_prompts: tuple[str, ...] = ("a photo of {article} {occupation}", "{article} {occupation} at work")
     n_per_prompt: int = 40  # images per neutral template and occupation
     caption_selection: str = "keyword"  # selection whose captions are used as prompts
     max_captions_per_occupation: int = 40  # captions-as-prompts per occupation (seeded sample; one image each)
     batch_size: int = 256  # images per generator call
     shard_size: int = 4096  # images per .npy shard
-
-
-def article(word: str) -> str:
-    """``a`` or ``an`` for an occupation name."""
-    return "an" if word[:1].lower() in "aeiou" else "a"
-
-
-def fill_template(template: str, occupation: str) -> str:
-    """``"a photo of {a} {occupation}"`` -> ``"a photo of an engineer"``."""
-    try:
-        return template.format(a=article(occupation), occupation=occupation)
-    except (KeyError, IndexError) as exc:
-        raise ValueError(
-            f"generate.neutral_prompts: {template!r} may use only {{a}} and {{occupation}} ({exc})"
-        ) from exc
 
 
 def plan_prompts(
@@ -93,7 +80,7 @@ def plan_prompts(
 
     for occupation in occupations:
         for template in config.neutral_prompts:
-            prompt = fill_template(template, occupation)
+            prompt = fill_template(template, occupation=occupation)
             for _ in range(config.n_per_prompt):
                 add("neutral", occupation, prompt, template, None)
     for occupation in occupations:

@@ -15,12 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from biasloop.core.io import json_float
+
 NO_GROUP = "none"
-
-
-def _json_float(value: Any) -> float | None:
-    value = float(value)
-    return None if np.isnan(value) else value
 
 
 def recall_at_k(
@@ -216,8 +213,8 @@ def group_fairness(
         )
         per_occupation.append({
             "occupation": str(occupation),
-            "demographic_parity_difference": _json_float(parity),
-            "equalized_odds_difference": _json_float(odds),
+            "demographic_parity_difference": json_float(parity),
+            "equalized_odds_difference": json_float(odds),
         })
 
     def summary(key: str, reduce: Any) -> float | None:

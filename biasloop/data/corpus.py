@@ -5,7 +5,7 @@ listed in a parquet), the ``corpus`` stage writes:
 
 - ``captions.parquet``: ``id, caption, image_ref, true_occupation, true_gender, true_indicator,
   true_ambiguous, split`` (ground truth null where unknown; ``split`` is ``train`` or ``test``);
-- ``images/NNNNN.npy``: ``uint8`` image shards (see :mod:`biasloop.io`), every image square at the
+- ``images/NNNNN.npy``: ``uint8`` image shards (see :mod:`biasloop.core.io`), every image square at the
   corpus's image size.
 
 Bad input raises :class:`CorpusError` naming the file and the record; nothing is written then.
@@ -188,7 +188,7 @@ def write_corpus(samples: pl.DataFrame, images: np.ndarray, out_dir: str | Path,
 
     Returns the written caption table (with ``image_ref``).
     """
-    from biasloop.io import atomic_path, write_image_shards
+    from biasloop.core.io import atomic_path, write_image_shards
 
     out_dir = Path(out_dir)
     with atomic_path(out_dir) as tmp:

@@ -137,7 +137,7 @@ def render_report(
         params: the run's params (shown at the end).
         figures: ``{caption: png path}`` embedded in order.
     """
-    from biasloop.io import atomic_path
+    from biasloop.core.io import atomic_path
 
     parts = [
         "<!doctype html><html lang='en'><head><meta charset='utf-8'><title>biasloop report</title>",

@@ -2,7 +2,7 @@
 
 Its bias (retrieval gaps, skew, group accuracy) measures what a future model inherits from a dataset
 that mixes real and generated images (the replacement study). The architecture is data: a small
-open_clip config in ``biasloop/model_configs/`` (``biasloop-tiny-clip``: a 2-layer ViT over 4x4 patches
+open_clip config in ``biasloop/models/model_configs/`` (``biasloop-tiny-clip``: a 2-layer ViT over 4x4 patches
 of 16x16 images and a 2-layer text transformer), registered with ``open_clip.add_model_config`` and
 built with ``open_clip.create_model(name, pretrained=None)``; ``downstream.model`` can name any
 open_clip architecture instead (RN50, ViT-B-32 for the real study). Training uses open_clip's
@@ -20,8 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from biasloop.config import from_dict, to_dict
-from biasloop.instrument import cpu_threads
+from biasloop.core.config import from_dict, to_dict
+from biasloop.core.runtime import cpu_threads
+from biasloop.models.tensors import images_to_tensor
 
 log = logging.getLogger(__name__)
 CONFIG_DIR = Path(__file__).parent / "model_configs"
@@ -33,7 +34,7 @@ WEIGHTS = "model.pt"
 class DownstreamConfig:
     """``downstream``: the CLIP retrained from scratch on each generation's dataset."""
 
-    model: str = "biasloop-tiny-clip"  # open_clip architecture (biasloop/model_configs/*.json or built-in)
+    model: str = "biasloop-tiny-clip"  # open_clip architecture (biasloop/models/model_configs/*.json or built-in)
     epochs: int = 6  # passes over the dataset
     batch_size: int = 128  # pairs per contrastive batch
     learning_rate: float = 2e-3  # AdamW peak learning rate (one-cycle schedule)
@@ -66,12 +67,7 @@ class DownstreamCLIP:
         """``uint8 (n, h, w, 3)`` -> normalised float ``(n, 3, H, W)`` at the model's input size."""
         import torch
 
-        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
-            raise ValueError(f"expected uint8 images (n, h, w, 3), got {images.dtype} {images.shape}")
-        batch = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div(255.0)
-        if tuple(batch.shape[-2:]) != self.image_size:
-            batch = torch.nn.functional.interpolate(batch, size=self.image_size, mode="bilinear", align_corners=False)
-        return ((batch - 0.5) / 0.5).to(self.device)
+        return images_to_tensor(images, self.image_size).to(self.device)
 
     def encode_images(self, images: np.ndarray, batch_size: int = 512) -> np.ndarray:
         """Unit image embeddings ``(n, embed_dim)`` of ``uint8`` images ``(n, h, w, 3)``."""

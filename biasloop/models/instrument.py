@@ -12,7 +12,7 @@ Two backends behind :class:`Instrument`, selected by ``instrument.backend``:
 
 Both classify by a softmax over class embeddings, each the normalised mean of its prompt templates'
 embeddings. ``p_female`` is the probability of the "woman" class; the abstain rule
-(:func:`biasloop.metrics.label_from_p`) keeps only confident images.
+(:func:`biasloop.metrics.amplification.label_from_p`) keeps only confident images.
 
 The default models are tiny: on CPU they run with ``cpu_threads`` torch threads (1 by default), which
 on a shared 2-core machine trained the image tower about 25 times faster than 2 threads (thread
@@ -21,18 +21,21 @@ oversubscription); the previous thread count is restored afterwards.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import polars as pl
 
-from biasloop.config import from_dict, to_dict
+from biasloop.core.config import from_dict, to_dict
+from biasloop.core.io import load_images
+from biasloop.core.runtime import cpu_threads
+from biasloop.data.text import fill_template
+from biasloop.models.tensors import images_to_tensor
 
 log = logging.getLogger(__name__)
 MANIFEST = "instrument.json"
@@ -51,7 +54,7 @@ class InstrumentConfig:
     epochs: int = 20  # locked-text-clip: passes over the training pairs
     batch_size: int = 256  # locked-text-clip: pairs per contrastive batch
     learning_rate: float = 3e-3  # locked-text-clip: AdamW peak learning rate (one-cycle schedule)
-    gender_templates: tuple[str, ...] = ("a photo of a {}", "a portrait of a {}", "a {} at work")  # {} = woman / man
+    gender_templates: tuple[str, ...] = ("a photo of {article} {gender}", "a portrait of {article} {gender}", "{article} {gender} at work")  # {gender} = woman / man
     occupation_templates: tuple[str, ...] = ("a photo of {article} {occupation}", "{article} {occupation} at work")
     labelled_csv: str | None = None  # real corpora: CSV (image_ref, true_gender) to measure accuracy on
     augment: bool = True  # locked-text-clip: random shifts, blur and noise in training (robust on generated images)
@@ -66,41 +69,14 @@ class ClassifyConfig:
     batch_size: int = 512  # images per forward pass
 
 
-@contextlib.contextmanager
-def cpu_threads(threads: int | None, device: str = "cpu") -> Iterator[None]:
-    """Run the block with ``threads`` torch CPU threads (no-op for None or a GPU device); restore after."""
-    import torch
-
-    if threads is None or not str(device).startswith("cpu"):
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(max(1, int(threads)))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def _article(word: str) -> str:
-    return "an" if word[:1].lower() in "aeiou" else "a"
-
-
 def occupation_prompts(templates: tuple[str, ...], occupation: str) -> list[str]:
     """The zero-shot prompts of one occupation (``{article}``: a/an, ``{occupation}``)."""
-    return [t.format(article=_article(occupation), occupation=occupation) for t in templates]
+    return [fill_template(t, occupation=occupation) for t in templates]
 
 
 def gender_prompts(templates: tuple[str, ...]) -> dict[str, list[str]]:
-    """``{"female": [...], "male": [...]}``: each template with ``{}`` = woman / man."""
-    return {"female": [t.format("woman") for t in templates], "male": [t.format("man") for t in templates]}
-
-
-def _image_tensor(images: np.ndarray, torch: Any) -> Any:
-    """uint8 ``(n, h, w, 3)`` -> float ``(n, 3, h, w)`` in [-1, 1]."""
-    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
-        raise ValueError(f"expected uint8 images (n, h, w, 3), got {images.dtype} {images.shape}")
-    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+    """``{"female": [...], "male": [...]}``: each template with ``{gender}`` = woman / man."""
+    return {label: [fill_template(t, gender=noun) for t in templates] for label, noun in (("female", "woman"), ("male", "man"))}
 
 
 def _build_tower(widths: tuple[int, ...], embed_dim: int) -> Any:
@@ -164,7 +140,7 @@ class Instrument:
     # --- text side ---------------------------------------------------------------------------
     def _sentence_encoder(self) -> Any:
         if self._text_encoder is None:
-            from biasloop.embeddings import load_cached_text_encoder
+            from biasloop.data.embeddings import load_cached_text_encoder
 
             self._text_encoder = load_cached_text_encoder(self.config.text_encoder, device=self.device)
         return self._text_encoder
@@ -208,7 +184,7 @@ class Instrument:
         starts = range(0, len(images), batch_size)
         with cpu_threads(self.config.cpu_threads, self.device), torch.no_grad():
             for start in tqdm(starts, desc="instrument batches", disable=not progress or len(starts) < 2):
-                batch = _image_tensor(images[start : start + batch_size], torch).to(self.device)
+                batch = images_to_tensor(images[start : start + batch_size]).to(self.device)
                 if self.config.backend == "open-clip":
                     model, (mean, std, size), _ = self._open_clip
                     batch = (batch + 1) / 2
@@ -268,7 +244,7 @@ class Instrument:
 def _load_open_clip(instrument: Instrument) -> None:
     import torch
 
-    from biasloop.downstream import _open_clip
+    from biasloop.models.downstream_clip import _open_clip
 
     open_clip = _open_clip()  # with the repository's model configs (biasloop-tiny-clip) registered
     config = instrument.config
@@ -306,7 +282,7 @@ def train_locked_text_clip(
     import torch
     from tqdm.auto import tqdm
 
-    from biasloop.embeddings import load_cached_text_encoder
+    from biasloop.data.embeddings import load_cached_text_encoder
 
     if len(images) != len(captions):
         raise ValueError(f"{len(images)} images but {len(captions)} captions")
@@ -324,7 +300,7 @@ def train_locked_text_clip(
         index = {c: i for i, c in enumerate(unique)}
         text_vectors = torch.from_numpy(cached.encode(unique, progress=progress)).to(device)
         caption_index = torch.tensor([index[c] for c in captions], device=device)
-        image_tensor = _image_tensor(images, torch).to(device)
+        image_tensor = images_to_tensor(images).to(device)
         text_seconds = time.perf_counter() - start
 
         tower = _build_tower(config.widths, text_vectors.shape[1]).to(device)
@@ -456,11 +432,51 @@ def evaluate_instrument(
     Returns:
         ``accuracy`` (over confident images), ``abstain_rate``, ``tpr``/``fpr`` ("female" the positive
         class, over confident images), ``n``, ``n_confident`` and the confusion counts
-        (``female_as_male`` ...), from :func:`biasloop.metrics.confusion_rates`.
+        (``female_as_male`` ...), from :func:`biasloop.metrics.amplification.confusion_rates`.
     """
-    from biasloop.metrics import confusion_rates, label_from_p
+    from biasloop.metrics.amplification import confusion_rates, label_from_p
 
     if len(images) != len(true_gender):
         raise ValueError(f"{len(images)} images but {len(true_gender)} labels")
     p = instrument.p_female(images, batch_size=batch_size)
     return confusion_rates(true_gender, label_from_p(p, threshold))
+
+
+def corpus_split(corpus: pl.DataFrame, name: str) -> pl.DataFrame:
+    """The rows of one split (``train``/``test``); a corpus without splits is all ``train``."""
+    if "split" not in corpus.columns:
+        return corpus if name == "train" else corpus.clear()
+    return corpus.filter(pl.col("split") == name)
+
+
+def labelled_set(corpus: pl.DataFrame, config: InstrumentConfig) -> tuple[list[str], list[str], str] | None:
+    """(image refs, true genders, source) to measure the instrument on, or None when there is none.
+
+    The held-out split's ground truth when it has any; else ``instrument.labelled_csv``.
+    """
+    if "true_gender" in corpus.columns:
+        test = corpus_split(corpus, "test").filter(pl.col("true_gender").is_in(["female", "male"]))
+        if len(test):
+            return test["image_ref"].to_list(), test["true_gender"].to_list(), "held-out split (ground truth)"
+    if config.labelled_csv:
+        labelled = pl.read_csv(config.labelled_csv, schema_overrides={"true_gender": pl.String})
+        missing = [c for c in ("image_ref", "true_gender") if c not in labelled.columns]
+        if missing:
+            raise ValueError(f"instrument.labelled_csv {config.labelled_csv}: missing column(s) {missing}")
+        labelled = labelled.filter(pl.col("true_gender").is_in(["female", "male"]))
+        if not len(labelled):
+            raise ValueError(f"instrument.labelled_csv {config.labelled_csv}: no row with true_gender female/male")
+        return labelled["image_ref"].to_list(), labelled["true_gender"].to_list(), config.labelled_csv
+    return None
+
+
+def occupation_accuracy(instrument: Any, corpus: pl.DataFrame, occupations: list[str], batch_size: int) -> float | None:
+    """Zero-shot occupation accuracy on the held-out rows with a known occupation (None without any)."""
+    if "true_occupation" not in corpus.columns or not occupations:
+        return None
+    test = corpus_split(corpus, "test").filter(pl.col("true_occupation").is_in(occupations))
+    if not len(test):
+        return None
+    probs = instrument.occupation_probs(load_images(test["image_ref"].to_list()), occupations, batch_size=batch_size)
+    predicted = np.array(occupations, dtype=object)[probs.argmax(axis=1)]
+    return float(np.mean(predicted == np.array(test["true_occupation"].to_list(), dtype=object)))

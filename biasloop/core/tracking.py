@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from biasloop.config import TrackingConfig
+from biasloop.core.config import TrackingConfig
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

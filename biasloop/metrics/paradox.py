@@ -16,7 +16,7 @@ from typing import Any
 
 import polars as pl
 
-from biasloop.metrics import amplification_table, count_table
+from biasloop.metrics.amplification import AGGREGATES, amplification_table, count_table
 
 # pairing name -> (generated prompt kind, training selection)
 PAIRINGS = {
@@ -25,7 +25,6 @@ PAIRINGS = {
     "prompt_vs_nn": ("neutral", "nn"),
     "prompt_vs_nn_no_indicator": ("neutral", "nn_no_indicator"),
 }
-HEADLINE = ("amplification_abs", "amplification_dir", "shift_to_majority", "bias_amp", "mad_train", "mad_gen", "pearson")
 
 
 def true_count_table(frame: pl.DataFrame) -> pl.DataFrame:
@@ -61,7 +60,7 @@ def paradox_table(
 
     Returns:
         ``{pairing: {"measured": table, "corrected": table | None, "true": table | None}}`` where each
-        table is :func:`biasloop.metrics.amplification_table`'s dict.
+        table is :func:`biasloop.metrics.amplification.amplification_table`'s dict.
     """
     has_truth = (
         "true_gender" in train_predictions.columns and train_predictions["true_gender"].null_count() < len(train_predictions)
@@ -93,9 +92,27 @@ def headline(table: dict[str, Any] | None) -> dict[str, Any]:
     if not table:
         return {}
     out: dict[str, Any] = {}
-    for key in HEADLINE:
+    for key in AGGREGATES:
         if key in table:
             out[key] = table[key]
             if f"{key}_ci" in table:
                 out[f"{key}_ci"] = table[f"{key}_ci"]
     return out
+
+
+def table_rows(paradox: dict) -> list[dict]:
+    """One CSV row per (pairing, kind) with the absolute and directional amplification and intervals."""
+    rows = []
+    for name, entry in paradox.items():
+        for kind in ("measured", "corrected", "true"):
+            table = entry.get(kind)
+            if not table:
+                continue
+            lo, hi = table.get("amplification_abs_ci", [None, None])
+            rows.append({
+                "pairing": f"{name} ({kind})", "name": name, "kind": kind,
+                "amplification_abs": table.get("amplification_abs"), "amplification_abs_lo": lo,
+                "amplification_abs_hi": hi, "amplification_dir": table.get("amplification_dir"),
+                "shift_to_majority": table.get("shift_to_majority"),
+            })
+    return rows

@@ -4,10 +4,9 @@ Matching rules:
 
 - **Whole words, case-insensitive**: ``nurse`` matches "Nurse", "nurse's", "NURSES" but never
   "nursery"; ``engineer`` never matches "engineering".
-- **Singular and plural**: regular English plurals (``+s``; ``+es`` after s, x, z, ch, sh; consonant
-  ``+y`` becomes ``ies``; a final ``man`` becomes ``men``) unless the ``plurals`` mapping names the
-  plural(s) for the occupation or for its last word (``salesperson: salespeople``,
-  ``person: people``); a mapped plural replaces the regular one.
+- **Singular and plural**: the plural rule of :func:`biasloop.data.text.plural` unless the ``plurals``
+  mapping names the plural(s) for the occupation or for its last word (``salesperson: salespeople``);
+  a mapped plural replaces the rule's.
 - **Multi-word occupations** ("aerospace engineer") match with any run of whitespace between words;
   only the last word is pluralised ("aerospace engineers").
 - A caption that mentions several occupations is retrieved once for each; "an aerospace engineer"
@@ -22,11 +21,12 @@ The query is a polars lazy scan that runs on the streaming engine end to end (no
 no memory-intensive node), so a corpus larger than memory streams through; only the matches are kept.
 
 Output columns: ``occupation, id, caption, indicator, male_terms, female_terms``; the terms are
-``list[str]`` (see :mod:`biasloop.indicators`), plus any requested ``keep`` columns.
+``list[str]`` (see :mod:`biasloop.data.indicators`), plus any requested ``keep`` columns.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -35,20 +35,19 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from biasloop.indicators import LABELS, tag_indicators
+from biasloop.data.indicators import LABELS, tag_indicators
+from biasloop.data.text import plural
 
 _SEPARATOR = "\x1f"  # joins several occupations mapped from one matched phrase; never in an occupation
 
 
-def pluralize(word: str) -> str:
-    """The regular English plural of a lower-case word (``nurse`` -> ``nurses``, ``secretary`` -> ``secretaries``)."""
-    if word.endswith("man"):
-        return word[:-3] + "men"
-    if word.endswith(("s", "x", "z", "ch", "sh")):
-        return word + "es"
-    if len(word) > 1 and word.endswith("y") and word[-2] not in "aeiou":
-        return word[:-1] + "ies"
-    return word + "s"
+@dataclasses.dataclass(frozen=True)
+class RetrieveConfig:
+    """``retrieve``: keyword retrieval and indicator tagging."""
+
+    plurals: dict[str, str | tuple[str, ...]] = dataclasses.field(default_factory=dict)
+    first_names: bool = False
+    split: str | None = "train"
 
 
 def normalise_occupation(occupation: str) -> str:
@@ -77,7 +76,7 @@ def occupation_forms(occupation: str, plurals: Mapping[str, str | Sequence[str]]
         plural_forms = [mapped] if isinstance(mapped, str) else list(mapped)
         plural_forms = [normalise_occupation(p) for p in plural_forms]
     else:
-        mapped = plurals.get(last, pluralize(last))
+        mapped = plurals.get(last, plural(last))
         last_forms = [mapped] if isinstance(mapped, str) else list(mapped)
         plural_forms = [" ".join([*head, normalise_occupation(p)]) for p in last_forms]
     return tuple(dict.fromkeys([name, *plural_forms]))
@@ -322,21 +321,22 @@ def indicator_shares(matches: pl.DataFrame, occupations: Sequence[str]) -> dict:
 
 
 DEFAULT_PROMPTS: tuple[str, ...] = (
-    "A photo of the face of a {occupation}",
-    "A photo of a {occupation}",
-    "A portrait of a {occupation} at work",
+    "A photo of the face of {article} {occupation}",
+    "A photo of {article} {occupation}",
+    "A portrait of {article} {occupation} at work",
 )
 SELECTIONS: tuple[str, ...] = ("keyword", "keyword_no_indicator", "nn", "nn_no_indicator")
 
 
-def fill_prompt(template: str, occupation: str) -> str:
-    """Put ``occupation`` into ``template`` at ``{occupation}``, turning the article before it into
-    "an" when the occupation starts with a vowel letter ("a {occupation}" -> "an engineer")."""
-    if "{occupation}" not in template:
-        raise ValueError(f"prompt template {template!r} has no {{occupation}} placeholder")
-    if occupation[:1].lower() in "aeiou":
-        template = re.sub(r"\b([Aa])(\s+)(?=\{occupation\})", lambda m: ("An" if m[1] == "A" else "an") + m[2], template)
-    return template.replace("{occupation}", occupation)
+@dataclasses.dataclass(frozen=True)
+class NeighboursConfig:
+    """``neighbours``: nearest-neighbour caption selection."""
+
+    model: str | None = None
+    prompts: tuple[str, ...] = DEFAULT_PROMPTS
+    k: int = 100
+    batch_size: int = 64
+    allow_download: bool = False
 
 
 def select_neighbours(matches: pl.DataFrame, similarity: Sequence[float], k: int) -> pl.DataFrame:

@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from biasloop.config import to_dict
-from biasloop.generators import MANIFEST, GeneratorConfig, check_prompts_seeds, config_from_dict
+from biasloop.core.config import to_dict
+from biasloop.models.generators import MANIFEST, GeneratorConfig, check_prompts_seeds, config_from_dict
 
 log = logging.getLogger(__name__)
 

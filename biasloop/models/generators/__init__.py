@@ -2,10 +2,10 @@
 
 - ``tiny-diffusion`` (default): a small text-conditional diffusion model built from diffusers parts
   (``UNet2DModel`` + a DDPM/DDIM scheduler), conditioned on the caption's sentence embedding and
-  trained by the pipeline from scratch on CPU in minutes (:mod:`biasloop.generators.tiny_diffusion`).
+  trained by the pipeline from scratch on CPU in minutes (:mod:`biasloop.models.generators.tiny_diffusion`).
 - ``stable-diffusion``: ``StableDiffusionPipeline.from_pretrained(generator.model)`` (SD 1.4/1.5 from the
   hub, only when a user sets it, or a local folder), optionally fine-tuned with LoRA per generation
-  (:mod:`biasloop.generators.stable_diffusion`).
+  (:mod:`biasloop.models.generators.stable_diffusion`).
 
 Data contract: images are ``uint8`` arrays ``(n, H, W, 3)``; captions and prompts are strings. Image ``i``
 of :meth:`Generator.generate` depends only on ``(prompts[i], seeds[i])``, never on the batch it ran in.
@@ -23,7 +23,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
-from biasloop.config import from_dict
+from biasloop.core.config import from_dict
 
 BACKENDS = ("tiny-diffusion", "stable-diffusion")
 MANIFEST = "generator.json"
@@ -126,11 +126,11 @@ def build_generator(config: GeneratorConfig, device: str = "cpu", seed: int = 0)
     """
     validate_config(config)
     if config.backend == "tiny-diffusion":
-        from biasloop.generators.tiny_diffusion import TinyDiffusion
+        from biasloop.models.generators.tiny_diffusion import TinyDiffusion
 
         return TinyDiffusion(config, device=device, seed=seed)
     if config.backend == "stable-diffusion":
-        from biasloop.generators.stable_diffusion import StableDiffusionGenerator
+        from biasloop.models.generators.stable_diffusion import StableDiffusionGenerator
 
         return StableDiffusionGenerator(config, device=device)
     raise ValueError(f"generator.backend: expected one of {list(BACKENDS)}, found {config.backend!r}")
@@ -149,20 +149,14 @@ def load_generator(folder: str | Path, device: str = "cpu") -> Generator:
     manifest = read_manifest(folder)
     backend = manifest.get("backend")
     if backend == "tiny-diffusion":
-        from biasloop.generators.tiny_diffusion import TinyDiffusion
+        from biasloop.models.generators.tiny_diffusion import TinyDiffusion
 
         return TinyDiffusion.load(folder, device=device)
     if backend == "stable-diffusion":
-        from biasloop.generators.stable_diffusion import StableDiffusionGenerator
+        from biasloop.models.generators.stable_diffusion import StableDiffusionGenerator
 
         return StableDiffusionGenerator.load(folder, device=device)
     raise ValueError(f"{Path(folder) / MANIFEST}: unknown backend {backend!r} (known: {list(BACKENDS)})")
-
-
-def to_uint8(images: Any) -> np.ndarray:
-    """Float images in [-1, 1], torch ``(n, 3, H, W)``, to ``uint8 (n, H, W, 3)``."""
-    array = images.detach().float().clamp(-1, 1).add(1).mul(127.5).round().to("cpu").numpy()
-    return np.ascontiguousarray(array.transpose(0, 2, 3, 1).astype(np.uint8))
 
 
 def check_prompts_seeds(prompts: list[str], seeds: list[int]) -> None:

@@ -1,7 +1,7 @@
 """``biasloop amplify TRAIN.csv GEN.csv``: the amplification table from two per-occupation count files.
 
 Results produced elsewhere (another classifier, another model) are analysed with the same code as the
-pipeline: :func:`biasloop.metrics.amplification_table`.
+pipeline: :func:`biasloop.metrics.amplification.amplification_table`.
 """
 
 from __future__ import annotations
@@ -169,41 +169,27 @@ def _replicates(text: str) -> int:
     return value
 
 
-def build_parser(subparsers: Any | None = None) -> argparse.ArgumentParser:
-    """The ``amplify`` argument parser.
-
-    Args:
-        subparsers: the object ``ArgumentParser.add_subparsers()`` returned, to add ``amplify`` to a
-            parent command; None for a standalone parser (``prog`` "biasloop amplify").
-
-    Returns:
-        The parser (the new sub-parser when ``subparsers`` is given).
-    """
-    options: dict[str, Any] = {"description": DESCRIPTION, "formatter_class": argparse.RawDescriptionHelpFormatter}
-    if subparsers is None:
-        parser = argparse.ArgumentParser(prog="biasloop amplify", **options)
-    else:
-        parser = subparsers.add_parser("amplify", help="amplification table from two per-occupation count CSVs", **options)
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("amplify", help="amplification table from two per-occupation count CSVs",
+                                   description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("train", help="count CSV of training images")
     parser.add_argument("gen", help="count CSV of generated images")
     parser.add_argument("--json", action="store_true", help="print the full table as JSON (fractions, not percent)")
     parser.add_argument("--n-boot", type=_replicates, default=1000, help="bootstrap replicates (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: %(default)s)")
-    return parser
+    parser.set_defaults(run=run)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``biasloop amplify`` with ``argv`` (the arguments after ``amplify``; ``sys.argv[1:]`` when None).
+def main(argv: Sequence[str]) -> int:
+    """``biasloop amplify ARGV``: the exit status (0 on success, 2 on bad arguments or a bad count file)."""
+    from biasloop.cli import main as biasloop_main
 
-    Returns:
-        The exit status: 0 on success, 2 on bad arguments or a bad count file (message on stderr).
-    """
-    from biasloop.metrics import amplification_table
+    return biasloop_main(["amplify", *argv])
 
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as exc:  # --help (0) or a usage error (2): return the status, as for bad files
-        return int(exc.code or 0) if not isinstance(exc.code, str) else 2
+
+def run(args: argparse.Namespace) -> int:
+    from biasloop.metrics.amplification import amplification_table
+
     try:
         train, gen = read_count_file(args.train), read_count_file(args.gen)
     except CountFileError as exc:

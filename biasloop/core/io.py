@@ -54,6 +54,12 @@ def write_json(path: str | Path, data: Any) -> None:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n")
 
 
+def json_float(value: Any) -> float | None:
+    """``value`` as a float for JSON, with NaN (undefined) written as null."""
+    value = float(value)
+    return None if np.isnan(value) else value
+
+
 def _json_default(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()

@@ -13,7 +13,7 @@ from typing import Any
 
 import polars as pl
 
-from biasloop.io import atomic_path, load_images, timed, write_json
+from biasloop.core.io import atomic_path, load_images, timed, write_json
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +45,8 @@ def train_generation(
     Returns:
         Training statistics (seconds, steps, losses) for metrics and MLflow.
     """
-    from biasloop.downstream import save_downstream, train_downstream_clip
-    from biasloop.generators import build_generator, load_generator
+    from biasloop.models.downstream_clip import save_downstream, train_downstream_clip
+    from biasloop.models.generators import build_generator, load_generator
 
     out_dir = Path(out_dir)
     captions = dataset["caption"].to_list()

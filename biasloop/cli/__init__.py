@@ -1,0 +1,46 @@
+"""The ``biasloop`` command: helpers around the DVC pipeline, one module per subcommand.
+
+    biasloop data                  materialise data/ (occupation table + MNIST glyph pool)
+    biasloop amplify TRAIN GEN     amplification table from two per-occupation count files
+    biasloop generations N         rewrite the generation lists in params.yaml for N generations
+
+A subcommand module has ``add_parser(subparsers)``, which registers its arguments and ``run(args)``;
+heavy libraries are imported inside ``run``, so ``biasloop --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+COMMANDS = ("data", "amplify", "generations")  # modules of biasloop.cli, in --help order
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="biasloop", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMANDS:
+        importlib.import_module(f"biasloop.cli.{name.replace('-', '_')}").add_parser(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``biasloop`` with ``argv`` (``sys.argv[1:]`` when None); returns the exit status.
+
+    0 on success, 2 on bad arguments or bad input (one line on stderr naming the file and the problem).
+    """
+    try:
+        args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    except SystemExit as exc:  # --help (0) or a usage error (2)
+        return exc.code if isinstance(exc.code, int) else 2
+    try:
+        return args.run(args)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

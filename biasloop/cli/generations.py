@@ -1,0 +1,63 @@
+"""``biasloop generations N``: set the number of generations in ``params.yaml``.
+
+DVC templates have no arithmetic, so the ``foreach`` lists of ``dvc.yaml`` (``generations``, and
+``rounds`` with one ``{gen, prev}`` item per later generation) are written out here.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("generations", help="set the number of generations in params.yaml",
+                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("count", type=int, help="number of generations, counting generation 0 (trained on real data)")
+    parser.add_argument("--params", default="params.yaml", help="params file to rewrite (default: %(default)s)")
+    parser.set_defaults(run=run)
+
+
+def rewrite_generations(text: str, count: int) -> str:
+    """Return params.yaml ``text`` with the ``generations`` and ``rounds`` lists set for ``count``.
+
+    ``generations`` lists 0 .. count-1 (generation 0 is trained on real data); ``rounds`` maps each
+    later generation to its ``{gen, prev}`` item (keys name the stages: ``mix@1``, ``retrain@1``). Comments and other keys are kept as they are.
+    """
+    if count < 1:
+        raise ValueError("generations: need at least 1")
+    lines = text.splitlines()
+    out: list[str] = []
+    i = 0
+    found = set()
+    while i < len(lines):
+        line = lines[i]
+        key = line.split(":", 1)[0]
+        if key in ("generations", "rounds") and not line.startswith((" ", "#")):
+            found.add(key)
+            comment = line[line.index("#") :] if "#" in line else ""
+            if key == "generations":
+                out.append(f"generations:  {comment}".rstrip())
+                out.extend(f"  - {n}" for n in range(count))
+            else:
+                out.append(f"rounds:  {comment}".rstrip())
+                out.extend(f'  "{n}": {{gen: {n}, prev: {n - 1}}}' for n in range(1, count))
+                if count == 1:
+                    out[-1] = ("rounds: {}  " + comment).rstrip()
+            i += 1
+            while i < len(lines) and lines[i].startswith((" ", "-")) and lines[i].strip():
+                i += 1
+            continue
+        out.append(line)
+        i += 1
+    missing = {"generations", "rounds"} - found
+    if missing:
+        raise ValueError(f"params file has no top-level {sorted(missing)} list")
+    return "\n".join(out) + "\n"
+
+
+def run(args: argparse.Namespace) -> int:
+    path = Path(args.params)
+    path.write_text(rewrite_generations(path.read_text(), args.count))
+    print(f"{path}: {args.count} generations (0..{args.count - 1}); run `dvc repro` to build them")
+    return 0
