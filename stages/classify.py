@@ -20,12 +20,12 @@ import numpy as np
 import polars as pl
 
 from biasloop.core.config import to_dict
-from biasloop.core.runtime import resolve_device
-from biasloop.models.instrument import ClassifyConfig, load_instrument
 from biasloop.core.io import load_images, timed, write_parquet
-from biasloop.metrics.amplification import label_from_p
+from biasloop.core.runtime import resolve_device
 from biasloop.core.stage import load_configs, make_parser, run_main
 from biasloop.core.tracking import stage_run
+from biasloop.metrics.amplification import label_from_p
+from biasloop.models.instrument import ClassifyConfig, load_instrument
 
 log = logging.getLogger("classify")
 

@@ -19,15 +19,24 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-import polars as pl
-
 from biasloop.core.config import to_dict
-from biasloop.data.corpus import CorpusConfig, ingest, iter_folder, iter_webdataset, write_corpus
 from biasloop.core.io import timed, write_json
-from biasloop.report.plots import contact_sheet
 from biasloop.core.stage import load_configs, make_parser, run_main
 from biasloop.core.tracking import stage_run
-from biasloop.data.world import WorldConfig, build_world, read_occupation_shares, world_statistics
+from biasloop.data.corpus import (
+    CorpusConfig,
+    ingest,
+    iter_folder,
+    iter_webdataset,
+    write_corpus,
+)
+from biasloop.data.world import (
+    WorldConfig,
+    build_world,
+    read_occupation_shares,
+    world_statistics,
+)
+from biasloop.report.plots import contact_sheet
 
 log = logging.getLogger("corpus")
 

@@ -15,21 +15,24 @@ Example:
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
-from pathlib import Path
 
 import polars as pl
 
 from biasloop.core.config import to_dict
-from biasloop.core.runtime import resolve_device
-from biasloop.metrics.amplification import read_confusion
-from biasloop.metrics.evaluation import EvaluateConfig, downstream_bias, evaluate_generation, perceived_groups
-from biasloop.models.instrument import ClassifyConfig
 from biasloop.core.io import load_images, timed, write_json
+from biasloop.core.runtime import resolve_device
 from biasloop.core.stage import load_configs, make_parser, run_main
 from biasloop.core.tracking import stage_run
+from biasloop.metrics.amplification import read_confusion
+from biasloop.metrics.evaluation import (
+    EvaluateConfig,
+    downstream_bias,
+    evaluate_generation,
+    perceived_groups,
+)
+from biasloop.models.instrument import ClassifyConfig
 
 log = logging.getLogger("evaluate")
 

@@ -33,12 +33,12 @@ import numpy as np
 import polars as pl
 
 from biasloop.core.config import to_dict
-from biasloop.core.runtime import resolve_device
-from biasloop.loop.prompts import MANIFEST_COLUMNS, GenerateConfig, plan_prompts
 from biasloop.core.io import atomic_path, timed, write_image_shards
-from biasloop.loop.mixing import generation_seeds
+from biasloop.core.runtime import resolve_device
 from biasloop.core.stage import load_configs, make_parser, run_main
 from biasloop.core.tracking import stage_run
+from biasloop.loop.mixing import generation_seeds
+from biasloop.loop.prompts import MANIFEST_COLUMNS, GenerateConfig, plan_prompts
 
 log = logging.getLogger("generate")
 

@@ -23,22 +23,22 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import polars as pl
 
 from biasloop.core.config import to_dict
+from biasloop.core.io import atomic_path, load_images, timed, write_json
 from biasloop.core.runtime import resolve_device
+from biasloop.core.stage import load_configs, make_parser, run_main
+from biasloop.core.tracking import stage_run
 from biasloop.models.instrument import (
     ClassifyConfig,
     InstrumentConfig,
+    corpus_split,
     evaluate_instrument,
     labelled_set,
     occupation_accuracy,
     train_or_load_instrument,
 )
-from biasloop.core.io import atomic_path, load_images, timed, write_json
-from biasloop.core.stage import load_configs, make_parser, run_main
-from biasloop.core.tracking import stage_run
 
 log = logging.getLogger("instrument")
 
@@ -62,7 +62,7 @@ def main_body(argv: Sequence[str] | None) -> None:
     with stage_run("instrument", configs["tracking"], params) as run:
         images = captions = None
         if config.backend == "locked-text-clip":
-            train = _split(corpus, "train")
+            train = corpus_split(corpus, "train")
             if len(train) < 2:
                 raise ValueError(f"{args.corpus}: the locked-text CLIP needs training pairs (split == 'train')")
             images, captions = load_images(train["image_ref"].to_list()), train["caption"].to_list()

@@ -25,11 +25,16 @@ from pathlib import Path
 import polars as pl
 
 from biasloop.core.config import to_dict
-from biasloop.core.runtime import resolve_device
 from biasloop.core.io import atomic_path, timed, write_image_shards
-from biasloop.loop.mixing import LoopConfig, build_dataset, generation_seeds, replaced_indices
+from biasloop.core.runtime import resolve_device
 from biasloop.core.stage import load_configs, make_parser, run_main
 from biasloop.core.tracking import stage_run
+from biasloop.loop.mixing import (
+    LoopConfig,
+    build_dataset,
+    generation_seeds,
+    replaced_indices,
+)
 
 log = logging.getLogger("mix")
 

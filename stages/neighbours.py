@@ -19,7 +19,6 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from collections.abc import Sequence
@@ -29,13 +28,18 @@ import numpy as np
 import polars as pl
 
 from biasloop.core.config import to_dict
-from biasloop.core.runtime import resolve_device
-from biasloop.data.embeddings import CachedTextEncoder, load_text_encoder
 from biasloop.core.io import write_json, write_parquet
-from biasloop.data.text import fill_template
-from biasloop.data.retrieval import SELECTIONS, NeighboursConfig, parse_occupations, select_neighbours
+from biasloop.core.runtime import resolve_device
 from biasloop.core.stage import load_configs, make_parser, run_main
 from biasloop.core.tracking import stage_run
+from biasloop.data.embeddings import CachedTextEncoder, load_text_encoder
+from biasloop.data.retrieval import (
+    SELECTIONS,
+    NeighboursConfig,
+    parse_occupations,
+    select_neighbours,
+)
+from biasloop.data.text import fill_template
 
 log = logging.getLogger("neighbours")
 

@@ -25,13 +25,13 @@ from collections.abc import Sequence
 import polars as pl
 
 from biasloop.core.config import to_dict
-from biasloop.metrics.evaluation import EvaluateConfig
 from biasloop.core.io import atomic_path, write_json
-from biasloop.metrics.amplification import read_confusion
-from biasloop.metrics.paradox import PAIRINGS, paradox_table, table_rows
-from biasloop.report.plots import share_plot
 from biasloop.core.stage import load_configs, make_parser, run_main
 from biasloop.core.tracking import stage_run
+from biasloop.metrics.amplification import read_confusion
+from biasloop.metrics.evaluation import EvaluateConfig
+from biasloop.metrics.paradox import PAIRINGS, paradox_table, table_rows
+from biasloop.report.plots import share_plot
 
 log = logging.getLogger("paradox")
 

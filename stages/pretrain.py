@@ -20,11 +20,11 @@ import polars as pl
 
 from biasloop.core.config import to_dict
 from biasloop.core.runtime import resolve_device
-from biasloop.models.downstream_clip import DownstreamConfig
-from biasloop.models.generators import GeneratorConfig
 from biasloop.core.stage import load_configs, make_parser, run_main
 from biasloop.core.tracking import stage_run
 from biasloop.loop.training import train_generation
+from biasloop.models.downstream_clip import DownstreamConfig
+from biasloop.models.generators import GeneratorConfig
 
 log = logging.getLogger("pretrain")
 

@@ -20,7 +20,6 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from collections.abc import Sequence
@@ -30,6 +29,8 @@ import polars as pl
 
 from biasloop.core.config import to_dict
 from biasloop.core.io import write_json, write_parquet
+from biasloop.core.stage import load_configs, make_parser, run_main
+from biasloop.core.tracking import stage_run
 from biasloop.data.retrieval import (
     RetrieveConfig,
     evaluate_against_truth,
@@ -38,8 +39,6 @@ from biasloop.data.retrieval import (
     retrieve_lazy,
     streaming_problems,
 )
-from biasloop.core.stage import load_configs, make_parser, run_main
-from biasloop.core.tracking import stage_run
 
 log = logging.getLogger("retrieve")
 TRUTH_COLUMNS = ("true_occupation", "true_indicator")

@@ -26,10 +26,16 @@ import polars as pl
 
 from biasloop.core.config import read_params
 from biasloop.core.io import atomic_path, write_json
-from biasloop.report.plots import generation_curves
-from biasloop.report.html import build_summary, load_json, render_report, share_rows, summary_row
 from biasloop.core.stage import load_configs, make_parser, run_main
 from biasloop.core.tracking import stage_run
+from biasloop.report.html import (
+    build_summary,
+    load_json,
+    render_report,
+    share_rows,
+    summary_row,
+)
+from biasloop.report.plots import generation_curves
 
 log = logging.getLogger("summarize")
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from biasloop.cli.amplify import main
 from biasloop.cli import main as cli_main
+from biasloop.cli.amplify import main
 
 
 def _write(path: Path, text: str) -> str:

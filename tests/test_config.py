@@ -6,7 +6,13 @@ import dataclasses
 
 import pytest
 
-from biasloop.core.config import ConfigError, from_dict, load_section, read_params, to_dict
+from biasloop.core.config import (
+    ConfigError,
+    from_dict,
+    load_section,
+    read_params,
+    to_dict,
+)
 from biasloop.data.corpus import CorpusConfig
 from biasloop.data.world import WorldConfig
 from tests.conftest import REPO_ROOT

@@ -15,8 +15,15 @@ import pytest
 import yaml
 from PIL import Image
 
-from biasloop.data.corpus import CAPTION_COLUMNS, CorpusConfig, CorpusError, ingest, iter_folder, iter_webdataset
 from biasloop.core.io import load_images
+from biasloop.data.corpus import (
+    CAPTION_COLUMNS,
+    CorpusConfig,
+    CorpusError,
+    ingest,
+    iter_folder,
+    iter_webdataset,
+)
 
 
 def _png(colour: tuple[int, int, int], size: tuple[int, int] = (20, 12)) -> bytes:

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from biasloop.models.downstream_clip import DownstreamConfig, load_downstream, save_downstream, train_downstream_clip
+from biasloop.models.downstream_clip import (
+    DownstreamConfig,
+    load_downstream,
+    save_downstream,
+    train_downstream_clip,
+)
 
 
 def test_train_save_load(tmp_path) -> None:

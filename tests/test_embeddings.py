@@ -10,7 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from biasloop.data.embeddings import CachedTextEncoder, FakeTextEncoder, default_cache_dir
+from biasloop.data.embeddings import (
+    CachedTextEncoder,
+    FakeTextEncoder,
+    default_cache_dir,
+)
 
 
 class CountingEncoder(FakeTextEncoder):

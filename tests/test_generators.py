@@ -135,7 +135,12 @@ def test_config_errors_name_the_key() -> None:
 def tiny_sd_pipeline(folder: Path) -> Path:
     """A random-weight SD-architecture pipeline (latents 8x8 -> images 16x16), saved to ``folder``."""
     import torch
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import (
+        AutoencoderKL,
+        DDIMScheduler,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from biasloop.models.generators.stable_diffusion import offline_clip_tokenizer

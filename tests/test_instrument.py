@@ -7,14 +7,14 @@ import dataclasses
 import numpy as np
 import pytest
 
+from biasloop.core.runtime import cpu_threads
+from biasloop.data.world import MarkednessConfig, WorldConfig, build_world
 from biasloop.models.instrument import (
     InstrumentConfig,
     evaluate_instrument,
     load_instrument,
     train_or_load_instrument,
 )
-from biasloop.core.runtime import cpu_threads
-from biasloop.data.world import MarkednessConfig, WorldConfig, build_world
 
 OCCUPATIONS = ["engineer", "nurse"]
 N_TRAIN = 450

@@ -7,7 +7,7 @@ import polars as pl
 import pytest
 import yaml
 
-from biasloop.cli import rewrite_generations
+from biasloop.cli.generations import rewrite_generations
 from biasloop.loop.mixing import build_dataset, replaced_indices
 from tests.conftest import REPO_ROOT
 

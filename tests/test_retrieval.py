@@ -13,7 +13,6 @@ from biasloop.data.retrieval import (
     OccupationMatcher,
     occupation_forms,
     parse_occupations,
-    retrieve,
     retrieve_lazy,
     select_neighbours,
     streaming_problems,
@@ -25,7 +24,7 @@ PLURALS = {"salesperson": "salespeople"}
 
 def _matched(captions: list[str], occupations=OCCUPATIONS, plurals=PLURALS) -> list[set[str]]:
     corpus = pl.LazyFrame({"id": [f"c{i}" for i in range(len(captions))], "caption": captions})
-    found = retrieve(corpus, occupations, plurals)
+    found = retrieve_lazy(corpus, occupations, plurals).collect(engine="streaming")
     by_id = found.group_by("id").agg(pl.col("occupation")).rows_by_key("id", unique=True)
     return [set(by_id.get(f"c{i}", [[]])[0]) for i in range(len(captions))]
 
@@ -87,7 +86,7 @@ def test_overlapping_occupations_use_separate_passes() -> None:
 
 def test_output_columns_and_indicators() -> None:
     corpus = pl.LazyFrame({"id": ["a", "b", "c"], "caption": ["she is a nurse", "he and she, nurses", "a dog"]})
-    out = retrieve(corpus, ["nurse"])
+    out = retrieve_lazy(corpus, ["nurse"]).collect(engine="streaming")
     assert out.columns == ["occupation", "id", "caption", "indicator", "male_terms", "female_terms"]
     assert out["indicator"].to_list() == ["female", "both"]
     assert out["female_terms"].to_list() == [["she"], ["she"]]

@@ -9,9 +9,9 @@ import polars as pl
 import pytest
 import yaml
 
-from biasloop.models.generators import GeneratorConfig, build_generator
-from biasloop.loop.prompts import GenerateConfig, fill_template, plan_prompts
 from biasloop.core.io import load_images
+from biasloop.loop.prompts import GenerateConfig, plan_prompts
+from biasloop.models.generators import GeneratorConfig, build_generator
 
 OCCUPATIONS = ["engineer", "nurse"]
 
@@ -72,7 +72,7 @@ def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         "tracking": {"enabled": True, "uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "test"},
         "occupations": OCCUPATIONS,
         "generate": {
-            "neutral_prompts": ["a photo of {a} {occupation}", "{a} {occupation} at work"],
+            "neutral_prompts": ["a photo of {article} {occupation}", "{article} {occupation} at work"],
             "n_per_prompt": 3,
             "caption_selection": "keyword",
             "max_captions_per_occupation": 2,
@@ -143,10 +143,8 @@ def test_generate_stage_input_errors(workspace: Path, capsys: pytest.CaptureFixt
 
 def test_plan_prompts_caps_and_templates() -> None:
     corpus, selections = corpus_and_selections()
-    config = GenerateConfig(neutral_prompts=("{a} {occupation}",), n_per_prompt=2, max_captions_per_occupation=1)
+    config = GenerateConfig(neutral_prompts=("{article} {occupation}",), n_per_prompt=2, max_captions_per_occupation=1)
     plan = plan_prompts(config, OCCUPATIONS, selections, corpus, seed=0)
     assert plan["prompt_kind"].to_list() == ["neutral"] * 4 + ["caption"] * 2
     assert plan_prompts(config, OCCUPATIONS, selections, corpus, seed=0).equals(plan)
-    assert fill_template("{a} {occupation}", "engineer") == "an engineer"
-    with pytest.raises(ValueError, match="neutral_prompts"):
-        fill_template("a {job}", "nurse")
+    assert plan["prompt"].to_list()[:2] == ["an engineer", "an engineer"]

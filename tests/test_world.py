@@ -9,7 +9,12 @@ import numpy as np
 import polars as pl
 import pytest
 
-from biasloop.data.world import MarkednessConfig, WorldConfig, build_world, read_occupation_shares
+from biasloop.data.world import (
+    MarkednessConfig,
+    WorldConfig,
+    build_world,
+    read_occupation_shares,
+)
 
 OCCUPATIONS = ["carpenter", "engineer", "lawyer", "teacher", "nurse"]
 

@@ -8,7 +8,7 @@ with an error that names the key (``world.markedness.counter``), what was expect
 from __future__ import annotations
 
 import dataclasses
-import os
+import logging
 import types
 import typing
 from pathlib import Path
@@ -16,6 +16,7 @@ from typing import Any, Literal, TypeVar
 
 import yaml
 
+log = logging.getLogger("params")
 T = TypeVar("T")
 
 
@@ -145,7 +146,65 @@ def from_dict(cls: type[T], data: Any, where: str) -> T:
             values[name] = _convert(data[name], hints[name], key)
         elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
             raise ConfigError(f"{key}: required key is missing")
-    return cls(**values)
+    config = cls(**values)
+    _warn_other_backend_keys(config, fields, where)
+    return config
+
+
+def _warn_other_backend_keys(config: Any, fields: dict[str, dataclasses.Field], where: str) -> None:
+    """Warn, naming the key, when a key that only another backend reads differs from its default.
+
+    A config class lists its backend-specific keys in a ``BACKEND_KEYS`` class attribute
+    (``{backend: (key, ...)}``); keys listed for no backend are read by all of them.
+    """
+    backend_keys = getattr(type(config), "BACKEND_KEYS", None)
+    if not backend_keys:
+        return
+    chosen = getattr(config, "backend")
+    for backend, keys in backend_keys.items():
+        if backend == chosen:
+            continue
+        for name in keys:
+            field = fields[name]
+            default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
+            if getattr(config, name) != default:
+                log.warning("%s.%s is set but only the %s backend reads it (%s.backend is %s): ignored",
+                            where, name, backend, where, chosen)
+
+
+def check_params(params: dict[str, Any]) -> None:
+    """Checks that span sections; raises ConfigError naming the keys that disagree.
+
+    - The image size in effect for the corpus (``world.image_size`` for the glyph world, else
+      ``corpus.image_size``) equals ``generator.image_size``; for the glyph world ``corpus.image_size``
+      must equal ``world.image_size`` too (it would be silently ignored otherwise).
+    - ``generations`` is ``[0, 1, ..., G-1]`` and ``rounds`` has one ``"N": {gen: N, prev: N-1}`` item
+      per later generation (``biasloop generations G`` writes both).
+    """
+    world, corpus, generator = (params.get(s) or {} for s in ("world", "corpus", "generator"))
+    if isinstance(world, dict) and isinstance(corpus, dict) and isinstance(generator, dict):
+        source = corpus.get("source", "world")
+        sizes = {"world.image_size": world.get("image_size"), "corpus.image_size": corpus.get("image_size"),
+                 "generator.image_size": generator.get("image_size")}
+        effective = "world.image_size" if source == "world" else "corpus.image_size"
+        pairs = [(effective, "generator.image_size")]
+        if source == "world":
+            pairs.append(("world.image_size", "corpus.image_size"))
+        for first, second in pairs:
+            if sizes[first] is not None and sizes[second] is not None and sizes[first] != sizes[second]:
+                raise ConfigError(f"{second} is {sizes[second]} but {first} is {sizes[first]}: image sizes must agree "
+                                  f"(corpus.source is {source})")
+    if "generations" in params or "rounds" in params:
+        generations, rounds = params.get("generations"), params.get("rounds")
+        count = len(generations) if isinstance(generations, list) else 0
+        if generations != list(range(count)) or count == 0:
+            raise ConfigError(f"generations: expected [0, 1, ..., G-1], found {generations!r} "
+                              "(set it with `biasloop generations G`)")
+        expected = {str(n): {"gen": n, "prev": n - 1} for n in range(1, count)}
+        found = {str(k): v for k, v in (rounds or {}).items()} if isinstance(rounds, dict) else rounds
+        if found != expected:
+            raise ConfigError(f"rounds: expected one {{gen: N, prev: N-1}} item per generation 1..{count - 1} "
+                              f"to match generations, found {rounds!r} (set both with `biasloop generations {count}`)")
 
 
 def load_section(cls: type[T], section: str, params: dict[str, Any]) -> T:

@@ -14,9 +14,16 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from biasloop.core.config import BaseConfig, ConfigError, TrackingConfig, load_section, read_params
-from biasloop.core.runtime import resolve_cpu_threads
+from biasloop.core.config import (
+    BaseConfig,
+    ConfigError,
+    TrackingConfig,
+    check_params,
+    load_section,
+    read_params,
+)
 from biasloop.core.io import setup_logging
+from biasloop.core.runtime import resolve_cpu_threads
 
 
 def make_parser(doc: str | None, prog: str) -> argparse.ArgumentParser:
@@ -37,6 +44,7 @@ def load_configs(params_path: str, sections: dict[str, type]) -> dict[str, Any]:
     """
     try:
         params = read_params(params_path)
+        check_params(params)
         configs: dict[str, Any] = {
             "base": load_section(BaseConfig, "base", params),
             "tracking": load_section(TrackingConfig, "tracking", params),

@@ -217,17 +217,6 @@ def retrieve_lazy(
     return tag_indicators(matches, "caption", first_names).explode("occupation").select(*OUTPUT_COLUMNS, *keep)
 
 
-def retrieve(
-    corpus: pl.LazyFrame | str | Path,
-    occupations: Sequence[str],
-    plurals: Mapping[str, str | Sequence[str]] | None = None,
-    first_names: bool = False,
-    keep: Sequence[str] = (),
-) -> pl.DataFrame:
-    """Run :func:`retrieve_lazy` on the streaming engine and return the matches in memory."""
-    return retrieve_lazy(corpus, occupations, plurals, first_names, keep).collect(engine="streaming")
-
-
 def streaming_problems(query: pl.LazyFrame) -> list[str]:
     """Nodes of ``query``'s streaming physical plan that fall back to the in-memory engine or may hold
     their whole input in memory (empty when the query streams end to end).

@@ -23,7 +23,7 @@ _ARTICLE_MARK = "\x00"
 
 def article(word: str) -> str:
     """"an" before a word starting with a vowel letter, else "a" (a spelling rule, not a sound rule)."""
-    return "an" if word[:1].lower() in "aeiou" else "a"
+    return "an" if word[:1].lower() in tuple("aeiou") else "a"
 
 
 def plural(word: str) -> str:

@@ -19,7 +19,6 @@ from biasloop.data.text import fill_template
 
 log = logging.getLogger(__name__)
 
-PROMPT_KINDS = ("neutral", "caption")
 MANIFEST_COLUMNS = ("prompt_kind", "occupation", "prompt", "seed", "image_ref", "template", "source_id")
 
 

@@ -174,7 +174,12 @@ def group_fairness(
         has no image of the occupation or none of other occupations; and the ``_mean`` / ``_max`` of
         both differences over occupations where they are defined.
     """
-    from fairlearn.metrics import MetricFrame, count, demographic_parity_difference, equalized_odds_difference
+    from fairlearn.metrics import (
+        MetricFrame,
+        count,
+        demographic_parity_difference,
+        equalized_odds_difference,
+    )
     from sklearn.metrics import accuracy_score
 
     y_true = np.asarray(true_occupation, dtype=object)

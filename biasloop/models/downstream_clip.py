@@ -57,7 +57,6 @@ class DownstreamCLIP:
     def __init__(self, model: Any, config: DownstreamConfig, device: str = "cpu") -> None:
         self.model = model
         self.config = config
-        self.model_name = config.model
         self.device = device
         self.tokenizer = _open_clip().get_tokenizer(config.model)
         size = model.visual.image_size
@@ -65,7 +64,6 @@ class DownstreamCLIP:
 
     def image_batch(self, images: np.ndarray) -> Any:
         """``uint8 (n, h, w, 3)`` -> normalised float ``(n, 3, H, W)`` at the model's input size."""
-        import torch
 
         return images_to_tensor(images, self.image_size).to(self.device)
 

@@ -26,7 +26,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import polars as pl
@@ -59,6 +59,11 @@ class InstrumentConfig:
     labelled_csv: str | None = None  # real corpora: CSV (image_ref, true_gender) to measure accuracy on
     augment: bool = True  # locked-text-clip: random shifts, blur and noise in training (robust on generated images)
     cpu_threads: int | None = None  # torch threads on CPU while training/encoding (None: the stage's base.cpu_threads)
+
+    BACKEND_KEYS: ClassVar[dict[str, tuple[str, ...]]] = {  # keys only one backend reads (a warning otherwise)
+        "locked-text-clip": ("text_encoder", "widths", "epochs", "batch_size", "learning_rate", "augment"),
+        "open-clip": ("model", "pretrained"),
+    }
 
 
 @dataclasses.dataclass(frozen=True)

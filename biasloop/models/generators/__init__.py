@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -57,6 +57,12 @@ class GeneratorConfig:
     lora_rank: int = 4  # stable-diffusion: LoRA rank of the UNet attention adapters trained by train()
     lora_learning_rate: float = 1e-4  # stable-diffusion: AdamW learning rate of the LoRA weights
     native_size: int | None = None  # stable-diffusion: generation/training resolution (None: the model's, 512 for SD 1.5)
+
+    BACKEND_KEYS: ClassVar[dict[str, tuple[str, ...]]] = {  # keys only one backend reads (a warning otherwise)
+        "tiny-diffusion": ("text_encoder", "channels", "layers_per_block", "mid_attention", "learning_rate",
+                           "ema_decay", "prediction_type", "beta_schedule", "train_timesteps", "snr_gamma", "precision"),
+        "stable-diffusion": ("model", "lora_rank", "lora_learning_rate", "native_size"),
+    }
 
 
 @runtime_checkable

@@ -29,7 +29,12 @@ import numpy as np
 import torch
 
 from biasloop.core.config import to_dict
-from biasloop.models.generators import MANIFEST, GeneratorConfig, check_prompts_seeds, config_from_dict
+from biasloop.models.generators import (
+    MANIFEST,
+    GeneratorConfig,
+    check_prompts_seeds,
+    config_from_dict,
+)
 
 log = logging.getLogger(__name__)
 

@@ -37,7 +37,12 @@ from torch import nn
 
 from biasloop.core.config import to_dict
 from biasloop.data.embeddings import TextEncoder, load_cached_text_encoder
-from biasloop.models.generators import MANIFEST, GeneratorConfig, check_prompts_seeds, config_from_dict
+from biasloop.models.generators import (
+    MANIFEST,
+    GeneratorConfig,
+    check_prompts_seeds,
+    config_from_dict,
+)
 from biasloop.models.tensors import images_to_tensor, tensor_to_images
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,5 @@
+"""``python -m biasloop.cli``: the ``biasloop`` command."""
+
+from biasloop.cli import main
+
+raise SystemExit(main())
