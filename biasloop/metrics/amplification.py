@@ -59,9 +59,8 @@ NOISE_FLOORED = {"amplification_abs": "abs", "amplification_dir": "dir"}
 # Aggregates with a plain percentile interval.
 PLAIN_INTERVAL = ("shift_to_majority", "mad_train", "mad_gen", "pearson")
 ALIASES = {
-    "bias_amp": "shift_to_majority (BiasAmp of Zhao et al. 2017 with two groups, women and men, is the shift "
-                "towards the training majority)",
-    "mad_gen - mad_train": "amplification_dir (mean |F_gen - 1/2| - mean |F_train - 1/2|)",
+    "bias_amp": "shift_to_majority (BiasAmp, Zhao et al. 2017, with two groups)",
+    "mad_gen - mad_train": "amplification_dir",
 }
 
 
@@ -303,9 +302,15 @@ def bootstrap_shares(counts: np.ndarray, n_boot: int, rng: np.random.Generator) 
     counts = np.asarray(counts, dtype=np.int64)
     batch, n_occupations = counts.shape[:-2], counts.shape[-2]
     totals = counts.sum(axis=-1)
-    proportions = counts / np.maximum(totals, 1)[..., None]
-    draws = rng.multinomial(totals[..., None, :], proportions[..., None, :, :], size=(*batch, n_boot, n_occupations))
-    return np.asarray(share_female(draws[..., 0], draws[..., 1]), dtype=float).reshape(*batch, n_boot, n_occupations)
+    shape = (*batch, n_boot, n_occupations)
+    # The multinomial (female, male, abstain) draw as two binomials (women among all, then men among the
+    # rest): the same distribution, several times faster than Generator.multinomial on many small draws.
+    p_female = counts[..., 0] / np.maximum(totals, 1)
+    rest = np.maximum(totals - counts[..., 0], 1)
+    p_male_of_rest = counts[..., 1] / rest
+    women = rng.binomial(totals[..., None, :], p_female[..., None, :], size=shape)
+    men = rng.binomial(totals[..., None, :] - women, p_male_of_rest[..., None, :], size=shape)
+    return np.asarray(share_female(women, men), dtype=float).reshape(shape)
 
 
 def null_shares(
