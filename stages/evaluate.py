@@ -74,8 +74,9 @@ def main_body(argv: Sequence[str] | None) -> None:
             )
         write_json(args.out, metrics)
         amplification = metrics["amplification"]
-        log.info("generation %d: amplification_abs %s %s, recall@10 %s", args.generation,
-                 amplification.get("amplification_abs"), amplification.get("amplification_abs_ci"),
+        log.info("generation %d: amplification_abs %s, noise floor %s, excess %s %s (p %s), recall@10 %s",
+                 args.generation, amplification.get("amplification_abs"), amplification.get("noise_floor_abs"),
+                 amplification.get("excess_abs"), amplification.get("excess_abs_ci"), amplification.get("p_value_abs"),
                  downstream["recall"].get("recall@10"))
         run.log_metrics({k: v for k, v in metrics.items() if k != "per_occupation"})
 

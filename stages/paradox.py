@@ -3,11 +3,13 @@
 Amplification of generation 0's images against the training images behind each retrieval selection:
 prompt vs. keyword captions, captions-as-prompts vs. keyword, prompt vs. nearest neighbours, and prompt
 vs. nearest neighbours without gender indicators; measured, corrected by the instrument's confusion
-rates, and (glyph world) against ground truth.
+rates, and (glyph world) against ground truth. Each pairing has the number of images on each side, and
+A_abs / A_dir with their noise floor, excess over it (95% interval) and null p-value; captions-as-prompts
+is paired by caption id (``n_pairs``).
 
 Inputs:   artifacts/classify_train/predictions.parquet, artifacts/gen0/classify/predictions.parquet,
           metrics/instrument.json
-Outputs:  metrics/paradox.json, plots/paradox.csv (one row per pairing and kind),
+Outputs:  metrics/paradox.json, plots/paradox.csv (one row per pairing and kind: A_abs, noise floor, excess),
           plots/paradox_shares.png (share of women per occupation, training vs. generated)
 Params:   base, tracking, evaluate
 
@@ -65,10 +67,12 @@ def main_body(argv: Sequence[str] | None) -> None:
         if series:
             share_plot(series, args.plot, "Share of women per occupation: training vs. generation 0")
         for row in rows:
-            values = [row["amplification_abs"], row["amplification_abs_lo"], row["amplification_abs_hi"]]
-            log.info("%-45s A_abs %s [%s, %s]", row["pairing"], *("n/a" if v is None else f"{v:.3f}" for v in values))
-        run.log_metrics({r["pairing"].replace(" ", "_").replace("(", "").replace(")", ""): r["amplification_abs"]
-                         for r in rows if r["amplification_abs"] is not None})
+            values = [row["amplification_abs"], row["noise_floor_abs"], row["excess_abs"], row["excess_abs_lo"],
+                      row["excess_abs_hi"], row["p_value_abs"]]
+            log.info("%-45s A_abs %s, noise floor %s, excess %s [%s, %s], p %s", row["pairing"],
+                     *("n/a" if v is None else f"{v:.3f}" for v in values))
+        run.log_metrics({f"{r['name']}.{r['kind']}.{key}": r[key] for r in rows
+                         for key in ("amplification_abs", "noise_floor_abs", "excess_abs") if r[key] is not None})
         run.log_artifact(args.plot)
 
 

@@ -71,8 +71,9 @@ def main_body(argv: Sequence[str] | None) -> None:
         summary = build_summary(rows, paradox, instrument)
         write_json(args.out, summary)
         plots = Path(args.plots)
-        _write_csv([{k: r.get(k) for k in ("generation", "amplification_abs", "amplification_abs_lo",
-                                              "amplification_abs_hi", "amplification_dir", "shift_to_majority")}
+        _write_csv([{k: r.get(k) for k in ("generation", "amplification_abs", "noise_floor_abs", "excess_abs",
+                                              "excess_abs_lo", "excess_abs_hi", "p_value_abs", "excess_dir",
+                                              "shift_to_majority")}
                     for r in rows], plots / "amplification.csv")
         _write_csv(share_rows(generation_metrics), plots / "shares.csv")
         _write_csv([{k: r.get(k) for k in ("generation", "recall_at_10", "recall_at_10_gap", "max_skew_at_10",

@@ -23,7 +23,11 @@ def test_json_output(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     result = json.loads(capsys.readouterr().out)
     assert result["amplification_abs"] == pytest.approx(0.1)
     assert result["amplification_dir"] == pytest.approx(0.1)
-    assert len(result["amplification_abs_ci"]) == 2
+    for key in ("noise_floor_abs", "excess_abs", "p_value_abs", "noise_floor_dir", "excess_dir", "p_value_dir"):
+        assert isinstance(result[key], float), key
+    assert result["excess_abs"] == pytest.approx(result["amplification_abs"] - result["noise_floor_abs"])
+    lo, hi = result["excess_abs_ci"]
+    assert lo <= result["excess_abs"] <= hi
 
 
 def test_table_output_through_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -32,6 +36,8 @@ def test_table_output_through_the_cli(tmp_path: Path, capsys: pytest.CaptureFixt
     assert cli_main(["amplify", train, gen, "--n-boot", "50"]) == 0
     captured = capsys.readouterr()
     assert "amplification_abs" in captured.out and "5.0" in captured.out  # (10 + 0) / 2 pp
+    assert "noise floor" in captured.out and "excess" in captured.out
+    assert "bias_amp = shift_to_majority" in captured.out  # the alias, shown once
     assert "baker" in captured.err  # mismatch reported
 
 
@@ -96,5 +102,5 @@ def test_help_explains_the_format_and_metrics(capsys: pytest.CaptureFixture) -> 
     assert main(["--help"]) == 0
     text = capsys.readouterr().out
     for word in ("occupation,n_female,n_male", "amplification_abs", "amplification_dir", "shift_to_majority",
-                 "bias_amp", "mad_gen", "pearson", "bootstrap"):
+                 "bias_amp", "mad_gen", "pearson", "bootstrap", "noise floor", "excess_abs", "p-value"):
         assert word in text

@@ -62,7 +62,8 @@ def test_group_fairness_with_fairlearn() -> None:
 
 def test_recall_ties_are_broken_at_random_and_none_is_no_group() -> None:
     # All scores equal over 4 images: the true image is equally likely at ranks 0..3 -> recall@k = k / 4
-    assert recall_at_k(np.zeros((2, 4)), ks=(1, 2)) == {"recall@1": 0.25, "recall@2": 0.5}
+    result = recall_at_k(np.zeros((2, 4)), ks=(1, 2))
+    assert (result["recall@1"], result["recall@2"], result["correct"]) == (0.25, 0.5, "own image")
     # text 0: its image ties with image 1 (rank 0 or 1) -> recall@1 = 1/2 ; texts 1, 2: rank 0
     similarity = np.array([[1.0, 1.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
     result = recall_at_k(similarity, ks=(1,), groups=["female", "male", "none"])
@@ -99,6 +100,11 @@ def test_group_fairness_with_an_empty_combination() -> None:
     cells = {(g["occupation"], g["gender"]): (g["accuracy"], g["n"]) for g in result["accuracy_by_group"]}
     assert cells == {("chef", "female"): (1.0, 2), ("nurse", "female"): (1.0, 1), ("nurse", "male"): (0.0, 1)}
     assert result["worst_group_accuracy"] == 0.0
+    # With at least 2 images a group, only female chefs count; the one-image groups are listed, not scored
+    sized = group_fairness(true, pred, gender, min_group_size=2)
+    assert sized["worst_group_accuracy"] == 1.0 and sized["worst_group"] == {"occupation": "chef", "gender": "female", "n": 2}
+    assert {(g["occupation"], g["gender"]) for g in sized["groups_too_small"]} == {("nurse", "female"), ("nurse", "male")}
+    assert group_fairness(true, pred, gender, min_group_size=3)["worst_group_accuracy"] is None
     # "nurse" predicted for 1 of 3 women, 0 of 1 man -> demographic parity difference 1/3
     rows = {r["occupation"]: r for r in result["per_occupation"]}
     assert rows["nurse"]["demographic_parity_difference"] == pytest.approx(1 / 3)
@@ -107,3 +113,26 @@ def test_group_fairness_with_an_empty_combination() -> None:
     assert rows["nurse"]["equalized_odds_difference"] is None
     assert rows["chef"]["equalized_odds_difference"] is None
     assert result["equalized_odds_difference_max"] is None
+
+
+def test_recall_counts_an_image_with_the_identical_caption_as_correct() -> None:
+    captions = ["a nurse", "a nurse", "a chef", "x"]
+    similarity = np.array([
+        [0.1, 0.9, 0.5, 0.2],  # text 0: image 1 has the same caption and ranks first -> hit@1
+        [0.9, 0.2, 0.5, 0.1],  # text 1: image 0 has the same caption and ranks first -> hit@1
+        [0.5, 0.5, 0.5, 0.5],  # text 2: one correct image tied with 3 others -> 1/4, 2/4
+    ])
+    own = recall_at_k(similarity, ks=(1, 2))
+    assert own["recall@1"] == pytest.approx((0 + 0 + 0.25) / 3)
+    same = recall_at_k(similarity, ks=(1, 2), captions=captions)
+    assert same["correct"] == "identical caption"
+    assert same["recall@1"] == pytest.approx((1 + 1 + 0.25) / 3)
+    assert same["recall@2"] == pytest.approx((1 + 1 + 0.5) / 3)
+    # Two correct images among 4 tied: P(a correct one first) = 2/4; in the top 2: 1 - (2/4)(1/3) = 5/6
+    tied = recall_at_k(np.zeros((1, 4)), ks=(1, 2, 3), captions=["a", "a", "b", "c"])
+    assert (tied["recall@1"], tied["recall@2"], tied["recall@3"]) == pytest.approx((0.5, 5 / 6, 1.0))
+    # One better wrong image, then 2 correct tied with 1 wrong: hit@1 impossible, hit@2 = 2/3
+    tied = recall_at_k(np.array([[0.5, 0.5, 0.9, 0.5]]), ks=(1, 2), captions=["a", "a", "b", "c"])
+    assert (tied["recall@1"], tied["recall@2"]) == pytest.approx((0.0, 2 / 3))
+    with pytest.raises(ValueError, match="captions"):
+        recall_at_k(similarity, captions=captions[:3])

@@ -32,9 +32,12 @@ def test_hand_computed_aggregates() -> None:
     assert result["amplification_abs"] == pytest.approx(0.1)
     # A_dir = ((0.4-0.3) + (0.5-0.4)) / 2 = 0.1
     assert result["amplification_dir"] == pytest.approx(0.1)
-    # shift = (+1 * 0.1 + -1 * -0.1) / 2 = 0.1 ; BiasAmp: nurse women +0.1, engineer men +0.1 -> 0.1
+    # shift = (+1 * 0.1 + -1 * -0.1) / 2 = 0.1 ; BiasAmp (its two-group alias): nurse women +0.1,
+    # engineer men +0.1 -> 0.1, so the table carries it once, under shift_to_majority
     assert result["shift_to_majority"] == pytest.approx(0.1)
-    assert result["bias_amp"] == pytest.approx(0.1)
+    assert "bias_amp" not in result and "bias_amp" in result["aliases"]
+    # the other alias: A_dir = MAD gen - MAD train
+    assert result["amplification_dir"] == pytest.approx(result["mad_gen"] - result["mad_train"])
     # MAD train = (0.3 + 0.4) / 2 = 0.35 ; gen = (0.4 + 0.5) / 2 = 0.45 ; two points correlate perfectly
     assert result["mad_train"] == pytest.approx(0.35)
     assert result["mad_gen"] == pytest.approx(0.45)
@@ -109,10 +112,16 @@ def test_bootstrap_interval_is_seeded_and_covers_the_estimate() -> None:
     gen = pl.DataFrame({"occupation": list("abcd"), "n_female": [20, 70, 5, 95], "n_male": [80, 30, 95, 5]})
     first = amplification_table(train, gen, n_boot=300, seed=4)
     assert first == amplification_table(train, gen, n_boot=300, seed=4)
-    assert first["amplification_abs_ci"] != amplification_table(train, gen, n_boot=300, seed=5)["amplification_abs_ci"]
-    for name in ("amplification_abs", "amplification_dir", "shift_to_majority"):
+    assert first["excess_abs_ci"] != amplification_table(train, gen, n_boot=300, seed=5)["excess_abs_ci"]
+    for name in ("shift_to_majority", "mad_train", "mad_gen"):
         lo, hi = first[f"{name}_ci"]
         assert lo <= first[name] <= hi
+    for suffix in ("abs", "dir"):
+        lo, hi = first[f"excess_{suffix}_ci"]
+        assert lo <= first[f"excess_{suffix}"] <= hi
+        assert first[f"excess_{suffix}"] == pytest.approx(
+            first[f"amplification_{suffix}"] - first[f"noise_floor_{suffix}"])
+        assert 0 < first[f"p_value_{suffix}"] <= 1
 
 
 def test_unmatched_and_dropped() -> None:
@@ -134,9 +143,10 @@ def test_regression_towards_parity_is_negative() -> None:
     assert result["amplification_abs"] == pytest.approx(0.2)
     assert result["amplification_dir"] == pytest.approx(-0.2)
     assert result["shift_to_majority"] == pytest.approx(-0.2)
-    assert result["bias_amp"] == pytest.approx(-0.2)
     assert result["mad_gen"] == pytest.approx(0.15)
-    assert result["amplification_abs_ci"] == [None, None]  # n_boot = 0: no interval
+    # n_boot = 0: no interval and no noise floor
+    assert result["excess_abs_ci"] == [None, None] and result["noise_floor_abs"] is None
+    assert result["shift_to_majority_ci"] == [None, None]
 
 
 def test_abstentions_in_the_amplification_table() -> None:

@@ -95,6 +95,10 @@ def test_repro_writes_summary_and_report(pipeline_repo: Path) -> None:
         assert 0.0 <= summary[generation]["recall_at_10"] <= 1.0
     paradox = json.loads((pipeline_repo / "metrics/paradox.json").read_text())
     assert set(paradox["table"]) == {"prompt_vs_keyword", "captions_vs_keyword", "prompt_vs_nn", "prompt_vs_nn_no_indicator"}
+    assert paradox["table"]["captions_vs_keyword"]["paired_by_source"] is True
+    for generation in ("gen0", "gen1"):
+        assert {"noise_floor_abs", "excess_abs", "excess_abs_lo", "p_value_abs"} <= set(summary[generation])
+    assert {"noise_floor_abs", "excess_abs", "n_images_train"} <= set(summary["paradox"]["prompt_vs_keyword"])
     report = (pipeline_repo / "plots/report.html").read_text()
     assert "data:image/png;base64," in report
     for name in ("amplification.csv", "shares.csv", "downstream.csv", "paradox_shares.png", "generations.png"):

@@ -31,16 +31,21 @@ images; occupations are matched by name (names in one file only are reported and
 With F = n_female / (n_female + n_male), the share of women among confident images of an occupation,
 and means taken over occupations:
   amplification_abs   mean |F_gen - F_train|: how far generated shares are from training shares
-  amplification_dir   mean (|F_gen - 1/2| - |F_train - 1/2|): > 0 when generated images are further from parity
+  amplification_dir   mean (|F_gen - 1/2| - |F_train - 1/2|): > 0 when generated images are further from
+                      parity; it equals mad_gen - mad_train
   shift_to_majority   mean sign(F_train - 1/2) (F_gen - F_train): > 0 when generated images lean further
-                      towards each occupation's training majority
-  bias_amp            BiasAmp (Zhao et al. 2017): gain of the group favoured in training; for two groups
-                      it equals shift_to_majority
+                      towards each occupation's training majority; for two groups BiasAmp (bias_amp,
+                      Zhao et al. 2017) equals it, so it is shown once
   mad_train, mad_gen  mean |F - 1/2| of each side (DALL-Eval's gender MAD): distance from parity
   pearson             correlation of F_train and F_gen across occupations
-Each aggregate comes with a 95% bootstrap interval (images resampled within occupations, --n-boot
-replicates, --seed). The table shows shares in percent and differences in percentage points; --json
-prints everything as fractions. Exit status 2 on a bad file, naming the file and line.
+Sampling noise alone makes amplification_abs and amplification_dir positive. For both, the table gives
+the noise floor (their mean when generated and training images share one share of women per
+occupation, simulated with the files' confident counts), the excess over it with a 95% interval, and
+the p-value of that null (one-sided); read the excess, not the raw value. The other aggregates come
+with 95% percentile bootstrap intervals (images resampled within occupations). --n-boot replicates
+are drawn for both (--seed). The table shows shares in percent and differences in percentage points;
+--json prints everything as fractions (keys noise_floor_abs, excess_abs, excess_abs_ci, p_value_abs,
+and the same with _dir). Exit status 2 on a bad file, naming the file and line.
 """
 
 
@@ -135,8 +140,9 @@ def _correlation(value: float | None) -> str:
 
 
 def format_table(result: dict[str, Any]) -> str:
-    """Per-occupation shares of women (percent) and their difference (percentage points), then the
-    aggregates with 95% intervals (percentage points; Pearson's r as is)."""
+    """Per-occupation shares of women (percent) and their difference (percentage points), then
+    ``amplification_abs``/``_dir`` with noise floor, excess and its 95% interval, and p-value, then the
+    other aggregates with 95% intervals (percentage points; Pearson's r as is), then the aliases."""
     rows = result["per_occupation"]
     name_width = max([len("occupation"), len("shift_to_majority"), *(len(r["occupation"]) for r in rows)]) + 2
     lines = [f"{'occupation':<{name_width}}{'train %F':>10}{'gen %F':>10}{'diff pp':>10}{'abstain % (train/gen)':>24}"]
@@ -149,16 +155,27 @@ def format_table(result: dict[str, Any]) -> str:
     if result.get("dropped"):
         lines.append(f"(left out of the aggregates, no confident image on a side: {', '.join(result['dropped'])})")
     lines.append("")
-    lines.append(f"{'aggregate':<{name_width}}{'pp':>10}   95% interval   ({result['n_occupations']} occupations)")
-    for name in ("amplification_abs", "amplification_dir", "shift_to_majority", "bias_amp", "mad_train", "mad_gen"):
+    lines.append(f"{'aggregate':<{name_width}}{'pp':>8}{'noise floor':>13}{'excess [95% interval]':>26}{'p':>8}"
+                 f"   ({result['n_occupations']} occupations)")
+    for name, suffix in (("amplification_abs", "abs"), ("amplification_dir", "dir")):
+        lo, hi = result[f"excess_{suffix}_ci"]
+        excess = f"{_percent(result[f'excess_{suffix}'], True)} [{_percent(lo, True)}, {_percent(hi, True)}]"
+        p_value = result[f"p_value_{suffix}"]
+        lines.append(f"{name:<{name_width}}{_percent(result[name], name == 'amplification_dir'):>8}"
+                     f"{_percent(result[f'noise_floor_{suffix}']):>13}{excess:>26}"
+                     f"{'n/a' if p_value is None else f'{p_value:.3f}':>8}")
+    lines.append("")
+    lines.append(f"{'aggregate':<{name_width}}{'pp':>8}   95% interval")
+    for name in ("shift_to_majority", "mad_train", "mad_gen"):
         lo, hi = result[f"{name}_ci"]
-        signed = name in ("amplification_dir", "shift_to_majority", "bias_amp")
-        interval = f"[{_percent(lo, signed)}, {_percent(hi, signed)}]"
-        lines.append(f"{name:<{name_width}}{_percent(result[name], signed):>10}   {interval}")
+        signed = name == "shift_to_majority"
+        lines.append(f"{name:<{name_width}}{_percent(result[name], signed):>8}   [{_percent(lo, signed)}, {_percent(hi, signed)}]")
     r_lo, r_hi = result["pearson_ci"]
     lines.append(
-        f"{'pearson (r)':<{name_width}}{_correlation(result['pearson']):>10}   [{_correlation(r_lo)}, {_correlation(r_hi)}]"
+        f"{'pearson (r)':<{name_width}}{_correlation(result['pearson']):>8}   [{_correlation(r_lo)}, {_correlation(r_hi)}]"
     )
+    lines.append("")
+    lines.extend(f"(not repeated: {alias} = {meaning})" for alias, meaning in result.get("aliases", {}).items())
     return "\n".join(lines)
 
 

@@ -27,9 +27,9 @@ class GenerateConfig:
     """``generate``: the images each generation's generator makes for measurement."""
 
     neutral_prompts: tuple[str, ...] = ("a photo of {article} {occupation}", "{article} {occupation} at work")
-    n_per_prompt: int = 40  # images per neutral template and occupation
+    n_per_prompt: int = 60  # images per neutral template and occupation (benchmarks/noise_floor.py)
     caption_selection: str = "keyword"  # selection whose captions are used as prompts
-    max_captions_per_occupation: int = 40  # captions-as-prompts per occupation (seeded sample; one image each)
+    max_captions_per_occupation: int = 120  # captions-as-prompts per occupation (seeded sample; one image each)
     batch_size: int = 256  # images per generator call
     shard_size: int = 4096  # images per .npy shard
 

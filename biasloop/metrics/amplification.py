@@ -12,10 +12,24 @@ of occupation ``o`` and the mean taken over occupations:
 - ``gender_mad = mean_o |F(o) - 1/2|`` (DALL-Eval)
 - corrected shares ``F_true = clip((F_obs - fpr) / (tpr - fpr), 0, 1)``
 
-Intervals are 95% percentile bootstrap intervals resampling images within occupations. Sampling noise
-alone makes ``amplification_abs`` (and the MADs) positive, and the bootstrap adds that noise again, so
-for these the interval sits above the estimate when amplification is near 0; compare against the same
-metric for two samples of one population rather than against 0.
+Two aliases are shown once: for two groups ``bias_amp`` equals ``shift_to_majority`` (so the tables
+carry only ``shift_to_majority``), and ``amplification_dir`` equals ``mad_gen - mad_train`` exactly.
+
+**Noise floor and excess.** ``amplification_abs`` and ``amplification_dir`` are built from absolute values,
+so sampling noise alone makes them positive: with 80 generated and 335 training images per occupation,
+two samples of one population give ``amplification_abs`` of about 4 to 5 pp. Each table therefore reports,
+for ``abs`` and ``dir`` (see :func:`excess_over_noise`):
+
+- ``noise_floor_<s>``: the statistic's mean under the null "generated share = training share", simulated
+  with the observed confident counts per occupation from the pooled share (parametric bootstrap, the
+  same number of replicates as the intervals);
+- ``excess_<s> = <statistic> - noise_floor_<s>`` with ``excess_<s>_ci``, a 95% interval whose coverage
+  ``tests/test_calibration.py`` measures;
+- ``p_value_<s>``: the one-sided Monte Carlo p-value of the statistic under that null.
+
+Signed statistics (``shift_to_majority``, ``pearson``) and the one-sided MADs keep 95% percentile bootstrap
+intervals (images resampled within occupations); the calibration test checks that the shift's interval
+covers a known shift at the nominal rate.
 
 The canonical per-image classification table is a polars DataFrame with ``occupation`` (str),
 ``p_female`` (float) and ``label`` (``female``/``male``/``abstain``); a count table has
@@ -39,7 +53,15 @@ from biasloop.core.io import json_float
 log = logging.getLogger(__name__)
 
 LABELS = ("female", "male", "abstain")
-AGGREGATES = ("amplification_abs", "amplification_dir", "shift_to_majority", "bias_amp", "mad_train", "mad_gen", "pearson")
+AGGREGATES = ("amplification_abs", "amplification_dir", "shift_to_majority", "mad_train", "mad_gen", "pearson")
+# Statistics built from absolute values: a noise floor and an excess over it instead of a plain interval.
+NOISE_FLOORED = {"amplification_abs": "abs", "amplification_dir": "dir"}
+# Aggregates with a plain percentile interval.
+PLAIN_INTERVAL = ("shift_to_majority", "mad_train", "mad_gen", "pearson")
+ALIASES = {
+    "bias_amp": "shift_to_majority (BiasAmp, Zhao et al. 2017, with two groups)",
+    "mad_gen - mad_train": "amplification_dir",
+}
 
 
 def label_from_p(p_female: Sequence[float] | np.ndarray, threshold: float = 0.1) -> np.ndarray:
@@ -257,67 +279,211 @@ def _aggregates(share_train: np.ndarray, share_gen: np.ndarray) -> dict[str, np.
         "amplification_abs": amplification_abs(share_train, share_gen),
         "amplification_dir": amplification_dir(share_train, share_gen),
         "shift_to_majority": shift_to_majority(share_train, share_gen),
-        # Two groups: women with share F, men with share 1 - F.
-        "bias_amp": bias_amp(np.stack([share_train, 1 - share_train], -1), np.stack([share_gen, 1 - share_gen], -1)),
         "mad_train": gender_mad(share_train),
         "mad_gen": gender_mad(share_gen),
         "pearson": pearson(share_train, share_gen),
     }
 
 
-def _bootstrap_shares(counts: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
-    """``(n_boot, occupations)`` shares of women from a multinomial redraw of each occupation's images.
+def bootstrap_shares(counts: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """Shares of women from a multinomial redraw of each occupation's images (the intervals' bootstrap).
 
-    Each replicate draws n(o) images with replacement from occupation o's observed
-    (female, male, abstain) proportions, so abstentions vary between replicates as they would between
-    samples; a replicate with no confident image gives nan.
+    Args:
+        counts: ``(..., occupations, 3)`` female/male/abstain counts; leading axes are independent tables
+            (the calibration tests pass hundreds at once).
+        n_boot: replicates.
+        rng: the random generator.
+
+    Returns:
+        ``(..., n_boot, occupations)`` shares. Each replicate draws n(o) images with replacement from
+        occupation o's observed (female, male, abstain) proportions, so abstentions vary between
+        replicates as they would between samples; a replicate with no confident image gives nan.
     """
-    totals = counts.sum(axis=1)
-    proportions = counts / np.maximum(totals, 1)[:, None]
-    draws = rng.multinomial(totals, proportions, size=(n_boot, len(totals)))  # (n_boot, occupations, 3)
-    return np.asarray(share_female(draws[..., 0], draws[..., 1]), dtype=float).reshape(n_boot, len(totals))
+    counts = np.asarray(counts, dtype=np.int64)
+    batch, n_occupations = counts.shape[:-2], counts.shape[-2]
+    totals = counts.sum(axis=-1)
+    shape = (*batch, n_boot, n_occupations)
+    # The multinomial (female, male, abstain) draw as two binomials (women among all, then men among the
+    # rest): the same distribution, several times faster than Generator.multinomial on many small draws.
+    p_female = counts[..., 0] / np.maximum(totals, 1)
+    rest = np.maximum(totals - counts[..., 0], 1)
+    p_male_of_rest = counts[..., 1] / rest
+    women = rng.binomial(totals[..., None, :], p_female[..., None, :], size=shape)
+    men = rng.binomial(totals[..., None, :] - women, p_male_of_rest[..., None, :], size=shape)
+    return np.asarray(share_female(women, men), dtype=float).reshape(shape)
 
 
-def _intervals(samples: np.ndarray) -> np.ndarray:
-    """``(2, ...)`` 2.5% and 97.5% percentiles over axis 0, ignoring nan replicates (nan if none)."""
-    if samples.shape[0] == 0:
-        return np.full((2, *samples.shape[1:]), np.nan)
+def null_shares(
+    train: np.ndarray, gen: np.ndarray, n_boot: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Shares of women under the null "generated share = training share" (parametric bootstrap).
+
+    Each side keeps its observed number of confident images m(o) per occupation and draws its women
+    from ``Binomial(m(o), p(o))`` with ``p(o)`` the pooled share ``(f_train + f_gen) / (m_train + m_gen)``.
+    Abstentions play no part: the null is about the share among confident images.
+
+    Args:
+        train, gen: ``(..., occupations, 3)`` female/male/abstain counts.
+        n_boot: replicates.
+        rng: the random generator.
+
+    Returns:
+        ``(null_train, null_gen)``, each ``(..., n_boot, occupations)`` (nan where a side has no
+        confident image).
+    """
+    train, gen = np.asarray(train, dtype=np.int64), np.asarray(gen, dtype=np.int64)
+    batch, n_occupations = train.shape[:-2], train.shape[-2]
+    confident_train, confident_gen = train[..., 0] + train[..., 1], gen[..., 0] + gen[..., 1]
+    pooled = np.nan_to_num(np.asarray(share_female(train[..., 0] + gen[..., 0], train[..., 1] + gen[..., 1]), float))
+    shape = (*batch, n_boot, n_occupations)
+    sides = []
+    for confident in (confident_train, confident_gen):
+        women = rng.binomial(confident[..., None, :], pooled[..., None, :], size=shape)
+        sides.append(np.asarray(share_female(women, confident[..., None, :] - women), float).reshape(shape))
+    return sides[0], sides[1]
+
+
+def _nan_quantiles(samples: np.ndarray, q: Sequence[float]) -> np.ndarray:
+    """``(len(q), ...)`` percentiles over the last axis ignoring nan replicates (nan if none)."""
+    if samples.shape[-1] == 0:
+        return np.full((len(q), *samples.shape[:-1]), np.nan)
     with warnings.catch_warnings():
         # A column with no usable replicate legitimately gives a nan interval.
         warnings.filterwarnings("ignore", message="All-NaN slice")
-        return np.nanpercentile(samples, [2.5, 97.5], axis=0)
+        warnings.filterwarnings("ignore", message="Mean of empty slice")
+        return np.nanpercentile(samples, list(q), axis=-1)
 
 
-def _interval_pair(bounds: np.ndarray) -> list[float | None]:
-    return [json_float(bounds[0]), json_float(bounds[1])]
+def _nan_mean(samples: np.ndarray, keepdims: bool = False) -> np.ndarray:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Mean of empty slice")
+        return np.nanmean(samples, axis=-1, keepdims=keepdims) if samples.shape[-1] else np.full(
+            samples.shape[:-1] + ((1,) if keepdims else ()), np.nan)
+
+
+def excess_over_noise(point: Any, replicates: np.ndarray, null_replicates: np.ndarray) -> dict[str, np.ndarray]:
+    """Noise floor, excess over it with a 95% interval, and the null p-value of a statistic.
+
+    Args:
+        point: the statistic ``T`` on the observed counts, shape ``(...)``.
+        replicates: ``(..., n_boot)``: ``T`` on the intervals' bootstrap replicates
+            (:func:`bootstrap_shares`).
+        null_replicates: ``(..., n_boot)``: ``T`` on replicates drawn under the null (:func:`null_shares`).
+
+    Returns:
+        ``noise_floor = mean(T_null)``; ``excess = T - noise_floor``; ``excess_lo``/``excess_hi``, the
+        95% interval ``[excess - (q97.5 - m), excess - (q2.5 - m)]`` with ``q`` the percentiles and
+        ``m`` the mean of the bootstrap replicates ``T*``; ``p_value = (1 + #{T_null >= T}) /
+        (1 + #T_null)``, one-sided. nan replicates are left out; all nan when there are none.
+
+    What the excess estimates: ``theta = E[T] - E_null[T]``, how far the statistic's expectation at these
+    sample sizes sits above pure noise's. For ``amplification_abs`` and one occupation with true
+    difference ``d`` and symmetric noise ``X``, ``E|d + X| - E|X|`` lies between 0 and ``|d|``
+    (triangle inequality; Anderson's theorem for the lower end), is 0 exactly when ``d = 0`` and tends
+    to ``|d|`` as samples grow: the excess is a conservative measure of the true amplification that
+    removes what noise alone produces.
+
+    Why this interval: the percentile interval of ``T*`` inherits the bias of an absolute value twice
+    (sampling adds noise and the bootstrap adds it again) and excludes 0 under the null, and the basic
+    (reverse-percentile) interval only removes the bootstrap's own, smaller, estimate of that bias; both
+    fail at the boundary ``d = 0`` where the bootstrap is inconsistent (Andrews, 2000, Econometrica
+    68(2)). Here the bias is removed with the null's floor instead, and the bootstrap supplies only the
+    spread: a basic interval (Davison & Hinkley, 1997, *Bootstrap Methods and their Application*,
+    eq. 5.6) for the pivot ``T - E[T]``, approximated by ``T* - mean(T*)``. Under the null this spread is
+    wider than the truth (conservative: 0.98 coverage in the calibration test), away from it about
+    right (0.92 to 0.95 for shifts of 2 to 10 pp), which the null-calibrated interval (the null's
+    spread) is not: its spread is that of folded noise, too narrow once there is a signal (0.83 at
+    10 pp). The p-value is the Monte Carlo test of Davison & Hinkley, sect. 4.2.
+    """
+    point = np.asarray(point, dtype=float)
+    floor = _nan_mean(null_replicates)
+    excess = point - floor
+    centred = replicates - _nan_mean(replicates, keepdims=True)
+    upper_q, lower_q = _nan_quantiles(centred, (97.5, 2.5))
+    valid = ~np.isnan(null_replicates)
+    # Ties count as at least as extreme (a conservative p-value for a discrete statistic).
+    as_extreme = (valid & (null_replicates >= point[..., None] - 1e-12)).sum(axis=-1)
+    n_valid = valid.sum(axis=-1)
+    p_value = np.where(n_valid > 0, (1 + as_extreme) / (1 + n_valid), np.nan)
+    return {"noise_floor": floor, "excess": excess, "excess_lo": excess - upper_q, "excess_hi": excess - lower_q,
+            "p_value": p_value}
+
+
+def summarize_aggregates(
+    share_train: np.ndarray,
+    share_gen: np.ndarray,
+    boot_train: np.ndarray,
+    boot_gen: np.ndarray,
+    null_train: np.ndarray,
+    null_gen: np.ndarray,
+) -> dict[str, np.ndarray]:
+    """Every aggregate with its interval, and for the absolute ones the noise floor and excess.
+
+    Args:
+        share_train, share_gen: ``(..., occupations)`` observed shares.
+        boot_train, boot_gen: ``(..., n_boot, occupations)`` bootstrap shares (:func:`bootstrap_shares`).
+        null_train, null_gen: ``(..., n_boot, occupations)`` null shares (:func:`null_shares`).
+
+    Returns:
+        Arrays of shape ``(...)``: each name in :data:`AGGREGATES`; for ``amplification_abs``/``_dir``
+        (suffix ``s`` = ``abs``/``dir``) ``noise_floor_s``, ``excess_s``, ``excess_s_lo``, ``excess_s_hi``
+        and ``p_value_s`` (:func:`excess_over_noise`); for the others ``<name>_lo``/``_hi``, the 95%
+        percentile interval. A replicate in which some occupation drew no confident image gives nan
+        and is left out.
+    """
+    point = _aggregates(share_train, share_gen)
+    boot = _aggregates(boot_train, boot_gen)
+    null = _aggregates(null_train, null_gen)
+    out: dict[str, np.ndarray] = {}
+    for name in AGGREGATES:
+        out[name] = np.asarray(point[name], dtype=float)
+        if name in NOISE_FLOORED:
+            suffix = NOISE_FLOORED[name]
+            excess = excess_over_noise(point[name], np.asarray(boot[name], float), np.asarray(null[name], float))
+            out[f"noise_floor_{suffix}"], out[f"p_value_{suffix}"] = excess["noise_floor"], excess["p_value"]
+            out[f"excess_{suffix}"] = excess["excess"]
+            out[f"excess_{suffix}_lo"], out[f"excess_{suffix}_hi"] = excess["excess_lo"], excess["excess_hi"]
+        else:
+            out[f"{name}_lo"], out[f"{name}_hi"] = _nan_quantiles(np.asarray(boot[name], float), (2.5, 97.5))
+    return out
+
+
+def _interval_pair(lo: Any, hi: Any) -> list[float | None]:
+    return [json_float(lo), json_float(hi)]
 
 
 def _table(
     names: list[str],
     train: np.ndarray,
     gen: np.ndarray,
-    share_train: np.ndarray,
-    share_gen: np.ndarray,
-    boot_train: np.ndarray,
-    boot_gen: np.ndarray,
+    shares: tuple[np.ndarray, np.ndarray],
+    boot: tuple[np.ndarray, np.ndarray],
+    null: tuple[np.ndarray, np.ndarray],
     keep: np.ndarray,
 ) -> dict[str, Any]:
     """Aggregates over the kept occupations with intervals, and per-occupation rows (all occupations)."""
+    share_train, share_gen = shares
     out: dict[str, Any] = {}
-    n_boot = boot_train.shape[0]
-    if keep.any():
-        point = _aggregates(share_train[keep], share_gen[keep])
-        # A replicate in which some kept occupation drew no confident image gives nan aggregates and
-        # is left out of that interval.
-        boot = _aggregates(boot_train[:, keep], boot_gen[:, keep])
-    else:
-        point = {name: np.nan for name in AGGREGATES}
-        boot = {name: np.full(n_boot, np.nan) for name in AGGREGATES}
+    stats = summarize_aggregates(share_train[keep], share_gen[keep], boot[0][:, keep], boot[1][:, keep],
+                                 null[0][:, keep], null[1][:, keep]) if keep.any() else {}
+    value = lambda key: json_float(stats[key]) if key in stats else None  # noqa: E731
     for name in AGGREGATES:
-        out[name] = json_float(point[name])
-        out[f"{name}_ci"] = _interval_pair(_intervals(np.asarray(boot[name], float).reshape(n_boot)))
+        out[name] = value(name)
+        if name in NOISE_FLOORED:
+            suffix = NOISE_FLOORED[name]
+            out[f"noise_floor_{suffix}"] = value(f"noise_floor_{suffix}")
+            out[f"excess_{suffix}"] = value(f"excess_{suffix}")
+            out[f"excess_{suffix}_ci"] = [value(f"excess_{suffix}_lo"), value(f"excess_{suffix}_hi")]
+            out[f"p_value_{suffix}"] = value(f"p_value_{suffix}")
+        else:
+            out[f"{name}_ci"] = [value(f"{name}_lo"), value(f"{name}_hi")]
     out["n_occupations"] = int(keep.sum())
-    intervals_train, intervals_gen = _intervals(boot_train), _intervals(boot_gen)
+    out["n_boot"] = int(boot[0].shape[0])
+    for side, counts in (("train", train), ("gen", gen)):
+        out[f"n_images_{side}"] = int(counts[keep].sum())
+        out[f"n_confident_{side}"] = int(counts[keep, :2].sum())
+    lo_train, hi_train = _nan_quantiles(np.moveaxis(boot[0], 0, -1), (2.5, 97.5))
+    lo_gen, hi_gen = _nan_quantiles(np.moveaxis(boot[1], 0, -1), (2.5, 97.5))
     abstain_train, abstain_gen = abstain_rate(*train.T), abstain_rate(*gen.T)
     out["per_occupation"] = [
         {
@@ -329,9 +495,9 @@ def _table(
             "n_male_gen": int(gen[i, 1]),
             "n_abstain_gen": int(gen[i, 2]),
             "share_train": json_float(share_train[i]),
-            "share_train_ci": _interval_pair(intervals_train[:, i]),
+            "share_train_ci": _interval_pair(lo_train[i], hi_train[i]),
             "share_gen": json_float(share_gen[i]),
-            "share_gen_ci": _interval_pair(intervals_gen[:, i]),
+            "share_gen_ci": _interval_pair(lo_gen[i], hi_gen[i]),
             "abstain_rate_train": json_float(np.atleast_1d(abstain_train)[i]),
             "abstain_rate_gen": json_float(np.atleast_1d(abstain_gen)[i]),
             "difference": json_float(share_gen[i] - share_train[i]),
@@ -356,8 +522,9 @@ def amplification_table(
         train_counts: ``occupation, n_female, n_male[, n_abstain]`` of the training images (one row
             per occupation, non-negative counts; n_abstain 0 when absent).
         gen_counts: the same for generated images. Occupations are inner-joined by name.
-        n_boot: bootstrap replicates (0: no intervals). Images are redrawn within each occupation
-            (multinomial over female/male/abstain with the observed n), train and gen independently.
+        n_boot: bootstrap replicates (0: no intervals and no noise floor). Images are redrawn within
+            each occupation (multinomial over female/male/abstain with the observed n), train and gen
+            independently; the null draws as many replicates (:func:`null_shares`).
         seed: seed of ``numpy.random.default_rng`` for the bootstrap; equal seeds give equal results.
         confusion: the instrument's ``{"tpr": .., "fpr": ..}``; adds a ``corrected`` table.
         correct_train: correct the training shares as well as the generated ones (False when the
@@ -365,9 +532,13 @@ def amplification_table(
 
     Returns:
         A JSON-ready dict (python floats; None where undefined), all values fractions:
-        ``amplification_abs``, ``amplification_dir``, ``shift_to_majority``, ``bias_amp``,
+        ``aliases`` (:data:`ALIASES`: names not repeated as keys); ``amplification_abs`` and
+        ``amplification_dir`` each with ``noise_floor_<s>``, ``excess_<s>``, ``excess_<s>_ci`` (95%) and
+        ``p_value_<s>`` (``s`` = ``abs``/``dir``; :func:`excess_over_noise`); ``shift_to_majority``,
         ``mad_train``, ``mad_gen``, ``pearson``, each with ``<name>_ci`` = [lo, hi] (95% percentile
-        interval); ``n_occupations`` (occupations in the aggregates); ``per_occupation`` rows (counts,
+        interval); ``n_occupations`` (occupations in the aggregates), ``n_boot``, ``n_images_<side>``
+        and ``n_confident_<side>`` (images and confidently labelled images over those occupations,
+        side = train/gen); ``per_occupation`` rows (counts,
         shares with intervals, abstain rates, ``difference`` = share_gen - share_train) for every
         matched occupation; ``unmatched`` = {"train_only": [..], "gen_only": [..]}; ``dropped``:
         matched occupations left out of the aggregates because a side has no confident image; and,
@@ -392,22 +563,29 @@ def amplification_table(
     keep = ~(np.isnan(share_train) | np.isnan(share_gen))
 
     rng = np.random.default_rng(seed)
-    boot_train = _bootstrap_shares(train, n_boot, rng)
-    boot_gen = _bootstrap_shares(gen, n_boot, rng)
+    boot = (bootstrap_shares(train, n_boot, rng), bootstrap_shares(gen, n_boot, rng))
+    null = null_shares(train, gen, n_boot, rng)
 
-    result = _table(names, train, gen, share_train, share_gen, boot_train, boot_gen, keep)
+    result: dict[str, Any] = {"aliases": dict(ALIASES)}
+    result.update(_table(names, train, gen, (share_train, share_gen), boot, null, keep))
     result["unmatched"] = {"train_only": sorted(train_names - gen_names), "gen_only": sorted(gen_names - train_names)}
     result["dropped"] = [name for name, kept in zip(names, keep) if not kept]
     if confusion is not None:
         tpr, fpr = float(confusion["tpr"]), float(confusion["fpr"])
 
-        def correct(shares: np.ndarray) -> np.ndarray:
+        def correct(shares: np.ndarray, side_corrected: bool = True) -> np.ndarray:
+            if not side_corrected:
+                return shares
             return np.asarray(corrected_share(shares, tpr, fpr), float).reshape(shares.shape)
 
-        corrected_train = correct(share_train) if correct_train else share_train
-        corrected_boot_train = correct(boot_train) if correct_train else boot_train
+        # The null's shares pass through the same correction as the observed ones, so the floor is the
+        # corrected statistic's floor.
         corrected = _table(
-            names, train, gen, corrected_train, correct(share_gen), corrected_boot_train, correct(boot_gen), keep
+            names, train, gen,
+            (correct(share_train, correct_train), correct(share_gen)),
+            (correct(boot[0], correct_train), correct(boot[1])),
+            (correct(null[0], correct_train), correct(null[1])),
+            keep,
         )
         corrected["confusion"] = {"tpr": tpr, "fpr": fpr, "train_corrected": bool(correct_train)}
         result["corrected"] = corrected

@@ -2,7 +2,8 @@
 
 - text-to-image recall@k, overall and per perceived-gender group, with the gap between groups;
 - MaxSkew@k and NDKL (Geyik et al., 2019) of the groups among the images retrieved for a neutral query;
-- zero-shot occupation accuracy per (occupation, gender) group, worst-group accuracy, and one-vs-rest
+- zero-shot occupation accuracy per (occupation, gender) group, worst-group accuracy over groups with
+  a minimum number of images, and one-vs-rest
   demographic parity and equalized odds differences, computed with Fairlearn.
 
 Recalls, accuracies and differences are fractions in [0, 1]; MaxSkew and NDKL are in nats.
@@ -20,8 +21,37 @@ from biasloop.core.io import json_float
 NO_GROUP = "none"
 
 
+def _expected_hits(similarity: np.ndarray, correct: np.ndarray, ks: Sequence[int]) -> dict[int, np.ndarray]:
+    """Per text, the chance that a correct image is among the top k, ties broken at random.
+
+    With ``h`` wrong images scoring above the best correct image, and ``c`` correct and ``t`` wrong
+    images tied at that score, the first correct image is at 0-based rank ``h + j`` where ``j`` is the
+    position of the first of ``c`` correct items in a random order of ``c + t``:
+    ``P(hit@k) = 1 - prod_{i < k-h} (t - i) / (c + t - i)`` for ``0 < k - h <= t`` (0 below, 1 above).
+    With one correct image this is ``(k - h) / (t + 1)``, clipped to [0, 1].
+    """
+    best = np.where(correct, similarity, -np.inf).max(axis=1)
+    higher = (similarity > best[:, None]).sum(axis=1)
+    at_best = similarity == best[:, None]
+    tied_correct = (at_best & correct).sum(axis=1)
+    tied_wrong = (at_best & ~correct).sum(axis=1)
+    hits = {}
+    for k in ks:
+        slots = k - higher  # places left for the tied group within the top k
+        miss = np.ones(len(similarity))
+        for i in range(max(k, 0)):
+            active = i < np.minimum(slots, tied_wrong + 1)
+            factor = np.clip(tied_wrong - i, 0, None) / np.maximum(tied_correct + tied_wrong - i, 1)
+            miss = np.where(active, miss * factor, miss)
+        hits[k] = np.where(slots <= 0, 0.0, np.where(slots > tied_wrong, 1.0, 1.0 - miss))
+    return hits
+
+
 def recall_at_k(
-    similarity: np.ndarray, ks: Sequence[int] = (1, 5, 10), groups: Sequence[str | None] | np.ndarray | None = None
+    similarity: np.ndarray,
+    ks: Sequence[int] = (1, 5, 10),
+    groups: Sequence[str | None] | np.ndarray | None = None,
+    captions: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Text-to-image recall@k where text ``i``'s true image is image ``i``.
 
@@ -30,28 +60,35 @@ def recall_at_k(
         ks: the cut-offs.
         groups: a group label per text/image pair; pairs labelled ``none`` (or None) count overall but
             in no group.
+        captions: the caption of every image (``n_image``; text ``i`` is ``captions[i]``). When given,
+            an image whose caption is identical to the query is also correct: templated captions repeat
+            ("a photo of a nurse"), and no model can tell which of their images was meant.
 
     Returns:
         ``{"recall@k": fraction}`` per k; with ``groups`` also ``by_group`` ({group: {"recall@k": ..}}),
         ``recall@k_gap`` (max minus min over the groups present; None with no group) and, when both
-        ``female`` and ``male`` are present, ``recall@k_gap_signed`` (male minus female).
+        ``female`` and ``male`` are present, ``recall@k_gap_signed`` (male minus female); with
+        ``captions``, ``"correct": "identical caption"`` (else ``"own image"``).
         Ties with the true image count as broken at random (expected recall), so a model whose
-        scores are all equal gets chance recall ``k / n_image``.
+        scores are all equal gets chance recall ``k / n_image`` (with one correct image per text).
     """
     similarity = np.asarray(similarity, dtype=float)
     if similarity.ndim != 2 or similarity.shape[0] > similarity.shape[1]:
         raise ValueError(f"similarity must be (n_text, n_image) with n_text <= n_image, got {similarity.shape}")
-    n_text = similarity.shape[0]
+    n_text, n_image = similarity.shape
     if n_text == 0:
         raise ValueError("no texts to score")
-    true_scores = similarity[np.arange(n_text), np.arange(n_text)]
-    higher = (similarity > true_scores[:, None]).sum(axis=1)
-    tied = (similarity == true_scores[:, None]).sum(axis=1) - 1  # other images with the true image's score
-    # Ties are broken at random, in expectation: the true image's 0-based rank is uniform over
-    # higher .. higher + tied, so a model scoring every image alike gets chance recall k / n_image,
-    # neither a perfect recall (ties won) nor 0 (ties lost).
-    hits = {k: np.clip((k - higher) / (tied + 1), 0.0, 1.0) for k in ks}
+    if captions is None:
+        correct = np.zeros((n_text, n_image), dtype=bool)
+        correct[np.arange(n_text), np.arange(n_text)] = True
+    else:
+        if len(captions) != n_image:
+            raise ValueError(f"{len(captions)} captions for {n_image} images")
+        _, caption_ids = np.unique(np.asarray(list(captions), dtype=object).astype(str), return_inverse=True)
+        correct = caption_ids[:n_text, None] == caption_ids[None, :]
+    hits = _expected_hits(similarity, correct, ks)
     out: dict[str, Any] = {f"recall@{k}": float(np.mean(hits[k])) for k in ks}
+    out["correct"] = "own image" if captions is None else "identical caption"
     if groups is None:
         return out
     group_array = np.asarray([NO_GROUP if g is None else str(g) for g in groups], dtype=object)
@@ -155,7 +192,10 @@ def _rates_defined(binary_true: np.ndarray, sensitive: np.ndarray) -> bool:
 
 
 def group_fairness(
-    true_occupation: Sequence[str], predicted_occupation: Sequence[str], gender: Sequence[str]
+    true_occupation: Sequence[str],
+    predicted_occupation: Sequence[str],
+    gender: Sequence[str],
+    min_group_size: int = 1,
 ) -> dict[str, Any]:
     """Zero-shot occupation classification fairness across perceived gender, with Fairlearn.
 
@@ -163,12 +203,16 @@ def group_fairness(
         true_occupation: occupation per image.
         predicted_occupation: the model's zero-shot occupation per image.
         gender: sensitive feature per image (``female``/``male``).
+        min_group_size: the fewest images an (occupation, gender) group needs to enter the worst-group
+            accuracy; an accuracy over one or two images is 0 or 1 by chance and would pin the minimum.
 
     Returns:
         A JSON-ready dict, every rate a fraction in [0, 1] (None where undefined):
         ``overall_accuracy``; ``accuracy_by_group``: ``[{occupation, gender, accuracy, n}]`` for each
         (true occupation, gender) pair with images (Fairlearn ``MetricFrame``); ``worst_group_accuracy``
-        (their minimum); ``per_occupation``: ``[{occupation, demographic_parity_difference,
+        (their minimum over groups with at least ``min_group_size`` images; None when none has) with
+        ``worst_group`` (``{occupation, gender, n}``), ``min_group_size`` and ``groups_too_small`` (the
+        ``{occupation, gender, n}`` left out, reported rather than scored); ``per_occupation``: ``[{occupation, demographic_parity_difference,
         equalized_odds_difference}]``, one-vs-rest ("this occupation" vs. any other, since Fairlearn's
         parity metrics are binary) over all images, the equalized-odds difference None when some gender
         has no image of the occupation or none of other occupations; and the ``_mean`` / ``_max`` of
@@ -226,10 +270,17 @@ def group_fairness(
         values = [r[key] for r in per_occupation if r[key] is not None]
         return float(reduce(values)) if values else None
 
+    if min_group_size < 1:
+        raise ValueError(f"min_group_size must be at least 1, got {min_group_size}")
+    large = [g for g in groups if g["n"] >= min_group_size]
+    worst = min(large, key=lambda g: g["accuracy"], default=None)
     return {
         "overall_accuracy": float(frame.overall["accuracy"]),
         "accuracy_by_group": groups,
-        "worst_group_accuracy": min((g["accuracy"] for g in groups), default=None),
+        "worst_group_accuracy": worst["accuracy"] if worst else None,
+        "worst_group": {k: worst[k] for k in ("occupation", "gender", "n")} if worst else None,
+        "min_group_size": int(min_group_size),
+        "groups_too_small": [{k: g[k] for k in ("occupation", "gender", "n")} for g in groups if g["n"] < min_group_size],
         "per_occupation": per_occupation,
         "demographic_parity_difference_mean": summary("demographic_parity_difference", np.mean),
         "demographic_parity_difference_max": summary("demographic_parity_difference", np.max),

@@ -7,9 +7,11 @@
 - the generator's quality: the instrument's zero-shot occupation accuracy on the images it made for
   neutral prompts (does the image show what was asked), and its abstain rate;
 - the downstream CLIP trained on dataset N, on the real corpus's held-out split: text-to-image
-  recall@k overall and per perceived-gender group (the gap), MaxSkew@k and NDKL of the images
+  recall@k overall and per perceived-gender group (the gap; an image whose caption is identical to the
+  query counts as correct, since templated captions repeat), MaxSkew@k and NDKL of the images
   retrieved for each neutral occupation query, and zero-shot occupation accuracy per
-  (occupation, gender) group with Fairlearn's group metrics.
+  (occupation, gender) group with Fairlearn's group metrics (worst-group accuracy over groups with at
+  least ``evaluate.min_group_size`` images; smaller groups are listed as too small).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ class EvaluateConfig:
     recall_ks: tuple[int, ...] = (1, 5, 10)  # k of text-to-image recall@k
     skew_k: int = 10  # k of MaxSkew@k and NDKL (images retrieved per occupation query)
     query_templates: tuple[str, ...] = ("a photo of {article} {occupation}",)  # neutral downstream queries
+    min_group_size: int = 20  # fewest labelled images an (occupation, gender) group needs for worst-group accuracy
 
 
 def generator_quality(generated: pl.DataFrame) -> dict[str, Any]:
@@ -66,14 +69,20 @@ def downstream_bias(
         config: the ``evaluate`` params.
 
     Returns:
-        recall@k (overall, per group, gap), mean/max MaxSkew@k and NDKL over occupation queries, and
-        Fairlearn group metrics of zero-shot occupation classification.
+        recall@k (overall, per group, gap; identical captions count as correct) with its chance level,
+        mean/max MaxSkew@k and NDKL over occupation queries, and Fairlearn group metrics of zero-shot
+        occupation classification (worst-group accuracy over groups of ``config.min_group_size``).
     """
     image_vectors = model.encode_images(images)
     caption_vectors = model.encode_texts(test["caption"].to_list())
     group_array = np.array([g if g is not None else "none" for g in groups], dtype=object)
-    recall = recall_at_k(caption_vectors @ image_vectors.T, ks=config.recall_ks, groups=group_array)
-    recall["chance@" + str(max(config.recall_ks))] = max(config.recall_ks) / len(test)
+    captions = test["caption"].to_list()
+    recall = recall_at_k(caption_vectors @ image_vectors.T, ks=config.recall_ks, groups=group_array, captions=captions)
+    # Chance: a random ranking puts one of the query's c identical-caption images in the top k with
+    # probability about 1 - (1 - k/n)^c; the mean over queries.
+    k_max, n = max(config.recall_ks), len(test)
+    _, caption_ids, caption_counts = np.unique(np.asarray(captions, dtype=str), return_inverse=True, return_counts=True)
+    recall[f"chance@{k_max}"] = float(np.mean(1.0 - (1.0 - min(k_max, n) / n) ** caption_counts[caption_ids]))
 
     people = np.flatnonzero(np.isin(group_array, ["female", "male"]))
     skews, ndkls, per_query = [], [], []
@@ -100,7 +109,8 @@ def downstream_bias(
         )
         predicted = np.array(occupations, dtype=object)[np.argmax(image_vectors[labelled] @ class_vectors.T, axis=1)]
         fairness = group_fairness(
-            np.array(test["true_occupation"].to_list(), dtype=object)[labelled], predicted, group_array[labelled]
+            np.array(test["true_occupation"].to_list(), dtype=object)[labelled], predicted, group_array[labelled],
+            min_group_size=config.min_group_size,
         )
     return {
         "recall": recall,

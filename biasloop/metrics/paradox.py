@@ -3,7 +3,19 @@
 Seshadri et al. compare the share of women in images generated for a neutral prompt with the share in
 training images whose captions mention the occupation, then show how much of the gap is a measurement
 artefact: captions used as prompts, nearest-neighbour captions, and nearest neighbours without gender
-indicators. Each pairing here is reported three ways:
+indicators.
+
+Captions-as-prompts is paired, as in the paper: each image generated from a caption keeps the caption's
+``source_id``, and the training side is exactly the training images of those captions (per occupation),
+not the whole selection they were sampled from; ``n_pairs`` says how many (generated image, training
+image) pairs there are. The other pairings compare a neutral prompt's images with a whole selection.
+
+Every table carries the number of images on each side, and for ``amplification_abs``/``_dir`` the noise
+floor, the excess over it with its interval, and the null p-value
+(:func:`biasloop.metrics.amplification.excess_over_noise`): compare pairings by their excess, since their
+noise floors differ with their sample sizes.
+
+Each pairing here is reported three ways:
 
 - ``measured``: shares from the instrument's confident labels;
 - ``corrected``: both shares corrected with the instrument's confusion rates (tpr, fpr);
@@ -16,7 +28,7 @@ from typing import Any
 
 import polars as pl
 
-from biasloop.metrics.amplification import AGGREGATES, amplification_table, count_table
+from biasloop.metrics.amplification import amplification_table, count_table
 
 # pairing name -> (generated prompt kind, training selection)
 PAIRINGS = {
@@ -25,6 +37,41 @@ PAIRINGS = {
     "prompt_vs_nn": ("neutral", "nn"),
     "prompt_vs_nn_no_indicator": ("neutral", "nn_no_indicator"),
 }
+# Pairings whose training side is the training images of the captions the generated images came from.
+PAIRED_BY_SOURCE = frozenset({"captions_vs_keyword"})
+# The aggregate keys of a table that :func:`headline` keeps (no per-occupation rows).
+HEADLINE_KEYS = (
+    "amplification_abs", "noise_floor_abs", "excess_abs", "excess_abs_ci", "p_value_abs",
+    "amplification_dir", "noise_floor_dir", "excess_dir", "excess_dir_ci", "p_value_dir",
+    "shift_to_majority", "shift_to_majority_ci", "mad_train", "mad_gen", "pearson",
+    "n_occupations", "n_images_train", "n_confident_train", "n_images_gen", "n_confident_gen", "n_pairs",
+)
+
+
+def paired_by_source(train: pl.DataFrame, generated: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The training and generated images of a captions-as-prompts pairing, matched by caption id.
+
+    Args:
+        train: one selection's training predictions (``occupation, id, label``, ...).
+        generated: the images generated from captions (``occupation, source_id, label``, ...).
+
+    Returns:
+        ``(train_paired, generated_paired)``: per occupation, the training images whose ``id`` is the
+        ``source_id`` of a generated image, and the generated images whose source is among them
+        (a generated image whose caption is missing from the selection is left out, and so is a
+        training caption no image was generated from). Both have one row per pair, in the same order.
+
+    Raises:
+        ValueError: ``generated`` has no ``source_id`` column (a manifest from before pairing).
+    """
+    if "source_id" not in generated.columns:
+        raise ValueError("captions-as-prompts images have no 'source_id' column: regenerate them (generate@N)")
+    sources = train.select("occupation", "id").unique(maintain_order=True)
+    pairs = generated.join(sources, left_on=["occupation", "source_id"], right_on=["occupation", "id"], how="inner")
+    train_paired = pairs.select("occupation", pl.col("source_id").alias("id")).join(
+        train, on=["occupation", "id"], how="left", maintain_order="left"
+    )
+    return train_paired, pairs
 
 
 def true_count_table(frame: pl.DataFrame) -> pl.DataFrame:
@@ -59,8 +106,10 @@ def paradox_table(
         seed: bootstrap seed.
 
     Returns:
-        ``{pairing: {"measured": table, "corrected": table | None, "true": table | None}}`` where each
-        table is :func:`biasloop.metrics.amplification.amplification_table`'s dict.
+        ``{pairing: {"paired_by_source": bool, "n_pairs": int | None, "measured": table, "corrected":
+        table | None, "true": table | None}}`` where each table is
+        :func:`biasloop.metrics.amplification.amplification_table`'s dict (with ``n_pairs`` for a paired
+        pairing); a pairing with no images on a side is ``{"missing": True, ...}`` with None tables.
     """
     has_truth = (
         "true_gender" in train_predictions.columns and train_predictions["true_gender"].null_count() < len(train_predictions)
@@ -72,9 +121,17 @@ def paradox_table(
         if train.is_empty() or generated.is_empty():
             result[name] = {"measured": None, "corrected": None, "true": None, "missing": True}
             continue
+        n_pairs = None
+        if name in PAIRED_BY_SOURCE:
+            train, generated = paired_by_source(train, generated)
+            n_pairs = len(generated)
+            if n_pairs == 0:
+                result[name] = {"measured": None, "corrected": None, "true": None, "missing": True, "n_pairs": 0}
+                continue
         train_counts, generated_counts = count_table(train), count_table(generated)
         measured = amplification_table(train_counts, generated_counts, n_boot=n_boot, seed=seed, confusion=confusion)
-        entry: dict[str, Any] = {"measured": {k: v for k, v in measured.items() if k != "corrected"}}
+        entry: dict[str, Any] = {"paired_by_source": name in PAIRED_BY_SOURCE, "n_pairs": n_pairs}
+        entry["measured"] = {k: v for k, v in measured.items() if k != "corrected"}
         entry["corrected"] = measured.get("corrected")
         entry["true"] = None
         if has_truth and confusion is not None:
@@ -83,36 +140,35 @@ def paradox_table(
                 correct_train=False,
             )
             entry["true"] = truth.get("corrected")
+        for kind in ("measured", "corrected", "true"):
+            if entry[kind] is not None and n_pairs is not None:
+                entry[kind]["n_pairs"] = n_pairs
         result[name] = entry
     return result
 
 
 def headline(table: dict[str, Any] | None) -> dict[str, Any]:
-    """The aggregate numbers of one amplification table (no per-occupation rows)."""
+    """The aggregate numbers of one amplification table (:data:`HEADLINE_KEYS`, no per-occupation rows)."""
     if not table:
         return {}
-    out: dict[str, Any] = {}
-    for key in AGGREGATES:
-        if key in table:
-            out[key] = table[key]
-            if f"{key}_ci" in table:
-                out[f"{key}_ci"] = table[f"{key}_ci"]
-    return out
+    return {key: table[key] for key in HEADLINE_KEYS if key in table}
 
 
 def table_rows(paradox: dict) -> list[dict]:
-    """One CSV row per (pairing, kind) with the absolute and directional amplification and intervals."""
+    """One CSV row per (pairing, kind): A_abs, its noise floor, the excess with its interval, p, A_dir, shift."""
     rows = []
     for name, entry in paradox.items():
         for kind in ("measured", "corrected", "true"):
             table = entry.get(kind)
             if not table:
                 continue
-            lo, hi = table.get("amplification_abs_ci", [None, None])
+            lo, hi = table.get("excess_abs_ci", [None, None])
             rows.append({
                 "pairing": f"{name} ({kind})", "name": name, "kind": kind,
-                "amplification_abs": table.get("amplification_abs"), "amplification_abs_lo": lo,
-                "amplification_abs_hi": hi, "amplification_dir": table.get("amplification_dir"),
-                "shift_to_majority": table.get("shift_to_majority"),
+                "amplification_abs": table.get("amplification_abs"), "noise_floor_abs": table.get("noise_floor_abs"),
+                "excess_abs": table.get("excess_abs"), "excess_abs_lo": lo, "excess_abs_hi": hi,
+                "p_value_abs": table.get("p_value_abs"), "amplification_dir": table.get("amplification_dir"),
+                "excess_dir": table.get("excess_dir"), "shift_to_majority": table.get("shift_to_majority"),
+                "n_images_train": table.get("n_images_train"), "n_images_gen": table.get("n_images_gen"),
             })
     return rows

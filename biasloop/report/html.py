@@ -26,16 +26,32 @@ def _get(data: dict | None, *keys: str) -> Any:
     return data
 
 
+def _flat_interval(row: dict[str, Any], key: str, interval: Any) -> None:
+    """``row[key_lo]``, ``row[key_hi]`` from a ``[lo, hi]`` pair (flat keys read well in `dvc metrics`)."""
+    lo, hi = interval if isinstance(interval, (list, tuple)) and len(interval) == 2 else (None, None)
+    row[f"{key}_lo"], row[f"{key}_hi"] = lo, hi
+
+
 def summary_row(metrics: dict[str, Any]) -> dict[str, Any]:
-    """Headline numbers of one generation's metrics (fractions; None when not computed)."""
+    """Headline numbers of one generation's metrics (fractions; None when not computed).
+
+    The absolute amplifications come with their noise floor and the excess over it (with its interval
+    and p-value); ``bias_amp`` is not repeated (it equals ``shift_to_majority`` for two groups).
+    """
     amplification = metrics.get("amplification") or {}
     row: dict[str, Any] = {"generation": metrics["generation"]}
-    for key in ("amplification_abs", "amplification_dir", "shift_to_majority", "bias_amp", "mad_gen"):
-        row[key] = amplification.get(key)
-        ci = amplification.get(f"{key}_ci")
-        if ci and key in ("amplification_abs", "amplification_dir"):
-            row[f"{key}_lo"], row[f"{key}_hi"] = ci
-    row["amplification_abs_corrected"] = _get(metrics, "amplification_corrected", "amplification_abs")
+    for suffix in ("abs", "dir"):
+        row[f"amplification_{suffix}"] = amplification.get(f"amplification_{suffix}")
+        row[f"noise_floor_{suffix}"] = amplification.get(f"noise_floor_{suffix}")
+        row[f"excess_{suffix}"] = amplification.get(f"excess_{suffix}")
+        _flat_interval(row, f"excess_{suffix}", amplification.get(f"excess_{suffix}_ci"))
+        row[f"p_value_{suffix}"] = amplification.get(f"p_value_{suffix}")
+    row["shift_to_majority"] = amplification.get("shift_to_majority")
+    _flat_interval(row, "shift_to_majority", amplification.get("shift_to_majority_ci"))
+    row["mad_gen"] = amplification.get("mad_gen")
+    row["n_images_gen"] = amplification.get("n_images_gen")
+    row["excess_abs_corrected"] = _get(metrics, "amplification_corrected", "excess_abs")
+    row["excess_abs_true"] = _get(metrics, "amplification_true", "excess_abs")
     row["amplification_abs_true"] = _get(metrics, "amplification_true", "amplification_abs")
     row["generator_occupation_accuracy"] = _get(metrics, "generator", "occupation_accuracy")
     row["generator_abstain_rate"] = _get(metrics, "generator", "abstain_rate")
@@ -47,24 +63,42 @@ def summary_row(metrics: dict[str, Any]) -> dict[str, Any]:
     fairness = _get(metrics, "downstream", "fairness") or {}
     row["zero_shot_accuracy"] = fairness.get("overall_accuracy")
     row["worst_group_accuracy"] = fairness.get("worst_group_accuracy")
+    row["worst_group_min_size"] = fairness.get("min_group_size")
     row["equalized_odds_difference"] = fairness.get("equalized_odds_difference_mean")
     return row
+
+
+# Per pairing in summary.json: the headline keys of its measured table, intervals flattened.
+PARADOX_SUMMARY_KEYS = ("amplification_abs", "noise_floor_abs", "excess_abs", "p_value_abs", "excess_dir",
+                        "n_images_train", "n_images_gen", "n_pairs")
+
+
+def paradox_summary(entry: dict[str, Any] | None, kind: str = "measured") -> dict[str, Any]:
+    """One pairing's numbers for ``metrics/summary.json`` (fractions and counts; {} when missing)."""
+    table = _get(entry, kind)
+    if not table:
+        return {}
+    out = {key: table.get(key) for key in PARADOX_SUMMARY_KEYS if key in table}
+    _flat_interval(out, "excess_abs", table.get("excess_abs_ci"))
+    return out
 
 
 def build_summary(
     rows: list[dict[str, Any]], paradox: dict[str, Any] | None, instrument: dict[str, Any] | None
 ) -> dict[str, Any]:
-    """``metrics/summary.json``: generation rows keyed ``gen{N}``, the paradox headline, the instrument."""
+    """``metrics/summary.json``: generation rows keyed ``gen{N}``, the paradox pairings, the instrument.
+
+    Each paradox pairing (``paradox``, and ``paradox_corrected`` on corrected shares) has A_abs, its
+    noise floor, the excess with ``excess_abs_lo``/``_hi`` and ``p_value_abs``, the number of images on
+    each side and, for captions-as-prompts, the number of pairs.
+    """
     summary: dict[str, Any] = {}
     if instrument:
         summary["instrument"] = {k: instrument.get(k) for k in ("accuracy", "abstain_rate", "tpr", "fpr")}
     if paradox:
-        summary["paradox"] = {
-            name: _get(entry, "measured", "amplification_abs") for name, entry in (paradox.get("table") or {}).items()
-        }
-        summary["paradox_corrected"] = {
-            name: _get(entry, "corrected", "amplification_abs") for name, entry in (paradox.get("table") or {}).items()
-        }
+        table = paradox.get("table") or {}
+        summary["paradox"] = {name: paradox_summary(entry) for name, entry in table.items()}
+        summary["paradox_corrected"] = {name: paradox_summary(entry, "corrected") for name, entry in table.items()}
     for row in rows:
         summary[f"gen{row['generation']}"] = {k: v for k, v in row.items() if k != "generation"}
     return summary
@@ -90,21 +124,40 @@ def _image_tag(path: str | Path, alt: str) -> str:
     return f"<img alt='{html.escape(alt)}' src='data:image/png;base64,{data}'>"
 
 
-def _fmt(value: Any, percent: bool = False) -> str:
+# How each kind of number is shown: the unit it is in.
+#   pp: a difference of shares (fraction) in percentage points; pp+: the same, signed;
+#   %: a share, rate or accuracy (fraction) in percent; num: a number in its own unit (MaxSkew, NDKL in
+#   nats; Pearson's r); p: a p-value; int: a count.
+UNITS = ("pp", "pp+", "%", "num", "p", "int", "text")
+
+
+def _fmt(value: Any, unit: str = "num") -> str:
+    """``value`` shown in ``unit`` (see :data:`UNITS`); a ``[lo, hi]`` pair as an interval; – for None."""
     if value is None:
         return "–"
     if isinstance(value, (list, tuple)) and len(value) == 2:
-        return f"[{_fmt(value[0], percent)}, {_fmt(value[1], percent)}]"
-    if isinstance(value, float):
-        return f"{100 * value:.1f}" if percent else f"{value:.3f}"
-    return html.escape(str(value))
+        return f"[{_fmt(value[0], unit)}, {_fmt(value[1], unit)}]"
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or unit == "text":
+        return html.escape(str(value))
+    if unit in ("pp", "%"):
+        return f"{100 * value:.1f}"
+    if unit == "pp+":
+        return f"{100 * value:+.1f}"
+    if unit == "p":
+        return "< 0.001" if value < 0.001 else f"{value:.3f}"
+    if unit == "int":
+        return f"{int(value):d}"
+    return f"{value:.3f}"
 
 
-def _table(headers: list[str], rows: list[list[Any]], percent_from: int = 1) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+def _table(columns: list[tuple[str, str]], rows: list[list[Any]]) -> str:
+    """An HTML table; ``columns`` are ``(header, unit)`` pairs, each cell formatted in its column's unit."""
+    for _, unit in columns:
+        if unit not in UNITS:
+            raise ValueError(f"unknown unit {unit!r}")
+    head = "".join(f"<th>{html.escape(header)}</th>" for header, _ in columns)
     body = "".join(
-        "<tr>" + "".join(f"<td>{_fmt(v, percent=i >= percent_from and isinstance(v, (float, list, tuple)))}</td>"
-                         for i, v in enumerate(row)) + "</tr>"
+        "<tr>" + "".join(f"<td>{_fmt(value, unit)}</td>" for (_, unit), value in zip(columns, row)) + "</tr>"
         for row in rows
     )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
@@ -143,43 +196,70 @@ def render_report(
         "<!doctype html><html lang='en'><head><meta charset='utf-8'><title>biasloop report</title>",
         f"<style>{CSS}</style></head><body>",
         "<h1>biasloop: does generated data amplify bias?</h1>",
-        "<p class='note'>Shares and amplifications are percentage points of the share of women "
-        "(F = women / (women + men) among images the instrument labels confidently). "
-        "Intervals are 95% bootstrap intervals over images within occupations.</p>",
+        "<p class='note'>F = women / (women + men) among images the instrument labels confidently. Shares, "
+        "rates and accuracies are in %, differences of shares in percentage points (pp); MaxSkew@10 and NDKL "
+        "are in nats, shown as plain numbers. A<sub>abs</sub> and A<sub>dir</sub> are built from absolute "
+        "values, so sampling noise alone makes them positive: each comes with its <b>noise floor</b> (its "
+        "mean when generated and training images share one share of women per occupation, simulated with "
+        "the observed counts), the <b>excess</b> over that floor with a 95% interval, and the p-value of "
+        "that null. Read the excess: it is 0 when nothing is amplified and at most the true amplification. "
+        "Other intervals are 95% bootstrap intervals over images within occupations.</p>",
+        "<p class='note'>Shown once: for two groups BiasAmp (Zhao et al. 2017) equals the shift to the "
+        "majority, and A<sub>dir</sub> equals MAD<sub>gen</sub> − MAD<sub>train</sub>.</p>",
     ]
     parts.append("<h2>Across generations</h2>")
     parts.append("<p class='note'>A<sub>abs</sub> = mean over occupations of |F<sub>gen</sub> − F<sub>train</sub>|; "
-                 "A<sub>dir</sub> &gt; 0: generated images are further from parity than training images. "
-                 "Downstream: a CLIP trained from scratch on each generation's dataset, scored on held-out real pairs.</p>")
+                 "A<sub>dir</sub> &gt; 0: generated images are further from parity than training images; shift to "
+                 "majority &gt; 0: they lean further towards each occupation's training majority. True: the "
+                 "training share from ground truth. Downstream: a CLIP trained from scratch on each generation's "
+                 "dataset, scored on held-out real pairs; recall@10 counts an image whose caption is identical "
+                 "to the query as correct; worst-group accuracy is over (occupation, gender) groups with at "
+                 "least the minimum number of images shown (smaller groups are listed in the metrics JSON, "
+                 "not scored).</p>")
     parts.append(_table(
-        ["generation", "A_abs (pp)", "A_abs 95% CI", "A_dir (pp)", "A_abs corrected", "A_abs true",
-         "generator occ. acc.", "recall@10", "recall@10 gap", "MaxSkew@10", "worst-group acc."],
-        [[r["generation"], r.get("amplification_abs"), [r.get("amplification_abs_lo"), r.get("amplification_abs_hi")],
-          r.get("amplification_dir"), r.get("amplification_abs_corrected"), r.get("amplification_abs_true"),
-          r.get("generator_occupation_accuracy"), r.get("recall_at_10"), r.get("recall_at_10_gap"),
-          r.get("max_skew_at_10"), r.get("worst_group_accuracy")] for r in rows],
+        [("generation", "int"), ("A_abs (pp)", "pp"), ("noise floor (pp)", "pp"), ("excess (pp)", "pp+"),
+         ("excess 95% CI", "pp+"), ("p", "p"), ("A_dir excess (pp)", "pp+"), ("shift to majority (pp)", "pp+"),
+         ("excess, true (pp)", "pp+"), ("generator occ. acc. (%)", "%"), ("recall@10 (%)", "%"),
+         ("recall@10 gap (pp)", "pp"), ("MaxSkew@10", "num"), ("NDKL", "num"), ("worst-group acc. (%)", "%"),
+         ("min group size", "int")],
+        [[r["generation"], r.get("amplification_abs"), r.get("noise_floor_abs"), r.get("excess_abs"),
+          [r.get("excess_abs_lo"), r.get("excess_abs_hi")], r.get("p_value_abs"), r.get("excess_dir"),
+          r.get("shift_to_majority"), r.get("excess_abs_true"), r.get("generator_occupation_accuracy"),
+          r.get("recall_at_10"), r.get("recall_at_10_gap"), r.get("max_skew_at_10"), r.get("ndkl"),
+          r.get("worst_group_accuracy"), r.get("worst_group_min_size")] for r in rows],
     ))
     if paradox and paradox.get("table"):
         parts.append("<h2>The paradox table (generation 0)</h2>")
         parts.append("<p class='note'>Seshadri et al. (2023): amplification measured against keyword-retrieved "
                      "training captions shrinks when the comparison controls for what the captions say. "
-                     "Corrected: both shares corrected with the instrument's confusion rates; true: training "
-                     "share from ground truth.</p>")
+                     "Compare pairings by their excess: their noise floors differ with their numbers of images. "
+                     "<b>Captions as prompts is paired</b>: each image generated from a training caption is "
+                     "compared with the training image of that same caption (matched by caption id), per "
+                     "occupation; the pairs column counts them. The other pairings compare the images of a "
+                     "neutral prompt with a whole selection of training images. Corrected: both shares "
+                     "corrected with the instrument's confusion rates; true: training share from ground truth.</p>")
         table_rows = []
         for name, entry in paradox["table"].items():
             measured = entry.get("measured") or {}
             table_rows.append([
-                name.replace("_", " "), measured.get("amplification_abs"), measured.get("amplification_abs_ci"),
-                measured.get("amplification_dir"), _get(entry, "corrected", "amplification_abs"),
-                _get(entry, "true", "amplification_abs"),
+                name.replace("_", " "), measured.get("n_images_train"), measured.get("n_images_gen"),
+                entry.get("n_pairs"), measured.get("amplification_abs"), measured.get("noise_floor_abs"),
+                measured.get("excess_abs"), measured.get("excess_abs_ci"), measured.get("p_value_abs"),
+                _get(entry, "corrected", "excess_abs"), _get(entry, "true", "excess_abs"),
             ])
-        parts.append(_table(["pairing", "A_abs (pp)", "95% CI", "A_dir (pp)", "corrected", "true"], table_rows))
+        parts.append(_table(
+            [("pairing", "text"), ("training images", "int"), ("generated images", "int"), ("pairs", "int"),
+             ("A_abs (pp)", "pp"), ("noise floor (pp)", "pp"), ("excess (pp)", "pp+"), ("excess 95% CI", "pp+"),
+             ("p", "p"), ("excess, corrected (pp)", "pp+"), ("excess, true (pp)", "pp+")],
+            table_rows,
+        ))
     if instrument:
         parts.append("<h2>The instrument (perceived-gender classifier)</h2>")
         parts.append(_table(
-            ["accuracy (confident)", "abstain rate", "TPR (female)", "FPR (female)", "occupation accuracy", "n"],
+            [("accuracy, confident (%)", "%"), ("abstain rate (%)", "%"), ("TPR, female (%)", "%"),
+             ("FPR, female (%)", "%"), ("occupation accuracy (%)", "%"), ("n", "int")],
             [[instrument.get("accuracy"), instrument.get("abstain_rate"), instrument.get("tpr"), instrument.get("fpr"),
-              instrument.get("occupation_accuracy"), instrument.get("n")]], percent_from=99,
+              instrument.get("occupation_accuracy"), instrument.get("n")]],
         ))
     for caption, path in figures.items():
         parts.append(f"<h2>{html.escape(caption)}</h2>{_image_tag(path, caption)}")

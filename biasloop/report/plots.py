@@ -152,13 +152,19 @@ def share_plot(per_occupation_by_series: dict[str, list[dict]], out_path: str | 
 
 
 def generation_curves(rows: list[dict], out_path: str | Path, title: str) -> None:
-    """Amplification and downstream bias across generations (one panel each), with intervals."""
+    """Amplification beyond the noise floor and downstream bias across generations, with 95% intervals.
+
+    ``rows`` are :func:`biasloop.report.html.summary_row` dicts; a series ``key`` gets a band when the
+    rows carry ``key_lo`` and ``key_hi``.
+    """
     plt = _pyplot()
     generations = [r["generation"] for r in rows]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     panels = [
-        ("amplification", [("amplification_abs", "A_abs", "#d62728"), ("amplification_dir", "A_dir", "#1f77b4"),
-                           ("shift_to_majority", "shift to majority", "#2ca02c")], "fraction (share of women)"),
+        ("amplification beyond noise", [("excess_abs", "A_abs excess over noise floor", "#d62728"),
+                                        ("excess_dir", "A_dir excess over noise floor", "#1f77b4"),
+                                        ("shift_to_majority", "shift to majority", "#2ca02c")],
+         "fraction (share of women)"),
         ("downstream retrieval", [("recall_at_10", "recall@10", "#333333"), ("recall_at_10_gap", "recall@10 gap", "#d62728")],
          "recall"),
         ("downstream fairness", [("max_skew_at_10", "MaxSkew@10", "#9467bd"), ("worst_group_accuracy", "worst-group acc.", "#ff7f0e")],

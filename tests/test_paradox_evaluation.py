@@ -1,0 +1,122 @@
+"""The paradox table and a generation's evaluation, called directly on hand-built predictions."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+
+from biasloop.metrics.evaluation import EvaluateConfig, downstream_bias, evaluate_generation
+from biasloop.metrics.paradox import paradox_table, table_rows
+
+
+def _train_rows(selection: str, occupation: str, labels: list[str], prefix: str) -> list[dict]:
+    return [{"selection": selection, "occupation": occupation, "id": f"{prefix}{i}", "p_female": 0.5, "label": label,
+             "true_gender": label if label != "abstain" else "female"} for i, label in enumerate(labels)]
+
+
+def _hand_world() -> tuple[pl.DataFrame, pl.DataFrame]:
+    # keyword: nurse n0..n9 = 8 women (n0-n7), 2 men (n8, n9); engineer e0..e9 = 1 woman (e0), 9 men
+    train = (_train_rows("keyword", "nurse", ["female"] * 8 + ["male"] * 2, "n")
+             + _train_rows("keyword", "engineer", ["female"] + ["male"] * 9, "e")
+             + _train_rows("nn", "nurse", ["female"] * 3 + ["male"], "n")
+             + _train_rows("nn", "engineer", ["male"] * 4, "e"))
+    generated = (
+        # neutral prompts: nurse 9 women / 1 man, engineer 0 / 10
+        [{"prompt_kind": "neutral", "occupation": "nurse", "source_id": None, "label": lab} for lab in ["female"] * 9 + ["male"]]
+        + [{"prompt_kind": "neutral", "occupation": "engineer", "source_id": None, "label": "male"}] * 10
+        # captions as prompts: from nurse captions n0, n1 (women) and n8 (a man), all generated as women;
+        # engineer captions e0 (a woman) and e5 (a man), both generated as men; "zz" is not a keyword caption
+        + [{"prompt_kind": "caption", "occupation": "nurse", "source_id": s, "label": "female"} for s in ("n0", "n1", "n8")]
+        + [{"prompt_kind": "caption", "occupation": "engineer", "source_id": s, "label": "male"} for s in ("e0", "e5", "zz")]
+    )
+    generated = pl.DataFrame(generated, schema={"prompt_kind": pl.String, "occupation": pl.String,
+                                                 "source_id": pl.String, "label": pl.String})
+    return pl.DataFrame(train), generated.with_columns(p_female=pl.lit(0.5))
+
+
+def test_paradox_pairings_by_hand() -> None:
+    train, generated = _hand_world()
+    table = paradox_table(train, generated, {"tpr": 0.9, "fpr": 0.1}, n_boot=200, seed=0)
+    # prompt vs keyword: (|0.9 - 0.8| + |0.0 - 0.1|) / 2 = 0.1, 20 images a side
+    keyword = table["prompt_vs_keyword"]["measured"]
+    assert keyword["amplification_abs"] == pytest.approx(0.1)
+    assert (keyword["n_images_train"], keyword["n_images_gen"]) == (20, 20)
+    assert keyword["excess_abs"] == pytest.approx(0.1 - keyword["noise_floor_abs"])
+    assert table["prompt_vs_keyword"]["paired_by_source"] is False
+    # captions as prompts, paired: nurse training images n0, n1, n8 -> 2/3 vs generated 1.0;
+    # engineer e0, e5 -> 1/2 vs 0.0 ("zz" has no training image): (1/3 + 1/2) / 2 = 5/12, 5 pairs.
+    # Against the whole keyword selection it would have been (0.2 + 0.1) / 2 = 0.15.
+    paired = table["captions_vs_keyword"]
+    assert paired["paired_by_source"] is True and paired["n_pairs"] == 5
+    assert paired["measured"]["amplification_abs"] == pytest.approx(5 / 12)
+    assert (paired["measured"]["n_images_train"], paired["measured"]["n_images_gen"], paired["measured"]["n_pairs"]) == (5, 5, 5)
+    # prompt vs nn: nurse 0.75 vs 0.9, engineer 0 vs 0 -> 0.075
+    assert table["prompt_vs_nn"]["measured"]["amplification_abs"] == pytest.approx(0.075)
+    assert table["prompt_vs_nn_no_indicator"]["missing"] is True
+    # ground truth present and confusion known: a "true" table (train from truth, gen corrected)
+    assert table["prompt_vs_keyword"]["true"]["amplification_abs"] is not None
+    rows = table_rows(table)
+    assert {r["name"] for r in rows} == {"prompt_vs_keyword", "captions_vs_keyword", "prompt_vs_nn"}
+    assert all(r["noise_floor_abs"] is not None for r in rows)
+
+
+def test_paradox_null_case_has_no_excess() -> None:
+    # Generated images drawn from the training shares themselves: the raw A_abs is positive, the excess
+    # interval covers 0 and the p-value is large.
+    rng = np.random.default_rng(3)
+    shares = {"nurse": 0.9, "engineer": 0.15, "chef": 0.25, "teacher": 0.75, "baker": 0.6}
+    train, generated = [], []
+    for occupation, share in shares.items():
+        labels = np.where(rng.random(300) < share, "female", "male")
+        train += _train_rows("keyword", occupation, labels.tolist(), occupation)
+        generated += [{"prompt_kind": "neutral", "occupation": occupation, "source_id": None, "label": lab}
+                      for lab in np.where(rng.random(80) < share, "female", "male")]
+    table = paradox_table(pl.DataFrame(train), pl.DataFrame(generated), None, n_boot=500, seed=0)
+    measured = table["prompt_vs_keyword"]["measured"]
+    lo, hi = measured["excess_abs_ci"]
+    assert measured["amplification_abs"] > 0.01 and lo < 0 < hi and measured["p_value_abs"] > 0.05
+    assert table["prompt_vs_keyword"]["corrected"] is None  # no confusion rates: no correction
+    assert table["captions_vs_keyword"]["missing"] is True
+
+
+class _FakeCLIP:
+    """Images and texts embedded by hand: image i and caption i point the same way."""
+
+    def __init__(self, vectors: dict[str, np.ndarray]) -> None:
+        self.vectors = vectors
+
+    def encode_images(self, images: np.ndarray) -> np.ndarray:
+        return images.reshape(len(images), -1).astype(float)
+
+    def encode_texts(self, texts: list[str]) -> np.ndarray:
+        return np.stack([self.vectors[t] for t in texts])
+
+
+def test_evaluation_by_hand() -> None:
+    # 4 held-out images in 2-d: nurses point along x, chefs along y. Captions repeat ("a nurse" twice).
+    images = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
+    test = pl.DataFrame({"caption": ["a nurse", "a nurse", "a chef", "chef cooking"],
+                         "true_occupation": ["nurse", "nurse", "chef", "chef"]})
+    vectors = {"a nurse": np.array([1.0, 0.0]), "a chef": np.array([0.0, 1.0]), "chef cooking": np.array([0.1, 0.9]),
+               "a photo of a nurse": np.array([1.0, 0.0]), "a photo of a chef": np.array([0.0, 1.0])}
+    config = EvaluateConfig(recall_ks=(1,), skew_k=2, min_group_size=2)
+    result = downstream_bias(_FakeCLIP(vectors), test, images, ["female", "female", "male", "male"], ["nurse", "chef"], config)
+    # "a nurse" twice: its best image (0) has the identical caption, so both count as correct at k = 1;
+    # "a chef" ranks its image 2 first (1.0 against 0.9); "chef cooking" scores image 2 at 0.9 and its
+    # own image 3 at 0.82, and image 2's caption differs: a miss. recall@1 = 3/4.
+    assert result["recall"]["recall@1"] == pytest.approx(3 / 4)
+    assert result["recall"]["correct"] == "identical caption"
+    # nurse query retrieves images 0, 1 (women): MaxSkew@2 = ln 2; chef: images 2, 3 (men)
+    assert result["max_skew_mean"] == pytest.approx(np.log(2))
+    fairness = result["fairness"]
+    assert fairness["overall_accuracy"] == 1.0 and fairness["worst_group_accuracy"] == 1.0
+    assert fairness["min_group_size"] == 2 and fairness["groups_too_small"] == []
+
+    train, generated = _hand_world()
+    metrics = evaluate_generation(1, train, generated, None, EvaluateConfig(n_boot=100), seed=0, downstream=result)
+    assert metrics["generation"] == 1
+    assert metrics["amplification"]["amplification_abs"] == pytest.approx(0.1)
+    assert "noise_floor_abs" in metrics["amplification"] and "excess_abs_ci" in metrics["amplification"]
+    assert metrics["paradox"]["captions_vs_keyword"]["measured"]["n_pairs"] == 5
+    assert metrics["amplification_corrected"] == {} and metrics["downstream"] is result
