@@ -29,8 +29,15 @@ env: $(VENV)/.ready  ## create or reuse the environment and install this checkou
 	  { cat $(VENV)/editable-install.log; exit 1; }
 	@echo "environment: $(VENV)"
 
+# BlazeFace (the LAION filter's face detector) ships only in the mediapipe==0.10.14 wheel: fetched once
+# from PyPI (the x86-64 Linux build on every machine, so the extracted bytes match data.dvc).
+WHEELS := $(VENV_ROOT)/wheels
+MEDIAPIPE_WHEEL_GLOB := $(WHEELS)/mediapipe-0.10.14-*.whl
+
 data: env  ## materialise data/ (same bytes on every machine, so data.dvc matches)
-	@$(RUN) biasloop data --out data
+	@ls $(MEDIAPIPE_WHEEL_GLOB) >/dev/null 2>&1 || $(BIN)/pip download -q --no-deps --only-binary=:all: \
+	  --python-version 3.11 --platform manylinux2014_x86_64 mediapipe==0.10.14 -d $(WHEELS)
+	@$(RUN) biasloop data --out data --mediapipe-wheel "$$(ls $(MEDIAPIPE_WHEEL_GLOB) | head -n 1)"
 	@$(RUN) dvc commit -f -q data.dvc
 
 repro: data  ## set up and run the default pipeline (dvc repro on the glyph world)

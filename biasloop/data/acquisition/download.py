@@ -1,0 +1,198 @@
+"""Download of the selected rows with img2dataset (LAION's own downloader) into webdataset shards.
+
+:func:`download_selection` writes the selection as img2dataset's input (a parquet of ``url, caption,
+sample_id``) and calls :func:`img2dataset.download` with ``output_format="webdataset"``: tar shards of
+``<key>.jpg``, ``<key>.txt`` (the caption) and ``<key>.json`` (the source row: url, caption, sample_id,
+status, width, height, ...), plus one ``<shard>.parquet`` (every URL's status and error) and
+``<shard>_stats.json`` per shard.
+
+**Resumable**: img2dataset's default ``incremental_mode="incremental"`` skips the shards whose
+``_stats.json`` exists, so a rerun after an interruption fetches only the missing shards. The shards
+depend on the input's order, so a changed selection must not reuse them: the folder records the SHA-256
+of the input it was made from (``.biasloop-input.sha256``; not ``.json``, which img2dataset would read as
+a shard's stats) and is emptied when the selection differs.
+
+**Polite and offline-clean**: ``X-Robots-Tag`` opt-outs (``noai``, ``noimageai``, ``noindex``,
+``noimageindex``) are respected (img2dataset's default, kept); wandb is off; albumentations' update check
+is disabled (``NO_ALBUMENTATIONS_UPDATE=1``, img2dataset imports it); timeouts and retries are params.
+
+**At scale**: ``distributor`` is img2dataset's: ``multiprocessing`` (one machine, the default),
+``pyspark`` (a Spark session must exist before the call, e.g. ``spark-submit`` or a
+``SparkSession.builder`` in the launching process) or ``ray`` (``ray.init(address=...)`` first).
+Ray probes cloud metadata endpoints and 8.8.8.8 when it starts, so it is never the default.
+
+:func:`download_table` turns the per-shard parquet files into the per-occupation table of requested /
+downloaded / failed by reason (:func:`failure_reason`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import re
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import polars as pl
+
+INPUT_MARKER = ".biasloop-input.sha256"
+DOWNLOAD_COLUMNS = ("sample_id", "key", "url", "status", "reason", "error_message")
+
+
+@dataclasses.dataclass(frozen=True)
+class DownloadConfig:
+    """``laion_download``: img2dataset's settings (see its README for each)."""
+
+    distributor: Literal["multiprocessing", "pyspark", "ray"] = "multiprocessing"
+    processes_count: int = 4  # download processes per machine (multiprocessing) or Spark/Ray task slots
+    thread_count: int = 32  # download threads per process
+    timeout: int = 10  # seconds per HTTP request
+    retries: int = 1  # extra attempts after a failed request
+    image_size: int = 256  # pixels per side of the stored image
+    resize_mode: Literal["no", "keep_ratio", "keep_ratio_largest", "center_crop", "border"] = "center_crop"
+    encode_quality: int = 95  # JPEG quality of the stored image
+    number_sample_per_shard: int = 10000  # rows of the selection per tar shard (the resumable unit)
+    min_image_size: int = 0  # drop images whose smaller side is under this many pixels
+    user_agent_token: str | None = "biasloop"  # names the crawler in the User-Agent and in X-Robots-Tag matching
+    disallowed_header_directives: tuple[str, ...] = ("noai", "noimageai", "noindex", "noimageindex")  # opt-outs honoured
+
+
+def _input_digest(frame: pl.DataFrame) -> str:
+    digest = hashlib.sha256()
+    for url, caption, sample_id in frame.select("url", "caption", "sample_id").iter_rows():
+        digest.update(f"{sample_id}\t{url}\t{caption}\n".encode())
+    return digest.hexdigest()
+
+
+def prepare_output(selection: pl.DataFrame, folder: str | Path) -> tuple[Path, bool]:
+    """Write img2dataset's input into ``folder`` and clear shards made from a different selection.
+
+    Returns:
+        ``(input_parquet, resumed)``: ``resumed`` is true when ``folder`` already held shards of this
+        same selection (img2dataset then fetches only the shards that are missing).
+    """
+    folder = Path(folder)
+    rows = selection.select("url", "caption", "sample_id")
+    digest = _input_digest(rows)
+    marker = folder / INPUT_MARKER
+    resumed = marker.exists() and marker.read_text().strip() == digest
+    if folder.exists() and not resumed:
+        shutil.rmtree(folder)
+    (folder / "_input").mkdir(parents=True, exist_ok=True)
+    input_path = folder / "_input" / "urls.parquet"
+    rows.write_parquet(input_path)
+    marker.write_text(digest + "\n")
+    return input_path, resumed
+
+
+def run_img2dataset(input_path: str | Path, shards: str | Path, config: DownloadConfig) -> None:
+    """Call :func:`img2dataset.download` on ``input_path`` (``url, caption, sample_id``) into ``shards``.
+
+    Call it from a process whose main module is import-safe (``if __name__ == "__main__":``): the
+    multiprocessing distributor spawns processes that re-import it.
+    """
+    os.environ["NO_ALBUMENTATIONS_UPDATE"] = "1"
+    os.environ.setdefault("WANDB_MODE", "disabled")
+    os.environ.setdefault("WANDB_SILENT", "true")
+    from img2dataset import download
+
+    download(
+        url_list=str(input_path),
+        output_folder=str(shards),
+        input_format="parquet",
+        url_col="url",
+        caption_col="caption",
+        save_additional_columns=["sample_id"],
+        output_format="webdataset",
+        image_size=config.image_size,
+        resize_mode=config.resize_mode,
+        encode_quality=config.encode_quality,
+        processes_count=config.processes_count,
+        thread_count=config.thread_count,
+        timeout=config.timeout,
+        retries=config.retries,
+        number_sample_per_shard=config.number_sample_per_shard,
+        min_image_size=config.min_image_size,
+        distributor=config.distributor,
+        enable_wandb=False,
+        incremental_mode="incremental",
+        user_agent_token=config.user_agent_token,
+        # img2dataset reads an empty list as "respect nothing"; None would restore its defaults
+        disallowed_header_directives=list(config.disallowed_header_directives),
+    )
+
+
+_HTTP_ERROR = re.compile(r"HTTP Error (\d{3})")
+
+
+def failure_reason(status: str | None, error_message: str | None) -> str:
+    """A short reason for one URL's outcome.
+
+    ``downloaded``; ``opted_out`` (an ``X-Robots-Tag`` directive forbids the use); ``http_<code>``
+    (e.g. ``http_404``); ``timeout``; ``connection`` (refused, reset, DNS); ``not_an_image`` (the body
+    did not decode as an image: an HTML page, a truncated file); ``too_small`` / ``too_large`` /
+    ``aspect_ratio`` (img2dataset's size filters); ``other``.
+    """
+    if status == "success":
+        return "downloaded"
+    message = (error_message or "").lower()
+    if "x-robots-tag" in message:
+        return "opted_out"
+    http = _HTTP_ERROR.search(error_message or "")
+    if http:
+        return f"http_{http.group(1)}"
+    if "timed out" in message or "timeout" in message:
+        return "timeout"
+    if status == "failed_to_resize" or "decoding error" in message:
+        for needle, reason in (("too small", "too_small"), ("too large", "too_large"), ("aspect ratio", "aspect_ratio")):
+            if needle in message:
+                return reason
+        return "not_an_image"
+    if any(w in message for w in ("urlopen error", "connection", "name or service", "remote end closed", "reset by peer")):
+        return "connection"
+    return "other"
+
+
+def read_download_status(shards: str | Path) -> pl.DataFrame:
+    """Every URL's outcome from img2dataset's per-shard parquet files: :data:`DOWNLOAD_COLUMNS`.
+
+    Raises:
+        FileNotFoundError: when ``shards`` holds no per-shard parquet (the download did not run).
+    """
+    files = sorted(Path(shards).glob("*.parquet"))
+    if not files:
+        raise FileNotFoundError(f"{shards}: no img2dataset shard parquet files (did the download run?)")
+    frame = pl.concat(
+        [pl.read_parquet(f, columns=["sample_id", "key", "url", "status", "error_message"]) for f in files],
+        how="vertical_relaxed",
+    )
+    reasons = [failure_reason(s, e) for s, e in frame.select("status", "error_message").iter_rows()]
+    return frame.with_columns(pl.Series("reason", reasons, dtype=pl.String)).select(DOWNLOAD_COLUMNS)
+
+
+def download_table(selection: pl.DataFrame, status: pl.DataFrame, occupations: Sequence[str]) -> pl.DataFrame:
+    """Per occupation: ``requested``, ``downloaded`` and ``failed_<reason>`` counts (a URL counts for every
+    occupation it was selected for).
+
+    Rows of the selection with no status (a shard that never finished) count as ``failed_missing``.
+    """
+    joined = (
+        selection.select("sample_id", "occupations")
+        .join(status.select("sample_id", "reason"), on="sample_id", how="left")
+        .with_columns(pl.col("reason").fill_null("missing"))
+        .explode("occupations")
+        .rename({"occupations": "occupation"})
+    )
+    reasons = sorted(set(joined["reason"].to_list()) - {"downloaded"})
+    rows = []
+    for name in occupations:
+        part = joined.filter(pl.col("occupation") == name)
+        counts = dict(part.group_by("reason").len().iter_rows())
+        rows.append(
+            {"occupation": name, "requested": len(part), "downloaded": counts.get("downloaded", 0),
+             **{f"failed_{r}": counts.get(r, 0) for r in reasons}}
+        )
+    return pl.DataFrame(rows, schema_overrides={"requested": pl.Int64, "downloaded": pl.Int64})

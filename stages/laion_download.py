@@ -1,0 +1,85 @@
+"""laion_download: download the selected URLs with img2dataset into webdataset shards (resumable).
+
+The folder persists between runs (``persist: true`` in dvc.yaml): a rerun after an interruption fetches
+only the shards that are missing; a changed selection starts over. ``laion_download.distributor``
+picks img2dataset's distributor: ``multiprocessing`` (default), ``pyspark`` or ``ray`` (see docs/laion.md).
+
+Inputs:   artifacts/laion_select/selection.parquet
+Outputs:  artifacts/laion_download/shards/        (NNNNN.tar: <key>.jpg/.txt/.json; NNNNN.parquet; NNNNN_stats.json)
+          artifacts/laion_download/status.parquet (sample_id, key, url, status, reason, error_message)
+          metrics/laion_download.json             (per occupation: requested, downloaded, failed_<reason>)
+Params:   base, tracking, occupations, laion_download
+
+Example:
+    python -m stages.laion_download --selection artifacts/laion_select/selection.parquet \\
+        --out artifacts/laion_download --metrics metrics/laion_download.json
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import polars as pl
+
+from biasloop.core.config import to_dict
+from biasloop.core.io import timed, write_json, write_parquet
+from biasloop.core.stage import load_configs, make_parser, run_main
+from biasloop.core.tracking import stage_run
+from biasloop.data.acquisition.download import (
+    DOWNLOAD_COLUMNS,
+    DownloadConfig,
+    download_table,
+    prepare_output,
+    read_download_status,
+    run_img2dataset,
+)
+from biasloop.data.retrieval import parse_occupations
+
+log = logging.getLogger("laion_download")
+
+
+def main_body(argv: Sequence[str] | None) -> None:
+    parser = make_parser(__doc__, "python -m stages.laion_download")
+    parser.add_argument("--selection", default="artifacts/laion_select/selection.parquet", help="selection parquet")
+    parser.add_argument("--out", default="artifacts/laion_download", help="output folder (default: %(default)s)")
+    parser.add_argument("--metrics", default="metrics/laion_download.json", help="metrics JSON (default: %(default)s)")
+    args = parser.parse_args(argv)
+    configs = load_configs(args.params, {"occupations": None, "laion_download": DownloadConfig})
+    config: DownloadConfig = configs["laion_download"]
+    occupations = parse_occupations(configs["occupations"])
+    if not Path(args.selection).exists():
+        raise FileNotFoundError(f"{args.selection}: not found (run laion_select first)")
+    selection = pl.read_parquet(args.selection)
+    out = Path(args.out)
+
+    with stage_run("laion_download", configs["tracking"], {"laion_download": to_dict(config)}) as run:
+        if len(selection) == 0:
+            log.info("empty selection: nothing to download")
+            (out / "shards").mkdir(parents=True, exist_ok=True)
+            write_parquet(out / "status.parquet", pl.DataFrame(schema={c: pl.String for c in DOWNLOAD_COLUMNS}))
+            write_json(args.metrics, {"enabled": False})
+            return
+        input_path, resumed = prepare_output(selection, out / "shards")
+        log.info("%d URLs to download (%s) with distributor=%s", len(selection),
+                 "resuming: finished shards are kept" if resumed else "fresh start", config.distributor)
+        with timed("img2dataset download", log) as timing:
+            run_img2dataset(input_path, out / "shards", config)
+        status = read_download_status(out / "shards")
+        write_parquet(out / "status.parquet", status)
+        table = download_table(selection, status, occupations)
+        n_ok = int((status["reason"] == "downloaded").sum())
+        log.info("downloaded %d of %d URLs in %.1f s; failures: %s", n_ok, len(selection), timing["seconds"],
+                 dict(status.filter(pl.col("reason") != "downloaded").group_by("reason").len().iter_rows()))
+        write_json(args.metrics, {"enabled": True, "n_urls": len(selection), "n_downloaded": n_ok,
+                                  "seconds": round(timing["seconds"], 3), "occupations": table.rows_by_key("occupation", named=True, unique=True)})
+        run.log_metrics({"n_urls": len(selection), "n_downloaded": n_ok})
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_main(main_body, argv, log)
+
+
+if __name__ == "__main__":  # img2dataset's processes are spawned: they re-import the main module
+    raise SystemExit(main())
