@@ -171,8 +171,7 @@ def test_metadata_to_classified_faces(tmp_path: Path, tiny_params: Path, face_mo
     monkeypatch.setenv("BIASLOOP_EMBEDDING_CACHE", str(tmp_path / "embedding-cache"))
     params = yaml.safe_load(tiny_params.read_text())
     params["occupations"] = OCCUPATIONS
-    params["laion_download"].update(processes_count=1, thread_count=4, timeout=1, retries=0, number_sample_per_shard=4,
-                                    image_size=128)
+    params["laion_download"].update(processes_count=1, thread_count=4, timeout=1, retries=0, number_sample_per_shard=4)
     params["laion_filter"]["face_model"] = str(face_model)
     params["corpus"].update(source="webdataset", path="artifacts/laion_filter/kept", image_size=16, test_fraction=0.0)
     params["neighbours"].update(model="fake:32", k=5)
@@ -200,11 +199,11 @@ def test_metadata_to_classified_faces(tmp_path: Path, tiny_params: Path, face_mo
     zero_filtered = {k: 0 for k in ("filtered_undecodable", "filtered_no_face", "filtered_several_faces", "filtered_nsfw")}
     shares = {"share_female_indicator_kept": None, "share_female_indicator_dropped": None}
     assert table["nurse"] == {
-        "occupation": "nurse", "matched": 5, "duplicate_url": 1, "over_cap": 0, "requested": 4, "downloaded": 1,
+        "matched": 5, "duplicate_url": 1, "over_cap": 0, "requested": 4, "downloaded": 1,
         **zero_failures, "failed_not_an_image": 1, "failed_opted_out": 1, "failed_timeout": 1, **zero_filtered,
         "kept": 1, **shares}
     assert table["engineer"] == {
-        "occupation": "engineer", "matched": 4, "duplicate_url": 0, "over_cap": 0, "requested": 4, "downloaded": 3,
+        "matched": 4, "duplicate_url": 0, "over_cap": 0, "requested": 4, "downloaded": 3,
         **zero_failures, "failed_http_404": 1, **zero_filtered, "filtered_no_face": 1, "filtered_several_faces": 1,
         "kept": 1, **shares}
     assert pl.read_csv("plots/acquisition.csv")["kept"].to_list() == [1, 1]

@@ -165,6 +165,7 @@ def filter_shards(shards: Sequence[Path], out_dir: Path, config: FilterConfig, p
     rows = []
     try:
         for shard in tqdm(list(shards), desc="filter", unit="shard", disable=not progress):
+            written = {True: 0, False: 0}
             with tarfile.open(out_dir / "kept" / shard.name, "w") as kept, \
                     tarfile.open(out_dir / "dropped" / shard.name, "w") as dropped:
                 for key, parts in _iter_shard(shard):
@@ -193,8 +194,12 @@ def filter_shards(shards: Sequence[Path], out_dir: Path, config: FilterConfig, p
                     rows.append(record)
                     meta.update({k: record[k] for k in ("n_faces", "face_score", "nsfw_score")}, filter_reason=reason)
                     target = kept if reason == "kept" else dropped
+                    written[reason == "kept"] += 1
                     for ext, data in parts.items():
                         _add_member(target, key + ext, json.dumps(meta).encode() if ext == ".json" else data)
+            for is_kept, folder in ((True, "kept"), (False, "dropped")):
+                if not written[is_kept]:  # the corpus reader rejects an empty shard
+                    (out_dir / folder / shard.name).unlink()
     finally:
         if faces is not None:
             faces.close()
