@@ -5,7 +5,9 @@ template (``"a photo of {a} {occupation}"``), and one image for each of a seeded
 ``generate.max_captions_per_occupation`` captions of the ``generate.caption_selection`` selection
 (``keyword``: every caption that mentions the occupation) used as prompts. Image ``i`` gets its own seed,
 derived from ``(base.seed, N, i)``, so a rerun makes the same images and generations differ only
-through their generators.
+through their generators. With ``generate.num_processes`` above 1 the stage re-runs itself under
+``accelerate launch`` and the processes share the batches by index (see :mod:`biasloop.core.distributed`);
+the images are the same as with one process.
 
 Inputs:   --generator artifacts/models/gen{N}/generator  (a saved generator, any backend)
           --selections artifacts/neighbours/selections.parquet  (selection, occupation, id, similarity, rank)
@@ -23,8 +25,10 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,6 +37,7 @@ import numpy as np
 import polars as pl
 
 from biasloop.core.config import to_dict
+from biasloop.core.distributed import ProcessGroup, launched_world, process_batches, relaunch
 from biasloop.core.io import atomic_path, timed, write_image_shards
 from biasloop.core.runtime import resolve_device
 from biasloop.core.stage import load_configs, make_parser, run_main
@@ -76,26 +81,41 @@ def main_body(argv: Sequence[str] | None) -> None:
     log.info("generation %d: %d images (%s) for %d occupations", args.generation, len(plan),
              ", ".join(f"{n} {kind}" for kind, n in counts), len(occupations))
 
+    device = resolve_device(configs["base"].device)
+    if config.num_processes > 1 and launched_world()[1] == 1:
+        log.info("re-running under accelerate launch with %d processes", config.num_processes)
+        relaunch("stages.generate", list(argv) if argv is not None else sys.argv[1:], config.num_processes, device)
+        return
+    group = ProcessGroup(device)
+    tracking = configs["tracking"] if group.is_main else dataclasses.replace(configs["tracking"], enabled=False)
+
     params = {"generate": to_dict(config), "occupations": occupations, "base": to_dict(configs["base"])}
-    with stage_run("generate", configs["tracking"], params, generation=args.generation) as run:
+    with stage_run("generate", tracking, params, generation=args.generation) as run:
         from tqdm.auto import tqdm
 
         from biasloop.models.generators import load_generator, read_manifest
 
-        device = resolve_device(configs["base"].device)
         with timed(f"loading generator {args.generator}", log):
-            generator = load_generator(args.generator, device)
+            generator = load_generator(args.generator, group.device(device))
         prompts = plan["prompt"].to_list()
-        chunks = []
+        # batches are fixed by index (and each image's seed too), so the images do not depend on the
+        # number of processes; process r takes batches r, r + P, ...
+        batches = process_batches(len(prompts), config.batch_size, group.rank, group.world)
+        chunks, indices = [], []
         start = time.perf_counter()
-        for begin in tqdm(range(0, len(prompts), config.batch_size), desc=f"generate@{args.generation}", unit="batch"):
-            end = begin + config.batch_size
-            chunks.append(generator.generate(prompts[begin:end], seeds[begin:end], batch_size=config.batch_size))
-        images = np.concatenate(chunks)
-        seconds = time.perf_counter() - start
-        log.info("generated %d images in %.1f s (%.1f images/s)", len(images), seconds, len(images) / seconds)
-
+        for batch in tqdm(batches, desc=f"generate@{args.generation} [{group.rank}/{group.world}]", unit="batch"):
+            chunks.append(generator.generate(prompts[batch.start:batch.stop], seeds[batch.start:batch.stop],
+                                             batch_size=config.batch_size))
+            indices.extend(batch)
+        mine = np.concatenate(chunks) if chunks else np.empty((0,), dtype=np.uint8)
         out = Path(args.out)
+        images = group.gather(out.parent / f".{out.name}.parts", np.asarray(indices, dtype=np.int64), mine)
+        if not group.is_main:
+            return
+        seconds = time.perf_counter() - start
+        log.info("generated %d images in %.1f s (%.1f images/s) with %d process(es)", len(images), seconds,
+                 len(images) / seconds, group.world)
+
         with atomic_path(out) as tmp:
             tmp.mkdir()
             refs = write_image_shards(images, tmp / "images", config.shard_size, ref_root=out / "images")
@@ -112,6 +132,7 @@ def main_body(argv: Sequence[str] | None) -> None:
                 "n_caption": int((plan["prompt_kind"] == "caption").sum()),
                 "generation_seconds": seconds,
                 "images_per_second": len(images) / max(seconds, 1e-9),
+                "num_processes": group.world,
             }
         )
 

@@ -148,3 +148,27 @@ def test_plan_prompts_caps_and_templates() -> None:
     assert plan["prompt_kind"].to_list() == ["neutral"] * 4 + ["caption"] * 2
     assert plan_prompts(config, OCCUPATIONS, selections, corpus, seed=0).equals(plan)
     assert plan["prompt"].to_list()[:2] == ["an engineer", "an engineer"]
+
+
+@pytest.mark.slow
+def test_two_processes_write_the_same_images_as_one(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """generate.num_processes: 2 re-runs the stage under `accelerate launch` on CPU (gloo); the batches and
+    seeds are fixed by index, so the shards are byte-identical to one process's."""
+    from stages.generate import main
+
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[1]))  # the launched processes import this checkout
+    params = yaml.safe_load(Path("params.yaml").read_text())
+    params["generate"]["batch_size"] = 3  # 16 images: 6 batches, 3 per process
+    Path("params.yaml").write_text(yaml.safe_dump(params))
+    assert main([*ARGS[:-1], "artifacts/one/generate"]) == 0
+    params["generate"]["num_processes"] = 2
+    Path("params.yaml").write_text(yaml.safe_dump(params))
+    assert main([*ARGS[:-1], "artifacts/two/generate"]) == 0
+    one = pl.read_parquet("artifacts/one/generate/manifest.parquet")
+    two = pl.read_parquet("artifacts/two/generate/manifest.parquet")
+    assert one.drop("image_ref").equals(two.drop("image_ref"))
+    shards = sorted(p.name for p in Path("artifacts/one/generate/images").glob("*.npy"))
+    assert shards == sorted(p.name for p in Path("artifacts/two/generate/images").glob("*.npy"))
+    for name in shards:
+        assert Path(f"artifacts/one/generate/images/{name}").read_bytes() == Path(f"artifacts/two/generate/images/{name}").read_bytes()
+    assert not list(Path("artifacts/two").glob(".generate*"))  # the parts folder is gone
