@@ -17,8 +17,8 @@ a shard's stats) and is emptied when the selection differs.
 is disabled (``NO_ALBUMENTATIONS_UPDATE=1``, img2dataset imports it); timeouts and retries are params.
 
 **At scale**: ``distributor`` is img2dataset's: ``multiprocessing`` (one machine, the default),
-``pyspark`` (a Spark session must exist before the call, e.g. ``spark-submit`` or a
-``SparkSession.builder`` in the launching process) or ``ray`` (``ray.init(address=...)`` first).
+``pyspark`` or ``ray``; ``cluster_address`` (a Spark master URL or a Ray address) connects to a cluster
+first (:func:`connect_cluster`), otherwise Spark runs ``local[processes_count]`` and Ray a local cluster.
 Ray probes cloud metadata endpoints and 8.8.8.8 when it starts, so it is never the default.
 
 :func:`download_table` turns the per-shard parquet files into the per-occupation table of requested /
@@ -58,6 +58,26 @@ class DownloadConfig:
     min_image_size: int = 0  # drop images whose smaller side is under this many pixels
     user_agent_token: str | None = "biasloop"  # names the crawler in the User-Agent and in X-Robots-Tag matching
     disallowed_header_directives: tuple[str, ...] = ("noai", "noimageai", "noindex", "noimageindex")  # opt-outs honoured
+    cluster_address: str | None = None  # pyspark: Spark master URL; ray: Ray address; null: a local session/cluster
+
+
+def connect_cluster(config: DownloadConfig) -> None:
+    """Start the Spark session or Ray connection img2dataset's distributor will use.
+
+    img2dataset's ``pyspark`` distributor uses the active Spark session and otherwise creates a
+    ``local[processes_count]`` one; its ``ray`` distributor uses the connected Ray cluster and otherwise
+    starts a local one. ``cluster_address`` points them at a real cluster.
+    """
+    if config.cluster_address is None or config.distributor == "multiprocessing":
+        return
+    if config.distributor == "pyspark":
+        from pyspark.sql import SparkSession
+
+        SparkSession.builder.master(config.cluster_address).appName("biasloop-laion-download").getOrCreate()
+    else:
+        import ray
+
+        ray.init(address=config.cluster_address, ignore_reinit_error=True)
 
 
 def _input_digest(frame: pl.DataFrame) -> str:
@@ -99,6 +119,7 @@ def run_img2dataset(input_path: str | Path, shards: str | Path, config: Download
     os.environ.setdefault("WANDB_SILENT", "true")
     from img2dataset import download
 
+    connect_cluster(config)
     download(
         url_list=str(input_path),
         output_folder=str(shards),
