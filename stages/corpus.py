@@ -5,9 +5,16 @@ Inputs:   data/ (occupation table + MNIST glyph pool for the world; tar shards o
 Outputs:  artifacts/corpus/captions.parquet  (id, caption, image_ref, true_occupation, true_gender,
                                              true_indicator, true_ambiguous, split)
           artifacts/corpus/images/*.npy       (uint8 image shards)
-          metrics/corpus.json                 (counts, share of women per occupation, markedness check)
+          artifacts/corpus/skipped.parquet    (where, id, reason, detail: records left out of an
+                                             ingested corpus; empty for the world)
+          metrics/corpus.json                 (counts, skipped records by reason; world: share of women
+                                             per occupation, markedness check)
           plots/corpus_contact_sheet.png      (a grid of samples per occupation)
 Params:   base, tracking, occupations, world, corpus
+
+Ingested corpora stream: one shard of images is in memory at a time. Unreadable records are skipped
+and listed in skipped.parquet; the stage fails (exit 2, nothing written) when more than
+corpus.max_bad_fraction of them are skipped.
 
 Example:
     python -m stages.corpus --out artifacts/corpus --metrics metrics/corpus.json \\
@@ -19,13 +26,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
+import polars as pl
+
 from biasloop.core.config import to_dict
-from biasloop.core.io import timed, write_json
+from biasloop.core.io import load_images, timed, write_json
 from biasloop.core.stage import load_configs, make_parser, run_main
 from biasloop.core.tracking import stage_run
 from biasloop.data.corpus import (
     CorpusConfig,
-    ingest,
+    CorpusError,
+    ingest_corpus,
     iter_folder,
     iter_webdataset,
     write_corpus,
@@ -61,22 +71,34 @@ def main_body(argv: Sequence[str] | None) -> None:
         with timed(f"building corpus from source={corpus.source}", log):
             if corpus.source == "world":
                 samples, images = build_world(world, list(occupations))
-            elif corpus.source == "webdataset":
-                if corpus.path is None:
-                    raise ValueError("corpus.path: the webdataset source needs a folder of .tar shards")
-                samples, images = ingest(iter_webdataset(corpus.path), corpus)
+                table = write_corpus(samples, images, args.out, corpus.shard_size)
+                ingestion = None
             else:
-                samples, images = ingest(iter_folder(corpus), corpus)
-        table = write_corpus(samples, images, args.out, corpus.shard_size)
-        log.info("wrote %d samples (%d train, %d test) to %s", len(table),
-                 (table["split"] == "train").sum(), (table["split"] == "test").sum(), args.out)
+                if corpus.path is None:
+                    raise CorpusError(f"corpus.path: the {corpus.source} source needs "
+                                      f"{'a folder of .tar shards' if corpus.source == 'webdataset' else 'a parquet listing'}")
+                records = (iter_webdataset(corpus.path, max_member_bytes=corpus.max_file_bytes)
+                           if corpus.source == "webdataset" else iter_folder(corpus))
+                ingestion = ingest_corpus(records, corpus, args.out)
+                # The first shard is enough for the contact sheet; the whole table is never in memory.
+                table = pl.scan_parquet(f"{args.out}/captions.parquet").head(corpus.shard_size).collect()
+                images = load_images(table["image_ref"].to_list())
 
+        if ingestion is None:
+            counts = table["split"].value_counts()
+            n_split = dict(zip(counts["split"].to_list(), counts["count"].to_list()))
+        else:
+            n_split = {"train": 0, "test": 0} | dict(ingestion.n_split)
         metrics: dict = {
-            "n_samples": len(table),
-            "n_train": int((table["split"] == "train").sum()),
-            "n_test": int((table["split"] == "test").sum()),
+            "n_samples": sum(n_split.values()),
+            "n_train": int(n_split.get("train", 0)),
+            "n_test": int(n_split.get("test", 0)),
             "image_size": int(images.shape[1]),
         }
+        log.info("wrote %d samples (%d train, %d test) to %s", metrics["n_samples"], metrics["n_train"],
+                 metrics["n_test"], args.out)
+        if ingestion is not None:
+            metrics["ingestion"] = ingestion.to_metrics()
         if corpus.source == "world":
             metrics.update(world_statistics(table, read_occupation_shares(world.occupation_table)))
         write_json(args.metrics, metrics)

@@ -68,10 +68,12 @@ def test_webdataset_ingestion(shards: Path) -> None:
     assert samples["true_gender"].null_count() == 3
 
 
-def test_empty_shard_is_named(shards: Path) -> None:
+def test_empty_shard_is_recorded(shards: Path) -> None:
     _write_tar(shards / "00002.tar", {})
-    with pytest.raises(CorpusError, match=r"00002\.tar: empty shard"):
-        list(iter_webdataset(shards))
+    records = list(iter_webdataset(shards))
+    assert records[-1].where.endswith("00002.tar") and records[-1].problem[0] == "empty_shard"
+    samples, _ = ingest(records, CorpusConfig(source="webdataset", image_size=8))
+    assert len(samples) == 3  # an empty shard loses no record
 
 
 def test_unreadable_image_is_named(shards: Path) -> None:
@@ -88,12 +90,13 @@ def test_duplicate_id_is_named(shards: Path) -> None:
 
 
 def test_missing_caption_and_image_are_named(shards: Path) -> None:
+    config = CorpusConfig(source="webdataset", max_bad_fraction=0.0)
     _write_tar(shards / "00002.tar", {"000000005.png": _png((1, 2, 3))})
     with pytest.raises(CorpusError, match=r"sample '000000005': no caption"):
-        list(iter_webdataset(shards))
+        ingest(iter_webdataset(shards), config)
     _write_tar(shards / "00002.tar", {"000000006.txt": b"text only"})
     with pytest.raises(CorpusError, match=r"sample '000000006': no image member"):
-        list(iter_webdataset(shards))
+        ingest(iter_webdataset(shards), config)
 
 
 def test_folder_source(tmp_path: Path) -> None:
