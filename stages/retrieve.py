@@ -8,7 +8,8 @@ Inputs:   --corpus  captions parquet (id, caption; ground truth true_occupation 
                     and split where present)
 Outputs:  --out     matches parquet: occupation, id, caption, indicator, male_terms, female_terms
                     (terms are list[str]), one row per (occupation, caption that mentions it)
-          --metrics JSON: counts and indicator shares per occupation, speed, and, when the corpus has
+          --metrics JSON: counts and indicator shares per occupation, the occupations no caption
+                    mentions (also a warning: they drop out of every average), speed, and, when the corpus has
                     ground truth, precision/recall against true_occupation and agreement with
                     true_indicator
 Params:   base, tracking, occupations, retrieve
@@ -35,6 +36,7 @@ from biasloop.data.retrieval import (
     RetrieveConfig,
     evaluate_against_truth,
     indicator_shares,
+    occupations_without_matches,
     parse_occupations,
     retrieve_lazy,
     streaming_problems,
@@ -76,8 +78,15 @@ def main_body(argv: Sequence[str] | None) -> None:
         log.info("retrieved %d matches (%d captions) in %.1f s (%.0f captions/s)",
                  len(matches), matches["id"].n_unique(), seconds, n_captions / max(seconds, 1e-9))
 
+        missing = occupations_without_matches(matches, occupations)
+        if missing:
+            log.warning("no caption mentions %d of %d occupations: %s; they have no training share and drop "
+                        "out of every average over occupations", len(missing), len(occupations), ", ".join(missing))
         metrics = {
             "n_captions": n_captions,
+            "n_occupations": len(occupations),
+            "n_occupations_with_matches": len(occupations) - len(missing),
+            "occupations_without_matches": missing,
             "n_matches": len(matches),
             "n_captions_retrieved": matches["id"].n_unique(),
             "seconds": round(seconds, 3),

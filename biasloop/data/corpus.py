@@ -15,7 +15,7 @@ listed in a parquet), the ``corpus`` stage writes:
 written (``images/NNNNN.npy`` and a caption part) before the next is read, and the parts are joined
 into ``captions.parquet`` by a streaming polars sink. Tar shards are read member by member and a
 folder listing in row batches, so peak memory is bounded by a shard whatever the corpus size (plus a
-set of the ids seen, for the duplicate check: about 100 bytes per record). See
+set of the ids seen, for the duplicate check: about 130 bytes per record). See
 ``benchmarks/ingestion.py``.
 
 **Bad input.** Web data is full of broken records, so ingestion skips a bad *record* and records why
@@ -33,13 +33,14 @@ import io as _io
 import json
 import logging
 import math
+import posixpath
 import re
 import tarfile
 import unicodedata
 import warnings
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 import numpy as np
@@ -286,9 +287,11 @@ def decode_image(data: bytes | None, config: CorpusConfig) -> np.ndarray:
 # Sources
 
 
+# Member names go through posixpath, not pathlib: Python 3.11's pathlib interns every path part, which
+# grows memory with the number of records read.
 def _unsafe_member_name(name: str) -> bool:
-    path = PurePosixPath(name.replace("\\", "/"))
-    return path.is_absolute() or ".." in path.parts or (len(name) > 1 and name[1] == ":")
+    name = name.replace("\\", "/")
+    return name.startswith("/") or ".." in name.split("/") or (len(name) > 1 and name[1] == ":")
 
 
 def _webdataset_sample(shard: Path, key: str, parts: dict[str, bytes | int]) -> Record:
@@ -296,7 +299,7 @@ def _webdataset_sample(shard: Path, key: str, parts: dict[str, bytes | int]) -> 
     where = f"{shard}, sample {key!r}"
     for suffix, part in parts.items():
         if isinstance(part, int):
-            return Record(PurePosixPath(key).name, None, None, where,
+            return Record(posixpath.basename(key), None, None, where,
                           ("file_too_large", f"member {suffix} has {part} bytes (corpus.max_file_bytes); not read"))
     image = next((parts[ext] for ext in IMAGE_EXTENSIONS if ext in parts), None)
     meta: dict = {}
@@ -304,12 +307,12 @@ def _webdataset_sample(shard: Path, key: str, parts: dict[str, bytes | int]) -> 
         try:
             meta = json.loads(parts[".json"].decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            return Record(PurePosixPath(key).name, None, image, where, ("bad_json", f"bad .json member ({exc})"))
+            return Record(posixpath.basename(key), None, image, where, ("bad_json", f"bad .json member ({exc})"))
         if not isinstance(meta, dict):
-            return Record(PurePosixPath(key).name, None, image, where,
+            return Record(posixpath.basename(key), None, image, where,
                           ("bad_json", f".json member is a {type(meta).__name__}, not an object"))
     caption: Any = parts[".txt"] if ".txt" in parts else meta.get("caption")
-    sample_id = str(meta.get("key") or PurePosixPath(key).name)
+    sample_id = str(meta.get("key") or posixpath.basename(key))
     return Record(sample_id, caption, image, where)
 
 
@@ -343,8 +346,8 @@ def iter_webdataset(folder: str | Path, max_member_bytes: int | None = None) -> 
                 for member in archive:
                     if member.isdir():
                         continue
-                    name = PurePosixPath(member.name)
-                    member_key = str(name.with_suffix(""))
+                    member_key, suffix = posixpath.splitext(member.name)
+                    suffix = suffix.lower()
                     if _unsafe_member_name(member.name):
                         yield Record(None, None, None, f"{shard}, member {member.name!r}",
                                      ("unsafe_name", "member name is absolute or contains '..'; not read"))
@@ -360,10 +363,10 @@ def iter_webdataset(folder: str | Path, max_member_bytes: int | None = None) -> 
                             yield _webdataset_sample(shard, key, parts)
                         key, parts = member_key, {}
                     if max_member_bytes is not None and member.size > max_member_bytes:
-                        parts[name.suffix.lower()] = member.size
+                        parts[suffix] = member.size
                         continue
                     handle = archive.extractfile(member)
-                    parts[name.suffix.lower()] = handle.read() if handle else b""
+                    parts[suffix] = handle.read() if handle else b""
                 if key is not None:
                     n_samples += 1
                     yield _webdataset_sample(shard, key, parts)

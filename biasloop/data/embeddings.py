@@ -83,7 +83,9 @@ class SentenceTransformerEncoder:
             else:
                 path = self.name
             started = time.perf_counter()
-            self._model = SentenceTransformer(path, device=self.device)
+            # No code from the model folder, no pickled .bin weights: safetensors only.
+            self._model = SentenceTransformer(path, device=self.device, trust_remote_code=False,
+                                              model_kwargs={"use_safetensors": True})
             log.info("loaded sentence encoder %s in %.1f s", self.name, time.perf_counter() - started)
         return self._model
 

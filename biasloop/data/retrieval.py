@@ -295,6 +295,16 @@ def evaluate_against_truth(matches: pl.DataFrame, corpus: pl.LazyFrame, occupati
     return result
 
 
+def occupations_without_matches(matches: pl.DataFrame, occupations: Sequence[str]) -> list[str]:
+    """The occupations (in the given order) that no retrieved caption mentions.
+
+    Such an occupation has no training share, so every average over occupations downstream leaves it
+    out; the retrieve stage names them in a warning and in its metrics.
+    """
+    found = set(matches["occupation"].unique().to_list()) if len(matches) else set()
+    return [name for name in occupations if name not in found]
+
+
 def indicator_shares(matches: pl.DataFrame, occupations: Sequence[str]) -> dict:
     """Counts and label shares of retrieved captions, overall (distinct captions) and per occupation."""
 

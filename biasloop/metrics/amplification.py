@@ -541,7 +541,9 @@ def amplification_table(
         side = train/gen); ``per_occupation`` rows (counts,
         shares with intervals, abstain rates, ``difference`` = share_gen - share_train) for every
         matched occupation; ``unmatched`` = {"train_only": [..], "gen_only": [..]}; ``dropped``:
-        matched occupations left out of the aggregates because a side has no confident image; and,
+        matched occupations left out of the aggregates because a side has no confident image;
+        ``occupations_left_out``: the unmatched and dropped names together (occupations of either
+        file that the aggregates do not cover, e.g. one no training caption mentions); and,
         with ``confusion``, ``corrected``: the same aggregates and rows on corrected shares, plus
         ``confusion`` = {"tpr", "fpr", "train_corrected"}.
 
@@ -570,6 +572,8 @@ def amplification_table(
     result.update(_table(names, train, gen, (share_train, share_gen), boot, null, keep))
     result["unmatched"] = {"train_only": sorted(train_names - gen_names), "gen_only": sorted(gen_names - train_names)}
     result["dropped"] = [name for name, kept in zip(names, keep) if not kept]
+    result["occupations_left_out"] = sorted({*result["unmatched"]["train_only"], *result["unmatched"]["gen_only"],
+                                             *result["dropped"]})
     if confusion is not None:
         tpr, fpr = float(confusion["tpr"]), float(confusion["fpr"])
 
@@ -587,6 +591,7 @@ def amplification_table(
             (correct(null[0], correct_train), correct(null[1])),
             keep,
         )
+        corrected["occupations_left_out"] = result["occupations_left_out"]
         corrected["confusion"] = {"tpr": tpr, "fpr": fpr, "train_corrected": bool(correct_train)}
         result["corrected"] = corrected
     return result

@@ -148,10 +148,17 @@ def paradox_table(
 
 
 def headline(table: dict[str, Any] | None) -> dict[str, Any]:
-    """The aggregate numbers of one amplification table (:data:`HEADLINE_KEYS`, no per-occupation rows)."""
+    """The aggregate numbers of one amplification table (:data:`HEADLINE_KEYS`, no per-occupation rows).
+
+    ``n_occupations`` (occupations the means are taken over) comes with ``n_occupations_left_out``
+    (occupations of either side that they do not cover), so an average never hides a missing occupation.
+    """
     if not table:
         return {}
-    return {key: table[key] for key in HEADLINE_KEYS if key in table}
+    out = {key: table[key] for key in HEADLINE_KEYS if key in table}
+    if "occupations_left_out" in table:
+        out["n_occupations_left_out"] = len(table["occupations_left_out"])
+    return out
 
 
 def table_rows(paradox: dict) -> list[dict]:

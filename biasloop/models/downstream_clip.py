@@ -183,18 +183,16 @@ def save_downstream(model: DownstreamCLIP, folder: str | Path, config: Downstrea
 
 def load_downstream(folder: str | Path, device: str = "cpu") -> DownstreamCLIP:
     """Load a model saved with :func:`save_downstream`."""
-    import torch
+    from biasloop.models.weights import load_state_dict_file, load_weights_into, manifest_field, read_manifest
 
     folder = Path(folder)
     manifest_path = folder / MANIFEST
-    if not manifest_path.exists():
-        raise FileNotFoundError(f"{manifest_path} not found: not a downstream CLIP folder (run retrain/pretrain)")
-    manifest = json.loads(manifest_path.read_text())
-    config = from_dict(DownstreamConfig, manifest.get("config") or {"model": manifest["model"]},
+    manifest = read_manifest(manifest_path, "a downstream CLIP folder (run retrain/pretrain)")
+    config = from_dict(DownstreamConfig, manifest.get("config") or {"model": manifest_field(manifest, "model", manifest_path)},
                        f"{manifest_path}: config")
     open_clip = _open_clip()
     with cpu_threads(config.cpu_threads, device):
         model = open_clip.create_model(config.model, pretrained=None, device=device)
-        model.load_state_dict(torch.load(folder / WEIGHTS, map_location=device, weights_only=True))
+        load_weights_into(model, load_state_dict_file(folder / WEIGHTS, device), folder / WEIGHTS)
     model.eval()
     return DownstreamCLIP(model, config, device)

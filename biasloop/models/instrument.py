@@ -253,8 +253,9 @@ def _load_open_clip(instrument: Instrument) -> None:
 
     open_clip = _open_clip()  # with the repository's model configs (biasloop-tiny-clip) registered
     config = instrument.config
+    # weights_only: a checkpoint file is never unpickled beyond tensors
     model, _, _ = open_clip.create_model_and_transforms(config.model, pretrained=config.pretrained,
-                                                        device=instrument.device)
+                                                        device=instrument.device, weights_only=True)
     model.eval()
     size = getattr(model.visual, "image_size", 224)
     size = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
@@ -402,23 +403,21 @@ def train_or_load_instrument(
 
 def load_instrument(folder: str | Path, device: str = "cpu") -> Instrument:
     """Load an instrument saved with :meth:`Instrument.save`."""
-    import torch
+    from biasloop.models.weights import load_state_dict_file, load_weights_into, manifest_field, read_manifest
 
     folder = Path(folder)
     manifest_path = folder / MANIFEST
-    if not manifest_path.exists():
-        raise FileNotFoundError(f"{manifest_path} not found: not an instrument folder (run the instrument stage)")
-    manifest = json.loads(manifest_path.read_text())
-    config = from_dict(InstrumentConfig, manifest["config"], f"{manifest_path}: config")
+    manifest = read_manifest(manifest_path, "an instrument folder (run the instrument stage)")
+    config = from_dict(InstrumentConfig, manifest_field(manifest, "config", manifest_path), f"{manifest_path}: config")
     instrument = Instrument(config, device)
     if config.backend == "open-clip":
         with cpu_threads(config.cpu_threads, device):
             _load_open_clip(instrument)
         return instrument
-    tower = _build_tower(config.widths, manifest["embed_dim"])
-    tower.load_state_dict(torch.load(folder / WEIGHTS, map_location=device, weights_only=True))
+    tower = _build_tower(config.widths, manifest_field(manifest, "embed_dim", manifest_path))
+    load_weights_into(tower, load_state_dict_file(folder / WEIGHTS, device), folder / WEIGHTS)
     instrument.image_tower = tower.to(device).eval()
-    instrument.logit_scale = float(manifest["logit_scale"])
+    instrument.logit_scale = float(manifest_field(manifest, "logit_scale", manifest_path))
     return instrument
 
 

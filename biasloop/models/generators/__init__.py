@@ -17,7 +17,6 @@ reads it back on any device.
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
@@ -144,10 +143,9 @@ def build_generator(config: GeneratorConfig, device: str = "cpu", seed: int = 0)
 
 def read_manifest(folder: str | Path) -> dict[str, Any]:
     """The ``generator.json`` of a saved generator."""
-    path = Path(folder) / MANIFEST
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: not a saved generator (no {MANIFEST})")
-    return json.loads(path.read_text())
+    from biasloop.models.weights import read_manifest as read_json_manifest
+
+    return read_json_manifest(Path(folder) / MANIFEST, "a saved generator")
 
 
 def load_generator(folder: str | Path, device: str = "cpu") -> Generator:

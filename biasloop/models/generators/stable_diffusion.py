@@ -73,6 +73,7 @@ class StableDiffusionGenerator:
             safety_checker=None,
             requires_safety_checker=False,
             local_files_only=not (config.allow_download and not local),
+            use_safetensors=True,  # never unpickle a .bin from a folder or hub repository
         )
         self.pipe.to(self.device)
         self.pipe.set_progress_bar_config(disable=True)
@@ -233,14 +234,15 @@ class StableDiffusionGenerator:
     def load(cls, folder: str | Path, device: str = "cpu") -> StableDiffusionGenerator:
         """Load the base pipeline named in ``generator.json`` and its LoRA weights, if any."""
         from peft.utils import set_peft_model_state_dict
-        from safetensors.torch import load_file
+
+        from biasloop.models.weights import load_state_dict_file, manifest_field, read_manifest
 
         folder = Path(folder)
-        manifest = json.loads((folder / MANIFEST).read_text())
-        generator = cls(config_from_dict(manifest["config"]), device=device)
+        manifest = read_manifest(folder / MANIFEST, "a saved stable-diffusion generator")
+        generator = cls(config_from_dict(manifest_field(manifest, "config", folder / MANIFEST)), device=device)
         if manifest.get("lora"):
             generator._add_lora()
-            state = load_file(str(folder / manifest["lora"]))
+            state = load_state_dict_file(folder / Path(str(manifest["lora"])).name)
             result = set_peft_model_state_dict(generator.pipe.unet, state)
             unexpected = getattr(result, "unexpected_keys", None)
             if unexpected:

@@ -407,11 +407,18 @@ class TinyDiffusion:
     def load(cls, folder: str | Path, device: str = "cpu") -> TinyDiffusion:
         """Load a saved tiny-diffusion generator onto ``device``."""
         from diffusers import DDPMScheduler, UNet2DModel
-        from safetensors.torch import load_file
+
+        from biasloop.models.weights import (
+            from_pretrained_safely,
+            load_state_dict_file,
+            load_weights_into,
+            manifest_field,
+            read_manifest,
+        )
 
         folder = Path(folder)
-        manifest = json.loads((folder / MANIFEST).read_text())
-        config = config_from_dict(manifest["config"])
+        manifest = read_manifest(folder / MANIFEST, "a saved tiny-diffusion generator")
+        config = config_from_dict(manifest_field(manifest, "config", folder / MANIFEST))
         generator = cls(config, device=device)
         expected = manifest.get("text_encoder", {})
         if expected.get("dim") not in (None, generator.text_encoder.dim):
@@ -419,12 +426,14 @@ class TinyDiffusion:
                 f"{folder}: saved with text encoder {expected.get('name')!r} (dim {expected.get('dim')}), "
                 f"but {generator.text_encoder.name!r} has dim {generator.text_encoder.dim}"
             )
-        unet = UNet2DModel.from_pretrained(folder / "unet")
-        generator.ema.unet.load_state_dict(unet.state_dict())
-        generator.ema.cond.load_state_dict(load_file(str(folder / "conditioning.safetensors")))
+        # safetensors only: a unet/*.bin pickle in a folder from elsewhere is never unpickled
+        unet = from_pretrained_safely(UNet2DModel, folder / "unet")
+        load_weights_into(generator.ema.unet, unet.state_dict(), folder / "unet")
+        conditioning = folder / "conditioning.safetensors"
+        load_weights_into(generator.ema.cond, load_state_dict_file(conditioning), conditioning)
         generator.ema.to(generator.device)
         generator.model.load_state_dict(generator.ema.state_dict())
-        generator.scheduler = DDPMScheduler.from_pretrained(folder / "scheduler")
+        generator.scheduler = from_pretrained_safely(DDPMScheduler, folder / "scheduler", use_safetensors=None)
         generator.trained_steps = int(manifest.get("trained_steps", 0))
         generator.history = list(manifest.get("history", []))
         return generator
