@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import types
 import typing
 from pathlib import Path
@@ -98,15 +99,20 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
             return value
         raise ConfigError(f"{key}: expected an integer, found {value!r}")
     if tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
+            number = float(value)
+        elif isinstance(value, str):
             # PyYAML reads 3e-3 (no dot) as a string: accept what plainly spells a number.
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        raise ConfigError(f"{key}: expected a number, found {value!r}")
+        if number is None:
+            raise ConfigError(f"{key}: expected a number, found {value!r}")
+        if not math.isfinite(number):  # .nan / .inf: no param of this project means anything with them
+            raise ConfigError(f"{key}: expected a finite number, found {value!r}")
+        return number
     if tp is str:
         if isinstance(value, str):
             return value
