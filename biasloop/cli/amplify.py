@@ -11,6 +11,7 @@ import csv
 import json
 import re
 import sys
+import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,7 @@ class CountFileError(ValueError):
 REQUIRED_COLUMNS = ("occupation", "n_female", "n_male")
 COUNT_COLUMNS = ("n_female", "n_male", "n_abstain")
 _NON_NEGATIVE_INTEGER = re.compile(r"[0-9]+")
+_MAX_COUNT = 2**63 - 1  # counts are Int64
 
 
 def read_count_file(path: str | Path) -> pl.DataFrame:
@@ -111,6 +113,8 @@ def _parse_counts(path: Path, reader: Any) -> pl.DataFrame:
         occupation = cells["occupation"]
         if not occupation:
             raise CountFileError(f"{path}, line {line}: empty occupation")
+        if any(unicodedata.category(ch) == "Cc" for ch in occupation):
+            raise CountFileError(f"{path}, line {line}: occupation contains a control character ({occupation!r})")
         if occupation in first_seen:
             raise CountFileError(
                 f"{path}, line {line}: duplicate occupation {occupation!r} (first on line {first_seen[occupation]})"
@@ -123,6 +127,8 @@ def _parse_counts(path: Path, reader: Any) -> pl.DataFrame:
                 text = "0"
             if not _NON_NEGATIVE_INTEGER.fullmatch(text):
                 raise CountFileError(f"{path}, line {line}: {column} must be a non-negative integer, found {text!r}")
+            if int(text) > _MAX_COUNT:
+                raise CountFileError(f"{path}, line {line}: {column} is too large ({text}; at most {_MAX_COUNT})")
             rows[column].append(int(text))
     if not rows["occupation"]:
         raise CountFileError(f"{path}: no occupation rows after the header")
@@ -211,6 +217,9 @@ def run(args: argparse.Namespace) -> int:
         train, gen = read_count_file(args.train), read_count_file(args.gen)
     except CountFileError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if not set(train["occupation"]) & set(gen["occupation"]):
+        print(f"error: no occupation is in both {args.train} and {args.gen}", file=sys.stderr)
         return 2
     result = amplification_table(train, gen, n_boot=args.n_boot, seed=args.seed)
     unmatched = result["unmatched"]
