@@ -156,3 +156,17 @@ def test_stage_errors_are_one_line(workspace: Path, capsys: pytest.CaptureFixtur
     assert classify_train.main(["--params", "params.yaml", "--instrument", "nowhere",
                                 "--selections", "missing.parquet"]) == 2
     assert "missing.parquet" in capsys.readouterr().err
+
+
+def test_evaluate_groups_unlabelled_held_out_images_with_the_labeller(workspace: Path) -> None:
+    """evaluate@N's perceived groups, for a corpus without gender labels: the labeller's out-of-sample labels."""
+    from biasloop.metrics.evaluation import perceived_groups
+    from biasloop.models.labelling import label_images
+
+    assert _run_instrument() == 0
+    test = pl.read_parquet("artifacts/corpus/captions.parquet").filter(pl.col("split") == "test").head(20)
+    unlabelled = test.with_columns(true_gender=pl.lit(None, dtype=pl.String))
+    groups = perceived_groups(unlabelled, "artifacts/instrument", "cpu", 0.1)
+    labels = label_images(load_labeller("artifacts/instrument"), test["image_ref"].to_list(), 0.1)["label"].to_list()
+    assert groups == [None if label == "abstain" else label for label in labels]
+    assert perceived_groups(test, "artifacts/instrument", "cpu", 0.1) == test["true_gender"].to_list()

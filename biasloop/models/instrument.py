@@ -51,7 +51,7 @@ class InstrumentConfig:
     model: str = "ViT-L-14"  # open-clip: architecture name (the paradox study: ViT-L/14)
     pretrained: str | None = None  # open-clip: weights tag or file (e.g. "openai"); None: random weights
     widths: tuple[int, ...] = (16, 32, 64)  # locked-text-clip: conv channels per stage of the image tower
-    folds: int = 3  # locked-text-clip: cross-fitting folds K (>= 2); K models, each trained without one fold
+    folds: int = 2  # locked-text-clip: cross-fitting folds K (>= 2); K models, each trained without one fold
     epochs: int = 20  # locked-text-clip: passes over the training pairs (per fold model)
     batch_size: int = 256  # locked-text-clip: pairs per contrastive batch
     learning_rate: float = 3e-3  # locked-text-clip: AdamW peak learning rate (one-cycle schedule)
