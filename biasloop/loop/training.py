@@ -19,22 +19,24 @@ stream (where)                    what it decides                               
 ``[seed, N, 0]`` (generate@N)     each generated image's initial noise           ratios
 ``[seed, N, 7919]`` (mix@N)       the nested order of replaced samples           ratios (nested prefix)
 ``[seed, N, 1]`` (mix@N)          noise of the i-th replacement image            ratios (same i, same sample)
-``generator-init``                tiny-diffusion initial weights (from scratch)  generations, ratios
+``generator-init``                initial weights: tiny-diffusion from scratch,  generations, ratios
+                                  stable-diffusion's LoRA adapters
 ``generator-train``, N            generator batch order, noise, timesteps,       ratios
                                   condition dropout in generation N's training
 ``downstream``                    downstream CLIP initial weights and batch      generations, ratios
                                   order (trained from scratch every generation)
 ``instrument-folds`` /            which fold each training image is in; each     everything (trained once)
 ``instrument-fold``, k            fold model's initial weights, order, augments
-``base.seed`` (paradox, evaluate) bootstrap resamples of every interval          generations, ratios
+``base.seed`` (paradox, evaluate) bootstrap and noise-floor (null) draws         generations, ratios
 ================================  =============================================  ==========================
 
 The downstream CLIP and the from-scratch generator start from the same weights and see their data in
 the same order in every generation, so a change across generations is the datasets' and not a new
 initialisation's. The generator's training noise is fresh per generation: the loop fine-tunes one
 model round after round, and replaying one noise sequence every round would correlate the rounds.
-Random numbers are drawn on the CPU (``torch.Generator()``) and moved to the device, so a CPU and a
-GPU run draw the same numbers (their float arithmetic still differs; see the README).
+Random numbers are drawn on the CPU (``torch.Generator()``, CPU initialisation) and moved to the device,
+so a CPU and a GPU run draw the same numbers (their float arithmetic still differs; see the README); the
+one exception is stable-diffusion's LoRA initialisation, which peft draws on the UNet's device.
 """
 
 from __future__ import annotations
