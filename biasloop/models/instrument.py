@@ -62,7 +62,7 @@ class InstrumentConfig:
     cpu_threads: int | None = None  # torch threads on CPU while training/encoding (None: the stage's base.cpu_threads)
 
     BACKEND_KEYS: ClassVar[dict[str, tuple[str, ...]]] = {  # keys only one backend reads (a warning otherwise)
-        "locked-text-clip": ("text_encoder", "widths", "epochs", "batch_size", "learning_rate", "augment"),
+        "locked-text-clip": ("text_encoder", "folds", "widths", "epochs", "batch_size", "learning_rate", "augment"),
         "open-clip": ("model", "pretrained"),
     }
 
