@@ -1,9 +1,13 @@
 """classify@N: perceived gender and occupation of the images generation N made.
 
+No model of the cross-fitted instrument trained on a generated image: each is labelled by the fold model
+a seeded hash of its ``image_ref`` picks, the rule that labelled the held-out images the confusion rates
+come from (``biasloop.models.labelling``).
+
 Inputs:   artifacts/instrument, artifacts/gen{N}/generate/manifest.parquet (+ image shards)
 Outputs:  artifacts/gen{N}/classify/predictions.parquet: the manifest's columns (prompt_kind,
           occupation, prompt, seed, image_ref) plus p_female, label, p_occupation (the instrument's
-          zero-shot probability of the asked occupation) and predicted_occupation
+          zero-shot probability of the asked occupation), predicted_occupation and instrument_fold
 Params:   base, tracking, occupations, classify
 
 Example:
@@ -16,16 +20,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-import numpy as np
 import polars as pl
 
 from biasloop.core.config import to_dict
-from biasloop.core.io import load_images, timed, write_parquet
+from biasloop.core.io import timed, write_parquet
 from biasloop.core.runtime import resolve_device
 from biasloop.core.stage import load_configs, make_parser, run_main
 from biasloop.core.tracking import stage_run
-from biasloop.metrics.amplification import label_from_p
-from biasloop.models.instrument import ClassifyConfig, load_instrument
+from biasloop.models.instrument import ClassifyConfig
+from biasloop.models.labelling import label_images, load_labeller
 
 log = logging.getLogger("classify")
 
@@ -46,19 +49,13 @@ def main_body(argv: Sequence[str] | None) -> None:
         raise ValueError(f"{args.manifest}: occupations {stray} are not in params occupations")
 
     with stage_run("classify", configs["tracking"], {"classify": to_dict(config)}, generation=args.generation) as run:
-        instrument = load_instrument(args.instrument, resolve_device(configs["base"].device))
-        with timed(f"classifying {len(manifest)} generated images", log):
-            images = load_images(manifest["image_ref"].to_list())
-            p_female = instrument.p_female(images, batch_size=config.batch_size, progress=True)
-            occupation_probs = instrument.occupation_probs(images, occupations, batch_size=config.batch_size,
-                                                           progress=True)
-        asked = np.array([occupations.index(o) for o in manifest["occupation"].to_list()], dtype=int)
-        predictions = manifest.with_columns(
-            pl.Series("p_female", p_female, dtype=pl.Float64),
-            pl.Series("label", label_from_p(p_female, config.abstain_threshold).tolist(), dtype=pl.String),
-            pl.Series("p_occupation", occupation_probs[np.arange(len(asked)), asked], dtype=pl.Float64),
-            pl.Series("predicted_occupation", [occupations[i] for i in occupation_probs.argmax(axis=1)], dtype=pl.String),
-        )
+        labeller = load_labeller(args.instrument, resolve_device(configs["base"].device))
+        with timed(f"classifying {len(manifest)} generated images ({labeller.labels})", log):
+            labels = label_images(labeller, manifest["image_ref"].to_list(), config.abstain_threshold,
+                                  batch_size=config.batch_size, occupations=occupations,
+                                  asked=manifest["occupation"].to_list())
+        predictions = pl.concat([manifest, labels.select("p_female", "label", "p_occupation", "predicted_occupation",
+                                                         "instrument_fold")], how="horizontal")
         write_parquet(args.out, predictions)
         neutral = predictions.filter(pl.col("prompt_kind") == "neutral")
         metrics = {

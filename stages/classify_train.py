@@ -1,12 +1,14 @@
 """classify_train: perceived gender of the training images behind each retrieval selection.
 
-Each distinct image is classified once; every (selection, occupation) row that includes it gets its
-``p_female`` and label (``female``/``male``/``abstain`` by ``classify.abstain_threshold``). The world's
-``true_gender`` rides along for evaluation only.
+Each distinct image is classified once, out of sample: by the cross-fitted instrument's model of the
+image's own fold, the one that never trained on it (``biasloop.models.labelling``). Every (selection,
+occupation) row that includes it gets its ``p_female``, label (``female``/``male``/``abstain`` by
+``classify.abstain_threshold``) and ``instrument_fold``. The world's ``true_gender`` rides along for
+evaluation only.
 
 Inputs:   artifacts/instrument, artifacts/neighbours/selections.parquet, artifacts/corpus
 Outputs:  artifacts/classify_train/predictions.parquet
-          (selection, occupation, id, p_female, label, true_gender)
+          (selection, occupation, id, p_female, label, instrument_fold, true_gender)
 Params:   base, tracking, classify
 
 Example:
@@ -20,16 +22,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-import numpy as np
 import polars as pl
 
 from biasloop.core.config import to_dict
-from biasloop.core.io import load_images, timed, write_parquet
+from biasloop.core.io import timed, write_parquet
 from biasloop.core.runtime import resolve_device
 from biasloop.core.stage import load_configs, make_parser, run_main
 from biasloop.core.tracking import stage_run
-from biasloop.metrics.amplification import label_from_p
-from biasloop.models.instrument import ClassifyConfig, load_instrument
+from biasloop.models.instrument import ClassifyConfig
+from biasloop.models.labelling import label_images, load_labeller
 
 log = logging.getLogger("classify_train")
 
@@ -54,20 +55,15 @@ def main_body(argv: Sequence[str] | None) -> None:
     images_needed = selections.select("id").unique().sort("id").join(corpus, on="id", how="left")
 
     with stage_run("classify_train", configs["tracking"], {"classify": to_dict(config)}) as run:
-        instrument = load_instrument(args.instrument, resolve_device(configs["base"].device))
-        with timed(f"classifying {len(images_needed)} training images", log):
-            if len(images_needed):
-                p_female = instrument.p_female(load_images(images_needed["image_ref"].to_list()),
-                                               batch_size=config.batch_size, progress=True)
-            else:
-                log.warning("%s: no selected captions, so no images to classify", args.selections)
-                p_female = np.zeros(0)
-        per_image = images_needed.select("id", "true_gender").with_columns(
-            pl.Series("p_female", p_female, dtype=pl.Float64),
-            pl.Series("label", label_from_p(p_female, config.abstain_threshold).tolist(), dtype=pl.String),
-        )
+        labeller = load_labeller(args.instrument, resolve_device(configs["base"].device))
+        if not len(images_needed):
+            log.warning("%s: no selected captions, so no images to classify", args.selections)
+        with timed(f"classifying {len(images_needed)} training images ({labeller.labels})", log):
+            labels = label_images(labeller, images_needed["image_ref"].to_list(), config.abstain_threshold,
+                                  batch_size=config.batch_size)
+        per_image = pl.concat([images_needed.select("id", "true_gender"), labels], how="horizontal")
         predictions = selections.select("selection", "occupation", "id").join(per_image, on="id", how="left").select(
-            "selection", "occupation", "id", "p_female", "label", "true_gender"
+            "selection", "occupation", "id", "p_female", "label", "instrument_fold", "true_gender"
         )
         write_parquet(args.out, predictions)
         summary = predictions.group_by("selection").agg(

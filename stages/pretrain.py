@@ -45,6 +45,7 @@ def main_body(argv: Sequence[str] | None) -> None:
             generator,
             downstream,
             seed=configs["base"].seed,
+            generation=0,
             device=resolve_device(configs["base"].device),
             generator_steps=generator.train_steps,
         )

@@ -225,3 +225,22 @@ def test_stable_diffusion_backend_on_tiny_local_pipeline(tmp_path: Path) -> None
     np.testing.assert_array_equal(after, loaded.generate(prompts, [0, 1]))
     stats = loaded.train(data, captions, steps=1, seed=1, progress=False)
     assert stats["warm_start"] is True and stats["total_steps"] == 3
+
+
+def test_stable_diffusion_lora_initial_weights_follow_the_seed(tmp_path: Path) -> None:
+    """The LoRA adapters' initial weights come from the generator's seed, not torch's global state."""
+    import torch
+
+    model = tiny_sd_pipeline(tmp_path / "tiny-sd")
+    config = GeneratorConfig(backend="stable-diffusion", model=str(model), image_size=8, lora_rank=2)
+
+    def initial_lora(seed: int, noise_before: bool) -> list:
+        generator = build_generator(config, "cpu", seed=seed)
+        if noise_before:
+            torch.rand(1000)  # moves the global generator; must not matter
+        generator._add_lora()
+        return [p.detach().clone() for p in generator._lora_parameters()]
+
+    first, again, other = initial_lora(0, False), initial_lora(0, True), initial_lora(1, False)
+    assert first and all(torch.equal(a, b) for a, b in zip(first, again))
+    assert any(not torch.equal(a, b) for a, b in zip(first, other))

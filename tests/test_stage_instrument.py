@@ -10,8 +10,11 @@ import pytest
 import yaml
 
 from biasloop.core.config import from_dict
+from biasloop.core.io import load_images
 from biasloop.data.corpus import write_corpus
 from biasloop.data.world import WorldConfig, build_world
+from biasloop.models.instrument import load_instrument
+from biasloop.models.labelling import load_labeller, mixture_fold
 from stages import classify, classify_train, instrument
 
 OCCUPATIONS = ["engineer", "teacher", "nurse"]
@@ -51,8 +54,18 @@ def test_instrument_then_classify_stages(workspace: Path) -> None:
         assert key in metrics
     assert metrics["training_seconds"] > 0 and 0 <= metrics["abstain_rate"] <= 1
     assert sum(metrics["confusion"].values()) == metrics["n"]
-    assert (workspace / "artifacts/instrument/instrument.json").exists()
     assert not list((workspace / "artifacts").glob(".instrument.*"))  # atomic: no temporary left
+    # cross-fitted: K fold models over the train split, the labels' origin stated, rates held out
+    folds = yaml.safe_load(Path("params.yaml").read_text())["instrument"]["folds"]
+    assert metrics["labels"] == f"cross-fitted, {folds} folds" and metrics["folds"] == folds >= 2
+    assert len(metrics["per_fold"]) == folds and metrics["out_of_fold"]["n"] > 0
+    assert metrics["n_labelled_in_training"] == 0  # the confusion rates come from images no model trained on
+    fold_table = pl.read_parquet("artifacts/instrument/folds.parquet")
+    train_refs = corpus.filter(pl.col("split") == "train")["image_ref"]
+    assert sorted(fold_table["image_ref"].to_list()) == sorted(train_refs.to_list())
+    assert fold_table["fold"].value_counts()["count"].max() - fold_table["fold"].value_counts()["count"].min() <= 1
+    for k in range(folds):
+        assert (workspace / f"artifacts/instrument/fold{k}/instrument.json").exists()
 
     # classify_train: each distinct id classified once, every selection row labelled.
     train = corpus.filter((pl.col("split") == "train") & pl.col("true_occupation").is_not_null())
@@ -68,7 +81,8 @@ def test_instrument_then_classify_stages(workspace: Path) -> None:
                                 "--corpus", "artifacts/corpus/captions.parquet",
                                 "--out", "artifacts/classify_train/predictions.parquet"]) == 0
     predictions = pl.read_parquet("artifacts/classify_train/predictions.parquet")
-    assert predictions.columns == ["selection", "occupation", "id", "p_female", "label", "true_gender"]
+    assert predictions.columns == ["selection", "occupation", "id", "p_female", "label", "instrument_fold",
+                                   "true_gender"]
     assert len(predictions) == 17
     assert predictions.group_by("id").agg(pl.col("p_female").n_unique())["p_female"].max() == 1
     assert set(predictions["label"]) <= {"female", "male", "abstain"}
@@ -78,9 +92,22 @@ def test_instrument_then_classify_stages(workspace: Path) -> None:
         assert row["label"] == expected
     truth = dict(corpus.select("id", "true_gender").iter_rows())
     assert all(truth[i] == g for i, g in predictions.select("id", "true_gender").iter_rows())
+    # out of sample: each training image labelled by the fold model that did not train on it, and by that one
+    ref_of = dict(corpus.select("id", "image_ref").iter_rows())
+    fold_of = dict(fold_table.iter_rows())
+    per_image = predictions.unique("id").sort("id")
+    assert per_image["instrument_fold"].to_list() == [fold_of[ref_of[i]] for i in per_image["id"]]
+    for k in range(folds):
+        mine = per_image.filter(pl.col("instrument_fold") == k)
+        if len(mine):
+            alone = load_instrument(f"artifacts/instrument/fold{k}").p_female(
+                load_images([ref_of[i] for i in mine["id"]]))
+            assert alone.tolist() == mine["p_female"].to_list()
 
     # classify@N: the manifest's columns plus gender and occupation predictions.
-    manifest = train.head(9).select(
+    # a training image labelled by its own fold's model; held-out ones (as generated images) by the mixture's
+    held_out_known = corpus.filter((pl.col("split") == "test") & pl.col("true_occupation").is_not_null())
+    manifest = pl.concat([train.head(5), held_out_known.head(4)]).select(
         prompt_kind=pl.lit("neutral"), occupation="true_occupation", prompt="caption",
         seed=pl.int_range(0, pl.len()), image_ref="image_ref",
     )
@@ -90,7 +117,12 @@ def test_instrument_then_classify_stages(workspace: Path) -> None:
                           "--manifest", "artifacts/gen0/generate/manifest.parquet",
                           "--out", "artifacts/gen0/classify/predictions.parquet"]) == 0
     generated = pl.read_parquet("artifacts/gen0/classify/predictions.parquet")
-    assert generated.columns == [*manifest.columns, "p_female", "label", "p_occupation", "predicted_occupation"]
+    assert generated.columns == [*manifest.columns, "p_female", "label", "p_occupation", "predicted_occupation",
+                                 "instrument_fold"]
+    assert generated["instrument_fold"].to_list() == load_labeller("artifacts/instrument").fold_for(
+        manifest["image_ref"].to_list()).tolist()
+    assert generated["instrument_fold"].to_list() == [fold_of[r] for r in manifest["image_ref"][:5]] + \
+        mixture_fold(manifest["image_ref"][5:].to_list(), folds, seed=0).tolist()
     assert len(generated) == 9 and set(generated["predicted_occupation"]) <= set(OCCUPATIONS)
     assert generated["p_occupation"].is_between(0, 1).all() and generated["p_female"].is_between(0, 1).all()
 
@@ -104,7 +136,7 @@ def test_instrument_without_ground_truth_then_labelled_csv(workspace: Path) -> N
     assert _run_instrument() == 0
     metrics = json.loads(Path("metrics/instrument.json").read_text())
     assert metrics["status"] == "unknown" and metrics["accuracy"] is None and metrics["tpr"] is None
-    assert metrics["backend"] == "open-clip"
+    assert metrics["backend"] == "open-clip" and metrics["folds"] == 1 and "not trained on this corpus" in metrics["labels"]
 
     corpus.filter(pl.col("true_gender").is_not_null()).head(10).select("image_ref", "true_gender").write_csv("lab.csv")
     _set(Path("params.yaml"), labelled_csv="lab.csv")
@@ -124,3 +156,17 @@ def test_stage_errors_are_one_line(workspace: Path, capsys: pytest.CaptureFixtur
     assert classify_train.main(["--params", "params.yaml", "--instrument", "nowhere",
                                 "--selections", "missing.parquet"]) == 2
     assert "missing.parquet" in capsys.readouterr().err
+
+
+def test_evaluate_groups_unlabelled_held_out_images_with_the_labeller(workspace: Path) -> None:
+    """evaluate@N's perceived groups, for a corpus without gender labels: the labeller's out-of-sample labels."""
+    from biasloop.metrics.evaluation import perceived_groups
+    from biasloop.models.labelling import label_images
+
+    assert _run_instrument() == 0
+    test = pl.read_parquet("artifacts/corpus/captions.parquet").filter(pl.col("split") == "test").head(20)
+    unlabelled = test.with_columns(true_gender=pl.lit(None, dtype=pl.String))
+    groups = perceived_groups(unlabelled, "artifacts/instrument", "cpu", 0.1)
+    labels = label_images(load_labeller("artifacts/instrument"), test["image_ref"].to_list(), 0.1)["label"].to_list()
+    assert groups == [None if label == "abstain" else label for label in labels]
+    assert perceived_groups(test, "artifacts/instrument", "cpu", 0.1) == test["true_gender"].to_list()

@@ -1,7 +1,42 @@
 """Training one generation's models: the generator (self-consuming loop) and the downstream CLIP.
 
 Shared by the ``pretrain`` stage (generation 0, on the real corpus) and ``retrain@N`` (generation N, on
-dataset N). Heavy libraries are imported inside the functions.
+dataset N). Heavy libraries are imported inside the functions. Both models train on ``base.device``.
+
+Random streams
+--------------
+Every random source follows ``base.seed`` (the glyph world excepted: ``world.seed`` is its own), through
+named streams (:func:`biasloop.core.seeds.stream_seed`, or the older ``default_rng([seed, ...])`` keys
+noted below). Variants use **common random numbers**: a ``synthetic_ratio`` variant draws exactly the
+baseline's numbers in every stream, so it differs from the baseline only by the ratio (which images are
+replaced, nested across ratios); a ``base.seed`` variant changes every stream.
+
+================================  =============================================  ==========================
+stream (where)                    what it decides                                shared across
+================================  =============================================  ==========================
+``[seed, crc32(occ), 4099]``      captions-as-prompts sample per occupation      generations, ratios
+(loop.prompts)
+``[seed, N, 0]`` (generate@N)     each generated image's initial noise           ratios
+``[seed, N, 7919]`` (mix@N)       the nested order of replaced samples           ratios (nested prefix)
+``[seed, N, 1]`` (mix@N)          noise of the i-th replacement image            ratios (same i, same sample)
+``generator-init``                initial weights: tiny-diffusion from scratch,  generations, ratios
+                                  stable-diffusion's LoRA adapters
+``generator-train``, N            generator batch order, noise, timesteps,       ratios
+                                  condition dropout in generation N's training
+``downstream``                    downstream CLIP initial weights and batch      generations, ratios
+                                  order (trained from scratch every generation)
+``instrument-folds`` /            which fold each training image is in; each     everything (trained once)
+``instrument-fold``, k            fold model's initial weights, order, augments
+``base.seed`` (paradox, evaluate) bootstrap and noise-floor (null) draws         generations, ratios
+================================  =============================================  ==========================
+
+The downstream CLIP and the from-scratch generator start from the same weights and see their data in
+the same order in every generation, so a change across generations is the datasets' and not a new
+initialisation's. The generator's training noise is fresh per generation: the loop fine-tunes one
+model round after round, and replaying one noise sequence every round would correlate the rounds.
+Random numbers are drawn on the CPU (``torch.Generator()``, CPU initialisation) and moved to the device,
+so a CPU and a GPU run draw the same numbers (their float arithmetic still differs; see the README); the
+one exception is stable-diffusion's LoRA initialisation, which peft draws on the UNet's device.
 """
 
 from __future__ import annotations
@@ -14,6 +49,7 @@ from typing import Any
 import polars as pl
 
 from biasloop.core.io import atomic_path, load_images, timed, write_json
+from biasloop.core.seeds import stream_seed
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +60,7 @@ def train_generation(
     generator_config: Any,
     downstream_config: Any,
     seed: int,
+    generation: int,
     device: str,
     generator_steps: int,
     warm_start_from: str | Path | None = None,
@@ -36,14 +73,15 @@ def train_generation(
         out_dir: written atomically with ``generator/``, ``downstream/`` and ``training.json``.
         generator_config: the ``generator`` params (a ``GeneratorConfig``).
         downstream_config: the ``downstream`` params (a ``DownstreamConfig``).
-        seed: training seed.
-        device: torch device.
+        seed: the master seed (``base.seed``); the streams it seeds are listed in the module docstring.
+        generation: the generation N being trained (0 for ``pretrain``).
+        device: torch device both models train on (``base.device``).
         generator_steps: optimisation steps for the generator.
         warm_start_from: a generator folder to continue from (fine-tuning), or None for from scratch.
         copy_generator_from: keep this generator unchanged instead of training (``loop.retrain_generator: false``).
 
     Returns:
-        Training statistics (seconds, steps, losses) for metrics and MLflow.
+        Training statistics (seconds, steps, losses, and the ``seeds`` of each stream) for metrics and MLflow.
     """
     from biasloop.models.downstream_clip import save_downstream, train_downstream_clip
     from biasloop.models.generators import build_generator, load_generator
@@ -51,7 +89,8 @@ def train_generation(
     out_dir = Path(out_dir)
     captions = dataset["caption"].to_list()
     images = load_images(dataset["image_ref"].to_list())
-    stats: dict[str, Any] = {"n_samples": len(captions)}
+    seeds = training_seeds(seed, generation)
+    stats: dict[str, Any] = {"n_samples": len(captions), "device": device, "seeds": seeds}
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
         if copy_generator_from is not None:
@@ -61,13 +100,29 @@ def train_generation(
             if warm_start_from is not None:
                 generator = load_generator(warm_start_from, device)
             else:
-                generator = build_generator(generator_config, device)
+                generator = build_generator(generator_config, device, seed=seeds["generator_init"])
             with timed(f"training generator for {generator_steps} steps on {len(captions)} images", log):
-                stats["generator"] = generator.train(images, captions, steps=generator_steps, seed=seed)
+                stats["generator"] = generator.train(images, captions, steps=generator_steps,
+                                                     seed=seeds["generator_train"])
             generator.save(tmp / "generator")
         with timed(f"training downstream CLIP on {len(captions)} pairs", log):
-            model, downstream_stats = train_downstream_clip(images, captions, downstream_config, seed=seed)
+            model, downstream_stats = train_downstream_clip(images, captions, downstream_config,
+                                                            seed=seeds["downstream"], device=device)
         save_downstream(model, tmp / "downstream")
         stats["downstream"] = downstream_stats
         write_json(tmp / "training.json", stats)
     return stats
+
+
+def training_seeds(seed: int, generation: int) -> dict[str, int]:
+    """The seeds of generation ``generation``'s training streams (see the module docstring).
+
+    Returns:
+        ``generator_init`` (from-scratch weights; the same in every generation), ``generator_train``
+        (per generation) and ``downstream`` (initial weights and batch order; the same in every generation).
+    """
+    return {
+        "generator_init": stream_seed(seed, "generator-init"),
+        "generator_train": stream_seed(seed, "generator-train", generation),
+        "downstream": stream_seed(seed, "downstream"),
+    }

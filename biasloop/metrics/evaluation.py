@@ -22,9 +22,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from biasloop.core.io import load_images
 from biasloop.data.text import fill_template
-from biasloop.metrics.amplification import label_from_p
 from biasloop.metrics.downstream import group_fairness, max_skew_at_k, ndkl, recall_at_k
 from biasloop.metrics.paradox import headline, paradox_table
 
@@ -152,8 +150,7 @@ def perceived_groups(test: pl.DataFrame, instrument_dir: str | None, device: str
     """Gender group per held-out row: ground truth when the corpus has it, else the instrument's label."""
     if test["true_gender"].null_count() < len(test) or instrument_dir is None:
         return test["true_gender"].to_list()
-    from biasloop.models.instrument import load_instrument
+    from biasloop.models.labelling import label_images, load_labeller
 
-    instrument = load_instrument(instrument_dir, device)
-    labels = label_from_p(instrument.p_female(load_images(test["image_ref"].to_list())), threshold)
-    return [label if label != "abstain" else None for label in labels]
+    labels = label_images(load_labeller(instrument_dir, device), test["image_ref"].to_list(), threshold)["label"]
+    return [label if label != "abstain" else None for label in labels.to_list()]

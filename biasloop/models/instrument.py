@@ -51,7 +51,8 @@ class InstrumentConfig:
     model: str = "ViT-L-14"  # open-clip: architecture name (the paradox study: ViT-L/14)
     pretrained: str | None = None  # open-clip: weights tag or file (e.g. "openai"); None: random weights
     widths: tuple[int, ...] = (16, 32, 64)  # locked-text-clip: conv channels per stage of the image tower
-    epochs: int = 20  # locked-text-clip: passes over the training pairs
+    folds: int = 2  # locked-text-clip: cross-fitting folds K (>= 2); K models, each trained without one fold
+    epochs: int = 20  # locked-text-clip: passes over the training pairs (per fold model)
     batch_size: int = 256  # locked-text-clip: pairs per contrastive batch
     learning_rate: float = 3e-3  # locked-text-clip: AdamW peak learning rate (one-cycle schedule)
     gender_templates: tuple[str, ...] = ("a photo of {article} {gender}", "a portrait of {article} {gender}", "{article} {gender} at work")  # {gender} = woman / man
@@ -61,7 +62,7 @@ class InstrumentConfig:
     cpu_threads: int | None = None  # torch threads on CPU while training/encoding (None: the stage's base.cpu_threads)
 
     BACKEND_KEYS: ClassVar[dict[str, tuple[str, ...]]] = {  # keys only one backend reads (a warning otherwise)
-        "locked-text-clip": ("text_encoder", "widths", "epochs", "batch_size", "learning_rate", "augment"),
+        "locked-text-clip": ("text_encoder", "folds", "widths", "epochs", "batch_size", "learning_rate", "augment"),
         "open-clip": ("model", "pretrained"),
     }
 
@@ -472,15 +473,3 @@ def labelled_set(corpus: pl.DataFrame, config: InstrumentConfig) -> tuple[list[s
             raise ValueError(f"instrument.labelled_csv {config.labelled_csv}: no row with true_gender female/male")
         return labelled["image_ref"].to_list(), labelled["true_gender"].to_list(), config.labelled_csv
     return None
-
-
-def occupation_accuracy(instrument: Any, corpus: pl.DataFrame, occupations: list[str], batch_size: int) -> float | None:
-    """Zero-shot occupation accuracy on the held-out rows with a known occupation (None without any)."""
-    if "true_occupation" not in corpus.columns or not occupations:
-        return None
-    test = corpus_split(corpus, "test").filter(pl.col("true_occupation").is_in(occupations))
-    if not len(test):
-        return None
-    probs = instrument.occupation_probs(load_images(test["image_ref"].to_list()), occupations, batch_size=batch_size)
-    predicted = np.array(occupations, dtype=object)[probs.argmax(axis=1)]
-    return float(np.mean(predicted == np.array(test["true_occupation"].to_list(), dtype=object)))

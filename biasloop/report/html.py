@@ -261,6 +261,9 @@ def render_report(
             [[instrument.get("accuracy"), instrument.get("abstain_rate"), instrument.get("tpr"), instrument.get("fpr"),
               instrument.get("occupation_accuracy"), instrument.get("n")]],
         ))
+        if instrument.get("labels"):
+            parts.append(f"<p class='note'>Labels: {html.escape(str(instrument['labels']))}; the rates above are "
+                         "measured on held-out images no labelling model trained on.</p>")
     for caption, path in figures.items():
         parts.append(f"<h2>{html.escape(caption)}</h2>{_image_tag(path, caption)}")
     parts.append("<h2>Params of this run</h2><pre>" + html.escape(yaml.safe_dump(params, sort_keys=False)) + "</pre>")

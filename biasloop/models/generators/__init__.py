@@ -127,7 +127,7 @@ def build_generator(config: GeneratorConfig, device: str = "cpu", seed: int = 0)
     Args:
         config: the ``generator`` params.
         device: torch device string.
-        seed: seed of the initial weights (tiny-diffusion).
+        seed: seed of the initial weights (tiny-diffusion: the whole model; stable-diffusion: the LoRA adapters).
     """
     validate_config(config)
     if config.backend == "tiny-diffusion":
@@ -137,7 +137,7 @@ def build_generator(config: GeneratorConfig, device: str = "cpu", seed: int = 0)
     if config.backend == "stable-diffusion":
         from biasloop.models.generators.stable_diffusion import StableDiffusionGenerator
 
-        return StableDiffusionGenerator(config, device=device)
+        return StableDiffusionGenerator(config, device=device, seed=seed)
     raise ValueError(f"generator.backend: expected one of {list(BACKENDS)}, found {config.backend!r}")
 
 

@@ -56,7 +56,7 @@ class StableDiffusionGenerator:
 
     backend = "stable-diffusion"
 
-    def __init__(self, config: GeneratorConfig, device: str = "cpu") -> None:
+    def __init__(self, config: GeneratorConfig, device: str = "cpu", seed: int = 0) -> None:
         from diffusers import StableDiffusionPipeline
 
         if not config.model:
@@ -78,6 +78,7 @@ class StableDiffusionGenerator:
         self.pipe.to(self.device)
         self.pipe.set_progress_bar_config(disable=True)
         self.has_lora = False
+        self.init_seed = int(seed)  # the LoRA adapters' initial weights (added at the first training)
         self.trained_steps = 0
         self.history: list[dict[str, Any]] = []
 
@@ -121,9 +122,13 @@ class StableDiffusionGenerator:
         if self.has_lora:
             return
         rank = self.config.lora_rank
-        self.pipe.unet.add_adapter(
-            LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian", target_modules=LORA_TARGETS)
-        )
+        # peft draws the initial LoRA weights from torch's global generator (of the UNet's device): seed it
+        # with the generator's own seed, and leave the global state as it was.
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(self.init_seed)
+            self.pipe.unet.add_adapter(
+                LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian", target_modules=LORA_TARGETS)
+            )
         self.has_lora = True
 
     def _lora_parameters(self) -> list[torch.nn.Parameter]:
