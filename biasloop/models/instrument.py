@@ -32,7 +32,6 @@ import numpy as np
 import polars as pl
 
 from biasloop.core.config import from_dict, to_dict
-from biasloop.core.io import load_images
 from biasloop.core.runtime import cpu_threads
 from biasloop.data.text import fill_template
 from biasloop.models.tensors import images_to_tensor
