@@ -32,8 +32,8 @@ from pathlib import Path
 import numpy as np
 
 from biasloop import world
-from biasloop.data.embeddings import CachedTextEncoder, load_text_encoder
 from biasloop.core.io import write_json
+from biasloop.data.embeddings import CachedTextEncoder, load_text_encoder
 
 HERE = Path(__file__).resolve().parent
 TARGET_RATIO = 0.9

@@ -87,7 +87,12 @@ def scaled_down() -> tuple[dict, dict, dict]:
 
 
 def build_pipeline(unet_cfg: dict, vae_cfg: dict, text_cfg: dict, tokenizer: Any, dtype: torch.dtype, device: str):
-    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import (
+        AutoencoderKL,
+        PNDMScheduler,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
     from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(0)

@@ -80,7 +80,13 @@ def child(mode: str, corpus: str, image_size: int, shard_size: int) -> None:
     """Ingest ``corpus`` once and print the peaks as JSON (runs in a fresh process)."""
     import tracemalloc
 
-    from biasloop.data.corpus import CorpusConfig, ingest, ingest_corpus, iter_webdataset, write_corpus
+    from biasloop.data.corpus import (
+        CorpusConfig,
+        ingest,
+        ingest_corpus,
+        iter_webdataset,
+        write_corpus,
+    )
 
     config = CorpusConfig(source="webdataset", path=corpus, image_size=image_size, shard_size=shard_size)
     with tempfile.TemporaryDirectory() as tmp:

@@ -41,9 +41,17 @@ from biasloop.core.io import load_images, write_json
 from biasloop.data.corpus import write_corpus
 from biasloop.data.embeddings import load_cached_text_encoder
 from biasloop.data.world import WorldConfig, build_world
-from biasloop.metrics.amplification import confusion_rates, label_from_p
-from biasloop.models.instrument import InstrumentConfig, corpus_split, train_or_load_instrument
-from biasloop.models.labelling import measure_labeller, train_labeller
+from biasloop.models.instrument import (
+    InstrumentConfig,
+    corpus_split,
+    train_or_load_instrument,
+)
+from biasloop.models.labelling import (
+    confusion_rates,
+    label_from_p,
+    measure_labeller,
+    train_labeller,
+)
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent

@@ -40,8 +40,8 @@ import numpy as np
 import polars as pl
 
 from biasloop import world
-from biasloop.data.indicators import FEMALE_REGEX, MALE_REGEX
 from biasloop.core.io import write_json
+from biasloop.data.indicators import FEMALE_REGEX, MALE_REGEX
 from biasloop.data.retrieval import OccupationMatcher, retrieve_lazy
 
 HERE = Path(__file__).resolve().parent

@@ -36,8 +36,12 @@ import torch
 import yaml
 
 from biasloop.core.config import read_params, to_dict
-from biasloop.models.generators import GeneratorConfig, build_generator, config_from_dict
 from biasloop.core.io import load_images
+from biasloop.models.generators import (
+    GeneratorConfig,
+    build_generator,
+    config_from_dict,
+)
 
 NEUTRAL = ("a photo of a {o}", "a {o} at work")
 FEMALE = ("a female {o}", "a woman working as a {o}")

@@ -37,7 +37,12 @@ import numpy as np
 import polars as pl
 
 from biasloop.core.config import to_dict
-from biasloop.core.distributed import ProcessGroup, launched_world, process_batches, relaunch
+from biasloop.core.distributed import (
+    ProcessGroup,
+    launched_world,
+    process_batches,
+    relaunch,
+)
 from biasloop.core.io import atomic_path, timed, write_image_shards
 from biasloop.core.runtime import resolve_device
 from biasloop.core.stage import load_configs, make_parser, run_main

@@ -25,7 +25,13 @@ from biasloop.core.config import to_dict
 from biasloop.core.io import timed, write_json, write_parquet
 from biasloop.core.stage import load_configs, make_parser, run_main
 from biasloop.core.tracking import stage_run
-from biasloop.data.acquisition.selection import SELECTION_COLUMNS, SelectConfig, metadata_files, scan_metadata, select_rows
+from biasloop.data.acquisition.selection import (
+    SELECTION_COLUMNS,
+    SelectConfig,
+    metadata_files,
+    scan_metadata,
+    select_rows,
+)
 from biasloop.data.retrieval import RetrieveConfig, parse_occupations
 
 log = logging.getLogger("laion_select")

@@ -9,7 +9,12 @@ import pytest
 
 from biasloop.core.io import write_image_shards
 from biasloop.core.seeds import stream_seed
-from biasloop.models.labelling import CrossFittedInstrument, assign_folds, label_images, mixture_fold
+from biasloop.models.labelling import (
+    CrossFittedInstrument,
+    assign_folds,
+    label_images,
+    mixture_fold,
+)
 
 
 class FoldModel:

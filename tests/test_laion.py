@@ -163,7 +163,16 @@ def test_face_model_extraction_checks_the_wheel(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_metadata_to_classified_faces(tmp_path: Path, tiny_params: Path, face_model: Path,
                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    from stages import classify_train, corpus, instrument, laion_download, laion_filter, laion_select, neighbours, retrieve
+    from stages import (
+        classify_train,
+        corpus,
+        instrument,
+        laion_download,
+        laion_filter,
+        laion_select,
+        neighbours,
+        retrieve,
+    )
     from tests.laion_fixtures import photo_server, write_metadata
 
     monkeypatch.chdir(tmp_path)

@@ -6,7 +6,11 @@ import numpy as np
 import polars as pl
 import pytest
 
-from biasloop.metrics.evaluation import EvaluateConfig, downstream_bias, evaluate_generation
+from biasloop.metrics.evaluation import (
+    EvaluateConfig,
+    downstream_bias,
+    evaluate_generation,
+)
 from biasloop.metrics.paradox import paradox_table, table_rows
 
 

@@ -183,7 +183,12 @@ def save_downstream(model: DownstreamCLIP, folder: str | Path, config: Downstrea
 
 def load_downstream(folder: str | Path, device: str = "cpu") -> DownstreamCLIP:
     """Load a model saved with :func:`save_downstream`."""
-    from biasloop.models.weights import load_state_dict_file, load_weights_into, manifest_field, read_manifest
+    from biasloop.models.weights import (
+        load_state_dict_file,
+        load_weights_into,
+        manifest_field,
+        read_manifest,
+    )
 
     folder = Path(folder)
     manifest_path = folder / MANIFEST

@@ -12,7 +12,7 @@ Two backends behind :class:`Instrument`, selected by ``instrument.backend``:
 
 Both classify by a softmax over class embeddings, each the normalised mean of its prompt templates'
 embeddings. ``p_female`` is the probability of the "woman" class; the abstain rule
-(:func:`biasloop.metrics.amplification.label_from_p`) keeps only confident images.
+(:func:`biasloop.models.labelling.label_from_p`) keeps only confident images.
 
 The default models are tiny: on CPU they run with ``cpu_threads`` torch threads (1 by default), which
 on a shared 2-core machine trained the image tower about 25 times faster than 2 threads (thread
@@ -403,7 +403,12 @@ def train_or_load_instrument(
 
 def load_instrument(folder: str | Path, device: str = "cpu") -> Instrument:
     """Load an instrument saved with :meth:`Instrument.save`."""
-    from biasloop.models.weights import load_state_dict_file, load_weights_into, manifest_field, read_manifest
+    from biasloop.models.weights import (
+        load_state_dict_file,
+        load_weights_into,
+        manifest_field,
+        read_manifest,
+    )
 
     folder = Path(folder)
     manifest_path = folder / MANIFEST
@@ -419,33 +424,6 @@ def load_instrument(folder: str | Path, device: str = "cpu") -> Instrument:
     instrument.image_tower = tower.to(device).eval()
     instrument.logit_scale = float(manifest_field(manifest, "logit_scale", manifest_path))
     return instrument
-
-
-def evaluate_instrument(
-    instrument: Any, images: np.ndarray, true_gender: list[str | None], threshold: float, batch_size: int = 512
-) -> dict[str, Any]:
-    """Accuracy and confusion of the instrument's labels against ground truth.
-
-    Args:
-        instrument: anything with ``p_female(images, batch_size=...)``.
-        images: ``uint8`` images.
-        true_gender: ``female``/``male`` per image (None rows are ignored).
-        threshold: the abstain threshold (``classify.abstain_threshold``).
-        batch_size: images per forward pass.
-
-    Returns:
-        ``accuracy`` (over confident images), ``abstain_rate``, ``tpr``/``fpr`` ("female" the positive
-        class, over confident images), ``n``, ``n_confident`` and the confusion counts
-        (``female_as_male`` ...), from :func:`biasloop.metrics.amplification.confusion_rates`.
-    """
-    from biasloop.metrics.amplification import confusion_rates, label_from_p
-
-    if len(images) != len(true_gender):
-        raise ValueError(f"{len(images)} images but {len(true_gender)} labels")
-    p = instrument.p_female(images, batch_size=batch_size)
-    return confusion_rates(true_gender, label_from_p(p, threshold))
-
-
 def corpus_split(corpus: pl.DataFrame, name: str) -> pl.DataFrame:
     """The rows of one split (``train``/``test``); a corpus without splits is all ``train``."""
     if "split" not in corpus.columns:

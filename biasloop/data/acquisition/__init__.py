@@ -7,8 +7,17 @@
 The kept shards are an ordinary webdataset corpus (``corpus.source: webdataset``).
 """
 
-from biasloop.data.acquisition.download import DownloadConfig, download_table, failure_reason, read_download_status
-from biasloop.data.acquisition.filtering import FilterConfig, filter_shards, filter_table
+from biasloop.data.acquisition.download import (
+    DownloadConfig,
+    download_table,
+    failure_reason,
+    read_download_status,
+)
+from biasloop.data.acquisition.filtering import (
+    FilterConfig,
+    filter_shards,
+    filter_table,
+)
 from biasloop.data.acquisition.selection import SelectConfig, scan_metadata, select_rows
 
 __all__ = [

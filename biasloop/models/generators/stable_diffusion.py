@@ -240,7 +240,11 @@ class StableDiffusionGenerator:
         """Load the base pipeline named in ``generator.json`` and its LoRA weights, if any."""
         from peft.utils import set_peft_model_state_dict
 
-        from biasloop.models.weights import load_state_dict_file, manifest_field, read_manifest
+        from biasloop.models.weights import (
+            load_state_dict_file,
+            manifest_field,
+            read_manifest,
+        )
 
         folder = Path(folder)
         manifest = read_manifest(folder / MANIFEST, "a saved stable-diffusion generator")
