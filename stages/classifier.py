@@ -29,8 +29,8 @@ from biasloop.core.io import write_json, write_parquet
 from biasloop.core.runtime import resolve_device
 from biasloop.core.stage import load_configs, make_parser, run_main
 from biasloop.core.tracking import stage_run
-from biasloop.loop.classification import classifier_task
-from biasloop.loop.tasks import held_out, held_out_genders, training_pairs
+from biasloop.metrics.classification import classifier_task
+from biasloop.metrics.evaluation import held_out, held_out_genders, training_pairs
 from biasloop.models.classifier import ClassifierConfig
 from biasloop.models.instrument import ClassifyConfig
 

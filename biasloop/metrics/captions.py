@@ -3,7 +3,7 @@
 Written here from the published definitions, in pure Python, without Java. Each function takes
 ``references`` (``{image_id: [reference caption, ...]}``) and ``hypotheses`` (``{image_id: caption}``)
 over the same image ids and returns the corpus score and one score per image (in ``sorted`` id order).
-Captions are tokenised with :func:`tokenize` first; the scorers themselves only split on spaces, so
+Captions are tokenised with :func:`tokenize` first (:func:`biasloop.data.text.caption_tokens`); the scorers themselves only split on spaces, so
 already tokenised text (as the COCO code's PTB tokenizer writes it) gives the COCO code's numbers.
 
 - **BLEU-n** (Papineni et al., ACL 2002), corpus level as in the COCO code (``pycocoevalcap``'s
@@ -32,10 +32,11 @@ METEOR and SPICE need Java (and SPICE a model download): they are not computed h
 from __future__ import annotations
 
 import math
-import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
+
+from biasloop.data.text import caption_tokens
 
 BLEU_TINY = 1e-15  # added to clipped counts (COCO code), so 0 matches give exactly 0
 BLEU_SMALL = 1e-9  # added to n-gram totals (COCO code), so an empty order does not divide by zero
@@ -44,27 +45,9 @@ CIDER_ORDERS = 4  # n-gram orders 1..4
 CIDER_SIGMA = 6.0  # CIDEr-D's length-penalty width, in tokens
 CIDER_SCALE = 10.0  # CIDEr-D is reported times 10
 
-_APOSTROPHES = re.compile("[’‘ʼ`]")
-# A token is a run of letters/digits (internal hyphens kept: "close-up"), or an apostrophe clitic
-# ("he's" -> "he", "'s"), after lower-casing; every other character is punctuation or space and dropped.
-_TOKEN = re.compile(r"[^\W_]+(?:-[^\W_]+)*|'[^\W_]+")
-
-
-def tokenize(text: str) -> list[str]:
-    """Lower-case word tokens of a caption, punctuation stripped (no Java).
-
-    An approximation of the COCO code's Stanford PTB tokenizer followed by its punctuation filter:
-    lower-cased; words are runs of letters and digits with internal hyphens kept (``close-up``); an
-    apostrophe starts a clitic token (``woman's`` -> ``woman``, ``'s``; PTB also splits ``n't``, here
-    ``don't`` -> ``don``, ``'t``); every other punctuation mark is dropped.
-
-    Args:
-        text: a caption (None reads as empty).
-
-    Returns:
-        The tokens in order.
-    """
-    return _TOKEN.findall(_APOSTROPHES.sub("'", (text or "").lower()))
+def tokenize(text: str | None) -> list[str]:
+    """Caption tokens (:func:`biasloop.data.text.caption_tokens`): lower-cased, punctuation stripped."""
+    return caption_tokens(text)
 
 
 def tokenized(text: str) -> str:

@@ -2,7 +2,7 @@
 
 Quality: BLEU-4, ROUGE-L and CIDEr-D against the held-out human captions (:mod:`biasloop.metrics.captions`);
 bias: gender misprediction Error and Ratio (:mod:`biasloop.metrics.caption_bias`) and LIC_M, LIC_D and
-leakage (:mod:`biasloop.models.leakage`). See :mod:`biasloop.loop.tasks` for the data.
+leakage (:func:`biasloop.metrics.caption_bias.caption_leakage`). Data helpers: :mod:`biasloop.metrics.evaluation`.
 """
 
 from __future__ import annotations
@@ -36,10 +36,10 @@ def captioner_task(
         ``(metrics, captions)``: metrics with ``quality`` (bleu1..4, rouge_l, cider_d), ``misprediction``,
         ``leakage`` and ``training``; captions a frame ``id, reference, caption, gender, caption_gender``.
     """
-    from biasloop.metrics.caption_bias import caption_gender, misprediction
+    from biasloop.data.indicators import caption_gender
+    from biasloop.metrics.caption_bias import caption_leakage, misprediction
     from biasloop.metrics.captions import score_captions
     from biasloop.models.captioner import make_captioner
-    from biasloop.models.leakage import caption_leakage
 
     captioner = make_captioner(config, device)
     with timed(f"captioner training on {len(dataset)} pairs", log):

@@ -1,7 +1,7 @@
 """The classification task of a generation (Zhang et al. 2024): train an occupation classifier, score subgroup fairness.
 
 Accuracy overall and per perceived gender, worst-group accuracy, Fairlearn demographic parity and equalized
-odds differences (:mod:`biasloop.models.classifier`). See :mod:`biasloop.loop.tasks` for the data.
+odds differences (:func:`biasloop.metrics.downstream.classifier_fairness`). Data helpers: :mod:`biasloop.metrics.evaluation`.
 """
 
 from __future__ import annotations
@@ -32,10 +32,11 @@ def classifier_task(
         progress: tqdm bar.
 
     Returns:
-        ``(metrics, predictions)``: :func:`biasloop.models.classifier.classifier_fairness` plus
+        ``(metrics, predictions)``: :func:`biasloop.metrics.downstream.classifier_fairness` plus
         ``training``; predictions a frame ``id, occupation, predicted, gender``.
     """
-    from biasloop.models.classifier import classifier_fairness, train_classifier
+    from biasloop.metrics.downstream import classifier_fairness
+    from biasloop.models.classifier import train_classifier
 
     column = config.label_column
     for name, frame in (("dataset", dataset), ("held-out split", test)):
