@@ -47,7 +47,7 @@ class CaptionerConfig:
 
     backend: Literal["glyph-transformer", "vision-encoder-decoder"] = "glyph-transformer"
     model: str | None = None  # vision-encoder-decoder: local folder written by save_pretrained
-    widths: tuple[int, ...] = (32, 64)  # glyph-transformer: conv channels per encoder stage (stride 2 each)
+    widths: tuple[int, ...] = (16, 32)  # glyph-transformer: conv channels per encoder stage (stride 2 each)
     d_model: int = 64  # glyph-transformer: decoder width
     heads: int = 4  # glyph-transformer: attention heads
     layers: int = 1  # glyph-transformer: TransformerDecoder layers

@@ -30,7 +30,7 @@ class LeakageConfig:
     layers: int = 1  # stacked bidirectional LSTM layers (Hirota et al.: 2)
     dropout: float = 0.3  # dropout on the embeddings and on the final states
     epochs: int = 60  # passes over the training captions
-    batch_size: int = 512  # captions per batch
+    batch_size: int = 512  # distinct captions per batch (identical captions are weighted, see predict_gender_from_captions)
     learning_rate: float = 0.02  # Adam learning rate
     align_vocabulary: bool = True  # human-caption words the captioner never writes become <unk>
     cpu_threads: int | None = None  # torch CPU threads (None: the stage's base.cpu_threads)
@@ -63,17 +63,30 @@ def predict_gender_from_captions(
 
     Returns:
         ``P(female)`` per held-out caption, float array in [0, 1].
+
+    Identical captions are run through the network once: each distinct training caption carries its
+    counts of women's and men's images, and its loss is ``n_female * BCE(logit, 1) + n_male * BCE(logit, 0)``
+    (divided by the captions in the batch), the same loss as repeating it. Batches are drawn over distinct
+    captions; with ``batch_size`` at least their number (the default), every step is the full-batch
+    gradient over all training captions. Captioner outputs repeat a lot (a few dozen distinct captions
+    for hundreds of images), so this trains several times faster than one row per image.
     """
     import torch
     import torch.nn as nn
 
-    counts = Counter(t for tokens in train_tokens for t in tokens)
-    index = {word: i + 2 for i, word in enumerate(sorted(counts))}  # 0 padding, 1 unknown
-    train_ids, train_lengths = _encode(train_tokens, index)
-    test_ids, test_lengths = _encode(test_tokens, index)
     if len(train_tokens) != len(train_female) or not len(train_tokens) or not len(test_tokens):
         raise ValueError(f"{len(train_tokens)} training captions, {len(train_female)} labels, {len(test_tokens)} test captions")
-    train_labels = torch.tensor(np.asarray(train_female, dtype=np.float32))
+    counts = Counter(t for tokens in train_tokens for t in tokens)
+    index = {word: i + 2 for i, word in enumerate(sorted(counts))}  # 0 padding, 1 unknown
+    label_counts: dict[tuple[str, ...], list[int]] = {}
+    for tokens, female in zip(train_tokens, np.asarray(train_female, dtype=bool)):
+        label_counts.setdefault(tuple(tokens), [0, 0])[int(not female)] += 1
+    distinct_train = list(label_counts)
+    train_ids, train_lengths = _encode(distinct_train, index)
+    n_female = torch.tensor([label_counts[t][0] for t in distinct_train], dtype=torch.float32)
+    n_male = torch.tensor([label_counts[t][1] for t in distinct_train], dtype=torch.float32)
+    distinct_test = sorted(set(map(tuple, test_tokens)))
+    test_ids, test_lengths = _encode(distinct_test, index)
 
     class LeakageLSTM(nn.Module):
         def __init__(self) -> None:
@@ -95,18 +108,21 @@ def predict_gender_from_captions(
         torch.manual_seed(seed)
         model = LeakageLSTM()
         optimiser = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
-        loss_fn = nn.BCEWithLogitsLoss()
         generator = torch.Generator().manual_seed(seed)
         model.train()
         for _ in range(config.epochs):
             order = torch.randperm(len(train_ids), generator=generator)
             for start in range(0, len(order), config.batch_size):
                 batch = order[start : start + config.batch_size]
-                loss = loss_fn(model(train_ids[batch], train_lengths[batch]), train_labels[batch])
+                logits = model(train_ids[batch], train_lengths[batch])
+                # -log sigmoid(z) = softplus(-z); -log(1 - sigmoid(z)) = softplus(z)
+                loss = (n_female[batch] * nn.functional.softplus(-logits) + n_male[batch] * nn.functional.softplus(logits)).sum()
+                loss = loss / (n_female[batch] + n_male[batch]).sum()
                 optimiser.zero_grad()
                 loss.backward()
                 optimiser.step()
         model.eval()
         with torch.no_grad():
-            p_female = torch.sigmoid(model(test_ids, test_lengths)).numpy().astype(float)
-    return p_female
+            p_distinct = torch.sigmoid(model(test_ids, test_lengths)).numpy().astype(float)
+    position = {tokens: i for i, tokens in enumerate(distinct_test)}
+    return np.array([p_distinct[position[tuple(tokens)]] for tokens in test_tokens])
