@@ -1,9 +1,9 @@
 """summarize: merge every generation's metrics into the headline, the plot rows and the offline report.
 
-Inputs:   metrics/generations/gen*.json, metrics/paradox.json, metrics/instrument.json,
+Inputs:   metrics/generations/gen*.json (and captioner_gen*.json, classifier_gen*.json), metrics/paradox.json, metrics/instrument.json,
           metrics/corpus.json, plots/paradox_shares.png, plots/corpus_contact_sheet.png, params.yaml
 Outputs:  metrics/summary.json     (what `dvc exp show` / `dvc metrics diff` read)
-          plots/amplification.csv, plots/shares.csv, plots/downstream.csv   (named plots in dvc.yaml)
+          plots/amplification.csv, plots/shares.csv, plots/downstream.csv, plots/tasks.csv   (named plots in dvc.yaml)
           plots/generations.png    (curves across generations)
           plots/report.html        (self-contained: figures embedded, opens offline)
 Params:   all of params.yaml (shown in the report)
@@ -29,11 +29,13 @@ from biasloop.core.io import atomic_path, write_json
 from biasloop.core.stage import load_configs, make_parser, run_main
 from biasloop.core.tracking import stage_run
 from biasloop.report.html import (
+    TASK_COLUMNS,
     build_summary,
     load_json,
     render_report,
     share_rows,
     summary_row,
+    task_row,
 )
 from biasloop.report.plots import generation_curves
 
@@ -64,7 +66,12 @@ def main_body(argv: Sequence[str] | None) -> None:
     # Only the generations params.yaml lists: a stale file from a longer run must not leak in.
     wanted = {int(g) for g in params.get("generations", [])}
     generation_metrics = [m for m in (json.loads(f.read_text()) for f in files) if not wanted or m["generation"] in wanted]
-    rows = [summary_row(m) for m in generation_metrics]
+    folder = Path(args.generations)
+    rows = [
+        {**summary_row(m), **task_row(load_json(folder / f"captioner_gen{m['generation']}.json"),
+                                      load_json(folder / f"classifier_gen{m['generation']}.json"))}
+        for m in generation_metrics
+    ]
     paradox, instrument = load_json(args.paradox), load_json(args.instrument_metrics)
 
     with stage_run("summarize", configs["tracking"], {"synthetic_ratio": params.get("synthetic_ratio")}) as run:
@@ -78,6 +85,8 @@ def main_body(argv: Sequence[str] | None) -> None:
         _write_csv(share_rows(generation_metrics), plots / "shares.csv")
         _write_csv([{k: r.get(k) for k in ("generation", "recall_at_10", "recall_at_10_gap", "max_skew_at_10",
                                               "worst_group_accuracy")} for r in rows], plots / "downstream.csv")
+        _write_csv([{"generation": r["generation"], **{key: r.get(key) for key, _, _ in TASK_COLUMNS}} for r in rows],
+                   plots / "tasks.csv")
         ratio = params.get("synthetic_ratio")
         generation_curves(rows, plots / "generations.png",
                           f"Across generations (synthetic_ratio = {ratio}; generation 0 trained on real data)")

@@ -64,9 +64,11 @@ def test_generations_command_rewrites_lists() -> None:
     assert rewritten["generations"] == [0, 1, 2, 3, 4]
     assert rewritten["rounds"] == {str(n): {"gen": n, "prev": n - 1} for n in range(1, 5)}
     original = yaml.safe_load(text)
-    assert {k: v for k, v in rewritten.items() if k not in ("generations", "rounds")} == {
-        k: v for k, v in original.items() if k not in ("generations", "rounds")
-    }
+    assert rewritten["datasets"]["0"] == {"gen": 0, "dataset": "artifacts/corpus/captions.parquet", "folder": "artifacts/corpus"}
+    assert rewritten["datasets"]["4"] == {"gen": 4, "dataset": "artifacts/gen4/mix/dataset.parquet", "folder": "artifacts/gen4/mix"}
+    assert sorted(rewritten["datasets"]) == ["0", "1", "2", "3", "4"]
+    lists = ("generations", "rounds", "datasets")
+    assert {k: v for k, v in rewritten.items() if k not in lists} == {k: v for k, v in original.items() if k not in lists}
     one = yaml.safe_load(rewrite_generations(text, 1))
-    assert one["generations"] == [0] and one["rounds"] == {}
+    assert one["generations"] == [0] and one["rounds"] == {} and list(one["datasets"]) == ["0"]
     assert yaml.safe_load(rewrite_generations(rewrite_generations(text, 2), 3))["generations"] == [0, 1, 2]

@@ -41,6 +41,8 @@ def _tiny_overrides(params: dict) -> dict:
         "generate": {"n_per_prompt": 4, "max_captions_per_occupation": 4},
         "instrument": {"epochs": 3},
         "downstream": {"epochs": 1},
+        "captioner": {"epochs": 1, "leakage": {"seeds": 1, "epochs": 3}},
+        "classifier": {"epochs": 1},
     }
     for section, values in shrink.items():
         present = params.get(section) or {}
@@ -74,6 +76,7 @@ def pipeline_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     _merge(params, _tiny_overrides(params))
     params["generations"] = [0, 1]
     params["rounds"] = {"1": {"gen": 1, "prev": 0}}
+    params["datasets"] = {"0": params["datasets"]["0"], "1": params["datasets"]["1"]}
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     _run(["git", "init", "-q"], repo)
     _run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "add", "-A"], repo)
@@ -93,6 +96,10 @@ def test_repro_writes_summary_and_report(pipeline_repo: Path) -> None:
         value = summary[generation]["amplification_abs"]
         assert value is None or 0.0 <= value <= 1.0
         assert 0.0 <= summary[generation]["recall_at_10"] <= 1.0
+        for key in ("captioner_bleu4", "captioner_cider_d", "captioner_lic_m", "captioner_lic_d", "captioner_leakage",
+                    "classifier_accuracy", "classifier_dp_difference"):
+            assert summary[generation][key] is not None, (generation, key)
+        assert "captioner_error" in summary[generation] and "classifier_worst_group_accuracy" in summary[generation]
     paradox = json.loads((pipeline_repo / "metrics/paradox.json").read_text())
     assert set(paradox["table"]) == {"prompt_vs_keyword", "captions_vs_keyword", "prompt_vs_nn", "prompt_vs_nn_no_indicator"}
     assert paradox["table"]["captions_vs_keyword"]["paired_by_source"] is True
@@ -101,7 +108,8 @@ def test_repro_writes_summary_and_report(pipeline_repo: Path) -> None:
     assert {"noise_floor_abs", "excess_abs", "n_images_train"} <= set(summary["paradox"]["prompt_vs_keyword"])
     report = (pipeline_repo / "plots/report.html").read_text()
     assert "data:image/png;base64," in report
-    for name in ("amplification.csv", "shares.csv", "downstream.csv", "paradox_shares.png", "generations.png"):
+    assert "Downstream tasks across generations" in report
+    for name in ("amplification.csv", "shares.csv", "downstream.csv", "tasks.csv", "paradox_shares.png", "generations.png"):
         assert (pipeline_repo / "plots" / name).stat().st_size > 0
     dataset = pipeline_repo / "artifacts/gen1/mix/dataset.parquet"
     assert dataset.exists()
@@ -133,3 +141,5 @@ def _changed_stages(repo: Path, section: str, key: str, value: object) -> set[st
 def test_changed_params_rerun_only_their_stages(pipeline_repo: Path) -> None:
     assert _changed_stages(pipeline_repo, "synthetic_ratio", "", 0.8) == {"mix@1", "summarize"}
     assert _changed_stages(pipeline_repo, "neighbours", "k", 7) == {"neighbours", "summarize"}
+    assert _changed_stages(pipeline_repo, "captioner", "epochs", 2) == {"captioner@0", "captioner@1", "summarize"}
+    assert _changed_stages(pipeline_repo, "classifier", "epochs", 2) == {"classifier@0", "classifier@1", "summarize"}

@@ -105,3 +105,16 @@ def test_colour_follows_gender(config: WorldConfig) -> None:
 def test_bad_occupation_is_named(config: WorldConfig) -> None:
     with pytest.raises(ValueError, match="astronaut"):
         build_world(config, ["nurse", "astronaut"])
+
+
+def test_ambiguous_images_carry_no_gender() -> None:
+    """An ambiguous sample's colour does not depend on its gender: the same random draws give the same
+    colour for a woman and a man, so a model must fall back on the occupation to guess the gender."""
+    from biasloop.data.world import WorldConfig, gender_colours
+
+    config = WorldConfig(ambiguous_fraction=0.4)
+    women, flags = gender_colours(np.array(["female"] * 500), config, np.random.default_rng(3))
+    men, same_flags = gender_colours(np.array(["male"] * 500), config, np.random.default_rng(3))
+    assert (flags == same_flags).all() and 0.3 < flags.mean() < 0.5
+    assert np.allclose(women[flags], men[flags])
+    assert not np.allclose(women[~flags], men[~flags], atol=0.05)

@@ -1,7 +1,8 @@
 """``biasloop generations N``: set the number of generations in ``params.yaml``.
 
-DVC templates have no arithmetic, so the ``foreach`` lists of ``dvc.yaml`` (``generations``, and
-``rounds`` with one ``{gen, prev}`` item per later generation) are written out here.
+DVC templates have no arithmetic, so the ``foreach`` lists of ``dvc.yaml`` (``generations``;
+``rounds`` with one ``{gen, prev}`` item per later generation; ``datasets`` with each generation's
+dataset for the captioner and classifier) are written out here.
 """
 
 from __future__ import annotations
@@ -19,10 +20,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def rewrite_generations(text: str, count: int) -> str:
-    """Return params.yaml ``text`` with the ``generations`` and ``rounds`` lists set for ``count``.
+    """Return params.yaml ``text`` with the ``generations``, ``rounds`` and ``datasets`` lists set for ``count``.
 
     ``generations`` lists 0 .. count-1 (generation 0 is trained on real data); ``rounds`` maps each
-    later generation to its ``{gen, prev}`` item (keys name the stages: ``mix@1``, ``retrain@1``). Comments and other keys are kept as they are.
+    later generation to its ``{gen, prev}`` item (keys name the stages: ``mix@1``, ``retrain@1``);
+    ``datasets`` (when the file has it) maps every generation to the dataset its captioner and
+    classifier train on (``captioner@0`` reads the corpus, ``captioner@N`` the mix of generation N).
+    Comments and other keys are kept as they are.
     """
     if count < 1:
         raise ValueError("generations: need at least 1")
@@ -33,12 +37,17 @@ def rewrite_generations(text: str, count: int) -> str:
     while i < len(lines):
         line = lines[i]
         key = line.split(":", 1)[0]
-        if key in ("generations", "rounds") and not line.startswith((" ", "#")):
+        if key in ("generations", "rounds", "datasets") and not line.startswith((" ", "#")):
             found.add(key)
             comment = line[line.index("#") :] if "#" in line else ""
             if key == "generations":
                 out.append(f"generations:  {comment}".rstrip())
                 out.extend(f"  - {n}" for n in range(count))
+            elif key == "datasets":
+                out.append(f"datasets:  {comment}".rstrip())
+                out.append('  "0": {gen: 0, dataset: artifacts/corpus/captions.parquet, folder: artifacts/corpus}')
+                out.extend(f'  "{n}": {{gen: {n}, dataset: artifacts/gen{n}/mix/dataset.parquet, folder: artifacts/gen{n}/mix}}'
+                           for n in range(1, count))
             else:
                 out.append(f"rounds:  {comment}".rstrip())
                 out.extend(f'  "{n}": {{gen: {n}, prev: {n - 1}}}' for n in range(1, count))

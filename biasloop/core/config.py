@@ -185,7 +185,8 @@ def check_params(params: dict[str, Any]) -> None:
       ``corpus.image_size``) equals ``generator.image_size``; for the glyph world ``corpus.image_size``
       must equal ``world.image_size`` too (it would be silently ignored otherwise).
     - ``generations`` is ``[0, 1, ..., G-1]`` and ``rounds`` has one ``"N": {gen: N, prev: N-1}`` item
-      per later generation (``biasloop generations G`` writes both).
+      per later generation; ``datasets``, when present, has one ``"N": {gen: N, dataset, folder}`` item per
+      generation (``biasloop generations G`` writes all three).
     """
     world, corpus, generator = (params.get(s) or {} for s in ("world", "corpus", "generator"))
     if isinstance(world, dict) and isinstance(corpus, dict) and isinstance(generator, dict):
@@ -211,6 +212,15 @@ def check_params(params: dict[str, Any]) -> None:
         if found != expected:
             raise ConfigError(f"rounds: expected one {{gen: N, prev: N-1}} item per generation 1..{count - 1} "
                               f"to match generations, found {rounds!r} (set both with `biasloop generations {count}`)")
+        datasets = params.get("datasets")
+        if datasets is not None:
+            items = {str(k): v for k, v in datasets.items()} if isinstance(datasets, dict) else None
+            if items is None or sorted(items, key=lambda k: int(k) if k.isdigit() else -1) != [str(n) for n in range(count)] or any(
+                not isinstance(v, dict) or v.get("gen") != int(k) or not v.get("dataset") or not v.get("folder")
+                for k, v in items.items()
+            ):
+                raise ConfigError(f"datasets: expected one {{gen: N, dataset, folder}} item per generation 0..{count - 1} "
+                                  f"to match generations, found {datasets!r} (set it with `biasloop generations {count}`)")
 
 
 def load_section(cls: type[T], section: str, params: dict[str, Any]) -> T:

@@ -19,6 +19,13 @@ Matching rules (the same in the vectorised polars expressions and in :func:`labe
   Names that are also common words ("Will", "Rose", "Grace") make this noisy, which is why it is off.
   Matched names are added to ``male_terms`` / ``female_terms`` lower-cased.
 
+**Captioning lists.** The captioning bias metrics (misprediction, LIC leakage) use another pair of lists,
+:data:`MASCULINE_WORDS` and :data:`FEMININE_WORDS`: those of Hirota, Nakashima and Garcia, "Quantifying
+Societal Bias Amplification in Image Captioning" (CVPR 2022), as published with their LIC code
+(github.com/rebnej/lick-caption-bias, ``lstm_leakage.py``), which extend the man/woman word lists of
+Burns et al., "Women also Snowboard" (ECCV 2018). They are matched as whole caption tokens
+(:func:`biasloop.data.text.caption_tokens`), the same lists for a caption's gender and for masking.
+
 Terms are ``list[str]`` columns in polars and tuples in Python, in the order they occur (a null
 caption gets null term lists in polars, empty tuples in Python, and the label ``none``).
 """
@@ -31,6 +38,8 @@ from collections.abc import Iterable, Mapping
 from typing import NamedTuple
 
 import polars as pl
+
+from biasloop.data.text import caption_tokens
 
 MALE_TERMS: tuple[str, ...] = (
     "he", "hes", "he's", "him", "his", "himself", "male", "males", "man", "mans", "men", "mens",
@@ -202,3 +211,42 @@ def label_caption(caption: str | None, first_names: bool = False) -> IndicatorMa
     else:
         label = "none"
     return IndicatorMatch(label, tuple(male), tuple(female))
+
+
+# --- captioning lists (Hirota et al. 2022; see the module docstring) ---------------------------------
+
+MASCULINE_WORDS: tuple[str, ...] = (
+    "man", "men", "male", "father", "gentleman", "gentlemen", "boy", "boys", "uncle", "husband", "actor",
+    "prince", "waiter", "son", "he", "his", "him", "himself", "brother", "brothers", "guy", "guys", "emperor",
+    "emperors", "dude", "dudes", "cowboy",
+)  # fmt: skip
+FEMININE_WORDS: tuple[str, ...] = (
+    "woman", "women", "female", "lady", "ladies", "mother", "girl", "girls", "aunt", "wife", "actress",
+    "princess", "waitress", "daughter", "she", "her", "hers", "herself", "sister", "sisters", "queen", "queens",
+    "pregnant",
+)  # fmt: skip
+MASK_TOKEN = "genderword"  # what every gender word becomes before the leakage classifier (Hirota et al.)
+CAPTION_GENDERS = ("female", "male", "neutral")
+
+_MASCULINE = frozenset(MASCULINE_WORDS)
+_FEMININE = frozenset(FEMININE_WORDS)
+
+
+def caption_gender(caption: str) -> str:
+    """``female`` / ``male`` when the caption has only that gender's words, else ``neutral``."""
+    tokens = set(caption_tokens(caption))
+    has_male, has_female = bool(tokens & _MASCULINE), bool(tokens & _FEMININE)
+    if has_female and not has_male:
+        return "female"
+    if has_male and not has_female:
+        return "male"
+    return "neutral"
+
+
+def mask_gender_words(caption: str, mask: str = MASK_TOKEN) -> str:
+    """The tokenised caption with every masculine or feminine word replaced by ``mask``.
+
+    >>> mask_gender_words("She is a Nurse; her shift starts.")
+    'genderword is a nurse genderword shift starts'
+    """
+    return " ".join(mask if t in _MASCULINE or t in _FEMININE else t for t in caption_tokens(caption))

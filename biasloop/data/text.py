@@ -7,6 +7,9 @@ placeholder spelling everywhere:
 - ``{gender}``: a gender noun ("woman", "man") in the instrument's zero-shot templates;
 - ``{article}``: "a" or "an", chosen by the word that follows it ("a photo of {article} {occupation}"
   becomes "a photo of an engineer").
+
+Caption tokens (:func:`caption_tokens`) are the one word split that caption metrics, the captioner's
+vocabulary and gender-word matching for captioning share.
 """
 
 from __future__ import annotations
@@ -89,3 +92,26 @@ def fill_template(template: str, occupation: str | None = None, gender: str | No
         if _ARTICLE_MARK in text:
             raise ValueError(f"template {template!r}: {{article}} must be followed by a word")
     return text
+
+
+_APOSTROPHES = re.compile("[’‘ʼ`]")
+# A token is a run of letters/digits (internal hyphens kept: "close-up"), or an apostrophe clitic
+# ("he's" -> "he", "'s"), after lower-casing; every other character is punctuation or space and dropped.
+_CAPTION_TOKEN = re.compile(r"[^\W_]+(?:-[^\W_]+)*|'[^\W_]+")
+
+
+def caption_tokens(text: str | None) -> list[str]:
+    """Lower-case word tokens of a caption, punctuation stripped (no Java).
+
+    An approximation of the COCO caption evaluation code's Stanford PTB tokenizer followed by its
+    punctuation filter: lower-cased; words are runs of letters and digits with internal hyphens kept
+    (``close-up``); an apostrophe starts a clitic token (``woman's`` -> ``woman``, ``'s``; PTB splits
+    ``don't`` into ``do``, ``n't``, here into ``don``, ``'t``); every other punctuation mark is dropped.
+
+    Args:
+        text: a caption (None reads as empty).
+
+    Returns:
+        The tokens in order.
+    """
+    return _CAPTION_TOKEN.findall(_APOSTROPHES.sub("'", (text or "").lower()))

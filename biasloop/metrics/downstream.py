@@ -287,3 +287,51 @@ def group_fairness(
         "equalized_odds_difference_mean": summary("equalized_odds_difference", np.mean),
         "equalized_odds_difference_max": summary("equalized_odds_difference", np.max),
     }
+
+
+def classifier_fairness(
+    true_occupation: Sequence[str], predicted_occupation: Sequence[str], gender: Sequence[str | None],
+    min_group_size: int,
+) -> dict[str, Any]:
+    """Accuracy overall and per gender, worst-group accuracy, Fairlearn parity differences.
+
+    Args:
+        true_occupation: occupation per held-out image.
+        predicted_occupation: the classifier's prediction per image.
+        gender: perceived gender per image (``female`` / ``male``; others count in ``accuracy`` only).
+        min_group_size: the smallest (occupation, gender) group that counts for worst-group accuracy.
+
+    Returns:
+        ``accuracy`` (all images), ``accuracy_by_gender`` ({gender: accuracy}), ``accuracy_gap``
+        (max minus min over genders), ``worst_group_accuracy`` over (occupation, gender) groups with at
+        least ``min_group_size`` images (None when none is that large) and ``worst_group``, plus
+        :func:`biasloop.metrics.downstream.group_fairness` over the gender-labelled images
+        (``demographic_parity_difference_mean`` / ``_max``, ``equalized_odds_difference_mean`` / ``_max``,
+        ``accuracy_by_group``, ``per_occupation``).
+    """
+    y_true = np.asarray(true_occupation, dtype=object)
+    y_pred = np.asarray(predicted_occupation, dtype=object)
+    groups = np.asarray([g if g in ("female", "male") else "" for g in gender], dtype=object)
+    if not len(y_true) == len(y_pred) == len(groups):
+        raise ValueError(f"{len(y_true)} true occupations, {len(y_pred)} predictions, {len(groups)} genders")
+    if not len(y_true):
+        raise ValueError("no held-out images to score the classifier on")
+    correct = y_true == y_pred
+    by_gender = {g: float(correct[groups == g].mean()) for g in ("female", "male") if (groups == g).any()}
+    out: dict[str, Any] = {
+        "accuracy": float(correct.mean()),
+        "accuracy_by_gender": by_gender,
+        "accuracy_gap": float(max(by_gender.values()) - min(by_gender.values())) if len(by_gender) == 2 else None,
+        "n_test": int(len(y_true)),
+    }
+    labelled = groups != ""
+    if labelled.any():
+        fairness = group_fairness(y_true[labelled], y_pred[labelled], groups[labelled])
+        large = [g for g in fairness["accuracy_by_group"] if g["n"] >= min_group_size]
+        worst = min(large, key=lambda g: g["accuracy"], default=None)
+        fairness.pop("worst_group_accuracy", None)
+        out.update(fairness)
+        out["worst_group_accuracy"] = worst["accuracy"] if worst else None
+        out["worst_group"] = worst
+        out["min_group_size"] = min_group_size
+    return out

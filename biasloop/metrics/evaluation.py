@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -154,3 +155,36 @@ def perceived_groups(test: pl.DataFrame, instrument_dir: str | None, device: str
 
     labels = label_images(load_labeller(instrument_dir, device), test["image_ref"].to_list(), threshold)["label"]
     return [label if label != "abstain" else None for label in labels.to_list()]
+
+
+def training_pairs(dataset_path: str | Path) -> pl.DataFrame:
+    """The training rows of a generation's dataset (a corpus ``captions.parquet`` or a mix ``dataset.parquet``).
+
+    Rows of another split are dropped (a corpus table holds its test split too).
+    """
+    path = Path(dataset_path)
+    if not path.exists():
+        raise FileNotFoundError(f"dataset {path} not found")
+    frame = pl.read_parquet(path)
+    missing = [c for c in ("caption", "image_ref") if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {missing}")
+    if "split" in frame.columns:
+        frame = frame.filter(pl.col("split") == "train")
+    if frame.is_empty():
+        raise ValueError(f"{path}: no training rows")
+    return frame
+
+
+def held_out(corpus_path: str | Path) -> pl.DataFrame:
+    """The corpus's held-out rows (``split == "test"``)."""
+    frame = pl.read_parquet(corpus_path).filter(pl.col("split") == "test")
+    if frame.is_empty():
+        raise ValueError(f"{corpus_path}: no held-out rows (split == 'test')")
+    return frame
+
+
+def held_out_genders(test: pl.DataFrame, instrument_dir: str | None, device: str, threshold: float) -> list[str | None]:
+    """Gender per held-out row: ground truth where known, else the instrument's confident label."""
+    groups = perceived_groups(test, instrument_dir, device, threshold)
+    return [g if g in ("female", "male") else None for g in groups]

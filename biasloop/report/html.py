@@ -68,6 +68,46 @@ def summary_row(metrics: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
+def task_row(captioner: dict[str, Any] | None, classifier: dict[str, Any] | None) -> dict[str, Any]:
+    """Headline numbers of one generation's captioner and classifier metrics (None when absent).
+
+    Args:
+        captioner: ``metrics/generations/captioner_gen{N}.json``: BLEU-4, ROUGE-L (fractions), CIDEr-D (0..10),
+            misprediction Error and Ratio, LIC_M, LIC_D and leakage (fractions) with their spreads over runs.
+        classifier: ``metrics/generations/classifier_gen{N}.json``: accuracy, one-vs-rest demographic
+            parity and equalized odds differences (means over occupations), worst-group accuracy.
+    """
+    return {
+        "captioner_bleu4": _get(captioner, "quality", "bleu4"),
+        "captioner_rouge_l": _get(captioner, "quality", "rouge_l"),
+        "captioner_cider_d": _get(captioner, "quality", "cider_d"),
+        "captioner_error": _get(captioner, "misprediction", "error"),
+        "captioner_ratio": _get(captioner, "misprediction", "ratio_predicted"),
+        "captioner_ratio_true": _get(captioner, "misprediction", "ratio_true"),
+        "captioner_lic_m": _get(captioner, "leakage", "lic_m"),
+        "captioner_lic_d": _get(captioner, "leakage", "lic_d"),
+        "captioner_leakage": _get(captioner, "leakage", "leakage"),
+        "captioner_leakage_std": _get(captioner, "leakage", "leakage_std"),
+        "classifier_accuracy": _get(classifier, "accuracy"),
+        "classifier_accuracy_gap": _get(classifier, "accuracy_gap"),
+        "classifier_dp_difference": _get(classifier, "demographic_parity_difference_mean"),
+        "classifier_eo_difference": _get(classifier, "equalized_odds_difference_mean"),
+        "classifier_worst_group_accuracy": _get(classifier, "worst_group_accuracy"),
+    }
+
+
+TASK_COLUMNS = (  # (summary key, header, unit) of the downstream-task table in the report
+    ("captioner_bleu4", "BLEU-4 (%)", "%"), ("captioner_rouge_l", "ROUGE-L (%)", "%"),
+    ("captioner_cider_d", "CIDEr-D", "num"), ("captioner_error", "Error (%)", "%"),
+    ("captioner_ratio", "Ratio W/M", "num"), ("captioner_ratio_true", "true ratio W/M", "num"),
+    ("captioner_lic_m", "LIC_M (%)", "%"), ("captioner_lic_d", "LIC_D (%)", "%"),
+    ("captioner_leakage", "leakage (pp)", "pp+"), ("captioner_leakage_std", "leakage sd (pp)", "pp"),
+    ("classifier_accuracy", "classifier acc. (%)", "%"), ("classifier_accuracy_gap", "acc. gap W/M (pp)", "pp"),
+    ("classifier_dp_difference", "DP diff. (pp)", "pp"), ("classifier_eo_difference", "EO diff. (pp)", "pp"),
+    ("classifier_worst_group_accuracy", "worst-group acc. (%)", "%"),
+)
+
+
 # Per pairing in summary.json: the headline keys of its measured table, intervals flattened.
 PARADOX_SUMMARY_KEYS = ("amplification_abs", "noise_floor_abs", "excess_abs", "p_value_abs", "excess_dir",
                         "n_images_train", "n_images_gen", "n_pairs")
@@ -228,6 +268,22 @@ def render_report(
           r.get("recall_at_10"), r.get("recall_at_10_gap"), r.get("max_skew_at_10"), r.get("ndkl"),
           r.get("worst_group_accuracy"), r.get("worst_group_min_size")] for r in rows],
     ))
+    if any(r.get(key) is not None for r in rows for key, _, _ in TASK_COLUMNS):
+        parts.append("<h2>Downstream tasks across generations: captioner and classifier</h2>")
+        parts.append("<p class='note'>Each trained from scratch on the generation's dataset (generation 0: the real "
+                     "corpus) and scored on the held-out real images. Captioner (Chen et al. 2024): BLEU-4, ROUGE-L "
+                     "and CIDEr-D (COCO caption code's definitions, 0..10 for CIDEr-D) against the human captions; "
+                     "Error (Burns et al. 2018): images of women described with male words plus images of men "
+                     "described with female words, over gender-labelled images; Ratio: captions with female over "
+                     "male words, beside the true ratio of women to men; LIC (Hirota et al. 2022): mean confidence "
+                     "in the correct gender of a classifier reading gender-masked captions (0 when wrong), on the "
+                     "model's captions (LIC_M) and the human ones (LIC_D); leakage = LIC_M − LIC_D, mean and sd "
+                     "over classifier runs. Classifier (Zhang et al. 2024): occupation accuracy, its gap between "
+                     "women's and men's images, Fairlearn demographic parity and equalized odds differences "
+                     "(one-vs-rest, mean over occupations), worst-group accuracy over (occupation, gender) groups "
+                     "of a minimum size.</p>")
+        parts.append(_table([("generation", "int")] + [(header, unit) for _, header, unit in TASK_COLUMNS],
+                            [[r["generation"]] + [r.get(key) for key, _, _ in TASK_COLUMNS] for r in rows]))
     if paradox and paradox.get("table"):
         parts.append("<h2>The paradox table (generation 0)</h2>")
         parts.append("<p class='note'>Seshadri et al. (2023): amplification measured against keyword-retrieved "

@@ -154,12 +154,12 @@ def share_plot(per_occupation_by_series: dict[str, list[dict]], out_path: str | 
 def generation_curves(rows: list[dict], out_path: str | Path, title: str) -> None:
     """Amplification beyond the noise floor and downstream bias across generations, with 95% intervals.
 
-    ``rows`` are :func:`biasloop.report.html.summary_row` dicts; a series ``key`` gets a band when the
+    ``rows`` are :func:`biasloop.report.html.summary_row` dicts (merged with ``task_row`` for the
+    captioner and classifier panels, drawn when present); a series ``key`` gets a band when the
     rows carry ``key_lo`` and ``key_hi``.
     """
     plt = _pyplot()
     generations = [r["generation"] for r in rows]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     panels = [
         ("amplification beyond noise", [("excess_abs", "A_abs excess over noise floor", "#d62728"),
                                         ("excess_dir", "A_dir excess over noise floor", "#1f77b4"),
@@ -169,7 +169,17 @@ def generation_curves(rows: list[dict], out_path: str | Path, title: str) -> Non
          "recall"),
         ("downstream fairness", [("max_skew_at_10", "MaxSkew@10", "#9467bd"), ("worst_group_accuracy", "worst-group acc.", "#ff7f0e")],
          "value"),
+        ("captioner", [("captioner_bleu4", "BLEU-4", "#333333"), ("captioner_error", "Error", "#d62728"),
+                       ("captioner_leakage", "leakage (LIC_M - LIC_D)", "#9467bd")], "fraction"),
+        ("occupation classifier", [("classifier_accuracy", "accuracy", "#333333"),
+                                   ("classifier_worst_group_accuracy", "worst-group acc.", "#ff7f0e"),
+                                   ("classifier_dp_difference", "DP difference", "#1f77b4"),
+                                   ("classifier_eo_difference", "EO difference", "#2ca02c")], "fraction"),
     ]
+    # The task panels only when some row has their numbers (older runs, or a run without the tasks).
+    panels = [p for p in panels[:3]] + [p for p in panels[3:] if any(r.get(k) is not None for r in rows for k, _, _ in p[1])]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 3.6), squeeze=False)
+    axes = axes[0]
     for ax, (panel_title, series, ylabel) in zip(axes, panels):
         for key, label, colour in series:
             values = [r.get(key) for r in rows]

@@ -1,0 +1,66 @@
+"""The captioning task of a generation (Chen et al., CVPR 2024): train a captioner, score quality and gender bias.
+
+Quality: BLEU-4, ROUGE-L and CIDEr-D against the held-out human captions (:mod:`biasloop.metrics.captions`);
+bias: gender misprediction Error and Ratio (:mod:`biasloop.metrics.caption_bias`) and LIC_M, LIC_D and
+leakage (:func:`biasloop.metrics.caption_bias.caption_leakage`). Data helpers: :mod:`biasloop.metrics.evaluation`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import polars as pl
+
+from biasloop.core.io import load_images, timed
+
+log = logging.getLogger(__name__)
+
+
+def captioner_task(
+    dataset: pl.DataFrame, test: pl.DataFrame, groups: list[str | None], config: Any, seed: int, device: str,
+    progress: bool = True,
+) -> tuple[dict[str, Any], pl.DataFrame]:
+    """Train the captioner on ``dataset`` and score it on ``test``.
+
+    Args:
+        dataset: training rows (``caption``, ``image_ref``).
+        test: held-out rows (``id``, ``caption``, ``image_ref``), one human caption per image.
+        groups: gender per held-out row (``female`` / ``male`` / None).
+        config: the ``captioner`` params (:class:`biasloop.models.captioner.CaptionerConfig`).
+        seed: training seed (the leakage classifier's runs derive theirs from it).
+        device: torch device.
+        progress: tqdm bars.
+
+    Returns:
+        ``(metrics, captions)``: metrics with ``quality`` (bleu1..4, rouge_l, cider_d), ``misprediction``,
+        ``leakage`` and ``training``; captions a frame ``id, reference, caption, gender, caption_gender``.
+    """
+    from biasloop.data.indicators import caption_gender
+    from biasloop.metrics.caption_bias import caption_leakage, misprediction
+    from biasloop.metrics.captions import score_captions
+    from biasloop.models.captioner import make_captioner
+
+    captioner = make_captioner(config, device)
+    with timed(f"captioner training on {len(dataset)} pairs", log):
+        training = captioner.train(load_images(dataset["image_ref"].to_list()), dataset["caption"].to_list(), seed,
+                                   progress=progress)
+    with timed(f"captioning {len(test)} held-out images", log):
+        hypotheses = captioner.caption(load_images(test["image_ref"].to_list()))
+    references = test["caption"].to_list()
+    ids = test["id"].to_list()
+    quality = score_captions({i: [r] for i, r in zip(ids, references)}, dict(zip(ids, hypotheses)))
+    bias = misprediction(hypotheses, groups)
+    with timed(f"leakage classifier ({config.leakage.seeds} runs x 2)", log):
+        leakage = caption_leakage(hypotheses, references, groups, config.leakage, seed, captioner.vocabulary)
+    captions = pl.DataFrame({
+        "id": ids, "reference": references, "caption": hypotheses,
+        "gender": [g for g in groups], "caption_gender": [caption_gender(h) for h in hypotheses],
+    }, schema={"id": pl.String, "reference": pl.String, "caption": pl.String, "gender": pl.String,
+               "caption_gender": pl.String})
+    metrics = {"quality": quality, "misprediction": bias, "leakage": leakage, "training": training,
+               "backend": config.backend}
+    log.info("captioner: BLEU-4 %.3f, CIDEr-D %.3f, Error %.3f, LIC_M %.3f, LIC_D %.3f, leakage %.3f",
+             quality["bleu4"], quality["cider_d"], bias["error"] if bias["error"] is not None else float("nan"),
+             leakage["lic_m"], leakage["lic_d"], leakage["leakage"])
+    return metrics, captions

@@ -1,0 +1,67 @@
+"""classifier@N: an occupation classifier trained from scratch on generation N's dataset, scored on real held-out images.
+
+The generations study's task (Zhang et al. 2024): accuracy overall and per perceived-gender group,
+worst-group accuracy over (occupation, gender) groups with at least classifier.min_group_size images, and
+Fairlearn's demographic parity and equalized odds differences of one-vs-rest occupation predictions.
+Generation 0 trains on the real corpus's training split, generation N on dataset N.
+
+Inputs:   the generation's dataset (artifacts/corpus/captions.parquet for N = 0,
+          artifacts/gen{N}/mix/dataset.parquet otherwise), artifacts/corpus (held-out split),
+          artifacts/instrument (genders, when the corpus has no ground truth)
+Outputs:  artifacts/gen{N}/classifier/predictions.parquet   (id, occupation, predicted, gender)
+          metrics/generations/classifier_gen{N}.json
+Params:   base, tracking, classifier, classify
+
+Example:
+    python -m stages.classifier --generation 1 --dataset artifacts/gen1/mix/dataset.parquet \\
+        --corpus artifacts/corpus/captions.parquet --instrument artifacts/instrument \\
+        --out artifacts/gen1/classifier --metrics metrics/generations/classifier_gen1.json
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+from biasloop.core.config import to_dict
+from biasloop.core.io import write_json, write_parquet
+from biasloop.core.runtime import resolve_device
+from biasloop.core.stage import load_configs, make_parser, run_main
+from biasloop.core.tracking import stage_run
+from biasloop.metrics.classification import classifier_task
+from biasloop.metrics.evaluation import held_out, held_out_genders, training_pairs
+from biasloop.models.classifier import ClassifierConfig
+from biasloop.models.instrument import ClassifyConfig
+
+log = logging.getLogger("classifier")
+
+
+def main_body(argv: Sequence[str] | None) -> None:
+    parser = make_parser(__doc__, "python -m stages.classifier")
+    parser.add_argument("--generation", type=int, required=True, help="generation N")
+    parser.add_argument("--dataset", required=True, help="generation N's dataset (corpus captions.parquet for N = 0)")
+    parser.add_argument("--corpus", required=True, help="corpus caption table (its held-out split is scored)")
+    parser.add_argument("--instrument", default=None, help="instrument folder, used when the corpus has no gender labels")
+    parser.add_argument("--out", required=True, help="output folder for predictions.parquet")
+    parser.add_argument("--metrics", required=True, help="metrics JSON to write")
+    args = parser.parse_args(argv)
+    configs = load_configs(args.params, {"classifier": ClassifierConfig, "classify": ClassifyConfig})
+    config: ClassifierConfig = configs["classifier"]
+    device = resolve_device(configs["base"].device)
+    with stage_run("classifier", configs["tracking"], {"classifier": to_dict(config)}, generation=args.generation) as run:
+        dataset, test = training_pairs(args.dataset), held_out(args.corpus)
+        groups = held_out_genders(test, args.instrument, device, configs["classify"].abstain_threshold)
+        metrics, predictions = classifier_task(dataset, test, groups, config, configs["base"].seed + args.generation, device)
+        metrics = {"generation": args.generation, **metrics}
+        write_parquet(Path(args.out) / "predictions.parquet", predictions)
+        write_json(args.metrics, metrics)
+        run.log_metrics({k: v for k, v in metrics.items() if k not in ("training", "accuracy_by_group", "per_occupation")})
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_main(main_body, argv, log)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

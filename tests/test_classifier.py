@@ -1,0 +1,63 @@
+"""The occupation classifier: fairness scores by hand, training on a tiny world, timm architectures by name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from biasloop.core.config import from_dict
+from biasloop.data.world import WorldConfig, build_world
+from biasloop.metrics.downstream import classifier_fairness
+from biasloop.models.classifier import ClassifierConfig, build_classifier, train_classifier
+
+
+def test_classifier_fairness_hand_computed() -> None:
+    true = ["nurse"] * 6 + ["engineer"] * 6
+    gender = ["female"] * 4 + ["male"] * 2 + ["male"] * 4 + ["female"] * 2
+    # Men nursing are taken for engineers, women engineers for nurses; everyone else is right.
+    predicted = ["nurse"] * 4 + ["engineer"] * 2 + ["engineer"] * 4 + ["nurse"] * 2
+    result = classifier_fairness(true, predicted, gender, min_group_size=3)
+    assert result["accuracy"] == pytest.approx(8 / 12)
+    assert result["accuracy_by_gender"] == {"female": pytest.approx(4 / 6), "male": pytest.approx(4 / 6)}
+    assert result["accuracy_gap"] == pytest.approx(0.0)
+    # Groups (occupation, gender): nurse/female 4 right of 4, nurse/male 0 of 2, engineer/male 4 of 4,
+    # engineer/female 0 of 2; only groups of >= 3 images count for the worst group.
+    assert result["worst_group_accuracy"] == 1.0 and result["worst_group"]["n"] == 4
+    assert classifier_fairness(true, predicted, gender, min_group_size=2)["worst_group_accuracy"] == 0.0
+    assert classifier_fairness(true, predicted, gender, min_group_size=10)["worst_group_accuracy"] is None
+    # One-vs-rest "nurse": predicted for every woman, no man: demographic parity difference 1; true positive
+    # rates 1 (women) vs 0 (men), so the equalized odds difference is 1 too.
+    nurse = next(r for r in result["per_occupation"] if r["occupation"] == "nurse")
+    assert nurse["demographic_parity_difference"] == pytest.approx(1.0)
+    assert nurse["equalized_odds_difference"] == pytest.approx(1.0)
+    assert result["demographic_parity_difference_mean"] == pytest.approx(1.0)
+
+
+def test_unknown_architecture_is_an_error() -> None:
+    with pytest.raises(ValueError, match="classifier.architecture"):
+        build_classifier(ClassifierConfig(architecture="no-such-net"), 3)
+
+
+def test_timm_architecture_by_name() -> None:
+    pytest.importorskip("timm")
+    import torch
+
+    network = build_classifier(ClassifierConfig(architecture="test_resnet"), 4)
+    network.eval()
+    assert network(torch.zeros(2, 3, 32, 32)).shape == (2, 4)
+
+
+@pytest.mark.slow
+def test_small_cnn_learns_occupations_from_glyphs(data_dir: Path) -> None:
+    params = {"glyphs": str(data_dir / "glyphs" / "mnist"), "occupation_table": str(data_dir / "occupations" / "occupations_bls.tsv"),
+              "samples_per_occupation": 150, "distractors": 0, "near_misses": 0}
+    samples, images = build_world(from_dict(WorldConfig, params, "world"), ["engineer", "teacher", "nurse"])
+    train = (samples["split"] == "train").to_numpy()
+    labels = samples["true_occupation"].to_numpy()
+    classifier, stats = train_classifier(images[train], labels[train].tolist(), ClassifierConfig(cpu_threads=1), seed=0,
+                                         progress=False)
+    assert stats["classes"] == ["engineer", "nurse", "teacher"] and np.isfinite(stats["final_loss"])
+    accuracy = np.mean(classifier.predict(images[~train]) == labels[~train])
+    assert accuracy > 0.7, accuracy  # chance is 1/3
