@@ -203,3 +203,77 @@ def generation_curves(rows: list[dict], out_path: str | Path, title: str) -> Non
     fig.tight_layout()
     _save(fig, out_path)
     plt.close(fig)
+
+
+def study_figure(study: dict, metric_keys: list[str], out_path: str | Path, title: str) -> None:
+    """A study's metrics across the grid: one row per metric, two panels each.
+
+    Left: the metric against generation, one line per ``synthetic_ratio`` (mean over seeds) with its
+    95% t band over seeds. Right: the metric against ratio at the last generation (the replacement
+    study's figure): each seed's value (grey dots), the mean with its 95% interval, and the
+    seed-clustered trend line with its slope and interval in the panel title.
+
+    Args:
+        study: ``metrics/study.json`` as :func:`biasloop.study.collect.collect_study` builds it.
+        metric_keys: the metrics to draw (keys of ``study["metrics"]``; absent keys are skipped).
+        out_path: PNG path (written atomically).
+        title: figure title.
+    """
+    plt = _pyplot()
+    keys = [k for k in metric_keys if k in study["metrics"]]
+    summary = study["summary"]
+    ratios = sorted({e["ratio"] for e in summary})
+    generations = sorted({e["generation"] for e in summary})
+    last = generations[-1] if generations else 0
+    fig, axes = plt.subplots(max(len(keys), 1), 2, figsize=(11, 3.1 * max(len(keys), 1)), squeeze=False)
+    colours = plt.get_cmap("viridis")(np.linspace(0.0, 0.85, max(len(ratios), 1)))
+    for row, key in enumerate(keys):
+        label = study["metrics"][key]
+        left, right = axes[row]
+        for colour, ratio in zip(colours, ratios):
+            cells = sorted((e for e in summary if e["ratio"] == ratio), key=lambda e: e["generation"])
+            stats = [(e["generation"], e["metrics"][key]) for e in cells if e["metrics"][key]["mean"] is not None]
+            if not stats:
+                continue
+            left.plot([g for g, _ in stats], [s["mean"] for _, s in stats], marker="o", color=colour,
+                      label=f"ratio {ratio:g}")
+            banded = [(g, s["ci"]) for g, s in stats if s["ci"]]
+            if banded:
+                left.fill_between([g for g, _ in banded], [c[0] for _, c in banded], [c[1] for _, c in banded],
+                                  color=colour, alpha=0.18, lw=0)
+        left.set_xticks(generations)
+        left.set_xlabel("generation")
+        left.set_ylabel(label, fontsize=8)
+        left.grid(alpha=0.3)
+        left.legend(fontsize=7, title="synthetic_ratio (band: 95% over seeds)", title_fontsize=7)
+
+        runs = [r for r in study["runs"] if r["generation"] == last and r.get(key) is not None]
+        right.scatter([r["ratio"] for r in runs], [r[key] for r in runs], color="#999999", s=14, zorder=2,
+                      label="one seed")
+        at_last = [(e["ratio"], e["metrics"][key]) for e in summary
+                   if e["generation"] == last and e["metrics"][key]["mean"] is not None]
+        if at_last:
+            xs = [r for r, _ in at_last]
+            means = [s["mean"] for _, s in at_last]
+            lows = [m - s["ci"][0] if s["ci"] else 0.0 for m, (_, s) in zip(means, at_last)]
+            highs = [s["ci"][1] - m if s["ci"] else 0.0 for m, (_, s) in zip(means, at_last)]
+            right.errorbar(xs, means, yerr=[lows, highs], fmt="o", color="#d62728", capsize=3, zorder=3,
+                           label="mean, 95% over seeds")
+            trend = study["trends"][key]["vs_ratio"].get(f"gen{last}") or {}
+            if trend.get("slope") is not None:
+                x0, y0 = float(np.mean(xs)), float(np.mean(means))
+                line_x = np.array([min(xs), max(xs)])
+                right.plot(line_x, y0 + trend["slope"] * (line_x - x0), ls="--", color="#d62728", lw=1,
+                           label="seed-clustered trend")
+                ci = trend.get("ci")
+                interval = f" [{ci[0]:.3g}, {ci[1]:.3g}]" if ci else ""
+                right.set_title(f"slope {trend['slope']:.3g}{interval} per unit ratio (n={trend['n']} seeds)",
+                                fontsize=8)
+        right.set_xticks(ratios)
+        right.set_xlabel(f"synthetic_ratio (generation {last})")
+        right.grid(alpha=0.3)
+        right.legend(fontsize=7)
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    _save(fig, out_path)
+    plt.close(fig)

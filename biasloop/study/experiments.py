@@ -1,0 +1,151 @@
+"""DVC experiments as records: run ``dvc exp show --json`` and read what it prints.
+
+The JSON (DVC 3.x, checked with DVC 3.67 on a small repo) is a list with one entry per revision: first
+the workspace, then each baseline commit::
+
+    [{"rev": "workspace", "name": null, "data": {...}, "error": null, "experiments": null},
+     {"rev": "<baseline sha>", "name": "main", "data": {...}, "error": null,
+      "experiments": [
+        {"name": "study-default-r0.4-s1",
+         "executor": {"state": "success" | "failed" | "queued" | "running", "name": ..., "local": {...}},
+         "revs": [{"rev": "<experiment commit sha>", "name": "study-default-r0.4-s1", "error": null,
+                   "experiments": null,
+                   "data": {"rev": ..., "timestamp": "2026-11-26T15:27:36",
+                            "params": {"params.yaml": {"data": {...}}},
+                            "metrics": {"metrics/summary.json": {"data": {...}}},
+                            "deps": {...}, "outs": {...}, "meta": {}}}]}]}]
+
+``executor`` is null for experiments that did not come from the queue (``dvc exp run`` in the
+workspace, or pulled from a remote); they are finished. A failed experiment's ``data.metrics`` are the
+baseline's (stale), and a queued one's are empty: metrics are read only from successful experiments.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from dataclasses import dataclass, field
+from typing import Any
+
+STATES = ("success", "failed", "queued", "running")
+
+METRICS_FILE = "metrics/summary.json"  # the headline file dvc.yaml declares under `metrics:`
+PARAMS_FILE = "params.yaml"
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One DVC experiment as `dvc exp show --json` reports it.
+
+    Attributes:
+        name: the experiment name (``--name``).
+        rev: the experiment's commit (its own git revision: baseline + params changes + results);
+            for a queued or failed one, the stash entry DVC queued.
+        baseline_rev: the commit the experiment was derived from.
+        baseline_name: the branch or tag of the baseline, when it has one.
+        state: ``success``, ``failed``, ``queued`` or ``running``.
+        params: ``params.yaml`` as the experiment ran it.
+        metrics: ``metrics/summary.json`` of a successful experiment; None otherwise.
+        error: DVC's error message, when it reports one.
+        timestamp: ISO time of the experiment's commit (None when unknown).
+        log: path of the queue worker's log file, when DVC reports one.
+    """
+
+    name: str
+    rev: str
+    baseline_rev: str
+    baseline_name: str | None
+    state: str
+    params: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] | None = None
+    error: str | None = None
+    timestamp: str | None = None
+    log: str | None = None
+
+
+def _file_data(section: dict | None, path: str) -> dict[str, Any] | None:
+    entry = (section or {}).get(path)
+    if not isinstance(entry, dict):
+        return None
+    data = entry.get("data")
+    return data if isinstance(data, dict) else None
+
+
+def parse_exp_show(data: list[dict[str, Any]]) -> list[Experiment]:
+    """Every experiment in ``dvc exp show --json`` output, in the order DVC lists them.
+
+    Args:
+        data: the parsed JSON (a list of revision entries; see the module docstring for the shape).
+
+    Returns:
+        One :class:`Experiment` per experiment under any baseline (the workspace and the baseline
+        commits themselves are not experiments and are left out).
+
+    Raises:
+        ValueError: when ``data`` is not in the shape ``dvc exp show --json`` prints.
+    """
+    if not isinstance(data, list):
+        raise ValueError(f"dvc exp show --json: expected a list of revisions, found {type(data).__name__}")
+    experiments: list[Experiment] = []
+    for baseline in data:
+        if not isinstance(baseline, dict) or "rev" not in baseline:
+            raise ValueError(f"dvc exp show --json: a revision entry without 'rev': {str(baseline)[:200]}")
+        for group in baseline.get("experiments") or []:
+            executor = group.get("executor") or {}
+            revs = group.get("revs") or []
+            if not revs:
+                continue
+            last = revs[0]
+            exp_data = last.get("data") or {}
+            error = last.get("error")
+            state = executor.get("state") or ("failed" if error else "success")
+            if state not in STATES:
+                raise ValueError(f"dvc exp show --json: experiment {group.get('name')!r} has unknown state {state!r}")
+            local = executor.get("local") or {}
+            experiments.append(Experiment(
+                name=group.get("name") or last.get("name") or last["rev"][:7],
+                rev=last["rev"],
+                baseline_rev=baseline["rev"],
+                baseline_name=baseline.get("name"),
+                state=state,
+                params=_file_data(exp_data.get("params"), PARAMS_FILE) or {},
+                metrics=_file_data(exp_data.get("metrics"), METRICS_FILE) if state == "success" else None,
+                error=(error or {}).get("msg") if isinstance(error, dict) else error,
+                timestamp=exp_data.get("timestamp"),
+                log=local.get("log"),
+            ))
+    return experiments
+
+
+def run_dvc(args: list[str], dvc: str = "dvc", cwd: str | None = None) -> str:
+    """Run ``dvc ARGS`` and return its stdout.
+
+    Raises:
+        RuntimeError: naming the command and quoting DVC's stderr when it exits non-zero.
+        FileNotFoundError: when the ``dvc`` executable is not on PATH.
+    """
+    try:
+        result = subprocess.run([dvc, *args], capture_output=True, text=True, cwd=cwd)
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"{dvc}: not found (activate the project's environment)") from exc
+    if result.returncode != 0:
+        raise RuntimeError(f"`{dvc} {' '.join(args)}` exited with {result.returncode}:\n{result.stderr.strip()[-2000:]}")
+    return result.stdout
+
+
+def exp_show(rev: str | None = None, all_commits: bool = False, dvc: str = "dvc", cwd: str | None = None) -> list[dict]:
+    """``dvc exp show --json`` for the baseline ``rev`` (HEAD when None), or every commit.
+
+    Returns:
+        The parsed JSON, as :func:`parse_exp_show` reads it.
+    """
+    args = ["exp", "show", "--json"]
+    if all_commits:
+        args.append("--all-commits")
+    elif rev:
+        args += ["--rev", rev]
+    out = run_dvc(args, dvc=dvc, cwd=cwd)
+    try:
+        return json.loads(out or "[]")
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"`dvc {' '.join(args)}` printed something that is not JSON: {out[:200]!r}") from exc
