@@ -11,16 +11,19 @@ the images are the same as with one process.
 
 Inputs:   --generator artifacts/models/gen{N}/generator  (a saved generator, any backend)
           --selections artifacts/neighbours/selections.parquet  (selection, occupation, id, similarity, rank)
-          --corpus artifacts/corpus/captions.parquet  (id, caption, ...: the selected captions' text)
+          --corpus artifacts/corpus/captions.parquet  (id, caption, image_ref: the selected captions' text,
+                                                       and the real images of the contact sheet)
 Outputs:  artifacts/gen{N}/generate/manifest.parquet  (prompt_kind in {neutral, caption}, occupation,
                                                        prompt, seed, image_ref, template, source_id)
           artifacts/gen{N}/generate/images/*.npy      (uint8 image shards)
+          plots/generated/gen{N}.png  (--contact-sheet: per occupation, real images of the selection
+                                       beside generated ones for the neutral prompts)
 Params:   base, tracking, occupations, generate
 
 Example:
     python -m stages.generate --generation 0 --generator artifacts/models/gen0/generator \\
         --selections artifacts/neighbours/selections.parquet --corpus artifacts/corpus/captions.parquet \\
-        --out artifacts/gen0/generate
+        --out artifacts/gen0/generate --contact-sheet plots/generated/gen0.png
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ from biasloop.core.distributed import (
     process_batches,
     relaunch,
 )
-from biasloop.core.io import atomic_path, timed, write_image_shards
+from biasloop.core.io import atomic_path, load_images, timed, write_image_shards
 from biasloop.core.runtime import resolve_device
 from biasloop.core.stage import load_configs, make_parser, run_main
 from biasloop.core.tracking import stage_run
@@ -53,6 +56,7 @@ from biasloop.loop.prompts import MANIFEST_COLUMNS, GenerateConfig, plan_prompts
 log = logging.getLogger("generate")
 
 SEED_STREAM = 0  # generation_seeds stream of this stage (mix uses 1)
+SHEET_PER_SIDE = 6  # contact sheet: real and generated images per occupation
 
 
 def main_body(argv: Sequence[str] | None) -> None:
@@ -62,6 +66,7 @@ def main_body(argv: Sequence[str] | None) -> None:
     parser.add_argument("--selections", default="artifacts/neighbours/selections.parquet", help="selections table")
     parser.add_argument("--corpus", default="artifacts/corpus/captions.parquet", help="corpus caption table")
     parser.add_argument("--out", required=True, help="output folder (artifacts/gen{N}/generate)")
+    parser.add_argument("--contact-sheet", help="PNG of real beside generated images per occupation (none when omitted)")
     args = parser.parse_args(argv)
     configs = load_configs(args.params, {"occupations": None, "generate": GenerateConfig})
     config: GenerateConfig = configs["generate"]
@@ -128,6 +133,9 @@ def main_body(argv: Sequence[str] | None) -> None:
                 pl.Series("seed", seeds, dtype=pl.Int64), pl.Series("image_ref", refs, dtype=pl.String)
             ).select(MANIFEST_COLUMNS)
             manifest.write_parquet(tmp / "manifest.parquet", compression="zstd", statistics=True)
+        if args.contact_sheet:
+            _contact_sheet(args, config, selections, plan, images, seed)
+            run.log_artifact(args.contact_sheet)
         backend = read_manifest(args.generator).get("backend")
         run.set_tags({"generator_backend": backend})
         run.log_metrics(
@@ -140,6 +148,25 @@ def main_body(argv: Sequence[str] | None) -> None:
                 "num_processes": group.world,
             }
         )
+
+
+def _contact_sheet(args, config: GenerateConfig, selections: pl.DataFrame, plan: pl.DataFrame, images: np.ndarray,
+                   seed: int) -> None:
+    """Real images of the caption selection beside this generation's neutral-prompt images."""
+    from biasloop.report.plots import generated_contact_sheet, pick_per_group
+
+    corpus = pl.read_parquet(args.corpus, columns=["id", "caption", "image_ref"])
+    real = selections.filter(pl.col("selection") == config.caption_selection).select("occupation", "id").join(
+        corpus, on="id", how="inner")
+    real = pick_per_group(real, "occupation", SHEET_PER_SIDE, seed)
+    neutral = plan.with_row_index("_row").filter(pl.col("prompt_kind") == "neutral")
+    neutral = pick_per_group(neutral, "occupation", SHEET_PER_SIDE, seed)
+    real_images = load_images(real["image_ref"].to_list()) if len(real) else np.zeros((0, *images.shape[1:]), np.uint8)
+    with timed(f"contact sheet {args.contact_sheet}", log):
+        generated_contact_sheet(
+            real, real_images, neutral, images[neutral["_row"].to_numpy()], args.contact_sheet,
+            f"Generation {args.generation}: real images of '{config.caption_selection}' captions (left), "
+            "generated for the neutral prompts (right)", per_side=SHEET_PER_SIDE, seed=seed)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -172,3 +172,13 @@ def test_two_processes_write_the_same_images_as_one(workspace: Path, monkeypatch
     for name in shards:
         assert Path(f"artifacts/one/generate/images/{name}").read_bytes() == Path(f"artifacts/two/generate/images/{name}").read_bytes()
     assert not list(Path("artifacts/two").glob(".generate*"))  # the parts folder is gone
+
+
+def test_generate_stage_draws_real_beside_generated(workspace: Path) -> None:
+    from stages.generate import main
+
+    np.save("x.npy", np.full((6, 8, 8, 3), 120, dtype=np.uint8))  # the corpus images behind image_ref x.npy#i
+    assert main([*ARGS, "--contact-sheet", "plots/generated/gen0.png"]) == 0
+    sheet = Path("plots/generated/gen0.png")
+    assert sheet.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and sheet.stat().st_size > 2000
+    assert not list(Path("plots/generated").glob(".gen0*"))

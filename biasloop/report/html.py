@@ -212,6 +212,59 @@ th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}img{max-widt
 """
 
 
+def study_section(study: dict[str, Any] | None) -> str:
+    """The report's "Study" section from ``metrics/study.json`` (empty string when there is none).
+
+    Shows the headline trends (slope of each metric against ``synthetic_ratio`` at the last generation and
+    against generation at the highest ratio, with seed-clustered 95% intervals), the per-cell means of
+    the amplification metric with between-seed SD, interval and seed count, the failed or missing
+    cells, and the study figures (``study["figures"]``, PNGs written by ``biasloop study collect``).
+    """
+    if not study:
+        return ""
+    if "summary" not in study:  # the placeholder committed before any study was collected
+        return ("<h2>Study</h2><p class='note'>No study collected yet: <code>biasloop study run</code>, "
+                "<code>biasloop study collect</code>, then <code>dvc repro</code> (README, Studies).</p>")
+    config = study["study"]
+    amplification = study["amplification_metric"]
+    parts = [f"<h2>Study '{html.escape(str(config['name']))}': {len(config['ratios'])} ratios &times; "
+             f"{len(config['seeds'])} seeds &times; {config['generations']} generations</h2>"]
+    parts.append(
+        f"<p class='note'>{study['n_cells_used']} of {study['n_cells_expected']} experiments aggregated. Per cell: "
+        "mean over seeds, between-seed SD, 95% t interval over seeds, n seeds (values in percent). Slopes: "
+        "mean of per-seed least-squares slopes with a 95% t interval over seeds (seeds are the independent "
+        "units: cells of one seed share random streams); per unit of synthetic_ratio (0 &rarr; 1) or per "
+        "generation.</p>")
+    if study.get("amplification_note"):
+        parts.append(f"<p class='missing'>{html.escape(study['amplification_note'])}</p>")
+    problems = ([f"failed: {f['name']} (see <code>{html.escape(f['logs_command'])}</code>)" for f in study["failed"]]
+                + [f"missing: {html.escape(m['name'])} ({html.escape(str(m['state']))})" for m in study["missing"]]
+                + [f"inconsistent: {html.escape(line)}" for line in study["inconsistent"]])
+    if problems:
+        parts.append("<p class='missing'>Not averaged over: " + "; ".join(problems) + "</p>")
+    last = config["generations"] - 1
+    top_ratio = f"{max(config['ratios']):g}"
+    rows = []
+    for key, label in study["metrics"].items():
+        vs_ratio = study["trends"][key]["vs_ratio"].get(f"gen{last}") or {}
+        vs_generation = study["trends"][key]["vs_generation"].get(top_ratio) or {}
+        rows.append([label, vs_ratio.get("slope"), vs_ratio.get("ci"), vs_ratio.get("n"),
+                     vs_generation.get("slope"), vs_generation.get("ci"), vs_generation.get("n")])
+    parts.append(_table(["metric", f"slope vs ratio, gen {last}", "95% CI", "seeds",
+                         f"slope vs generation, ratio {top_ratio}", "95% CI", "seeds"], rows))
+    rows = [[f"{entry['ratio']:g}", entry["generation"], s["mean"], s["sd"], s["ci"], s["n"]]
+            for entry in study["summary"] for s in [entry["metrics"][amplification]]]
+    parts.append(f"<p class='note'>{html.escape(study['metrics'][amplification])} per cell:</p>")
+    parts.append(_table(["synthetic_ratio", "generation", "mean", "between-seed SD", "95% CI", "seeds"], rows,
+                        percent_from=2))
+    for caption, path in (study.get("figures") or {}).items():
+        parts.append(_image_tag(path, f"study {caption}"))
+    revisions = sorted({c["baseline_rev"][:7] for c in study["cells"]})
+    parts.append(f"<p class='note'>Baseline commit(s) {', '.join(revisions)}; every cell's revision and params: "
+                 "metrics/study.json (cells, common_params).</p>")
+    return "\n".join(parts)
+
+
 def render_report(
     out_path: str | Path,
     rows: list[dict[str, Any]],
@@ -219,6 +272,7 @@ def render_report(
     instrument: dict[str, Any] | None,
     params: dict[str, Any],
     figures: dict[str, str | Path],
+    study: dict[str, Any] | None = None,
 ) -> str:
     """Write the self-contained HTML report and return its text.
 
@@ -229,6 +283,7 @@ def render_report(
         instrument: ``metrics/instrument.json``.
         params: the run's params (shown at the end).
         figures: ``{caption: png path}`` embedded in order.
+        study: ``metrics/study.json`` (a "Study" section after the generations table), or None.
     """
     from biasloop.core.io import atomic_path
 
@@ -284,6 +339,7 @@ def render_report(
                      "of a minimum size.</p>")
         parts.append(_table([("generation", "int")] + [(header, unit) for _, header, unit in TASK_COLUMNS],
                             [[r["generation"]] + [r.get(key) for key, _, _ in TASK_COLUMNS] for r in rows]))
+    parts.append(study_section(study))
     if paradox and paradox.get("table"):
         parts.append("<h2>The paradox table (generation 0)</h2>")
         parts.append("<p class='note'>Seshadri et al. (2023): amplification measured against keyword-retrieved "

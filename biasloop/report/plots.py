@@ -35,13 +35,6 @@ def contact_sheet(
         max_rows: at most this many occupations.
         seed: which samples to show.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from biasloop.core.io import atomic_path
-
     rng = np.random.default_rng(seed)
     rows: list[tuple[str, np.ndarray]] = []
     if "true_occupation" in samples.columns and samples["true_occupation"].null_count() < len(samples):
@@ -58,30 +51,105 @@ def contact_sheet(
         rows = [r for r in rows if len(r[1])]
 
     indicator = samples["true_indicator"] if "true_indicator" in samples.columns else None
-    fig, axes = plt.subplots(len(rows), per_row, figsize=(per_row * 1.55, len(rows) * 1.75), squeeze=False)
-    for r, (label, idx) in enumerate(rows):
-        for c in range(per_row):
+    captions = samples["caption"]
+
+    def tile(i: int) -> tuple[np.ndarray, str]:
+        mark = INDICATOR_MARKS.get(indicator[i], "") if indicator is not None and indicator[i] else ""
+        return images[i], f"{mark} {_short(captions[i])}".strip()
+
+    _tile_rows([(label, [tile(int(i)) for i in idx]) for label, idx in rows], per_row, out_path,
+               "Corpus contact sheet (♀/♂: the caption carries a gender indicator)")
+
+
+def _short(text: str, width: int = 22) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _tile_rows(
+    rows: list[tuple[str, list[tuple[np.ndarray, str]]]],
+    columns: int,
+    out_path: str | Path,
+    title: str,
+    gap_after: int | None = None,
+) -> None:
+    """Draw rows of captioned image tiles (``[(row label, [(image, caption), ...]), ...]``) to a PNG.
+
+    ``gap_after``: leave an empty column after this many tiles (to set two groups apart in a row).
+    """
+    plt = _pyplot()
+    from biasloop.core.io import atomic_path
+
+    slots = columns + (1 if gap_after is not None else 0)
+    fig, axes = plt.subplots(len(rows), slots, figsize=(slots * 1.55, len(rows) * 1.75), squeeze=False)
+    for r, (label, tiles) in enumerate(rows):
+        for c in range(slots):
             ax = axes[r, c]
             ax.set_xticks([])
             ax.set_yticks([])
             for spine in ax.spines.values():
                 spine.set_visible(False)
-            if c >= len(idx):
+            k = c if gap_after is None or c < gap_after else c - 1
+            if (gap_after is not None and c == gap_after) or k >= len(tiles) or tiles[k] is None:
                 ax.axis("off")
                 continue
-            i = int(idx[c])
-            ax.imshow(images[i], interpolation="nearest")
-            mark = INDICATOR_MARKS.get(indicator[i], "") if indicator is not None and indicator[i] else ""
-            caption = samples["caption"][i]
-            short = caption if len(caption) <= 22 else caption[:21] + "…"
-            ax.set_xlabel(f"{mark} {short}".strip(), fontsize=6)
+            image, caption = tiles[k]
+            ax.imshow(image, interpolation="nearest")
+            ax.set_xlabel(caption, fontsize=6)
             if c == 0:
                 ax.set_ylabel(label, fontsize=9, rotation=0, ha="right", va="center")
-    fig.suptitle("Corpus contact sheet (♀/♂: the caption carries a gender indicator)", fontsize=11)
+    fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     with atomic_path(out_path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
+
+
+def pick_per_group(frame: pl.DataFrame, column: str, k: int, seed: int) -> pl.DataFrame:
+    """At most ``k`` rows per value of ``column``, a seeded random choice, in row order."""
+    rng = np.random.default_rng(seed)
+    keep = np.zeros(len(frame), dtype=bool)
+    values = frame[column].to_numpy()
+    for value in sorted({v for v in values if v is not None}):
+        idx = np.flatnonzero(values == value)
+        keep[rng.choice(idx, size=min(k, len(idx)), replace=False)] = True
+    return frame.filter(pl.Series(keep))
+
+
+def generated_contact_sheet(
+    real: pl.DataFrame,
+    real_images: np.ndarray,
+    generated: pl.DataFrame,
+    generated_images: np.ndarray,
+    out_path: str | Path,
+    title: str,
+    per_side: int = 6,
+    seed: int = 0,
+) -> None:
+    """Per occupation, real training images (left) beside generated ones (right), to see what drifts.
+
+    Args:
+        real: ``occupation`` and ``caption`` of real images, aligned with ``real_images``.
+        real_images: ``uint8`` ``(n, h, w, 3)``.
+        generated: ``occupation`` and ``prompt`` of generated images, aligned with ``generated_images``.
+        generated_images: ``uint8`` ``(m, h, w, 3)``.
+        out_path: PNG path (written atomically).
+        title: figure title.
+        per_side: tiles per occupation on each side (a seeded random choice).
+        seed: which images to show.
+    """
+    occupations = sorted(set(real["occupation"].drop_nulls().to_list()) | set(generated["occupation"].drop_nulls().to_list()))
+    if not occupations:
+        raise ValueError("generated_contact_sheet: no occupation to show")
+
+    def side(frame: pl.DataFrame, images: np.ndarray, text: str, occupation: str) -> list:
+        picked = pick_per_group(frame.with_row_index("_row").filter(pl.col("occupation") == occupation),
+                                "occupation", per_side, seed)
+        tiles = [(images[i], _short(t)) for i, t in zip(picked["_row"].to_list(), picked[text].to_list())]
+        return tiles + [None] * (per_side - len(tiles))
+
+    rows = [(o, side(real, real_images, "caption", o) + side(generated, generated_images, "prompt", o))
+            for o in occupations]
+    _tile_rows(rows, 2 * per_side, out_path, title, gap_after=per_side)
 
 
 def _pyplot():
@@ -220,8 +288,9 @@ def study_figure(study: dict, metric_keys: list[str], out_path: str | Path, titl
         title: figure title.
     """
     plt = _pyplot()
-    keys = [k for k in metric_keys if k in study["metrics"]]
     summary = study["summary"]
+    keys = [k for k in metric_keys if k in study["metrics"]
+            and any(e["metrics"][k]["mean"] is not None for e in summary)]
     ratios = sorted({e["ratio"] for e in summary})
     generations = sorted({e["generation"] for e in summary})
     last = generations[-1] if generations else 0
@@ -241,6 +310,8 @@ def study_figure(study: dict, metric_keys: list[str], out_path: str | Path, titl
             if banded:
                 left.fill_between([g for g, _ in banded], [c[0] for _, c in banded], [c[1] for _, c in banded],
                                   color=colour, alpha=0.18, lw=0)
+        for ax in (left, right):
+            ax.axhline(0, color="#bbbbbb", lw=1, zorder=0)
         left.set_xticks(generations)
         left.set_xlabel("generation")
         left.set_ylabel(label, fontsize=8)
