@@ -1,7 +1,10 @@
 """summarize: merge every generation's metrics into the headline, the plot rows and the offline report.
 
 Inputs:   metrics/generations/gen*.json (and captioner_gen*.json, classifier_gen*.json), metrics/paradox.json, metrics/instrument.json,
-          metrics/corpus.json, plots/paradox_shares.png, plots/corpus_contact_sheet.png, params.yaml
+          metrics/corpus.json, plots/paradox_shares.png, plots/corpus_contact_sheet.png, params.yaml,
+          plots/generated/gen*.png (generate@N's real-beside-generated contact sheets),
+          metrics/study.json (`biasloop study collect`; with the plots/study_*.png it wrote beside it;
+          committed as a placeholder until a study is collected)
 Outputs:  metrics/summary.json     (what `dvc exp show` / `dvc metrics diff` read)
           plots/amplification.csv, plots/shares.csv, plots/downstream.csv, plots/tasks.csv   (named plots in dvc.yaml)
           plots/generations.png    (curves across generations)
@@ -11,7 +14,8 @@ Params:   all of params.yaml (shown in the report)
 Example:
     python -m stages.summarize --generations metrics/generations --paradox metrics/paradox.json \\
         --instrument-metrics metrics/instrument.json --corpus-metrics metrics/corpus.json \\
-        --out metrics/summary.json --plots plots --report plots/report.html
+        --out metrics/summary.json --plots plots --report plots/report.html \\
+        --generated-sheets plots/generated --study metrics/study.json
 """
 
 from __future__ import annotations
@@ -56,6 +60,9 @@ def main_body(argv: Sequence[str] | None) -> None:
     parser.add_argument("--out", default="metrics/summary.json", help="summary JSON (default: %(default)s)")
     parser.add_argument("--plots", default="plots", help="folder for plot CSVs and PNGs (default: %(default)s)")
     parser.add_argument("--report", default="plots/report.html", help="HTML report (default: %(default)s)")
+    parser.add_argument("--generated-sheets", default="plots/generated",
+                        help="folder of gen{N}.png contact sheets written by generate@N (default: %(default)s)")
+    parser.add_argument("--study", help="metrics/study.json of `biasloop study collect`: adds a Study section")
     args = parser.parse_args(argv)
     configs = load_configs(args.params, {})
     params = read_params(args.params)
@@ -73,6 +80,7 @@ def main_body(argv: Sequence[str] | None) -> None:
         for m in generation_metrics
     ]
     paradox, instrument = load_json(args.paradox), load_json(args.instrument_metrics)
+    study = load_json(args.study) if args.study else None
 
     with stage_run("summarize", configs["tracking"], {"synthetic_ratio": params.get("synthetic_ratio")}) as run:
         summary = build_summary(rows, paradox, instrument)
@@ -96,7 +104,10 @@ def main_body(argv: Sequence[str] | None) -> None:
                 "Share of women per occupation, training vs. generation 0": plots / "paradox_shares.png",
                 "Across generations": plots / "generations.png",
                 "The corpus": plots / "corpus_contact_sheet.png",
+                **{f"Generation {r['generation']}: real beside generated images":
+                   Path(args.generated_sheets) / f"gen{r['generation']}.png" for r in rows},
             },
+            study=study,
         )
         log.info("summary of %d generations -> %s; report -> %s", len(rows), args.out, args.report)
         run.log_metrics(summary)

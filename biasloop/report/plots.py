@@ -142,9 +142,9 @@ def generated_contact_sheet(
         raise ValueError("generated_contact_sheet: no occupation to show")
 
     def side(frame: pl.DataFrame, images: np.ndarray, text: str, occupation: str) -> list:
-        picked = pick_per_group(frame.with_row_index("_row").filter(pl.col("occupation") == occupation),
+        picked = pick_per_group(frame.with_row_index("_tile").filter(pl.col("occupation") == occupation),
                                 "occupation", per_side, seed)
-        tiles = [(images[i], _short(t)) for i, t in zip(picked["_row"].to_list(), picked[text].to_list())]
+        tiles = [(images[i], _short(t)) for i, t in zip(picked["_tile"].to_list(), picked[text].to_list())]
         return tiles + [None] * (per_side - len(tiles))
 
     rows = [(o, side(real, real_images, "caption", o) + side(generated, generated_images, "prompt", o))
