@@ -309,3 +309,24 @@ def test_run_study_queues_what_is_left_and_reports_failures(tmp_path: Path) -> N
     assert any(line.startswith("[4/4]") for line in lines) or sum(line.startswith("[") for line in lines) == 4
     assert any("study-t-r0.5-s0: failed" in line and "dvc queue logs study-t-r0.5-s0" in line for line in lines)
     assert os.path.exists(tmp_path / "shows.txt")
+
+
+def test_report_study_section(tmp_path: Path) -> None:
+    """The report's Study section: headline slopes and per-cell rows in percent, problems listed, offline."""
+    from biasloop.report.html import render_report, study_section
+    from biasloop.study.collect import write_study_outputs
+
+    cells = dict(FULL)
+    cells[(0.5, 2)] = "failed"
+    study = collect_study(parse_exp_show(exp_show_json(cells)), CONFIG)
+    write_study_outputs(study, str(tmp_path / "study.json"), str(tmp_path / "plots"))
+    study = json.loads((tmp_path / "study.json").read_text())
+    text = render_report(tmp_path / "report.html", [], None, None, {}, {}, study=study)
+    section = study_section(study)
+    assert section in text and "Study 't': 3 ratios &times; 3 seeds &times; 2 generations" in section
+    assert "failed: study-t-r0.5-s2" in section and "8 of 9 experiments aggregated" in section
+    assert section.count("data:image/png;base64,") == 2
+    # ratio 1, generation 1: mean 9.0 pp, SD 2.0 pp, 3 seeds
+    assert "<tr><td>1</td><td>1</td><td>+9.0</td><td>2.0</td>" in section
+    assert "No study collected yet" in study_section({"status": "not collected"})
+    assert study_section(None) == ""

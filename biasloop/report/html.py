@@ -212,6 +212,12 @@ th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}img{max-widt
 """
 
 
+# How the report shows each study metric (see UNITS): fractions in percent or percentage points.
+STUDY_UNITS = {"excess_abs": "pp+", "amplification_abs": "pp", "shift_to_majority": "pp+",
+               "generator_occupation_accuracy": "%", "recall_at_10": "%", "recall_at_10_gap": "pp+",
+               "max_skew_at_10": "num", "worst_group_accuracy": "%", "equalized_odds_difference": "num"}
+
+
 def study_section(study: dict[str, Any] | None) -> str:
     """The report's "Study" section from ``metrics/study.json`` (empty string when there is none).
 
@@ -237,26 +243,34 @@ def study_section(study: dict[str, Any] | None) -> str:
         "generation.</p>")
     if study.get("amplification_note"):
         parts.append(f"<p class='missing'>{html.escape(study['amplification_note'])}</p>")
-    problems = ([f"failed: {f['name']} (see <code>{html.escape(f['logs_command'])}</code>)" for f in study["failed"]]
+    problems = ([f"failed: {html.escape(f['name'])} (see <code>{html.escape(f['logs_command'])}</code>)" for f in study["failed"]]
                 + [f"missing: {html.escape(m['name'])} ({html.escape(str(m['state']))})" for m in study["missing"]]
                 + [f"inconsistent: {html.escape(line)}" for line in study["inconsistent"]])
     if problems:
         parts.append("<p class='missing'>Not averaged over: " + "; ".join(problems) + "</p>")
     last = config["generations"] - 1
     top_ratio = f"{max(config['ratios']):g}"
+
+    def slope_unit(key: str) -> str:  # slopes of fractions in percentage points, of nats/differences as numbers
+        return "num" if STUDY_UNITS.get(key, "num") == "num" else "pp+"
+
     rows = []
     for key, label in study["metrics"].items():
         vs_ratio = study["trends"][key]["vs_ratio"].get(f"gen{last}") or {}
         vs_generation = study["trends"][key]["vs_generation"].get(top_ratio) or {}
-        rows.append([label, vs_ratio.get("slope"), vs_ratio.get("ci"), vs_ratio.get("n"),
-                     vs_generation.get("slope"), vs_generation.get("ci"), vs_generation.get("n")])
-    parts.append(_table(["metric", f"slope vs ratio, gen {last}", "95% CI", "seeds",
-                         f"slope vs generation, ratio {top_ratio}", "95% CI", "seeds"], rows))
+        unit = slope_unit(key)
+        rows.append([label, _fmt(vs_ratio.get("slope"), unit), _fmt(vs_ratio.get("ci"), unit), vs_ratio.get("n"),
+                     _fmt(vs_generation.get("slope"), unit), _fmt(vs_generation.get("ci"), unit), vs_generation.get("n")])
+    parts.append(_table([("metric", "text"), (f"slope vs ratio, generation {last}", "text"), ("95% CI", "text"),
+                         ("seeds", "int"), (f"slope vs generation, ratio {top_ratio}", "text"), ("95% CI", "text"),
+                         ("seeds", "int")], rows))
+    unit = STUDY_UNITS.get(amplification, "pp")
+    spread = "num" if unit == "num" else "pp"
     rows = [[f"{entry['ratio']:g}", entry["generation"], s["mean"], s["sd"], s["ci"], s["n"]]
             for entry in study["summary"] for s in [entry["metrics"][amplification]]]
-    parts.append(f"<p class='note'>{html.escape(study['metrics'][amplification])} per cell:</p>")
-    parts.append(_table(["synthetic_ratio", "generation", "mean", "between-seed SD", "95% CI", "seeds"], rows,
-                        percent_from=2))
+    parts.append(f"<p class='note'>{html.escape(study['metrics'][amplification])} per cell (percentage points):</p>")
+    parts.append(_table([("synthetic_ratio", "text"), ("generation", "int"), ("mean", unit), ("between-seed SD", spread),
+                         ("95% CI", unit), ("seeds", "int")], rows))
     for caption, path in (study.get("figures") or {}).items():
         parts.append(_image_tag(path, f"study {caption}"))
     revisions = sorted({c["baseline_rev"][:7] for c in study["cells"]})

@@ -255,12 +255,17 @@ def wait_for_cells(
     start = time.monotonic()
     reported: dict[str, str] = {}
     idle_looks = 0  # consecutive looks with queued cells and no worker (one look may catch a worker starting)
+    absent_looks = {name: 0 for name in names}  # a task moving from the queue to a worker may be unlisted once
     while True:
         found = study_experiments(parse_exp_show(exp_show(dvc=dvc)), config)
         for name in names:
             exp = found.get(name)
             if exp is None:
-                raise RuntimeError(f"{name}: not in `dvc exp show` any more (removed from the queue?)")
+                absent_looks[name] += 1
+                if absent_looks[name] >= 3:
+                    raise RuntimeError(f"{name}: not in `dvc exp show` any more (removed from the queue?)")
+                continue
+            absent_looks[name] = 0
             if exp.state in ("success", "failed") and name not in reported:
                 reported[name] = exp.state
                 note = f"; log: dvc queue logs {name}" if exp.state == "failed" else f" ({exp.rev[:7]})"
@@ -268,8 +273,9 @@ def wait_for_cells(
                 sys.stdout.flush()
         if len(reported) == len(names):
             return [n for n in names if reported[n] == "failed"]
-        pending = [n for n in names if found[n].state == "queued"]
-        stalled = pending and not any(found[n].state == "running" for n in names) and not _workers_alive(dvc)
+        states = {n: found[n].state for n in names if n in found}
+        pending = [n for n, state in states.items() if state == "queued"]
+        stalled = pending and "running" not in states.values() and not _workers_alive(dvc)
         idle_looks = idle_looks + 1 if stalled else 0
         if idle_looks >= 2:
             raise RuntimeError(f"cells {', '.join(pending)} are queued but no queue worker is running: "

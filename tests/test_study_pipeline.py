@@ -1,0 +1,77 @@
+"""A 2-cell study on a tiny world: `biasloop study run` queues real DVC experiments, `collect` reads them."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.test_pipeline import REPO_ROOT, _merge, _run, _tiny_overrides
+
+pytestmark = pytest.mark.slow
+
+
+def _copy_tracked(repo: Path) -> None:
+    import shutil
+    import subprocess
+
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=REPO_ROOT, capture_output=True, check=True).stdout
+    for name in filter(None, tracked.decode().split("\0")):
+        source = REPO_ROOT / name
+        if source.is_file():
+            (repo / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, repo / name)
+    (repo / "dvc.lock").unlink(missing_ok=True)
+
+
+def test_two_cell_study_runs_as_dvc_experiments_and_collects(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    _copy_tracked(repo)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    _merge(params, _tiny_overrides(params))
+    # One generation in params.yaml, two in the study: the cells get the generation lists as -S overrides.
+    params["generations"] = [0]
+    params["rounds"] = {}
+    params["study"] = {"name": "tiny", "ratios": [0.0, 0.8], "seeds": [0], "generations": 2, "jobs": 1,
+                       "poll_seconds": 5}
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
+    _run(["git", "init", "-q"], repo)
+    _run([sys.executable, "-m", "biasloop.cli", "data", "--out", "data"], repo)
+    _run(["dvc", "commit", "-f", "-q", "data.dvc"], repo)  # queued experiments check data/ out of the cache
+    _run([*git, "add", "-A"], repo)
+    _run([*git, "commit", "-qm", "tiny study"], repo)
+
+    result = _run([sys.executable, "-m", "biasloop.cli", "study", "run"], repo)
+    assert "[2/2]" in result.stdout and "all 2 experiments succeeded" in result.stdout, result.stdout
+    assert "generations=[0,1]" in result.stdout and "+rounds.1=" in result.stdout
+
+    # Running it again queues nothing: both cells already succeeded.
+    again = _run([sys.executable, "-m", "biasloop.cli", "study", "run", "--no-wait"], repo)
+    assert "not queued again" in again.stdout and "dvc exp run --queue" not in again.stdout
+
+    result = _run([sys.executable, "-m", "biasloop.cli", "study", "collect"], repo)
+    study = json.loads((repo / "metrics/study.json").read_text())
+    assert study["n_cells_used"] == 2 and not study["failed"] and not study["missing"] and not study["inconsistent"]
+    assert study["amplification_metric"] == "excess_abs"
+    assert {c["name"] for c in study["cells"]} == {"study-tiny-r0-s0", "study-tiny-r0.8-s0"}
+    assert all(c["generations"] == [0, 1] and len(c["rev"]) == 40 for c in study["cells"])
+    assert study["common_params"]["generations"] == [0, 1]
+    assert [(e["ratio"], e["generation"]) for e in study["summary"]] == [(0.0, 0), (0.0, 1), (0.8, 0), (0.8, 1)]
+    recall = [e["metrics"]["recall_at_10"] for e in study["summary"]]
+    assert all(r["n"] == 1 and r["sd"] is None and r["ci"] is None for r in recall)
+    # Common random numbers: generation 0 does not depend on the ratio, so both cells share it exactly.
+    gen0 = [e["metrics"]["recall_at_10"]["mean"] for e in study["summary"] if e["generation"] == 0]
+    assert gen0[0] == gen0[1]
+    for name in ("study_summary.csv", "study_runs.csv", "study_trends.csv", "study_amplification.png",
+                 "study_downstream.png"):
+        assert (repo / "plots" / name).stat().st_size > 0
+
+    # The collected study reaches the report through summarize's declared dep.
+    _run(["dvc", "repro"], repo)
+    report = (repo / "plots/report.html").read_text()
+    assert "Study &#x27;tiny&#x27;" in report or "Study 'tiny'" in report
+    assert (repo / "plots/generated/gen0.png").stat().st_size > 0
