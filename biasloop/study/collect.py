@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from biasloop.study.experiments import Experiment
+from biasloop.study.experiments import Experiment, latest_by_name
 from biasloop.study.grid import RATIO_PARAM, StudyConfig, cell_name
 
 # Headline metrics aggregated per cell: key in metrics/summary.json's gen{N} dicts -> label.
@@ -172,11 +172,7 @@ def collect_study(
         ``vs_ratio`` per generation, ``vs_generation`` per ratio), ``headline``, and the problem lists
         ``failed``, ``missing``, ``missing_values``, ``inconsistent``.
     """
-    by_name: dict[str, Experiment] = {}
-    for exp in experiments:
-        current = by_name.get(exp.name)
-        if current is None or (exp.timestamp or "") > (current.timestamp or ""):
-            by_name[exp.name] = exp
+    by_name = latest_by_name(experiments)
     swept_keys = [RATIO_PARAM, *config.seed_params]
     if names is None:
         expected = {cell_name(config, r, s): (float(r), int(s)) for r in config.ratios for s in config.seeds}

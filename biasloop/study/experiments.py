@@ -117,6 +117,18 @@ def parse_exp_show(data: list[dict[str, Any]]) -> list[Experiment]:
     return experiments
 
 
+def latest_by_name(experiments: list[Experiment], prefix: str = "") -> dict[str, Experiment]:
+    """Experiments whose name starts with ``prefix``, by name; the newest when a name appears under
+    several baselines (``--all-commits``)."""
+    found: dict[str, Experiment] = {}
+    for exp in experiments:
+        if exp.name.startswith(prefix):
+            current = found.get(exp.name)
+            if current is None or (exp.timestamp or "") > (current.timestamp or ""):
+                found[exp.name] = exp
+    return found
+
+
 def run_dvc(args: list[str], dvc: str = "dvc", cwd: str | None = None) -> str:
     """Run ``dvc ARGS`` and return its stdout.
 

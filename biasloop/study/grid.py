@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from biasloop.core.config import ConfigError, load_section, read_params
-from biasloop.study.experiments import Experiment, exp_show, parse_exp_show, run_dvc
+from biasloop.study.experiments import exp_show, latest_by_name, parse_exp_show, run_dvc
 
 RATIO_PARAM = "synthetic_ratio"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
@@ -142,17 +142,6 @@ def queue_command(cell: Cell, config: StudyConfig, params: dict[str, Any]) -> li
     return args + ["--name", cell.name]
 
 
-def study_experiments(experiments: list[Experiment], config: StudyConfig) -> dict[str, Experiment]:
-    """The study's experiments by name (the newest when a name appears under several baselines)."""
-    found: dict[str, Experiment] = {}
-    for exp in experiments:
-        if exp.name.startswith(config.prefix):
-            current = found.get(exp.name)
-            if current is None or (exp.timestamp or "") > (current.timestamp or ""):
-                found[exp.name] = exp
-    return found
-
-
 def _format_seconds(seconds: float) -> str:
     minutes, secs = divmod(int(round(seconds)), 60)
     hours, minutes = divmod(minutes, 60)
@@ -193,7 +182,7 @@ def run_study(
     """
     params = read_params(params_path)
     cells = study_cells(config)
-    existing = {} if dry_run else study_experiments(parse_exp_show(exp_show(dvc=dvc)), config)
+    existing = {} if dry_run else latest_by_name(parse_exp_show(exp_show(dvc=dvc)), config.prefix)
     to_queue: list[Cell] = []
     for cell in cells:
         exp = existing.get(cell.name)
@@ -257,7 +246,7 @@ def wait_for_cells(
     idle_looks = 0  # consecutive looks with queued cells and no worker (one look may catch a worker starting)
     absent_looks = {name: 0 for name in names}  # a task moving from the queue to a worker may be unlisted once
     while True:
-        found = study_experiments(parse_exp_show(exp_show(dvc=dvc)), config)
+        found = latest_by_name(parse_exp_show(exp_show(dvc=dvc)), config.prefix)
         for name in names:
             exp = found.get(name)
             if exp is None:
