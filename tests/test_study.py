@@ -330,3 +330,12 @@ def test_report_study_section(tmp_path: Path) -> None:
     assert "<tr><td>1</td><td>1</td><td>+9.0</td><td>2.0</td>" in section
     assert "No study collected yet" in study_section({"status": "not collected"})
     assert study_section(None) == ""
+
+
+def test_collect_ignores_the_study_section_when_comparing_cells() -> None:
+    """Extending the grid later changes `study.ratios` in new cells only: not a difference between cells."""
+    def edit(ratio, seed, params):
+        params["study"] = {"ratios": [0.0, 0.5] if ratio < 1 else [0.0, 0.5, 1.0]}
+
+    study = collect_study(parse_exp_show(exp_show_json(FULL, edit=edit)), CONFIG)
+    assert study["inconsistent"] == [] and "study" not in study["common_params"]

@@ -213,7 +213,10 @@ def collect_study(
     # Cells must differ only by the swept params, and come from one baseline (one code revision).
     common_params: dict[str, Any] = {}
     if used:
-        flats = [{k: v for k, v in flatten_params(exp.params).items() if k not in swept_keys} for exp, _, _ in used]
+        # The study section configures this driver, not the pipeline: a grid extended later (more ratios
+        # or seeds) keeps its earlier cells.
+        flats = [{k: v for k, v in flatten_params(exp.params).items() if k not in swept_keys and not k.startswith("study.")}
+                 for exp, _, _ in used]
         keys = sorted(set().union(*flats))
         differing = [k for k in keys if any(f.get(k, "<absent>") != flats[0].get(k, "<absent>") for f in flats)]
         for key in differing:
