@@ -50,13 +50,24 @@ def _tiny_overrides(params: dict) -> dict:
     return overrides
 
 
-def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
+def _run(cmd: list[str], cwd: Path, timeout: int = 1500) -> subprocess.CompletedProcess:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "MLFLOW_DISABLE_TELEMETRY": "true",
            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "BIASLOOP_EMBEDDING_CACHE": str(cwd / ".cache" / "embeddings")}
     env.pop("DVC_ROOT", None)
-    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=1500)
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
     return result
+
+
+def copy_tracked(repo: Path) -> None:
+    """Copy the files git tracks in this checkout into ``repo`` (without dvc.lock: a fresh pipeline)."""
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=REPO_ROOT, capture_output=True, check=True).stdout
+    for name in filter(None, tracked.decode().split("\0")):
+        source = REPO_ROOT / name
+        if source.is_file():
+            (repo / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, repo / name)
+    (repo / "dvc.lock").unlink(missing_ok=True)
 
 
 @pytest.fixture(scope="module")
@@ -64,14 +75,7 @@ def pipeline_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if shutil.which("git") is None:
         pytest.skip("git is needed for dvc")
     repo = tmp_path_factory.mktemp("pipeline") / "repo"
-    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=REPO_ROOT, capture_output=True, check=True).stdout
-    for name in filter(None, tracked.decode().split("\0")):
-        source = REPO_ROOT / name
-        if source.is_file():
-            (repo / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, repo / name)
-    for name in ("dvc.lock",):
-        (repo / name).unlink(missing_ok=True)
+    copy_tracked(repo)
     params = yaml.safe_load((repo / "params.yaml").read_text())
     _merge(params, _tiny_overrides(params))
     params["generations"] = [0, 1]

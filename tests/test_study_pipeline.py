@@ -9,27 +9,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.test_pipeline import REPO_ROOT, _merge, _run, _tiny_overrides
+from tests.test_pipeline import _merge, _run, _tiny_overrides, copy_tracked
 
 pytestmark = pytest.mark.slow
 
 
-def _copy_tracked(repo: Path) -> None:
-    import shutil
-    import subprocess
-
-    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=REPO_ROOT, capture_output=True, check=True).stdout
-    for name in filter(None, tracked.decode().split("\0")):
-        source = REPO_ROOT / name
-        if source.is_file():
-            (repo / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, repo / name)
-    (repo / "dvc.lock").unlink(missing_ok=True)
-
-
 def test_two_cell_study_runs_as_dvc_experiments_and_collects(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
-    _copy_tracked(repo)
+    copy_tracked(repo)
     params = yaml.safe_load((repo / "params.yaml").read_text())
     _merge(params, _tiny_overrides(params))
     # One generation in params.yaml, two in the study: the cells get the generation lists as -S overrides.
@@ -45,7 +32,8 @@ def test_two_cell_study_runs_as_dvc_experiments_and_collects(tmp_path: Path) -> 
     _run([*git, "add", "-A"], repo)
     _run([*git, "commit", "-qm", "tiny study"], repo)
 
-    result = _run([sys.executable, "-m", "biasloop.cli", "study", "run"], repo)
+    # Two tiny cells one after the other: more than 25 min on a 2-core machine at load average 12.
+    result = _run([sys.executable, "-m", "biasloop.cli", "study", "run"], repo, timeout=3600)
     assert "[2/2]" in result.stdout and "all 2 experiments succeeded" in result.stdout, result.stdout
     assert "generations=[0,1]" in result.stdout and "+rounds.1=" in result.stdout
 
@@ -56,7 +44,9 @@ def test_two_cell_study_runs_as_dvc_experiments_and_collects(tmp_path: Path) -> 
     result = _run([sys.executable, "-m", "biasloop.cli", "study", "collect"], repo)
     study = json.loads((repo / "metrics/study.json").read_text())
     assert study["n_cells_used"] == 2 and not study["failed"] and not study["missing"] and not study["inconsistent"]
-    assert study["amplification_metric"] == "excess_abs"
+    # A few training steps make noise images the instrument may abstain on: then no amplification at all,
+    # and collect says which key it fell back to.
+    assert study["amplification_metric"] == "excess_abs" or "excess_abs" in study["amplification_note"]
     assert {c["name"] for c in study["cells"]} == {"study-tiny-r0-s0", "study-tiny-r0.8-s0"}
     assert all(c["generations"] == [0, 1] and len(c["rev"]) == 40 for c in study["cells"])
     assert study["common_params"]["generations"] == [0, 1]
@@ -71,7 +61,7 @@ def test_two_cell_study_runs_as_dvc_experiments_and_collects(tmp_path: Path) -> 
         assert (repo / "plots" / name).stat().st_size > 0
 
     # The collected study reaches the report through summarize's declared dep.
-    _run(["dvc", "repro"], repo)
+    _run(["dvc", "repro"], repo, timeout=1800)
     report = (repo / "plots/report.html").read_text()
     assert "Study &#x27;tiny&#x27;" in report or "Study 'tiny'" in report
     assert (repo / "plots/generated/gen0.png").stat().st_size > 0
