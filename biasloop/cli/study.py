@@ -26,7 +26,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     commands = parser.add_subparsers(dest="study_command", required=True, metavar="{run,collect}")
 
     run_parser = commands.add_parser(
-        "run", help="queue the grid, start workers, wait", formatter_class=argparse.RawDescriptionHelpFormatter,
+        "run", help="queue the grid, start workers, wait",
         description="Queue every cell of the `study` section of params.yaml as a DVC experiment "
                     "(dvc exp run --queue -S synthetic_ratio=R -S base.seed=S --name study-<name>-rR-sS), "
                     "start `dvc queue start -j N` and wait, printing a line per finished experiment. "
@@ -41,7 +41,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
     collect_parser = commands.add_parser(
         "collect", help="aggregate the study into metrics/study.json and plots/study_*",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Read the study's experiments from `dvc exp show --json` (the baseline HEAD unless --rev "
                     "or --all-commits) and write, per synthetic_ratio x generation, the mean over seeds of the "
                     "headline metrics with the between-seed SD, a 95% t interval and the number of seeds, and "
