@@ -339,3 +339,18 @@ def test_collect_ignores_the_study_section_when_comparing_cells() -> None:
 
     study = collect_study(parse_exp_show(exp_show_json(FULL, edit=edit)), CONFIG)
     assert study["inconsistent"] == [] and "study" not in study["common_params"]
+
+
+def test_run_dvc_does_not_wait_for_a_daemon_holding_its_output(tmp_path: Path) -> None:
+    """`dvc queue start` forks a worker that keeps stdout open; run_dvc must return when the command exits."""
+    import time
+
+    from biasloop.study.experiments import run_dvc
+
+    fake = tmp_path / "dvc"
+    fake.write_text(f"#!{sys.executable}\nimport os, sys, time\nprint('started')\nsys.stdout.flush()\n"
+                    "if os.fork() == 0:\n    time.sleep(20)\n    os._exit(0)\n")
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    start = time.monotonic()
+    assert run_dvc(["queue", "start"], dvc=str(fake)).strip() == "started"
+    assert time.monotonic() - start < 15

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -136,13 +137,19 @@ def run_dvc(args: list[str], dvc: str = "dvc", cwd: str | None = None) -> str:
         RuntimeError: naming the command and quoting DVC's stderr when it exits non-zero.
         FileNotFoundError: when the ``dvc`` executable is not on PATH.
     """
-    try:
-        result = subprocess.run([dvc, *args], capture_output=True, text=True, cwd=cwd)
-    except FileNotFoundError as exc:
-        raise FileNotFoundError(f"{dvc}: not found (activate the project's environment)") from exc
-    if result.returncode != 0:
-        raise RuntimeError(f"`{dvc} {' '.join(args)}` exited with {result.returncode}:\n{result.stderr.strip()[-2000:]}")
-    return result.stdout
+    # Files, not pipes: `dvc queue start` leaves a daemon worker holding its stdout, and reading a pipe
+    # to its end would wait for the worker (the whole queue) to finish.
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        try:
+            returncode = subprocess.run([dvc, *args], stdout=out, stderr=err, stdin=subprocess.DEVNULL, cwd=cwd).returncode
+        except FileNotFoundError as exc:
+            raise FileNotFoundError(f"{dvc}: not found (activate the project's environment)") from exc
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    if returncode != 0:
+        raise RuntimeError(f"`{dvc} {' '.join(args)}` exited with {returncode}:\n{stderr.strip()[-2000:]}")
+    return stdout
 
 
 def exp_show(rev: str | None = None, all_commits: bool = False, dvc: str = "dvc", cwd: str | None = None) -> list[dict]:
