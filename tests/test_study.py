@@ -254,6 +254,11 @@ def test_study_config_and_queue_commands(tmp_path: Path) -> None:
     assert generation_overrides(params, 3) == []
     assert generation_overrides(params, 2) == ["generations=[0,1]", "~rounds.2"]
     assert generation_overrides(params, 4) == ["generations=[0,1,2,3]", "+rounds.3={gen: 3, prev: 2}"]
+    with_datasets = {**params, "datasets": {"0": {"gen": 0, "dataset": "artifacts/corpus/captions.parquet",
+                                                  "folder": "artifacts/corpus"}}}
+    assert generation_overrides(with_datasets, 2) == [
+        "generations=[0,1]", "~rounds.2",
+        "+datasets.1={gen: 1, dataset: 'artifacts/gen1/mix/dataset.parquet', folder: 'artifacts/gen1/mix'}"]
     config = StudyConfig(name="t", ratios=(0.8,), seeds=(3,), seed_params=("base.seed", "world.seed"), generations=3)
     assert queue_command(study_cells(config)[0], config, params) == [
         "exp", "run", "--queue", "-S", "synthetic_ratio=0.8", "-S", "base.seed=3", "-S", "world.seed=3",

@@ -106,25 +106,47 @@ def study_cells(config: StudyConfig) -> list[Cell]:
     return [Cell(cell_name(config, r, s), float(r), int(s)) for r in config.ratios for s in config.seeds]
 
 
+def _hydra_value(value: Any) -> str:
+    """A params value in the override grammar DVC's ``-S`` reads (Hydra): lists, dicts, quoted strings."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_hydra_value(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ",".join(_hydra_value(v) for v in value) + "]"
+    if isinstance(value, str):
+        return "'" + value.replace("'", "\\'") + "'"
+    return str(value)
+
+
 def generation_overrides(params: dict[str, Any], generations: int) -> list[str]:
     """``-S`` overrides (DVC's Hydra syntax) that give a cell ``generations`` generations.
 
-    ``params.yaml`` lists ``generations`` (0 .. N-1) and ``rounds`` (one ``{gen, prev}`` per later
-    generation, keyed by its number as a string); this is the edit ``biasloop generations N`` makes,
-    written as overrides so the workspace's params.yaml is left alone. Empty when it already matches.
+    The edit is the one ``biasloop generations N`` makes to params.yaml (the ``generations`` list and
+    the per-generation ``rounds`` and ``datasets`` mappings), written as overrides so the workspace's
+    params.yaml is left alone: ``+key.n=...`` adds an item, ``key.n=...`` replaces one, ``~key.n``
+    deletes one. Empty when params.yaml already has ``generations`` generations.
     """
-    wanted = list(range(generations))
-    rounds = {str(k): v for k, v in (params.get("rounds") or {}).items()}
+    import yaml
+
+    from biasloop.cli.generations import rewrite_generations
+
+    target = yaml.safe_load(rewrite_generations(yaml.safe_dump(params, sort_keys=False), generations))
     overrides = []
-    if list(params.get("generations") or []) != wanted:
-        overrides.append(f"generations=[{','.join(str(g) for g in wanted)}]")
-    for n in range(1, generations):
-        if rounds.get(str(n)) != {"gen": n, "prev": n - 1}:
-            add = "+" if str(n) not in rounds else ""  # Hydra: '+' adds a key, a plain key replaces one
-            overrides.append(f"{add}rounds.{n}={{gen: {n}, prev: {n - 1}}}")
-    for key in sorted(rounds, key=lambda k: int(k) if k.isdigit() else 10**9):
-        if not key.isdigit() or int(key) >= generations:
-            overrides.append(f"~rounds.{key}")
+    for key in ("generations", "rounds", "datasets"):
+        if key not in params and key not in target:
+            continue
+        current, wanted = params.get(key), target.get(key)
+        if not isinstance(wanted, dict):
+            if current != wanted:
+                overrides.append(f"{key}={_hydra_value(wanted)}")
+            continue
+        current = {str(k): v for k, v in (current or {}).items()}
+        wanted = {str(k): v for k, v in wanted.items()}
+        order = sorted(set(current) | set(wanted), key=lambda k: (not k.isdigit(), int(k) if k.isdigit() else 0, k))
+        for item in order:
+            if item not in wanted:
+                overrides.append(f"~{key}.{item}")
+            elif current.get(item) != wanted[item]:
+                overrides.append(f"{'+' if item not in current else ''}{key}.{item}={_hydra_value(wanted[item])}")
     return overrides
 
 
