@@ -49,6 +49,7 @@ def shared_environment(prefix: str | Path | None = None) -> Path:
 
 
 _LOADER = '''"""Written by biasloop.core.environment: the shared environment's packages, after this one's."""
+import os
 import site
 import sys
 
