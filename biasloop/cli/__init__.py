@@ -4,6 +4,7 @@
     biasloop amplify TRAIN GEN     amplification table from two per-occupation count files
     biasloop generations N         rewrite the generation lists in params.yaml for N generations
     biasloop captions-score R H    BLEU-4, ROUGE-L and CIDEr-D of hypothesis captions against references
+    biasloop doctor                environment, versions, threads, dvc status, where MLflow writes
 
 A subcommand module has ``add_parser(subparsers)``, which registers its arguments and ``run(args)``;
 heavy libraries are imported inside ``run``, so ``biasloop --help`` stays fast.
@@ -16,7 +17,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-COMMANDS = ("data", "amplify", "generations", "captions-score")  # modules of biasloop.cli, in --help order
+COMMANDS = ("data", "amplify", "generations", "captions-score", "doctor")  # modules of biasloop.cli, in --help order
 
 
 def build_parser() -> argparse.ArgumentParser:
