@@ -14,7 +14,7 @@ CHECKOUT_VENV := .venv
 CHECKOUT_READY := $(CHECKOUT_VENV)/.ready-$(REQ_HASH)
 RUN := PATH="$(CURDIR)/$(CHECKOUT_VENV)/bin:$$PATH" MLFLOW_DISABLE_TELEMETRY=true HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
-.PHONY: env venv data repro test bench chromium doctor clean-env help
+.PHONY: env venv plots-template data repro test bench chromium doctor clean-env help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -37,7 +37,10 @@ $(CHECKOUT_READY): pyproject.toml | $(VENV)/.ready
 
 venv: $(CHECKOUT_READY)  ## make this checkout's .venv (seconds) over the shared environment
 
-env: venv  ## create or reuse the shared environment, and this checkout's .venv over it
+plots-template: venv  ## dvc plots show/diff pages that open offline (vega inlined; npm once)
+	@$(RUN) biasloop plots-template || echo "warning: dvc plots pages will load vega from the CDN (needs network)"
+
+env: venv plots-template  ## create or reuse the shared environment, this checkout's .venv over it, the plots template
 	@# An editable biasloop in the shared environment (left by an older `make env`) would point at one
 	@# clone for all of them; .venv ignores it, and it is removed here.
 	@if ls $(VENV)/lib/python*/site-packages/__editable__*biasloop* >/dev/null 2>&1; then \
