@@ -12,7 +12,8 @@ checkout gets its own small ``.venv`` (a few MB, made in seconds by ``make venv`
   are this checkout's code whatever other clones exist;
 - a copy of every command of the shared environment (``dvc``, ``mlflow``, ``pytest``, ``pip``, ...)
   run by ``.venv/bin/python``, which also puts ``.venv/bin`` first on ``PATH``: the ``python`` in a
-  stage ``cmd`` of ``.venv/bin/dvc repro`` is this checkout's, activated or not.
+  stage ``cmd`` of ``.venv/bin/dvc repro`` is this checkout's, activated or not. ``dvc`` also writes
+  ``dvc.lock`` atomically (:mod:`biasloop.core.dvc_guard`).
 
 Run with the shared environment's Python from the repository root::
 
@@ -71,6 +72,14 @@ _load()
 '''
 
 
+GUARD = """try:  # dvc.lock written atomically: an interrupted dvc repro cannot truncate it
+    from biasloop.core.dvc_guard import install as _install_guard
+    _install_guard()
+except ImportError:
+    pass
+"""
+
+
 def _write_commands(shared: Path, target: Path) -> list[str]:
     """Copy the shared environment's console scripts into ``target/bin``, run by target's python."""
     shared_bin, bin_dir = shared / "bin", target / "bin"
@@ -87,10 +96,11 @@ def _write_commands(shared: Path, target: Path) -> list[str]:
             continue
         if first.strip() not in shared_pythons:
             continue
+        guard = GUARD if script.name == "dvc" else ""
         destination.write_text(
             f"#!{python}\n"
             f"import os; os.environ['PATH'] = {str(bin_dir)!r} + os.pathsep + os.environ.get('PATH', '')\n"
-            + body
+            + guard + body
         )
         destination.chmod(0o755)
         written.append(script.name)
