@@ -6,7 +6,6 @@
     biasloop captions-score R H    BLEU-4, ROUGE-L and CIDEr-D of hypothesis captions against references
     biasloop doctor                environment, versions, threads, dvc status, where MLflow writes
     biasloop plots-template        offline HTML template for dvc plots show/diff (vega inlined)
-    biasloop plots-template        offline HTML template for dvc plots show/diff (vega inlined)
 
 A subcommand module has ``add_parser(subparsers)``, which registers its arguments and ``run(args)``;
 heavy libraries are imported inside ``run``, so ``biasloop --help`` stays fast.
