@@ -1,15 +1,20 @@
 # Two commands: `make repro` (set up + run the default study) and `make test` (set up + run the tests).
-# The virtual environment lives outside the clone, keyed by a hash of the pinned requirements, so a
-# fresh clone (and CI) reuses it instead of reinstalling about 6 GB of wheels.
+# The pinned packages live outside the clone in a shared environment keyed by a hash of
+# requirements.lock, so a fresh clone (and CI) reuses it instead of reinstalling about 6 GB of wheels.
+# It holds no biasloop: each checkout has its own .venv (an overlay on it, made in seconds; see
+# biasloop/core/environment.py) with this checkout installed editable, so two clones never run each
+# other's code. `source .venv/bin/activate` puts dvc, biasloop and mlflow on PATH.
 
 PYTHON ?= python3
 VENV_ROOT ?= $(HOME)/.cache/biasloop
 REQ_HASH := $(shell cat requirements.lock | sha256sum | cut -c1-16)
 VENV := $(VENV_ROOT)/venv-$(REQ_HASH)
 BIN := $(VENV)/bin
-RUN := PATH="$(BIN):$$PATH" MLFLOW_DISABLE_TELEMETRY=true HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+CHECKOUT_VENV := .venv
+CHECKOUT_READY := $(CHECKOUT_VENV)/.ready-$(REQ_HASH)
+RUN := PATH="$(CURDIR)/$(CHECKOUT_VENV)/bin:$$PATH" MLFLOW_DISABLE_TELEMETRY=true HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
-.PHONY: env data repro test bench chromium clean-env help
+.PHONY: env venv plots-template data repro test bench chromium doctor clean-env help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -24,10 +29,24 @@ $(VENV)/.ready:
 	$(BIN)/pip install -q -r requirements.lock
 	touch $@
 
-env: $(VENV)/.ready  ## create or reuse the environment and install this checkout into it
-	@$(BIN)/pip install -q --no-deps --no-build-isolation -e . > $(VENV)/editable-install.log 2>&1 || \
-	  { cat $(VENV)/editable-install.log; exit 1; }
-	@echo "environment: $(VENV)"
+# This checkout's .venv: remade when requirements.lock (hence the shared environment) or pyproject.toml
+# (packages, commands) changes. Writes nothing into the shared environment.
+$(CHECKOUT_READY): pyproject.toml | $(VENV)/.ready
+	@$(BIN)/python -m biasloop.core.environment --venv $(CHECKOUT_VENV) --shared $(VENV)
+	@touch $@
+
+venv: $(CHECKOUT_READY)  ## make this checkout's .venv (seconds) over the shared environment
+
+plots-template: venv  ## dvc plots show/diff pages that open offline (vega inlined; npm once)
+	@$(RUN) biasloop plots-template || echo "warning: dvc plots pages will load vega from the CDN (needs network)"
+
+env: venv plots-template  ## create or reuse the shared environment, this checkout's .venv over it, the plots template
+	@# An editable biasloop in the shared environment (left by an older `make env`) would point at one
+	@# clone for all of them; .venv ignores it, and it is removed here.
+	@if ls $(VENV)/lib/python*/site-packages/__editable__*biasloop* >/dev/null 2>&1; then \
+	  echo "removing the editable biasloop from the shared environment (each checkout has its own .venv)"; \
+	  $(BIN)/python -m pip uninstall -y -q biasloop; fi
+	@echo "environment: $(CHECKOUT_VENV) over $(VENV)"
 
 # BlazeFace (the LAION filter's face detector) ships only in the mediapipe==0.10.14 wheel: fetched once
 # from PyPI (the x86-64 Linux build on every machine, so the extracted bytes match data.dvc).
@@ -54,5 +73,8 @@ test: data chromium  ## set up and run the tests
 bench: env  ## run the benchmarks; results in benchmarks/results/
 	$(RUN) python benchmarks/retrieval.py && $(RUN) python benchmarks/embedding.py && $(RUN) python benchmarks/generation.py
 
-clean-env:  ## remove this requirements hash's environment
-	rm -rf $(VENV)
+doctor: venv  ## what a newcomer needs when something is off: environment, versions, dvc status, MLflow
+	@$(RUN) biasloop doctor
+
+clean-env:  ## remove this requirements hash's shared environment and this checkout's .venv
+	rm -rf $(VENV) $(CHECKOUT_VENV)

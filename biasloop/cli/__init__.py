@@ -5,6 +5,8 @@
     biasloop generations N         rewrite the generation lists in params.yaml for N generations
     biasloop captions-score R H    BLEU-4, ROUGE-L and CIDEr-D of hypothesis captions against references
     biasloop study run|collect     run a ratios x seeds grid as queued DVC experiments; aggregate it
+    biasloop doctor                environment, versions, threads, dvc status, where MLflow writes
+    biasloop plots-template        offline HTML template for dvc plots show/diff (vega inlined)
 
 A subcommand module has ``add_parser(subparsers)``, which registers its arguments and ``run(args)``;
 heavy libraries are imported inside ``run``, so ``biasloop --help`` stays fast.
@@ -17,7 +19,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-COMMANDS = ("data", "amplify", "generations", "captions-score", "study")  # modules of biasloop.cli, in --help order
+COMMANDS = ("data", "amplify", "generations", "captions-score", "study", "doctor", "plots-template")  # in --help order
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -42,15 +42,17 @@ def rewrite_generations(text: str, count: int) -> str:
             comment = line[line.index("#") :] if "#" in line else ""
             if key == "generations":
                 out.append(f"generations:  {comment}".rstrip())
-                out.extend(f"  - {n}" for n in range(count))
+                out.extend(f"- {n}" for n in range(count))  # the layout DVC writes (params.yaml's header)
             elif key == "datasets":
                 out.append(f"datasets:  {comment}".rstrip())
-                out.append('  "0": {gen: 0, dataset: artifacts/corpus/captions.parquet, folder: artifacts/corpus}')
-                out.extend(f'  "{n}": {{gen: {n}, dataset: artifacts/gen{n}/mix/dataset.parquet, folder: artifacts/gen{n}/mix}}'
-                           for n in range(1, count))
+                # Block mappings: DVC's writer wraps flow mappings longer than 80 characters.
+                for n in range(count):
+                    folder = "artifacts/corpus" if n == 0 else f"artifacts/gen{n}/mix"
+                    dataset = f"{folder}/captions.parquet" if n == 0 else f"{folder}/dataset.parquet"
+                    out.extend([f"  '{n}':", f"    gen: {n}", f"    dataset: {dataset}", f"    folder: {folder}"])
             else:
                 out.append(f"rounds:  {comment}".rstrip())
-                out.extend(f'  "{n}": {{gen: {n}, prev: {n - 1}}}' for n in range(1, count))
+                out.extend(f"  '{n}': {{gen: {n}, prev: {n - 1}}}" for n in range(1, count))
                 if count == 1:
                     out[-1] = ("rounds: {}  " + comment).rstrip()
             i += 1

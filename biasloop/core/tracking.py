@@ -5,6 +5,15 @@ command, and for queued experiments (which run in temporary copies) it points at
 repository, so every experiment's runs land in one database that ``mlflow ui`` shows. SQLite allows
 one writer at a time; ``dvc queue start -j 2`` runs two writers, so every call is retried with backoff
 on "database is locked" instead of losing the run.
+
+A stage killed by SIGKILL cannot close its run. Each run is tagged with the host and the process that
+owns it (``biasloop.host``, ``biasloop.process``: pid and its start time), and every stage start marks
+the experiment's ``RUNNING`` runs whose process is gone on this host ``KILLED``
+(:func:`close_stale_runs`); runs of live processes (parallel queued experiments) are left alone.
+SIGTERM (``dvc`` interrupted) ends the run ``KILLED`` at once.
+
+The experiment is created as MLflow's model-training kind (tag ``mlflow.experimentKind:
+custom_model_development``), so ``mlflow ui`` opens it on its runs, not on the GenAI traces overview.
 """
 
 from __future__ import annotations
@@ -14,7 +23,10 @@ import logging
 import os
 import random
 import re
+import signal
+import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -96,6 +108,83 @@ def _retry(call: Callable[[], T], what: str, attempts: int = 12) -> T:
             time.sleep(delay + random.uniform(0, delay))
             delay = min(delay * 2, 5.0)
     raise AssertionError("unreachable")
+
+
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # read by the MLflow 3 UI to pick the experiment's default view
+MODEL_TRAINING_KIND = "custom_model_development"  # the UI's "Model training" type (vs. "genai_development")
+HOST_TAG, PROCESS_TAG = "biasloop.host", "biasloop.process"
+
+
+def _process_start(pid: int) -> str | None:
+    """The start time of process ``pid`` in clock ticks since boot (/proc), or None when unknown or gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]  # field 22, counted after the parenthesised command name
+
+
+def process_identity(pid: int | None = None) -> str:
+    """``"<pid>:<start time>"``: names a process, not a recycled pid."""
+    pid = os.getpid() if pid is None else pid
+    return f"{pid}:{_process_start(pid) or '?'}"
+
+
+def process_alive(identity: str) -> bool:
+    """Whether the process named by :func:`process_identity` still runs (on this host)."""
+    pid_text, _, start = identity.partition(":")
+    try:
+        pid = int(pid_text)
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, another user's
+    except ValueError:
+        return True  # not ours to judge
+    now = _process_start(pid)
+    return start in ("", "?") or now is None or now == start
+
+
+def close_stale_runs(client: Any, experiment_id: str) -> list[str]:
+    """Mark ``KILLED`` the experiment's RUNNING runs whose owning process on this host is gone.
+
+    Returns the ids of the runs it closed. Runs of other hosts, of live processes, or without the
+    process tag (not biasloop's) are left as they are.
+    """
+    host = socket.gethostname()
+    closed = []
+    running = client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=1000)
+    for run in running:
+        tags = run.data.tags
+        if tags.get(HOST_TAG) != host or PROCESS_TAG not in tags or process_alive(tags[PROCESS_TAG]):
+            continue
+        client.set_tag(run.info.run_id, "biasloop.closed_because", f"process {tags[PROCESS_TAG]} ended without closing the run")
+        client.set_terminated(run.info.run_id, "KILLED")
+        closed.append(run.info.run_id)
+        log.warning("MLflow run %s (%s) was left RUNNING by a killed process: marked KILLED",
+                    run.info.run_id[:8], tags.get("mlflow.runName", "?"))
+    return closed
+
+
+class _Terminated(BaseException):
+    """SIGTERM while a stage runs (dvc interrupted): unwinds so the run is closed KILLED."""
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise _Terminated(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _git_revision() -> str | None:
@@ -204,7 +293,8 @@ def stage_run(
                 # Artifacts beside the database (not in whichever folder a stage ran from).
                 database = Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else _root() / "x"
                 return client.create_experiment(
-                    config.experiment, artifact_location=(database.parent / "mlartifacts").as_uri()
+                    config.experiment, artifact_location=(database.parent / "mlartifacts").as_uri(),
+                    tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND},
                 )
             except mlflow.exceptions.MlflowException:
                 found = client.get_experiment_by_name(config.experiment)  # created by a parallel run
@@ -213,7 +303,11 @@ def stage_run(
                 return found.experiment_id
 
         exp_id = _retry(experiment_id, "get experiment")
-        tags = {"stage": stage, "mlflow.runName": stage if generation is None else f"{stage}@{generation}"}
+        experiment = _retry(lambda: client.get_experiment(exp_id), "get experiment")
+        if EXPERIMENT_KIND_TAG not in experiment.tags:  # a database from before the tag
+            _retry(lambda: client.set_experiment_tag(exp_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND), "tag experiment")
+        _retry(lambda: close_stale_runs(client, exp_id), "close stale runs")
+        tags = {"stage": stage, HOST_TAG: socket.gethostname(), PROCESS_TAG: process_identity(), "mlflow.runName": stage if generation is None else f"{stage}@{generation}"}
         if generation is not None:
             tags["generation"] = str(generation)
         revision = _git_revision()
@@ -233,8 +327,15 @@ def stage_run(
         return
     status = "FAILED"
     try:
-        yield handle
+        with _sigterm_unwinds():
+            try:
+                yield handle
+            except (_Terminated, KeyboardInterrupt):
+                status = "KILLED"
+                raise
         status = "FINISHED"
+    except _Terminated:
+        raise SystemExit(128 + signal.SIGTERM) from None  # the exit status a SIGTERM'd process reports
     finally:
         try:
             _retry(lambda: client.set_terminated(handle.run_id, status), "end run")

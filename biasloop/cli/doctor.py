@@ -1,0 +1,233 @@
+"""``biasloop doctor``: what to look at when something is off.
+
+Prints, one line each: which checkout and environment ``biasloop`` runs from (and whether the
+``python``, ``dvc`` and ``mlflow`` on ``PATH`` are the same environment's, as stage ``cmd``s need);
+package versions; CPU threads and device; whether ``dvc status`` is clean; where MLflow writes and how
+many runs it holds (and RUNNING ones left by killed stages); the offline settings. Lines marked
+``!!`` are problems, with what to do; the exit status is 1 when there is one, else 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+PACKAGES = ("dvc", "mlflow", "torch", "torchvision", "diffusers", "open_clip_torch", "sentence-transformers",
+            "polars", "numpy", "fairlearn")
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("doctor", help="environment, versions, threads, dvc status, where MLflow writes",
+                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params", default="params.yaml", help="params file to read base/tracking from (default: %(default)s)")
+    parser.add_argument("--skip-dvc-status", action="store_true", help="do not run `dvc status` (a few seconds)")
+    parser.add_argument("--json", action="store_true", help="print the findings as JSON")
+    parser.set_defaults(run=run)
+
+
+class Report:
+    """Findings as ``(level, topic, text)``; level ``ok``, ``info`` or ``problem``."""
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, str, str]] = []
+
+    def add(self, level: str, topic: str, text: str) -> None:
+        self.lines.append((level, topic, text))
+
+    @property
+    def problems(self) -> int:
+        return sum(level == "problem" for level, _, _ in self.lines)
+
+    def render(self) -> str:
+        mark = {"ok": "ok", "info": "  ", "problem": "!!"}
+        width = max((len(topic) for _, topic, _ in self.lines), default=0)
+        return "\n".join(f"{mark[level]} {topic.ljust(width)}  {text}" for level, topic, text in self.lines)
+
+
+def _git(root: Path, *args: str) -> str | None:
+    try:
+        out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=20, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def _same_file(a: str | Path | None, b: str | Path | None) -> bool:
+    try:
+        return a is not None and b is not None and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_environment(report: Report, root: Path) -> None:
+    """Which checkout's code runs, from which environment; PATH's python/dvc/mlflow."""
+    import biasloop
+    from biasloop.core.environment import shared_environment
+
+    code = Path(biasloop.__file__).resolve().parent.parent
+    toplevel = _git(root, "rev-parse", "--show-toplevel")
+    revision = _git(root, "rev-parse", "--short", "HEAD")
+    dirty = _git(root, "status", "--porcelain", "--untracked-files=no")
+    report.add("info", "checkout", f"{toplevel or root} at {revision or '?'}{' (uncommitted changes)' if dirty else ''}")
+    if toplevel and not _same_file(code, toplevel):
+        report.add("problem", "biasloop code", f"{code} is not this checkout: run `make venv` here and `source .venv/bin/activate`")
+    else:
+        report.add("ok", "biasloop code", str(code))
+    prefix = Path(sys.prefix)
+    shared = shared_environment(prefix)
+    report.add("info", "python", f"{sys.executable} (Python {sys.version.split()[0]})")
+    if shared != prefix:
+        report.add("ok", "environment", f"{prefix} over the shared {shared}")
+    else:
+        report.add("info", "environment", f"{prefix} (no per-checkout .venv: `make venv` makes one)")
+    bin_dir = Path(sys.executable).parent
+    found = {command: shutil.which(command) for command in ("python", "dvc", "mlflow")}
+    ours = {command: bool(path) and _same_file(Path(path).parent, bin_dir) for command, path in found.items()}
+    for command in ("python", "dvc", "mlflow"):
+        if ours[command]:
+            report.add("ok", f"PATH {command}", str(found[command]))
+        elif command == "dvc" and found["dvc"]:
+            report.add("problem", "PATH dvc", f"{found['dvc']} is another environment's: its stages may run another python; "
+                       f"`source {bin_dir / 'activate'}`")
+        else:
+            report.add("info", f"PATH {command}", f"{found[command] or 'not on PATH'}; `source {bin_dir / 'activate'}` "
+                       f"puts dvc, biasloop and mlflow on PATH ({bin_dir / 'dvc'} works without it)")
+
+
+def check_versions(report: Report) -> None:
+    versions = []
+    for name in PACKAGES:
+        try:
+            versions.append(f"{name} {importlib.metadata.version(name)}")
+        except importlib.metadata.PackageNotFoundError:
+            versions.append(f"{name} missing")
+    report.add("info", "versions", ", ".join(versions))
+
+
+def check_threads(report: Report, params: dict) -> None:
+    from biasloop.core.runtime import resolve_cpu_threads
+
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    setting = (params.get("base") or {}).get("cpu_threads", 0)
+    try:
+        threads = resolve_cpu_threads(int(setting or 0))
+        report.add("info", "threads", f"{cpus} CPUs usable of {os.cpu_count()}; base.cpu_threads={setting} -> {threads} per stage "
+                   f"(1 inside queued experiments); OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
+    except Exception as exc:
+        report.add("problem", "threads", f"base.cpu_threads: {exc}")
+    try:
+        import torch
+
+        gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+        report.add("info", "device", f"base.device={(params.get('base') or {}).get('device', 'cpu')}; CUDA GPU: {gpu}")
+    except Exception as exc:
+        report.add("problem", "device", f"torch does not import: {exc}")
+
+
+def check_dvc(report: Report, root: Path) -> None:
+    """``dvc status``: clean, which stages changed, or the error (an unparsable dvc.lock, say)."""
+    dvc = Path(sys.executable).parent / "dvc"
+    command = [str(dvc)] if dvc.exists() else [sys.executable, "-m", "dvc"]
+    try:
+        result = subprocess.run([*command, "status", "--json"], cwd=root, capture_output=True, text=True, timeout=300)
+    except (OSError, subprocess.SubprocessError) as exc:
+        report.add("problem", "dvc status", f"could not run: {exc}")
+        return
+    if result.returncode != 0:
+        message = (result.stderr.strip().splitlines() or ["failed"])[-1]
+        hint = " (see README, 'Recovering from an interrupted run')" if "dvc.lock" in result.stderr else ""
+        report.add("problem", "dvc status", f"{message}{hint}")
+        return
+    try:
+        changed = json.loads(result.stdout or "{}")
+    except json.JSONDecodeError:
+        changed = {"?": result.stdout.strip()[:200]}
+    if not changed:
+        report.add("ok", "dvc status", "clean: outputs match dvc.lock")
+    else:
+        names = sorted(name.split(":")[-1] for name in changed)
+        report.add("info", "dvc status", f"{len(names)} changed: {', '.join(names[:12])}{' ...' if len(names) > 12 else ''} "
+                   "(`dvc repro` rebuilds them)")
+
+
+def check_mlflow(report: Report, root: Path, params: dict) -> None:
+    from biasloop.core.tracking import default_uri
+
+    tracking = params.get("tracking") or {}
+    if tracking.get("enabled") is False:
+        report.add("info", "MLflow", "tracking.enabled is false: no runs recorded")
+        return
+    previous = os.environ.get("DVC_ROOT")
+    os.environ["DVC_ROOT"] = str(root)  # where a stage run from this root writes
+    try:
+        uri = tracking.get("uri") or default_uri()
+    finally:
+        if previous is None:
+            os.environ.pop("DVC_ROOT", None)
+        else:
+            os.environ["DVC_ROOT"] = previous
+    experiment_name = tracking.get("experiment", "biasloop")
+    if not uri.startswith("sqlite:///"):
+        report.add("info", "MLflow", f"{uri}, experiment {experiment_name}")
+        return
+    database = Path(uri.removeprefix("sqlite:///"))
+    if not database.exists():
+        report.add("info", "MLflow", f"{uri} (not created yet: the first stage run makes it)")
+        return
+    try:
+        import sqlite3
+
+        with sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=10) as connection:
+            counts = dict(connection.execute(
+                "SELECT r.status, COUNT(*) FROM runs r JOIN experiments e ON r.experiment_id = e.experiment_id "
+                "WHERE e.name = ? AND r.lifecycle_stage = 'active' GROUP BY r.status", (experiment_name,)).fetchall())
+    except Exception as exc:
+        report.add("problem", "MLflow", f"{database} is not readable: {exc}")
+        return
+    summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "no runs"
+    report.add("ok", "MLflow", f"{uri}, experiment {experiment_name}: {summary}")
+    if counts.get("RUNNING"):
+        report.add("info", "MLflow RUNNING", f"{counts['RUNNING']} run(s) RUNNING: stages running now, or killed ones "
+                   "(marked KILLED when the next stage starts)")
+    report.add("info", "MLflow UI", f"MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow ui --backend-store-uri {uri} --port 5000")
+
+
+def check_offline(report: Report, root: Path) -> None:
+    settings = {name: os.environ.get(name, "unset") for name in ("HF_HUB_OFFLINE", "MLFLOW_DISABLE_TELEMETRY")}
+    config = (root / ".dvc" / "config").read_text() if (root / ".dvc" / "config").exists() else ""
+    analytics = "analytics = false" in config
+    template = "html_template" in config
+    report.add("ok" if analytics else "problem", "DVC analytics", "off" if analytics else "on: `dvc config core.analytics false`")
+    report.add("info", "offline", ", ".join(f"{k}={v}" for k, v in settings.items())
+               + f" (stages set them); dvc plots template: {'local vega' if template else 'CDN (needs network)'}")
+
+
+def run(args: argparse.Namespace) -> int:
+    from biasloop.core.config import ConfigError, read_params
+
+    root = Path(_git(Path.cwd(), "rev-parse", "--show-toplevel") or Path.cwd())
+    report = Report()
+    try:
+        params = read_params(root / args.params if not Path(args.params).is_absolute() else args.params)
+    except (ConfigError, FileNotFoundError) as exc:
+        report.add("problem", "params", str(exc))
+        params = {}
+    check_environment(report, root)
+    check_versions(report)
+    check_threads(report, params)
+    if not args.skip_dvc_status:
+        check_dvc(report, root)
+    check_mlflow(report, root, params)
+    check_offline(report, root)
+    if args.json:
+        print(json.dumps([{"level": level, "topic": topic, "text": text} for level, topic, text in report.lines], indent=1))
+    else:
+        print(report.render())
+        print(f"\n{report.problems} problem(s)" if report.problems else "\nno problems found")
+    return 1 if report.problems else 0

@@ -1,0 +1,137 @@
+"""Kill a running stage (SIGKILL) at several points, rerun: same outputs as an uninterrupted run.
+
+On a tiny world, `dvc repro retrieve` (stages `corpus`, `retrieve`) is killed four times: the
+`corpus` stage process while it imports, once its MLflow run is open, once it has started writing
+its outputs, and finally the whole `dvc` process group while `retrieve` runs. After each kill
+`dvc.lock` records nothing of the killed stage and DVC's cache holds only objects an uninterrupted
+run also produces (no half-written output cached); the final rerun's outputs have the same md5s as
+the uninterrupted run's (metrics compared without their run times), and no MLflow run is left
+RUNNING. About 3 minutes on a shared 2-core machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.tiny_repo import environment, lock_outs, make_tiny_repo, mlflow_runs, run
+
+pytestmark = pytest.mark.slow
+
+
+def _without_timings(path: Path) -> object:
+    def strip(value: object) -> object:
+        if isinstance(value, dict):
+            return {k: strip(v) for k, v in value.items() if "second" not in k}
+        return [strip(v) for v in value] if isinstance(value, list) else value
+
+    return strip(json.loads(path.read_text()))
+
+
+def _cache_objects(repo: Path) -> set[str]:
+    root = repo / ".dvc" / "cache" / "files" / "md5"
+    return {f"{p.parent.name}{p.name}" for p in root.glob("*/*")} if root.exists() else set()
+
+
+def _stage_pids(repo: Path, stage: str) -> list[int]:
+    """Processes running ``python -m stages.<stage>`` in ``repo``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes().split(b"\0")
+            cwd = os.readlink(entry / "cwd")
+        except OSError:
+            continue
+        if f"stages.{stage}".encode() in command and Path(cwd) == repo:
+            found.append(int(entry.name))
+    return found
+
+
+def _running_run_open(repo: Path, stage: str) -> bool:
+    database = repo / "mlflow.db"
+    if not database.exists():
+        return False
+    try:
+        with sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=1) as connection:
+            rows = connection.execute("SELECT COUNT(*) FROM runs WHERE status = 'RUNNING' AND name = ?", (stage,)).fetchone()
+        return bool(rows and rows[0])
+    except sqlite3.Error:
+        return False
+
+
+def _writing(repo: Path, folder: str) -> Callable[[], bool]:
+    return lambda: (repo / folder).exists() and any((repo / folder).iterdir())
+
+
+def _repro_killed_when(repo: Path, stage: str, ready: Callable[[], bool], whole_group: bool = False) -> None:
+    """Start `dvc repro retrieve`; when ``ready()`` holds while ``stage`` runs, SIGKILL it (or all of DVC)."""
+    dvc = subprocess.Popen(["dvc", "repro", "retrieve"], cwd=repo, env=environment(repo), start_new_session=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 900
+    try:
+        while True:
+            assert dvc.poll() is None, f"dvc repro ended before the kill point of {stage}"
+            assert time.monotonic() < deadline, f"kill point of {stage} not reached in 900 s"
+            pids = _stage_pids(repo, stage)
+            if pids and ready():
+                break
+            time.sleep(0.05)
+        if whole_group:
+            os.killpg(dvc.pid, signal.SIGKILL)
+        else:
+            for pid in pids:
+                os.kill(pid, signal.SIGKILL)
+        assert dvc.wait(timeout=300) != 0
+    finally:
+        if dvc.poll() is None:
+            os.killpg(dvc.pid, signal.SIGKILL)
+            dvc.wait()
+    for pid in _stage_pids(repo, stage):  # an orphan left by killing DVC alone would keep writing
+        os.kill(pid, signal.SIGKILL)
+
+
+def test_killed_stages_rerun_to_the_uninterrupted_outputs(tmp_path_factory: pytest.TempPathFactory) -> None:
+    reference = make_tiny_repo(tmp_path_factory.mktemp("reference") / "repo")
+    run(["dvc", "repro", "retrieve"], reference)
+    expected_outs, expected_cache = lock_outs(reference), _cache_objects(reference)
+
+    repo = make_tiny_repo(tmp_path_factory.mktemp("killed") / "repo")
+    kill_points = [
+        ("corpus", lambda: True, False),  # while it imports
+        ("corpus", lambda: _running_run_open(repo, "corpus"), False),  # MLflow run open
+        ("corpus", _writing(repo, "artifacts/corpus"), False),  # outputs being written
+        ("retrieve", lambda: _running_run_open(repo, "retrieve"), True),  # DVC itself killed, corpus done
+    ]
+    for stage, ready, whole_group in kill_points:
+        _repro_killed_when(repo, stage, ready, whole_group)
+        lock = yaml.safe_load((repo / "dvc.lock").read_text()) if (repo / "dvc.lock").exists() else {"stages": {}}
+        assert stage not in lock["stages"], f"dvc.lock records the killed {stage}"
+        assert _cache_objects(repo) <= expected_cache, f"half-written output of {stage} cached"
+
+    result = run(["dvc", "repro", "retrieve"], repo)
+    assert "Running stage 'corpus'" not in result.stdout  # finished before the last kill: not redone
+    outs = lock_outs(repo)
+    assert set(outs) == set(expected_outs)
+    for path, md5 in outs.items():
+        if path.startswith("metrics/"):  # same numbers; run times differ
+            assert _without_timings(repo / path) == _without_timings(reference / path), path
+        else:
+            assert md5 == expected_outs[path], f"{path} differs from the uninterrupted run's"
+    assert _cache_objects(repo) <= expected_cache
+
+    runs = mlflow_runs(repo)
+    statuses = sorted(r.info.status for r in runs)
+    assert "RUNNING" not in statuses, statuses
+    assert statuses.count("FINISHED") == 2  # corpus (in the 4th repro) and retrieve (in the last)
+    assert statuses.count("KILLED") >= 3  # the kills after a run was open; closed at the next start

@@ -1,0 +1,72 @@
+"""A temporary copy of this repository with a tiny world, for tests that run DVC end to end."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from tests.conftest import REPO_ROOT
+from tests.test_pipeline import _merge, _tiny_overrides
+
+GIT = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
+
+
+def environment(repo: Path, **extra: str) -> dict[str, str]:
+    """The environment of a user in ``repo`` with this test's Python environment activated."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "MLFLOW_DISABLE_TELEMETRY": "true",
+           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           "BIASLOOP_EMBEDDING_CACHE": str(repo / ".cache" / "embeddings"), **extra}
+    env.pop("DVC_ROOT", None)
+    return env
+
+
+def run(cmd: list[str], repo: Path, timeout: float = 1500, check: bool = True, **extra: str) -> subprocess.CompletedProcess:
+    result = subprocess.run(cmd, cwd=repo, env=environment(repo, **extra), capture_output=True, text=True, timeout=timeout)
+    if check:
+        assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    return result
+
+
+def make_tiny_repo(repo: Path, generations: int = 2) -> Path:
+    """Copy the checkout's files (tracked and new) to ``repo``, shrink params, materialise data/, commit."""
+    if shutil.which("git") is None:
+        import pytest
+
+        pytest.skip("git is needed for dvc")
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO_ROOT,
+                            capture_output=True, check=True).stdout
+    for name in filter(None, listed.decode().split("\0")):
+        source = REPO_ROOT / name
+        if source.is_file() and not name.startswith(("artifacts/", "metrics/", "plots/")):
+            (repo / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, repo / name)
+    (repo / "dvc.lock").unlink(missing_ok=True)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    _merge(params, _tiny_overrides(params))
+    params["generations"] = list(range(generations))
+    params["rounds"] = {str(n): {"gen": n, "prev": n - 1} for n in range(1, generations)}
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(["git", "init", "-q"], repo)
+    run([sys.executable, "-m", "biasloop.cli", "data", "--out", "data"], repo)
+    run([*GIT, "add", "-A"], repo)
+    run([*GIT, "commit", "-qm", "tiny"], repo)
+    return repo
+
+
+def lock_outs(repo: Path) -> dict[str, str]:
+    """``{out path: md5}`` of every stage in ``dvc.lock``."""
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    return {out["path"]: out["md5"] for stage in lock["stages"].values() for out in stage.get("outs", [])}
+
+
+def mlflow_runs(repo: Path) -> list:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("biasloop")
+    return client.search_runs([experiment.experiment_id], max_results=5000) if experiment else []
