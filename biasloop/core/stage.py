@@ -24,6 +24,7 @@ from biasloop.core.config import (
 )
 from biasloop.core.io import setup_logging
 from biasloop.core.runtime import resolve_cpu_threads
+from biasloop.core.timing import stage_finished
 
 
 def make_parser(doc: str | None, prog: str) -> argparse.ArgumentParser:
@@ -69,10 +70,14 @@ def load_configs(params_path: str, sections: dict[str, type]) -> dict[str, Any]:
 
 def run_main(main_body: Any, argv: Sequence[str] | None, logger: logging.Logger) -> int:
     """Call ``main_body(argv)`` turning input errors into a one-line message and exit status 2."""
+    status = "failed"
     try:
         main_body(argv)
+        status = "ok"
     except (ConfigError, FileNotFoundError, ValueError) as exc:
         logger.error("%s", exc)
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        stage_finished(status)
     return 0
