@@ -24,7 +24,7 @@ from biasloop.core.config import (
 )
 from biasloop.core.io import setup_logging
 from biasloop.core.runtime import resolve_cpu_threads
-from biasloop.core.timing import stage_finished
+from biasloop.core.timing import annotate, stage_finished
 
 
 def make_parser(doc: str | None, prog: str) -> argparse.ArgumentParser:
@@ -65,6 +65,9 @@ def load_configs(params_path: str, sections: dict[str, type]) -> dict[str, Any]:
     # models 2 to 20x slower, hence 1 thread per stage inside queued experiments (resolve_cpu_threads).
     for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(variable, str(threads))
+    logging.getLogger(__name__).info("torch CPU threads: %s (base.cpu_threads %d)", os.environ["OMP_NUM_THREADS"],
+                                     configs["base"].cpu_threads)
+    annotate(cpu_threads=int(os.environ["OMP_NUM_THREADS"]) if os.environ["OMP_NUM_THREADS"].isdigit() else None)
     return configs
 
 

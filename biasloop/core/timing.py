@@ -24,6 +24,7 @@ TIMINGS_ENV = "BIASLOOP_TIMINGS"
 log = logging.getLogger(__name__)
 _IMPORTED_AT = time.time()  # fallback when the process start time cannot be read
 _current: dict[str, Any] = {}  # the stage this process runs, set at start-up (one stage per process)
+_notes: dict[str, Any] = {}  # facts every later record carries (the thread count the stage chose)
 
 
 def process_started_at() -> float:
@@ -65,7 +66,7 @@ def report(event: str, **fields: Any) -> dict[str, Any]:
         _current.update({k: v for k, v in fields.items() if k in ("stage", "generation")})
     now = time.time()
     started = process_started_at()
-    record = {"event": event, **_current, **fields, "pid": os.getpid(), "process_start": round(started, 3),
+    record = {"event": event, **_current, **_notes, **fields, "pid": os.getpid(), "process_start": round(started, 3),
               "time": round(now, 3), "seconds_since_start": round(now - started, 3)}
     log.info("stage timing: %s", json.dumps(record))
     path = os.environ.get(TIMINGS_ENV)
@@ -76,6 +77,11 @@ def report(event: str, **fields: Any) -> dict[str, Any]:
         except OSError as exc:
             log.warning("could not append the timing record to %s: %s", path, exc)
     return record
+
+
+def annotate(**fields: Any) -> None:
+    """Add ``fields`` to every later record of this process (e.g. ``cpu_threads``)."""
+    _notes.update(fields)
 
 
 def stage_started(stage: str, generation: int | None = None) -> None:
