@@ -104,7 +104,7 @@ def summarise(samples: dict[str, list[dict]]) -> dict:
         table[key] = {part: round(statistics.median(r[part] for r in runs), 3) for part in ("diffusion", "clip_epoch")}
         table[key]["total"] = round(table[key]["diffusion"] + table[key]["clip_epoch"], 3)
         table[key]["n"] = len(runs)
-    best_idle = min(v["total"] for k, v in table.items() if k.endswith("idle"))
+    best_idle = min((v["total"] for k, v in table.items() if k.endswith("idle")), default=float("nan"))
     for key, value in table.items():
         idle_key = key.rsplit("/", 1)[0] + "/idle"
         value["over_own_idle"] = round(value["total"] / table[idle_key]["total"], 3) if idle_key in table else None
@@ -142,12 +142,12 @@ def main(argv: list[str] | None = None) -> int:
                 samples.setdefault(key, []).append(result)
                 print(f"[{repeat + 1}/{args.repeats}] {key}: diffusion {result['diffusion']:.1f} s, "
                       f"CLIP epoch {result['clip_epoch']:.1f} s", flush=True)
-    table = summarise(samples)
-    results = {"machine": machine(), "workload": "30 tiny-diffusion steps (batch 128) + 1 downstream CLIP epoch",
-               "repeats": args.repeats, "nice": args.nice, "configurations": table, "samples": samples}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
+                table = summarise(samples)  # written after every configuration: a cut-short run keeps its figures
+                results = {"machine": machine(), "workload": "30 tiny-diffusion steps (batch 128) + 1 downstream CLIP epoch",
+                           "repeats": args.repeats, "nice": args.nice, "configurations": table, "samples": samples}
+                out = Path(args.out)
+                out.parent.mkdir(parents=True, exist_ok=True)
+                out.write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(table, indent=2))
     print(f"wrote {out}")
     return 0
