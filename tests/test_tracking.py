@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -40,6 +41,7 @@ def test_run_recorded_with_tags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert recorded.info.status == "FINISHED"
     assert recorded.data.tags["stage"] == "generate" and recorded.data.tags["generation"] == "2"
     assert recorded.data.tags["dvc_exp_name"] == "sweep-1"
+    assert recorded.data.tags["biasloop.process"].startswith(f"{os.getpid()}:")
     assert recorded.data.params["generator.steps"] == "5"
     # "@" is not allowed in MLflow keys: renamed, not a failed batch that loses every metric
     assert recorded.data.metrics == {"loss": 0.5, "nested.x": 1.0, "recall.recall_at_10": 0.25}
@@ -85,8 +87,19 @@ def test_failed_stage_marks_run_failed(tmp_path: Path) -> None:
     assert _runs(uri)[0].info.status == "FAILED"
 
 
+def test_sigterm_ends_the_run_killed(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    code = ("import os, signal; from biasloop.core.config import TrackingConfig; from biasloop.core.tracking import stage_run\n"
+            f"with stage_run('retrain', TrackingConfig(uri={uri!r}, background=False)) as run:\n"
+            "    os.kill(os.getpid(), signal.SIGTERM)")
+    result = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == 128 + 15
+    (recorded,) = _runs(uri)
+    assert recorded.info.status == "KILLED"
+
+
 def test_a_stage_that_dies_still_leaves_its_run(tmp_path: Path) -> None:
-    """A process killed inside a run leaves a RUNNING record; the next drain logs it as FAILED."""
+    """A process killed inside a run leaves a RUNNING record; the next drain logs it as KILLED."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     code = ("import os; from biasloop.core.config import TrackingConfig; from biasloop.core.tracking import stage_run\n"
             f"with stage_run('pretrain', TrackingConfig(uri={uri!r}, background=False)) as run:\n"
@@ -95,8 +108,8 @@ def test_a_stage_that_dies_still_leaves_its_run(tmp_path: Path) -> None:
     assert len(pending_records(spool_dir(uri))) == 1
     assert drain(spool_dir(uri)) == 1
     (recorded,) = _runs(uri)
-    assert recorded.info.status == "FAILED" and recorded.data.metrics == {"step": 3.0}
-    assert recorded.data.tags["biasloop.process_died"] == "true"
+    assert recorded.info.status == "KILLED" and recorded.data.metrics == {"step": 3.0}
+    assert "ended without closing the run" in recorded.data.tags["biasloop.closed_because"]
 
 
 def test_background_logger_logs_every_run_and_exits(tmp_path: Path) -> None:

@@ -11,7 +11,9 @@ stage process instead (the same code, synchronously). ``tracking.enabled: false`
 imports nothing.
 
 No run is lost: a record is written (atomically) when the run opens and after every call, so a stage
-that dies leaves a record that the next logger logs as FAILED (its process is gone); a record that
+that dies leaves a record that the next logger logs as KILLED (its process, named by pid and start time
+in the tag ``biasloop.process``, is gone from this host, ``biasloop.host``); SIGTERM (``dvc``
+interrupted) ends the run KILLED at once; a record that
 MLflow cannot take stays in the spool for the next logger; ``python -m biasloop.core.tracking --spool
 DIR --linger 0`` drains a spool by hand. A logger writes the MLflow run id into the record before
 logging into it, so a logger that dies halfway is resumed, not duplicated.
@@ -20,7 +22,9 @@ The tracking URI defaults to ``sqlite:///<DVC_ROOT>/mlflow.db``. DVC sets ``DVC_
 command, and for queued experiments (which run in temporary copies) it points at the original
 repository, so every experiment's runs land in one database that ``mlflow ui`` shows. SQLite allows
 one writer at a time: one logger at a time drains a spool (a file lock), and every MLflow call is
-retried with backoff on "database is locked" (other writers: a second spool, ``mlflow ui``).
+retried with backoff on "database is locked" (other writers: a second spool, ``mlflow ui``). The
+experiment is created as MLflow's model-training kind (``mlflow.experimentKind``), so ``mlflow ui``
+opens it on its runs.
 """
 
 from __future__ import annotations
@@ -34,8 +38,11 @@ import os
 import random
 import re
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -57,6 +64,60 @@ RUN_ID_FILE = "mlflow_run_id"
 LOCK = ".lock"
 LINGER_SECONDS = 20.0  # how long a background logger waits for the next finished stage before exiting
 TERMINAL = ("FINISHED", "FAILED", "KILLED")
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # read by the MLflow 3 UI to pick the experiment's default view
+MODEL_TRAINING_KIND = "custom_model_development"  # the UI's "Model training" type (vs. "genai_development")
+HOST_TAG, PROCESS_TAG = "biasloop.host", "biasloop.process"
+
+
+def _process_start(pid: int) -> str | None:
+    """The start time of process ``pid`` in clock ticks since boot (/proc), or None when unknown or gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]  # field 22, counted after the parenthesised command name
+
+
+def process_identity(pid: int | None = None) -> str:
+    """``"<pid>:<start time>"``: names a process, not a recycled pid."""
+    pid = os.getpid() if pid is None else pid
+    return f"{pid}:{_process_start(pid) or '?'}"
+
+
+def process_alive(identity: str) -> bool:
+    """Whether the process named by :func:`process_identity` still runs (on this host)."""
+    pid_text, _, start = identity.partition(":")
+    try:
+        pid = int(pid_text)
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, another user's
+    except ValueError:
+        return True  # not ours to judge
+    now = _process_start(pid)
+    return start in ("", "?") or now is None or now == start
+
+
+class _Terminated(BaseException):
+    """SIGTERM while a stage runs (dvc interrupted): unwinds so the run is recorded KILLED."""
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise _Terminated(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _root() -> Path:
@@ -260,7 +321,8 @@ def stage_run(
         return
     uri = config.uri or default_uri()
     try:
-        tags = {"stage": stage, "mlflow.runName": stage if generation is None else f"{stage}@{generation}"}
+        tags = {"stage": stage, HOST_TAG: socket.gethostname(), PROCESS_TAG: process_identity(),
+                "mlflow.runName": stage if generation is None else f"{stage}@{generation}"}
         if generation is not None:
             tags["generation"] = str(generation)
         revision = _git_revision()
@@ -271,7 +333,7 @@ def stage_run(
                 tags[env_name.lower()] = os.environ[env_name]
         record = {"uri": uri, "experiment": config.experiment, "tags": tags, "params": {}, "metrics": [],
                   "artifacts": [], "status": "RUNNING", "start_time": _now_ms(), "end_time": None,
-                  "pid": os.getpid(), "host": os.uname().nodename if hasattr(os, "uname") else ""}
+                  "process": tags[PROCESS_TAG], "host": tags[HOST_TAG]}
         spool = spool_dir(uri)
         handle = StageRun(_open_record(spool, record), record)
         if params:
@@ -285,8 +347,15 @@ def stage_run(
     stage_started(stage, generation)
     status = "FAILED"
     try:
-        yield handle
-        status = "FINISHED"
+        with _sigterm_unwinds():
+            try:
+                yield handle
+                status = "FINISHED"
+            except (_Terminated, KeyboardInterrupt):
+                status = "KILLED"
+                raise
+    except _Terminated:
+        raise SystemExit(128 + signal.SIGTERM) from None  # the exit status a SIGTERM'd process reports
     finally:
         record.update(status=status, end_time=_now_ms())
         handle._save()
@@ -315,16 +384,6 @@ def _lock(spool: Path, blocking: bool) -> Any:
     return handle
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def pending_records(spool: Path) -> list[Path]:
     """Record folders in ``spool`` that are ready to log: ended, or left RUNNING by a process that died."""
     if not spool.exists():
@@ -335,8 +394,8 @@ def pending_records(spool: Path) -> list[Path]:
             record = json.loads((folder / RECORD).read_text())
         except (OSError, ValueError):
             continue  # being written
-        same_host = record.get("host", "") == (os.uname().nodename if hasattr(os, "uname") else "")
-        if record.get("status") in TERMINAL or (same_host and not _alive(int(record.get("pid", 0)))):
+        same_host = record.get("host", "") == socket.gethostname()
+        if record.get("status") in TERMINAL or (same_host and not process_alive(str(record.get("process", "")))):
             ready.append(folder)
     return ready
 
@@ -375,7 +434,8 @@ def _experiment_id(client: Any, name: str, uri: str) -> str:
     try:
         # Artifacts beside the database (not in whichever folder a stage ran from).
         database = Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else _root() / "x"
-        return client.create_experiment(name, artifact_location=(database.parent / "mlartifacts").as_uri())
+        return client.create_experiment(name, artifact_location=(database.parent / "mlartifacts").as_uri(),
+                                        tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND})
     except mlflow.exceptions.MlflowException:
         found = client.get_experiment_by_name(name)  # created by another writer
         if found is None:
@@ -399,9 +459,9 @@ def log_record(folder: Path, clients: dict[str, Any] | None = None) -> str:
     clients = {} if clients is None else clients
     record = json.loads((folder / RECORD).read_text())
     status, end_time = record.get("status"), record.get("end_time")
-    if status not in TERMINAL:  # its process died before the run ended
-        status, end_time = "FAILED", end_time or _now_ms()
-        record["tags"]["biasloop.process_died"] = "true"
+    if status not in TERMINAL:  # its process died before the run ended (SIGKILL, power cut)
+        status, end_time = "KILLED", end_time or _now_ms()
+        record["tags"]["biasloop.closed_because"] = f"process {record.get('process')} ended without closing the run"
     uri = record["uri"]
     if uri not in clients:
         clients[uri] = MlflowClient(tracking_uri=uri)
