@@ -299,15 +299,23 @@ def run_phase(name: str, command: list[str], repo: Path, work: Path, foreach: se
     try:
         start = time.perf_counter()
         with open(log_path, "w") as log:
-            result = subprocess.run(command, cwd=repo, env=_env(repo, timings), stdout=log, stderr=subprocess.STDOUT)
+            # Its own process group, so an interrupted benchmark takes the running stage down with it.
+            dvc = subprocess.Popen(command, cwd=repo, env=_env(repo, timings), stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+            try:
+                returncode = dvc.wait()
+            finally:
+                if dvc.poll() is None:
+                    os.killpg(dvc.pid, signal.SIGTERM)
+                    dvc.wait()
         wall = time.perf_counter() - start
     finally:
         if busy_process is not None:
             os.kill(busy_process.pid, signal.SIGKILL)
             busy_process.wait()
-    if result.returncode != 0:
+    if returncode != 0:
         tail = log_path.read_text()[-4000:]
-        raise SystemExit(f"[{name}] {' '.join(command)} failed ({result.returncode}):\n{tail}")
+        raise SystemExit(f"[{name}] {' '.join(command)} failed ({returncode}):\n{tail}")
     tail_seconds = wait_for_tracking(repo)
     phase = aggregate(read_timings(timings), wall, foreach)
     phase.update(command=" ".join(command), busy_process=busy, load_average_before=load_before,
