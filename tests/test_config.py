@@ -107,4 +107,8 @@ def test_busy_cpus_counts_runnable_threads_of_other_processes(tmp_path) -> None:
     task(os.getpid(), os.getpid(), "R", 0)  # this process
     (tmp_path / "self").mkdir()
     assert busy_cpus(samples=2, interval=0.0, proc=str(tmp_path)) == 3
+    (tmp_path / "stat").write_text("cpu  1 2 3\nprocs_running 1\nprocs_blocked 0\n")
+    assert busy_cpus(proc=str(tmp_path)) == 0  # only the caller runnable: no scan
+    (tmp_path / "stat").write_text("cpu  1 2 3\nprocs_running 4\nprocs_blocked 0\n")
+    assert busy_cpus(samples=1, proc=str(tmp_path)) == 3
     assert busy_cpus(proc=str(tmp_path / "missing")) == 0

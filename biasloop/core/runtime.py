@@ -12,6 +12,18 @@ from biasloop.core.config import ConfigError
 QUEUE_WORKSPACE = os.sep.join(("", ".dvc", "tmp", "exps", ""))
 
 
+def _procs_running(proc: str) -> int | None:
+    """Runnable threads on the machine, this one included (``procs_running`` of ``/proc/stat``)."""
+    try:
+        with open(f"{proc}/stat", "rb") as handle:
+            for line in handle:
+                if line.startswith(b"procs_running "):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return None
+
+
 def busy_cpus(samples: int = 3, interval: float = 0.05, proc: str = "/proc") -> int:
     """CPUs other processes keep busy now: runnable threads (state R) of other processes at normal or
     higher priority, the fewest seen over ``samples`` looks ``interval`` seconds apart (a CPU-bound
@@ -23,6 +35,8 @@ def busy_cpus(samples: int = 3, interval: float = 0.05, proc: str = "/proc") -> 
     for look in range(max(1, samples)):
         if look:
             time.sleep(interval)
+        if _procs_running(proc) == 1:  # only this process is runnable: an idle machine, no scan needed
+            return 0
         count = 0
         try:
             pids = [entry for entry in os.listdir(proc) if entry.isdigit() and int(entry) != own]
