@@ -14,7 +14,7 @@ CHECKOUT_VENV := .venv
 CHECKOUT_READY := $(CHECKOUT_VENV)/.ready-$(REQ_HASH)
 RUN := PATH="$(CURDIR)/$(CHECKOUT_VENV)/bin:$$PATH" MLFLOW_DISABLE_TELEMETRY=true HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
-.PHONY: env venv plots-template data repro test bench chromium doctor clean-env help
+.PHONY: env venv plots-template data repro test bench bench-all chromium doctor clean-env help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -70,8 +70,12 @@ chromium:  ## Debian's Chromium, for the test that opens the report in a headles
 test: data chromium  ## set up and run the tests
 	$(RUN) python -m pytest -q; status=$$?; if [ $$status -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$status
 
-bench: env  ## run the benchmarks; results in benchmarks/results/
-	$(RUN) python benchmarks/retrieval.py && $(RUN) python benchmarks/embedding.py && $(RUN) python benchmarks/generation.py
+bench: env  ## time the default study (cold, beside a busy process, no-op, ratio variant): benchmarks/results/pipeline.json
+	$(RUN) python benchmarks/pipeline.py $(BENCH_ARGS)
+
+bench-all: bench  ## also the component benchmarks (retrieval, embedding, generation, thread policy)
+	$(RUN) python benchmarks/retrieval.py && $(RUN) python benchmarks/embedding.py && \
+	  $(RUN) python benchmarks/generation.py && $(RUN) python benchmarks/threads.py
 
 doctor: venv  ## what a newcomer needs when something is off: environment, versions, dvc status, MLflow
 	@$(RUN) biasloop doctor

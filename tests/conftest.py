@@ -37,6 +37,7 @@ def tiny_params(tmp_path: Path, data_dir: Path) -> Path:
         occupation_table=str(data_dir / "occupations" / "occupations_bls.tsv"),
     )
     params["tracking"]["uri"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    params["tracking"]["background"] = False  # in-process stage tests log synchronously: no process outlives them
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(params, sort_keys=False))
     return path

@@ -79,7 +79,36 @@ def test_cpu_threads_automatic_outside_and_inside_queued_experiments() -> None:
     from biasloop.core.runtime import resolve_cpu_threads
 
     assert resolve_cpu_threads(3, cwd="/repo", cpus=2) == 3  # explicit wins
-    assert resolve_cpu_threads(0, cwd="/repo", cpus=2) == 2  # dvc repro, dvc exp run: every core
+    assert resolve_cpu_threads(0, cwd="/repo", cpus=2, busy=0) == 2  # dvc repro, dvc exp run: every idle core
+    assert resolve_cpu_threads(0, cwd="/repo", cpus=2, busy=1) == 1  # beside a busy process: the free core
+    assert resolve_cpu_threads(0, cwd="/repo", cpus=2, busy=5) == 1  # at least one
     assert resolve_cpu_threads(0, cwd="/repo/.dvc/tmp/exps/tmpab12cd", cpus=2) == 1  # dvc queue start -j N
     with pytest.raises(ConfigError, match=r"base\.cpu_threads"):
         resolve_cpu_threads(-1)
+
+
+def test_busy_cpus_counts_runnable_threads_of_other_processes(tmp_path) -> None:
+    """A fabricated /proc: runnable (R) threads at nice <= 0 count; sleeping, niced and our own do not."""
+    import os
+
+    from biasloop.core.runtime import busy_cpus
+
+    def task(pid: int, tid: int, state: str, nice: int) -> None:
+        fields = [state, "1", "1", "1", "0", "-1", "0"] + ["0"] * 9 + [str(nice)] + ["1", "0", "0"]
+        path = tmp_path / str(pid) / "task" / str(tid)
+        path.mkdir(parents=True)
+        (path / "stat").write_text(f"{tid} (python -c while True: pass) " + " ".join(fields) + "\n")
+
+    task(100, 100, "R", 0)      # a busy process
+    task(101, 101, "R", 0)      # a busy process with two busy threads
+    task(101, 102, "R", -5)
+    task(102, 102, "S", 0)      # asleep
+    task(103, 103, "R", 10)     # niced (the background MLflow logger)
+    task(os.getpid(), os.getpid(), "R", 0)  # this process
+    (tmp_path / "self").mkdir()
+    assert busy_cpus(samples=2, interval=0.0, proc=str(tmp_path)) == 3
+    (tmp_path / "stat").write_text("cpu  1 2 3\nprocs_running 1\nprocs_blocked 0\n")
+    assert busy_cpus(proc=str(tmp_path)) == 0  # only the caller runnable: no scan
+    (tmp_path / "stat").write_text("cpu  1 2 3\nprocs_running 4\nprocs_blocked 0\n")
+    assert busy_cpus(samples=1, proc=str(tmp_path)) == 3
+    assert busy_cpus(proc=str(tmp_path / "missing")) == 0

@@ -74,6 +74,10 @@ def test_save_load_round_trip(glyphs, trained, tmp_path) -> None:
                                instrument.occupation_probs(images[:5], OCCUPATIONS), atol=1e-6)
     probs = loaded.occupation_probs(images[:5], OCCUPATIONS, batch_size=2)
     assert probs.shape == (5, 2) and np.allclose(probs.sum(axis=1), 1.0)
+    # one pass of the image tower gives both, identical to the separate calls
+    p_female, occupation = loaded.p_female_and_occupation(images[:40], OCCUPATIONS, batch_size=16)
+    np.testing.assert_allclose(p_female, loaded.p_female(images[:40]), atol=1e-9)
+    np.testing.assert_allclose(occupation, loaded.occupation_probs(images[:40], OCCUPATIONS), atol=1e-9)
     with pytest.raises(FileNotFoundError, match="not an instrument folder"):
         load_instrument(tmp_path / "nothing")
 

@@ -33,6 +33,9 @@ class FoldModel:
         probs[:, self.k % len(occupations)] = 0.8  # model k always predicts occupation k
         return probs
 
+    def p_female_and_occupation(self, images: np.ndarray, occupations: list[str], batch_size: int = 512):
+        return self.p_female(images, batch_size), self.occupation_probs(images, occupations, batch_size)
+
 
 def test_stream_seeds_are_named_and_stable() -> None:
     assert stream_seed(0, "downstream") == stream_seed(0, "downstream")

@@ -119,6 +119,22 @@ def test_repro_writes_summary_and_report(pipeline_repo: Path) -> None:
     assert dataset.exists()
 
 
+def test_every_stage_run_reaches_mlflow_through_the_background_logger(pipeline_repo: Path) -> None:
+    """Stages spool their runs; the detached logger writes them all (one per stage execution), then exits."""
+    from mlflow.tracking import MlflowClient
+
+    from biasloop.core.tracking import pending_records, wait_for_logger
+
+    spool = pipeline_repo / ".mlflow-spool"
+    assert wait_for_logger(spool, timeout=300)
+    assert pending_records(spool) == []
+    client = MlflowClient(tracking_uri=f"sqlite:///{pipeline_repo / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("biasloop")
+    names = sorted(run.data.tags["mlflow.runName"] for run in client.search_runs([experiment.experiment_id]))
+    assert "corpus" in names and "summarize" in names and "generate@1" in names and "retrain@1" in names
+    assert len(names) == len(set(names))  # one run per stage execution, none twice
+
+
 def test_second_repro_is_a_no_op(pipeline_repo: Path) -> None:
     result = _run(["dvc", "repro"], pipeline_repo)
     assert "Running stage" not in result.stdout

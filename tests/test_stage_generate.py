@@ -69,7 +69,8 @@ def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     generator.save("artifacts/models/gen0/generator")
     params = {
         "base": {"seed": 0, "device": "cpu", "log_level": "INFO"},
-        "tracking": {"enabled": True, "uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "test"},
+        "tracking": {"enabled": True, "uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "test",
+                     "background": False},
         "occupations": OCCUPATIONS,
         "generate": {
             "neutral_prompts": ["a photo of {article} {occupation}", "{article} {occupation} at work"],

@@ -37,7 +37,8 @@ def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     frame.with_columns(image_ref=pl.lit("images/00000.npy#0")).write_parquet(tmp_path / "captions.parquet")
     params = {
         "base": {"seed": 0, "device": "cpu", "log_level": "INFO"},
-        "tracking": {"enabled": True, "uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "test"},
+        "tracking": {"enabled": True, "uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "test",
+                     "background": False},
         "occupations": ["nurse", "engineer", "salesperson"],
         "retrieve": {"plurals": {"salesperson": "salespeople"}, "first_names": False, "split": "train"},
         "neighbours": {"model": "fake:32", "k": 2, "prompts": ["A photo of a {occupation}"], "batch_size": 4},

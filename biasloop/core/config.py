@@ -255,6 +255,7 @@ class BaseConfig:
 class TrackingConfig:
     """``tracking``: MLflow, optional."""
 
-    enabled: bool = True
-    uri: str | None = None
-    experiment: str = "biasloop"
+    enabled: bool = True  # one MLflow run per stage execution; false: no tracking (and no MLflow import)
+    uri: str | None = None  # None: sqlite:///<DVC_ROOT>/mlflow.db
+    experiment: str = "biasloop"  # MLflow experiment name
+    background: bool = True  # log from a detached process, so stages never import MLflow; false: in the stage

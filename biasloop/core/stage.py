@@ -24,6 +24,7 @@ from biasloop.core.config import (
 )
 from biasloop.core.io import setup_logging
 from biasloop.core.runtime import resolve_cpu_threads
+from biasloop.core.timing import annotate, stage_finished
 
 
 def make_parser(doc: str | None, prog: str) -> argparse.ArgumentParser:
@@ -64,15 +65,28 @@ def load_configs(params_path: str, sections: dict[str, type]) -> dict[str, Any]:
     # models 2 to 20x slower, hence 1 thread per stage inside queued experiments (resolve_cpu_threads).
     for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(variable, str(threads))
+    # OpenMP threads that wait at a barrier sleep at once instead of spinning: a process that starts
+    # competing for a core in the middle of a stage then slows it in proportion, not 5 to 10 times
+    # (benchmarks/threads.py: 2 threads beside busy processes, PASSIVE vs. the default spin-then-sleep).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    logging.getLogger(__name__).info("torch CPU threads: %s (base.cpu_threads %d), OMP_WAIT_POLICY %s",
+                                     os.environ["OMP_NUM_THREADS"], configs["base"].cpu_threads,
+                                     os.environ["OMP_WAIT_POLICY"])
+    annotate(cpu_threads=int(os.environ["OMP_NUM_THREADS"]) if os.environ["OMP_NUM_THREADS"].isdigit() else None,
+             omp_wait_policy=os.environ["OMP_WAIT_POLICY"])
     return configs
 
 
 def run_main(main_body: Any, argv: Sequence[str] | None, logger: logging.Logger) -> int:
     """Call ``main_body(argv)`` turning input errors into a one-line message and exit status 2."""
+    status = "failed"
     try:
         main_body(argv)
+        status = "ok"
     except (ConfigError, FileNotFoundError, ValueError) as exc:
         logger.error("%s", exc)
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        stage_finished(status)
     return 0

@@ -208,16 +208,37 @@ class Instrument:
         return np.concatenate(out)
 
     def _probabilities(self, images: np.ndarray, classes: np.ndarray, batch_size: int, progress: bool) -> np.ndarray:
-        logits = self.logit_scale * self.encode_images(images, batch_size, progress) @ classes.T
+        return self._softmax(self.encode_images(images, batch_size, progress), classes)
+
+    def _softmax(self, image_vectors: np.ndarray, classes: np.ndarray) -> np.ndarray:
+        logits = self.logit_scale * image_vectors @ classes.T
         logits -= logits.max(axis=1, keepdims=True)
         weights = np.exp(logits.astype(np.float64))
         return weights / weights.sum(axis=1, keepdims=True)
 
+    def _gender_classes(self) -> np.ndarray:
+        prompts = gender_prompts(self.config.gender_templates)
+        return self.class_embeddings([prompts["female"], prompts["male"]])
+
     def p_female(self, images: np.ndarray, batch_size: int = 512, progress: bool = False) -> np.ndarray:
         """Probability of the "woman" class per image (a 2-way softmax over the gender classes)."""
-        prompts = gender_prompts(self.config.gender_templates)
-        classes = self.class_embeddings([prompts["female"], prompts["male"]])
-        return self._probabilities(images, classes, batch_size, progress)[:, 0]
+        return self._probabilities(images, self._gender_classes(), batch_size, progress)[:, 0]
+
+    def p_female_and_occupation(
+        self, images: np.ndarray, occupations: list[str], batch_size: int = 512, progress: bool = False
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`p_female` and :meth:`occupation_probs` from one pass of the image tower (each image encoded once).
+
+        Returns:
+            ``(p_female (n,), occupation probabilities (n, K))``.
+        """
+        if not occupations:
+            raise ValueError("occupation_probs: no occupations given")
+        occupation_classes = self.class_embeddings(
+            [occupation_prompts(self.config.occupation_templates, o) for o in occupations]
+        )
+        vectors = self.encode_images(images, batch_size, progress)
+        return self._softmax(vectors, self._gender_classes())[:, 0], self._softmax(vectors, occupation_classes)
 
     def occupation_probs(
         self, images: np.ndarray, occupations: list[str], batch_size: int = 512, progress: bool = False

@@ -228,6 +228,19 @@ class CrossFittedInstrument:
         return self._per_fold(fold, len(occupations),
                               lambda model, rows: model.occupation_probs(images[rows], occupations, batch_size=batch_size))
 
+    def p_female_and_occupation(
+        self, images: np.ndarray, image_refs: Sequence[str], occupations: list[str], batch_size: int = 512
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(p_female, occupation probabilities (n, K), fold)`` from one image-tower pass per image."""
+        fold = self._fold_checked(images, image_refs)
+
+        def both(model: Instrument, rows: np.ndarray) -> np.ndarray:
+            p_female, probs = model.p_female_and_occupation(images[rows], occupations, batch_size=batch_size)
+            return np.column_stack([p_female, probs])
+
+        out = self._per_fold(fold, 1 + len(occupations), both)
+        return out[:, 0], out[:, 1:], fold
+
     def _fold_checked(self, images: np.ndarray, image_refs: Sequence[str]) -> np.ndarray:
         if len(images) != len(image_refs):
             raise ValueError(f"{len(images)} images but {len(image_refs)} image refs")
@@ -335,14 +348,19 @@ def label_images(
 
     refs = list(image_refs)
     images = load_images(refs) if refs else np.zeros((0, 1, 1, 3), dtype=np.uint8)
-    p_female, fold = labeller.p_female(images, refs, batch_size) if refs else (np.zeros(0), np.zeros(0, np.int64))
+    probs = np.zeros((0, len(occupations or [])))
+    if not refs:
+        p_female, fold = np.zeros(0), np.zeros(0, np.int64)
+    elif occupations:  # each image through the image tower once, for both questions
+        p_female, probs, fold = labeller.p_female_and_occupation(images, refs, occupations, batch_size)
+    else:
+        p_female, fold = labeller.p_female(images, refs, batch_size)
     columns = [
         pl.Series("p_female", p_female, dtype=pl.Float64),
         pl.Series("label", label_from_p(p_female, threshold).tolist(), dtype=pl.String),
         pl.Series("instrument_fold", fold, dtype=pl.Int64),
     ]
     if occupations:
-        probs = labeller.occupation_probs(images, refs, occupations, batch_size) if refs else np.zeros((0, len(occupations)))
         if asked is not None:
             unknown = sorted(set(asked) - set(occupations))
             if unknown:
