@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import time
 from collections.abc import Callable
@@ -59,15 +58,16 @@ def _stage_pids(repo: Path, stage: str) -> list[int]:
 
 
 def _running_run_open(repo: Path, stage: str) -> bool:
-    database = repo / "mlflow.db"
-    if not database.exists():
-        return False
-    try:
-        with sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=1) as connection:
-            rows = connection.execute("SELECT COUNT(*) FROM runs WHERE status = 'RUNNING' AND name = ?", (stage,)).fetchone()
-        return bool(rows and rows[0])
-    except sqlite3.Error:
-        return False
+    """The stage's MLflow run is open: its record sits in the tracking spool with status RUNNING (stages
+    spool their runs for the background logger; see biasloop/core/tracking.py)."""
+    for record in (repo / ".mlflow-spool").glob("*/record.json"):
+        try:
+            data = json.loads(record.read_text())
+        except (OSError, ValueError):
+            continue
+        if data.get("status") == "RUNNING" and data.get("tags", {}).get("stage") == stage:
+            return True
+    return False
 
 
 def _writing(repo: Path, folder: str) -> Callable[[], bool]:

@@ -27,7 +27,7 @@ def test_doctor_counts_runs_and_flags_an_unreadable_database(tmp_path: Path) -> 
     from biasloop.core.tracking import stage_run
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    with stage_run("corpus", TrackingConfig(uri=uri)):
+    with stage_run("corpus", TrackingConfig(uri=uri, background=False)):  # logged before the check
         pass
     report = Report()
     check_mlflow(report, tmp_path, {"tracking": {"uri": uri, "experiment": "biasloop"}})

@@ -42,7 +42,8 @@ def make_tiny_repo(repo: Path, generations: int = 2) -> Path:
                             capture_output=True, check=True).stdout
     for name in filter(None, listed.decode().split("\0")):
         source = REPO_ROOT / name
-        if source.is_file() and not name.startswith(("artifacts/", "metrics/", "plots/")):
+        outputs = name.startswith(("artifacts/", "metrics/", "plots/")) and name != "metrics/study.json"  # an input
+        if source.is_file() and not outputs:
             (repo / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, repo / name)
     (repo / "dvc.lock").unlink(missing_ok=True)
@@ -50,6 +51,7 @@ def make_tiny_repo(repo: Path, generations: int = 2) -> Path:
     _merge(params, _tiny_overrides(params))
     params["generations"] = list(range(generations))
     params["rounds"] = {str(n): {"gen": n, "prev": n - 1} for n in range(1, generations)}
+    params["datasets"] = {str(n): params["datasets"][str(n)] for n in range(generations)}
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(["git", "init", "-q"], repo)
     run([sys.executable, "-m", "biasloop.cli", "data", "--out", "data"], repo)
@@ -65,8 +67,15 @@ def lock_outs(repo: Path) -> dict[str, str]:
 
 
 def mlflow_runs(repo: Path) -> list:
+    """Every run in ``repo``'s MLflow database, once the background logger has logged what was spooled
+    (and what a dead stage left there)."""
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
+    from biasloop.core.tracking import drain, spool_dir, wait_for_logger
+
+    uri = f"sqlite:///{repo / 'mlflow.db'}"
+    wait_for_logger(spool_dir(uri), timeout=300)
+    drain(spool_dir(uri))
+    client = MlflowClient(tracking_uri=uri)
     experiment = client.get_experiment_by_name("biasloop")
     return client.search_runs([experiment.experiment_id], max_results=5000) if experiment else []
