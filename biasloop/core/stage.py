@@ -65,15 +65,14 @@ def load_configs(params_path: str, sections: dict[str, type]) -> dict[str, Any]:
     # models 2 to 20x slower, hence 1 thread per stage inside queued experiments (resolve_cpu_threads).
     for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(variable, str(threads))
-    # OpenMP threads that wait at a barrier sleep at once instead of spinning: a process that starts
-    # competing for a core in the middle of a stage then slows it in proportion, not 5 to 10 times
-    # (benchmarks/threads.py: 2 threads beside busy processes, PASSIVE vs. the default spin-then-sleep).
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # OMP_WAIT_POLICY stays OpenMP's default (spin, then sleep): PASSIVE (sleep at once) avoids the
+    # collapse of 2 threads beside a busy process, but costs 20-40% on an idle machine on these tiny
+    # operations (benchmarks/results/threads.json); choosing the thread count at start-up avoids it instead.
     logging.getLogger(__name__).info("torch CPU threads: %s (base.cpu_threads %d), OMP_WAIT_POLICY %s",
                                      os.environ["OMP_NUM_THREADS"], configs["base"].cpu_threads,
-                                     os.environ["OMP_WAIT_POLICY"])
+                                     os.environ.get("OMP_WAIT_POLICY", "default"))
     annotate(cpu_threads=int(os.environ["OMP_NUM_THREADS"]) if os.environ["OMP_NUM_THREADS"].isdigit() else None,
-             omp_wait_policy=os.environ["OMP_WAIT_POLICY"])
+             omp_wait_policy=os.environ.get("OMP_WAIT_POLICY", "default"))
     return configs
 
 
