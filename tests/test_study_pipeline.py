@@ -22,6 +22,7 @@ def test_two_cell_study_runs_as_dvc_experiments_and_collects(tmp_path: Path) -> 
     # One generation in params.yaml, two in the study: the cells get the generation lists as -S overrides.
     params["generations"] = [0]
     params["rounds"] = {}
+    params["datasets"] = {"0": params["datasets"]["0"]}
     params["study"] = {"name": "tiny", "ratios": [0.0, 0.8], "seeds": [0], "generations": 2, "jobs": 1,
                        "poll_seconds": 5}
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
