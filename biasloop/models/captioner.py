@@ -261,7 +261,11 @@ class VisionEncoderDecoderCaptioner:
     """A local Hugging Face ``VisionEncoderDecoderModel`` checkpoint (see the module docstring)."""
 
     def __init__(self, config: CaptionerConfig, device: str = "cpu") -> None:
-        from transformers import AutoImageProcessor, AutoTokenizer, VisionEncoderDecoderModel
+        from transformers import (
+            AutoImageProcessor,
+            AutoTokenizer,
+            VisionEncoderDecoderModel,
+        )
 
         if not config.model:
             raise ValueError("captioner.model: the vision-encoder-decoder backend needs a local checkpoint folder")

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from biasloop.core.runtime import cpu_threads
+from biasloop.models.layers import conv_tower
 from biasloop.models.tensors import images_to_tensor
 
 log = logging.getLogger(__name__)
@@ -45,19 +46,7 @@ class ClassifierConfig:
 
 
 def _small_cnn(widths: Sequence[int], classes: int) -> Any:
-    import torch.nn as nn
-
-    if not widths:
-        raise ValueError("classifier.widths: at least one conv stage is needed")
-    layers: list[Any] = []
-    channels = 3
-    for i, width in enumerate(widths):
-        layers += [nn.Conv2d(channels, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU()]
-        if i < len(widths) - 1:
-            layers.append(nn.MaxPool2d(2))
-        channels = width
-    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, classes)]
-    return nn.Sequential(*layers)
+    return conv_tower(widths, classes, "classifier.widths")
 
 
 def build_classifier(config: ClassifierConfig, classes: int) -> Any:

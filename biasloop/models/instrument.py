@@ -34,6 +34,7 @@ import polars as pl
 from biasloop.core.config import from_dict, to_dict
 from biasloop.core.runtime import cpu_threads
 from biasloop.data.text import fill_template
+from biasloop.models.layers import conv_tower
 from biasloop.models.tensors import images_to_tensor
 
 log = logging.getLogger(__name__)
@@ -85,20 +86,8 @@ def gender_prompts(templates: tuple[str, ...]) -> dict[str, list[str]]:
 
 
 def _build_tower(widths: tuple[int, ...], embed_dim: int) -> Any:
-    """Conv-BN-ReLU stages (max-pool between them), global average pool, linear projection."""
-    import torch.nn as nn
-
-    if not widths:
-        raise ValueError("instrument.widths: at least one conv stage is needed")
-    layers: list[Any] = []
-    channels = 3
-    for i, width in enumerate(widths):
-        layers += [nn.Conv2d(channels, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU()]
-        if i < len(widths) - 1:
-            layers.append(nn.MaxPool2d(2))
-        channels = width
-    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, embed_dim)]
-    return nn.Sequential(*layers)
+    """The image tower: a conv tower projecting to the text tower's dimension."""
+    return conv_tower(widths, embed_dim, "instrument.widths")
 
 
 def _augment(batch: Any, generator: Any) -> Any:

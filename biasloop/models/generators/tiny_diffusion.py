@@ -111,7 +111,9 @@ class Denoiser(nn.Module):
 
 def make_unet(config: GeneratorConfig) -> nn.Module:
     """The UNet2DModel the config describes (class embedding = identity: we pass the projected caption)."""
-    from diffusers.models.unets.unet_2d import UNet2DModel  # not the top-level package: 1.5 s less (benchmarks/startup.py)
+    from diffusers.models.unets.unet_2d import (
+        UNet2DModel,  # not the top-level package: 1.5 s less (benchmarks/startup.py)
+    )
 
     levels = len(config.channels)
     return UNet2DModel(
