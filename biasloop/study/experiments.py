@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -130,6 +131,9 @@ def latest_by_name(experiments: list[Experiment], prefix: str = "") -> dict[str,
     return found
 
 
+EXP_SHOW_ATTEMPTS = 5  # tries of `dvc exp show` when a worker's workspace is half made
+
+
 def run_dvc(args: list[str], dvc: str = "dvc", cwd: str | None = None) -> str:
     """Run ``dvc ARGS`` and return its stdout.
 
@@ -163,7 +167,16 @@ def exp_show(rev: str | None = None, all_commits: bool = False, dvc: str = "dvc"
         args.append("--all-commits")
     elif rev:
         args += ["--rev", rev]
-    out = run_dvc(args, dvc=dvc, cwd=cwd)
+    for attempt in range(EXP_SHOW_ATTEMPTS):
+        try:
+            out = run_dvc(args, dvc=dvc, cwd=cwd)
+            break
+        except RuntimeError as exc:
+            # While a queue worker creates or removes an experiment's temporary workspace, DVC can fail
+            # to list it ("directory '.dvc/tmp/exps/tmp.../.dvc' does not exist"); the next look succeeds.
+            if "does not exist" not in str(exc) or attempt == EXP_SHOW_ATTEMPTS - 1:
+                raise
+            time.sleep(2.0)
     try:
         return json.loads(out or "[]")
     except json.JSONDecodeError as exc:
