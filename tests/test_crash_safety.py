@@ -130,8 +130,8 @@ def test_killed_stages_rerun_to_the_uninterrupted_outputs(tmp_path_factory: pyte
             assert md5 == expected_outs[path], f"{path} differs from the uninterrupted run's"
     assert _cache_objects(repo) <= expected_cache
 
-    runs = mlflow_runs(repo)
+    runs = [r for r in mlflow_runs(repo) if r.data.tags.get("stage") in ("corpus", "retrieve")]  # not laion_*
     statuses = sorted(r.info.status for r in runs)
     assert "RUNNING" not in statuses, statuses
     assert statuses.count("FINISHED") == 2  # corpus (in the 4th repro) and retrieve (in the last)
-    assert statuses.count("KILLED") >= 3  # the kills after a run was open; closed at the next start
+    assert statuses.count("KILLED") >= 3  # the kills after a run was open; logged KILLED by the next drain
