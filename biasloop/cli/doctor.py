@@ -202,7 +202,8 @@ def check_offline(report: Report, root: Path) -> None:
     settings = {name: os.environ.get(name, "unset") for name in ("HF_HUB_OFFLINE", "MLFLOW_DISABLE_TELEMETRY")}
     config = (root / ".dvc" / "config").read_text() if (root / ".dvc" / "config").exists() else ""
     analytics = "analytics = false" in config
-    template = "html_template" in config
+    local = root / ".dvc" / "config.local"  # where `biasloop plots-template` records the template
+    template = "html_template" in config + (local.read_text() if local.exists() else "")
     report.add("ok" if analytics else "problem", "DVC analytics", "off" if analytics else "on: `dvc config core.analytics false`")
     report.add("info", "offline", ", ".join(f"{k}={v}" for k, v in settings.items())
                + f" (stages set them); dvc plots template: {'local vega' if template else 'CDN (needs network)'}")
