@@ -26,16 +26,18 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
-import polars as pl
 
 from biasloop.core.config import from_dict, to_dict
 from biasloop.core.runtime import cpu_threads
 from biasloop.data.text import fill_template
 from biasloop.models.layers import conv_tower
 from biasloop.models.tensors import images_to_tensor
+
+if TYPE_CHECKING:  # polars is imported where corpora are read: the open-clip path runs without it
+    import polars as pl
 
 log = logging.getLogger(__name__)
 MANIFEST = "instrument.json"
@@ -434,8 +436,12 @@ def load_instrument(folder: str | Path, device: str = "cpu") -> Instrument:
     instrument.image_tower = tower.to(device).eval()
     instrument.logit_scale = float(manifest_field(manifest, "logit_scale", manifest_path))
     return instrument
+
+
 def corpus_split(corpus: pl.DataFrame, name: str) -> pl.DataFrame:
     """The rows of one split (``train``/``test``); a corpus without splits is all ``train``."""
+    import polars as pl
+
     if "split" not in corpus.columns:
         return corpus if name == "train" else corpus.clear()
     return corpus.filter(pl.col("split") == name)
@@ -446,6 +452,8 @@ def labelled_set(corpus: pl.DataFrame, config: InstrumentConfig) -> tuple[list[s
 
     The held-out split's ground truth when it has any; else ``instrument.labelled_csv``.
     """
+    import polars as pl
+
     if "true_gender" in corpus.columns:
         test = corpus_split(corpus, "test").filter(pl.col("true_gender").is_in(["female", "male"]))
         if len(test):
