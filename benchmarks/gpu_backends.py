@@ -180,7 +180,7 @@ def bench_stable_diffusion(scale: Scale, device: str, workdir: Path) -> dict[str
     generator.config = dataclasses.replace(config, image_size=native)  # return images at native size, no resize
     sync(device)
     result["load_seconds"] = round(time.perf_counter() - started, 2)
-    result["loaded_weights_gib"] = peak_gib(device)
+    result["load_peak_gib"] = peak_gib(device)
     pipe = generator.pipe
     result["setup"] = {
         "image_size": native, "sampling_steps": scale.sampling_steps, "guidance_scale": GUIDANCE_SCALE,
@@ -285,7 +285,7 @@ def bench_open_clip(scale: Scale, device: str) -> dict[str, Any]:
                 measured["finite_embeddings"] = bool(np.isfinite(last[0]).all())
             backend[precision][str(batch)] = measured
     result["encode_images"] = {
-        "description": "Instrument.encode_images: uint8 (n, 224, 224, 3) numpy -> unit embeddings numpy; "
+        "description": "Instrument.encode_images: uint8 (n, H, W, 3) numpy at the model's input size -> unit embeddings numpy; "
                        "float32 is the backend as it runs now, bfloat16/float16 wrap it in torch.autocast",
         "per_precision": backend,
     }
