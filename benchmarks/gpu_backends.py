@@ -285,7 +285,8 @@ def bench_open_clip(scale: Scale, device: str) -> dict[str, Any]:
                 measured["finite_embeddings"] = bool(np.isfinite(last[0]).all())
             backend[precision][str(batch)] = measured
     result["encode_images"] = {
-        "description": "Instrument.encode_images: uint8 (n, H, W, 3) numpy at the model's input size -> unit embeddings numpy; "
+        "description": "Instrument.encode_images: uint8 (n, H, W, 3) numpy at the model's input size -> unit "
+                       "embeddings numpy; "
                        "float32 is the backend as it runs now, bfloat16/float16 wrap it in torch.autocast",
         "per_precision": backend,
     }
