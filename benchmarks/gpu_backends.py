@@ -323,7 +323,7 @@ def versions() -> dict[str, str]:
     import importlib.metadata
 
     found = {}
-    for name in ("torch", "diffusers", "transformers", "peft", "accelerate", "open_clip_torch", "timm",
+    for name in ("torch", "diffusers", "transformers", "peft", "accelerate", "open_clip_torch", "timm", "torchvision",
                  "huggingface_hub", "safetensors", "numpy"):
         try:
             found[name] = importlib.metadata.version(name)
