@@ -66,7 +66,7 @@ def _short(text: str, width: int = 22) -> str:
 
 
 def _tile_rows(
-    rows: list[tuple[str, list[tuple[np.ndarray, str]]]],
+    rows: list[tuple[str, list[tuple[np.ndarray, str] | None]]],
     columns: int,
     out_path: str | Path,
     title: str,
@@ -75,32 +75,40 @@ def _tile_rows(
     """Draw rows of captioned image tiles (``[(row label, [(image, caption), ...]), ...]``) to a PNG.
 
     ``gap_after``: leave an empty column after this many tiles (to set two groups apart in a row).
+    The tiles are pasted into one white canvas drawn by a single ``imshow`` (one axes per tile made
+    a 10 x 12 sheet take about 5 s, mostly creating and drawing 130 axes), captions and row labels
+    are text on that axes.
     """
     plt = _pyplot()
     from biasloop.core.io import atomic_path
 
+    first = next((t[0] for _, tiles in rows for t in tiles if t is not None), None)
+    if first is None:
+        raise ValueError("contact sheet: no image to draw")
+    side_h, side_w = first.shape[:2]
+    gap_x, gap_y = max(1, side_w // 4), max(1, side_h // 2)  # between tiles; the caption sits in gap_y
     slots = columns + (1 if gap_after is not None else 0)
-    fig, axes = plt.subplots(len(rows), slots, figsize=(slots * 1.55, len(rows) * 1.75), squeeze=False)
+    cell_w, cell_h = side_w + gap_x, side_h + gap_y
+    canvas = np.full((len(rows) * cell_h, slots * cell_w, 3), 255, dtype=np.uint8)
+    fig, ax = plt.subplots(figsize=(slots * 1.55, len(rows) * 1.75 + 0.4))
     for r, (label, tiles) in enumerate(rows):
+        y = r * cell_h
+        ax.text(-gap_x, y + side_h / 2, label, fontsize=9, ha="right", va="center")
         for c in range(slots):
-            ax = axes[r, c]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            for spine in ax.spines.values():
-                spine.set_visible(False)
             k = c if gap_after is None or c < gap_after else c - 1
             if (gap_after is not None and c == gap_after) or k >= len(tiles) or tiles[k] is None:
-                ax.axis("off")
                 continue
             image, caption = tiles[k]
-            ax.imshow(image, interpolation="nearest")
-            ax.set_xlabel(caption, fontsize=6)
-            if c == 0:
-                ax.set_ylabel(label, fontsize=9, rotation=0, ha="right", va="center")
-    fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
+            if image.shape[:2] != (side_h, side_w):
+                raise ValueError(f"contact sheet: tile of shape {image.shape[:2]} among {side_h}x{side_w} tiles")
+            x = c * cell_w
+            canvas[y : y + side_h, x : x + side_w] = image[..., :3]
+            ax.text(x + side_w / 2, y + side_h + gap_y * 0.1, caption, fontsize=6, ha="center", va="top")
+    ax.imshow(canvas, interpolation="nearest", extent=(-0.5, canvas.shape[1] - 0.5, canvas.shape[0] - 0.5, -0.5))
+    ax.set_axis_off()
+    ax.set_title(title, fontsize=11)
     with atomic_path(out_path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
+        fig.savefig(tmp, dpi=110, format="png", bbox_inches="tight")
     plt.close(fig)
 
 

@@ -51,7 +51,7 @@ class GeneratorConfig:
     snr_gamma: float = 5.0  # tiny: min-SNR-gamma loss weighting (Hang et al. 2023); 0 disables
     cond_dropout: float = 0.1  # share of training captions replaced by the null condition (for guidance)
     guidance_scale: float = 1.5  # classifier-free guidance scale at sampling (1: no guidance)
-    sampling_steps: int = 10  # DDIM denoising steps at sampling
+    sampling_steps: int = 6  # DDIM denoising steps at sampling
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # tiny: training autocast; auto = bf16 on a CPU with AMX or a bf16 GPU
     lora_rank: int = 4  # stable-diffusion: LoRA rank of the UNet attention adapters trained by train()
     lora_learning_rate: float = 1e-4  # stable-diffusion: AdamW learning rate of the LoRA weights
