@@ -196,7 +196,7 @@ def bench_stable_diffusion(scale: Scale, device: str, workdir: Path) -> dict[str
         prompts = [PROMPTS[i % len(PROMPTS)] for i in range(batch)]
         reset_peak(device)
         try:
-            seconds = time_calls(lambda: generator.generate(prompts, list(range(batch)), batch_size=batch),
+            seconds = time_calls(lambda p=prompts, b=batch: generator.generate(p, list(range(b)), batch_size=b),
                                  device, scale)
         except torch.OutOfMemoryError:
             generation[str(batch)] = {"error": "out of GPU memory"}
@@ -236,7 +236,6 @@ def bench_stable_diffusion(scale: Scale, device: str, workdir: Path) -> dict[str
                             "description": "seconds per step of StableDiffusionGenerator.train() (VAE encode, text "
                                            "encode, UNet forward+backward under fp16 autocast, AdamW on the LoRA "
                                            "weights; CPU batch preparation included)"}
-    del generator, pipe
     return result
 
 
@@ -313,7 +312,6 @@ def bench_open_clip(scale: Scale, device: str) -> dict[str, Any]:
                        f"{batch}; 'float16 weights' is open_clip's precision='fp16' (model.half())",
         "per_precision": model_only,
     }
-    del instrument, model
     return result
 
 
@@ -404,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
                     result[key] = bench_stable_diffusion(scale, device, Path(tmp))
                 else:
                     result[key] = bench_open_clip(scale, device)
-            except Exception as error:  # one backend failing must not lose the other's numbers
+            except Exception as error:  # noqa: BLE001 - one backend failing must not lose the other's numbers
                 failed = True
                 traceback.print_exc()
                 result[key] = {"error": f"{type(error).__name__}: {error}",
