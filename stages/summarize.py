@@ -4,7 +4,9 @@ Inputs:   metrics/generations/gen*.json (and captioner_gen*.json, classifier_gen
           metrics/corpus.json, plots/paradox_shares.png, plots/corpus_contact_sheet.png, params.yaml,
           plots/generated/gen*.png (generate@N's real-beside-generated contact sheets),
           metrics/study.json (`biasloop study collect`; with the plots/study_*.png it wrote beside it;
-          committed as a placeholder until a study is collected)
+          committed as a placeholder until a study is collected),
+          metrics/acquisition.json (laion_filter's per-occupation acquisition table; {"enabled": false}
+          when the LAION path is off)
 Outputs:  metrics/summary.json     (what `dvc exp show` / `dvc metrics diff` read)
           plots/amplification.csv, plots/shares.csv, plots/downstream.csv, plots/tasks.csv   (named plots in dvc.yaml)
           plots/generations.png    (curves across generations)
@@ -15,7 +17,7 @@ Example:
     python -m stages.summarize --generations metrics/generations --paradox metrics/paradox.json \\
         --instrument-metrics metrics/instrument.json --corpus-metrics metrics/corpus.json \\
         --out metrics/summary.json --plots plots --report plots/report.html \\
-        --generated-sheets plots/generated --study metrics/study.json
+        --generated-sheets plots/generated --study metrics/study.json --acquisition metrics/acquisition.json
 """
 
 from __future__ import annotations
@@ -63,6 +65,8 @@ def main_body(argv: Sequence[str] | None) -> None:
     parser.add_argument("--generated-sheets", default="plots/generated",
                         help="folder of gen{N}.png contact sheets written by generate@N (default: %(default)s)")
     parser.add_argument("--study", help="metrics/study.json of `biasloop study collect`: adds a Study section")
+    parser.add_argument("--acquisition", help="metrics/acquisition.json of laion_filter: adds the LAION acquisition "
+                        "table (one line when the LAION path is off)")
     args = parser.parse_args(argv)
     configs = load_configs(args.params, {})
     params = read_params(args.params)
@@ -81,6 +85,12 @@ def main_body(argv: Sequence[str] | None) -> None:
     ]
     paradox, instrument = load_json(args.paradox), load_json(args.instrument_metrics)
     study = load_json(args.study) if args.study else None
+    acquisition = None
+    if args.acquisition:
+        acquisition = load_json(args.acquisition)
+        if acquisition is None:
+            raise FileNotFoundError(f"{args.acquisition}: not found (laion_filter writes it, "
+                                    "{\"enabled\": false} when the LAION path is off)")
 
     with stage_run("summarize", configs["tracking"], {"synthetic_ratio": params.get("synthetic_ratio")}) as run:
         summary = build_summary(rows, paradox, instrument)
@@ -108,6 +118,7 @@ def main_body(argv: Sequence[str] | None) -> None:
                    Path(args.generated_sheets) / f"gen{r['generation']}.png" for r in rows},
             },
             study=study,
+            acquisition=acquisition,
         )
         log.info("summary of %d generations -> %s; report -> %s", len(rows), args.out, args.report)
         run.log_metrics(summary)

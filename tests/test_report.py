@@ -82,3 +82,79 @@ def test_report_is_self_contained_and_renders_offline(tmp_path: Path) -> None:
     assert pixels.std() > 5
     greenish = (pixels[..., 1] > 200) & (pixels[..., 0] < 60)
     assert greenish.sum() > 100
+
+
+# metrics/acquisition.json as laion_filter writes it, by hand: nurse lost 3 of 10 requested URLs (two 404s,
+# one timeout) and the filter dropped 2 of the 7 downloaded images (one without a face, one with two).
+ACQUISITION = {
+    "enabled": True, "n_filtered": 12, "reasons": {"kept": 9, "no_face": 2, "several_faces": 1},
+    "occupations": {
+        "nurse": {"matched": 14, "duplicate_url": 1, "over_cap": 3, "requested": 10, "downloaded": 7,
+                  "failed_http_404": 2, "failed_timeout": 1, "filtered_undecodable": 0, "filtered_no_face": 1,
+                  "filtered_several_faces": 1, "filtered_nsfw": 0, "dropped": 2, "kept": 5,
+                  "share_female_indicator_kept": 0.75, "n_indicator_kept": 4,
+                  "share_female_indicator_dropped": 0.5, "n_indicator_dropped": 2},
+        "engineer": {"matched": 6, "duplicate_url": 0, "over_cap": 0, "requested": 6, "downloaded": 5,
+                     "failed_http_404": 0, "failed_timeout": 1, "filtered_undecodable": 0, "filtered_no_face": 1,
+                     "filtered_several_faces": 0, "filtered_nsfw": 0, "dropped": 1, "kept": 4,
+                     "share_female_indicator_kept": None, "n_indicator_kept": 0,
+                     "share_female_indicator_dropped": None, "n_indicator_dropped": 0},
+    },
+}
+
+
+def _cells(text: str, first: str) -> list[str]:
+    """The cells of the report's table row whose first cell is ``first``."""
+    row = re.search(rf"<tr><td>{first}</td>(.*?)</tr>", text)
+    assert row, f"no row {first!r}"
+    return re.findall(r"<td>(.*?)</td>", row.group(1))
+
+
+def test_report_shows_the_acquisition_table(tmp_path: Path) -> None:
+    text = render_report(tmp_path / "report.html", [summary_row(GEN_METRICS)], None, None, {}, {},
+                         acquisition=ACQUISITION)
+    assert "From LAION metadata: acquisition per occupation" in text
+    header = re.search(r"acquisition per occupation</h2>.*?<thead><tr>(.*?)</tr>", text, re.S).group(1)
+    assert re.findall(r"<th>(.*?)</th>", header) == [
+        "occupation", "matched", "duplicate url", "over cap", "requested", "downloaded", "failed http 404",
+        "failed timeout", "filtered undecodable", "filtered no face", "filtered several faces", "filtered nsfw",
+        "dropped", "kept", "women among kept, by caption (%)", "kept with a gender word",
+        "women among dropped, by caption (%)", "dropped with a gender word"]
+    assert _cells(text, "nurse") == ["14", "1", "3", "10", "7", "2", "1", "0", "1", "1", "0", "2", "5",
+                                     "75.0", "4", "50.0", "2"]
+    assert _cells(text, "engineer")[-4:] == ["–", "0", "–", "0"]  # no caption with a gender word: no share
+    assert "share of women among the dropped images is not measured" in text
+    assert "kept: 9, no_face: 2, several_faces: 1" in text
+
+
+def test_report_says_in_one_line_that_the_laion_path_is_off(tmp_path: Path) -> None:
+    text = render_report(tmp_path / "report.html", [summary_row(GEN_METRICS)], None, None, {}, {},
+                         acquisition={"enabled": False})
+    section = re.search(r"<h2>From LAION metadata</h2>(.*)", text).group(1)
+    assert "The LAION acquisition path is off" in section and "<table>" not in section
+    assert "From LAION" not in render_report(tmp_path / "none.html", [], None, None, {}, {})
+
+
+def test_summarize_stage_puts_the_acquisition_table_in_the_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stage reads --acquisition (as dvc.yaml passes it) into the report; a missing file is an error."""
+    import json
+
+    import yaml
+
+    from stages.summarize import main
+
+    monkeypatch.chdir(tmp_path)
+    params = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    params["tracking"]["enabled"] = False
+    Path("params.yaml").write_text(yaml.safe_dump(params))
+    Path("metrics/generations").mkdir(parents=True)
+    Path("metrics/generations/gen0.json").write_text(json.dumps({**GEN_METRICS, "generation": 0}))
+    Path("metrics/acquisition.json").write_text(json.dumps(ACQUISITION))
+    argv = ["--generations", "metrics/generations", "--paradox", "metrics/paradox.json", "--instrument-metrics",
+            "metrics/instrument.json", "--out", "metrics/summary.json", "--plots", "plots", "--report",
+            "plots/report.html", "--acquisition", "metrics/acquisition.json"]
+    assert main(argv) == 0
+    text = Path("plots/report.html").read_text()
+    assert _cells(text, "nurse")[:5] == ["14", "1", "3", "10", "7"]
+    Path("metrics/acquisition.json").unlink()
+    assert main(argv) != 0

@@ -279,6 +279,56 @@ def study_section(study: dict[str, Any] | None) -> str:
     return "\n".join(parts)
 
 
+# The acquisition table's fixed columns in order (metrics/acquisition.json, written by laion_filter); the
+# failed_<reason> and filtered_<reason> columns between them are whichever reasons occurred.
+ACQUISITION_HEAD = ("matched", "duplicate_url", "over_cap", "requested", "downloaded")
+ACQUISITION_TAIL = ("dropped", "kept", "share_female_indicator_kept", "n_indicator_kept",
+                    "share_female_indicator_dropped", "n_indicator_dropped")
+
+
+def acquisition_section(acquisition: dict[str, Any] | None) -> str:
+    """The report's "From LAION metadata" section from ``metrics/acquisition.json`` ("" when None).
+
+    Disabled (``{"enabled": false}``, the default): one line saying the LAION path is off. Enabled: one
+    row per occupation with the selection counts (matched, duplicate URLs, over the cap, requested), the
+    download outcome (downloaded, ``failed_<reason>``), the filter outcome (``filtered_<reason>``,
+    dropped, kept) and the share of women among kept and among dropped images by their captions' gender
+    indicators with its denominator (the instrument's share among dropped images is not measured: said
+    in the section).
+    """
+    if acquisition is None:
+        return ""
+    if not acquisition.get("enabled"):
+        return ("<h2>From LAION metadata</h2><p class='note'>The LAION acquisition path is off "
+                "(<code>laion_select.metadata</code> is empty): the corpus comes from the <code>corpus</code> "
+                "stage's own source; see docs/laion.md.</p>")
+    table = acquisition["occupations"]
+    keys = list(dict.fromkeys(k for row in table.values() for k in row))
+    failed = sorted(k for k in keys if k.startswith("failed_"))
+    filtered = [k for k in keys if k.startswith("filtered_")]
+    columns = [*ACQUISITION_HEAD, *failed, *filtered, *ACQUISITION_TAIL]
+    units = {k: "%" if k.startswith("share_") else "int" for k in columns}
+    headers = {"share_female_indicator_kept": "women among kept, by caption (%)",
+               "n_indicator_kept": "kept with a gender word",
+               "share_female_indicator_dropped": "women among dropped, by caption (%)",
+               "n_indicator_dropped": "dropped with a gender word"}
+    parts = ["<h2>From LAION metadata: acquisition per occupation</h2>",
+             "<p class='note'>Counts of images (a URL selected for several occupations counts for each). "
+             "matched = requested + duplicate URLs + over the per-occupation cap; requested = downloaded + "
+             "failed; downloaded = dropped + kept, dropped being the sum of the filter columns. Women among "
+             "kept or dropped images: women / (women + men) among the captions with a female or a male gender "
+             "word (counted beside it), a caption proxy: a filter that drops women's images more often shifts "
+             "the measured share. <b>The instrument's share of women among the dropped images is not "
+             "measured</b> by the pipeline (docs/laion.md says how to classify <code>dropped/</code>).</p>",
+             _table([("occupation", "text")] + [(headers.get(k, k.replace("_", " ")), units[k]) for k in columns],
+                    [[name] + [row.get(k) for k in columns] for name, row in table.items()])]
+    if acquisition.get("reasons"):
+        total = ", ".join(f"{html.escape(str(k))}: {v}" for k, v in sorted(acquisition["reasons"].items()))
+        parts.append(f"<p class='note'>Filter outcome over all {acquisition.get('n_filtered', '?')} downloaded "
+                     f"images: {total}.</p>")
+    return "\n".join(parts)
+
+
 def render_report(
     out_path: str | Path,
     rows: list[dict[str, Any]],
@@ -287,6 +337,7 @@ def render_report(
     params: dict[str, Any],
     figures: dict[str, str | Path],
     study: dict[str, Any] | None = None,
+    acquisition: dict[str, Any] | None = None,
 ) -> str:
     """Write the self-contained HTML report and return its text.
 
@@ -298,6 +349,8 @@ def render_report(
         params: the run's params (shown at the end).
         figures: ``{caption: png path}`` embedded in order.
         study: ``metrics/study.json`` (a "Study" section after the generations table), or None.
+        acquisition: ``metrics/acquisition.json`` (a "From LAION metadata" section after the instrument;
+            one line when the LAION path is off), or None for no section.
     """
     from biasloop.core.io import atomic_path
 
@@ -390,6 +443,7 @@ def render_report(
         if instrument.get("labels"):
             parts.append(f"<p class='note'>Labels: {html.escape(str(instrument['labels']))}; the rates above are "
                          "measured on held-out images no labelling model trained on.</p>")
+    parts.append(acquisition_section(acquisition))
     for caption, path in figures.items():
         parts.append(f"<h2>{html.escape(caption)}</h2>{_image_tag(path, caption)}")
     parts.append("<h2>Params of this run</h2><pre>" + html.escape(yaml.safe_dump(params, sort_keys=False)) + "</pre>")

@@ -209,7 +209,7 @@ def filter_shards(shards: Sequence[Path], out_dir: Path, config: FilterConfig, p
 
 
 def filter_table(selection: pl.DataFrame, filtered: pl.DataFrame, occupations: Sequence[str]) -> pl.DataFrame:
-    """Per occupation: ``filtered_<reason>`` for every dropping reason and ``kept``."""
+    """Per occupation: ``filtered_<reason>`` for every dropping reason, ``dropped`` (their sum) and ``kept``."""
     joined = (
         selection.select("sample_id", "occupations")
         .join(filtered.select("sample_id", "reason"), on="sample_id", how="inner")
@@ -219,17 +219,20 @@ def filter_table(selection: pl.DataFrame, filtered: pl.DataFrame, occupations: S
     rows = []
     for name in occupations:
         counts = dict(joined.filter(pl.col("occupation") == name).group_by("reason").len().iter_rows())
-        rows.append({"occupation": name, **{f"filtered_{r}": counts.get(r, 0) for r in REASONS[1:]},
-                     "kept": counts.get("kept", 0)})
+        dropped = {f"filtered_{r}": counts.get(r, 0) for r in REASONS[1:]}
+        rows.append({"occupation": name, **dropped, "dropped": sum(dropped.values()), "kept": counts.get("kept", 0)})
     return pl.DataFrame(rows)
 
 
 def dropped_gender_shares(selection: pl.DataFrame, filtered: pl.DataFrame, occupations: Sequence[str]) -> pl.DataFrame:
     """Per occupation, the share of women among kept and among dropped images by their captions'
-    gender indicators: ``n_female / (n_female + n_male)`` over captions labelled ``female`` or ``male``
-    (null when there is none). A filter that drops women's images more often shifts the measured share;
-    the instrument's share among the dropped images needs the instrument and is reported by
-    ``laion_report``.
+    gender indicators: ``share_female_indicator_<kept|dropped> = n_female / (n_female + n_male)`` over the
+    captions labelled ``female`` or ``male`` (null when there is none), with that denominator as
+    ``n_indicator_<kept|dropped>``. A filter that drops women's images more often shifts the measured share.
+
+    This is a caption proxy, not the instrument's perceived gender: the filter runs before the corpus and
+    the instrument exist. The instrument's share among the dropped images is not computed by the
+    pipeline; docs/laion.md says how to get it (ingest ``dropped/`` as a corpus and classify it).
     """
     joined = (
         selection.select("sample_id", "occupations", "indicator")
@@ -246,9 +249,11 @@ def dropped_gender_shares(selection: pl.DataFrame, filtered: pl.DataFrame, occup
             n_female = int((part["indicator"] == "female").sum())
             n_male = int((part["indicator"] == "male").sum())
             row[f"share_female_indicator_{label}"] = n_female / (n_female + n_male) if n_female + n_male else None
+            row[f"n_indicator_{label}"] = n_female + n_male
         rows.append(row)
     return pl.DataFrame(rows, schema={"occupation": pl.String, "share_female_indicator_kept": pl.Float64,
-                                      "share_female_indicator_dropped": pl.Float64})
+                                      "n_indicator_kept": pl.Int64, "share_female_indicator_dropped": pl.Float64,
+                                      "n_indicator_dropped": pl.Int64})
 
 
 def acquisition_table(select_counts: dict, download: pl.DataFrame, filtered: pl.DataFrame) -> pl.DataFrame:
