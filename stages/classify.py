@@ -2,7 +2,10 @@
 
 No model of the cross-fitted instrument trained on a generated image: each is labelled by the fold model
 a seeded hash of its ``image_ref`` picks, the rule that labelled the held-out images the confusion rates
-come from (``biasloop.models.labelling``).
+come from (``biasloop.models.labelling``). With ``classify.num_processes`` above 1 the stage re-runs
+itself under ``accelerate launch``; the processes share the image tower's forward passes
+(``label_units``: unit u to process u mod P), the main process gathers the embeddings by row, scores
+them and writes the output atomically, bit-identical to one process's (:mod:`biasloop.core.distributed`).
 
 Inputs:   artifacts/instrument, artifacts/gen{N}/generate/manifest.parquet (+ image shards)
 Outputs:  artifacts/gen{N}/classify/predictions.parquet: the manifest's columns (prompt_kind,
@@ -17,18 +20,28 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import sys
 from collections.abc import Sequence
+from pathlib import Path
 
+import numpy as np
 import polars as pl
 
 from biasloop.core.config import to_dict
+from biasloop.core.distributed import ProcessGroup, launched_world, relaunch
 from biasloop.core.io import timed, write_parquet
 from biasloop.core.runtime import resolve_device
 from biasloop.core.stage import load_configs, make_parser, run_main
 from biasloop.core.tracking import stage_run
 from biasloop.models.instrument import ClassifyConfig
-from biasloop.models.labelling import label_images, load_labeller
+from biasloop.models.labelling import (
+    encode_units,
+    label_images,
+    label_units,
+    load_labeller,
+)
 
 log = logging.getLogger("classify")
 
@@ -48,12 +61,34 @@ def main_body(argv: Sequence[str] | None) -> None:
     if stray:
         raise ValueError(f"{args.manifest}: occupations {stray} are not in params occupations")
 
-    with stage_run("classify", configs["tracking"], {"classify": to_dict(config)}, generation=args.generation) as run:
-        labeller = load_labeller(args.instrument, resolve_device(configs["base"].device))
-        with timed(f"classifying {len(manifest)} generated images ({labeller.labels})", log):
-            labels = label_images(labeller, manifest["image_ref"].to_list(), config.abstain_threshold,
-                                  batch_size=config.batch_size, occupations=occupations,
-                                  asked=manifest["occupation"].to_list())
+    device = resolve_device(configs["base"].device)
+    if config.num_processes > 1 and launched_world()[1] == 1:
+        log.info("re-running under accelerate launch with %d processes", config.num_processes)
+        relaunch("stages.classify", list(argv) if argv is not None else sys.argv[1:], config.num_processes, device)
+        return
+    group = ProcessGroup(device)
+    tracking = configs["tracking"] if group.is_main else dataclasses.replace(configs["tracking"], enabled=False)
+
+    with stage_run("classify", tracking, {"classify": to_dict(config)}, generation=args.generation) as run:
+        labeller = load_labeller(args.instrument, group.device(device))
+        refs = manifest["image_ref"].to_list()
+        # the image tower's forward passes are the same units whatever the number of processes: process r
+        # encodes units r, r + P, ...; the main process scores every embedding in one call, as one process would
+        units = label_units(labeller, refs, config.batch_size)
+        mine = units[group.rank::group.world]
+        rows = np.concatenate(mine) if mine else np.zeros(0, dtype=np.int64)
+        with timed(f"encoding {len(rows)} of {len(manifest)} generated images ({labeller.labels}) "
+                   f"in process {group.rank} of {group.world}", log):
+            vectors = encode_units(labeller, refs, mine, config.batch_size)
+        out = Path(args.out)
+        vectors = group.gather(out.parent / f".{out.name}.parts", rows, vectors)
+        if not group.is_main:
+            return
+        if len(vectors) != len(manifest):
+            raise RuntimeError(f"gathered {len(vectors)} image embeddings for {len(manifest)} images")
+        labels = label_images(labeller, refs, config.abstain_threshold, batch_size=config.batch_size,
+                              occupations=occupations, asked=manifest["occupation"].to_list(),
+                              image_vectors=vectors)
         predictions = pl.concat([manifest, labels.select("p_female", "label", "p_occupation", "predicted_occupation",
                                                          "instrument_fold")], how="horizontal")
         write_parquet(args.out, predictions)
@@ -63,6 +98,7 @@ def main_body(argv: Sequence[str] | None) -> None:
             "abstain_rate": float((predictions["label"] == "abstain").mean()),
             "occupation_accuracy_neutral": float((neutral["predicted_occupation"] == neutral["occupation"]).mean())
             if len(neutral) else None,
+            "num_processes": group.world,
         }
         log.info("generation %d: %s", args.generation, metrics)
         run.log_metrics(metrics)

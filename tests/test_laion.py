@@ -13,7 +13,12 @@ import pytest
 import yaml
 
 from biasloop.data.acquisition.download import download_table, failure_reason
-from biasloop.data.acquisition.filtering import FilterConfig, decide, dropped_gender_shares, filter_table
+from biasloop.data.acquisition.filtering import (
+    FilterConfig,
+    decide,
+    dropped_gender_shares,
+    filter_table,
+)
 from biasloop.data.acquisition.selection import SelectConfig, scan_metadata, select_rows
 from tests.laion_fixtures import photos
 

@@ -114,7 +114,7 @@ def test_report_shows_the_acquisition_table(tmp_path: Path) -> None:
     text = render_report(tmp_path / "report.html", [summary_row(GEN_METRICS)], None, None, {}, {},
                          acquisition=ACQUISITION)
     assert "From LAION metadata: acquisition per occupation" in text
-    header = re.search(r"acquisition per occupation</h2>.*?<thead><tr>(.*?)</tr>", text, re.S).group(1)
+    header = re.search(r"acquisition per occupation</h2>.*?<thead><tr>(.*?)</tr>", text, re.DOTALL).group(1)
     assert re.findall(r"<th>(.*?)</th>", header) == [
         "occupation", "matched", "duplicate url", "over cap", "requested", "downloaded", "failed http 404",
         "failed timeout", "filtered undecodable", "filtered no face", "filtered several faces", "filtered nsfw",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 import yaml
@@ -170,3 +171,54 @@ def test_evaluate_groups_unlabelled_held_out_images_with_the_labeller(workspace:
     labels = label_images(load_labeller("artifacts/instrument"), test["image_ref"].to_list(), 0.1)["label"].to_list()
     assert groups == [None if label == "abstain" else label for label in labels]
     assert perceived_groups(test, "artifacts/instrument", "cpu", 0.1) == test["true_gender"].to_list()
+
+
+def test_label_units_cover_every_row_once_in_forward_passes_of_one_model() -> None:
+    from biasloop.models.labelling import label_units
+
+    class TwoFolds:  # rows 0, 2, 3, 5, 6 go to model 1, the rest to model 0
+        def fold_for(self, refs: list[str]) -> np.ndarray:
+            return np.array([1, 0, 1, 1, 0, 1, 1], dtype=np.int64)[: len(refs)]
+
+    units = label_units(TwoFolds(), [f"x.npy#{i}" for i in range(7)], batch_size=2)
+    assert [u.tolist() for u in units] == [[1, 4], [0, 2], [3, 5], [6]]
+    with pytest.raises(ValueError, match="batch_size"):
+        label_units(TwoFolds(), ["x.npy#0"], batch_size=0)
+
+
+@pytest.mark.slow
+def test_classify_with_two_processes_writes_the_same_labels_as_one(workspace: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """classify.num_processes: 2 re-runs classify@N under `accelerate launch` on CPU; the forward passes are
+    dealt by index, so the predictions file is byte-identical to one process's, and both equal one
+    label_images call over every image (the labels of the single-process stage before the split)."""
+    from biasloop.models.labelling import label_images
+
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[1]))  # the launched processes import this checkout
+    assert _run_instrument() == 0
+    corpus = pl.read_parquet("artifacts/corpus/captions.parquet").filter(pl.col("true_occupation").is_not_null())
+    # training images (labelled by their own fold's model) and held-out ones (by the fold mixture), interleaved
+    manifest = corpus.sort("split", "id").gather_every(3).head(23).select(
+        prompt_kind=pl.lit("neutral"), occupation="true_occupation", prompt="caption",
+        seed=pl.int_range(0, pl.len()), image_ref="image_ref")
+    assert set(corpus.filter(pl.col("image_ref").is_in(manifest["image_ref"].implode()))["split"]) == {"train", "test"}
+    Path("artifacts/gen0/generate").mkdir(parents=True)
+    manifest.write_parquet("artifacts/gen0/generate/manifest.parquet")
+    params = yaml.safe_load(Path("params.yaml").read_text())
+    params["classify"]["batch_size"] = 4  # 23 images over 2 fold models: 6 or 7 forward passes, 3 or 4 per process
+
+    def run(processes: int, out: str) -> pl.DataFrame:
+        params["classify"]["num_processes"] = processes
+        Path("params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        assert classify.main(["--params", "params.yaml", "--generation", "0", "--instrument", "artifacts/instrument",
+                              "--manifest", "artifacts/gen0/generate/manifest.parquet", "--out", out]) == 0
+        return pl.read_parquet(out)
+
+    one = run(1, "artifacts/one/predictions.parquet")
+    two = run(2, "artifacts/two/predictions.parquet")
+    assert Path("artifacts/one/predictions.parquet").read_bytes() == Path("artifacts/two/predictions.parquet").read_bytes()
+    assert one.equals(two) and len(one) == 23 and one["instrument_fold"].n_unique() == 2
+    whole = label_images(load_labeller("artifacts/instrument"), manifest["image_ref"].to_list(), 0.1,
+                         batch_size=4, occupations=OCCUPATIONS, asked=manifest["occupation"].to_list())
+    assert one.select(whole.columns).equals(whole)
+    assert not list(Path("artifacts/two").glob(".predictions*"))  # the parts folder is gone

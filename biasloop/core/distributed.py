@@ -1,12 +1,15 @@
-"""Several processes (GPUs, nodes) for the embarrassingly parallel stages, with Hugging Face accelerate.
+"""Several processes (GPUs, nodes) for the embarrassingly parallel stages (``generate@N``, ``classify@N``),
+with Hugging Face accelerate.
 
 A stage whose ``num_processes`` param is above 1 re-runs itself under ``accelerate launch`` (or is
 started under ``accelerate launch`` / ``torchrun`` by the user, e.g. across nodes). Work is split by
 **batch index**: with batches ``b = 0, 1, ...`` of ``batch_size`` items, process ``r`` of ``P`` takes the
 batches with ``b % P == r``. Every batch holds the same items whatever ``P`` is, and each item's seed
 is fixed by its index, so the outputs do not depend on the number of processes (a test checks that 2
-CPU processes write byte-identical images to 1). Each process saves its part beside the output;
-after a barrier the main process merges the parts in index order and writes the output atomically.
+CPU processes write byte-identical images to 1; ``classify@N`` deals its forward passes the same way,
+``biasloop.models.labelling.label_units``, and a test checks its predictions file likewise). Each
+process saves its part beside the output; after a barrier the main process merges the parts in index
+order and writes the output atomically.
 
 Launch facts (accelerate 1.15): on CPU ``accelerate launch --multi_gpu --num_processes 2
 --main_process_port 0`` starts two processes (``--cpu --num_processes 2`` starts only one) and the

@@ -75,6 +75,7 @@ class ClassifyConfig:
 
     abstain_threshold: float = 0.1  # keep only p_female < t (male) or > 1 - t (female); else abstain
     batch_size: int = 512  # images per forward pass
+    num_processes: int = 1  # classify@N's processes (GPUs) under `accelerate launch`; labels do not depend on it
 
 
 def occupation_prompts(templates: tuple[str, ...], occupation: str) -> list[str]:
@@ -216,9 +217,15 @@ class Instrument:
         return self._probabilities(images, self._gender_classes(), batch_size, progress)[:, 0]
 
     def p_female_and_occupation(
-        self, images: np.ndarray, occupations: list[str], batch_size: int = 512, progress: bool = False
+        self, images: np.ndarray | None, occupations: list[str], batch_size: int = 512, progress: bool = False,
+        image_vectors: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`p_female` and :meth:`occupation_probs` from one pass of the image tower (each image encoded once).
+
+        Args:
+            images: ``uint8`` images ``(n, h, w, 3)``; None when ``image_vectors`` is given.
+            image_vectors: this model's :meth:`encode_images` of the images, computed elsewhere (by several
+                processes, ``classify.num_processes``); the tower is then not run.
 
         Returns:
             ``(p_female (n,), occupation probabilities (n, K))``.
@@ -228,7 +235,7 @@ class Instrument:
         occupation_classes = self.class_embeddings(
             [occupation_prompts(self.config.occupation_templates, o) for o in occupations]
         )
-        vectors = self.encode_images(images, batch_size, progress)
+        vectors = self.encode_images(images, batch_size, progress) if image_vectors is None else image_vectors
         return self._softmax(vectors, self._gender_classes())[:, 0], self._softmax(vectors, occupation_classes)
 
     def occupation_probs(

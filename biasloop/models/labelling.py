@@ -28,7 +28,8 @@ image was labelled by is kept (column ``instrument_fold``).
 A pretrained open_clip instrument never trained on the corpus: it is one model and labels everything
 ("pretrained, not trained on this corpus").
 
-:func:`label_images` is the labelling step of ``classify_train``, ``classify@N`` and ``evaluate@N``.
+:func:`label_images` is the labelling step of ``classify_train``, ``classify@N`` and ``evaluate@N``;
+:func:`label_units` splits it into forward passes that several processes can share (``classify@N``).
 """
 
 from __future__ import annotations
@@ -229,13 +230,19 @@ class CrossFittedInstrument:
                               lambda model, rows: model.occupation_probs(images[rows], occupations, batch_size=batch_size))
 
     def p_female_and_occupation(
-        self, images: np.ndarray, image_refs: Sequence[str], occupations: list[str], batch_size: int = 512
+        self, images: np.ndarray | None, image_refs: Sequence[str], occupations: list[str], batch_size: int = 512,
+        image_vectors: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(p_female, occupation probabilities (n, K), fold)`` from one image-tower pass per image."""
-        fold = self._fold_checked(images, image_refs)
+        """``(p_female, occupation probabilities (n, K), fold)`` from one image-tower pass per image; with
+        ``image_vectors`` (row i: the embedding by image i's fold model, :func:`encode_units`) and
+        ``images=None``, from those embeddings without running the tower."""
+        fold = self._fold_checked(images if image_vectors is None else image_vectors, image_refs)
 
         def both(model: Instrument, rows: np.ndarray) -> np.ndarray:
-            p_female, probs = model.p_female_and_occupation(images[rows], occupations, batch_size=batch_size)
+            if image_vectors is None:
+                p_female, probs = model.p_female_and_occupation(images[rows], occupations, batch_size=batch_size)
+            else:
+                p_female, probs = model.p_female_and_occupation(None, occupations, image_vectors=image_vectors[rows])
             return np.column_stack([p_female, probs])
 
         out = self._per_fold(fold, 1 + len(occupations), both)
@@ -321,6 +328,51 @@ def train_labeller(
     return CrossFittedInstrument(models, dict(zip(refs, fold.tolist())), seed, labels), stats
 
 
+def label_units(labeller: CrossFittedInstrument, image_refs: Sequence[str], batch_size: int) -> list[np.ndarray]:
+    """The forward passes :func:`label_images` makes over ``image_refs``, as row indices: for each fold model
+    (ascending), the rows it labels in order, in chunks of ``batch_size``.
+
+    Encoding each unit on its own (:func:`encode_units`) runs the image tower on exactly the batches one
+    call over every image runs, so the units can be dealt to several processes
+    (``classify.num_processes``): unit ``u`` to process ``u mod P``, the embeddings gathered by row and
+    scored in one :func:`label_images` call (``image_vectors``). Labels and probabilities are then
+    bit-identical to one call over every image, whatever ``P`` is. (Scoring each unit apart would not be:
+    the similarity matrix product rounds differently with fewer rows, by about 1e-8.)
+
+    Args:
+        labeller: the cross-fitted instrument (its :meth:`CrossFittedInstrument.fold_for` rule).
+        image_refs: the images to label (``"<shard>#<row>"``).
+        batch_size: images per forward pass (``classify.batch_size``).
+
+    Returns:
+        ``int64`` row-index arrays, each of at most ``batch_size`` rows of one fold model, covering every
+        row once.
+    """
+    if batch_size < 1:
+        raise ValueError(f"classify.batch_size must be at least 1, got {batch_size}")
+    fold = labeller.fold_for(list(image_refs))
+    units = []
+    for k in np.unique(fold).tolist():
+        rows = np.flatnonzero(fold == k)
+        units.extend(rows[start:start + batch_size] for start in range(0, len(rows), batch_size))
+    return units
+
+
+def encode_units(labeller: CrossFittedInstrument, image_refs: Sequence[str], units: Sequence[np.ndarray],
+                 batch_size: int) -> np.ndarray:
+    """Image embeddings of the rows of ``units`` (from :func:`label_units`), each unit one forward pass of
+    its fold's model: ``(sum of unit sizes, dim)`` float32, rows in the order of the units."""
+    refs = list(image_refs)
+    vectors = []
+    for rows in units:
+        unit_refs = [refs[i] for i in rows]
+        folds = np.unique(labeller.fold_for(unit_refs))
+        if len(folds) != 1:
+            raise ValueError(f"a label unit spans fold models {folds.tolist()}; units come from label_units")
+        vectors.append(labeller.models[int(folds[0])].encode_images(load_images(unit_refs), batch_size))
+    return np.concatenate(vectors) if vectors else np.zeros((0, 0), dtype=np.float32)
+
+
 def label_images(
     labeller: CrossFittedInstrument,
     image_refs: Sequence[str],
@@ -328,6 +380,7 @@ def label_images(
     batch_size: int = 512,
     occupations: list[str] | None = None,
     asked: Sequence[str] | None = None,
+    image_vectors: np.ndarray | None = None,
 ) -> pl.DataFrame:
     """Perceived gender (and optionally occupation) of the images behind ``image_refs``, out of sample.
 
@@ -339,6 +392,9 @@ def label_images(
         batch_size: images per forward pass.
         occupations: zero-shot occupation classes; None skips occupation.
         asked: with ``occupations``, the occupation each image was meant to show (for ``p_occupation``).
+        image_vectors: with ``occupations``, the images' embeddings by their fold models (row-aligned with
+            ``image_refs``; :func:`encode_units`, possibly from several processes) instead of loading and
+            encoding the images here. The numbers are the same either way.
 
     Returns:
         One row per image, in order: ``p_female`` (Float64), ``label`` (female/male/abstain),
@@ -347,12 +403,17 @@ def label_images(
     """
 
     refs = list(image_refs)
-    images = load_images(refs) if refs else np.zeros((0, 1, 1, 3), dtype=np.uint8)
+    if image_vectors is not None and not occupations:
+        raise ValueError("label_images: image_vectors need occupations (the one-pass path)")
+    images = None
+    if image_vectors is None:
+        images = load_images(refs) if refs else np.zeros((0, 1, 1, 3), dtype=np.uint8)
     probs = np.zeros((0, len(occupations or [])))
     if not refs:
         p_female, fold = np.zeros(0), np.zeros(0, np.int64)
     elif occupations:  # each image through the image tower once, for both questions
-        p_female, probs, fold = labeller.p_female_and_occupation(images, refs, occupations, batch_size)
+        p_female, probs, fold = labeller.p_female_and_occupation(images, refs, occupations, batch_size,
+                                                                 image_vectors=image_vectors)
     else:
         p_female, fold = labeller.p_female(images, refs, batch_size)
     columns = [

@@ -313,13 +313,13 @@ def acquisition_section(acquisition: dict[str, Any] | None) -> str:
                "share_female_indicator_dropped": "women among dropped, by caption (%)",
                "n_indicator_dropped": "dropped with a gender word"}
     parts = ["<h2>From LAION metadata: acquisition per occupation</h2>",
-             "<p class='note'>Counts of images (a URL selected for several occupations counts for each). "
+             ("<p class='note'>Counts of images (a URL selected for several occupations counts for each). "
              "matched = requested + duplicate URLs + over the per-occupation cap; requested = downloaded + "
              "failed; downloaded = dropped + kept, dropped being the sum of the filter columns. Women among "
              "kept or dropped images: women / (women + men) among the captions with a female or a male gender "
              "word (counted beside it), a caption proxy: a filter that drops women's images more often shifts "
              "the measured share. <b>The instrument's share of women among the dropped images is not "
-             "measured</b> by the pipeline (docs/laion.md says how to classify <code>dropped/</code>).</p>",
+             "measured</b> by the pipeline (docs/laion.md says how to classify <code>dropped/</code>).</p>"),
              _table([("occupation", "text")] + [(headers.get(k, k.replace("_", " ")), units[k]) for k in columns],
                     [[name] + [row.get(k) for k in columns] for name, row in table.items()])]
     if acquisition.get("reasons"):
