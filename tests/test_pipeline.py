@@ -113,6 +113,7 @@ def test_repro_writes_summary_and_report(pipeline_repo: Path) -> None:
     report = (pipeline_repo / "plots/report.html").read_text()
     assert "data:image/png;base64," in report
     assert "Downstream tasks across generations" in report
+    assert "The LAION acquisition path is off" in report  # laion_filter's {"enabled": false}, one line
     for name in ("amplification.csv", "shares.csv", "downstream.csv", "tasks.csv", "paradox_shares.png", "generations.png"):
         assert (pipeline_repo / "plots" / name).stat().st_size > 0
     dataset = pipeline_repo / "artifacts/gen1/mix/dataset.parquet"
