@@ -7,8 +7,14 @@
 2. Concurrent writers: on that baseline, four experiments (`-S evaluate.n_boot=...`, four stages
    each) run by `dvc queue start -j 4`; each finishes, with every stage's MLflow run recorded and
    FINISHED, and no "database is locked" in any log.
-3. A killed experiment: two more queued, one's stage SIGKILLed while its run is open; `mlflow.db`
-   passes SQLite's integrity check, MLflow reads it, and the other experiment's runs are FINISHED.
+3. A killed experiment: two more queued ("victim", "survivor"). A `sitecustomize` hook (HOLD) holds the
+   victim's first `evaluate` right after its MLflow run is open (its RUNNING record is in the spool)
+   and writes a marker; the test waits for the marker and SIGKILLs that process. The victim fails, the
+   survivor succeeds with every run FINISHED, `mlflow.db` passes SQLite's integrity check, MLflow reads
+   it, and the killed run is logged KILLED, not left RUNNING. Every wait is bounded; queue workers and
+   a held stage are ended by pid. (An earlier version polled /proc for a stage to kill and never found
+   one: `dvc queue start` run through pipes returns only when the workers it spawned exit, since they
+   inherit its stdout, so the whole queue had finished before the polling began.)
 
 Measured on a 2-core machine shared with other jobs: parts 1 and 2 took 17 min at load average 7 to 9
 (the four queued experiments 436 s) and 36 min at load average 11 to 17.
@@ -29,7 +35,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.tiny_repo import GIT, make_tiny_repo, mlflow_runs, run
+from tests.tiny_repo import GIT, environment, make_tiny_repo, mlflow_runs, run
 
 pytestmark = pytest.mark.slow
 
@@ -134,7 +140,7 @@ def test_four_queued_experiments_record_every_run(offline_baseline: tuple[Path, 
     for name, n_boot in zip(names, (11, 12, 13, 14)):
         run(["dvc", "exp", "run", "--queue", "-n", name, "-S", f"evaluate.n_boot={n_boot}"], repo)
     started = time.monotonic()
-    run(["dvc", "queue", "start", "-j", "4"], repo)
+    _start_queue(repo, 4, repo.parent / "queue-start.log")
     status = _wait_for_queue(repo)
     elapsed = time.monotonic() - started
     logs = "".join(run(["dvc", "queue", "logs", name], repo, check=False).stdout for name in names)
@@ -245,6 +251,15 @@ def _end(pids: list[int], grace: float = 30) -> None:
             time.sleep(0.2)
 
 
+def _start_queue(repo: Path, jobs: int, log: Path, **extra: str) -> None:
+    """`dvc queue start -j N`, its output to ``log``. Not through pipes: the workers it spawns inherit its
+    stdout and stderr, so reading them to EOF (``run``) returns only once every worker has exited."""
+    with log.open("w") as output:
+        result = subprocess.run(["dvc", "queue", "start", "-j", str(jobs)], cwd=repo, env=environment(repo, **extra),
+                                stdout=output, stderr=subprocess.STDOUT, timeout=300, check=False)
+    assert result.returncode == 0, log.read_text()
+
+
 def _spooled(repo: Path, pid: int) -> dict | None:
     """The spool record of the run that process ``pid`` opened, or None."""
     for path in (repo / ".mlflow-spool").glob("*/record.json"):
@@ -275,7 +290,7 @@ def test_killed_experiment_leaves_mlflow_readable(offline_baseline: tuple[Path, 
         run(["dvc", "exp", "run", "--queue", "-n", name, "-S", f"evaluate.n_boot={n_boot}"], repo)
     started = time.monotonic()
     try:
-        run(["dvc", "queue", "start", "-j", "2"], repo, **hook)
+        _start_queue(repo, 2, tmp_path / "queue-start.log", **hook)
         marker = _wait_until(lambda: next(held.glob("*.held"), None), 900, "the victim's evaluate to open its run")
         pid = int(marker.name.removesuffix(".held"))
         record = _spooled(repo, pid)
@@ -301,8 +316,11 @@ def test_killed_experiment_leaves_mlflow_readable(offline_baseline: tuple[Path, 
     survivor = {stage: state for (exp, stage), state in states.items() if exp == "survivor"}
     assert survivor == dict.fromkeys(["evaluate@0", "evaluate@1", "paradox@0", "summarize"], "FINISHED"), states
     victim = {stage: state for (exp, stage), state in states.items() if exp == "victim"}
-    assert victim == {f"evaluate@{record['tags']['generation']}": "KILLED"}, states
-    killed = next(r for r in runs if r.data.tags.get("dvc_exp_name") == "victim")
+    killed_stage = f"evaluate@{record['tags']['generation']}"
+    assert victim.pop(killed_stage) == "KILLED", states
+    assert set(victim.values()) <= {"FINISHED"} and "summarize" not in victim, states  # ran before it; none after
+    killed = next(r for r in runs if r.data.tags.get("dvc_exp_name") == "victim"
+                  and r.data.tags["mlflow.runName"] == killed_stage)
     assert "ended without closing the run" in killed.data.tags["biasloop.closed_because"]
     assert not list((repo / ".mlflow-spool").glob("*/record.json")), "runs left in the spool"
     print(f"killed-experiment queue (2 experiments, -j 2) took {elapsed:.0f} s")
