@@ -38,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-steps", type=int, nargs="+", default=[300, 500, 700], help="generator steps from scratch")
     parser.add_argument("--sampling-steps", type=int, nargs="+", default=[4, 6, 8, 10], help="DDIM steps at sampling")
     parser.add_argument("--guidance", type=float, nargs="+", default=None, help="guidance scales (default: params')")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=None,
+                        help="generator training batch sizes (default: params')")
     parser.add_argument("--seed", type=int, default=0, help="training and sampling seed")
     parser.add_argument("--out", default=str(RESULTS), help="results JSON (default: %(default)s)")
     parser.add_argument("--no-plot", action="store_true", help="write no PNG")
@@ -88,8 +90,11 @@ def main(argv: list[str] | None = None) -> int:
                "generator": dataclasses.asdict(generator_config), "rows": []}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    for steps in args.train_steps:
-        generator = build_generator(generator_config, "cpu", seed=args.seed)
+    settings = [(steps, batch) for batch in (args.batch_sizes or [generator_config.batch_size])
+                for steps in args.train_steps]
+    for steps, batch in settings:
+        config = dataclasses.replace(generator_config, batch_size=batch)
+        generator = build_generator(config, "cpu", seed=args.seed)
         stats = generator.train(train_images, train_captions, steps=steps, seed=args.seed, progress=False)
         for scale in guidance:
             for sampling in args.sampling_steps:
@@ -99,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
                 seconds = time.perf_counter() - start
                 probs = instrument.occupation_probs(generated, occupations)
                 accuracy = float(np.mean(np.array(occupations)[probs.argmax(axis=1)] == np.array(asked)))
-                row = {"train_steps": steps, "train_seconds": stats["seconds"], "sampling_steps": sampling,
+                row = {"train_steps": steps, "batch_size": batch, "train_seconds": stats["seconds"],
+                       "sampling_steps": sampling,
                        "guidance_scale": scale, "sampling_seconds_per_1000": round(1000 * seconds / len(prompts), 2),
                        "occupation_accuracy": round(accuracy, 4), "load_average": list(os.getloadavg())}
                 results["rows"].append(row)
@@ -112,11 +118,12 @@ def main(argv: list[str] | None = None) -> int:
         import matplotlib.pyplot as plt
 
         figure, axis = plt.subplots(figsize=(6, 4))
-        for steps in args.train_steps:
+        for steps, batch in settings:
             for scale in guidance:
-                rows = [r for r in results["rows"] if r["train_steps"] == steps and r["guidance_scale"] == scale]
+                rows = [r for r in results["rows"] if r["train_steps"] == steps and r["batch_size"] == batch
+                        and r["guidance_scale"] == scale]
                 axis.plot([r["sampling_steps"] for r in rows], [r["occupation_accuracy"] for r in rows], marker="o",
-                          label=f"{steps} train steps, guidance {scale}")
+                          label=f"{steps} train steps x batch {batch}, guidance {scale}")
         axis.axhline(1 / len(occupations), color="grey", linestyle=":", label="chance")
         axis.set_xlabel("DDIM sampling steps")
         axis.set_ylabel("occupation accuracy (instrument, neutral prompts)")

@@ -7,7 +7,9 @@ includes what a stage really pays (disk cache warm after the first). Imports are
 - ``torch``, ``mlflow`` (+ ``MlflowClient`` on a new SQLite store: what a stage paid before tracking moved
   to the background logger), ``diffusers`` top-level ``UNet2DModel`` vs. the submodule
   ``diffusers.models.unets.unet_2d`` (and whether peft / transformers / torch._dynamo come with it),
-  the DDIM scheduler module alone, ``sentence_transformers``, ``open_clip``, ``fairlearn.metrics``,
+  the DDIM scheduler module alone, the three modules tiny-diffusion uses imported plainly vs. through
+  ``biasloop.models.generators.tiny_diffusion.diffusers_class`` (bare eager packages, no torch._dynamo),
+  ``sentence_transformers``, ``open_clip``, ``fairlearn.metrics``,
   ``matplotlib.pyplot``, ``polars``;
 - each stage's ``python -m stages.<name> --help`` (module imports only: the lazy imports stay unpaid).
 
@@ -41,6 +43,11 @@ IMPORTS = {  # name: (set-up not timed, statement timed)
     "diffusers_toplevel_UNet2DModel": ("import torch", "from diffusers import UNet2DModel"),
     "diffusers_submodule_UNet2DModel": ("import torch", "from diffusers.models.unets.unet_2d import UNet2DModel"),
     "diffusers_DDIMScheduler_module": ("import torch", "from diffusers.schedulers.scheduling_ddim import DDIMScheduler"),
+    "diffusers_tiny_diffusion_parts_plain": ("import torch", "import diffusers.models.unets.unet_2d, "
+                                             "diffusers.schedulers.scheduling_ddpm, diffusers.schedulers.scheduling_ddim"),
+    "diffusers_tiny_diffusion_parts_light": ("import torch; from biasloop.models.generators.tiny_diffusion import "
+                                             "diffusers_class", "[diffusers_class(n) for n in "
+                                             "('UNet2DModel', 'DDPMScheduler', 'DDIMScheduler')]"),
     "sentence_transformers": ("import torch", "from sentence_transformers import SentenceTransformer"),
     "open_clip": ("import torch", "import open_clip"),
     "fairlearn_metrics": ("import torch", "from fairlearn.metrics import MetricFrame"),

@@ -20,9 +20,7 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -30,7 +28,7 @@ import numpy as np
 import polars as pl
 
 from biasloop.core.config import to_dict
-from biasloop.core.distributed import ProcessGroup, launched_world, relaunch
+from biasloop.core.distributed import join_or_relaunch
 from biasloop.core.io import timed, write_parquet
 from biasloop.core.runtime import resolve_device
 from biasloop.core.stage import load_configs, make_parser, run_main
@@ -62,12 +60,10 @@ def main_body(argv: Sequence[str] | None) -> None:
         raise ValueError(f"{args.manifest}: occupations {stray} are not in params occupations")
 
     device = resolve_device(configs["base"].device)
-    if config.num_processes > 1 and launched_world()[1] == 1:
-        log.info("re-running under accelerate launch with %d processes", config.num_processes)
-        relaunch("stages.classify", list(argv) if argv is not None else sys.argv[1:], config.num_processes, device)
+    started = join_or_relaunch("stages.classify", argv, config.num_processes, device, configs["tracking"])
+    if started is None:
         return
-    group = ProcessGroup(device)
-    tracking = configs["tracking"] if group.is_main else dataclasses.replace(configs["tracking"], enabled=False)
+    group, tracking = started
 
     with stage_run("classify", tracking, {"classify": to_dict(config)}, generation=args.generation) as run:
         labeller = load_labeller(args.instrument, group.device(device))

@@ -28,10 +28,8 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -40,12 +38,7 @@ import numpy as np
 import polars as pl
 
 from biasloop.core.config import to_dict
-from biasloop.core.distributed import (
-    ProcessGroup,
-    launched_world,
-    process_batches,
-    relaunch,
-)
+from biasloop.core.distributed import join_or_relaunch, process_batches
 from biasloop.core.io import atomic_path, load_images, timed, write_image_shards
 from biasloop.core.runtime import resolve_device
 from biasloop.core.stage import load_configs, make_parser, run_main
@@ -92,12 +85,10 @@ def main_body(argv: Sequence[str] | None) -> None:
              ", ".join(f"{n} {kind}" for kind, n in counts), len(occupations))
 
     device = resolve_device(configs["base"].device)
-    if config.num_processes > 1 and launched_world()[1] == 1:
-        log.info("re-running under accelerate launch with %d processes", config.num_processes)
-        relaunch("stages.generate", list(argv) if argv is not None else sys.argv[1:], config.num_processes, device)
+    started = join_or_relaunch("stages.generate", argv, config.num_processes, device, configs["tracking"])
+    if started is None:
         return
-    group = ProcessGroup(device)
-    tracking = configs["tracking"] if group.is_main else dataclasses.replace(configs["tracking"], enabled=False)
+    group, tracking = started
 
     params = {"generate": to_dict(config), "occupations": occupations, "base": to_dict(configs["base"])}
     with stage_run("generate", tracking, params, generation=args.generation) as run:

@@ -107,6 +107,59 @@ def test_save_load_round_trip_and_warm_start(trained, tmp_path: Path) -> None:
     assert len(read_manifest(tmp_path / "gen1")["history"]) == 2
 
 
+def test_saved_scheduler_that_disagrees_with_the_config_is_refused(trained, tmp_path: Path) -> None:
+    from biasloop.models.weights import ModelFileError
+
+    generator, _, _, _ = trained
+    generator.save(tmp_path / "gen")
+    path = tmp_path / "gen" / "scheduler" / "scheduler_config.json"
+    saved = json.loads(path.read_text())
+    assert saved["num_train_timesteps"] == TINY.train_timesteps
+    path.write_text(json.dumps({**saved, "num_train_timesteps": 999}))
+    with pytest.raises(ModelFileError, match=r"scheduler_config.json: num_train_timesteps=999 differ"):
+        load_generator(tmp_path / "gen", "cpu")
+    path.unlink()
+    with pytest.raises(ModelFileError, match="scheduler_config.json: cannot read"):
+        load_generator(tmp_path / "gen", "cpu")
+
+
+def test_ddim_sampler_matches_diffusers_from_config() -> None:
+    from diffusers import DDIMScheduler
+
+    from biasloop.models.generators.tiny_diffusion import ddim_from, make_scheduler
+
+    ddpm = make_scheduler(TINY)
+    ours, theirs = ddim_from(ddpm), DDIMScheduler.from_config(ddpm.config)
+    public = lambda scheduler: {k: v for k, v in scheduler.config.items() if not k.startswith("_")}
+    assert public(ours) == public(theirs) and public(ours)["num_train_timesteps"] == TINY.train_timesteps
+
+
+LIGHT_IMPORT = """
+import sys
+from biasloop.models.generators.tiny_diffusion import diffusers_class
+unet = diffusers_class("UNet2DModel")
+light = sorted(m for m in ("torch._dynamo", "peft", "scipy.stats", "diffusers.models.transformers",
+                           "diffusers.models.transformers.transformer_flux", "diffusers.models.unets.unet_1d")
+               if m in sys.modules)
+import torch
+from diffusers import Transformer2DModel, UNet2DModel, UNet2DConditionModel
+from diffusers.models.unets import UNet1DModel
+print(light, UNet2DModel is unet, torch._dynamo.is_compiling(), Transformer2DModel.__name__)
+"""
+
+
+def test_tiny_diffusion_imports_only_the_diffusers_modules_it_uses() -> None:
+    """The light import loads neither torch._dynamo nor diffusers' other models, and leaves nothing
+    behind: the full packages import normally afterwards, with the same UNet2DModel class."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", LIGHT_IMPORT], capture_output=True, text=True, check=False,
+                            cwd=Path(__file__).resolve().parents[1], timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "[] True False Transformer2DModel"
+
+
 def test_training_is_reproducible() -> None:
     images, captions = glyph_data(12)
     outs = []

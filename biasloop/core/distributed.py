@@ -18,12 +18,15 @@ processes use ``PartialState(cpu=True)`` (gloo); on GPUs the same command withou
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import os
 import shutil
 import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -57,6 +60,32 @@ def relaunch(module: str, argv: Sequence[str], num_processes: int, device: str) 
     completed = subprocess.run(command, check=False)
     if completed.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} exited with status {completed.returncode}")
+
+
+def join_or_relaunch(
+    module: str, argv: Sequence[str] | None, num_processes: int, device: str, tracking: Any
+) -> tuple[ProcessGroup, Any] | None:
+    """How a splittable stage starts: relaunched, or as one process of the group.
+
+    With ``num_processes`` above 1 in a process nobody launched, run ``python -m module argv`` again
+    under ``accelerate launch`` and return None (the caller returns: the launched processes did the
+    work). Otherwise return this process's :class:`ProcessGroup` and the tracking config it uses:
+    ``tracking`` on the main process, tracking turned off on the others (one MLflow run per stage).
+
+    Args:
+        module: the stage's module (``stages.generate``).
+        argv: the stage's arguments (None: ``sys.argv[1:]``).
+        num_processes: the stage's ``num_processes`` param.
+        device: the resolved ``base.device``.
+        tracking: the stage's ``TrackingConfig`` (a dataclass with ``enabled``).
+    """
+    if num_processes > 1 and launched_world()[1] == 1:
+        logging.getLogger(module.rpartition(".")[2]).info("re-running under accelerate launch with %d processes",
+                                                          num_processes)
+        relaunch(module, list(argv) if argv is not None else sys.argv[1:], num_processes, device)
+        return None
+    group = ProcessGroup(device)
+    return group, (tracking if group.is_main else dataclasses.replace(tracking, enabled=False))
 
 
 class ProcessGroup:
