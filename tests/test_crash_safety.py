@@ -2,7 +2,7 @@
 
 On a tiny world, `dvc repro retrieve` (stages `corpus`, `retrieve`) is killed four times: the
 `corpus` stage process while it imports, once its MLflow run is open, once it has started writing
-its outputs, and finally the whole `dvc` process group while `retrieve` runs. After each kill
+its outputs, and finally the whole `dvc` process group while `retrieve` starts. After each kill
 `dvc.lock` records nothing of the killed stage and DVC's cache holds only objects an uninterrupted
 run also produces (no half-written output cached); the final rerun's outputs have the same md5s as
 the uninterrupted run's (metrics compared without their run times), and no MLflow run is left
@@ -111,7 +111,9 @@ def test_killed_stages_rerun_to_the_uninterrupted_outputs(tmp_path_factory: pyte
         ("corpus", lambda: True, False),  # while it imports
         ("corpus", lambda: _running_run_open(repo, "corpus"), False),  # MLflow run open
         ("corpus", _writing(repo, "artifacts/corpus"), False),  # outputs being written
-        ("retrieve", lambda: _running_run_open(repo, "retrieve"), True),  # DVC itself killed, corpus done
+        # DVC itself killed while retrieve runs (corpus done). Not at retrieve's open MLflow run: its work
+        # takes about 50 ms, a window the 50 ms polling missed on an idle machine (dvc finished first).
+        ("retrieve", lambda: True, True),
     ]
     for stage, ready, whole_group in kill_points:
         _repro_killed_when(repo, stage, ready, whole_group)
@@ -134,4 +136,6 @@ def test_killed_stages_rerun_to_the_uninterrupted_outputs(tmp_path_factory: pyte
     statuses = sorted(r.info.status for r in runs)
     assert "RUNNING" not in statuses, statuses
     assert statuses.count("FINISHED") == 2  # corpus (in the 4th repro) and retrieve (in the last)
-    assert statuses.count("KILLED") >= 3  # the kills after a run was open; logged KILLED by the next drain
+    # the two kills of corpus after its run was open, logged KILLED by the next drain (retrieve is killed
+    # while it imports, before its run opens, unless a loaded machine delays the kill)
+    assert statuses.count("KILLED") >= 2
