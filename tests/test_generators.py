@@ -118,8 +118,11 @@ def test_saved_scheduler_that_disagrees_with_the_config_is_refused(trained, tmp_
     path.write_text(json.dumps({**saved, "num_train_timesteps": 999}))
     with pytest.raises(ModelFileError, match=r"scheduler_config.json: num_train_timesteps=999 differ"):
         load_generator(tmp_path / "gen", "cpu")
+    path.write_text("{not json")
+    with pytest.raises(ModelFileError, match="scheduler_config.json: not a readable JSON manifest"):
+        load_generator(tmp_path / "gen", "cpu")
     path.unlink()
-    with pytest.raises(ModelFileError, match="scheduler_config.json: cannot read"):
+    with pytest.raises(FileNotFoundError, match="scheduler_config.json: not found"):
         load_generator(tmp_path / "gen", "cpu")
 
 

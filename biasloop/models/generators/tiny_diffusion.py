@@ -214,12 +214,9 @@ def check_scheduler_config(scheduler: Any, path: Path) -> None:
     it) rather than with ``DDPMScheduler.from_pretrained``, which imports every scheduler module; the
     saved file stays for diffusers tools and is checked against the rebuilt one.
     """
-    from biasloop.models.weights import ModelFileError
+    from biasloop.models.weights import ModelFileError, read_manifest
 
-    try:
-        saved = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ModelFileError(f"{path}: cannot read the scheduler config ({type(exc).__name__}: {exc})") from None
+    saved = read_manifest(path, "a saved tiny-diffusion generator's scheduler")
     built = dict(scheduler.config)
     differ = sorted(key for key, value in saved.items()
                     if not key.startswith("_") and key in built and json.loads(json.dumps(built[key])) != value)
