@@ -65,6 +65,17 @@ def test_cache_is_keyed_by_model(tmp_path: Path) -> None:
     assert len([p for p in tmp_path.iterdir() if p.is_dir()]) == 2
 
 
+def test_new_cache_format_shares_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Vectors made the old way (before a CACHE_FORMAT bump) are never served again."""
+    from biasloop.data import embeddings
+
+    CachedTextEncoder(CountingEncoder(), tmp_path).encode(TEXTS)
+    monkeypatch.setattr(embeddings, "CACHE_FORMAT", embeddings.CACHE_FORMAT + 1)
+    inner = CountingEncoder()
+    CachedTextEncoder(inner, tmp_path).encode(TEXTS)
+    assert sorted(inner.seen) == sorted(set(TEXTS))
+
+
 def test_chunks_are_append_only_and_flushed(tmp_path: Path) -> None:
     cached = CachedTextEncoder(CountingEncoder(), tmp_path, flush_every=2)
     cached.encode([f"text {i}" for i in range(40)], batch_size=1)  # model calls of 16 texts
@@ -112,6 +123,29 @@ print(float(prompt @ paraphrase), float(prompt @ unrelated), encoder.dim)
     close, far, dim = done.stdout.split()
     assert int(dim) == 384
     assert float(close) > float(far) + 0.2
+
+
+def test_minilm_vector_does_not_depend_on_batch_mates(tmp_path: Path) -> None:
+    """A text's vector is the same alone, beside longer texts, and at another batch size, to the last bit.
+
+    With plain ``SentenceTransformer.encode`` it was not: "a baker in uniform" padded beside a longer
+    caption differed from its vector alone by 7e-8, and the embedding cache kept whichever came first.
+    """
+    script = """
+import numpy as np
+from biasloop.data.embeddings import load_text_encoder
+encoder = load_text_encoder(None)
+texts = ["a baker in uniform", "a carpenter in uniform", "a bowl of fruit on a table",
+         "close-up portrait of a nurse in scrubs at the end of a long night shift", "a chef", "nurses"]
+together = encoder.encode(texts, batch_size=64)
+for i, text in enumerate(texts):
+    alone = encoder.encode([text], batch_size=256)[0]
+    assert np.array_equal(alone, together[i]), (text, float(np.abs(alone - together[i]).max()))
+assert np.array_equal(encoder.encode(texts[::-1], batch_size=2)[::-1], together)
+"""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
 
 
 def test_cached_texts_need_no_model(tmp_path: Path) -> None:

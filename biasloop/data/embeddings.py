@@ -24,6 +24,10 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 PACKAGED_MODEL = "packaged:all-MiniLM-L6-v2"
+# Part of every embedding-cache key and folder name: bumped when an encoder's vector for the same text
+# changes, so no cache mixes vectors made both ways. 2: sentence-transformers texts are never padded.
+CACHE_FORMAT = 2
+MIN_BATCH = 8  # fewest texts per model batch (SentenceTransformerEncoder.encode)
 log = logging.getLogger(__name__)
 
 
@@ -95,16 +99,33 @@ class SentenceTransformerEncoder:
         return int(get_dim())
 
     def encode(self, texts: Sequence[str], batch_size: int = 64, progress: bool = False) -> np.ndarray:
-        if len(texts) == 0:
+        """Unit vectors of ``texts``, each a function of its text alone, not of the texts batched with it.
+
+        The model sees only full batches of ``max(batch_size, MIN_BATCH)`` texts of one token count: texts
+        are grouped by token count and each group's last batch is filled up with repeats of the group's
+        texts. Measured with MiniLM here: padding changed a vector in the last bit with the longest text
+        of its batch (up to 1.2e-7), and so did a batch of 1 or 2 texts (smaller matrix products take other
+        kernels); full batches of 4 to 512 equal-length texts gave bit-identical vectors in any order.
+        ``tests/test_embeddings.py`` checks it.
+        """
+        from tqdm.auto import tqdm
+
+        texts = list(texts)
+        if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        vectors = self.model.encode(
-            list(texts),
-            batch_size=batch_size,
-            show_progress_bar=progress,
-            convert_to_numpy=True,
-            normalize_embeddings=True,
-        )
-        return np.asarray(vectors, dtype=np.float32)
+        model = self.model
+        preprocess = getattr(model, "preprocess", None) or model.tokenize  # sentence-transformers < 6: tokenize
+        mask = preprocess(texts).get("attention_mask")
+        lengths = mask.sum(dim=1).numpy() if mask is not None else np.zeros(len(texts), dtype=np.int64)
+        batch = max(int(batch_size), MIN_BATCH)
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        for length in tqdm(np.unique(lengths), desc=f"embedding ({self.name})", unit="length", disable=not progress):
+            rows = np.flatnonzero(lengths == length)
+            filled = np.resize(rows, -(-len(rows) // batch) * batch)  # the group's rows, repeated to full batches
+            vectors = model.encode([texts[row] for row in filled], batch_size=batch, show_progress_bar=False,
+                                   convert_to_numpy=True, normalize_embeddings=True)
+            out[rows] = np.asarray(vectors[: len(rows)], dtype=np.float32)
+        return out
 
 
 class FakeTextEncoder:
@@ -169,12 +190,12 @@ def default_cache_dir() -> Path:
 class CachedTextEncoder:
     """A :class:`TextEncoder` that never embeds the same text twice with the same model.
 
-    Vectors are stored on disk under ``cache_dir/<model slug>-<hash>/`` in append-only chunks: each
-    chunk is a pair ``<stem>.vectors.npy`` (float32, ``(n, dim)``) and ``<stem>.keys.npy`` (uint8,
-    ``(n, 32)``: sha256 of ``encoder.name`` + NUL + text), each written to a temporary name and renamed,
-    keys last, so a chunk is visible only once complete. Chunks are never rewritten, so several
-    processes (``dvc queue start -j 2``) can share a cache; each call picks up chunks other processes
-    added. Vectors are memory-mapped; only the key index (about 100 bytes per text) lives in memory.
+    Vectors are stored on disk under ``cache_dir/<model slug>-<hash of CACHE_FORMAT and name>/`` in
+    append-only chunks: each chunk is a pair ``<stem>.vectors.npy`` (float32, ``(n, dim)``) and
+    ``<stem>.keys.npy`` (uint8, ``(n, 32)``: sha256 of ``CACHE_FORMAT`` + NUL + ``encoder.name`` + NUL +
+    text), each written to a temporary name and renamed, keys last, so a chunk is visible only once
+    complete. Chunks are never rewritten, so several processes (``dvc queue start -j 2``) can share a
+    cache; each call picks up chunks other processes added. Vectors are memory-mapped; only the key index (about 100 bytes per text) lives in memory.
 
     Attributes:
         hits: requested texts served from the cache, over the object's life.
@@ -195,7 +216,8 @@ class CachedTextEncoder:
         self._dim: int | None = None
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         slug = re.sub(r"[^A-Za-z0-9._-]+", "_", encoder.name).strip("_")[-60:] or "model"
-        self.model_dir = self.cache_dir / f"{slug}-{hashlib.sha256(encoder.name.encode()).hexdigest()[:12]}"
+        self._identity = f"{CACHE_FORMAT}\0{encoder.name}".encode()
+        self.model_dir = self.cache_dir / f"{slug}-{hashlib.sha256(self._identity).hexdigest()[:12]}"
         self.flush_every = flush_every
         self.hits = 0
         self.misses = 0
@@ -217,7 +239,7 @@ class CachedTextEncoder:
 
     def key(self, text: str) -> bytes:
         """The 32-byte cache key of ``text`` under this model."""
-        return hashlib.sha256(self.name.encode() + b"\0" + text.encode()).digest()
+        return hashlib.sha256(self._identity + b"\0" + text.encode()).digest()
 
     def stats(self) -> dict[str, int]:
         """``hits``, ``misses``, ``embedded`` and ``cached`` (texts on disk for this model)."""
@@ -269,8 +291,8 @@ class CachedTextEncoder:
     def encode(self, texts: Sequence[str], batch_size: int = 64, progress: bool = False) -> np.ndarray:
         """Vectors for ``texts`` (``(n, dim)`` float32, unit length), embedding only texts not cached.
 
-        Texts to embed are deduplicated and sorted by length (long first, as sentence-transformers does,
-        so batches pad little), then sent to the model in groups of batches; ``progress`` shows a tqdm
+        Texts to embed are deduplicated and sorted by length (long first, as sentence-transformers does),
+        then sent to the model in groups of batches; ``progress`` shows a tqdm
         bar over embedding batches.
         """
         self._refresh()
