@@ -31,7 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from biasloop import world
+from biasloop.data import world
+from biasloop.data.text import fill_template
 from biasloop.core.io import write_json
 from biasloop.data.embeddings import CachedTextEncoder, load_text_encoder
 
@@ -48,7 +49,7 @@ def make_captions(n: int, seed: int = 0) -> list[str]:
     for i in range(n):
         occupation = occupations[rng.integers(len(occupations))]
         template = templates[rng.integers(len(templates))]
-        captions.append(f"{template.format(a=world.article(occupation), o=occupation)}, photo {i}")
+        captions.append(f"{fill_template(template, occupation=occupation)}, photo {i}")
     return captions
 
 
