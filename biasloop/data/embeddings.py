@@ -114,8 +114,7 @@ class SentenceTransformerEncoder:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         model = self.model
-        preprocess = getattr(model, "preprocess", None) or model.tokenize  # sentence-transformers < 6: tokenize
-        mask = preprocess(texts).get("attention_mask")
+        mask = model.preprocess(texts).get("attention_mask")
         lengths = mask.sum(dim=1).numpy() if mask is not None else np.zeros(len(texts), dtype=np.int64)
         batch = max(int(batch_size), MIN_BATCH)
         out = np.empty((len(texts), self.dim), dtype=np.float32)
@@ -195,7 +194,8 @@ class CachedTextEncoder:
     ``<stem>.keys.npy`` (uint8, ``(n, 32)``: sha256 of ``CACHE_FORMAT`` + NUL + ``encoder.name`` + NUL +
     text), each written to a temporary name and renamed, keys last, so a chunk is visible only once
     complete. Chunks are never rewritten, so several processes (``dvc queue start -j 2``) can share a
-    cache; each call picks up chunks other processes added. Vectors are memory-mapped; only the key index (about 100 bytes per text) lives in memory.
+    cache; each call picks up chunks other processes added. Vectors are memory-mapped; only the key
+    index (about 100 bytes per text) lives in memory.
 
     Attributes:
         hits: requested texts served from the cache, over the object's life.
@@ -291,9 +291,9 @@ class CachedTextEncoder:
     def encode(self, texts: Sequence[str], batch_size: int = 64, progress: bool = False) -> np.ndarray:
         """Vectors for ``texts`` (``(n, dim)`` float32, unit length), embedding only texts not cached.
 
-        Texts to embed are deduplicated and sorted by length (long first, as sentence-transformers does),
-        then sent to the model in groups of batches; ``progress`` shows a tqdm
-        bar over embedding batches.
+        Texts to embed are deduplicated and sorted by length (long first), so each group of batches sent
+        to the model spans few token counts and the encoder fills few part batches; ``progress`` shows a
+        tqdm bar over embedding batches.
         """
         self._refresh()
         keys = [self.key(text) for text in texts]

@@ -6,9 +6,10 @@ the middle block) whose time embedding receives the caption's sentence embedding
 (``class_embed_type="identity"``). A learned null embedding replaces the caption for
 ``cond_dropout`` of the training samples, so sampling can use classifier-free guidance. Training uses a
 diffusers ``DDPMScheduler`` (few timesteps, cosine schedule), an x0 ("sample") target weighted alike at
-every noise level (``snr_gamma: 0``; min-SNR weighting is optional), AdamW with warm-up and cosine decay, and an EMA of the weights; sampling uses a
-``DDIMScheduler`` (deterministic, eta 0), so image ``i`` depends only on its prompt and its seed (the
-initial noise comes from a ``torch.Generator`` seeded per image).
+every noise level (``snr_gamma: 0``; min-SNR weighting is optional), AdamW with warm-up and cosine
+decay, and an EMA of the weights; sampling uses a ``DDIMScheduler`` (deterministic, eta 0), so image
+``i`` depends only on its prompt and its seed (the initial noise comes from a ``torch.Generator`` seeded
+per image).
 
 These defaults were chosen by measurement on 2 CPU cores (``benchmarks/tiny_diffusion_quality.py``):
 see the report in ``benchmarks/results/tiny_diffusion.json``.
