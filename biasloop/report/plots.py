@@ -356,3 +356,77 @@ def study_figure(study: dict, metric_keys: list[str], out_path: str | Path, titl
     fig.tight_layout()
     _save(fig, out_path)
     plt.close(fig)
+
+
+DECOMPOSITION_TERMS = (  # (key, legend label, colour) of the terms of a pairing's measured shift
+    ("data", "(a) data: the ideal learner vs. the selection", "#8c8c8c"),
+    ("generator", "(b) generator vs. the ideal learner", "#d62728"),
+    ("instrument", "(c) instrument error", "#1f77b4"),
+    ("generator_and_instrument", "(b)+(c) generator and instrument (no ground truth)", "#9467bd"),
+)
+
+
+def decomposition_figure(pairings: dict[str, dict], out_path: str | Path, title: str) -> None:
+    """Each pairing's measured shift to the majority split into data, generator and instrument.
+
+    Left panel: one stacked bar per pairing (positive terms stacked right of 0, negative ones left of
+    it), the measured shift as a black diamond with its 95% interval. Right panel: each term with its
+    own 95% bootstrap interval. Values in percentage points of the share of women.
+
+    Args:
+        pairings: ``{pairing name: decomposition}`` as :func:`biasloop.metrics.decomposition.decompose`
+            returns it under ``"decomposition"`` (``measured`` and each term ``{"estimate", "ci"}``,
+            fractions); pairings without one (``available`` false) are left out.
+        out_path: PNG path (written atomically).
+        title: figure title.
+    """
+    plt = _pyplot()
+    shown = {name: d for name, d in pairings.items() if d and d.get("available", True) and d.get("measured")}
+    names = list(shown)
+    terms = [t for t in DECOMPOSITION_TERMS if any(t[0] in d for d in shown.values())]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12.5, 0.75 * max(len(names), 1) + 2.4),
+                                      gridspec_kw={"width_ratios": [1.25, 1]}, sharey=True)
+    y = np.arange(len(names))[::-1]
+    for row, name in zip(y, names):
+        entry = shown[name]
+        positive = negative = 0.0
+        for key, label, colour in terms:
+            value = 100.0 * ((entry.get(key) or {}).get("estimate") or 0.0)
+            start = positive if value >= 0 else negative
+            left.barh(row, value, left=start, color=colour, height=0.55, edgecolor="white",
+                      label=label if row == y[0] else None)
+            if value >= 0:
+                positive += value
+            else:
+                negative += value
+        measured = entry["measured"]
+        lo, hi = [100.0 * (c if c is not None else measured["estimate"]) for c in measured.get("ci") or [None, None]]
+        value = 100.0 * measured["estimate"]
+        left.errorbar([value], [row], xerr=[[value - lo], [hi - value]], fmt="D", color="black", ms=6, capsize=3,
+                      label="measured shift (95% CI)" if row == y[0] else None)
+    step = 0.7 / max(len(terms), 1)
+    for k, (key, label, colour) in enumerate(terms):
+        for row, name in zip(y, names):
+            term = shown[name].get(key)
+            if not term or term.get("estimate") is None:
+                continue
+            value = 100.0 * term["estimate"]
+            ci = [100.0 * (c if c is not None else term["estimate"]) for c in term.get("ci") or [None, None]]
+            offset = 0.35 - step * (k + 0.5)
+            right.errorbar([value], [row + offset], xerr=[[value - ci[0]], [ci[1] - value]], fmt="o", color=colour,
+                           ms=5, capsize=2)
+    for ax in (left, right):
+        ax.axvline(0, color="#555555", lw=1)
+        ax.grid(axis="x", alpha=0.3)
+    left.set_yticks(y)
+    left.set_yticklabels([n.replace("_", " ") for n in names])
+    left.set_xlabel("shift to the training majority (pp)")
+    right.set_xlabel("each term with its 95% bootstrap interval (pp)")
+    left.set_title("measured shift = (a) + (b) + (c)", fontsize=10)
+    right.set_title("how sure each term is", fontsize=10)
+    handles, labels = left.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=9, frameon=False, bbox_to_anchor=(0.5, -0.02))
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    _save(fig, out_path)
+    plt.close(fig)
