@@ -55,11 +55,14 @@ _TRAIN_SHARES = {
     "ideal_measured": ("unmarked_meas_female", "unmarked_meas_confident"),
 }
 _GEN_SHARES = {"gen_measured": ("meas_female", "meas_confident"), "gen_oracle": ("oracle_female", "oracle_confident")}
+# The 0/1 columns of one image whose sums over an occupation's images give those shares (and counts).
+_TRAIN_NAMES = ["meas_female", "meas_confident", "true_female", "true_known", "unmarked", "unmarked_true_female",
+                "unmarked_true_known", "unmarked_meas_female", "unmarked_meas_confident", "n"]
+_GEN_NAMES = ["meas_female", "meas_confident", "oracle_female", "oracle_confident", "n"]
 
 
 def _train_columns(train: pl.DataFrame) -> np.ndarray:
-    """Per training row, the 0/1 columns whose sums give the shares of :data:`_TRAIN_SHARES`, plus ``n`` and
-    ``unmarked`` (order: sorted names)."""
+    """Per training image, the 0/1 columns :data:`_TRAIN_NAMES` (float ``(n_images, len(_TRAIN_NAMES))``)."""
     label = pl.col("label")
     truth = pl.col("true_gender") if "true_gender" in train.columns else pl.lit(None, dtype=pl.String)
     unmarked = (pl.col("indicator") == "none").fill_null(False) if "indicator" in train.columns else pl.lit(False)
@@ -74,14 +77,11 @@ def _train_columns(train: pl.DataFrame) -> np.ndarray:
         unmarked_meas_confident=pl.col("meas_confident") & pl.col("unmarked"),
         n=pl.lit(True),
     )
-    return frame.select(sorted(frame.columns)).to_numpy().astype(np.float64)
-
-
-_TRAIN_NAMES = sorted(["meas_female", "meas_confident", "true_female", "true_known", "unmarked", "unmarked_true_female",
-                       "unmarked_true_known", "unmarked_meas_female", "unmarked_meas_confident", "n"])
+    return frame.select(_TRAIN_NAMES).to_numpy().astype(np.float64)
 
 
 def _gen_columns(generated: pl.DataFrame) -> np.ndarray:
+    """Per generated image, the 0/1 columns :data:`_GEN_NAMES`."""
     label = pl.col("label")
     oracle = pl.col("oracle_label") if "oracle_label" in generated.columns else pl.lit(None, dtype=pl.String)
     frame = generated.select(
@@ -89,10 +89,7 @@ def _gen_columns(generated: pl.DataFrame) -> np.ndarray:
         oracle_female=(oracle == "female").fill_null(False),
         oracle_confident=oracle.is_in(["female", "male"]).fill_null(False), n=pl.lit(True),
     )
-    return frame.select(sorted(frame.columns)).to_numpy().astype(np.float64)
-
-
-_GEN_NAMES = sorted(["meas_female", "meas_confident", "oracle_female", "oracle_confident", "n"])
+    return frame.select(_GEN_NAMES).to_numpy().astype(np.float64)
 
 
 def _shares(sums: np.ndarray, names: list[str], spec: dict[str, tuple[str, str]]) -> dict[str, np.ndarray]:
@@ -135,14 +132,6 @@ def decomposition_terms(shares: dict[str, np.ndarray], sign: np.ndarray, ground_
         out["generator_and_instrument"] = np.mean(sign * (gen_measured - ideal), axis=-1)
         out["ideal_gap"] = np.mean(np.abs(ideal - train_measured), axis=-1)
     return out
-
-
-def _per_occupation_sums(
-    train: pl.DataFrame, generated: pl.DataFrame, occupations: list[str]
-) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    train_rows = [_train_columns(train.filter(pl.col("occupation") == o)) for o in occupations]
-    gen_rows = [_gen_columns(generated.filter(pl.col("occupation") == o)) for o in occupations]
-    return train_rows, gen_rows
 
 
 def _interval(values: np.ndarray) -> list[float | None]:
@@ -198,7 +187,8 @@ def decompose(
         train_spec = {k: v for k, v in train_spec.items() if not k.startswith("ideal")}
 
     candidates = sorted(set(train["occupation"].unique().to_list()) | set(generated["occupation"].unique().to_list()))
-    train_rows, gen_rows = _per_occupation_sums(train, generated, candidates)
+    train_rows = [_train_columns(train.filter(pl.col("occupation") == o)) for o in candidates]
+    gen_rows = [_gen_columns(generated.filter(pl.col("occupation") == o)) for o in candidates]
     if paired:  # a pair's two rows are one resampling unit
         units = [np.concatenate([t, g], axis=1) for t, g in zip(train_rows, gen_rows)]
     sums_t = np.stack([r.sum(axis=0) if len(r) else np.zeros(len(_TRAIN_NAMES)) for r in train_rows])
