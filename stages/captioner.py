@@ -27,6 +27,7 @@ from pathlib import Path
 from biasloop.core.config import to_dict
 from biasloop.core.io import write_json, write_parquet
 from biasloop.core.runtime import resolve_device
+from biasloop.core.seeds import stream_seed
 from biasloop.core.stage import load_configs, make_parser, run_main
 from biasloop.core.tracking import stage_run
 from biasloop.metrics.captioning import captioner_task
@@ -51,8 +52,10 @@ def main_body(argv: Sequence[str] | None) -> None:
     device = resolve_device(configs["base"].device)
     with stage_run("captioner", configs["tracking"], {"captioner": to_dict(config)}, generation=args.generation) as run:
         dataset, test = training_pairs(args.dataset), held_out(args.corpus)
+        # its own stream per generation: seed s at generation g+1 does not replay seed s+1 at generation g
+        seed = stream_seed(configs["base"].seed, "captioner", args.generation)
         groups = held_out_genders(test, args.instrument, device, configs["classify"].abstain_threshold)
-        metrics, captions = captioner_task(dataset, test, groups, config, configs["base"].seed + args.generation, device)
+        metrics, captions = captioner_task(dataset, test, groups, config, seed, device)
         metrics = {"generation": args.generation, **metrics}
         write_parquet(Path(args.out) / "captions.parquet", captions)
         write_json(args.metrics, metrics)

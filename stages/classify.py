@@ -7,11 +7,17 @@ itself under ``accelerate launch``; the processes share the image tower's forwar
 (``label_units``: unit u to process u mod P), the main process gathers the embeddings by row, scores
 them and writes the output atomically, bit-identical to one process's (:mod:`biasloop.core.distributed`).
 
+When the corpus is the glyph world (``corpus.source: world``), each generated image also gets the
+world's ground truth read off its hue, ``oracle_label`` (``biasloop.data.world.oracle_labels``, from
+``world.hue_female`` / ``world.hue_male``): the yardstick of the instrument on generated images and of the
+generator term of the decomposition. Another corpus has no oracle: the column is null.
+
 Inputs:   artifacts/instrument, artifacts/gen{N}/generate/manifest.parquet (+ image shards)
 Outputs:  artifacts/gen{N}/classify/predictions.parquet: the manifest's columns (prompt_kind,
           occupation, prompt, seed, image_ref) plus p_female, label, p_occupation (the instrument's
-          zero-shot probability of the asked occupation), predicted_occupation and instrument_fold
-Params:   base, tracking, occupations, classify
+          zero-shot probability of the asked occupation), predicted_occupation, instrument_fold and
+          oracle_label (female | male | abstain; null when the corpus is not the glyph world)
+Params:   base, tracking, occupations, classify, corpus.source, world.hue_female, world.hue_male
 
 Example:
     python -m stages.classify --generation 0 --instrument artifacts/instrument \\
@@ -29,10 +35,11 @@ import polars as pl
 
 from biasloop.core.config import to_dict
 from biasloop.core.distributed import join_or_relaunch
-from biasloop.core.io import timed, write_parquet
+from biasloop.core.io import load_images, timed, write_parquet
 from biasloop.core.runtime import resolve_device
 from biasloop.core.stage import load_configs, make_parser, run_main
 from biasloop.core.tracking import stage_run
+from biasloop.data.world import WorldConfig, oracle_labels
 from biasloop.models.instrument import ClassifyConfig
 from biasloop.models.labelling import (
     encode_units,
@@ -51,7 +58,8 @@ def main_body(argv: Sequence[str] | None) -> None:
     parser.add_argument("--manifest", required=True, help="generate@N manifest parquet")
     parser.add_argument("--out", required=True, help="output parquet")
     args = parser.parse_args(argv)
-    configs = load_configs(args.params, {"occupations": None, "classify": ClassifyConfig})
+    configs = load_configs(args.params, {"occupations": None, "classify": ClassifyConfig, "world": WorldConfig,
+                                         "corpus": None})
     config: ClassifyConfig = configs["classify"]
     occupations = list(configs["occupations"] or [])
     manifest = pl.read_parquet(args.manifest)
@@ -87,6 +95,15 @@ def main_body(argv: Sequence[str] | None) -> None:
                               image_vectors=vectors)
         predictions = pl.concat([manifest, labels.select("p_female", "label", "p_occupation", "predicted_occupation",
                                                          "instrument_fold")], how="horizontal")
+        glyph_world = (configs["corpus"] or {}).get("source", "world") == "world"
+        oracle = None
+        if glyph_world and len(refs):
+            world: WorldConfig = configs["world"]
+            oracle = oracle_labels(load_images(refs), world.hue_female, world.hue_male).tolist()
+        else:
+            log.info("corpus.source is not the glyph world: no oracle labels for generated images")
+        predictions = predictions.with_columns(pl.Series("oracle_label", oracle or [None] * len(predictions),
+                                                         dtype=pl.String))
         write_parquet(args.out, predictions)
         neutral = predictions.filter(pl.col("prompt_kind") == "neutral")
         metrics = {
@@ -95,6 +112,8 @@ def main_body(argv: Sequence[str] | None) -> None:
             "occupation_accuracy_neutral": float((neutral["predicted_occupation"] == neutral["occupation"]).mean())
             if len(neutral) else None,
             "num_processes": group.world,
+            "oracle_abstain_rate": float((predictions["oracle_label"] == "abstain").mean()) if oracle else None,
+            "oracle_agreement": float((predictions["oracle_label"] == predictions["label"]).mean()) if oracle else None,
         }
         log.info("generation %d: %s", args.generation, metrics)
         run.log_metrics(metrics)

@@ -2,7 +2,8 @@
 
 Inputs:   artifacts/classify_train/predictions.parquet, artifacts/gen{N}/classify/predictions.parquet,
           metrics/instrument.json (confusion rates), artifacts/models/gen{N}/downstream,
-          artifacts/corpus (held-out real pairs)
+          artifacts/corpus (held-out real pairs), artifacts/retrieve/matches.parquet (caption indicators,
+          for the ideal learner of the decomposition)
 Outputs:  metrics/generations/gen{N}.json
 Params:   base, tracking, occupations, evaluate, classify
 
@@ -10,7 +11,7 @@ Example:
     python -m stages.evaluate --generation 0 --train-predictions artifacts/classify_train/predictions.parquet \\
         --generated artifacts/gen0/classify/predictions.parquet --instrument-metrics metrics/instrument.json \\
         --downstream artifacts/models/gen0/downstream --corpus artifacts/corpus/captions.parquet \\
-        --out metrics/generations/gen0.json
+        --matches artifacts/retrieve/matches.parquet --out metrics/generations/gen0.json
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ def main_body(argv: Sequence[str] | None) -> None:
     parser.add_argument("--downstream", required=True, help="generation N's downstream CLIP folder")
     parser.add_argument("--corpus", required=True, help="corpus caption table (held-out split)")
     parser.add_argument("--instrument", default=None, help="instrument folder, used when the corpus has no gender labels")
+    parser.add_argument("--matches", required=True, help="retrieve's matches parquet (caption gender indicators)")
     parser.add_argument("--out", required=True, help="metrics JSON to write")
     args = parser.parse_args(argv)
     configs = load_configs(args.params, {"occupations": None, "evaluate": EvaluateConfig, "classify": ClassifyConfig})
@@ -71,6 +73,7 @@ def main_body(argv: Sequence[str] | None) -> None:
                 config,
                 configs["base"].seed,
                 downstream,
+                matches=pl.read_parquet(args.matches),
             )
         write_json(args.out, metrics)
         amplification = metrics["amplification"]
@@ -78,6 +81,11 @@ def main_body(argv: Sequence[str] | None) -> None:
                  args.generation, amplification.get("amplification_abs"), amplification.get("noise_floor_abs"),
                  amplification.get("excess_abs"), amplification.get("excess_abs_ci"), amplification.get("p_value_abs"),
                  downstream["recall"].get("recall@10"))
+        terms = (metrics["decomposition"].get("prompt_vs_keyword") or {})
+        if terms.get("available"):
+            log.info("generation %d, prompt vs keyword: shift %s", args.generation,
+                     ", ".join(f"{k} {v['estimate'] * 100:+.1f} pp" for k, v in terms.items()
+                               if isinstance(v, dict) and "estimate" in v))
         run.log_metrics({k: v for k, v in metrics.items() if k != "per_occupation"})
 
 

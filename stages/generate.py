@@ -4,7 +4,7 @@ For each occupation (params ``occupations``): ``generate.n_per_prompt`` images f
 template (``"a photo of {a} {occupation}"``), and one image for each of a seeded sample of at most
 ``generate.max_captions_per_occupation`` captions of the ``generate.caption_selection`` selection
 (``keyword``: every caption that mentions the occupation) used as prompts. Image ``i`` gets its own seed,
-derived from ``(base.seed, N, i)``, so a rerun makes the same images and generations differ only
+the i-th draw of stream ``generate-noise``, N (``biasloop.core.seeds``), so a rerun makes the same images and generations differ only
 through their generators. With ``generate.num_processes`` above 1 the stage re-runs itself under
 ``accelerate launch`` and the processes share the batches by index (see :mod:`biasloop.core.distributed`);
 the images are the same as with one process.
@@ -48,7 +48,7 @@ from biasloop.loop.prompts import MANIFEST_COLUMNS, GenerateConfig, plan_prompts
 
 log = logging.getLogger("generate")
 
-SEED_STREAM = 0  # generation_seeds stream of this stage (mix uses 1)
+SEED_STREAM = "generate-noise"  # generation_seeds stream of this stage (mix uses mix-noise)
 SHEET_PER_SIDE = 6  # contact sheet: real and generated images per occupation
 
 

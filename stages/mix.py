@@ -66,7 +66,7 @@ def main_body(argv: Sequence[str] | None) -> None:
 
                 generator = load_generator(args.generator, resolve_device(configs["base"].device))
                 prompts = corpus["caption"].gather(replaced).to_list()
-                seeds = generation_seeds(seed, args.generation, len(prompts), stream=1)
+                seeds = generation_seeds(seed, args.generation, len(prompts), stream="mix-noise")
                 with timed(f"generating {len(prompts)} replacement images (ratio {ratio})", log) as took:
                     images = generator.generate(prompts, seeds, batch_size=loop.batch_size)
                 generated_refs = write_image_shards(images, tmp / "images", 4096, ref_root=out / "images")

@@ -5,10 +5,13 @@ prompt vs. keyword captions, captions-as-prompts vs. keyword, prompt vs. nearest
 vs. nearest neighbours without gender indicators; measured, corrected by the instrument's confusion
 rates, and (glyph world) against ground truth. Each pairing has the number of images on each side, and
 A_abs / A_dir with their noise floor, excess over it (95% interval) and null p-value; captions-as-prompts
-is paired by caption id (``n_pairs``).
+is paired by caption id (``n_pairs``). Each pairing's measured shift is split into data (the ideal
+learner: the share of women among the selection's captions without a gender indicator), generator and
+instrument, with intervals (``ideal``, ``decomposition``); ``instrument_on_generated`` checks the
+instrument against the hue oracle on generation 0's images (glyph world).
 
 Inputs:   artifacts/classify_train/predictions.parquet, artifacts/gen0/classify/predictions.parquet,
-          metrics/instrument.json
+          metrics/instrument.json, artifacts/retrieve/matches.parquet (caption indicators)
 Outputs:  metrics/paradox.json, plots/paradox.csv (one row per pairing and kind: A_abs, noise floor, excess),
           plots/paradox_shares.png (share of women per occupation, training vs. generated)
 Params:   base, tracking, evaluate
@@ -16,6 +19,7 @@ Params:   base, tracking, evaluate
 Example:
     python -m stages.paradox --train-predictions artifacts/classify_train/predictions.parquet \\
         --generated artifacts/gen0/classify/predictions.parquet --instrument-metrics metrics/instrument.json \\
+        --matches artifacts/retrieve/matches.parquet \\
         --out metrics/paradox.json --table plots/paradox.csv --plot plots/paradox_shares.png
 """
 
@@ -31,7 +35,7 @@ from biasloop.core.io import atomic_path, write_json
 from biasloop.core.stage import load_configs, make_parser, run_main
 from biasloop.core.tracking import stage_run
 from biasloop.metrics.amplification import read_confusion
-from biasloop.metrics.evaluation import EvaluateConfig
+from biasloop.metrics.evaluation import EvaluateConfig, instrument_on_generated
 from biasloop.metrics.paradox import PAIRINGS, paradox_table, table_rows
 from biasloop.report.plots import share_plot
 
@@ -43,6 +47,7 @@ def main_body(argv: Sequence[str] | None) -> None:
     parser.add_argument("--train-predictions", required=True, help="classify_train predictions parquet")
     parser.add_argument("--generated", required=True, help="classify@0 predictions parquet")
     parser.add_argument("--instrument-metrics", required=True, help="metrics/instrument.json (tpr, fpr)")
+    parser.add_argument("--matches", required=True, help="retrieve's matches parquet (caption gender indicators)")
     parser.add_argument("--out", default="metrics/paradox.json", help="paradox table JSON (default: %(default)s)")
     parser.add_argument("--table", default="plots/paradox.csv", help="CSV for dvc plots (default: %(default)s)")
     parser.add_argument("--plot", default="plots/paradox_shares.png", help="share plot PNG (default: %(default)s)")
@@ -51,10 +56,11 @@ def main_body(argv: Sequence[str] | None) -> None:
     config: EvaluateConfig = configs["evaluate"]
     with stage_run("paradox", configs["tracking"], {"evaluate": to_dict(config)}, generation=0) as run:
         confusion = read_confusion(args.instrument_metrics)
-        paradox = paradox_table(pl.read_parquet(args.train_predictions), pl.read_parquet(args.generated),
-                                confusion, n_boot=config.n_boot, seed=configs["base"].seed)
+        generated = pl.read_parquet(args.generated)
+        paradox = paradox_table(pl.read_parquet(args.train_predictions), generated, confusion, n_boot=config.n_boot,
+                                seed=configs["base"].seed, matches=pl.read_parquet(args.matches))
         write_json(args.out, {"confusion": confusion, "pairings": {k: list(v) for k, v in PAIRINGS.items()},
-                              "table": paradox})
+                              "table": paradox, "instrument_on_generated": instrument_on_generated(generated)})
         rows = table_rows(paradox)
         with atomic_path(args.table) as tmp:
             pl.DataFrame(rows).write_csv(tmp)
@@ -73,6 +79,12 @@ def main_body(argv: Sequence[str] | None) -> None:
                      *("n/a" if v is None else f"{v:.3f}" for v in values))
         run.log_metrics({f"{r['name']}.{r['kind']}.{key}": r[key] for r in rows
                          for key in ("amplification_abs", "noise_floor_abs", "excess_abs") if r[key] is not None})
+        for name, entry in paradox.items():
+            terms = entry.get("decomposition") or {}
+            if terms.get("available"):
+                parts = {k: v["estimate"] for k, v in terms.items() if isinstance(v, dict) and "estimate" in v}
+                log.info("%-28s shift %s", name, ", ".join(f"{k} {v * 100:+.1f} pp" for k, v in parts.items()))
+                run.log_metrics({f"{name}.decomposition.{k}": v for k, v in parts.items()})
         run.log_artifact(args.plot)
 
 

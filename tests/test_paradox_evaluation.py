@@ -124,3 +124,31 @@ def test_evaluation_by_hand() -> None:
     assert "noise_floor_abs" in metrics["amplification"] and "excess_abs_ci" in metrics["amplification"]
     assert metrics["paradox"]["captions_vs_keyword"]["measured"]["n_pairs"] == 5
     assert metrics["amplification_corrected"] == {} and metrics["downstream"] is result
+
+
+def test_evaluation_carries_the_decomposition() -> None:
+    """gen{N}.json's ``ideal``, ``decomposition`` and ``instrument_on_generated``: with the captions'
+    indicators (retrieve's matches) and the generated images' oracle labels; without them, said so."""
+    train, generated = _hand_world()
+    # no matches: the unpaired pairings cannot place the ideal learner; the paired one needs no indicator
+    metrics = evaluate_generation(0, train, generated, None, EvaluateConfig(n_boot=50), seed=0, downstream=None)
+    assert metrics["decomposition"]["prompt_vs_keyword"]["available"] is False
+    assert metrics["decomposition"]["captions_vs_keyword"]["paired"] is True
+    assert metrics["decomposition"]["prompt_vs_nn_no_indicator"] is None  # a missing pairing
+    assert metrics["instrument_on_generated"]["available"] is False
+    # with matches (every keyword caption unmarked but n8, the marked man) and an oracle that agrees
+    # with the instrument everywhere: the instrument term is the training side's error only
+    ids = train.select("occupation", "id").unique()
+    matches = ids.with_columns(indicator=pl.when(pl.col("id") == "n8").then(pl.lit("male")).otherwise(pl.lit("none")))
+    metrics = evaluate_generation(0, train, generated.with_columns(oracle_label=pl.col("label")), None,
+                                  EvaluateConfig(n_boot=50), seed=0, downstream=None, matches=matches)
+    keyword = metrics["decomposition"]["prompt_vs_keyword"]
+    assert keyword["ground_truth"] is True
+    assert abs(keyword["data"]["estimate"] + keyword["generator"]["estimate"] + keyword["instrument"]["estimate"]
+               - metrics["amplification"]["shift_to_majority"]) < 1e-12
+    nurse = next(r for r in keyword["per_occupation"] if r["occupation"] == "nurse")
+    # nurse keyword captions: n0-n7 women, n8 and n9 men; n8 marked, so the unmarked ones are 8 women of 9
+    assert nurse["share_ideal_true"] == pytest.approx(8 / 9) and nurse["share_train_true"] == pytest.approx(0.8)
+    assert metrics["ideal"]["prompt_vs_keyword"]["shift"]["estimate"] == keyword["data"]["estimate"]
+    agreement = metrics["instrument_on_generated"]
+    assert agreement["available"] and agreement["all"]["overall"]["accuracy"] == 1.0

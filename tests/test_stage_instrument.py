@@ -119,7 +119,21 @@ def test_instrument_then_classify_stages(workspace: Path) -> None:
                           "--out", "artifacts/gen0/classify/predictions.parquet"]) == 0
     generated = pl.read_parquet("artifacts/gen0/classify/predictions.parquet")
     assert generated.columns == [*manifest.columns, "p_female", "label", "p_occupation", "predicted_occupation",
-                                 "instrument_fold"]
+                                 "instrument_fold", "oracle_label"]
+    # the glyph world's oracle reads each image's hue: the true gender, or abstain on an ambiguous hue
+    truth = corpus.select("image_ref", "true_gender", "true_ambiguous")
+    checked = generated.join(truth, on="image_ref", how="left")
+    clear = checked.filter(~pl.col("true_ambiguous"))
+    assert (clear["oracle_label"] == clear["true_gender"]).all()
+    assert (checked.filter(pl.col("true_ambiguous"))["oracle_label"] == "abstain").all()
+    # another corpus (here: the same images declared a folder corpus) has no oracle: a null column
+    params = yaml.safe_load(Path("params.yaml").read_text())
+    params["corpus"]["source"] = "folder"
+    Path("other.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert classify.main(["--params", "other.yaml", "--generation", "0", "--instrument", "artifacts/instrument",
+                          "--manifest", "artifacts/gen0/generate/manifest.parquet", "--out", "other.parquet"]) == 0
+    other = pl.read_parquet("other.parquet")
+    assert other["oracle_label"].is_null().all() and other["label"].to_list() == generated["label"].to_list()
     assert generated["instrument_fold"].to_list() == load_labeller("artifacts/instrument").fold_for(
         manifest["image_ref"].to_list()).tolist()
     assert generated["instrument_fold"].to_list() == [fold_of[r] for r in manifest["image_ref"][:5]] + \

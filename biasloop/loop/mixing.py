@@ -14,6 +14,8 @@ import dataclasses
 import numpy as np
 import polars as pl
 
+from biasloop.core.seeds import stream_seed
+
 DATASET_COLUMNS = ("id", "caption", "image_ref", "synthetic", "true_occupation", "true_gender", "split")
 
 
@@ -30,11 +32,11 @@ class LoopConfig:
 def replacement_order(ids: list[str] | tuple[str, ...], seed: int, generation: int) -> np.ndarray:
     """A fixed permutation of ``range(len(ids))`` for one generation.
 
-    The permutation depends on the sorted ids, the seed and the generation only, so it is the same
-    for every ratio (nesting) and independent of row order.
+    The permutation depends on the sorted ids, the seed and the generation only (stream
+    ``replacement-order``, N), so it is the same for every ratio (nesting) and independent of row order.
     """
     order_by_id = np.argsort(np.asarray(ids, dtype=object), kind="stable")
-    rng = np.random.default_rng([seed, generation, 7919])
+    rng = np.random.default_rng(stream_seed(seed, "replacement-order", generation))
     return order_by_id[rng.permutation(len(ids))]
 
 
@@ -70,7 +72,17 @@ def build_dataset(corpus: pl.DataFrame, replaced: np.ndarray, generated_refs: li
     ).select(DATASET_COLUMNS)
 
 
-def generation_seeds(seed: int, generation: int, count: int, stream: int) -> list[int]:
-    """Per-image seeds for one generation and one use (``stream``), stable across runs."""
-    rng = np.random.default_rng([seed, generation, stream])
+def generation_seeds(seed: int, generation: int, count: int, stream: str) -> list[int]:
+    """Per-image seeds for one generation and one use, stable across runs.
+
+    Args:
+        seed: ``base.seed``.
+        generation: N.
+        count: images.
+        stream: the use's stream name (``generate-noise``, ``mix-noise``; :func:`biasloop.core.seeds.stream_seed`).
+
+    Returns:
+        ``count`` seeds in ``[0, 2**31 - 1)``, image ``i``'s the ``i``-th draw of stream ``stream``, N.
+    """
+    rng = np.random.default_rng(stream_seed(seed, stream, generation))
     return rng.integers(0, 2**31 - 1, size=count).tolist()

@@ -15,6 +15,7 @@ import zlib
 import numpy as np
 import polars as pl
 
+from biasloop.core.seeds import stream_seed
 from biasloop.data.text import fill_template
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,7 @@ def plan_prompts(
             if config.max_captions_per_occupation:
                 log.warning("no %r captions for %s: no captions-as-prompts", config.caption_selection, occupation)
             continue
-        rng = np.random.default_rng([seed, zlib.crc32(occupation.encode()), 4099])
+        rng = np.random.default_rng(stream_seed(seed, "caption-prompts", zlib.crc32(occupation.encode())))
         take = min(config.max_captions_per_occupation, len(pool))
         picked = np.sort(rng.choice(len(pool), size=take, replace=False))
         for caption, source in zip(pool["caption"].gather(picked), pool["id"].gather(picked)):

@@ -6,19 +6,22 @@ dataset N). Heavy libraries are imported inside the functions. Both models train
 Random streams
 --------------
 Every random source follows ``base.seed`` (the glyph world excepted: ``world.seed`` is its own), through
-named streams (:func:`biasloop.core.seeds.stream_seed`, or the older ``default_rng([seed, ...])`` keys
-noted below). Variants use **common random numbers**: a ``synthetic_ratio`` variant draws exactly the
-baseline's numbers in every stream, so it differs from the baseline only by the ratio (which images are
-replaced, nested across ratios); a ``base.seed`` variant changes every stream.
+named streams, ``stream_seed(base.seed, name, *keys)`` (:func:`biasloop.core.seeds.stream_seed`): no seed
+is ever ``base.seed + N``, so seed s at generation N+1 never replays seed s+1 at generation N (the
+stream's hash makes neighbouring inputs unrelated). Variants use **common random numbers**: a
+``synthetic_ratio`` variant draws exactly the baseline's numbers in every stream, so it differs from the
+baseline only by the ratio (which images are replaced, nested across ratios); a ``base.seed`` variant
+changes every stream.
 
 ================================  =============================================  ==========================
 stream (where)                    what it decides                                shared across
 ================================  =============================================  ==========================
-``[seed, crc32(occ), 4099]``      captions-as-prompts sample per occupation      generations, ratios
+``caption-prompts``, crc32(occ)   captions-as-prompts sample per occupation      generations, ratios
 (loop.prompts)
-``[seed, N, 0]`` (generate@N)     each generated image's initial noise           ratios
-``[seed, N, 7919]`` (mix@N)       the nested order of replaced samples           ratios (nested prefix)
-``[seed, N, 1]`` (mix@N)          noise of the i-th replacement image            ratios (same i, same sample)
+``generate-noise``, N             each generated image's initial noise           ratios
+(generate@N)
+``replacement-order``, N (mix@N)  the nested order of replaced samples           ratios (nested prefix)
+``mix-noise``, N (mix@N)          noise of the i-th replacement image            ratios (same i, same sample)
 ``generator-init``                initial weights: tiny-diffusion from scratch,  generations, ratios
                                   stable-diffusion's LoRA adapters
 ``generator-train``, N            generator batch order, noise, timesteps,       ratios
@@ -26,8 +29,18 @@ stream (where)                    what it decides                               
 ``downstream``                    downstream CLIP initial weights and batch      generations, ratios
                                   order (trained from scratch every generation)
 ``instrument-folds`` /            which fold each training image is in; each     everything (trained once)
-``instrument-fold``, k            fold model's initial weights, order, augments
-``base.seed`` (paradox, evaluate) bootstrap and noise-floor (null) draws         generations, ratios
+``instrument-fold``, k /          fold model's initial weights, order, augments;
+``instrument-mixture``            the fold model that labels an unseen image
+``captioner``, N /                captioner@N / classifier@N: initial weights,   ratios
+``classifier``, N                 batch order (trained from scratch on dataset
+                                  N)
+``leakage-split``, r /            captioner@N's LIC run r: balanced split,       ratios
+``leakage-classifier``, r         classifier initialisation (keyed from the
+                                  captioner's seed, so per generation too)
+``amplification-bootstrap``       amplification tables' bootstrap and noise-     generations, ratios
+(paradox, evaluate)               floor (null) draws
+``decomposition-bootstrap``, i    the decomposition's bootstrap of pairing i     generations, ratios
+(paradox, evaluate)               (``paradox.PAIRINGS`` order)
 ================================  =============================================  ==========================
 
 The downstream CLIP and the from-scratch generator start from the same weights and see their data in

@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from biasloop.core.seeds import stream_seed
 from biasloop.data.indicators import caption_gender, mask_gender_words
 from biasloop.models.leakage import LeakageConfig, predict_gender_from_captions
 
@@ -161,7 +162,8 @@ def caption_leakage(
         human_captions: the human (reference) caption of the same images.
         genders: the image's gender, ``female`` / ``male``; other images are left out.
         config: the leakage classifier's params.
-        seed: base seed; run ``r`` splits with ``[seed, r]``.
+        seed: the captioner's seed; run ``r`` splits with stream ``leakage-split``, r and initialises its
+            classifiers with stream ``leakage-classifier``, r (:func:`biasloop.core.seeds.stream_seed`).
         model_vocabulary: the words the captioner can write (for ``align_vocabulary``; None: the words
             its captions here contain).
 
@@ -184,11 +186,13 @@ def caption_leakage(
     start = time.perf_counter()
     runs = []
     for run in range(config.seeds):
-        train, test = balanced_split(is_female, config.test_fraction, np.random.default_rng([seed, run, 4231]))
+        split_rng = np.random.default_rng(stream_seed(seed, "leakage-split", run))
+        train, test = balanced_split(is_female, config.test_fraction, split_rng)
         row: dict[str, Any] = {"seed": run}
         for name, tokens in (("m", model_tokens), ("d", human_tokens)):
             p_female = predict_gender_from_captions([tokens[i] for i in train], is_female[train],
-                                                    [tokens[i] for i in test], config, seed * 1000 + run)
+                                                    [tokens[i] for i in test], config,
+                                                    stream_seed(seed, "leakage-classifier", run))
             row[f"lic_{name}"] = lic_score(p_female, is_female[test])
             row[f"accuracy_{name}"] = float(np.mean((p_female >= 0.5) == is_female[test]))
         row["leakage"] = row["lic_m"] - row["lic_d"]

@@ -4,6 +4,9 @@
 
 - the paradox pairings for generation N's images against the real training selections
   (:mod:`biasloop.metrics.paradox`), with the headline pairing ``prompt_vs_keyword``;
+- each pairing's measured shift split into data (the ideal learner), generator and instrument
+  (``ideal`` and ``decomposition``, :mod:`biasloop.metrics.decomposition`), and the instrument checked
+  against the hue oracle on generation N's images (``instrument_on_generated``; glyph world only);
 - the generator's quality: the instrument's zero-shot occupation accuracy on the images it made for
   neutral prompts (does the image show what was asked), and its abstain rate;
 - the downstream CLIP trained on dataset N, on the real corpus's held-out split: text-to-image
@@ -24,6 +27,7 @@ import numpy as np
 import polars as pl
 
 from biasloop.data.text import fill_template
+from biasloop.metrics.decomposition import instrument_agreement
 from biasloop.metrics.downstream import group_fairness, max_skew_at_k, ndkl, recall_at_k
 from biasloop.metrics.paradox import headline, paradox_table
 
@@ -130,9 +134,20 @@ def evaluate_generation(
     config: EvaluateConfig,
     seed: int,
     downstream: dict[str, Any] | None,
+    matches: pl.DataFrame | None = None,
 ) -> dict[str, Any]:
-    """Assemble generation N's metrics (see the module docstring)."""
-    paradox = paradox_table(train_predictions, generated_predictions, confusion, n_boot=config.n_boot, seed=seed)
+    """Assemble generation N's metrics (see the module docstring).
+
+    Args:
+        generation: N.
+        train_predictions, generated_predictions, confusion: as :func:`biasloop.metrics.paradox.paradox_table`.
+        config: the ``evaluate`` params.
+        seed: ``base.seed`` (the bootstrap streams are named in :func:`~biasloop.metrics.paradox.paradox_table`).
+        downstream: :func:`downstream_bias`'s result, or None.
+        matches: the retrieve stage's matches (caption indicators, for the ideal learner), or None.
+    """
+    paradox = paradox_table(train_predictions, generated_predictions, confusion, n_boot=config.n_boot, seed=seed,
+                            matches=matches)
     main = paradox["prompt_vs_keyword"]
     return {
         "generation": generation,
@@ -144,7 +159,28 @@ def evaluate_generation(
                     for name, entry in paradox.items()},
         "generator": generator_quality(generated_predictions),
         "downstream": downstream,
+        "ideal": {name: entry.get("ideal") for name, entry in paradox.items()},
+        "decomposition": {name: entry.get("decomposition") for name, entry in paradox.items()},
+        "instrument_on_generated": instrument_on_generated(generated_predictions),
     }
+
+
+def instrument_on_generated(generated: pl.DataFrame) -> dict[str, Any]:
+    """The instrument against the hue oracle on one generation's images: all of them, and per prompt kind.
+
+    Returns:
+        ``{"available": False, "reason": ...}`` without oracle labels (a corpus other than the glyph
+        world), else ``{"available": True, "all": agreement, "by_prompt_kind": {kind: agreement}}`` with
+        :func:`biasloop.metrics.decomposition.instrument_agreement`'s rows (overall and per occupation).
+    """
+    overall = instrument_agreement(generated)
+    if overall is None:
+        return {"available": False,
+                "reason": "the generated images have no oracle_label (the corpus is not the glyph world)"}
+    kinds = sorted(generated["prompt_kind"].unique().to_list()) if "prompt_kind" in generated.columns else []
+    return {"available": True, "all": overall,
+            "by_prompt_kind": {kind: instrument_agreement(generated.filter(pl.col("prompt_kind") == kind))
+                               for kind in kinds}}
 
 
 def perceived_groups(test: pl.DataFrame, instrument_dir: str | None, device: str, threshold: float) -> list:

@@ -20,6 +20,11 @@ Each pairing here is reported three ways:
 - ``measured``: shares from the instrument's confident labels;
 - ``corrected``: both shares corrected with the instrument's confusion rates (tpr, fpr);
 - ``true`` (glyph world only): training share from ground truth against the corrected generated share.
+
+and, beside the tables, its measured shift split into data (the ideal learner), generator and instrument
+(``ideal`` and ``decomposition``, :mod:`biasloop.metrics.decomposition`). The ideal learner needs each
+training caption's gender indicator (the retrieve stage's ``matches``); the generator and instrument
+terms need the oracle labels of the generated images (glyph world).
 """
 
 from __future__ import annotations
@@ -28,7 +33,9 @@ from typing import Any
 
 import polars as pl
 
+from biasloop.core.seeds import stream_seed
 from biasloop.metrics.amplification import amplification_table, count_table
+from biasloop.metrics.decomposition import decompose
 
 # pairing name -> (generated prompt kind, training selection)
 PAIRINGS = {
@@ -88,61 +95,90 @@ def true_count_table(frame: pl.DataFrame) -> pl.DataFrame:
     )
 
 
+def with_indicators(train_predictions: pl.DataFrame, matches: pl.DataFrame | None) -> pl.DataFrame:
+    """``train_predictions`` with each caption's gender ``indicator`` (``none`` when unmarked) from the retrieve
+    stage's ``matches`` (``occupation, id, indicator``); every selection is drawn from the matches, so a
+    selected caption without one is an error. Unchanged when ``matches`` is None or the column is there."""
+    if matches is None or "indicator" in train_predictions.columns:
+        return train_predictions
+    indicators = matches.select("occupation", "id", "indicator").unique(["occupation", "id"], keep="first")
+    joined = train_predictions.join(indicators, on=["occupation", "id"], how="left", maintain_order="left")
+    missing = joined.filter(pl.col("indicator").is_null())
+    if len(missing):
+        raise ValueError(f"{len(missing)} selected captions are not in the matches (first: {missing['id'][0]!r}): "
+                         "selections and matches come from different retrieve runs")
+    return joined
+
+
 def paradox_table(
     train_predictions: pl.DataFrame,
     generated_predictions: pl.DataFrame,
     confusion: dict[str, float] | None,
     n_boot: int = 1000,
     seed: int = 0,
+    matches: pl.DataFrame | None = None,
 ) -> dict[str, Any]:
-    """Amplification for every pairing in :data:`PAIRINGS`.
+    """Amplification for every pairing in :data:`PAIRINGS`, and its decomposition.
 
     Args:
-        train_predictions: ``classify_train`` output (``selection, occupation, p_female, label`` and,
+        train_predictions: ``classify_train`` output (``selection, occupation, id, p_female, label`` and,
             in the glyph world, ``true_gender``).
-        generated_predictions: ``classify@N`` output (``prompt_kind, occupation, p_female, label``).
+        generated_predictions: ``classify@N`` output (``prompt_kind, occupation, p_female, label`` and,
+            in the glyph world, ``oracle_label``).
         confusion: the instrument's ``{"tpr", "fpr"}`` on labelled data, or None when unknown.
         n_boot: bootstrap replicates for the 95% intervals.
-        seed: bootstrap seed.
+        seed: ``base.seed``; the amplification tables draw from stream ``amplification-bootstrap``, the
+            decomposition of pairing i from ``decomposition-bootstrap``, i (the same in every generation).
+        matches: the retrieve stage's matches (``occupation, id, indicator``), for the ideal learner;
+            None: no decomposition for unpaired pairings (``available: false``).
 
     Returns:
         ``{pairing: {"paired_by_source": bool, "n_pairs": int | None, "measured": table, "corrected":
-        table | None, "true": table | None}}`` where each table is
-        :func:`biasloop.metrics.amplification.amplification_table`'s dict (with ``n_pairs`` for a paired
-        pairing); a pairing with no images on a side is ``{"missing": True, ...}`` with None tables.
+        table | None, "true": table | None, "ideal": dict | None, "decomposition": dict}}`` where each
+        table is :func:`biasloop.metrics.amplification.amplification_table`'s dict (with ``n_pairs`` for a
+        paired pairing) and ``ideal`` / ``decomposition`` are
+        :func:`biasloop.metrics.decomposition.decompose`'s; a pairing with no images on a side is
+        ``{"missing": True, ...}`` with None tables.
     """
+    train_predictions = with_indicators(train_predictions, matches)
+    amplification_seed = stream_seed(seed, "amplification-bootstrap")
     has_truth = (
         "true_gender" in train_predictions.columns and train_predictions["true_gender"].null_count() < len(train_predictions)
     )
     result: dict[str, Any] = {}
-    for name, (prompt_kind, selection) in PAIRINGS.items():
+    for index, (name, (prompt_kind, selection)) in enumerate(PAIRINGS.items()):
         train = train_predictions.filter(pl.col("selection") == selection)
         generated = generated_predictions.filter(pl.col("prompt_kind") == prompt_kind)
         if train.is_empty() or generated.is_empty():
-            result[name] = {"measured": None, "corrected": None, "true": None, "missing": True}
+            result[name] = {"measured": None, "corrected": None, "true": None, "missing": True, "ideal": None,
+                            "decomposition": None}
             continue
         n_pairs = None
         if name in PAIRED_BY_SOURCE:
             train, generated = paired_by_source(train, generated)
             n_pairs = len(generated)
             if n_pairs == 0:
-                result[name] = {"measured": None, "corrected": None, "true": None, "missing": True, "n_pairs": 0}
+                result[name] = {"measured": None, "corrected": None, "true": None, "missing": True, "n_pairs": 0,
+                                "ideal": None, "decomposition": None}
                 continue
         train_counts, generated_counts = count_table(train), count_table(generated)
-        measured = amplification_table(train_counts, generated_counts, n_boot=n_boot, seed=seed, confusion=confusion)
+        measured = amplification_table(train_counts, generated_counts, n_boot=n_boot, seed=amplification_seed,
+                                       confusion=confusion)
         entry: dict[str, Any] = {"paired_by_source": name in PAIRED_BY_SOURCE, "n_pairs": n_pairs}
         entry["measured"] = {k: v for k, v in measured.items() if k != "corrected"}
         entry["corrected"] = measured.get("corrected")
         entry["true"] = None
         if has_truth and confusion is not None:
             truth = amplification_table(
-                true_count_table(train), generated_counts, n_boot=n_boot, seed=seed, confusion=confusion,
+                true_count_table(train), generated_counts, n_boot=n_boot, seed=amplification_seed, confusion=confusion,
                 correct_train=False,
             )
             entry["true"] = truth.get("corrected")
         for kind in ("measured", "corrected", "true"):
             if entry[kind] is not None and n_pairs is not None:
                 entry[kind]["n_pairs"] = n_pairs
+        entry.update(decompose(train, generated, paired=name in PAIRED_BY_SOURCE, n_boot=n_boot,
+                               seed=stream_seed(seed, "decomposition-bootstrap", index)))
         result[name] = entry
     return result
 
