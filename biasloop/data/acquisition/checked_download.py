@@ -1,0 +1,157 @@
+"""img2dataset with the fetch policy enforced where it connects (:mod:`.fetch_policy`).
+
+img2dataset 1.47 fetches each image with ``urllib.request.urlopen(request, timeout=...)``
+(``img2dataset.downloader.download_image``), in worker processes its distributor starts (spawned
+``multiprocessing`` workers, Spark executors, Ray workers). ``urlopen`` uses the process's installed
+opener, whose defaults also open ``file:``, ``ftp:`` and ``data:`` URLs and follow environment proxies.
+
+:class:`CheckedDownloader` is img2dataset's ``Downloader`` that installs :func:`build_checked_opener` in
+the process that runs a shard, before it downloads anything. The instance is pickled to the workers by
+reference to this module, so every distributor's workers import it (they need ``biasloop`` installed).
+The checked opener:
+
+- opens ``http`` and ``https`` only: any other scheme is refused (``refused_scheme``) by the opener itself,
+  not by a missing handler; every URL, redirect targets included, first passes :func:`url_refusal`;
+- connects through :func:`connect_checked`: the host is resolved once, the connection is refused if any
+  address is not allowed, and the socket connects to the checked address (no second lookup);
+- follows redirects (301, 302, 303, 307, 308) only to URLs the policy allows; each is a new connection,
+  checked again;
+- ignores ``http_proxy``/``https_proxy``: through a proxy the address actually reached would be the
+  proxy's choice, which cannot be checked here.
+
+A refusal reaches img2dataset as an exception whose text starts with its reason (``<urlopen error
+refused_address: ...>``), which img2dataset records as the URL's ``error_message``.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.client
+import urllib.request
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from urllib.error import URLError
+from urllib.parse import urljoin
+
+from img2dataset import main as img2dataset_main
+from img2dataset.downloader import Downloader
+
+from biasloop.data.acquisition.fetch_policy import (
+    Network,
+    connect_checked,
+    parse_networks,
+    url_refusal,
+)
+
+
+def _checked_connection(connection_class: type, allowed_networks: Sequence[Network]):
+    def make(host, **kwargs):
+        connection = connection_class(host, **kwargs)
+        # http.client's connect() opens its socket with self._create_connection (socket.create_connection
+        # by default): replacing it puts the check under every HTTP and HTTPS connection, tunnels included.
+        connection._create_connection = functools.partial(connect_checked, allowed_networks=allowed_networks)
+        return connection
+
+    return make
+
+
+class _CheckedHTTPHandler(urllib.request.HTTPHandler):
+    def __init__(self, allowed_networks: Sequence[Network]) -> None:
+        super().__init__()
+        self._connection = _checked_connection(http.client.HTTPConnection, allowed_networks)
+
+    def http_open(self, req):
+        return self.do_open(self._connection, req)
+
+
+class _CheckedHTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, allowed_networks: Sequence[Network]) -> None:
+        super().__init__()
+        self._connection = _checked_connection(http.client.HTTPSConnection, allowed_networks)
+
+    def https_open(self, req):
+        return self.do_open(self._connection, req, context=self._context, check_hostname=self._check_hostname)
+
+
+class _CheckedRedirectHandler(urllib.request.HTTPRedirectHandler):
+    def __init__(self, allowed_networks: Sequence[Network]) -> None:
+        super().__init__()
+        self.allowed_networks = allowed_networks
+
+    def http_error_302(self, req, fp, code, msg, headers):
+        location = headers.get("location") or headers.get("uri")
+        if location:
+            refusal = url_refusal(urljoin(req.full_url, location), self.allowed_networks)
+            if refusal is not None:
+                fp.close()
+                raise URLError(f"{refusal} (redirect from {req.full_url})")
+        return super().http_error_302(req, fp, code, msg, headers)
+
+    http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
+
+
+class _RefuseOtherSchemes(urllib.request.BaseHandler):
+    def unknown_open(self, req):
+        raise URLError(str(url_refusal(req.full_url)))
+
+
+class CheckedOpener(urllib.request.OpenerDirector):
+    """An opener that refuses every URL :func:`url_refusal` refuses, before opening anything."""
+
+    def __init__(self, allowed_networks: Sequence[Network]) -> None:
+        super().__init__()
+        self.allowed_networks = tuple(allowed_networks)
+
+    def open(self, fullurl, data=None, timeout=urllib.request.socket._GLOBAL_DEFAULT_TIMEOUT):  # noqa: SLF001
+        url = fullurl.full_url if isinstance(fullurl, urllib.request.Request) else fullurl
+        refusal = url_refusal(url, self.allowed_networks)
+        if refusal is not None:
+            raise URLError(str(refusal))
+        return super().open(fullurl, data, timeout)
+
+
+def build_checked_opener(allowed_networks: Sequence[Network] = ()) -> CheckedOpener:
+    """An opener for ``http``/``https`` to allowed addresses only (see the module docstring).
+
+    No ``ProxyHandler``, ``FileHandler``, ``FTPHandler`` or ``DataHandler``: other schemes reach
+    ``_RefuseOtherSchemes`` (should the URL check ever be bypassed) and are refused.
+    """
+    opener = CheckedOpener(allowed_networks)
+    for handler in (
+        _RefuseOtherSchemes(),
+        _CheckedHTTPHandler(allowed_networks),
+        _CheckedHTTPSHandler(allowed_networks),
+        urllib.request.HTTPDefaultErrorHandler(),
+        _CheckedRedirectHandler(allowed_networks),
+        urllib.request.HTTPErrorProcessor(),
+    ):
+        opener.add_handler(handler)
+    return opener
+
+
+class CheckedDownloader(Downloader):
+    """img2dataset's ``Downloader`` whose shard downloads go through :func:`build_checked_opener`.
+
+    ``allowed_networks`` are strings (``"10.1.2.0/24"``) so the instance pickles to any worker.
+    """
+
+    def __init__(self, *args, allowed_networks: Sequence[str] = (), **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.allowed_networks = tuple(str(n) for n in allowed_networks)
+
+    def __call__(self, row):
+        # img2dataset calls urllib.request.urlopen, which uses the process's installed opener: this
+        # process is one of the distributor's workers, which only download.
+        urllib.request.install_opener(build_checked_opener(parse_networks(self.allowed_networks)))
+        return super().__call__(row)
+
+
+@contextmanager
+def checked_img2dataset(allowed_networks: Sequence[str] = ()) -> Iterator[None]:
+    """While open, :func:`img2dataset.download` builds a :class:`CheckedDownloader` instead of its own."""
+    original = img2dataset_main.Downloader
+    img2dataset_main.Downloader = functools.partial(CheckedDownloader, allowed_networks=tuple(allowed_networks))
+    try:
+        yield
+    finally:
+        img2dataset_main.Downloader = original
