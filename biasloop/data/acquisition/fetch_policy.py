@@ -86,7 +86,7 @@ def _address_class(address: Address) -> str | None:
 
 
 def address_refusal(address: str | Address, allowed_networks: Sequence[Network] = ()) -> str | None:
-    """Why connecting to ``address`` is refused ("127.0.0.1 is loopback"), or None when it is allowed.
+    """Why connecting to ``address`` is refused ("127.0.0.1 (loopback)"), or None when it is allowed.
 
     An address inside ``allowed_networks`` is allowed; otherwise it must be public. IPv4-mapped and 6to4
     IPv6 addresses are judged by the IPv4 address they carry (what the packets reach).
@@ -103,9 +103,9 @@ def address_refusal(address: str | Address, allowed_networks: Sequence[Network] 
     if isinstance(address, ipaddress.IPv6Address) and address.sixtofour is not None:
         inner = address_refusal(address.sixtofour, allowed_networks)
         if inner:
-            return f"{address} is 6to4 for {inner}"
+            return f"{address} (6to4 for {inner})"
     kind = _address_class(address)
-    return None if kind is None else f"{address} is {kind}"
+    return None if kind is None else f"{address} ({kind})"
 
 
 def _legacy_numeric_ipv4(host: str) -> str | None:
@@ -174,7 +174,7 @@ def url_refusal(url: object, allowed_networks: Sequence[Network] = (), resolve: 
     name = host.rstrip(".").lower()
     if name == "localhost" or name.endswith(".localhost"):  # RFC 6761: always loopback
         why = address_refusal("127.0.0.1", allowed_networks)
-        return Refusal(REFUSED_ADDRESS, f"{host} is {why}") if why else None
+        return Refusal(REFUSED_ADDRESS, f"{host} = {why}") if why else None
     if resolve is None:
         return None
     try:
@@ -208,7 +208,7 @@ def connect_checked(
     addresses themselves, so the answer cannot change between the check and the connection.
 
     Raises:
-        RefusedConnection: ``"refused_address: <host> resolves to <address> is <class>"``.
+        RefusedConnection: ``"refused_address: <host> resolves to <address> (<class>)"``.
         OSError: as :func:`socket.create_connection` (resolution or connection failures).
     """
     host, port = address[0], address[1]
