@@ -1,6 +1,6 @@
 """LAION acquisition: selection over metadata, img2dataset download from a loopback server, face/NSFW
 filter on real photos, and the whole path metadata -> selection -> download -> filter -> ingestion ->
-classification in-process on tiny models. Nothing leaves 127.0.0.1."""
+classification in-process on tiny models. Nothing leaves the loopback range (127.0.0.0/8)."""
 
 from __future__ import annotations
 
@@ -203,13 +203,14 @@ def test_metadata_to_classified_faces(tmp_path: Path, tiny_params: Path, face_mo
         neighbours,
         retrieve,
     )
-    from tests.laion_fixtures import photo_server, write_metadata
+    from tests.laion_fixtures import MIRROR_NETWORK, photo_server, write_metadata
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("BIASLOOP_EMBEDDING_CACHE", str(tmp_path / "embedding-cache"))
     params = yaml.safe_load(tiny_params.read_text())
     params["occupations"] = OCCUPATIONS
-    params["laion_download"].update(processes_count=1, thread_count=4, timeout=1, retries=0, number_sample_per_shard=4)
+    params["laion_download"].update(processes_count=1, thread_count=4, timeout=1, retries=0, number_sample_per_shard=4,
+                                    local_mirror_networks=[MIRROR_NETWORK])  # the loopback server stands for the web
     params["laion_filter"]["face_model"] = str(face_model)
     params["corpus"].update(source="webdataset", path="artifacts/laion_filter/kept", image_size=16, test_fraction=0.0)
     params["neighbours"].update(model="fake:32", k=5)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import http.client
+import socket
 import urllib.request
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -37,6 +38,7 @@ from img2dataset import main as img2dataset_main
 from img2dataset.downloader import Downloader
 
 from biasloop.data.acquisition.fetch_policy import (
+    GetAddrInfo,
     Network,
     connect_checked,
     parse_networks,
@@ -44,30 +46,31 @@ from biasloop.data.acquisition.fetch_policy import (
 )
 
 
-def _checked_connection(connection_class: type, allowed_networks: Sequence[Network]):
+def _checked_connection(connection_class: type, allowed_networks: Sequence[Network], getaddrinfo: GetAddrInfo):
     def make(host, **kwargs):
         connection = connection_class(host, **kwargs)
         # http.client's connect() opens its socket with self._create_connection (socket.create_connection
-        # by default): replacing it puts the check under every HTTP and HTTPS connection, tunnels included.
-        connection._create_connection = functools.partial(connect_checked, allowed_networks=allowed_networks)
+        # by default): replacing it puts the check under every HTTP and HTTPS connection.
+        connection._create_connection = functools.partial(
+            connect_checked, allowed_networks=allowed_networks, getaddrinfo=getaddrinfo)
         return connection
 
     return make
 
 
 class _CheckedHTTPHandler(urllib.request.HTTPHandler):
-    def __init__(self, allowed_networks: Sequence[Network]) -> None:
+    def __init__(self, allowed_networks: Sequence[Network], getaddrinfo: GetAddrInfo) -> None:
         super().__init__()
-        self._connection = _checked_connection(http.client.HTTPConnection, allowed_networks)
+        self._connection = _checked_connection(http.client.HTTPConnection, allowed_networks, getaddrinfo)
 
     def http_open(self, req):
         return self.do_open(self._connection, req)
 
 
 class _CheckedHTTPSHandler(urllib.request.HTTPSHandler):
-    def __init__(self, allowed_networks: Sequence[Network]) -> None:
+    def __init__(self, allowed_networks: Sequence[Network], getaddrinfo: GetAddrInfo) -> None:
         super().__init__()
-        self._connection = _checked_connection(http.client.HTTPSConnection, allowed_networks)
+        self._connection = _checked_connection(http.client.HTTPSConnection, allowed_networks, getaddrinfo)
 
     def https_open(self, req):
         return self.do_open(self._connection, req, context=self._context, check_hostname=self._check_hostname)
@@ -102,7 +105,7 @@ class CheckedOpener(urllib.request.OpenerDirector):
         super().__init__()
         self.allowed_networks = tuple(allowed_networks)
 
-    def open(self, fullurl, data=None, timeout=urllib.request.socket._GLOBAL_DEFAULT_TIMEOUT):  # noqa: SLF001
+    def open(self, fullurl, data=None, timeout=socket._GLOBAL_DEFAULT_TIMEOUT):  # noqa: SLF001
         url = fullurl.full_url if isinstance(fullurl, urllib.request.Request) else fullurl
         refusal = url_refusal(url, self.allowed_networks)
         if refusal is not None:
@@ -110,8 +113,10 @@ class CheckedOpener(urllib.request.OpenerDirector):
         return super().open(fullurl, data, timeout)
 
 
-def build_checked_opener(allowed_networks: Sequence[Network] = ()) -> CheckedOpener:
+def build_checked_opener(allowed_networks: Sequence[Network] = (), getaddrinfo: GetAddrInfo = socket.getaddrinfo) -> CheckedOpener:
     """An opener for ``http``/``https`` to allowed addresses only (see the module docstring).
+
+    ``getaddrinfo`` resolves hosts at connect time (tests pass a dict-backed one: no real lookups).
 
     No ``ProxyHandler``, ``FileHandler``, ``FTPHandler`` or ``DataHandler``: other schemes reach
     ``_RefuseOtherSchemes`` (should the URL check ever be bypassed) and are refused.
@@ -119,8 +124,8 @@ def build_checked_opener(allowed_networks: Sequence[Network] = ()) -> CheckedOpe
     opener = CheckedOpener(allowed_networks)
     for handler in (
         _RefuseOtherSchemes(),
-        _CheckedHTTPHandler(allowed_networks),
-        _CheckedHTTPSHandler(allowed_networks),
+        _CheckedHTTPHandler(allowed_networks, getaddrinfo),
+        _CheckedHTTPSHandler(allowed_networks, getaddrinfo),
         urllib.request.HTTPDefaultErrorHandler(),
         _CheckedRedirectHandler(allowed_networks),
         urllib.request.HTTPErrorProcessor(),

@@ -45,6 +45,7 @@ ALLOWED_SCHEMES = ("http", "https")
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[[str, int], Sequence[str]]  # (host, port) -> address strings
+GetAddrInfo = Callable[..., list]  # socket.getaddrinfo's signature and result
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,8 +190,6 @@ def url_refusal(url: object, allowed_networks: Sequence[Network] = (), resolve: 
             return Refusal(REFUSED_ADDRESS, f"{host} resolves to {why}")
     return None
 
-
-GetAddrInfo = Callable[..., list]
 
 
 def connect_checked(
