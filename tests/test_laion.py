@@ -266,3 +266,81 @@ def test_metadata_to_classified_faces(tmp_path: Path, tiny_params: Path, face_mo
     keyword = predictions.filter(pl.col("selection") == "keyword").sort("occupation")
     assert keyword["occupation"].to_list() == OCCUPATIONS
     assert keyword["p_female"].is_between(0, 1).all() and keyword["label"].is_in(["female", "male", "abstain"]).all()
+
+
+# ------------------------------------------------------------------ hostile URLs through img2dataset
+
+
+@pytest.mark.slow  # img2dataset spawns a worker process: 10 to 30 s on a shared 2-core machine
+def test_download_fetches_only_allowed_urls(tmp_path: Path, tiny_params: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Metadata mixing the mirror (127.0.0.2, let in by local_mirror_networks) with loopback in several
+    spellings, file://, a bare path, ftp, data and gopher URLs, credentials, and redirects from the mirror
+    to loopback and to a file: the shards hold only the mirror's images, every other URL has a refusal row,
+    and the server on 127.0.0.1 (an internal service) never gets a request."""
+    import base64
+    import tarfile
+    from urllib.parse import quote
+
+    from stages import laion_download, laion_select
+    from tests.laion_fixtures import MIRROR_NETWORK, jpeg, photo_server
+
+    monkeypatch.chdir(tmp_path)
+    secret = tmp_path / "secret.jpg"
+    secret.write_bytes(jpeg(photos()["chelsea.jpg"]))  # a real image: read from disk, it would be kept
+    internal_requests: list[str] = []
+    with photo_server("127.0.0.1", internal_requests) as internal, photo_server() as mirror:
+        port = internal.rsplit(":", 1)[1]
+        rows = {
+            f"{mirror}/astronaut.jpg": "downloaded",
+            f"{mirror}/redirect?to={quote(mirror + '/mirrored.jpg', safe='')}": "downloaded",
+            f"{mirror}/redirect?to={quote(internal + '/astronaut.jpg', safe='')}": "refused_address",
+            f"{mirror}/redirect?to={quote(secret.as_uri(), safe='')}": "refused_scheme",
+            f"{internal}/chelsea.jpg": "refused_address",
+            f"http://2130706433:{port}/astronaut.jpg": "refused_address",
+            f"http://127.1:{port}/astronaut.jpg": "refused_address",
+            f"http://0x7f000001:{port}/astronaut.jpg": "refused_address",
+            f"http://[::1]:{port}/astronaut.jpg": "refused_address",
+            f"http://[::ffff:127.0.0.1]:{port}/astronaut.jpg": "refused_address",
+            f"http://localhost:{port}/astronaut.jpg": "refused_address",
+            secret.as_uri(): "refused_scheme",
+            str(secret): "refused_scheme",
+            f"ftp://127.0.0.1:{port}/astronaut.jpg": "refused_scheme",
+            "data:image/jpeg;base64," + base64.b64encode(secret.read_bytes()).decode(): "refused_scheme",
+            f"gopher://127.0.0.1:{port}/astronaut.jpg": "refused_scheme",
+            f"http://user:pw@{mirror.removeprefix('http://')}/two_astronauts.jpg": "refused_url",
+        }
+        metadata = tmp_path / "metadata.parquet"
+        pl.DataFrame({"URL": list(rows), "TEXT": [f"photo {i} of a nurse" for i in range(len(rows))]}).write_parquet(metadata)
+        params = yaml.safe_load(tiny_params.read_text())
+        params["occupations"] = OCCUPATIONS
+        params["laion_select"]["metadata"] = [str(metadata)]
+        params["laion_download"].update(processes_count=1, thread_count=4, timeout=2, retries=0,
+                                        local_mirror_networks=[MIRROR_NETWORK])
+        Path("params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        assert laion_select.main(["--out", "artifacts/laion_select/selection.parquet",
+                                  "--metrics", "metrics/laion_select.json"]) == 0
+        assert laion_download.main(["--selection", "artifacts/laion_select/selection.parquet", "--out",
+                                    "artifacts/laion_download", "--metrics", "metrics/laion_download.json"]) == 0
+    assert internal_requests == []
+
+    status = pl.read_parquet("artifacts/laion_download/status.parquet")
+    assert len(status) == len(rows) and status["url"].n_unique() == len(rows)  # one row per URL, none dropped
+    assert dict(status.select("url", "reason").iter_rows()) == rows
+    refused = status.filter(pl.col("reason").str.starts_with("refused_"))
+    assert all(m.startswith(r) or f"error {r}:" in m for r, m in refused.select("reason", "error_message").iter_rows())
+
+    images, urls = [], []
+    for shard in Path("artifacts/laion_download/shards").glob("*.tar"):
+        with tarfile.open(shard) as archive:
+            for member in archive.getmembers():
+                if member.name.endswith(".jpg"):
+                    images.append(member.name)
+                elif member.name.endswith(".json"):
+                    urls.append(json.loads(archive.extractfile(member).read())["url"])
+    assert len(images) == 2
+    assert sorted(urls) == sorted(u for u, r in rows.items() if r == "downloaded")
+
+    nurse = json.loads(Path("metrics/laion_download.json").read_text())["occupations"]["nurse"]
+    assert {k: v for k, v in nurse.items() if k.startswith("failed_refused")} == {
+        "failed_refused_address": 8, "failed_refused_scheme": 6, "failed_refused_url": 1}
+    assert nurse["requested"] == len(rows) and nurse["downloaded"] == 2

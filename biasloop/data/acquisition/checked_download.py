@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import http.client
+import importlib
 import socket
 import urllib.request
 from collections.abc import Iterator, Sequence
@@ -34,7 +35,6 @@ from contextlib import contextmanager
 from urllib.error import URLError
 from urllib.parse import urljoin
 
-from img2dataset import main as img2dataset_main
 from img2dataset.downloader import Downloader
 
 from biasloop.data.acquisition.fetch_policy import (
@@ -154,6 +154,8 @@ class CheckedDownloader(Downloader):
 @contextmanager
 def checked_img2dataset(allowed_networks: Sequence[str] = ()) -> Iterator[None]:
     """While open, :func:`img2dataset.download` builds a :class:`CheckedDownloader` instead of its own."""
+    # the module, not the package attribute: img2dataset/__init__.py rebinds the name `main` to a function
+    img2dataset_main = importlib.import_module("img2dataset.main")
     original = img2dataset_main.Downloader
     img2dataset_main.Downloader = functools.partial(CheckedDownloader, allowed_networks=tuple(allowed_networks))
     try:
