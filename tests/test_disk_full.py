@@ -196,3 +196,20 @@ def test_generate_stage_on_a_real_full_filesystem(workspace: Path) -> None:  # n
     line = _one_error_line(generate.stderr)
     assert "disk full (ENOSPC): could not write artifacts/gen0/generate" in line, line
     assert generate.stdout.strip().endswith("exit=1")
+
+
+def test_biasloop_command_on_a_full_disk(monkeypatch, capsys) -> None:
+    """`biasloop study collect`, `biasloop amplify`, ...: the same one line and status 1."""
+    import argparse
+
+    import biasloop.cli as cli
+
+    def run(args):
+        raise OSError(errno.ENOSPC, "No space left on device", "study/results.csv")
+
+    parser = argparse.ArgumentParser()
+    parser.set_defaults(run=run)
+    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    assert cli.main([]) == 1
+    line = _one_error_line(capsys.readouterr().err)
+    assert line.startswith("error: disk full (ENOSPC): could not write study/results.csv")
