@@ -33,13 +33,13 @@ from biasloop.core.tracking import stage_run
 from biasloop.data.acquisition.download import (
     DOWNLOAD_COLUMNS,
     DownloadConfig,
+    check_download_config,
     download_table,
     prepare_output,
     read_download_status,
     refuse_urls,
     run_img2dataset,
 )
-from biasloop.data.acquisition.fetch_policy import parse_networks
 from biasloop.data.retrieval import parse_occupations
 
 log = logging.getLogger("laion_download")
@@ -54,7 +54,7 @@ def main_body(argv: Sequence[str] | None) -> None:
     configs = load_configs(args.params, {"occupations": None, "laion_download": DownloadConfig})
     config: DownloadConfig = configs["laion_download"]
     occupations = parse_occupations(configs["occupations"])
-    parse_networks(config.local_mirror_networks)  # a bad entry fails here (exit 2), before any run starts
+    check_download_config(config)  # a bad mirror network or size cap fails here (exit 2), before any run starts
     if not Path(args.selection).exists():
         raise FileNotFoundError(f"{args.selection}: not found (run laion_select first)")
     selection = pl.read_parquet(args.selection)

@@ -254,3 +254,18 @@ def test_checked_opener_follows_allowed_redirects_and_refuses_the_rest(tmp_path)
             assert failure_reason("failed_to_download", str(caught.value)) == reason, (url, str(caught.value))
     assert internal_requests == []
     assert sum(p.startswith("/redirect") for p in mirror_requests) == 7
+
+
+def test_checked_opener_caps_the_response_size() -> None:
+    """img2dataset holds each body in memory: a body over max_response_bytes fails, declared or not."""
+    from biasloop.data.acquisition.checked_download import build_checked_opener
+
+    with photo_server(MIRROR_HOST) as mirror:
+        opener = build_checked_opener(MIRROR, max_response_bytes=10_000)  # the astronaut JPEG is ~80 KB
+        for path in ("/astronaut.jpg", "/unsized/astronaut.jpg"):  # with a Content-Length, and without one
+            with pytest.raises(URLError) as caught, opener.open(mirror + path, timeout=5) as response:
+                response.read()
+            assert failure_reason("failed_to_download", str(caught.value)) == "response_too_large", path
+        with build_checked_opener(MIRROR, max_response_bytes=10_000_000).open(mirror + "/unsized/astronaut.jpg",
+                                                                              timeout=5) as response:
+            assert response.read()[:3] == b"\xff\xd8\xff"

@@ -16,6 +16,9 @@ The checked opener:
   address is not allowed, and the socket connects to the checked address (no second lookup);
 - follows redirects (301, 302, 303, 307, 308) only to URLs the policy allows; each is a new connection,
   checked again;
+- reads at most ``max_response_bytes`` of a response (img2dataset reads a whole body into memory): a
+  larger one fails as ``response_too_large``, by its ``Content-Length`` before reading, else once the
+  limit is passed;
 - ignores ``http_proxy``/``https_proxy``: through a proxy the address actually reached would be the
   proxy's choice, which cannot be checked here.
 
@@ -93,6 +96,41 @@ class _CheckedRedirectHandler(urllib.request.HTTPRedirectHandler):
     http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
 
 
+RESPONSE_TOO_LARGE = "response_too_large"
+
+
+class _ResponseSizeLimit(urllib.request.BaseHandler):
+    handler_order = 400  # before HTTPErrorProcessor (1000): every response, whatever its status
+
+    def __init__(self, max_bytes: int | None) -> None:
+        self.max_bytes = max_bytes
+
+    def http_response(self, request, response):
+        limit = self.max_bytes
+        if limit is None:
+            return response
+        declared = response.headers.get("Content-Length", "")
+        if declared.strip().isdigit() and int(declared) > limit:
+            response.close()
+            raise URLError(f"{RESPONSE_TOO_LARGE}: Content-Length {int(declared):,} bytes is over {limit:,} "
+                           "(laion_download.max_response_bytes)")
+        read = response.read
+
+        def bounded_read(amt=None):
+            data = read(limit + 1 if amt is None or amt < 0 or amt > limit else amt)
+            bounded_read.total += len(data)
+            if bounded_read.total > limit:
+                response.close()
+                raise URLError(f"{RESPONSE_TOO_LARGE}: the body is over {limit:,} bytes (laion_download.max_response_bytes)")
+            return data
+
+        bounded_read.total = 0
+        response.read = bounded_read
+        return response
+
+    https_response = http_response
+
+
 class _RefuseOtherSchemes(urllib.request.BaseHandler):
     def unknown_open(self, req):
         raise URLError(str(url_refusal(req.full_url)))
@@ -113,8 +151,11 @@ class CheckedOpener(urllib.request.OpenerDirector):
         return super().open(fullurl, data, timeout)
 
 
-def build_checked_opener(allowed_networks: Sequence[Network] = (), getaddrinfo: GetAddrInfo = socket.getaddrinfo) -> CheckedOpener:
+def build_checked_opener(allowed_networks: Sequence[Network] = (), getaddrinfo: GetAddrInfo = socket.getaddrinfo,
+                         max_response_bytes: int | None = None) -> CheckedOpener:
     """An opener for ``http``/``https`` to allowed addresses only (see the module docstring).
+
+    ``max_response_bytes`` caps each response body (None: no cap).
 
     ``getaddrinfo`` resolves hosts at connect time (tests pass a dict-backed one: no real lookups).
 
@@ -129,6 +170,7 @@ def build_checked_opener(allowed_networks: Sequence[Network] = (), getaddrinfo: 
         urllib.request.HTTPDefaultErrorHandler(),
         _CheckedRedirectHandler(allowed_networks),
         urllib.request.HTTPErrorProcessor(),
+        _ResponseSizeLimit(max_response_bytes),
     ):
         opener.add_handler(handler)
     return opener
@@ -137,27 +179,32 @@ def build_checked_opener(allowed_networks: Sequence[Network] = (), getaddrinfo: 
 class CheckedDownloader(Downloader):
     """img2dataset's ``Downloader`` whose shard downloads go through :func:`build_checked_opener`.
 
-    ``allowed_networks`` are strings (``"10.1.2.0/24"``) so the instance pickles to any worker.
+    ``allowed_networks`` are strings (``"10.1.2.0/24"``) so the instance pickles to any worker;
+    ``max_response_bytes`` caps each response body.
     """
 
-    def __init__(self, *args, allowed_networks: Sequence[str] = (), **kwargs) -> None:
+    def __init__(self, *args, allowed_networks: Sequence[str] = (), max_response_bytes: int | None = None,
+                 **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.allowed_networks = tuple(str(n) for n in allowed_networks)
+        self.max_response_bytes = max_response_bytes
 
     def __call__(self, row):
         # img2dataset calls urllib.request.urlopen, which uses the process's installed opener: this
         # process is one of the distributor's workers, which only download.
-        urllib.request.install_opener(build_checked_opener(parse_networks(self.allowed_networks)))
+        opener = build_checked_opener(parse_networks(self.allowed_networks), max_response_bytes=self.max_response_bytes)
+        urllib.request.install_opener(opener)
         return super().__call__(row)
 
 
 @contextmanager
-def checked_img2dataset(allowed_networks: Sequence[str] = ()) -> Iterator[None]:
+def checked_img2dataset(allowed_networks: Sequence[str] = (), max_response_bytes: int | None = None) -> Iterator[None]:
     """While open, :func:`img2dataset.download` builds a :class:`CheckedDownloader` instead of its own."""
     # the module, not the package attribute: img2dataset/__init__.py rebinds the name `main` to a function
     img2dataset_main = importlib.import_module("img2dataset.main")
     original = img2dataset_main.Downloader
-    img2dataset_main.Downloader = functools.partial(CheckedDownloader, allowed_networks=tuple(allowed_networks))
+    img2dataset_main.Downloader = functools.partial(CheckedDownloader, allowed_networks=tuple(allowed_networks),
+                                                    max_response_bytes=max_response_bytes)
     try:
         yield
     finally:

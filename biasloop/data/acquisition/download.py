@@ -69,6 +69,14 @@ class DownloadConfig:
     disallowed_header_directives: tuple[str, ...] = ("noai", "noimageai", "noindex", "noimageindex")  # opt-outs honoured
     cluster_address: str | None = None  # pyspark: Spark master URL; ray: Ray address; null: a local session/cluster
     local_mirror_networks: tuple[str, ...] = ()  # networks (CIDR) fetched although private/loopback: your own mirror, a test server
+    max_response_bytes: int = 50_000_000  # bytes of one response body at most (img2dataset holds it in memory)
+
+
+def check_download_config(config: DownloadConfig) -> None:
+    """Raise ValueError naming the key when ``local_mirror_networks`` or ``max_response_bytes`` is invalid."""
+    parse_networks(config.local_mirror_networks)
+    if config.max_response_bytes < 1:
+        raise ValueError(f"laion_download.max_response_bytes must be at least 1, got {config.max_response_bytes}")
 
 
 def connect_cluster(config: DownloadConfig) -> None:
@@ -161,7 +169,8 @@ def run_img2dataset(input_path: str | Path, shards: str | Path, config: Download
     from biasloop.data.acquisition.checked_download import checked_img2dataset
 
     connect_cluster(config)
-    with checked_img2dataset(config.local_mirror_networks):
+    check_download_config(config)
+    with checked_img2dataset(config.local_mirror_networks, config.max_response_bytes):
         download(
             url_list=str(input_path),
             output_folder=str(shards),
@@ -199,13 +208,16 @@ def failure_reason(status: str | None, error_message: str | None) -> str:
     (e.g. ``http_404``); ``timeout``; ``connection`` (refused, reset, DNS); ``not_an_image`` (the body
     did not decode as an image: an HTML page, a truncated file); ``too_small`` / ``too_large`` /
     ``aspect_ratio`` (img2dataset's size filters); ``refused_scheme`` / ``refused_address`` /
-    ``refused_url`` (the fetch policy refused the URL, a redirect or the connection); ``other``.
+    ``refused_url`` (the fetch policy refused the URL, a redirect or the connection);
+    ``response_too_large`` (over ``max_response_bytes``); ``other``.
     """
     if status == "success":
         return "downloaded"
     refused = _REFUSED.search(error_message or "")
     if refused:
         return refused.group(1)
+    if "response_too_large:" in (error_message or ""):
+        return "response_too_large"
     message = (error_message or "").lower()
     if "x-robots-tag" in message:
         return "opted_out"
