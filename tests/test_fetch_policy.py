@@ -238,6 +238,7 @@ def test_checked_opener_follows_allowed_redirects_and_refuses_the_rest(tmp_path)
             assert response.status == 200
         refused = {
             f"http://internal.test:{internal_port}/astronaut.jpg": "refused_address",  # DNS says loopback
+            f"https://internal.test:{internal_port}/astronaut.jpg": "refused_address",  # before any TLS
             redirect(f"http://internal.test:{internal_port}/astronaut.jpg"): "refused_address",
             redirect(f"http://127.0.0.1:{internal_port}/astronaut.jpg"): "refused_address",
             redirect(f"http://2130706433:{internal_port}/astronaut.jpg"): "refused_address",

@@ -76,7 +76,8 @@ class _CheckedHTTPSHandler(urllib.request.HTTPSHandler):
         self._connection = _checked_connection(http.client.HTTPSConnection, allowed_networks, getaddrinfo)
 
     def https_open(self, req):
-        return self.do_open(self._connection, req, context=self._context, check_hostname=self._check_hostname)
+        extra = {} if getattr(self, "_check_hostname", None) is None else {"check_hostname": self._check_hostname}
+        return self.do_open(self._connection, req, context=self._context, **extra)
 
 
 class _CheckedRedirectHandler(urllib.request.HTTPRedirectHandler):
