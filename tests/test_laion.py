@@ -316,6 +316,7 @@ def test_download_fetches_only_allowed_urls(tmp_path: Path, tiny_params: Path, m
         params["laion_select"]["metadata"] = [str(metadata)]
         params["laion_download"].update(processes_count=1, thread_count=4, timeout=2, retries=0,
                                         local_mirror_networks=[MIRROR_NETWORK])
+        params["laion_filter"].update(faces="off", nsfw_threshold=None)  # keep what was downloaded
         Path("params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         assert laion_select.main(["--out", "artifacts/laion_select/selection.parquet",
                                   "--metrics", "metrics/laion_select.json"]) == 0
@@ -344,3 +345,13 @@ def test_download_fetches_only_allowed_urls(tmp_path: Path, tiny_params: Path, m
     assert {k: v for k, v in nurse.items() if k.startswith("failed_refused")} == {
         "failed_refused_address": 8, "failed_refused_scheme": 6, "failed_refused_url": 1}
     assert nurse["requested"] == len(rows) and nurse["downloaded"] == 2
+
+    # the acquisition table (metrics/acquisition.json, plots/acquisition.csv, the report) counts them too
+    from stages import laion_filter
+
+    assert laion_filter.main(["--out", "artifacts/laion_filter", "--metrics", "metrics/acquisition.json",
+                              "--table", "plots/acquisition.csv"]) == 0
+    acquisition = json.loads(Path("metrics/acquisition.json").read_text())["occupations"]["nurse"]
+    assert (acquisition["failed_refused_address"], acquisition["failed_refused_scheme"], acquisition["failed_refused_url"],
+            acquisition["kept"]) == (8, 6, 1, 2)
+    assert pl.read_csv("plots/acquisition.csv").filter(pl.col("occupation") == "nurse")["failed_refused_scheme"].item() == 6
