@@ -34,11 +34,14 @@ from biasloop.data.acquisition.download import (
     DOWNLOAD_COLUMNS,
     DownloadConfig,
     check_download_config,
+    check_space_left,
     download_table,
     prepare_output,
     read_download_status,
     refuse_urls,
+    remove_shards,
     run_img2dataset,
+    unfinished_shards,
 )
 from biasloop.data.retrieval import parse_occupations
 
@@ -77,7 +80,16 @@ def main_body(argv: Sequence[str] | None) -> None:
         with timed("img2dataset download", log) as timing:
             if len(allowed):
                 run_img2dataset(input_path, out / "shards", config)
-        fetched = read_download_status(out / "shards") if len(allowed) else refused.clear()
+        unfinished = unfinished_shards(out / "shards")
+        if unfinished:
+            try:
+                check_space_left(out / "shards")  # before removing them: a full disk fails the stage, naming it
+            finally:
+                remove_shards(out / "shards", unfinished)
+            log.warning("%d shard(s) did not finish (their URLs count as missing; a rerun fetches them): %s",
+                        len(unfinished), ", ".join(unfinished[:20]))
+        has_status = any((out / "shards").glob("*.parquet"))
+        fetched = read_download_status(out / "shards") if has_status else refused.clear()
         status = pl.concat([fetched, refused], how="vertical_relaxed").sort("sample_id")
         write_parquet(out / "status.parquet", status)
         table = download_table(selection, status, occupations)

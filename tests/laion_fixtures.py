@@ -4,7 +4,8 @@ The photos ship with scikit-image: ``astronaut`` (Eileen Collins, one face), the
 (one face), two astronauts side by side (two faces) and ``chelsea`` (a cat: no face). Failures: a
 missing file (404), a response slower than the download timeout, an HTML page served as a ``.jpg``, and
 a photo whose response carries ``X-Robots-Tag: noai`` (an opt-out img2dataset must respect), and
-``/redirect?to=<url>`` (a 302 to ``<url>``), and ``/unsized/<photo>`` (a body without Content-Length).
+``/redirect?to=<url>`` (a 302 to ``<url>``), ``/unsized/<photo>`` (a body without Content-Length) and
+``/drip.jpg`` (a photo sent 512 bytes every 0.2 s).
 
 The fetch policy refuses loopback addresses, so a test that downloads from this server serves it on
 127.0.0.2 (:data:`MIRROR_HOST`) and lets it in with ``laion_download.local_mirror_networks:
@@ -82,6 +83,19 @@ def photo_server(host: str = MIRROR_HOST, requests: list[str] | None = None) -> 
                 self.send_header("Location", parse_qs(urlsplit(self.path).query)["to"][0])
                 self.send_header("Content-Length", "0")
                 self.end_headers()
+            elif path == "/drip.jpg":  # every read within any socket timeout, the whole body in minutes
+                body = bodies["/astronaut.jpg"]
+                self.send_response(200)
+                self.send_header("Content-Type", "image/jpeg")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                try:
+                    for start in range(0, len(body), 512):
+                        self.wfile.write(body[start:start + 512])
+                        self.wfile.flush()
+                        time.sleep(0.2)
+                except OSError:
+                    pass  # the client gave up
             elif path.startswith("/unsized/") and path.removeprefix("/unsized") in bodies:
                 self.send_response(200)  # no Content-Length: the body ends when the connection closes
                 self.send_header("Content-Type", "image/jpeg")

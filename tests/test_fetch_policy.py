@@ -270,3 +270,21 @@ def test_checked_opener_caps_the_response_size() -> None:
         with build_checked_opener(MIRROR, max_response_bytes=10_000_000).open(mirror + "/unsized/astronaut.jpg",
                                                                               timeout=5) as response:
             assert response.read()[:3] == b"\xff\xd8\xff"
+
+
+def test_checked_opener_caps_the_time_to_receive_a_body() -> None:
+    """A body dripped 512 bytes every 0.2 s never trips the per-read timeout: the total cap stops it."""
+    import time
+
+    from biasloop.data.acquisition.checked_download import build_checked_opener
+
+    with photo_server(MIRROR_HOST) as mirror:
+        opener = build_checked_opener(MIRROR, max_response_seconds=1.0)
+        start = time.monotonic()
+        with pytest.raises(URLError) as caught, opener.open(mirror + "/drip.jpg", timeout=5) as response:
+            response.read()
+        assert time.monotonic() - start < 5
+        assert failure_reason("failed_to_download", str(caught.value)) == "timeout"
+        with opener.open(mirror + "/astronaut.jpg", timeout=5) as response:  # a prompt body is read whole
+            body = response.read()
+        assert body[:3] == b"\xff\xd8\xff" and len(body) > 2**16  # more than one chunk

@@ -355,3 +355,59 @@ def test_download_fetches_only_allowed_urls(tmp_path: Path, tiny_params: Path, m
     assert (acquisition["failed_refused_address"], acquisition["failed_refused_scheme"], acquisition["failed_refused_url"],
             acquisition["kept"]) == (8, 6, 1, 2)
     assert pl.read_csv("plots/acquisition.csv").filter(pl.col("occupation") == "nurse")["failed_refused_scheme"].item() == 6
+
+
+# ------------------------------------------------------------ unfinished shards and a full disk
+
+
+def _shard_files(folder: Path, name: str, finished: bool) -> None:
+    (folder / f"{name}.tar").write_bytes(b"partial tar")
+    (folder / f"{name}.parquet").write_bytes(b"partial parquet")
+    if finished:
+        (folder / f"{name}_stats.json").write_text("{}")
+
+
+def test_unfinished_shards_are_found_and_removed(tmp_path: Path) -> None:
+    from biasloop.data.acquisition.download import remove_shards, unfinished_shards
+
+    _shard_files(tmp_path, "00000", finished=True)
+    _shard_files(tmp_path, "00001", finished=False)
+    assert unfinished_shards(tmp_path) == ["00001"]
+    remove_shards(tmp_path, ["00001"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["00000.parquet", "00000.tar", "00000_stats.json"]
+
+
+def test_download_stage_on_a_full_disk(tmp_path: Path, tiny_params: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """img2dataset's workers report a full disk only as a failed shard: the stage probes the folder, fails
+    with one line naming it (exit 1) and leaves no partial shard behind."""
+    import errno
+
+    from biasloop.data.acquisition import download
+    from stages import laion_download
+
+    monkeypatch.chdir(tmp_path)
+    params = yaml.safe_load(tiny_params.read_text())
+    params["occupations"] = OCCUPATIONS
+    Path("params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    Path("artifacts/laion_select").mkdir(parents=True)
+    pl.DataFrame({"sample_id": ["s000000000"], "url": ["http://example.com/a.jpg"], "caption": ["a nurse"],
+                  "occupations": [["nurse"]], "indicator": ["none"]}).write_parquet("artifacts/laion_select/selection.parquet")
+
+    def run_img2dataset(input_path, shards, config):  # what a worker leaves when its disk fills: no fetch here
+        _shard_files(Path(shards), "00000", finished=False)
+
+    def fsync(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(laion_download, "run_img2dataset", run_img2dataset)
+    monkeypatch.setattr(download.os, "fsync", fsync)
+    assert laion_download.main(["--selection", "artifacts/laion_select/selection.parquet", "--out",
+                                "artifacts/laion_download", "--metrics", "metrics/laion_download.json"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert [line for line in err.splitlines() if line.startswith("error:")] == [
+        next(line for line in err.splitlines() if line.startswith("error: disk full (ENOSPC): could not write "
+                                                                  "artifacts/laion_download/shards"))]
+    left = sorted(p.name for p in Path("artifacts/laion_download/shards").iterdir())
+    assert not any(name.startswith("00000") or "probe" in name for name in left), left
+    assert not Path("metrics/laion_download.json").exists()

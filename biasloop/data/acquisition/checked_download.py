@@ -18,7 +18,8 @@ The checked opener:
   checked again;
 - reads at most ``max_response_bytes`` of a response (img2dataset reads a whole body into memory): a
   larger one fails as ``response_too_large``, by its ``Content-Length`` before reading, else once the
-  limit is passed;
+  limit is passed; a body that takes over ``max_response_seconds`` to arrive fails as ``timeout`` (the
+  ``timeout`` param bounds each network read, not a body dripped one byte at a time);
 - ignores ``http_proxy``/``https_proxy``: through a proxy the address actually reached would be the
   proxy's choice, which cannot be checked here.
 
@@ -32,6 +33,7 @@ import functools
 import http.client
 import importlib
 import socket
+import time
 import urllib.request
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -98,35 +100,55 @@ class _CheckedRedirectHandler(urllib.request.HTTPRedirectHandler):
 
 
 RESPONSE_TOO_LARGE = "response_too_large"
+_CHUNK = 2**16
 
 
-class _ResponseSizeLimit(urllib.request.BaseHandler):
+class _ResponseLimits(urllib.request.BaseHandler):
     handler_order = 400  # before HTTPErrorProcessor (1000): every response, whatever its status
 
-    def __init__(self, max_bytes: int | None) -> None:
-        self.max_bytes = max_bytes
+    def __init__(self, max_bytes: int | None, max_seconds: float | None) -> None:
+        self.max_bytes, self.max_seconds = max_bytes, max_seconds
 
     def http_response(self, request, response):
-        limit = self.max_bytes
-        if limit is None:
+        limit, seconds = self.max_bytes, self.max_seconds
+        if limit is None and seconds is None:
             return response
         declared = response.headers.get("Content-Length", "")
-        if declared.strip().isdigit() and int(declared) > limit:
+        if limit is not None and declared.strip().isdigit() and int(declared) > limit:
             response.close()
             raise URLError(f"{RESPONSE_TOO_LARGE}: Content-Length {int(declared):,} bytes is over {limit:,} "
                            "(laion_download.max_response_bytes)")
-        read = response.read
+        deadline = None if seconds is None else time.monotonic() + seconds
+        # read1: at most one read of the socket, so the clock is checked between drips (read(n) on the
+        # buffered socket waits for all n bytes)
+        read = getattr(response, "read1", response.read)
+        received = 0
 
-        def bounded_read(amt=None):
-            data = read(limit + 1 if amt is None or amt < 0 or amt > limit else amt)
-            bounded_read.total += len(data)
-            if bounded_read.total > limit:
-                response.close()
-                raise URLError(f"{RESPONSE_TOO_LARGE}: the body is over {limit:,} bytes (laion_download.max_response_bytes)")
-            return data
+        def checked_read(amt: int = -1) -> bytes:
+            # img2dataset calls read() once for the whole body: read it in chunks, so that neither a huge
+            # body nor one dripped a byte at a time (each read within the socket timeout) holds the worker
+            nonlocal received
+            parts = []
+            wanted = None if amt is None or amt < 0 else amt
+            while wanted is None or wanted > 0:
+                size = _CHUNK if wanted is None else min(wanted, _CHUNK)
+                chunk = read(size)
+                received += len(chunk)
+                if limit is not None and received > limit:
+                    response.close()
+                    raise URLError(f"{RESPONSE_TOO_LARGE}: the body is over {limit:,} bytes "
+                                   "(laion_download.max_response_bytes)")
+                if deadline is not None and time.monotonic() > deadline:
+                    response.close()
+                    raise URLError(f"timed out: the body took over {seconds:g} s (laion_download.max_response_seconds)")
+                if not chunk:
+                    break
+                parts.append(chunk)
+                if wanted is not None:
+                    wanted -= len(chunk)
+            return b"".join(parts)
 
-        bounded_read.total = 0
-        response.read = bounded_read
+        response.read = checked_read
         return response
 
     https_response = http_response
@@ -153,10 +175,11 @@ class CheckedOpener(urllib.request.OpenerDirector):
 
 
 def build_checked_opener(allowed_networks: Sequence[Network] = (), getaddrinfo: GetAddrInfo = socket.getaddrinfo,
-                         max_response_bytes: int | None = None) -> CheckedOpener:
+                         max_response_bytes: int | None = None, max_response_seconds: float | None = None) -> CheckedOpener:
     """An opener for ``http``/``https`` to allowed addresses only (see the module docstring).
 
-    ``max_response_bytes`` caps each response body (None: no cap).
+    ``max_response_bytes`` and ``max_response_seconds`` cap each response body's size and the time to
+    receive it after its headers (None: no cap).
 
     ``getaddrinfo`` resolves hosts at connect time (tests pass a dict-backed one: no real lookups).
 
@@ -171,7 +194,7 @@ def build_checked_opener(allowed_networks: Sequence[Network] = (), getaddrinfo: 
         urllib.request.HTTPDefaultErrorHandler(),
         _CheckedRedirectHandler(allowed_networks),
         urllib.request.HTTPErrorProcessor(),
-        _ResponseSizeLimit(max_response_bytes),
+        _ResponseLimits(max_response_bytes, max_response_seconds),
     ):
         opener.add_handler(handler)
     return opener
@@ -181,31 +204,34 @@ class CheckedDownloader(Downloader):
     """img2dataset's ``Downloader`` whose shard downloads go through :func:`build_checked_opener`.
 
     ``allowed_networks`` are strings (``"10.1.2.0/24"``) so the instance pickles to any worker;
-    ``max_response_bytes`` caps each response body.
+    ``max_response_bytes`` / ``max_response_seconds`` cap each response body.
     """
 
     def __init__(self, *args, allowed_networks: Sequence[str] = (), max_response_bytes: int | None = None,
-                 **kwargs) -> None:
+                 max_response_seconds: float | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.allowed_networks = tuple(str(n) for n in allowed_networks)
-        self.max_response_bytes = max_response_bytes
+        self.max_response_bytes, self.max_response_seconds = max_response_bytes, max_response_seconds
 
     def __call__(self, row):
         # img2dataset calls urllib.request.urlopen, which uses the process's installed opener: this
         # process is one of the distributor's workers, which only download.
-        opener = build_checked_opener(parse_networks(self.allowed_networks), max_response_bytes=self.max_response_bytes)
+        opener = build_checked_opener(parse_networks(self.allowed_networks), max_response_bytes=self.max_response_bytes,
+                                      max_response_seconds=self.max_response_seconds)
         urllib.request.install_opener(opener)
         return super().__call__(row)
 
 
 @contextmanager
-def checked_img2dataset(allowed_networks: Sequence[str] = (), max_response_bytes: int | None = None) -> Iterator[None]:
+def checked_img2dataset(allowed_networks: Sequence[str] = (), max_response_bytes: int | None = None,
+                        max_response_seconds: float | None = None) -> Iterator[None]:
     """While open, :func:`img2dataset.download` builds a :class:`CheckedDownloader` instead of its own."""
     # the module, not the package attribute: img2dataset/__init__.py rebinds the name `main` to a function
     img2dataset_main = importlib.import_module("img2dataset.main")
     original = img2dataset_main.Downloader
     img2dataset_main.Downloader = functools.partial(CheckedDownloader, allowed_networks=tuple(allowed_networks),
-                                                    max_response_bytes=max_response_bytes)
+                                                    max_response_bytes=max_response_bytes,
+                                                    max_response_seconds=max_response_seconds)
     try:
         yield
     finally:

@@ -70,13 +70,16 @@ class DownloadConfig:
     cluster_address: str | None = None  # pyspark: Spark master URL; ray: Ray address; null: a local session/cluster
     local_mirror_networks: tuple[str, ...] = ()  # networks (CIDR) fetched although private/loopback: your own mirror, a test server
     max_response_bytes: int = 50_000_000  # bytes of one response body at most (img2dataset holds it in memory)
+    max_response_seconds: float = 60.0  # seconds to receive one body after its headers (timeout is per network read)
 
 
 def check_download_config(config: DownloadConfig) -> None:
-    """Raise ValueError naming the key when ``local_mirror_networks`` or ``max_response_bytes`` is invalid."""
+    """Raise ValueError naming the key when ``local_mirror_networks`` or a response cap is invalid."""
     parse_networks(config.local_mirror_networks)
     if config.max_response_bytes < 1:
         raise ValueError(f"laion_download.max_response_bytes must be at least 1, got {config.max_response_bytes}")
+    if not config.max_response_seconds > 0:
+        raise ValueError(f"laion_download.max_response_seconds must be positive, got {config.max_response_seconds}")
 
 
 def connect_cluster(config: DownloadConfig) -> None:
@@ -170,7 +173,7 @@ def run_img2dataset(input_path: str | Path, shards: str | Path, config: Download
 
     connect_cluster(config)
     check_download_config(config)
-    with checked_img2dataset(config.local_mirror_networks, config.max_response_bytes):
+    with checked_img2dataset(config.local_mirror_networks, config.max_response_bytes, config.max_response_seconds):
         download(
             url_list=str(input_path),
             output_folder=str(shards),
@@ -195,6 +198,45 @@ def run_img2dataset(input_path: str | Path, shards: str | Path, config: Download
             # img2dataset reads an empty list as "respect nothing"; None would restore its defaults
             disallowed_header_directives=list(config.disallowed_header_directives),
         )
+
+
+def unfinished_shards(shards: str | Path) -> list[str]:
+    """The shards img2dataset started but did not finish (``["00003"]``): files without ``<shard>_stats.json``.
+
+    img2dataset writes ``<shard>.tar`` and ``<shard>.parquet`` as it goes and ``<shard>_stats.json`` last; a
+    shard that failed after its retries (a full disk, a crashed worker) leaves a partial tar the filter would
+    read. Remove them with :func:`remove_shards`: their URLs then count as ``missing`` and a rerun fetches them.
+    """
+    shards = Path(shards)
+    finished = {p.name.removesuffix("_stats.json") for p in shards.glob("*_stats.json")}
+    return sorted({p.stem for p in (*shards.glob("*.tar"), *shards.glob("*.parquet"))} - finished)
+
+
+def remove_shards(shards: str | Path, names: Sequence[str]) -> None:
+    """Delete the ``.tar`` and ``.parquet`` files of the shards ``names`` in ``shards``."""
+    for name in names:
+        for suffix in (".tar", ".parquet"):
+            (Path(shards) / f"{name}{suffix}").unlink(missing_ok=True)
+
+
+def check_space_left(folder: str | Path, probe_bytes: int = 2**20) -> None:
+    """Raise :class:`biasloop.core.io.DiskFullError` naming ``folder`` when ``probe_bytes`` cannot be written
+    there (img2dataset's workers report a full disk only as a failed shard on their own output)."""
+    from biasloop.core.io import disk_full_error
+
+    probe = Path(folder) / ".biasloop-space-probe"
+    try:
+        with open(probe, "wb") as handle:
+            handle.write(b"\0" * probe_bytes)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as exc:
+        full = disk_full_error(exc, folder)
+        if full is not None:
+            raise full from exc
+        raise
+    finally:
+        probe.unlink(missing_ok=True)
 
 
 _HTTP_ERROR = re.compile(r"HTTP Error (\d{3})")
