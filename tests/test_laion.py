@@ -93,6 +93,12 @@ def test_selection_names_a_missing_column(tmp_path: Path) -> None:
         scan_metadata(_metadata(tmp_path, ROWS), SelectConfig())
 
 
+def test_selection_names_a_file_that_is_not_parquet(tmp_path: Path) -> None:
+    (tmp_path / "part-00000.parquet").write_bytes(b"<html>an error page saved as parquet</html>")
+    with pytest.raises(ValueError, match=r"part-00000\.parquet: not a readable parquet file"):
+        scan_metadata([tmp_path / "part-00000.parquet"], SelectConfig())
+
+
 # ----------------------------------------------------------------------------------------------- download
 
 
