@@ -120,20 +120,14 @@ def _legacy_numeric_ipv4(host: str) -> str | None:
     return str(ipaddress.IPv4Address(packed))
 
 
-def resolve_host(host: str, port: int) -> list[str]:
-    """The addresses ``host`` resolves to (a DNS lookup for names), in the resolver's order."""
-    infos = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
-    return list(dict.fromkeys(str(info[4][0]) for info in infos))
-
-
 def url_refusal(url: object, allowed_networks: Sequence[Network] = (), resolve: Resolver | None = None) -> Refusal | None:
     """Why ``url`` must not be fetched, or None when it may be.
 
     Args:
         url: a URL from untrusted metadata (anything: a non-string is refused).
         allowed_networks: from :func:`parse_networks`; addresses inside them are allowed.
-        resolve: ``(host, port) -> addresses`` to judge a host name by what it resolves to (e.g.
-            :func:`resolve_host`, or a dict lookup in tests); None judges names without any lookup (only
+        resolve: ``(host, port) -> addresses`` to judge a host name by what it resolves to (a wrapper
+            of :func:`socket.getaddrinfo`, or a dict lookup in tests); None judges names without any lookup (only
             literal addresses, legacy numeric forms and ``localhost`` are refused then; the connect-time
             check judges the rest).
 
