@@ -80,7 +80,14 @@ def test_numeric_hosts_in_legacy_forms_are_refused(url: str) -> None:
     assert refusal is not None and refusal.reason == "refused_address" and "non-standard form" in refusal.detail
 
 
-@pytest.mark.parametrize("url", ["http://localhost/", "http://LOCALHOST.:8000/", "http://api.localhost/"])
+@pytest.mark.parametrize("url", ["http://１２７.０.０.１/", "http://127。0。0。1/", "http://１０.０.０.１/"])
+def test_unicode_spellings_of_addresses_are_judged_as_the_resolver_reads_them(url: str) -> None:
+    refusal = url_refusal(url)
+    assert refusal is not None and refusal.reason == "refused_address", url
+
+
+@pytest.mark.parametrize("url", ["http://localhost/", "http://LOCALHOST.:8000/", "http://api.localhost/",
+                                 "http://ⓛⓞⓒⓐⓛⓗⓞⓢⓣ/"])
 def test_localhost_names_are_loopback_without_a_lookup(url: str) -> None:
     refusal = url_refusal(url, resolve=_no_lookup)
     assert refusal is not None and refusal.reason == "refused_address" and "loopback" in refusal.detail
@@ -102,7 +109,8 @@ def test_non_strings_are_refused() -> None:
 
 @pytest.mark.parametrize(
     "url", ["http://example.com/a.jpg", "HTTPS://Example.COM:8443/a b.jpg?x=1", "https://8.8.8.8/a.jpg",
-            "http://[2606:4700:4700::1111]/a.jpg", "http://[::ffff:8.8.8.8]/a.jpg", "http://1.1.1.1:80/"],
+            "http://[2606:4700:4700::1111]/a.jpg", "http://[::ffff:8.8.8.8]/a.jpg", "http://1.1.1.1:80/",
+            "http://bücher.example/a.jpg"],
 )
 def test_public_http_urls_pass(url: str) -> None:
     assert url_refusal(url) is None

@@ -150,6 +150,12 @@ def url_refusal(url: object, allowed_networks: Sequence[Network] = (), resolve: 
         return Refusal(REFUSED_URL, "credentials in the URL")
     if not host:
         return Refusal(REFUSED_URL, "no host")
+    if not host.isascii():
+        # the resolver sees the IDNA form: fullwidth "１２７.０.０.１" is 127.0.0.1, "ⓛⓞⓒⓐⓛⓗⓞⓢⓣ" is localhost
+        try:
+            host = host.encode("idna").decode("ascii")
+        except UnicodeError as exc:
+            return Refusal(REFUSED_URL, f"host {host!r} is not a valid name ({exc})")
     port = port or (443 if scheme == "https" else 80)
     try:
         literal: Address | None = ipaddress.ip_address(host)
