@@ -60,7 +60,7 @@ def _bytes(n: int) -> str:
 # numpy's tofile() loses errno ("3145728 requested and 589696 written"); polars (Rust) raises ComputeError
 # "... No space left on device (os error 28)"; Python raises OSError(ENOSPC).
 _SHORT_WRITE = re.compile(r"(\d+) requested and (\d+) written")
-_FULL_MESSAGES = {errno.ENOSPC: ("no space left on device", "os error 28"),
+_FULL_MESSAGES = {errno.ENOSPC: ("no space left on device", "os error 28", "database or disk is full"),  # last: sqlite
                   errno.EDQUOT: ("disk quota exceeded", "os error 122")}
 
 
