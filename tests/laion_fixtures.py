@@ -3,7 +3,13 @@
 The photos ship with scikit-image: ``astronaut`` (Eileen Collins, one face), the same photo mirrored
 (one face), two astronauts side by side (two faces) and ``chelsea`` (a cat: no face). Failures: a
 missing file (404), a response slower than the download timeout, an HTML page served as a ``.jpg``, and
-a photo whose response carries ``X-Robots-Tag: noai`` (an opt-out img2dataset must respect).
+a photo whose response carries ``X-Robots-Tag: noai`` (an opt-out img2dataset must respect), and
+``/redirect?to=<url>`` (a 302 to ``<url>``), ``/unsized/<photo>`` (a body without Content-Length) and
+``/drip.jpg`` (a photo sent 512 bytes every 0.2 s).
+
+The fetch policy refuses loopback addresses, so a test that downloads from this server serves it on
+127.0.0.2 (:data:`MIRROR_HOST`) and lets it in with ``laion_download.local_mirror_networks:
+[127.0.0.2/32]``; a server on 127.0.0.1 then stands for an internal service that must never be reached.
 """
 
 from __future__ import annotations
@@ -15,11 +21,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 import polars as pl
 
 SLOW_SECONDS = 4.0  # the /slow.jpg response waits this long; tests use a 1 s download timeout
+MIRROR_HOST = "127.0.0.2"  # the "public web" of the tests, allowed by local_mirror_networks
+MIRROR_NETWORK = "127.0.0.2/32"
 
 
 def jpeg(image: np.ndarray) -> bytes:
@@ -44,8 +53,11 @@ def photos() -> dict[str, np.ndarray]:
 
 
 @contextmanager
-def photo_server() -> Iterator[str]:
-    """Serve the photos and failures on 127.0.0.1 (a free port); yields the base URL."""
+def photo_server(host: str = MIRROR_HOST, requests: list[str] | None = None) -> Iterator[str]:
+    """Serve the photos and failures on ``host`` (a free port); yields the base URL.
+
+    ``requests``, when given, receives the path of every request the server gets.
+    """
     bodies = {f"/{name}": jpeg(image) for name, image in photos().items()}
     optout = bodies["/astronaut.jpg"]
 
@@ -63,8 +75,35 @@ def photo_server() -> Iterator[str]:
             self.wfile.write(body)
 
         def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            if requests is not None:
+                requests.append(self.path)
             path = self.path.split("?")[0]
-            if path in bodies:
+            if path == "/redirect":
+                self.send_response(302)
+                self.send_header("Location", parse_qs(urlsplit(self.path).query)["to"][0])
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+            elif path == "/drip.jpg":  # every read within any socket timeout, the whole body in minutes
+                body = bodies["/astronaut.jpg"]
+                self.send_response(200)
+                self.send_header("Content-Type", "image/jpeg")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                try:
+                    for start in range(0, len(body), 512):
+                        self.wfile.write(body[start:start + 512])
+                        self.wfile.flush()
+                        time.sleep(0.2)
+                except OSError:
+                    pass  # the client gave up
+            elif path.startswith("/unsized/") and path.removeprefix("/unsized") in bodies:
+                self.send_response(200)  # no Content-Length: the body ends when the connection closes
+                self.send_header("Content-Type", "image/jpeg")
+                self.send_header("Connection", "close")
+                self.end_headers()
+                self.wfile.write(bodies[path.removeprefix("/unsized")])
+                self.close_connection = True
+            elif path in bodies:
                 self.send_body(bodies[path], "image/jpeg")
             elif path == "/optout.jpg":
                 self.send_body(optout, "image/jpeg", {"X-Robots-Tag": "noai"})
@@ -79,12 +118,17 @@ def photo_server() -> Iterator[str]:
             else:
                 self.send_error(404)
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    try:
+        server = ThreadingHTTPServer((host, 0), Handler)
+    except OSError as exc:  # 127.0.0.2 is loopback on Linux, not on every system
+        import pytest
+
+        pytest.skip(f"cannot serve on {host}: {exc}")
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
+        yield f"http://{host}:{server.server_address[1]}"
     finally:
         server.shutdown()
         server.server_close()

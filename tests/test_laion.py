@@ -1,6 +1,6 @@
 """LAION acquisition: selection over metadata, img2dataset download from a loopback server, face/NSFW
 filter on real photos, and the whole path metadata -> selection -> download -> filter -> ingestion ->
-classification in-process on tiny models. Nothing leaves 127.0.0.1."""
+classification in-process on tiny models. Nothing leaves the loopback range (127.0.0.0/8)."""
 
 from __future__ import annotations
 
@@ -91,6 +91,12 @@ def test_selection_does_not_depend_on_file_layout_and_follows_the_seed(tmp_path:
 def test_selection_names_a_missing_column(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"a\.parquet: missing column\(s\) \['URL', 'TEXT'\]"):
         scan_metadata(_metadata(tmp_path, ROWS), SelectConfig())
+
+
+def test_selection_names_a_file_that_is_not_parquet(tmp_path: Path) -> None:
+    (tmp_path / "part-00000.parquet").write_bytes(b"<html>an error page saved as parquet</html>")
+    with pytest.raises(ValueError, match=r"part-00000\.parquet: not a readable parquet file"):
+        scan_metadata([tmp_path / "part-00000.parquet"], SelectConfig())
 
 
 # ----------------------------------------------------------------------------------------------- download
@@ -203,13 +209,14 @@ def test_metadata_to_classified_faces(tmp_path: Path, tiny_params: Path, face_mo
         neighbours,
         retrieve,
     )
-    from tests.laion_fixtures import photo_server, write_metadata
+    from tests.laion_fixtures import MIRROR_NETWORK, photo_server, write_metadata
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("BIASLOOP_EMBEDDING_CACHE", str(tmp_path / "embedding-cache"))
     params = yaml.safe_load(tiny_params.read_text())
     params["occupations"] = OCCUPATIONS
-    params["laion_download"].update(processes_count=1, thread_count=4, timeout=1, retries=0, number_sample_per_shard=4)
+    params["laion_download"].update(processes_count=1, thread_count=4, timeout=1, retries=0, number_sample_per_shard=4,
+                                    local_mirror_networks=[MIRROR_NETWORK])  # the loopback server stands for the web
     params["laion_filter"]["face_model"] = str(face_model)
     params["corpus"].update(source="webdataset", path="artifacts/laion_filter/kept", image_size=16, test_fraction=0.0)
     params["neighbours"].update(model="fake:32", k=5)
@@ -265,3 +272,148 @@ def test_metadata_to_classified_faces(tmp_path: Path, tiny_params: Path, face_mo
     keyword = predictions.filter(pl.col("selection") == "keyword").sort("occupation")
     assert keyword["occupation"].to_list() == OCCUPATIONS
     assert keyword["p_female"].is_between(0, 1).all() and keyword["label"].is_in(["female", "male", "abstain"]).all()
+
+
+# ------------------------------------------------------------------ hostile URLs through img2dataset
+
+
+@pytest.mark.slow  # img2dataset spawns a worker process: 10 to 30 s on a shared 2-core machine
+def test_download_fetches_only_allowed_urls(tmp_path: Path, tiny_params: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Metadata mixing the mirror (127.0.0.2, let in by local_mirror_networks) with loopback in several
+    spellings, file://, a bare path, ftp, data and gopher URLs, credentials, and redirects from the mirror
+    to loopback and to a file: the shards hold only the mirror's images, every other URL has a refusal row,
+    and the server on 127.0.0.1 (an internal service) never gets a request."""
+    import base64
+    import tarfile
+    from urllib.parse import quote
+
+    from stages import laion_download, laion_select
+    from tests.laion_fixtures import MIRROR_NETWORK, jpeg, photo_server
+
+    monkeypatch.chdir(tmp_path)
+    secret = tmp_path / "secret.jpg"
+    secret.write_bytes(jpeg(photos()["chelsea.jpg"]))  # a real image: read from disk, it would be kept
+    internal_requests: list[str] = []
+    with photo_server("127.0.0.1", internal_requests) as internal, photo_server() as mirror:
+        port = internal.rsplit(":", 1)[1]
+        rows = {
+            f"{mirror}/astronaut.jpg": "downloaded",
+            f"{mirror}/redirect?to={quote(mirror + '/mirrored.jpg', safe='')}": "downloaded",
+            f"{mirror}/redirect?to={quote(internal + '/astronaut.jpg', safe='')}": "refused_address",
+            f"{mirror}/redirect?to={quote(secret.as_uri(), safe='')}": "refused_scheme",
+            f"{internal}/chelsea.jpg": "refused_address",
+            f"http://2130706433:{port}/astronaut.jpg": "refused_address",
+            f"http://127.1:{port}/astronaut.jpg": "refused_address",
+            f"http://0x7f000001:{port}/astronaut.jpg": "refused_address",
+            f"http://[::1]:{port}/astronaut.jpg": "refused_address",
+            f"http://[::ffff:127.0.0.1]:{port}/astronaut.jpg": "refused_address",
+            f"http://localhost:{port}/astronaut.jpg": "refused_address",
+            secret.as_uri(): "refused_scheme",
+            str(secret): "refused_scheme",
+            f"ftp://127.0.0.1:{port}/astronaut.jpg": "refused_scheme",
+            "data:image/jpeg;base64," + base64.b64encode(secret.read_bytes()).decode(): "refused_scheme",
+            f"gopher://127.0.0.1:{port}/astronaut.jpg": "refused_scheme",
+            f"http://user:pw@{mirror.removeprefix('http://')}/two_astronauts.jpg": "refused_url",
+        }
+        metadata = tmp_path / "metadata.parquet"
+        pl.DataFrame({"URL": list(rows), "TEXT": [f"photo {i} of a nurse" for i in range(len(rows))]}).write_parquet(metadata)
+        params = yaml.safe_load(tiny_params.read_text())
+        params["occupations"] = OCCUPATIONS
+        params["laion_select"]["metadata"] = [str(metadata)]
+        params["laion_download"].update(processes_count=1, thread_count=4, timeout=2, retries=0,
+                                        local_mirror_networks=[MIRROR_NETWORK])
+        params["laion_filter"].update(faces="off", nsfw_threshold=None)  # keep what was downloaded
+        Path("params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        assert laion_select.main(["--out", "artifacts/laion_select/selection.parquet",
+                                  "--metrics", "metrics/laion_select.json"]) == 0
+        assert laion_download.main(["--selection", "artifacts/laion_select/selection.parquet", "--out",
+                                    "artifacts/laion_download", "--metrics", "metrics/laion_download.json"]) == 0
+    assert internal_requests == []
+
+    status = pl.read_parquet("artifacts/laion_download/status.parquet")
+    assert len(status) == len(rows) and status["url"].n_unique() == len(rows)  # one row per URL, none dropped
+    assert dict(status.select("url", "reason").iter_rows()) == rows
+    refused = status.filter(pl.col("reason").str.starts_with("refused_"))
+    assert all(m.startswith(r) or f"error {r}:" in m for r, m in refused.select("reason", "error_message").iter_rows())
+
+    images, urls = [], []
+    for shard in Path("artifacts/laion_download/shards").glob("*.tar"):
+        with tarfile.open(shard) as archive:
+            for member in archive.getmembers():
+                if member.name.endswith(".jpg"):
+                    images.append(member.name)
+                elif member.name.endswith(".json"):
+                    urls.append(json.loads(archive.extractfile(member).read())["url"])
+    assert len(images) == 2
+    assert sorted(urls) == sorted(u for u, r in rows.items() if r == "downloaded")
+
+    nurse = json.loads(Path("metrics/laion_download.json").read_text())["occupations"]["nurse"]
+    assert {k: v for k, v in nurse.items() if k.startswith("failed_refused")} == {
+        "failed_refused_address": 8, "failed_refused_scheme": 6, "failed_refused_url": 1}
+    assert nurse["requested"] == len(rows) and nurse["downloaded"] == 2
+
+    # the acquisition table (metrics/acquisition.json, plots/acquisition.csv, the report) counts them too
+    from stages import laion_filter
+
+    assert laion_filter.main(["--out", "artifacts/laion_filter", "--metrics", "metrics/acquisition.json",
+                              "--table", "plots/acquisition.csv"]) == 0
+    acquisition = json.loads(Path("metrics/acquisition.json").read_text())["occupations"]["nurse"]
+    assert (acquisition["failed_refused_address"], acquisition["failed_refused_scheme"], acquisition["failed_refused_url"],
+            acquisition["kept"]) == (8, 6, 1, 2)
+    assert pl.read_csv("plots/acquisition.csv").filter(pl.col("occupation") == "nurse")["failed_refused_scheme"].item() == 6
+
+
+# ------------------------------------------------------------ unfinished shards and a full disk
+
+
+def _shard_files(folder: Path, name: str, finished: bool) -> None:
+    (folder / f"{name}.tar").write_bytes(b"partial tar")
+    (folder / f"{name}.parquet").write_bytes(b"partial parquet")
+    if finished:
+        (folder / f"{name}_stats.json").write_text("{}")
+
+
+def test_unfinished_shards_are_found_and_removed(tmp_path: Path) -> None:
+    from biasloop.data.acquisition.download import remove_shards, unfinished_shards
+
+    _shard_files(tmp_path, "00000", finished=True)
+    _shard_files(tmp_path, "00001", finished=False)
+    assert unfinished_shards(tmp_path) == ["00001"]
+    remove_shards(tmp_path, ["00001"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["00000.parquet", "00000.tar", "00000_stats.json"]
+
+
+def test_download_stage_on_a_full_disk(tmp_path: Path, tiny_params: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """img2dataset's workers report a full disk only as a failed shard: the stage probes the folder, fails
+    with one line naming it (exit 1) and leaves no partial shard behind."""
+    import errno
+
+    from biasloop.data.acquisition import download
+    from stages import laion_download
+
+    monkeypatch.chdir(tmp_path)
+    params = yaml.safe_load(tiny_params.read_text())
+    params["occupations"] = OCCUPATIONS
+    Path("params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    Path("artifacts/laion_select").mkdir(parents=True)
+    pl.DataFrame({"sample_id": ["s000000000"], "url": ["http://example.com/a.jpg"], "caption": ["a nurse"],
+                  "occupations": [["nurse"]], "indicator": ["none"]}).write_parquet("artifacts/laion_select/selection.parquet")
+
+    def run_img2dataset(input_path, shards, config):  # what a worker leaves when its disk fills: no fetch here
+        _shard_files(Path(shards), "00000", finished=False)
+
+    def fsync(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(laion_download, "run_img2dataset", run_img2dataset)
+    monkeypatch.setattr(download.os, "fsync", fsync)
+    assert laion_download.main(["--selection", "artifacts/laion_select/selection.parquet", "--out",
+                                "artifacts/laion_download", "--metrics", "metrics/laion_download.json"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert [line for line in err.splitlines() if line.startswith("error:")] == [
+        next(line for line in err.splitlines() if line.startswith("error: disk full (ENOSPC): could not write "
+                                                                  "artifacts/laion_download/shards"))]
+    left = sorted(p.name for p in Path("artifacts/laion_download/shards").iterdir())
+    assert not any(name.startswith("00000") or "probe" in name for name in left), left
+    assert not Path("metrics/laion_download.json").exists()

@@ -33,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``biasloop`` with ``argv`` (``sys.argv[1:]`` when None); returns the exit status.
 
-    0 on success, 2 on bad arguments or bad input (one line on stderr naming the file and the problem).
+    0 on success, 2 on bad arguments or bad input (one line on stderr naming the file and the problem), 1 when
+    the disk is full (one line naming the output that could not be written).
     """
     try:
         args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
@@ -44,6 +45,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        from biasloop.core.io import describe_disk_full
+
+        full = describe_disk_full(exc)  # a full disk (any writer's way of saying it): one line, status 1
+        if full is None:
+            raise
+        print(f"error: {full}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

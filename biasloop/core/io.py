@@ -6,15 +6,20 @@ relative to the repository root (the working directory of every DVC stage), so a
 reference images of several stages (the corpus, generation N) without copying them.
 
 Every output is written atomically: to a temporary sibling first, then renamed into place, so a stage
-that fails leaves no half-written file or folder behind.
+that fails leaves no half-written file or folder behind. A write that fails because the disk is full
+(numpy, polars and Python report it three different ways) becomes one :class:`DiskFullError` naming the
+output, the bytes free and, when known, the bytes one write needed; :func:`biasloop.core.stage.run_main`
+prints it as one line.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -27,12 +32,87 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 
+class DiskFullError(OSError):
+    """Writing ``path`` failed because its file system is full (``ENOSPC``) or over quota (``EDQUOT``)."""
+
+    def __init__(self, path: str | Path, free_bytes: int | None, needed_bytes: int | None = None,
+                 code: int = errno.ENOSPC) -> None:
+        super().__init__(code, os.strerror(code), str(path))
+        self.path, self.free_bytes, self.needed_bytes = Path(path), free_bytes, needed_bytes
+
+    def __str__(self) -> str:
+        name = "ENOSPC" if self.errno == errno.ENOSPC else "EDQUOT"
+        space = [] if self.free_bytes is None else [f"{_bytes(self.free_bytes)} free"]
+        if self.needed_bytes is not None:
+            space.append(f"one write needed {_bytes(self.needed_bytes)}")
+        detail = f" ({', '.join(space)})" if space else ""
+        return (f"disk full ({name}): could not write {self.path}{detail}; nothing was left behind: "
+                f"free space on {self.path.parent.resolve()} and rerun")
+
+
+def _bytes(n: int) -> str:
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit} ({n:,} bytes)"
+    return f"{n:,} bytes"
+
+
+# numpy's tofile() loses errno ("3145728 requested and 589696 written"); polars (Rust) raises ComputeError
+# "... No space left on device (os error 28)"; Python raises OSError(ENOSPC).
+_SHORT_WRITE = re.compile(r"(\d+) requested and (\d+) written")
+_FULL_MESSAGES = {errno.ENOSPC: ("no space left on device", "os error 28", "database or disk is full"),  # last: sqlite
+                  errno.EDQUOT: ("disk quota exceeded", "os error 122")}
+
+
+def _free_bytes(path: Path) -> int | None:
+    for folder in (path, *path.parents):
+        if folder.exists():
+            try:
+                return shutil.disk_usage(folder).free
+            except OSError:
+                return None
+    return None
+
+
+def disk_full_error(exc: BaseException, path: str | Path) -> DiskFullError | None:
+    """``exc`` as a :class:`DiskFullError` for the output ``path`` when it says the disk is full, else None.
+
+    Call it before the partial output is removed, so the free space measured is the space the write had.
+    """
+    if isinstance(exc, DiskFullError):
+        return exc
+    path = Path(path)
+    message = str(exc).lower()
+    code = getattr(exc, "errno", None) if isinstance(exc, OSError) else None
+    if code not in _FULL_MESSAGES:
+        code = next((c for c, needles in _FULL_MESSAGES.items() if any(n in message for n in needles)), None)
+    free = _free_bytes(path.parent)
+    short = _SHORT_WRITE.search(message) if isinstance(exc, OSError) and code is None else None
+    if short is not None:
+        needed = int(short.group(1)) - int(short.group(2))
+        # a short write is a full disk only if the space was missing (it could also be an I/O error)
+        if free is None or free >= needed:
+            return None
+        return DiskFullError(path, free, int(short.group(1)))
+    return None if code is None else DiskFullError(path, free, code=code)
+
+
+def describe_disk_full(exc: BaseException) -> str | None:
+    """One line saying the disk is full, for any exception that says so (else None): what a command prints."""
+    if isinstance(exc, DiskFullError):
+        return str(exc)
+    filename = getattr(exc, "filename", None)
+    found = disk_full_error(exc, filename or "an output file")
+    return None if found is None else str(found)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it onto ``path``.
 
     Works for a file or a folder written at the yielded path. On an exception the temporary
-    path is removed and ``path`` is left as it was.
+    path is removed and ``path`` is left as it was; an exception that says the disk is full is
+    raised as a :class:`DiskFullError` naming ``path`` (chained to the original).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -44,6 +124,11 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         elif path.exists() or path.is_symlink():
             path.unlink()
         os.replace(tmp, path)
+    except BaseException as exc:
+        full = disk_full_error(exc, path)
+        if full is not None and full is not exc:
+            raise full from exc
+        raise
     finally:
         shutil.rmtree(tmp.parent, ignore_errors=True)
 

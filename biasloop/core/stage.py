@@ -22,7 +22,7 @@ from biasloop.core.config import (
     load_section,
     read_params,
 )
-from biasloop.core.io import setup_logging
+from biasloop.core.io import describe_disk_full, setup_logging
 from biasloop.core.runtime import resolve_cpu_threads
 from biasloop.core.timing import annotate, stage_finished
 
@@ -77,7 +77,8 @@ def load_configs(params_path: str, sections: dict[str, type]) -> dict[str, Any]:
 
 
 def run_main(main_body: Any, argv: Sequence[str] | None, logger: logging.Logger) -> int:
-    """Call ``main_body(argv)`` turning input errors into a one-line message and exit status 2."""
+    """Call ``main_body(argv)`` turning input errors into a one-line message and exit status 2, and a full
+    disk (:class:`biasloop.core.io.DiskFullError`, or any error saying ENOSPC) into one line and status 1."""
     status = "failed"
     try:
         main_body(argv)
@@ -86,6 +87,13 @@ def run_main(main_body: Any, argv: Sequence[str] | None, logger: logging.Logger)
         logger.error("%s", exc)
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        full = describe_disk_full(exc)  # a full disk: one line, not a traceback (at DEBUG level: the traceback)
+        if full is None:
+            raise
+        logger.debug("disk full", exc_info=True)
+        print(f"error: {full}", file=sys.stderr)
+        return 1
     finally:
         stage_finished(status)
     return 0

@@ -1,7 +1,9 @@
 """From LAION-style metadata to filtered webdataset shards: select, download (img2dataset), filter.
 
 - :mod:`.selection`: occupation retrieval over metadata parquet files (streaming), URL dedupe, cap.
-- :mod:`.download`: img2dataset into webdataset shards; per-occupation requested/downloaded/failed.
+- :mod:`.fetch_policy`: which URLs may be fetched (http/https to public addresses); the connect-time check.
+- :mod:`.download`: img2dataset into webdataset shards (its connections checked by
+  :mod:`.checked_download`); per-occupation requested/downloaded/failed/refused.
 - :mod:`.filtering`: exactly one face (MediaPipe BlazeFace) and no NSFW (open_nsfw); dropped by reason.
 
 The kept shards are an ordinary webdataset corpus (``corpus.source: webdataset``).
@@ -12,7 +14,9 @@ from biasloop.data.acquisition.download import (
     download_table,
     failure_reason,
     read_download_status,
+    refuse_urls,
 )
+from biasloop.data.acquisition.fetch_policy import Refusal, url_refusal
 from biasloop.data.acquisition.filtering import (
     FilterConfig,
     filter_shards,
@@ -21,6 +25,6 @@ from biasloop.data.acquisition.filtering import (
 from biasloop.data.acquisition.selection import SelectConfig, scan_metadata, select_rows
 
 __all__ = [
-    "DownloadConfig", "FilterConfig", "SelectConfig", "download_table", "failure_reason", "filter_shards",
-    "filter_table", "read_download_status", "scan_metadata", "select_rows",
+    "DownloadConfig", "FilterConfig", "Refusal", "SelectConfig", "download_table", "failure_reason", "filter_shards",
+    "filter_table", "read_download_status", "refuse_urls", "scan_metadata", "select_rows", "url_refusal",
 ]

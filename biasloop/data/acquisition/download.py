@@ -12,6 +12,13 @@ depend on the input's order, so a changed selection must not reuse them: the fol
 of the input it was made from (``.biasloop-input.sha256``; not ``.json``, which img2dataset would read as
 a shard's stats) and is emptied when the selection differs.
 
+**Only public web images** (:mod:`.fetch_policy`): :func:`refuse_urls` takes every URL that is not
+``http``/``https`` to a public address out of img2dataset's input and gives it a status row with its
+reason (``refused_scheme``, ``refused_address``, ``refused_url``); :func:`run_img2dataset` runs
+img2dataset with :class:`.checked_download.CheckedDownloader`, so each connection it opens (redirects
+included) is checked again on the address it actually connects to. ``local_mirror_networks`` lists the
+networks a user trusts (their own mirror; a test server on loopback).
+
 **Polite and offline-clean**: ``X-Robots-Tag`` opt-outs (``noai``, ``noimageai``, ``noindex``,
 ``noimageindex``) are respected (img2dataset's default, kept); wandb is off; albumentations' update check
 is disabled (``NO_ALBUMENTATIONS_UPDATE=1``, img2dataset imports it); timeouts and retries are params.
@@ -38,6 +45,8 @@ from typing import Literal
 
 import polars as pl
 
+from biasloop.data.acquisition.fetch_policy import REFUSAL_REASONS, parse_networks, url_refusal
+
 INPUT_MARKER = ".biasloop-input.sha256"
 DOWNLOAD_COLUMNS = ("sample_id", "key", "url", "status", "reason", "error_message")
 
@@ -59,6 +68,18 @@ class DownloadConfig:
     user_agent_token: str | None = "biasloop"  # names the crawler in the User-Agent and in X-Robots-Tag matching
     disallowed_header_directives: tuple[str, ...] = ("noai", "noimageai", "noindex", "noimageindex")  # opt-outs honoured
     cluster_address: str | None = None  # pyspark: Spark master URL; ray: Ray address; null: a local session/cluster
+    local_mirror_networks: tuple[str, ...] = ()  # networks (CIDR) fetched although private/loopback: your own mirror, a test server
+    max_response_bytes: int = 50_000_000  # bytes of one response body at most (img2dataset holds it in memory)
+    max_response_seconds: float = 60.0  # seconds to receive one body after its headers (timeout is per network read)
+
+
+def check_download_config(config: DownloadConfig) -> None:
+    """Raise ValueError naming the key when ``local_mirror_networks`` or a response cap is invalid."""
+    parse_networks(config.local_mirror_networks)
+    if config.max_response_bytes < 1:
+        raise ValueError(f"laion_download.max_response_bytes must be at least 1, got {config.max_response_bytes}")
+    if not config.max_response_seconds > 0:
+        raise ValueError(f"laion_download.max_response_seconds must be positive, got {config.max_response_seconds}")
 
 
 def connect_cluster(config: DownloadConfig) -> None:
@@ -78,6 +99,35 @@ def connect_cluster(config: DownloadConfig) -> None:
         import ray
 
         ray.init(address=config.cluster_address, ignore_reinit_error=True)
+
+
+def refuse_urls(selection: pl.DataFrame, local_mirror_networks: Sequence[str] = ()) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Split the selection into the rows img2dataset may fetch and a status row per refused URL.
+
+    The check is :func:`.fetch_policy.url_refusal` on the URL string, without DNS lookups (names are
+    judged when img2dataset connects; looking up LAION's ~10^5 hosts here would be slow, and the answer
+    could change before the connection anyway).
+
+    Returns:
+        ``(allowed_rows, refused_status)``: ``refused_status`` has :data:`DOWNLOAD_COLUMNS`, ``status``
+        ``refused``, ``reason`` one of :data:`.fetch_policy.REFUSAL_REASONS` and the detail in ``error_message``.
+
+    Raises:
+        ValueError: when an entry of ``local_mirror_networks`` is not a network.
+    """
+    networks = parse_networks(local_mirror_networks)
+    refusals = [url_refusal(url, networks) for url in selection["url"].to_list()]
+    refused_mask = pl.Series([r is not None for r in refusals], dtype=pl.Boolean)
+    refused = [r for r in refusals if r is not None]
+    status = selection.filter(refused_mask).select(
+        "sample_id",
+        pl.lit(None, dtype=pl.String).alias("key"),
+        pl.col("url").cast(pl.String),
+        pl.lit("refused", dtype=pl.String).alias("status"),
+        pl.Series("reason", [r.reason for r in refused], dtype=pl.String),
+        pl.Series("error_message", [str(r) for r in refused], dtype=pl.String),
+    )
+    return selection.filter(~refused_mask), status
 
 
 def _input_digest(frame: pl.DataFrame) -> str:
@@ -119,34 +169,78 @@ def run_img2dataset(input_path: str | Path, shards: str | Path, config: Download
     os.environ.setdefault("WANDB_SILENT", "true")
     from img2dataset import download
 
+    from biasloop.data.acquisition.checked_download import checked_img2dataset
+
     connect_cluster(config)
-    download(
-        url_list=str(input_path),
-        output_folder=str(shards),
-        input_format="parquet",
-        url_col="url",
-        caption_col="caption",
-        save_additional_columns=["sample_id"],
-        output_format="webdataset",
-        image_size=config.image_size,
-        resize_mode=config.resize_mode,
-        encode_quality=config.encode_quality,
-        processes_count=config.processes_count,
-        thread_count=config.thread_count,
-        timeout=config.timeout,
-        retries=config.retries,
-        number_sample_per_shard=config.number_sample_per_shard,
-        min_image_size=config.min_image_size,
-        distributor=config.distributor,
-        enable_wandb=False,
-        incremental_mode="incremental",
-        user_agent_token=config.user_agent_token,
-        # img2dataset reads an empty list as "respect nothing"; None would restore its defaults
-        disallowed_header_directives=list(config.disallowed_header_directives),
-    )
+    check_download_config(config)
+    with checked_img2dataset(config.local_mirror_networks, config.max_response_bytes, config.max_response_seconds):
+        download(
+            url_list=str(input_path),
+            output_folder=str(shards),
+            input_format="parquet",
+            url_col="url",
+            caption_col="caption",
+            save_additional_columns=["sample_id"],
+            output_format="webdataset",
+            image_size=config.image_size,
+            resize_mode=config.resize_mode,
+            encode_quality=config.encode_quality,
+            processes_count=config.processes_count,
+            thread_count=config.thread_count,
+            timeout=config.timeout,
+            retries=config.retries,
+            number_sample_per_shard=config.number_sample_per_shard,
+            min_image_size=config.min_image_size,
+            distributor=config.distributor,
+            enable_wandb=False,
+            incremental_mode="incremental",
+            user_agent_token=config.user_agent_token,
+            # img2dataset reads an empty list as "respect nothing"; None would restore its defaults
+            disallowed_header_directives=list(config.disallowed_header_directives),
+        )
+
+
+def unfinished_shards(shards: str | Path) -> list[str]:
+    """The shards img2dataset started but did not finish (``["00003"]``): files without ``<shard>_stats.json``.
+
+    img2dataset writes ``<shard>.tar`` and ``<shard>.parquet`` as it goes and ``<shard>_stats.json`` last; a
+    shard that failed after its retries (a full disk, a crashed worker) leaves a partial tar the filter would
+    read. Remove them with :func:`remove_shards`: their URLs then count as ``missing`` and a rerun fetches them.
+    """
+    shards = Path(shards)
+    finished = {p.name.removesuffix("_stats.json") for p in shards.glob("*_stats.json")}
+    return sorted({p.stem for p in (*shards.glob("*.tar"), *shards.glob("*.parquet"))} - finished)
+
+
+def remove_shards(shards: str | Path, names: Sequence[str]) -> None:
+    """Delete the ``.tar`` and ``.parquet`` files of the shards ``names`` in ``shards``."""
+    for name in names:
+        for suffix in (".tar", ".parquet"):
+            (Path(shards) / f"{name}{suffix}").unlink(missing_ok=True)
+
+
+def check_space_left(folder: str | Path, probe_bytes: int = 2**20) -> None:
+    """Raise :class:`biasloop.core.io.DiskFullError` naming ``folder`` when ``probe_bytes`` cannot be written
+    there (img2dataset's workers report a full disk only as a failed shard on their own output)."""
+    from biasloop.core.io import disk_full_error
+
+    probe = Path(folder) / ".biasloop-space-probe"
+    try:
+        with open(probe, "wb") as handle:
+            handle.write(b"\0" * probe_bytes)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as exc:
+        full = disk_full_error(exc, folder)
+        if full is not None:
+            raise full from exc
+        raise
+    finally:
+        probe.unlink(missing_ok=True)
 
 
 _HTTP_ERROR = re.compile(r"HTTP Error (\d{3})")
+_REFUSED = re.compile(r"\b(" + "|".join(REFUSAL_REASONS) + r"):")
 
 
 def failure_reason(status: str | None, error_message: str | None) -> str:
@@ -155,10 +249,17 @@ def failure_reason(status: str | None, error_message: str | None) -> str:
     ``downloaded``; ``opted_out`` (an ``X-Robots-Tag`` directive forbids the use); ``http_<code>``
     (e.g. ``http_404``); ``timeout``; ``connection`` (refused, reset, DNS); ``not_an_image`` (the body
     did not decode as an image: an HTML page, a truncated file); ``too_small`` / ``too_large`` /
-    ``aspect_ratio`` (img2dataset's size filters); ``other``.
+    ``aspect_ratio`` (img2dataset's size filters); ``refused_scheme`` / ``refused_address`` /
+    ``refused_url`` (the fetch policy refused the URL, a redirect or the connection);
+    ``response_too_large`` (over ``max_response_bytes``); ``other``.
     """
     if status == "success":
         return "downloaded"
+    refused = _REFUSED.search(error_message or "")
+    if refused:
+        return refused.group(1)
+    if "response_too_large:" in (error_message or ""):
+        return "response_too_large"
     message = (error_message or "").lower()
     if "x-robots-tag" in message:
         return "opted_out"

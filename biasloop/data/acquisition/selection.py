@@ -65,11 +65,15 @@ def scan_metadata(files: Sequence[str | Path], config: SelectConfig) -> pl.LazyF
     """A lazy scan of the metadata with the columns renamed to ``id`` (the URL), ``caption`` and ``keep``.
 
     Raises:
-        ValueError: naming the file and the column when a configured column is missing.
+        ValueError: naming the file when it is not a parquet file, or the column when a configured column
+            is missing.
     """
     wanted = [config.url_column, config.caption_column, *config.keep_columns]
     for path in files:
-        names = pl.scan_parquet(path).collect_schema().names()
+        try:
+            names = pl.scan_parquet(path).collect_schema().names()
+        except Exception as exc:  # noqa: BLE001 - polars raises ComputeError, OSError, ... for a non-parquet file
+            raise ValueError(f"{path}: not a readable parquet file ({type(exc).__name__}: {exc})") from exc
         missing = [c for c in wanted if c not in names]
         if missing:
             raise ValueError(f"{path}: missing column(s) {missing} (has {names}); see laion_select.url_column/caption_column")
