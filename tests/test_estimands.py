@@ -26,6 +26,7 @@ from biasloop.metrics.estimands import (
     gap_interval,
     monte_carlo_p_value,
     newcombe_difference_interval,
+    shift_interval,
     sidak_alpha,
     wilson_interval,
 )
@@ -112,6 +113,19 @@ def test_gap_from_counts_two_occupations_by_hand() -> None:
     assert batched["estimate"].shape == (2,) and batched["estimate"] == pytest.approx([gap["estimate"]] * 2)
 
 
+def test_shift_interval_by_hand() -> None:
+    # nurse: train 80 / 20 (0.8), gen 45 / 5 (0.9); engineer: train 10 / 90 (0.1), gen 0 / 50 (0.0)
+    # shift = (+1 * 0.1 + -1 * -0.1) / 2 = 0.1. Adjusted shares (x + 1) / (m + 2) and v = p~ (1 - p~) / (m + 2):
+    # nurse 81/102 -> 0.00160289, 46/52 -> 0.00196290; engineer 11/102 -> 0.00094326, 1/52 -> 0.00036271;
+    # half-width = 1.959964 * sqrt(0.00356579 + 0.00130598) / 2 = 0.0684008
+    shift = shift_interval(np.array([[80, 20, 3], [10, 90, 0]]), np.array([[45, 5, 0], [0, 50, 2]]))
+    assert shift["estimate"] == pytest.approx(0.1)
+    assert (shift["lo"], shift["hi"]) == pytest.approx((0.1 - 0.0684008436, 0.1 + 0.0684008436))
+    # an occupation at exact parity in training counts 0 in the shift and adds no variance
+    parity = shift_interval(np.array([[50, 50, 0]]), np.array([[70, 30, 0]]))
+    assert parity["estimate"] == 0.0 and parity["lo"] == parity["hi"] == 0.0
+
+
 def test_monte_carlo_p_values_and_bounds() -> None:
     null = np.array([1.0, 2.0, 3.0, -5.0])
     # one-sided: 2 and 3 are >= 2: (1 + 2) / (1 + 4); two-sided: |2|, |3|, |-5| >= 2: (1 + 3) / 5
@@ -170,7 +184,8 @@ def test_amplification_table_estimands() -> None:
     estimands = result["estimands"]
     # shift = (+1 * 0.1 + -1 * -0.1) / 2 = 0.1 = A_abs here; the shift is the table's shift_to_majority
     assert estimands["shift"]["estimate"] == pytest.approx(0.1) == result["shift_to_majority"]
-    assert estimands["shift"]["ci"] == result["shift_to_majority_ci"] and estimands["shift"]["n_boot"] == 300
+    assert estimands["shift"]["kind"] == "agresti_caffo_wald" and estimands["shift"]["n_boot"] == 300
+    assert estimands["shift"]["ci"] == pytest.approx([0.1 - 0.0684008436, 0.1 + 0.0684008436])  # by hand below
     assert estimands["a_abs_raw"] == result["amplification_abs"] == pytest.approx(0.1)
     gap = estimands["gap"]
     assert gap["kind"] == GAP_KIND_INDEPENDENT
@@ -246,6 +261,7 @@ def test_paired_table_of_identical_labels_has_no_shift() -> None:
     result = paired_amplification_table(_pairs(rows), n_boot=200, seed=0)
     shift = result["estimands"]["shift"]
     assert shift["estimate"] == 0.0 and shift["ci"] == [0.0, 0.0] and shift["p_value"] == 1.0
+    assert shift["kind"] == "pair_bootstrap_percentile"
     assert result["paired"] and result["n_pairs"] == 20 and result["amplification_abs"] == 0.0
     assert result["estimands"]["gap"]["kind"] == "newcombe_paired_sidak_projection"
     assert result["estimands"]["gap"]["ci"][0] == 0.0

@@ -420,10 +420,11 @@ def _table(
     boot: tuple[np.ndarray, np.ndarray],
     null: tuple[np.ndarray, np.ndarray],
     keep: np.ndarray,
-    gap: dict[str, Any],
+    parts: dict[str, Any],
 ) -> dict[str, Any]:
-    """Aggregates over the kept occupations with intervals, the estimands (``gap``: the gap's
-    ``estimate``/``lo``/``hi``/``kind``, computed by the caller), and per-occupation rows (all occupations)."""
+    """Aggregates over the kept occupations with intervals, the estimands, and per-occupation rows (all
+    occupations). ``parts``: the caller's ``gap`` (``estimate``/``lo``/``hi``/``kind``) and optionally
+    ``shift`` (``lo``/``hi``/``kind``; absent: the percentile bootstrap interval, of ``shift_kind``)."""
     share_train, share_gen = shares
     out: dict[str, Any] = {}
     stats = summarize_aggregates(share_train[keep], share_gen[keep], boot[0][:, keep], boot[1][:, keep],
@@ -442,10 +443,13 @@ def _table(
             out[f"{name}_ci"] = [value(f"{name}_lo"), value(f"{name}_hi")]
     out["n_occupations"] = int(keep.sum())
     out["n_boot"] = int(boot[0].shape[0])
+    gap, shift = parts.get("gap", {}), parts.get("shift")
     out["estimands"] = {
-        "shift": {"estimate": out["shift_to_majority"], "ci": out["shift_to_majority_ci"],
+        "shift": {"estimate": out["shift_to_majority"],
+                  "ci": [json_float(shift["lo"]), json_float(shift["hi"])] if shift else out["shift_to_majority_ci"],
                   "p_value": value("p_value_shift"), "p_value_is_bound": bool(stats.get("p_value_shift_is_bound", False)),
-                  "n_boot": out["n_boot"]},
+                  "n_boot": out["n_boot"],
+                  "kind": shift["kind"] if shift else parts.get("shift_kind", estimands.SHIFT_KIND_BOOTSTRAP)},
         # The gap is 0 exactly under the null "equal shares in every occupation" that p_value_abs tests.
         "gap": {"estimate": json_float(gap.get("estimate", np.nan)),
                 "ci": [json_float(gap.get("lo", np.nan)), json_float(gap.get("hi", np.nan))],
@@ -506,7 +510,7 @@ def amplification_table(
 
     Returns:
         A JSON-ready dict (python floats; None where undefined), all values fractions:
-        ``estimands`` = {"shift": {"estimate", "ci", "p_value", "p_value_is_bound", "n_boot"}, "gap":
+        ``estimands`` = {"shift": {"estimate", "ci", "p_value", "p_value_is_bound", "n_boot", "kind"}, "gap":
         {"estimate", "ci", "p_value", "p_value_is_bound", "kind"}, "a_abs_raw"}
         (:mod:`biasloop.metrics.estimands`: the headline numbers; the shift's p-value is two-sided
         against the null draws, the gap's is ``p_value_abs``); ``aliases`` (:data:`ALIASES`: names not repeated as keys); ``amplification_abs`` and
@@ -547,11 +551,16 @@ def amplification_table(
                             unmatched=unmatched)
 
 
-def _gap(train: np.ndarray, gen: np.ndarray, keep: np.ndarray, phi: np.ndarray | None) -> dict[str, Any]:
+def _estimand_parts(train: np.ndarray, gen: np.ndarray, keep: np.ndarray, phi: np.ndarray | None) -> dict[str, Any]:
+    """The gap and the shift's interval from the counts of the kept occupations (:mod:`.estimands`)."""
     if not keep.any():
         return {}
-    gap = estimands.gap_from_counts(train[keep], gen[keep], phi=None if phi is None else phi[keep])
-    return {**gap, "kind": estimands.GAP_KIND_INDEPENDENT if phi is None else estimands.GAP_KIND_PAIRED}
+    kept_phi = None if phi is None else phi[keep]
+    gap = estimands.gap_from_counts(train[keep], gen[keep], phi=kept_phi)
+    if phi is not None:  # paired: the pair bootstrap's percentile interval (estimands.shift_interval)
+        return {"gap": {**gap, "kind": estimands.GAP_KIND_PAIRED}, "shift_kind": estimands.SHIFT_KIND_PAIRED}
+    shift = estimands.shift_interval(train[keep], gen[keep])
+    return {"gap": {**gap, "kind": estimands.GAP_KIND_INDEPENDENT}, "shift": {**shift, "kind": estimands.SHIFT_KIND_WALD}}
 
 
 def table_from_draws(
@@ -585,7 +594,8 @@ def table_from_draws(
     share_gen = np.asarray(share_female(gen[:, 0], gen[:, 1]), float).reshape(-1)
     keep = ~(np.isnan(share_train) | np.isnan(share_gen))
     result: dict[str, Any] = {"aliases": dict(ALIASES)}
-    result.update(_table(names, train, gen, (share_train, share_gen), boot, null, keep, _gap(train, gen, keep, phi)))
+    result.update(_table(names, train, gen, (share_train, share_gen), boot, null, keep,
+                         _estimand_parts(train, gen, keep, phi)))
     result["unmatched"] = unmatched or {"train_only": [], "gen_only": []}
     result["dropped"] = [name for name, kept in zip(names, keep) if not kept]
     result["occupations_left_out"] = sorted({*result["unmatched"]["train_only"], *result["unmatched"]["gen_only"],
@@ -616,7 +626,7 @@ def table_from_draws(
             gap = {"estimate": np.mean(estimands.debiased_abs(difference, variance)), "lo": lo, "hi": hi,
                    "kind": estimands.GAP_KIND_CORRECTED}
         corrected = _table(names, train, gen, corrected_shares, corrected_boot,
-                           (correct(null[0], correct_train), correct(null[1])), keep, gap)
+                           (correct(null[0], correct_train), correct(null[1])), keep, {"gap": gap})
         corrected["occupations_left_out"] = result["occupations_left_out"]
         corrected["confusion"] = {"tpr": tpr, "fpr": fpr, "train_corrected": bool(correct_train),
                                   "uncertainty": "bootstrapped" if counts and n_boot else "fixed"}
