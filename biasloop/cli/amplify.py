@@ -202,8 +202,9 @@ def _parse_pairs(path: Path, reader: Any) -> pl.DataFrame:
         cells = {name: (record[i].strip() if i < len(record) else "") for name, i in position.items()}
         if not cells["occupation"]:
             raise CountFileError(f"{path}, line {line}: empty occupation")
-        if any(unicodedata.category(ch) == "Cc" for ch in cells["occupation"]):
-            raise CountFileError(f"{path}, line {line}: occupation contains a control character ({cells['occupation']!r})")
+        occupation = cells["occupation"]
+        if any(unicodedata.category(ch) == "Cc" for ch in occupation):
+            raise CountFileError(f"{path}, line {line}: occupation contains a control character ({occupation!r})")
         for column in ("train_label", "gen_label"):
             if cells[column] not in PAIR_LABELS:
                 raise CountFileError(

@@ -447,13 +447,15 @@ def _table(
     out["estimands"] = {
         "shift": {"estimate": out["shift_to_majority"],
                   "ci": [json_float(shift["lo"]), json_float(shift["hi"])] if shift else out["shift_to_majority_ci"],
-                  "p_value": value("p_value_shift"), "p_value_is_bound": bool(stats.get("p_value_shift_is_bound", False)),
+                  "p_value": value("p_value_shift"),
+                  "p_value_is_bound": bool(stats.get("p_value_shift_is_bound", False)),
                   "n_boot": out["n_boot"],
                   "kind": shift["kind"] if shift else parts.get("shift_kind", estimands.SHIFT_KIND_BOOTSTRAP)},
         # The gap is 0 exactly under the null "equal shares in every occupation" that p_value_abs tests.
         "gap": {"estimate": json_float(gap.get("estimate", np.nan)),
                 "ci": [json_float(gap.get("lo", np.nan)), json_float(gap.get("hi", np.nan))],
-                "p_value": out["p_value_abs"], "p_value_is_bound": out["p_value_abs_is_bound"], "kind": gap.get("kind")},
+                "p_value": out["p_value_abs"], "p_value_is_bound": out["p_value_abs_is_bound"],
+                "kind": gap.get("kind")},
         "a_abs_raw": out["amplification_abs"],
     }
     for side, counts in (("train", train), ("gen", gen)):
@@ -560,7 +562,8 @@ def _estimand_parts(train: np.ndarray, gen: np.ndarray, keep: np.ndarray, phi: n
     if phi is not None:  # paired: the pair bootstrap's percentile interval (estimands.shift_interval)
         return {"gap": {**gap, "kind": estimands.GAP_KIND_PAIRED}, "shift_kind": estimands.SHIFT_KIND_PAIRED}
     shift = estimands.shift_interval(train[keep], gen[keep])
-    return {"gap": {**gap, "kind": estimands.GAP_KIND_INDEPENDENT}, "shift": {**shift, "kind": estimands.SHIFT_KIND_WALD}}
+    return {"gap": {**gap, "kind": estimands.GAP_KIND_INDEPENDENT},
+            "shift": {**shift, "kind": estimands.SHIFT_KIND_WALD}}
 
 
 def table_from_draws(

@@ -299,7 +299,9 @@ def confusion_counts(confusion: dict[str, Any] | None) -> dict[str, int] | None:
     return {key: int(counts[key]) for key in needed}
 
 
-def confusion_rate_draws(counts: dict[str, int], n_boot: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def confusion_rate_draws(
+    counts: dict[str, int], n_boot: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """tpr and fpr for each bootstrap replicate, drawn from the held-out confusion counts.
 
     Over confident labels, ``tpr = female_as_female / (female_as_female + female_as_male)`` and
@@ -361,8 +363,10 @@ def corrected_gap_interval(
     k = (n_occupations if correct_train else 2 * n_occupations) + (2 if counts else 0)
     level = sidak_alpha(alpha, k)
     if counts:
-        tpr_box = wilson_interval(counts["female_as_female"], counts["female_as_female"] + counts["female_as_male"], level)
-        fpr_box = wilson_interval(counts["male_as_female"], counts["male_as_female"] + counts["male_as_male"], level)
+        women = counts["female_as_female"] + counts["female_as_male"]
+        men = counts["male_as_female"] + counts["male_as_male"]
+        tpr_box = wilson_interval(counts["female_as_female"], women, level)
+        fpr_box = wilson_interval(counts["male_as_female"], men, level)
     else:
         tpr_box = (float(confusion["tpr"]),) * 2
         fpr_box = (float(confusion["fpr"]),) * 2
