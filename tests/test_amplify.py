@@ -114,7 +114,8 @@ def test_json_estimands_and_text_leads_with_them(tmp_path: Path, capsys: pytest.
     assert main([train, gen, "--json", "--n-boot", "200"]) == 0
     estimands = json.loads(capsys.readouterr().out)["estimands"]
     assert set(estimands) == {"shift", "gap", "a_abs_raw"}
-    assert set(estimands["shift"]) == {"estimate", "ci", "p_value", "p_value_is_bound", "n_boot", "kind"}
+    assert set(estimands["shift"]) == {"estimate", "ci", "p_value", "p_value_is_bound", "n_boot", "kind",
+                                       "n_unclear_majority"}
     assert set(estimands["gap"]) == {"estimate", "ci", "p_value", "p_value_is_bound", "kind"}
     assert estimands["shift"]["estimate"] == pytest.approx(0.1) and estimands["a_abs_raw"] == pytest.approx(0.1)
     assert main([train, gen, "--n-boot", "200"]) == 0

@@ -121,9 +121,17 @@ def test_shift_interval_by_hand() -> None:
     shift = shift_interval(np.array([[80, 20, 3], [10, 90, 0]]), np.array([[45, 5, 0], [0, 50, 2]]))
     assert shift["estimate"] == pytest.approx(0.1)
     assert (shift["lo"], shift["hi"]) == pytest.approx((0.1 - 0.0684008436, 0.1 + 0.0684008436))
-    # an occupation at exact parity in training counts 0 in the shift and adds no variance
+    assert shift["n_unclear_majority"] == 0
+    # at parity in training (50 / 50) the majority is unclear: the occupation counts 0 in the estimate
+    # and spans +-|d_hat| = +-0.2 in the interval, plus its noise: adjusted shares 51/102 and 71/102,
+    # v = 0.25 / 102 + (71/102)(31/102) / 102 = 0.00245098 + 0.00207405, z sqrt(v) = 0.131843
     parity = shift_interval(np.array([[50, 50, 0]]), np.array([[70, 30, 0]]))
-    assert parity["estimate"] == 0.0 and parity["lo"] == parity["hi"] == 0.0
+    assert parity["estimate"] == 0.0 and parity["n_unclear_majority"] == 1
+    assert (parity["lo"], parity["hi"]) == pytest.approx((-0.331843, 0.331843), abs=1e-6)
+    # a baker at 42 women of 98 (99% Wilson interval 0.30 to 0.56) is unclear too; a nurse at 87 of 98 is not
+    mixed = shift_interval(np.array([[42, 56, 2], [87, 11, 2]]), np.array([[97, 17, 0], [119, 1, 0]]))
+    assert mixed["n_unclear_majority"] == 1
+    assert mixed["hi"] - mixed["lo"] > 2 * abs(97 / 114 - 42 / 98) / 2
 
 
 def test_monte_carlo_p_values_and_bounds() -> None:

@@ -450,7 +450,9 @@ def _table(
                   "p_value": value("p_value_shift"),
                   "p_value_is_bound": bool(stats.get("p_value_shift_is_bound", False)),
                   "n_boot": out["n_boot"],
-                  "kind": shift["kind"] if shift else parts.get("shift_kind", estimands.SHIFT_KIND_BOOTSTRAP)},
+                  "kind": shift["kind"] if shift else parts.get("shift_kind", estimands.SHIFT_KIND_BOOTSTRAP),
+                  # occupations whose training majority is unclear, spanned both ways (adjusted Wald only)
+                  "n_unclear_majority": int(shift["n_unclear_majority"]) if shift else None},
         # The gap is 0 exactly under the null "equal shares in every occupation" that p_value_abs tests.
         "gap": {"estimate": json_float(gap.get("estimate", np.nan)),
                 "ci": [json_float(gap.get("lo", np.nan)), json_float(gap.get("hi", np.nan))],
@@ -512,7 +514,8 @@ def amplification_table(
 
     Returns:
         A JSON-ready dict (python floats; None where undefined), all values fractions:
-        ``estimands`` = {"shift": {"estimate", "ci", "p_value", "p_value_is_bound", "n_boot", "kind"}, "gap":
+        ``estimands`` = {"shift": {"estimate", "ci", "p_value", "p_value_is_bound", "n_boot", "kind",
+        "n_unclear_majority"}, "gap":
         {"estimate", "ci", "p_value", "p_value_is_bound", "kind"}, "a_abs_raw"}
         (:mod:`biasloop.metrics.estimands`: the headline numbers; the shift's p-value is two-sided
         against the null draws, the gap's is ``p_value_abs``); ``aliases`` (:data:`ALIASES`: names not repeated as keys); ``amplification_abs`` and
@@ -629,7 +632,9 @@ def table_from_draws(
             gap = {"estimate": np.mean(estimands.debiased_abs(difference, variance)), "lo": lo, "hi": hi,
                    "kind": estimands.GAP_KIND_CORRECTED}
         corrected = _table(names, train, gen, corrected_shares, corrected_boot,
-                           (correct(null[0], correct_train), correct(null[1])), keep, {"gap": gap})
+                           (correct(null[0], correct_train), correct(null[1])), keep,
+                           {"gap": gap, "shift_kind": estimands.SHIFT_KIND_BOOTSTRAP if phi is None
+                            else estimands.SHIFT_KIND_PAIRED})
         corrected["occupations_left_out"] = result["occupations_left_out"]
         corrected["confusion"] = {"tpr": tpr, "fpr": fpr, "train_corrected": bool(correct_train),
                                   "uncertainty": "bootstrapped" if counts and n_boot else "fixed"}

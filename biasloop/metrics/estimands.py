@@ -205,38 +205,57 @@ def gap_from_counts(
             "estimate": np.mean(debiased_abs(difference, variance), axis=-1), "lo": lo, "hi": hi}
 
 
-def shift_interval(train: np.ndarray, gen: np.ndarray, alpha: float = 0.05) -> dict[str, np.ndarray]:
+def shift_interval(
+    train: np.ndarray, gen: np.ndarray, alpha: float = 0.05, sign_alpha: float = 0.01
+) -> dict[str, np.ndarray]:
     """The shift ``mean_o sign(p_train - 1/2) (p_gen - p_train)`` with an adjusted Wald interval.
 
-    The plug-in is unbiased (linear in the shares); the interval is ``shift_hat +- z sqrt(V)`` with
-    ``V = sum_o s_o^2 (v_gen + v_train) / O^2`` and ``s_o = sign(p_train_hat - 1/2)``, where each side's
-    variance ``v = p~ (1 - p~) / (m + 2)`` uses the share with one woman and one man added,
-    ``p~ = (x + 1) / (m + 2)`` (Agresti & Caffo 2000, The American Statistician 54:280-288). Unlike a
-    bootstrap of the observed counts, it does not collapse when an occupation shows no woman (or no man)
-    on a side, which made the percentile bootstrap cover 0.89 to 0.93 with shares of 0.005 and 80
-    generated images (``docs/estimands.md``). For independent sides only: with paired data a plug-in
-    correlation collapses the variance when a side has one or two women, and the pair bootstrap's
-    percentile interval covered better (0.93 against 0.88 at a 5 pp shift, phi = 0.8), so paired tables
-    report that one.
+    The plug-in is unbiased when every training majority is clear (linear in the shares). The interval:
+
+    - noise: ``z sqrt(sum_o (v_gen + v_train)) / O``, where each side's variance ``v = p~ (1 - p~) / (m + 2)``
+      uses the share with one woman and one man added, ``p~ = (x + 1) / (m + 2)`` (Agresti & Caffo 2000,
+      The American Statistician 54:280-288). Unlike a bootstrap of the observed counts it does not
+      collapse when an occupation shows no woman (or no man) on a side, which made the percentile
+      bootstrap cover 0.915 to 0.93 with shares of 0.005 and 80 generated images (``docs/estimands.md``);
+    - the training majority: an occupation whose training share's Wilson interval at ``1 - sign_alpha``
+      contains 1/2 may lean either way, so it spans ``[-|d_hat|, +|d_hat|]`` instead of adding
+      ``sign * d_hat`` (a baker at 42 women of 98 with a generated share of 0.85 would otherwise swing
+      the shift by 8 pp on a sign nobody knows). Since ``|d_hat| - |d| >= sign(d) (d_hat - d)``, the
+      interval covers with probability at least ``1 - alpha - sign_alpha / 2`` per such occupation.
+
+    For independent sides only: with paired data a plug-in correlation collapses the variance when a
+    side has one or two women, and the pair bootstrap's percentile interval covered better (0.935
+    against 0.88 at a 5 pp shift, phi = 0.8), so paired tables report that one.
 
     Args:
         train, gen: ``(..., occupations, 3)`` female/male/abstain counts (a confident image on both sides
             in every occupation).
         alpha: 1 - confidence level.
+        sign_alpha: 1 - level of the per-occupation intervals that decide whether a training majority
+            is clear.
 
     Returns:
-        ``estimate``, ``lo``, ``hi``, arrays of shape ``(...)``.
+        ``estimate``, ``lo``, ``hi`` and ``n_unclear_majority`` (occupations spanned both ways), arrays of
+        shape ``(...)``.
     """
     train, gen = np.asarray(train, float), np.asarray(gen, float)
     m_train, m_gen = train[..., 0] + train[..., 1], gen[..., 0] + gen[..., 1]
     p_train, p_gen = train[..., 0] / m_train, gen[..., 0] / m_gen
+    n_occupations = p_train.shape[-1]
     sign = np.sign(p_train - 0.5)
     estimate = np.mean(sign * (p_gen - p_train), axis=-1)
     adjusted_train, adjusted_gen = (train[..., 0] + 1) / (m_train + 2), (gen[..., 0] + 1) / (m_gen + 2)
     v_train = adjusted_train * (1 - adjusted_train) / (m_train + 2)
     v_gen = adjusted_gen * (1 - adjusted_gen) / (m_gen + 2)
-    half = norm.ppf(1 - alpha / 2) * np.sqrt(np.sum(sign**2 * (v_train + v_gen), axis=-1)) / p_train.shape[-1]
-    return {"estimate": estimate, "lo": estimate - half, "hi": estimate + half}
+    sign_lo, sign_hi = wilson_interval(train[..., 0], m_train, sign_alpha)
+    unclear = (sign_lo <= 0.5) & (sign_hi >= 0.5)
+    clear_part = np.sum(np.where(unclear, 0.0, sign * (p_gen - p_train)), axis=-1)
+    unclear_part = np.sum(np.where(unclear, np.abs(p_gen - p_train), 0.0), axis=-1)
+    # Occupations at exact parity in training count 0 in the estimate; unclear ones add their variance.
+    counted = np.where(unclear, 1.0, sign**2)
+    half = norm.ppf(1 - alpha / 2) * np.sqrt(np.sum(counted * (v_train + v_gen), axis=-1))
+    return {"estimate": estimate, "lo": (clear_part - unclear_part - half) / n_occupations,
+            "hi": (clear_part + unclear_part + half) / n_occupations, "n_unclear_majority": unclear.sum(axis=-1)}
 
 
 def monte_carlo_p_value(point: Any, null_replicates: np.ndarray, two_sided: bool) -> tuple[np.ndarray, np.ndarray]:
