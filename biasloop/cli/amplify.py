@@ -245,6 +245,9 @@ def format_estimands(result: dict[str, Any]) -> list[str]:
         if name == "gap":
             line += f"raw A_abs {_percent(estimands['a_abs_raw'])} pp"
         lines.append(line.rstrip())
+    if shift.get("n_unclear_majority"):
+        lines.append(f"(the shift's interval counts {shift['n_unclear_majority']} occupation(s) both ways: "
+                     "their training majority is unclear)")
     return lines
 
 
