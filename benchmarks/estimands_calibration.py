@@ -16,7 +16,8 @@ the difference of the two observed shares (confident counts ``m = n (1 - abstain
 towards parity elsewhere; training shares ``spread`` (0.005 to 0.995) or ``extreme`` (five at 0.005, five
 at 0.995); 335 training and 80 or 400 generated images per occupation, 2% abstentions. ``headline``: the
 issue's reviewer setting (generated shares pushed 17 pp towards the majority, clipped to [0.005, 0.995],
-343 / 120 images). Paired: 80 pairs per occupation whose two labels correlate with phi = 0.8, under the
+343 / 120 images). ``parity``: six training shares within 4 pp of 1/2 and four further out, generated
+shares 15 pp towards each majority (335 / 80 images). Paired: 80 pairs per occupation whose two labels correlate with phi = 0.8, under the
 null and with a 5 pp shift towards the majority.
 
 The tests in ``tests/test_calibration.py`` call the same functions with fewer tables.
@@ -49,6 +50,8 @@ SHARE_SETS = {
 }
 # The default world's training shares (the headline and paired settings).
 DEFAULT_SHARES = np.array([0.06, 0.16, 0.25, 0.36, 0.42, 0.44, 0.64, 0.72, 0.79, 0.89])
+# Training shares near parity, where the sign of the shift's majority is uncertain.
+PARITY_SHARES = np.array([0.46, 0.48, 0.49, 0.51, 0.52, 0.54, 0.2, 0.3, 0.7, 0.8])
 RATIOS = (0.0, 0.5, 1.0, 2.0, 4.0)
 N_GENS = (80, 400)
 N_TRAIN, ABSTAIN = 335, 0.02
@@ -183,6 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     headline_gen = np.clip(DEFAULT_SHARES + np.sign(DEFAULT_SHARES - 0.5) * 0.17, 0.005, 0.995)
     rows.append({"setting": "headline, 343 / 120 images", "paired": False,
                  **unpaired_setting(100, DEFAULT_SHARES, headline_gen, 343, 120, args.tables, args.n_boot)})
+    rows.append({"setting": "parity, 335 / 80 images", "paired": False,
+                 **unpaired_setting(101, PARITY_SHARES, PARITY_SHARES + np.sign(PARITY_SHARES - 0.5) * 0.15,
+                                    N_TRAIN, 80, args.tables, args.n_boot)})
     shifted = np.clip(DEFAULT_SHARES + np.sign(DEFAULT_SHARES - 0.5) * 0.05, 0.0, 1.0)
     for name, p_gen in (("paired null, phi 0.8", DEFAULT_SHARES), ("paired 5 pp shift, phi 0.8", shifted)):
         seed += 1

@@ -128,7 +128,7 @@ def test_shift_interval_by_hand() -> None:
     parity = shift_interval(np.array([[50, 50, 0]]), np.array([[70, 30, 0]]))
     assert parity["estimate"] == 0.0 and parity["n_unclear_majority"] == 1
     assert (parity["lo"], parity["hi"]) == pytest.approx((-0.331843, 0.331843), abs=1e-6)
-    # a baker at 42 women of 98 (99% Wilson interval 0.30 to 0.56) is unclear too; a nurse at 87 of 98 is not
+    # a baker at 42 women of 98 (95% Wilson interval 0.34 to 0.53) is unclear too; a nurse at 87 of 98 is not
     mixed = shift_interval(np.array([[42, 56, 2], [87, 11, 2]]), np.array([[97, 17, 0], [119, 1, 0]]))
     assert mixed["n_unclear_majority"] == 1
     assert mixed["hi"] - mixed["lo"] > 2 * abs(97 / 114 - 42 / 98) / 2
