@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from biasloop.metrics.amplification import bootstrap_shares, null_shares, shift_to_majority, summarize_aggregates
-from biasloop.metrics.estimands import gap_from_counts, shift_interval
+from biasloop.metrics.estimands import gap_from_counts, shift_bootstrap_interval, shift_interval, unclear_majority
 from biasloop.metrics.paired import bootstrap_pairs, pair_correlation, side_counts, swap_null_pairs
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -124,9 +124,12 @@ def evaluate(train: np.ndarray, gen: np.ndarray, boot: tuple, null: tuple, truth
     gap = gap_from_counts(train, gen, phi=phi)
     wald = shift_interval(train, gen)
     # the interval the table reports: the adjusted Wald one for independent sides, the pair bootstrap's
-    # percentile interval for pairs
-    shift = wald if phi is None else {"estimate": stats["shift_to_majority"], "lo": stats["shift_to_majority_lo"],
-                                      "hi": stats["shift_to_majority_hi"]}
+    # percentile interval with fixed majorities for pairs
+    if phi is None:
+        shift = wald
+    else:
+        lo, hi = shift_bootstrap_interval(shares[0], shares[1], boot[0], boot[1], unclear_majority(train))
+        shift = {"estimate": stats["shift_to_majority"], "lo": lo, "hi": hi}
     return {
         "truth_gap": truth_gap, "truth_shift": truth_shift,
         "gap_coverage": _covers(gap["lo"], gap["hi"], truth_gap),

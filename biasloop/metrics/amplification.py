@@ -423,8 +423,8 @@ def _table(
     parts: dict[str, Any],
 ) -> dict[str, Any]:
     """Aggregates over the kept occupations with intervals, the estimands, and per-occupation rows (all
-    occupations). ``parts``: the caller's ``gap`` (``estimate``/``lo``/``hi``/``kind``) and optionally
-    ``shift`` (``lo``/``hi``/``kind``; absent: the percentile bootstrap interval, of ``shift_kind``)."""
+    occupations). ``parts``: the caller's ``gap`` (``estimate``/``lo``/``hi``/``kind``) and ``shift``
+    (``lo``/``hi``/``kind``/``n_unclear_majority``); empty when no occupation is kept."""
     share_train, share_gen = shares
     out: dict[str, Any] = {}
     stats = summarize_aggregates(share_train[keep], share_gen[keep], boot[0][:, keep], boot[1][:, keep],
@@ -446,12 +446,12 @@ def _table(
     gap, shift = parts.get("gap", {}), parts.get("shift")
     out["estimands"] = {
         "shift": {"estimate": out["shift_to_majority"],
-                  "ci": [json_float(shift["lo"]), json_float(shift["hi"])] if shift else out["shift_to_majority_ci"],
+                  "ci": [json_float(shift["lo"]), json_float(shift["hi"])] if shift else [None, None],
                   "p_value": value("p_value_shift"),
                   "p_value_is_bound": bool(stats.get("p_value_shift_is_bound", False)),
                   "n_boot": out["n_boot"],
-                  "kind": shift["kind"] if shift else parts.get("shift_kind", estimands.SHIFT_KIND_BOOTSTRAP),
-                  # occupations whose training majority is unclear, spanned both ways (adjusted Wald only)
+                  "kind": shift["kind"] if shift else None,
+                  # occupations whose training majority is unclear, counted both ways in the interval
                   "n_unclear_majority": int(shift["n_unclear_majority"]) if shift else None},
         # The gap is 0 exactly under the null "equal shares in every occupation" that p_value_abs tests.
         "gap": {"estimate": json_float(gap.get("estimate", np.nan)),
@@ -556,17 +556,23 @@ def amplification_table(
                             unmatched=unmatched)
 
 
-def _estimand_parts(train: np.ndarray, gen: np.ndarray, keep: np.ndarray, phi: np.ndarray | None) -> dict[str, Any]:
-    """The gap and the shift's interval from the counts of the kept occupations (:mod:`.estimands`)."""
+def _estimand_parts(train: np.ndarray, gen: np.ndarray, keep: np.ndarray, phi: np.ndarray | None,
+                    shares: tuple[np.ndarray, np.ndarray], boot: tuple[np.ndarray, np.ndarray]) -> dict[str, Any]:
+    """The gap and the shift's interval over the kept occupations (:mod:`.estimands`): adjusted Wald
+    for independent sides, the pair bootstrap with fixed majorities for pairs."""
     if not keep.any():
         return {}
     kept_phi = None if phi is None else phi[keep]
     gap = estimands.gap_from_counts(train[keep], gen[keep], phi=kept_phi)
-    if phi is not None:  # paired: the pair bootstrap's percentile interval (estimands.shift_interval)
-        return {"gap": {**gap, "kind": estimands.GAP_KIND_PAIRED}, "shift_kind": estimands.SHIFT_KIND_PAIRED}
-    shift = estimands.shift_interval(train[keep], gen[keep])
-    return {"gap": {**gap, "kind": estimands.GAP_KIND_INDEPENDENT},
-            "shift": {**shift, "kind": estimands.SHIFT_KIND_WALD}}
+    if phi is None:
+        shift = estimands.shift_interval(train[keep], gen[keep])
+        return {"gap": {**gap, "kind": estimands.GAP_KIND_INDEPENDENT},
+                "shift": {**shift, "kind": estimands.SHIFT_KIND_WALD}}
+    unclear = estimands.unclear_majority(train[keep])
+    lo, hi = estimands.shift_bootstrap_interval(shares[0][keep], shares[1][keep], boot[0][:, keep], boot[1][:, keep],
+                                                unclear)
+    return {"gap": {**gap, "kind": estimands.GAP_KIND_PAIRED},
+            "shift": {"lo": lo, "hi": hi, "kind": estimands.SHIFT_KIND_PAIRED, "n_unclear_majority": unclear.sum()}}
 
 
 def table_from_draws(
@@ -601,7 +607,7 @@ def table_from_draws(
     keep = ~(np.isnan(share_train) | np.isnan(share_gen))
     result: dict[str, Any] = {"aliases": dict(ALIASES)}
     result.update(_table(names, train, gen, (share_train, share_gen), boot, null, keep,
-                         _estimand_parts(train, gen, keep, phi)))
+                         _estimand_parts(train, gen, keep, phi, (share_train, share_gen), boot)))
     result["unmatched"] = unmatched or {"train_only": [], "gen_only": []}
     result["dropped"] = [name for name, kept in zip(names, keep) if not kept]
     result["occupations_left_out"] = sorted({*result["unmatched"]["train_only"], *result["unmatched"]["gen_only"],
@@ -622,7 +628,7 @@ def table_from_draws(
 
         corrected_shares = (correct(share_train, correct_train, False), correct(share_gen, True, False))
         corrected_boot = (correct(boot[0], correct_train), correct(boot[1]))
-        gap: dict[str, Any] = {}
+        parts: dict[str, Any] = {}
         if keep.any():
             difference = corrected_shares[1][keep] - corrected_shares[0][keep]
             variance = (np.nanvar(corrected_boot[1][:, keep] - corrected_boot[0][:, keep], axis=0, ddof=1)
@@ -631,10 +637,15 @@ def table_from_draws(
                                                       phi=None if phi is None else phi[keep])
             gap = {"estimate": np.mean(estimands.debiased_abs(difference, variance)), "lo": lo, "hi": hi,
                    "kind": estimands.GAP_KIND_CORRECTED}
+            unclear = estimands.unclear_majority(train[keep], rates=(tpr, fpr) if correct_train else None)
+            shift_lo, shift_hi = estimands.shift_bootstrap_interval(
+                corrected_shares[0][keep], corrected_shares[1][keep], corrected_boot[0][:, keep],
+                corrected_boot[1][:, keep], unclear)
+            parts = {"gap": gap, "shift": {"lo": shift_lo, "hi": shift_hi, "n_unclear_majority": unclear.sum(),
+                                           "kind": estimands.SHIFT_KIND_PAIRED if phi is not None
+                                           else estimands.SHIFT_KIND_BOOTSTRAP}}
         corrected = _table(names, train, gen, corrected_shares, corrected_boot,
-                           (correct(null[0], correct_train), correct(null[1])), keep,
-                           {"gap": gap, "shift_kind": estimands.SHIFT_KIND_BOOTSTRAP if phi is None
-                            else estimands.SHIFT_KIND_PAIRED})
+                           (correct(null[0], correct_train), correct(null[1])), keep, parts)
         corrected["occupations_left_out"] = result["occupations_left_out"]
         corrected["confusion"] = {"tpr": tpr, "fpr": fpr, "train_corrected": bool(correct_train),
                                   "uncertainty": "bootstrapped" if counts and n_boot else "fixed"}
