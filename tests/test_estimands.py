@@ -26,8 +26,10 @@ from biasloop.metrics.estimands import (
     gap_interval,
     monte_carlo_p_value,
     newcombe_difference_interval,
+    shift_bootstrap_interval,
     shift_interval,
     sidak_alpha,
+    unclear_majority,
     wilson_interval,
 )
 from biasloop.metrics.paired import (
@@ -132,6 +134,21 @@ def test_shift_interval_by_hand() -> None:
     mixed = shift_interval(np.array([[42, 56, 2], [87, 11, 2]]), np.array([[97, 17, 0], [119, 1, 0]]))
     assert mixed["n_unclear_majority"] == 1
     assert mixed["hi"] - mixed["lo"] > 2 * abs(97 / 114 - 42 / 98) / 2
+
+
+def test_shift_bootstrap_interval_by_hand() -> None:
+    # occupation 0 (training 0.8, clear, sign +1), occupation 1 (training 0.45, unclear); four replicates
+    # with differences g* - t*: occupation 0 (0.1, 0.2, 0.0, 0.1), occupation 1 (-0.25, -0.25, -0.15, -0.2).
+    # lower values (d0 - |d1|) / 2: -0.075, -0.025, -0.075, -0.05; upper (d0 + |d1|) / 2: 0.175, 0.225,
+    # 0.075, 0.15; with alpha = 0 the limits are their minimum and maximum.
+    boot_train = np.array([[0.8, 0.45]] * 4)
+    boot_gen = np.array([[0.9, 0.2], [1.0, 0.2], [0.8, 0.3], [0.9, 0.25]])
+    lo, hi = shift_bootstrap_interval(np.array([0.8, 0.45]), np.array([0.9, 0.2]), boot_train, boot_gen,
+                                      np.array([False, True]), alpha=0.0)
+    assert (lo, hi) == pytest.approx((-0.075, 0.225))
+    assert unclear_majority(np.array([[80, 20, 0], [45, 55, 0]])).tolist() == [False, True]
+    # corrected with tpr 0.9, fpr 0.1: 0.8 -> 0.875 stays clear; Wilson limits of 45/100 map below and above 1/2
+    assert unclear_majority(np.array([[80, 20, 0], [45, 55, 0]]), rates=(0.9, 0.1)).tolist() == [False, True]
 
 
 def test_monte_carlo_p_values_and_bounds() -> None:

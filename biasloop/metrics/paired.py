@@ -7,7 +7,9 @@ change the label's distribution") exchanges each pair's two labels with probabil
 randomisation test of exchangeability within pairs; e.g. Good, *Permutation Tests*, 2nd ed., 2000, sect.
 3.1). The table has the structure of :func:`biasloop.metrics.amplification.amplification_table`'s,
 with the gap's per-occupation intervals from Newcombe's (1998b) paired method
-(:func:`biasloop.metrics.estimands.newcombe_difference_interval` with the pairs' correlation ``phi``).
+(:func:`biasloop.metrics.estimands.newcombe_difference_interval` with the pairs' correlation ``phi``)
+and the shift's interval from the pair bootstrap with the observed majorities held fixed
+(:func:`biasloop.metrics.estimands.shift_bootstrap_interval`).
 
 A pair table holds, per occupation, the counts of pairs by (training label, generated label), each
 ``female``/``male``/``abstain``: ``cells[o, i, j]`` with ``i``, ``j`` indexing
