@@ -43,8 +43,10 @@ taken over occupations, the table leads with two estimands, each with a 95% inte
 (p < 0.001: no null draw was as extreme, the p-value is a Monte Carlo bound):
   shift               mean sign(p_train - 1/2) (p_gen - p_train): > 0 when generated images lean further
                       towards each occupation's training majority; the headline (linear, unbiased;
-                      percentile bootstrap interval, two-sided p-value against equal shares); for two
-                      groups BiasAmp (bias_amp, Zhao et al. 2017) equals it, so it is shown once
+                      adjusted Wald interval, pair bootstrap for --paired; occupations whose training
+                      majority is unclear count both ways; two-sided p-value against equal shares in
+                      every occupation); for two groups BiasAmp (bias_amp, Zhao et al. 2017) equals
+                      it, so it is shown once
   gap                 mean |p_gen - p_train| without sampling noise (the paper's A_abs): a debiased
                       estimate, and an interval from simultaneous per-occupation Newcombe intervals
                       (docs/estimands.md); raw A_abs, the plug-in value, is shown beside it

@@ -15,11 +15,14 @@ of occupation ``o`` and the mean taken over occupations:
 Two aliases are shown once: for two groups ``bias_amp`` equals ``shift_to_majority`` (so the tables
 carry only ``shift_to_majority``), and ``amplification_dir`` equals ``mad_gen - mad_train`` exactly.
 
-**Estimands.** Each table leads with ``estimands`` (:mod:`biasloop.metrics.estimands`): the ``shift``
-(``shift_to_majority`` with its percentile bootstrap interval and a two-sided null p-value) and the
-``gap`` (the noise-free ``mean_o |p_gen - p_train|``, debiased, with an interval from simultaneous
-per-occupation intervals), and ``a_abs_raw``, the paper's plug-in A_abs. ``tests/test_calibration.py``
-measures that both intervals cover the noise-free values.
+**Estimands.** Each table leads with ``estimands`` (:mod:`biasloop.metrics.estimands`,
+``docs/estimands.md``): the ``shift`` (``shift_to_majority`` with an adjusted Wald interval, or for
+pairs and corrected shares a bootstrap one, occupations with an unclear training majority counted both
+ways, and a two-sided null p-value), the ``gap`` (the noise-free ``mean_o |p_gen - p_train|``,
+debiased, with an interval from simultaneous per-occupation intervals), and ``a_abs_raw``, the paper's
+plug-in A_abs. ``tests/test_calibration.py`` measures that both intervals cover the noise-free values.
+``shift_to_majority_ci`` stays the plain percentile bootstrap (which re-estimates every majority in
+each replicate and fails near parity).
 
 **Noise floor and excess: a diagnostic, not an estimate of the amplification.**
 ``amplification_abs`` and ``amplification_dir`` are built from absolute values, so sampling noise alone
