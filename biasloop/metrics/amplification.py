@@ -388,8 +388,8 @@ def summarize_aggregates(
         (suffix ``s`` = ``abs``/``dir``) ``noise_floor_s``, ``excess_s``, ``excess_s_lo``, ``excess_s_hi``
         ``p_value_s`` and ``p_value_s_is_bound`` (:func:`excess_over_noise`); for the others
         ``<name>_lo``/``_hi``, the 95% percentile interval; ``p_value_shift`` (two-sided, of
-        ``shift_to_majority`` against the null draws) and ``p_value_shift_is_bound``. A replicate in which some occupation drew no confident image gives nan
-        and is left out.
+        ``shift_to_majority`` against the null draws) and ``p_value_shift_is_bound``. A replicate in
+        which some occupation drew no confident image gives nan and is left out.
     """
     point = _aggregates(share_train, share_gen)
     boot = _aggregates(boot_train, boot_gen)
@@ -518,14 +518,13 @@ def amplification_table(
     Returns:
         A JSON-ready dict (python floats; None where undefined), all values fractions:
         ``estimands`` = {"shift": {"estimate", "ci", "p_value", "p_value_is_bound", "n_boot", "kind",
-        "n_unclear_majority"}, "gap":
-        {"estimate", "ci", "p_value", "p_value_is_bound", "kind"}, "a_abs_raw"}
-        (:mod:`biasloop.metrics.estimands`: the headline numbers; the shift's p-value is two-sided
-        against the null draws, the gap's is ``p_value_abs``); ``aliases`` (:data:`ALIASES`: names not repeated as keys); ``amplification_abs`` and
-        ``amplification_dir`` each with ``noise_floor_<s>``, ``excess_<s>``, ``excess_<s>_ci`` (95%) and
-        ``p_value_<s>`` with ``p_value_<s>_is_bound`` (``s`` = ``abs``/``dir``; :func:`excess_over_noise`,
-        diagnostics); ``shift_to_majority``,
-        ``mad_train``, ``mad_gen``, ``pearson``, each with ``<name>_ci`` = [lo, hi] (95% percentile
+        "n_unclear_majority"}, "gap": {"estimate", "ci", "p_value", "p_value_is_bound", "kind"},
+        "a_abs_raw"} (:mod:`biasloop.metrics.estimands`, ``docs/estimands.md``: the headline numbers;
+        the shift's p-value is two-sided against the null draws, the gap's is ``p_value_abs``);
+        ``aliases`` (:data:`ALIASES`: names not repeated as keys); ``amplification_abs`` and
+        ``amplification_dir`` each with ``noise_floor_<s>``, ``excess_<s>``, ``excess_<s>_ci`` (95%)
+        and ``p_value_<s>`` with ``p_value_<s>_is_bound`` (``s`` = ``abs``/``dir``;
+        :func:`excess_over_noise`, diagnostics); ``shift_to_majority``, ``mad_train``, ``mad_gen``, ``pearson``, each with ``<name>_ci`` = [lo, hi] (95% percentile
         interval); ``n_occupations`` (occupations in the aggregates), ``n_boot``, ``n_images_<side>``
         and ``n_confident_<side>`` (images and confidently labelled images over those occupations,
         side = train/gen); ``per_occupation`` rows (counts,
