@@ -168,6 +168,7 @@ def test_paired_json_and_table(tmp_path: Path, capsys: pytest.CaptureFixture) ->
          "line 2: gen_label must be one of female, male, abstain, found 'woman'"),
         ("occupation,train_label,gen_label\nnurse,female,male\n,male,male\n", "line 3: empty occupation"),
         ("occupation,train_label,gen_label\n", "no pair rows"),
+        ("occupation,train_label,gen_label\nnurse,abstain,female\n", "has a confident (non-abstained) label on both"),
         ("", "empty file"),
     ],
 )
