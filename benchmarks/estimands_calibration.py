@@ -17,8 +17,8 @@ towards parity elsewhere; training shares ``spread`` (0.005 to 0.995) or ``extre
 at 0.995); 335 training and 80 or 400 generated images per occupation, 2% abstentions. ``headline``: the
 issue's reviewer setting (generated shares pushed 17 pp towards the majority, clipped to [0.005, 0.995],
 343 / 120 images). ``parity``: six training shares within 4 pp of 1/2 and four further out, generated
-shares 15 pp towards each majority (335 / 80 images). Paired: 80 pairs per occupation whose two labels correlate with phi = 0.8, under the
-null and with a 5 pp shift towards the majority.
+shares 15 pp towards each majority (335 / 80 images). Paired: 80 pairs per occupation whose two labels
+correlate with phi = 0.8, under the null and with a 5 pp shift towards the majority.
 
 The tests in ``tests/test_calibration.py`` call the same functions with fewer tables.
 
@@ -198,8 +198,8 @@ def main(argv: list[str] | None = None) -> int:
         rows.append({"setting": name, "paired": True,
                      **paired_setting(seed, DEFAULT_SHARES, p_gen, args.tables, args.n_boot)})
     result = {
-        "command": "OMP_NUM_THREADS=1 python benchmarks/estimands_calibration.py"
-                   + ("" if (args.tables, args.n_boot) == (400, 400) else f" --tables {args.tables} --n-boot {args.n_boot}"),
+        "command": "OMP_NUM_THREADS=1 python benchmarks/estimands_calibration.py" + (
+            "" if (args.tables, args.n_boot) == (400, 400) else f" --tables {args.tables} --n-boot {args.n_boot}"),
         "tables_per_setting": args.tables, "n_boot": args.n_boot, "n_train": N_TRAIN, "abstain": ABSTAIN,
         "seconds": round(time.perf_counter() - started, 1), "settings": rows,
     }

@@ -168,7 +168,8 @@ def test_shift_covers_where_training_majorities_are_unclear() -> None:
     p_gen = PARITY_SHARES + np.sign(PARITY_SHARES - 0.5) * 0.15
     row = unpaired_setting(8, PARITY_SHARES, p_gen, CALIBRATION_N_TRAIN, 80, CALIBRATION_TABLES, CALIBRATION_BOOT)
     print(f"\nnear parity (true shift {row['truth_shift']:.3f}, plug-in bias {row['shift_bias']:+.3f}): the shift's "
-          f"interval covers {row['shift_coverage']:.3f}, the percentile bootstrap {row['shift_bootstrap_coverage']:.3f}")
+          f"interval covers {row['shift_coverage']:.3f}, the percentile bootstrap "
+          f"{row['shift_bootstrap_coverage']:.3f}")
     assert row["shift_coverage"] >= 0.90
 
 

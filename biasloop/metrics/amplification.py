@@ -526,8 +526,8 @@ def amplification_table(
         ``aliases`` (:data:`ALIASES`: names not repeated as keys); ``amplification_abs`` and
         ``amplification_dir`` each with ``noise_floor_<s>``, ``excess_<s>``, ``excess_<s>_ci`` (95%)
         and ``p_value_<s>`` with ``p_value_<s>_is_bound`` (``s`` = ``abs``/``dir``;
-        :func:`excess_over_noise`, diagnostics); ``shift_to_majority``, ``mad_train``, ``mad_gen``, ``pearson``, each with ``<name>_ci`` = [lo, hi] (95% percentile
-        interval); ``n_occupations`` (occupations in the aggregates), ``n_boot``, ``n_images_<side>``
+        :func:`excess_over_noise`, diagnostics); ``shift_to_majority``, ``mad_train``, ``mad_gen``,
+        ``pearson``, each with ``<name>_ci`` = [lo, hi] (95% percentile interval); ``n_occupations`` (occupations in the aggregates), ``n_boot``, ``n_images_<side>``
         and ``n_confident_<side>`` (images and confidently labelled images over those occupations,
         side = train/gen); ``per_occupation`` rows (counts,
         shares with intervals, abstain rates, ``difference`` = share_gen - share_train) for every

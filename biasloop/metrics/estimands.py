@@ -266,7 +266,9 @@ def shift_interval(
             "hi": (clear_part + unclear_part + half) / n_occupations, "n_unclear_majority": unclear.sum(axis=-1)}
 
 
-def unclear_majority(train: np.ndarray, sign_alpha: float = 0.05, rates: tuple[float, float] | None = None) -> np.ndarray:
+def unclear_majority(
+    train: np.ndarray, sign_alpha: float = 0.05, rates: tuple[float, float] | None = None
+) -> np.ndarray:
     """Occupations whose training majority is unclear: the training share's Wilson interval at level
     ``1 - sign_alpha`` holds 1/2 (after the correction ``(F - fpr) / (tpr - fpr)`` when ``rates`` =
     ``(tpr, fpr)`` are given).
