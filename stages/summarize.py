@@ -1,7 +1,7 @@
 """summarize: merge every generation's metrics into the headline, the plot rows and the offline report.
 
 Inputs:   metrics/generations/gen*.json (and captioner_gen*.json, classifier_gen*.json), metrics/paradox.json, metrics/instrument.json,
-          metrics/corpus.json, plots/paradox_shares.png, plots/corpus_contact_sheet.png, params.yaml,
+          metrics/corpus.json, plots/decomposition.png, plots/paradox_shares.png, plots/corpus_contact_sheet.png, params.yaml,
           plots/generated/gen*.png (generate@N's real-beside-generated contact sheets),
           metrics/study.json (`biasloop study collect`; with the plots/study_*.png it wrote beside it;
           committed as a placeholder until a study is collected),
@@ -46,6 +46,10 @@ from biasloop.report.html import (
 from biasloop.report.plots import generation_curves
 
 log = logging.getLogger("summarize")
+
+# plots/amplification.csv: per generation, the headline estimands and the shift's decomposition (fractions).
+AMPLIFICATION_COLUMNS = ("generation", "shift", "shift_lo", "shift_hi", "gap", "gap_lo", "gap_hi", "a_abs_raw",
+                         "data", "generator", "instrument", "noise_floor_abs", "excess_abs")
 
 
 def _write_csv(rows: list[dict], path: Path) -> None:
@@ -96,10 +100,7 @@ def main_body(argv: Sequence[str] | None) -> None:
         summary = build_summary(rows, paradox, instrument)
         write_json(args.out, summary)
         plots = Path(args.plots)
-        _write_csv([{k: r.get(k) for k in ("generation", "amplification_abs", "noise_floor_abs", "excess_abs",
-                                              "excess_abs_lo", "excess_abs_hi", "p_value_abs", "excess_dir",
-                                              "shift_to_majority")}
-                    for r in rows], plots / "amplification.csv")
+        _write_csv([{k: r.get(k) for k in AMPLIFICATION_COLUMNS} for r in rows], plots / "amplification.csv")
         _write_csv(share_rows(generation_metrics), plots / "shares.csv")
         _write_csv([{k: r.get(k) for k in ("generation", "recall_at_10", "recall_at_10_gap", "max_skew_at_10",
                                               "worst_group_accuracy")} for r in rows], plots / "downstream.csv")
@@ -111,6 +112,7 @@ def main_body(argv: Sequence[str] | None) -> None:
         render_report(
             args.report, rows, paradox, instrument, params,
             {
+                "Where the amplification comes from (generation 0)": plots / "decomposition.png",
                 "Share of women per occupation, training vs. generation 0": plots / "paradox_shares.png",
                 "Across generations": plots / "generations.png",
                 "The corpus": plots / "corpus_contact_sheet.png",
