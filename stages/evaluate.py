@@ -26,7 +26,6 @@ from biasloop.core.io import load_images, timed, write_json
 from biasloop.core.runtime import resolve_device
 from biasloop.core.stage import load_configs, make_parser, run_main
 from biasloop.core.tracking import stage_run
-from biasloop.metrics.rows import estimand_values
 from biasloop.metrics.amplification import read_confusion
 from biasloop.metrics.evaluation import (
     EvaluateConfig,
@@ -34,6 +33,7 @@ from biasloop.metrics.evaluation import (
     evaluate_generation,
     perceived_groups,
 )
+from biasloop.metrics.rows import estimand_values
 from biasloop.models.instrument import ClassifyConfig
 
 log = logging.getLogger("evaluate")

@@ -35,8 +35,8 @@ import polars as pl
 
 from biasloop.core.seeds import stream_seed
 from biasloop.metrics.amplification import amplification_table, count_table
-from biasloop.metrics.paired import paired_amplification_table
 from biasloop.metrics.decomposition import decompose
+from biasloop.metrics.paired import paired_amplification_table
 from biasloop.metrics.rows import decomposition_values, estimand_values
 
 # pairing name -> (generated prompt kind, training selection)
