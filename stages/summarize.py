@@ -11,12 +11,13 @@ Outputs:  metrics/summary.json     (what `dvc exp show` / `dvc metrics diff` rea
           plots/amplification.csv, plots/shares.csv, plots/downstream.csv, plots/tasks.csv   (named plots in dvc.yaml)
           plots/generations.png    (curves across generations)
           plots/report.html        (self-contained: figures embedded, opens offline)
+          docs/results.md          (the results page the README links to)
 Params:   all of params.yaml (shown in the report)
 
 Example:
     python -m stages.summarize --generations metrics/generations --paradox metrics/paradox.json \\
         --instrument-metrics metrics/instrument.json --corpus-metrics metrics/corpus.json \\
-        --out metrics/summary.json --plots plots --report plots/report.html \\
+        --out metrics/summary.json --plots plots --report plots/report.html --results docs/results.md \\
         --generated-sheets plots/generated --study metrics/study.json --acquisition metrics/acquisition.json
 """
 
@@ -43,6 +44,7 @@ from biasloop.report.html import (
     summary_row,
     task_row,
 )
+from biasloop.report.markdown import results_markdown
 from biasloop.report.plots import generation_curves
 
 log = logging.getLogger("summarize")
@@ -68,6 +70,8 @@ def main_body(argv: Sequence[str] | None) -> None:
     parser.add_argument("--report", default="plots/report.html", help="HTML report (default: %(default)s)")
     parser.add_argument("--generated-sheets", default="plots/generated",
                         help="folder of gen{N}.png contact sheets written by generate@N (default: %(default)s)")
+    parser.add_argument("--results", default="docs/results.md",
+                        help="results page in Markdown, generated from these metrics (default: %(default)s)")
     parser.add_argument("--study", help="metrics/study.json of `biasloop study collect`: adds a Study section")
     parser.add_argument("--acquisition", help="metrics/acquisition.json of laion_filter: adds the LAION acquisition "
                         "table (one line when the LAION path is off)")
@@ -122,6 +126,8 @@ def main_body(argv: Sequence[str] | None) -> None:
             study=study,
             acquisition=acquisition,
         )
+        with atomic_path(args.results) as tmp:
+            tmp.write_text(results_markdown(paradox, rows, params), encoding="utf-8")
         log.info("summary of %d generations -> %s; report -> %s", len(rows), args.out, args.report)
         run.log_metrics(summary)
         run.log_artifact(args.out)

@@ -201,3 +201,22 @@ def test_summarize_stage_puts_the_acquisition_table_in_the_report(tmp_path: Path
     assert _cells(text, "nurse")[:5] == ["14", "1", "3", "10", "7"]
     Path("metrics/acquisition.json").unlink()
     assert main(argv) != 0
+
+
+def test_results_page_is_generated_from_the_metrics() -> None:
+    from biasloop.report.markdown import results_markdown
+
+    measured = {"n_images_train": 3000, "n_images_gen": 800,
+                "estimands": {"shift": {"estimate": 0.173, "ci": [0.151, 0.195], "p_value": 0.000999,
+                                        "p_value_is_bound": True},
+                              "gap": {"estimate": 0.17, "ci": [0.067, 0.259]}, "a_abs_raw": 0.1732}}
+    decomposition = {"available": True, "data": {"estimate": 0.089, "ci": [0.08, 0.098]},
+                     "generator": {"estimate": 0.079, "ci": [0.05, 0.1]},
+                     "instrument": {"estimate": 0.005, "ci": [-0.01, 0.02]}}
+    text = results_markdown({"table": {"prompt_vs_keyword": {"measured": measured, "decomposition": decomposition}}},
+                            [summary_row(GEN_METRICS)], {"synthetic_ratio": 0.4, "base": {"seed": 0}})
+    assert "**+17.3 pp** [+15.1, +19.5] (p < 0.001)" in text
+    assert "**data** (an ideal learner of the captions) +8.9 [+8.0, +9.8]" in text
+    assert "| neutral prompt vs. keyword-retrieved captions | 3000 / 800 | +17.3 [+15.1, +19.5] | < 0.001 | 17.0 [6.7, 25.9] " \
+           "| 17.3 | 12.57 | +8.9 [+8.0, +9.8] | +7.9 [+5.0, +10.0] | +0.5 [-1.0, +2.0] |" in text
+    assert "| 1 | +4.0 [+1.0, +7.0] | 10.0 [5.0, 16.0] | +3.0 [+2.0, +4.0] | +2.0 [-1.0, +5.0] | -1.0 [-2.0, +0.0] | 70.0 | – |" in text
