@@ -13,14 +13,16 @@ instrument against the hue oracle on generation 0's images (glyph world).
 Inputs:   artifacts/classify_train/predictions.parquet, artifacts/gen0/classify/predictions.parquet,
           metrics/instrument.json, artifacts/retrieve/matches.parquet (caption indicators)
 Outputs:  metrics/paradox.json, plots/paradox.csv (one row per pairing and kind: A_abs, noise floor, excess),
-          plots/paradox_shares.png (share of women per occupation, training vs. generated)
+          plots/paradox_shares.png (share of women per occupation, training vs. generated),
+          plots/decomposition.png (each pairing's shift to the majority as data + generator + instrument)
 Params:   base, tracking, evaluate
 
 Example:
     python -m stages.paradox --train-predictions artifacts/classify_train/predictions.parquet \\
         --generated artifacts/gen0/classify/predictions.parquet --instrument-metrics metrics/instrument.json \\
         --matches artifacts/retrieve/matches.parquet \\
-        --out metrics/paradox.json --table plots/paradox.csv --plot plots/paradox_shares.png
+        --out metrics/paradox.json --table plots/paradox.csv --plot plots/paradox_shares.png \\
+        --decomposition-plot plots/decomposition.png
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from biasloop.core.tracking import stage_run
 from biasloop.metrics.amplification import read_confusion
 from biasloop.metrics.evaluation import EvaluateConfig, instrument_on_generated
 from biasloop.metrics.paradox import PAIRINGS, paradox_table, table_rows
-from biasloop.report.plots import share_plot
+from biasloop.report.plots import decomposition_figure, share_plot
 
 log = logging.getLogger("paradox")
 
@@ -51,6 +53,8 @@ def main_body(argv: Sequence[str] | None) -> None:
     parser.add_argument("--out", default="metrics/paradox.json", help="paradox table JSON (default: %(default)s)")
     parser.add_argument("--table", default="plots/paradox.csv", help="CSV for dvc plots (default: %(default)s)")
     parser.add_argument("--plot", default="plots/paradox_shares.png", help="share plot PNG (default: %(default)s)")
+    parser.add_argument("--decomposition-plot", default="plots/decomposition.png",
+                        help="decomposition figure PNG (default: %(default)s)")
     args = parser.parse_args(argv)
     configs = load_configs(args.params, {"evaluate": EvaluateConfig})
     config: EvaluateConfig = configs["evaluate"]
@@ -85,7 +89,11 @@ def main_body(argv: Sequence[str] | None) -> None:
                 parts = {k: v["estimate"] for k, v in terms.items() if isinstance(v, dict) and "estimate" in v}
                 log.info("%-28s shift %s", name, ", ".join(f"{k} {v * 100:+.1f} pp" for k, v in parts.items()))
                 run.log_metrics({f"{name}.decomposition.{k}": v for k, v in parts.items()})
+        decomposition_figure({name: entry.get("decomposition") for name, entry in paradox.items()},
+                             args.decomposition_plot,
+                             "Generation 0: where each pairing's shift to the training majority comes from")
         run.log_artifact(args.plot)
+        run.log_artifact(args.decomposition_plot)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
