@@ -433,6 +433,82 @@ def test_bad_count_files_are_named(tmp_path: Path, capsys, content: bytes, messa
     assert len(error) == 1 and "bad.csv" in error[0] and message in error[0], error
 
 
+def _amplify(tmp_path: Path, train: str, gen: str, *extra: str) -> tuple[int, str, str]:
+    import contextlib
+
+    from biasloop.cli import main
+
+    (tmp_path / "train.csv").write_text(train)
+    (tmp_path / "gen.csv").write_text(gen)
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        status = main(["amplify", str(tmp_path / "train.csv"), str(tmp_path / "gen.csv"), "--n-boot", "20", *extra])
+    return status, out.getvalue(), err.getvalue()
+
+
+HEADER = "occupation,n_female,n_male\n"
+
+
+def test_amplify_matches_capitalised_and_plural_occupations(tmp_path: Path) -> None:
+    status, out, err = _amplify(tmp_path, HEADER + "nurse,8,2\ncarpenter,1,9\nsalesperson,4,6\n",
+                                HEADER + "Nurses,9,1\nCarpenter,0,10\n salespeople ,5,5\n", "--json")
+    assert status == 0, err
+    result = json.loads(out)
+    assert [row["occupation"] for row in result["per_occupation"]] == ["carpenter", "nurse", "salesperson"]
+    assert result["unmatched"] == {"train_only": [], "gen_only": []}
+    assert result["matched_spellings"] == {"Nurses": "nurse", "Carpenter": "carpenter", "salespeople": "salesperson"}
+    assert "'Nurses'" in err and "= 'nurse'" in err  # said, not silent
+
+
+def test_amplify_fails_naming_an_unmatched_occupation(tmp_path: Path) -> None:
+    train, gen = HEADER + "nurse,8,2\ncarpenter,1,9\n", HEADER + "nurse,9,1\ncarpentr,0,10\n"
+    status, out, err = _amplify(tmp_path, train, gen)
+    lines = err.strip().splitlines()
+    assert status == 2 and out == "" and len(lines) == 1, err
+    assert "only in" in lines[0] and "train.csv: 'carpenter' (did you mean 'carpentr'" in lines[0]
+    assert "gen.csv: 'carpentr'" in lines[0] and "--allow-unmatched" in lines[0]
+    status, out, err = _amplify(tmp_path, train, gen, "--allow-unmatched", "--json")
+    assert status == 0 and "warning: occupations left out" in err and "carpentr" in err
+    assert [row["occupation"] for row in json.loads(out)["per_occupation"]] == ["nurse"]
+
+
+@pytest.mark.parametrize(
+    ("gen", "message"),
+    [(HEADER + "nurse,9,1\nNurse,1,1\n", "'nurse' and 'Nurse' name one occupation"),
+     (HEADER + "nurse,9,1\nnurses,1,1\n", "'nurse' and 'nurses' name one occupation (singular and plural)")],
+    ids=["case-duplicate", "plural-duplicate"],
+)
+def test_amplify_one_occupation_twice_in_a_file(tmp_path: Path, gen: str, message: str) -> None:
+    status, _, err = _amplify(tmp_path, HEADER + "nurse,8,2\n", gen)
+    assert status == 2 and "gen.csv" in err and message in err, err
+
+
+def test_amplify_paired_file_with_two_spellings(tmp_path: Path, capsys) -> None:
+    from biasloop.cli import main
+
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("occupation,train_label,gen_label\nnurse,female,female\nNurse,male,female\n")
+    assert main(["amplify", "--paired", str(pairs), "--n-boot", "20"]) == 2
+    error = capsys.readouterr().err
+    assert "pairs.csv" in error and "'nurse' and 'Nurse' name one occupation" in error
+
+
+@pytest.mark.parametrize("argv", [["amplify", "{train}", "{gen}", "--n-boot", "20"], ["--help"]])
+def test_piping_into_head_prints_no_traceback(tmp_path: Path, argv: list[str]) -> None:
+    """`biasloop amplify ... | head -1`: the reader leaves early; exit 141 (or 0) quietly, no BrokenPipeError."""
+    import shlex
+    import subprocess
+    import sys
+
+    (tmp_path / "t.csv").write_text(HEADER + "".join(f"job{i},{i % 7},{i % 5 + 1}\n" for i in range(3000)))
+    args = [a.format(train=tmp_path / "t.csv", gen=tmp_path / "t.csv") for a in argv]
+    command = f"{shlex.quote(sys.executable)} -m biasloop.cli {shlex.join(args)} | head -1; exit ${{PIPESTATUS[0]}}"
+    result = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=300)
+    assert result.stdout.count("\n") == 1
+    assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr, result.stderr
+    assert result.returncode in (0, 141)
+
+
 # --------------------------------------------------------------------------------------------------
 # model folders: missing, truncated, foreign or unsafe weight files; nothing is unpickled
 

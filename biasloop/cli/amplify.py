@@ -28,7 +28,11 @@ Each count file is a CSV with a header and one row per occupation (other columns
     engineer,15,185,0
 n_female / n_male count the images a classifier labelled as showing a woman / a man, n_abstain
 (optional, 0 when absent) those it abstained on. TRAIN.csv describes training images, GEN.csv generated
-images; occupations are matched by name (names in one file only are reported and left out).
+images. Occupations are matched by name, ignoring case and spacing, and a plural matches its singular
+by the project's plural rule ("Nurses" = "nurse", "salespeople" = "salesperson"); the table uses the
+names of TRAIN.csv. A name in one file only (a misspelling, say) is an error naming it (exit status 2),
+unless --allow-unmatched leaves such occupations out with a warning. One file naming an occupation twice
+("Nurse" and "nurse", or "nurse" and "nurses") is an error too.
 
 --paired PAIRS.csv instead reads one row per (training image, generated image) pair, e.g. a training
 caption and the image generated from it:
@@ -310,6 +314,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("gen", nargs="?", help="count CSV of generated images (not with --paired)")
     parser.add_argument("--paired", metavar="PAIRS.csv", default=None,
                         help="analyse pairs instead: a CSV with occupation,train_label,gen_label, one row per pair")
+    parser.add_argument("--allow-unmatched", action="store_true",
+                        help="leave out occupations that are in one count file only (a warning), instead of failing")
     parser.add_argument("--json", action="store_true", help="print the full table as JSON (fractions, not percent)")
     parser.add_argument("--n-boot", type=_replicates, default=1000, help="bootstrap replicates (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: %(default)s)")
@@ -324,11 +330,17 @@ def main(argv: Sequence[str]) -> int:
 
 
 def _run_paired(args: argparse.Namespace) -> int:
+    from biasloop.data.text import match_occupations
     from biasloop.metrics.paired import paired_amplification_table
 
     try:
         pairs = read_pair_file(args.paired)
     except CountFileError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:  # "Nurse" and "nurse" rows would be two occupations
+        match_occupations(dict.fromkeys(pairs["occupation"].to_list()), [], sides=(args.paired, ""))
+    except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     result = paired_amplification_table(pairs, n_boot=args.n_boot, seed=args.seed)
@@ -341,6 +353,7 @@ def _run_paired(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    from biasloop.data.text import match_occupations
     from biasloop.metrics.amplification import amplification_table
 
     if args.paired is not None:
@@ -356,18 +369,35 @@ def run(args: argparse.Namespace) -> int:
     except CountFileError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if not set(train["occupation"]) & set(gen["occupation"]):
+    try:
+        match = match_occupations(train["occupation"].to_list(), gen["occupation"].to_list(), sides=(args.train, args.gen))
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if match.renamed:  # the table shows TRAIN.csv's names
+        gen = gen.with_columns(pl.col("occupation").replace(match.renamed))
+        print("note: matched ignoring case and plurals: "
+              + ", ".join(f"{theirs!r} ({args.gen}) = {ours!r}" for theirs, ours in match.renamed.items()), file=sys.stderr)
+    if not match.matched:
         print(f"error: no occupation is in both {args.train} and {args.gen}", file=sys.stderr)
         return 2
+    if match.only_ours or match.only_theirs:
+        only = []
+        for path, names, other, other_names in ((args.train, match.only_ours, args.gen, match.only_theirs),
+                                                (args.gen, match.only_theirs, args.train, match.only_ours)):
+            if names:
+                described = []
+                for name in names:
+                    guess = match.closest(name, other_names)
+                    described.append(f"{name!r}" + (f" (did you mean {guess!r} of {other}?)" if guess else ""))
+                only.append(f"only in {path}: {', '.join(described)}")
+        if not args.allow_unmatched:
+            print(f"error: occupations in one file only (names are matched ignoring case, spacing and plurals), "
+                  f"{'; '.join(only)}; --allow-unmatched leaves them out", file=sys.stderr)
+            return 2
+        print(f"warning: occupations left out (--allow-unmatched), {'; '.join(only)}", file=sys.stderr)
     result = amplification_table(train, gen, n_boot=args.n_boot, seed=args.seed)
-    unmatched = result["unmatched"]
-    if unmatched["train_only"] or unmatched["gen_only"]:
-        only = [
-            f"only in {path}: {', '.join(names)}"
-            for path, names in ((args.train, unmatched["train_only"]), (args.gen, unmatched["gen_only"]))
-            if names
-        ]
-        print(f"warning: occupations left out, {'; '.join(only)}", file=sys.stderr)
+    result["matched_spellings"] = match.renamed  # a name of GEN.csv -> the TRAIN.csv name it was matched to
     if result["n_occupations"] == 0:
         reason = "no occupation is in both files" if not result["per_occupation"] else (
             "no occupation in both files has a confident (non-abstained) image on both sides"
