@@ -344,6 +344,20 @@ def test_a_file_that_is_not_a_tar_fails_naming_it(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
 
 
+def test_deeply_nested_json_member_is_skipped_not_a_traceback(tmp_path: Path) -> None:
+    report, _, skipped = _ingest(tmp_path, [("deep.png", _png()), ("deep.json", b"[" * 200_000)])
+    _assert_skipped(report, skipped, "bad_json", "sample 'deep'", "nested too deeply")
+
+
+def test_a_fifo_named_like_a_shard_fails_naming_it_without_blocking(tmp_path: Path) -> None:
+    folder = tmp_path / "shards"
+    _tar(folder / "00000.tar", _good("a"))
+    os.mkfifo(folder / "00001.tar")  # opening it for reading would wait for a writer forever
+    with pytest.raises(CorpusError, match=r"00001\.tar: not a regular file"):
+        ingest_corpus(iter_webdataset(folder), CorpusConfig(image_size=8), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 # --------------------------------------------------------------------------------------------------
 # folder listings
 
@@ -370,6 +384,30 @@ def test_listing_paths_outside_the_folder_and_missing_files_are_skipped(tmp_path
     assert report.n_kept == 1 and dict(report.skipped_by_reason) == {"unsafe_name": 1, "missing_file": 1}
     skipped = pl.read_parquet(tmp_path / "out" / "skipped.parquet")
     assert skipped["where"].to_list()[0].startswith(f"{tmp_path / 'list.parquet'}, row 1")
+
+
+def test_listing_paths_through_symlinks_out_of_the_folder_are_never_read(tmp_path: Path) -> None:
+    """A listed file, or a folder on its path, that is a symbolic link to elsewhere (an extracted archive
+    can hold such links): skipped as ``outside_folder``; a link that stays inside is followed."""
+    secret = tmp_path / "private"
+    secret.mkdir()
+    (secret / "key.png").write_bytes(_png((1, 2, 3)))
+    (tmp_path / "corpus").mkdir()
+    config = _listing(tmp_path / "corpus", pl.DataFrame({
+        "caption": ["a chef", "a nurse", "a baker", "a judge", "a pilot"],
+        "image_path": ["img/a.png", "img/leak.png", "linked/key.png", "img/alias.png", "img/pipe.png"],
+    }))
+    root = tmp_path / "corpus"
+    (root / "img" / "leak.png").symlink_to(secret / "key.png")
+    (root / "linked").symlink_to(secret, target_is_directory=True)
+    (root / "img" / "alias.png").symlink_to(root / "img" / "a.png")  # inside: fine
+    os.mkfifo(root / "img" / "pipe.png")  # reading it would block
+    report = ingest_corpus(iter_folder(config), config, tmp_path / "out")
+    assert report.n_kept == 2 and dict(report.skipped_by_reason) == {"outside_folder": 2, "not_a_file": 1}
+    skipped = pl.read_parquet(tmp_path / "out" / "skipped.parquet")
+    outside = skipped.filter(pl.col("reason") == "outside_folder")
+    assert all(str(secret / "key.png") in detail and "not read" in detail for detail in outside["detail"])
+    assert sorted(pl.read_parquet(tmp_path / "out" / "captions.parquet")["caption"]) == ["a chef", "a judge"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -418,8 +456,13 @@ def test_corpus_stage_fails_above_max_bad_fraction_writing_nothing(tmp_path, sta
         (b"occupation,n_female,n_male\nchef,1,3\n", "no occupation is in both"),
         (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "not UTF-8"),
         (b"occupation,n_female,n_male\nnur\x00se,1,3\n", "line 2: occupation contains a control character"),
+        ("occupation,n_female,n_male\nnurse\u202e,1,3\n".encode(),
+         "line 2: occupation contains a bidirectional control character (U+202E"),
+        (b"occupation,n_female,n_male\n" + b"n" * 300 + b",1,3\n", "line 2: occupation is 300 characters long"),
+        (b"occupation,n_female,n_male,n_female\nnurse,1,3,9\n", "line 1: column(s) n_female appear more than once"),
     ],
-    ids=["nan-count", "float-count", "overflowing-count", "no-shared-occupation", "binary-file", "nul-in-name"],
+    ids=["nan-count", "float-count", "overflowing-count", "no-shared-occupation", "binary-file", "nul-in-name",
+         "bidi-override-in-name", "overlong-name", "repeated-column"],
 )
 def test_bad_count_files_are_named(tmp_path: Path, capsys, content: bytes, message: str) -> None:
     from biasloop.cli import main
@@ -481,6 +524,13 @@ def test_amplify_fails_naming_an_unmatched_occupation(tmp_path: Path) -> None:
 def test_amplify_one_occupation_twice_in_a_file(tmp_path: Path, gen: str, message: str) -> None:
     status, _, err = _amplify(tmp_path, HEADER + "nurse,8,2\n", gen)
     assert status == 2 and "gen.csv" in err and message in err, err
+
+
+def test_amplify_invisible_characters_do_not_split_an_occupation(tmp_path: Path) -> None:
+    """A zero-width space or a soft hyphen pasted into a name (invisible in a spreadsheet) still matches."""
+    status, out, err = _amplify(tmp_path, HEADER + "nurse,8,2\n", HEADER + "nur\u00adse\u200b,9,1\n", "--json")
+    assert status == 0, err
+    assert [row["occupation"] for row in json.loads(out)["per_occupation"]] == ["nurse"]
 
 
 def test_amplify_paired_file_with_two_spellings(tmp_path: Path, capsys) -> None:
@@ -590,6 +640,23 @@ def test_truncated_manifest(instrument_folder: Path) -> None:
     manifest = instrument_folder / "instrument.json"
     manifest.write_text(manifest.read_text()[:40])
     _load_instrument_fails(instrument_folder, ModelFileError, "instrument.json: not a readable JSON manifest")
+
+
+def test_deeply_nested_manifest(instrument_folder: Path) -> None:
+    from biasloop.models.weights import ModelFileError
+
+    (instrument_folder / "instrument.json").write_text("[" * 200_000)
+    _load_instrument_fails(instrument_folder, ModelFileError, "instrument.json: not a readable JSON manifest (nested too deeply)")
+
+
+def test_captions_score_files_nested_too_deeply_are_named(tmp_path: Path, capsys) -> None:
+    from biasloop.cli import main
+
+    (tmp_path / "refs.json").write_text('{"1": ["a nurse at work"]}')
+    (tmp_path / "hyps.json").write_text("[" * 200_000)
+    assert main(["captions-score", str(tmp_path / "refs.json"), str(tmp_path / "hyps.json")]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "hyps.json: not valid JSON here (nested too deeply)" in error[0], error
 
 
 @pytest.fixture()

@@ -80,6 +80,27 @@ class CountFileError(ValueError):
 REQUIRED_COLUMNS = ("occupation", "n_female", "n_male")
 COUNT_COLUMNS = ("n_female", "n_male", "n_abstain")
 _NON_NEGATIVE_INTEGER = re.compile(r"[0-9]+")
+MAX_NAME_CHARS = 200  # an occupation name longer than this is not one (and would widen every table row)
+# Characters that reorder how the rest of a line is displayed ("Trojan Source"): a table row could show
+# one occupation's numbers beside another's name.
+_BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def _name_problem(occupation: str) -> str | None:
+    """Why ``occupation`` cannot be an occupation name (a control or bidirectional-override character, or
+    too long), or None."""
+    if any(unicodedata.category(ch) == "Cc" for ch in occupation):
+        return f"occupation contains a control character ({occupation!r})"
+    bidi = sorted({f"U+{ord(ch):04X}" for ch in occupation if ch in _BIDI_CONTROLS})
+    if bidi:
+        return f"occupation contains a bidirectional control character ({', '.join(bidi)}; {occupation!r})"
+    if len(occupation) > MAX_NAME_CHARS:
+        return f"occupation is {len(occupation)} characters long (at most {MAX_NAME_CHARS}; starts {occupation[:40]!r})"
+    return None
+
+
+def _repeated_columns(columns: list[str], wanted: Sequence[str]) -> list[str]:
+    return [name for name in wanted if columns.count(name) > 1]
 _MAX_COUNT = 2**63 - 1  # counts are Int64
 
 
@@ -123,6 +144,10 @@ def _parse_counts(path: Path, reader: Any) -> pl.DataFrame:
         raise CountFileError(
             f"{path}, line {header_line}: missing column(s) {', '.join(missing)} (header: {','.join(columns)})"
         )
+    repeated = _repeated_columns(columns, (*REQUIRED_COLUMNS, "n_abstain"))
+    if repeated:
+        raise CountFileError(f"{path}, line {header_line}: column(s) {', '.join(repeated)} appear more than once "
+                             f"(header: {','.join(columns)})")
     position = {name: columns.index(name) for name in (*REQUIRED_COLUMNS, "n_abstain") if name in columns}
     rows: dict[str, list] = {"occupation": [], **{column: [] for column in COUNT_COLUMNS}}
     first_seen: dict[str, int] = {}
@@ -136,8 +161,9 @@ def _parse_counts(path: Path, reader: Any) -> pl.DataFrame:
         occupation = cells["occupation"]
         if not occupation:
             raise CountFileError(f"{path}, line {line}: empty occupation")
-        if any(unicodedata.category(ch) == "Cc" for ch in occupation):
-            raise CountFileError(f"{path}, line {line}: occupation contains a control character ({occupation!r})")
+        problem = _name_problem(occupation)
+        if problem:
+            raise CountFileError(f"{path}, line {line}: {problem}")
         if occupation in first_seen:
             raise CountFileError(
                 f"{path}, line {line}: duplicate occupation {occupation!r} (first on line {first_seen[occupation]})"
@@ -199,6 +225,10 @@ def _parse_pairs(path: Path, reader: Any) -> pl.DataFrame:
         raise CountFileError(
             f"{path}, line {reader.line_num}: missing column(s) {', '.join(missing)} (header: {','.join(columns)})"
         )
+    repeated = _repeated_columns(columns, PAIR_COLUMNS)
+    if repeated:
+        raise CountFileError(f"{path}, line {reader.line_num}: column(s) {', '.join(repeated)} appear more than once "
+                             f"(header: {','.join(columns)})")
     position = {name: columns.index(name) for name in PAIR_COLUMNS}
     rows: dict[str, list[str]] = {name: [] for name in PAIR_COLUMNS}
     for record in reader:
@@ -209,8 +239,9 @@ def _parse_pairs(path: Path, reader: Any) -> pl.DataFrame:
         if not cells["occupation"]:
             raise CountFileError(f"{path}, line {line}: empty occupation")
         occupation = cells["occupation"]
-        if any(unicodedata.category(ch) == "Cc" for ch in occupation):
-            raise CountFileError(f"{path}, line {line}: occupation contains a control character ({occupation!r})")
+        problem = _name_problem(occupation)
+        if problem:
+            raise CountFileError(f"{path}, line {line}: {problem}")
         for column in ("train_label", "gen_label"):
             if cells[column] not in PAIR_LABELS:
                 raise CountFileError(

@@ -123,9 +123,11 @@ def caption_tokens(text: str | None) -> list[str]:
 
 # ------------------------------------------------------------------------------ occupation names
 def occupation_key(name: str) -> str:
-    """How two spellings of one occupation compare: Unicode NFKC, case folded, runs of white space as
-    one space, none at the ends (``" Police  Officer"`` -> ``"police officer"``)."""
-    return " ".join(unicodedata.normalize("NFKC", name).casefold().split())
+    """How two spellings of one occupation compare: Unicode NFKC, case folded, invisible format characters
+    (zero-width space, soft hyphen, byte-order mark: category Cf) dropped, runs of white space as one space,
+    none at the ends (``" Police  Officer"`` -> ``"police officer"``)."""
+    text = unicodedata.normalize("NFKC", name).casefold()
+    return " ".join("".join(ch for ch in text if unicodedata.category(ch) != "Cf").split())
 
 
 @dataclass(frozen=True)
