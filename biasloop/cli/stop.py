@@ -28,13 +28,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def checkout_root(start: Path) -> Path:
-    """The git checkout ``start`` is in (its top level), or ``start`` itself outside git."""
+    """The git checkout ``start`` is in (its top level; the checkout itself from inside one of its DVC queue
+    copies, ``<checkout>/.dvc/tmp/exps/...``), or ``start`` itself outside git."""
+    start = start.resolve()
+    marker = "/.dvc/tmp/exps/"
+    if marker in f"{start}/":
+        return Path(f"{start}/".split(marker, 1)[0])
     try:
         out = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=start, capture_output=True, text=True,
                              timeout=20, check=False)
     except (OSError, subprocess.SubprocessError):
-        return start.resolve()
-    return Path(out.stdout.strip()).resolve() if out.returncode == 0 and out.stdout.strip() else start.resolve()
+        return start
+    return Path(out.stdout.strip()).resolve() if out.returncode == 0 and out.stdout.strip() else start
 
 
 def run(args: argparse.Namespace) -> int:
@@ -45,6 +50,10 @@ def run(args: argparse.Namespace) -> int:
     root = Path(args.root).resolve() if args.root else checkout_root(Path.cwd())
     if not root.is_dir():
         raise FileNotFoundError(f"--root {root}: no such folder")
+    if not ((root / ".dvc").is_dir() or (root / "dvc.yaml").is_file()):
+        # a folder above several checkouts (/, the home folder) would take in every checkout's processes
+        raise ValueError(f"{root} is not a DVC checkout (no .dvc folder or dvc.yaml): run `biasloop stop` "
+                         "inside the checkout, or give --root the checkout")
     found = checkout_processes(root)
     if not found:
         print(f"no process of {root} is running")

@@ -94,7 +94,7 @@ def _within(path: str, root: str) -> bool:
 
 def _program(cmdline: tuple[str, ...]) -> tuple[str, list[str]]:
     """What a command line runs and its arguments: ``("dvc", [...])`` for ``dvc ...``,
-    ``.../python .../bin/dvc ...`` and ``python -m dvc ...``; ``("-m stages.corpus", [...])`` for a module."""
+    ``.../python .../bin/dvc ...`` and ``python .../dvc/__main__.py ...`` (``"-m dvc"`` for ``python -m dvc``); ``("-m stages.corpus", [...])`` for a module."""
     if not cmdline:
         return "", []
     first, rest = os.path.basename(cmdline[0]), list(cmdline[1:])
@@ -105,7 +105,11 @@ def _program(cmdline: tuple[str, ...]) -> tuple[str, list[str]]:
         if rest[:1] == ["-m"] and len(rest) > 1:
             return f"-m {rest[1]}", rest[2:]
         if rest and not rest[0].startswith("-"):
-            return os.path.basename(rest[0]), rest[1:]
+            script = rest[0].rstrip("/")
+            name = os.path.basename(script)
+            if name == "__main__.py":  # dvc's daemon runs ``python .../site-packages/dvc/__main__.py ...``
+                name = os.path.basename(os.path.dirname(script))
+            return name, rest[1:]
         return first, rest
     return first, rest
 
