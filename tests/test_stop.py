@@ -270,3 +270,30 @@ def test_piped_into_head(tmp_path: Path) -> None:
     result = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60)
     assert result.stdout.startswith("usage: biasloop") and result.stdout.count("\n") == 1
     assert result.stderr == "", result.stderr
+
+
+def test_doctor_dvc_status_under_a_held_lock_names_the_holder(tmp_path: Path) -> None:
+    """`dvc status` while this checkout's dvc holds the repository lock: doctor reports the holder and
+    says to wait, never dvc's advice (its troubleshooting page tells how to remove lock files)."""
+    from biasloop.cli.doctor import check_dvc
+
+    inside = _checkout(tmp_path / "a")
+    dvc = Path(sys.executable).parent / "dvc"
+    command = [str(dvc)] if dvc.exists() else [sys.executable, "-m", "dvc"]
+    subprocess.run([*command, "init", "--no-scm", "-q"], cwd=inside, check=True, timeout=120,
+                   env={**os.environ, "DVC_NO_ANALYTICS": "1"})
+    (inside / "stages" / "holder.py").write_text(
+        "import fcntl, time\nhandle = open('.dvc/tmp/lock', 'a+')\nfcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
+        "print('ready', flush=True)\ntime.sleep(600)\n")
+    holder = subprocess.Popen([sys.executable, "-m", "stages.holder"], cwd=inside, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        report = Report()
+        running = check_running(report, inside)
+        check_dvc(report, inside, running)
+        (level, _, text), = [line for line in report.lines if line[1] == "dvc status"]
+        assert level == "info" and f"PID {holder.pid}" in text and "wait" in text, text
+        assert not any("remove" in t or "troubleshooting" in t for _, _, t in report.lines), report.lines
+    finally:
+        holder.kill()
+        holder.wait(timeout=10)
