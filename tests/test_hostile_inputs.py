@@ -184,8 +184,10 @@ def _assert_nothing_written(workdir: Path) -> None:
 @pytest.mark.parametrize(
     ("occupations", "message"),
     [([], "occupations: at least one occupation is needed"),
-     (["nurse", "astronaut"], "occupations: ['astronaut'] not in")],
-    ids=["empty-occupations", "unknown-occupation"],
+     (["nurse", "astronaut"], "occupations: ['astronaut'] not in"),
+     (["nurse", "Carpenter", "enginer"], "('Carpenter' is spelled 'carpenter' there; 'enginer': did you mean 'engineer'?)"),
+     (["nurses"], "('nurses' is spelled 'nurse' there)")],
+    ids=["empty-occupations", "unknown-occupation", "case-and-misspelling-hints", "plural-hint"],
 )
 def test_bad_occupations_fail_the_corpus_stage(tmp_path, stage_params, capsys, occupations, message) -> None:
     _edit(stage_params, lambda p: p.update(occupations=occupations))
@@ -193,6 +195,19 @@ def test_bad_occupations_fail_the_corpus_stage(tmp_path, stage_params, capsys, o
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and message in error[0], error
     _assert_nothing_written(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("occupations", "message"),
+    [(["nurse", "Nurse "], "occupations: 'nurse' and 'Nurse ' name one occupation"),
+     ("nurse", "occupations: expected a list of occupation names, found str 'nurse'"),
+     (["nurse", ""], "occupations: expected non-empty names, found ''"),
+     (["nurse", "chef\x1b[2J"], "occupations: 'chef\\x1b[2J' contains a control character")],
+    ids=["case-duplicate", "a-string-not-a-list", "empty-name", "escape-sequence"],
+)
+def test_bad_occupation_lists_fail_naming_the_key(params_file: Path, capsys, occupations, message: str) -> None:
+    _edit(params_file, lambda p: p.update(occupations=occupations))
+    _load_fails(params_file, capsys, message)
 
 
 # --------------------------------------------------------------------------------------------------
