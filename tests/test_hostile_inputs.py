@@ -373,6 +373,26 @@ def test_a_fifo_named_like_a_shard_fails_naming_it_without_blocking(tmp_path: Pa
     assert not (tmp_path / "out").exists()
 
 
+def test_laion_filter_survives_bad_json_members(tmp_path: Path, caplog) -> None:
+    """Shards from elsewhere given to laion_filter: a .json member that is not JSON, nested too deeply or
+    not an object is replaced by the filter's fields (a warning), the sample still filtered."""
+    from biasloop.data.acquisition.filtering import FilterConfig, filter_shards
+
+    shard = _tar(tmp_path / "in" / "00000.tar", [
+        ("a.jpg", _image_bytes(Image.new("RGB", (16, 16)), "JPEG")), ("a.json", b'{"key": "a", "sample_id": "s1"}'),
+        ("b.jpg", _image_bytes(Image.new("RGB", (16, 16)), "JPEG")), ("b.json", b"{not json"),
+        ("c.jpg", _image_bytes(Image.new("RGB", (16, 16)), "JPEG")), ("c.json", b"[" * 200_000),
+        ("d.jpg", _image_bytes(Image.new("RGB", (16, 16)), "JPEG")), ("d.json", b"[1, 2]"),
+    ])
+    (tmp_path / "out").mkdir()
+    rows = filter_shards([shard], tmp_path / "out", FilterConfig(faces="off", nsfw_threshold=None), progress=False)
+    assert rows["key"].to_list() == ["a", "b", "c", "d"] and set(rows["reason"]) == {"kept"}
+    assert rows["sample_id"].to_list() == ["s1", None, None, None]
+    warnings = " ".join(r.getMessage() for r in caplog.records)
+    assert "sample b: .json member is not readable JSON" in warnings and "nested too deeply" in warnings
+    assert "sample d: .json member is a list" in warnings
+
+
 # --------------------------------------------------------------------------------------------------
 # folder listings
 
