@@ -297,3 +297,24 @@ def test_doctor_dvc_status_under_a_held_lock_names_the_holder(tmp_path: Path) ->
     finally:
         holder.kill()
         holder.wait(timeout=10)
+
+
+def test_doctor_with_hardlink_locks_judges_by_running_processes(tmp_path: Path) -> None:
+    """core.hardlink_lock: the lock is a file that exists while held, invisible in /proc/locks."""
+    inside = _checkout(tmp_path / "a")
+    (inside / ".dvc" / "tmp").mkdir(parents=True)
+    (inside / ".dvc" / "config").write_text("[core]\n    hardlink_lock = true\n")
+    (inside / ".dvc" / "tmp" / "lock").write_text("")
+    idle = Report()
+    check_running(idle, inside)
+    (level, _, text), = [line for line in idle.lines if line[1] == "DVC lock"]
+    assert level == "problem" and "rm " in text
+    sleeper = _start(inside)
+    try:
+        busy = Report()
+        check_running(busy, inside)
+        (level, _, text), = [line for line in busy.lines if line[1] == "DVC lock"]
+        assert level == "info" and "wait" in text and "rm " not in text
+    finally:
+        sleeper.kill()
+        sleeper.wait(timeout=10)

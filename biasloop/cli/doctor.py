@@ -196,8 +196,18 @@ def check_running(report: Report, root: Path, proc: Path | None = None) -> list:
         report.add("ok", "running", "no dvc, stage, queue worker or MLflow logger of this checkout is running")
     tmp = root / ".dvc" / "tmp"
     lock = tmp / "lock"
-    holders = lock_holders(lock, proc) if lock.exists() else []
-    if holders is None:
+    config = "".join(p.read_text(errors="replace") for p in (root / ".dvc" / "config", root / ".dvc" / "config.local")
+                     if p.is_file())
+    hardlink = "hardlink_lock" in config and "true" in config.split("hardlink_lock", 1)[1].split("\n", 1)[0].lower()
+    holders = lock_holders(lock, proc) if lock.exists() and not hardlink else []
+    if hardlink:  # flufl's lock is a file that exists while held (a killed dvc leaves it); /proc/locks does not show it
+        if lock.exists() and running:
+            report.add("info", "DVC lock", f"{lock} exists (core.hardlink_lock: held while it exists) and this "
+                       "checkout's processes run: wait for them (or `biasloop stop`); do not delete it")
+        elif lock.exists():
+            report.add("problem", "DVC lock", f"{lock} exists (core.hardlink_lock) and no process of this checkout "
+                       f"runs: a killed dvc left it; `rm {lock}` is safe")
+    elif holders is None:
         report.add("info", "DVC lock", f"{lock}: who holds it is unknown ({proc}/locks unreadable); "
                    + ("this checkout's processes run: wait for them (or `biasloop stop`); do not delete it" if running
                       else "dvc releases it when it exits: nothing to remove"))
