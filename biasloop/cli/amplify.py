@@ -401,14 +401,16 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
-        match = match_occupations(train["occupation"].to_list(), gen["occupation"].to_list(), sides=(args.train, args.gen))
+        match = match_occupations(train["occupation"].to_list(), gen["occupation"].to_list(),
+                                  sides=(args.train, args.gen))
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if match.renamed:  # the table shows TRAIN.csv's names
         gen = gen.with_columns(pl.col("occupation").replace(match.renamed))
         print("note: matched ignoring case and plurals: "
-              + ", ".join(f"{theirs!r} ({args.gen}) = {ours!r}" for theirs, ours in match.renamed.items()), file=sys.stderr)
+              + ", ".join(f"{theirs!r} ({args.gen}) = {ours!r}" for theirs, ours in match.renamed.items()),
+              file=sys.stderr)
     if not match.matched:
         print(f"error: no occupation is in both {args.train} and {args.gen}", file=sys.stderr)
         return 2

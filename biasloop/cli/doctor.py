@@ -26,7 +26,8 @@ PACKAGES = ("dvc", "mlflow", "torch", "torchvision", "diffusers", "open_clip_tor
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("doctor", help="environment, versions, threads, dvc status, running processes and locks, where MLflow writes",
+    parser = subparsers.add_parser("doctor", help="environment, versions, threads, dvc status, running processes "
+                                   "and locks, where MLflow writes",
                                    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", default="params.yaml", help="params file to read base/tracking from (default: %(default)s)")
     parser.add_argument("--skip-dvc-status", action="store_true", help="do not run `dvc status` (a few seconds)")
@@ -149,7 +150,8 @@ def check_dvc(report: Report, root: Path, running: list | None = None) -> None:
     if result.returncode != 0 and any(text in result.stderr for text in LOCK_MESSAGES):
         who = "; ".join(process.describe(120) for process in running or [])
         report.add("info" if running else "problem", "dvc status",
-                   f"not checked: the repository is locked by {who}; wait for it to finish (or `biasloop stop`)" if running
+                   f"not checked: the repository is locked by {who}; wait for it to finish (or `biasloop stop`)"
+                   if running
                    else "not checked: dvc could not take its lock and no process of this checkout runs: see the "
                    "DVC lock lines (another user's dvc, or a lock on a network file system)")
         return
@@ -238,7 +240,8 @@ def check_running(report: Report, root: Path, proc: Path | None = None) -> list:
     using = {pid: cmd for pid, (cmd, info) in live.items()
              if pid in by_pid or kind_of(info.cmdline) is not None or info.cwd is None}
     if using:
-        report.add("info", "DVC rwlock", "held by " + "; ".join(f"{name(pid)} (for: {cmd})" for pid, cmd in sorted(using.items()))
+        holders_text = "; ".join(f"{name(pid)} (for: {cmd})" for pid, cmd in sorted(using.items()))
+        report.add("info", "DVC rwlock", f"held by {holders_text}"
                    + ": in use; wait for it to finish (or `biasloop stop`); do not delete the lock")
     elif live and running:
         report.add("info", "DVC rwlock", "names PID(s) " + ", ".join(str(pid) for pid in sorted(live))
@@ -246,8 +249,10 @@ def check_running(report: Report, root: Path, proc: Path | None = None) -> list:
                    "then run `biasloop doctor` again")
     elif live:
         report.add("problem", "DVC rwlock", f"{rwlock} names PID(s) "
-                   + "; ".join(f"{pid} (was: {cmd}; now: {info.command[:80]})" for pid, (cmd, info) in sorted(live.items()))
-                   + f" that now run other programs (recycled PIDs) and no process of this checkout runs: `rm {rwlock}` "
+                   + "; ".join(f"{pid} (was: {cmd}; now: {info.command[:80]})"
+                               for pid, (cmd, info) in sorted(live.items()))
+                   + " that now run other programs (recycled PIDs) and no process of this checkout runs: "
+                   f"`rm {rwlock}` "
                    "is safe (dvc would wait for them)")
     elif users:
         report.add("ok", "DVC rwlock", f"only entries of ended processes ({len(users)}); dvc drops them itself "

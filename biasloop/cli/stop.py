@@ -23,7 +23,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--dry-run", action="store_true", help="list the processes, signal none")
     parser.add_argument("--timeout", type=float, default=10.0,
                         help="seconds between SIGTERM and SIGKILL (default: %(default)s)")
-    parser.add_argument("--root", default=None, help="the checkout (default: the git checkout of the current directory)")
+    parser.add_argument("--root", default=None,
+                        help="the checkout (default: the git checkout of the current directory)")
     parser.set_defaults(run=run)
 
 

@@ -190,7 +190,8 @@ def _check_occupations(occupations: Any) -> None:
             raise ConfigError(f"occupations: {name!r} contains a control character")
         key = " ".join(name.casefold().split())
         if key in seen:
-            raise ConfigError(f"occupations: {seen[key]!r} and {name!r} name one occupation (case and spacing are ignored)")
+            raise ConfigError(f"occupations: {seen[key]!r} and {name!r} name one occupation "
+                              "(case and spacing are ignored)")
         seen[key] = name
 
 

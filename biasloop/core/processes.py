@@ -94,7 +94,8 @@ def _within(path: str, root: str) -> bool:
 
 def _program(cmdline: tuple[str, ...]) -> tuple[str, list[str]]:
     """What a command line runs and its arguments: ``("dvc", [...])`` for ``dvc ...``,
-    ``.../python .../bin/dvc ...`` and ``python .../dvc/__main__.py ...`` (``"-m dvc"`` for ``python -m dvc``); ``("-m stages.corpus", [...])`` for a module."""
+    ``.../python .../bin/dvc ...`` and ``python .../dvc/__main__.py ...`` (``"-m dvc"`` for ``python -m dvc``);
+    ``("-m stages.corpus", [...])`` for a module."""
     if not cmdline:
         return "", []
     first, rest = os.path.basename(cmdline[0]), list(cmdline[1:])
@@ -157,7 +158,8 @@ def checkout_processes(root: str | Path, processes: Iterable[ProcessInfo] | None
         if info.pid in skip or kind is None:
             continue
         if info.cwd is not None and _within(info.cwd, root_text):
-            why = "in a DVC queue copy" if "/.dvc/tmp/exps/" in info.cwd[len(root_text):] + "/" else "works in the checkout"
+            in_queue_copy = "/.dvc/tmp/exps/" in info.cwd[len(root_text):] + "/"
+            why = "in a DVC queue copy" if in_queue_copy else "works in the checkout"
         elif _names_path_in(_program(info.cmdline)[1], root_text):
             why = "its arguments name the checkout"
         else:

@@ -310,7 +310,8 @@ def _webdataset_sample(shard: Path, key: str, parts: dict[str, bytes | int]) -> 
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             return Record(posixpath.basename(key), None, image, where, ("bad_json", f"bad .json member ({exc})"))
         except RecursionError:  # [[[[... nested deeper than Python's parser recurses
-            return Record(posixpath.basename(key), None, image, where, ("bad_json", "bad .json member (nested too deeply)"))
+            return Record(posixpath.basename(key), None, image, where,
+                          ("bad_json", "bad .json member (nested too deeply)"))
         if not isinstance(meta, dict):
             return Record(posixpath.basename(key), None, image, where,
                           ("bad_json", f".json member is a {type(meta).__name__}, not an object"))

@@ -147,7 +147,8 @@ def _json_object(data: bytes | None, where: str) -> dict:
                     where, "nested too deeply" if isinstance(exc, RecursionError) else exc)
         return {}
     if not isinstance(meta, dict):
-        log.warning("%s: .json member is a %s, not an object; replaced by the filter's fields", where, type(meta).__name__)
+        log.warning("%s: .json member is a %s, not an object; replaced by the filter's fields", where,
+                    type(meta).__name__)
         return {}
     return meta
 
