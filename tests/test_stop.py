@@ -318,3 +318,15 @@ def test_doctor_with_hardlink_locks_judges_by_running_processes(tmp_path: Path) 
     finally:
         sleeper.kill()
         sleeper.wait(timeout=10)
+
+
+@pytest.mark.parametrize("content", ['{"write": {"x": {"pid": "abc", "cmd": "dvc"}}}', "{not json", '["a"]', "\xff"])
+def test_doctor_on_a_garbled_rwlock(tmp_path: Path, content: str) -> None:
+    """An rwlock DVC cannot read either: one line, the advice to remove it only when nothing runs."""
+    inside = _checkout(tmp_path / "a")
+    (inside / ".dvc" / "tmp").mkdir(parents=True)
+    (inside / ".dvc" / "tmp" / "rwlock").write_text(content, errors="surrogateescape")
+    report = Report()
+    check_running(report, inside)
+    (level, _, text), = [line for line in report.lines if line[1] == "DVC rwlock"]
+    assert level == "problem" and "unreadable" in text and "rm " in text

@@ -202,7 +202,7 @@ def check_running(report: Report, root: Path, proc: Path | None = None) -> list:
                      if p.is_file())
     hardlink = "hardlink_lock" in config and "true" in config.split("hardlink_lock", 1)[1].split("\n", 1)[0].lower()
     holders = lock_holders(lock, proc) if lock.exists() and not hardlink else []
-    if hardlink:  # flufl's lock is a file that exists while held (a killed dvc leaves it); /proc/locks does not show it
+    if hardlink:  # flufl's lock: a file that exists while held (a killed dvc leaves it), not in /proc/locks
         if lock.exists() and running:
             report.add("info", "DVC lock", f"{lock} exists (core.hardlink_lock: held while it exists) and this "
                        "checkout's processes run: wait for them (or `biasloop stop`); do not delete it")
@@ -223,7 +223,7 @@ def check_running(report: Report, root: Path, proc: Path | None = None) -> list:
         return running
     try:
         entries = json.loads(rwlock.read_text() or "{}")
-        users = [(info["pid"], info.get("cmd", "?"), path) for mode in ("read", "write")
+        users = [(int(info["pid"]), str(info.get("cmd", "?")), path) for mode in ("read", "write")
                  for path, infos in (entries.get(mode) or {}).items()
                  for info in (infos if isinstance(infos, list) else [infos])]
     except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
@@ -234,7 +234,7 @@ def check_running(report: Report, root: Path, proc: Path | None = None) -> list:
             report.add("problem", "DVC rwlock", f"{rwlock} unreadable ({exc}) and no process of this checkout runs: "
                        f"`rm {rwlock}` is safe")
         return running
-    live = {int(pid): (cmd, read_process(int(pid), proc)) for pid, cmd, _ in users}
+    live = {pid: (cmd, read_process(pid, proc)) for pid, cmd, _ in users if pid > 0}
     live = {pid: (cmd, info) for pid, (cmd, info) in live.items() if info is not None}
     # a live dvc, or a process whose working directory is hidden from us (another user's), may be using it
     using = {pid: cmd for pid, (cmd, info) in live.items()
