@@ -98,10 +98,11 @@ def test_lock_holders_from_proc_locks(tmp_path: Path) -> None:
     lock.write_text(" 4242\n")
     st = os.stat(lock)
     dev = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    other = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino + 1}"
     (tmp_path / "locks").write_text(
         f"1: FLOCK  ADVISORY  WRITE 4242 {dev} 0 EOF\n"
         f"1: -> FLOCK  ADVISORY  WRITE 4343 {dev} 0 EOF\n"  # a waiter, not a holder
-        f"2: POSIX  ADVISORY  WRITE 77 {dev[:-1]}9 0 EOF\n")  # another file
+        f"2: POSIX  ADVISORY  WRITE 77 {other} 0 EOF\n")  # another file
     assert lock_holders(lock, tmp_path) == [4242]
     assert lock_holders(tmp_path / "missing", tmp_path) == []
     assert lock_holders(lock, tmp_path / "nowhere") is None
