@@ -33,7 +33,7 @@ def test_json_output(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
 def test_table_output_through_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     train = _write(tmp_path / "train.csv", "occupation,n_female,n_male\nnurse,8,2\nchef,2,8\n")
     gen = _write(tmp_path / "gen.csv", "occupation,n_female,n_male\nnurse,9,1\nchef,2,8\nbaker,1,1\n")
-    assert cli_main(["amplify", train, gen, "--n-boot", "50"]) == 0
+    assert cli_main(["amplify", train, gen, "--n-boot", "50", "--allow-unmatched"]) == 0
     captured = capsys.readouterr()
     assert "amplification_abs" in captured.out and "5.0" in captured.out  # (10 + 0) / 2 pp
     assert "noise floor" in captured.out and "excess" in captured.out
@@ -68,7 +68,7 @@ def test_json_per_occupation_and_unmatched(tmp_path: Path, capsys: pytest.Captur
     # train nurse 8/(8+2) = 0.8 with 3 abstentions out of 13 ; gen nurse 0.9 -> difference 0.1
     train = _write(tmp_path / "train.csv", "occupation,n_female,n_male,n_abstain\nnurse,8,2,3\nchef,1,1,0\n")
     gen = _write(tmp_path / "gen.csv", "occupation,n_female,n_male\nnurse,9,1\n")
-    assert main([train, gen, "--json", "--n-boot", "20", "--seed", "3"]) == 0
+    assert main([train, gen, "--json", "--n-boot", "20", "--seed", "3", "--allow-unmatched"]) == 0
     captured = capsys.readouterr()
     result = json.loads(captured.out)
     (row,) = result["per_occupation"]

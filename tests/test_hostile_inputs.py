@@ -184,8 +184,10 @@ def _assert_nothing_written(workdir: Path) -> None:
 @pytest.mark.parametrize(
     ("occupations", "message"),
     [([], "occupations: at least one occupation is needed"),
-     (["nurse", "astronaut"], "occupations: ['astronaut'] not in")],
-    ids=["empty-occupations", "unknown-occupation"],
+     (["nurse", "astronaut"], "occupations: ['astronaut'] not in"),
+     (["nurse", "Carpenter", "enginer"], "('Carpenter' is spelled 'carpenter' there; 'enginer': did you mean 'engineer'?)"),
+     (["nurses"], "('nurses' is spelled 'nurse' there)")],
+    ids=["empty-occupations", "unknown-occupation", "case-and-misspelling-hints", "plural-hint"],
 )
 def test_bad_occupations_fail_the_corpus_stage(tmp_path, stage_params, capsys, occupations, message) -> None:
     _edit(stage_params, lambda p: p.update(occupations=occupations))
@@ -193,6 +195,19 @@ def test_bad_occupations_fail_the_corpus_stage(tmp_path, stage_params, capsys, o
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and message in error[0], error
     _assert_nothing_written(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("occupations", "message"),
+    [(["nurse", "Nurse "], "occupations: 'nurse' and 'Nurse ' name one occupation"),
+     ("nurse", "occupations: expected a list of occupation names, found str 'nurse'"),
+     (["nurse", ""], "occupations: expected non-empty names, found ''"),
+     (["nurse", "chef\x1b[2J"], "occupations: 'chef\\x1b[2J' contains a control character")],
+    ids=["case-duplicate", "a-string-not-a-list", "empty-name", "escape-sequence"],
+)
+def test_bad_occupation_lists_fail_naming_the_key(params_file: Path, capsys, occupations, message: str) -> None:
+    _edit(params_file, lambda p: p.update(occupations=occupations))
+    _load_fails(params_file, capsys, message)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -344,6 +359,40 @@ def test_a_file_that_is_not_a_tar_fails_naming_it(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
 
 
+def test_deeply_nested_json_member_is_skipped_not_a_traceback(tmp_path: Path) -> None:
+    report, _, skipped = _ingest(tmp_path, [("deep.png", _png()), ("deep.json", b"[" * 200_000)])
+    _assert_skipped(report, skipped, "bad_json", "sample 'deep'", "nested too deeply")
+
+
+def test_a_fifo_named_like_a_shard_fails_naming_it_without_blocking(tmp_path: Path) -> None:
+    folder = tmp_path / "shards"
+    _tar(folder / "00000.tar", _good("a"))
+    os.mkfifo(folder / "00001.tar")  # opening it for reading would wait for a writer forever
+    with pytest.raises(CorpusError, match=r"00001\.tar: not a regular file"):
+        ingest_corpus(iter_webdataset(folder), CorpusConfig(image_size=8), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_laion_filter_survives_bad_json_members(tmp_path: Path, caplog) -> None:
+    """Shards from elsewhere given to laion_filter: a .json member that is not JSON, nested too deeply or
+    not an object is replaced by the filter's fields (a warning), the sample still filtered."""
+    from biasloop.data.acquisition.filtering import FilterConfig, filter_shards
+
+    shard = _tar(tmp_path / "in" / "00000.tar", [
+        ("a.jpg", _image_bytes(Image.new("RGB", (16, 16)), "JPEG")), ("a.json", b'{"key": "a", "sample_id": "s1"}'),
+        ("b.jpg", _image_bytes(Image.new("RGB", (16, 16)), "JPEG")), ("b.json", b"{not json"),
+        ("c.jpg", _image_bytes(Image.new("RGB", (16, 16)), "JPEG")), ("c.json", b"[" * 200_000),
+        ("d.jpg", _image_bytes(Image.new("RGB", (16, 16)), "JPEG")), ("d.json", b"[1, 2]"),
+    ])
+    (tmp_path / "out").mkdir()
+    rows = filter_shards([shard], tmp_path / "out", FilterConfig(faces="off", nsfw_threshold=None), progress=False)
+    assert rows["key"].to_list() == ["a", "b", "c", "d"] and set(rows["reason"]) == {"kept"}
+    assert rows["sample_id"].to_list() == ["s1", None, None, None]
+    warnings = " ".join(r.getMessage() for r in caplog.records)
+    assert "sample b: .json member is not readable JSON" in warnings and "nested too deeply" in warnings
+    assert "sample d: .json member is a list" in warnings
+
+
 # --------------------------------------------------------------------------------------------------
 # folder listings
 
@@ -370,6 +419,30 @@ def test_listing_paths_outside_the_folder_and_missing_files_are_skipped(tmp_path
     assert report.n_kept == 1 and dict(report.skipped_by_reason) == {"unsafe_name": 1, "missing_file": 1}
     skipped = pl.read_parquet(tmp_path / "out" / "skipped.parquet")
     assert skipped["where"].to_list()[0].startswith(f"{tmp_path / 'list.parquet'}, row 1")
+
+
+def test_listing_paths_through_symlinks_out_of_the_folder_are_never_read(tmp_path: Path) -> None:
+    """A listed file, or a folder on its path, that is a symbolic link to elsewhere (an extracted archive
+    can hold such links): skipped as ``outside_folder``; a link that stays inside is followed."""
+    secret = tmp_path / "private"
+    secret.mkdir()
+    (secret / "key.png").write_bytes(_png((1, 2, 3)))
+    (tmp_path / "corpus").mkdir()
+    config = _listing(tmp_path / "corpus", pl.DataFrame({
+        "caption": ["a chef", "a nurse", "a baker", "a judge", "a pilot"],
+        "image_path": ["img/a.png", "img/leak.png", "linked/key.png", "img/alias.png", "img/pipe.png"],
+    }))
+    root = tmp_path / "corpus"
+    (root / "img" / "leak.png").symlink_to(secret / "key.png")
+    (root / "linked").symlink_to(secret, target_is_directory=True)
+    (root / "img" / "alias.png").symlink_to(root / "img" / "a.png")  # inside: fine
+    os.mkfifo(root / "img" / "pipe.png")  # reading it would block
+    report = ingest_corpus(iter_folder(config), config, tmp_path / "out")
+    assert report.n_kept == 2 and dict(report.skipped_by_reason) == {"outside_folder": 2, "not_a_file": 1}
+    skipped = pl.read_parquet(tmp_path / "out" / "skipped.parquet")
+    outside = skipped.filter(pl.col("reason") == "outside_folder")
+    assert all(str(secret / "key.png") in detail and "not read" in detail for detail in outside["detail"])
+    assert sorted(pl.read_parquet(tmp_path / "out" / "captions.parquet")["caption"]) == ["a chef", "a judge"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -418,8 +491,13 @@ def test_corpus_stage_fails_above_max_bad_fraction_writing_nothing(tmp_path, sta
         (b"occupation,n_female,n_male\nchef,1,3\n", "no occupation is in both"),
         (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "not UTF-8"),
         (b"occupation,n_female,n_male\nnur\x00se,1,3\n", "line 2: occupation contains a control character"),
+        ("occupation,n_female,n_male\nnurse\u202e,1,3\n".encode(),
+         "line 2: occupation contains a bidirectional control character (U+202E"),
+        (b"occupation,n_female,n_male\n" + b"n" * 300 + b",1,3\n", "line 2: occupation is 300 characters long"),
+        (b"occupation,n_female,n_male,n_female\nnurse,1,3,9\n", "line 1: column(s) n_female appear more than once"),
     ],
-    ids=["nan-count", "float-count", "overflowing-count", "no-shared-occupation", "binary-file", "nul-in-name"],
+    ids=["nan-count", "float-count", "overflowing-count", "no-shared-occupation", "binary-file", "nul-in-name",
+         "bidi-override-in-name", "overlong-name", "repeated-column"],
 )
 def test_bad_count_files_are_named(tmp_path: Path, capsys, content: bytes, message: str) -> None:
     from biasloop.cli import main
@@ -431,6 +509,89 @@ def test_bad_count_files_are_named(tmp_path: Path, capsys, content: bytes, messa
     assert main(["amplify", str(good), str(bad)]) == 2
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and "bad.csv" in error[0] and message in error[0], error
+
+
+def _amplify(tmp_path: Path, train: str, gen: str, *extra: str) -> tuple[int, str, str]:
+    import contextlib
+
+    from biasloop.cli import main
+
+    (tmp_path / "train.csv").write_text(train)
+    (tmp_path / "gen.csv").write_text(gen)
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        status = main(["amplify", str(tmp_path / "train.csv"), str(tmp_path / "gen.csv"), "--n-boot", "20", *extra])
+    return status, out.getvalue(), err.getvalue()
+
+
+HEADER = "occupation,n_female,n_male\n"
+
+
+def test_amplify_matches_capitalised_and_plural_occupations(tmp_path: Path) -> None:
+    status, out, err = _amplify(tmp_path, HEADER + "nurse,8,2\ncarpenter,1,9\nsalesperson,4,6\n",
+                                HEADER + "Nurses,9,1\nCarpenter,0,10\n salespeople ,5,5\n", "--json")
+    assert status == 0, err
+    result = json.loads(out)
+    assert [row["occupation"] for row in result["per_occupation"]] == ["carpenter", "nurse", "salesperson"]
+    assert result["unmatched"] == {"train_only": [], "gen_only": []}
+    assert result["matched_spellings"] == {"Nurses": "nurse", "Carpenter": "carpenter", "salespeople": "salesperson"}
+    assert "'Nurses'" in err and "= 'nurse'" in err  # said, not silent
+
+
+def test_amplify_fails_naming_an_unmatched_occupation(tmp_path: Path) -> None:
+    train, gen = HEADER + "nurse,8,2\ncarpenter,1,9\n", HEADER + "nurse,9,1\ncarpentr,0,10\n"
+    status, out, err = _amplify(tmp_path, train, gen)
+    lines = err.strip().splitlines()
+    assert status == 2 and out == "" and len(lines) == 1, err
+    assert "only in" in lines[0] and "train.csv: 'carpenter' (did you mean 'carpentr'" in lines[0]
+    assert "gen.csv: 'carpentr'" in lines[0] and "--allow-unmatched" in lines[0]
+    status, out, err = _amplify(tmp_path, train, gen, "--allow-unmatched", "--json")
+    assert status == 0 and "warning: occupations left out" in err and "carpentr" in err
+    assert [row["occupation"] for row in json.loads(out)["per_occupation"]] == ["nurse"]
+
+
+@pytest.mark.parametrize(
+    ("gen", "message"),
+    [(HEADER + "nurse,9,1\nNurse,1,1\n", "'nurse' and 'Nurse' name one occupation"),
+     (HEADER + "nurse,9,1\nnurses,1,1\n", "'nurse' and 'nurses' name one occupation (singular and plural)")],
+    ids=["case-duplicate", "plural-duplicate"],
+)
+def test_amplify_one_occupation_twice_in_a_file(tmp_path: Path, gen: str, message: str) -> None:
+    status, _, err = _amplify(tmp_path, HEADER + "nurse,8,2\n", gen)
+    assert status == 2 and "gen.csv" in err and message in err, err
+
+
+def test_amplify_invisible_characters_do_not_split_an_occupation(tmp_path: Path) -> None:
+    """A zero-width space or a soft hyphen pasted into a name (invisible in a spreadsheet) still matches."""
+    status, out, err = _amplify(tmp_path, HEADER + "nurse,8,2\n", HEADER + "nur\u00adse\u200b,9,1\n", "--json")
+    assert status == 0, err
+    assert [row["occupation"] for row in json.loads(out)["per_occupation"]] == ["nurse"]
+
+
+def test_amplify_paired_file_with_two_spellings(tmp_path: Path, capsys) -> None:
+    from biasloop.cli import main
+
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("occupation,train_label,gen_label\nnurse,female,female\nNurse,male,female\n")
+    assert main(["amplify", "--paired", str(pairs), "--n-boot", "20"]) == 2
+    error = capsys.readouterr().err
+    assert "pairs.csv" in error and "'nurse' and 'Nurse' name one occupation" in error
+
+
+@pytest.mark.parametrize("argv", [["amplify", "{train}", "{gen}", "--n-boot", "20"], ["--help"]])
+def test_piping_into_head_prints_no_traceback(tmp_path: Path, argv: list[str]) -> None:
+    """`biasloop amplify ... | head -1`: the reader leaves early; exit 141 (or 0) quietly, no BrokenPipeError."""
+    import shlex
+    import subprocess
+    import sys
+
+    (tmp_path / "t.csv").write_text(HEADER + "".join(f"job{i},{i % 7},{i % 5 + 1}\n" for i in range(3000)))
+    args = [a.format(train=tmp_path / "t.csv", gen=tmp_path / "t.csv") for a in argv]
+    command = f"{shlex.quote(sys.executable)} -m biasloop.cli {shlex.join(args)} | head -1; exit ${{PIPESTATUS[0]}}"
+    result = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=300)
+    assert result.stdout.count("\n") == 1
+    assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr, result.stderr
+    assert result.returncode in (0, 141)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -514,6 +675,23 @@ def test_truncated_manifest(instrument_folder: Path) -> None:
     manifest = instrument_folder / "instrument.json"
     manifest.write_text(manifest.read_text()[:40])
     _load_instrument_fails(instrument_folder, ModelFileError, "instrument.json: not a readable JSON manifest")
+
+
+def test_deeply_nested_manifest(instrument_folder: Path) -> None:
+    from biasloop.models.weights import ModelFileError
+
+    (instrument_folder / "instrument.json").write_text("[" * 200_000)
+    _load_instrument_fails(instrument_folder, ModelFileError, "instrument.json: not a readable JSON manifest (nested too deeply)")
+
+
+def test_captions_score_files_nested_too_deeply_are_named(tmp_path: Path, capsys) -> None:
+    from biasloop.cli import main
+
+    (tmp_path / "refs.json").write_text('{"1": ["a nurse at work"]}')
+    (tmp_path / "hyps.json").write_text("[" * 200_000)
+    assert main(["captions-score", str(tmp_path / "refs.json"), str(tmp_path / "hyps.json")]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "hyps.json: not valid JSON here (nested too deeply)" in error[0], error
 
 
 @pytest.fixture()

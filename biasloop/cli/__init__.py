@@ -5,7 +5,8 @@
     biasloop generations N         rewrite the generation lists in params.yaml for N generations
     biasloop captions-score R H    BLEU-4, ROUGE-L and CIDEr-D of hypothesis captions against references
     biasloop study run|collect     run a ratios x seeds grid as queued DVC experiments; aggregate it
-    biasloop doctor                environment, versions, threads, dvc status, where MLflow writes
+    biasloop doctor                environment, versions, threads, dvc status, locks, where MLflow writes
+    biasloop stop [--dry-run]      stop this checkout's dvc, stages and MLflow logger (by PID; no other checkout's)
     biasloop plots-template        offline HTML template for dvc plots show/diff (vega inlined)
 
 A subcommand module has ``add_parser(subparsers)``, which registers its arguments and ``run(args)``;
@@ -16,10 +17,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
-COMMANDS = ("data", "amplify", "generations", "captions-score", "study", "doctor", "plots-template")  # in --help order
+COMMANDS = ("data", "amplify", "generations", "captions-score", "study", "doctor", "stop", "plots-template")  # in --help order
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,8 +36,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run ``biasloop`` with ``argv`` (``sys.argv[1:]`` when None); returns the exit status.
 
     0 on success, 2 on bad arguments or bad input (one line on stderr naming the file and the problem), 1 when
-    the disk is full (one line naming the output that could not be written).
+    the disk is full (one line naming the output that could not be written), 141 (128 + SIGPIPE, as a shell
+    reports ``yes | head``) when the reader of stdout went away (``biasloop ... | head``), without a traceback.
     """
+    try:
+        status = _main(argv)
+        sys.stdout.flush()  # inside the try: a closed pipe surfaces here, not at interpreter exit
+    except BrokenPipeError:
+        # Python docs, "Note on SIGPIPE": point stdout at devnull so the flush at exit cannot fail again.
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):  # stdout without a descriptor (captured in tests)
+            pass
+        return 141
+    return status
+
+
+def _main(argv: Sequence[str] | None) -> int:
     try:
         args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     except SystemExit as exc:  # --help (0) or a usage error (2)

@@ -28,7 +28,11 @@ Each count file is a CSV with a header and one row per occupation (other columns
     engineer,15,185,0
 n_female / n_male count the images a classifier labelled as showing a woman / a man, n_abstain
 (optional, 0 when absent) those it abstained on. TRAIN.csv describes training images, GEN.csv generated
-images; occupations are matched by name (names in one file only are reported and left out).
+images. Occupations are matched by name, ignoring case and spacing, and a plural matches its singular
+by the project's plural rule ("Nurses" = "nurse", "salespeople" = "salesperson"); the table uses the
+names of TRAIN.csv. A name in one file only (a misspelling, say) is an error naming it (exit status 2),
+unless --allow-unmatched leaves such occupations out with a warning. One file naming an occupation twice
+("Nurse" and "nurse", or "nurse" and "nurses") is an error too.
 
 --paired PAIRS.csv instead reads one row per (training image, generated image) pair, e.g. a training
 caption and the image generated from it:
@@ -76,6 +80,27 @@ class CountFileError(ValueError):
 REQUIRED_COLUMNS = ("occupation", "n_female", "n_male")
 COUNT_COLUMNS = ("n_female", "n_male", "n_abstain")
 _NON_NEGATIVE_INTEGER = re.compile(r"[0-9]+")
+MAX_NAME_CHARS = 200  # an occupation name longer than this is not one (and would widen every table row)
+# Characters that reorder how the rest of a line is displayed ("Trojan Source"): a table row could show
+# one occupation's numbers beside another's name.
+_BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def _name_problem(occupation: str) -> str | None:
+    """Why ``occupation`` cannot be an occupation name (a control or bidirectional-override character, or
+    too long), or None."""
+    if any(unicodedata.category(ch) == "Cc" for ch in occupation):
+        return f"occupation contains a control character ({occupation!r})"
+    bidi = sorted({f"U+{ord(ch):04X}" for ch in occupation if ch in _BIDI_CONTROLS})
+    if bidi:
+        return f"occupation contains a bidirectional control character ({', '.join(bidi)}; {occupation!r})"
+    if len(occupation) > MAX_NAME_CHARS:
+        return f"occupation is {len(occupation)} characters long (at most {MAX_NAME_CHARS}; starts {occupation[:40]!r})"
+    return None
+
+
+def _repeated_columns(columns: list[str], wanted: Sequence[str]) -> list[str]:
+    return [name for name in wanted if columns.count(name) > 1]
 _MAX_COUNT = 2**63 - 1  # counts are Int64
 
 
@@ -119,6 +144,10 @@ def _parse_counts(path: Path, reader: Any) -> pl.DataFrame:
         raise CountFileError(
             f"{path}, line {header_line}: missing column(s) {', '.join(missing)} (header: {','.join(columns)})"
         )
+    repeated = _repeated_columns(columns, (*REQUIRED_COLUMNS, "n_abstain"))
+    if repeated:
+        raise CountFileError(f"{path}, line {header_line}: column(s) {', '.join(repeated)} appear more than once "
+                             f"(header: {','.join(columns)})")
     position = {name: columns.index(name) for name in (*REQUIRED_COLUMNS, "n_abstain") if name in columns}
     rows: dict[str, list] = {"occupation": [], **{column: [] for column in COUNT_COLUMNS}}
     first_seen: dict[str, int] = {}
@@ -132,8 +161,9 @@ def _parse_counts(path: Path, reader: Any) -> pl.DataFrame:
         occupation = cells["occupation"]
         if not occupation:
             raise CountFileError(f"{path}, line {line}: empty occupation")
-        if any(unicodedata.category(ch) == "Cc" for ch in occupation):
-            raise CountFileError(f"{path}, line {line}: occupation contains a control character ({occupation!r})")
+        problem = _name_problem(occupation)
+        if problem:
+            raise CountFileError(f"{path}, line {line}: {problem}")
         if occupation in first_seen:
             raise CountFileError(
                 f"{path}, line {line}: duplicate occupation {occupation!r} (first on line {first_seen[occupation]})"
@@ -195,6 +225,10 @@ def _parse_pairs(path: Path, reader: Any) -> pl.DataFrame:
         raise CountFileError(
             f"{path}, line {reader.line_num}: missing column(s) {', '.join(missing)} (header: {','.join(columns)})"
         )
+    repeated = _repeated_columns(columns, PAIR_COLUMNS)
+    if repeated:
+        raise CountFileError(f"{path}, line {reader.line_num}: column(s) {', '.join(repeated)} appear more than once "
+                             f"(header: {','.join(columns)})")
     position = {name: columns.index(name) for name in PAIR_COLUMNS}
     rows: dict[str, list[str]] = {name: [] for name in PAIR_COLUMNS}
     for record in reader:
@@ -205,8 +239,9 @@ def _parse_pairs(path: Path, reader: Any) -> pl.DataFrame:
         if not cells["occupation"]:
             raise CountFileError(f"{path}, line {line}: empty occupation")
         occupation = cells["occupation"]
-        if any(unicodedata.category(ch) == "Cc" for ch in occupation):
-            raise CountFileError(f"{path}, line {line}: occupation contains a control character ({occupation!r})")
+        problem = _name_problem(occupation)
+        if problem:
+            raise CountFileError(f"{path}, line {line}: {problem}")
         for column in ("train_label", "gen_label"):
             if cells[column] not in PAIR_LABELS:
                 raise CountFileError(
@@ -310,6 +345,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("gen", nargs="?", help="count CSV of generated images (not with --paired)")
     parser.add_argument("--paired", metavar="PAIRS.csv", default=None,
                         help="analyse pairs instead: a CSV with occupation,train_label,gen_label, one row per pair")
+    parser.add_argument("--allow-unmatched", action="store_true",
+                        help="leave out occupations that are in one count file only (a warning), instead of failing")
     parser.add_argument("--json", action="store_true", help="print the full table as JSON (fractions, not percent)")
     parser.add_argument("--n-boot", type=_replicates, default=1000, help="bootstrap replicates (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: %(default)s)")
@@ -324,11 +361,17 @@ def main(argv: Sequence[str]) -> int:
 
 
 def _run_paired(args: argparse.Namespace) -> int:
+    from biasloop.data.text import match_occupations
     from biasloop.metrics.paired import paired_amplification_table
 
     try:
         pairs = read_pair_file(args.paired)
     except CountFileError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:  # "Nurse" and "nurse" rows would be two occupations
+        match_occupations(dict.fromkeys(pairs["occupation"].to_list()), [], sides=(args.paired, ""))
+    except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     result = paired_amplification_table(pairs, n_boot=args.n_boot, seed=args.seed)
@@ -341,6 +384,7 @@ def _run_paired(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    from biasloop.data.text import match_occupations
     from biasloop.metrics.amplification import amplification_table
 
     if args.paired is not None:
@@ -356,18 +400,37 @@ def run(args: argparse.Namespace) -> int:
     except CountFileError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if not set(train["occupation"]) & set(gen["occupation"]):
+    try:
+        match = match_occupations(train["occupation"].to_list(), gen["occupation"].to_list(),
+                                  sides=(args.train, args.gen))
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if match.renamed:  # the table shows TRAIN.csv's names
+        gen = gen.with_columns(pl.col("occupation").replace(match.renamed))
+        print("note: matched ignoring case and plurals: "
+              + ", ".join(f"{theirs!r} ({args.gen}) = {ours!r}" for theirs, ours in match.renamed.items()),
+              file=sys.stderr)
+    if not match.matched:
         print(f"error: no occupation is in both {args.train} and {args.gen}", file=sys.stderr)
         return 2
+    if match.only_ours or match.only_theirs:
+        only = []
+        for path, names, other, other_names in ((args.train, match.only_ours, args.gen, match.only_theirs),
+                                                (args.gen, match.only_theirs, args.train, match.only_ours)):
+            if names:
+                described = []
+                for name in names:
+                    guess = match.closest(name, other_names)
+                    described.append(f"{name!r}" + (f" (did you mean {guess!r} of {other}?)" if guess else ""))
+                only.append(f"only in {path}: {', '.join(described)}")
+        if not args.allow_unmatched:
+            print(f"error: occupations in one file only (names are matched ignoring case, spacing and plurals), "
+                  f"{'; '.join(only)}; --allow-unmatched leaves them out", file=sys.stderr)
+            return 2
+        print(f"warning: occupations left out (--allow-unmatched), {'; '.join(only)}", file=sys.stderr)
     result = amplification_table(train, gen, n_boot=args.n_boot, seed=args.seed)
-    unmatched = result["unmatched"]
-    if unmatched["train_only"] or unmatched["gen_only"]:
-        only = [
-            f"only in {path}: {', '.join(names)}"
-            for path, names in ((args.train, unmatched["train_only"]), (args.gen, unmatched["gen_only"]))
-            if names
-        ]
-        print(f"warning: occupations left out, {'; '.join(only)}", file=sys.stderr)
+    result["matched_spellings"] = match.renamed  # a name of GEN.csv -> the TRAIN.csv name it was matched to
     if result["n_occupations"] == 0:
         reason = "no occupation is in both files" if not result["per_occupation"] else (
             "no occupation in both files has a confident (non-abstained) image on both sides"

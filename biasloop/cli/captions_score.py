@@ -48,6 +48,8 @@ def _read(path: str, kind: str) -> dict[str, Any]:
         raise ValueError(f"{file}: file not found") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"{file}: not valid JSON ({exc})") from None
+    except RecursionError:  # [[[[... deeper than Python's parser recurses
+        raise ValueError(f"{file}: not valid JSON here (nested too deeply)") from None
     if not isinstance(data, dict) or not data:
         raise ValueError(f"{file}: expected a non-empty JSON object mapping image ids to {kind}")
     return data

@@ -178,6 +178,23 @@ def _warn_other_backend_keys(config: Any, fields: dict[str, dataclasses.Field], 
                             where, name, backend, where, chosen)
 
 
+def _check_occupations(occupations: Any) -> None:
+    if not isinstance(occupations, list):
+        raise ConfigError(f"occupations: expected a list of occupation names, found {type(occupations).__name__} "
+                          f"{occupations!r}")
+    seen: dict[str, str] = {}
+    for name in occupations:
+        if not isinstance(name, str) or not name.strip():
+            raise ConfigError(f"occupations: expected non-empty names, found {name!r}")
+        if any(ord(ch) < 32 or 127 <= ord(ch) < 160 for ch in name):
+            raise ConfigError(f"occupations: {name!r} contains a control character")
+        key = " ".join(name.casefold().split())
+        if key in seen:
+            raise ConfigError(f"occupations: {seen[key]!r} and {name!r} name one occupation "
+                              "(case and spacing are ignored)")
+        seen[key] = name
+
+
 def check_params(params: dict[str, Any]) -> None:
     """Checks that span sections; raises ConfigError naming the keys that disagree.
 
@@ -187,7 +204,11 @@ def check_params(params: dict[str, Any]) -> None:
     - ``generations`` is ``[0, 1, ..., G-1]`` and ``rounds`` has one ``"N": {gen: N, prev: N-1}`` item
       per later generation; ``datasets``, when present, has one ``"N": {gen: N, dataset, folder}`` item per
       generation (``biasloop generations G`` writes all three).
+    - ``occupations`` is a list of names (not one string, which would read as its letters), none empty
+      or holding a control character, none twice (case and spacing ignored: "Nurse" and "nurse" are one).
     """
+    if "occupations" in params and params["occupations"] is not None:
+        _check_occupations(params["occupations"])
     world, corpus, generator = (params.get(s) or {} for s in ("world", "corpus", "generator"))
     if isinstance(world, dict) and isinstance(corpus, dict) and isinstance(generator, dict):
         source = corpus.get("source", "world")

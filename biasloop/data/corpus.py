@@ -85,8 +85,9 @@ SKIP_REASONS = {
     "bad_json": "the record's .json member is not a JSON object",
     "duplicate_id": "an earlier record has the same id",
     "unsafe_name": "a tar member or listed path is absolute or climbs out with '..'",
-    "not_a_file": "a tar member is a link or a device, not a regular file",
+    "not_a_file": "a tar member is a link or a device, or a listed path a FIFO or a device, not a regular file",
     "missing_file": "the listed image file does not exist",
+    "outside_folder": "a listed path leads outside the listing's folder through a symbolic link",
     "empty_shard": "a tar shard holds no samples (no record is lost)",
 }
 _WARN_FIRST = 20  # skipped records logged one by one; the rest only in skipped.parquet and the counts
@@ -308,6 +309,9 @@ def _webdataset_sample(shard: Path, key: str, parts: dict[str, bytes | int]) -> 
             meta = json.loads(parts[".json"].decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             return Record(posixpath.basename(key), None, image, where, ("bad_json", f"bad .json member ({exc})"))
+        except RecursionError:  # [[[[... nested deeper than Python's parser recurses
+            return Record(posixpath.basename(key), None, image, where,
+                          ("bad_json", "bad .json member (nested too deeply)"))
         if not isinstance(meta, dict):
             return Record(posixpath.basename(key), None, image, where,
                           ("bad_json", f".json member is a {type(meta).__name__}, not an object"))
@@ -338,6 +342,8 @@ def iter_webdataset(folder: str | Path, max_member_bytes: int | None = None) -> 
     if not shards:
         raise CorpusError(f"{folder}: no .tar shards")
     for shard in shards:
+        if not shard.is_file():  # a FIFO named x.tar would block the read forever; a device never ends
+            raise CorpusError(f"{shard}: not a regular file (a folder, FIFO or device), not a tar shard")
         n_samples = 0
         try:
             with tarfile.open(shard) as archive:
@@ -401,7 +407,9 @@ def _check_listing_columns(listing: Path, config: CorpusConfig) -> dict[str, str
 def iter_folder(config: CorpusConfig, batch_rows: int = 1024) -> Iterator[Record]:
     """Yield a :class:`Record` per row of a parquet listing captions and image paths, in row batches.
 
-    Image paths are relative to the listing's folder and must stay inside it.
+    Image paths are relative to the listing's folder and must stay inside it, symbolic links resolved: a
+    path through a link to elsewhere (``images -> /home/me``) is skipped (``outside_folder``), never read;
+    so is one that is not a regular file (a FIFO would block the read).
 
     Raises:
         CorpusError: no listing, a missing column, or a caption/image column that is not text.
@@ -429,15 +437,29 @@ def iter_folder(config: CorpusConfig, batch_rows: int = 1024) -> Iterator[Record
                 continue
             image_path = root / relative
             where = f"{where} ({image_path})"
-            if not image_path.is_file():
+            target = image_path.resolve()
+            if not target.is_relative_to(root):  # a symbolic link on the way points out of the folder
+                yield Record(sample_id, None, None, where, ("outside_folder", f"image path leads to {target}, outside "
+                             f"{root}, through a symbolic link; not read"))
+                continue
+            if not target.exists():
                 yield Record(sample_id, None, None, where, ("missing_file", "image file not found"))
                 continue
-            size = image_path.stat().st_size
+            if not target.is_file():  # a folder, a FIFO (reading would block), a device
+                yield Record(sample_id, None, None, where, ("not_a_file", "image path is not a regular file; not read"))
+                continue
+            size = target.stat().st_size
             if size > config.max_file_bytes:
                 yield Record(sample_id, None, None, where, ("file_too_large",
                              f"image file has {size} bytes (corpus.max_file_bytes {config.max_file_bytes})"))
                 continue
-            yield Record(sample_id, row[columns["caption"]], image_path.read_bytes(), where)
+            with target.open("rb") as handle:  # at most the limit, even if the file grew since stat
+                data = handle.read(config.max_file_bytes + 1)
+            if len(data) > config.max_file_bytes:
+                yield Record(sample_id, None, None, where, ("file_too_large",
+                             f"image file grew past corpus.max_file_bytes {config.max_file_bytes} while read"))
+                continue
+            yield Record(sample_id, row[columns["caption"]], data, where)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -14,8 +14,12 @@ vocabulary and gender-word matching for captioning share.
 
 from __future__ import annotations
 
+import difflib
 import re
 import string
+import unicodedata
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 PLACEHOLDERS = ("article", "occupation", "occupations", "gender")
 # Irregular plurals of a final word; a word ending in one of these keys takes the mapped ending
@@ -115,3 +119,97 @@ def caption_tokens(text: str | None) -> list[str]:
         The tokens in order.
     """
     return _CAPTION_TOKEN.findall(_APOSTROPHES.sub("'", (text or "").lower()))
+
+
+# ------------------------------------------------------------------------------ occupation names
+def occupation_key(name: str) -> str:
+    """How two spellings of one occupation compare: Unicode NFKC, case folded, invisible format characters
+    (zero-width space, soft hyphen, byte-order mark: category Cf) dropped, runs of white space as one space,
+    none at the ends (``" Police  Officer"`` -> ``"police officer"``)."""
+    text = unicodedata.normalize("NFKC", name).casefold()
+    return " ".join("".join(ch for ch in text if unicodedata.category(ch) != "Cf").split())
+
+
+@dataclass(frozen=True)
+class OccupationMatch:
+    """Two lists of occupation names matched by :func:`match_occupations`.
+
+    Attributes:
+        renamed: a name of ``theirs`` -> the name of ``ours`` it matched, for the names that differ.
+        matched: the names of ``ours`` that ``theirs`` has too, in ``ours`` order.
+        only_ours, only_theirs: names with no match on the other side, in input order.
+    """
+
+    renamed: dict[str, str]
+    matched: list[str]
+    only_ours: list[str]
+    only_theirs: list[str]
+
+    def closest(self, name: str, candidates: Iterable[str]) -> str | None:
+        """The candidate spelled most like ``name`` (a misspelling's likely meaning), or None."""
+        keys = {occupation_key(c): c for c in candidates}
+        hits = difflib.get_close_matches(occupation_key(name), list(keys), n=1, cutoff=0.75)
+        return keys[hits[0]] if hits else None
+
+
+def _spellings(names: Iterable[str], side: str, plurals: Mapping[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+    """``key -> name`` and ``plural key -> name`` of one side; ValueError when two names are one occupation."""
+    by_key: dict[str, str] = {}
+    for name in names:
+        key = occupation_key(name)
+        if not key:
+            raise ValueError(f"{side}: an empty occupation name ({name!r})")
+        if key in by_key:
+            raise ValueError(f"{side}: {by_key[key]!r} and {name!r} name one occupation (case and spacing are ignored)")
+        by_key[key] = name
+    by_plural: dict[str, str] = {}
+    for key, name in by_key.items():
+        plural_key = occupation_key(plurals.get(key) or plural(key))
+        if plural_key in by_key and plural_key != key:
+            raise ValueError(f"{side}: {name!r} and {by_key[plural_key]!r} name one occupation (singular and plural)")
+        by_plural[plural_key] = name
+    return by_key, by_plural
+
+
+def match_occupations(ours: Iterable[str], theirs: Iterable[str], *, plurals: Mapping[str, str] | None = None,
+                      sides: tuple[str, str] = ("first list", "second list")) -> OccupationMatch:
+    """Match two lists of occupation names the way a person reads them: ignoring case and spacing
+    (:func:`occupation_key`), and a plural against its singular by :func:`plural` ("nurses" = "nurse",
+    "salespeople" = "salesperson"; ``plurals`` adds whole-word irregular ones, singular -> plural, as
+    ``retrieve.plurals`` does). Nothing else is guessed: a misspelling stays unmatched
+    (:meth:`OccupationMatch.closest` suggests what it may mean).
+
+    Args:
+        ours: the names that win (a table shows these).
+        theirs: the names matched against them.
+        plurals: irregular plurals of whole occupations.
+        sides: what to call the two lists in an error (file names).
+
+    Raises:
+        ValueError: one list names an occupation twice ("Nurse" and "nurse", or "nurse" and "nurses"), a
+            name is empty, or a name matches two of the other list; the message names the list and the names.
+    """
+    plurals = {occupation_key(k): v for k, v in (plurals or {}).items()}
+    ours, theirs = list(ours), list(theirs)
+    our_keys, our_plurals = _spellings(ours, sides[0], plurals)
+    their_keys, their_plurals = _spellings(theirs, sides[1], plurals)
+    their_plural_key = {name: key for key, name in their_plurals.items()}
+    renamed: dict[str, str] = {}
+    matched: dict[str, str] = {}  # our name -> their name
+    only_theirs = []
+    for key, name in their_keys.items():
+        # the same name; ours in the singular, theirs in the plural; ours in the plural, theirs in the singular
+        candidates = (our_keys.get(key), our_plurals.get(key), our_keys.get(their_plural_key[name]))
+        hits = list(dict.fromkeys(c for c in candidates if c is not None))
+        if len(hits) > 1:
+            raise ValueError(f"{sides[1]}: {name!r} matches both {hits[0]!r} and {hits[1]!r} of {sides[0]}")
+        if not hits:
+            only_theirs.append(name)
+            continue
+        if hits[0] in matched:
+            raise ValueError(f"{sides[1]}: {matched[hits[0]]!r} and {name!r} both match {hits[0]!r} of {sides[0]}")
+        matched[hits[0]] = name
+        if name != hits[0]:
+            renamed[name] = hits[0]
+    return OccupationMatch(renamed=renamed, matched=[n for n in ours if n in matched],
+                           only_ours=[n for n in ours if n not in matched], only_theirs=only_theirs)

@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
-from biasloop.data.text import fill_template
+from biasloop.data.text import fill_template, match_occupations
 
 GENDERS = ("female", "male")
 
@@ -297,6 +298,20 @@ def _caption(
     return fill_template(template, occupation=occupation)
 
 
+def _spelling_hints(unknown: list[str], known: Iterable[str]) -> str:
+    """`` (...)``: how the table spells each unknown name that differs only in case or number, or the
+    closest name for a misspelling; empty when there is nothing to say."""
+    known = list(known)
+    try:
+        match = match_occupations(known, unknown)
+    except ValueError:  # the names themselves clash ("Nurse" and "nurse"): the error says enough
+        return ""
+    hints = [f"{name!r} is spelled {match.renamed[name]!r} there" for name in unknown if name in match.renamed]
+    hints += [f"{name!r}: did you mean {guess!r}?" for name in match.only_theirs
+              if (guess := match.closest(name, known)) is not None]
+    return f" ({'; '.join(hints)})" if hints else ""
+
+
 def build_world(
     config: WorldConfig, occupations: list[str] | tuple[str, ...]
 ) -> tuple[pl.DataFrame, np.ndarray]:
@@ -317,7 +332,7 @@ def build_world(
     shares = read_occupation_shares(config.occupation_table)
     unknown = [o for o in occupations if o not in shares]
     if unknown:
-        raise ValueError(f"occupations: {unknown} not in {config.occupation_table}")
+        raise ValueError(f"occupations: {unknown} not in {config.occupation_table}{_spelling_hints(unknown, shares)}")
     for name in ("plural_fraction", "ambiguous_fraction", "test_fraction"):
         if not 0.0 <= getattr(config, name) <= 1.0:
             raise ValueError(f"world.{name}: must be in [0, 1], got {getattr(config, name)}")

@@ -49,6 +49,8 @@ def read_manifest(path: str | Path, what: str) -> dict[str, Any]:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ModelFileError(f"{path}: not a readable JSON manifest ({_one_line(exc)})") from None
+    except RecursionError:
+        raise ModelFileError(f"{path}: not a readable JSON manifest (nested too deeply)") from None
     if not isinstance(manifest, dict):
         raise ModelFileError(f"{path}: expected a JSON object, found {type(manifest).__name__}")
     return manifest

@@ -135,6 +135,24 @@ def _iter_shard(shard: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
     yield from samples.items()
 
 
+def _json_object(data: bytes | None, where: str) -> dict:
+    """A sample's ``.json`` member as a dict; ``{}`` (with a warning) when it is missing, not JSON, nested
+    too deeply or not an object: the sample is still filtered, its new ``.json`` holds the filter's fields."""
+    if data is None:
+        return {}
+    try:
+        meta = json.loads(data)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        log.warning("%s: .json member is not readable JSON (%s); replaced by the filter's fields",
+                    where, "nested too deeply" if isinstance(exc, RecursionError) else exc)
+        return {}
+    if not isinstance(meta, dict):
+        log.warning("%s: .json member is a %s, not an object; replaced by the filter's fields", where,
+                    type(meta).__name__)
+        return {}
+    return meta
+
+
 def _add_member(archive: tarfile.TarFile, name: str, data: bytes) -> None:
     info = tarfile.TarInfo(name)
     info.size = len(data)
@@ -170,7 +188,7 @@ def filter_shards(shards: Sequence[Path], out_dir: Path, config: FilterConfig, p
                     tarfile.open(out_dir / "dropped" / shard.name, "w") as dropped:
                 for key, parts in _iter_shard(shard):
                     image_ext = next((e for e in (".jpg", ".jpeg", ".png", ".webp") if e in parts), None)
-                    meta = json.loads(parts[".json"]) if ".json" in parts else {}
+                    meta = _json_object(parts.get(".json"), f"{shard}, sample {key}")
                     n_faces = face_score = nsfw_score = None
                     try:
                         if image_ext is None:
