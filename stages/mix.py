@@ -9,7 +9,7 @@ Inputs:   artifacts/corpus/captions.parquet, artifacts/models/gen{N-1}/generator
 Outputs:  artifacts/gen{N}/mix/dataset.parquet  (id, caption, image_ref, synthetic, true_occupation,
                                                  true_gender, split)
           artifacts/gen{N}/mix/images/*.npy      (the generated replacement images)
-Params:   base, tracking, synthetic_ratio, loop
+Params:   base, tracking, synthetic_ratio, loop, sampling (read here, never saved into the generator)
 
 Example:
     python -m stages.mix --generation 1 --corpus artifacts/corpus/captions.parquet \\
@@ -35,6 +35,7 @@ from biasloop.loop.mixing import (
     generation_seeds,
     replaced_indices,
 )
+from biasloop.models.generators import SamplingConfig, validate_sampling
 
 log = logging.getLogger("mix")
 
@@ -46,16 +47,19 @@ def main_body(argv: Sequence[str] | None) -> None:
     parser.add_argument("--generator", required=True, help="folder of generation N-1's generator")
     parser.add_argument("--out", required=True, help="output folder (artifacts/gen{N}/mix)")
     args = parser.parse_args(argv)
-    configs = load_configs(args.params, {"synthetic_ratio": None, "loop": LoopConfig})
+    configs = load_configs(args.params, {"synthetic_ratio": None, "loop": LoopConfig, "sampling": SamplingConfig})
     ratio = configs["synthetic_ratio"]
     if not isinstance(ratio, (int, float)) or isinstance(ratio, bool) or not 0.0 <= ratio <= 1.0:
         raise ValueError(f"synthetic_ratio: expected a number in [0, 1], found {ratio!r}")
     loop: LoopConfig = configs["loop"]
+    sampling: SamplingConfig = configs["sampling"]
+    validate_sampling(sampling)
     seed = configs["base"].seed
 
     corpus = pl.read_parquet(args.corpus).filter(pl.col("split") == "train")
     replaced = replaced_indices(corpus["id"].to_list(), float(ratio), seed, args.generation)
-    params = {"synthetic_ratio": ratio, "loop": to_dict(loop), "base": to_dict(configs["base"])}
+    params = {"synthetic_ratio": ratio, "loop": to_dict(loop), "sampling": to_dict(sampling),
+              "base": to_dict(configs["base"])}
     with stage_run("mix", configs["tracking"], params, generation=args.generation) as run:
         out = Path(args.out)
         with atomic_path(out) as tmp:
@@ -68,7 +72,8 @@ def main_body(argv: Sequence[str] | None) -> None:
                 prompts = corpus["caption"].gather(replaced).to_list()
                 seeds = generation_seeds(seed, args.generation, len(prompts), stream="mix-noise")
                 with timed(f"generating {len(prompts)} replacement images (ratio {ratio})", log) as took:
-                    images = generator.generate(prompts, seeds, batch_size=loop.batch_size)
+                    images = generator.generate(prompts, seeds, batch_size=loop.batch_size,
+                                                guidance_scale=sampling.guidance_scale, steps=sampling.steps)
                 generated_refs = write_image_shards(images, tmp / "images", 4096, ref_root=out / "images")
                 run.log_metrics({"generation_seconds": took["seconds"]})
             dataset = build_dataset(corpus, replaced, generated_refs)

@@ -37,7 +37,8 @@ def _tiny_overrides(params: dict) -> dict:
     """Shrink every training section that exists to a few steps (keys the sections actually have)."""
     overrides = json.loads(json.dumps(TINY))
     shrink = {
-        "generator": {"train_steps": 6, "batch_size": 16, "sampling_steps": 2},
+        "generator": {"train_steps": 6, "batch_size": 16},
+        "sampling": {"steps": 2},
         "generate": {"n_per_prompt": 4, "max_captions_per_occupation": 4},
         "instrument": {"epochs": 3},
         "downstream": {"epochs": 1},
