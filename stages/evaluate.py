@@ -3,7 +3,8 @@
 Inputs:   artifacts/classify_train/predictions.parquet, artifacts/gen{N}/classify/predictions.parquet,
           metrics/instrument.json (confusion rates), artifacts/models/gen{N}/downstream,
           artifacts/corpus (held-out real pairs), artifacts/retrieve/matches.parquet (caption indicators,
-          for the ideal learner of the decomposition)
+          for the ideal learner of the decomposition), artifacts/gen{N}/classify_dataset/predictions.parquet
+          (labels of dataset N, the data generation N trained on: amplification_vs_training_dataset)
 Outputs:  metrics/generations/gen{N}.json
 Params:   base, tracking, occupations, evaluate, classify
 
@@ -11,7 +12,8 @@ Example:
     python -m stages.evaluate --generation 0 --train-predictions artifacts/classify_train/predictions.parquet \\
         --generated artifacts/gen0/classify/predictions.parquet --instrument-metrics metrics/instrument.json \\
         --downstream artifacts/models/gen0/downstream --corpus artifacts/corpus/captions.parquet \\
-        --matches artifacts/retrieve/matches.parquet --out metrics/generations/gen0.json
+        --matches artifacts/retrieve/matches.parquet \\
+        --dataset-predictions artifacts/gen0/classify_dataset/predictions.parquet --out metrics/generations/gen0.json
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ def main_body(argv: Sequence[str] | None) -> None:
     parser.add_argument("--corpus", required=True, help="corpus caption table (held-out split)")
     parser.add_argument("--instrument", default=None, help="instrument folder, used when the corpus has no gender labels")
     parser.add_argument("--matches", required=True, help="retrieve's matches parquet (caption gender indicators)")
+    parser.add_argument("--dataset-predictions", default=None,
+                        help="classify_dataset@N predictions (dataset N's labels); omitted: no amplification_vs_training_dataset")
     parser.add_argument("--out", required=True, help="metrics JSON to write")
     args = parser.parse_args(argv)
     configs = load_configs(args.params, {"occupations": None, "evaluate": EvaluateConfig, "classify": ClassifyConfig})
@@ -74,6 +78,7 @@ def main_body(argv: Sequence[str] | None) -> None:
                 configs["base"].seed,
                 downstream,
                 matches=pl.read_parquet(args.matches),
+                dataset_predictions=pl.read_parquet(args.dataset_predictions) if args.dataset_predictions else None,
             )
         write_json(args.out, metrics)
         amplification = metrics["amplification"]

@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from biasloop.cli.generations import rewrite_generations
+from biasloop.core.config import dataset_folder
 from biasloop.loop.mixing import build_dataset, replaced_indices
 from tests.conftest import REPO_ROOT
 
@@ -62,7 +63,8 @@ def test_generations_command_rewrites_lists() -> None:
     text = (REPO_ROOT / "params.yaml").read_text()
     rewritten = yaml.safe_load(rewrite_generations(text, 5))
     assert rewritten["generations"] == [0, 1, 2, 3, 4]
-    assert rewritten["rounds"] == {str(n): {"gen": n, "prev": n - 1} for n in range(1, 5)}
+    assert rewritten["rounds"] == {str(n): {"gen": n, "prev": n - 1, "previous": dataset_folder(n - 1)} for n in range(1, 5)}
+    assert rewritten["rounds"]["1"]["previous"] == "artifacts/corpus" and rewritten["rounds"]["3"]["previous"] == "artifacts/gen2/mix"
     original = yaml.safe_load(text)
     assert rewritten["datasets"]["0"] == {"gen": 0, "dataset": "artifacts/corpus/captions.parquet", "folder": "artifacts/corpus"}
     assert rewritten["datasets"]["4"] == {"gen": 4, "dataset": "artifacts/gen4/mix/dataset.parquet", "folder": "artifacts/gen4/mix"}

@@ -80,7 +80,7 @@ def pipeline_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     params = yaml.safe_load((repo / "params.yaml").read_text())
     _merge(params, _tiny_overrides(params))
     params["generations"] = [0, 1]
-    params["rounds"] = {"1": {"gen": 1, "prev": 0}}
+    params["rounds"] = {"1": {"gen": 1, "prev": 0, "previous": "artifacts/corpus"}}
     params["datasets"] = {"0": params["datasets"]["0"], "1": params["datasets"]["1"]}
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     _run(["git", "init", "-q"], repo)

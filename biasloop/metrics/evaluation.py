@@ -3,7 +3,11 @@
 ``evaluate_generation`` gathers everything ``metrics/generations/gen{N}.json`` holds:
 
 - the paradox pairings for generation N's images against the real training selections
-  (:mod:`biasloop.metrics.paradox`), with the headline pairing ``prompt_vs_keyword``;
+  (:mod:`biasloop.metrics.paradox`), with the headline pairing ``prompt_vs_keyword`` (``amplification``:
+  against the real corpus);
+- ``amplification_vs_training_dataset``: the same headline pairing against the dataset generation N
+  trained on (dataset N: under ``loop.mode`` replace or accumulate it holds generated images), and how
+  far that dataset's own shares have moved from the real corpus's (``dataset_vs_real_corpus``);
 - each pairing's measured shift split into data (the ideal learner), generator and instrument
   (``ideal`` and ``decomposition``, :mod:`biasloop.metrics.decomposition`), and the instrument checked
   against the hue oracle on generation N's images (``instrument_on_generated``; glyph world only);
@@ -26,7 +30,9 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from biasloop.core.seeds import stream_seed
 from biasloop.data.text import fill_template
+from biasloop.metrics.amplification import amplification_table, count_table
 from biasloop.metrics.decomposition import instrument_agreement
 from biasloop.metrics.downstream import group_fairness, max_skew_at_k, ndkl, recall_at_k
 from biasloop.metrics.paradox import headline, paradox_table
@@ -135,6 +141,7 @@ def evaluate_generation(
     seed: int,
     downstream: dict[str, Any] | None,
     matches: pl.DataFrame | None = None,
+    dataset_predictions: pl.DataFrame | None = None,
 ) -> dict[str, Any]:
     """Assemble generation N's metrics (see the module docstring).
 
@@ -145,6 +152,7 @@ def evaluate_generation(
         seed: ``base.seed`` (the bootstrap streams are named in :func:`~biasloop.metrics.paradox.paradox_table`).
         downstream: :func:`downstream_bias`'s result, or None.
         matches: the retrieve stage's matches (caption indicators, for the ideal learner), or None.
+        dataset_predictions: classify_dataset@N's labels of dataset N, or None (no ``amplification_vs_training_dataset``).
     """
     paradox = paradox_table(train_predictions, generated_predictions, confusion, n_boot=config.n_boot, seed=seed,
                             matches=matches)
@@ -162,6 +170,61 @@ def evaluate_generation(
         "ideal": {name: entry.get("ideal") for name, entry in paradox.items()},
         "decomposition": {name: entry.get("decomposition") for name, entry in paradox.items()},
         "instrument_on_generated": instrument_on_generated(generated_predictions),
+    } | ({} if dataset_predictions is None else {"amplification_vs_training_dataset": amplification_vs_training_dataset(
+        train_predictions, dataset_predictions, generated_predictions, confusion, config.n_boot, seed)})
+
+
+def training_dataset_rows(train_predictions: pl.DataFrame, dataset_predictions: pl.DataFrame,
+                          selection: str = "keyword") -> pl.DataFrame:
+    """The rows of a generation's training dataset behind one real selection.
+
+    A dataset row belongs to occupation ``o`` when its ``source_id`` (the real caption it was made from)
+    is in ``selection`` for ``o``: in replace mode one row per selected caption (real or regenerated
+    image), in accumulate mode the real one plus every generated copy.
+
+    Args:
+        train_predictions: classify_train's ``selection, occupation, id`` rows.
+        dataset_predictions: classify_dataset's ``id, source_id, synthetic, label`` rows.
+
+    Returns:
+        ``occupation, id, source_id, synthetic, label`` (and the other label columns).
+    """
+    selected = train_predictions.filter(pl.col("selection") == selection).select("occupation", pl.col("id").alias("source_id"))
+    return selected.unique(maintain_order=True).join(dataset_predictions, on="source_id", how="inner")
+
+
+def amplification_vs_training_dataset(train_predictions: pl.DataFrame, dataset_predictions: pl.DataFrame,
+                                      generated_predictions: pl.DataFrame, confusion: dict[str, float] | None,
+                                      n_boot: int, seed: int) -> dict[str, Any]:
+    """Generation N's neutral-prompt images against the dataset generation N trained on (``keyword`` captions).
+
+    Same table as the headline ``amplification`` (:func:`biasloop.metrics.amplification.amplification_table`,
+    stream ``amplification-bootstrap``), with dataset N's images in place of the real corpus's; beside it
+    ``dataset_vs_real_corpus``: dataset N's shares against the real corpus's (the drift of the data itself;
+    zero in generation 0, whose dataset is the corpus).
+
+    Returns:
+        ``{"available": bool, "measured": headline, "corrected": headline | None, "per_occupation": rows,
+        "dataset_vs_real_corpus": headline, "n_images_dataset": int, "n_synthetic_dataset": int,
+        "share_synthetic_dataset": float}``; ``available`` false (with a ``reason``) when a side is empty.
+    """
+    rows = training_dataset_rows(train_predictions, dataset_predictions)
+    real = train_predictions.filter(pl.col("selection") == "keyword")
+    generated = generated_predictions.filter(pl.col("prompt_kind") == "neutral")
+    if rows.is_empty() or generated.is_empty() or real.is_empty():
+        return {"available": False, "reason": "no keyword-selected rows in the training dataset or no neutral-prompt images"}
+    bootstrap = stream_seed(seed, "amplification-bootstrap")
+    table = amplification_table(count_table(rows), count_table(generated), n_boot=n_boot, seed=bootstrap, confusion=confusion)
+    drift = amplification_table(count_table(real), count_table(rows), n_boot=n_boot, seed=bootstrap)
+    return {
+        "available": True,
+        "measured": headline(table),
+        "corrected": headline(table.get("corrected")) or None,
+        "per_occupation": table.get("per_occupation", []),
+        "dataset_vs_real_corpus": headline(drift),
+        "n_images_dataset": len(rows),
+        "n_synthetic_dataset": int(rows["synthetic"].sum()),
+        "share_synthetic_dataset": float(rows["synthetic"].mean()),
     }
 
 
