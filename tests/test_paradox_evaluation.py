@@ -8,6 +8,7 @@ import pytest
 
 from biasloop.metrics.evaluation import (
     EvaluateConfig,
+    amplification_vs_training_dataset,
     downstream_bias,
     evaluate_generation,
 )
@@ -152,3 +153,38 @@ def test_evaluation_carries_the_decomposition() -> None:
     assert metrics["ideal"]["prompt_vs_keyword"]["shift"]["estimate"] == keyword["data"]["estimate"]
     agreement = metrics["instrument_on_generated"]
     assert agreement["available"] and agreement["all"]["overall"]["accuracy"] == 1.0
+
+
+def test_amplification_against_the_training_dataset_by_hand() -> None:
+    """Real keyword selection: nurse F F F M (0.75), engineer M M M F (0.25). Dataset N (accumulate) adds
+    generated copies n0 -> F, n3 -> F, e0 -> M: nurse 5/6, engineer 1/5. Generated: nurse 0.9, engineer 0.
+    Against the dataset A_abs = (|0.9 - 5/6| + |0 - 0.2|) / 2 = 2/15; against the corpus (0.15 + 0.25) / 2 = 0.2;
+    the dataset's own drift from the corpus (|5/6 - 0.75| + |0.2 - 0.25|) / 2 = 1/15."""
+    train = pl.DataFrame(_train_rows("keyword", "nurse", ["female"] * 3 + ["male"], "n")
+                         + _train_rows("keyword", "engineer", ["male"] * 3 + ["female"], "e")
+                         + _train_rows("nn", "nurse", ["male"], "n"))
+    real = train.filter(pl.col("selection") == "keyword").select(
+        "id", pl.col("id").alias("source_id"), pl.lit(False).alias("synthetic"), "label")
+    copies = pl.DataFrame({"id": ["n0@gen1", "n3@gen1", "e0@gen1"], "source_id": ["n0", "n3", "e0"],
+                           "synthetic": [True] * 3, "label": ["female", "female", "male"]})
+    dataset = pl.concat([real, copies])
+    generated = pl.DataFrame(
+        [{"prompt_kind": "neutral", "occupation": "nurse", "label": lab} for lab in ["female"] * 9 + ["male"]]
+        + [{"prompt_kind": "neutral", "occupation": "engineer", "label": "male"}] * 10
+        + [{"prompt_kind": "caption", "occupation": "nurse", "label": "male", "source_id": "n1"}] * 5)
+    result = amplification_vs_training_dataset(train, dataset, generated, None, n_boot=50, seed=0)
+    assert result["available"] and result["corrected"] is None
+    assert result["measured"]["amplification_abs"] == pytest.approx(2 / 15)
+    assert result["dataset_vs_real_corpus"]["amplification_abs"] == pytest.approx(1 / 15)
+    assert (result["n_images_dataset"], result["n_synthetic_dataset"]) == (11, 3)
+    assert result["share_synthetic_dataset"] == pytest.approx(3 / 11)
+    shares = {row["occupation"]: row["share_train"] for row in result["per_occupation"]}
+    assert shares == pytest.approx({"nurse": 5 / 6, "engineer": 0.2})
+    metrics = evaluate_generation(1, train, generated, None, EvaluateConfig(n_boot=50), seed=0, downstream=None,
+                                  dataset_predictions=dataset)
+    assert metrics["amplification"]["amplification_abs"] == pytest.approx(0.2)  # against the real corpus
+    assert metrics["amplification_vs_training_dataset"]["measured"]["amplification_abs"] == pytest.approx(2 / 15)
+    assert "amplification_vs_training_dataset" not in evaluate_generation(1, train, generated, None, EvaluateConfig(n_boot=50),
+                                                                          seed=0, downstream=None)
+    empty = amplification_vs_training_dataset(train, dataset.clear(), generated, None, n_boot=50, seed=0)
+    assert empty == {"available": False, "reason": empty["reason"]}
