@@ -34,6 +34,7 @@ from biasloop.metrics.evaluation import (
     downstream_bias,
     evaluate_generation,
     perceived_groups,
+    training_shares,
 )
 from biasloop.models.instrument import ClassifyConfig
 
@@ -61,24 +62,29 @@ def main_body(argv: Sequence[str] | None) -> None:
 
     with stage_run("evaluate", configs["tracking"], {"evaluate": to_dict(config)}, generation=args.generation) as run:
         confusion = read_confusion(args.instrument_metrics)
+        train_predictions = pl.read_parquet(args.train_predictions)
+        dataset_predictions = pl.read_parquet(args.dataset_predictions) if args.dataset_predictions else None
+        # MaxSkew/NDKL against what the CLIP saw: dataset N's share of women per occupation
+        shares = training_shares(train_predictions, dataset_predictions) if dataset_predictions is not None else None
         with timed("downstream CLIP on held-out pairs", log):
             from biasloop.models.downstream_clip import load_downstream
 
             test = pl.read_parquet(args.corpus).filter(pl.col("split") == "test")
             model = load_downstream(args.downstream, device)
             groups = perceived_groups(test, args.instrument, device, configs["classify"].abstain_threshold)
-            downstream = downstream_bias(model, test, load_images(test["image_ref"].to_list()), groups, occupations, config)
+            downstream = downstream_bias(model, test, load_images(test["image_ref"].to_list()), groups, occupations, config,
+                                         training_share_female=shares, seed=configs["base"].seed)
         with timed("amplification with bootstrap intervals", log):
             metrics = evaluate_generation(
                 args.generation,
-                pl.read_parquet(args.train_predictions),
+                train_predictions,
                 pl.read_parquet(args.generated),
                 confusion,
                 config,
                 configs["base"].seed,
                 downstream,
                 matches=pl.read_parquet(args.matches),
-                dataset_predictions=pl.read_parquet(args.dataset_predictions) if args.dataset_predictions else None,
+                dataset_predictions=dataset_predictions,
             )
         write_json(args.out, metrics)
         amplification = metrics["amplification"]

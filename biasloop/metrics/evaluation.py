@@ -16,7 +16,10 @@
 - the downstream CLIP trained on dataset N, on the real corpus's held-out split: text-to-image
   recall@k overall and per perceived-gender group (the gap; an image whose caption is identical to the
   query counts as correct, since templated captions repeat), MaxSkew@k and NDKL of the images
-  retrieved for each neutral occupation query, and zero-shot occupation accuracy per
+  retrieved for each neutral occupation query (against parity, and ``_vs_training`` against the share
+  of women among the occupation's images in the dataset the CLIP trained on: :func:`training_shares`;
+  ``k`` is ``evaluate.skew_k``, and when the held-out set has fewer people than that every one of them
+  is ranked, so ``skew_k_effective`` is the k actually used), and zero-shot occupation accuracy per
   (occupation, gender) group with Fairlearn's group metrics (worst-group accuracy over groups with at
   least ``evaluate.min_group_size`` images; smaller groups are listed as too small).
 """
@@ -44,7 +47,7 @@ class EvaluateConfig:
 
     n_boot: int = 1000  # bootstrap replicates for every 95% interval
     recall_ks: tuple[int, ...] = (1, 5, 10)  # k of text-to-image recall@k
-    skew_k: int = 10  # k of MaxSkew@k and NDKL (images retrieved per occupation query)
+    skew_k: int = 50  # k of MaxSkew@k and NDKL (images retrieved per occupation query; all of them when fewer)
     query_templates: tuple[str, ...] = ("a photo of {article} {occupation}",)  # neutral downstream queries
     min_group_size: int = 20  # fewest labelled images an (occupation, gender) group needs for worst-group accuracy
 
@@ -66,6 +69,8 @@ def downstream_bias(
     groups: list[str | None],
     occupations: list[str],
     config: EvaluateConfig,
+    training_share_female: dict[str, float] | None = None,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """Quality and bias of a downstream CLIP on held-out real pairs.
 
@@ -76,11 +81,17 @@ def downstream_bias(
         groups: perceived gender per row (``female``/``male``/None for no person).
         occupations: the occupations to query.
         config: the ``evaluate`` params.
+        training_share_female: per occupation, the share of women the CLIP saw in training
+            (:func:`training_shares`); adds the ``_vs_training`` MaxSkew and NDKL. None: parity only.
+        seed: seed of the group metrics' bootstrap intervals (``config.n_boot`` resamples).
 
     Returns:
         recall@k (overall, per group, gap; identical captions count as correct) with its chance level,
-        mean/max MaxSkew@k and NDKL over occupation queries, and Fairlearn group metrics of zero-shot
-        occupation classification (worst-group accuracy over groups of ``config.min_group_size``).
+        mean/max MaxSkew@k and NDKL over occupation queries (against parity; with
+        ``training_share_female`` also ``max_skew_vs_training_mean``/``_max`` and ``ndkl_vs_training_mean``),
+        ``skew_k`` and ``skew_k_effective`` (the k used: fewer when the held-out set has fewer people),
+        and Fairlearn group metrics of zero-shot occupation classification (worst-group accuracy over
+        groups of ``config.min_group_size``, with intervals).
     """
     image_vectors = model.encode_images(images)
     caption_vectors = model.encode_texts(test["caption"].to_list())
@@ -94,7 +105,9 @@ def downstream_bias(
     recall[f"chance@{k_max}"] = float(np.mean(1.0 - (1.0 - min(k_max, n) / n) ** caption_counts[caption_ids]))
 
     people = np.flatnonzero(np.isin(group_array, ["female", "male"]))
+    k_effective = min(config.skew_k, len(people))
     skews, ndkls, per_query = [], [], []
+    skews_training, ndkls_training = [], []
     for occupation in occupations:
         prompts = [fill_template(t, occupation=occupation) for t in config.query_templates]
         query = model.encode_texts(prompts).mean(axis=0)
@@ -105,10 +118,17 @@ def downstream_bias(
         divergence = ndkl(retrieved, group_set=("female", "male"))
         skews.append(skew)
         ndkls.append(divergence)
-        per_query.append(
-            {"occupation": occupation, "max_skew": skew, "ndkl": divergence,
-             "share_female_retrieved": float(np.mean([g == "female" for g in retrieved]))}
-        )
+        row = {"occupation": occupation, "max_skew": skew, "ndkl": divergence,
+               "share_female_retrieved": float(np.mean([g == "female" for g in retrieved])), "k_effective": len(retrieved)}
+        share = (training_share_female or {}).get(occupation)
+        if share is not None:
+            desired = (share, 1.0 - share)
+            row.update(share_female_training=share,
+                       max_skew_vs_training=max_skew_at_k(retrieved, config.skew_k, desired, ("female", "male")),
+                       ndkl_vs_training=ndkl(retrieved, desired, ("female", "male")))
+            skews_training.append(row["max_skew_vs_training"])
+            ndkls_training.append(row["ndkl_vs_training"])
+        per_query.append(row)
 
     labelled = np.flatnonzero(test["true_occupation"].is_not_null().to_numpy() & np.isin(group_array, ["female", "male"]))
     fairness: dict[str, Any] = {}
@@ -119,13 +139,18 @@ def downstream_bias(
         predicted = np.array(occupations, dtype=object)[np.argmax(image_vectors[labelled] @ class_vectors.T, axis=1)]
         fairness = group_fairness(
             np.array(test["true_occupation"].to_list(), dtype=object)[labelled], predicted, group_array[labelled],
-            min_group_size=config.min_group_size,
+            min_group_size=config.min_group_size, n_boot=config.n_boot, seed=stream_seed(seed, "downstream-fairness-bootstrap"),
         )
     return {
         "recall": recall,
         "max_skew_mean": float(np.mean(skews)) if skews else None,
         "max_skew_max": float(np.max(skews)) if skews else None,
         "ndkl_mean": float(np.mean(ndkls)) if ndkls else None,
+        "max_skew_vs_training_mean": float(np.mean(skews_training)) if skews_training else None,
+        "max_skew_vs_training_max": float(np.max(skews_training)) if skews_training else None,
+        "ndkl_vs_training_mean": float(np.mean(ndkls_training)) if ndkls_training else None,
+        "skew_k": config.skew_k,
+        "skew_k_effective": k_effective,
         "per_query": per_query,
         "fairness": fairness,
         "n_test": len(test),
@@ -172,6 +197,19 @@ def evaluate_generation(
         "instrument_on_generated": instrument_on_generated(generated_predictions),
     } | ({} if dataset_predictions is None else {"amplification_vs_training_dataset": amplification_vs_training_dataset(
         train_predictions, dataset_predictions, generated_predictions, confusion, config.n_boot, seed)})
+
+
+def training_shares(train_predictions: pl.DataFrame, dataset_predictions: pl.DataFrame) -> dict[str, float]:
+    """Per occupation, the share of women among the training images a generation's models saw.
+
+    The images of dataset N behind the ``keyword`` captions (:func:`training_dataset_rows`), labelled by
+    the instrument (classify_dataset@N; abstentions left out), add-one smoothed,
+    ``(n_female + 1) / (n_female + n_male + 2)``, so an occupation with no woman (or no man) in training
+    still has a finite MaxSkew against it (``ln(1 / share)`` would be infinite).
+    """
+    counts = count_table(training_dataset_rows(train_predictions, dataset_predictions))
+    return {row["occupation"]: (row["n_female"] + 1) / (row["n_female"] + row["n_male"] + 2)
+            for row in counts.iter_rows(named=True)}
 
 
 def training_dataset_rows(train_predictions: pl.DataFrame, dataset_predictions: pl.DataFrame,
