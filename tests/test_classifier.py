@@ -67,6 +67,16 @@ def test_numpy_parity_differences_match_fairlearn() -> None:
     assert odds == pytest.approx(result["equalized_odds_difference_mean"])
 
 
+def test_one_min_group_size_in_params() -> None:
+    """The classifier's and the downstream CLIP's worst-group accuracies leave out the same small groups."""
+    from biasloop.core.config import read_params
+    from tests.conftest import REPO_ROOT
+
+    params = read_params(REPO_ROOT / "params.yaml")
+    assert params["classifier"]["min_group_size"] == params["evaluate"]["min_group_size"] == 20
+    assert ClassifierConfig().min_group_size == 20
+
+
 def test_unknown_architecture_is_an_error() -> None:
     with pytest.raises(ValueError, match="classifier.architecture"):
         build_classifier(ClassifierConfig(architecture="no-such-net"), 3)
