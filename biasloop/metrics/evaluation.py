@@ -182,7 +182,7 @@ def evaluate_generation(
     paradox = paradox_table(train_predictions, generated_predictions, confusion, n_boot=config.n_boot, seed=seed,
                             matches=matches)
     main = paradox["prompt_vs_keyword"]
-    return {
+    metrics = {
         "generation": generation,
         "amplification": headline(main.get("measured")),
         "amplification_corrected": headline(main.get("corrected")),
@@ -195,8 +195,11 @@ def evaluate_generation(
         "ideal": {name: entry.get("ideal") for name, entry in paradox.items()},
         "decomposition": {name: entry.get("decomposition") for name, entry in paradox.items()},
         "instrument_on_generated": instrument_on_generated(generated_predictions),
-    } | ({} if dataset_predictions is None else {"amplification_vs_training_dataset": amplification_vs_training_dataset(
-        train_predictions, dataset_predictions, generated_predictions, confusion, config.n_boot, seed)})
+    }
+    if dataset_predictions is not None:
+        metrics["amplification_vs_training_dataset"] = amplification_vs_training_dataset(
+            train_predictions, dataset_predictions, generated_predictions, confusion, config.n_boot, seed)
+    return metrics
 
 
 def training_shares(train_predictions: pl.DataFrame, dataset_predictions: pl.DataFrame) -> dict[str, float]:
