@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     from biasloop.data.text import fill_template
     from biasloop.data.world import WorldConfig, build_world
     from biasloop.loop.prompts import GenerateConfig
-    from biasloop.models.generators import GeneratorConfig, build_generator
+    from biasloop.models.generators import GeneratorConfig, SamplingConfig, build_generator
     from biasloop.models.instrument import InstrumentConfig, train_or_load_instrument
 
     params = read_params("params.yaml")
@@ -71,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     generator_config = load_section(GeneratorConfig, "generator", params)
     generate = load_section(GenerateConfig, "generate", params)
     instrument_config = load_section(InstrumentConfig, "instrument", params)
-    guidance = args.guidance or [generator_config.guidance_scale]
+    sampling_config = load_section(SamplingConfig, "sampling", params)
+    guidance = args.guidance or [sampling_config.guidance_scale]
 
     work = REPO_ROOT / "benchmarks" / ".data" / "generator_quality"
     samples, images = build_world(world, occupations)

@@ -173,8 +173,7 @@ def bench_stable_diffusion(scale: Scale, device: str, workdir: Path) -> dict[str
 
     reset_peak(device)
     started = time.perf_counter()
-    config = GeneratorConfig(backend="stable-diffusion", model=str(folder), image_size=16,
-                             sampling_steps=scale.sampling_steps, guidance_scale=GUIDANCE_SCALE, batch_size=1)
+    config = GeneratorConfig(backend="stable-diffusion", model=str(folder), image_size=16, batch_size=1)
     generator = build_generator(config, device)
     native = generator.native_size
     generator.config = dataclasses.replace(config, image_size=native)  # return images at native size, no resize
@@ -196,7 +195,8 @@ def bench_stable_diffusion(scale: Scale, device: str, workdir: Path) -> dict[str
         prompts = [PROMPTS[i % len(PROMPTS)] for i in range(batch)]
         reset_peak(device)
         try:
-            seconds = time_calls(lambda p=prompts, b=batch: generator.generate(p, list(range(b)), batch_size=b),
+            seconds = time_calls(lambda p=prompts, b=batch: generator.generate(
+                p, list(range(b)), batch_size=b, guidance_scale=GUIDANCE_SCALE, steps=scale.sampling_steps),
                                  device, scale)
         except torch.OutOfMemoryError:
             generation[str(batch)] = {"error": "out of GPU memory"}

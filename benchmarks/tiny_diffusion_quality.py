@@ -39,6 +39,7 @@ from biasloop.core.config import read_params, to_dict
 from biasloop.core.io import load_images
 from biasloop.models.generators import (
     GeneratorConfig,
+    SamplingConfig,
     build_generator,
     config_from_dict,
 )
@@ -190,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         key, _, value = item.partition("=")
         section[key] = yaml.safe_load(value)
     config: GeneratorConfig = config_from_dict(section)
+    sampling = SamplingConfig(**(params.get("sampling") or {}))
     occupations = list(params.get("occupations") or [])
     corpus = pl.read_parquet(args.corpus)
     people = corpus.filter(pl.col("true_occupation").is_not_null())
@@ -228,9 +230,9 @@ def main(argv: list[str] | None = None) -> int:
         "count mean the timings are inflated",
         "scratch": {"train": stats},
     }
-    settings = [(config.guidance_scale, config.sampling_steps)]
-    settings += [(scale, config.sampling_steps) for scale in args.guidance]
-    settings += [(config.guidance_scale, k) for k in args.sampling]
+    settings = [(sampling.guidance_scale, sampling.steps)]
+    settings += [(scale, sampling.steps) for scale in args.guidance]
+    settings += [(sampling.guidance_scale, k) for k in args.sampling]
     for scale, k in settings:
         result = evaluate(generator, occupations, judge, train_share, args.n, scale, k)
         sample = result.pop("_images")
@@ -247,9 +249,9 @@ def main(argv: list[str] | None = None) -> int:
             contact_sheet(sample[:: max(args.n // 4, 1)][: 12 * 30], Path(args.sheet), 24)
     if args.finetune_steps:
         stats = generator.train(images, captions, steps=args.finetune_steps, seed=1, progress=False)
-        result = evaluate(generator, occupations, judge, train_share, args.n, config.guidance_scale)
+        result = evaluate(generator, occupations, judge, train_share, args.n, sampling.guidance_scale)
         result.pop("_images")
-        report["finetune"] = {"train": stats, f"guidance_{config.guidance_scale:g}_steps_{config.sampling_steps}": result}
+        report["finetune"] = {"train": stats, f"guidance_{sampling.guidance_scale:g}_steps_{sampling.steps}": result}
         print(
             f"finetune +{args.finetune_steps} steps {stats['seconds']:.0f}s: digit {result['digit_accuracy']:.3f} "
             f"follow {result['colour_follow']:.3f} neutral gap {result['neutral_share_gap']:.3f}",

@@ -3,7 +3,8 @@
 Inputs:   artifacts/classify_train/predictions.parquet, artifacts/gen{N}/classify/predictions.parquet,
           metrics/instrument.json (confusion rates), artifacts/models/gen{N}/downstream,
           artifacts/corpus (held-out real pairs), artifacts/retrieve/matches.parquet (caption indicators,
-          for the ideal learner of the decomposition)
+          for the ideal learner of the decomposition), artifacts/gen{N}/classify_dataset/predictions.parquet
+          (labels of dataset N, the data generation N trained on: amplification_vs_training_dataset)
 Outputs:  metrics/generations/gen{N}.json
 Params:   base, tracking, occupations, evaluate, classify
 
@@ -11,7 +12,8 @@ Example:
     python -m stages.evaluate --generation 0 --train-predictions artifacts/classify_train/predictions.parquet \\
         --generated artifacts/gen0/classify/predictions.parquet --instrument-metrics metrics/instrument.json \\
         --downstream artifacts/models/gen0/downstream --corpus artifacts/corpus/captions.parquet \\
-        --matches artifacts/retrieve/matches.parquet --out metrics/generations/gen0.json
+        --matches artifacts/retrieve/matches.parquet \\
+        --dataset-predictions artifacts/gen0/classify_dataset/predictions.parquet --out metrics/generations/gen0.json
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from biasloop.metrics.evaluation import (
     downstream_bias,
     evaluate_generation,
     perceived_groups,
+    training_shares,
 )
 from biasloop.metrics.rows import estimand_values
 from biasloop.models.instrument import ClassifyConfig
@@ -49,6 +52,8 @@ def main_body(argv: Sequence[str] | None) -> None:
     parser.add_argument("--corpus", required=True, help="corpus caption table (held-out split)")
     parser.add_argument("--instrument", default=None, help="instrument folder, used when the corpus has no gender labels")
     parser.add_argument("--matches", required=True, help="retrieve's matches parquet (caption gender indicators)")
+    parser.add_argument("--dataset-predictions", default=None,
+                        help="classify_dataset@N predictions (dataset N's labels); omitted: no amplification_vs_training_dataset")
     parser.add_argument("--out", required=True, help="metrics JSON to write")
     args = parser.parse_args(argv)
     configs = load_configs(args.params, {"occupations": None, "evaluate": EvaluateConfig, "classify": ClassifyConfig})
@@ -58,23 +63,29 @@ def main_body(argv: Sequence[str] | None) -> None:
 
     with stage_run("evaluate", configs["tracking"], {"evaluate": to_dict(config)}, generation=args.generation) as run:
         confusion = read_confusion(args.instrument_metrics)
+        train_predictions = pl.read_parquet(args.train_predictions)
+        dataset_predictions = pl.read_parquet(args.dataset_predictions) if args.dataset_predictions else None
+        # MaxSkew/NDKL against what the CLIP saw: dataset N's share of women per occupation
+        shares = training_shares(train_predictions, dataset_predictions) if dataset_predictions is not None else None
         with timed("downstream CLIP on held-out pairs", log):
             from biasloop.models.downstream_clip import load_downstream
 
             test = pl.read_parquet(args.corpus).filter(pl.col("split") == "test")
             model = load_downstream(args.downstream, device)
             groups = perceived_groups(test, args.instrument, device, configs["classify"].abstain_threshold)
-            downstream = downstream_bias(model, test, load_images(test["image_ref"].to_list()), groups, occupations, config)
+            downstream = downstream_bias(model, test, load_images(test["image_ref"].to_list()), groups, occupations, config,
+                                         training_share_female=shares, seed=configs["base"].seed)
         with timed("amplification with bootstrap intervals", log):
             metrics = evaluate_generation(
                 args.generation,
-                pl.read_parquet(args.train_predictions),
+                train_predictions,
                 pl.read_parquet(args.generated),
                 confusion,
                 config,
                 configs["base"].seed,
                 downstream,
                 matches=pl.read_parquet(args.matches),
+                dataset_predictions=dataset_predictions,
             )
         write_json(args.out, metrics)
         row = estimand_values(metrics["amplification"])

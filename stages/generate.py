@@ -18,7 +18,8 @@ Outputs:  artifacts/gen{N}/generate/manifest.parquet  (prompt_kind in {neutral, 
           artifacts/gen{N}/generate/images/*.npy      (uint8 image shards)
           plots/generated/gen{N}.png  (--contact-sheet: per occupation, real images of the selection
                                        beside generated ones for the neutral prompts)
-Params:   base, tracking, occupations, generate
+Params:   base, tracking, occupations, generate, sampling (guidance scale and denoising steps: read here,
+          never saved into the model, so changing them reruns generate@N and what follows, not training)
 
 Example:
     python -m stages.generate --generation 0 --generator artifacts/models/gen0/generator \\
@@ -45,6 +46,7 @@ from biasloop.core.stage import load_configs, make_parser, run_main
 from biasloop.core.tracking import stage_run
 from biasloop.loop.mixing import generation_seeds
 from biasloop.loop.prompts import MANIFEST_COLUMNS, GenerateConfig, plan_prompts
+from biasloop.models.generators import SamplingConfig, validate_sampling
 
 log = logging.getLogger("generate")
 
@@ -61,8 +63,10 @@ def main_body(argv: Sequence[str] | None) -> None:
     parser.add_argument("--out", required=True, help="output folder (artifacts/gen{N}/generate)")
     parser.add_argument("--contact-sheet", help="PNG of real beside generated images per occupation (none when omitted)")
     args = parser.parse_args(argv)
-    configs = load_configs(args.params, {"occupations": None, "generate": GenerateConfig})
+    configs = load_configs(args.params, {"occupations": None, "generate": GenerateConfig, "sampling": SamplingConfig})
     config: GenerateConfig = configs["generate"]
+    sampling: SamplingConfig = configs["sampling"]
+    validate_sampling(sampling)
     occupations = list(configs["occupations"] or [])
     if not occupations:
         raise ValueError("occupations: at least one occupation is needed")
@@ -90,7 +94,8 @@ def main_body(argv: Sequence[str] | None) -> None:
         return
     group, tracking = started
 
-    params = {"generate": to_dict(config), "occupations": occupations, "base": to_dict(configs["base"])}
+    params = {"generate": to_dict(config), "sampling": to_dict(sampling), "occupations": occupations,
+              "base": to_dict(configs["base"])}
     with stage_run("generate", tracking, params, generation=args.generation) as run:
         from tqdm.auto import tqdm
 
@@ -106,7 +111,8 @@ def main_body(argv: Sequence[str] | None) -> None:
         start = time.perf_counter()
         for batch in tqdm(batches, desc=f"generate@{args.generation} [{group.rank}/{group.world}]", unit="batch"):
             chunks.append(generator.generate(prompts[batch.start:batch.stop], seeds[batch.start:batch.stop],
-                                             batch_size=config.batch_size))
+                                             batch_size=config.batch_size, guidance_scale=sampling.guidance_scale,
+                                             steps=sampling.steps))
             indices.extend(batch)
         mine = np.concatenate(chunks) if chunks else np.empty((0,), dtype=np.uint8)
         out = Path(args.out)

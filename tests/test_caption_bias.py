@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 
 from biasloop.data.indicators import FEMININE_WORDS, MASCULINE_WORDS, caption_gender, mask_gender_words
-from biasloop.metrics.caption_bias import balanced_split, caption_leakage, lic_score, masked_tokens, misprediction
+from biasloop.metrics.caption_bias import (
+    balanced_split,
+    caption_leakage,
+    caption_lic_scores,
+    lic_score,
+    masked_tokens,
+    misprediction,
+)
 from biasloop.models.leakage import LeakageConfig
 
 
@@ -33,6 +40,10 @@ def test_misprediction_hand_computed() -> None:
     assert result["ratio_predicted"] == pytest.approx(1 / 2)  # 1 caption predicted female, 2 male
     assert result["ratio_true"] == pytest.approx(2 / 3)
     assert (result["n_images"], result["n_female"], result["n_male"]) == (5, 2, 3)
+    # Wilson 95% intervals: error 1 of 5 -> [0.0362, 0.6245]; error_male 0 of 3 -> [0, 0.5615]
+    assert result["error_ci"] == pytest.approx([0.03622, 0.62449], abs=1e-4)
+    assert result["error_male_ci"] == pytest.approx([0.0, 0.56150], abs=1e-4)
+    assert result["neutral_male_ci"][0] < 2 / 3 < result["neutral_male_ci"][1]
     with pytest.raises(ValueError, match="captions but"):
         misprediction(["a"], [])
 
@@ -68,3 +79,15 @@ def test_leakage_is_positive_when_model_captions_reveal_gender() -> None:
     assert result["lic_m"] > 0.8 and result["lic_d"] < 0.6
     assert result["leakage"] > 0.3 and len(result["per_seed"]) == 2 and result["leakage_std"] >= 0
     assert result["n_test"] == 2 * round(min(genders.count("female"), genders.count("male")) * config.test_fraction)
+    assert "leakage_ci" not in result
+    with_intervals = caption_leakage(model, human, genders, config, seed=0, n_boot=200)
+    assert with_intervals["leakage"] == pytest.approx(result["leakage"])  # the intervals change no estimate
+    for key in ("lic_m", "lic_d", "leakage"):
+        lo, hi = with_intervals[f"{key}_ci"]
+        assert lo <= with_intervals[key] <= hi, key
+
+
+def test_caption_lic_scores_average_to_the_lic_score() -> None:
+    p, truth = [0.9, 0.4, 0.7, 0.5], [True, True, False, False]
+    assert caption_lic_scores(p, truth).tolist() == pytest.approx([0.9, 0.0, 0.0, 0.0])
+    assert caption_lic_scores(p, truth).mean() == pytest.approx(lic_score(p, truth))

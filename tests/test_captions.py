@@ -12,7 +12,7 @@ import pytest
 
 from biasloop.cli import main as cli_main
 from biasloop.data.text import caption_tokens
-from biasloop.metrics.captions import bleu, cider_d, lcs_length, rouge_l, score_captions
+from biasloop.metrics.captions import bleu, bleu_from_image_counts, cider_d, lcs_length, rouge_l, score_captions
 
 # Three images: an exact match, a short hypothesis, and two references of different lengths.
 REFS = {"img1": ["a b c d"], "img2": ["a b e"], "img3": ["f g h i", "f g"]}
@@ -58,6 +58,23 @@ def test_cider_d_hand_computed() -> None:
     result = cider_d(REFS, HYPS)
     assert result["per_image"] == pytest.approx([img1, img2, img3], abs=1e-12)
     assert result["cider_d"] == pytest.approx((img1 + img2 + img3) / 3, abs=1e-12)
+
+
+def test_bootstrap_intervals_of_caption_scores() -> None:
+    """Per-image BLEU counts summed over all images give the corpus BLEU; resampled, they give the interval."""
+    rng = random.Random(0)
+    words = "a photo of the nurse engineer at work smiling in hallway".split()
+    references = {i: [" ".join(rng.choices(words, k=6))] for i in range(40)}
+    hypotheses = {i: " ".join(rng.choices(words, k=5)) for i in range(40)}
+    scored = bleu(references, hypotheses)
+    assert bleu_from_image_counts(scored["counts"], range(40)) == pytest.approx(scored["bleu"])
+    twice = bleu({0: references[3], 1: references[3]}, {0: hypotheses[3], 1: hypotheses[3]})["bleu"]
+    assert bleu_from_image_counts(scored["counts"], [3, 3]) == pytest.approx(twice)  # a resample repeats images
+    result = score_captions(references, hypotheses, n_boot=200, seed=0)
+    for key in ("bleu4", "rouge_l", "cider_d"):
+        lo, hi = result[f"{key}_ci"]
+        assert lo <= result[key] <= hi, key
+    assert "bleu4_ci" not in score_captions(references, hypotheses)
 
 
 def test_tokenizer_lower_cases_and_strips_punctuation() -> None:

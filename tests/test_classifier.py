@@ -9,7 +9,7 @@ import pytest
 
 from biasloop.core.config import from_dict
 from biasloop.data.world import WorldConfig, build_world
-from biasloop.metrics.downstream import classifier_fairness
+from biasloop.metrics.downstream import classifier_fairness, group_fairness, parity_differences
 from biasloop.models.classifier import ClassifierConfig, build_classifier, train_classifier
 
 
@@ -33,6 +33,48 @@ def test_classifier_fairness_hand_computed() -> None:
     assert nurse["demographic_parity_difference"] == pytest.approx(1.0)
     assert nurse["equalized_odds_difference"] == pytest.approx(1.0)
     assert result["demographic_parity_difference_mean"] == pytest.approx(1.0)
+
+
+def test_classifier_fairness_lists_the_groups_it_left_out_and_gives_intervals() -> None:
+    """Same data as above at min_group_size 3: the two 2-image groups are left out and listed (they were
+    written empty before); accuracies get Wilson intervals, differences bootstrap ones."""
+    true = ["nurse"] * 6 + ["engineer"] * 6
+    gender = ["female"] * 4 + ["male"] * 2 + ["male"] * 4 + ["female"] * 2
+    predicted = ["nurse"] * 4 + ["engineer"] * 2 + ["engineer"] * 4 + ["nurse"] * 2
+    result = classifier_fairness(true, predicted, gender, min_group_size=3, n_boot=200, seed=0)
+    assert result["min_group_size"] == 3
+    assert sorted((g["occupation"], g["gender"], g["n"]) for g in result["groups_too_small"]) == [
+        ("engineer", "female", 2), ("nurse", "male", 2)]
+    # Wilson, 8 of 12: p = 2/3, z = 1.96: (p + z^2/24 +- z sqrt(p(1-p)/12 + z^2/576)) / (1 + z^2/12)
+    assert result["accuracy_ci"] == pytest.approx([0.3906, 0.8619], abs=1e-4)
+    assert result["accuracy_by_gender_ci"]["female"] == pytest.approx([0.2999, 0.9032], abs=1e-4)  # 4 of 6
+    assert result["worst_group_accuracy_ci"] == pytest.approx([0.5101, 1.0], abs=1e-4)  # 4 of 4
+    lo, hi = result["accuracy_gap_ci"]
+    assert 0.0 <= lo <= result["accuracy_gap"] <= hi <= 1.0
+    lo, hi = result["demographic_parity_difference_mean_ci"]
+    assert 0.0 <= lo <= hi <= 1.0 and result["n_boot"] == 200
+    assert classifier_fairness(true, predicted, gender, min_group_size=3)["accuracy_gap_ci"] is None  # n_boot 0
+
+
+def test_numpy_parity_differences_match_fairlearn() -> None:
+    rng = np.random.default_rng(0)
+    true = rng.choice(["nurse", "chef", "engineer"], size=200)
+    predicted = np.where(rng.random(200) < 0.7, true, rng.choice(["nurse", "chef", "engineer"], size=200))
+    gender = rng.choice(["female", "male"], size=200)
+    result = group_fairness(true, predicted, gender)
+    parity, odds = parity_differences(true.astype(object), predicted.astype(object), gender.astype(object))
+    assert parity == pytest.approx(result["demographic_parity_difference_mean"])
+    assert odds == pytest.approx(result["equalized_odds_difference_mean"])
+
+
+def test_one_min_group_size_in_params() -> None:
+    """The classifier's and the downstream CLIP's worst-group accuracies leave out the same small groups."""
+    from biasloop.core.config import read_params
+    from tests.conftest import REPO_ROOT
+
+    params = read_params(REPO_ROOT / "params.yaml")
+    assert params["classifier"]["min_group_size"] == params["evaluate"]["min_group_size"] == 20
+    assert ClassifierConfig().min_group_size == 20
 
 
 def test_unknown_architecture_is_an_error() -> None:

@@ -32,7 +32,6 @@ TINY = GeneratorConfig(
     train_steps=4,
     batch_size=8,
     warmup_steps=2,
-    sampling_steps=3,
     train_timesteps=50,
 )
 
@@ -85,6 +84,28 @@ def test_seeds_decide_images_not_batches(trained) -> None:
     assert not np.array_equal(first, other)
     alone = generator.generate(prompts[1:2], [6], batch_size=1)
     assert np.abs(alone[0].astype(int) - first[1].astype(int)).max() <= 1  # batch composition does not matter
+
+
+def test_sampling_settings_are_not_saved_and_old_manifests_still_load(trained, tmp_path: Path) -> None:
+    """Guidance and denoising steps are sampling-time arguments: never in the manifest; a manifest written
+    before they moved (``config.guidance_scale``/``sampling_steps``) loads, and the values it holds are ignored."""
+    generator, _, _, _ = trained
+    generator.save(tmp_path / "gen")
+    manifest = read_manifest(tmp_path / "gen")
+    assert not {"guidance_scale", "sampling_steps"} & set(manifest["config"])
+    assert "guidance_scale" not in {f.name for f in dataclasses.fields(GeneratorConfig)}
+    prompts, seeds = ["a female nurse", "an engineer"], [11, 12]
+    default = generator.generate(prompts, seeds)
+    np.testing.assert_array_equal(default, generator.generate(prompts, seeds, guidance_scale=1.5, steps=6))
+    assert not np.array_equal(default, generator.generate(prompts, seeds, guidance_scale=4.0))
+    assert not np.array_equal(default, generator.generate(prompts, seeds, steps=2))
+
+    manifest["config"].update(guidance_scale=9.0, sampling_steps=2)  # an old manifest
+    (tmp_path / "gen" / "generator.json").write_text(json.dumps(manifest))
+    loaded = load_generator(tmp_path / "gen", "cpu")
+    np.testing.assert_array_equal(default, loaded.generate(prompts, seeds))
+    with pytest.raises(ConfigError, match="generator.guidance_scale: unknown key"):
+        config_from_dict({"guidance_scale": 1.5})  # in params.yaml it belongs to `sampling`
 
 
 def test_save_load_round_trip_and_warm_start(trained, tmp_path: Path) -> None:
@@ -260,14 +281,14 @@ def test_stable_diffusion_backend_on_tiny_local_pipeline(tmp_path: Path) -> None
     model = tiny_sd_pipeline(tmp_path / "tiny-sd")
     assert json.loads((model / "model_index.json").read_text())["safety_checker"] == [None, None]
     config = GeneratorConfig(
-        backend="stable-diffusion", model=str(model), image_size=8, sampling_steps=2, batch_size=2, lora_rank=2
+        backend="stable-diffusion", model=str(model), image_size=8, batch_size=2, lora_rank=2
     )
     generator = build_generator(config, "cpu")
     assert generator.native_size == 16
     prompts = ["a photo of a nurse", "a male engineer"]
-    images = generator.generate(prompts, [0, 1], batch_size=2)
+    images = generator.generate(prompts, [0, 1], batch_size=2, steps=2)
     assert images.shape == (2, 8, 8, 3) and images.dtype == np.uint8
-    alone = generator.generate(prompts[1:], [1], batch_size=1)
+    alone = generator.generate(prompts[1:], [1], batch_size=1, steps=2)
     assert np.abs(alone[0].astype(int) - images[1].astype(int)).max() <= 1
 
     data, captions = glyph_data(4, size=16)

@@ -145,7 +145,7 @@ def _load_fails(path: Path, capsys, message: str) -> None:
         (lambda p: p["corpus"].update(max_bad_fraction=float("inf")), "corpus.max_bad_fraction: expected a finite number"),
         (lambda p: p["corpus"].update(max_bad_fraction=1.5), "corpus.max_bad_fraction: expected in [0, 1], found 1.5"),
         (lambda p: p["corpus"].update(min_image_side=0), "corpus.min_image_side: expected at least 1, found 0"),
-        (lambda p: p.update(generations=[0, 1, 2, 3]), "rounds: expected one {gen: N, prev: N-1} item per generation 1..3"),
+        (lambda p: p.update(generations=[0, 1, 2, 3]), "rounds: expected one {gen: N, prev: N-1, previous: <dataset N-1's folder>} item per generation 1..3"),
         (lambda p: p.update(generations=[0, 2]), "generations: expected [0, 1, ..., G-1], found [0, 2]"),
         (lambda p: p["generator"].update(image_size=32), "generator.image_size is 32 but world.image_size is 16"),
         (lambda p: p["corpus"].update(image_size=24), "corpus.image_size is 24 but world.image_size is 16"),

@@ -8,7 +8,8 @@ import pytest
 import yaml
 
 from biasloop.cli.generations import rewrite_generations
-from biasloop.loop.mixing import build_dataset, replaced_indices
+from biasloop.core.config import dataset_folder
+from biasloop.loop.mixing import accumulated_dataset, as_dataset, build_dataset, previous_dataset_file, replaced_indices
 from tests.conftest import REPO_ROOT
 
 IDS = [f"s{i:04d}" for i in range(1000)]
@@ -62,7 +63,8 @@ def test_generations_command_rewrites_lists() -> None:
     text = (REPO_ROOT / "params.yaml").read_text()
     rewritten = yaml.safe_load(rewrite_generations(text, 5))
     assert rewritten["generations"] == [0, 1, 2, 3, 4]
-    assert rewritten["rounds"] == {str(n): {"gen": n, "prev": n - 1} for n in range(1, 5)}
+    assert rewritten["rounds"] == {str(n): {"gen": n, "prev": n - 1, "previous": dataset_folder(n - 1)} for n in range(1, 5)}
+    assert rewritten["rounds"]["1"]["previous"] == "artifacts/corpus" and rewritten["rounds"]["3"]["previous"] == "artifacts/gen2/mix"
     original = yaml.safe_load(text)
     assert rewritten["datasets"]["0"] == {"gen": 0, "dataset": "artifacts/corpus/captions.parquet", "folder": "artifacts/corpus"}
     assert rewritten["datasets"]["4"] == {"gen": 4, "dataset": "artifacts/gen4/mix/dataset.parquet", "folder": "artifacts/gen4/mix"}
@@ -72,3 +74,41 @@ def test_generations_command_rewrites_lists() -> None:
     one = yaml.safe_load(rewrite_generations(text, 1))
     assert one["generations"] == [0] and one["rounds"] == {} and list(one["datasets"]) == ["0"]
     assert yaml.safe_load(rewrite_generations(rewrite_generations(text, 2), 3))["generations"] == [0, 1, 2]
+
+
+def _corpus() -> pl.DataFrame:
+    return pl.DataFrame({
+        "id": ["a", "b", "c"], "caption": ["x", "y", "z"], "image_ref": ["c.npy#0", "c.npy#1", "c.npy#2"],
+        "true_occupation": ["nurse", None, "chef"], "true_gender": ["female", None, "male"], "split": ["train"] * 3,
+    })
+
+
+def test_replace_keeps_size_and_names_each_rows_source() -> None:
+    dataset = build_dataset(_corpus(), np.array([2]), ["g.npy#0"])
+    assert len(dataset) == 3 and dataset["source_id"].to_list() == dataset["id"].to_list()
+
+
+def test_accumulate_keeps_the_previous_dataset_and_adds_new_samples(tmp_path) -> None:
+    """Gerstgrasser et al.'s accumulate: dataset N = dataset N-1 (real rows kept) + one new generated row per
+    chosen caption; two rounds grow 3 -> 5 -> 6 rows, real images never replaced."""
+    corpus = _corpus()
+    zero = as_dataset(corpus.vstack(corpus.head(1).with_columns(id=pl.lit("t"), split=pl.lit("test"))))
+    assert zero["id"].to_list() == ["a", "b", "c"] and not zero["synthetic"].any()  # the test split is dropped
+    one = accumulated_dataset(zero, zero["image_ref"].to_list(), corpus, np.array([2, 0]), ["m1.npy#0", "m1.npy#1"], 1)
+    assert one["id"].to_list() == ["a", "b", "c", "c@gen1", "a@gen1"]
+    assert one["source_id"].to_list() == ["a", "b", "c", "c", "a"]
+    assert one["synthetic"].to_list() == [False, False, False, True, True]
+    assert one["image_ref"].to_list() == ["c.npy#0", "c.npy#1", "c.npy#2", "m1.npy#0", "m1.npy#1"]
+    assert one["caption"].to_list()[3:] == ["z", "x"] and one["true_gender"].to_list()[3:] == ["male", "female"]
+    copied = ["c.npy#0", "c.npy#1", "c.npy#2", "m2.npy#0", "m2.npy#1"]  # generation 1's images copied into mix@2's shards
+    two = accumulated_dataset(one, copied, corpus, np.array([1]), ["m2.npy#2"], 2)
+    assert two["id"].to_list() == ["a", "b", "c", "c@gen1", "a@gen1", "b@gen2"]
+    assert two["image_ref"].to_list() == [*copied, "m2.npy#2"]
+    assert int(two["synthetic"].sum()) == 3 and two["split"].to_list() == ["train"] * 6
+    with pytest.raises(ValueError, match="duplicate ids"):
+        accumulated_dataset(one, copied, corpus, np.array([2]), ["m.npy#9"], 1)  # generation 1's ids again
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / "captions.parquet").write_bytes(b"")
+    assert previous_dataset_file(tmp_path / "corpus").name == "captions.parquet"
+    with pytest.raises(FileNotFoundError):
+        previous_dataset_file(tmp_path)

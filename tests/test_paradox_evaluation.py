@@ -8,8 +8,10 @@ import pytest
 
 from biasloop.metrics.evaluation import (
     EvaluateConfig,
+    amplification_vs_training_dataset,
     downstream_bias,
     evaluate_generation,
+    training_shares,
 )
 from biasloop.metrics.paradox import paradox_table, table_rows
 
@@ -117,6 +119,8 @@ def test_evaluation_by_hand() -> None:
     assert fairness["overall_accuracy"] == 1.0 and fairness["worst_group_accuracy"] == 1.0
     assert fairness["min_group_size"] == 2 and fairness["groups_too_small"] == []
 
+    assert result["skew_k_effective"] == 2 and result["max_skew_vs_training_mean"] is None  # no training shares given
+
     train, generated = _hand_world()
     metrics = evaluate_generation(1, train, generated, None, EvaluateConfig(n_boot=100), seed=0, downstream=result)
     assert metrics["generation"] == 1
@@ -152,3 +156,80 @@ def test_evaluation_carries_the_decomposition() -> None:
     assert metrics["ideal"]["prompt_vs_keyword"]["shift"]["estimate"] == keyword["data"]["estimate"]
     agreement = metrics["instrument_on_generated"]
     assert agreement["available"] and agreement["all"]["overall"]["accuracy"] == 1.0
+
+
+def test_max_skew_and_ndkl_against_the_training_share_by_hand() -> None:
+    """Same 4 images; training shares of women: nurse 0.8, chef 0.25; k = 3.
+    Nurse query ranks images 0 (F), 1 (F), 3 (M): top-3 shares (2/3, 1/3) against (0.8, 0.2):
+    MaxSkew = max(ln(2/3 / 0.8), ln(1/3 / 0.2)) = ln(5/3) = 0.5108 (against parity ln(4/3) = 0.2877).
+    NDKL: prefix KLs ln(1/0.8), ln(1/0.8), 2/3 ln(5/6) + 1/3 ln(5/3), weights 1, 1/log2 3, 1/2: 0.1822.
+    Chef query ranks 2 (M), 3 (M), 1 (F): (1/3, 2/3) against (0.25, 0.75): MaxSkew ln(4/3) = 0.2877."""
+    images = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
+    test = pl.DataFrame({"caption": ["a nurse", "a nurse", "a chef", "chef cooking"],
+                         "true_occupation": ["nurse", "nurse", "chef", "chef"]})
+    vectors = {"a nurse": np.array([1.0, 0.0]), "a chef": np.array([0.0, 1.0]), "chef cooking": np.array([0.1, 0.9]),
+               "a photo of a nurse": np.array([1.0, 0.0]), "a photo of a chef": np.array([0.0, 1.0])}
+    shares = {"nurse": 0.8, "chef": 0.25}
+    result = downstream_bias(_FakeCLIP(vectors), test, images, ["female", "female", "male", "male"], ["nurse", "chef"],
+                             EvaluateConfig(recall_ks=(1,), skew_k=3, min_group_size=2, n_boot=20), training_share_female=shares)
+    nurse, chef = result["per_query"]
+    assert nurse["max_skew_vs_training"] == pytest.approx(np.log(5 / 3))
+    assert nurse["max_skew"] == pytest.approx(np.log(4 / 3))
+    weights = np.array([1, 1 / np.log2(3), 0.5])
+    kls = np.array([np.log(1 / 0.8), np.log(1 / 0.8), 2 / 3 * np.log(5 / 6) + 1 / 3 * np.log(5 / 3)])
+    assert nurse["ndkl_vs_training"] == pytest.approx((weights * kls).sum() / weights.sum())
+    assert nurse["ndkl_vs_training"] == pytest.approx(0.18222, abs=1e-4)
+    assert chef["max_skew_vs_training"] == pytest.approx(np.log(4 / 3))
+    assert result["max_skew_vs_training_mean"] == pytest.approx((np.log(5 / 3) + np.log(4 / 3)) / 2)
+    assert (result["skew_k"], result["skew_k_effective"], nurse["k_effective"]) == (3, 3, 3)
+    # k above the held-out people: every one of the 4 is ranked; the nurse top-4 is half women: ln(0.5 / 0.2)
+    wide = downstream_bias(_FakeCLIP(vectors), test, images, ["female", "female", "male", "male"], ["nurse", "chef"],
+                           EvaluateConfig(recall_ks=(1,), skew_k=50, min_group_size=2), training_share_female=shares)
+    assert (wide["skew_k"], wide["skew_k_effective"]) == (50, 4)
+    assert wide["per_query"][0]["max_skew_vs_training"] == pytest.approx(np.log(2.5))
+    assert result["fairness"]["overall_accuracy_ci"] == pytest.approx([0.5101, 1.0], abs=1e-4)  # Wilson, 4 of 4
+
+
+def test_training_shares_are_add_one_smoothed() -> None:
+    """Dataset rows behind keyword captions: nurse 5 women 1 man -> 6/8; engineer 1 woman 4 men -> 2/7."""
+    train = pl.DataFrame(_train_rows("keyword", "nurse", ["female"] * 3 + ["male"], "n")
+                         + _train_rows("keyword", "engineer", ["male"] * 3 + ["female"], "e"))
+    real = train.select("id", pl.col("id").alias("source_id"), pl.lit(False).alias("synthetic"), "label")
+    copies = pl.DataFrame({"id": ["n0@gen1", "n3@gen1", "e0@gen1", "e1@gen1"], "source_id": ["n0", "n3", "e0", "e1"],
+                           "synthetic": [True] * 4, "label": ["female", "female", "male", "abstain"]})
+    assert training_shares(train, pl.concat([real, copies])) == pytest.approx({"nurse": 6 / 8, "engineer": 2 / 7})
+
+
+def test_amplification_against_the_training_dataset_by_hand() -> None:
+    """Real keyword selection: nurse F F F M (0.75), engineer M M M F (0.25). Dataset N (accumulate) adds
+    generated copies n0 -> F, n3 -> F, e0 -> M: nurse 5/6, engineer 1/5. Generated: nurse 0.9, engineer 0.
+    Against the dataset A_abs = (|0.9 - 5/6| + |0 - 0.2|) / 2 = 2/15; against the corpus (0.15 + 0.25) / 2 = 0.2;
+    the dataset's own drift from the corpus (|5/6 - 0.75| + |0.2 - 0.25|) / 2 = 1/15."""
+    train = pl.DataFrame(_train_rows("keyword", "nurse", ["female"] * 3 + ["male"], "n")
+                         + _train_rows("keyword", "engineer", ["male"] * 3 + ["female"], "e")
+                         + _train_rows("nn", "nurse", ["male"], "n"))
+    real = train.filter(pl.col("selection") == "keyword").select(
+        "id", pl.col("id").alias("source_id"), pl.lit(False).alias("synthetic"), "label")
+    copies = pl.DataFrame({"id": ["n0@gen1", "n3@gen1", "e0@gen1"], "source_id": ["n0", "n3", "e0"],
+                           "synthetic": [True] * 3, "label": ["female", "female", "male"]})
+    dataset = pl.concat([real, copies])
+    generated = pl.DataFrame(
+        [{"prompt_kind": "neutral", "occupation": "nurse", "label": lab} for lab in ["female"] * 9 + ["male"]]
+        + [{"prompt_kind": "neutral", "occupation": "engineer", "label": "male"}] * 10
+        + [{"prompt_kind": "caption", "occupation": "nurse", "label": "male", "source_id": "n1"}] * 5)
+    result = amplification_vs_training_dataset(train, dataset, generated, None, n_boot=50, seed=0)
+    assert result["available"] and result["corrected"] is None
+    assert result["measured"]["amplification_abs"] == pytest.approx(2 / 15)
+    assert result["dataset_vs_real_corpus"]["amplification_abs"] == pytest.approx(1 / 15)
+    assert (result["n_images_dataset"], result["n_synthetic_dataset"]) == (11, 3)
+    assert result["share_synthetic_dataset"] == pytest.approx(3 / 11)
+    shares = {row["occupation"]: row["share_train"] for row in result["per_occupation"]}
+    assert shares == pytest.approx({"nurse": 5 / 6, "engineer": 0.2})
+    metrics = evaluate_generation(1, train, generated, None, EvaluateConfig(n_boot=50), seed=0, downstream=None,
+                                  dataset_predictions=dataset)
+    assert metrics["amplification"]["amplification_abs"] == pytest.approx(0.2)  # against the real corpus
+    assert metrics["amplification_vs_training_dataset"]["measured"]["amplification_abs"] == pytest.approx(2 / 15)
+    assert "amplification_vs_training_dataset" not in evaluate_generation(1, train, generated, None, EvaluateConfig(n_boot=50),
+                                                                          seed=0, downstream=None)
+    empty = amplification_vs_training_dataset(train, dataset.clear(), generated, None, n_boot=50, seed=0)
+    assert empty == {"available": False, "reason": empty["reason"]}

@@ -37,7 +37,8 @@ def _tiny_overrides(params: dict) -> dict:
     """Shrink every training section that exists to a few steps (keys the sections actually have)."""
     overrides = json.loads(json.dumps(TINY))
     shrink = {
-        "generator": {"train_steps": 6, "batch_size": 16, "sampling_steps": 2},
+        "generator": {"train_steps": 6, "batch_size": 16},
+        "sampling": {"steps": 2},
         "generate": {"n_per_prompt": 4, "max_captions_per_occupation": 4},
         "instrument": {"epochs": 3},
         "downstream": {"epochs": 1},
@@ -79,7 +80,7 @@ def pipeline_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     params = yaml.safe_load((repo / "params.yaml").read_text())
     _merge(params, _tiny_overrides(params))
     params["generations"] = [0, 1]
-    params["rounds"] = {"1": {"gen": 1, "prev": 0}}
+    params["rounds"] = {"1": {"gen": 1, "prev": 0, "previous": "artifacts/corpus"}}
     params["datasets"] = {"0": params["datasets"]["0"], "1": params["datasets"]["1"]}
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     _run(["git", "init", "-q"], repo)
@@ -161,6 +162,9 @@ def _changed_stages(repo: Path, section: str, key: str, value: object) -> set[st
 
 def test_changed_params_rerun_only_their_stages(pipeline_repo: Path) -> None:
     assert _changed_stages(pipeline_repo, "synthetic_ratio", "", 0.8) == {"mix@1", "summarize"}
+    # Sampling-time params: the sampling stages rerun, no training stage (pretrain, retrain, instrument) does.
+    assert _changed_stages(pipeline_repo, "sampling", "guidance_scale", 3.0) == {"generate@0", "generate@1", "mix@1",
+                                                                                  "summarize"}
     assert _changed_stages(pipeline_repo, "neighbours", "k", 7) == {"neighbours", "summarize"}
     assert _changed_stages(pipeline_repo, "captioner", "epochs", 2) == {"captioner@0", "captioner@1", "summarize"}
     assert _changed_stages(pipeline_repo, "classifier", "epochs", 2) == {"classifier@0", "classifier@1", "summarize"}

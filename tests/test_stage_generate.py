@@ -60,7 +60,7 @@ def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     selections.write_parquet("artifacts/neighbours/selections.parquet")
     config = GeneratorConfig(
         text_encoder="fake:32", image_size=8, channels=(8, 16), mid_attention=False, batch_size=4,
-        warmup_steps=1, sampling_steps=2, train_timesteps=20,
+        warmup_steps=1, train_timesteps=20,
     )
     generator = build_generator(config, "cpu")
     images = np.zeros((4, 8, 8, 3), dtype=np.uint8)
@@ -80,6 +80,7 @@ def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
             "batch_size": 5,
             "shard_size": 7,
         },
+        "sampling": {"guidance_scale": 1.5, "steps": 2},
     }
     Path("params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return tmp_path

@@ -33,7 +33,7 @@ BASE_PARAMS = {
     "base": {"seed": 0, "device": "cpu"},
     "synthetic_ratio": 0.4,
     "generations": [0, 1],
-    "rounds": {"1": {"gen": 1, "prev": 0}},
+    "rounds": {"1": {"gen": 1, "prev": 0, "previous": "artifacts/corpus"}},
     "neighbours": {"k": 100},
 }
 CONFIG = StudyConfig(name="t", ratios=(0.0, 0.5, 1.0), seeds=(0, 1, 2), generations=2)
@@ -250,10 +250,11 @@ def test_collect_command_writes_outputs_or_refuses(tmp_path: Path, capsys: pytes
 
 def test_study_config_and_queue_commands(tmp_path: Path) -> None:
     assert [c.name for c in study_cells(CONFIG)][:4] == ["study-t-r0-s0", "study-t-r0-s1", "study-t-r0-s2", "study-t-r0.5-s0"]
-    params = {"generations": [0, 1, 2], "rounds": {"1": {"gen": 1, "prev": 0}, "2": {"gen": 2, "prev": 1}}}
+    params = {"generations": [0, 1, 2], "rounds": {"1": {"gen": 1, "prev": 0, "previous": "artifacts/corpus"},
+                                                   "2": {"gen": 2, "prev": 1, "previous": "artifacts/gen1/mix"}}}
     assert generation_overrides(params, 3) == []
     assert generation_overrides(params, 2) == ["generations=[0,1]", "~rounds.2"]
-    assert generation_overrides(params, 4) == ["generations=[0,1,2,3]", "+rounds.3={gen: 3, prev: 2}"]
+    assert generation_overrides(params, 4) == ["generations=[0,1,2,3]", "+rounds.3={gen: 3, prev: 2, previous: 'artifacts/gen2/mix'}"]
     with_datasets = {**params, "datasets": {"0": {"gen": 0, "dataset": "artifacts/corpus/captions.parquet",
                                                   "folder": "artifacts/corpus"}}}
     assert generation_overrides(with_datasets, 2) == [

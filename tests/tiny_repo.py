@@ -10,6 +10,7 @@ from pathlib import Path
 
 import yaml
 
+from biasloop.core.config import dataset_folder
 from tests.conftest import REPO_ROOT
 from tests.test_pipeline import _merge, _tiny_overrides
 
@@ -50,7 +51,7 @@ def make_tiny_repo(repo: Path, generations: int = 2) -> Path:
     params = yaml.safe_load((repo / "params.yaml").read_text())
     _merge(params, _tiny_overrides(params))
     params["generations"] = list(range(generations))
-    params["rounds"] = {str(n): {"gen": n, "prev": n - 1} for n in range(1, generations)}
+    params["rounds"] = {str(n): {"gen": n, "prev": n - 1, "previous": dataset_folder(n - 1)} for n in range(1, generations)}
     params["datasets"] = {str(n): params["datasets"][str(n)] for n in range(generations)}
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(["git", "init", "-q"], repo)

@@ -1,7 +1,7 @@
 """``biasloop generations N``: set the number of generations in ``params.yaml``.
 
 DVC templates have no arithmetic, so the ``foreach`` lists of ``dvc.yaml`` (``generations``;
-``rounds`` with one ``{gen, prev}`` item per later generation; ``datasets`` with each generation's
+``rounds`` with one ``{gen, prev, previous}`` item per later generation (``previous``: dataset prev's folder); ``datasets`` with each generation's
 dataset for the captioner and classifier) are written out here.
 """
 
@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+
+from biasloop.core.config import dataset_folder
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -23,7 +25,8 @@ def rewrite_generations(text: str, count: int) -> str:
     """Return params.yaml ``text`` with the ``generations``, ``rounds`` and ``datasets`` lists set for ``count``.
 
     ``generations`` lists 0 .. count-1 (generation 0 is trained on real data); ``rounds`` maps each
-    later generation to its ``{gen, prev}`` item (keys name the stages: ``mix@1``, ``retrain@1``);
+    later generation to its ``{gen, prev, previous}`` item (``previous``: the folder of dataset prev, which
+    ``loop.mode: accumulate`` grows) (keys name the stages: ``mix@1``, ``retrain@1``);
     ``datasets`` (when the file has it) maps every generation to the dataset its captioner and
     classifier train on (``captioner@0`` reads the corpus, ``captioner@N`` the mix of generation N).
     Comments and other keys are kept as they are.
@@ -47,12 +50,13 @@ def rewrite_generations(text: str, count: int) -> str:
                 out.append(f"datasets:  {comment}".rstrip())
                 # Block mappings: DVC's writer wraps flow mappings longer than 80 characters.
                 for n in range(count):
-                    folder = "artifacts/corpus" if n == 0 else f"artifacts/gen{n}/mix"
+                    folder = dataset_folder(n)
                     dataset = f"{folder}/captions.parquet" if n == 0 else f"{folder}/dataset.parquet"
                     out.extend([f"  '{n}':", f"    gen: {n}", f"    dataset: {dataset}", f"    folder: {folder}"])
             else:
                 out.append(f"rounds:  {comment}".rstrip())
-                out.extend(f"  '{n}': {{gen: {n}, prev: {n - 1}}}" for n in range(1, count))
+                out.extend(f"  '{n}': {{gen: {n}, prev: {n - 1}, previous: {dataset_folder(n - 1)}}}"
+                           for n in range(1, count))
                 if count == 1:
                     out[-1] = ("rounds: {}  " + comment).rstrip()
             i += 1

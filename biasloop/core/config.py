@@ -195,14 +195,19 @@ def _check_occupations(occupations: Any) -> None:
         seen[key] = name
 
 
+def dataset_folder(generation: int) -> str:
+    """The folder of generation ``generation``'s training dataset: the corpus for 0, else mix@N's output."""
+    return "artifacts/corpus" if generation == 0 else f"artifacts/gen{generation}/mix"
+
+
 def check_params(params: dict[str, Any]) -> None:
     """Checks that span sections; raises ConfigError naming the keys that disagree.
 
     - The image size in effect for the corpus (``world.image_size`` for the glyph world, else
       ``corpus.image_size``) equals ``generator.image_size``; for the glyph world ``corpus.image_size``
       must equal ``world.image_size`` too (it would be silently ignored otherwise).
-    - ``generations`` is ``[0, 1, ..., G-1]`` and ``rounds`` has one ``"N": {gen: N, prev: N-1}`` item
-      per later generation; ``datasets``, when present, has one ``"N": {gen: N, dataset, folder}`` item per
+    - ``generations`` is ``[0, 1, ..., G-1]`` and ``rounds`` has one ``"N": {gen: N, prev: N-1, previous:
+      F}`` item per later generation (F: dataset N-1's folder, ``artifacts/corpus`` or ``artifacts/gen{N-1}/mix``); ``datasets``, when present, has one ``"N": {gen: N, dataset, folder}`` item per
       generation (``biasloop generations G`` writes all three).
     - ``occupations`` is a list of names (not one string, which would read as its letters), none empty
       or holding a control character, none twice (case and spacing ignored: "Nurse" and "nurse" are one).
@@ -228,10 +233,11 @@ def check_params(params: dict[str, Any]) -> None:
         if generations != list(range(count)) or count == 0:
             raise ConfigError(f"generations: expected [0, 1, ..., G-1], found {generations!r} "
                               "(set it with `biasloop generations G`)")
-        expected = {str(n): {"gen": n, "prev": n - 1} for n in range(1, count)}
+        expected = {str(n): {"gen": n, "prev": n - 1, "previous": dataset_folder(n - 1)} for n in range(1, count)}
         found = {str(k): v for k, v in (rounds or {}).items()} if isinstance(rounds, dict) else rounds
         if found != expected:
-            raise ConfigError(f"rounds: expected one {{gen: N, prev: N-1}} item per generation 1..{count - 1} "
+            raise ConfigError(f"rounds: expected one {{gen: N, prev: N-1, previous: <dataset N-1's folder>}} item per "
+                              f"generation 1..{count - 1} "
                               f"to match generations, found {rounds!r} (set both with `biasloop generations {count}`)")
         datasets = params.get("datasets")
         if datasets is not None:

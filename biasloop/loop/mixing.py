@@ -1,28 +1,41 @@
 """The generational loop: which samples get generated images, and each generation's dataset.
 
-Dataset ``N`` (N >= 1) is the real corpus's training split with a fraction ``synthetic_ratio`` of its
-samples' images replaced by images that generation ``N-1``'s generator made from those samples' own
-captions (the replacement study's protocol). The choice is seeded and **nested**: one fixed
-permutation of the samples per generation, of which the first ``round(ratio * n)`` are replaced, so the
-samples replaced at ratio 0.4 include those replaced at 0.2 and ratios compare like with like.
+Two policies (``loop.mode``), both drawing on generation ``N-1``'s generator and the same seeded,
+**nested** choice of ``round(synthetic_ratio * n)`` real training samples (one fixed permutation per
+generation, of which a prefix is taken, so the samples chosen at ratio 0.4 include those at 0.2 and
+ratios compare like with like):
+
+- ``replace`` (Chen et al. 2024, the replacement study): dataset ``N`` is the real training split with
+  the chosen samples' images replaced by images generated from their own captions. Its size stays n.
+- ``accumulate`` (Gerstgrasser et al. 2024, "Is Model Collapse Inevitable?"): dataset ``N`` is dataset
+  ``N-1`` (real samples kept, earlier generated ones too) plus one new generated sample per chosen
+  caption, with id ``<source id>@gen<N>``. Its size grows by ``round(ratio * n)`` per generation.
+
+Every row carries ``source_id`` (the real sample its caption comes from; its own id for real rows) and
+``synthetic``; ``true_gender``/``true_occupation`` are the source's (for analysis only).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal
+
+from pathlib import Path
 
 import numpy as np
 import polars as pl
 
 from biasloop.core.seeds import stream_seed
 
-DATASET_COLUMNS = ("id", "caption", "image_ref", "synthetic", "true_occupation", "true_gender", "split")
+DATASET_COLUMNS = ("id", "source_id", "caption", "image_ref", "synthetic", "true_occupation", "true_gender", "split")
+MODES = ("replace", "accumulate")
 
 
 @dataclasses.dataclass(frozen=True)
 class LoopConfig:
-    """``loop``: how each generation's models are retrained."""
+    """``loop``: how each generation's dataset is built and its models retrained."""
 
+    mode: Literal["replace", "accumulate"] = "replace"  # replace: corpus with images regenerated; accumulate: dataset N-1 plus new generated samples
     retrain_generator: bool = True  # false: the generator stays generation 0's (the replacement study)
     warm_start: bool = True  # fine-tune generation N from N-1's generator instead of training from scratch
     generator_steps: int = 100  # training steps per generation when warm-starting (from scratch: generator.train_steps)
@@ -68,8 +81,64 @@ def build_dataset(corpus: pl.DataFrame, replaced: np.ndarray, generated_refs: li
         refs[index] = ref
         synthetic[index] = True
     return corpus.with_columns(
-        pl.Series("image_ref", refs, dtype=pl.String), pl.Series("synthetic", synthetic)
+        pl.Series("image_ref", refs, dtype=pl.String), pl.Series("synthetic", synthetic), pl.col("id").alias("source_id")
     ).select(DATASET_COLUMNS)
+
+
+def as_dataset(frame: pl.DataFrame) -> pl.DataFrame:
+    """A generation's training rows in dataset form: a corpus table (dataset 0) gets ``synthetic`` false and
+    ``source_id`` = ``id``; a mix ``dataset.parquet`` is returned as it is. Rows of other splits are dropped."""
+    if "split" in frame.columns:
+        frame = frame.filter(pl.col("split") == "train")
+    if "synthetic" not in frame.columns:
+        frame = frame.with_columns(pl.lit(False).alias("synthetic"))
+    if "source_id" not in frame.columns:
+        frame = frame.with_columns(pl.col("id").alias("source_id"))
+    for column in ("true_occupation", "true_gender"):
+        if column not in frame.columns:
+            frame = frame.with_columns(pl.lit(None, dtype=pl.String).alias(column))
+    return frame.select(DATASET_COLUMNS)
+
+
+def accumulated_dataset(previous: pl.DataFrame, previous_refs: list[str], corpus: pl.DataFrame, chosen: np.ndarray,
+                        generated_refs: list[str], generation: int) -> pl.DataFrame:
+    """Dataset ``generation`` under ``loop.mode: accumulate``: dataset N-1 plus one generated sample per chosen caption.
+
+    Args:
+        previous: dataset N-1 in dataset form (:func:`as_dataset`).
+        previous_refs: its image refs as they are to be written (its generated images copied into this
+            generation's shards, so the dataset needs no earlier mix folder); aligned with ``previous``.
+        corpus: the training split of ``captions.parquet``.
+        chosen: row indices into ``corpus`` whose captions were given to generation N-1's generator.
+        generated_refs: refs of the new images, aligned with ``chosen``.
+        generation: N (new ids are ``<source id>@gen<N>``).
+
+    Returns:
+        ``len(previous) + len(chosen)`` rows in :data:`DATASET_COLUMNS`.
+    """
+    if len(chosen) != len(generated_refs) or len(previous) != len(previous_refs):
+        raise ValueError("image refs do not match the rows they belong to")
+    kept = previous.with_columns(pl.Series("image_ref", previous_refs, dtype=pl.String))
+    sources = corpus[chosen.tolist()] if len(chosen) else corpus.clear()
+    new = as_dataset(sources).with_columns(
+        (pl.col("source_id") + f"@gen{generation}").alias("id"),
+        pl.Series("image_ref", generated_refs, dtype=pl.String),
+        pl.lit(True).alias("synthetic"),
+    ).select(DATASET_COLUMNS)
+    dataset = pl.concat([kept, new], how="vertical")
+    if dataset["id"].n_unique() != len(dataset):
+        raise ValueError(f"dataset {generation}: duplicate ids (was the previous dataset built for generation {generation}?)")
+    return dataset
+
+
+def previous_dataset_file(folder: str | Path) -> Path:
+    """The dataset table in a generation's dataset folder: a mix folder's ``dataset.parquet``, or the
+    corpus folder's ``captions.parquet`` (dataset 0)."""
+    folder = Path(folder)
+    for name in ("dataset.parquet", "captions.parquet"):
+        if (folder / name).exists():
+            return folder / name
+    raise FileNotFoundError(f"{folder}: neither dataset.parquet (a mix folder) nor captions.parquet (the corpus)")
 
 
 def generation_seeds(seed: int, generation: int, count: int, stream: str) -> list[int]:

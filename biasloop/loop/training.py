@@ -41,6 +41,12 @@ stream (where)                    what it decides                               
 (paradox, evaluate)               floor (null) draws
 ``decomposition-bootstrap``, i    the decomposition's bootstrap of pairing i     generations, ratios
 (paradox, evaluate)               (``paradox.PAIRINGS`` order)
+``downstream-fairness-``          the downstream CLIP's parity and odds          generations, ratios
+``bootstrap`` (evaluate);         differences' intervals; classifier@N's gap
+``classifier-bootstrap``,         and differences'; captioner@N's BLEU-4,
+``captioner-bootstrap``,          ROUGE-L, CIDEr-D, predicted-gender ratio
+``captioner-ratio-bootstrap``,    and LIC/leakage intervals (test captions
+``leakage-bootstrap``             resampled, leakage classifiers not retrained)
 ================================  =============================================  ==========================
 
 The downstream CLIP and the from-scratch generator start from the same weights and see their data in

@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from biasloop.core.seeds import stream_seed
+from biasloop.metrics.intervals import bootstrap_interval, wilson_interval
 from biasloop.data.indicators import caption_gender, mask_gender_words
 from biasloop.models.leakage import LeakageConfig, predict_gender_from_captions
 
@@ -59,7 +60,8 @@ def misprediction(captions: Sequence[str], true_genders: Sequence[str | None]) -
         ``error_male`` (among images of women / men), ``neutral_female`` / ``neutral_male`` (share of
         neutral captions), ``correct`` (share naming the right gender), ``ratio_predicted`` (captions
         predicted female / predicted male; None without a male prediction), ``ratio_true`` (women / men
-        among the images), and the counts. Rates are None where their denominator is 0.
+        among the images), and the counts. Rates are None where their denominator is 0. Each rate has a
+        Wilson 95% interval ``<rate>_ci`` (:func:`biasloop.metrics.intervals.wilson_interval`).
     """
     if len(captions) != len(true_genders):
         raise ValueError(f"{len(captions)} captions but {len(true_genders)} gender labels")
@@ -75,7 +77,16 @@ def misprediction(captions: Sequence[str], true_genders: Sequence[str | None]) -
     wrong = (women & (predicted == "male")) | (men & (predicted == "female"))
     n_pred_female = int((labelled & (predicted == "female")).sum())
     n_pred_male = int((labelled & (predicted == "male")).sum())
+    def interval(mask: np.ndarray, among: np.ndarray) -> list[float] | None:
+        return wilson_interval(int((mask & among).sum()), int(among.sum()))
+
     return {
+        "error_ci": interval(wrong, labelled),
+        "error_female_ci": interval(predicted == "male", women),
+        "error_male_ci": interval(predicted == "female", men),
+        "correct_ci": interval(predicted == truth, labelled),
+        "neutral_female_ci": interval(predicted == "neutral", women),
+        "neutral_male_ci": interval(predicted == "neutral", men),
         "error": rate(wrong, labelled),
         "error_female": rate(predicted == "male", women),
         "error_male": rate(predicted == "female", men),
@@ -111,6 +122,12 @@ def lic_score(p_female: Sequence[float] | np.ndarray, is_female: Sequence[bool] 
         raise ValueError("p_female must be probabilities in [0, 1]")
     correct = (p >= 0.5) == truth
     return float(np.mean(correct * np.maximum(p, 1 - p)))
+
+
+def caption_lic_scores(p_female: Sequence[float] | np.ndarray, is_female: Sequence[bool] | np.ndarray) -> np.ndarray:
+    """Each caption's term of the LIC score: ``[(p >= 0.5) == is_female] * max(p, 1 - p)`` (their mean is :func:`lic_score`)."""
+    p = np.asarray(p_female, dtype=float)
+    return ((p >= 0.5) == np.asarray(is_female, dtype=bool)) * np.maximum(p, 1 - p)
 
 
 def balanced_split(is_female: np.ndarray, test_fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -154,6 +171,7 @@ def caption_leakage(
     config: LeakageConfig,
     seed: int,
     model_vocabulary: set[str] | None = None,
+    n_boot: int = 0,
 ) -> dict[str, Any]:
     """LIC_M, LIC_D and leakage over ``config.seeds`` runs (see the module docstring).
 
@@ -166,11 +184,15 @@ def caption_leakage(
             classifiers with stream ``leakage-classifier``, r (:func:`biasloop.core.seeds.stream_seed`).
         model_vocabulary: the words the captioner can write (for ``align_vocabulary``; None: the words
             its captions here contain).
+        n_boot: bootstrap resamples for the intervals (0: none); stream ``leakage-bootstrap``.
 
     Returns:
         ``lic_m``, ``lic_d``, ``leakage`` (means over runs, fractions) with ``_std`` (sample standard
         deviation; 0 for one run), the classifiers' mean test accuracies ``accuracy_m`` / ``accuracy_d``,
-        ``per_seed`` rows, ``n_train`` and ``n_test`` (captions per run) and ``seconds``.
+        ``per_seed`` rows, ``n_train`` and ``n_test`` (captions per run) and ``seconds``; with ``n_boot``,
+        ``lic_m_ci``, ``lic_d_ci`` and ``leakage_ci``: percentile bootstrap over each run's test captions
+        (the same resample for LIC_M and LIC_D, which score the same images), averaged over runs as the
+        estimates are. The classifiers are not retrained per resample: the spread over runs is ``_std``.
     """
     if not len(model_captions) == len(human_captions) == len(genders):
         raise ValueError(f"{len(model_captions)} model captions, {len(human_captions)} human captions, {len(genders)} genders")
@@ -184,7 +206,7 @@ def caption_leakage(
         vocabulary = model_vocabulary if model_vocabulary is not None else {t for ts in model_tokens for t in ts}
     human_tokens = [t for t, keep in zip(masked_tokens(human_captions, vocabulary), labelled) if keep]
     start = time.perf_counter()
-    runs = []
+    runs, scores = [], []
     for run in range(config.seeds):
         split_rng = np.random.default_rng(stream_seed(seed, "leakage-split", run))
         train, test = balanced_split(is_female, config.test_fraction, split_rng)
@@ -195,7 +217,9 @@ def caption_leakage(
                                                     stream_seed(seed, "leakage-classifier", run))
             row[f"lic_{name}"] = lic_score(p_female, is_female[test])
             row[f"accuracy_{name}"] = float(np.mean((p_female >= 0.5) == is_female[test]))
+            row[f"_scores_{name}"] = caption_lic_scores(p_female, is_female[test])
         row["leakage"] = row["lic_m"] - row["lic_d"]
+        scores.append((row.pop("_scores_m"), row.pop("_scores_d")))
         runs.append(row)
 
     def mean_std(key: str) -> tuple[float, float]:
@@ -206,6 +230,13 @@ def caption_leakage(
     for key in ("lic_m", "lic_d", "leakage"):
         out[key], out[f"{key}_std"] = mean_std(key)
     out["accuracy_m"], out["accuracy_d"] = mean_std("accuracy_m")[0], mean_std("accuracy_d")[0]
+    if n_boot > 0:
+        rng = np.random.default_rng(stream_seed(seed, "leakage-bootstrap"))
+        n_test = len(scores[0][0])
+        for key, pick in (("lic_m", lambda m, d: m), ("lic_d", lambda m, d: d), ("leakage", lambda m, d: m - d)):
+            # one resample of test positions, applied to every run (each run's test set has n_test captions)
+            out[f"{key}_ci"] = bootstrap_interval(
+                lambda rows, f=pick: float(np.mean([f(m[rows], d[rows]).mean() for m, d in scores])), n_test, n_boot, rng)
     out.update(per_seed=runs, n_train=len(train), n_test=len(test), seconds=time.perf_counter() - start)
     log.info("leakage: LIC_M %.3f +- %.3f, LIC_D %.3f +- %.3f, leakage %.3f (%d runs, %d train / %d test, %.1f s)",
              out["lic_m"], out["lic_m_std"], out["lic_d"], out["lic_d_std"], out["leakage"], config.seeds,

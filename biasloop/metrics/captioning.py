@@ -13,6 +13,7 @@ from typing import Any
 import polars as pl
 
 from biasloop.core.io import load_images, timed
+from biasloop.core.seeds import stream_seed
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +50,14 @@ def captioner_task(
         hypotheses = captioner.caption(load_images(test["image_ref"].to_list()))
     references = test["caption"].to_list()
     ids = test["id"].to_list()
-    quality = score_captions({i: [r] for i, r in zip(ids, references)}, dict(zip(ids, hypotheses)))
+    quality = score_captions({i: [r] for i, r in zip(ids, references)}, dict(zip(ids, hypotheses)),
+                             n_boot=config.n_boot, seed=stream_seed(seed, "captioner-bootstrap"))
     bias = misprediction(hypotheses, groups)
+    bias["ratio_predicted_ci"] = _ratio_interval([caption_gender(h) for h in hypotheses], groups, config.n_boot,
+                                                 stream_seed(seed, "captioner-ratio-bootstrap"))
     with timed(f"leakage classifier ({config.leakage.seeds} runs x 2)", log):
-        leakage = caption_leakage(hypotheses, references, groups, config.leakage, seed, captioner.vocabulary)
+        leakage = caption_leakage(hypotheses, references, groups, config.leakage, seed, captioner.vocabulary,
+                                  n_boot=config.n_boot)
     captions = pl.DataFrame({
         "id": ids, "reference": references, "caption": hypotheses,
         "gender": [g for g in groups], "caption_gender": [caption_gender(h) for h in hypotheses],
@@ -64,3 +69,19 @@ def captioner_task(
              quality["bleu4"], quality["cider_d"], bias["error"] if bias["error"] is not None else float("nan"),
              leakage["lic_m"], leakage["lic_d"], leakage["leakage"])
     return metrics, captions
+
+
+def _ratio_interval(predicted: list[str], groups: list[str | None], n_boot: int, seed: int) -> list[float] | None:
+    """Bootstrap interval over gender-labelled images of captions predicted female / predicted male."""
+    import numpy as np
+
+    from biasloop.metrics.intervals import bootstrap_interval
+
+    labelled = np.array([g in ("female", "male") for g in groups], dtype=bool)
+    kinds = np.asarray(predicted, dtype=object)[labelled]
+
+    def ratio(rows: np.ndarray) -> float | None:
+        male = int((kinds[rows] == "male").sum())
+        return int((kinds[rows] == "female").sum()) / male if male else None
+
+    return bootstrap_interval(ratio, len(kinds), n_boot, np.random.default_rng(seed))

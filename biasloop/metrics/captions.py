@@ -88,15 +88,17 @@ def bleu(
         max_order: the largest n-gram order n.
 
     Returns:
-        ``{"bleu": [BLEU-1, ..., BLEU-n], "per_image": [[BLEU-1..n of image] ...]}``, fractions in [0, 1],
-        images in sorted id order.
+        ``{"bleu": [BLEU-1, ..., BLEU-n], "per_image": [[BLEU-1..n of image] ...], "counts": rows}``,
+        fractions in [0, 1], images in sorted id order; ``counts`` holds each image's
+        ``(clipped, guessed, hyp_len, ref_len)``, whose sums over any resample of images give that
+        resample's corpus BLEU (:func:`bleu_from_image_counts`).
     """
     ids = _check(references, hypotheses)
     total_clipped = [0] * max_order
     total_guessed = [0] * max_order
     total_hyp_len = 0
     total_ref_len = 0
-    per_image = []
+    per_image, counts = [], []
     for image_id in ids:
         hyp = hypotheses[image_id].split()
         refs = [r.split() for r in references[image_id]]
@@ -112,11 +114,22 @@ def bleu(
             clipped.append(sum(min(count, max_ref_counts[gram]) for gram, count in hyp_counts.items()))
             guessed.append(max(0, len(hyp) - order + 1))
         per_image.append(_bleu_from_counts(clipped, guessed, len(hyp), ref_len))
+        counts.append((clipped, guessed, len(hyp), ref_len))
         total_clipped = [a + b for a, b in zip(total_clipped, clipped)]
         total_guessed = [a + b for a, b in zip(total_guessed, guessed)]
         total_hyp_len += len(hyp)
         total_ref_len += ref_len
-    return {"bleu": _bleu_from_counts(total_clipped, total_guessed, total_hyp_len, total_ref_len), "per_image": per_image}
+    return {"bleu": _bleu_from_counts(total_clipped, total_guessed, total_hyp_len, total_ref_len), "per_image": per_image,
+            "counts": counts}
+
+
+def bleu_from_image_counts(counts: Sequence[tuple], rows: Sequence[int]) -> list[float]:
+    """Corpus BLEU-1..n of the images at ``rows`` (repeats allowed) from :func:`bleu`'s per-image ``counts``."""
+    picked = [counts[i] for i in rows]
+    orders = len(picked[0][0]) if picked else 0
+    clipped = [sum(c[0][k] for c in picked) for k in range(orders)]
+    guessed = [sum(c[1][k] for c in picked) for k in range(orders)]
+    return _bleu_from_counts(clipped, guessed, sum(c[2] for c in picked), sum(c[3] for c in picked))
 
 
 def _bleu_from_counts(clipped: Sequence[int], guessed: Sequence[int], hyp_len: float, ref_len: float) -> list[float]:
@@ -222,7 +235,8 @@ def cider_d(
 
 
 def score_captions(
-    references: Mapping[Any, Sequence[str]], hypotheses: Mapping[Any, str], tokenize_first: bool = True
+    references: Mapping[Any, Sequence[str]], hypotheses: Mapping[Any, str], tokenize_first: bool = True,
+    n_boot: int = 0, seed: int = 0,
 ) -> dict[str, Any]:
     """BLEU-1..4, ROUGE-L and CIDEr-D of hypotheses against references, one call.
 
@@ -230,17 +244,35 @@ def score_captions(
         references: ``{image_id: [reference caption, ...]}``.
         hypotheses: ``{image_id: caption}`` over the same ids.
         tokenize_first: tokenise every caption with :func:`tokenize` (False: already space-tokenised).
+        n_boot: bootstrap resamples of the images for 95% intervals (0: none).
+        seed: seed of the resamples.
 
     Returns:
         ``{"bleu1".."bleu4", "rouge_l", "cider_d", "n_images"}`` (BLEU and ROUGE-L fractions in [0, 1];
-        CIDEr-D on its 0..10 scale).
+        CIDEr-D on its 0..10 scale); with ``n_boot`` also ``bleu4_ci``, ``rouge_l_ci``, ``cider_d_ci``:
+        percentile bootstrap over images (BLEU-4 recomputed at corpus level on each resample; ROUGE-L and
+        CIDEr-D as means of the per-image scores, CIDEr-D's document frequencies those of the full set).
     """
     if tokenize_first:
         references = {i: [tokenized(r) for r in refs] if not isinstance(refs, str) else refs for i, refs in references.items()}
         hypotheses = {i: tokenized(h) if isinstance(h, str) else h for i, h in hypotheses.items()}
-    bleus = bleu(references, hypotheses)["bleu"]
+    scored_bleu = bleu(references, hypotheses)
+    bleus = scored_bleu["bleu"]
     out: dict[str, Any] = {f"bleu{k}": bleus[k - 1] for k in range(1, 5)}
-    out["rouge_l"] = rouge_l(references, hypotheses)["rouge_l"]
-    out["cider_d"] = cider_d(references, hypotheses)["cider_d"]
+    scored_rouge, scored_cider = rouge_l(references, hypotheses), cider_d(references, hypotheses)
+    out["rouge_l"] = scored_rouge["rouge_l"]
+    out["cider_d"] = scored_cider["cider_d"]
     out["n_images"] = len(references)
+    if n_boot > 0:
+        import numpy as np
+
+        from biasloop.metrics.intervals import bootstrap_interval
+
+        rng = np.random.default_rng(seed)
+        counts, n = scored_bleu["counts"], len(scored_bleu["counts"])
+        out["bleu4_ci"] = bootstrap_interval(lambda rows: bleu_from_image_counts(counts, rows)[3], n, n_boot, rng)
+        for key, scored in (("rouge_l", scored_rouge), ("cider_d", scored_cider)):
+            per_image = np.asarray(scored["per_image"])
+            out[f"{key}_ci"] = bootstrap_interval(lambda rows, v=per_image: float(v[rows].mean()), n, n_boot, rng)
+        out["n_boot"] = n_boot
     return out

@@ -12,6 +12,7 @@ from typing import Any
 import polars as pl
 
 from biasloop.core.io import load_images, timed
+from biasloop.core.seeds import stream_seed
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,8 @@ def classifier_task(
         classifier, training = train_classifier(load_images(train_rows["image_ref"].to_list()),
                                                 train_rows[column].to_list(), config, seed, device, progress)
     predicted = classifier.predict(load_images(test_rows["image_ref"].to_list()))
-    metrics = classifier_fairness(test_rows[column].to_list(), predicted, test_groups, config.min_group_size)
+    metrics = classifier_fairness(test_rows[column].to_list(), predicted, test_groups, config.min_group_size,
+                                  n_boot=config.n_boot, seed=stream_seed(seed, "classifier-bootstrap"))
     metrics["training"] = training
     metrics["architecture"] = config.architecture
     predictions = pl.DataFrame({

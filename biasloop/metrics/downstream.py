@@ -6,7 +6,9 @@
   a minimum number of images, and one-vs-rest
   demographic parity and equalized odds differences, computed with Fairlearn.
 
-Recalls, accuracies and differences are fractions in [0, 1]; MaxSkew and NDKL are in nats.
+Recalls, accuracies and differences are fractions in [0, 1]; MaxSkew and NDKL are in nats. Accuracies
+carry Wilson 95% intervals (``_ci``), differences percentile bootstrap ones over the test images
+(:mod:`biasloop.metrics.intervals`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from biasloop.core.io import json_float
+from biasloop.metrics.intervals import bootstrap_interval, wilson_interval
 
 NO_GROUP = "none"
 
@@ -191,11 +194,34 @@ def _rates_defined(binary_true: np.ndarray, sensitive: np.ndarray) -> bool:
     return True
 
 
+def parity_differences(y_true: np.ndarray, y_pred: np.ndarray, sensitive: np.ndarray) -> tuple[float | None, float | None]:
+    """Mean over occupations of the one-vs-rest demographic parity and equalized odds differences.
+
+    The same quantities as Fairlearn's ``demographic_parity_difference`` (max minus min over groups of
+    P(predicted o)) and ``equalized_odds_difference`` (the larger of the TPR and FPR differences), in numpy,
+    so a bootstrap can recompute them hundreds of times; an occupation whose rates are undefined for some
+    group is left out of the equalized-odds mean (:func:`_rates_defined`).
+    """
+    present = sorted(set(sensitive.tolist()))
+    masks = [sensitive == g for g in present]
+    parity, odds = [], []
+    for occupation in sorted(set(y_true.tolist())):
+        positive, predicted = y_true == occupation, y_pred == occupation
+        parity.append(max(predicted[m].mean() for m in masks) - min(predicted[m].mean() for m in masks))
+        if _rates_defined(positive.astype(int), sensitive):
+            tpr = [predicted[m & positive].mean() for m in masks]
+            fpr = [predicted[m & ~positive].mean() for m in masks]
+            odds.append(max(max(tpr) - min(tpr), max(fpr) - min(fpr)))
+    return (float(np.mean(parity)) if parity else None), (float(np.mean(odds)) if odds else None)
+
+
 def group_fairness(
     true_occupation: Sequence[str],
     predicted_occupation: Sequence[str],
     gender: Sequence[str],
     min_group_size: int = 1,
+    n_boot: int = 0,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """Zero-shot occupation classification fairness across perceived gender, with Fairlearn.
 
@@ -216,7 +242,10 @@ def group_fairness(
         equalized_odds_difference}]``, one-vs-rest ("this occupation" vs. any other, since Fairlearn's
         parity metrics are binary) over all images, the equalized-odds difference None when some gender
         has no image of the occupation or none of other occupations; and the ``_mean`` / ``_max`` of
-        both differences over occupations where they are defined.
+        both differences over occupations where they are defined. Intervals (95%): ``overall_accuracy_ci``,
+        each group's ``ci`` and ``worst_group_accuracy_ci`` are Wilson intervals; with ``n_boot`` > 0,
+        ``demographic_parity_difference_mean_ci`` and ``equalized_odds_difference_mean_ci`` are percentile
+        bootstrap intervals over the images (``numpy.random.default_rng(seed)``; None otherwise).
     """
     from fairlearn.metrics import (
         MetricFrame,
@@ -244,11 +273,13 @@ def group_fairness(
         # Depending on the Fairlearn version, (occupation, gender) pairs without images appear as nan.
         if row["n"] is None or np.isnan(row["n"]) or int(row["n"]) == 0:
             continue
+        n = int(row["n"])
         groups.append({
             "occupation": str(row["occupation"]),
             "gender": str(row["gender"]),
             "accuracy": float(row["accuracy"]),
-            "n": int(row["n"]),
+            "n": n,
+            "ci": wilson_interval(int(round(float(row["accuracy"]) * n)), n),
         })
     per_occupation = []
     for occupation in sorted(set(y_true.tolist())):
@@ -274,10 +305,18 @@ def group_fairness(
         raise ValueError(f"min_group_size must be at least 1, got {min_group_size}")
     large = [g for g in groups if g["n"] >= min_group_size]
     worst = min(large, key=lambda g: g["accuracy"], default=None)
+    rng = np.random.default_rng(seed)
+    parity_ci = odds_ci = None
+    if n_boot > 0:
+        replicates = [parity_differences(y_true[i], y_pred[i], sensitive[i])
+                      for i in (rng.integers(0, len(y_true), size=len(y_true)) for _ in range(n_boot))]
+        parity_ci, odds_ci = (_percentiles([r[j] for r in replicates]) for j in (0, 1))
     return {
         "overall_accuracy": float(frame.overall["accuracy"]),
+        "overall_accuracy_ci": wilson_interval(int((y_true == y_pred).sum()), len(y_true)),
         "accuracy_by_group": groups,
         "worst_group_accuracy": worst["accuracy"] if worst else None,
+        "worst_group_accuracy_ci": worst["ci"] if worst else None,
         "worst_group": {k: worst[k] for k in ("occupation", "gender", "n")} if worst else None,
         "min_group_size": int(min_group_size),
         "groups_too_small": [{k: g[k] for k in ("occupation", "gender", "n")} for g in groups if g["n"] < min_group_size],
@@ -286,12 +325,21 @@ def group_fairness(
         "demographic_parity_difference_max": summary("demographic_parity_difference", np.max),
         "equalized_odds_difference_mean": summary("equalized_odds_difference", np.mean),
         "equalized_odds_difference_max": summary("equalized_odds_difference", np.max),
+        "demographic_parity_difference_mean_ci": parity_ci,
+        "equalized_odds_difference_mean_ci": odds_ci,
+        "n_boot": int(n_boot),
     }
+
+
+def _percentiles(values: Sequence[float | None]) -> list[float] | None:
+    """2.5% and 97.5% percentiles of the defined values (None when there are none)."""
+    kept = [v for v in values if v is not None and np.isfinite(v)]
+    return [float(q) for q in np.quantile(kept, [0.025, 0.975])] if kept else None
 
 
 def classifier_fairness(
     true_occupation: Sequence[str], predicted_occupation: Sequence[str], gender: Sequence[str | None],
-    min_group_size: int,
+    min_group_size: int, n_boot: int = 0, seed: int = 0,
 ) -> dict[str, Any]:
     """Accuracy overall and per gender, worst-group accuracy, Fairlearn parity differences.
 
@@ -300,6 +348,8 @@ def classifier_fairness(
         predicted_occupation: the classifier's prediction per image.
         gender: perceived gender per image (``female`` / ``male``; others count in ``accuracy`` only).
         min_group_size: the smallest (occupation, gender) group that counts for worst-group accuracy.
+        n_boot: bootstrap resamples of the images for the intervals of differences (0: none).
+        seed: seed of those resamples.
 
     Returns:
         ``accuracy`` (all images), ``accuracy_by_gender`` ({gender: accuracy}), ``accuracy_gap``
@@ -307,7 +357,9 @@ def classifier_fairness(
         least ``min_group_size`` images (None when none is that large) and ``worst_group``, plus
         :func:`biasloop.metrics.downstream.group_fairness` over the gender-labelled images
         (``demographic_parity_difference_mean`` / ``_max``, ``equalized_odds_difference_mean`` / ``_max``,
-        ``accuracy_by_group``, ``per_occupation``).
+        ``accuracy_by_group``, ``per_occupation``, ``groups_too_small``). Intervals (95%): Wilson for
+        ``accuracy_ci`` and ``accuracy_by_gender_ci``, bootstrap for ``accuracy_gap_ci`` and the
+        differences (see :func:`group_fairness`).
     """
     y_true = np.asarray(true_occupation, dtype=object)
     y_pred = np.asarray(predicted_occupation, dtype=object)
@@ -318,20 +370,24 @@ def classifier_fairness(
         raise ValueError("no held-out images to score the classifier on")
     correct = y_true == y_pred
     by_gender = {g: float(correct[groups == g].mean()) for g in ("female", "male") if (groups == g).any()}
+    def gap(rows: np.ndarray) -> float | None:
+        rates = [correct[rows][groups[rows] == g].mean() for g in ("female", "male") if (groups[rows] == g).any()]
+        return float(max(rates) - min(rates)) if len(rates) == 2 else None
+
+    rng = np.random.default_rng(seed)
     out: dict[str, Any] = {
         "accuracy": float(correct.mean()),
+        "accuracy_ci": wilson_interval(int(correct.sum()), len(correct)),
         "accuracy_by_gender": by_gender,
-        "accuracy_gap": float(max(by_gender.values()) - min(by_gender.values())) if len(by_gender) == 2 else None,
+        "accuracy_by_gender_ci": {g: wilson_interval(int(correct[groups == g].sum()), int((groups == g).sum()))
+                                  for g in by_gender},
+        "accuracy_gap": gap(np.arange(len(correct))),
+        "accuracy_gap_ci": bootstrap_interval(gap, len(correct), n_boot, rng) if len(by_gender) == 2 else None,
         "n_test": int(len(y_true)),
     }
     labelled = groups != ""
     if labelled.any():
-        fairness = group_fairness(y_true[labelled], y_pred[labelled], groups[labelled])
-        large = [g for g in fairness["accuracy_by_group"] if g["n"] >= min_group_size]
-        worst = min(large, key=lambda g: g["accuracy"], default=None)
-        fairness.pop("worst_group_accuracy", None)
-        out.update(fairness)
-        out["worst_group_accuracy"] = worst["accuracy"] if worst else None
-        out["worst_group"] = worst
-        out["min_group_size"] = min_group_size
+        # one place decides which groups are too small, so groups_too_small lists exactly what was left out
+        out.update(group_fairness(y_true[labelled], y_pred[labelled], groups[labelled], min_group_size=min_group_size,
+                                  n_boot=n_boot, seed=int(rng.integers(2**31))))
     return out

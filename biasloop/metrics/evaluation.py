@@ -3,7 +3,11 @@
 ``evaluate_generation`` gathers everything ``metrics/generations/gen{N}.json`` holds:
 
 - the paradox pairings for generation N's images against the real training selections
-  (:mod:`biasloop.metrics.paradox`), with the headline pairing ``prompt_vs_keyword``;
+  (:mod:`biasloop.metrics.paradox`), with the headline pairing ``prompt_vs_keyword`` (``amplification``:
+  against the real corpus);
+- ``amplification_vs_training_dataset``: the same headline pairing against the dataset generation N
+  trained on (dataset N: under ``loop.mode`` replace or accumulate it holds generated images), and how
+  far that dataset's own shares have moved from the real corpus's (``dataset_vs_real_corpus``);
 - each pairing's measured shift split into data (the ideal learner), generator and instrument
   (``ideal`` and ``decomposition``, :mod:`biasloop.metrics.decomposition`), and the instrument checked
   against the hue oracle on generation N's images (``instrument_on_generated``; glyph world only);
@@ -12,7 +16,10 @@
 - the downstream CLIP trained on dataset N, on the real corpus's held-out split: text-to-image
   recall@k overall and per perceived-gender group (the gap; an image whose caption is identical to the
   query counts as correct, since templated captions repeat), MaxSkew@k and NDKL of the images
-  retrieved for each neutral occupation query, and zero-shot occupation accuracy per
+  retrieved for each neutral occupation query (against parity, and ``_vs_training`` against the share
+  of women among the occupation's images in the dataset the CLIP trained on: :func:`training_shares`;
+  ``k`` is ``evaluate.skew_k``, and when the held-out set has fewer people than that every one of them
+  is ranked, so ``skew_k_effective`` is the k actually used), and zero-shot occupation accuracy per
   (occupation, gender) group with Fairlearn's group metrics (worst-group accuracy over groups with at
   least ``evaluate.min_group_size`` images; smaller groups are listed as too small).
 """
@@ -26,7 +33,9 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from biasloop.core.seeds import stream_seed
 from biasloop.data.text import fill_template
+from biasloop.metrics.amplification import amplification_table, count_table
 from biasloop.metrics.decomposition import instrument_agreement
 from biasloop.metrics.downstream import group_fairness, max_skew_at_k, ndkl, recall_at_k
 from biasloop.metrics.paradox import headline, paradox_table
@@ -38,7 +47,7 @@ class EvaluateConfig:
 
     n_boot: int = 1000  # bootstrap replicates for every 95% interval
     recall_ks: tuple[int, ...] = (1, 5, 10)  # k of text-to-image recall@k
-    skew_k: int = 10  # k of MaxSkew@k and NDKL (images retrieved per occupation query)
+    skew_k: int = 50  # k of MaxSkew@k and NDKL (images retrieved per occupation query; all of them when fewer)
     query_templates: tuple[str, ...] = ("a photo of {article} {occupation}",)  # neutral downstream queries
     min_group_size: int = 20  # fewest labelled images an (occupation, gender) group needs for worst-group accuracy
 
@@ -60,6 +69,8 @@ def downstream_bias(
     groups: list[str | None],
     occupations: list[str],
     config: EvaluateConfig,
+    training_share_female: dict[str, float] | None = None,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """Quality and bias of a downstream CLIP on held-out real pairs.
 
@@ -70,11 +81,17 @@ def downstream_bias(
         groups: perceived gender per row (``female``/``male``/None for no person).
         occupations: the occupations to query.
         config: the ``evaluate`` params.
+        training_share_female: per occupation, the share of women the CLIP saw in training
+            (:func:`training_shares`); adds the ``_vs_training`` MaxSkew and NDKL. None: parity only.
+        seed: seed of the group metrics' bootstrap intervals (``config.n_boot`` resamples).
 
     Returns:
         recall@k (overall, per group, gap; identical captions count as correct) with its chance level,
-        mean/max MaxSkew@k and NDKL over occupation queries, and Fairlearn group metrics of zero-shot
-        occupation classification (worst-group accuracy over groups of ``config.min_group_size``).
+        mean/max MaxSkew@k and NDKL over occupation queries (against parity; with
+        ``training_share_female`` also ``max_skew_vs_training_mean``/``_max`` and ``ndkl_vs_training_mean``),
+        ``skew_k`` and ``skew_k_effective`` (the k used: fewer when the held-out set has fewer people),
+        and Fairlearn group metrics of zero-shot occupation classification (worst-group accuracy over
+        groups of ``config.min_group_size``, with intervals).
     """
     image_vectors = model.encode_images(images)
     caption_vectors = model.encode_texts(test["caption"].to_list())
@@ -88,7 +105,9 @@ def downstream_bias(
     recall[f"chance@{k_max}"] = float(np.mean(1.0 - (1.0 - min(k_max, n) / n) ** caption_counts[caption_ids]))
 
     people = np.flatnonzero(np.isin(group_array, ["female", "male"]))
+    k_effective = min(config.skew_k, len(people))
     skews, ndkls, per_query = [], [], []
+    skews_training, ndkls_training = [], []
     for occupation in occupations:
         prompts = [fill_template(t, occupation=occupation) for t in config.query_templates]
         query = model.encode_texts(prompts).mean(axis=0)
@@ -99,10 +118,17 @@ def downstream_bias(
         divergence = ndkl(retrieved, group_set=("female", "male"))
         skews.append(skew)
         ndkls.append(divergence)
-        per_query.append(
-            {"occupation": occupation, "max_skew": skew, "ndkl": divergence,
-             "share_female_retrieved": float(np.mean([g == "female" for g in retrieved]))}
-        )
+        row = {"occupation": occupation, "max_skew": skew, "ndkl": divergence,
+               "share_female_retrieved": float(np.mean([g == "female" for g in retrieved])), "k_effective": len(retrieved)}
+        share = (training_share_female or {}).get(occupation)
+        if share is not None:
+            desired = (share, 1.0 - share)
+            row.update(share_female_training=share,
+                       max_skew_vs_training=max_skew_at_k(retrieved, config.skew_k, desired, ("female", "male")),
+                       ndkl_vs_training=ndkl(retrieved, desired, ("female", "male")))
+            skews_training.append(row["max_skew_vs_training"])
+            ndkls_training.append(row["ndkl_vs_training"])
+        per_query.append(row)
 
     labelled = np.flatnonzero(test["true_occupation"].is_not_null().to_numpy() & np.isin(group_array, ["female", "male"]))
     fairness: dict[str, Any] = {}
@@ -113,13 +139,18 @@ def downstream_bias(
         predicted = np.array(occupations, dtype=object)[np.argmax(image_vectors[labelled] @ class_vectors.T, axis=1)]
         fairness = group_fairness(
             np.array(test["true_occupation"].to_list(), dtype=object)[labelled], predicted, group_array[labelled],
-            min_group_size=config.min_group_size,
+            min_group_size=config.min_group_size, n_boot=config.n_boot, seed=stream_seed(seed, "downstream-fairness-bootstrap"),
         )
     return {
         "recall": recall,
         "max_skew_mean": float(np.mean(skews)) if skews else None,
         "max_skew_max": float(np.max(skews)) if skews else None,
         "ndkl_mean": float(np.mean(ndkls)) if ndkls else None,
+        "max_skew_vs_training_mean": float(np.mean(skews_training)) if skews_training else None,
+        "max_skew_vs_training_max": float(np.max(skews_training)) if skews_training else None,
+        "ndkl_vs_training_mean": float(np.mean(ndkls_training)) if ndkls_training else None,
+        "skew_k": config.skew_k,
+        "skew_k_effective": k_effective,
         "per_query": per_query,
         "fairness": fairness,
         "n_test": len(test),
@@ -135,6 +166,7 @@ def evaluate_generation(
     seed: int,
     downstream: dict[str, Any] | None,
     matches: pl.DataFrame | None = None,
+    dataset_predictions: pl.DataFrame | None = None,
 ) -> dict[str, Any]:
     """Assemble generation N's metrics (see the module docstring).
 
@@ -145,11 +177,12 @@ def evaluate_generation(
         seed: ``base.seed`` (the bootstrap streams are named in :func:`~biasloop.metrics.paradox.paradox_table`).
         downstream: :func:`downstream_bias`'s result, or None.
         matches: the retrieve stage's matches (caption indicators, for the ideal learner), or None.
+        dataset_predictions: classify_dataset@N's labels of dataset N, or None (no ``amplification_vs_training_dataset``).
     """
     paradox = paradox_table(train_predictions, generated_predictions, confusion, n_boot=config.n_boot, seed=seed,
                             matches=matches)
     main = paradox["prompt_vs_keyword"]
-    return {
+    metrics = {
         "generation": generation,
         "amplification": headline(main.get("measured")),
         "amplification_corrected": headline(main.get("corrected")),
@@ -162,6 +195,77 @@ def evaluate_generation(
         "ideal": {name: entry.get("ideal") for name, entry in paradox.items()},
         "decomposition": {name: entry.get("decomposition") for name, entry in paradox.items()},
         "instrument_on_generated": instrument_on_generated(generated_predictions),
+    }
+    if dataset_predictions is not None:
+        metrics["amplification_vs_training_dataset"] = amplification_vs_training_dataset(
+            train_predictions, dataset_predictions, generated_predictions, confusion, config.n_boot, seed)
+    return metrics
+
+
+def training_shares(train_predictions: pl.DataFrame, dataset_predictions: pl.DataFrame) -> dict[str, float]:
+    """Per occupation, the share of women among the training images a generation's models saw.
+
+    The images of dataset N behind the ``keyword`` captions (:func:`training_dataset_rows`), labelled by
+    the instrument (classify_dataset@N; abstentions left out), add-one smoothed,
+    ``(n_female + 1) / (n_female + n_male + 2)``, so an occupation with no woman (or no man) in training
+    still has a finite MaxSkew against it (``ln(1 / share)`` would be infinite).
+    """
+    counts = count_table(training_dataset_rows(train_predictions, dataset_predictions))
+    return {row["occupation"]: (row["n_female"] + 1) / (row["n_female"] + row["n_male"] + 2)
+            for row in counts.iter_rows(named=True)}
+
+
+def training_dataset_rows(train_predictions: pl.DataFrame, dataset_predictions: pl.DataFrame,
+                          selection: str = "keyword") -> pl.DataFrame:
+    """The rows of a generation's training dataset behind one real selection.
+
+    A dataset row belongs to occupation ``o`` when its ``source_id`` (the real caption it was made from)
+    is in ``selection`` for ``o``: in replace mode one row per selected caption (real or regenerated
+    image), in accumulate mode the real one plus every generated copy.
+
+    Args:
+        train_predictions: classify_train's ``selection, occupation, id`` rows.
+        dataset_predictions: classify_dataset's ``id, source_id, synthetic, label`` rows.
+
+    Returns:
+        ``occupation, id, source_id, synthetic, label`` (and the other label columns).
+    """
+    selected = train_predictions.filter(pl.col("selection") == selection).select("occupation", pl.col("id").alias("source_id"))
+    return selected.unique(maintain_order=True).join(dataset_predictions, on="source_id", how="inner")
+
+
+def amplification_vs_training_dataset(train_predictions: pl.DataFrame, dataset_predictions: pl.DataFrame,
+                                      generated_predictions: pl.DataFrame, confusion: dict[str, float] | None,
+                                      n_boot: int, seed: int) -> dict[str, Any]:
+    """Generation N's neutral-prompt images against the dataset generation N trained on (``keyword`` captions).
+
+    Same table as the headline ``amplification`` (:func:`biasloop.metrics.amplification.amplification_table`,
+    stream ``amplification-bootstrap``), with dataset N's images in place of the real corpus's; beside it
+    ``dataset_vs_real_corpus``: dataset N's shares against the real corpus's (the drift of the data itself;
+    zero in generation 0, whose dataset is the corpus).
+
+    Returns:
+        ``{"available": bool, "measured": headline, "corrected": headline | None, "per_occupation": rows,
+        "dataset_vs_real_corpus": headline, "n_images_dataset": int, "n_synthetic_dataset": int,
+        "share_synthetic_dataset": float}``; ``available`` false (with a ``reason``) when a side is empty.
+    """
+    rows = training_dataset_rows(train_predictions, dataset_predictions)
+    real = train_predictions.filter(pl.col("selection") == "keyword")
+    generated = generated_predictions.filter(pl.col("prompt_kind") == "neutral")
+    if rows.is_empty() or generated.is_empty() or real.is_empty():
+        return {"available": False, "reason": "no keyword-selected rows in the training dataset or no neutral-prompt images"}
+    bootstrap = stream_seed(seed, "amplification-bootstrap")
+    table = amplification_table(count_table(rows), count_table(generated), n_boot=n_boot, seed=bootstrap, confusion=confusion)
+    drift = amplification_table(count_table(real), count_table(rows), n_boot=n_boot, seed=bootstrap)
+    return {
+        "available": True,
+        "measured": headline(table),
+        "corrected": headline(table.get("corrected")) or None,
+        "per_occupation": table.get("per_occupation", []),
+        "dataset_vs_real_corpus": headline(drift),
+        "n_images_dataset": len(rows),
+        "n_synthetic_dataset": int(rows["synthetic"].sum()),
+        "share_synthetic_dataset": float(rows["synthetic"].mean()),
     }
 
 

@@ -59,6 +59,7 @@ class CaptionerConfig:
     max_length: int = 16  # longest caption generated, in tokens
     beam_size: int = 1  # vision-encoder-decoder: beams in generate (glyph-transformer decodes greedily)
     cpu_threads: int | None = None  # torch CPU threads while training/decoding (None: base.cpu_threads)
+    n_boot: int = 200  # bootstrap resamples of the test images/captions for the intervals of BLEU, ROUGE-L, CIDEr-D, LIC
     leakage: LeakageConfig = LeakageConfig()  # the LIC leakage classifier
 
     BACKEND_KEYS: ClassVar[dict[str, tuple[str, ...]]] = {  # keys only one backend reads (a warning otherwise)

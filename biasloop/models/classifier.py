@@ -41,7 +41,8 @@ class ClassifierConfig:
     batch_size: int = 128  # images per batch
     learning_rate: float = 0.005  # AdamW peak learning rate (one-cycle schedule)
     weight_decay: float = 0.0005  # AdamW weight decay
-    min_group_size: int = 10  # worst-group accuracy only over (occupation, gender) groups with this many test images
+    min_group_size: int = 20  # worst-group accuracy only over (occupation, gender) groups with this many test images
+    n_boot: int = 200  # bootstrap resamples of the test images for the intervals of differences (gap, DP, EO)
     cpu_threads: int | None = None  # torch CPU threads while training/predicting (None: base.cpu_threads)
 
 

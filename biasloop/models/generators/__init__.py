@@ -12,6 +12,12 @@ of :meth:`Generator.generate` depends only on ``(prompts[i], seeds[i])``, never 
 
 A saved generator is a folder with a ``generator.json`` naming its backend; :func:`load_generator`
 reads it back on any device.
+
+How a model is *sampled* (:class:`SamplingConfig`, params section ``sampling``: guidance scale, denoising
+steps) is not part of the model: it is passed to :meth:`Generator.generate` by the sampling stages
+(``generate@N``, ``mix@N``) and never saved, so changing it retrains nothing. Manifests written before
+the split still carry ``guidance_scale``/``sampling_steps`` in their config; :func:`config_from_manifest`
+drops them.
 """
 
 from __future__ import annotations
@@ -50,8 +56,6 @@ class GeneratorConfig:
     train_timesteps: int = 200  # tiny: diffusion timesteps of the training schedule
     snr_gamma: float = 0.0  # tiny: min-SNR-gamma loss weighting (Hang et al. 2023); 0: none (x0 target: 0 learns the glyphs in fewer steps)
     cond_dropout: float = 0.1  # share of training captions replaced by the null condition (for guidance)
-    guidance_scale: float = 1.5  # classifier-free guidance scale at sampling (1: no guidance)
-    sampling_steps: int = 6  # DDIM denoising steps at sampling
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # tiny: training autocast; auto = bf16 on a CPU with AMX or a bf16 GPU
     lora_rank: int = 4  # stable-diffusion: LoRA rank of the UNet attention adapters trained by train()
     lora_learning_rate: float = 1e-4  # stable-diffusion: AdamW learning rate of the LoRA weights
@@ -62,6 +66,18 @@ class GeneratorConfig:
                            "ema_decay", "prediction_type", "beta_schedule", "train_timesteps", "snr_gamma", "precision"),
         "stable-diffusion": ("model", "lora_rank", "lora_learning_rate", "native_size"),
     }
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+    """``sampling``: how the sampling stages (``generate@N``, ``mix@N``) draw images from a trained generator."""
+
+    guidance_scale: float = 1.5  # classifier-free guidance scale (1: no guidance)
+    steps: int = 6  # DDIM denoising steps per image
+
+
+# Sampling settings that manifests written before SamplingConfig existed carry in their ``config``.
+LEGACY_SAMPLING_KEYS = ("guidance_scale", "sampling_steps")
 
 
 @runtime_checkable
@@ -80,10 +96,14 @@ class Generator(Protocol):
         """
         ...
 
-    def generate(self, prompts: list[str], seeds: list[int], batch_size: int = 64) -> np.ndarray:
+    def generate(
+        self, prompts: list[str], seeds: list[int], batch_size: int = 64,
+        guidance_scale: float | None = None, steps: int | None = None,
+    ) -> np.ndarray:
         """One image per ``(prompt, seed)``: ``uint8 (n, image_size, image_size, 3)``.
 
-        Image ``i`` depends only on ``prompts[i]`` and ``seeds[i]``.
+        Image ``i`` depends only on ``prompts[i]``, ``seeds[i]`` and the sampling settings
+        (``guidance_scale``, ``steps``: None takes :class:`SamplingConfig`'s defaults).
         """
         ...
 
@@ -95,6 +115,19 @@ class Generator(Protocol):
 def config_from_dict(data: dict[str, Any] | None) -> GeneratorConfig:
     """The ``generator`` section as a :class:`GeneratorConfig` (unknown keys and wrong types rejected)."""
     return from_dict(GeneratorConfig, data or {}, "generator")
+
+
+def config_from_manifest(data: dict[str, Any] | None) -> GeneratorConfig:
+    """A saved generator's ``config`` as a :class:`GeneratorConfig`; sampling keys of older manifests ignored."""
+    return config_from_dict({k: v for k, v in (data or {}).items() if k not in LEGACY_SAMPLING_KEYS})
+
+
+def validate_sampling(sampling: SamplingConfig) -> None:
+    """Reject sampling settings no backend can use, naming the key."""
+    if sampling.steps < 1:
+        raise ValueError(f"sampling.steps: must be at least 1, got {sampling.steps}")
+    if sampling.guidance_scale < 0:
+        raise ValueError(f"sampling.guidance_scale: must be at least 0, got {sampling.guidance_scale}")
 
 
 def validate_config(config: GeneratorConfig) -> None:
@@ -112,7 +145,7 @@ def validate_config(config: GeneratorConfig) -> None:
             raise ValueError(f"generator.channels: every width must be a multiple of 8, got {list(config.channels)}")
     if config.backend == "stable-diffusion" and not config.model:
         raise ValueError("generator.model: the stable-diffusion backend needs a hub name or a local pipeline folder")
-    for name in ("train_steps", "batch_size", "sampling_steps", "train_timesteps"):
+    for name in ("train_steps", "batch_size", "train_timesteps"):
         if getattr(config, name) < 1:
             raise ValueError(f"generator.{name}: must be at least 1, got {getattr(config, name)}")
     if not 0.0 <= config.cond_dropout < 1.0:
@@ -173,8 +206,11 @@ __all__ = [
     "BACKENDS",
     "Generator",
     "GeneratorConfig",
+    "SamplingConfig",
     "build_generator",
     "config_from_dict",
+    "config_from_manifest",
     "load_generator",
     "read_manifest",
+    "validate_sampling",
 ]

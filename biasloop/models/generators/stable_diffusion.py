@@ -32,8 +32,9 @@ from biasloop.core.config import to_dict
 from biasloop.models.generators import (
     MANIFEST,
     GeneratorConfig,
+    SamplingConfig,
     check_prompts_seeds,
-    config_from_dict,
+    config_from_manifest,
 )
 
 log = logging.getLogger(__name__)
@@ -91,13 +92,29 @@ class StableDiffusionGenerator:
 
     # ----------------------------------------------------------------------------------- sampling
     @torch.inference_mode()
-    def generate(self, prompts: list[str], seeds: list[int], batch_size: int = 8, progress: bool = False) -> np.ndarray:
-        """One image per (prompt, seed), ``uint8 (n, image_size, image_size, 3)``."""
+    def generate(
+        self,
+        prompts: list[str],
+        seeds: list[int],
+        batch_size: int = 8,
+        guidance_scale: float | None = None,
+        steps: int | None = None,
+        progress: bool = False,
+    ) -> np.ndarray:
+        """One image per (prompt, seed), ``uint8 (n, image_size, image_size, 3)``.
+
+        Args:
+            guidance_scale: classifier-free guidance scale (None: ``SamplingConfig``'s default; 1: none).
+            steps: denoising steps of the pipeline's scheduler (None: ``SamplingConfig``'s default).
+        """
         from tqdm.auto import tqdm
 
         prompts = list(prompts)
         check_prompts_seeds(prompts, seeds)
         size = self.config.image_size
+        defaults = SamplingConfig()
+        scale = defaults.guidance_scale if guidance_scale is None else float(guidance_scale)
+        steps = int(steps or defaults.steps)
         out = np.empty((len(prompts), size, size, 3), dtype=np.uint8)
         batch_size = max(int(batch_size), 1)
         for begin in tqdm(range(0, len(prompts), batch_size), desc="generate", disable=not progress, leave=False):
@@ -107,8 +124,8 @@ class StableDiffusionGenerator:
                 prompt=prompts[begin:end],
                 height=self.native_size,
                 width=self.native_size,
-                num_inference_steps=self.config.sampling_steps,
-                guidance_scale=self.config.guidance_scale,
+                num_inference_steps=steps,
+                guidance_scale=scale,
                 generator=generators,
                 output_type="np",
             )
@@ -248,7 +265,7 @@ class StableDiffusionGenerator:
 
         folder = Path(folder)
         manifest = read_manifest(folder / MANIFEST, "a saved stable-diffusion generator")
-        generator = cls(config_from_dict(manifest_field(manifest, "config", folder / MANIFEST)), device=device)
+        generator = cls(config_from_manifest(manifest_field(manifest, "config", folder / MANIFEST)), device=device)
         if manifest.get("lora"):
             generator._add_lora()
             state = load_state_dict_file(folder / Path(str(manifest["lora"])).name)

@@ -41,8 +41,9 @@ from biasloop.data.embeddings import TextEncoder, load_cached_text_encoder
 from biasloop.models.generators import (
     MANIFEST,
     GeneratorConfig,
+    SamplingConfig,
     check_prompts_seeds,
-    config_from_dict,
+    config_from_manifest,
 )
 from biasloop.models.tensors import images_to_tensor, tensor_to_images
 
@@ -430,8 +431,8 @@ class TinyDiffusion:
             prompts: one text per image.
             seeds: one seed per image; the initial noise of image ``i`` comes from ``seeds[i]`` alone.
             batch_size: images denoised together (memory/speed only; results do not depend on it).
-            guidance_scale: override ``config.guidance_scale``.
-            steps: override ``config.sampling_steps``.
+            guidance_scale: classifier-free guidance scale (None: ``SamplingConfig``'s default; 1: none).
+            steps: DDIM denoising steps (None: ``SamplingConfig``'s default).
             progress: show a tqdm bar over batches.
         """
         from tqdm.auto import tqdm
@@ -441,9 +442,10 @@ class TinyDiffusion:
         size = self.config.image_size
         if not prompts:
             return np.zeros((0, size, size, 3), dtype=np.uint8)
-        scale = self.config.guidance_scale if guidance_scale is None else guidance_scale
+        defaults = SamplingConfig()
+        scale = defaults.guidance_scale if guidance_scale is None else float(guidance_scale)
         ddim = ddim_from(self.scheduler)
-        ddim.set_timesteps(steps or self.config.sampling_steps)
+        ddim.set_timesteps(int(steps or defaults.steps))
         text, rows = self._embed(prompts)
         model = self.ema
         out = np.empty((len(prompts), size, size, 3), dtype=np.uint8)
@@ -509,7 +511,7 @@ class TinyDiffusion:
 
         folder = Path(folder)
         manifest = read_manifest(folder / MANIFEST, "a saved tiny-diffusion generator")
-        config = config_from_dict(manifest_field(manifest, "config", folder / MANIFEST))
+        config = config_from_manifest(manifest_field(manifest, "config", folder / MANIFEST))
         generator = cls(config, device=device)
         expected = manifest.get("text_encoder", {})
         if expected.get("dim") not in (None, generator.text_encoder.dim):
