@@ -35,8 +35,9 @@ def _forest(ax, rows: list[dict[str, Any]], title: str) -> None:
 
 
 def study_intervals_figure(study: dict[str, Any], out_path: str | Path, title: str) -> None:
-    """Primary endpoints (plain ``1 - alpha`` intervals) and the levels of the first metric in every
-    cell at the last generation (Holm-adjusted); grey band: the declared equivalence margin.
+    """Primary endpoints (plain ``1 - alpha`` intervals) and the secondary intervals of the study's first
+    metric at the last generation and across generations (Holm-adjusted); grey band: the declared
+    equivalence margin.
 
     Args:
         study: ``metrics/studies/<name>.json`` as :func:`biasloop.study.collect.collect_study` builds it.
@@ -48,14 +49,13 @@ def study_intervals_figure(study: dict[str, Any], out_path: str | Path, title: s
     metrics = study["study"]["metrics"]
     last = study["study"]["generations"] - 1
     first = next((m for m in metrics if study["metric_paths"].get(m)), None)
-    levels = [r for r in study["intervals"] if r["kind"] == "level" and r["metric"] == first
-              and r["generation"] == last][:MAX_ROWS]
+    levels = [r for r in study["intervals"] if r["metric"] == first and r["generation"] in (last, None)][:MAX_ROWS]
     height = 1.2 + 0.28 * (len(primary) + len(levels))
     fig, axes = plt.subplots(2, 1, figsize=(9, max(height, 3.5)), squeeze=False,
                              gridspec_kw={"height_ratios": [max(len(primary), 1), max(len(levels), 1)]})
     _forest(axes[0][0], primary, f"primary endpoints: plain {100 * (1 - study['alpha']):g}% t intervals over seeds")
     family = study["family_size"]
-    _forest(axes[1][0], levels, f"{first} per cell at generation {last}: Holm-adjusted over {family} intervals")
+    _forest(axes[1][0], levels, f"{first}, secondary intervals: Holm-adjusted over the study's {family}")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     _save(fig, out_path)
