@@ -418,3 +418,23 @@ def test_parse_exp_show_reads_states_params_and_only_successful_metrics() -> Non
     assert queued.metrics is None
     with pytest.raises(ValueError, match="expected a list"):
         parse_exp_show({"rev": "workspace"})
+
+
+def test_report_section_of_a_named_study(tmp_path: Path) -> None:
+    """The report's section of a collected study: plain primary endpoints, Holm-labelled intervals, problems."""
+    from biasloop.report.html import render_report
+    from biasloop.report.study_html import named_study_section
+    from biasloop.study.outputs import write_study_outputs
+
+    states = dict(FULL)
+    states[("replace", 3, 2)] = "failed"
+    study = collect_study(parse_exp_show(exp_show_json(states)), CONFIG)
+    write_study_outputs(study, tmp_path / "metrics", tmp_path / "plots")
+    study = json.loads((tmp_path / "metrics" / "t.json").read_text())
+    section = named_study_section(study)
+    assert "Study 't': variant {replace, accumulate} &times; sampling.guidance_scale {1, 3}" in section
+    assert "failed: study-t-replace-guidance_scale3-s2" in section and "11 of 12 experiments aggregated" in section
+    assert "<td>generator_level: generator at generation 0" in section and "equivalent within ±0.05" in section
+    assert "Holm-adjusted over the study's" in section and section.count("data:image/png;base64,") == 1
+    text = render_report(tmp_path / "report.html", [], None, None, {}, {}, study_sections=[section])
+    assert section in text
