@@ -438,3 +438,29 @@ def test_report_section_of_a_named_study(tmp_path: Path) -> None:
     assert "Holm-adjusted over the study's" in section and section.count("data:image/png;base64,") == 1
     text = render_report(tmp_path / "report.html", [], None, None, {}, {}, study_sections=[section])
     assert section in text
+
+
+def test_a_path_without_generation_is_read_for_generation_0_only_and_names_select_experiments() -> None:
+    metrics = {"gap": "gen{gen}.gap", "generator": "gen{gen}.not_yet | headline.generator"}
+    config = load_study_config(params_with({"t": GRID}, metrics=metrics), "t")
+    study = collect_study(parse_exp_show(exp_show_json(FULL, config=config)), config)
+    assert study["metric_paths"]["generator"] == "headline.generator"
+    assert any("generator: read from headline.generator (gen{gen}.not_yet absent)" in n for n in study["notes"])
+    assert study["endpoints"]["generator_level"]["values"] == pytest.approx([0.001, -0.002, 0.004])
+    # headline is generation 0's: generation 1 has no value, listed, never the headline copied
+    assert {m["generation"] for m in study["missing_values"] if m["metric"] == "generator"} == {1}
+
+    names = ["study-t-replace-guidance_scale1-s0", "study-t-replace-guidance_scale1-s1"]
+    subset = collect_study(parse_exp_show(exp_show_json(FULL)), CONFIG, names=names)
+    assert [c["name"] for c in subset["cells"]] == names and subset["n_cells_used"] == 2
+    assert subset["inconsistent"] == [] and subset["endpoints"]["generator_level"]["n"] == 2
+
+
+def test_secondary_kinds_and_margins_follow_the_study() -> None:
+    only_levels = load_study_config(params_with({"t": {**GRID, "secondary": ["levels"], "margins": {"gap": 0.5}}}), "t")
+    study = collect_study(parse_exp_show(exp_show_json(FULL, config=only_levels)), only_levels)
+    # 4 cells x 2 metrics x 2 generations, less the primary level (generator, generation 0, replace, guidance 1)
+    assert {r["kind"] for r in study["intervals"]} == {"level"} and len(study["intervals"]) == 4 * 2 * 2 - 1
+    gap = [r for r in study["intervals"] if r["metric"] == "gap"]
+    assert all(r["margin"] == 0.5 and r["tost_p"] is not None for r in gap)
+    assert all(r["margin"] is None for r in study["intervals"] if r["metric"] == "generator")

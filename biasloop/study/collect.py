@@ -79,6 +79,16 @@ def _number(value: Any) -> float | None:
     return float(value)
 
 
+def read_metric(metrics: dict[str, Any] | None, template: str, generation: int) -> float | None:
+    """The number at ``template`` (``{gen}`` -> ``generation``) in a summary.json, or None.
+
+    A path without ``{gen}`` (``headline.generator``) is generation 0's: None for later generations.
+    """
+    if "{gen}" not in template and generation != 0:
+        return None
+    return _number(lookup(metrics or {}, template.format(gen=generation)))
+
+
 def _is_numeric_axis(config: StudyConfig, axis: str) -> bool:
     return axis != VARIANT and all(isinstance(v, (int, float)) and not isinstance(v, bool)
                                    for v in config.axis_values(axis))
@@ -208,8 +218,8 @@ def _resolve_metric_paths(config: StudyConfig, used: list[tuple[Experiment, Cell
     generations = range(config.generations)
     for metric in config.spec.metrics:
         candidates = config.metric_paths(metric)
-        coverage = [sum(_number(lookup(exp.metrics or {}, path.format(gen=g))) is not None
-                        for exp, _ in used for g in generations) for path in candidates]
+        coverage = [sum(read_metric(exp.metrics, path, g) is not None for exp, _ in used for g in generations)
+                    for path in candidates]
         full = len(used) * config.generations
         best = next((i for i, c in enumerate(coverage) if c == full and full), None)
         if best is None:
@@ -316,7 +326,7 @@ def collect_study(experiments: list[Experiment], config: StudyConfig, names: lis
             run = {"name": exp.name, "cell": cell.label, "seed": cell.seed, "generation": g}
             for metric in metrics:
                 path = metric_paths[metric].format(gen=g)
-                value = _number(lookup(exp.metrics or {}, path))
+                value = read_metric(exp.metrics, metric_paths[metric], g)
                 run[metric] = value
                 if value is None:
                     missing_values.append({"name": exp.name, "generation": g, "metric": metric, "path": path})

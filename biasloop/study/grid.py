@@ -57,9 +57,6 @@ class Cell:
     setting: tuple[tuple[str, Any], ...]
     seed: int
 
-    def coordinate(self, axis: str) -> Any:
-        return dict(self.coords)[axis]
-
 
 def format_value(value: Any) -> str:
     """A param value as cell names spell it: ``0.4`` -> ``0.4``, ``0.0`` -> ``0``, ``True`` -> ``true``."""
@@ -123,12 +120,6 @@ def primary_points(config: StudyConfig) -> list[dict[str, Any]]:
                 points.append(point)
                 break
     return points
-
-
-def point_seeds(config: StudyConfig, point: dict[str, Any]) -> list[int]:
-    """The seeds the cell at ``point`` runs: ``seeds``, plus ``primary_seeds`` for primary cells."""
-    primary = any(point == p for p in primary_points(config))
-    return list(config.spec.seeds) + (list(config.spec.primary_seeds) if primary else [])
 
 
 def study_cells(config: StudyConfig) -> list[Cell]:
@@ -244,6 +235,9 @@ def run_study(
 
     Returns:
         The names of the cells that failed (empty when every cell succeeded, or when not waiting).
+
+    Raises:
+        ConfigError: naming a param path of the study that the params file does not have.
     """
     params = read_params(params_path)
     check_param_paths(config, params)  # before anything is queued: a misspelt path would fail every cell
