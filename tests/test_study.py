@@ -464,3 +464,13 @@ def test_secondary_kinds_and_margins_follow_the_study() -> None:
     gap = [r for r in study["intervals"] if r["metric"] == "gap"]
     assert all(r["margin"] == 0.5 and r["tost_p"] is not None for r in gap)
     assert all(r["margin"] is None for r in study["intervals"] if r["metric"] == "generator")
+
+
+def test_study_run_command_names_an_unknown_path_and_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    params = tmp_path / "params.yaml"
+    params.write_text(json.dumps(params_with({"g": {"axes": {"generate.guidance_scale": [1, 3]}, "seeds": [0]}})))
+    assert main(["study", "run", "--dry-run", "--params", str(params), "--name", "g"]) == 2
+    err = capsys.readouterr().err
+    assert "studies.g.axes: unknown param path 'generate.guidance_scale'" in err
+    assert main(["study", "run", "--dry-run", "--params", str(params), "--name", "nope"]) == 2
+    assert "studies.nope: no such study (defined: g)" in capsys.readouterr().err

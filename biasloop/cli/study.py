@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 
@@ -115,6 +116,7 @@ def run_study_command(args: argparse.Namespace) -> int:
     experiments = len(study_cells(config))
     print(f"study '{config.name}': {len(grid_points(config))} cells, {experiments} experiments, "
           f"{config.generations} generation(s) each", flush=True)
+    start = time.monotonic()
     try:
         failed = run_study(config, args.params, jobs=args.jobs, wait=not args.no_wait, rerun=args.rerun,
                            dry_run=args.dry_run, echo=lambda line: print(line, flush=True))
@@ -129,7 +131,9 @@ def run_study_command(args: argparse.Namespace) -> int:
               f"(logs: dvc queue logs NAME; `biasloop study run --name {config.name}` queues them again)", file=sys.stderr)
         return 1
     if not args.no_wait and not args.dry_run:
-        print(f"all {experiments} experiments succeeded; next: biasloop study collect --name {config.name}")
+        minutes = (time.monotonic() - start) / 60
+        print(f"all {experiments} experiments succeeded; this run waited {minutes:.0f} min (write the study's cost "
+              f"beside it); next: biasloop study collect --name {config.name}")
     return 0
 
 
