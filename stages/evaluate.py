@@ -33,6 +33,7 @@ from biasloop.metrics.evaluation import (
     evaluate_generation,
     perceived_groups,
 )
+from biasloop.metrics.rows import estimand_values
 from biasloop.models.instrument import ClassifyConfig
 
 log = logging.getLogger("evaluate")
@@ -76,10 +77,10 @@ def main_body(argv: Sequence[str] | None) -> None:
                 matches=pl.read_parquet(args.matches),
             )
         write_json(args.out, metrics)
-        amplification = metrics["amplification"]
-        log.info("generation %d: amplification_abs %s, noise floor %s, excess %s %s (p %s), recall@10 %s",
-                 args.generation, amplification.get("amplification_abs"), amplification.get("noise_floor_abs"),
-                 amplification.get("excess_abs"), amplification.get("excess_abs_ci"), amplification.get("p_value_abs"),
+        row = estimand_values(metrics["amplification"])
+        log.info("generation %d: shift %s [%s, %s], gap %s [%s, %s], raw A_abs %s; recall@10 %s", args.generation,
+                 *("n/a" if row[k] is None else f"{100 * row[k]:+.1f} pp" for k in
+                   ("shift", "shift_lo", "shift_hi", "gap", "gap_lo", "gap_hi", "a_abs_raw")),
                  downstream["recall"].get("recall@10"))
         terms = (metrics["decomposition"].get("prompt_vs_keyword") or {})
         if terms.get("available"):

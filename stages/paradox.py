@@ -12,7 +12,7 @@ instrument against the hue oracle on generation 0's images (glyph world).
 
 Inputs:   artifacts/classify_train/predictions.parquet, artifacts/gen0/classify/predictions.parquet,
           metrics/instrument.json, artifacts/retrieve/matches.parquet (caption indicators)
-Outputs:  metrics/paradox.json, plots/paradox.csv (one row per pairing and kind: A_abs, noise floor, excess),
+Outputs:  metrics/paradox.json, plots/paradox.csv (one row per pairing and kind: shift, gap, raw A_abs, decomposition),
           plots/paradox_shares.png (share of women per occupation, training vs. generated),
           plots/decomposition.png (each pairing's shift to the majority as data + generator + instrument)
 Params:   base, tracking, evaluate
@@ -77,12 +77,11 @@ def main_body(argv: Sequence[str] | None) -> None:
         if series:
             share_plot(series, args.plot, "Share of women per occupation: training vs. generation 0")
         for row in rows:
-            values = [row["amplification_abs"], row["noise_floor_abs"], row["excess_abs"], row["excess_abs_lo"],
-                      row["excess_abs_hi"], row["p_value_abs"]]
-            log.info("%-45s A_abs %s, noise floor %s, excess %s [%s, %s], p %s", row["pairing"],
-                     *("n/a" if v is None else f"{v:.3f}" for v in values))
+            log.info("%-45s shift %s [%s, %s], gap %s [%s, %s], raw A_abs %s", row["pairing"],
+                     *("n/a" if row[k] is None else f"{100 * row[k]:+.1f} pp" for k in
+                       ("shift", "shift_lo", "shift_hi", "gap", "gap_lo", "gap_hi", "a_abs_raw")))
         run.log_metrics({f"{r['name']}.{r['kind']}.{key}": r[key] for r in rows
-                         for key in ("amplification_abs", "noise_floor_abs", "excess_abs") if r[key] is not None})
+                         for key in ("shift", "gap", "a_abs_raw") if r[key] is not None})
         for name, entry in paradox.items():
             terms = entry.get("decomposition") or {}
             if terms.get("available"):

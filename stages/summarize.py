@@ -1,7 +1,7 @@
 """summarize: merge every generation's metrics into the headline, the plot rows and the offline report.
 
 Inputs:   metrics/generations/gen*.json (and captioner_gen*.json, classifier_gen*.json), metrics/paradox.json, metrics/instrument.json,
-          metrics/corpus.json, plots/paradox_shares.png, plots/corpus_contact_sheet.png, params.yaml,
+          metrics/corpus.json, plots/decomposition.png, plots/paradox_shares.png, plots/corpus_contact_sheet.png, params.yaml,
           plots/generated/gen*.png (generate@N's real-beside-generated contact sheets),
           metrics/study.json (`biasloop study collect`; with the plots/study_*.png it wrote beside it;
           committed as a placeholder until a study is collected),
@@ -12,12 +12,13 @@ Outputs:  metrics/summary.json     (what `dvc exp show` / `dvc metrics diff` rea
           plots/amplification.csv, plots/shares.csv, plots/downstream.csv, plots/tasks.csv   (named plots in dvc.yaml)
           plots/generations.png    (curves across generations)
           plots/report.html        (self-contained: figures embedded, opens offline)
+          docs/results.md          (the results page the README links to)
 Params:   all of params.yaml (shown in the report)
 
 Example:
     python -m stages.summarize --generations metrics/generations --paradox metrics/paradox.json \\
         --instrument-metrics metrics/instrument.json --corpus-metrics metrics/corpus.json \\
-        --out metrics/summary.json --plots plots --report plots/report.html \\
+        --out metrics/summary.json --plots plots --report plots/report.html --results docs/results.md \\
         --generated-sheets plots/generated --study metrics/study.json --studies metrics/studies \\
         --acquisition metrics/acquisition.json
 """
@@ -45,10 +46,15 @@ from biasloop.report.html import (
     summary_row,
     task_row,
 )
+from biasloop.report.markdown import results_markdown
 from biasloop.report.plots import generation_curves
 from biasloop.report.study_html import named_study_section
 
 log = logging.getLogger("summarize")
+
+# plots/amplification.csv: per generation, the headline estimands and the shift's decomposition (fractions).
+AMPLIFICATION_COLUMNS = ("generation", "shift", "shift_lo", "shift_hi", "gap", "gap_lo", "gap_hi", "a_abs_raw",
+                         "data", "generator", "instrument", "noise_floor_abs", "excess_abs")
 
 
 def _write_csv(rows: list[dict], path: Path) -> None:
@@ -67,6 +73,8 @@ def main_body(argv: Sequence[str] | None) -> None:
     parser.add_argument("--report", default="plots/report.html", help="HTML report (default: %(default)s)")
     parser.add_argument("--generated-sheets", default="plots/generated",
                         help="folder of gen{N}.png contact sheets written by generate@N (default: %(default)s)")
+    parser.add_argument("--results", default="docs/results.md",
+                        help="results page in Markdown, generated from these metrics (default: %(default)s)")
     parser.add_argument("--study", help="metrics/study.json of `biasloop study collect`: adds a Study section")
     parser.add_argument("--studies", help="metrics/studies of `biasloop study collect --name NAME`: a section per "
                         "<name>.json")
@@ -102,10 +110,7 @@ def main_body(argv: Sequence[str] | None) -> None:
         summary = build_summary(rows, paradox, instrument)
         write_json(args.out, summary)
         plots = Path(args.plots)
-        _write_csv([{k: r.get(k) for k in ("generation", "amplification_abs", "noise_floor_abs", "excess_abs",
-                                              "excess_abs_lo", "excess_abs_hi", "p_value_abs", "excess_dir",
-                                              "shift_to_majority")}
-                    for r in rows], plots / "amplification.csv")
+        _write_csv([{k: r.get(k) for k in AMPLIFICATION_COLUMNS} for r in rows], plots / "amplification.csv")
         _write_csv(share_rows(generation_metrics), plots / "shares.csv")
         _write_csv([{k: r.get(k) for k in ("generation", "recall_at_10", "recall_at_10_gap", "max_skew_at_10",
                                               "worst_group_accuracy")} for r in rows], plots / "downstream.csv")
@@ -117,6 +122,7 @@ def main_body(argv: Sequence[str] | None) -> None:
         render_report(
             args.report, rows, paradox, instrument, params,
             {
+                "Where the amplification comes from (generation 0)": plots / "decomposition.png",
                 "Share of women per occupation, training vs. generation 0": plots / "paradox_shares.png",
                 "Across generations": plots / "generations.png",
                 "The corpus": plots / "corpus_contact_sheet.png",
@@ -127,6 +133,8 @@ def main_body(argv: Sequence[str] | None) -> None:
             acquisition=acquisition,
             study_sections=[named_study_section(s) for s in studies],
         )
+        with atomic_path(args.results) as tmp:
+            tmp.write_text(results_markdown(paradox, rows, params), encoding="utf-8")
         log.info("summary of %d generations -> %s; report -> %s", len(rows), args.out, args.report)
         run.log_metrics(summary)
         run.log_artifact(args.out)

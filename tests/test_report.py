@@ -18,7 +18,16 @@ GEN_METRICS = {
     "amplification": {"amplification_abs": 0.125, "noise_floor_abs": 0.045, "excess_abs": 0.08,
                       "excess_abs_ci": [0.03, 0.13], "p_value_abs": 0.002, "amplification_dir": 0.05,
                       "excess_dir": 0.04, "excess_dir_ci": [0.01, 0.07], "shift_to_majority": 0.04,
-                      "shift_to_majority_ci": [0.01, 0.07]},
+                      "shift_to_majority_ci": [0.01, 0.07],
+                      "estimands": {"shift": {"estimate": 0.04, "ci": [0.01, 0.07], "p_value": 0.000999,
+                                              "p_value_is_bound": True},
+                                    "gap": {"estimate": 0.1, "ci": [0.05, 0.16], "p_value": 0.002,
+                                            "p_value_is_bound": False},
+                                    "a_abs_raw": 0.125}},
+    "decomposition": {"prompt_vs_keyword": {"available": True, "measured": {"estimate": 0.04, "ci": [0.01, 0.07]},
+                                            "data": {"estimate": 0.03, "ci": [0.02, 0.04]},
+                                            "generator": {"estimate": 0.02, "ci": [-0.01, 0.05]},
+                                            "instrument": {"estimate": -0.01, "ci": [-0.02, 0.0]}}},
     "amplification_corrected": {"amplification_abs": 0.11, "excess_abs": 0.07},
     "amplification_true": {"amplification_abs": 0.09, "excess_abs": 0.05},
     "per_occupation": [{"occupation": "nurse", "share_train": 0.9, "share_gen": 0.95,
@@ -31,20 +40,54 @@ GEN_METRICS = {
 
 def test_summary_row_and_summary() -> None:
     row = summary_row(GEN_METRICS)
+    assert list(row)[:4] == ["generation", "shift", "shift_lo", "shift_hi"]  # the headline estimand leads
+    assert (row["shift"], row["shift_lo"], row["shift_hi"], row["shift_p_is_bound"]) == (0.04, 0.01, 0.07, True)
+    assert (row["gap"], row["gap_lo"], row["gap_hi"], row["a_abs_raw"]) == (0.1, 0.05, 0.16, 0.125)
+    assert (row["data"], row["generator"], row["instrument"]) == (0.03, 0.02, -0.01)
+    assert (row["generator_lo"], row["generator_hi"]) == (-0.01, 0.05)
     assert row["amplification_abs"] == 0.125 and row["noise_floor_abs"] == 0.045 and row["excess_abs"] == 0.08
     assert (row["excess_abs_lo"], row["excess_abs_hi"], row["p_value_abs"]) == (0.03, 0.13, 0.002)
     assert row["excess_abs_true"] == 0.05 and "bias_amp" not in row
     assert row["recall_at_10_gap"] == 0.02 and row["worst_group_accuracy"] == 0.5 and row["worst_group_min_size"] == 20
     measured = {"amplification_abs": 0.2, "noise_floor_abs": 0.05, "excess_abs": 0.15, "excess_abs_ci": [0.1, 0.2],
-                "p_value_abs": 0.001, "n_images_train": 3000, "n_images_gen": 800, "per_occupation": []}
-    summary = build_summary([row], {"table": {"prompt_vs_keyword": {"measured": measured}}},
+                "p_value_abs": 0.001, "n_images_train": 3000, "n_images_gen": 800, "per_occupation": [],
+                "estimands": {"shift": {"estimate": 0.18, "ci": [0.15, 0.21], "p_value": 0.001,
+                                        "p_value_is_bound": True},
+                              "gap": {"estimate": 0.19, "ci": [0.1, 0.25], "p_value": 0.001, "p_value_is_bound": True},
+                              "a_abs_raw": 0.2}}
+    decomposition = {"available": True, "measured": {"estimate": 0.18, "ci": [0.15, 0.21]},
+                     "data": {"estimate": 0.09, "ci": [0.08, 0.1]}, "generator": {"estimate": 0.08, "ci": [0.05, 0.11]},
+                     "instrument": {"estimate": 0.01, "ci": [-0.01, 0.03]}}
+    summary = build_summary([row], {"table": {"prompt_vs_keyword": {"measured": measured,
+                                                                    "decomposition": decomposition}}},
                             {"accuracy": 0.99, "tpr": 0.98, "fpr": 0.01})
+    assert list(summary)[0] == "headline"
     assert summary["gen1"]["excess_abs"] == 0.08
-    assert summary["paradox"] == {"prompt_vs_keyword": {
-        "amplification_abs": 0.2, "noise_floor_abs": 0.05, "excess_abs": 0.15, "p_value_abs": 0.001,
-        "n_images_train": 3000, "n_images_gen": 800, "excess_abs_lo": 0.1, "excess_abs_hi": 0.2}}
+    assert summary["headline"] == summary["paradox"]["prompt_vs_keyword"] == {
+        "shift": 0.18, "shift_lo": 0.15, "shift_hi": 0.21, "shift_p": 0.001, "shift_p_is_bound": True,
+        "gap": 0.19, "gap_lo": 0.1, "gap_hi": 0.25, "gap_p": 0.001, "gap_p_is_bound": True, "a_abs_raw": 0.2,
+        "data": 0.09, "data_lo": 0.08, "data_hi": 0.1, "generator": 0.08, "generator_lo": 0.05, "generator_hi": 0.11,
+        "instrument": 0.01, "instrument_lo": -0.01, "instrument_hi": 0.03,
+        "excess_abs": 0.15, "n_images_train": 3000, "n_images_gen": 800}
     assert summary["instrument"]["accuracy"] == 0.99
     assert share_rows([GEN_METRICS]) == [{"generation": 1, "occupation": "nurse", "share_train": 0.9, "share_gen": 0.95}]
+
+
+def test_report_leads_with_the_decomposition_sentence(tmp_path: Path) -> None:
+    measured = {"n_images_train": 3000, "n_images_gen": 800, "per_occupation": [],
+                "estimands": {"shift": {"estimate": 0.173, "ci": [0.151, 0.195], "p_value": 0.000999,
+                                        "p_value_is_bound": True},
+                              "gap": {"estimate": 0.17, "ci": [0.067, 0.259]}, "a_abs_raw": 0.173}}
+    decomposition = {"available": True, "measured": {"estimate": 0.173, "ci": [0.151, 0.195]},
+                     "data": {"estimate": 0.089, "ci": [0.08, 0.098]}, "generator": {"estimate": 0.079, "ci": [0.05, 0.1]},
+                     "instrument": {"estimate": 0.005, "ci": [-0.01, 0.02]}}
+    text = render_report(tmp_path / "r.html", [], {"table": {"prompt_vs_keyword": {"measured": measured,
+                                                                                 "decomposition": decomposition}}},
+                         None, {"synthetic_ratio": 0.4, "base": {"seed": 0, "cpu_threads": 1}}, {})
+    first = text[text.index("<h1>"):text.index("<h2>")]
+    assert "<b>+17.3 pp</b> [+15.1, +19.5]" in first and "p &lt; 0.001" in first
+    assert "accounts for +8.9 pp [+8.0, +9.8]" in first and "<b>generator</b> for +7.9 pp" in first
+    assert "synthetic_ratio 0.4, base.seed 0" in first and "base.cpu_threads 1" in first
 
 
 def _chromium() -> str | None:
@@ -61,7 +104,7 @@ def test_report_is_self_contained_and_renders_offline(tmp_path: Path) -> None:
     assert report.read_text() == text
     assert "data:image/png;base64," in text
     assert not re.search(r"""(src|href)\s*=\s*['"]?(https?:)?//""", text)  # nothing to fetch
-    assert "12.5" in text and "+8.0" in text  # amplification and excess in percentage points
+    assert "12.5" in text and "+4.0" in text and "+2.0" in text  # raw A_abs, shift, generator term in pp
     assert "0.596" in text and "59.6" not in text  # MaxSkew in nats, not scaled to percent
     assert "equals the shift to the majority" in text  # the alias shown once, with a note
 
@@ -158,3 +201,22 @@ def test_summarize_stage_puts_the_acquisition_table_in_the_report(tmp_path: Path
     assert _cells(text, "nurse")[:5] == ["14", "1", "3", "10", "7"]
     Path("metrics/acquisition.json").unlink()
     assert main(argv) != 0
+
+
+def test_results_page_is_generated_from_the_metrics() -> None:
+    from biasloop.report.markdown import results_markdown
+
+    measured = {"n_images_train": 3000, "n_images_gen": 800,
+                "estimands": {"shift": {"estimate": 0.173, "ci": [0.151, 0.195], "p_value": 0.000999,
+                                        "p_value_is_bound": True},
+                              "gap": {"estimate": 0.17, "ci": [0.067, 0.259]}, "a_abs_raw": 0.1732}}
+    decomposition = {"available": True, "data": {"estimate": 0.089, "ci": [0.08, 0.098]},
+                     "generator": {"estimate": 0.079, "ci": [0.05, 0.1]},
+                     "instrument": {"estimate": 0.005, "ci": [-0.01, 0.02]}}
+    text = results_markdown({"table": {"prompt_vs_keyword": {"measured": measured, "decomposition": decomposition}}},
+                            [summary_row(GEN_METRICS)], {"synthetic_ratio": 0.4, "base": {"seed": 0}})
+    assert "**+17.3 pp** [+15.1, +19.5] (p < 0.001)" in text
+    assert "**data** (an ideal learner of the captions) +8.9 [+8.0, +9.8]" in text
+    assert "| neutral prompt vs. keyword-retrieved captions | 3000 / 800 | +17.3 [+15.1, +19.5] | < 0.001 | 17.0 [6.7, 25.9] " \
+           "| 17.3 | 12.57 | +8.9 [+8.0, +9.8] | +7.9 [+5.0, +10.0] | +0.5 [-1.0, +2.0] |" in text
+    assert "| 1 | +4.0 [+1.0, +7.0] | 10.0 [5.0, 16.0] | +3.0 [+2.0, +4.0] | +2.0 [-1.0, +5.0] | -1.0 [-2.0, +0.0] | 70.0 | – |" in text

@@ -19,9 +19,10 @@ from typing import Any
 import polars as pl
 
 DESCRIPTION = """\
-Bias amplification of generated images against training images, from two per-occupation count files.
+Bias amplification of generated images against training images, from two per-occupation count files
+or from one file of pairs.
 
-Each file is a CSV with a header and one row per occupation (other columns are ignored):
+Each count file is a CSV with a header and one row per occupation (other columns are ignored):
     occupation,n_female,n_male,n_abstain
     nurse,180,20,4
     engineer,15,185,0
@@ -29,24 +30,42 @@ n_female / n_male count the images a classifier labelled as showing a woman / a 
 (optional, 0 when absent) those it abstained on. TRAIN.csv describes training images, GEN.csv generated
 images; occupations are matched by name (names in one file only are reported and left out).
 
-With F = n_female / (n_female + n_male), the share of women among confident images of an occupation,
-and means taken over occupations:
-  amplification_abs   mean |F_gen - F_train|: how far generated shares are from training shares
+--paired PAIRS.csv instead reads one row per (training image, generated image) pair, e.g. a training
+caption and the image generated from it:
+    occupation,train_label,gen_label
+    nurse,female,female
+    nurse,female,abstain
+labels female, male or abstain. Pairs are the sampling units: the bootstrap resamples whole pairs within
+each occupation and the null exchanges each pair's two labels with probability 1/2.
+
+With p_train, p_gen the shares of women among confidently labelled images of an occupation and means
+taken over occupations, the table leads with two estimands, each with a 95% interval and a p-value
+(p < 0.001: no null draw was as extreme, the p-value is a Monte Carlo bound):
+  shift               mean sign(p_train - 1/2) (p_gen - p_train): > 0 when generated images lean further
+                      towards each occupation's training majority; the headline (linear, unbiased;
+                      adjusted Wald interval, pair bootstrap for --paired; occupations whose training
+                      majority is unclear count both ways; two-sided p-value against equal shares in
+                      every occupation); for two groups BiasAmp (bias_amp, Zhao et al. 2017) equals
+                      it, so it is shown once
+  gap                 mean |p_gen - p_train| without sampling noise (the paper's A_abs): a debiased
+                      estimate, and an interval from simultaneous per-occupation Newcombe intervals
+                      (docs/estimands.md); raw A_abs, the plug-in value, is shown beside it
+Then per-occupation shares and these aggregates:
+  amplification_abs   raw A_abs, mean |F_gen - F_train| of the observed shares F
   amplification_dir   mean (|F_gen - 1/2| - |F_train - 1/2|): > 0 when generated images are further from
                       parity; it equals mad_gen - mad_train
-  shift_to_majority   mean sign(F_train - 1/2) (F_gen - F_train): > 0 when generated images lean further
-                      towards each occupation's training majority; for two groups BiasAmp (bias_amp,
-                      Zhao et al. 2017) equals it, so it is shown once
+  shift_to_majority   the shift above
   mad_train, mad_gen  mean |F - 1/2| of each side (DALL-Eval's gender MAD): distance from parity
   pearson             correlation of F_train and F_gen across occupations
-Sampling noise alone makes amplification_abs and amplification_dir positive. For both, the table gives
-the noise floor (their mean when generated and training images share one share of women per
-occupation, simulated with the files' confident counts), the excess over it with a 95% interval, and
-the p-value of that null (one-sided); read the excess, not the raw value. The other aggregates come
-with 95% percentile bootstrap intervals (images resampled within occupations). --n-boot replicates
-are drawn for both (--seed). The table shows shares in percent and differences in percentage points;
---json prints everything as fractions (keys noise_floor_abs, excess_abs, excess_abs_ci, p_value_abs,
-and the same with _dir). Exit status 2 on a bad file, naming the file and line.
+Sampling noise alone makes amplification_abs and amplification_dir positive. As a diagnostic, the table
+gives their noise floor (their mean when generated and training images share one share of women per
+occupation), the excess over it with a 95% interval, and the p-value of that null (one-sided); the
+excess is not an estimate of the amplification (read the gap). The other aggregates come with 95%
+percentile bootstrap intervals (images, or pairs, resampled within occupations). --n-boot replicates
+are drawn for all (--seed). The table shows shares in percent and differences in percentage points;
+--json prints everything as fractions (keys estimands.shift, estimands.gap, estimands.a_abs_raw, and
+the diagnostics noise_floor_abs, excess_abs, excess_abs_ci, p_value_abs, p_value_abs_is_bound, and the
+same with _dir). Exit status 2 on a bad file, naming the file and line.
 """
 
 
@@ -135,6 +154,71 @@ def _parse_counts(path: Path, reader: Any) -> pl.DataFrame:
     return pl.DataFrame(rows, schema={"occupation": pl.String, **{column: pl.Int64 for column in COUNT_COLUMNS}})
 
 
+PAIR_COLUMNS = ("occupation", "train_label", "gen_label")
+PAIR_LABELS = ("female", "male", "abstain")
+
+
+def read_pair_file(path: str | Path) -> pl.DataFrame:
+    """Read and validate a pair CSV into ``occupation, train_label, gen_label`` (strings).
+
+    Args:
+        path: a CSV with a header naming ``occupation``, ``train_label`` and ``gen_label`` (other columns
+            are ignored), one row per pair; labels ``female``/``male``/``abstain``.
+
+    Raises:
+        CountFileError: an unreadable, missing or empty file, a missing column, an empty occupation or
+            a label outside the three; the message names the file, the line, the column and the value.
+    """
+    path = Path(path)
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            return _parse_pairs(path, csv.reader(handle))
+    except FileNotFoundError:
+        raise CountFileError(f"{path}: file not found") from None
+    except UnicodeDecodeError as exc:
+        raise CountFileError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except csv.Error as exc:
+        raise CountFileError(f"{path}: not a readable CSV ({exc})") from None
+    except OSError as exc:
+        raise CountFileError(f"{path}: cannot read ({exc.strerror or exc})") from None
+
+
+def _parse_pairs(path: Path, reader: Any) -> pl.DataFrame:
+    header = next(reader, None)
+    while header is not None and not any(cell.strip() for cell in header):
+        header = next(reader, None)
+    if header is None:
+        raise CountFileError(f"{path}: empty file (expected a header: {','.join(PAIR_COLUMNS)})")
+    columns = [cell.strip() for cell in header]
+    missing = [c for c in PAIR_COLUMNS if c not in columns]
+    if missing:
+        raise CountFileError(
+            f"{path}, line {reader.line_num}: missing column(s) {', '.join(missing)} (header: {','.join(columns)})"
+        )
+    position = {name: columns.index(name) for name in PAIR_COLUMNS}
+    rows: dict[str, list[str]] = {name: [] for name in PAIR_COLUMNS}
+    for record in reader:
+        line = reader.line_num
+        if not any(cell.strip() for cell in record):
+            continue
+        cells = {name: (record[i].strip() if i < len(record) else "") for name, i in position.items()}
+        if not cells["occupation"]:
+            raise CountFileError(f"{path}, line {line}: empty occupation")
+        occupation = cells["occupation"]
+        if any(unicodedata.category(ch) == "Cc" for ch in occupation):
+            raise CountFileError(f"{path}, line {line}: occupation contains a control character ({occupation!r})")
+        for column in ("train_label", "gen_label"):
+            if cells[column] not in PAIR_LABELS:
+                raise CountFileError(
+                    f"{path}, line {line}: {column} must be one of {', '.join(PAIR_LABELS)}, found {cells[column]!r}"
+                )
+        for name in PAIR_COLUMNS:
+            rows[name].append(cells[name])
+    if not rows["occupation"]:
+        raise CountFileError(f"{path}: no pair rows after the header")
+    return pl.DataFrame(rows, schema={name: pl.String for name in PAIR_COLUMNS})
+
+
 def _percent(value: float | None, signed: bool = False) -> str:
     if value is None:
         return "n/a"
@@ -145,13 +229,41 @@ def _correlation(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
+def format_estimands(result: dict[str, Any]) -> list[str]:
+    """The shift and the gap (percentage points, 95% intervals, p-values), raw A_abs beside the gap."""
+    from biasloop.metrics.estimands import format_p_value
+
+    estimands = result["estimands"]
+    shift, gap = estimands["shift"], estimands["gap"]
+    sampled = f"{result['n_occupations']} occupations, {result['n_boot']} replicates"
+    if result.get("paired"):
+        sampled += f", {result['n_pairs']} pairs (paired)"
+    lines = [f"{'estimand':<10}{'pp':>8}   {'95% interval':<18}{'p':<12}({sampled})"]
+    for name, entry, signed in (("shift", shift, True), ("gap", gap, False)):
+        lo, hi = entry["ci"]
+        interval = f"[{_percent(lo, signed)}, {_percent(hi, signed)}]"
+        line = (f"{name:<10}{_percent(entry['estimate'], signed):>8}   {interval:<18}"
+                f"{format_p_value(entry['p_value'], entry['p_value_is_bound']):<12}")
+        if name == "gap":
+            line += f"raw A_abs {_percent(estimands['a_abs_raw'])} pp"
+        lines.append(line.rstrip())
+    if shift.get("n_unclear_majority"):
+        lines.append(f"(the shift's interval counts {shift['n_unclear_majority']} occupation(s) both ways: "
+                     "their training majority is unclear)")
+    return lines
+
+
 def format_table(result: dict[str, Any]) -> str:
-    """Per-occupation shares of women (percent) and their difference (percentage points), then
-    ``amplification_abs``/``_dir`` with noise floor, excess and its 95% interval, and p-value, then the
-    other aggregates with 95% intervals (percentage points; Pearson's r as is), then the aliases."""
+    """The estimands (:func:`format_estimands`), per-occupation shares of women (percent) and their
+    difference (percentage points), then ``amplification_abs``/``_dir`` with noise floor, excess and its
+    95% interval, and p-value (diagnostics), then the other aggregates with 95% intervals (percentage
+    points; Pearson's r as is), then the aliases."""
+    from biasloop.metrics.estimands import format_p_value
+
     rows = result["per_occupation"]
     name_width = max([len("occupation"), len("shift_to_majority"), *(len(r["occupation"]) for r in rows)]) + 2
-    lines = [f"{'occupation':<{name_width}}{'train %F':>10}{'gen %F':>10}{'diff pp':>10}{'abstain % (train/gen)':>24}"]
+    lines = [*format_estimands(result), ""]
+    lines += [f"{'occupation':<{name_width}}{'train %F':>10}{'gen %F':>10}{'diff pp':>10}{'abstain % (train/gen)':>24}"]
     for row in rows:
         abstain = f"{_percent(row['abstain_rate_train'])}/{_percent(row['abstain_rate_gen'])}"
         lines.append(
@@ -161,15 +273,14 @@ def format_table(result: dict[str, Any]) -> str:
     if result.get("dropped"):
         lines.append(f"(left out of the aggregates, no confident image on a side: {', '.join(result['dropped'])})")
     lines.append("")
-    lines.append(f"{'aggregate':<{name_width}}{'pp':>8}{'noise floor':>13}{'excess [95% interval]':>26}{'p':>8}"
-                 f"   ({result['n_occupations']} occupations)")
+    lines.append(f"{'diagnostic':<{name_width}}{'pp':>8}{'noise floor':>13}{'excess [95% interval]':>26}{'p':>10}"
+                 f"   (noise floor; the excess is not the amplification)")
     for name, suffix in (("amplification_abs", "abs"), ("amplification_dir", "dir")):
         lo, hi = result[f"excess_{suffix}_ci"]
         excess = f"{_percent(result[f'excess_{suffix}'], True)} [{_percent(lo, True)}, {_percent(hi, True)}]"
-        p_value = result[f"p_value_{suffix}"]
+        p_value = format_p_value(result[f"p_value_{suffix}"], result[f"p_value_{suffix}_is_bound"], with_p=False)
         lines.append(f"{name:<{name_width}}{_percent(result[name], name == 'amplification_dir'):>8}"
-                     f"{_percent(result[f'noise_floor_{suffix}']):>13}{excess:>26}"
-                     f"{'n/a' if p_value is None else f'{p_value:.3f}':>8}")
+                     f"{_percent(result[f'noise_floor_{suffix}']):>13}{excess:>26}{p_value:>10}")
     lines.append("")
     lines.append(f"{'aggregate':<{name_width}}{'pp':>8}   95% interval")
     for name in ("shift_to_majority", "mad_train", "mad_gen"):
@@ -195,8 +306,10 @@ def _replicates(text: str) -> int:
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("amplify", help="amplification table from two per-occupation count CSVs",
                                    description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("train", help="count CSV of training images")
-    parser.add_argument("gen", help="count CSV of generated images")
+    parser.add_argument("train", nargs="?", help="count CSV of training images (not with --paired)")
+    parser.add_argument("gen", nargs="?", help="count CSV of generated images (not with --paired)")
+    parser.add_argument("--paired", metavar="PAIRS.csv", default=None,
+                        help="analyse pairs instead: a CSV with occupation,train_label,gen_label, one row per pair")
     parser.add_argument("--json", action="store_true", help="print the full table as JSON (fractions, not percent)")
     parser.add_argument("--n-boot", type=_replicates, default=1000, help="bootstrap replicates (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: %(default)s)")
@@ -210,9 +323,34 @@ def main(argv: Sequence[str]) -> int:
     return biasloop_main(["amplify", *argv])
 
 
+def _run_paired(args: argparse.Namespace) -> int:
+    from biasloop.metrics.paired import paired_amplification_table
+
+    try:
+        pairs = read_pair_file(args.paired)
+    except CountFileError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    result = paired_amplification_table(pairs, n_boot=args.n_boot, seed=args.seed)
+    if result["n_occupations"] == 0:
+        print(f"error: no occupation in {args.paired} has a confident (non-abstained) label on both sides",
+              file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=2) if args.json else format_table(result))
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from biasloop.metrics.amplification import amplification_table
 
+    if args.paired is not None:
+        if args.train is not None or args.gen is not None:
+            print("error: give either TRAIN.csv GEN.csv or --paired PAIRS.csv, not both", file=sys.stderr)
+            return 2
+        return _run_paired(args)
+    if args.train is None or args.gen is None:
+        print("error: give TRAIN.csv and GEN.csv (two count files), or --paired PAIRS.csv", file=sys.stderr)
+        return 2
     try:
         train, gen = read_count_file(args.train), read_count_file(args.gen)
     except CountFileError as exc:

@@ -15,21 +15,32 @@ of occupation ``o`` and the mean taken over occupations:
 Two aliases are shown once: for two groups ``bias_amp`` equals ``shift_to_majority`` (so the tables
 carry only ``shift_to_majority``), and ``amplification_dir`` equals ``mad_gen - mad_train`` exactly.
 
-**Noise floor and excess.** ``amplification_abs`` and ``amplification_dir`` are built from absolute values,
-so sampling noise alone makes them positive: with 80 generated and 335 training images per occupation,
-two samples of one population give ``amplification_abs`` of about 4 to 5 pp. Each table therefore reports,
-for ``abs`` and ``dir`` (see :func:`excess_over_noise`):
+**Estimands.** Each table leads with ``estimands`` (:mod:`biasloop.metrics.estimands`,
+``docs/estimands.md``): the ``shift`` (``shift_to_majority`` with an adjusted Wald interval, or for
+pairs and corrected shares a bootstrap one, occupations with an unclear training majority counted both
+ways, and a two-sided null p-value), the ``gap`` (the noise-free ``mean_o |p_gen - p_train|``,
+debiased, with an interval from simultaneous per-occupation intervals), and ``a_abs_raw``, the paper's
+plug-in A_abs. ``tests/test_calibration.py`` measures that both intervals cover the noise-free values.
+``shift_to_majority_ci`` stays the plain percentile bootstrap (which re-estimates every majority in
+each replicate and fails near parity).
+
+**Noise floor and excess: a diagnostic, not an estimate of the amplification.**
+``amplification_abs`` and ``amplification_dir`` are built from absolute values, so sampling noise alone
+makes them positive: with 80 generated and 335 training images per occupation, two samples of one
+population give ``amplification_abs`` of about 4 to 5 pp. Each table therefore also reports, for ``abs``
+and ``dir`` (see :func:`excess_over_noise`):
 
 - ``noise_floor_<s>``: the statistic's mean under the null "generated share = training share", simulated
   with the observed confident counts per occupation from the pooled share (parametric bootstrap, the
   same number of replicates as the intervals);
-- ``excess_<s> = <statistic> - noise_floor_<s>`` with ``excess_<s>_ci``, a 95% interval whose coverage
-  ``tests/test_calibration.py`` measures;
-- ``p_value_<s>``: the one-sided Monte Carlo p-value of the statistic under that null.
+- ``excess_<s> = <statistic> - noise_floor_<s>`` with ``excess_<s>_ci``: it estimates
+  ``E[T] - E_null[T]``, which lies below the noise-free gap once differences are real (it covered a
+  true gap of 17 pp in 12% of headline-like simulated tables), so read the ``gap`` estimand instead;
+- ``p_value_<s>``: the one-sided Monte Carlo p-value of the statistic under that null (the gap's p-value),
+  with ``p_value_<s>_is_bound`` true when it is the floor ``1 / (1 + n_boot)``.
 
 Signed statistics (``shift_to_majority``, ``pearson``) and the one-sided MADs keep 95% percentile bootstrap
-intervals (images resampled within occupations); the calibration test checks that the shift's interval
-covers a known shift at the nominal rate.
+intervals (images resampled within occupations).
 
 The canonical per-image classification table is a polars DataFrame with ``occupation`` (str),
 ``p_female`` (float) and ``label`` (``female``/``male``/``abstain``); a count table has
@@ -49,6 +60,7 @@ import numpy as np
 import polars as pl
 
 from biasloop.core.io import json_float
+from biasloop.metrics import estimands
 from biasloop.models.labelling import LABELS
 
 log = logging.getLogger(__name__)
@@ -321,14 +333,19 @@ def excess_over_noise(point: Any, replicates: np.ndarray, null_replicates: np.nd
         ``noise_floor = mean(T_null)``; ``excess = T - noise_floor``; ``excess_lo``/``excess_hi``, the
         95% interval ``[excess - (q97.5 - m), excess - (q2.5 - m)]`` with ``q`` the percentiles and
         ``m`` the mean of the bootstrap replicates ``T*``; ``p_value = (1 + #{T_null >= T}) /
-        (1 + #T_null)``, one-sided. nan replicates are left out; all nan when there are none.
+        (1 + #T_null)``, one-sided, with ``p_value_is_bound`` (no null draw as extreme, so the p-value is
+        the Monte Carlo floor). nan replicates are left out; all nan when there are none.
+
+    A diagnostic: the excess is not an estimate of the noise-free amplification (module docstring).
 
     What the excess estimates: ``theta = E[T] - E_null[T]``, how far the statistic's expectation at these
     sample sizes sits above pure noise's. For ``amplification_abs`` and one occupation with true
     difference ``d`` and symmetric noise ``X``, ``E|d + X| - E|X|`` lies between 0 and ``|d|``
     (triangle inequality; Anderson's theorem for the lower end), is 0 exactly when ``d = 0`` and tends
-    to ``|d|`` as samples grow: the excess is a conservative measure of the true amplification that
-    removes what noise alone produces.
+    to ``|d|`` as samples grow: it sits below the noise-free gap at the sample sizes used (by 3 pp of 17
+    in headline-like tables, whose true gap its interval then covers in 15% of them), so the ``gap``
+    estimand (:func:`biasloop.metrics.estimands.gap_from_counts`) reports the amplification and the
+    excess only says how far the statistic clears its noise floor.
 
     Why this interval: the percentile interval of ``T*`` inherits the bias of an absolute value twice
     (sampling adds noise and the bootstrap adds it again) and excludes 0 under the null, and the basic
@@ -347,13 +364,10 @@ def excess_over_noise(point: Any, replicates: np.ndarray, null_replicates: np.nd
     excess = point - floor
     centred = replicates - _nan_mean(replicates, keepdims=True)
     upper_q, lower_q = _nan_quantiles(centred, (97.5, 2.5))
-    valid = ~np.isnan(null_replicates)
     # Ties count as at least as extreme (a conservative p-value for a discrete statistic).
-    as_extreme = (valid & (null_replicates >= point[..., None] - 1e-12)).sum(axis=-1)
-    n_valid = valid.sum(axis=-1)
-    p_value = np.where(n_valid > 0, (1 + as_extreme) / (1 + n_valid), np.nan)
+    p_value, is_bound = estimands.monte_carlo_p_value(point, null_replicates, two_sided=False)
     return {"noise_floor": floor, "excess": excess, "excess_lo": excess - upper_q, "excess_hi": excess - lower_q,
-            "p_value": p_value}
+            "p_value": p_value, "p_value_is_bound": is_bound}
 
 
 def summarize_aggregates(
@@ -374,9 +388,10 @@ def summarize_aggregates(
     Returns:
         Arrays of shape ``(...)``: each name in :data:`AGGREGATES`; for ``amplification_abs``/``_dir``
         (suffix ``s`` = ``abs``/``dir``) ``noise_floor_s``, ``excess_s``, ``excess_s_lo``, ``excess_s_hi``
-        and ``p_value_s`` (:func:`excess_over_noise`); for the others ``<name>_lo``/``_hi``, the 95%
-        percentile interval. A replicate in which some occupation drew no confident image gives nan
-        and is left out.
+        ``p_value_s`` and ``p_value_s_is_bound`` (:func:`excess_over_noise`); for the others
+        ``<name>_lo``/``_hi``, the 95% percentile interval; ``p_value_shift`` (two-sided, of
+        ``shift_to_majority`` against the null draws) and ``p_value_shift_is_bound``. A replicate in
+        which some occupation drew no confident image gives nan and is left out.
     """
     point = _aggregates(share_train, share_gen)
     boot = _aggregates(boot_train, boot_gen)
@@ -388,10 +403,13 @@ def summarize_aggregates(
             suffix = NOISE_FLOORED[name]
             excess = excess_over_noise(point[name], np.asarray(boot[name], float), np.asarray(null[name], float))
             out[f"noise_floor_{suffix}"], out[f"p_value_{suffix}"] = excess["noise_floor"], excess["p_value"]
+            out[f"p_value_{suffix}_is_bound"] = excess["p_value_is_bound"]
             out[f"excess_{suffix}"] = excess["excess"]
             out[f"excess_{suffix}_lo"], out[f"excess_{suffix}_hi"] = excess["excess_lo"], excess["excess_hi"]
         else:
             out[f"{name}_lo"], out[f"{name}_hi"] = _nan_quantiles(np.asarray(boot[name], float), (2.5, 97.5))
+    out["p_value_shift"], out["p_value_shift_is_bound"] = estimands.monte_carlo_p_value(
+        point["shift_to_majority"], np.asarray(null["shift_to_majority"], float), two_sided=True)
     return out
 
 
@@ -407,8 +425,11 @@ def _table(
     boot: tuple[np.ndarray, np.ndarray],
     null: tuple[np.ndarray, np.ndarray],
     keep: np.ndarray,
+    parts: dict[str, Any],
 ) -> dict[str, Any]:
-    """Aggregates over the kept occupations with intervals, and per-occupation rows (all occupations)."""
+    """Aggregates over the kept occupations with intervals, the estimands, and per-occupation rows (all
+    occupations). ``parts``: the caller's ``gap`` (``estimate``/``lo``/``hi``/``kind``) and ``shift``
+    (``lo``/``hi``/``kind``/``n_unclear_majority``); empty when no occupation is kept."""
     share_train, share_gen = shares
     out: dict[str, Any] = {}
     stats = summarize_aggregates(share_train[keep], share_gen[keep], boot[0][:, keep], boot[1][:, keep],
@@ -422,10 +443,28 @@ def _table(
             out[f"excess_{suffix}"] = value(f"excess_{suffix}")
             out[f"excess_{suffix}_ci"] = [value(f"excess_{suffix}_lo"), value(f"excess_{suffix}_hi")]
             out[f"p_value_{suffix}"] = value(f"p_value_{suffix}")
+            out[f"p_value_{suffix}_is_bound"] = bool(stats.get(f"p_value_{suffix}_is_bound", False))
         else:
             out[f"{name}_ci"] = [value(f"{name}_lo"), value(f"{name}_hi")]
     out["n_occupations"] = int(keep.sum())
     out["n_boot"] = int(boot[0].shape[0])
+    gap, shift = parts.get("gap", {}), parts.get("shift")
+    out["estimands"] = {
+        "shift": {"estimate": out["shift_to_majority"],
+                  "ci": [json_float(shift["lo"]), json_float(shift["hi"])] if shift else [None, None],
+                  "p_value": value("p_value_shift"),
+                  "p_value_is_bound": bool(stats.get("p_value_shift_is_bound", False)),
+                  "n_boot": out["n_boot"],
+                  "kind": shift["kind"] if shift else None,
+                  # occupations whose training majority is unclear, counted both ways in the interval
+                  "n_unclear_majority": int(shift["n_unclear_majority"]) if shift else None},
+        # The gap is 0 exactly under the null "equal shares in every occupation" that p_value_abs tests.
+        "gap": {"estimate": json_float(gap.get("estimate", np.nan)),
+                "ci": [json_float(gap.get("lo", np.nan)), json_float(gap.get("hi", np.nan))],
+                "p_value": out["p_value_abs"], "p_value_is_bound": out["p_value_abs_is_bound"],
+                "kind": gap.get("kind")},
+        "a_abs_raw": out["amplification_abs"],
+    }
     for side, counts in (("train", train), ("gen", gen)):
         out[f"n_images_{side}"] = int(counts[keep].sum())
         out[f"n_confident_{side}"] = int(counts[keep, :2].sum())
@@ -473,17 +512,22 @@ def amplification_table(
             each occupation (multinomial over female/male/abstain with the observed n), train and gen
             independently; the null draws as many replicates (:func:`null_shares`).
         seed: seed of ``numpy.random.default_rng`` for the bootstrap; equal seeds give equal results.
-        confusion: the instrument's ``{"tpr": .., "fpr": ..}``; adds a ``corrected`` table.
+        confusion: the instrument's ``{"tpr": .., "fpr": ..}``, taken as exact, or with ``"counts"``
+            (:func:`read_confusion`), redrawn in each replicate; adds a ``corrected`` table.
         correct_train: correct the training shares as well as the generated ones (False when the
             training counts come from ground truth rather than from the instrument).
 
     Returns:
         A JSON-ready dict (python floats; None where undefined), all values fractions:
+        ``estimands`` = {"shift": {"estimate", "ci", "p_value", "p_value_is_bound", "n_boot", "kind",
+        "n_unclear_majority"}, "gap": {"estimate", "ci", "p_value", "p_value_is_bound", "kind"},
+        "a_abs_raw"} (:mod:`biasloop.metrics.estimands`, ``docs/estimands.md``: the headline numbers;
+        the shift's p-value is two-sided against the null draws, the gap's is ``p_value_abs``);
         ``aliases`` (:data:`ALIASES`: names not repeated as keys); ``amplification_abs`` and
-        ``amplification_dir`` each with ``noise_floor_<s>``, ``excess_<s>``, ``excess_<s>_ci`` (95%) and
-        ``p_value_<s>`` (``s`` = ``abs``/``dir``; :func:`excess_over_noise`); ``shift_to_majority``,
-        ``mad_train``, ``mad_gen``, ``pearson``, each with ``<name>_ci`` = [lo, hi] (95% percentile
-        interval); ``n_occupations`` (occupations in the aggregates), ``n_boot``, ``n_images_<side>``
+        ``amplification_dir`` each with ``noise_floor_<s>``, ``excess_<s>``, ``excess_<s>_ci`` (95%)
+        and ``p_value_<s>`` with ``p_value_<s>_is_bound`` (``s`` = ``abs``/``dir``;
+        :func:`excess_over_noise`, diagnostics); ``shift_to_majority``, ``mad_train``, ``mad_gen``,
+        ``pearson``, each with ``<name>_ci`` = [lo, hi] (95% percentile interval); ``n_occupations`` (occupations in the aggregates), ``n_boot``, ``n_images_<side>``
         and ``n_confident_<side>`` (images and confidently labelled images over those occupations,
         side = train/gen); ``per_occupation`` rows (counts,
         shares with intervals, abstain rates, ``difference`` = share_gen - share_train) for every
@@ -492,7 +536,8 @@ def amplification_table(
         ``occupations_left_out``: the unmatched and dropped names together (occupations of either
         file that the aggregates do not cover, e.g. one no training caption mentions); and,
         with ``confusion``, ``corrected``: the same aggregates and rows on corrected shares, plus
-        ``confusion`` = {"tpr", "fpr", "train_corrected"}.
+        ``confusion`` = {"tpr", "fpr", "train_corrected", "uncertainty": "fixed" | "bootstrapped"[,
+        "counts"]}; its gap interval also covers the rates' uncertainty when counts are given.
 
     Raises:
         ValueError: a missing column, a negative or missing count, a repeated occupation, a negative
@@ -507,48 +552,124 @@ def amplification_table(
     names = joined["occupation"].to_list()
     train = np.stack([joined[f"n_{label}"].to_numpy() for label in LABELS], axis=1).astype(np.int64).reshape(-1, 3)
     gen = np.stack([joined[f"n_{label}_gen"].to_numpy() for label in LABELS], axis=1).astype(np.int64).reshape(-1, 3)
-    share_train = np.asarray(share_female(train[:, 0], train[:, 1]), float).reshape(-1)
-    share_gen = np.asarray(share_female(gen[:, 0], gen[:, 1]), float).reshape(-1)
-    keep = ~(np.isnan(share_train) | np.isnan(share_gen))
-
     rng = np.random.default_rng(seed)
     boot = (bootstrap_shares(train, n_boot, rng), bootstrap_shares(gen, n_boot, rng))
     null = null_shares(train, gen, n_boot, rng)
+    unmatched = {"train_only": sorted(train_names - gen_names), "gen_only": sorted(gen_names - train_names)}
+    return table_from_draws(names, train, gen, boot, null, rng=rng, confusion=confusion, correct_train=correct_train,
+                            unmatched=unmatched)
 
+
+def _estimand_parts(train: np.ndarray, gen: np.ndarray, keep: np.ndarray, phi: np.ndarray | None,
+                    shares: tuple[np.ndarray, np.ndarray], boot: tuple[np.ndarray, np.ndarray]) -> dict[str, Any]:
+    """The gap and the shift's interval over the kept occupations (:mod:`.estimands`): adjusted Wald
+    for independent sides, the pair bootstrap with fixed majorities for pairs."""
+    if not keep.any():
+        return {}
+    kept_phi = None if phi is None else phi[keep]
+    gap = estimands.gap_from_counts(train[keep], gen[keep], phi=kept_phi)
+    if phi is None:
+        shift = estimands.shift_interval(train[keep], gen[keep])
+        return {"gap": {**gap, "kind": estimands.GAP_KIND_INDEPENDENT},
+                "shift": {**shift, "kind": estimands.SHIFT_KIND_WALD}}
+    unclear = estimands.unclear_majority(train[keep])
+    lo, hi = estimands.shift_bootstrap_interval(shares[0][keep], shares[1][keep], boot[0][:, keep], boot[1][:, keep],
+                                                unclear)
+    return {"gap": {**gap, "kind": estimands.GAP_KIND_PAIRED},
+            "shift": {"lo": lo, "hi": hi, "kind": estimands.SHIFT_KIND_PAIRED, "n_unclear_majority": unclear.sum()}}
+
+
+def table_from_draws(
+    names: list[str],
+    train: np.ndarray,
+    gen: np.ndarray,
+    boot: tuple[np.ndarray, np.ndarray],
+    null: tuple[np.ndarray, np.ndarray],
+    *,
+    rng: np.random.Generator,
+    confusion: dict[str, Any] | None = None,
+    correct_train: bool = True,
+    phi: np.ndarray | None = None,
+    unmatched: dict[str, list[str]] | None = None,
+) -> dict[str, Any]:
+    """:func:`amplification_table`'s dict from counts and replicate shares drawn by the caller.
+
+    Args:
+        names: occupation names, one per row of the counts.
+        train, gen: ``(occupations, 3)`` female/male/abstain counts.
+        boot: ``(n_boot, occupations)`` bootstrap shares of each side.
+        null: ``(n_boot, occupations)`` shares of each side drawn under the null.
+        rng: the generator that drew them; it goes on to draw the confusion rates.
+        confusion: ``{"tpr", "fpr"}`` (rates taken as exact) or with ``"counts"`` (held-out counts,
+            :func:`read_confusion`: rates redrawn in each replicate); adds ``corrected``.
+        correct_train: correct the training side too.
+        phi: ``(occupations,)`` within-pair correlations when the two sides are paired, else None.
+        unmatched: occupations of one side only (reported, not analysed).
+    """
+    share_train = np.asarray(share_female(train[:, 0], train[:, 1]), float).reshape(-1)
+    share_gen = np.asarray(share_female(gen[:, 0], gen[:, 1]), float).reshape(-1)
+    keep = ~(np.isnan(share_train) | np.isnan(share_gen))
     result: dict[str, Any] = {"aliases": dict(ALIASES)}
-    result.update(_table(names, train, gen, (share_train, share_gen), boot, null, keep))
-    result["unmatched"] = {"train_only": sorted(train_names - gen_names), "gen_only": sorted(gen_names - train_names)}
+    result.update(_table(names, train, gen, (share_train, share_gen), boot, null, keep,
+                         _estimand_parts(train, gen, keep, phi, (share_train, share_gen), boot)))
+    result["unmatched"] = unmatched or {"train_only": [], "gen_only": []}
     result["dropped"] = [name for name, kept in zip(names, keep) if not kept]
     result["occupations_left_out"] = sorted({*result["unmatched"]["train_only"], *result["unmatched"]["gen_only"],
                                              *result["dropped"]})
     if confusion is not None:
         tpr, fpr = float(confusion["tpr"]), float(confusion["fpr"])
+        corrected_share(0.5, tpr, fpr)  # raises unless tpr > fpr
+        counts, n_boot = estimands.confusion_counts(confusion), boot[0].shape[0]
+        # Each replicate (bootstrap and null alike) is corrected with its own draw of the rates, so the
+        # intervals carry the uncertainty of rates measured on a few hundred held-out images.
+        tpr_draws, fpr_draws = estimands.confusion_rate_draws(counts, n_boot, rng) if counts and n_boot else (tpr, fpr)
+        rates = (np.reshape(tpr_draws, (-1, 1)), np.reshape(fpr_draws, (-1, 1)))
 
-        def correct(shares: np.ndarray, side_corrected: bool = True) -> np.ndarray:
+        def correct(shares: np.ndarray, side_corrected: bool = True, replicate_rates: bool = True) -> np.ndarray:
             if not side_corrected:
                 return shares
-            return np.asarray(corrected_share(shares, tpr, fpr), float).reshape(shares.shape)
+            return estimands.correct_shares(shares, *(rates if replicate_rates else (tpr, fpr)))
 
-        # The null's shares pass through the same correction as the observed ones, so the floor is the
-        # corrected statistic's floor.
-        corrected = _table(
-            names, train, gen,
-            (correct(share_train, correct_train), correct(share_gen)),
-            (correct(boot[0], correct_train), correct(boot[1])),
-            (correct(null[0], correct_train), correct(null[1])),
-            keep,
-        )
+        corrected_shares = (correct(share_train, correct_train, False), correct(share_gen, True, False))
+        corrected_boot = (correct(boot[0], correct_train), correct(boot[1]))
+        parts: dict[str, Any] = {}
+        if keep.any():
+            difference = corrected_shares[1][keep] - corrected_shares[0][keep]
+            variance = (np.nanvar(corrected_boot[1][:, keep] - corrected_boot[0][:, keep], axis=0, ddof=1)
+                        if n_boot > 1 else np.zeros_like(difference))
+            lo, hi = estimands.corrected_gap_interval(train[keep], gen[keep], confusion, correct_train,
+                                                      phi=None if phi is None else phi[keep])
+            gap = {"estimate": np.mean(estimands.debiased_abs(difference, variance)), "lo": lo, "hi": hi,
+                   "kind": estimands.GAP_KIND_CORRECTED}
+            unclear = estimands.unclear_majority(train[keep], rates=(tpr, fpr) if correct_train else None)
+            shift_lo, shift_hi = estimands.shift_bootstrap_interval(
+                corrected_shares[0][keep], corrected_shares[1][keep], corrected_boot[0][:, keep],
+                corrected_boot[1][:, keep], unclear)
+            parts = {"gap": gap, "shift": {"lo": shift_lo, "hi": shift_hi, "n_unclear_majority": unclear.sum(),
+                                           "kind": estimands.SHIFT_KIND_PAIRED if phi is not None
+                                           else estimands.SHIFT_KIND_BOOTSTRAP}}
+        corrected = _table(names, train, gen, corrected_shares, corrected_boot,
+                           (correct(null[0], correct_train), correct(null[1])), keep, parts)
         corrected["occupations_left_out"] = result["occupations_left_out"]
-        corrected["confusion"] = {"tpr": tpr, "fpr": fpr, "train_corrected": bool(correct_train)}
+        corrected["confusion"] = {"tpr": tpr, "fpr": fpr, "train_corrected": bool(correct_train),
+                                  "uncertainty": "bootstrapped" if counts and n_boot else "fixed"}
+        if counts:
+            corrected["confusion"]["counts"] = counts
         result["corrected"] = corrected
     return result
 
 
-def read_confusion(path: str | Path) -> dict[str, float] | None:
-    """The instrument's ``{"tpr", "fpr"}`` from its metrics file, or None when unknown or unusable."""
+def read_confusion(path: str | Path) -> dict[str, Any] | None:
+    """The instrument's ``{"tpr", "fpr"}`` from its metrics file, with ``"counts"`` (its held-out
+    ``confusion`` counts, :func:`biasloop.metrics.estimands.confusion_counts`) when the file has them, so
+    that :func:`amplification_table` redraws the rates in each replicate; None when unknown or unusable."""
     metrics = json.loads(Path(path).read_text())
     tpr, fpr = metrics.get("tpr"), metrics.get("fpr")
     if tpr is None or fpr is None or tpr <= fpr:
         log.warning("instrument confusion rates unknown or unusable (tpr=%s, fpr=%s): no correction", tpr, fpr)
         return None
-    return {"tpr": float(tpr), "fpr": float(fpr)}
+    confusion: dict[str, Any] = {"tpr": float(tpr), "fpr": float(fpr)}
+    counts = estimands.confusion_counts({"counts": metrics.get("confusion")})
+    if counts is not None:
+        confusion["counts"] = counts
+    return confusion

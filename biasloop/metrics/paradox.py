@@ -36,6 +36,8 @@ import polars as pl
 from biasloop.core.seeds import stream_seed
 from biasloop.metrics.amplification import amplification_table, count_table
 from biasloop.metrics.decomposition import decompose
+from biasloop.metrics.paired import paired_amplification_table
+from biasloop.metrics.rows import decomposition_values, estimand_values
 
 # pairing name -> (generated prompt kind, training selection)
 PAIRINGS = {
@@ -52,6 +54,7 @@ HEADLINE_KEYS = (
     "amplification_dir", "noise_floor_dir", "excess_dir", "excess_dir_ci", "p_value_dir",
     "shift_to_majority", "shift_to_majority_ci", "mad_train", "mad_gen", "pearson",
     "n_occupations", "n_images_train", "n_confident_train", "n_images_gen", "n_confident_gen", "n_pairs",
+    "estimands",
 )
 
 
@@ -161,19 +164,28 @@ def paradox_table(
                 result[name] = {"measured": None, "corrected": None, "true": None, "missing": True, "n_pairs": 0,
                                 "ideal": None, "decomposition": None}
                 continue
-        train_counts, generated_counts = count_table(train), count_table(generated)
-        measured = amplification_table(train_counts, generated_counts, n_boot=n_boot, seed=amplification_seed,
-                                       confusion=confusion)
-        entry: dict[str, Any] = {"paired_by_source": name in PAIRED_BY_SOURCE, "n_pairs": n_pairs}
-        entry["measured"] = {k: v for k, v in measured.items() if k != "corrected"}
-        entry["corrected"] = measured.get("corrected")
-        entry["true"] = None
-        if has_truth and confusion is not None:
+        if n_pairs is not None:
+            # Paired: whole pairs resampled, the null from within-pair label swaps.
+            def table(train_labels: pl.Series, correct_train: bool = True) -> dict[str, Any]:
+                pairs = pl.DataFrame({"occupation": generated["occupation"], "train_label": train_labels,
+                                      "gen_label": generated["label"]}).filter(pl.col("train_label").is_not_null())
+                return paired_amplification_table(pairs, n_boot=n_boot, seed=amplification_seed, confusion=confusion,
+                                                  correct_train=correct_train)
+
+            measured = table(train["label"])
+            truth = table(train["true_gender"], correct_train=False) if has_truth and confusion is not None else None
+        else:
+            generated_counts = count_table(generated)
+            measured = amplification_table(count_table(train), generated_counts, n_boot=n_boot,
+                                           seed=amplification_seed, confusion=confusion)
             truth = amplification_table(
                 true_count_table(train), generated_counts, n_boot=n_boot, seed=amplification_seed, confusion=confusion,
                 correct_train=False,
-            )
-            entry["true"] = truth.get("corrected")
+            ) if has_truth and confusion is not None else None
+        entry: dict[str, Any] = {"paired_by_source": name in PAIRED_BY_SOURCE, "n_pairs": n_pairs}
+        entry["measured"] = {k: v for k, v in measured.items() if k != "corrected"}
+        entry["corrected"] = measured.get("corrected")
+        entry["true"] = truth.get("corrected") if truth else None
         for kind in ("measured", "corrected", "true"):
             if entry[kind] is not None and n_pairs is not None:
                 entry[kind]["n_pairs"] = n_pairs
@@ -198,20 +210,19 @@ def headline(table: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def table_rows(paradox: dict) -> list[dict]:
-    """One CSV row per (pairing, kind): A_abs, its noise floor, the excess with its interval, p, A_dir, shift."""
+    """One CSV row per (pairing, kind): the shift and gap estimands with intervals and p, raw A_abs, the
+    decomposition terms (measured rows), and the noise-floor diagnostics."""
     rows = []
     for name, entry in paradox.items():
         for kind in ("measured", "corrected", "true"):
             table = entry.get(kind)
             if not table:
                 continue
-            lo, hi = table.get("excess_abs_ci", [None, None])
+            terms = decomposition_values(entry.get("decomposition")) if kind == "measured" else {}
             rows.append({
-                "pairing": f"{name} ({kind})", "name": name, "kind": kind,
-                "amplification_abs": table.get("amplification_abs"), "noise_floor_abs": table.get("noise_floor_abs"),
-                "excess_abs": table.get("excess_abs"), "excess_abs_lo": lo, "excess_abs_hi": hi,
-                "p_value_abs": table.get("p_value_abs"), "amplification_dir": table.get("amplification_dir"),
-                "excess_dir": table.get("excess_dir"), "shift_to_majority": table.get("shift_to_majority"),
+                "pairing": f"{name} ({kind})", "name": name, "kind": kind, **estimand_values(table),
+                **{term: terms.get(term) for term in ("data", "generator", "instrument")},
+                "noise_floor_abs": table.get("noise_floor_abs"), "excess_abs": table.get("excess_abs"),
                 "n_images_train": table.get("n_images_train"), "n_images_gen": table.get("n_images_gen"),
             })
     return rows

@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from biasloop.metrics.rows import decomposition_values, estimand_values
+
 
 def _get(data: dict | None, *keys: str) -> Any:
     for key in keys:
@@ -35,13 +37,23 @@ def _flat_interval(row: dict[str, Any], key: str, interval: Any) -> None:
 def summary_row(metrics: dict[str, Any]) -> dict[str, Any]:
     """Headline numbers of one generation's metrics (fractions; None when not computed).
 
-    The absolute amplifications come with their noise floor and the excess over it (with its interval
-    and p-value); ``bias_amp`` is not repeated (it equals ``shift_to_majority`` for two groups).
+    First the estimands of the headline pairing (neutral prompt vs. keyword captions): ``shift`` to the
+    training majority and ``gap`` (noise-free mean |F_gen - F_train|) with 95% intervals and p-values,
+    the paper's raw ``a_abs_raw``, and the shift's decomposition into ``data`` (the ideal learner),
+    ``generator`` and ``instrument`` with intervals (docs/estimands.md). Then the noise-floor diagnostics
+    of the absolute statistics (noise floor, excess, p) and the downstream numbers; ``bias_amp`` is not
+    repeated (it equals ``shift_to_majority`` for two groups).
     """
     amplification = metrics.get("amplification") or {}
     row: dict[str, Any] = {"generation": metrics["generation"]}
+    row.update(estimand_values(amplification))
+    row.update(decomposition_values(_get(metrics, "decomposition", "prompt_vs_keyword")))
+    row["shift_corrected"] = _get(metrics, "amplification_corrected", "estimands", "shift", "estimate")
+    row["shift_true"] = _get(metrics, "amplification_true", "estimands", "shift", "estimate")
+    row["instrument_accuracy_on_generated"] = _get(metrics, "instrument_on_generated", "by_prompt_kind", "neutral",
+                                                   "overall", "accuracy")
+    row["amplification_abs"] = amplification.get("amplification_abs")
     for suffix in ("abs", "dir"):
-        row[f"amplification_{suffix}"] = amplification.get(f"amplification_{suffix}")
         row[f"noise_floor_{suffix}"] = amplification.get(f"noise_floor_{suffix}")
         row[f"excess_{suffix}"] = amplification.get(f"excess_{suffix}")
         _flat_interval(row, f"excess_{suffix}", amplification.get(f"excess_{suffix}_ci"))
@@ -52,7 +64,6 @@ def summary_row(metrics: dict[str, Any]) -> dict[str, Any]:
     row["n_images_gen"] = amplification.get("n_images_gen")
     row["excess_abs_corrected"] = _get(metrics, "amplification_corrected", "excess_abs")
     row["excess_abs_true"] = _get(metrics, "amplification_true", "excess_abs")
-    row["amplification_abs_true"] = _get(metrics, "amplification_true", "amplification_abs")
     row["generator_occupation_accuracy"] = _get(metrics, "generator", "occupation_accuracy")
     row["generator_abstain_rate"] = _get(metrics, "generator", "abstain_rate")
     recall = _get(metrics, "downstream", "recall") or {}
@@ -108,39 +119,48 @@ TASK_COLUMNS = (  # (summary key, header, unit) of the downstream-task table in 
 )
 
 
-# Per pairing in summary.json: the headline keys of its measured table, intervals flattened.
-PARADOX_SUMMARY_KEYS = ("amplification_abs", "noise_floor_abs", "excess_abs", "p_value_abs", "excess_dir",
-                        "n_images_train", "n_images_gen", "n_pairs")
-
-
 def paradox_summary(entry: dict[str, Any] | None, kind: str = "measured") -> dict[str, Any]:
-    """One pairing's numbers for ``metrics/summary.json`` (fractions and counts; {} when missing)."""
+    """One pairing's numbers for ``metrics/summary.json`` (fractions and counts; {} when missing): the
+    estimands (:func:`~biasloop.metrics.paradox.estimand_values`), for measured tables the decomposition
+    terms, the noise-floor diagnostic ``excess_abs`` and the numbers of images (and pairs)."""
     table = _get(entry, kind)
     if not table:
         return {}
-    out = {key: table.get(key) for key in PARADOX_SUMMARY_KEYS if key in table}
-    _flat_interval(out, "excess_abs", table.get("excess_abs_ci"))
+    out = estimand_values(table)
+    if kind == "measured":
+        out.update(decomposition_values(_get(entry, "decomposition")))
+    out.update({key: table.get(key) for key in ("excess_abs", "n_images_train", "n_images_gen", "n_pairs")
+                if key in table})
     return out
+
+
+HEADLINE_PAIRING = "prompt_vs_keyword"  # neutral prompt vs. keyword-retrieved captions, as in Seshadri et al.
 
 
 def build_summary(
     rows: list[dict[str, Any]], paradox: dict[str, Any] | None, instrument: dict[str, Any] | None
 ) -> dict[str, Any]:
-    """``metrics/summary.json``: generation rows keyed ``gen{N}``, the paradox pairings, the instrument.
+    """``metrics/summary.json``: the headline first, then the paradox pairings, generation rows keyed
+    ``gen{N}`` and the instrument.
 
-    Each paradox pairing (``paradox``, and ``paradox_corrected`` on corrected shares) has A_abs, its
-    noise floor, the excess with ``excess_abs_lo``/``_hi`` and ``p_value_abs``, the number of images on
-    each side and, for captions-as-prompts, the number of pairs.
+    ``headline`` is generation 0's neutral prompt vs. keyword captions: the shift to the training majority
+    with its interval and p, the gap, the raw A_abs, and the shift's decomposition into data, generator
+    and instrument (each with an interval). Each paradox pairing (``paradox``, and ``paradox_corrected``
+    on corrected shares) has the same estimands, the number of images on each side and, for captions
+    as prompts, the number of pairs.
     """
     summary: dict[str, Any] = {}
-    if instrument:
-        summary["instrument"] = {k: instrument.get(k) for k in ("accuracy", "abstain_rate", "tpr", "fpr")}
     if paradox:
         table = paradox.get("table") or {}
+        if HEADLINE_PAIRING in table:
+            summary["headline"] = paradox_summary(table[HEADLINE_PAIRING])
         summary["paradox"] = {name: paradox_summary(entry) for name, entry in table.items()}
         summary["paradox_corrected"] = {name: paradox_summary(entry, "corrected") for name, entry in table.items()}
     for row in rows:
         summary[f"gen{row['generation']}"] = {k: v for k, v in row.items() if k != "generation"}
+    if instrument:
+        summary["instrument"] = {k: instrument.get(k) for k in ("accuracy", "abstain_rate", "tpr", "fpr", "cpu_threads")
+                                 if k in instrument}
     return summary
 
 
@@ -184,7 +204,7 @@ def _fmt(value: Any, unit: str = "num") -> str:
     if unit == "pp+":
         return f"{100 * value:+.1f}"
     if unit == "p":
-        return "< 0.001" if value < 0.001 else f"{value:.3f}"
+        return "&lt; 0.001" if value < 0.001 else f"{value:.3f}"  # 1000 replicates: below 0.001 is a bound
     if unit == "int":
         return f"{int(value):d}"
     return f"{value:.3f}"
@@ -208,7 +228,7 @@ body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:11
 h1{font-size:1.6em}h2{font-size:1.25em;margin-top:1.8em;border-bottom:1px solid #ddd;padding-bottom:.2em}
 table{border-collapse:collapse;margin:.6em 0;font-size:.9em}th,td{border:1px solid #ddd;padding:.3em .6em;text-align:right}
 th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}img{max-width:100%;border:1px solid #eee}
-.note{color:#555;font-size:.9em}.missing{color:#a00}pre{background:#f7f7f7;padding:1em;overflow:auto;font-size:.8em}
+.note{color:#555;font-size:.9em}.headline{font-size:1.1em;line-height:1.5}.missing{color:#a00}pre{background:#f7f7f7;padding:1em;overflow:auto;font-size:.8em}
 """
 
 
@@ -329,6 +349,36 @@ def acquisition_section(acquisition: dict[str, Any] | None) -> str:
     return "\n".join(parts)
 
 
+def headline_section(paradox: dict[str, Any] | None, params: dict[str, Any]) -> str:
+    """The report's first lines: the headline shift, its decomposition in one sentence, and the run's
+    identity (ratio, seed, threads); empty when there is no paradox table."""
+    entry = _get(paradox, "table", HEADLINE_PAIRING)
+    if not entry or not entry.get("measured"):
+        return ""
+    h = paradox_summary(entry)
+    pp = lambda key: _fmt(h.get(key), "pp+")  # noqa: E731
+    interval = lambda key: _fmt([h.get(f"{key}_lo"), h.get(f"{key}_hi")], "pp+")  # noqa: E731
+    p_text = "p " + _fmt(h.get("shift_p"), "p") if h.get("shift_p") is not None else ""
+    sentence = (f"In generation 0, images generated for a neutral prompt lean <b>{pp('shift')} pp</b> "
+                f"{interval('shift')} further towards each occupation's training majority than the keyword-retrieved "
+                f"training images ({p_text}).")
+    if h.get("generator") is not None:
+        sentence += (f" Of that, the <b>data</b> (an ideal learner of these captions) accounts for {pp('data')} pp "
+                     f"{interval('data')}, the <b>generator</b> for {pp('generator')} pp {interval('generator')}, "
+                     f"and the <b>instrument</b> for {pp('instrument')} pp {interval('instrument')}.")
+    elif h.get("generator_and_instrument") is not None:
+        sentence += (f" Of that, the data account for {pp('data')} pp {interval('data')}; the generator and the "
+                     f"instrument together for {pp('generator_and_instrument')} pp (no ground truth to split them).")
+    sentence += (f" Gap (noise-free mean |F<sub>gen</sub> − F<sub>train</sub>|): {_fmt(h.get('gap'), 'pp')} pp "
+                 f"{_fmt([h.get('gap_lo'), h.get('gap_hi')], 'pp')}; the paper's raw A<sub>abs</sub>: "
+                 f"{_fmt(h.get('a_abs_raw'), 'pp')} pp (Seshadri et al.: 12.57 pp).")
+    base = params.get("base") or {}
+    identity = (f"synthetic_ratio {params.get('synthetic_ratio')}, base.seed {base.get('seed')}, "
+                f"world.seed {_get(params, 'world', 'seed')}, base.cpu_threads {base.get('cpu_threads')}, "
+                f"generations {len(params.get('generations') or [])}")
+    return f"<p class='headline'>{sentence}</p><p class='note'>This run: {html.escape(identity)}.</p>"
+
+
 def render_report(
     out_path: str | Path,
     rows: list[dict[str, Any]],
@@ -361,37 +411,44 @@ def render_report(
         "<!doctype html><html lang='en'><head><meta charset='utf-8'><title>biasloop report</title>",
         f"<style>{CSS}</style></head><body>",
         "<h1>biasloop: does generated data amplify bias?</h1>",
+        headline_section(paradox, params),
+    ]
+    first_figure = next(iter(figures.items()), None)
+    if first_figure:
+        parts.append(_image_tag(first_figure[1], first_figure[0]))
+        figures = dict(list(figures.items())[1:])
+    parts.append(
         "<p class='note'>F = women / (women + men) among images the instrument labels confidently. Shares, "
         "rates and accuracies are in %, differences of shares in percentage points (pp); MaxSkew@10 and NDKL "
-        "are in nats, shown as plain numbers. A<sub>abs</sub> and A<sub>dir</sub> are built from absolute "
-        "values, so sampling noise alone makes them positive: each comes with its <b>noise floor</b> (its "
-        "mean when generated and training images share one share of women per occupation, simulated with "
-        "the observed counts), the <b>excess</b> over that floor with a 95% interval, and the p-value of "
-        "that null. Read the excess: it is 0 when nothing is amplified and at most the true amplification. "
-        "Other intervals are 95% bootstrap intervals over images within occupations.</p>",
-        "<p class='note'>Shown once: for two groups BiasAmp (Zhao et al. 2017) equals the shift to the "
-        "majority, and A<sub>dir</sub> equals MAD<sub>gen</sub> − MAD<sub>train</sub>.</p>",
-    ]
+        "are in nats. <b>Shift</b>: mean over occupations of sign(F<sub>train</sub> − ½)·(F<sub>gen</sub> − "
+        "F<sub>train</sub>), the move towards each occupation's training majority (unbiased; the headline). "
+        "<b>Gap</b>: the noise-free mean |F<sub>gen</sub> − F<sub>train</sub>|, estimated without the upward "
+        "bias of the raw A<sub>abs</sub>, with an interval projected from simultaneous per-occupation "
+        "intervals. <b>Data / generator / instrument</b>: the shift split exactly into what an ideal learner "
+        "of the training captions would show (minority genders are marked in captions more often), what the "
+        "generator adds to it (hue oracle on generated images), and the instrument's error; they add up to "
+        "the measured shift. Intervals are 95%; a p-value at the Monte Carlo limit is shown as a bound "
+        "(&lt; 0.001). Definitions and coverage: docs/estimands.md. Shown once: for two groups BiasAmp (Zhao "
+        "et al. 2017) equals the shift to the majority.</p>",
+    )
     parts.append("<h2>Across generations</h2>")
-    parts.append("<p class='note'>A<sub>abs</sub> = mean over occupations of |F<sub>gen</sub> − F<sub>train</sub>|; "
-                 "A<sub>dir</sub> &gt; 0: generated images are further from parity than training images; shift to "
-                 "majority &gt; 0: they lean further towards each occupation's training majority. True: the "
-                 "training share from ground truth. Downstream: a CLIP trained from scratch on each generation's "
-                 "dataset, scored on held-out real pairs; recall@10 counts an image whose caption is identical "
-                 "to the query as correct; worst-group accuracy is over (occupation, gender) groups with at "
-                 "least the minimum number of images shown (smaller groups are listed in the metrics JSON, "
-                 "not scored).</p>")
+    parts.append("<p class='note'>Neutral prompt vs. keyword captions, per generation: shift, gap and raw "
+                 "A<sub>abs</sub> as above; data / generator / instrument: the shift's decomposition. Instrument "
+                 "accuracy on generated images: agreement with the hue oracle. Downstream: a CLIP trained from "
+                 "scratch on each generation's dataset, scored on held-out real pairs; recall@10 counts an image "
+                 "whose caption is identical to the query as correct; worst-group accuracy is over (occupation, "
+                 "gender) groups with at least the minimum number of images (smaller groups are listed in the "
+                 "metrics JSON, not scored).</p>")
     parts.append(_table(
-        [("generation", "int"), ("A_abs (pp)", "pp"), ("noise floor (pp)", "pp"), ("excess (pp)", "pp+"),
-         ("excess 95% CI", "pp+"), ("p", "p"), ("A_dir excess (pp)", "pp+"), ("shift to majority (pp)", "pp+"),
-         ("excess, true (pp)", "pp+"), ("generator occ. acc. (%)", "%"), ("recall@10 (%)", "%"),
-         ("recall@10 gap (pp)", "pp"), ("MaxSkew@10", "num"), ("NDKL", "num"), ("worst-group acc. (%)", "%"),
-         ("min group size", "int")],
-        [[r["generation"], r.get("amplification_abs"), r.get("noise_floor_abs"), r.get("excess_abs"),
-          [r.get("excess_abs_lo"), r.get("excess_abs_hi")], r.get("p_value_abs"), r.get("excess_dir"),
-          r.get("shift_to_majority"), r.get("excess_abs_true"), r.get("generator_occupation_accuracy"),
-          r.get("recall_at_10"), r.get("recall_at_10_gap"), r.get("max_skew_at_10"), r.get("ndkl"),
-          r.get("worst_group_accuracy"), r.get("worst_group_min_size")] for r in rows],
+        [("generation", "int"), ("shift (pp)", "pp+"), ("shift 95% CI", "pp+"), ("p", "p"), ("gap (pp)", "pp"),
+         ("gap 95% CI", "pp"), ("raw A_abs (pp)", "pp"), ("data (pp)", "pp+"), ("generator (pp)", "pp+"),
+         ("instrument (pp)", "pp+"), ("generator occ. acc. (%)", "%"), ("instrument acc. on generated (%)", "%"),
+         ("recall@10 (%)", "%"), ("recall@10 gap (pp)", "pp"), ("MaxSkew@10", "num"), ("worst-group acc. (%)", "%")],
+        [[r["generation"], r.get("shift"), [r.get("shift_lo"), r.get("shift_hi")], r.get("shift_p"), r.get("gap"),
+          [r.get("gap_lo"), r.get("gap_hi")], r.get("a_abs_raw"), r.get("data"), r.get("generator"),
+          r.get("instrument"), r.get("generator_occupation_accuracy"), r.get("instrument_accuracy_on_generated"),
+          r.get("recall_at_10"), r.get("recall_at_10_gap"), r.get("max_skew_at_10"), r.get("worst_group_accuracy")]
+         for r in rows],
     ))
     if any(r.get(key) is not None for r in rows for key, _, _ in TASK_COLUMNS):
         parts.append("<h2>Downstream tasks across generations: captioner and classifier</h2>")
@@ -415,7 +472,8 @@ def render_report(
         parts.append("<h2>The paradox table (generation 0)</h2>")
         parts.append("<p class='note'>Seshadri et al. (2023): amplification measured against keyword-retrieved "
                      "training captions shrinks when the comparison controls for what the captions say. "
-                     "Compare pairings by their excess: their noise floors differ with their numbers of images. "
+                     "Raw A_abs is the paper's number (12.57 pp with keyword captions, 4.35 pp with nearest "
+                     "neighbours without gender indicators); the shift and gap are the estimates to compare. "
                      "<b>Captions as prompts is paired</b>: each image generated from a training caption is "
                      "compared with the training image of that same caption (matched by caption id), per "
                      "occupation; the pairs column counts them. The other pairings compare the images of a "
@@ -423,17 +481,19 @@ def render_report(
                      "corrected with the instrument's confusion rates; true: training share from ground truth.</p>")
         table_rows = []
         for name, entry in paradox["table"].items():
-            measured = entry.get("measured") or {}
+            measured = paradox_summary(entry)
             table_rows.append([
                 name.replace("_", " "), measured.get("n_images_train"), measured.get("n_images_gen"),
-                entry.get("n_pairs"), measured.get("amplification_abs"), measured.get("noise_floor_abs"),
-                measured.get("excess_abs"), measured.get("excess_abs_ci"), measured.get("p_value_abs"),
-                _get(entry, "corrected", "excess_abs"), _get(entry, "true", "excess_abs"),
+                entry.get("n_pairs"), measured.get("shift"), [measured.get("shift_lo"), measured.get("shift_hi")],
+                measured.get("shift_p"), measured.get("gap"), [measured.get("gap_lo"), measured.get("gap_hi")],
+                measured.get("a_abs_raw"), measured.get("data"), measured.get("generator"), measured.get("instrument"),
+                paradox_summary(entry, "corrected").get("shift"), paradox_summary(entry, "true").get("shift"),
             ])
         parts.append(_table(
             [("pairing", "text"), ("training images", "int"), ("generated images", "int"), ("pairs", "int"),
-             ("A_abs (pp)", "pp"), ("noise floor (pp)", "pp"), ("excess (pp)", "pp+"), ("excess 95% CI", "pp+"),
-             ("p", "p"), ("excess, corrected (pp)", "pp+"), ("excess, true (pp)", "pp+")],
+             ("shift (pp)", "pp+"), ("shift 95% CI", "pp+"), ("p", "p"), ("gap (pp)", "pp"), ("gap 95% CI", "pp"),
+             ("raw A_abs (pp)", "pp"), ("data (pp)", "pp+"), ("generator (pp)", "pp+"), ("instrument (pp)", "pp+"),
+             ("shift, corrected (pp)", "pp+"), ("shift, true training share (pp)", "pp+")],
             table_rows,
         ))
     if instrument:

@@ -228,7 +228,7 @@ def share_plot(per_occupation_by_series: dict[str, list[dict]], out_path: str | 
 
 
 def generation_curves(rows: list[dict], out_path: str | Path, title: str) -> None:
-    """Amplification beyond the noise floor and downstream bias across generations, with 95% intervals.
+    """Amplification (shift, gap, the shift's decomposition) and downstream bias across generations, with 95% intervals.
 
     ``rows`` are :func:`biasloop.report.html.summary_row` dicts (merged with ``task_row`` for the
     captioner and classifier panels, drawn when present); a series ``key`` gets a band when the
@@ -237,9 +237,11 @@ def generation_curves(rows: list[dict], out_path: str | Path, title: str) -> Non
     plt = _pyplot()
     generations = [r["generation"] for r in rows]
     panels = [
-        ("amplification beyond noise", [("excess_abs", "A_abs excess over noise floor", "#d62728"),
-                                        ("excess_dir", "A_dir excess over noise floor", "#1f77b4"),
-                                        ("shift_to_majority", "shift to majority", "#2ca02c")],
+        ("amplification (neutral prompt vs. keyword)", [("shift", "shift to majority", "#333333"),
+                                                        ("gap", "gap (noise-free |F_gen - F_train|)", "#ff7f0e"),
+                                                        ("data", "(a) data", "#8c8c8c"),
+                                                        ("generator", "(b) generator", "#d62728"),
+                                                        ("instrument", "(c) instrument", "#1f77b4")],
          "fraction (share of women)"),
         ("downstream retrieval", [("recall_at_10", "recall@10", "#333333"), ("recall_at_10_gap", "recall@10 gap", "#d62728")],
          "recall"),

@@ -1,0 +1,117 @@
+"""``docs/results.md``: the committed run's results as a page the README links to, written by ``summarize``.
+
+Every number on the page comes from the metrics files of the run that wrote it (no number is typed by
+hand); fractions are shown in percentage points (differences of shares) or percent (accuracies).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from biasloop.metrics.rows import decomposition_values, estimand_values
+
+PAIRING_LABELS = {
+    "prompt_vs_keyword": "neutral prompt vs. keyword-retrieved captions",
+    "captions_vs_keyword": "captions as prompts vs. their own training images (paired)",
+    "prompt_vs_nn": "neutral prompt vs. nearest-neighbour captions",
+    "prompt_vs_nn_no_indicator": "neutral prompt vs. nearest neighbours without gender indicators",
+}
+# Seshadri et al. (2023), raw A_abs in pp, for the same pairings.
+PAPER_A_ABS = {"prompt_vs_keyword": 12.57, "captions_vs_keyword": 7.92, "prompt_vs_nn": 7.55,
+               "prompt_vs_nn_no_indicator": 4.35}
+
+
+def _pp(value: Any, signed: bool = True) -> str:
+    if value is None:
+        return "–"
+    return f"{100 * value:+.1f}" if signed else f"{100 * value:.1f}"
+
+
+def _ci(row: dict[str, Any], key: str, signed: bool = True) -> str:
+    lo, hi = row.get(f"{key}_lo"), row.get(f"{key}_hi")
+    return "–" if lo is None or hi is None else f"[{_pp(lo, signed)}, {_pp(hi, signed)}]"
+
+
+def _p(row: dict[str, Any], key: str) -> str:
+    p = row.get(f"{key}_p")
+    if p is None:
+        return "–"
+    return f"< {p:.3f}" if row.get(f"{key}_p_is_bound") else f"{p:.3f}"
+
+
+def _term(row: dict[str, Any], key: str) -> str:
+    return "–" if row.get(key) is None else f"{_pp(row[key])} {_ci(row, key)}"
+
+
+def results_markdown(paradox: dict[str, Any] | None, rows: list[dict[str, Any]], params: dict[str, Any]) -> str:
+    """The results page (Markdown) of one run.
+
+    Args:
+        paradox: ``metrics/paradox.json``.
+        rows: :func:`biasloop.report.html.summary_row` per generation.
+        params: the run's params (its identity line).
+
+    Returns:
+        The page's text: the headline sentence and the decomposition figure, the paradox table (generation 0),
+        the table across generations, and the commands that reproduce them.
+    """
+    table = (paradox or {}).get("table") or {}
+    base = params.get("base") or {}
+    lines = [
+        "# Results of the committed run",
+        "",
+        "Written by `dvc repro` (stage `summarize`) from `metrics/`; do not edit by hand. Differences of shares of "
+        "women in percentage points (pp), 95% intervals in brackets; definitions and coverage in "
+        "[estimands.md](estimands.md).",
+        "",
+        f"Run: `synthetic_ratio` {params.get('synthetic_ratio')}, `base.seed` {base.get('seed')}, `world.seed` "
+        f"{(params.get('world') or {}).get('seed')}, `base.cpu_threads` {base.get('cpu_threads')}, "
+        f"{len(params.get('generations') or [])} generations.",
+        "",
+    ]
+    headline = table.get("prompt_vs_keyword")
+    if headline and headline.get("measured"):
+        h = {**estimand_values(headline["measured"]), **decomposition_values(headline.get("decomposition"))}
+        sentence = (f"**Headline (generation 0, neutral prompt vs. keyword captions):** generated images lean "
+                    f"**{_pp(h['shift'])} pp** {_ci(h, 'shift')} (p {_p(h, 'shift')}) further towards each "
+                    "occupation's training majority than the training images.")
+        if h.get("generator") is not None:
+            sentence += (f" Of that, **data** (an ideal learner of the captions) {_term(h, 'data')}, **generator** "
+                         f"{_term(h, 'generator')}, **instrument** {_term(h, 'instrument')} pp.")
+        sentence += (f" Gap {_pp(h['gap'], False)} pp {_ci(h, 'gap', False)}; the paper's raw A_abs "
+                     f"{_pp(h['a_abs_raw'], False)} pp (Seshadri et al.: 12.57).")
+        lines += [sentence, "", "![decomposition](../plots/decomposition.png)", ""]
+    if table:
+        lines += ["## The paradox table (generation 0)", "",
+                  "| pairing | images (train / gen) | shift (pp) | p | gap (pp) | raw A_abs (pp) | paper's A_abs (pp) "
+                  "| data (pp) | generator (pp) | instrument (pp) |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for name, entry in table.items():
+            measured = entry.get("measured")
+            if not measured:
+                continue
+            r = {**estimand_values(measured), **decomposition_values(entry.get("decomposition"))}
+            lines.append(
+                f"| {PAIRING_LABELS.get(name, name)} | {measured.get('n_images_train')} / {measured.get('n_images_gen')} "
+                f"| {_pp(r['shift'])} {_ci(r, 'shift')} | {_p(r, 'shift')} | {_pp(r['gap'], False)} "
+                f"{_ci(r, 'gap', False)} | {_pp(r['a_abs_raw'], False)} | {PAPER_A_ABS.get(name, '–')} "
+                f"| {_term(r, 'data')} | {_term(r, 'generator')} | {_term(r, 'instrument')} |")
+        lines.append("")
+    if rows:
+        lines += ["## Across generations (neutral prompt vs. keyword captions)", "",
+                  "| generation | shift (pp) | gap (pp) | data (pp) | generator (pp) | instrument (pp) "
+                  "| generator occupation accuracy (%) | instrument accuracy on generated images (%) |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in rows:
+            accuracy = r.get("generator_occupation_accuracy")
+            agreement = r.get("instrument_accuracy_on_generated")
+            lines.append(
+                f"| {r['generation']} | {_pp(r.get('shift'))} {_ci(r, 'shift')} | {_pp(r.get('gap'), False)} "
+                f"{_ci(r, 'gap', False)} | {_term(r, 'data')} | {_term(r, 'generator')} | {_term(r, 'instrument')} "
+                f"| {'–' if accuracy is None else f'{100 * accuracy:.1f}'} "
+                f"| {'–' if agreement is None else f'{100 * agreement:.1f}'} |")
+        lines += ["", "![generations](../plots/generations.png)", ""]
+    lines += ["## Reproduce", "", "```bash", "make repro                       # this page, metrics/ and plots/",
+              "biasloop amplify --json TRAIN.csv GEN.csv   # the same estimands for your own count tables",
+              "```", ""]
+    return "\n".join(lines)
