@@ -53,8 +53,11 @@ def test_two_cell_study_runs_as_dvc_experiments_and_collects(tmp_path: Path) -> 
     assert "primary gap_vs_ratio" in result.stdout, result.stdout
     study = json.loads((repo / "metrics/studies/tiny.json").read_text())
     assert study["n_cells_used"] == 2 and not study["failed"] and not study["missing"] and not study["inconsistent"]
-    # The pipeline's keys today: gap falls back to excess_abs until summary.json has gen{N}.gap.
-    assert study["metric_paths"]["gap"] in ("gen{gen}.gap", "gen{gen}.excess_abs")
+    # A few training steps make noise images the instrument may abstain on: then no gap at all, and
+    # collect says so in its notes instead of reading anything else.
+    gap_path = study["metric_paths"]["gap"]
+    assert gap_path in ("gen{gen}.gap", "gen{gen}.excess_abs") or any(
+        note.startswith("gap: none of") for note in study["notes"]), study["notes"]
     assert {c["name"] for c in study["cells"]} == {"study-tiny-r0-s0", "study-tiny-r0.8-s0"}
     assert all(c["generations"] == [0, 1] and len(c["rev"]) == 40 for c in study["cells"])
     assert study["common_params"]["generations"] == [0, 1]
@@ -64,7 +67,7 @@ def test_two_cell_study_runs_as_dvc_experiments_and_collects(tmp_path: Path) -> 
     assert all(r["n"] == 1 and r["sd"] is None for r in recall)
     # One seed: the primary slope has a value but no interval, and no verdict beyond "not resolved".
     endpoint = study["endpoints"]["gap_vs_ratio"]
-    assert endpoint["n"] == 1 and endpoint["ci"] is None and endpoint["verdict"] == "not resolved"
+    assert endpoint["n"] == (1 if gap_path else 0) and endpoint["ci"] is None and endpoint["verdict"] == "not resolved"
     # Common random numbers: generation 0 does not depend on the ratio, so both cells share it exactly.
     gen0 = [e["metrics"]["recall_at_10"]["mean"] for e in study["summary"] if e["generation"] == 0]
     assert gen0[0] == gen0[1]
