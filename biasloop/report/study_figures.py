@@ -55,7 +55,7 @@ def study_intervals_figure(study: dict[str, Any], out_path: str | Path, title: s
                              gridspec_kw={"height_ratios": [max(len(primary), 1), max(len(levels), 1)]})
     _forest(axes[0][0], primary, f"primary endpoints: plain {100 * (1 - study['alpha']):g}% t intervals over seeds")
     family = study["family_size"]
-    _forest(axes[1][0], levels, f"{first}, secondary intervals: Holm-adjusted over the study's {family}")
+    _forest(axes[1][0], levels, f"{first}, secondary intervals: Holm-adjusted over the study's {family} intervals")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     _save(fig, out_path)
