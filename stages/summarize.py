@@ -5,6 +5,7 @@ Inputs:   metrics/generations/gen*.json (and captioner_gen*.json, classifier_gen
           plots/generated/gen*.png (generate@N's real-beside-generated contact sheets),
           metrics/study.json (`biasloop study collect`; with the plots/study_*.png it wrote beside it;
           committed as a placeholder until a study is collected),
+          metrics/studies/<name>.json (`biasloop study collect --name NAME`, with plots/studies/<name>_*.png),
           metrics/acquisition.json (laion_filter's per-occupation acquisition table; {"enabled": false}
           when the LAION path is off)
 Outputs:  metrics/summary.json     (what `dvc exp show` / `dvc metrics diff` read)
@@ -18,7 +19,8 @@ Example:
     python -m stages.summarize --generations metrics/generations --paradox metrics/paradox.json \\
         --instrument-metrics metrics/instrument.json --corpus-metrics metrics/corpus.json \\
         --out metrics/summary.json --plots plots --report plots/report.html --results docs/results.md \\
-        --generated-sheets plots/generated --study metrics/study.json --acquisition metrics/acquisition.json
+        --generated-sheets plots/generated --study metrics/study.json --studies metrics/studies \\
+        --acquisition metrics/acquisition.json
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from biasloop.report.html import (
 )
 from biasloop.report.markdown import results_markdown
 from biasloop.report.plots import generation_curves
+from biasloop.report.study_html import named_study_section
 
 log = logging.getLogger("summarize")
 
@@ -73,6 +76,8 @@ def main_body(argv: Sequence[str] | None) -> None:
     parser.add_argument("--results", default="docs/results.md",
                         help="results page in Markdown, generated from these metrics (default: %(default)s)")
     parser.add_argument("--study", help="metrics/study.json of `biasloop study collect`: adds a Study section")
+    parser.add_argument("--studies", help="metrics/studies of `biasloop study collect --name NAME`: a section per "
+                        "<name>.json")
     parser.add_argument("--acquisition", help="metrics/acquisition.json of laion_filter: adds the LAION acquisition "
                         "table (one line when the LAION path is off)")
     args = parser.parse_args(argv)
@@ -93,6 +98,7 @@ def main_body(argv: Sequence[str] | None) -> None:
     ]
     paradox, instrument = load_json(args.paradox), load_json(args.instrument_metrics)
     study = load_json(args.study) if args.study else None
+    studies = [json.loads(p.read_text()) for p in sorted(Path(args.studies).glob("*.json"))] if args.studies else []
     acquisition = None
     if args.acquisition:
         acquisition = load_json(args.acquisition)
@@ -125,6 +131,7 @@ def main_body(argv: Sequence[str] | None) -> None:
             },
             study=study,
             acquisition=acquisition,
+            study_sections=[named_study_section(s) for s in studies],
         )
         with atomic_path(args.results) as tmp:
             tmp.write_text(results_markdown(paradox, rows, params), encoding="utf-8")

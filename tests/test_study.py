@@ -1,4 +1,5 @@
-"""Studies: cells and queue commands, and aggregation of fabricated `dvc exp show --json` output by hand."""
+"""Studies: cells, names and queue commands of named studies over any params; aggregation of fabricated
+`dvc exp show --json` output, checked by hand (statistics: tests/test_study_inference.py)."""
 
 from __future__ import annotations
 
@@ -13,39 +14,58 @@ from pathlib import Path
 import pytest
 
 from biasloop.cli import main
-from biasloop.study.collect import clustered_trend, collect_study, seed_summary, study_problems
-from biasloop.study.experiments import parse_exp_show
-from biasloop.study.grid import (
-    StudyConfig,
-    cell_name,
-    generation_overrides,
-    load_study_config,
-    queue_command,
-    run_study,
-    study_cells,
-)
 from biasloop.core.config import ConfigError
+from biasloop.study.collect import collect_study, study_problems
+from biasloop.study.config import check_param_paths, load_study_config
+from biasloop.study.experiments import parse_exp_show
+from biasloop.study.grid import cell_name, generation_overrides, queue_command, run_study, study_cells
 
 T_975_2DF = 4.302652729911275  # scipy.stats.t.ppf(0.975, 2): 3 seeds
-T_975_1DF = 12.706204736174698  # scipy.stats.t.ppf(0.975, 1): 2 seeds
 
 BASE_PARAMS = {
     "base": {"seed": 0, "device": "cpu"},
+    "world": {"seed": 0, "markedness": {"counter": 0.4}},
     "synthetic_ratio": 0.4,
     "generations": [0, 1],
     "rounds": {"1": {"gen": 1, "prev": 0, "previous": "artifacts/corpus"}},
+    "sampling": {"guidance_scale": 1.5},
+    "generator": {"snr_gamma": 0.0, "train_steps": 300},
+    "loop": {"mode": "replace", "retrain_generator": True},
     "neighbours": {"k": 100},
 }
-CONFIG = StudyConfig(name="t", ratios=(0.0, 0.5, 1.0), seeds=(0, 1, 2), generations=2)
 
-# excess_abs per (ratio, seed) at generation 1; generation 0 does not depend on the ratio (common
-# random numbers: the same seed gives the same generation-0 models whatever the ratio).
-GEN1 = {
-    (0.0, 0): 0.01, (0.0, 1): 0.03, (0.0, 2): 0.02,
-    (0.5, 0): 0.04, (0.5, 1): 0.06, (0.5, 2): 0.05,
-    (1.0, 0): 0.07, (1.0, 1): 0.09, (1.0, 2): 0.11,
+
+def params_with(studies: dict, **study) -> dict:
+    return {**copy.deepcopy(BASE_PARAMS), "study": {"default": next(iter(studies)), **study}, "studies": studies}
+
+
+# A 2 x 2 grid: guidance (numeric, 2 values) x variant; 3 seeds, 2 generations.
+GRID = {
+    "generations": 2,
+    "variants": {"replace": {"loop.mode": "replace"}, "accumulate": {"loop.mode": "accumulate"}},
+    "axes": {"sampling.guidance_scale": [1, 3]},
+    "seeds": [0, 1, 2],
+    "metrics": ["gap", "generator"],
+    "margins": {"generator": 0.05},
+    "endpoints": {
+        "gap_vs_guidance": {"metric": "gap", "generation": 1, "slope_vs": "sampling.guidance_scale",
+                            "at": {"variant": "replace"}, "margin": 0.01},
+        "accumulate_minus_replace": {"metric": "gap", "generation": 1, "at": {"variant": "accumulate",
+                                     "sampling.guidance_scale": 1}, "minus": {"variant": "replace"}},
+        "generator_level": {"metric": "generator", "generation": 0,
+                            "at": {"variant": "replace", "sampling.guidance_scale": 1}, "margin": 0.05},
+    },
 }
-GEN0 = {0: 0.01, 1: 0.02, 2: 0.03}
+CONFIG = load_study_config(params_with({"t": GRID}), "t")
+
+# gap at generation 1 by (variant, guidance, seed); generation 0 is 0.01 * seed everywhere.
+GAP1 = {
+    ("replace", 1, 0): 0.01, ("replace", 1, 1): 0.03, ("replace", 1, 2): 0.02,
+    ("replace", 3, 0): 0.05, ("replace", 3, 1): 0.07, ("replace", 3, 2): 0.08,
+    ("accumulate", 1, 0): 0.00, ("accumulate", 1, 1): 0.01, ("accumulate", 1, 2): 0.02,
+    ("accumulate", 3, 0): 0.02, ("accumulate", 3, 1): 0.02, ("accumulate", 3, 2): 0.03,
+}
+GENERATOR = {0: 0.001, 1: -0.002, 2: 0.004}  # generator term at generation 0 (every cell)
 
 
 def _rev(i: int) -> str:
@@ -58,36 +78,33 @@ def _data(rev: str, params: dict, metrics: dict | None) -> dict:
         "rev": rev, "timestamp": "2026-11-26T15:27:36",
         "params": {"params.yaml": {"data": params}},
         "metrics": {} if metrics is None else {"metrics/summary.json": {"data": metrics}},
-        "deps": {"stages/mix.py": {"hash": "cf594922b3568d7798892d73f69229d3", "size": 260, "nfiles": None}},
-        "outs": {"metrics/summary.json": {"hash": "ba807144f007e73b231c2f034482ec31", "size": 72, "nfiles": None,
-                                          "use_cache": False, "is_data_source": False}},
-        "meta": {},
+        "deps": {}, "outs": {}, "meta": {},
     }
 
 
-def _metrics(ratio: float, seed: int, key: str = "excess_abs") -> dict:
-    return {
-        "gen0": {key: GEN0[seed], "shift_to_majority": 0.0, "recall_at_10": 0.2},
-        "gen1": {key: GEN1[(ratio, seed)], "shift_to_majority": 0.01 * seed, "recall_at_10": 0.2},
-    }
+def _metrics(variant: str, guidance: int, seed: int, gap_key: str = "gap") -> dict:
+    """metrics/summary.json of one cell: the new headline keys (gap, generator) or the older excess_abs."""
+    gen0 = {gap_key: 0.01 * seed, "generator": GENERATOR[seed]}
+    gen1 = {gap_key: GAP1[(variant, guidance, seed)], "generator": 0.0}
+    return {"headline": {"generator": GENERATOR[seed]}, "gen0": gen0, "gen1": gen1}
 
 
-def exp_show_json(cells: dict[tuple[float, int], str], key: str = "excess_abs", edit=None) -> list[dict]:
-    """`dvc exp show --json` for a baseline with one experiment per (ratio, seed) in ``cells``.
+def exp_show_json(states: dict[tuple[str, int, int], str], config=CONFIG, gap_key: str = "gap", edit=None) -> list[dict]:
+    """`dvc exp show --json` with one experiment per (variant, guidance, seed) in ``states`` (-> executor state).
 
-    ``cells`` maps (ratio, seed) to the executor state. A failed experiment carries the baseline's
-    metrics, as DVC shows them (stale), and a queued one none.
+    A failed experiment carries the baseline's metrics, as DVC shows them (stale), and a queued one none.
     """
-    baseline_metrics = {"gen0": {key: 0.5}, "gen1": {key: 0.5}}
+    baseline_metrics = {"gen0": {gap_key: 0.5}, "gen1": {gap_key: 0.5}}
     experiments = []
-    for i, ((ratio, seed), state) in enumerate(cells.items()):
+    for i, ((variant, guidance, seed), state) in enumerate(states.items()):
         params = copy.deepcopy(BASE_PARAMS)
-        params["synthetic_ratio"] = ratio
-        params["base"]["seed"] = seed
+        params["loop"]["mode"] = variant
+        params["sampling"]["guidance_scale"] = guidance
+        params["base"]["seed"] = params["world"]["seed"] = seed
         if edit:
-            edit(ratio, seed, params)
-        metrics = {"success": _metrics(ratio, seed, key), "failed": baseline_metrics, "queued": None}[state]
-        name = cell_name(CONFIG, ratio, seed)
+            edit(variant, guidance, seed, params)
+        metrics = {"success": _metrics(variant, guidance, seed, gap_key), "failed": baseline_metrics, "queued": None}[state]
+        name = cell_name(config, {"variant": variant, "sampling.guidance_scale": guidance}, seed)
         log = f"/repo/.dvc/tmp/exps/run/{_rev(100 + i)}/{_rev(100 + i)}.out"
         experiments.append({
             "revs": [{"rev": _rev(100 + i), "name": name, "data": _data(_rev(100 + i), params, metrics),
@@ -105,175 +122,229 @@ def exp_show_json(cells: dict[tuple[float, int], str], key: str = "excess_abs", 
     return [workspace, baseline]
 
 
-FULL = {cell: "success" for cell in GEN1}
+FULL = {cell: "success" for cell in GAP1}
 
 
-def _cell(study: dict, ratio: float, generation: int, key: str = "excess_abs") -> dict:
-    return next(e for e in study["summary"] if e["ratio"] == ratio and e["generation"] == generation)["metrics"][key]
+def test_cells_are_every_combination_with_readable_deterministic_names() -> None:
+    names = [c.name for c in study_cells(CONFIG)]
+    assert len(names) == 12 and len(set(names)) == 12
+    # variant first, then the axes in declared order, seeds inner
+    assert names[:4] == ["study-t-replace-guidance_scale1-s0", "study-t-replace-guidance_scale1-s1",
+                         "study-t-replace-guidance_scale1-s2", "study-t-replace-guidance_scale3-s0"]
+    assert names == [c.name for c in study_cells(CONFIG)]
+    cell = study_cells(CONFIG)[-1]
+    assert cell.name == "study-t-accumulate-guidance_scale3-s2" and cell.seed == 2
+    assert dict(cell.setting) == {"loop.mode": "accumulate", "sampling.guidance_scale": 3}
+
+    generator = {"generations": 1, "axes": {"sampling.guidance_scale": [1, 1.5, 3], "generator.snr_gamma": [0, 5],
+                                            "generator.train_steps": [300, 500]},
+                 "seeds": [0, 1, 2], "primary_seeds": [3, 4], "metrics": ["generator"],
+                 "endpoints": {"slope": {"metric": "generator", "slope_vs": "sampling.guidance_scale",
+                                         "at": {"generator.snr_gamma": 0, "generator.train_steps": 300}}}}
+    config = load_study_config(params_with({"generator": generator}))
+    cells = study_cells(config)
+    # 12 cells x 3 seeds, and the 3 cells the primary endpoint reads get seeds 3 and 4 as well
+    assert len(cells) == 12 * 3 + 3 * 2
+    assert "study-generator-guidance_scale1.5-snr_gamma0-train_steps300-s4" in {c.name for c in cells}
+    assert "study-generator-guidance_scale1.5-snr_gamma5-train_steps300-s4" not in {c.name for c in cells}
+
+    # the ratio keeps its short label (the first studies' names), and labels that clash use the full path
+    ratio = load_study_config(params_with({"default": {"axes": {"synthetic_ratio": [0.0, 0.4]}, "seeds": [1]}}))
+    assert [c.name for c in study_cells(ratio)] == ["study-default-r0-s1", "study-default-r0.4-s1"]
+    clash = load_study_config(params_with({"c": {"axes": {"base.seed": [1], "world.seed": [2]}, "seeds": [0]}}),
+                              "c")
+    assert study_cells(clash)[0].name == "study-c-base_seed1-world_seed2-s0"
 
 
-def test_parse_exp_show_reads_states_params_and_only_successful_metrics() -> None:
-    cells = {(0.0, 0): "success", (0.5, 1): "failed", (1.0, 2): "queued"}
-    experiments = parse_exp_show(exp_show_json(cells))
-    assert [(e.name, e.state) for e in experiments] == [
-        ("study-t-r0-s0", "success"), ("study-t-r0.5-s1", "failed"), ("study-t-r1-s2", "queued")]
-    success, failed, queued = experiments
-    assert success.metrics["gen1"]["excess_abs"] == 0.01 and success.params["base"]["seed"] == 0
-    assert success.baseline_rev == _rev(1) and success.baseline_name == "main" and success.rev == _rev(100)
-    assert failed.metrics is None and failed.error == "Experiment run failed" and failed.log.endswith(".out")
-    assert queued.metrics is None
-    with pytest.raises(ValueError, match="expected a list"):
-        parse_exp_show({"rev": "workspace"})
+def test_queue_command_sets_the_cell_the_seed_params_and_the_generations() -> None:
+    cell = study_cells(CONFIG)[4]
+    params = {"generations": [0, 1, 2], "rounds": {"1": {"gen": 1, "prev": 0, "previous": "artifacts/corpus"},
+                                                   "2": {"gen": 2, "prev": 1, "previous": "artifacts/gen1/mix"}}}
+    assert queue_command(cell, CONFIG, params) == [
+        "exp", "run", "--queue", "-S", "loop.mode='replace'", "-S", "sampling.guidance_scale=3",
+        "-S", "base.seed=1", "-S", "world.seed=1", "-S", "generations=[0,1]", "-S", "~rounds.2",
+        "--name", "study-t-replace-guidance_scale3-s1"]
+    fixed = load_study_config(params_with({"f": {"variants": {"fixed": {"loop.retrain_generator": False}},
+                                                  "axes": {"synthetic_ratio": [0.8]}, "seeds": [0]}}))
+    assert queue_command(study_cells(fixed)[0], fixed, {"generations": [0], "rounds": {}})[3:7] == ["-S", "loop.retrain_generator=false",
+                                                                   "-S", "synthetic_ratio=0.8"]
 
 
-def test_seed_summary_and_trend_by_hand() -> None:
-    s = seed_summary([0.01, 0.03, 0.02])
-    assert s["mean"] == pytest.approx(0.02) and s["sd"] == pytest.approx(0.01) and s["n"] == 3
-    half = T_975_2DF * 0.01 / math.sqrt(3)
-    assert s["ci"] == pytest.approx([0.02 - half, 0.02 + half])
-    assert seed_summary([0.5]) == {"mean": 0.5, "sd": None, "ci": None, "n": 1}
-    # per-seed slopes 0.06, 0.06, 0.09 -> mean 0.07, sd sqrt(0.0003), sd / sqrt(3) = 0.01
-    trend = clustered_trend({0: {0.0: 0.01, 0.5: 0.04, 1.0: 0.07}, 1: {0.0: 0.03, 0.5: 0.06, 1.0: 0.09},
-                             2: {0.0: 0.02, 0.5: 0.05, 1.0: 0.11}, 3: {0.0: 0.5}}, [0.0, 0.5, 1.0])
-    assert trend["per_seed"] == pytest.approx({"0": 0.06, "1": 0.06, "2": 0.09})
-    assert trend["slope"] == pytest.approx(0.07) and trend["n"] == 3 and trend["excluded_seeds"] == [3]
-    assert trend["ci"] == pytest.approx([0.07 - T_975_2DF * 0.01, 0.07 + T_975_2DF * 0.01])
-    assert trend["excludes_zero"] is True
+def test_unknown_param_paths_and_bad_definitions_are_named() -> None:
+    params = params_with({"g": {"axes": {"generate.guidance_scale": [1, 3]}, "seeds": [0]}})
+    config = load_study_config(params)  # reading the definition does not look at the paths
+    with pytest.raises(ConfigError, match=r"studies.g.axes: unknown param path 'generate.guidance_scale' "
+                                          r"\(not in the params file\); did you mean sampling.guidance_scale"):
+        check_param_paths(config, params)
+    section = params_with({"g": {"variants": {"v": {"generator": 1}}, "seeds": [0]}})
+    with pytest.raises(ConfigError, match=r"studies.g.variants.v: unknown param path 'generator' \(a section"):
+        check_param_paths(load_study_config(section), section)
+    seeds = params_with({"g": {"axes": {"synthetic_ratio": [0.0]}}}, seed_params=["base.seed", "wrold.seed"])
+    with pytest.raises(ConfigError, match="study.seed_params: unknown param path 'wrold.seed'"):
+        check_param_paths(load_study_config(seeds), seeds)
+    check_param_paths(CONFIG, params_with({"t": GRID}))
+
+    bad = [
+        ({"axes": {"synthetic_ratio": [0.0, 0.0]}}, "values must be distinct"),
+        ({"axes": {"synthetic_ratio": [0.0]}, "axis": 1}, "studies.x.axis: unknown key"),
+        ({}, "no axes and no variants"),
+        ({"axes": {"a.b": [1, 2]}, "metrics": ["nope"]}, "metric 'nope' is not in study.metrics"),
+        ({"axes": {"a.b": [1, 2]}, "metrics": ["gap"], "endpoints": {"e": {"metric": "gap"}}},
+         r"studies.x.endpoints.e.at: fix a.b"),
+        ({"axes": {"a.b": [1, 2]}, "metrics": ["gap"], "endpoints": {"e": {"metric": "gap", "slope_vs": "c.d"}}},
+         "slope_vs: 'c.d' is not an axis"),
+        ({"axes": {"a.b": [1, 2]}, "metrics": ["gap"], "endpoints": {"e": {"metric": "gap", "at": {"a.b": 7}}}},
+         r"at.a.b: 7 is not one of its values"),
+        ({"axes": {"a.b": [1, 2]}, "metrics": ["gap"], "endpoints": {"e": {"metric": "gap", "generation": 3,
+                                                                             "at": {"a.b": 1}}}},
+         "generation: 3 is not a generation"),
+    ]
+    for spec, message in bad:
+        with pytest.raises(ConfigError, match=message):
+            load_study_config(params_with({"x": spec}))
+    with pytest.raises(ConfigError, match=r"studies.nope: no such study \(defined: x\)"):
+        load_study_config(params_with({"x": {"axes": {"a.b": [1]}}}), "nope")
 
 
-def test_collect_full_grid_by_hand() -> None:
+def test_collect_primary_endpoints_by_hand() -> None:
     study = collect_study(parse_exp_show(exp_show_json(FULL)), CONFIG)
-    assert study["amplification_metric"] == "excess_abs" and study["amplification_note"] is None
     assert study["failed"] == [] and study["missing"] == [] and study["inconsistent"] == []
-    assert study["n_cells_used"] == 9 and len(study["cells"]) == 9
+    assert study["n_cells_used"] == 12 and study["metric_paths"] == {"gap": "gen{gen}.gap", "generator": "gen{gen}.generator"}
 
-    # ratio 1, generation 1: 0.07, 0.09, 0.11 -> mean 0.09, sd 0.02
-    cell = _cell(study, 1.0, 1)
-    half = T_975_2DF * 0.02 / math.sqrt(3)
-    assert cell["mean"] == pytest.approx(0.09) and cell["sd"] == pytest.approx(0.02) and cell["n"] == 3
-    assert cell["ci"] == pytest.approx([0.09 - half, 0.09 + half]) and cell["seeds"] == [0, 1, 2]
-    # generation 0 is the same at every ratio: mean 0.02, sd 0.01
-    for ratio in (0.0, 0.5, 1.0):
-        assert _cell(study, ratio, 0)["mean"] == pytest.approx(0.02)
-        assert _cell(study, ratio, 0)["sd"] == pytest.approx(0.01)
+    # slope of gap vs guidance at generation 1 under replace: per seed (0.05-0.01)/2, (0.07-0.03)/2,
+    # (0.08-0.02)/2 = 0.02, 0.02, 0.03 -> mean 0.07/3, sd 0.01/sqrt(3)
+    slope = study["endpoints"]["gap_vs_guidance"]
+    assert slope["kind"] == "slope" and slope["adjusted"] is False and slope["primary"] is True
+    assert slope["values"] == pytest.approx([0.02, 0.02, 0.03])
+    mean, se = 0.07 / 3, (0.01 / math.sqrt(3)) / math.sqrt(3)
+    assert slope["estimate"] == pytest.approx(mean)
+    assert slope["ci"] == pytest.approx([mean - T_975_2DF * se, mean + T_975_2DF * se])
+    t = mean / se  # two-sided p with 2 df: 1 - t / sqrt(t^2 + 2)
+    assert slope["p"] == pytest.approx(1 - t / math.sqrt(t * t + 2))
+    assert slope["verdict"] == "effect" and slope["ci_level"] == pytest.approx(0.95)
 
-    trends = study["trends"]["excess_abs"]
-    at_last = trends["vs_ratio"]["gen1"]
-    assert at_last["slope"] == pytest.approx(0.07)
-    assert at_last["ci"] == pytest.approx([0.07 - T_975_2DF * 0.01, 0.07 + T_975_2DF * 0.01])
-    assert trends["vs_ratio"]["gen0"]["slope"] == pytest.approx(0.0) and trends["vs_ratio"]["gen0"]["excludes_zero"] is False
-    # against generation at ratio 1: per seed 0.06, 0.07, 0.08 -> mean 0.07, sd 0.01
-    by_generation = trends["vs_generation"]["1"]
-    assert by_generation["per_seed"] == pytest.approx({"0": 0.06, "1": 0.07, "2": 0.08})
-    half = T_975_2DF * 0.01 / math.sqrt(3)
-    assert by_generation["ci"] == pytest.approx([0.07 - half, 0.07 + half])
-    assert study["headline"]["slope_vs_ratio_at_last_generation"] == at_last
-    assert study["headline"]["slope_vs_generation_at_highest_ratio"] == by_generation
+    # accumulate minus replace at guidance 1, generation 1: 0-0.01, 0.01-0.03, 0.02-0.02 = -0.01, -0.02, 0
+    contrast = study["endpoints"]["accumulate_minus_replace"]
+    assert contrast["kind"] == "contrast" and contrast["values"] == pytest.approx([-0.01, -0.02, 0.0])
+    assert contrast["estimate"] == pytest.approx(-0.01) and contrast["margin"] is None
+    assert contrast["verdict"] == "not resolved" and contrast["tost_p"] is None
 
-    # provenance: every cell's revision and swept params; the rest of params.yaml shared
-    cell = next(c for c in study["cells"] if c["name"] == "study-t-r0.5-s2")
-    assert cell["rev"] and cell["baseline_rev"] == _rev(1)
-    assert cell["swept_params"] == {"synthetic_ratio": 0.5, "base.seed": 2}
-    assert study["common_params"]["neighbours"] == {"k": 100} and "synthetic_ratio" not in study["common_params"]
-    assert "seed" not in study["common_params"]["base"]
-    runs = [r for r in study["runs"] if r["name"] == "study-t-r1-s2"]
-    assert [(r["generation"], r["excess_abs"]) for r in runs] == [(0, 0.03), (1, 0.11)]
+    # generator term at generation 0 (read from gen0.generator): 0.001, -0.002, 0.004 within +-0.05
+    level = study["endpoints"]["generator_level"]
+    assert level["values"] == pytest.approx([0.001, -0.002, 0.004]) and level["verdict"] == "equivalent within ±0.05"
+    assert level["tost_p"] < 0.05 < level["p"]
 
 
-def test_collect_lists_failed_and_queued_cells_and_never_averages_them() -> None:
-    cells = dict(FULL)
-    cells[(0.5, 2)] = "failed"  # carries the baseline's stale 0.5: must not be averaged
-    cells[(1.0, 0)] = "queued"
-    del cells[(0.0, 1)]
-    study = collect_study(parse_exp_show(exp_show_json(cells)), CONFIG)
-    assert [f["name"] for f in study["failed"]] == ["study-t-r0.5-s2"]
-    assert study["failed"][0]["logs_command"] == "dvc queue logs study-t-r0.5-s2"
-    assert {(m["name"], m["state"]) for m in study["missing"]} == {("study-t-r0-s1", "absent"), ("study-t-r1-s0", "queued")}
-    # ratio 0.5, generation 1: seeds 0 and 1 only (0.04, 0.06): mean 0.05, sd 0.01*sqrt(2)
-    cell = _cell(study, 0.5, 1)
-    assert cell["n"] == 2 and cell["seeds"] == [0, 1] and cell["mean"] == pytest.approx(0.05)
-    half = T_975_1DF * 0.01 * math.sqrt(2) / math.sqrt(2)
-    assert cell["ci"] == pytest.approx([0.05 - half, 0.05 + half])
-    # the slope against ratio uses only seeds with every ratio: seed 2 (no 0.5) and 0, 1 (gaps) are out
-    trend = study["trends"]["excess_abs"]["vs_ratio"]["gen1"]
-    assert trend["n"] == 0 and trend["excluded_seeds"] == [0, 1, 2] and trend["slope"] is None
+def test_collect_holm_adjusts_every_other_interval() -> None:
+    study = collect_study(parse_exp_show(exp_show_json(FULL)), CONFIG)
+    secondary = study["intervals"]
+    assert secondary and all(r["adjusted"] and not r["primary"] for r in secondary)
+    # the primary endpoints are not repeated among the secondary intervals
+    assert not any(r["kind"] == "slope" and r["metric"] == "gap" and r["generation"] == 1
+                   and r["at"] == {"variant": "replace"} for r in secondary)
+    tested = [r for r in secondary if r["p"] is not None]
+    assert study["family_size"] == len(tested)
+    from statsmodels.stats.multitest import multipletests
+
+    reject, p_adjusted, _, _ = multipletests([r["p"] for r in tested], alpha=0.05, method="holm")
+    assert [r["p_adjusted"] for r in tested] == pytest.approx(list(p_adjusted))
+    assert [r["verdict"] == "effect" for r in tested] == list(reject)
+    for record in tested:  # wider than the plain 95% interval, and excluding 0 exactly when Holm rejects
+        assert record["ci_level"] >= 0.95 and record["alpha_per_test"] <= 0.05
+        excludes_zero = record["ci"][0] > 0 or record["ci"][1] < 0
+        assert excludes_zero == (record["verdict"] == "effect")
+    # slope of gap vs guidance under accumulate at generation 1: per seed 0.01, 0.005, 0.005
+    accumulate = next(r for r in secondary if r["kind"] == "slope" and r["at"] == {"variant": "accumulate"}
+                      and r["metric"] == "gap" and r["generation"] == 1)
+    assert accumulate["values"] == pytest.approx([0.01, 0.005, 0.005])
+    # contrasts of the variant and slopes against generation are in the family too
+    assert {r["kind"] for r in secondary} == {"level", "slope", "contrast"}
+    assert any(r["slope_vs"] == "generation" for r in secondary)
+
+
+def test_collect_reads_fallback_keys_and_lists_problems() -> None:
+    states = dict(FULL)
+    states[("replace", 3, 2)] = "failed"  # carries the baseline's stale 0.5: must not be averaged
+    states[("accumulate", 1, 0)] = "queued"
+    del states[("accumulate", 3, 1)]
+    study = collect_study(parse_exp_show(exp_show_json(states, gap_key="excess_abs")), CONFIG)
+    assert study["metric_paths"]["gap"] == "gen{gen}.excess_abs"
+    assert any("gap: read from gen{gen}.excess_abs" in note for note in study["notes"])
+    assert [f["name"] for f in study["failed"]] == ["study-t-replace-guidance_scale3-s2"]
+    assert {(m["name"], m["state"]) for m in study["missing"]} == {
+        ("study-t-accumulate-guidance_scale1-s0", "queued"), ("study-t-accumulate-guidance_scale3-s1", "absent")}
+    # the slope uses only seeds with every point of the line: seed 2 lacks guidance 3 under replace
+    slope = study["endpoints"]["gap_vs_guidance"]
+    assert slope["seeds"] == [0, 1] and slope["excluded_seeds"] == [2] and slope["n"] == 2
     lines = study_problems(study)
-    assert any(line.startswith("failed: study-t-r0.5-s2") for line in lines)
-    assert any("study-t-r1-s0" in line and "queued" in line for line in lines)
+    assert any(line.startswith("failed: study-t-replace-guidance_scale3-s2") for line in lines)
 
-
-def test_collect_falls_back_to_amplification_abs_and_says_so() -> None:
-    study = collect_study(parse_exp_show(exp_show_json(FULL, key="amplification_abs")), CONFIG)
-    assert study["amplification_metric"] == "amplification_abs"
-    assert "excess_abs" in study["amplification_note"] and "excess_abs" not in study["metrics"]
-    assert study["trends"]["amplification_abs"]["vs_ratio"]["gen1"]["slope"] == pytest.approx(0.07)
-
-
-def test_collect_flags_cells_that_differ_in_unswept_params() -> None:
-    def edit(ratio, seed, params):
-        if (ratio, seed) == (1.0, 2):
+    def edit(variant, guidance, seed, params):
+        if (variant, guidance, seed) == ("replace", 1, 0):
             params["neighbours"]["k"] = 7
+        if (variant, guidance, seed) == ("replace", 1, 1):
+            params["world"]["seed"] = 0  # the name says seed 1
 
     study = collect_study(parse_exp_show(exp_show_json(FULL, edit=edit)), CONFIG)
-    assert len(study["inconsistent"]) == 1 and "neighbours.k" in study["inconsistent"][0]
-    assert "neighbours" not in study["common_params"]
+    assert any("neighbours.k" in line for line in study["inconsistent"])
+    assert any("study-t-replace-guidance_scale1-s1: params say world.seed=0" in line for line in study["inconsistent"])
 
 
 def _write(tmp_path: Path, data: list[dict]) -> tuple[Path, Path]:
     params = tmp_path / "params.yaml"
-    params.write_text(json.dumps({**BASE_PARAMS, "study": {"name": "t", "ratios": [0.0, 0.5, 1.0], "seeds": [0, 1, 2],
-                                                           "generations": 2}}))
+    params.write_text(json.dumps(params_with({"t": GRID})))
     exp_json = tmp_path / "exp.json"
     exp_json.write_text(json.dumps(data))
     return params, exp_json
 
 
-def test_collect_command_writes_outputs_or_refuses(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    cells = dict(FULL)
-    cells[(0.5, 2)] = "failed"
-    params, exp_json = _write(tmp_path, exp_show_json(cells))
-    out, plots = tmp_path / "metrics" / "study.json", tmp_path / "plots"
-    args = ["study", "collect", "--params", str(params), "--exp-json", str(exp_json), "--out", str(out), "--plots", str(plots)]
+def test_collect_command_writes_the_named_study_or_refuses(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    states = dict(FULL)
+    states[("replace", 3, 2)] = "failed"
+    params, exp_json = _write(tmp_path, exp_show_json(states))
+    out, plots = tmp_path / "metrics" / "studies", tmp_path / "plots" / "studies"
+    args = ["study", "collect", "--params", str(params), "--name", "t", "--exp-json", str(exp_json),
+            "--out-dir", str(out), "--plots", str(plots)]
     assert main(args) == 1
     err = capsys.readouterr().err
-    assert "failed: study-t-r0.5-s2" in err and "nothing written" in err and not out.exists()
+    assert "failed: study-t-replace-guidance_scale3-s2" in err and "nothing written" in err and not out.exists()
     assert main(args + ["--allow-missing"]) == 0
-    study = json.loads(out.read_text())
-    assert [f["name"] for f in study["failed"]] == ["study-t-r0.5-s2"]
-    for name in ("study_summary.csv", "study_runs.csv", "study_trends.csv", "study_amplification.png", "study_downstream.png"):
+    printed = capsys.readouterr().out
+    assert "primary gap_vs_guidance" in printed and "Holm-adjusted" in printed
+    study = json.loads((out / "t.json").read_text())
+    endpoint = study["endpoints"]["generator_level"]
+    assert {"estimate", "ci", "adjusted", "p", "verdict", "margin", "tost_p"} <= set(endpoint)
+    for name in ("t_summary.csv", "t_runs.csv", "t_intervals.csv", "t_intervals.png"):
         assert (plots / name).stat().st_size > 0
-    header, *rows = (plots / "study_summary.csv").read_text().splitlines()
-    assert header == "ratio,generation,metric,mean,sd,ci_lo,ci_hi,n"
-    row = next(r for r in rows if r.startswith("1.0,1,excess_abs,"))
-    assert float(row.split(",")[3]) == pytest.approx(0.09)
+    header, *rows = (plots / "t_intervals.csv").read_text().splitlines()
+    assert header.startswith("endpoint,primary,kind,metric,generation,label,estimate,ci_lo,ci_hi,ci_level,adjusted,p,")
+    assert rows[0].startswith("gap_vs_guidance,true,slope,gap,1,")
+    assert main(["study", "list", "--params", str(params)]) == 0
+    assert "t: 4 cells, 12 experiments, 2 generation(s)" in capsys.readouterr().out
 
 
-def test_study_config_and_queue_commands(tmp_path: Path) -> None:
-    assert [c.name for c in study_cells(CONFIG)][:4] == ["study-t-r0-s0", "study-t-r0-s1", "study-t-r0-s2", "study-t-r0.5-s0"]
+def test_committed_studies_are_defined_and_name_the_pipeline_params() -> None:
+    """params.yaml's studies load and every param path they name exists."""
+    from biasloop.core.config import read_params
+    from tests.conftest import REPO_ROOT
+
+    params = read_params(REPO_ROOT / "params.yaml")
+    for name in ("default", "generator", "markedness", "loop"):
+        config = load_study_config(params, name)
+        assert config.spec.endpoints, name
+        check_param_paths(config, params)
+    generator = load_study_config(params, "generator")
+    assert len(study_cells(generator)) == 12 * 3 + 4 * 2  # 4 primary cells get 5 seeds
+    assert len(load_study_config(params, "loop").spec.variants) == 3
+
+
+def test_generation_overrides_carry_the_previous_dataset() -> None:
     params = {"generations": [0, 1, 2], "rounds": {"1": {"gen": 1, "prev": 0, "previous": "artifacts/corpus"},
                                                    "2": {"gen": 2, "prev": 1, "previous": "artifacts/gen1/mix"}}}
     assert generation_overrides(params, 3) == []
     assert generation_overrides(params, 2) == ["generations=[0,1]", "~rounds.2"]
-    assert generation_overrides(params, 4) == ["generations=[0,1,2,3]", "+rounds.3={gen: 3, prev: 2, previous: 'artifacts/gen2/mix'}"]
-    with_datasets = {**params, "datasets": {"0": {"gen": 0, "dataset": "artifacts/corpus/captions.parquet",
-                                                  "folder": "artifacts/corpus"}}}
-    assert generation_overrides(with_datasets, 2) == [
-        "generations=[0,1]", "~rounds.2",
-        "+datasets.1={gen: 1, dataset: 'artifacts/gen1/mix/dataset.parquet', folder: 'artifacts/gen1/mix'}"]
-    config = StudyConfig(name="t", ratios=(0.8,), seeds=(3,), seed_params=("base.seed", "world.seed"), generations=3)
-    assert queue_command(study_cells(config)[0], config, params) == [
-        "exp", "run", "--queue", "-S", "synthetic_ratio=0.8", "-S", "base.seed=3", "-S", "world.seed=3",
-        "--name", "study-t-r0.8-s3"]
-    path = tmp_path / "params.yaml"
-    path.write_text("study:\n  ratios: [0.0, 1.5]\n")
-    with pytest.raises(ConfigError, match="study.ratios"):
-        load_study_config(path)
-    path.write_text("study:\n  ratio: [0.0]\n")
-    with pytest.raises(ConfigError, match="study.ratio: unknown key"):
-        load_study_config(path)
-    path.write_text("study:\n  name: a b\n")
-    with pytest.raises(ConfigError, match="study.name"):
-        load_study_config(path)
+    assert generation_overrides(params, 4) == ["generations=[0,1,2,3]",
+                                               "+rounds.3={gen: 3, prev: 2, previous: 'artifacts/gen2/mix'}"]
 
 
 FAKE_DVC = """#!{python}
@@ -297,54 +368,35 @@ def test_run_study_queues_what_is_left_and_reports_failures(tmp_path: Path) -> N
     fake = tmp_path / "dvc"
     fake.write_text(FAKE_DVC.format(python=sys.executable))
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
-    config = StudyConfig(name="t", ratios=(0.0, 0.5), seeds=(0, 1), generations=2, poll_seconds=0.01)
-    before = {(0.0, 0): "success", (0.0, 1): "failed"}
-    running = {(0.0, 0): "success", (0.0, 1): "queued", (0.5, 0): "queued", (0.5, 1): "queued"}
-    after = {(0.0, 0): "success", (0.0, 1): "success", (0.5, 0): "failed", (0.5, 1): "success"}
-    for i, cells in enumerate((before, running, after)):
-        (tmp_path / f"show{i}.json").write_text(json.dumps(exp_show_json(cells)))
-    params = tmp_path / "params.yaml"
-    params.write_text(json.dumps(BASE_PARAMS))
+    spec = {**GRID, "variants": {"replace": {"loop.mode": "replace"}}, "seeds": [0, 1],
+            "endpoints": {}, "generations": 2}
+    params = params_with({"t": spec}, poll_seconds=0.01)
+    config = load_study_config(params)
+    before = {("replace", 1, 0): "success", ("replace", 1, 1): "failed"}
+    running = {("replace", 1, 0): "success", ("replace", 1, 1): "queued", ("replace", 3, 0): "queued",
+               ("replace", 3, 1): "queued"}
+    after = {("replace", 1, 0): "success", ("replace", 1, 1): "success", ("replace", 3, 0): "failed",
+             ("replace", 3, 1): "success"}
+    for i, states in enumerate((before, running, after)):
+        (tmp_path / f"show{i}.json").write_text(json.dumps(exp_show_json(states, config=config)))
+    path = tmp_path / "params.yaml"
+    path.write_text(json.dumps(params))
     lines: list[str] = []
-    failed = run_study(config, params, dvc=str(fake), echo=lines.append, sleep=lambda s: None)
-    assert failed == ["study-t-r0.5-s0"]
+    failed = run_study(config, path, dvc=str(fake), echo=lines.append, sleep=lambda s: None)
+    assert failed == ["study-t-replace-guidance_scale3-s0"]
     calls = [json.loads(line) for line in (tmp_path / "calls.txt").read_text().splitlines()]
     queued = [c[-1] for c in calls if c[:3] == ["exp", "run", "--queue"]]
-    assert queued == ["study-t-r0-s1", "study-t-r0.5-s0", "study-t-r0.5-s1"]
-    assert ["queue", "remove", "study-t-r0-s1"] in calls and ["queue", "start", "-j", "2"] in calls
-    assert any(line.startswith("[4/4]") for line in lines) or sum(line.startswith("[") for line in lines) == 4
-    assert any("study-t-r0.5-s0: failed" in line and "dvc queue logs study-t-r0.5-s0" in line for line in lines)
+    assert queued == ["study-t-replace-guidance_scale1-s1", "study-t-replace-guidance_scale3-s0",
+                      "study-t-replace-guidance_scale3-s1"]
+    assert ["queue", "remove", "study-t-replace-guidance_scale1-s1"] in calls and ["queue", "start", "-j", "2"] in calls
+    assert any("study-t-replace-guidance_scale3-s0: failed" in line and "dvc queue logs" in line for line in lines)
     assert os.path.exists(tmp_path / "shows.txt")
 
-
-def test_report_study_section(tmp_path: Path) -> None:
-    """The report's Study section: headline slopes and per-cell rows in percent, problems listed, offline."""
-    from biasloop.report.html import render_report, study_section
-    from biasloop.study.collect import write_study_outputs
-
-    cells = dict(FULL)
-    cells[(0.5, 2)] = "failed"
-    study = collect_study(parse_exp_show(exp_show_json(cells)), CONFIG)
-    write_study_outputs(study, str(tmp_path / "study.json"), str(tmp_path / "plots"))
-    study = json.loads((tmp_path / "study.json").read_text())
-    text = render_report(tmp_path / "report.html", [], None, None, {}, {}, study=study)
-    section = study_section(study)
-    assert section in text and "Study 't': 3 ratios &times; 3 seeds &times; 2 generations" in section
-    assert "failed: study-t-r0.5-s2" in section and "8 of 9 experiments aggregated" in section
-    assert section.count("data:image/png;base64,") == 2
-    # ratio 1, generation 1: mean 9.0 pp, SD 2.0 pp, 3 seeds
-    assert "<tr><td>1</td><td>1</td><td>+9.0</td><td>2.0</td>" in section
-    assert "No study collected yet" in study_section({"status": "not collected"})
-    assert study_section(None) == ""
-
-
-def test_collect_ignores_the_study_section_when_comparing_cells() -> None:
-    """Extending the grid later changes `study.ratios` in new cells only: not a difference between cells."""
-    def edit(ratio, seed, params):
-        params["study"] = {"ratios": [0.0, 0.5] if ratio < 1 else [0.0, 0.5, 1.0]}
-
-    study = collect_study(parse_exp_show(exp_show_json(FULL, edit=edit)), CONFIG)
-    assert study["inconsistent"] == [] and "study" not in study["common_params"]
+    # an unknown path stops the run before anything is queued
+    path.write_text(json.dumps(params_with({"t": {**spec, "axes": {"sampling.guidnce": [1]}}})))
+    bad = load_study_config(json.loads(path.read_text()))
+    with pytest.raises(ConfigError, match="sampling.guidnce"):
+        run_study(bad, path, dvc=str(fake), echo=lines.append, sleep=lambda s: None, dry_run=True)
 
 
 def test_run_dvc_does_not_wait_for_a_daemon_holding_its_output(tmp_path: Path) -> None:
@@ -360,3 +412,70 @@ def test_run_dvc_does_not_wait_for_a_daemon_holding_its_output(tmp_path: Path) -
     start = time.monotonic()
     assert run_dvc(["queue", "start"], dvc=str(fake)).strip() == "started"
     assert time.monotonic() - start < 15
+
+
+def test_parse_exp_show_reads_states_params_and_only_successful_metrics() -> None:
+    states = {("replace", 1, 0): "success", ("replace", 3, 1): "failed", ("accumulate", 1, 2): "queued"}
+    success, failed, queued = parse_exp_show(exp_show_json(states))
+    assert success.metrics["gen1"]["gap"] == 0.01 and success.params["base"]["seed"] == 0
+    assert success.baseline_rev == _rev(1) and success.baseline_name == "main" and success.rev == _rev(100)
+    assert failed.metrics is None and failed.error == "Experiment run failed" and failed.log.endswith(".out")
+    assert queued.metrics is None
+    with pytest.raises(ValueError, match="expected a list"):
+        parse_exp_show({"rev": "workspace"})
+
+
+def test_report_section_of_a_named_study(tmp_path: Path) -> None:
+    """The report's section of a collected study: plain primary endpoints, Holm-labelled intervals, problems."""
+    from biasloop.report.html import render_report
+    from biasloop.report.study_html import named_study_section
+    from biasloop.study.outputs import write_study_outputs
+
+    states = dict(FULL)
+    states[("replace", 3, 2)] = "failed"
+    study = collect_study(parse_exp_show(exp_show_json(states)), CONFIG)
+    write_study_outputs(study, tmp_path / "metrics", tmp_path / "plots")
+    study = json.loads((tmp_path / "metrics" / "t.json").read_text())
+    section = named_study_section(study)
+    assert "Study 't': variant {replace, accumulate} &times; sampling.guidance_scale {1, 3}" in section
+    assert "failed: study-t-replace-guidance_scale3-s2" in section and "11 of 12 experiments aggregated" in section
+    assert "<td>generator_level: generator at generation 0" in section and "equivalent within ±0.05" in section
+    assert "Holm-adjusted over the study's" in section and section.count("data:image/png;base64,") == 1
+    text = render_report(tmp_path / "report.html", [], None, None, {}, {}, study_sections=[section])
+    assert section in text
+
+
+def test_a_path_without_generation_is_read_for_generation_0_only_and_names_select_experiments() -> None:
+    metrics = {"gap": "gen{gen}.gap", "generator": "gen{gen}.not_yet | headline.generator"}
+    config = load_study_config(params_with({"t": GRID}, metrics=metrics), "t")
+    study = collect_study(parse_exp_show(exp_show_json(FULL, config=config)), config)
+    assert study["metric_paths"]["generator"] == "headline.generator"
+    assert any("generator: read from headline.generator (gen{gen}.not_yet absent)" in n for n in study["notes"])
+    assert study["endpoints"]["generator_level"]["values"] == pytest.approx([0.001, -0.002, 0.004])
+    # headline is generation 0's: generation 1 has no value, listed, never the headline copied
+    assert {m["generation"] for m in study["missing_values"] if m["metric"] == "generator"} == {1}
+
+    names = ["study-t-replace-guidance_scale1-s0", "study-t-replace-guidance_scale1-s1"]
+    subset = collect_study(parse_exp_show(exp_show_json(FULL)), CONFIG, names=names)
+    assert [c["name"] for c in subset["cells"]] == names and subset["n_cells_used"] == 2
+    assert subset["inconsistent"] == [] and subset["endpoints"]["generator_level"]["n"] == 2
+
+
+def test_secondary_kinds_and_margins_follow_the_study() -> None:
+    only_levels = load_study_config(params_with({"t": {**GRID, "secondary": ["levels"], "margins": {"gap": 0.5}}}), "t")
+    study = collect_study(parse_exp_show(exp_show_json(FULL, config=only_levels)), only_levels)
+    # 4 cells x 2 metrics x 2 generations, less the primary level (generator, generation 0, replace, guidance 1)
+    assert {r["kind"] for r in study["intervals"]} == {"level"} and len(study["intervals"]) == 4 * 2 * 2 - 1
+    gap = [r for r in study["intervals"] if r["metric"] == "gap"]
+    assert all(r["margin"] == 0.5 and r["tost_p"] is not None for r in gap)
+    assert all(r["margin"] is None for r in study["intervals"] if r["metric"] == "generator")
+
+
+def test_study_run_command_names_an_unknown_path_and_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    params = tmp_path / "params.yaml"
+    params.write_text(json.dumps(params_with({"g": {"axes": {"generate.guidance_scale": [1, 3]}, "seeds": [0]}})))
+    assert main(["study", "run", "--dry-run", "--params", str(params), "--name", "g"]) == 2
+    err = capsys.readouterr().err
+    assert "studies.g.axes: unknown param path 'generate.guidance_scale'" in err
+    assert main(["study", "run", "--dry-run", "--params", str(params), "--name", "nope"]) == 2
+    assert "studies.nope: no such study (defined: g)" in capsys.readouterr().err

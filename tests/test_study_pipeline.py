@@ -23,8 +23,11 @@ def test_two_cell_study_runs_as_dvc_experiments_and_collects(tmp_path: Path) -> 
     params["generations"] = [0]
     params["rounds"] = {}
     params["datasets"] = {"0": params["datasets"]["0"]}
-    params["study"] = {"name": "tiny", "ratios": [0.0, 0.8], "seeds": [0], "generations": 2, "jobs": 1,
-                       "poll_seconds": 5}
+    params["study"] = {**params["study"], "default": "tiny", "jobs": 1, "poll_seconds": 5}
+    params["studies"] = {"tiny": {"generations": 2, "axes": {"synthetic_ratio": [0.0, 0.8]}, "seeds": [0],
+                                  "metrics": ["gap", "shift", "recall_at_10"], "secondary": ["slopes"],
+                                  "endpoints": {"gap_vs_ratio": {"metric": "gap", "generation": 1,
+                                                                 "slope_vs": "synthetic_ratio", "margin": 0.05}}}}
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
     _run(["git", "init", "-q"], repo)
@@ -38,31 +41,35 @@ def test_two_cell_study_runs_as_dvc_experiments_and_collects(tmp_path: Path) -> 
     assert "[2/2]" in result.stdout and "all 2 experiments succeeded" in result.stdout, result.stdout
     assert "generations=[0,1]" in result.stdout and "+rounds.1=" in result.stdout
 
+    # The second cell found generation 0's training in DVC's run cache (queued experiments share it).
+    log = _run(["dvc", "queue", "logs", "study-tiny-r0.8-s0"], repo).stdout
+    assert "Stage 'pretrain' is cached - skipping run" in log, log[-3000:]
+
     # Running it again queues nothing: both cells already succeeded.
     again = _run([sys.executable, "-m", "biasloop.cli", "study", "run", "--no-wait"], repo)
     assert "not queued again" in again.stdout and "dvc exp run --queue" not in again.stdout
 
     result = _run([sys.executable, "-m", "biasloop.cli", "study", "collect"], repo)
-    study = json.loads((repo / "metrics/study.json").read_text())
+    assert "primary gap_vs_ratio" in result.stdout, result.stdout
+    study = json.loads((repo / "metrics/studies/tiny.json").read_text())
     assert study["n_cells_used"] == 2 and not study["failed"] and not study["missing"] and not study["inconsistent"]
-    # A few training steps make noise images the instrument may abstain on: then no amplification at all,
-    # and collect says which key it fell back to.
-    assert study["amplification_metric"] == "excess_abs" or "excess_abs" in study["amplification_note"]
+    # A few training steps make noise images the instrument may abstain on: then no gap at all, and
+    # collect says so in its notes instead of reading anything else.
+    gap_path = study["metric_paths"]["gap"]
+    assert gap_path in ("gen{gen}.gap", "gen{gen}.excess_abs") or any(
+        note.startswith("gap: none of") for note in study["notes"]), study["notes"]
     assert {c["name"] for c in study["cells"]} == {"study-tiny-r0-s0", "study-tiny-r0.8-s0"}
     assert all(c["generations"] == [0, 1] and len(c["rev"]) == 40 for c in study["cells"])
     assert study["common_params"]["generations"] == [0, 1]
-    assert [(e["ratio"], e["generation"]) for e in study["summary"]] == [(0.0, 0), (0.0, 1), (0.8, 0), (0.8, 1)]
+    assert [(e["coords"]["synthetic_ratio"], e["generation"]) for e in study["summary"]] == [
+        (0.0, 0), (0.0, 1), (0.8, 0), (0.8, 1)]
     recall = [e["metrics"]["recall_at_10"] for e in study["summary"]]
-    assert all(r["n"] == 1 and r["sd"] is None and r["ci"] is None for r in recall)
+    assert all(r["n"] == 1 and r["sd"] is None for r in recall)
+    # One seed: the primary slope has a value but no interval, and no verdict beyond "not resolved".
+    endpoint = study["endpoints"]["gap_vs_ratio"]
+    assert endpoint["n"] == (1 if gap_path else 0) and endpoint["ci"] is None and endpoint["verdict"] == "not resolved"
     # Common random numbers: generation 0 does not depend on the ratio, so both cells share it exactly.
     gen0 = [e["metrics"]["recall_at_10"]["mean"] for e in study["summary"] if e["generation"] == 0]
     assert gen0[0] == gen0[1]
-    for name in ("study_summary.csv", "study_runs.csv", "study_trends.csv", "study_amplification.png",
-                 "study_downstream.png"):
-        assert (repo / "plots" / name).stat().st_size > 0
-
-    # The collected study reaches the report through summarize's declared dep.
-    _run(["dvc", "repro"], repo, timeout=1800)
-    report = (repo / "plots/report.html").read_text()
-    assert "Study &#x27;tiny&#x27;" in report or "Study 'tiny'" in report
-    assert (repo / "plots/generated/gen0.png").stat().st_size > 0
+    for name in ("tiny_summary.csv", "tiny_runs.csv", "tiny_intervals.csv", "tiny_intervals.png"):
+        assert (repo / "plots/studies" / name).stat().st_size > 0

@@ -4,7 +4,7 @@
     biasloop amplify TRAIN GEN     amplification table from two per-occupation count files
     biasloop generations N         rewrite the generation lists in params.yaml for N generations
     biasloop captions-score R H    BLEU-4, ROUGE-L and CIDEr-D of hypothesis captions against references
-    biasloop study run|collect     run a ratios x seeds grid as queued DVC experiments; aggregate it
+    biasloop study list|run|collect  named studies over any params x seeds as queued DVC experiments
     biasloop doctor                environment, versions, threads, dvc status, locks, where MLflow writes
     biasloop stop [--dry-run]      stop this checkout's dvc, stages and MLflow logger (by PID; no other checkout's)
     biasloop plots-template        offline HTML template for dvc plots show/diff (vega inlined)

@@ -1,15 +1,18 @@
-"""``biasloop study run|collect``: a replicated grid (ratios x seeds, every cell all generations) as DVC experiments.
+"""``biasloop study list|run|collect``: named studies (grids over any params x seeds) as DVC experiments.
 
-    biasloop study run              queue the `study` grid of params.yaml (dvc exp run --queue, one
-                                    experiment per ratio x seed), start the workers (dvc queue start -j N)
-                                    and wait, one line per finished experiment; exit 1 naming failed ones
-    biasloop study collect          read the study's experiments (dvc exp show --json), write
-                                    metrics/study.json and plots/study_*.csv|png; exit 1 when a cell
-                                    failed or is missing, unless --allow-missing
+    biasloop study list             the studies of params.yaml (`studies:`), their cells and experiments
+    biasloop study run [--name N]   queue every experiment of study N (default: study.default; one per
+                                    cell x seed, dvc exp run --queue), start the workers (dvc queue start
+                                    -j N) and wait, one line per finished experiment; exit 1 naming failed ones
+    biasloop study collect [--name N]
+                                    read the study's experiments (dvc exp show --json), write
+                                    metrics/studies/N.json and plots/studies/N_*.csv|png; exit 1 when a
+                                    cell failed or is missing, unless --allow-missing
 
-Cells are named study-<name>-r<ratio>-s<seed>, so `dvc exp show`, `dvc exp apply NAME` and
-`dvc metrics diff` work on each, and running `study run` again resumes: succeeded cells are kept, failed
-ones queued again. Afterwards `dvc repro` adds a Study section to plots/report.html.
+Experiments are named study-<name>-<cell>-s<seed> (study-default-r0.4-s1,
+study-generator-guidance_scale1.5-snr_gamma0-train_steps300-s3), so `dvc exp show`, `dvc exp apply NAME`
+and `dvc metrics diff` work on each, and running `study run` again resumes: succeeded experiments are
+kept, failed ones queued again. Param paths are checked against params.yaml before anything is queued.
 """
 
 from __future__ import annotations
@@ -17,22 +20,30 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("study", help="run and aggregate a replicated grid of DVC experiments",
                                    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="study_command", required=True, metavar="{run,collect}")
+    commands = parser.add_subparsers(dest="study_command", required=True, metavar="{list,run,collect}")
+
+    list_parser = commands.add_parser("list", help="the studies of params.yaml with their cells and experiments",
+                                      description="List each study of params.yaml's `studies:` section: its cells, "
+                                                  "experiments, generations and primary endpoints.")
+    list_parser.add_argument("--params", default="params.yaml", help="params file with the studies (default: %(default)s)")
+    list_parser.set_defaults(run=run_list_command)
 
     run_parser = commands.add_parser(
         "run", help="queue the grid, start workers, wait",
-        description="Queue every cell of the `study` section of params.yaml as a DVC experiment "
-                    "(dvc exp run --queue -S synthetic_ratio=R -S base.seed=S --name study-<name>-rR-sS), "
-                    "start `dvc queue start -j N` and wait, printing a line per finished experiment. "
-                    "Exits 1 naming the failed experiments (their logs: dvc queue logs NAME).")
-    run_parser.add_argument("--params", default="params.yaml", help="params file with the study section (default: %(default)s)")
-    run_parser.add_argument("--name", help="study name (default: study.name); cells are study-<name>-r<ratio>-s<seed>")
+        description="Queue every cell x seed of a study of params.yaml as a DVC experiment "
+                    "(dvc exp run --queue -S PATH=VALUE ... -S base.seed=S -S world.seed=S --name "
+                    "study-<name>-<cell>-sS), start `dvc queue start -j N` and wait, printing a line per finished "
+                    "experiment. Exits 2 naming an unknown param path, 1 naming the failed experiments (their "
+                    "logs: dvc queue logs NAME).")
+    run_parser.add_argument("--params", default="params.yaml", help="params file with the studies (default: %(default)s)")
+    run_parser.add_argument("--name", help="study to run, a key of `studies:` (default: study.default)")
     run_parser.add_argument("--jobs", "-j", type=int, help="queue workers (default: study.jobs)")
     run_parser.add_argument("--no-wait", action="store_true", help="return after starting the workers")
     run_parser.add_argument("--rerun", action="store_true", help="run cells that already succeeded again")
@@ -42,21 +53,23 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     collect_parser = commands.add_parser(
         "collect", help="aggregate the study into metrics/study.json and plots/study_*",
         description="Read the study's experiments from `dvc exp show --json` (the baseline HEAD unless --rev "
-                    "or --all-commits) and write, per synthetic_ratio x generation, the mean over seeds of the "
-                    "headline metrics with the between-seed SD, a 95% t interval and the number of seeds, and "
-                    "the trend slopes against ratio and generation with seed-clustered intervals. Failed or "
+                    "or --all-commits) and write per cell x generation the mean and SD over seeds of the study's "
+                    "metrics; its primary endpoints with plain 95% t intervals over seeds; every other interval "
+                    "(levels, slopes, contrasts) Holm-adjusted; and for each a p-value, a TOST p-value where a "
+                    "margin is declared, and a verdict (effect / equivalent within +-m / not resolved). Failed or "
                     "missing cells are listed, never averaged over; they make the command exit 1 without "
                     "writing anything unless --allow-missing.")
-    collect_parser.add_argument("--params", default="params.yaml", help="params file with the study section (default: %(default)s)")
-    collect_parser.add_argument("--name", help="study name (default: study.name)")
+    collect_parser.add_argument("--params", default="params.yaml", help="params file with the studies (default: %(default)s)")
+    collect_parser.add_argument("--name", help="study to collect, a key of `studies:` (default: study.default)")
     collect_parser.add_argument("--names", nargs="+", metavar="EXP",
                                 help="explicit experiment names instead of the grid's study-<name>-... names")
     source = collect_parser.add_mutually_exclusive_group()
     source.add_argument("--rev", help="baseline commit whose experiments to read (default: HEAD)")
     source.add_argument("--all-commits", action="store_true", help="read experiments of every baseline commit")
     source.add_argument("--exp-json", help="read this saved `dvc exp show --json` output instead of running dvc")
-    collect_parser.add_argument("--out", default="metrics/study.json", help="study JSON (default: %(default)s)")
-    collect_parser.add_argument("--plots", default="plots", help="folder for study_*.csv and study_*.png (default: %(default)s)")
+    collect_parser.add_argument("--out-dir", default="metrics/studies", help="folder of <name>.json (default: %(default)s)")
+    collect_parser.add_argument("--plots", default="plots/studies",
+                                help="folder for <name>_*.csv and <name>_intervals.png (default: %(default)s)")
     collect_parser.add_argument("--allow-missing", action="store_true",
                                 help="write the outputs and exit 0 even when cells failed or are missing (they stay listed)")
     collect_parser.add_argument("--allow-mixed", action="store_true",
@@ -64,43 +77,73 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     collect_parser.set_defaults(run=run_collect_command)
 
 
-def run_study_command(args: argparse.Namespace) -> int:
+def _load(args: argparse.Namespace):
     from biasloop.core.config import ConfigError
-    from biasloop.study.grid import load_study_config, run_study
+    from biasloop.study.config import load_study_config
 
     try:
-        config = load_study_config(args.params, args.name)
+        return load_study_config(args.params, args.name)
     except ConfigError as exc:
         print(f"error: {args.params}: {exc}", file=sys.stderr)
+        return None
+
+
+def run_list_command(args: argparse.Namespace) -> int:
+    from biasloop.core.config import ConfigError, read_params
+    from biasloop.study.config import load_study_config, study_names
+    from biasloop.study.grid import grid_points, study_cells
+
+    params = read_params(args.params)
+    for name in study_names(params):
+        try:
+            config = load_study_config(params, name)
+        except ConfigError as exc:
+            print(f"{name}: error: {exc}")
+            continue
+        endpoints = ", ".join(config.spec.endpoints) or "none"
+        print(f"{name}: {len(grid_points(config))} cells, {len(study_cells(config))} experiments, "
+              f"{config.generations} generation(s); primary endpoints: {endpoints}")
+    return 0
+
+
+def run_study_command(args: argparse.Namespace) -> int:
+    from biasloop.core.config import ConfigError
+    from biasloop.study.grid import grid_points, run_study, study_cells
+
+    config = _load(args)
+    if config is None:
         return 2
-    cells = len(config.ratios) * len(config.seeds)
-    print(f"study '{config.name}': {len(config.ratios)} ratios x {len(config.seeds)} seeds = {cells} experiments, "
-          f"{config.generations} generations each", flush=True)
+    experiments = len(study_cells(config))
+    print(f"study '{config.name}': {len(grid_points(config))} cells, {experiments} experiments, "
+          f"{config.generations} generation(s) each", flush=True)
+    start = time.monotonic()
     try:
         failed = run_study(config, args.params, jobs=args.jobs, wait=not args.no_wait, rerun=args.rerun,
                            dry_run=args.dry_run, echo=lambda line: print(line, flush=True))
+    except ConfigError as exc:
+        print(f"error: {args.params}: {exc}", file=sys.stderr)
+        return 2
     except RuntimeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     if failed:
-        print(f"error: {len(failed)} of {cells} experiments failed: {', '.join(failed)} "
-              f"(logs: dvc queue logs NAME; `biasloop study run` queues them again)", file=sys.stderr)
+        print(f"error: {len(failed)} of {experiments} experiments failed: {', '.join(failed)} "
+              f"(logs: dvc queue logs NAME; `biasloop study run --name {config.name}` queues them again)", file=sys.stderr)
         return 1
     if not args.no_wait and not args.dry_run:
-        print(f"all {cells} experiments succeeded; next: biasloop study collect")
+        minutes = (time.monotonic() - start) / 60
+        print(f"all {experiments} experiments succeeded; this run waited {minutes:.0f} min (write the study's cost "
+              f"beside it); next: biasloop study collect --name {config.name}")
     return 0
 
 
 def run_collect_command(args: argparse.Namespace) -> int:
-    from biasloop.core.config import ConfigError
-    from biasloop.study.collect import collect_study, study_problems, write_study_outputs
+    from biasloop.study.collect import collect_study, study_problems
     from biasloop.study.experiments import exp_show, parse_exp_show
-    from biasloop.study.grid import load_study_config
+    from biasloop.study.outputs import write_study_outputs
 
-    try:
-        config = load_study_config(args.params, args.name)
-    except ConfigError as exc:
-        print(f"error: {args.params}: {exc}", file=sys.stderr)
+    config = _load(args)
+    if config is None:
         return 2
     if args.exp_json:
         path = Path(args.exp_json)
@@ -117,8 +160,7 @@ def run_collect_command(args: argparse.Namespace) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
     study = collect_study(parse_exp_show(data), config, names=args.names)
-    problems = study_problems(study)
-    for line in problems:
+    for line in study_problems(study):
         print(line, file=sys.stderr)
     blocking = bool(study["failed"] or study["missing"]) and not args.allow_missing
     mixed = bool(study["inconsistent"]) and not args.allow_mixed
@@ -131,15 +173,15 @@ def run_collect_command(args: argparse.Namespace) -> int:
                   (["inconsistent cells (--allow-mixed to accept them)"] if mixed else [])
         print(f"error: nothing written: {' and '.join(reasons)}", file=sys.stderr)
         return 1
-    if study["amplification_note"]:
-        print(f"note: {study['amplification_note']}", file=sys.stderr)
-    written = write_study_outputs(study, args.out, args.plots)
-    head = study["headline"]["slope_vs_ratio_at_last_generation"]
-    ci = head["ci"]
-    slope = "n/a" if head["slope"] is None else f"{100 * head['slope']:.2f} pp"
-    interval = f" [{100 * ci[0]:.2f}, {100 * ci[1]:.2f}]" if ci else ""
-    print(f"{study['n_cells_used']} of {study['n_cells_expected']} cells aggregated; "
-          f"{study['amplification_metric']} vs synthetic_ratio at the last generation: {slope}{interval} per unit ratio "
-          f"({head['n']} seeds)")
-    print("wrote " + ", ".join(written) + "; `dvc repro` adds the Study section to plots/report.html")
+    for note in study["notes"]:
+        print(f"note: {note}", file=sys.stderr)
+    written = write_study_outputs(study, args.out_dir, args.plots)
+    print(f"{study['n_cells_used']} of {study['n_cells_expected']} experiments aggregated; "
+          f"{study['family_size']} secondary intervals Holm-adjusted")
+    for name, endpoint in study["endpoints"].items():
+        ci = endpoint["ci"]
+        interval = f" [{ci[0]:.4g}, {ci[1]:.4g}]" if ci else " (no interval)"
+        estimate = "n/a" if endpoint["estimate"] is None else f"{endpoint['estimate']:.4g}"
+        print(f"primary {name}: {endpoint['label']}: {estimate}{interval}, n={endpoint['n']}: {endpoint['verdict']}")
+    print("wrote " + ", ".join(written))
     return 0

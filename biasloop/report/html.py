@@ -388,6 +388,7 @@ def render_report(
     figures: dict[str, str | Path],
     study: dict[str, Any] | None = None,
     acquisition: dict[str, Any] | None = None,
+    study_sections: list[str] | None = None,
 ) -> str:
     """Write the self-contained HTML report and return its text.
 
@@ -401,6 +402,8 @@ def render_report(
         study: ``metrics/study.json`` (a "Study" section after the generations table), or None.
         acquisition: ``metrics/acquisition.json`` (a "From LAION metadata" section after the instrument;
             one line when the LAION path is off), or None for no section.
+        study_sections: HTML of the named studies' sections
+            (:func:`biasloop.report.study_html.named_study_section`), after the Study section.
     """
     from biasloop.core.io import atomic_path
 
@@ -464,6 +467,7 @@ def render_report(
         parts.append(_table([("generation", "int")] + [(header, unit) for _, header, unit in TASK_COLUMNS],
                             [[r["generation"]] + [r.get(key) for key, _, _ in TASK_COLUMNS] for r in rows]))
     parts.append(study_section(study))
+    parts.extend(study_sections or [])
     if paradox and paradox.get("table"):
         parts.append("<h2>The paradox table (generation 0)</h2>")
         parts.append("<p class='note'>Seshadri et al. (2023): amplification measured against keyword-retrieved "

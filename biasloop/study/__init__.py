@@ -1,12 +1,15 @@
-"""Replicated studies: a grid of ``synthetic_ratio`` x seeds (x generations) run as queued DVC experiments.
+"""Studies: named grids over any params x replicate seeds, run as queued DVC experiments.
 
-A study is its own role, apart from one run's report: :mod:`biasloop.study.grid` turns the ``study``
-section of ``params.yaml`` into named cells and drives DVC's queue (``biasloop study run``);
-:mod:`biasloop.study.collect` reads the experiments back from ``dvc exp show --json`` and aggregates them
-over seeds, with intervals and seed-clustered trend slopes (``biasloop study collect``). The figures are
-drawn by :mod:`biasloop.report.plots` and shown in the report by :mod:`biasloop.report.html`.
+A study is its own role, apart from one run's report: :mod:`biasloop.study.config` reads the ``study``
+and ``studies`` sections of ``params.yaml``; :mod:`biasloop.study.grid` turns a study into named cells and
+drives DVC's queue (``biasloop study run --name NAME``); :mod:`biasloop.study.collect` reads the
+experiments back from ``dvc exp show --json`` and aggregates them over seeds with the intervals and
+verdicts of :mod:`biasloop.study.inference` (primary endpoints plain, every other interval Holm-adjusted,
+equivalence only against a declared margin); :mod:`biasloop.study.outputs` writes
+``metrics/studies/<name>.json`` and ``plots/studies/<name>_*`` (``biasloop study collect``).
 """
 
-from biasloop.study.grid import Cell, StudyConfig, load_study_config
+from biasloop.study.config import EndpointConfig, StudyConfig, StudySpec, load_study_config
+from biasloop.study.grid import Cell
 
-__all__ = ["Cell", "StudyConfig", "load_study_config"]
+__all__ = ["Cell", "EndpointConfig", "StudyConfig", "StudySpec", "load_study_config"]

@@ -1,66 +1,44 @@
-"""Aggregate a study's experiments over seeds: per-cell means, spreads, intervals, and trend slopes.
+"""Aggregate a study's experiments over seeds: per-cell summaries, primary endpoints, Holm-adjusted intervals.
 
 Input: the study's experiments (:func:`biasloop.study.experiments.parse_exp_show`), each with its
-``params.yaml`` and its ``metrics/summary.json`` (one ``gen{N}`` dict of headline numbers per
-generation). Output: the content of ``metrics/study.json``.
+``params.yaml`` and its ``metrics/summary.json``. Each metric is read by a dotted key path
+(``study.metrics``: ``gen{gen}.generator | headline.generator``, first the path every cell reports), so
+the pipeline's key names plug in without code changes. Output: the content of
+``metrics/studies/<name>.json``.
 
-Per (ratio, generation) cell and headline metric, over the seeds whose experiment succeeded and
-reported the value (``n``):
+Seeds are the independent units (cells of one seed share the corpus draw and random streams: common
+random numbers), so every interval is a t interval over seed-level values (:mod:`biasloop.study.inference`):
 
-- ``mean`` = (1/n) sum_s x_s
-- ``sd``   = sqrt(sum_s (x_s - mean)^2 / (n - 1)), the between-seed standard deviation (None for n < 2)
-- ``ci``   = mean +- t_{0.975, n-1} * sd / sqrt(n), a 95% t interval over seeds (None for n < 2)
+- a **level**: the metric in one cell at one generation, one value per seed;
+- a **slope**: per seed, the least-squares slope ``b_s = sum_i (x_i - xbar)(y_i - ybar) / sum_i (x_i -
+  xbar)^2`` over the cells of a line (one axis varying, the others fixed; or the generations of a cell);
+  a seed enters only with every point of the line. In a balanced grid the mean of the ``b_s`` is the
+  pooled OLS slope and its t interval is the cluster-robust one with ``n_seeds - 1`` degrees of freedom;
+- a **contrast**: per seed, one cell minus another (paired by seed).
 
-Trends, with seed-clustered intervals. Cells of one seed share random streams (common random numbers:
-the same generation-0 models, the same sampling seeds), so they are correlated and the seeds, not the
-cells, are the independent units. For each seed the ordinary least-squares slope
-``b_s = sum_i (x_i - xbar)(y_i - ybar) / sum_i (x_i - xbar)^2`` is computed over that seed's cells (the
-ratios at one generation, or the generations at one ratio); the trend is the mean of the ``b_s`` with
-the t interval above over seeds. In a balanced grid the mean of per-seed slopes equals the pooled OLS
-slope, and the interval is the cluster-robust one with n_seeds - 1 degrees of freedom: exact for
-normal per-seed slopes, and unlike a cluster bootstrap it does not collapse with 3 clusters (which give
-only 10 distinct bootstrap resamples). A seed enters a slope only when it has every point of the
-slope's axis; the excluded seeds are listed.
+The study's pre-declared primary endpoints (``studies.<name>.endpoints``) get plain ``1 - alpha``
+intervals; every other interval (``secondary``: levels of every cell, slopes along every numeric axis and
+across generations, contrasts of every variant or non-numeric value with the first) is Holm-adjusted in
+one family. Every interval carries its estimate, interval and level, whether it is adjusted, p (and the
+adjusted p), the TOST p when a margin is declared, and a verdict: ``effect``, ``equivalent within ±m``
+or ``not resolved``.
 
-Missing, failed or queued cells are listed and never averaged over; a successful experiment without
-a metric for a generation is listed too.
+Missing, failed or queued cells are listed and never averaged over; a successful experiment without a
+value is listed too.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 
+from biasloop.study.config import GENERATION, VARIANT, EndpointConfig, StudyConfig, lookup, same_value
 from biasloop.study.experiments import Experiment, latest_by_name
-from biasloop.study.grid import RATIO_PARAM, StudyConfig, cell_name
-
-# Headline metrics aggregated per cell: key in metrics/summary.json's gen{N} dicts -> label.
-AMPLIFICATION_KEYS = ("excess_abs", "amplification_abs")  # preferred first: excess over the noise floor
-METRICS: dict[str, str] = {
-    "excess_abs": "excess A_abs over the noise floor",
-    "amplification_abs": "A_abs (mean |F_gen - F_train|)",
-    "shift_to_majority": "shift towards the majority",
-    "generator_occupation_accuracy": "generator occupation accuracy",
-    "recall_at_10": "downstream recall@10",
-    "recall_at_10_gap": "downstream recall@10 gap",
-    "max_skew_at_10": "downstream MaxSkew@10",
-    "worst_group_accuracy": "downstream worst-group accuracy",
-    "equalized_odds_difference": "downstream equalized-odds difference",
-}
-DOWNSTREAM_KEYS = ("recall_at_10", "recall_at_10_gap", "max_skew_at_10", "worst_group_accuracy")
-
-
-def get_dotted(params: dict[str, Any], key: str) -> Any:
-    """``params["base"]["seed"]`` for ``key = "base.seed"``; None when a part is missing."""
-    value: Any = params
-    for part in key.split("."):
-        if not isinstance(value, dict) or part not in value:
-            return None
-        value = value[part]
-    return value
+from biasloop.study.grid import Cell, cell_label, grid_points, matches, study_cells
+from biasloop.study.inference import adjust_family, primary_record, t_interval
 
 
 def flatten_params(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -87,22 +65,6 @@ def unflatten_params(flat: dict[str, Any]) -> dict[str, Any]:
     return nested
 
 
-def seed_summary(values: Iterable[float]) -> dict[str, Any]:
-    """Mean, between-seed SD (ddof 1), 95% t interval and count of per-seed values (see module doc)."""
-    from scipy import stats
-
-    x = np.asarray([float(v) for v in values], dtype=float)
-    n = len(x)
-    if n == 0:
-        return {"mean": None, "sd": None, "ci": None, "n": 0}
-    mean = float(x.mean())
-    if n < 2:
-        return {"mean": mean, "sd": None, "ci": None, "n": 1}
-    sd = float(x.std(ddof=1))
-    half = float(stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
-    return {"mean": mean, "sd": sd, "ci": [mean - half, mean + half], "n": n}
-
-
 def ols_slope(xs: list[float], ys: list[float]) -> float:
     """Least-squares slope of ``ys`` on ``xs`` (needs two distinct x)."""
     x = np.asarray(xs, dtype=float)
@@ -111,205 +73,314 @@ def ols_slope(xs: list[float], ys: list[float]) -> float:
     return float((dx * (y - y.mean())).sum() / (dx**2).sum())
 
 
-def clustered_trend(points: dict[int, dict[float, float]], axis: list[float]) -> dict[str, Any]:
-    """Mean of per-seed OLS slopes with a t interval over seeds.
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(float(value)):
+        return None
+    return float(value)
 
-    Args:
-        points: ``{seed: {x: y}}``.
-        axis: the x values every seed must have to enter (the grid's ratios or generations).
 
-    Returns:
-        ``{"slope", "sd", "ci", "n", "per_seed": {seed: slope}, "excluded_seeds": [...],
-        "excludes_zero"}``; ``excludes_zero`` is True when the interval lies on one side of 0
-        (None without an interval).
+def read_metric(metrics: dict[str, Any] | None, template: str, generation: int) -> float | None:
+    """The number at ``template`` (``{gen}`` -> ``generation``) in a summary.json, or None.
+
+    A path without ``{gen}`` (``headline.generator``) is generation 0's: None for later generations.
     """
-    per_seed: dict[int, float] = {}
-    excluded = []
-    for seed in sorted(points):
-        values = points[seed]
-        if len(axis) < 2 or any(x not in values for x in axis):
-            excluded.append(seed)
-            continue
-        per_seed[seed] = ols_slope(axis, [values[x] for x in axis])
-    summary = seed_summary(per_seed.values())
-    ci = summary["ci"]
-    return {
-        "slope": summary["mean"], "sd": summary["sd"], "ci": ci, "n": summary["n"],
-        "per_seed": {str(s): b for s, b in per_seed.items()}, "excluded_seeds": excluded,
-        "excludes_zero": None if ci is None else bool(ci[0] > 0 or ci[1] < 0),
-    }
+    if "{gen}" not in template and generation != 0:
+        return None
+    return _number(lookup(metrics or {}, template.format(gen=generation)))
 
 
-def _cell_record(exp: Experiment, ratio: float, seed: int, swept: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "name": exp.name, "ratio": ratio, "seed": seed, "state": exp.state, "rev": exp.rev,
-        "baseline_rev": exp.baseline_rev, "baseline_name": exp.baseline_name, "timestamp": exp.timestamp,
-        "generations": list(exp.params.get("generations") or []), "swept_params": swept,
-        **({"error": exp.error, "log": exp.log} if exp.state == "failed" else {}),
-    }
+def _is_numeric_axis(config: StudyConfig, axis: str) -> bool:
+    return axis != VARIANT and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                   for v in config.axis_values(axis))
 
 
-def collect_study(
-    experiments: list[Experiment],
-    config: StudyConfig,
-    names: list[str] | None = None,
-) -> dict[str, Any]:
-    """Build ``metrics/study.json`` from the experiments of a study.
+class _Values:
+    """Seed-level values: (cell label, generation, metric) -> {seed: value}, and each label's coords."""
+
+    def __init__(self, config: StudyConfig) -> None:
+        self.config = config
+        self.by_key: dict[tuple[str, int, str], dict[int, float]] = {}
+
+    def get(self, coords: dict[str, Any], generation: int, metric: str) -> dict[int, float]:
+        return self.by_key.get((cell_label(self.config, coords), generation, metric), {})
+
+    def level(self, coords, generation, metric) -> tuple[dict[int, float], list[int]]:
+        return dict(sorted(self.get(coords, generation, metric).items())), []
+
+    def slope(self, line: list[tuple[float, dict[str, Any], int]], metric: str) -> tuple[dict[int, float], list[int]]:
+        """Per-seed slopes over ``line`` = [(x, coords, generation)]; seeds missing a point are excluded."""
+        points = [self.get(coords, g, metric) for _, coords, g in line]
+        seeds = sorted(set().union(*points)) if points else []
+        per_seed, excluded = {}, []
+        for seed in seeds:
+            if len(line) < 2 or any(seed not in p for p in points):
+                excluded.append(seed)
+                continue
+            per_seed[seed] = ols_slope([x for x, _, _ in line], [p[seed] for p in points])
+        return per_seed, excluded
+
+    def contrast(self, first, second, generation, metric) -> tuple[dict[int, float], list[int]]:
+        a, b = self.get(first, generation, metric), self.get(second, generation, metric)
+        both = sorted(set(a) & set(b))
+        return {s: a[s] - b[s] for s in both}, sorted(set(a) ^ set(b))
+
+
+def _describe(metric: str, generation: int | None, kind: str, at: dict[str, Any], slope_vs: str | None = None,
+              minus: dict[str, Any] | None = None) -> str:
+    where = ", ".join(f"{k}={v}" for k, v in at.items())
+    gen = "" if generation is None else f" at generation {generation}"
+    if kind == "slope":
+        text = f"slope of {metric} vs {slope_vs}{gen}"
+    elif kind == "contrast":
+        text = f"{metric}{gen}: ({where}) minus ({', '.join(f'{k}={v}' for k, v in (minus or {}).items())})"
+        return text
+    else:
+        text = f"{metric}{gen}"
+    return f"{text} ({where})" if where else text
+
+
+def _record(kind: str, metric: str, generation: int | None, at: dict[str, Any], per_seed: dict[int, float],
+            excluded: list[int], *, slope_vs: str | None = None, minus: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"kind": kind, "metric": metric, "generation": generation, "at": at, "slope_vs": slope_vs,
+            "minus": minus, "seeds": sorted(per_seed), "excluded_seeds": excluded,
+            "label": _describe(metric, generation, kind, at, slope_vs, minus)}
+
+
+def _signature(kind: str, metric: str, generation: int | None, at: dict[str, Any], slope_vs: str | None,
+               minus: dict[str, Any] | None) -> tuple:
+    """What an interval estimates (secondary intervals that repeat a primary endpoint are left out)."""
+    return (kind, metric, generation, slope_vs, tuple(sorted((k, repr(v)) for k, v in at.items())),
+            tuple(sorted((k, repr(v)) for k, v in (minus or {}).items())))
+
+
+def _endpoint_values(config: StudyConfig, values: _Values, endpoint: EndpointConfig):
+    """(kind, per-seed values, excluded seeds, at, generation) of a primary endpoint."""
+    points = [p for p in grid_points(config) if matches(p, endpoint.at)]
+    if endpoint.slope_vs == GENERATION:
+        line = [(float(g), points[0], g) for g in range(config.generations)]
+        return ("slope", *values.slope(line, endpoint.metric), dict(points[0]), None)
+    if endpoint.slope_vs is not None:
+        line = sorted(((float(p[endpoint.slope_vs]), p, endpoint.generation) for p in points), key=lambda t: t[0])
+        at = {k: v for k, v in points[0].items() if k != endpoint.slope_vs}
+        return ("slope", *values.slope(line, endpoint.metric), at, endpoint.generation)
+    if endpoint.minus is not None:
+        second = next(p for p in grid_points(config) if matches(p, {**endpoint.at, **endpoint.minus}))
+        return ("contrast", *values.contrast(points[0], second, endpoint.generation, endpoint.metric),
+                dict(points[0]), endpoint.generation)
+    return ("level", *values.level(points[0], endpoint.generation, endpoint.metric), dict(points[0]),
+            endpoint.generation)
+
+
+def _secondary(config: StudyConfig, values: _Values, metrics: list[str]) -> list[dict[str, Any]]:
+    """Every secondary interval's record (before the Holm adjustment), per ``studies.<name>.secondary``."""
+    records = []
+    axes = config.axis_names()
+    generations = list(range(config.generations))
+    kinds = set(config.spec.secondary)
+    for metric, g in itertools.product(metrics, generations):
+        margin = config.spec.margins.get(metric)
+        if "levels" in kinds:
+            for point in grid_points(config):
+                per_seed, excluded = values.level(point, g, metric)
+                records.append({**_record("level", metric, g, point, per_seed, excluded), "margin": margin,
+                                "per_seed": per_seed})
+        for axis in axes:
+            others = [a for a in axes if a != axis]
+            if len(config.axis_values(axis)) < 2:
+                continue
+            for fixed in itertools.product(*(config.axis_values(a) for a in others)):
+                at = dict(zip(others, fixed))
+                line_points = [p for p in grid_points(config) if matches(p, at)]
+                if _is_numeric_axis(config, axis) and "slopes" in kinds:
+                    line = sorted(((float(p[axis]), p, g) for p in line_points), key=lambda t: t[0])
+                    per_seed, excluded = values.slope(line, metric)
+                    records.append({**_record("slope", metric, g, at, per_seed, excluded, slope_vs=axis),
+                                    "margin": margin, "per_seed": per_seed})
+                elif not _is_numeric_axis(config, axis) and "contrasts" in kinds:
+                    first = line_points[0]
+                    for point in line_points[1:]:
+                        per_seed, excluded = values.contrast(point, first, g, metric)
+                        records.append({**_record("contrast", metric, g, point, per_seed, excluded,
+                                                  minus={axis: first[axis]}), "margin": margin, "per_seed": per_seed})
+    if "slopes" in kinds and len(generations) > 1:
+        for metric, point in itertools.product(metrics, grid_points(config)):
+            line = [(float(g), point, g) for g in generations]
+            per_seed, excluded = values.slope(line, metric)
+            records.append({**_record("slope", metric, None, point, per_seed, excluded, slope_vs=GENERATION),
+                            "margin": config.spec.margins.get(metric), "per_seed": per_seed})
+    return records
+
+
+def _resolve_metric_paths(config: StudyConfig, used: list[tuple[Experiment, Cell]]) -> tuple[dict[str, str | None], list[str]]:
+    """Metric -> the key path read (the first every cell reports in every generation, else the most
+    reported one), and a note per metric read from a fallback or not found."""
+    chosen, notes = {}, []
+    generations = range(config.generations)
+    for metric in config.spec.metrics:
+        candidates = config.metric_paths(metric)
+        coverage = [sum(read_metric(exp.metrics, path, g) is not None for exp, _ in used for g in generations)
+                    for path in candidates]
+        full = len(used) * config.generations
+        best = next((i for i, c in enumerate(coverage) if c == full and full), None)
+        if best is None:
+            best = max(range(len(candidates)), key=lambda i: (coverage[i], -i)) if any(coverage) else None
+        chosen[metric] = None if best is None else candidates[best]
+        if best is None:
+            notes.append(f"{metric}: none of {', '.join(candidates)} is in any cell's metrics/summary.json")
+        elif best > 0:
+            notes.append(f"{metric}: read from {candidates[best]} ({', '.join(candidates[:best])} absent)")
+    return chosen, notes
+
+
+def _expected_cells(config: StudyConfig, names: list[str] | None, by_name: dict[str, Experiment]) -> list[Cell]:
+    if names is None:
+        return study_cells(config)
+    cells = []
+    for name in names:  # explicit experiments: their cell and seed are read from their params
+        exp = by_name.get(name)
+        params = exp.params if exp else {}
+        point = next((p for p in grid_points(config) if all(
+            same_value(lookup(params, path), value) for path, value in _setting(config, p).items())), None)
+        seed = lookup(params, config.seed_params[0])
+        coords = tuple((point or {}).items())
+        cells.append(Cell(name, cell_label(config, point) if point else "?", coords,
+                          tuple(_setting(config, point).items()) if point else (), -1 if seed is None else int(seed)))
+    return cells
+
+
+def _setting(config: StudyConfig, point: dict[str, Any]) -> dict[str, Any]:
+    from biasloop.study.grid import cell_setting
+
+    return cell_setting(config, point)
+
+
+def collect_study(experiments: list[Experiment], config: StudyConfig, names: list[str] | None = None) -> dict[str, Any]:
+    """Build ``metrics/studies/<name>.json`` from the experiments of a study.
 
     Args:
         experiments: every experiment `dvc exp show --json` listed (others are ignored).
-        config: the study; its ratios x seeds are the expected grid and its generations the expected
-            generations, unless ``names`` is given.
-        names: explicit experiment names forming the study (their ratio and seed are read from their
-            params); None: the grid's names ``study-<name>-r<ratio>-s<seed>``.
+        config: the study; its cells x seeds are the expected experiments unless ``names`` is given.
+        names: explicit experiment names forming the study (cell and seed read from their params).
 
     Returns:
-        The study record: ``study`` (config), ``amplification_metric`` (+ ``amplification_note``),
-        ``metrics`` (key -> label), ``cells`` (name, ratio, seed, state, git revisions, swept params),
-        ``common_params`` (params.yaml shared by every cell: a cell's params are these plus its
-        ``swept_params``), ``summary`` (per ratio x generation: mean, sd, ci, n, seeds per metric),
-        ``runs`` (per successful cell and generation, the raw values), ``trends`` (per metric:
-        ``vs_ratio`` per generation, ``vs_generation`` per ratio), ``headline``, and the problem lists
-        ``failed``, ``missing``, ``missing_values``, ``inconsistent``.
+        The study record: ``study`` (its definition), ``metric_paths`` (metric -> key path read) and
+        ``notes``, ``cells`` (per experiment: name, cell, seed, state, revisions), ``common_params``,
+        ``summary`` (per cell and generation: coords and per metric mean, sd, n, seeds), ``runs`` (raw
+        values per experiment and generation), ``endpoints`` (primary, by name), ``intervals``
+        (secondary, Holm-adjusted), ``family_size``, ``alpha``, and the problem lists ``failed``,
+        ``missing``, ``missing_values``, ``inconsistent``.
     """
     by_name = latest_by_name(experiments)
-    swept_keys = [RATIO_PARAM, *config.seed_params]
-    if names is None:
-        expected = {cell_name(config, r, s): (float(r), int(s)) for r in config.ratios for s in config.seeds}
-    else:
-        expected = {}
-        for name in names:
-            exp = by_name.get(name)
-            ratio = get_dotted(exp.params, RATIO_PARAM) if exp else None
-            seed = get_dotted(exp.params, config.seed_params[0]) if exp else None
-            expected[name] = (None if ratio is None else float(ratio), None if seed is None else int(seed))
-    generations = list(range(config.generations))
-
+    expected = _expected_cells(config, names, by_name)
+    swept_paths = sorted({p for c in expected for p, _ in c.setting} | set(config.seed_params))
     cells, failed, missing, inconsistent = [], [], [], []
-    used: list[tuple[Experiment, float, int]] = []
-    for name, (ratio, seed) in expected.items():
-        exp = by_name.get(name)
+    used: list[tuple[Experiment, Cell]] = []
+    for cell in expected:
+        exp = by_name.get(cell.name)
+        base = {"name": cell.name, "cell": cell.label, "seed": cell.seed}
         if exp is None:
-            missing.append({"name": name, "ratio": ratio, "seed": seed, "state": "absent"})
+            missing.append({**base, "state": "absent"})
             continue
-        swept = {key: get_dotted(exp.params, key) for key in swept_keys}
-        cells.append(_cell_record(exp, ratio, seed, swept))
+        cells.append({**base, "coords": dict(cell.coords), "state": exp.state, "rev": exp.rev,
+                      "baseline_rev": exp.baseline_rev, "baseline_name": exp.baseline_name, "timestamp": exp.timestamp,
+                      "generations": list(exp.params.get("generations") or []),
+                      "swept_params": {p: lookup(exp.params, p) for p in swept_paths}})
         if exp.state == "failed":
-            failed.append({"name": name, "ratio": ratio, "seed": seed, "error": exp.error, "log": exp.log,
-                           "logs_command": f"dvc queue logs {name}"})
+            failed.append({**base, "error": exp.error, "log": exp.log, "logs_command": f"dvc queue logs {cell.name}"})
             continue
         if exp.state != "success":
-            missing.append({"name": name, "ratio": ratio, "seed": seed, "state": exp.state})
+            missing.append({**base, "state": exp.state})
             continue
-        actual_ratio, actual_seeds = swept[RATIO_PARAM], [swept[k] for k in config.seed_params]
-        if ratio is None or seed is None or actual_ratio is None or float(actual_ratio) != ratio or any(
-                v is None or int(v) != seed for v in actual_seeds):
-            inconsistent.append(f"{name}: params say {RATIO_PARAM}={actual_ratio}, "
-                                f"{', '.join(f'{k}={v}' for k, v in zip(config.seed_params, actual_seeds))}; "
-                                f"the name says ratio {ratio}, seed {seed}")
+        wrong = [f"{p}={lookup(exp.params, p)!r} (expected {v!r})" for p, v in cell.setting
+                 if not same_value(lookup(exp.params, p), v)]
+        wrong += [f"{p}={lookup(exp.params, p)!r} (expected seed {cell.seed})" for p in config.seed_params
+                  if lookup(exp.params, p) is None or lookup(exp.params, p) != cell.seed]
+        if not cell.coords or wrong:
+            inconsistent.append(f"{cell.name}: params say {', '.join(wrong) or 'no cell of this study'}")
             continue
-        used.append((exp, ratio, seed))
+        used.append((exp, cell))
 
-    # Cells must differ only by the swept params, and come from one baseline (one code revision).
     common_params: dict[str, Any] = {}
     if used:
-        # The study section configures this driver, not the pipeline: a grid extended later (more ratios
-        # or seeds) keeps its earlier cells.
-        flats = [{k: v for k, v in flatten_params(exp.params).items() if k not in swept_keys and not k.startswith("study.")}
-                 for exp, _, _ in used]
+        # The study sections configure this driver, not the pipeline: a grid extended later keeps its cells.
+        flats = [{k: v for k, v in flatten_params(exp.params).items() if k not in swept_paths
+                  and not k.startswith(("study.", "studies."))} for exp, _ in used]
         keys = sorted(set().union(*flats))
         differing = [k for k in keys if any(f.get(k, "<absent>") != flats[0].get(k, "<absent>") for f in flats)]
         for key in differing:
-            values = sorted({repr(f.get(key, "<absent>")) for f in flats})
-            inconsistent.append(f"param {key} differs between cells ({', '.join(values[:4])}); only "
-                                f"{', '.join(swept_keys)} may")
+            shown = sorted({repr(f.get(key, "<absent>")) for f in flats})
+            inconsistent.append(f"param {key} differs between cells ({', '.join(shown[:4])}); only "
+                                f"{', '.join(swept_paths)} may")
         common_params = unflatten_params({k: v for k, v in flats[0].items() if k not in differing})
-        baselines = sorted({exp.baseline_rev for exp, _, _ in used})
+        baselines = sorted({exp.baseline_rev for exp, _ in used})
         if len(baselines) > 1:
             inconsistent.append(f"cells come from {len(baselines)} baseline commits ({', '.join(b[:7] for b in baselines)}): "
                                 "their code may differ; collect one baseline with --rev")
 
-    # Which amplification key: excess over the noise floor when every successful cell reports it.
-    def has(key: str) -> bool:
-        return bool(used) and all(
-            key in ((exp.metrics or {}).get(f"gen{g}") or {}) for exp, _, _ in used for g in generations
-            if f"gen{g}" in (exp.metrics or {}))
-
-    amplification_key = next((k for k in AMPLIFICATION_KEYS if has(k)), AMPLIFICATION_KEYS[-1])
-    note = None
-    if amplification_key != AMPLIFICATION_KEYS[0]:
-        note = (f"metrics/summary.json of these cells has no {AMPLIFICATION_KEYS[0]} (excess over the noise floor) "
-                f"in every generation: the amplification shown is {amplification_key}, which is positive under "
-                "pure sampling noise")
-    metric_keys = [k for k in METRICS if k != "excess_abs" or amplification_key == "excess_abs"]
-
+    metric_paths, notes = _resolve_metric_paths(config, used)
+    metrics = [m for m in config.spec.metrics if metric_paths[m] is not None]
+    values = _Values(config)
     runs, missing_values = [], []
-    values: dict[tuple[float, int, str], dict[int, float]] = {}  # (ratio, generation, metric) -> {seed: x}
-    for exp, ratio, seed in sorted(used, key=lambda t: (t[1], t[2])):
-        for g in generations:
-            row_metrics = (exp.metrics or {}).get(f"gen{g}")
-            if not isinstance(row_metrics, dict):
-                missing_values.append({"name": exp.name, "generation": g, "metric": "*",
-                                       "reason": f"no gen{g} in metrics/summary.json"})
-                continue
-            run = {"name": exp.name, "ratio": ratio, "seed": seed, "generation": g}
-            for key in metric_keys:
-                value = row_metrics.get(key)
-                run[key] = value
-                if value is None or (isinstance(value, float) and math.isnan(value)):
-                    missing_values.append({"name": exp.name, "generation": g, "metric": key,
-                                           "reason": "absent" if key not in row_metrics else "null"})
+    for exp, cell in used:
+        for g in range(config.generations):
+            run = {"name": exp.name, "cell": cell.label, "seed": cell.seed, "generation": g}
+            for metric in metrics:
+                path = metric_paths[metric].format(gen=g)
+                value = read_metric(exp.metrics, metric_paths[metric], g)
+                run[metric] = value
+                if value is None:
+                    missing_values.append({"name": exp.name, "generation": g, "metric": metric, "path": path})
                     continue
-                values.setdefault((ratio, g, key), {})[seed] = float(value)
+                values.by_key.setdefault((cell.label, g, metric), {})[cell.seed] = value
             runs.append(run)
 
-    ratios = sorted({float(r) for r, _ in expected.values() if r is not None})
-    seeds = sorted({int(s) for _, s in expected.values() if s is not None})
     summary = []
-    for ratio in ratios:
-        for g in generations:
-            entry: dict[str, Any] = {"ratio": ratio, "generation": g, "metrics": {}}
-            for key in metric_keys:
-                by_seed = values.get((ratio, g, key), {})
-                entry["metrics"][key] = {**seed_summary(by_seed.values()), "seeds": sorted(by_seed)}
-            summary.append(entry)
+    for point, g in itertools.product(grid_points(config), range(config.generations)):
+        entry = {"cell": cell_label(config, point), "coords": point, "generation": g, "metrics": {}}
+        for metric in metrics:
+            by_seed = values.get(point, g, metric)
+            stats = t_interval(by_seed.values(), config.alpha)
+            entry["metrics"][metric] = {"mean": stats["estimate"], "sd": stats["sd"], "n": stats["n"],
+                                        "seeds": sorted(by_seed)}
+        summary.append(entry)
 
-    trends: dict[str, Any] = {}
-    for key in metric_keys:
-        vs_ratio = {}
-        for g in generations:
-            points = {s: {r: values[(r, g, key)][s] for r in ratios if s in values.get((r, g, key), {})} for s in seeds}
-            vs_ratio[f"gen{g}"] = clustered_trend(points, ratios)
-        vs_generation = {}
-        for ratio in ratios:
-            points = {s: {float(g): values[(ratio, g, key)][s] for g in generations
-                          if s in values.get((ratio, g, key), {})} for s in seeds}
-            vs_generation[f"{ratio:g}"] = clustered_trend(points, [float(g) for g in generations])
-        trends[key] = {"vs_ratio": vs_ratio, "vs_generation": vs_generation}
+    endpoints, primary_signatures = {}, set()
+    for endpoint_name, endpoint in config.spec.endpoints.items():
+        kind, per_seed, excluded, at, generation = _endpoint_values(config, values, endpoint)
+        slope_vs = endpoint.slope_vs
+        minus = dict(endpoint.minus) if endpoint.minus is not None else None
+        primary_signatures.add(_signature(kind, endpoint.metric, generation, at, slope_vs, minus))
+        record = _record(kind, endpoint.metric, generation, at, per_seed, excluded, slope_vs=slope_vs, minus=minus)
+        if endpoint.metric not in metrics:
+            record["note"] = f"metric {endpoint.metric} not found in any cell"
+        endpoints[endpoint_name] = {**record, "primary": True, "metric_path": metric_paths.get(endpoint.metric),
+                                    **primary_record(list(per_seed.values()), config.alpha, endpoint.margin)}
+    secondary = [r for r in _secondary(config, values, metrics)
+                 if _signature(r["kind"], r["metric"], r["generation"], r["at"], r["slope_vs"], r["minus"])
+                 not in primary_signatures]
+    for record in secondary:
+        per_seed = record.pop("per_seed")
+        record.update(t_interval(per_seed.values(), config.alpha))
+        record["values"] = list(per_seed.values())
+    adjust_family(secondary, config.alpha)
+    for record in secondary:
+        record["primary"] = False
+        record["metric_path"] = metric_paths.get(record["metric"])
 
-    last = generations[-1]
-    headline = {
-        "metric": amplification_key,
-        "slope_vs_ratio_at_last_generation": trends[amplification_key]["vs_ratio"][f"gen{last}"],
-        "slope_vs_generation_at_highest_ratio": trends[amplification_key]["vs_generation"][f"{ratios[-1]:g}"] if ratios else None,
-        "units": "change in the metric (a fraction; x100 for percentage points) per unit of synthetic_ratio "
-                 "(0 -> 1), and per generation",
-    }
     return {
-        "study": {"name": config.name, "ratios": list(config.ratios), "seeds": list(config.seeds),
-                  "seed_params": list(config.seed_params), "generations": config.generations,
-                  "experiment_prefix": config.prefix if names is None else None, "names": names},
-        "amplification_metric": amplification_key,
-        "amplification_note": note,
-        "metrics": {k: METRICS[k] for k in metric_keys},
+        "study": _definition(config),
+        "alpha": config.alpha,
+        "metric_paths": metric_paths,
+        "notes": notes,
         "n_cells_expected": len(expected),
         "n_cells_used": len(used),
         "cells": cells,
         "common_params": common_params,
         "summary": summary,
         "runs": runs,
-        "trends": trends,
-        "headline": headline,
+        "endpoints": endpoints,
+        "intervals": secondary,
+        "family_size": sum(r["p"] is not None for r in secondary),
         "failed": failed,
         "missing": missing,
         "missing_values": missing_values,
@@ -317,74 +388,18 @@ def collect_study(
     }
 
 
+def _definition(config: StudyConfig) -> dict[str, Any]:
+    from biasloop.core.config import to_dict
+
+    spec = to_dict(config.spec)
+    return {"name": config.name, **spec, "seed_params": list(config.seed_params), "alpha": config.alpha,
+            "experiment_prefix": config.prefix, "n_cells": len(grid_points(config))}
+
+
 def study_problems(study: dict[str, Any]) -> list[str]:
     """One line per failed, missing or inconsistent cell, and per missing metric value."""
-    lines = [f"failed: {f['name']} (ratio {f['ratio']}, seed {f['seed']}); see `{f['logs_command']}`" for f in study["failed"]]
-    lines += [f"missing: {m['name']} (ratio {m['ratio']}, seed {m['seed']}): {m['state']}" for m in study["missing"]]
+    lines = [f"failed: {f['name']} (cell {f['cell']}, seed {f['seed']}); see `{f['logs_command']}`" for f in study["failed"]]
+    lines += [f"missing: {m['name']} (cell {m['cell']}, seed {m['seed']}): {m['state']}" for m in study["missing"]]
     lines += [f"inconsistent: {line}" for line in study["inconsistent"]]
-    lines += [f"missing value: {m['name']} gen{m['generation']} {m['metric']} ({m['reason']})" for m in study["missing_values"]]
+    lines += [f"missing value: {m['name']} gen{m['generation']} {m['metric']} ({m['path']})" for m in study["missing_values"]]
     return lines
-
-
-def summary_rows(study: dict[str, Any]) -> list[dict[str, Any]]:
-    """Long rows for ``plots/study_summary.csv``: ratio, generation, metric, mean, sd, ci_lo, ci_hi, n."""
-    rows = []
-    for entry in study["summary"]:
-        for key, s in entry["metrics"].items():
-            ci = s["ci"] or [None, None]
-            rows.append({"ratio": entry["ratio"], "generation": entry["generation"], "metric": key, "mean": s["mean"],
-                         "sd": s["sd"], "ci_lo": ci[0], "ci_hi": ci[1], "n": s["n"]})
-    return rows
-
-
-def trend_rows(study: dict[str, Any]) -> list[dict[str, Any]]:
-    """Rows for ``plots/study_trends.csv``: metric, axis, at, slope, sd, ci_lo, ci_hi, n."""
-    rows = []
-    for key, trend in study["trends"].items():
-        for axis, at_key, entries in (("ratio", "generation", trend["vs_ratio"]), ("generation", "ratio", trend["vs_generation"])):
-            for at, t in entries.items():
-                ci = t["ci"] or [None, None]
-                rows.append({"metric": key, "slope_vs": axis, "at": f"{at_key} {at.removeprefix('gen')}",
-                             "slope": t["slope"], "sd": t["sd"], "ci_lo": ci[0], "ci_hi": ci[1], "n": t["n"]})
-    return rows
-
-
-# Files `write_study_outputs` writes under the plots folder (the report embeds the PNGs).
-FIGURES = {
-    "amplification": "study_amplification.png",
-    "downstream": "study_downstream.png",
-}
-
-
-def write_study_outputs(study: dict[str, Any], out_json: str, plots_dir: str) -> list[str]:
-    """Write ``metrics/study.json``, ``plots/study_{summary,runs,trends}.csv`` and the study figures.
-
-    Returns:
-        The paths written.
-    """
-    from pathlib import Path
-
-    import polars as pl
-
-    from biasloop.core.io import atomic_path, write_json
-    from biasloop.report.plots import study_figure
-
-    plots = Path(plots_dir)
-    written = []
-    for name, rows in (("study_summary.csv", summary_rows(study)), ("study_runs.csv", study["runs"]),
-                       ("study_trends.csv", trend_rows(study))):
-        path = plots / name
-        with atomic_path(path) as tmp:
-            pl.DataFrame(rows, infer_schema_length=None).write_csv(tmp)
-        written.append(str(path))
-    amplification = study["amplification_metric"]
-    study_figure(study, [amplification, "shift_to_majority", "generator_occupation_accuracy"],
-                 plots / FIGURES["amplification"],
-                 f"Study '{study['study']['name']}': {study['metrics'][amplification]} across ratios and generations")
-    study_figure(study, list(DOWNSTREAM_KEYS), plots / FIGURES["downstream"],
-                 f"Study '{study['study']['name']}': the downstream CLIP retrained on each generation's dataset")
-    written += [str(plots / f) for f in FIGURES.values()]
-    study = {**study, "figures": {k: str(plots / f) for k, f in FIGURES.items()}}
-    write_json(out_json, study)
-    written.append(str(out_json))
-    return written

@@ -1,21 +1,28 @@
-"""A study grid: the ``study`` section of ``params.yaml``, its cells, and DVC's queue running them.
+"""A study grid: the cells of a named study (``studies.<name>`` of params.yaml) and DVC's queue running them.
 
-Every cell is an ordinary DVC experiment queued with ``dvc exp run --queue -S synthetic_ratio=R
--S base.seed=S --name study-<name>-r<R>-s<S>``: it differs from the baseline, and from every other
-cell, only by the swept params (and, when ``study.generations`` differs from the ``generations`` list
-of ``params.yaml``, the same generation lists for every cell). Every cell runs all the study's
-generations; the generation axis is read from each cell's per-generation metrics
-(``metrics/summary.json``: ``gen0``, ``gen1``, ...), so it costs no extra runs.
+Every cell is an ordinary DVC experiment queued with ``dvc exp run --queue -S <path>=<value> ...
+--name study-<name>-<cell>-s<seed>``: it differs from the baseline, and from every other cell, only by
+its variant's and axes' params and the seed params (and, when the study's ``generations`` differs from
+the ``generations`` list of ``params.yaml``, the same generation lists for every cell). The generation
+axis is read from each cell's per-generation metrics, so it costs no extra runs.
 
-Cells are queued ratio-major (every seed of the first ratio, then the next ratio): DVC's workers take
-the queue in order, so the first workers run different seeds, and a later cell with a seed already run
-finds that seed's ratio-independent stages (corpus to generation 0) in DVC's run cache instead of
-recomputing them. Cells with the same seed share those stages and the random streams of the later
-ones (common random numbers), so a ratio's effect is not confounded with a seed's.
+Cell names are deterministic and readable: the variant's name, then one ``<label><value>`` part per
+axis in the declared order, where the label is the param's last path component (``guidance_scale1.5``,
+``snr_gamma0``; the full path with ``_`` for ``.`` when two axes share it; ``r`` for
+``synthetic_ratio``, as before), then ``s<seed>``: ``study-default-r0.4-s1``,
+``study-generator-guidance_scale1.5-snr_gamma0-train_steps300-s3``, ``study-loop-accumulate-r0.8-s0``.
+
+Cells are queued cell-major (every seed of the first cell, then the next cell; the first axis
+outermost): DVC's workers take the queue in order, so the first workers run different seeds, and a
+later cell finds the stages it shares with an earlier cell of the same seed (the corpus when only
+training params differ; every training stage when only sampling params differ) in DVC's run cache
+instead of recomputing them. Queued experiments do use the run cache (checked with DVC 3.67:
+docs/studies.md); two workers running the same stage at once both compute it.
 """
 
 from __future__ import annotations
 
+import itertools
 import re
 import sys
 import time
@@ -24,86 +31,108 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from biasloop.core.config import ConfigError, load_section, read_params
+from biasloop.core.config import read_params
+from biasloop.study.config import VARIANT, StudyConfig, check_param_paths, same_value
 from biasloop.study.experiments import exp_show, latest_by_name, parse_exp_show, run_dvc
 
 RATIO_PARAM = "synthetic_ratio"
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
-
-
-@dataclass(frozen=True)
-class StudyConfig:
-    """The ``study`` section of ``params.yaml`` (see the comments there).
-
-    Attributes:
-        name: the study's name; its cells are the experiments named ``study-<name>-r<ratio>-s<seed>``.
-        ratios: ``synthetic_ratio`` values swept (fractions in [0, 1]).
-        seeds: replicate seeds; a cell sets every param in ``seed_params`` to its seed.
-        seed_params: the params a seed sets (dotted keys of ``params.yaml``).
-        generations: generations every cell runs (0 .. generations-1).
-        jobs: DVC queue workers started by ``biasloop study run`` (``dvc queue start -j``).
-        poll_seconds: seconds between two looks at the queue while waiting.
-    """
-
-    name: str = "default"
-    ratios: tuple[float, ...] = (0.0, 0.4, 0.8)
-    seeds: tuple[int, ...] = (0, 1, 2)
-    seed_params: tuple[str, ...] = ("base.seed",)
-    generations: int = 3
-    jobs: int = 2
-    poll_seconds: float = 30.0
-
-    def __post_init__(self) -> None:
-        if not NAME_PATTERN.match(self.name):
-            raise ConfigError(f"study.name: letters, digits, '-' and '_' only (an experiment name), found {self.name!r}")
-        if not self.ratios or any(not 0.0 <= r <= 1.0 for r in self.ratios) or len(set(self.ratios)) != len(self.ratios):
-            raise ConfigError(f"study.ratios: distinct fractions in [0, 1] needed, found {list(self.ratios)}")
-        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
-            raise ConfigError(f"study.seeds: distinct integers needed, found {list(self.seeds)}")
-        if not self.seed_params:
-            raise ConfigError("study.seed_params: at least one param (base.seed) must carry the seed")
-        if self.generations < 1:
-            raise ConfigError(f"study.generations: at least 1 needed, found {self.generations}")
-        if self.jobs < 1 or self.poll_seconds <= 0:
-            raise ConfigError(f"study.jobs must be >= 1 and study.poll_seconds > 0, found {self.jobs}, {self.poll_seconds}")
-
-    @property
-    def prefix(self) -> str:
-        """The experiment-name prefix shared by the study's cells."""
-        return f"study-{self.name}-"
+LABELS = {RATIO_PARAM: "r"}  # short labels kept from the first studies' cell names
 
 
 @dataclass(frozen=True)
 class Cell:
-    """One grid cell: an experiment name and the swept values it sets."""
+    """One experiment of a study: a cell of the grid for one seed.
+
+    Attributes:
+        name: the experiment name, ``study-<study>-<label>-s<seed>``.
+        label: the cell's part of the name, without study and seed (``r0.4``, ``replace-r0.8``).
+        coords: axis -> value, ``variant`` first when the study has variants, then the axis paths.
+        setting: param path -> value the cell sets (the variant's params, then the axes').
+        seed: the replicate seed (every ``study.seed_params`` param is set to it).
+    """
 
     name: str
-    ratio: float
+    label: str
+    coords: tuple[tuple[str, Any], ...]
+    setting: tuple[tuple[str, Any], ...]
     seed: int
 
 
-def load_study_config(params_path: str | Path = "params.yaml", name: str | None = None) -> StudyConfig:
-    """Read ``study`` from the params file (``name`` overrides ``study.name``); ConfigError names a bad key."""
-    params = read_params(params_path)
-    section = dict(params.get("study") or {})
-    if name is not None:
-        section["name"] = name
-    return load_section(StudyConfig, "study", {"study": section})
+def format_value(value: Any) -> str:
+    """A param value as cell names spell it: ``0.4`` -> ``0.4``, ``0.0`` -> ``0``, ``True`` -> ``true``."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return re.sub(r"[^A-Za-z0-9._-]", "_", str(value))
 
 
 def format_ratio(ratio: float) -> str:
     """``0.4`` -> ``"0.4"``, ``0.0`` -> ``"0"``: the spelling used in cell names."""
-    return f"{ratio:g}"
+    return format_value(float(ratio))
 
 
-def cell_name(config: StudyConfig, ratio: float, seed: int) -> str:
-    """``study-<name>-r<ratio>-s<seed>``, e.g. ``study-default-r0.4-s1``."""
-    return f"{config.prefix}r{format_ratio(ratio)}-s{seed}"
+def axis_labels(paths: list[str]) -> dict[str, str]:
+    """Axis path -> its label in cell names (see the module docstring)."""
+    last = [p.rsplit(".", 1)[-1] for p in paths]
+    return {p: LABELS.get(p) or (short if last.count(short) == 1 else p.replace(".", "_"))
+            for p, short in zip(paths, last)}
+
+
+def cell_label(config: StudyConfig, coords: dict[str, Any]) -> str:
+    """The name part of the cell at ``coords`` (axis -> value): ``replace-r0.8``."""
+    labels = axis_labels(list(config.spec.axes))
+    parts = [str(coords[VARIANT])] if config.spec.variants else []
+    parts += [f"{labels[path]}{format_value(coords[path])}" for path in config.spec.axes]
+    return "-".join(parts)
+
+
+def cell_name(config: StudyConfig, coords: dict[str, Any], seed: int) -> str:
+    """``study-<name>-<label>-s<seed>``, e.g. ``study-default-r0.4-s1``."""
+    return f"{config.prefix}{cell_label(config, coords)}-s{seed}"
+
+
+def grid_points(config: StudyConfig) -> list[dict[str, Any]]:
+    """Every combination of the study's variants and axis values (coords), first axis outermost."""
+    axes = config.axis_names()
+    return [dict(zip(axes, values)) for values in itertools.product(*(config.axis_values(a) for a in axes))]
+
+
+def cell_setting(config: StudyConfig, coords: dict[str, Any]) -> dict[str, Any]:
+    """Param path -> value that the cell at ``coords`` sets (without the seed params)."""
+    setting = dict(config.spec.variants[coords[VARIANT]]) if config.spec.variants else {}
+    setting.update({path: coords[path] for path in config.spec.axes})
+    return setting
+
+
+def matches(coords: dict[str, Any], fixed: dict[str, Any]) -> bool:
+    """Whether the cell at ``coords`` has every axis value of ``fixed``."""
+    return all(same_value(coords[axis], value) for axis, value in fixed.items())
+
+
+def primary_points(config: StudyConfig) -> list[dict[str, Any]]:
+    """The grid points a primary endpoint reads (they run ``seeds + primary_seeds``)."""
+    points = []
+    for point in grid_points(config):
+        for endpoint in config.spec.endpoints.values():
+            subtracted = {**endpoint.at, **(endpoint.minus or {})}
+            if matches(point, endpoint.at) or (endpoint.minus is not None and matches(point, subtracted)):
+                points.append(point)
+                break
+    return points
 
 
 def study_cells(config: StudyConfig) -> list[Cell]:
-    """The grid in queue order: ratio-major, seeds inner (see the module docstring for why)."""
-    return [Cell(cell_name(config, r, s), float(r), int(s)) for r in config.ratios for s in config.seeds]
+    """Every experiment of the study in queue order: cell-major, seeds inner (see the module docstring)."""
+    primary = primary_points(config)
+    cells = []
+    for point in grid_points(config):
+        seeds = list(config.spec.seeds) + (list(config.spec.primary_seeds) if point in primary else [])
+        setting = tuple(cell_setting(config, point).items())
+        for seed in seeds:
+            cells.append(Cell(cell_name(config, point, seed), cell_label(config, point), tuple(point.items()),
+                              setting, int(seed)))
+    return cells
 
 
 def _hydra_value(value: Any) -> str:
@@ -114,6 +143,10 @@ def _hydra_value(value: Any) -> str:
         return "[" + ",".join(_hydra_value(v) for v in value) + "]"
     if isinstance(value, str):
         return "'" + value.replace("'", "\\'") + "'"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:g}" if "e" not in f"{value:g}" else repr(value)
     return str(value)
 
 
@@ -151,8 +184,9 @@ def generation_overrides(params: dict[str, Any], generations: int) -> list[str]:
 
 
 def cell_overrides(cell: Cell, config: StudyConfig, params: dict[str, Any]) -> list[str]:
-    """Every ``-S`` override of a cell: the ratio, the seed params, then the generation lists."""
-    return ([f"{RATIO_PARAM}={format_ratio(cell.ratio)}"] + [f"{key}={cell.seed}" for key in config.seed_params]
+    """Every ``-S`` override of a cell: its setting, the seed params, then the generation lists."""
+    return ([f"{path}={_hydra_value(value)}" for path, value in cell.setting]
+            + [f"{key}={cell.seed}" for key in config.seed_params]
             + generation_overrides(params, config.generations))
 
 
@@ -201,8 +235,12 @@ def run_study(
 
     Returns:
         The names of the cells that failed (empty when every cell succeeded, or when not waiting).
+
+    Raises:
+        ConfigError: naming a param path of the study that the params file does not have.
     """
     params = read_params(params_path)
+    check_param_paths(config, params)  # before anything is queued: a misspelt path would fail every cell
     cells = study_cells(config)
     existing = {} if dry_run else latest_by_name(parse_exp_show(exp_show(dvc=dvc)), config.prefix)
     to_queue: list[Cell] = []
