@@ -112,7 +112,7 @@ def main_body(argv: Sequence[str] | None) -> None:
         plots = Path(args.plots)
         _write_csv([{k: r.get(k) for k in AMPLIFICATION_COLUMNS} for r in rows], plots / "amplification.csv")
         _write_csv(share_rows(generation_metrics), plots / "shares.csv")
-        _write_csv([{k: r.get(k) for k in ("generation", "recall_at_10", "recall_at_10_gap", "max_skew_at_10",
+        _write_csv([{k: r.get(k) for k in ("generation", "recall_at_10", "recall_at_10_gap", "max_skew_vs_training",
                                               "worst_group_accuracy")} for r in rows], plots / "downstream.csv")
         _write_csv([{"generation": r["generation"], **{key: r.get(key) for key, _, _ in TASK_COLUMNS}} for r in rows],
                    plots / "tasks.csv")

@@ -33,7 +33,7 @@ GEN_METRICS = {
     "per_occupation": [{"occupation": "nurse", "share_train": 0.9, "share_gen": 0.95,
                         "share_train_ci": [0.85, 0.93], "share_gen_ci": [0.9, 0.99]}],
     "generator": {"occupation_accuracy": 0.7, "abstain_rate": 0.05},
-    "downstream": {"recall": {"recall@10": 0.3, "recall@10_gap": 0.02}, "max_skew_mean": 0.596, "ndkl_mean": 0.1,
+    "downstream": {"recall": {"recall@10": 0.3, "recall@10_gap": 0.02}, "max_skew_mean": 0.7, "max_skew_vs_training_mean": 0.596, "ndkl_mean": 0.1,
                    "fairness": {"worst_group_accuracy": 0.5, "overall_accuracy": 0.8, "min_group_size": 20}},
 }
 

@@ -50,6 +50,9 @@ def summary_row(metrics: dict[str, Any]) -> dict[str, Any]:
     row.update(decomposition_values(_get(metrics, "decomposition", "prompt_vs_keyword")))
     row["shift_corrected"] = _get(metrics, "amplification_corrected", "estimands", "shift", "estimate")
     row["shift_true"] = _get(metrics, "amplification_true", "estimands", "shift", "estimate")
+    vs_dataset = _get(metrics, "amplification_vs_training_dataset", "measured")
+    row["shift_vs_training_dataset"] = _get(vs_dataset, "estimands", "shift", "estimate")
+    row["gap_vs_training_dataset"] = _get(vs_dataset, "estimands", "gap", "estimate")
     row["instrument_accuracy_on_generated"] = _get(metrics, "instrument_on_generated", "by_prompt_kind", "neutral",
                                                    "overall", "accuracy")
     row["amplification_abs"] = amplification.get("amplification_abs")
@@ -69,8 +72,9 @@ def summary_row(metrics: dict[str, Any]) -> dict[str, Any]:
     recall = _get(metrics, "downstream", "recall") or {}
     row["recall_at_10"] = recall.get("recall@10")
     row["recall_at_10_gap"] = recall.get("recall@10_gap")
-    row["max_skew_at_10"] = _get(metrics, "downstream", "max_skew_mean")
+    row["max_skew"] = _get(metrics, "downstream", "max_skew_mean")  # MaxSkew@k against parity (nats)
     row["ndkl"] = _get(metrics, "downstream", "ndkl_mean")
+    row["max_skew_vs_training"] = _get(metrics, "downstream", "max_skew_vs_training_mean")
     fairness = _get(metrics, "downstream", "fairness") or {}
     row["zero_shot_accuracy"] = fairness.get("overall_accuracy")
     row["worst_group_accuracy"] = fairness.get("worst_group_accuracy")
@@ -235,7 +239,7 @@ th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}img{max-widt
 # How the report shows each study metric (see UNITS): fractions in percent or percentage points.
 STUDY_UNITS = {"excess_abs": "pp+", "amplification_abs": "pp", "shift_to_majority": "pp+",
                "generator_occupation_accuracy": "%", "recall_at_10": "%", "recall_at_10_gap": "pp+",
-               "max_skew_at_10": "num", "worst_group_accuracy": "%", "equalized_odds_difference": "num"}
+               "max_skew_vs_training": "num", "worst_group_accuracy": "%", "equalized_odds_difference": "num"}
 
 
 def study_section(study: dict[str, Any] | None) -> str:
@@ -419,7 +423,7 @@ def render_report(
         figures = dict(list(figures.items())[1:])
     parts.append(
         "<p class='note'>F = women / (women + men) among images the instrument labels confidently. Shares, "
-        "rates and accuracies are in %, differences of shares in percentage points (pp); MaxSkew@10 and NDKL "
+        "rates and accuracies are in %, differences of shares in percentage points (pp); MaxSkew@k and NDKL "
         "are in nats. <b>Shift</b>: mean over occupations of sign(F<sub>train</sub> − ½)·(F<sub>gen</sub> − "
         "F<sub>train</sub>), the move towards each occupation's training majority (unbiased; the headline). "
         "<b>Gap</b>: the noise-free mean |F<sub>gen</sub> − F<sub>train</sub>|, estimated without the upward "
@@ -443,11 +447,11 @@ def render_report(
         [("generation", "int"), ("shift (pp)", "pp+"), ("shift 95% CI", "pp+"), ("p", "p"), ("gap (pp)", "pp"),
          ("gap 95% CI", "pp"), ("raw A_abs (pp)", "pp"), ("data (pp)", "pp+"), ("generator (pp)", "pp+"),
          ("instrument (pp)", "pp+"), ("generator occ. acc. (%)", "%"), ("instrument acc. on generated (%)", "%"),
-         ("recall@10 (%)", "%"), ("recall@10 gap (pp)", "pp"), ("MaxSkew@10", "num"), ("worst-group acc. (%)", "%")],
+         ("recall@10 (%)", "%"), ("recall@10 gap (pp)", "pp"), ("MaxSkew@k vs. training share", "num"), ("worst-group acc. (%)", "%")],
         [[r["generation"], r.get("shift"), [r.get("shift_lo"), r.get("shift_hi")], r.get("shift_p"), r.get("gap"),
           [r.get("gap_lo"), r.get("gap_hi")], r.get("a_abs_raw"), r.get("data"), r.get("generator"),
           r.get("instrument"), r.get("generator_occupation_accuracy"), r.get("instrument_accuracy_on_generated"),
-          r.get("recall_at_10"), r.get("recall_at_10_gap"), r.get("max_skew_at_10"), r.get("worst_group_accuracy")]
+          r.get("recall_at_10"), r.get("recall_at_10_gap"), r.get("max_skew_vs_training"), r.get("worst_group_accuracy")]
          for r in rows],
     ))
     if any(r.get(key) is not None for r in rows for key, _, _ in TASK_COLUMNS):

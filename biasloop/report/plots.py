@@ -245,7 +245,7 @@ def generation_curves(rows: list[dict], out_path: str | Path, title: str) -> Non
          "fraction (share of women)"),
         ("downstream retrieval", [("recall_at_10", "recall@10", "#333333"), ("recall_at_10_gap", "recall@10 gap", "#d62728")],
          "recall"),
-        ("downstream fairness", [("max_skew_at_10", "MaxSkew@10", "#9467bd"), ("worst_group_accuracy", "worst-group acc.", "#ff7f0e")],
+        ("downstream fairness", [("max_skew_vs_training", "MaxSkew@k vs. training share", "#9467bd"), ("worst_group_accuracy", "worst-group acc.", "#ff7f0e")],
          "value"),
         ("captioner", [("captioner_bleu4", "BLEU-4", "#333333"), ("captioner_error", "Error", "#d62728"),
                        ("captioner_leakage", "leakage (LIC_M - LIC_D)", "#9467bd")], "fraction"),
