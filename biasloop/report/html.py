@@ -224,7 +224,7 @@ def _table(columns: list[tuple[str, str]], rows: list[list[Any]]) -> str:
         "<tr>" + "".join(f"<td>{_fmt(value, unit)}</td>" for (_, unit), value in zip(columns, row)) + "</tr>"
         for row in rows
     )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return f"<div class='scroll'><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>"
 
 
 CSS = """
@@ -232,7 +232,7 @@ body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:11
 h1{font-size:1.6em}h2{font-size:1.25em;margin-top:1.8em;border-bottom:1px solid #ddd;padding-bottom:.2em}
 table{border-collapse:collapse;margin:.6em 0;font-size:.9em}th,td{border:1px solid #ddd;padding:.3em .6em;text-align:right}
 th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}img{max-width:100%;border:1px solid #eee}
-.note{color:#555;font-size:.9em}.headline{font-size:1.1em;line-height:1.5}.missing{color:#a00}pre{background:#f7f7f7;padding:1em;overflow:auto;font-size:.8em}
+.note{color:#555;font-size:.9em}.headline{font-size:1.1em;line-height:1.5}.scroll{overflow-x:auto}.missing{color:#a00}pre{background:#f7f7f7;padding:1em;overflow:auto;font-size:.8em}
 """
 
 
