@@ -23,7 +23,7 @@ import polars as pl
 from biasloop.core.config import to_dict
 from biasloop.core.io import load_images, timed, write_json
 from biasloop.core.runtime import resolve_device
-from biasloop.core.stage import load_configs, make_parser, run_main
+from biasloop.core.stage import load_configs, make_parser, run_main, runtime_facts
 from biasloop.core.tracking import stage_run
 from biasloop.metrics.amplification import read_confusion
 from biasloop.metrics.evaluation import (
@@ -72,7 +72,7 @@ def main_body(argv: Sequence[str] | None) -> None:
                 configs["base"].seed,
                 downstream,
             )
-        write_json(args.out, metrics)
+        write_json(args.out, {**metrics, **runtime_facts()})
         amplification = metrics["amplification"]
         log.info("generation %d: amplification_abs %s, noise floor %s, excess %s %s (p %s), recall@10 %s",
                  args.generation, amplification.get("amplification_abs"), amplification.get("noise_floor_abs"),

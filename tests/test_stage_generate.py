@@ -152,13 +152,24 @@ def test_plan_prompts_caps_and_templates() -> None:
 
 
 @pytest.mark.slow
-def test_two_processes_write_the_same_images_as_one(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("threads", [1, 2])
+def test_two_processes_write_the_same_images_as_one(workspace: Path, monkeypatch: pytest.MonkeyPatch, threads: int) -> None:
     """generate.num_processes: 2 re-runs the stage under `accelerate launch` on CPU (gloo); the batches and
-    seeds are fixed by index, so the shards are byte-identical to one process's."""
+    seeds are fixed by index, and every process runs with base.cpu_threads torch threads, so the shards are
+    byte-identical to one process's. Both thread counts, each started from the other count (a torch
+    imported with it, leftover OMP/MKL variables): on Intel CPUs with AVX-512/AMX, MKL's matrix products
+    round differently with 1 and 2 threads, and a process that kept another count wrote a pixel 1 off."""
+    import torch
+
     from stages.generate import main
 
     monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[1]))  # the launched processes import this checkout
+    other = 3 - threads
+    torch.set_num_threads(other)
+    monkeypatch.setenv("OMP_NUM_THREADS", str(other))
+    monkeypatch.setenv("MKL_NUM_THREADS", str(other))
     params = yaml.safe_load(Path("params.yaml").read_text())
+    params["base"]["cpu_threads"] = threads
     params["generate"]["batch_size"] = 3  # 16 images: 6 batches, 3 per process
     Path("params.yaml").write_text(yaml.safe_dump(params))
     assert main([*ARGS[:-1], "artifacts/one/generate"]) == 0

@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from biasloop.core.config import TrackingConfig
-from biasloop.core.timing import stage_started
+from biasloop.core.timing import runtime_facts, stage_started
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -338,6 +338,7 @@ def stage_run(
         handle = StageRun(_open_record(spool, record), record)
         if params:
             handle.log_params(params)
+        handle.log_params(runtime_facts())  # the thread count changes the numbers: every run says which
         log.info("tracking run %s (%s) for %s via %s", handle.folder.name, tags["mlflow.runName"], uri, spool)
     except Exception as exc:  # tracking must never stop the pipeline
         log.warning("MLflow tracking disabled for this run: %s", exc)
