@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, committed_text
 
 pytestmark = pytest.mark.slow
 
@@ -68,6 +68,7 @@ def copy_tracked(repo: Path) -> None:
             (repo / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, repo / name)
     (repo / "dvc.lock").unlink(missing_ok=True)
+    (repo / "params.yaml").write_text(committed_text("params.yaml"))  # not a `dvc exp run -S` leftover
 
 
 @pytest.fixture(scope="module")

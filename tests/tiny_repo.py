@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, committed_params
 from tests.test_pipeline import _merge, _tiny_overrides
 
 GIT = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
@@ -47,7 +47,7 @@ def make_tiny_repo(repo: Path, generations: int = 2) -> Path:
             (repo / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, repo / name)
     (repo / "dvc.lock").unlink(missing_ok=True)
-    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params = committed_params()  # not the working copy a `dvc exp run -S` may have left changed
     _merge(params, _tiny_overrides(params))
     params["generations"] = list(range(generations))
     params["rounds"] = {str(n): {"gen": n, "prev": n - 1} for n in range(1, generations)}
