@@ -29,10 +29,18 @@ $(VENV)/.ready:
 	$(BIN)/pip install -q -r requirements.lock
 	touch $@
 
-# This checkout's .venv: remade when requirements.lock (hence the shared environment) or pyproject.toml
-# (packages, commands) changes. Writes nothing into the shared environment.
-$(CHECKOUT_READY): pyproject.toml | $(VENV)/.ready
+# Test-only wheels are kept with the other downloaded wheels: a second checkout installs them offline.
+WHEELS := $(VENV_ROOT)/wheels
+TEST_INSTALL := $(CHECKOUT_VENV)/bin/python -m pip install -q --no-deps --require-hashes --no-index \
+  --find-links $(WHEELS) -r requirements-test.txt
+
+# This checkout's .venv: remade when requirements.lock (hence the shared environment), pyproject.toml
+# (packages, commands) or requirements-test.txt (test-only packages, installed here) changes. Writes
+# nothing into the shared environment.
+$(CHECKOUT_READY): pyproject.toml requirements-test.txt | $(VENV)/.ready
 	@$(BIN)/python -m biasloop.core.environment --venv $(CHECKOUT_VENV) --shared $(VENV)
+	@$(TEST_INSTALL) 2>/dev/null || { $(BIN)/python -m pip download -q --no-deps --require-hashes \
+	  -r requirements-test.txt -d $(WHEELS) && $(TEST_INSTALL); }
 	@touch $@
 
 venv: $(CHECKOUT_READY)  ## make this checkout's .venv (seconds) over the shared environment
@@ -50,7 +58,6 @@ env: venv plots-template  ## create or reuse the shared environment, this checko
 
 # BlazeFace (the LAION filter's face detector) ships only in the mediapipe==0.10.14 wheel: fetched once
 # from PyPI (the x86-64 Linux build on every machine, so the extracted bytes match data.dvc).
-WHEELS := $(VENV_ROOT)/wheels
 MEDIAPIPE_WHEEL_GLOB := $(WHEELS)/mediapipe-0.10.14-*.whl
 
 data: env  ## materialise data/ (same bytes on every machine, so data.dvc matches)
