@@ -14,7 +14,7 @@ CHECKOUT_VENV := .venv
 CHECKOUT_READY := $(CHECKOUT_VENV)/.ready-$(REQ_HASH)
 RUN := PATH="$(CURDIR)/$(CHECKOUT_VENV)/bin:$$PATH" MLFLOW_DISABLE_TELEMETRY=true HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
-.PHONY: env venv plots-template data repro test bench bench-all chromium doctor clean-env help
+.PHONY: env venv plots-template data repro test test-fast bench bench-all chromium doctor clean-env help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -74,8 +74,14 @@ chromium:  ## Debian's Chromium, for the test that opens the report in a headles
 	  { apt-get install -y -q chromium >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }; }; } || \
 	  echo "warning: chromium could not be installed; the report's browser test will be skipped"
 
-test: data chromium  ## set up and run the tests
-	$(RUN) python -m pytest -q; status=$$?; if [ $$status -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$status
+# pytest's exit status 5 (no test collected, e.g. a -k that matches nothing) is not a failure.
+PYTEST_STATUS = status=$$?; if [ $$status -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$status
+
+test: data chromium  ## set up and run the tests: the whole suite, what CI (.ci/run) runs
+	$(RUN) python -m pytest -q $(PYTEST_ARGS); $(PYTEST_STATUS)
+
+test-fast: data  ## the inner loop: every test not marked slow (under 2 minutes on 2 cores)
+	$(RUN) python -m pytest -q -m "not slow" $(PYTEST_ARGS); $(PYTEST_STATUS)
 
 bench: env  ## time the default study (cold, beside a busy process, no-op, ratio variant): benchmarks/results/pipeline.json
 	$(RUN) python benchmarks/pipeline.py $(BENCH_ARGS)

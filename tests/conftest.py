@@ -47,11 +47,17 @@ def committed_params() -> dict:
 @pytest.fixture(autouse=True)
 def _restore_threads() -> Iterator[None]:
     """A stage called in-process sets torch's thread count and the thread variables for its params
-    (``biasloop.core.runtime.apply_cpu_threads``); put them back so no test sees another's setting."""
+    (``biasloop.core.runtime.apply_cpu_threads``) and notes the count for its metrics and MLflow params
+    (``biasloop.core.timing.runtime_facts``); put them back so no test sees another's setting."""
+    from biasloop.core import timing
+
     saved = {name: os.environ.get(name) for name in THREAD_VARIABLES}
     torch = sys.modules.get("torch")
     threads = torch.get_num_threads() if torch is not None else None
+    notes = dict(timing._notes)
     yield
+    timing._notes.clear()
+    timing._notes.update(notes)
     for name, value in saved.items():
         if value is None:
             os.environ.pop(name, None)

@@ -54,6 +54,14 @@ def test_instrument_then_classify_stages(workspace: Path) -> None:
     for key in ("accuracy", "abstain_rate", "tpr", "fpr", "confusion", "occupation_accuracy", "training_seconds"):
         assert key in metrics
     assert metrics["training_seconds"] > 0 and 0 <= metrics["abstain_rate"] <= 1
+    # the thread count the numbers were computed with, in the metrics and the MLflow run's params
+    threads = yaml.safe_load(Path("params.yaml").read_text())["base"]["cpu_threads"]
+    assert metrics["cpu_threads"] == threads
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=yaml.safe_load(Path("params.yaml").read_text())["tracking"]["uri"])
+    (run,) = client.search_runs([client.get_experiment_by_name("biasloop").experiment_id])
+    assert run.data.params["cpu_threads"] == str(threads)
     assert sum(metrics["confusion"].values()) == metrics["n"]
     assert not list((workspace / "artifacts").glob(".instrument.*"))  # atomic: no temporary left
     # cross-fitted: K fold models over the train split, the labels' origin stated, rates held out

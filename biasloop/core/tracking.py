@@ -63,6 +63,7 @@ RECORD = "record.json"
 RUN_ID_FILE = "mlflow_run_id"
 LOCK = ".lock"
 LINGER_SECONDS = 20.0  # how long a background logger waits for the next finished stage before exiting
+LINGER_ENV = "BIASLOOP_TRACKING_LINGER"  # overrides LINGER_SECONDS (seconds)
 TERMINAL = ("FINISHED", "FAILED", "KILLED")
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # read by the MLflow 3 UI to pick the experiment's default view
 MODEL_TRAINING_KIND = "custom_model_development"  # the UI's "Model training" type (vs. "genai_development")
@@ -401,12 +402,19 @@ def pending_records(spool: Path) -> list[Path]:
     return ready
 
 
-def start_logger(spool: Path, linger: float = LINGER_SECONDS) -> bool:
+def start_logger(spool: Path, linger: float | None = None) -> bool:
     """Start a detached logger for ``spool`` unless one is running (it will see the new record).
+
+    Args:
+        spool: the spool folder.
+        linger: seconds the logger waits for another finished run before exiting (None: the
+            environment's ``BIASLOOP_TRACKING_LINGER``, else ``LINGER_SECONDS``; tests shorten it).
 
     Returns:
         True when a new logger process was started.
     """
+    if linger is None:
+        linger = float(os.environ.get(LINGER_ENV) or LINGER_SECONDS)
     held = _lock(spool, blocking=False)
     if held is None:
         return False  # a logger holds the lock; it looks at the spool again after releasing it
