@@ -113,6 +113,7 @@ def test_a_stage_that_dies_still_leaves_its_run(tmp_path: Path) -> None:
     assert "ended without closing the run" in recorded.data.tags["biasloop.closed_because"]
 
 
+@pytest.mark.slow
 def test_background_logger_logs_every_run_and_exits(tmp_path: Path) -> None:
     """The stage imports no MLflow; a detached logger logs the runs and leaves when the spool is empty."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
