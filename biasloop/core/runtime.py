@@ -78,9 +78,9 @@ def resolve_cpu_threads(
     :func:`apply_cpu_threads`), so every process of a stage runs with the thread count one process would.
 
     Why a fixed count: on Intel CPUs with AVX-512/AMX, MKL's float32 matrix products round differently
-    with 1 and 2 threads (one generated pixel in 800 moved by 1 in ``tests/test_stage_generate.py``), and
-    the difference grows over hundreds of training steps: a rerun on a busy machine that picked 1 thread
-    changed every metric. Why ``auto`` exists: torch's OpenMP threads meet at a barrier after every
+    with 1 and 2 threads (one byte of 3,072 generated in ``tests/test_stage_generate.py`` moved by 1;
+    MiniLM vectors moved by 1.2e-7), and the difference grows over hundreds of training steps: a rerun
+    on a busy machine that picked 1 thread changed every metric (instrument accuracy 0.9946 vs 0.9928). Why ``auto`` exists: torch's OpenMP threads meet at a barrier after every
     operation, so a thread that shares its core with another process stalls the others (measured on 2
     cores, ``benchmarks/threads.py``: 2 threads beside a busy process ran 3x slower than 2 threads idle).
 
