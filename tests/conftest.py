@@ -95,3 +95,14 @@ def tiny_params(tmp_path: Path, data_dir: Path) -> Path:
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(params, sort_keys=False))
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(tmp_path_factory: pytest.TempPathFactory):  # -> tests.tiny_repo.TinyPipeline
+    """One offline `dvc repro` of the tiny world (2 generations) per session, shared by the tests that read
+    a pipeline's outputs (test_pipeline, test_offline_and_queue). Read-only: a test that changes the
+    repository works on its own copy (``tests.tiny_repo.copy_repo``)."""
+    from tests.tiny_repo import offline_pipeline
+
+    root = tmp_path_factory.mktemp("tiny-pipeline")
+    return offline_pipeline(root / "repo", root / "guard")

@@ -7,7 +7,6 @@ reached the file. Only the speed is altered (the write pauses at half way), not 
 
 from __future__ import annotations
 
-import shutil
 import signal
 import subprocess
 import sys
