@@ -83,8 +83,16 @@ def test_four_queued_experiments_record_every_run(offline_baseline: tuple[Path, 
         run(["dvc", "exp", "run", "--queue", "-n", name, "-S", f"evaluate.n_boot={n_boot}"], repo)
     started = time.monotonic()
     _start_queue(repo, 4, repo.parent / "queue-start.log")
-    status = _wait_for_queue(repo)
-    elapsed = time.monotonic() - started
+    try:
+        status = _wait_for_queue(repo)
+        elapsed = time.monotonic() - started
+    finally:
+        # Idle workers stay 60 s before leaving; the next queue must not inherit them (they lack its
+        # environment), so stop them now rather than have the next test wait.
+        workers = _queue_workers(repo)
+        run(["dvc", "queue", "stop"], repo, check=False, timeout=120)
+        with contextlib.suppress(AssertionError):
+            _wait_until(lambda: not any(Path(f"/proc/{w}").exists() for w in workers), 120, "workers to stop", poll=1)
     logs = "".join(run(["dvc", "queue", "logs", name], repo, check=False).stdout for name in names)
     assert "database is locked" not in logs
     assert status.count("Success") >= 4, status
