@@ -14,7 +14,7 @@ CHECKOUT_VENV := .venv
 CHECKOUT_READY := $(CHECKOUT_VENV)/.ready-$(REQ_HASH)
 RUN := PATH="$(CURDIR)/$(CHECKOUT_VENV)/bin:$$PATH" MLFLOW_DISABLE_TELEMETRY=true HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
-.PHONY: env venv plots-template data repro test bench bench-all chromium doctor clean-env help
+.PHONY: env venv plots-template data repro test test-fast bench bench-all chromium doctor clean-env help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -29,10 +29,18 @@ $(VENV)/.ready:
 	$(BIN)/pip install -q -r requirements.lock
 	touch $@
 
-# This checkout's .venv: remade when requirements.lock (hence the shared environment) or pyproject.toml
-# (packages, commands) changes. Writes nothing into the shared environment.
-$(CHECKOUT_READY): pyproject.toml | $(VENV)/.ready
+# Test-only wheels are kept with the other downloaded wheels: a second checkout installs them offline.
+WHEELS := $(VENV_ROOT)/wheels
+TEST_INSTALL := $(CHECKOUT_VENV)/bin/python -m pip install -q --no-deps --require-hashes --no-index \
+  --find-links $(WHEELS) -r requirements-test.txt
+
+# This checkout's .venv: remade when requirements.lock (hence the shared environment), pyproject.toml
+# (packages, commands) or requirements-test.txt (test-only packages, installed here) changes. Writes
+# nothing into the shared environment.
+$(CHECKOUT_READY): pyproject.toml requirements-test.txt | $(VENV)/.ready
 	@$(BIN)/python -m biasloop.core.environment --venv $(CHECKOUT_VENV) --shared $(VENV)
+	@$(TEST_INSTALL) 2>/dev/null || { $(BIN)/python -m pip download -q --no-deps --require-hashes \
+	  -r requirements-test.txt -d $(WHEELS) && $(TEST_INSTALL); }
 	@touch $@
 
 venv: $(CHECKOUT_READY)  ## make this checkout's .venv (seconds) over the shared environment
@@ -50,7 +58,6 @@ env: venv plots-template  ## create or reuse the shared environment, this checko
 
 # BlazeFace (the LAION filter's face detector) ships only in the mediapipe==0.10.14 wheel: fetched once
 # from PyPI (the x86-64 Linux build on every machine, so the extracted bytes match data.dvc).
-WHEELS := $(VENV_ROOT)/wheels
 MEDIAPIPE_WHEEL_GLOB := $(WHEELS)/mediapipe-0.10.14-*.whl
 
 data: env  ## materialise data/ (same bytes on every machine, so data.dvc matches)
@@ -67,8 +74,14 @@ chromium:  ## Debian's Chromium, for the test that opens the report in a headles
 	  { apt-get install -y -q chromium >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }; }; } || \
 	  echo "warning: chromium could not be installed; the report's browser test will be skipped"
 
-test: data chromium  ## set up and run the tests
-	$(RUN) python -m pytest -q; status=$$?; if [ $$status -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$status
+# pytest's exit status 5 (no test collected, e.g. a -k that matches nothing) is not a failure.
+PYTEST_STATUS = status=$$?; if [ $$status -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$status
+
+test: data chromium  ## set up and run the tests: the whole suite, what CI (.ci/run) runs
+	$(RUN) python -m pytest -q $(PYTEST_ARGS); $(PYTEST_STATUS)
+
+test-fast: data  ## the inner loop: every test not marked slow (under 2 minutes on 2 cores)
+	$(RUN) python -m pytest -q -m "not slow" $(PYTEST_ARGS); $(PYTEST_STATUS)
 
 bench: env  ## time the default study (cold, beside a busy process, no-op, ratio variant): benchmarks/results/pipeline.json
 	$(RUN) python benchmarks/pipeline.py $(BENCH_ARGS)

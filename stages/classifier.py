@@ -28,7 +28,7 @@ from biasloop.core.config import to_dict
 from biasloop.core.io import write_json, write_parquet
 from biasloop.core.runtime import resolve_device
 from biasloop.core.seeds import stream_seed
-from biasloop.core.stage import load_configs, make_parser, run_main
+from biasloop.core.stage import load_configs, make_parser, run_main, runtime_facts
 from biasloop.core.tracking import stage_run
 from biasloop.metrics.classification import classifier_task
 from biasloop.metrics.evaluation import held_out, held_out_genders, training_pairs
@@ -58,7 +58,7 @@ def main_body(argv: Sequence[str] | None) -> None:
         metrics, predictions = classifier_task(dataset, test, groups, config, seed, device)
         metrics = {"generation": args.generation, **metrics}
         write_parquet(Path(args.out) / "predictions.parquet", predictions)
-        write_json(args.metrics, metrics)
+        write_json(args.metrics, {**metrics, **runtime_facts()})
         run.log_metrics({k: v for k, v in metrics.items() if k not in ("training", "accuracy_by_group", "per_occupation")})
 
 

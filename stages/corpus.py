@@ -30,7 +30,7 @@ import polars as pl
 
 from biasloop.core.config import to_dict
 from biasloop.core.io import load_images, timed, write_json
-from biasloop.core.stage import load_configs, make_parser, run_main
+from biasloop.core.stage import load_configs, make_parser, run_main, runtime_facts
 from biasloop.core.tracking import stage_run
 from biasloop.data.corpus import (
     CorpusConfig,
@@ -101,7 +101,7 @@ def main_body(argv: Sequence[str] | None) -> None:
             metrics["ingestion"] = ingestion.to_metrics()
         if corpus.source == "world":
             metrics.update(world_statistics(table, read_occupation_shares(world.occupation_table)))
-        write_json(args.metrics, metrics)
+        write_json(args.metrics, {**metrics, **runtime_facts()})
         contact_sheet(table, images, args.contact_sheet, seed=configs["base"].seed)
         run.log_metrics({k: v for k, v in metrics.items() if k != "per_occupation"})
         run.log_artifact(args.contact_sheet)

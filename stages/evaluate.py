@@ -26,7 +26,7 @@ import polars as pl
 from biasloop.core.config import to_dict
 from biasloop.core.io import load_images, timed, write_json
 from biasloop.core.runtime import resolve_device
-from biasloop.core.stage import load_configs, make_parser, run_main
+from biasloop.core.stage import load_configs, make_parser, run_main, runtime_facts
 from biasloop.core.tracking import stage_run
 from biasloop.metrics.amplification import read_confusion
 from biasloop.metrics.evaluation import (
@@ -87,7 +87,7 @@ def main_body(argv: Sequence[str] | None) -> None:
                 matches=pl.read_parquet(args.matches),
                 dataset_predictions=dataset_predictions,
             )
-        write_json(args.out, metrics)
+        write_json(args.out, {**metrics, **runtime_facts()})
         row = estimand_values(metrics["amplification"])
         log.info("generation %d: shift %s [%s, %s], gap %s [%s, %s], raw A_abs %s; recall@10 %s", args.generation,
                  *("n/a" if row[k] is None else f"{100 * row[k]:+.1f} pp" for k in

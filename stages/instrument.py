@@ -31,7 +31,7 @@ import polars as pl
 from biasloop.core.config import to_dict
 from biasloop.core.io import atomic_path, timed, write_json
 from biasloop.core.runtime import resolve_device
-from biasloop.core.stage import load_configs, make_parser, run_main
+from biasloop.core.stage import load_configs, make_parser, run_main, runtime_facts
 from biasloop.core.tracking import stage_run
 from biasloop.models.instrument import ClassifyConfig, InstrumentConfig, corpus_split
 from biasloop.models.labelling import measure_labeller, train_labeller
@@ -79,7 +79,7 @@ def main_body(argv: Sequence[str] | None) -> None:
         if metrics["occupation_accuracy"] is not None:
             log.info("zero-shot occupation accuracy %.3f (chance %.3f)", metrics["occupation_accuracy"],
                      metrics["occupation_chance"])
-        write_json(args.metrics, metrics)
+        write_json(args.metrics, {**metrics, **runtime_facts()})
         run.log_metrics(metrics)
 
 

@@ -30,7 +30,7 @@ import polars as pl
 from biasloop.core.config import to_dict
 from biasloop.core.io import write_json, write_parquet
 from biasloop.core.runtime import resolve_device
-from biasloop.core.stage import load_configs, make_parser, run_main
+from biasloop.core.stage import load_configs, make_parser, run_main, runtime_facts
 from biasloop.core.tracking import stage_run
 from biasloop.data.embeddings import CachedTextEncoder, load_text_encoder
 from biasloop.data.retrieval import (
@@ -111,7 +111,7 @@ def main_body(argv: Sequence[str] | None) -> None:
             "selections": per_selection,
         }
         write_parquet(args.out, selections)
-        write_json(args.metrics, metrics)
+        write_json(args.metrics, {**metrics, **runtime_facts()})
         log.info("wrote %d selection rows to %s", len(selections), args.out)
         run.log_metrics(metrics)
         run.log_artifact(args.metrics)

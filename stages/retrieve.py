@@ -30,7 +30,7 @@ import polars as pl
 
 from biasloop.core.config import to_dict
 from biasloop.core.io import write_json, write_parquet
-from biasloop.core.stage import load_configs, make_parser, run_main
+from biasloop.core.stage import load_configs, make_parser, run_main, runtime_facts
 from biasloop.core.tracking import stage_run
 from biasloop.data.retrieval import (
     RetrieveConfig,
@@ -99,7 +99,7 @@ def main_body(argv: Sequence[str] | None) -> None:
                      metrics["ground_truth"].get("precision"), metrics["ground_truth"].get("recall"),
                      metrics["ground_truth"].get("indicator_agreement"))
         write_parquet(args.out, matches.drop(truth))
-        write_json(args.metrics, metrics)
+        write_json(args.metrics, {**metrics, **runtime_facts()})
         log.info("wrote %s and %s", args.out, args.metrics)
         run.log_metrics(metrics)
         run.log_artifact(args.metrics)

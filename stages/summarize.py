@@ -108,6 +108,9 @@ def main_body(argv: Sequence[str] | None) -> None:
 
     with stage_run("summarize", configs["tracking"], {"synthetic_ratio": params.get("synthetic_ratio")}) as run:
         summary = build_summary(rows, paradox, instrument)
+        # the torch thread counts the numbers were computed with (one count unless base.cpu_threads is auto)
+        threads = sorted({m["cpu_threads"] for m in [instrument, *generation_metrics] if m and "cpu_threads" in m})
+        summary["cpu_threads"] = threads[0] if len(threads) == 1 else (threads or None)
         write_json(args.out, summary)
         plots = Path(args.plots)
         _write_csv([{k: r.get(k) for k in AMPLIFICATION_COLUMNS} for r in rows], plots / "amplification.csv")

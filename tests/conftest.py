@@ -1,8 +1,17 @@
-"""Shared fixtures: a materialised data/ folder and a tiny params file for in-process stage tests."""
+"""Shared fixtures: a materialised data/ folder and a tiny params file for in-process stage tests.
+
+The tests read their own copy of every input: the committed ``params.yaml`` and ``dvc.lock``
+(:func:`committed_text`), never the working copies, which `dvc exp run -S ...`, `dvc repro` or a user's
+edit may have left changed.
+"""
 
 from __future__ import annotations
 
+import functools
 import os
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,6 +21,51 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Every DVC command a test runs (child processes inherit this), `dvc init` included: no usage report is
+# written to the system temp folder and no daemon tries the network (a fresh repo has no `core.analytics`).
+os.environ["DVC_NO_ANALYTICS"] = "1"
+
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY")
+
+
+@functools.cache
+def committed_text(name: str) -> str:
+    """The text of checkout file ``name`` as committed (``git show HEAD:name``); the working copy where
+    git or the commit is unavailable (an exported tarball)."""
+    try:
+        return subprocess.run(["git", "show", f"HEAD:{name}"], cwd=REPO_ROOT, capture_output=True, check=True,
+                              text=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return (REPO_ROOT / name).read_text()
+
+
+def committed_params() -> dict:
+    """The committed params.yaml, parsed (a fresh copy each call)."""
+    return yaml.safe_load(committed_text("params.yaml"))
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads() -> Iterator[None]:
+    """A stage called in-process sets torch's thread count and the thread variables for its params
+    (``biasloop.core.runtime.apply_cpu_threads``) and notes the count for its metrics and MLflow params
+    (``biasloop.core.timing.runtime_facts``); put them back so no test sees another's setting."""
+    from biasloop.core import timing
+
+    saved = {name: os.environ.get(name) for name in THREAD_VARIABLES}
+    torch = sys.modules.get("torch")
+    threads = torch.get_num_threads() if torch is not None else None
+    notes = dict(timing._notes)
+    yield
+    timing._notes.clear()
+    timing._notes.update(notes)
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    torch = sys.modules.get("torch")
+    if torch is not None and threads is not None and torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")
@@ -27,7 +81,7 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture()
 def tiny_params(tmp_path: Path, data_dir: Path) -> Path:
     """A params.yaml for a tiny world (3 occupations, 40 samples each), tracking into tmp_path."""
-    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    params = committed_params()
     params["occupations"] = ["engineer", "teacher", "nurse"]
     params["world"].update(
         samples_per_occupation=40,
@@ -41,3 +95,14 @@ def tiny_params(tmp_path: Path, data_dir: Path) -> Path:
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(params, sort_keys=False))
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(tmp_path_factory: pytest.TempPathFactory):  # -> tests.tiny_repo.TinyPipeline
+    """One offline `dvc repro` of the tiny world (2 generations) per session, shared by the tests that read
+    a pipeline's outputs (test_pipeline, test_offline_and_queue). Read-only: a test that changes the
+    repository works on its own copy (``tests.tiny_repo.copy_repo``)."""
+    from tests.tiny_repo import offline_pipeline
+
+    root = tmp_path_factory.mktemp("tiny-pipeline")
+    return offline_pipeline(root / "repo", root / "guard")

@@ -1,5 +1,5 @@
 """Caption quality metrics (BLEU, ROUGE-L, CIDEr-D) on a hand-computed 3-image case, the tokeniser,
-agreement with the COCO caption evaluation code where it is installed, and `biasloop captions-score`."""
+agreement with the COCO caption evaluation code (a pinned test requirement), and `biasloop captions-score`."""
 
 from __future__ import annotations
 
@@ -105,8 +105,12 @@ def _random_case(rng: random.Random) -> tuple[dict, dict]:
 
 
 def test_agrees_with_the_coco_caption_evaluation_code() -> None:
-    """pycocoevalcap's pure-Python Bleu, Rouge and Cider (its tokenizer, METEOR and SPICE need Java)."""
-    pytest.importorskip("pycocoevalcap")
+    """pycocoevalcap's pure-Python Bleu, Rouge and Cider (its tokenizer, METEOR and SPICE need Java).
+    A test requirement (requirements-test.txt, installed by `make venv`): missing, the test fails."""
+    try:
+        import pycocoevalcap  # noqa: F401
+    except ImportError:
+        pytest.fail("pycocoevalcap is not installed: `make venv` installs requirements-test.txt into .venv")
     from pycocoevalcap.bleu.bleu import Bleu
     from pycocoevalcap.cider.cider import Cider
     from pycocoevalcap.rouge.rouge import Rouge

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+import yaml
 
 from biasloop.core.config import (
     ConfigError,
@@ -15,11 +16,11 @@ from biasloop.core.config import (
 )
 from biasloop.data.corpus import CorpusConfig
 from biasloop.data.world import WorldConfig
-from tests.conftest import REPO_ROOT
+from tests.conftest import committed_params
 
 
 def test_repository_params_load() -> None:
-    params = read_params(REPO_ROOT / "params.yaml")
+    params = committed_params()
     world = load_section(WorldConfig, "world", params)
     assert world.markedness.counter == pytest.approx(0.4)
     assert load_section(CorpusConfig, "corpus", params).source == "world"
@@ -75,16 +76,50 @@ def test_missing_section(tmp_path) -> None:
         load_section(WorldConfig, "world", read_params(tmp_path / "p.yaml"))
 
 
-def test_cpu_threads_automatic_outside_and_inside_queued_experiments() -> None:
+def test_cpu_threads_fixed_by_default_automatic_on_request() -> None:
+    from biasloop.core.config import BaseConfig
     from biasloop.core.runtime import resolve_cpu_threads
 
-    assert resolve_cpu_threads(3, cwd="/repo", cpus=2) == 3  # explicit wins
-    assert resolve_cpu_threads(0, cwd="/repo", cpus=2, busy=0) == 2  # dvc repro, dvc exp run: every idle core
-    assert resolve_cpu_threads(0, cwd="/repo", cpus=2, busy=1) == 1  # beside a busy process: the free core
-    assert resolve_cpu_threads(0, cwd="/repo", cpus=2, busy=5) == 1  # at least one
-    assert resolve_cpu_threads(0, cwd="/repo/.dvc/tmp/exps/tmpab12cd", cpus=2) == 1  # dvc queue start -j N
+    assert isinstance(BaseConfig.cpu_threads, int)  # the default is a count: the same numbers at any load
+    assert committed_params()["base"]["cpu_threads"] != "auto"
+    assert resolve_cpu_threads(3, cwd="/repo", cpus=2, busy=2) == 3  # a count is used as given, whatever the load
+    assert resolve_cpu_threads(2, cwd="/repo/.dvc/tmp/exps/tmpab12cd", cpus=2) == 2  # in queued experiments too
+    idle = {"WORLD_SIZE": "1"}
+    assert resolve_cpu_threads("auto", cwd="/repo", cpus=2, busy=0, environ=idle) == 2  # every idle core
+    assert resolve_cpu_threads("auto", cwd="/repo", cpus=2, busy=1, environ=idle) == 1  # beside a busy process: the free core
+    assert resolve_cpu_threads("auto", cwd="/repo", cpus=2, busy=5, environ=idle) == 1  # at least one
+    assert resolve_cpu_threads("auto", cwd="/repo/.dvc/tmp/exps/tmpab12cd", cpus=2, environ=idle) == 1  # dvc queue start -j N
+    # a process `accelerate launch` started for num_processes takes its launcher's count, not the free CPUs
+    launched = {"WORLD_SIZE": "2", "OMP_NUM_THREADS": "2"}
+    assert resolve_cpu_threads("auto", cwd="/repo", cpus=2, busy=1, environ=launched) == 2
+    for bad in (0, -1, "fast", True):
+        with pytest.raises(ConfigError, match=r"base\.cpu_threads"):
+            resolve_cpu_threads(bad)
     with pytest.raises(ConfigError, match=r"base\.cpu_threads"):
-        resolve_cpu_threads(-1)
+        load_section(BaseConfig, "base", {"base": {"cpu_threads": "fast"}})
+    assert load_section(BaseConfig, "base", {"base": {"cpu_threads": "auto"}}).cpu_threads == "auto"
+
+
+def test_a_stage_applies_its_thread_count_whatever_the_environment(tmp_path, monkeypatch) -> None:
+    """The params decide: a leftover OMP_NUM_THREADS/MKL_NUM_THREADS, or a torch imported earlier with
+    another count (the tests' own process), is overridden, and launched processes inherit the count."""
+    import os
+
+    import torch
+
+    from biasloop.core.stage import load_configs, runtime_facts
+
+    params = committed_params()
+    for threads, other in ((1, 2), (2, 1)):
+        params["base"]["cpu_threads"] = threads
+        (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+        monkeypatch.setenv("OMP_NUM_THREADS", str(other))
+        monkeypatch.setenv("MKL_NUM_THREADS", str(other))
+        torch.set_num_threads(other)
+        load_configs(str(tmp_path / "params.yaml"), {})
+        assert torch.get_num_threads() == threads
+        assert os.environ["OMP_NUM_THREADS"] == os.environ["MKL_NUM_THREADS"] == str(threads)
+        assert runtime_facts() == {"cpu_threads": threads}
 
 
 def test_busy_cpus_counts_runnable_threads_of_other_processes(tmp_path) -> None:

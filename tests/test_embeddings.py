@@ -106,6 +106,7 @@ def test_created_cache_dir_ignores_itself(tmp_path: Path) -> None:
     assert (root / ".gitignore").read_text().strip().endswith("*")
 
 
+@pytest.mark.slow
 def test_packaged_minilm_offline_ranks_paraphrase_first(tmp_path: Path) -> None:
     """Loads the wheel's all-MiniLM-L6-v2 with the hub switched off (in a child process, so the offline
     environment is the one the model is loaded in) and checks it understands a paraphrase."""
@@ -125,23 +126,34 @@ print(float(prompt @ paraphrase), float(prompt @ unrelated), encoder.dim)
     assert float(close) > float(far) + 0.2
 
 
+@pytest.mark.slow
 def test_minilm_vector_does_not_depend_on_batch_mates(tmp_path: Path) -> None:
-    """A text's vector is the same alone, beside longer texts, and at another batch size, to the last bit.
+    """A text's vector is the same alone, beside longer texts, at another batch size and with the stage at
+    1 or 2 torch threads, to the last bit.
 
     With plain ``SentenceTransformer.encode`` it was not: "a baker in uniform" padded beside a longer
     caption differed from its vector alone by 7e-8, and the embedding cache kept whichever came first.
+    With 2 threads on an Intel CPU with AVX-512/AMX, "nurses" at batch size 256 differed from batch 64 by
+    1.2e-7, and 1 thread from 2 likewise, until the model got one batch shape and one thread.
     """
     script = """
 import numpy as np
+import torch
 from biasloop.data.embeddings import load_text_encoder
 encoder = load_text_encoder(None)
 texts = ["a baker in uniform", "a carpenter in uniform", "a bowl of fruit on a table",
          "close-up portrait of a nurse in scrubs at the end of a long night shift", "a chef", "nurses"]
-together = encoder.encode(texts, batch_size=64)
-for i, text in enumerate(texts):
-    alone = encoder.encode([text], batch_size=256)[0]
-    assert np.array_equal(alone, together[i]), (text, float(np.abs(alone - together[i]).max()))
-assert np.array_equal(encoder.encode(texts[::-1], batch_size=2)[::-1], together)
+first = None
+for threads in (2, 1):
+    torch.set_num_threads(threads)  # the stage's base.cpu_threads
+    together = encoder.encode(texts, batch_size=64)
+    for i, text in enumerate(texts):
+        alone = encoder.encode([text], batch_size=256)[0]
+        assert np.array_equal(alone, together[i]), (threads, text, float(np.abs(alone - together[i]).max()))
+    assert np.array_equal(encoder.encode(texts[::-1], batch_size=2)[::-1], together), threads
+    assert torch.get_num_threads() == threads  # restored after encoding
+    first = together if first is None else first
+    assert np.array_equal(together, first), float(np.abs(together - first).max())
 """
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from biasloop.core.environment import shared_environment, site_packages
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, committed_text
 
 pytestmark = pytest.mark.slow
 
@@ -24,7 +24,8 @@ BARE_PATH = "/usr/bin:/bin"  # no environment activated: what a user's shell has
 
 
 def _run(cmd: list[str], cwd: Path, **env: str) -> str:
-    environment = {"HOME": os.environ.get("HOME", "/root"), "PATH": BARE_PATH, "MLFLOW_DISABLE_TELEMETRY": "true", **env}
+    environment = {"HOME": os.environ.get("HOME", "/root"), "PATH": BARE_PATH, "MLFLOW_DISABLE_TELEMETRY": "true",
+                   "DVC_NO_ANALYTICS": "1", **env}
     result = subprocess.run(cmd, cwd=cwd, env=environment, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, f"{' '.join(cmd)} in {cwd} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     return result.stdout
@@ -37,6 +38,7 @@ def _copy_tracked(destination: Path) -> None:
         if source.is_file():
             (destination / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, destination / name)
+    (destination / "params.yaml").write_text(committed_text("params.yaml"))  # not a `dvc exp run -S` leftover
 
 
 def _snapshot(folder: Path) -> dict[str, float]:

@@ -172,6 +172,7 @@ print(light, UNet2DModel is unet, torch._dynamo.is_compiling(), Transformer2DMod
 """
 
 
+@pytest.mark.slow
 def test_tiny_diffusion_imports_only_the_diffusers_modules_it_uses() -> None:
     """The light import loads neither torch._dynamo nor diffusers' other models, and leaves nothing
     behind: the full packages import normally afterwards, with the same UNet2DModel class."""
@@ -277,6 +278,7 @@ def tiny_sd_pipeline(folder: Path) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_stable_diffusion_backend_on_tiny_local_pipeline(tmp_path: Path) -> None:
     model = tiny_sd_pipeline(tmp_path / "tiny-sd")
     assert json.loads((model / "model_index.json").read_text())["safety_checker"] == [None, None]

@@ -10,7 +10,7 @@ import yaml
 from biasloop.cli.generations import rewrite_generations
 from biasloop.core.config import dataset_folder
 from biasloop.loop.mixing import accumulated_dataset, as_dataset, build_dataset, previous_dataset_file, replaced_indices
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, committed_text
 
 IDS = [f"s{i:04d}" for i in range(1000)]
 
@@ -60,7 +60,7 @@ def test_build_dataset_references_images() -> None:
 
 
 def test_generations_command_rewrites_lists() -> None:
-    text = (REPO_ROOT / "params.yaml").read_text()
+    text = committed_text("params.yaml")
     rewritten = yaml.safe_load(rewrite_generations(text, 5))
     assert rewritten["generations"] == [0, 1, 2, 3, 4]
     assert rewritten["rounds"] == {str(n): {"gen": n, "prev": n - 1, "previous": dataset_folder(n - 1)} for n in range(1, 5)}

@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import sqlite3
 import subprocess
@@ -37,75 +36,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.tiny_repo import GIT, environment, make_tiny_repo, mlflow_runs, run
+from tests.tiny_repo import GIT, TinyPipeline, copy_repo, environment, mlflow_runs, run
 
 pytestmark = pytest.mark.slow
 
-GUARD = r'''
-"""Test guard: refuse and record every network connection that is not loopback or a Unix socket."""
-import os
-import socket
-
-_LOG = os.environ.get("BIASLOOP_NETWORK_LOG")
-_LOCAL_NAMES = {"localhost", "127.0.0.1", "::1", "", None}
-
-
-def _record(what):
-    if _LOG:
-        with open(_LOG, "a") as log:
-            log.write(f"{os.getpid()} {what}\n")
-
-
-def _local(address):
-    if isinstance(address, (str, bytes)):
-        return True  # AF_UNIX path
-    host = address[0] if isinstance(address, tuple) and address else address
-    return host in _LOCAL_NAMES or str(host).startswith("127.")
-
-
-_connect, _connect_ex, _getaddrinfo = socket.socket.connect, socket.socket.connect_ex, socket.getaddrinfo
-
-
-def connect(self, address):
-    if not _local(address):
-        _record(f"connect {address!r}")
-        raise OSError(101, f"network disabled by the offline test: connect {address!r}")
-    return _connect(self, address)
-
-
-def connect_ex(self, address):
-    if not _local(address):
-        _record(f"connect_ex {address!r}")
-        return 101
-    return _connect_ex(self, address)
-
-
-def getaddrinfo(host, *args, **kwargs):
-    if host not in _LOCAL_NAMES and not str(host).startswith("127."):
-        _record(f"getaddrinfo {host!r}")
-        raise socket.gaierror(socket.EAI_NONAME, f"network disabled by the offline test: {host}")
-    return _getaddrinfo(host, *args, **kwargs)
-
-
-socket.socket.connect, socket.socket.connect_ex, socket.getaddrinfo = connect, connect_ex, getaddrinfo
-'''
-
-
-def _no_network_prefix() -> list[str]:
-    if shutil.which("unshare") and subprocess.run(["unshare", "-n", "true"], capture_output=True, check=False).returncode == 0:
-        return ["unshare", "-n"]
-    return []
-
-
 @pytest.fixture(scope="module")
-def offline_baseline(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, list[str]]:
-    repo = make_tiny_repo(tmp_path_factory.mktemp("offline") / "repo")
-    guard = tmp_path_factory.mktemp("guard")
-    (guard / "sitecustomize.py").write_text(GUARD)
-    log = guard / "network.log"
-    prefix = _no_network_prefix()
-    result = run([*prefix, "dvc", "repro"], repo, PYTHONPATH=str(guard), BIASLOOP_NETWORK_LOG=str(log))
-    return repo, log, prefix + [result.stdout]
+def offline_baseline(tiny_pipeline: TinyPipeline, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, list[str]]:
+    """A copy of the session's offline tiny-world `dvc repro` (conftest.tiny_pipeline): the queued
+    experiments below add to it."""
+    repo = copy_repo(tiny_pipeline.repo, tmp_path_factory.mktemp("offline") / "repo")
+    return repo, tiny_pipeline.network_log, [*tiny_pipeline.prefix, tiny_pipeline.stdout]
 
 
 def test_pipeline_completes_offline(offline_baseline: tuple[Path, Path, list[str]]) -> None:
@@ -143,8 +83,16 @@ def test_four_queued_experiments_record_every_run(offline_baseline: tuple[Path, 
         run(["dvc", "exp", "run", "--queue", "-n", name, "-S", f"evaluate.n_boot={n_boot}"], repo)
     started = time.monotonic()
     _start_queue(repo, 4, repo.parent / "queue-start.log")
-    status = _wait_for_queue(repo)
-    elapsed = time.monotonic() - started
+    try:
+        status = _wait_for_queue(repo)
+        elapsed = time.monotonic() - started
+    finally:
+        # Idle workers stay 60 s before leaving; the next queue must not inherit them (they lack its
+        # environment), so stop them now rather than have the next test wait.
+        workers = _queue_workers(repo)
+        run(["dvc", "queue", "stop"], repo, check=False, timeout=120)
+        with contextlib.suppress(AssertionError):
+            _wait_until(lambda: not any(Path(f"/proc/{w}").exists() for w in workers), 120, "workers to stop", poll=1)
     logs = "".join(run(["dvc", "queue", "logs", name], repo, check=False).stdout for name in names)
     assert "database is locked" not in logs
     assert status.count("Success") >= 4, status

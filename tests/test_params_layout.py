@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from biasloop.cli.generations import rewrite_generations
-from tests.conftest import REPO_ROOT
+from tests.conftest import committed_text
 
 apply_overrides = pytest.importorskip("dvc.utils.hydra").apply_overrides
 
@@ -46,7 +46,7 @@ def _round_trip(text: str, overrides: list[str], tmp_path: Path) -> str:
     ],
 )
 def test_set_param_changes_exactly_one_line(override: str, old: str, new: str, tmp_path: Path) -> None:
-    original = (REPO_ROOT / "params.yaml").read_text()
+    original = committed_text("params.yaml")
     rewritten = _round_trip(original, [override], tmp_path)
     removed, added = _changed_lines(original, rewritten)
     assert len(removed) == 1 and len(added) == 1, (
@@ -59,7 +59,7 @@ def test_set_param_changes_exactly_one_line(override: str, old: str, new: str, t
 
 
 def test_list_param_changes_only_its_items(tmp_path: Path) -> None:
-    original = (REPO_ROOT / "params.yaml").read_text()
+    original = committed_text("params.yaml")
     rewritten = _round_trip(original, ["generator.channels=[32,64,64]"], tmp_path)
     removed, added = _changed_lines(original, rewritten)
     # Only the item lines change (difflib may pair them differently): [16, 32, 32] -> [32, 64, 64].
@@ -69,7 +69,7 @@ def test_list_param_changes_only_its_items(tmp_path: Path) -> None:
 
 
 def test_generations_rewrite_keeps_the_layout(tmp_path: Path) -> None:
-    original = (REPO_ROOT / "params.yaml").read_text()
+    original = committed_text("params.yaml")
     count = len(yaml.safe_load(original)["generations"])
     assert rewrite_generations(original, count) == original
     five = rewrite_generations(original, 5)

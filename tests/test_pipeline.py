@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, committed_text
 
 pytestmark = pytest.mark.slow
 
@@ -69,26 +69,15 @@ def copy_tracked(repo: Path) -> None:
             (repo / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, repo / name)
     (repo / "dvc.lock").unlink(missing_ok=True)
+    (repo / "params.yaml").write_text(committed_text("params.yaml"))  # not a `dvc exp run -S` leftover
 
 
 @pytest.fixture(scope="module")
-def pipeline_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if shutil.which("git") is None:
-        pytest.skip("git is needed for dvc")
-    repo = tmp_path_factory.mktemp("pipeline") / "repo"
-    copy_tracked(repo)
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    _merge(params, _tiny_overrides(params))
-    params["generations"] = [0, 1]
-    params["rounds"] = {"1": {"gen": 1, "prev": 0, "previous": "artifacts/corpus"}}
-    params["datasets"] = {"0": params["datasets"]["0"], "1": params["datasets"]["1"]}
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    _run(["git", "init", "-q"], repo)
-    _run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "add", "-A"], repo)
-    _run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "tiny"], repo)
-    _run([sys.executable, "-m", "biasloop.cli", "data", "--out", "data"], repo)
-    _run(["dvc", "repro"], repo)
-    return repo
+def pipeline_repo(tiny_pipeline, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the session's tiny-world `dvc repro` (conftest.tiny_pipeline: 2 generations, run offline)."""
+    from tests.tiny_repo import copy_repo
+
+    return copy_repo(tiny_pipeline.repo, tmp_path_factory.mktemp("pipeline") / "repo")
 
 
 def test_repro_writes_summary_and_report(pipeline_repo: Path) -> None:

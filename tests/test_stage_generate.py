@@ -153,13 +153,25 @@ def test_plan_prompts_caps_and_templates() -> None:
 
 
 @pytest.mark.slow
-def test_two_processes_write_the_same_images_as_one(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("threads", [1, 2])
+def test_two_processes_write_the_same_images_as_one(workspace: Path, monkeypatch: pytest.MonkeyPatch, threads: int) -> None:
     """generate.num_processes: 2 re-runs the stage under `accelerate launch` on CPU (gloo); the batches and
-    seeds are fixed by index, so the shards are byte-identical to one process's."""
+    seeds are fixed by index, and every process runs with base.cpu_threads torch threads, so the shards are
+    byte-identical to one process's. Both thread counts, each from a process whose torch started with the
+    other count (as pytest's own torch does): on Intel CPUs with AVX-512/AMX, MKL's float32 matrix products
+    round differently with 1 and 2 threads; when the in-process run kept its torch's 2 threads and the
+    launched processes got 1 (the count chosen at a busy moment), one pixel came out 1 off."""
+    import torch
+
     from stages.generate import main
 
     monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[1]))  # the launched processes import this checkout
+    other = 3 - threads
+    torch.set_num_threads(other)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
     params = yaml.safe_load(Path("params.yaml").read_text())
+    params["base"]["cpu_threads"] = threads
     params["generate"]["batch_size"] = 3  # 16 images: 6 batches, 3 per process
     Path("params.yaml").write_text(yaml.safe_dump(params))
     assert main([*ARGS[:-1], "artifacts/one/generate"]) == 0

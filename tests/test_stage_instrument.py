@@ -54,6 +54,14 @@ def test_instrument_then_classify_stages(workspace: Path) -> None:
     for key in ("accuracy", "abstain_rate", "tpr", "fpr", "confusion", "occupation_accuracy", "training_seconds"):
         assert key in metrics
     assert metrics["training_seconds"] > 0 and 0 <= metrics["abstain_rate"] <= 1
+    # the thread count the numbers were computed with, in the metrics and the MLflow run's params
+    threads = yaml.safe_load(Path("params.yaml").read_text())["base"]["cpu_threads"]
+    assert metrics["cpu_threads"] == threads
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=yaml.safe_load(Path("params.yaml").read_text())["tracking"]["uri"])
+    (run,) = client.search_runs([client.get_experiment_by_name("biasloop").experiment_id])
+    assert run.data.params["cpu_threads"] == str(threads)
     assert sum(metrics["confusion"].values()) == metrics["n"]
     assert not list((workspace / "artifacts").glob(".instrument.*"))  # atomic: no temporary left
     # cross-fitted: K fold models over the train split, the labels' origin stated, rates held out
@@ -205,10 +213,15 @@ def test_classify_with_two_processes_writes_the_same_labels_as_one(workspace: Pa
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """classify.num_processes: 2 re-runs classify@N under `accelerate launch` on CPU; the forward passes are
     dealt by index, so the predictions file is byte-identical to one process's, and both equal one
-    label_images call over every image (the labels of the single-process stage before the split)."""
+    label_images call over every image (the labels of the single-process stage before the split). This
+    process's torch starts with another thread count than base.cpu_threads (see test_stage_generate)."""
+    import torch
+
     from biasloop.models.labelling import label_images
 
     monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[1]))  # the launched processes import this checkout
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
     assert _run_instrument() == 0
     corpus = pl.read_parquet("artifacts/corpus/captions.parquet").filter(pl.col("true_occupation").is_not_null())
     # training images (labelled by their own fold's model) and held-out ones (by the fold mixture), interleaved
@@ -220,6 +233,7 @@ def test_classify_with_two_processes_writes_the_same_labels_as_one(workspace: Pa
     manifest.write_parquet("artifacts/gen0/generate/manifest.parquet")
     params = yaml.safe_load(Path("params.yaml").read_text())
     params["classify"]["batch_size"] = 4  # 23 images over 2 fold models: 6 or 7 forward passes, 3 or 4 per process
+    torch.set_num_threads(3 - params["base"]["cpu_threads"])
 
     def run(processes: int, out: str) -> pl.DataFrame:
         params["classify"]["num_processes"] = processes

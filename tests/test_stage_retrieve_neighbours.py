@@ -57,6 +57,7 @@ def _run_neighbours() -> int:
     )
 
 
+@pytest.mark.slow
 def test_retrieve_then_neighbours(workspace: Path) -> None:
     assert _run_retrieve() == 0
     matches = pl.read_parquet(workspace / "out/matches.parquet")

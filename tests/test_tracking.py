@@ -63,6 +63,7 @@ def test_rejected_batch_is_not_retried(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A request MLflow rejects as invalid fails at once with a warning (no minute of backoff); the rest is logged."""
+    monkeypatch.setenv("BIASLOOP_TRACKING_LINGER", "0.5")  # the detached logger leaves at once, not after 20 s
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     with stage_run("evaluate", TrackingConfig(uri=uri, background=True)) as run:
         run.log_params({"key": "a"})
@@ -112,6 +113,7 @@ def test_a_stage_that_dies_still_leaves_its_run(tmp_path: Path) -> None:
     assert "ended without closing the run" in recorded.data.tags["biasloop.closed_because"]
 
 
+@pytest.mark.slow
 def test_background_logger_logs_every_run_and_exits(tmp_path: Path) -> None:
     """The stage imports no MLflow; a detached logger logs the runs and leaves when the spool is empty."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

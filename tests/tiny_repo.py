@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -11,7 +12,7 @@ from pathlib import Path
 import yaml
 
 from biasloop.core.config import dataset_folder
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, committed_params
 from tests.test_pipeline import _merge, _tiny_overrides
 
 GIT = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
@@ -48,7 +49,7 @@ def make_tiny_repo(repo: Path, generations: int = 2) -> Path:
             (repo / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, repo / name)
     (repo / "dvc.lock").unlink(missing_ok=True)
-    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params = committed_params()  # not the working copy a `dvc exp run -S` may have left changed
     _merge(params, _tiny_overrides(params))
     params["generations"] = list(range(generations))
     params["rounds"] = {str(n): {"gen": n, "prev": n - 1, "previous": dataset_folder(n - 1)} for n in range(1, generations)}
@@ -80,3 +81,93 @@ def mlflow_runs(repo: Path) -> list:
     client = MlflowClient(tracking_uri=uri)
     experiment = client.get_experiment_by_name("biasloop")
     return client.search_runs([experiment.experiment_id], max_results=5000) if experiment else []
+
+
+GUARD = r'''
+"""Test guard: refuse and record every network connection that is not loopback or a Unix socket."""
+import os
+import socket
+
+_LOG = os.environ.get("BIASLOOP_NETWORK_LOG")
+_LOCAL_NAMES = {"localhost", "127.0.0.1", "::1", "", None}
+
+
+def _record(what):
+    if _LOG:
+        with open(_LOG, "a") as log:
+            log.write(f"{os.getpid()} {what}\n")
+
+
+def _local(address):
+    if isinstance(address, (str, bytes)):
+        return True  # AF_UNIX path
+    host = address[0] if isinstance(address, tuple) and address else address
+    return host in _LOCAL_NAMES or str(host).startswith("127.")
+
+
+_connect, _connect_ex, _getaddrinfo = socket.socket.connect, socket.socket.connect_ex, socket.getaddrinfo
+
+
+def connect(self, address):
+    if not _local(address):
+        _record(f"connect {address!r}")
+        raise OSError(101, f"network disabled by the offline test: connect {address!r}")
+    return _connect(self, address)
+
+
+def connect_ex(self, address):
+    if not _local(address):
+        _record(f"connect_ex {address!r}")
+        return 101
+    return _connect_ex(self, address)
+
+
+def getaddrinfo(host, *args, **kwargs):
+    if host not in _LOCAL_NAMES and not str(host).startswith("127."):
+        _record(f"getaddrinfo {host!r}")
+        raise socket.gaierror(socket.EAI_NONAME, f"network disabled by the offline test: {host}")
+    return _getaddrinfo(host, *args, **kwargs)
+
+
+socket.socket.connect, socket.socket.connect_ex, socket.getaddrinfo = connect, connect_ex, getaddrinfo
+'''
+
+
+def no_network_prefix() -> list[str]:
+    if shutil.which("unshare") and subprocess.run(["unshare", "-n", "true"], capture_output=True, check=False).returncode == 0:
+        return ["unshare", "-n"]
+    return []
+
+
+@dataclasses.dataclass(frozen=True)
+class TinyPipeline:
+    """A tiny-world repository after one offline ``dvc repro`` (see :func:`offline_pipeline`)."""
+
+    repo: Path
+    network_log: Path  # connections the guard refused (absent or empty: none)
+    prefix: list[str]  # ["unshare", "-n"] where a network namespace was available, else []
+    stdout: str  # dvc repro's output
+
+
+def offline_pipeline(repo: Path, guard: Path) -> TinyPipeline:
+    """Make a tiny repo and run its whole pipeline once with networking off: inside ``unshare -n`` where
+    available, and always under GUARD (a ``sitecustomize`` on ``PYTHONPATH``, so in DVC and every stage).
+    Returns once the background MLflow logger has logged every run and left, so a copy (:func:`copy_repo`)
+    gets a complete ``mlflow.db`` and an empty spool."""
+    from biasloop.core.tracking import spool_dir, wait_for_logger
+
+    make_tiny_repo(repo)
+    guard.mkdir(parents=True, exist_ok=True)
+    (guard / "sitecustomize.py").write_text(GUARD)
+    log = guard / "network.log"
+    prefix = no_network_prefix()
+    result = run([*prefix, "dvc", "repro"], repo, PYTHONPATH=str(guard), BIASLOOP_NETWORK_LOG=str(log))
+    assert wait_for_logger(spool_dir(f"sqlite:///{repo / 'mlflow.db'}"), timeout=300)
+    return TinyPipeline(repo, log, prefix, result.stdout)
+
+
+def copy_repo(source: Path, destination: Path) -> Path:
+    """A copy of a tiny repo after its pipeline ran (git history, DVC cache and lock, outputs, MLflow
+    database), for a test that changes it. The copy's MLflow experiment keeps the source's artifact folder."""
+    shutil.copytree(source, destination, symlinks=True)
+    return destination

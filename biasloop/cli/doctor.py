@@ -115,14 +115,16 @@ def check_versions(report: Report) -> None:
 
 
 def check_threads(report: Report, params: dict) -> None:
+    from biasloop.core.config import BaseConfig
     from biasloop.core.runtime import resolve_cpu_threads
 
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    setting = (params.get("base") or {}).get("cpu_threads", 0)
+    setting = (params.get("base") or {}).get("cpu_threads", BaseConfig.cpu_threads)
     try:
-        threads = resolve_cpu_threads(int(setting or 0))
+        threads = resolve_cpu_threads(setting)
+        how = "fixed: the same numbers at any load" if setting != "auto" else "auto: 1 inside queued experiments; numbers depend on the load"
         report.add("info", "threads", f"{cpus} CPUs usable of {os.cpu_count()}; base.cpu_threads={setting} -> {threads} per stage "
-                   f"(1 inside queued experiments); OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
+                   f"({how}); OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')} (ignored: the params decide)")
     except Exception as exc:
         report.add("problem", "threads", f"base.cpu_threads: {exc}")
     try:

@@ -275,7 +275,9 @@ class BaseConfig:
     seed: int = 0
     device: Literal["cpu", "cuda", "auto"] = "cpu"
     log_level: str = "INFO"
-    cpu_threads: int = 0  # torch CPU threads per stage; 0: automatic (see resolve_cpu_threads)
+    # torch CPU threads per stage: a fixed count (the same numbers at any load), or "auto" (the free CPUs
+    # at stage start: faster on a busy machine, numbers may differ); see biasloop.core.runtime.resolve_cpu_threads
+    cpu_threads: int | Literal["auto"] = 1
 
 
 @dataclasses.dataclass(frozen=True)

@@ -23,8 +23,10 @@ from biasloop.core.config import (
     read_params,
 )
 from biasloop.core.io import describe_disk_full, setup_logging
-from biasloop.core.runtime import resolve_cpu_threads
-from biasloop.core.timing import annotate, stage_finished
+from biasloop.core.runtime import QUEUE_WORKSPACE, apply_cpu_threads, resolve_cpu_threads
+from biasloop.core.timing import annotate, runtime_facts, stage_finished
+
+__all__ = ["load_configs", "make_parser", "run_main", "runtime_facts"]
 
 
 def make_parser(doc: str | None, prog: str) -> argparse.ArgumentParser:
@@ -60,19 +62,18 @@ def load_configs(params_path: str, sections: dict[str, type]) -> dict[str, Any]:
         print(f"error: {params_path}: {exc}", file=sys.stderr)
         raise SystemExit(2) from exc
     setup_logging(configs["base"].log_level)
-    # Torch is imported lazily, after this: its thread pools read these at start-up. An explicit
-    # environment setting wins. Oversubscribed cores (2 processes x 2 threads on 2 cores) made tiny
-    # models 2 to 20x slower, hence 1 thread per stage inside queued experiments (resolve_cpu_threads).
-    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ.setdefault(variable, str(threads))
-    # OMP_WAIT_POLICY stays OpenMP's default (spin, then sleep): PASSIVE (sleep at once) avoids the
-    # collapse of 2 threads beside a busy process, but costs 20-40% on an idle machine on these tiny
-    # operations (benchmarks/results/threads.json); choosing the thread count at start-up avoids it instead.
-    logging.getLogger(__name__).info("torch CPU threads: %s (base.cpu_threads %d), OMP_WAIT_POLICY %s",
-                                     os.environ["OMP_NUM_THREADS"], configs["base"].cpu_threads,
-                                     os.environ.get("OMP_WAIT_POLICY", "default"))
-    annotate(cpu_threads=int(os.environ["OMP_NUM_THREADS"]) if os.environ["OMP_NUM_THREADS"].isdigit() else None,
-             omp_wait_policy=os.environ.get("OMP_WAIT_POLICY", "default"))
+    # The params decide, not the environment: an OMP_NUM_THREADS left in a shell (or by an earlier stage
+    # called in the same process) must not change the numbers. Torch is imported lazily, after this, and
+    # reads the variables at start-up; a torch imported earlier is set directly (apply_cpu_threads).
+    apply_cpu_threads(threads)
+    if threads > 1 and QUEUE_WORKSPACE in os.getcwd() + os.sep:
+        # `dvc queue start -j N` runs N experiments at once: with spinning OpenMP threads, 2 threads
+        # beside a busy process ran 3x slower (benchmarks/threads.py); sleeping at once (PASSIVE) keeps
+        # most of it and changes no number (the wait policy only decides how an idle thread waits).
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    logging.getLogger(__name__).info("torch CPU threads: %d (base.cpu_threads %s), OMP_WAIT_POLICY %s", threads,
+                                     configs["base"].cpu_threads, os.environ.get("OMP_WAIT_POLICY", "default"))
+    annotate(cpu_threads=threads, omp_wait_policy=os.environ.get("OMP_WAIT_POLICY", "default"))
     return configs
 
 

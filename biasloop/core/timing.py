@@ -84,6 +84,13 @@ def annotate(**fields: Any) -> None:
     _notes.update(fields)
 
 
+def runtime_facts() -> dict[str, Any]:
+    """How this stage process ran, where it changes the numbers: ``{"cpu_threads": n}`` (torch CPU threads,
+    set by :func:`biasloop.core.stage.load_configs`); empty before. Stages put it in their metrics JSON and
+    :func:`biasloop.core.tracking.stage_run` in the MLflow run's params."""
+    return {"cpu_threads": _notes["cpu_threads"]} if "cpu_threads" in _notes else {}
+
+
 def stage_started(stage: str, generation: int | None = None) -> None:
     """Mark the end of start-up (called by :func:`biasloop.core.tracking.stage_run` once tracking is ready)."""
     report("startup", stage=stage, generation=generation)

@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from biasloop.core.config import TrackingConfig
-from biasloop.core.timing import stage_started
+from biasloop.core.timing import runtime_facts, stage_started
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -63,6 +63,7 @@ RECORD = "record.json"
 RUN_ID_FILE = "mlflow_run_id"
 LOCK = ".lock"
 LINGER_SECONDS = 20.0  # how long a background logger waits for the next finished stage before exiting
+LINGER_ENV = "BIASLOOP_TRACKING_LINGER"  # overrides LINGER_SECONDS (seconds)
 TERMINAL = ("FINISHED", "FAILED", "KILLED")
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # read by the MLflow 3 UI to pick the experiment's default view
 MODEL_TRAINING_KIND = "custom_model_development"  # the UI's "Model training" type (vs. "genai_development")
@@ -338,6 +339,7 @@ def stage_run(
         handle = StageRun(_open_record(spool, record), record)
         if params:
             handle.log_params(params)
+        handle.log_params(runtime_facts())  # the thread count changes the numbers: every run says which
         log.info("tracking run %s (%s) for %s via %s", handle.folder.name, tags["mlflow.runName"], uri, spool)
     except Exception as exc:  # tracking must never stop the pipeline
         log.warning("MLflow tracking disabled for this run: %s", exc)
@@ -400,12 +402,19 @@ def pending_records(spool: Path) -> list[Path]:
     return ready
 
 
-def start_logger(spool: Path, linger: float = LINGER_SECONDS) -> bool:
+def start_logger(spool: Path, linger: float | None = None) -> bool:
     """Start a detached logger for ``spool`` unless one is running (it will see the new record).
+
+    Args:
+        spool: the spool folder.
+        linger: seconds the logger waits for another finished run before exiting (None: the
+            environment's ``BIASLOOP_TRACKING_LINGER``, else ``LINGER_SECONDS``; tests shorten it).
 
     Returns:
         True when a new logger process was started.
     """
+    if linger is None:
+        linger = float(os.environ.get(LINGER_ENV) or LINGER_SECONDS)
     held = _lock(spool, blocking=False)
     if held is None:
         return False  # a logger holds the lock; it looks at the spool again after releasing it

@@ -26,8 +26,10 @@ import numpy as np
 PACKAGED_MODEL = "packaged:all-MiniLM-L6-v2"
 # Part of every embedding-cache key and folder name: bumped when an encoder's vector for the same text
 # changes, so no cache mixes vectors made both ways. 2: sentence-transformers texts are never padded.
-CACHE_FORMAT = 2
-MIN_BATCH = 8  # fewest texts per model batch (SentenceTransformerEncoder.encode)
+# 3: one model batch size and one thread, whatever the caller's batch size and base.cpu_threads.
+CACHE_FORMAT = 3
+MODEL_BATCH = 64  # texts per model batch (SentenceTransformerEncoder.encode), whatever the caller asks
+MODEL_THREADS = 1  # torch CPU threads while a sentence-transformers model encodes (see encode)
 log = logging.getLogger(__name__)
 
 
@@ -99,16 +101,22 @@ class SentenceTransformerEncoder:
         return int(get_dim())
 
     def encode(self, texts: Sequence[str], batch_size: int = 64, progress: bool = False) -> np.ndarray:
-        """Unit vectors of ``texts``, each a function of its text alone, not of the texts batched with it.
+        """Unit vectors of ``texts``, each a function of its text alone: not of the texts batched with it,
+        the caller's ``batch_size`` (kept for the :class:`TextEncoder` interface) or the stage's threads.
 
-        The model sees only full batches of ``max(batch_size, MIN_BATCH)`` texts of one token count: texts
-        are grouped by token count and each group's last batch is filled up with repeats of the group's
-        texts. Measured with MiniLM here: padding changed a vector in the last bit with the longest text
-        of its batch (up to 1.2e-7), and so did a batch of 1 or 2 texts (smaller matrix products take other
-        kernels); full batches of 4 to 512 equal-length texts gave bit-identical vectors in any order.
-        ``tests/test_embeddings.py`` checks it.
+        The model sees only full batches of ``MODEL_BATCH`` texts of one token count, on ``MODEL_THREADS``
+        CPU thread: texts are grouped by token count and each group's last batch is filled up with
+        repeats of the group's texts. Measured with MiniLM here: padding changed a vector in the last
+        bit with the longest text of its batch (up to 1.2e-7), and so did a batch of 1 or 2 texts
+        (smaller matrix products take other kernels); with 2 threads on an Intel CPU with AVX-512/AMX,
+        so did another batch size (MKL splits other matrix shapes otherwise between threads), and 1 and
+        2 threads gave vectors 1.2e-7 apart. One shape and one thread give bit-identical vectors, so the
+        embedding cache, which keeps a text's first vector, holds the same vectors whoever filled it.
+        ``tests/test_embeddings.py`` checks it with 1 and 2 threads.
         """
         from tqdm.auto import tqdm
+
+        from biasloop.core.runtime import cpu_threads
 
         texts = list(texts)
         if not texts:
@@ -116,14 +124,16 @@ class SentenceTransformerEncoder:
         model = self.model
         mask = model.preprocess(texts).get("attention_mask")
         lengths = mask.sum(dim=1).numpy() if mask is not None else np.zeros(len(texts), dtype=np.int64)
-        batch = max(int(batch_size), MIN_BATCH)
+        batch = MODEL_BATCH
         out = np.empty((len(texts), self.dim), dtype=np.float32)
-        for length in tqdm(np.unique(lengths), desc=f"embedding ({self.name})", unit="length", disable=not progress):
-            rows = np.flatnonzero(lengths == length)
-            filled = np.resize(rows, -(-len(rows) // batch) * batch)  # the group's rows, repeated to full batches
-            vectors = model.encode([texts[row] for row in filled], batch_size=batch, show_progress_bar=False,
-                                   convert_to_numpy=True, normalize_embeddings=True)
-            out[rows] = np.asarray(vectors[: len(rows)], dtype=np.float32)
+        with cpu_threads(MODEL_THREADS, str(model.device)):
+            for length in tqdm(np.unique(lengths), desc=f"embedding ({self.name})", unit="length",
+                               disable=not progress):
+                rows = np.flatnonzero(lengths == length)
+                filled = np.resize(rows, -(-len(rows) // batch) * batch)  # the group's rows, repeated to full batches
+                vectors = model.encode([texts[row] for row in filled], batch_size=batch, show_progress_bar=False,
+                                       convert_to_numpy=True, normalize_embeddings=True)
+                out[rows] = np.asarray(vectors[: len(rows)], dtype=np.float32)
         return out
 
 
