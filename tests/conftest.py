@@ -21,6 +21,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # img2dataset imports albumentations, which would ask PyPI for a newer version
 # Every DVC command a test runs (child processes inherit this), `dvc init` included: no usage report is
 # written to the system temp folder and no daemon tries the network (a fresh repo has no `core.analytics`).
 os.environ["DVC_NO_ANALYTICS"] = "1"

@@ -187,7 +187,7 @@ def _validate(config: StudyConfig) -> None:
                               "mapping of param path -> value needed")
         if overlap := sorted(set(setting) & set(spec.axes)):
             raise ConfigError(f"{where}.variants.{variant}: {overlap[0]} is also an axis")
-    if not spec.seeds or len(set(spec.seeds + spec.primary_seeds)) != len(spec.seeds) + len(spec.primary_seeds):
+    if not spec.seeds or len({*spec.seeds, *spec.primary_seeds}) != len(spec.seeds) + len(spec.primary_seeds):
         raise ConfigError(f"{where}.seeds, primary_seeds: distinct integers needed, found {list(spec.seeds)}, "
                           f"{list(spec.primary_seeds)}")
     if not settings.seed_params:

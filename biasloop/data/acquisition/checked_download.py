@@ -33,6 +33,7 @@ import functools
 import http.client
 import importlib
 import socket
+import os
 import time
 import urllib.request
 from collections.abc import Iterator, Sequence
@@ -40,7 +41,9 @@ from contextlib import contextmanager
 from urllib.error import URLError
 from urllib.parse import urljoin
 
-from img2dataset.downloader import Downloader
+# img2dataset imports albumentations, whose import asks PyPI for a newer version unless this is set.
+os.environ["NO_ALBUMENTATIONS_UPDATE"] = "1"
+from img2dataset.downloader import Downloader  # noqa: E402
 
 from biasloop.data.acquisition.fetch_policy import (
     GetAddrInfo,
