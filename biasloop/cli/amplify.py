@@ -116,11 +116,15 @@ def read_count_file(path: str | Path) -> pl.DataFrame:
             non-negative integer, an empty or duplicate occupation; the message names the file and,
             where there is one, the line.
     """
-    path = Path(path)
+    return _read_csv(Path(path), _parse_counts)
+
+
+def _read_csv(path: Path, parse: Any) -> pl.DataFrame:
+    """``parse(path, csv.reader)`` on a CSV file; an unreadable file is a CountFileError naming it."""
     try:
         # utf-8-sig: spreadsheets often write a byte-order mark before the header.
         with path.open(newline="", encoding="utf-8-sig") as handle:
-            return _parse_counts(path, csv.reader(handle))
+            return parse(path, csv.reader(handle))
     except FileNotFoundError:
         raise CountFileError(f"{path}: file not found") from None
     except UnicodeDecodeError as exc:
@@ -199,18 +203,7 @@ def read_pair_file(path: str | Path) -> pl.DataFrame:
         CountFileError: an unreadable, missing or empty file, a missing column, an empty occupation or
             a label outside the three; the message names the file, the line, the column and the value.
     """
-    path = Path(path)
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as handle:
-            return _parse_pairs(path, csv.reader(handle))
-    except FileNotFoundError:
-        raise CountFileError(f"{path}: file not found") from None
-    except UnicodeDecodeError as exc:
-        raise CountFileError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    except csv.Error as exc:
-        raise CountFileError(f"{path}: not a readable CSV ({exc})") from None
-    except OSError as exc:
-        raise CountFileError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    return _read_csv(Path(path), _parse_pairs)
 
 
 def _parse_pairs(path: Path, reader: Any) -> pl.DataFrame:
