@@ -99,7 +99,15 @@ def test_repro_writes_summary_and_report(pipeline_repo: Path) -> None:
     assert paradox["table"]["captions_vs_keyword"]["paired_by_source"] is True
     for generation in ("gen0", "gen1"):
         assert {"noise_floor_abs", "excess_abs", "excess_abs_lo", "p_value_abs"} <= set(summary[generation])
-    assert {"noise_floor_abs", "excess_abs", "n_images_train"} <= set(summary["paradox"]["prompt_vs_keyword"])
+    keyword = summary["paradox"]["prompt_vs_keyword"]
+    assert {"shift", "shift_lo", "shift_hi", "gap", "a_abs_raw", "excess_abs", "n_images_train"} <= set(keyword)
+    assert list(summary)[0] == "headline" and summary["headline"] == keyword
+    decomposition = paradox["table"]["prompt_vs_keyword"]["decomposition"]
+    if decomposition["available"]:  # the glyph world: ground truth splits the shift
+        assert abs(keyword["data"] + keyword["generator"] + keyword["instrument"]
+                   - decomposition["measured"]["estimate"]) < 1e-12
+    else:  # a tiny generator's images may all be grey: the oracle abstains, and the JSON says why
+        assert decomposition["reason"] and "data" not in keyword
     report = (pipeline_repo / "plots/report.html").read_text()
     assert "data:image/png;base64," in report
     assert "Downstream tasks across generations" in report
