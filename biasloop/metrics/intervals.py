@@ -1,12 +1,10 @@
 """Confidence intervals for the downstream figures: Wilson score intervals for proportions, percentile
 bootstrap intervals for everything else.
 
-- :func:`wilson_interval`: the Wilson score interval (Wilson 1927), the one
-  ``statsmodels.stats.proportion.proportion_confint(count, nobs, method="wilson")`` returns (statsmodels is
-  not a dependency of this project, so the closed form is written here):
-  ``(p + z^2 / 2n +- z sqrt(p (1 - p) / n + z^2 / 4n^2)) / (1 + z^2 / n)`` with ``p = k / n`` and ``z`` the
-  normal quantile; it stays inside [0, 1] and is not degenerate at ``k = 0`` or ``k = n``, unlike the
-  Wald interval (Brown, Cai and DasGupta 2001).
+- :func:`wilson_interval`: the Wilson score interval (Wilson 1927) of one proportion as a JSON-ready
+  pair, computed by the project's one Wilson formula (:func:`biasloop.metrics.estimands.wilson_interval`);
+  it stays inside [0, 1] and is not degenerate at ``k = 0`` or ``k = n``, unlike the Wald interval
+  (Brown, Cai and DasGupta 2001).
 - :func:`bootstrap_interval`: the 2.5% and 97.5% percentiles of a statistic recomputed on ``n_boot``
   resamples (with replacement) of the scored items, for differences, ratios and corpus scores.
 
@@ -15,25 +13,20 @@ Intervals are ``[lo, hi]`` lists (JSON-ready) or None where the figure itself is
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import numpy as np
 
-Z_95 = 1.959963984540054  # the 97.5% quantile of the standard normal distribution
+from biasloop.metrics import estimands
 
-
-def wilson_interval(successes: int, n: int, z: float = Z_95) -> list[float] | None:
-    """Wilson score interval of a proportion ``successes / n`` (95% for the default ``z``); None when ``n`` is 0."""
+def wilson_interval(successes: int, n: int, alpha: float = 0.05) -> list[float] | None:
+    """Wilson score interval of a proportion ``successes / n`` (95% by default); None when ``n`` is 0."""
     if n <= 0:
         return None
     if not 0 <= successes <= n:
         raise ValueError(f"successes must be in [0, {n}], got {successes}")
-    p = successes / n
-    scale = 1.0 + z * z / n
-    centre = (p + z * z / (2 * n)) / scale
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / scale
-    return [max(0.0, centre - half), min(1.0, centre + half)]
+    lo, hi = estimands.wilson_interval(successes, n, alpha)
+    return [float(lo), float(hi)]
 
 
 def bootstrap_interval(statistic: Callable[[np.ndarray], float | None], n_items: int, n_boot: int,
