@@ -78,7 +78,7 @@ chromium:  ## Debian's Chromium, for the test that opens the report in a headles
 PYTEST_STATUS = status=$$?; if [ $$status -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$status
 
 test: data chromium  ## set up and run the tests: the whole suite, what CI (.ci/run) runs
-	$(RUN) python -m pytest -q $(PYTEST_ARGS); $(PYTEST_STATUS)
+	$(RUN) python -m pytest -q --durations=10 $(PYTEST_ARGS); $(PYTEST_STATUS)
 
 test-fast: data  ## the inner loop: every test not marked slow (under 2 minutes on 2 cores)
 	$(RUN) python -m pytest -q -m "not slow" $(PYTEST_ARGS); $(PYTEST_STATUS)

@@ -103,7 +103,8 @@ def exp_show_json(states: dict[tuple[str, int, int], str], config=CONFIG, gap_ke
         params["base"]["seed"] = params["world"]["seed"] = seed
         if edit:
             edit(variant, guidance, seed, params)
-        metrics = {"success": _metrics(variant, guidance, seed, gap_key), "failed": baseline_metrics, "queued": None}[state]
+        metrics = {"success": _metrics(variant, guidance, seed, gap_key), "failed": baseline_metrics, "queued": None,
+                   "running": None}[state]
         name = cell_name(config, {"variant": variant, "sampling.guidance_scale": guidance}, seed)
         log = f"/repo/.dvc/tmp/exps/run/{_rev(100 + i)}/{_rev(100 + i)}.out"
         experiments.append({
@@ -359,7 +360,10 @@ if sys.argv[1:3] == ["exp", "show"]:
     frames = sorted(n for n in os.listdir(root) if n.startswith("show") and n.endswith(".json"))
     print(open(os.path.join(root, frames[min(count, len(frames) - 1)])).read())
 elif sys.argv[1:3] == ["queue", "status"]:
-    print("Worker status: 1 active, 0 idle")
+    workers = os.path.join(root, "workers.txt")
+    print("Worker status: " + (open(workers).read() if os.path.exists(workers) else "1") + " active, 0 idle")
+elif sys.argv[1:3] == ["queue", "logs"]:
+    print("\\n".join("log line " + str(i) for i in range(40)))
 """
 
 
@@ -399,6 +403,35 @@ def test_run_study_queues_what_is_left_and_reports_failures(tmp_path: Path) -> N
         run_study(bad, path, dvc=str(fake), echo=lines.append, sleep=lambda s: None, dry_run=True)
 
 
+def test_waiting_ends_when_a_worker_died_or_the_timeout_passes(tmp_path: Path) -> None:
+    """A cell left "running" by a worker that died, or a wait past ``timeout``: an error naming the cell,
+    its state and the tail of its log, never an endless wait."""
+    from biasloop.study.grid import wait_for_cells
+
+    fake = tmp_path / "dvc"
+    fake.write_text(FAKE_DVC.format(python=sys.executable))
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    spec = {**GRID, "variants": {"replace": {"loop.mode": "replace"}}, "seeds": [0], "endpoints": {}, "generations": 2}
+    config = load_study_config(params_with({"t": spec}, poll_seconds=0.01))
+    states = {("replace", 1, 0): "success", ("replace", 3, 0): "running"}
+    (tmp_path / "show0.json").write_text(json.dumps(exp_show_json(states, config=config)))
+    names = [c.name for c in study_cells(config)]
+
+    ticks = iter(range(0, 10_000, 60))  # a minute per look
+    with pytest.raises(RuntimeError) as timed_out:
+        wait_for_cells(config, names, dvc=str(fake), echo=lambda line: None, sleep=lambda s: None,
+                       timeout=300, clock=lambda: next(ticks))
+    message = str(timed_out.value)
+    assert message.startswith("gave up waiting after 5m00s: study-t-replace-guidance_scale3-s0 running")
+    assert "log line 39" in message and "log line 24" not in message and "queue keeps running" in message
+
+    (tmp_path / "workers.txt").write_text("0")
+    with pytest.raises(RuntimeError, match="no queue worker is running, yet study-t-replace-guidance_scale3-s0 "
+                                           "running") as died:
+        wait_for_cells(config, names, dvc=str(fake), echo=lambda line: None, sleep=lambda s: None)
+    assert "dvc queue kill NAME" in str(died.value)
+
+
 def test_run_dvc_does_not_wait_for_a_daemon_holding_its_output(tmp_path: Path) -> None:
     """`dvc queue start` forks a worker that keeps stdout open; run_dvc must return when the command exits."""
     import time
@@ -412,6 +445,21 @@ def test_run_dvc_does_not_wait_for_a_daemon_holding_its_output(tmp_path: Path) -
     start = time.monotonic()
     assert run_dvc(["queue", "start"], dvc=str(fake)).strip() == "started"
     assert time.monotonic() - start < 15
+
+
+def test_run_dvc_stops_a_command_that_hangs(tmp_path: Path) -> None:
+    """A `dvc exp show` stuck on the queue's lock is stopped after its timeout, with an error naming it."""
+    import time
+
+    from biasloop.study.experiments import DvcTimeout, run_dvc
+
+    fake = tmp_path / "dvc"
+    fake.write_text(f"#!{sys.executable}\nimport time\ntime.sleep(60)\n")
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    start = time.monotonic()
+    with pytest.raises(DvcTimeout, match=r"exp show --json` did not finish in 1 s"):
+        run_dvc(["exp", "show", "--json"], dvc=str(fake), timeout=1)
+    assert time.monotonic() - start < 10
 
 
 def test_parse_exp_show_reads_states_params_and_only_successful_metrics() -> None:

@@ -9,41 +9,41 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.test_pipeline import _merge, _run, _tiny_overrides, copy_tracked
+from tests.test_pipeline import _run
+from tests.tiny_repo import GIT, TinyPipeline, copy_repo
 
 pytestmark = pytest.mark.slow
 
 
-def test_two_cell_study_runs_as_dvc_experiments_and_collects(tmp_path: Path) -> None:
-    repo = tmp_path / "repo"
-    copy_tracked(repo)
+def test_two_cell_study_runs_as_dvc_experiments_and_collects(tiny_pipeline: TinyPipeline, tmp_path: Path) -> None:
+    # A copy of the session's tiny-world run: the cells find every stage that does not depend on the ratio
+    # (the corpus, the instrument, generation 0) in DVC's run cache.
+    repo = copy_repo(tiny_pipeline.repo, tmp_path / "repo")
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    _merge(params, _tiny_overrides(params))
     # One generation in params.yaml, two in the study: the cells get the generation lists as -S overrides.
     params["generations"] = [0]
     params["rounds"] = {}
     params["datasets"] = {"0": params["datasets"]["0"]}
-    params["study"] = {**params["study"], "default": "tiny", "jobs": 1, "poll_seconds": 5}
+    params["study"] = {**params["study"], "default": "tiny", "jobs": 1, "poll_seconds": 10}
     params["studies"] = {"tiny": {"generations": 2, "axes": {"synthetic_ratio": [0.0, 0.8]}, "seeds": [0],
                                   "metrics": ["gap", "shift", "recall_at_10"], "secondary": ["slopes"],
                                   "endpoints": {"gap_vs_ratio": {"metric": "gap", "generation": 1,
                                                                  "slope_vs": "synthetic_ratio", "margin": 0.05}}}}
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
-    _run(["git", "init", "-q"], repo)
-    _run([sys.executable, "-m", "biasloop.cli", "data", "--out", "data"], repo)
     _run(["dvc", "commit", "-f", "-q", "data.dvc"], repo)  # queued experiments check data/ out of the cache
-    _run([*git, "add", "-A"], repo)
-    _run([*git, "commit", "-qm", "tiny study"], repo)
+    _run([*GIT, "add", "-A"], repo)
+    _run([*GIT, "commit", "-qm", "tiny study"], repo)
 
     # Two tiny cells one after the other: more than 25 min on a 2-core machine at load average 12.
-    result = _run([sys.executable, "-m", "biasloop.cli", "study", "run"], repo, timeout=3600)
+    # --timeout: a cell that never finishes fails the test with its log tail (the pytest limit would not say why).
+    result = _run([sys.executable, "-m", "biasloop.cli", "study", "run", "--timeout", "40"], repo, timeout=3000)
     assert "[2/2]" in result.stdout and "all 2 experiments succeeded" in result.stdout, result.stdout
     assert "generations=[0,1]" in result.stdout and "+rounds.1=" in result.stdout
 
-    # The second cell found generation 0's training in DVC's run cache (queued experiments share it).
-    log = _run(["dvc", "queue", "logs", "study-tiny-r0.8-s0"], repo).stdout
-    assert "Stage 'pretrain' is cached - skipping run" in log, log[-3000:]
+    # The cells found generation 0's training in DVC's run cache (queued experiments share it).
+    for name in ("study-tiny-r0-s0", "study-tiny-r0.8-s0"):
+        log = _run(["dvc", "queue", "logs", name], repo).stdout
+        assert "Stage 'pretrain' is cached - skipping run" in log, log[-3000:]
 
     # Running it again queues nothing: both cells already succeeded.
     again = _run([sys.executable, "-m", "biasloop.cli", "study", "run", "--no-wait"], repo)

@@ -46,6 +46,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     run_parser.add_argument("--name", help="study to run, a key of `studies:` (default: study.default)")
     run_parser.add_argument("--jobs", "-j", type=int, help="queue workers (default: study.jobs)")
     run_parser.add_argument("--no-wait", action="store_true", help="return after starting the workers")
+    run_parser.add_argument("--timeout", type=float, metavar="MINUTES",
+                            help="stop waiting after this many minutes, naming the unfinished experiments with "
+                                 "the last lines of their logs (exit 1); the queue keeps running (default: no limit)")
     run_parser.add_argument("--rerun", action="store_true", help="run cells that already succeeded again")
     run_parser.add_argument("--dry-run", action="store_true", help="print the dvc commands, run nothing")
     run_parser.set_defaults(run=run_study_command)
@@ -119,7 +122,8 @@ def run_study_command(args: argparse.Namespace) -> int:
     start = time.monotonic()
     try:
         failed = run_study(config, args.params, jobs=args.jobs, wait=not args.no_wait, rerun=args.rerun,
-                           dry_run=args.dry_run, echo=lambda line: print(line, flush=True))
+                           dry_run=args.dry_run, echo=lambda line: print(line, flush=True),
+                           timeout=None if args.timeout is None else args.timeout * 60)
     except ConfigError as exc:
         print(f"error: {args.params}: {exc}", file=sys.stderr)
         return 2

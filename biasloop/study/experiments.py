@@ -134,20 +134,36 @@ def latest_by_name(experiments: list[Experiment], prefix: str = "") -> dict[str,
 EXP_SHOW_ATTEMPTS = 5  # tries of `dvc exp show` when a worker's workspace is half made
 
 
-def run_dvc(args: list[str], dvc: str = "dvc", cwd: str | None = None) -> str:
+DVC_TIMEOUT_SECONDS = 300.0  # one DVC command; `dvc exp show` can wait on the queue's lock indefinitely
+
+
+class DvcTimeout(RuntimeError):
+    """A DVC command that did not finish in its time (it was killed)."""
+
+
+def run_dvc(args: list[str], dvc: str = "dvc", cwd: str | None = None, timeout: float = DVC_TIMEOUT_SECONDS) -> str:
     """Run ``dvc ARGS`` and return its stdout.
+
+    Args:
+        timeout: seconds the command may take; it is killed after that. A bound matters while a queue
+            runs: ``dvc exp show`` takes the experiments' lock and has been seen to wait on it for good,
+            holding up the worker too (treeverse/dvc#8762).
 
     Raises:
         RuntimeError: naming the command and quoting DVC's stderr when it exits non-zero.
+        DvcTimeout: naming the command when it ran past ``timeout``.
         FileNotFoundError: when the ``dvc`` executable is not on PATH.
     """
     # Files, not pipes: `dvc queue start` leaves a daemon worker holding its stdout, and reading a pipe
     # to its end would wait for the worker (the whole queue) to finish.
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         try:
-            returncode = subprocess.run([dvc, *args], stdout=out, stderr=err, stdin=subprocess.DEVNULL, cwd=cwd).returncode
+            returncode = subprocess.run([dvc, *args], stdout=out, stderr=err, stdin=subprocess.DEVNULL, cwd=cwd,
+                                        timeout=timeout).returncode
         except FileNotFoundError as exc:
             raise FileNotFoundError(f"{dvc}: not found (activate the project's environment)") from exc
+        except subprocess.TimeoutExpired as exc:
+            raise DvcTimeout(f"`{dvc} {' '.join(args)}` did not finish in {timeout:.0f} s; it was stopped") from exc
         out.seek(0)
         err.seek(0)
         stdout, stderr = out.read(), err.read()
@@ -174,7 +190,9 @@ def exp_show(rev: str | None = None, all_commits: bool = False, dvc: str = "dvc"
         except RuntimeError as exc:
             # While a queue worker creates or removes an experiment's temporary workspace, DVC can fail
             # to list it ("directory '.dvc/tmp/exps/tmp.../.dvc' does not exist"); the next look succeeds.
-            if "does not exist" not in str(exc) or attempt == EXP_SHOW_ATTEMPTS - 1:
+            # A look stopped for taking too long is tried again too.
+            retry = isinstance(exc, DvcTimeout) or "does not exist" in str(exc)
+            if not retry or attempt == EXP_SHOW_ATTEMPTS - 1:
                 raise
             time.sleep(2.0)
     try:

@@ -215,6 +215,7 @@ def run_study(
     dvc: str = "dvc",
     echo: Callable[[str], None] = print,
     sleep: Callable[[float], None] = time.sleep,
+    timeout: float | None = None,
 ) -> list[str]:
     """Queue the study's cells that have not run, start the workers, and wait for every cell.
 
@@ -232,6 +233,7 @@ def run_study(
         dvc: the ``dvc`` executable.
         echo: where progress lines go.
         sleep: the wait between two looks at the queue (tests pass a no-op).
+        timeout: seconds to wait at most (None: no limit); see :func:`wait_for_cells`.
 
     Returns:
         The names of the cells that failed (empty when every cell succeeded, or when not waiting).
@@ -277,7 +279,7 @@ def run_study(
         echo(f"queued {len(to_queue)} of {len(cells)} cells; started {workers} worker(s) (`dvc queue status` to watch)")
     if not wait:
         return []
-    return wait_for_cells(config, [c.name for c in cells], dvc=dvc, echo=echo, sleep=sleep)
+    return wait_for_cells(config, [c.name for c in cells], dvc=dvc, echo=echo, sleep=sleep, timeout=timeout)
 
 
 def _quote(arg: str) -> str:
@@ -291,19 +293,27 @@ def wait_for_cells(
     dvc: str = "dvc",
     echo: Callable[[str], None] = print,
     sleep: Callable[[float], None] = time.sleep,
+    timeout: float | None = None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> list[str]:
     """Poll ``dvc exp show`` until every named cell has succeeded or failed; a line per finished cell.
+
+    Args:
+        timeout: seconds to wait at most (None: no limit); the queue keeps running after it.
+        clock: the time source (tests pass a fake one).
 
     Returns:
         The names of the failed cells.
 
     Raises:
-        RuntimeError: when a cell is neither finished nor in the queue (removed while waiting), or the
-            queue has no worker left while cells are still queued.
+        RuntimeError: when a cell is neither finished nor in the queue (removed while waiting), when the
+            queue has no worker left while cells are still queued or marked running (a worker that died
+            leaves its cell "running"), or when ``timeout`` passes first; each names the cells, their
+            states and the last lines of their queue logs.
     """
-    start = time.monotonic()
+    start = clock()
     reported: dict[str, str] = {}
-    idle_looks = 0  # consecutive looks with queued cells and no worker (one look may catch a worker starting)
+    idle_looks = 0  # consecutive looks with unfinished cells and no worker (one look may catch a worker starting)
     absent_looks = {name: 0 for name in names}  # a task moving from the queue to a worker may be unlisted once
     while True:
         found = latest_by_name(parse_exp_show(exp_show(dvc=dvc)), config.prefix)
@@ -323,13 +333,44 @@ def wait_for_cells(
         if len(reported) == len(names):
             return [n for n in names if reported[n] == "failed"]
         states = {n: found[n].state for n in names if n in found}
-        pending = [n for n, state in states.items() if state == "queued"]
-        stalled = pending and "running" not in states.values() and not _workers_alive(dvc)
+        unfinished = {n: state for n, state in states.items() if state in ("queued", "running")}
+        stalled = bool(unfinished) and not _workers_alive(dvc)
         idle_looks = idle_looks + 1 if stalled else 0
         if idle_looks >= 2:
-            raise RuntimeError(f"cells {', '.join(pending)} are queued but no queue worker is running: "
-                               "start one with `dvc queue start -j N` and run `biasloop study run` again to wait")
+            raise RuntimeError(f"no queue worker is running, yet {_describe(unfinished)}"
+                               f"{_log_tails(unfinished, dvc)}\nstart one with `dvc queue start -j N` (a cell left "
+                               "'running' by a worker that died: `dvc queue kill NAME` first) and run "
+                               "`biasloop study run` again to wait")
+        waited = clock() - start
+        if timeout is not None and waited >= timeout:
+            raise RuntimeError(f"gave up waiting after {_format_seconds(waited)}: {_describe(unfinished)}"
+                               f"{_log_tails(unfinished, dvc)}\nthe queue keeps running (`dvc queue status`); "
+                               "`biasloop study run` again waits for it")
         sleep(config.poll_seconds)
+
+
+def _describe(states: dict[str, str]) -> str:
+    """``"cell-a running, cell-b queued"``."""
+    return ", ".join(f"{name} {state}" for name, state in states.items()) or "no cell is unfinished"
+
+
+LOG_TAIL_LINES = 15
+
+
+def _log_tails(states: dict[str, str], dvc: str) -> str:
+    """The last lines of each running cell's ``dvc queue logs``, each under a header line (empty when
+    none is running or DVC cannot show them)."""
+    parts = []
+    for name, state in states.items():
+        if state != "running":
+            continue
+        try:
+            log = run_dvc(["queue", "logs", name], dvc=dvc)
+        except (RuntimeError, OSError) as exc:
+            log = f"(no log: {exc})"
+        tail = "\n".join(log.rstrip().splitlines()[-LOG_TAIL_LINES:])
+        parts.append(f"\n--- last lines of `dvc queue logs {name}`:\n{tail}")
+    return "".join(parts)
 
 
 def _workers_alive(dvc: str) -> bool:
