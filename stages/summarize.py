@@ -13,7 +13,8 @@ Outputs:  metrics/summary.json     (what `dvc exp show` / `dvc metrics diff` rea
           plots/generations.png    (curves across generations)
           plots/report.html        (self-contained: figures embedded, opens offline)
           docs/results.md          (the results page the README links to)
-Params:   all of params.yaml (shown in the report)
+Params:   base, tracking, synthetic_ratio, generations, world.seed (the run line of the report and the results
+          page); the report's params table copies params.yaml as it stands when summarize runs
 
 Example:
     python -m stages.summarize --generations metrics/generations --paradox metrics/paradox.json \\
