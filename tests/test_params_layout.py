@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from biasloop.cli.generations import rewrite_generations
+from biasloop.study.generations import rewrite_generations
 from tests.conftest import committed_text
 
 apply_overrides = pytest.importorskip("dvc.utils.hydra").apply_overrides

@@ -61,7 +61,7 @@ import polars as pl
 
 from biasloop.core.io import json_float
 from biasloop.metrics import estimands
-from biasloop.models.labelling import LABELS
+from biasloop.core.labels import LABELS
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ and the shift's interval from the pair bootstrap with the observed majorities he
 
 A pair table holds, per occupation, the counts of pairs by (training label, generated label), each
 ``female``/``male``/``abstain``: ``cells[o, i, j]`` with ``i``, ``j`` indexing
-:data:`biasloop.models.labelling.LABELS`.
+:data:`biasloop.core.labels.LABELS`.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import numpy as np
 import polars as pl
 
 from biasloop.metrics.amplification import share_female, table_from_draws
-from biasloop.models.labelling import LABELS
+from biasloop.core.labels import LABELS
 
 PAIR_COLUMNS = ("occupation", "train_label", "gen_label")
 

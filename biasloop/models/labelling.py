@@ -46,6 +46,7 @@ import numpy as np
 import polars as pl
 
 from biasloop.core.io import load_images
+from biasloop.core.labels import LABELS
 from biasloop.core.seeds import stream_seed
 from biasloop.models.instrument import (
     Instrument,
@@ -58,7 +59,6 @@ from biasloop.models.instrument import (
 
 log = logging.getLogger(__name__)
 
-LABELS = ("female", "male", "abstain")  # what a labeller says of an image
 
 
 def label_from_p(p_female: Sequence[float] | np.ndarray, threshold: float = 0.1) -> np.ndarray:

@@ -160,7 +160,7 @@ def generation_overrides(params: dict[str, Any], generations: int) -> list[str]:
     """
     import yaml
 
-    from biasloop.cli.generations import rewrite_generations
+    from biasloop.study.generations import rewrite_generations
 
     target = yaml.safe_load(rewrite_generations(yaml.safe_dump(params, sort_keys=False), generations))
     overrides = []
