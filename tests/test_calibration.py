@@ -21,8 +21,8 @@ import pytest
 
 from benchmarks.estimands_calibration import (
     DEFAULT_SHARES,
-    PARITY_SHARES,
     N_TRAIN as CALIBRATION_N_TRAIN,
+    PARITY_SHARES,
     RATIOS,
     SHARE_SETS,
     generated_shares,

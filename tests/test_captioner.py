@@ -81,8 +81,14 @@ def _tiny_vision_encoder_decoder(folder: Path) -> None:
     """A random-weight ViT encoder + BERT decoder, a word-level tokenizer and an image processor."""
     import torch
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import (BertConfig, PreTrainedTokenizerFast, VisionEncoderDecoderConfig,
-                              VisionEncoderDecoderModel, ViTConfig, ViTImageProcessor)
+    from transformers import (
+        BertConfig,
+        PreTrainedTokenizerFast,
+        VisionEncoderDecoderConfig,
+        VisionEncoderDecoderModel,
+        ViTConfig,
+        ViTImageProcessor,
+    )
 
     words = ["[PAD]", "[CLS]", "[SEP]", "[UNK]"] + "a an nurse engineer at work photo of".split()
     backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))

@@ -23,8 +23,10 @@ import pytest
 import yaml
 
 from biasloop.core.io import DiskFullError, atomic_path, describe_disk_full, disk_full_error, write_image_shards
-from tests.test_stage_generate import ARGS as GENERATE_ARGS
-from tests.test_stage_generate import workspace  # noqa: F401 (a fixture)
+from tests.test_stage_generate import (
+    ARGS as GENERATE_ARGS,
+    workspace,  # noqa: F401 (a fixture)
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 Usage = namedtuple("Usage", "total used free")

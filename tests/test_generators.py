@@ -154,7 +154,10 @@ def test_ddim_sampler_matches_diffusers_from_config() -> None:
 
     ddpm = make_scheduler(TINY)
     ours, theirs = ddim_from(ddpm), DDIMScheduler.from_config(ddpm.config)
-    public = lambda scheduler: {k: v for k, v in scheduler.config.items() if not k.startswith("_")}
+
+    def public(scheduler) -> dict:
+        return {k: v for k, v in scheduler.config.items() if not k.startswith("_")}
+
     assert public(ours) == public(theirs) and public(ours)["num_train_timesteps"] == TINY.train_timesteps
 
 

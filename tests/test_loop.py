@@ -7,10 +7,10 @@ import polars as pl
 import pytest
 import yaml
 
-from biasloop.study.generations import rewrite_generations
 from biasloop.core.config import dataset_folder
 from biasloop.loop.mixing import accumulated_dataset, as_dataset, build_dataset, previous_dataset_file, replaced_indices
-from tests.conftest import REPO_ROOT, committed_text
+from biasloop.study.generations import rewrite_generations
+from tests.conftest import committed_text
 
 IDS = [f"s{i:04d}" for i in range(1000)]
 

@@ -166,7 +166,7 @@ def _warn_other_backend_keys(config: Any, fields: dict[str, dataclasses.Field], 
     backend_keys = getattr(type(config), "BACKEND_KEYS", None)
     if not backend_keys:
         return
-    chosen = getattr(config, "backend")
+    chosen = config.backend
     for backend, keys in backend_keys.items():
         if backend == chosen:
             continue

@@ -18,9 +18,8 @@ Every row carries ``source_id`` (the real sample its caption comes from; its own
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
-
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import polars as pl

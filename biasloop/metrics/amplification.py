@@ -60,8 +60,8 @@ import numpy as np
 import polars as pl
 
 from biasloop.core.io import json_float
-from biasloop.metrics import estimands
 from biasloop.core.labels import LABELS
+from biasloop.metrics import estimands
 
 log = logging.getLogger(__name__)
 

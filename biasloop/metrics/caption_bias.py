@@ -40,8 +40,8 @@ from typing import Any
 import numpy as np
 
 from biasloop.core.seeds import stream_seed
-from biasloop.metrics.intervals import bootstrap_interval, wilson_interval
 from biasloop.data.indicators import caption_gender, mask_gender_words
+from biasloop.metrics.intervals import bootstrap_interval, wilson_interval
 from biasloop.models.leakage import LeakageConfig, predict_gender_from_captions
 
 log = logging.getLogger(__name__)

@@ -19,6 +19,7 @@ import numpy as np
 
 from biasloop.metrics import estimands
 
+
 def wilson_interval(successes: int, n: int, alpha: float = 0.05) -> list[float] | None:
     """Wilson score interval of a proportion ``successes / n`` (95% by default); None when ``n`` is 0."""
     if n <= 0:

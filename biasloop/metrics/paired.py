@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from biasloop.metrics.amplification import share_female, table_from_draws
 from biasloop.core.labels import LABELS
+from biasloop.metrics.amplification import share_female, table_from_draws
 
 PAIR_COLUMNS = ("occupation", "train_label", "gen_label")
 

@@ -167,8 +167,9 @@ def paradox_table(
         if n_pairs is not None:
             # Paired: whole pairs resampled, the null from within-pair label swaps.
             def table(train_labels: pl.Series, correct_train: bool = True) -> dict[str, Any]:
-                pairs = pl.DataFrame({"occupation": generated["occupation"], "train_label": train_labels,
-                                      "gen_label": generated["label"]}).filter(pl.col("train_label").is_not_null())
+                # called right below, in this iteration: the loop's `generated` is the one meant
+                pairs = pl.DataFrame({"occupation": generated["occupation"], "train_label": train_labels,  # noqa: B023
+                                      "gen_label": generated["label"]}).filter(pl.col("train_label").is_not_null())  # noqa: B023
                 return paired_amplification_table(pairs, n_boot=n_boot, seed=amplification_seed, confusion=confusion,
                                                   correct_train=correct_train)
 

@@ -90,7 +90,7 @@ class Vocabulary:
         self.index = {w: i for i, w in enumerate(self.words)}
 
     @classmethod
-    def build(cls, captions: Sequence[str], min_count: int = 1) -> "Vocabulary":
+    def build(cls, captions: Sequence[str], min_count: int = 1) -> Vocabulary:
         counts = Counter(t for c in captions for t in caption_tokens(c))
         return cls(sorted(w for w, n in counts.items() if n >= min_count))
 

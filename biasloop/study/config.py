@@ -289,7 +289,7 @@ def check_param_paths(config: StudyConfig, params: dict[str, Any]) -> None:
         ConfigError: naming the study key and the unknown path, with the closest existing paths.
     """
     leaves = [p for p in _leaf_paths({k: v for k, v in params.items() if k not in ("study", "studies")})]
-    named = [(f"study.seed_params", p) for p in config.seed_params]
+    named = [("study.seed_params", p) for p in config.seed_params]
     named += [(f"studies.{config.name}.axes", p) for p in config.spec.axes]
     named += [(f"studies.{config.name}.variants.{v}", p) for v, s in config.spec.variants.items() for p in s]
     for where, path in named:

@@ -32,8 +32,8 @@ from __future__ import annotations
 import functools
 import http.client
 import importlib
-import socket
 import os
+import socket
 import time
 import urllib.request
 from collections.abc import Iterator, Sequence
