@@ -74,7 +74,7 @@ def workspace(tmp_path: Path, tiny_params: Path, monkeypatch: pytest.MonkeyPatch
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("BIASLOOP_EMBEDDING_CACHE", str(tmp_path / "embedding-cache"))
     params = yaml.safe_load(tiny_params.read_text())
-    params["base"]["cpu_threads"] = 1  # the same thread count in both runs (see the README: reproducibility)
+    params["base"]["cpu_threads"] = 1  # the same thread count in both runs (docs/reproducibility.md)
     params["tracking"]["enabled"] = False
     params["instrument"].update(text_encoder="fake:32", epochs=2, batch_size=64, folds=2)
     params["generator"].update(text_encoder="fake:32", train_steps=3, batch_size=16, warmup_steps=1)

@@ -159,7 +159,7 @@ def check_dvc(report: Report, root: Path, running: list | None = None) -> None:
         return
     if result.returncode != 0:
         message = (result.stderr.strip().splitlines() or ["failed"])[-1]
-        hint = " (see README, 'Recovering from an interrupted run')" if "dvc.lock" in result.stderr else ""
+        hint = " (see docs/operations.md, 'Recovering from an interrupted run')" if "dvc.lock" in result.stderr else ""
         report.add("problem", "dvc status", f"{message}{hint}")
         return
     try:

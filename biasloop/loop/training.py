@@ -54,7 +54,7 @@ the same order in every generation, so a change across generations is the datase
 initialisation's. The generator's training noise is fresh per generation: the loop fine-tunes one
 model round after round, and replaying one noise sequence every round would correlate the rounds.
 Random numbers are drawn on the CPU (``torch.Generator()``, CPU initialisation) and moved to the device,
-so a CPU and a GPU run draw the same numbers (their float arithmetic still differs; see the README); the
+so a CPU and a GPU run draw the same numbers (their float arithmetic still differs; see docs/reproducibility.md); the
 one exception is stable-diffusion's LoRA initialisation, which peft draws on the UNet's device.
 """
 

@@ -286,8 +286,8 @@ class TinyDiffusion:
         (perceived gender), both global features. Measured on the default world: gamma 5 reached occupation
         accuracy 0.31 after 350 steps and 0.525 after 500 (one seed,
         ``benchmarks/results/generator_quality_guidance.json``); no weighting 0.63 after 300 and 0.78 after
-        400 (3 seeds, ``generator_quality_snr.json``). The better generator also amplifies more: README,
-        "What the default run found".
+        400 (3 seeds, ``generator_quality_snr.json``). The better generator also amplifies more: the generator
+        term in docs/results.md.
         """
         alphas = self.scheduler.alphas_cumprod.to(self.device)[timesteps]
         snr = alphas / (1.0 - alphas).clamp_min(1e-8)
