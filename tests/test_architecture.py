@@ -107,7 +107,7 @@ def find_cycle(graph: dict[Path, set[Path]]) -> list[Path] | None:
             if node.name == "__init__.py" and target.is_relative_to(node.parent):
                 continue
             if state.get(target) == 1:
-                return stack[stack.index(target):] + [target]
+                return stack[stack.index(target) :] + [target]
             if target not in state and (found := visit(target)):
                 return found
         stack.pop()
@@ -191,8 +191,10 @@ def upward_imports(path: Path, root: Path = ROOT, source: str | None = None) -> 
         if target is not None and target != layer and target not in ALLOWED_IMPORTS[layer]:
             if not any(module.startswith(seen + ".") for seen in offending):  # `from a.b import c`: once
                 offending.append(module)
-    return [f"{path.relative_to(root).as_posix()} imports {m} ({layer_of_module(m)} is not below {layer})"
-            for m in offending]
+    return [
+        f"{path.relative_to(root).as_posix()} imports {m} ({layer_of_module(m)} is not below {layer})"
+        for m in offending
+    ]
 
 
 GRAPH = import_graph()
@@ -221,7 +223,9 @@ def test_every_package_has_a_layer() -> None:
 
 
 def test_no_module_imports_a_layer_above_its_own() -> None:
-    offences = [o for package in PACKAGES for path in sorted((ROOT / package).rglob("*.py")) for o in upward_imports(path)]
+    offences = [
+        o for package in PACKAGES for path in sorted((ROOT / package).rglob("*.py")) for o in upward_imports(path)
+    ]
     assert not offences, "\n".join(offences)
 
 
@@ -230,12 +234,15 @@ def test_the_layer_check_fails_on_an_upward_import() -> None:
     reported; a downward one, an import from the same package and a third-party import are not."""
     metrics_module = ROOT / "biasloop" / "metrics" / "made_up.py"
     assert upward_imports(metrics_module, source="from biasloop.report.plots import generation_curves\n") == [
-        "biasloop/metrics/made_up.py imports biasloop.report.plots (report is not below metrics)"]
+        "biasloop/metrics/made_up.py imports biasloop.report.plots (report is not below metrics)"
+    ]
     assert upward_imports(metrics_module, source="def f():\n    import biasloop.loop.mixing\n")
     assert upward_imports(metrics_module, source="from ..cli import generations\n")  # biasloop.cli.generations
     assert upward_imports(ROOT / "biasloop" / "core" / "made_up.py", source="from biasloop import models\n")
-    allowed = "import numpy\nfrom biasloop.core.io import write_json\nfrom biasloop.models import labelling\n" \
-              "from . import paired\nfrom biasloop.metrics.rows import x\n"
+    allowed = (
+        "import numpy\nfrom biasloop.core.io import write_json\nfrom biasloop.models import labelling\n"
+        "from . import paired\nfrom biasloop.metrics.rows import x\n"
+    )
     assert upward_imports(metrics_module, source=allowed) == []
 
 

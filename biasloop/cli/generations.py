@@ -12,8 +12,12 @@ from pathlib import Path
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("generations", help="set the number of generations in params.yaml",
-                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = subparsers.add_parser(
+        "generations",
+        help="set the number of generations in params.yaml",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("count", type=int, help="number of generations, counting generation 0 (trained on real data)")
     parser.add_argument("--params", default="params.yaml", help="params file to rewrite (default: %(default)s)")
     parser.set_defaults(run=run)

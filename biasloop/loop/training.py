@@ -121,12 +121,14 @@ def train_generation(
             else:
                 generator = build_generator(generator_config, device, seed=seeds["generator_init"])
             with timed(f"training generator for {generator_steps} steps on {len(captions)} images", log):
-                stats["generator"] = generator.train(images, captions, steps=generator_steps,
-                                                     seed=seeds["generator_train"])
+                stats["generator"] = generator.train(
+                    images, captions, steps=generator_steps, seed=seeds["generator_train"]
+                )
             generator.save(tmp / "generator")
         with timed(f"training downstream CLIP on {len(captions)} pairs", log):
-            model, downstream_stats = train_downstream_clip(images, captions, downstream_config,
-                                                            seed=seeds["downstream"], device=device)
+            model, downstream_stats = train_downstream_clip(
+                images, captions, downstream_config, seed=seeds["downstream"], device=device
+            )
         save_downstream(model, tmp / "downstream")
         stats["downstream"] = downstream_stats
         write_json(tmp / "training.json", stats)

@@ -46,8 +46,9 @@ def rewrite_generations(text: str, count: int) -> str:
                     out.extend([f"  '{n}':", f"    gen: {n}", f"    dataset: {dataset}", f"    folder: {folder}"])
             else:
                 out.append(f"rounds:  {comment}".rstrip())
-                out.extend(f"  '{n}': {{gen: {n}, prev: {n - 1}, previous: {dataset_folder(n - 1)}}}"
-                           for n in range(1, count))
+                out.extend(
+                    f"  '{n}': {{gen: {n}, prev: {n - 1}, previous: {dataset_folder(n - 1)}}}" for n in range(1, count)
+                )
                 if count == 1:
                     out[-1] = ("rounds: {}  " + comment).rstrip()
             i += 1
