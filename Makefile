@@ -14,7 +14,7 @@ CHECKOUT_VENV := .venv
 CHECKOUT_READY := $(CHECKOUT_VENV)/.ready-$(REQ_HASH)
 RUN := PATH="$(CURDIR)/$(CHECKOUT_VENV)/bin:$$PATH" MLFLOW_DISABLE_TELEMETRY=true HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
-.PHONY: env venv plots-template data repro test test-fast bench bench-all chromium doctor clean-env help
+.PHONY: env venv plots-template data repro lint test test-fast bench bench-all chromium doctor clean-env help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -73,6 +73,10 @@ chromium:  ## Debian's Chromium, for the test that opens the report in a headles
 	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 	  { apt-get install -y -q chromium >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }; }; } || \
 	  echo "warning: chromium could not be installed; the report's browser test will be skipped"
+
+lint: venv  ## ruff: lint and format check (config in pyproject.toml; `.venv/bin/ruff format` fixes the layout)
+	$(RUN) ruff check .
+	$(RUN) ruff format --check .
 
 # pytest's exit status 5 (no test collected, e.g. a -k that matches nothing) is not a failure.
 PYTEST_STATUS = status=$$?; if [ $$status -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$status

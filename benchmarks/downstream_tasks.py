@@ -40,8 +40,15 @@ from biasloop.models.classifier import ClassifierConfig, train_classifier
 def reference_seconds() -> float:
     """A fixed workload: 40 AdamW steps of a 3-layer conv net on 128 random 16x16 images."""
     torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Conv2d(3, 32, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(32, 32, 3, padding=1),
-                              torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(32, 10))
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 32, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(32, 32, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(32, 10),
+    )
     optimiser = torch.optim.AdamW(net.parameters())
     x, y = torch.randn(128, 3, 16, 16), torch.randint(0, 10, (128,))
     start = time.perf_counter()
@@ -78,25 +85,45 @@ def main() -> None:
     for repeat in range(args.repeats):
         row: dict = {"repeat": repeat}
         captioner = make_captioner(captioner_config)
-        row["captioner_train_seconds"] = captioner.train(images[train], captions[train].tolist(), seed=repeat,
-                                                         progress=False)["seconds"]
+        row["captioner_train_seconds"] = captioner.train(
+            images[train], captions[train].tolist(), seed=repeat, progress=False
+        )["seconds"]
         start = time.perf_counter()
         hypotheses = captioner.caption(images[test])
         row["captioner_caption_seconds"] = time.perf_counter() - start
         ids = [str(i) for i in np.flatnonzero(test)]
         quality = score_captions({i: [c] for i, c in zip(ids, captions[test])}, dict(zip(ids, hypotheses)))
-        leakage = caption_leakage(hypotheses, captions[test].tolist(), test_genders, captioner_config.leakage, repeat,
-                                  captioner.vocabulary)
+        leakage = caption_leakage(
+            hypotheses, captions[test].tolist(), test_genders, captioner_config.leakage, repeat, captioner.vocabulary
+        )
         row["leakage_seconds"] = leakage["seconds"]
-        row.update(bleu4=quality["bleu4"], cider_d=quality["cider_d"], error=misprediction(hypotheses, test_genders)["error"],
-                   lic_m=leakage["lic_m"], lic_d=leakage["lic_d"], leakage=leakage["leakage"])
-        classifier, stats = train_classifier(images[train & labelled], occupations[train & labelled].tolist(),
-                                             classifier_config, seed=repeat, progress=False)
+        row.update(
+            bleu4=quality["bleu4"],
+            cider_d=quality["cider_d"],
+            error=misprediction(hypotheses, test_genders)["error"],
+            lic_m=leakage["lic_m"],
+            lic_d=leakage["lic_d"],
+            leakage=leakage["leakage"],
+        )
+        classifier, stats = train_classifier(
+            images[train & labelled],
+            occupations[train & labelled].tolist(),
+            classifier_config,
+            seed=repeat,
+            progress=False,
+        )
         row["classifier_train_seconds"] = stats["seconds"]
-        fairness = classifier_fairness(occupations[test & labelled], classifier.predict(images[test & labelled]),
-                                       [g for g, k in zip(genders, test & labelled) if k], classifier_config.min_group_size)
-        row.update(classifier_accuracy=fairness["accuracy"], classifier_worst_group=fairness["worst_group_accuracy"],
-                   classifier_dp=fairness["demographic_parity_difference_mean"])
+        fairness = classifier_fairness(
+            occupations[test & labelled],
+            classifier.predict(images[test & labelled]),
+            [g for g, k in zip(genders, test & labelled) if k],
+            classifier_config.min_group_size,
+        )
+        row.update(
+            classifier_accuracy=fairness["accuracy"],
+            classifier_worst_group=fairness["worst_group_accuracy"],
+            classifier_dp=fairness["demographic_parity_difference_mean"],
+        )
         runs.append(row)
         print(json.dumps(row))
     references.append(reference_seconds())
@@ -110,9 +137,15 @@ def main() -> None:
     result = {
         "what": "captioner@N / classifier@N training at the default params, default glyph world, 1 torch thread",
         "command": f"python benchmarks/downstream_tasks.py --repeats {args.repeats}",
-        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
-                    "load_average": os.getloadavg(), "torch": torch.__version__},
-        "n_train": int(train.sum()), "n_test": int(test.sum()),
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "cpus": os.cpu_count(),
+            "load_average": os.getloadavg(),
+            "torch": torch.__version__,
+        },
+        "n_train": int(train.sum()),
+        "n_test": int(test.sum()),
         "reference_workload_seconds": references,
         "median": summary,
         "median_in_reference_units": {k: v / reference for k, v in summary.items() if k.endswith("seconds")},

@@ -31,10 +31,10 @@ from pathlib import Path
 
 import numpy as np
 
-from biasloop.data import world
-from biasloop.data.text import fill_template
 from biasloop.core.io import write_json
+from biasloop.data import world
 from biasloop.data.embeddings import CachedTextEncoder, load_text_encoder
+from biasloop.data.text import fill_template
 
 HERE = Path(__file__).resolve().parent
 TARGET_RATIO = 0.9
@@ -57,8 +57,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--captions", type=int, default=4096, help="distinct captions to embed (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=64, help="model batch size (default: %(default)s)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per side; medians reported (default: %(default)s)")
-    parser.add_argument("--out", default=str(HERE / "results" / "embedding.json"), help="result JSON (default: %(default)s)")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="timed runs per side; medians reported (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--out", default=str(HERE / "results" / "embedding.json"), help="result JSON (default: %(default)s)"
+    )
     args = parser.parse_args(argv)
 
     import torch
@@ -72,14 +76,19 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as scratch:
         for repeat in range(args.repeats):
             start = time.perf_counter()
-            direct = model.encode(captions, batch_size=args.batch_size, convert_to_numpy=True, normalize_embeddings=True)
+            direct = model.encode(
+                captions, batch_size=args.batch_size, convert_to_numpy=True, normalize_embeddings=True
+            )
             direct_seconds.append(time.perf_counter() - start)
 
             cache_dir = Path(scratch) / f"cold-{repeat}"
             start = time.perf_counter()
             cached = CachedTextEncoder(encoder, cache_dir).encode(captions, batch_size=args.batch_size)
             cold_seconds.append(time.perf_counter() - start)
-            print(f"repeat {repeat + 1}: direct {direct_seconds[-1]:.2f} s, cached cold {cold_seconds[-1]:.2f} s", flush=True)
+            print(
+                f"repeat {repeat + 1}: direct {direct_seconds[-1]:.2f} s, cached cold {cold_seconds[-1]:.2f} s",
+                flush=True,
+            )
 
         max_difference = float(np.abs(np.asarray(direct, dtype=np.float32) - cached).max())
         warm_seconds, warm_embedded = [], []

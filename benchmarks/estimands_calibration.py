@@ -71,7 +71,7 @@ def generated_shares(p_train: np.ndarray, ratio: float, n_train: int, n_gen: int
         majority = 1.0 if p > 0.5 else -1.0
         for direction in (majority, -majority):
             room = (1 - p) if direction > 0 else p
-            gap = lambda x: x - ratio * _sigma(p, p + direction * x, m_train, m_gen)  # noqa: E731
+            gap = lambda x: x - ratio * _sigma(p, p + direction * x, m_train, m_gen)  # noqa: E731, B023 (used in this iteration)
             if gap(room) >= 0:
                 lo, hi = 0.0, room
                 for _ in range(60):
@@ -90,14 +90,20 @@ def draw_counts(rng: np.random.Generator, shares: np.ndarray, n: int, n_tables: 
     return rng.multinomial(n, probabilities, size=(n_tables, len(shares)))
 
 
-def draw_pair_cells(rng: np.random.Generator, p_train: np.ndarray, p_gen: np.ndarray, phi: float, n: int,
-                    n_tables: int) -> np.ndarray:
+def draw_pair_cells(
+    rng: np.random.Generator, p_train: np.ndarray, p_gen: np.ndarray, phi: float, n: int, n_tables: int
+) -> np.ndarray:
     """``(n_tables, occupations, 3, 3)`` pair counts: the two confident labels correlate with ``phi``,
     each side abstains independently with probability ``ABSTAIN``."""
     both_female = p_train * p_gen + phi * np.sqrt(p_train * (1 - p_train) * p_gen * (1 - p_gen))
     both_female = np.clip(both_female, np.maximum(0, p_train + p_gen - 1), np.minimum(p_train, p_gen))
-    joint = np.stack([np.stack([both_female, p_train - both_female], -1),
-                      np.stack([p_gen - both_female, 1 - p_train - p_gen + both_female], -1)], -2)  # (O, 2, 2)
+    joint = np.stack(
+        [
+            np.stack([both_female, p_train - both_female], -1),
+            np.stack([p_gen - both_female, 1 - p_train - p_gen + both_female], -1),
+        ],
+        -2,
+    )  # (O, 2, 2)
     keep, drop = 1 - ABSTAIN, ABSTAIN
     cells = np.zeros((len(p_train), 3, 3))
     cells[:, :2, :2] = joint * keep**2
@@ -116,8 +122,15 @@ def _covers(lo: np.ndarray, hi: np.ndarray, truth: float) -> float:
     return float(np.mean((lo <= truth + 1e-12) & (truth - 1e-12 <= hi)))
 
 
-def evaluate(train: np.ndarray, gen: np.ndarray, boot: tuple, null: tuple, truth_gap: float, truth_shift: float,
-             phi: np.ndarray | None = None) -> dict[str, Any]:
+def evaluate(
+    train: np.ndarray,
+    gen: np.ndarray,
+    boot: tuple,
+    null: tuple,
+    truth_gap: float,
+    truth_shift: float,
+    phi: np.ndarray | None = None,
+) -> dict[str, Any]:
     """Coverage, bias and width of the gap and shift over a batch of simulated tables."""
     shares = [np.asarray(c[..., 0] / (c[..., 0] + c[..., 1]), float) for c in (train, gen)]
     stats = summarize_aggregates(shares[0], shares[1], boot[0], boot[1], null[0], null[1])
@@ -131,7 +144,8 @@ def evaluate(train: np.ndarray, gen: np.ndarray, boot: tuple, null: tuple, truth
         lo, hi = shift_bootstrap_interval(shares[0], shares[1], boot[0], boot[1], unclear_majority(train))
         shift = {"estimate": stats["shift_to_majority"], "lo": lo, "hi": hi}
     return {
-        "truth_gap": truth_gap, "truth_shift": truth_shift,
+        "truth_gap": truth_gap,
+        "truth_shift": truth_shift,
         "gap_coverage": _covers(gap["lo"], gap["hi"], truth_gap),
         "gap_bias": float(np.mean(gap["estimate"]) - truth_gap),
         "a_abs_raw_bias": float(np.mean(gap["raw"]) - truth_gap),
@@ -147,8 +161,9 @@ def evaluate(train: np.ndarray, gen: np.ndarray, boot: tuple, null: tuple, truth
     }
 
 
-def unpaired_setting(seed: int, p_train: np.ndarray, p_gen: np.ndarray, n_train: int, n_gen: int, n_tables: int,
-                     n_boot: int) -> dict[str, Any]:
+def unpaired_setting(
+    seed: int, p_train: np.ndarray, p_gen: np.ndarray, n_train: int, n_gen: int, n_tables: int, n_boot: int
+) -> dict[str, Any]:
     """One unpaired setting: draw ``n_tables`` pairs of count tables and evaluate the estimands."""
     rng = np.random.default_rng(seed)
     train, gen = draw_counts(rng, p_train, n_train, n_tables), draw_counts(rng, p_gen, n_gen, n_tables)
@@ -157,8 +172,15 @@ def unpaired_setting(seed: int, p_train: np.ndarray, p_gen: np.ndarray, n_train:
     return evaluate(train, gen, boot, null, *_truths(p_train, p_gen))
 
 
-def paired_setting(seed: int, p_train: np.ndarray, p_gen: np.ndarray, n_tables: int, n_boot: int,
-                   phi: float = PHI, n_pairs: int = N_PAIRS) -> dict[str, Any]:
+def paired_setting(
+    seed: int,
+    p_train: np.ndarray,
+    p_gen: np.ndarray,
+    n_tables: int,
+    n_boot: int,
+    phi: float = PHI,
+    n_pairs: int = N_PAIRS,
+) -> dict[str, Any]:
     """One paired setting: pair tables with correlated labels, pair bootstrap and swap null."""
     rng = np.random.default_rng(seed)
     cells = draw_pair_cells(rng, p_train, p_gen, phi, n_pairs, n_tables)
@@ -171,8 +193,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tables", type=int, default=400, help="simulated tables per setting (default: %(default)s)")
     parser.add_argument("--n-boot", type=int, default=400, help="bootstrap replicates (default: %(default)s)")
-    parser.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks/results/estimands_calibration.json",
-                        help="where to write the results (default: %(default)s)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=REPO_ROOT / "benchmarks/results/estimands_calibration.json",
+        help="where to write the results (default: %(default)s)",
+    )
     args = parser.parse_args(argv)
     started = time.perf_counter()
     rows = []
@@ -184,24 +210,48 @@ def main(argv: list[str] | None = None) -> int:
                 p_gen = generated_shares(p_train, ratio, N_TRAIN, n_gen)
                 row = unpaired_setting(seed, p_train, p_gen, N_TRAIN, n_gen, args.tables, args.n_boot)
                 rows.append({"setting": f"{share_set}, n_gen {n_gen}, d/sigma {ratio:g}", "paired": False, **row})
-                print(f"{rows[-1]['setting']:<32} gap {row['gap_coverage']:.3f} shift {row['shift_coverage']:.3f}",
-                      file=sys.stderr)
+                print(
+                    f"{rows[-1]['setting']:<32} gap {row['gap_coverage']:.3f} shift {row['shift_coverage']:.3f}",
+                    file=sys.stderr,
+                )
     headline_gen = np.clip(DEFAULT_SHARES + np.sign(DEFAULT_SHARES - 0.5) * 0.17, 0.005, 0.995)
-    rows.append({"setting": "headline, 343 / 120 images", "paired": False,
-                 **unpaired_setting(100, DEFAULT_SHARES, headline_gen, 343, 120, args.tables, args.n_boot)})
-    rows.append({"setting": "parity, 335 / 80 images", "paired": False,
-                 **unpaired_setting(101, PARITY_SHARES, PARITY_SHARES + np.sign(PARITY_SHARES - 0.5) * 0.15,
-                                    N_TRAIN, 80, args.tables, args.n_boot)})
+    rows.append(
+        {
+            "setting": "headline, 343 / 120 images",
+            "paired": False,
+            **unpaired_setting(100, DEFAULT_SHARES, headline_gen, 343, 120, args.tables, args.n_boot),
+        }
+    )
+    rows.append(
+        {
+            "setting": "parity, 335 / 80 images",
+            "paired": False,
+            **unpaired_setting(
+                101,
+                PARITY_SHARES,
+                PARITY_SHARES + np.sign(PARITY_SHARES - 0.5) * 0.15,
+                N_TRAIN,
+                80,
+                args.tables,
+                args.n_boot,
+            ),
+        }
+    )
     shifted = np.clip(DEFAULT_SHARES + np.sign(DEFAULT_SHARES - 0.5) * 0.05, 0.0, 1.0)
     for name, p_gen in (("paired null, phi 0.8", DEFAULT_SHARES), ("paired 5 pp shift, phi 0.8", shifted)):
         seed += 1
-        rows.append({"setting": name, "paired": True,
-                     **paired_setting(seed, DEFAULT_SHARES, p_gen, args.tables, args.n_boot)})
+        rows.append(
+            {"setting": name, "paired": True, **paired_setting(seed, DEFAULT_SHARES, p_gen, args.tables, args.n_boot)}
+        )
     result = {
-        "command": "OMP_NUM_THREADS=1 python benchmarks/estimands_calibration.py" + (
-            "" if (args.tables, args.n_boot) == (400, 400) else f" --tables {args.tables} --n-boot {args.n_boot}"),
-        "tables_per_setting": args.tables, "n_boot": args.n_boot, "n_train": N_TRAIN, "abstain": ABSTAIN,
-        "seconds": round(time.perf_counter() - started, 1), "settings": rows,
+        "command": "OMP_NUM_THREADS=1 python benchmarks/estimands_calibration.py"
+        + ("" if (args.tables, args.n_boot) == (400, 400) else f" --tables {args.tables} --n-boot {args.n_boot}"),
+        "tables_per_setting": args.tables,
+        "n_boot": args.n_boot,
+        "n_train": N_TRAIN,
+        "abstain": ABSTAIN,
+        "seconds": round(time.perf_counter() - started, 1),
+        "settings": rows,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")

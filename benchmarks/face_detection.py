@@ -29,8 +29,15 @@ MODELS = {
     "short_range": "mediapipe/modules/face_detection/face_detection_short_range.tflite",
     "full_range_sparse": "mediapipe/modules/face_detection/face_detection_full_range_sparse.tflite",
 }
-EXPECTED = {"astronaut": 1, "camera": 1, "two_astronauts": 2, "two_astronauts_256_border": 2, "chelsea": 0,
-            "coffee": 0, "rocket": 0}
+EXPECTED = {
+    "astronaut": 1,
+    "camera": 1,
+    "two_astronauts": 2,
+    "two_astronauts_256_border": 2,
+    "chelsea": 0,
+    "coffee": 0,
+    "rocket": 0,
+}
 
 
 def photos() -> dict[str, np.ndarray]:
@@ -42,9 +49,15 @@ def photos() -> dict[str, np.ndarray]:
     small = np.asarray(Image.fromarray(two).resize((256, 128), Image.LANCZOS))
     border = np.zeros((256, 256, 3), dtype=np.uint8)
     border[64:192] = small
-    return {"astronaut": astronaut, "camera": np.stack([skimage.data.camera()] * 3, axis=-1), "two_astronauts": two,
-            "two_astronauts_256_border": border, "chelsea": skimage.data.chelsea(), "coffee": skimage.data.coffee(),
-            "rocket": skimage.data.rocket()}
+    return {
+        "astronaut": astronaut,
+        "camera": np.stack([skimage.data.camera()] * 3, axis=-1),
+        "two_astronauts": two,
+        "two_astronauts_256_border": border,
+        "chelsea": skimage.data.chelsea(),
+        "coffee": skimage.data.coffee(),
+        "rocket": skimage.data.rocket(),
+    }
 
 
 def median_ms(function, repeats: int) -> float:
@@ -66,28 +79,47 @@ def main() -> int:
     from biasloop.data.acquisition.filtering import FaceCounter, NsfwScorer
 
     images = photos()
-    result: dict = {"machine": f"{platform.machine()}, {platform.processor() or 'cpu'}; shared 2-core machine, "
-                               "other jobs running: read ratios, not absolute times", "expected_faces": EXPECTED,
-                    "models": {}}
+    result: dict = {
+        "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}; shared 2-core machine, "
+        "other jobs running: read ratios, not absolute times",
+        "expected_faces": EXPECTED,
+        "models": {},
+    }
     with tempfile.TemporaryDirectory() as tmp, zipfile.ZipFile(args.wheel) as wheel:
         for name, member in MODELS.items():
             path = Path(tmp) / Path(member).name
             path.write_bytes(wheel.read(member))
             with FaceCounter(path, 0.5) as counter:
-                per_image = {k: {"faces": len(counter.scores(im)), "ms": round(median_ms(lambda: counter.scores(im), args.repeats), 2)}
-                             for k, im in images.items()}
+                per_image = {
+                    k: {
+                        "faces": len(counter.scores(im)),
+                        "ms": round(median_ms(lambda: counter.scores(im), args.repeats), 2),  # noqa: B023 (timed at once)
+                    }
+                    for k, im in images.items()
+                }
             result["models"][name] = {
-                "bytes": path.stat().st_size, "per_image": per_image,
+                "bytes": path.stat().st_size,
+                "per_image": per_image,
                 "correct": sum(per_image[k]["faces"] == n for k, n in EXPECTED.items()),
                 "median_ms": round(float(np.median([v["ms"] for v in per_image.values()])), 2),
             }
     scorer = NsfwScorer(cpu_threads=1)
-    nsfw = {k: {"score": round(scorer.score(im), 5), "ms": round(median_ms(lambda: scorer.score(im), max(5, args.repeats // 3)), 2)}
-            for k, im in images.items()}
+    nsfw = {
+        k: {
+            "score": round(scorer.score(im), 5),
+            "ms": round(median_ms(lambda: scorer.score(im), max(5, args.repeats // 3)), 2),  # noqa: B023 (timed at once)
+        }
+        for k, im in images.items()
+    }
     result["open_nsfw"] = {"per_image": nsfw, "median_ms": round(float(np.median([v["ms"] for v in nsfw.values()])), 2)}
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({k: {"correct": v["correct"], "median_ms": v["median_ms"]} for k, v in result["models"].items()}
-                     | {"open_nsfw_median_ms": result["open_nsfw"]["median_ms"]}, indent=2))
+    print(
+        json.dumps(
+            {k: {"correct": v["correct"], "median_ms": v["median_ms"]} for k, v in result["models"].items()}
+            | {"open_nsfw_median_ms": result["open_nsfw"]["median_ms"]},
+            indent=2,
+        )
+    )
     return 0
 
 

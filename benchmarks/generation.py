@@ -78,11 +78,18 @@ SD15_STEPS = 50  # the default number of inference steps (PNDM), as in the paper
 
 def scaled_down() -> tuple[dict, dict, dict]:
     """CPU configuration: the same block structure, channels /4 (GroupNorm 16 groups), 32x32 latents (256 px)."""
-    unet = dict(SD15_UNET, block_out_channels=(80, 160, 320, 320), sample_size=32, cross_attention_dim=384,
-                norm_num_groups=16)
+    unet = dict(
+        SD15_UNET, block_out_channels=(80, 160, 320, 320), sample_size=32, cross_attention_dim=384, norm_num_groups=16
+    )
     vae = dict(SD15_VAE, block_out_channels=(32, 64, 128, 128), norm_num_groups=16, sample_size=256)
-    text = dict(SD15_TEXT, hidden_size=384, intermediate_size=1536, num_hidden_layers=6, num_attention_heads=6,
-                projection_dim=384)
+    text = dict(
+        SD15_TEXT,
+        hidden_size=384,
+        intermediate_size=1536,
+        num_hidden_layers=6,
+        num_attention_heads=6,
+        projection_dim=384,
+    )
     return unet, vae, text
 
 
@@ -235,8 +242,10 @@ def main(argv: list[str] | None = None) -> int:
                 per_batch[batch] = images_per_second(pipe, batch, steps, size, device, min_seconds)
             except torch.OutOfMemoryError:
                 break
-            print(f"best candidate (batch {batch}, {str(best_dtype)[6:]}, SDPA): {per_batch[batch]:.3f} images/s",
-                  flush=True)
+            print(
+                f"best candidate (batch {batch}, {str(best_dtype)[6:]}, SDPA): {per_batch[batch]:.3f} images/s",
+                flush=True,
+            )
     best_batch = max(per_batch, key=per_batch.get)
     result = {
         "benchmark": "stable-diffusion backend generation throughput (SD 1.5 architecture, random weights)",
@@ -251,16 +260,28 @@ def main(argv: list[str] | None = None) -> int:
             "text_hidden_size": text_cfg["hidden_size"],
             "text_layers": text_cfg["num_hidden_layers"],
         },
-        "baseline": {"description": "as in the seed code: batch 1, fp32, classic attention (AttnProcessor)",
-                     "batch_size": 1, "dtype": "float32", "attention": "AttnProcessor",
-                     "images_per_second": baseline},
-        "best": {"description": ("half precision" if best_dtype != torch.float32 else "fp32 (no half precision on this CPU)")
-                 + ", SDPA attention (AttnProcessor2_0), fastest batch size",
-                 "batch_size": best_batch, "dtype": str(best_dtype).replace("torch.", ""),
-                 "attention": "AttnProcessor2_0", "images_per_second": per_batch[best_batch],
-                 "per_batch_images_per_second": {str(k): v for k, v in per_batch.items()}},
-        "ablation_sdpa_only": {"batch_size": 1, "dtype": "float32", "attention": "AttnProcessor2_0",
-                               "images_per_second": sdpa_only},
+        "baseline": {
+            "description": "as in the seed code: batch 1, fp32, classic attention (AttnProcessor)",
+            "batch_size": 1,
+            "dtype": "float32",
+            "attention": "AttnProcessor",
+            "images_per_second": baseline,
+        },
+        "best": {
+            "description": ("half precision" if best_dtype != torch.float32 else "fp32 (no half precision on this CPU)")
+            + ", SDPA attention (AttnProcessor2_0), fastest batch size",
+            "batch_size": best_batch,
+            "dtype": str(best_dtype).replace("torch.", ""),
+            "attention": "AttnProcessor2_0",
+            "images_per_second": per_batch[best_batch],
+            "per_batch_images_per_second": {str(k): v for k, v in per_batch.items()},
+        },
+        "ablation_sdpa_only": {
+            "batch_size": 1,
+            "dtype": "float32",
+            "attention": "AttnProcessor2_0",
+            "images_per_second": sdpa_only,
+        },
         "speedup": per_batch[best_batch] / baseline,
         "device_info": device_info(device),
         "seconds": round(time.perf_counter() - started, 1),

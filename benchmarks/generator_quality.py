@@ -36,16 +36,29 @@ RESULTS = REPO_ROOT / "benchmarks" / "results" / "generator_quality.json"
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--train-steps", type=int, nargs="+", default=[300, 500, 700], help="generator steps from scratch")
+    parser.add_argument(
+        "--train-steps", type=int, nargs="+", default=[300, 500, 700], help="generator steps from scratch"
+    )
     parser.add_argument("--sampling-steps", type=int, nargs="+", default=[4, 6, 8, 10], help="DDIM steps at sampling")
     parser.add_argument("--guidance", type=float, nargs="+", default=None, help="guidance scales (default: params')")
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=None,
-                        help="generator training batch sizes (default: params')")
-    parser.add_argument("--snr-gammas", type=float, nargs="+", default=None,
-                        help="min-SNR loss weightings generator.snr_gamma (0: none; default: params')")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0],
-                        help="generator seeds (weights, batches, noise); each setting is trained once per seed; "
-                             "the world, the instrument and the prompts stay those of seed 0")
+    parser.add_argument(
+        "--batch-sizes", type=int, nargs="+", default=None, help="generator training batch sizes (default: params')"
+    )
+    parser.add_argument(
+        "--snr-gammas",
+        type=float,
+        nargs="+",
+        default=None,
+        help="min-SNR loss weightings generator.snr_gamma (0: none; default: params')",
+    )
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=[0],
+        help="generator seeds (weights, batches, noise); each setting is trained once per seed; "
+        "the world, the instrument and the prompts stay those of seed 0",
+    )
     parser.add_argument("--out", default=str(RESULTS), help="results JSON (default: %(default)s)")
     parser.add_argument("--no-plot", action="store_true", help="write no PNG")
     args = parser.parse_args(argv)
@@ -82,8 +95,9 @@ def main(argv: list[str] | None = None) -> int:
 
     train_images, train_captions = load_images(train["image_ref"].to_list()), train["caption"].to_list()
     start = time.perf_counter()
-    instrument, _ = train_or_load_instrument(instrument_config, train_images, train_captions, occupations,
-                                             seed=0, progress=False)
+    instrument, _ = train_or_load_instrument(
+        instrument_config, train_images, train_captions, occupations, seed=0, progress=False
+    )
     instrument_seconds = time.perf_counter() - start
 
     prompts, asked = [], []
@@ -92,13 +106,22 @@ def main(argv: list[str] | None = None) -> int:
             prompts += [fill_template(template, occupation=occupation)] * generate.n_per_prompt
             asked += [occupation] * generate.n_per_prompt
     image_seeds = np.random.default_rng([0, 99]).integers(0, 2**31 - 1, size=len(prompts))
-    results = {"machine": machine(), "instrument_seconds": round(instrument_seconds, 1), "n_images": len(prompts),
-               "generator": dataclasses.asdict(generator_config), "rows": []}
+    results = {
+        "machine": machine(),
+        "instrument_seconds": round(instrument_seconds, 1),
+        "n_images": len(prompts),
+        "generator": dataclasses.asdict(generator_config),
+        "rows": [],
+    }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    settings = [(steps, batch, gamma, seed) for gamma in (args.snr_gammas or [generator_config.snr_gamma])
-                for batch in (args.batch_sizes or [generator_config.batch_size])
-                for steps in args.train_steps for seed in args.seeds]
+    settings = [
+        (steps, batch, gamma, seed)
+        for gamma in (args.snr_gammas or [generator_config.snr_gamma])
+        for batch in (args.batch_sizes or [generator_config.batch_size])
+        for steps in args.train_steps
+        for seed in args.seeds
+    ]
     for steps, batch, gamma, seed in settings:
         config = dataclasses.replace(generator_config, batch_size=batch, snr_gamma=gamma)
         generator = build_generator(config, "cpu", seed=seed)
@@ -106,15 +129,28 @@ def main(argv: list[str] | None = None) -> int:
         for scale in guidance:
             for sampling in args.sampling_steps:
                 start = time.perf_counter()
-                generated = generator.generate(prompts, list(image_seeds + seed), batch_size=generate.batch_size,
-                                               guidance_scale=scale, steps=sampling)
+                generated = generator.generate(
+                    prompts,
+                    list(image_seeds + seed),
+                    batch_size=generate.batch_size,
+                    guidance_scale=scale,
+                    steps=sampling,
+                )
                 seconds = time.perf_counter() - start
                 probs = instrument.occupation_probs(generated, occupations)
                 accuracy = float(np.mean(np.array(occupations)[probs.argmax(axis=1)] == np.array(asked)))
-                row = {"train_steps": steps, "batch_size": batch, "snr_gamma": gamma, "seed": seed,
-                       "train_seconds": stats["seconds"], "sampling_steps": sampling,
-                       "guidance_scale": scale, "sampling_seconds_per_1000": round(1000 * seconds / len(prompts), 2),
-                       "occupation_accuracy": round(accuracy, 4), "load_average": list(os.getloadavg())}
+                row = {
+                    "train_steps": steps,
+                    "batch_size": batch,
+                    "snr_gamma": gamma,
+                    "seed": seed,
+                    "train_seconds": stats["seconds"],
+                    "sampling_steps": sampling,
+                    "guidance_scale": scale,
+                    "sampling_seconds_per_1000": round(1000 * seconds / len(prompts), 2),
+                    "occupation_accuracy": round(accuracy, 4),
+                    "load_average": list(os.getloadavg()),
+                }
                 results["rows"].append(row)
                 print(json.dumps(row), flush=True)
                 out.write_text(json.dumps(results, indent=2) + "\n")
@@ -125,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         import matplotlib.pyplot as plt
 
         figure, axis = plt.subplots(figsize=(7, 4.5))
+
         def curve_of(row: dict) -> tuple:
             return row["snr_gamma"], row["batch_size"], row["guidance_scale"], row["sampling_steps"]
 
@@ -132,11 +169,23 @@ def main(argv: list[str] | None = None) -> int:
             rows = [r for r in results["rows"] if curve_of(r) == curve]
             steps = sorted({r["train_steps"] for r in rows})
             seconds = [float(np.median([r["train_seconds"] for r in rows if r["train_steps"] == s])) for s in steps]
-            accuracy = [float(np.mean([r["occupation_accuracy"] for r in rows if r["train_steps"] == s])) for s in steps]
-            (line,) = axis.plot(seconds, accuracy, marker="o", label=f"snr_gamma {curve[0]:g}, batch {curve[1]}, "
-                                f"guidance {curve[2]:g}, {curve[3]} DDIM steps (mean of seeds)")
-            axis.scatter([r["train_seconds"] for r in rows], [r["occupation_accuracy"] for r in rows], s=12,
-                         color=line.get_color(), alpha=0.5)
+            accuracy = [
+                float(np.mean([r["occupation_accuracy"] for r in rows if r["train_steps"] == s])) for s in steps
+            ]
+            (line,) = axis.plot(
+                seconds,
+                accuracy,
+                marker="o",
+                label=f"snr_gamma {curve[0]:g}, batch {curve[1]}, "
+                f"guidance {curve[2]:g}, {curve[3]} DDIM steps (mean of seeds)",
+            )
+            axis.scatter(
+                [r["train_seconds"] for r in rows],
+                [r["occupation_accuracy"] for r in rows],
+                s=12,
+                color=line.get_color(),
+                alpha=0.5,
+            )
             for x, y, s in zip(seconds, accuracy, steps):
                 axis.annotate(f"{s} steps", (x, y), fontsize=7, textcoords="offset points", xytext=(4, -10))
         axis.axhline(1 / len(occupations), color="grey", linestyle=":", label="chance")

@@ -78,20 +78,51 @@ class Scale:
 
 
 FULL = Scale(
-    unet=SD15_UNET, vae=SD15_VAE, text=SD15_TEXT, sampling_steps=25, generate_batches=(1, 4, 8, 16),
-    train_batches=(1, 4, 8), train_warmup_steps=2, train_timed_steps=6, clip_model="ViT-L-14",
-    clip_batches=(64, 256), min_seconds=3.0, min_calls=2,
+    unet=SD15_UNET,
+    vae=SD15_VAE,
+    text=SD15_TEXT,
+    sampling_steps=25,
+    generate_batches=(1, 4, 8, 16),
+    train_batches=(1, 4, 8),
+    train_warmup_steps=2,
+    train_timed_steps=6,
+    clip_model="ViT-L-14",
+    clip_batches=(64, 256),
+    min_seconds=3.0,
+    min_calls=2,
 )
 TINY = Scale(
-    unet=dict(SD15_UNET, sample_size=8, block_out_channels=(32, 64), layers_per_block=1,
-              down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-              cross_attention_dim=32, attention_head_dim=4, norm_num_groups=8),
-    vae=dict(SD15_VAE, block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
-             up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=8, sample_size=16),
-    text=dict(SD15_TEXT, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-              projection_dim=32),
-    sampling_steps=2, generate_batches=(1, 2), train_batches=(1, 2), train_warmup_steps=1, train_timed_steps=2,
-    clip_model="biasloop-tiny-clip", clip_batches=(4, 8), min_seconds=0.0, min_calls=1,
+    unet=dict(
+        SD15_UNET,
+        sample_size=8,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=4,
+        norm_num_groups=8,
+    ),
+    vae=dict(
+        SD15_VAE,
+        block_out_channels=(8, 16),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        norm_num_groups=8,
+        sample_size=16,
+    ),
+    text=dict(
+        SD15_TEXT, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, projection_dim=32
+    ),
+    sampling_steps=2,
+    generate_batches=(1, 2),
+    train_batches=(1, 2),
+    train_warmup_steps=1,
+    train_timed_steps=2,
+    clip_model="biasloop-tiny-clip",
+    clip_batches=(4, 8),
+    min_seconds=0.0,
+    min_calls=1,
 )
 
 
@@ -123,8 +154,12 @@ def peak_gib(device: str) -> float | None:
 def rate(batch: int, seconds: list[float]) -> dict[str, Any]:
     """Images/s from the median call time, with the raw call times."""
     median = statistics.median(seconds)
-    return {"images_per_second": batch / median, "median_call_seconds": median, "calls": len(seconds),
-            "call_seconds": [round(s, 4) for s in seconds]}
+    return {
+        "images_per_second": batch / median,
+        "median_call_seconds": median,
+        "calls": len(seconds),
+        "call_seconds": [round(s, 4) for s in seconds],
+    }
 
 
 def autocast(device: str, precision: str) -> contextlib.AbstractContextManager:
@@ -151,11 +186,13 @@ def save_random_sd_pipeline(folder: Path, scale: Scale, device: str) -> dict[str
         pipe = build_pipeline(scale.unet, scale.vae, scale.text, tokenizer, dtype, device)
     # SD 1.5's DDIM settings (diffusers' scheduler_config of the hub snapshot, as used with DDIM).
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, clip_sample=False, set_alpha_to_one=False)
-    info = {"unet_parameters": sum(p.numel() for p in pipe.unet.parameters()),
-            "vae_parameters": sum(p.numel() for p in pipe.vae.parameters()),
-            "text_encoder_parameters": sum(p.numel() for p in pipe.text_encoder.parameters()),
-            "unet_block_out_channels": list(scale.unet["block_out_channels"]),
-            "saved_dtype": str(dtype).replace("torch.", "")}
+    info = {
+        "unet_parameters": sum(p.numel() for p in pipe.unet.parameters()),
+        "vae_parameters": sum(p.numel() for p in pipe.vae.parameters()),
+        "text_encoder_parameters": sum(p.numel() for p in pipe.text_encoder.parameters()),
+        "unet_block_out_channels": list(scale.unet["block_out_channels"]),
+        "saved_dtype": str(dtype).replace("torch.", ""),
+    }
     pipe.save_pretrained(folder)
     del pipe
     return info
@@ -182,32 +219,49 @@ def bench_stable_diffusion(scale: Scale, device: str, workdir: Path) -> dict[str
     result["load_peak_gib"] = peak_gib(device)
     pipe = generator.pipe
     result["setup"] = {
-        "image_size": native, "sampling_steps": scale.sampling_steps, "guidance_scale": GUIDANCE_SCALE,
-        "scheduler": type(pipe.scheduler).__name__, "dtype": str(generator.dtype).replace("torch.", ""),
+        "image_size": native,
+        "sampling_steps": scale.sampling_steps,
+        "guidance_scale": GUIDANCE_SCALE,
+        "scheduler": type(pipe.scheduler).__name__,
+        "dtype": str(generator.dtype).replace("torch.", ""),
         "attention_processors": sorted({type(p).__name__ for p in pipe.unet.attn_processors.values()}),
         "lora_rank": config.lora_rank,
     }
-    print(f"stable-diffusion: loaded {native} px pipeline in {result['load_seconds']} s "
-          f"({result['setup']['attention_processors']})", flush=True)
+    print(
+        f"stable-diffusion: loaded {native} px pipeline in {result['load_seconds']} s "
+        f"({result['setup']['attention_processors']})",
+        flush=True,
+    )
 
     generation: dict[str, Any] = {}
     for batch in scale.generate_batches:
         prompts = [PROMPTS[i % len(PROMPTS)] for i in range(batch)]
         reset_peak(device)
         try:
-            seconds = time_calls(lambda p=prompts, b=batch: generator.generate(
-                p, list(range(b)), batch_size=b, guidance_scale=GUIDANCE_SCALE, steps=scale.sampling_steps),
-                                 device, scale)
+            seconds = time_calls(
+                lambda p=prompts, b=batch: generator.generate(
+                    p, list(range(b)), batch_size=b, guidance_scale=GUIDANCE_SCALE, steps=scale.sampling_steps
+                ),
+                device,
+                scale,
+            )
         except torch.OutOfMemoryError:
             generation[str(batch)] = {"error": "out of GPU memory"}
             break
         generation[str(batch)] = dict(rate(batch, seconds), peak_gib=peak_gib(device))
-        print(f"  generate batch {batch}: {generation[str(batch)]['images_per_second']:.3f} images/s, "
-              f"peak {generation[str(batch)]['peak_gib']} GiB", flush=True)
+        print(
+            f"  generate batch {batch}: {generation[str(batch)]['images_per_second']:.3f} images/s, "
+            f"peak {generation[str(batch)]['peak_gib']} GiB",
+            flush=True,
+        )
     measured = {int(k): v for k, v in generation.items() if "images_per_second" in v}
     best = max(measured, key=lambda k: measured[k]["images_per_second"])
-    result["generate"] = {"per_batch": generation, "batch_1_images_per_second": measured[1]["images_per_second"],
-                          "best_batch": best, "best_images_per_second": measured[best]["images_per_second"]}
+    result["generate"] = {
+        "per_batch": generation,
+        "batch_1_images_per_second": measured[1]["images_per_second"],
+        "best_batch": best,
+        "best_images_per_second": measured[best]["images_per_second"],
+    }
 
     rng = np.random.default_rng(0)
     n_images = 2 * max(scale.train_batches)
@@ -227,15 +281,24 @@ def bench_stable_diffusion(scale: Scale, device: str, workdir: Path) -> dict[str
             training[str(batch)] = {"error": "out of GPU memory"}
             break
         per_step = (time.perf_counter() - began) / scale.train_timed_steps
-        training[str(batch)] = {"seconds_per_step": per_step, "images_per_second": batch / per_step,
-                                "timed_steps": scale.train_timed_steps, "peak_gib": peak_gib(device),
-                                "final_loss": json_float(stats["final_loss"]), "lora_parameters": stats["lora_parameters"]}
-        print(f"  LoRA train batch {batch}: {per_step:.3f} s/step, peak {training[str(batch)]['peak_gib']} GiB",
-              flush=True)
-    result["train_lora"] = {"per_batch": training,
-                            "description": "seconds per step of StableDiffusionGenerator.train() (VAE encode, text "
-                                           "encode, UNet forward+backward under fp16 autocast, AdamW on the LoRA "
-                                           "weights; CPU batch preparation included)"}
+        training[str(batch)] = {
+            "seconds_per_step": per_step,
+            "images_per_second": batch / per_step,
+            "timed_steps": scale.train_timed_steps,
+            "peak_gib": peak_gib(device),
+            "final_loss": json_float(stats["final_loss"]),
+            "lora_parameters": stats["lora_parameters"],
+        }
+        print(
+            f"  LoRA train batch {batch}: {per_step:.3f} s/step, peak {training[str(batch)]['peak_gib']} GiB",
+            flush=True,
+        )
+    result["train_lora"] = {
+        "per_batch": training,
+        "description": "seconds per step of StableDiffusionGenerator.train() (VAE encode, text "
+        "encode, UNet forward+backward under fp16 autocast, AdamW on the LoRA "
+        "weights; CPU batch preparation included)",
+    }
     return result
 
 
@@ -252,8 +315,11 @@ def bench_open_clip(scale: Scale, device: str) -> dict[str, Any]:
     result["build_seconds"] = round(time.perf_counter() - started, 2)
     # The backend's loaded model (a private field): measured alone below to separate GPU from CPU work.
     model, (_, _, size), _ = instrument._open_clip
-    result["model"] = {"name": scale.clip_model, "image_size": list(size),
-                       "visual_parameters": sum(p.numel() for p in model.visual.parameters())}
+    result["model"] = {
+        "name": scale.clip_model,
+        "image_size": list(size),
+        "visual_parameters": sum(p.numel() for p in model.visual.parameters()),
+    }
     print(f"open-clip: built {scale.clip_model} in {result['build_seconds']} s", flush=True)
 
     precisions = ("float32", "bfloat16", "float16") if device == "cuda" else ("float32", "bfloat16")
@@ -279,14 +345,15 @@ def bench_open_clip(scale: Scale, device: str) -> dict[str, Any]:
             def encode(batch: int = batch, precision: str = precision, last: list = last) -> None:
                 with autocast(device, precision):
                     last[:] = [instrument.encode_images(images[:batch], batch_size=batch)]
+
             measured = measure(f"encode_images {precision}", batch, encode)
             if last:  # random weights may overflow in half precision: say so rather than fail
                 measured["finite_embeddings"] = bool(np.isfinite(last[0]).all())
             backend[precision][str(batch)] = measured
     result["encode_images"] = {
         "description": "Instrument.encode_images: uint8 (n, H, W, 3) numpy at the model's input size -> unit "
-                       "embeddings numpy; "
-                       "float32 is the backend as it runs now, bfloat16/float16 wrap it in torch.autocast",
+        "embeddings numpy; "
+        "float32 is the backend as it runs now, bfloat16/float16 wrap it in torch.autocast",
         "per_precision": backend,
     }
 
@@ -294,11 +361,14 @@ def bench_open_clip(scale: Scale, device: str) -> dict[str, Any]:
     batch = max(scale.clip_batches)
     x = torch.randn(batch, 3, *size, device=device)
     for precision in precisions:
+
         def forward(precision: str = precision) -> None:
             with torch.no_grad(), autocast(device, precision):
                 model.encode_image(x)
+
         model_only[f"{precision}" + ("" if precision == "float32" else " autocast")] = measure(
-            f"model.encode_image {precision}", batch, forward)
+            f"model.encode_image {precision}", batch, forward
+        )
     if device == "cuda":
         model.half()
         x_half = x.half()
@@ -306,10 +376,11 @@ def bench_open_clip(scale: Scale, device: str) -> dict[str, Any]:
         def forward_half() -> None:
             with torch.no_grad():
                 model.encode_image(x_half)
+
         model_only["float16 weights"] = measure("model.encode_image fp16 weights", batch, forward_half)
     result["model_encode_image"] = {
         "description": "model.encode_image on a GPU tensor (no CPU preprocessing, no transfer), batch "
-                       f"{batch}; 'float16 weights' is open_clip's precision='fp16' (model.half())",
+        f"{batch}; 'float16 weights' is open_clip's precision='fp16' (model.half())",
         "per_precision": model_only,
     }
     return result
@@ -321,8 +392,19 @@ def versions() -> dict[str, str]:
     import importlib.metadata
 
     found = {}
-    for name in ("torch", "diffusers", "transformers", "peft", "accelerate", "open_clip_torch", "timm", "torchvision",
-                 "huggingface_hub", "safetensors", "numpy"):
+    for name in (
+        "torch",
+        "diffusers",
+        "transformers",
+        "peft",
+        "accelerate",
+        "open_clip_torch",
+        "timm",
+        "torchvision",
+        "huggingface_hub",
+        "safetensors",
+        "numpy",
+    ):
         try:
             found[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
@@ -356,10 +438,17 @@ def summary(result: dict[str, Any]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="JSON file to write (e.g. benchmarks/results/gpu_backends.json)")
-    parser.add_argument("--tiny", action="store_true",
-                        help="tiny models, 2 steps, on whatever device: checks the code paths (numbers meaningless)")
-    parser.add_argument("--only", choices=("stable-diffusion", "open-clip"), default=None,
-                        help="measure one backend only (default: both)")
+    parser.add_argument(
+        "--tiny",
+        action="store_true",
+        help="tiny models, 2 steps, on whatever device: checks the code paths (numbers meaningless)",
+    )
+    parser.add_argument(
+        "--only",
+        choices=("stable-diffusion", "open-clip"),
+        default=None,
+        help="measure one backend only (default: both)",
+    )
     args = parser.parse_args(argv)
 
     from diffusers.utils import logging as diffusers_logging
@@ -378,10 +467,12 @@ def main(argv: list[str] | None = None) -> int:
     info = dict(device_info(device), python=platform.python_version(), versions=versions())
     if device == "cuda":
         properties = torch.cuda.get_device_properties(0)
-        info.update(gpu_memory_gib=round(properties.total_memory / 2**30, 1),
-                    compute_capability=f"{properties.major}.{properties.minor}",
-                    cudnn=torch.backends.cudnn.version(),
-                    float32_matmul_precision=torch.get_float32_matmul_precision())
+        info.update(
+            gpu_memory_gib=round(properties.total_memory / 2**30, 1),
+            compute_capability=f"{properties.major}.{properties.minor}",
+            cudnn=torch.backends.cudnn.version(),
+            float32_matmul_precision=torch.get_float32_matmul_precision(),
+        )
     print(f"device: {info.get('gpu', 'cpu')}, torch {info['torch']}, CUDA {info.get('cuda')}", flush=True)
     result: dict[str, Any] = {
         "benchmark": "real-study backends on a GPU at random weights (stable-diffusion generator, open-clip instrument)",
@@ -405,8 +496,10 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as error:  # noqa: BLE001 - one backend failing must not lose the other's numbers
                 failed = True
                 traceback.print_exc()
-                result[key] = {"error": f"{type(error).__name__}: {error}",
-                               "traceback": traceback.format_exc().splitlines()[-12:]}
+                result[key] = {
+                    "error": f"{type(error).__name__}: {error}",
+                    "traceback": traceback.format_exc().splitlines()[-12:],
+                }
             result[key]["seconds"] = round(time.perf_counter() - part_started, 1)
             reset_peak(device)
             write_json(args.out, dict(result, seconds=round(time.perf_counter() - started, 1)))

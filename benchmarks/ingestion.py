@@ -102,18 +102,31 @@ def child(mode: str, corpus: str, image_size: int, shard_size: int) -> None:
         _, traced_peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()
         rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({
-        "n": n,
-        "tracemalloc_peak_mb": round(traced_peak / 2**20, 2),
-        "rss_peak_mb": round(rss_after / 1024, 1),
-        "rss_growth_mb": round((rss_after - rss_before) / 1024, 1),
-        "seconds_traced": round(seconds, 2),
-    }))
+    print(
+        json.dumps(
+            {
+                "n": n,
+                "tracemalloc_peak_mb": round(traced_peak / 2**20, 2),
+                "rss_peak_mb": round(rss_after / 1024, 1),
+                "rss_growth_mb": round((rss_after - rss_before) / 1024, 1),
+                "seconds_traced": round(seconds, 2),
+            }
+        )
+    )
 
 
 def measure(mode: str, corpus: Path, image_size: int, shard_size: int) -> dict:
-    command = [sys.executable, str(Path(__file__).resolve()), "--child", mode, str(corpus),
-               "--image-size", str(image_size), "--shard-size", str(shard_size)]
+    command = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--child",
+        mode,
+        str(corpus),
+        "--image-size",
+        str(image_size),
+        "--shard-size",
+        str(shard_size),
+    ]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}  # this checkout's biasloop
     done = subprocess.run(command, check=True, capture_output=True, text=True, cwd=ROOT, env=env)
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -121,12 +134,21 @@ def measure(mode: str, corpus: Path, image_size: int, shard_size: int) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shard-size", type=int, default=512, help="images per output .npy shard (default: %(default)s)")
-    parser.add_argument("--image-size", type=int, default=64, help="ingested image side in pixels (default: %(default)s)")
-    parser.add_argument("--source-side", type=int, default=128, help="side of the JPEGs in the tars (default: %(default)s)")
-    parser.add_argument("--multiples", type=int, nargs="+", default=[1, 4, 16],
-                        help="corpus sizes in shards (default: %(default)s)")
-    parser.add_argument("--out", default=str(HERE / "results" / "ingestion.json"), help="result JSON (default: %(default)s)")
+    parser.add_argument(
+        "--shard-size", type=int, default=512, help="images per output .npy shard (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--image-size", type=int, default=64, help="ingested image side in pixels (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--source-side", type=int, default=128, help="side of the JPEGs in the tars (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--multiples", type=int, nargs="+", default=[1, 4, 16], help="corpus sizes in shards (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--out", default=str(HERE / "results" / "ingestion.json"), help="result JSON (default: %(default)s)"
+    )
     parser.add_argument("--child", nargs=2, metavar=("MODE", "CORPUS"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -141,14 +163,20 @@ def main(argv: list[str] | None = None) -> int:
             print(f"building corpus of {n} samples in {corpus} ...", flush=True)
             make_corpus(corpus.with_name(corpus.name + ".tmp"), n, args.source_side)
             corpus.with_name(corpus.name + ".tmp").rename(corpus)
-        row = {"multiple_of_shard": multiple, "n_samples": n,
-               "corpus_mb": round(sum(p.stat().st_size for p in corpus.glob("*.tar")) / 2**20, 1)}
+        row = {
+            "multiple_of_shard": multiple,
+            "n_samples": n,
+            "corpus_mb": round(sum(p.stat().st_size for p in corpus.glob("*.tar")) / 2**20, 1),
+        }
         for mode in ("streaming", "in_memory"):
             result = measure(mode, corpus, args.image_size, args.shard_size)
             assert result["n"] == n, result
             row[mode] = {k: v for k, v in result.items() if k != "n"}
-            print(f"{n:>7} samples  {mode:<10} tracemalloc peak {result['tracemalloc_peak_mb']:>8.1f} MB  "
-                  f"ru_maxrss growth {result['rss_growth_mb']:>8.1f} MB", flush=True)
+            print(
+                f"{n:>7} samples  {mode:<10} tracemalloc peak {result['tracemalloc_peak_mb']:>8.1f} MB  "
+                f"ru_maxrss growth {result['rss_growth_mb']:>8.1f} MB",
+                flush=True,
+            )
         rows.append(row)
 
     first, last = rows[0], rows[-1]
@@ -161,19 +189,25 @@ def main(argv: list[str] | None = None) -> int:
         "shard_image_mb": round(args.shard_size * args.image_size**2 * 3 / 2**20, 2),
         "source_jpeg_side": args.source_side,
         "target": f"streaming tracemalloc peak at {last['multiple_of_shard']}x a shard <= {TARGET_RATIO}x the peak at "
-                  f"{first['multiple_of_shard']}x",
+        f"{first['multiple_of_shard']}x",
         "streaming_peak_ratio": round(ratio, 3),
         "in_memory_peak_ratio": round(baseline_ratio, 3),
         "passed": ratio <= TARGET_RATIO,
         "by_corpus_size": rows,
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                    "cpus": os.cpu_count(), "python": platform.python_version()},
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+        },
         "command": "python benchmarks/ingestion.py " + " ".join(argv if argv is not None else sys.argv[1:]),
     }
     from biasloop.core.io import write_json
 
     write_json(args.out, result)
-    print(f"streaming peak ratio {ratio:.2f} (target <= {TARGET_RATIO}); in-memory {baseline_ratio:.2f}; wrote {args.out}")
+    print(
+        f"streaming peak ratio {ratio:.2f} (target <= {TARGET_RATIO}); in-memory {baseline_ratio:.2f}; wrote {args.out}"
+    )
     return 0 if result["passed"] else 1
 
 

@@ -63,8 +63,12 @@ def _rates(rates: dict) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--grid", nargs="+", default=["2:10", "2:20", "3:5", "3:10", "4:5", "4:7", "5:5"],
-                        help="K:epochs pairs to train (default: %(default)s)")
+    parser.add_argument(
+        "--grid",
+        nargs="+",
+        default=["2:10", "2:20", "3:5", "3:10", "4:5", "4:7", "5:5"],
+        help="K:epochs pairs to train (default: %(default)s)",
+    )
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: params.yaml's)")
     parser.add_argument("--data", default=str(ROOT / "data"), help="data/ folder (glyphs, occupation table)")
     parser.add_argument("--out", default=str(HERE / "results" / "instrument_folds.json"), help="result JSON")
@@ -73,8 +77,11 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    world = dict(params["world"], glyphs=f"{args.data}/glyphs/mnist",
-                 occupation_table=f"{args.data}/occupations/occupations_bls.tsv")
+    world = dict(
+        params["world"],
+        glyphs=f"{args.data}/glyphs/mnist",
+        occupation_table=f"{args.data}/occupations/occupations_bls.tsv",
+    )
     occupations = list(params["occupations"])
     base_config = from_dict(InstrumentConfig, params["instrument"], "instrument")
     threads = args.threads or None
@@ -88,8 +95,10 @@ def main(argv: list[str] | None = None) -> int:
         samples, images = build_world(from_dict(WorldConfig, world, "world"), occupations)
         write_corpus(samples, images, "artifacts/corpus", shard_size=4096)
         corpus = pl.read_parquet("artifacts/corpus/captions.parquet")
-        train, test = corpus_split(corpus, "train"), corpus_split(corpus, "test").filter(
-            pl.col("true_gender").is_in(["female", "male"]))
+        train, test = (
+            corpus_split(corpus, "train"),
+            corpus_split(corpus, "test").filter(pl.col("true_gender").is_in(["female", "male"])),
+        )
         train_images, test_images = load_images(train["image_ref"].to_list()), load_images(test["image_ref"].to_list())
         print(f"world: {len(train)} training, {len(test)} held-out images; threads {torch.get_num_threads()}")
 
@@ -97,15 +106,24 @@ def main(argv: list[str] | None = None) -> int:
         config = dataclasses.replace(base_config, epochs=20, cpu_threads=threads)
         load_cached_text_encoder(config.text_encoder).encode(sorted(set(train["caption"].to_list())))
         start, cpu_start = time.perf_counter(), time.process_time()
-        single, _ = train_or_load_instrument(config, train_images, train["caption"].to_list(), occupations,
-                                             seed=params["base"]["seed"], progress=False)
+        single, _ = train_or_load_instrument(
+            config, train_images, train["caption"].to_list(), occupations, seed=params["base"]["seed"], progress=False
+        )
         seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
-        in_sample = confusion_rates(train["true_gender"].to_list(),
-                                    label_from_p(single.p_female(train_images), threshold))
+        in_sample = confusion_rates(
+            train["true_gender"].to_list(), label_from_p(single.p_female(train_images), threshold)
+        )
         held_out = confusion_rates(test["true_gender"].to_list(), label_from_p(single.p_female(test_images), threshold))
-        rows.append({"folds": 1, "epochs": 20, "seconds": round(seconds, 2), "cpu_seconds": round(cpu_seconds, 2),
-                     **_rates(held_out),
-                     **{f"in_sample_{k}": v for k, v in _rates(in_sample).items()}})
+        rows.append(
+            {
+                "folds": 1,
+                "epochs": 20,
+                "seconds": round(seconds, 2),
+                "cpu_seconds": round(cpu_seconds, 2),
+                **_rates(held_out),
+                **{f"in_sample_{k}": v for k, v in _rates(in_sample).items()},
+            }
+        )
         print(rows[-1], flush=True)
 
         for pair in args.grid:
@@ -118,25 +136,41 @@ def main(argv: list[str] | None = None) -> int:
             ensemble_p = np.mean([model.p_female(test_images) for model in labeller.models], axis=0)
             ensemble = confusion_rates(test["true_gender"].to_list(), label_from_p(ensemble_p, threshold))
             per_fold_accuracy = [f["accuracy"] or 0.0 for f in measured["per_fold"]]
-            rows.append({
-                "folds": folds, "epochs": epochs, "seconds": round(stats["seconds"], 2),
-                "cpu_seconds": round(cpu_seconds, 2), **_rates(measured),
-                **{f"out_of_fold_{k}": v for k, v in _rates(measured["out_of_fold"]).items()},
-                "per_fold_accuracy_range": [min(per_fold_accuracy), max(per_fold_accuracy)],
-                "occupation_accuracy": measured["occupation_accuracy"],
-                **{f"ensemble_{k}": v for k, v in _rates(ensemble).items()},
-            })
+            rows.append(
+                {
+                    "folds": folds,
+                    "epochs": epochs,
+                    "seconds": round(stats["seconds"], 2),
+                    "cpu_seconds": round(cpu_seconds, 2),
+                    **_rates(measured),
+                    **{f"out_of_fold_{k}": v for k, v in _rates(measured["out_of_fold"]).items()},
+                    "per_fold_accuracy_range": [min(per_fold_accuracy), max(per_fold_accuracy)],
+                    "occupation_accuracy": measured["occupation_accuracy"],
+                    **{f"ensemble_{k}": v for k, v in _rates(ensemble).items()},
+                }
+            )
             print(rows[-1], flush=True)
     for key in ("seconds", "cpu_seconds"):
         for row in rows:
             row[f"{key}_vs_single"] = round(row[key] / rows[0][key], 2)
-    write_json(args.out, {
-        "what": "instrument cross-fitting: K fold models x epochs per fold; K=1 is one in-sample model (reference)",
-        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
-                    "torch_threads": threads or "params.yaml", "python": sys.version.split()[0]},
-        "command": "python benchmarks/instrument_folds.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "n_train": len(train), "n_held_out": len(test), "threshold": threshold, "rows": rows,
-    })
+    write_json(
+        args.out,
+        {
+            "what": "instrument cross-fitting: K fold models x epochs per fold; K=1 is one in-sample model (reference)",
+            "machine": {
+                "platform": platform.platform(),
+                "processor": platform.processor(),
+                "cpus": os.cpu_count(),
+                "torch_threads": threads or "params.yaml",
+                "python": sys.version.split()[0],
+            },
+            "command": "python benchmarks/instrument_folds.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "n_train": len(train),
+            "n_held_out": len(test),
+            "threshold": threshold,
+            "rows": rows,
+        },
+    )
     print(f"wrote {args.out}")
     return 0
 

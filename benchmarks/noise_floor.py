@@ -52,17 +52,24 @@ def _scaled(counts: np.ndarray, n: float) -> np.ndarray:
     return np.rint(proportions * n).astype(np.int64)
 
 
-def noise_floor(train: np.ndarray, gen: np.ndarray, pooled_from: tuple[np.ndarray, np.ndarray], n_boot: int,
-                rng: np.random.Generator) -> float:
+def noise_floor(
+    train: np.ndarray,
+    gen: np.ndarray,
+    pooled_from: tuple[np.ndarray, np.ndarray],
+    n_boot: int,
+    rng: np.random.Generator,
+) -> float:
     """Mean A_abs under the null for these counts, with the committed run's pooled shares."""
     # null_shares pools the two sides' counts; to keep the committed pooled share while changing the
     # sample sizes, replace the female/male split of both sides by that share.
     source_train, source_gen = pooled_from
     pooled = (source_train[:, 0] + source_gen[:, 0]) / (source_train[:, :2].sum(1) + source_gen[:, :2].sum(1))
+
     def with_share(counts: np.ndarray) -> np.ndarray:
         confident = counts[:, 0] + counts[:, 1]
         women = np.rint(pooled * confident).astype(np.int64)
         return np.stack([women, confident - women, counts[:, 2]], axis=1)
+
     null_train, null_gen = null_shares(with_share(train), with_share(gen), n_boot, rng)
     return float(np.nanmean(amplification_abs(null_train, null_gen)))
 
@@ -78,53 +85,94 @@ def analyse(paradox: dict[str, Any], n_boot: int = 2000, seed: int = 0) -> dict[
         committed_n_gen = float(gen.sum(axis=1).mean())
         if name == "captions_vs_keyword":
             cap = int(train.sum(axis=1).min())
-            curve = [{"n_captions": n, "noise_floor_abs": noise_floor(_scaled(train, min(n, cap)), _scaled(gen, min(n, cap)),
-                                                                      (train, gen), n_boot, rng)}
-                     for n in N_CAPTIONS_GRID]
-            out["pairings"][name] = {"varies": "n_captions (both sides, paired)", "committed_n": committed_n_gen,
-                                     "keyword_images_per_occupation_min": cap, "curve": curve}
+            curve = [
+                {
+                    "n_captions": n,
+                    "noise_floor_abs": noise_floor(
+                        _scaled(train, min(n, cap)), _scaled(gen, min(n, cap)), (train, gen), n_boot, rng
+                    ),
+                }
+                for n in N_CAPTIONS_GRID
+            ]
+            out["pairings"][name] = {
+                "varies": "n_captions (both sides, paired)",
+                "committed_n": committed_n_gen,
+                "keyword_images_per_occupation_min": cap,
+                "curve": curve,
+            }
         else:
-            curve = [{"n_gen": n, "noise_floor_abs": noise_floor(train.astype(np.int64), _scaled(gen, n), (train, gen),
-                                                                 n_boot, rng)}
-                     for n in N_GEN_GRID]
-            out["pairings"][name] = {"varies": "n_gen (generated side)", "committed_n": committed_n_gen,
-                                     "training_images_per_occupation": float(train.sum(axis=1).mean()), "curve": curve}
+            curve = [
+                {
+                    "n_gen": n,
+                    "noise_floor_abs": noise_floor(train.astype(np.int64), _scaled(gen, n), (train, gen), n_boot, rng),
+                }
+                for n in N_GEN_GRID
+            ]
+            out["pairings"][name] = {
+                "varies": "n_gen (generated side)",
+                "committed_n": committed_n_gen,
+                "training_images_per_occupation": float(train.sum(axis=1).mean()),
+                "curve": curve,
+            }
     headline = out["pairings"]["prompt_vs_keyword"]["curve"]
     target = measured["prompt_vs_keyword"] / 3
     chosen = next((row for row in headline if row["noise_floor_abs"] <= target), headline[-1])
-    out["criterion"] = {"pairing": "prompt_vs_keyword", "noise_floor_at_most": target,
-                        "why": "a third of the A_abs the committed run measured for the headline pairing"}
+    out["criterion"] = {
+        "pairing": "prompt_vs_keyword",
+        "noise_floor_at_most": target,
+        "why": "a third of the A_abs the committed run measured for the headline pairing",
+    }
     n_per_prompt = int(math.ceil(chosen["n_gen"] / NEUTRAL_TEMPLATES))
     captions = out["pairings"]["captions_vs_keyword"]["curve"]
     # The paired control is read against the other controls: its floor within 0.5 pp of the nearest-
     # neighbour pairings' floors at the chosen n_gen (paired, both of its sides have n_captions images).
-    controls = max(next(r["noise_floor_abs"] for r in out["pairings"][name]["curve"] if r["n_gen"] == chosen["n_gen"])
-                   for name in ("prompt_vs_nn", "prompt_vs_nn_no_indicator"))
+    controls = max(
+        next(r["noise_floor_abs"] for r in out["pairings"][name]["curve"] if r["n_gen"] == chosen["n_gen"])
+        for name in ("prompt_vs_nn", "prompt_vs_nn_no_indicator")
+    )
     captions_chosen = next((r for r in captions if r["noise_floor_abs"] <= controls + 0.005), captions[-1])
     n_captions = captions_chosen["n_captions"]
-    out["criterion"]["captions"] = {"noise_floor_at_most": controls + 0.005,
-                                    "why": "within 0.5 pp of the nearest-neighbour controls' floors at the chosen n_gen"}
+    out["criterion"]["captions"] = {
+        "noise_floor_at_most": controls + 0.005,
+        "why": "within 0.5 pp of the nearest-neighbour controls' floors at the chosen n_gen",
+    }
     committed_images = 10 * (80 + 40)
     out["cost"] = [
-        {"n_per_prompt": n // NEUTRAL_TEMPLATES, "max_captions_per_occupation": c, "images_per_generation": 10 * (n + c),
-         "extra_generation_seconds_default_run": round(GENERATIONS_IN_DEFAULT_RUN * SECONDS_PER_IMAGE
-                                                       * (10 * (n + c) - committed_images), 1)}
+        {
+            "n_per_prompt": n // NEUTRAL_TEMPLATES,
+            "max_captions_per_occupation": c,
+            "images_per_generation": 10 * (n + c),
+            "extra_generation_seconds_default_run": round(
+                GENERATIONS_IN_DEFAULT_RUN * SECONDS_PER_IMAGE * (10 * (n + c) - committed_images), 1
+            ),
+        }
         for n, c in ((80, 40), (120, 40), (120, 80), (120, n_captions), (160, 120), (160, 160), (240, 160))
     ]
-    out["chosen"] = {"n_per_prompt": n_per_prompt, "neutral_images_per_occupation": n_per_prompt * NEUTRAL_TEMPLATES,
-                     "headline_noise_floor_abs": chosen["noise_floor_abs"],
-                     "max_captions_per_occupation": n_captions,
-                     "captions_noise_floor_abs": captions_chosen["noise_floor_abs"],
-                     "images_per_generation": 10 * (n_per_prompt * NEUTRAL_TEMPLATES + n_captions),
-                     "extra_generation_seconds_default_run": round(GENERATIONS_IN_DEFAULT_RUN * SECONDS_PER_IMAGE * (
-                         10 * (n_per_prompt * NEUTRAL_TEMPLATES + n_captions) - committed_images), 1)}
+    out["chosen"] = {
+        "n_per_prompt": n_per_prompt,
+        "neutral_images_per_occupation": n_per_prompt * NEUTRAL_TEMPLATES,
+        "headline_noise_floor_abs": chosen["noise_floor_abs"],
+        "max_captions_per_occupation": n_captions,
+        "captions_noise_floor_abs": captions_chosen["noise_floor_abs"],
+        "images_per_generation": 10 * (n_per_prompt * NEUTRAL_TEMPLATES + n_captions),
+        "extra_generation_seconds_default_run": round(
+            GENERATIONS_IN_DEFAULT_RUN
+            * SECONDS_PER_IMAGE
+            * (10 * (n_per_prompt * NEUTRAL_TEMPLATES + n_captions) - committed_images),
+            1,
+        ),
+    }
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--paradox", default="metrics/paradox.json", help="a committed paradox table (default: %(default)s)")
-    parser.add_argument("--out", default="benchmarks/results/noise_floor.json", help="result JSON (default: %(default)s)")
+    parser.add_argument(
+        "--paradox", default="metrics/paradox.json", help="a committed paradox table (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--out", default="benchmarks/results/noise_floor.json", help="result JSON (default: %(default)s)"
+    )
     parser.add_argument("--n-boot", type=int, default=2000, help="null replicates per point (default: %(default)s)")
     args = parser.parse_args(argv)
     result = analyse(json.loads(Path(args.paradox).read_text()), n_boot=args.n_boot)

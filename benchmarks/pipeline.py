@@ -52,8 +52,13 @@ RESULTS = REPO_ROOT / "benchmarks" / "results" / "pipeline.json"
 BUSY_CODE = "while True: pass"
 # Stages that neither train nor sample a model: their start-up target is 2 s.
 LIGHT_STAGES = ("corpus", "retrieve", "neighbours", "classify_train", "classify", "paradox", "evaluate", "summarize")
-TARGETS = {"cold_idle_seconds": 300.0, "contended_over_idle": 1.6, "noop_seconds": 2.0, "variant_over_cold": 0.4,
-           "startup_seconds_light": 2.0}
+TARGETS = {
+    "cold_idle_seconds": 300.0,
+    "contended_over_idle": 1.6,
+    "noop_seconds": 2.0,
+    "variant_over_cold": 0.4,
+    "startup_seconds_light": 2.0,
+}
 TINY = {  # --tiny: enough to exercise every stage in a couple of minutes
     "occupations": ["engineer", "teacher", "nurse"],
     "world": {"samples_per_occupation": 60, "distractors": 10, "near_misses": 6},
@@ -121,9 +126,13 @@ def aggregate(records: list[dict[str, Any]], wall_seconds: float, foreach: set[s
             continue
         startup = float(start["seconds_since_start"])
         process = float(end["seconds_since_start"])
-        stages[label] = {"startup": round(startup, 3), "compute": round(process - startup, 3),
-                         "process": round(process, 3), "status": end.get("status"),
-                         "cpu_threads": start.get("cpu_threads")}
+        stages[label] = {
+            "startup": round(startup, 3),
+            "compute": round(process - startup, 3),
+            "process": round(process, 3),
+            "status": end.get("status"),
+            "cpu_threads": start.get("cpu_threads"),
+        }
     sum_process = sum(s["process"] for s in stages.values())
     return {
         "wall": round(wall_seconds, 3),
@@ -157,12 +166,15 @@ def ratios(phases: dict[str, dict[str, Any]]) -> dict[str, Any]:
     if cold and contended:
         out["stage_contended_over_idle"] = {
             label: round(contended["stages"][label]["process"] / timing["process"], 3)
-            for label, timing in cold["stages"].items() if label in contended["stages"] and timing["process"] > 0
+            for label, timing in cold["stages"].items()
+            if label in contended["stages"] and timing["process"] > 0
         }
     if cold:
         light = {k: v["startup"] for k, v in cold["stages"].items() if k.split("@")[0] in LIGHT_STAGES}
         out["startup_max_light"] = max(light.values()) if light else None
-        out["startup_median_all"] = statistics.median(v["startup"] for v in cold["stages"].values()) if cold["stages"] else None
+        out["startup_median_all"] = (
+            statistics.median(v["startup"] for v in cold["stages"].values()) if cold["stages"] else None
+        )
     out["targets"] = TARGETS
     checks = {
         "cold_idle_seconds": out["cold_idle_seconds"],
@@ -184,14 +196,19 @@ def foreach_stages(dvc_yaml: str | Path) -> set[str]:
 # ------------------------------------------------------------------------------------ the machine
 def machine() -> dict[str, Any]:
     """CPU model, cores (and the ones this process may use), memory, load, OS, versions."""
-    info: dict[str, Any] = {"platform": platform.platform(), "python": platform.python_version(),
-                            "cpu_count": os.cpu_count()}
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+    }
     if hasattr(os, "sched_getaffinity"):
         info["cpus_allowed"] = len(os.sched_getaffinity(0))
     try:
         cpuinfo = Path("/proc/cpuinfo").read_text()
-        info["cpu_model"] = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines()
-                                  if line.startswith("model name")), platform.processor())
+        info["cpu_model"] = next(
+            (line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")),
+            platform.processor(),
+        )
         info["cpu_flags_amx"] = "amx_tile" in cpuinfo
         mem = Path("/proc/meminfo").read_text().splitlines()[0].split()
         info["memory_gib"] = round(int(mem[1]) / 2**20, 1)
@@ -209,8 +226,12 @@ def machine() -> dict[str, Any]:
         except Exception:
             info[package] = None
     try:
-        info["git_revision"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True,
-                                              text=True, check=False).stdout.strip() or None
+        info["git_revision"] = (
+            subprocess.run(
+                ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=False
+            ).stdout.strip()
+            or None
+        )
     except OSError:
         info["git_revision"] = None
     return info
@@ -261,16 +282,31 @@ def copy_repo(destination: Path, overrides: dict) -> Path:
 
 
 def _git(repo: Path, *args: str) -> None:
-    subprocess.run(["git", "-c", "user.email=bench@localhost", "-c", "user.name=bench", *args], cwd=repo, check=True,
-                   capture_output=True)
+    subprocess.run(
+        ["git", "-c", "user.email=bench@localhost", "-c", "user.name=bench", *args],
+        cwd=repo,
+        check=True,
+        capture_output=True,
+    )
 
 
 def _env(repo: Path, timings: Path) -> dict[str, str]:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-           "MLFLOW_DISABLE_TELEMETRY": "true", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "BIASLOOP_TIMINGS": str(timings)}
-    for name in ("DVC_ROOT", "BIASLOOP_EMBEDDING_CACHE", "BIASLOOP_TRACKING_SPOOL", "OMP_NUM_THREADS",
-                 "MKL_NUM_THREADS", "OMP_WAIT_POLICY"):
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "BIASLOOP_TIMINGS": str(timings),
+    }
+    for name in (
+        "DVC_ROOT",
+        "BIASLOOP_EMBEDDING_CACHE",
+        "BIASLOOP_TRACKING_SPOOL",
+        "OMP_NUM_THREADS",
+        "MKL_NUM_THREADS",
+        "OMP_WAIT_POLICY",
+    ):
         env.pop(name, None)
     return env
 
@@ -286,8 +322,15 @@ def wait_for_tracking(repo: Path, timeout: float = 600.0) -> float:
     return round(time.perf_counter() - start, 3)
 
 
-def run_phase(name: str, command: list[str], repo: Path, work: Path, foreach: set[str], busy: bool = False,
-              fresh_caches: bool = False) -> dict[str, Any]:
+def run_phase(
+    name: str,
+    command: list[str],
+    repo: Path,
+    work: Path,
+    foreach: set[str],
+    busy: bool = False,
+    fresh_caches: bool = False,
+) -> dict[str, Any]:
     """Run one ``dvc`` command in the copy, optionally beside a busy process; aggregate its timings."""
     timings = work / f"timings-{name}.jsonl"
     timings.unlink(missing_ok=True)
@@ -301,8 +344,9 @@ def run_phase(name: str, command: list[str], repo: Path, work: Path, foreach: se
         start = time.perf_counter()
         with open(log_path, "w") as log:
             # Its own process group, so an interrupted benchmark takes the running stage down with it.
-            dvc = subprocess.Popen(command, cwd=repo, env=_env(repo, timings), stdout=log, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
+            dvc = subprocess.Popen(
+                command, cwd=repo, env=_env(repo, timings), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
             try:
                 returncode = dvc.wait()
             finally:
@@ -319,10 +363,14 @@ def run_phase(name: str, command: list[str], repo: Path, work: Path, foreach: se
         raise SystemExit(f"[{name}] {' '.join(command)} failed ({returncode}):\n{tail}")
     tail_seconds = wait_for_tracking(repo)
     phase = aggregate(read_timings(timings), wall, foreach)
-    phase.update(command=" ".join(command), busy_process=busy, load_average_before=load_before,
-                 tracking_logger_tail=tail_seconds)
-    print(f"[{name}] {wall:.1f} s wall, {phase['n_stages']} stages, start-up {phase['sum_startup']:.1f} s, "
-          f"compute {phase['sum_compute']:.1f} s, DVC {phase['dvc_overhead']:.1f} s", flush=True)
+    phase.update(
+        command=" ".join(command), busy_process=busy, load_average_before=load_before, tracking_logger_tail=tail_seconds
+    )
+    print(
+        f"[{name}] {wall:.1f} s wall, {phase['n_stages']} stages, start-up {phase['sum_startup']:.1f} s, "
+        f"compute {phase['sum_compute']:.1f} s, DVC {phase['dvc_overhead']:.1f} s",
+        flush=True,
+    )
     return phase
 
 
@@ -348,8 +396,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-variant", action="store_true", help="skip dvc exp run -S synthetic_ratio=0.8")
     parser.add_argument("--variant", default="synthetic_ratio=0.8", help="the -S of the variant (default: %(default)s)")
     parser.add_argument("--tiny", action="store_true", help="a tiny study, to test this tool (numbers meaningless)")
-    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="override a param in the copy (YAML value); repeatable")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a param in the copy (YAML value); repeatable",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temporary copy (its path is printed)")
     args = parser.parse_args(argv)
 
@@ -368,8 +421,9 @@ def main(argv: list[str] | None = None) -> int:
         if not args.skip_noop:
             phases["noop"] = run_phase("noop", ["dvc", "repro"], repo, work, foreach)
         if not args.skip_contended:
-            phases["cold_contended"] = run_phase("cold_contended", ["dvc", "repro", "-f"], repo, work, foreach,
-                                                 busy=True, fresh_caches=True)
+            phases["cold_contended"] = run_phase(
+                "cold_contended", ["dvc", "repro", "-f"], repo, work, foreach, busy=True, fresh_caches=True
+            )
             results["quality_contended"] = quality(repo)
             _git(repo, "add", "-A")
             _git(repo, "commit", "-qm", "baseline results (contended run)", "--allow-empty")

@@ -45,7 +45,18 @@ from biasloop.data.indicators import FEMALE_REGEX, MALE_REGEX
 from biasloop.data.retrieval import OccupationMatcher, retrieve_lazy
 
 HERE = Path(__file__).resolve().parent
-OCCUPATIONS = ("carpenter", "engineer", "chef", "lawyer", "scientist", "salesperson", "baker", "teacher", "librarian", "nurse")
+OCCUPATIONS = (
+    "carpenter",
+    "engineer",
+    "chef",
+    "lawyer",
+    "scientist",
+    "salesperson",
+    "baker",
+    "teacher",
+    "librarian",
+    "nurse",
+)
 PLURALS = {"salesperson": "salespeople"}
 TAILS = ("stock photo", "high resolution image", "royalty free", "hd wallpaper", "photo by staff", "editorial use only")
 TARGET = 10.0
@@ -99,7 +110,9 @@ def run_pandas(path: Path):
     male, female = MALE_REGEX.removeprefix("(?i)"), FEMALE_REGEX.removeprefix("(?i)")
     parts = []
     for occupation in OCCUPATIONS:
-        hits = frame[frame["caption"].str.contains(matcher.pattern(occupation).removeprefix("(?i)"), case=False, regex=True)]
+        hits = frame[
+            frame["caption"].str.contains(matcher.pattern(occupation).removeprefix("(?i)"), case=False, regex=True)
+        ]
         has_male = hits["caption"].str.contains(male, case=False, regex=True)
         has_female = hits["caption"].str.contains(female, case=False, regex=True)
         label = np.select([has_male & has_female, has_male, has_female], ["both", "male", "female"], "none")
@@ -143,13 +156,20 @@ def measure(path: Path, repeats: int) -> dict:
         polars_seconds += seconds
         seconds, theirs = timed(run_pandas, path, repeats=1)
         pandas_seconds += seconds
-        print(f"  repeat {repeat + 1}: biasloop {polars_seconds[-1]:.2f} s, pandas {pandas_seconds[-1]:.2f} s", flush=True)
+        print(
+            f"  repeat {repeat + 1}: biasloop {polars_seconds[-1]:.2f} s, pandas {pandas_seconds[-1]:.2f} s", flush=True
+        )
     ours_counts = ours.group_by("occupation", "indicator").len().sort("occupation", "indicator")
     theirs_counts = (
-        pl.from_pandas(theirs[["occupation", "indicator"]]).group_by("occupation", "indicator").len().sort("occupation", "indicator")
+        pl.from_pandas(theirs[["occupation", "indicator"]])
+        .group_by("occupation", "indicator")
+        .len()
+        .sort("occupation", "indicator")
     )
     if not ours_counts.equals(theirs_counts):
-        raise SystemExit(f"results differ between biasloop and the pandas baseline on {path}:\n{ours_counts}\n{theirs_counts}")
+        raise SystemExit(
+            f"results differ between biasloop and the pandas baseline on {path}:\n{ours_counts}\n{theirs_counts}"
+        )
     polars_rate = rows / statistics.median(polars_seconds)
     pandas_rate = rows / statistics.median(pandas_seconds)
     return {
@@ -168,12 +188,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=5_000_000, help="captions per corpus (default: %(default)s)")
     parser.add_argument(
-        "--occupation-shares", default="0.05,0.5,0.93",
+        "--occupation-shares",
+        default="0.05,0.5,0.93",
         help="comma-separated shares of captions mentioning an occupation, one corpus each; the first is the "
         "headline the target applies to (default: %(default)s)",
     )
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per side; the median is reported (default: %(default)s)")
-    parser.add_argument("--out", default=str(HERE / "results" / "retrieval.json"), help="result JSON (default: %(default)s)")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="timed runs per side; the median is reported (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--out", default=str(HERE / "results" / "retrieval.json"), help="result JSON (default: %(default)s)"
+    )
     args = parser.parse_args(argv)
 
     by_share = []
@@ -201,8 +226,10 @@ def main(argv: list[str] | None = None) -> int:
     }
     write_json(args.out, result)
     for entry in by_share:
-        print(f"share {entry['occupation_share']:g}: biasloop {entry['biasloop_captions_per_second']:,}/s, "
-              f"pandas {entry['pandas_captions_per_second']:,}/s, ratio {entry['ratio']}x")
+        print(
+            f"share {entry['occupation_share']:g}: biasloop {entry['biasloop_captions_per_second']:,}/s, "
+            f"pandas {entry['pandas_captions_per_second']:,}/s, ratio {entry['ratio']}x"
+        )
     print(f"headline ratio {result['ratio']}x (target {TARGET:g}x): {'PASS' if result['passed'] else 'FAIL'}")
     return 0 if result["passed"] else 1
 

@@ -31,23 +31,46 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS = REPO_ROOT / "benchmarks" / "results" / "startup.json"
-STAGES = ("corpus", "retrieve", "neighbours", "instrument", "classify_train", "pretrain", "generate", "classify",
-          "paradox", "mix", "retrain", "evaluate", "summarize")
+STAGES = (
+    "corpus",
+    "retrieve",
+    "neighbours",
+    "instrument",
+    "classify_train",
+    "pretrain",
+    "generate",
+    "classify",
+    "paradox",
+    "mix",
+    "retrain",
+    "evaluate",
+    "summarize",
+)
 CHECK = "import sys; print(sorted(m for m in ('peft', 'transformers', 'torch._dynamo', 'mlflow') if m in sys.modules))"
 IMPORTS = {  # name: (set-up not timed, statement timed)
     "torch": ("", "import torch"),
     "polars": ("", "import polars"),
     "mlflow": ("import torch", "import mlflow"),
-    "mlflow_client_new_sqlite": ("import torch", "from mlflow.tracking import MlflowClient; "
-                                 "MlflowClient(tracking_uri='sqlite:///{tmp}/m.db').search_experiments()"),
+    "mlflow_client_new_sqlite": (
+        "import torch",
+        "from mlflow.tracking import MlflowClient; "
+        "MlflowClient(tracking_uri='sqlite:///{tmp}/m.db').search_experiments()",
+    ),
     "diffusers_toplevel_UNet2DModel": ("import torch", "from diffusers import UNet2DModel"),
     "diffusers_submodule_UNet2DModel": ("import torch", "from diffusers.models.unets.unet_2d import UNet2DModel"),
-    "diffusers_DDIMScheduler_module": ("import torch", "from diffusers.schedulers.scheduling_ddim import DDIMScheduler"),
-    "diffusers_tiny_diffusion_parts_plain": ("import torch", "import diffusers.models.unets.unet_2d, "
-                                             "diffusers.schedulers.scheduling_ddpm, diffusers.schedulers.scheduling_ddim"),
-    "diffusers_tiny_diffusion_parts_light": ("import torch; from biasloop.models.generators.tiny_diffusion import "
-                                             "diffusers_class", "[diffusers_class(n) for n in "
-                                             "('UNet2DModel', 'DDPMScheduler', 'DDIMScheduler')]"),
+    "diffusers_DDIMScheduler_module": (
+        "import torch",
+        "from diffusers.schedulers.scheduling_ddim import DDIMScheduler",
+    ),
+    "diffusers_tiny_diffusion_parts_plain": (
+        "import torch",
+        "import diffusers.models.unets.unet_2d, "
+        "diffusers.schedulers.scheduling_ddpm, diffusers.schedulers.scheduling_ddim",
+    ),
+    "diffusers_tiny_diffusion_parts_light": (
+        "import torch; from biasloop.models.generators.tiny_diffusion import diffusers_class",
+        "[diffusers_class(n) for n in ('UNet2DModel', 'DDPMScheduler', 'DDIMScheduler')]",
+    ),
     "sentence_transformers": ("import torch", "from sentence_transformers import SentenceTransformer"),
     "open_clip": ("import torch", "import open_clip"),
     "fairlearn_metrics": ("import torch", "from fairlearn.metrics import MetricFrame"),
@@ -56,10 +79,15 @@ IMPORTS = {  # name: (set-up not timed, statement timed)
 
 
 def time_import(setup: str, statement: str) -> tuple[float, list[str]]:
-    code = (f"{setup}\nimport time\n_t = time.perf_counter()\n{statement}\n"
-            f"print(time.perf_counter() - _t)\n{CHECK}")
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True,
-                         env={"MLFLOW_DISABLE_TELEMETRY": "true", "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
+    code = f"{setup}\nimport time\n_t = time.perf_counter()\n{statement}\nprint(time.perf_counter() - _t)\n{CHECK}"
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"MLFLOW_DISABLE_TELEMETRY": "true", "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
+    )
     lines = out.stdout.strip().splitlines()
     return float(lines[-2]), json.loads(lines[-1].replace("'", '"'))
 

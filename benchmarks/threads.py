@@ -88,8 +88,15 @@ def run_config(data: Path, threads: int, policy: str, busy: bool, nice: int = 0)
     renice = (lambda: os.nice(nice)) if nice else None  # noqa: E731
     busy_process = subprocess.Popen([sys.executable, "-c", "while True: pass"], preexec_fn=renice) if busy else None
     try:
-        out = subprocess.run([sys.executable, __file__, "--child", str(data), "--threads", str(threads)],
-                             cwd=REPO_ROOT, env=env, capture_output=True, text=True, check=True, preexec_fn=renice)
+        out = subprocess.run(
+            [sys.executable, __file__, "--child", str(data), "--threads", str(threads)],
+            cwd=REPO_ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+            preexec_fn=renice,
+        )
     finally:
         if busy_process is not None:
             os.kill(busy_process.pid, signal.SIGKILL)
@@ -116,11 +123,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=str(RESULTS), help="results JSON (default: %(default)s)")
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="thread counts (default: 1 2)")
-    parser.add_argument("--policies", nargs="+", default=list(POLICIES), help="OMP_WAIT_POLICY values ('default': unset)")
+    parser.add_argument(
+        "--policies", nargs="+", default=list(POLICIES), help="OMP_WAIT_POLICY values ('default': unset)"
+    )
     parser.add_argument("--repeats", type=int, default=1, help="measurements per configuration (median reported)")
-    parser.add_argument("--nice", type=int, default=0,
-                        help="niceness of the workload and the busy process (negative, as root: on a shared machine, "
-                             "lets the two outrank other work so that 'idle' means idle; default: %(default)s)")
+    parser.add_argument(
+        "--nice",
+        type=int,
+        default=0,
+        help="niceness of the workload and the busy process (negative, as root: on a shared machine, "
+        "lets the two outrank other work so that 'idle' means idle; default: %(default)s)",
+    )
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -140,11 +153,20 @@ def main(argv: list[str] | None = None) -> int:
                 key = f"threads={threads}/{policy}/{'busy' if busy else 'idle'}"
                 result = run_config(data, threads, policy, busy, args.nice)
                 samples.setdefault(key, []).append(result)
-                print(f"[{repeat + 1}/{args.repeats}] {key}: diffusion {result['diffusion']:.1f} s, "
-                      f"CLIP epoch {result['clip_epoch']:.1f} s", flush=True)
+                print(
+                    f"[{repeat + 1}/{args.repeats}] {key}: diffusion {result['diffusion']:.1f} s, "
+                    f"CLIP epoch {result['clip_epoch']:.1f} s",
+                    flush=True,
+                )
                 table = summarise(samples)  # written after every configuration: a cut-short run keeps its figures
-                results = {"machine": machine(), "workload": "30 tiny-diffusion steps (batch 128) + 1 downstream CLIP epoch",
-                           "repeats": args.repeats, "nice": args.nice, "configurations": table, "samples": samples}
+                results = {
+                    "machine": machine(),
+                    "workload": "30 tiny-diffusion steps (batch 128) + 1 downstream CLIP epoch",
+                    "repeats": args.repeats,
+                    "nice": args.nice,
+                    "configurations": table,
+                    "samples": samples,
+                }
                 out = Path(args.out)
                 out.parent.mkdir(parents=True, exist_ok=True)
                 out.write_text(json.dumps(results, indent=2) + "\n")

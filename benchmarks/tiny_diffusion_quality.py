@@ -71,9 +71,15 @@ class DigitNet(torch.nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.net = torch.nn.Sequential(
-            torch.nn.Conv2d(1, 32, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
-            torch.nn.Conv2d(32, 64, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
-            torch.nn.Flatten(), torch.nn.Dropout(0.2), torch.nn.LazyLinear(10),
+            torch.nn.Conv2d(1, 32, 3, padding=1),
+            torch.nn.ReLU(),
+            torch.nn.MaxPool2d(2),
+            torch.nn.Conv2d(32, 64, 3, padding=1),
+            torch.nn.ReLU(),
+            torch.nn.MaxPool2d(2),
+            torch.nn.Flatten(),
+            torch.nn.Dropout(0.2),
+            torch.nn.LazyLinear(10),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -87,7 +93,9 @@ def grey(images: np.ndarray) -> torch.Tensor:
     return x[:, None]
 
 
-def train_digit_judge(images: np.ndarray, labels: np.ndarray, test: np.ndarray, seed: int = 0) -> tuple[DigitNet, float]:
+def train_digit_judge(
+    images: np.ndarray, labels: np.ndarray, test: np.ndarray, seed: int = 0
+) -> tuple[DigitNet, float]:
     torch.manual_seed(seed)
     model = DigitNet()
     x, y = grey(images), torch.from_numpy(labels)

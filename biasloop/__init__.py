@@ -1,3 +1,1 @@
 """biasloop: measure whether generative models amplify social bias, in their images and across generations."""
-
-

@@ -43,7 +43,9 @@ def main_body(argv: Sequence[str] | None) -> None:
     parser.add_argument("--generation", type=int, required=True, help="generation N")
     parser.add_argument("--dataset", required=True, help="generation N's dataset (corpus captions.parquet for N = 0)")
     parser.add_argument("--corpus", required=True, help="corpus caption table (its held-out split is scored)")
-    parser.add_argument("--instrument", default=None, help="instrument folder, used when the corpus has no gender labels")
+    parser.add_argument(
+        "--instrument", default=None, help="instrument folder, used when the corpus has no gender labels"
+    )
     parser.add_argument("--out", required=True, help="output folder for captions.parquet")
     parser.add_argument("--metrics", required=True, help="metrics JSON to write")
     args = parser.parse_args(argv)

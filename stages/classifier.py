@@ -43,14 +43,18 @@ def main_body(argv: Sequence[str] | None) -> None:
     parser.add_argument("--generation", type=int, required=True, help="generation N")
     parser.add_argument("--dataset", required=True, help="generation N's dataset (corpus captions.parquet for N = 0)")
     parser.add_argument("--corpus", required=True, help="corpus caption table (its held-out split is scored)")
-    parser.add_argument("--instrument", default=None, help="instrument folder, used when the corpus has no gender labels")
+    parser.add_argument(
+        "--instrument", default=None, help="instrument folder, used when the corpus has no gender labels"
+    )
     parser.add_argument("--out", required=True, help="output folder for predictions.parquet")
     parser.add_argument("--metrics", required=True, help="metrics JSON to write")
     args = parser.parse_args(argv)
     configs = load_configs(args.params, {"classifier": ClassifierConfig, "classify": ClassifyConfig})
     config: ClassifierConfig = configs["classifier"]
     device = resolve_device(configs["base"].device)
-    with stage_run("classifier", configs["tracking"], {"classifier": to_dict(config)}, generation=args.generation) as run:
+    with stage_run(
+        "classifier", configs["tracking"], {"classifier": to_dict(config)}, generation=args.generation
+    ) as run:
         dataset, test = training_pairs(args.dataset), held_out(args.corpus)
         # its own stream per generation: seed s at generation g+1 does not replay seed s+1 at generation g
         seed = stream_seed(configs["base"].seed, "classifier", args.generation)
@@ -59,7 +63,9 @@ def main_body(argv: Sequence[str] | None) -> None:
         metrics = {"generation": args.generation, **metrics}
         write_parquet(Path(args.out) / "predictions.parquet", predictions)
         write_json(args.metrics, {**metrics, **runtime_facts()})
-        run.log_metrics({k: v for k, v in metrics.items() if k not in ("training", "accuracy_by_group", "per_occupation")})
+        run.log_metrics(
+            {k: v for k, v in metrics.items() if k not in ("training", "accuracy_by_group", "per_occupation")}
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

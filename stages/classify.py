@@ -58,8 +58,9 @@ def main_body(argv: Sequence[str] | None) -> None:
     parser.add_argument("--manifest", required=True, help="generate@N manifest parquet")
     parser.add_argument("--out", required=True, help="output parquet")
     args = parser.parse_args(argv)
-    configs = load_configs(args.params, {"occupations": None, "classify": ClassifyConfig, "world": WorldConfig,
-                                         "corpus": None})
+    configs = load_configs(
+        args.params, {"occupations": None, "classify": ClassifyConfig, "world": WorldConfig, "corpus": None}
+    )
     config: ClassifyConfig = configs["classify"]
     occupations = list(configs["occupations"] or [])
     manifest = pl.read_parquet(args.manifest)
@@ -79,10 +80,13 @@ def main_body(argv: Sequence[str] | None) -> None:
         # the image tower's forward passes are the same units whatever the number of processes: process r
         # encodes units r, r + P, ...; the main process scores every embedding in one call, as one process would
         units = label_units(labeller, refs, config.batch_size)
-        mine = units[group.rank::group.world]
+        mine = units[group.rank :: group.world]
         rows = np.concatenate(mine) if mine else np.zeros(0, dtype=np.int64)
-        with timed(f"encoding {len(rows)} of {len(manifest)} generated images ({labeller.labels}) "
-                   f"in process {group.rank} of {group.world}", log):
+        with timed(
+            f"encoding {len(rows)} of {len(manifest)} generated images ({labeller.labels}) "
+            f"in process {group.rank} of {group.world}",
+            log,
+        ):
             vectors = encode_units(labeller, refs, mine, config.batch_size)
         out = Path(args.out)
         vectors = group.gather(out.parent / f".{out.name}.parts", rows, vectors)
@@ -90,11 +94,19 @@ def main_body(argv: Sequence[str] | None) -> None:
             return
         if len(vectors) != len(manifest):
             raise RuntimeError(f"gathered {len(vectors)} image embeddings for {len(manifest)} images")
-        labels = label_images(labeller, refs, config.abstain_threshold, batch_size=config.batch_size,
-                              occupations=occupations, asked=manifest["occupation"].to_list(),
-                              image_vectors=vectors)
-        predictions = pl.concat([manifest, labels.select("p_female", "label", "p_occupation", "predicted_occupation",
-                                                         "instrument_fold")], how="horizontal")
+        labels = label_images(
+            labeller,
+            refs,
+            config.abstain_threshold,
+            batch_size=config.batch_size,
+            occupations=occupations,
+            asked=manifest["occupation"].to_list(),
+            image_vectors=vectors,
+        )
+        predictions = pl.concat(
+            [manifest, labels.select("p_female", "label", "p_occupation", "predicted_occupation", "instrument_fold")],
+            how="horizontal",
+        )
         glyph_world = (configs["corpus"] or {}).get("source", "world") == "world"
         oracle = None
         if glyph_world and len(refs):
@@ -102,15 +114,17 @@ def main_body(argv: Sequence[str] | None) -> None:
             oracle = oracle_labels(load_images(refs), world.hue_female, world.hue_male).tolist()
         else:
             log.info("corpus.source is not the glyph world: no oracle labels for generated images")
-        predictions = predictions.with_columns(pl.Series("oracle_label", oracle or [None] * len(predictions),
-                                                         dtype=pl.String))
+        predictions = predictions.with_columns(
+            pl.Series("oracle_label", oracle or [None] * len(predictions), dtype=pl.String)
+        )
         write_parquet(args.out, predictions)
         neutral = predictions.filter(pl.col("prompt_kind") == "neutral")
         metrics = {
             "n_images": len(predictions),
             "abstain_rate": float((predictions["label"] == "abstain").mean()),
             "occupation_accuracy_neutral": float((neutral["predicted_occupation"] == neutral["occupation"]).mean())
-            if len(neutral) else None,
+            if len(neutral)
+            else None,
             "num_processes": group.world,
             "oracle_abstain_rate": float((predictions["oracle_label"] == "abstain").mean()) if oracle else None,
             "oracle_agreement": float((predictions["oracle_label"] == predictions["label"]).mean()) if oracle else None,

@@ -40,7 +40,9 @@ def main_body(argv: Sequence[str] | None) -> None:
     parser = make_parser(__doc__, "python -m stages.classify_dataset")
     parser.add_argument("--generation", type=int, required=True, help="generation N whose training dataset is labelled")
     parser.add_argument("--instrument", default="artifacts/instrument", help="instrument folder")
-    parser.add_argument("--dataset", required=True, help="dataset N: the corpus captions.parquet (N = 0) or mix@N's dataset.parquet")
+    parser.add_argument(
+        "--dataset", required=True, help="dataset N: the corpus captions.parquet (N = 0) or mix@N's dataset.parquet"
+    )
     parser.add_argument("--out", required=True, help="output parquet")
     args = parser.parse_args(argv)
     configs = load_configs(args.params, {"classify": ClassifyConfig})
@@ -49,18 +51,27 @@ def main_body(argv: Sequence[str] | None) -> None:
     if dataset.is_empty():
         raise ValueError(f"{args.dataset}: no training rows")
 
-    with stage_run("classify_dataset", configs["tracking"], {"classify": to_dict(config)}, generation=args.generation) as run:
+    with stage_run(
+        "classify_dataset", configs["tracking"], {"classify": to_dict(config)}, generation=args.generation
+    ) as run:
         labeller = load_labeller(args.instrument, resolve_device(configs["base"].device))
         with timed(f"classifying the {len(dataset)} training images of dataset {args.generation}", log):
-            labels = label_images(labeller, dataset["image_ref"].to_list(), config.abstain_threshold,
-                                  batch_size=config.batch_size)
+            labels = label_images(
+                labeller, dataset["image_ref"].to_list(), config.abstain_threshold, batch_size=config.batch_size
+            )
         predictions = pl.concat(
-            [dataset.select("id", "source_id", "synthetic", "true_gender"),
-             labels.select("p_female", "label", "instrument_fold")], how="horizontal",
+            [
+                dataset.select("id", "source_id", "synthetic", "true_gender"),
+                labels.select("p_female", "label", "instrument_fold"),
+            ],
+            how="horizontal",
         ).select("id", "source_id", "synthetic", "p_female", "label", "instrument_fold", "true_gender")
         write_parquet(args.out, predictions)
         metrics = {"n_images": len(predictions), "n_synthetic": int(predictions["synthetic"].sum())}
-        for name, rows in (("real", predictions.filter(~pl.col("synthetic"))), ("synthetic", predictions.filter(pl.col("synthetic")))):
+        for name, rows in (
+            ("real", predictions.filter(~pl.col("synthetic"))),
+            ("synthetic", predictions.filter(pl.col("synthetic"))),
+        ):
             if len(rows):
                 metrics[f"{name}.abstain_rate"] = float((rows["label"] == "abstain").mean())
                 confident = rows.filter(pl.col("label") != "abstain")

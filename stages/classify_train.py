@@ -59,21 +59,38 @@ def main_body(argv: Sequence[str] | None) -> None:
         if not len(images_needed):
             log.warning("%s: no selected captions, so no images to classify", args.selections)
         with timed(f"classifying {len(images_needed)} training images ({labeller.labels})", log):
-            labels = label_images(labeller, images_needed["image_ref"].to_list(), config.abstain_threshold,
-                                  batch_size=config.batch_size)
+            labels = label_images(
+                labeller, images_needed["image_ref"].to_list(), config.abstain_threshold, batch_size=config.batch_size
+            )
         per_image = pl.concat([images_needed.select("id", "true_gender"), labels], how="horizontal")
-        predictions = selections.select("selection", "occupation", "id").join(per_image, on="id", how="left").select(
-            "selection", "occupation", "id", "p_female", "label", "instrument_fold", "true_gender"
+        predictions = (
+            selections.select("selection", "occupation", "id")
+            .join(per_image, on="id", how="left")
+            .select("selection", "occupation", "id", "p_female", "label", "instrument_fold", "true_gender")
         )
         write_parquet(args.out, predictions)
-        summary = predictions.group_by("selection").agg(
-            pl.len().alias("n"), (pl.col("label") == "abstain").mean().alias("abstain_rate"),
-            (pl.col("label") == "female").sum().alias("n_female"), (pl.col("label") == "male").sum().alias("n_male"),
-        ).sort("selection")
+        summary = (
+            predictions.group_by("selection")
+            .agg(
+                pl.len().alias("n"),
+                (pl.col("label") == "abstain").mean().alias("abstain_rate"),
+                (pl.col("label") == "female").sum().alias("n_female"),
+                (pl.col("label") == "male").sum().alias("n_male"),
+            )
+            .sort("selection")
+        )
         for row in summary.iter_rows(named=True):
-            log.info("%-22s %5d images, %4d women, %4d men, abstain %.3f", row["selection"], row["n"],
-                     row["n_female"], row["n_male"], row["abstain_rate"])
-            run.log_metrics({f"{row['selection']}.abstain_rate": row["abstain_rate"], f"{row['selection']}.n": row["n"]})
+            log.info(
+                "%-22s %5d images, %4d women, %4d men, abstain %.3f",
+                row["selection"],
+                row["n"],
+                row["n_female"],
+                row["n_male"],
+                row["abstain_rate"],
+            )
+            run.log_metrics(
+                {f"{row['selection']}.abstain_rate": row["abstain_rate"], f"{row['selection']}.n": row["n"]}
+            )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

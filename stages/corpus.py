@@ -75,10 +75,15 @@ def main_body(argv: Sequence[str] | None) -> None:
                 ingestion = None
             else:
                 if corpus.path is None:
-                    raise CorpusError(f"corpus.path: the {corpus.source} source needs "
-                                      f"{'a folder of .tar shards' if corpus.source == 'webdataset' else 'a parquet listing'}")
-                records = (iter_webdataset(corpus.path, max_member_bytes=corpus.max_file_bytes)
-                           if corpus.source == "webdataset" else iter_folder(corpus))
+                    raise CorpusError(
+                        f"corpus.path: the {corpus.source} source needs "
+                        f"{'a folder of .tar shards' if corpus.source == 'webdataset' else 'a parquet listing'}"
+                    )
+                records = (
+                    iter_webdataset(corpus.path, max_member_bytes=corpus.max_file_bytes)
+                    if corpus.source == "webdataset"
+                    else iter_folder(corpus)
+                )
                 ingestion = ingest_corpus(records, corpus, args.out)
                 # The first shard is enough for the contact sheet; the whole table is never in memory.
                 table = pl.scan_parquet(f"{args.out}/captions.parquet").head(corpus.shard_size).collect()
@@ -95,8 +100,13 @@ def main_body(argv: Sequence[str] | None) -> None:
             "n_test": int(n_split.get("test", 0)),
             "image_size": int(images.shape[1]),
         }
-        log.info("wrote %d samples (%d train, %d test) to %s", metrics["n_samples"], metrics["n_train"],
-                 metrics["n_test"], args.out)
+        log.info(
+            "wrote %d samples (%d train, %d test) to %s",
+            metrics["n_samples"],
+            metrics["n_train"],
+            metrics["n_test"],
+            args.out,
+        )
         if ingestion is not None:
             metrics["ingestion"] = ingestion.to_metrics()
         if corpus.source == "world":

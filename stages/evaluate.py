@@ -50,10 +50,15 @@ def main_body(argv: Sequence[str] | None) -> None:
     parser.add_argument("--instrument-metrics", required=True, help="metrics/instrument.json (tpr, fpr)")
     parser.add_argument("--downstream", required=True, help="generation N's downstream CLIP folder")
     parser.add_argument("--corpus", required=True, help="corpus caption table (held-out split)")
-    parser.add_argument("--instrument", default=None, help="instrument folder, used when the corpus has no gender labels")
+    parser.add_argument(
+        "--instrument", default=None, help="instrument folder, used when the corpus has no gender labels"
+    )
     parser.add_argument("--matches", required=True, help="retrieve's matches parquet (caption gender indicators)")
-    parser.add_argument("--dataset-predictions", default=None,
-                        help="classify_dataset@N predictions (dataset N's labels); omitted: no amplification_vs_training_dataset")
+    parser.add_argument(
+        "--dataset-predictions",
+        default=None,
+        help="classify_dataset@N predictions (dataset N's labels); omitted: no amplification_vs_training_dataset",
+    )
     parser.add_argument("--out", required=True, help="metrics JSON to write")
     args = parser.parse_args(argv)
     configs = load_configs(args.params, {"occupations": None, "evaluate": EvaluateConfig, "classify": ClassifyConfig})
@@ -73,8 +78,16 @@ def main_body(argv: Sequence[str] | None) -> None:
             test = pl.read_parquet(args.corpus).filter(pl.col("split") == "test")
             model = load_downstream(args.downstream, device)
             groups = perceived_groups(test, args.instrument, device, configs["classify"].abstain_threshold)
-            downstream = downstream_bias(model, test, load_images(test["image_ref"].to_list()), groups, occupations, config,
-                                         training_share_female=shares, seed=configs["base"].seed)
+            downstream = downstream_bias(
+                model,
+                test,
+                load_images(test["image_ref"].to_list()),
+                groups,
+                occupations,
+                config,
+                training_share_female=shares,
+                seed=configs["base"].seed,
+            )
         with timed("amplification with bootstrap intervals", log):
             metrics = evaluate_generation(
                 args.generation,
@@ -89,15 +102,26 @@ def main_body(argv: Sequence[str] | None) -> None:
             )
         write_json(args.out, {**metrics, **runtime_facts()})
         row = estimand_values(metrics["amplification"])
-        log.info("generation %d: shift %s [%s, %s], gap %s [%s, %s], raw A_abs %s; recall@10 %s", args.generation,
-                 *("n/a" if row[k] is None else f"{100 * row[k]:+.1f} pp" for k in
-                   ("shift", "shift_lo", "shift_hi", "gap", "gap_lo", "gap_hi", "a_abs_raw")),
-                 downstream["recall"].get("recall@10"))
-        terms = (metrics["decomposition"].get("prompt_vs_keyword") or {})
+        log.info(
+            "generation %d: shift %s [%s, %s], gap %s [%s, %s], raw A_abs %s; recall@10 %s",
+            args.generation,
+            *(
+                "n/a" if row[k] is None else f"{100 * row[k]:+.1f} pp"
+                for k in ("shift", "shift_lo", "shift_hi", "gap", "gap_lo", "gap_hi", "a_abs_raw")
+            ),
+            downstream["recall"].get("recall@10"),
+        )
+        terms = metrics["decomposition"].get("prompt_vs_keyword") or {}
         if terms.get("available"):
-            log.info("generation %d, prompt vs keyword: shift %s", args.generation,
-                     ", ".join(f"{k} {v['estimate'] * 100:+.1f} pp" for k, v in terms.items()
-                               if isinstance(v, dict) and "estimate" in v))
+            log.info(
+                "generation %d, prompt vs keyword: shift %s",
+                args.generation,
+                ", ".join(
+                    f"{k} {v['estimate'] * 100:+.1f} pp"
+                    for k, v in terms.items()
+                    if isinstance(v, dict) and "estimate" in v
+                ),
+            )
         run.log_metrics({k: v for k, v in metrics.items() if k != "per_occupation"})
 
 

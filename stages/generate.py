@@ -61,7 +61,9 @@ def main_body(argv: Sequence[str] | None) -> None:
     parser.add_argument("--selections", default="artifacts/neighbours/selections.parquet", help="selections table")
     parser.add_argument("--corpus", default="artifacts/corpus/captions.parquet", help="corpus caption table")
     parser.add_argument("--out", required=True, help="output folder (artifacts/gen{N}/generate)")
-    parser.add_argument("--contact-sheet", help="PNG of real beside generated images per occupation (none when omitted)")
+    parser.add_argument(
+        "--contact-sheet", help="PNG of real beside generated images per occupation (none when omitted)"
+    )
     args = parser.parse_args(argv)
     configs = load_configs(args.params, {"occupations": None, "generate": GenerateConfig, "sampling": SamplingConfig})
     config: GenerateConfig = configs["generate"]
@@ -85,8 +87,13 @@ def main_body(argv: Sequence[str] | None) -> None:
         raise ValueError("nothing to generate: no neutral prompts and no selected captions")
     seeds = generation_seeds(seed, args.generation, len(plan), stream=SEED_STREAM)
     counts = plan.group_by("prompt_kind").len().sort("prompt_kind").rows()
-    log.info("generation %d: %d images (%s) for %d occupations", args.generation, len(plan),
-             ", ".join(f"{n} {kind}" for kind, n in counts), len(occupations))
+    log.info(
+        "generation %d: %d images (%s) for %d occupations",
+        args.generation,
+        len(plan),
+        ", ".join(f"{n} {kind}" for kind, n in counts),
+        len(occupations),
+    )
 
     device = resolve_device(configs["base"].device)
     started = join_or_relaunch("stages.generate", argv, config.num_processes, device, configs["tracking"])
@@ -94,8 +101,12 @@ def main_body(argv: Sequence[str] | None) -> None:
         return
     group, tracking = started
 
-    params = {"generate": to_dict(config), "sampling": to_dict(sampling), "occupations": occupations,
-              "base": to_dict(configs["base"])}
+    params = {
+        "generate": to_dict(config),
+        "sampling": to_dict(sampling),
+        "occupations": occupations,
+        "base": to_dict(configs["base"]),
+    }
     with stage_run("generate", tracking, params, generation=args.generation) as run:
         from tqdm.auto import tqdm
 
@@ -110,9 +121,15 @@ def main_body(argv: Sequence[str] | None) -> None:
         chunks, indices = [], []
         start = time.perf_counter()
         for batch in tqdm(batches, desc=f"generate@{args.generation} [{group.rank}/{group.world}]", unit="batch"):
-            chunks.append(generator.generate(prompts[batch.start:batch.stop], seeds[batch.start:batch.stop],
-                                             batch_size=config.batch_size, guidance_scale=sampling.guidance_scale,
-                                             steps=sampling.steps))
+            chunks.append(
+                generator.generate(
+                    prompts[batch.start : batch.stop],
+                    seeds[batch.start : batch.stop],
+                    batch_size=config.batch_size,
+                    guidance_scale=sampling.guidance_scale,
+                    steps=sampling.steps,
+                )
+            )
             indices.extend(batch)
         mine = np.concatenate(chunks) if chunks else np.empty((0,), dtype=np.uint8)
         out = Path(args.out)
@@ -120,8 +137,13 @@ def main_body(argv: Sequence[str] | None) -> None:
         if not group.is_main:
             return
         seconds = time.perf_counter() - start
-        log.info("generated %d images in %.1f s (%.1f images/s) with %d process(es)", len(images), seconds,
-                 len(images) / seconds, group.world)
+        log.info(
+            "generated %d images in %.1f s (%.1f images/s) with %d process(es)",
+            len(images),
+            seconds,
+            len(images) / seconds,
+            group.world,
+        )
 
         with atomic_path(out) as tmp:
             tmp.mkdir()
@@ -147,23 +169,34 @@ def main_body(argv: Sequence[str] | None) -> None:
         )
 
 
-def _contact_sheet(args, config: GenerateConfig, selections: pl.DataFrame, plan: pl.DataFrame, images: np.ndarray,
-                   seed: int) -> None:
+def _contact_sheet(
+    args, config: GenerateConfig, selections: pl.DataFrame, plan: pl.DataFrame, images: np.ndarray, seed: int
+) -> None:
     """Real images of the caption selection beside this generation's neutral-prompt images."""
     from biasloop.report.plots import generated_contact_sheet, pick_per_group
 
     corpus = pl.read_parquet(args.corpus, columns=["id", "caption", "image_ref"])
-    real = selections.filter(pl.col("selection") == config.caption_selection).select("occupation", "id").join(
-        corpus, on="id", how="inner")
+    real = (
+        selections.filter(pl.col("selection") == config.caption_selection)
+        .select("occupation", "id")
+        .join(corpus, on="id", how="inner")
+    )
     real = pick_per_group(real, "occupation", SHEET_PER_SIDE, seed)
     neutral = plan.with_row_index("_row").filter(pl.col("prompt_kind") == "neutral")
     neutral = pick_per_group(neutral, "occupation", SHEET_PER_SIDE, seed)
     real_images = load_images(real["image_ref"].to_list()) if len(real) else np.zeros((0, *images.shape[1:]), np.uint8)
     with timed(f"contact sheet {args.contact_sheet}", log):
         generated_contact_sheet(
-            real, real_images, neutral, images[neutral["_row"].to_numpy()], args.contact_sheet,
+            real,
+            real_images,
+            neutral,
+            images[neutral["_row"].to_numpy()],
+            args.contact_sheet,
             f"Generation {args.generation}: real images of '{config.caption_selection}' captions (left), "
-            "generated for the neutral prompts (right)", per_side=SHEET_PER_SIDE, seed=seed)
+            "generated for the neutral prompts (right)",
+            per_side=SHEET_PER_SIDE,
+            seed=seed,
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

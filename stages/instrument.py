@@ -57,28 +57,49 @@ def main_body(argv: Sequence[str] | None) -> None:
     params = {"instrument": to_dict(config), "classify": to_dict(classify), "occupations": occupations}
     with stage_run("instrument", configs["tracking"], params) as run:
         train = corpus_split(corpus, "train") if config.backend == "locked-text-clip" else None
-        what = (f"training the locked-text CLIP, {config.folds} folds over {len(train)} pairs" if train is not None
-                else f"loading open_clip {config.model} ({config.pretrained or 'random weights'})")
+        what = (
+            f"training the locked-text CLIP, {config.folds} folds over {len(train)} pairs"
+            if train is not None
+            else f"loading open_clip {config.model} ({config.pretrained or 'random weights'})"
+        )
         with timed(what, log):
             labeller, stats = train_labeller(config, train, occupations, seed=configs["base"].seed, device=device)
         with atomic_path(args.out) as tmp:
             labeller.save(tmp)
 
         with timed("measuring the instrument's labels", log):
-            measured = measure_labeller(labeller, corpus, config, occupations, classify.abstain_threshold,
-                                        batch_size=classify.batch_size)
-        metrics = {"backend": config.backend, "labels": labeller.labels, "folds": labeller.folds, **measured,
-                   "training_seconds": stats.get("seconds"), "threshold": classify.abstain_threshold}
+            measured = measure_labeller(
+                labeller, corpus, config, occupations, classify.abstain_threshold, batch_size=classify.batch_size
+            )
+        metrics = {
+            "backend": config.backend,
+            "labels": labeller.labels,
+            "folds": labeller.folds,
+            **measured,
+            "training_seconds": stats.get("seconds"),
+            "threshold": classify.abstain_threshold,
+        }
         if metrics["status"] == "unknown":
-            log.warning("no labelled images (no held-out ground truth, instrument.labelled_csv unset): the "
-                        "instrument's accuracy is unknown and shares stay uncorrected")
+            log.warning(
+                "no labelled images (no held-out ground truth, instrument.labelled_csv unset): the "
+                "instrument's accuracy is unknown and shares stay uncorrected"
+            )
         else:
-            log.info("instrument (%s): accuracy %s on confident images, abstain rate %s, tpr %s, fpr %s (n=%d)",
-                     metrics["labels"], _fmt(metrics["accuracy"]), _fmt(metrics["abstain_rate"]),
-                     _fmt(metrics["tpr"]), _fmt(metrics["fpr"]), metrics["n"])
+            log.info(
+                "instrument (%s): accuracy %s on confident images, abstain rate %s, tpr %s, fpr %s (n=%d)",
+                metrics["labels"],
+                _fmt(metrics["accuracy"]),
+                _fmt(metrics["abstain_rate"]),
+                _fmt(metrics["tpr"]),
+                _fmt(metrics["fpr"]),
+                metrics["n"],
+            )
         if metrics["occupation_accuracy"] is not None:
-            log.info("zero-shot occupation accuracy %.3f (chance %.3f)", metrics["occupation_accuracy"],
-                     metrics["occupation_chance"])
+            log.info(
+                "zero-shot occupation accuracy %.3f (chance %.3f)",
+                metrics["occupation_accuracy"],
+                metrics["occupation_chance"],
+            )
         write_json(args.metrics, {**metrics, **runtime_facts()})
         run.log_metrics(metrics)
 

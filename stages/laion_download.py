@@ -72,11 +72,19 @@ def main_body(argv: Sequence[str] | None) -> None:
             return
         allowed, refused = refuse_urls(selection, config.local_mirror_networks)
         if len(refused):
-            log.warning("%d of %d URLs refused before any fetch: %s", len(refused), len(selection),
-                        dict(refused.group_by("reason").len().sort("reason").iter_rows()))
+            log.warning(
+                "%d of %d URLs refused before any fetch: %s",
+                len(refused),
+                len(selection),
+                dict(refused.group_by("reason").len().sort("reason").iter_rows()),
+            )
         input_path, resumed = prepare_output(allowed, out / "shards")
-        log.info("%d URLs to download (%s) with distributor=%s", len(allowed),
-                 "resuming: finished shards are kept" if resumed else "fresh start", config.distributor)
+        log.info(
+            "%d URLs to download (%s) with distributor=%s",
+            len(allowed),
+            "resuming: finished shards are kept" if resumed else "fresh start",
+            config.distributor,
+        )
         with timed("img2dataset download", log) as timing:
             if len(allowed):
                 run_img2dataset(input_path, out / "shards", config)
@@ -86,18 +94,35 @@ def main_body(argv: Sequence[str] | None) -> None:
                 check_space_left(out / "shards")  # before removing them: a full disk fails the stage, naming it
             finally:
                 remove_shards(out / "shards", unfinished)
-            log.warning("%d shard(s) did not finish (their URLs count as missing; a rerun fetches them): %s",
-                        len(unfinished), ", ".join(unfinished[:20]))
+            log.warning(
+                "%d shard(s) did not finish (their URLs count as missing; a rerun fetches them): %s",
+                len(unfinished),
+                ", ".join(unfinished[:20]),
+            )
         has_status = any((out / "shards").glob("*.parquet"))
         fetched = read_download_status(out / "shards") if has_status else refused.clear()
         status = pl.concat([fetched, refused], how="vertical_relaxed").sort("sample_id")
         write_parquet(out / "status.parquet", status)
         table = download_table(selection, status, occupations)
         n_ok = int((status["reason"] == "downloaded").sum())
-        log.info("downloaded %d of %d URLs in %.1f s; failures: %s", n_ok, len(selection), timing["seconds"],
-                 dict(status.filter(pl.col("reason") != "downloaded").group_by("reason").len().iter_rows()))
-        write_json(args.metrics, {"enabled": True, "n_urls": len(selection), "n_downloaded": n_ok,
-                                  "n_refused": len(refused), "seconds": round(timing["seconds"], 3), "occupations": table.rows_by_key("occupation", named=True, unique=True)})
+        log.info(
+            "downloaded %d of %d URLs in %.1f s; failures: %s",
+            n_ok,
+            len(selection),
+            timing["seconds"],
+            dict(status.filter(pl.col("reason") != "downloaded").group_by("reason").len().iter_rows()),
+        )
+        write_json(
+            args.metrics,
+            {
+                "enabled": True,
+                "n_urls": len(selection),
+                "n_downloaded": n_ok,
+                "n_refused": len(refused),
+                "seconds": round(timing["seconds"], 3),
+                "occupations": table.rows_by_key("occupation", named=True, unique=True),
+            },
+        )
         run.log_metrics({"n_urls": len(selection), "n_downloaded": n_ok, "n_refused": len(refused)})
 
 

@@ -89,12 +89,20 @@ def main_body(argv: Sequence[str] | None) -> None:
             select_metrics["occupations"],
             download_table(selection, status, occupations),
             filter_table(selection, filtered, occupations).join(
-                dropped_gender_shares(selection, filtered, occupations), on="occupation"),
+                dropped_gender_shares(selection, filtered, occupations), on="occupation"
+            ),
         )
         reasons = dict(filtered.group_by("reason").len().iter_rows())
         log.info("filter outcome: %s", reasons)
-        write_json(args.metrics, {"enabled": True, "n_filtered": len(filtered), "reasons": reasons,
-                                  "occupations": table.rows_by_key("occupation", named=True, unique=True)})
+        write_json(
+            args.metrics,
+            {
+                "enabled": True,
+                "n_filtered": len(filtered),
+                "reasons": reasons,
+                "occupations": table.rows_by_key("occupation", named=True, unique=True),
+            },
+        )
         with atomic_path(args.table) as tmp:
             table.write_csv(tmp)
         run.log_metrics({"n_kept": reasons.get("kept", 0), "n_filtered": len(filtered)})

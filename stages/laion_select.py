@@ -39,7 +39,9 @@ log = logging.getLogger("laion_select")
 
 def main_body(argv: Sequence[str] | None) -> None:
     parser = make_parser(__doc__, "python -m stages.laion_select")
-    parser.add_argument("--out", default="artifacts/laion_select/selection.parquet", help="selection parquet (default: %(default)s)")
+    parser.add_argument(
+        "--out", default="artifacts/laion_select/selection.parquet", help="selection parquet (default: %(default)s)"
+    )
     parser.add_argument("--metrics", default="metrics/laion_select.json", help="metrics JSON (default: %(default)s)")
     args = parser.parse_args(argv)
     configs = load_configs(args.params, {"occupations": None, "retrieve": RetrieveConfig, "laion_select": SelectConfig})
@@ -50,8 +52,13 @@ def main_body(argv: Sequence[str] | None) -> None:
     with stage_run("laion_select", configs["tracking"], {"laion_select": to_dict(config)}) as run:
         if not config.metadata:
             log.info("laion_select.metadata is empty: no acquisition (writing an empty selection)")
-            schema = {"sample_id": pl.String, "url": pl.String, "caption": pl.String,
-                      "occupations": pl.List(pl.String), "indicator": pl.String}
+            schema = {
+                "sample_id": pl.String,
+                "url": pl.String,
+                "caption": pl.String,
+                "occupations": pl.List(pl.String),
+                "indicator": pl.String,
+            }
             write_parquet(args.out, pl.DataFrame(schema=schema).select(SELECTION_COLUMNS))
             write_json(args.metrics, {"enabled": False})
             return
@@ -63,8 +70,14 @@ def main_body(argv: Sequence[str] | None) -> None:
         for name, row in counts.items():
             log.info("%s: %s", name, row)
         write_parquet(args.out, selection)
-        metrics = {"enabled": True, "n_files": len(files), "n_rows": n_rows, "n_urls": len(selection),
-                   "seconds": round(timing["seconds"], 3), "occupations": counts}
+        metrics = {
+            "enabled": True,
+            "n_files": len(files),
+            "n_rows": n_rows,
+            "n_urls": len(selection),
+            "seconds": round(timing["seconds"], 3),
+            "occupations": counts,
+        }
         write_json(args.metrics, metrics)
         run.log_metrics({"n_rows": n_rows, "n_urls": len(selection)})
 

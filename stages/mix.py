@@ -56,7 +56,9 @@ def main_body(argv: Sequence[str] | None) -> None:
     parser.add_argument("--generation", type=int, required=True, help="generation N whose dataset is built (N >= 1)")
     parser.add_argument("--corpus", default="artifacts/corpus/captions.parquet", help="corpus caption table")
     parser.add_argument("--generator", required=True, help="folder of generation N-1's generator")
-    parser.add_argument("--previous", help="dataset N-1's folder (the corpus folder for N = 1); needed by loop.mode accumulate")
+    parser.add_argument(
+        "--previous", help="dataset N-1's folder (the corpus folder for N = 1); needed by loop.mode accumulate"
+    )
     parser.add_argument("--out", required=True, help="output folder (artifacts/gen{N}/mix)")
     args = parser.parse_args(argv)
     configs = load_configs(args.params, {"synthetic_ratio": None, "loop": LoopConfig, "sampling": SamplingConfig})
@@ -75,8 +77,12 @@ def main_body(argv: Sequence[str] | None) -> None:
         if not args.previous:
             raise ValueError("loop.mode accumulate: mix needs --previous (dataset N-1's folder)")
         previous = as_dataset(pl.read_parquet(previous_dataset_file(args.previous)))
-    params = {"synthetic_ratio": ratio, "loop": to_dict(loop), "sampling": to_dict(sampling),
-              "base": to_dict(configs["base"])}
+    params = {
+        "synthetic_ratio": ratio,
+        "loop": to_dict(loop),
+        "sampling": to_dict(sampling),
+        "base": to_dict(configs["base"]),
+    }
     with stage_run("mix", configs["tracking"], params, generation=args.generation) as run:
         out = Path(args.out)
         with atomic_path(out) as tmp:
@@ -89,24 +95,47 @@ def main_body(argv: Sequence[str] | None) -> None:
                 prompts = corpus["caption"].gather(chosen).to_list()
                 seeds = generation_seeds(seed, args.generation, len(prompts), stream="mix-noise")
                 with timed(f"generating {len(prompts)} images (ratio {ratio}, {loop.mode})", log) as took:
-                    images = generator.generate(prompts, seeds, batch_size=loop.batch_size,
-                                                guidance_scale=sampling.guidance_scale, steps=sampling.steps)
+                    images = generator.generate(
+                        prompts,
+                        seeds,
+                        batch_size=loop.batch_size,
+                        guidance_scale=sampling.guidance_scale,
+                        steps=sampling.steps,
+                    )
                 run.log_metrics({"generation_seconds": took["seconds"]})
             if previous is None:
-                refs = write_image_shards(images, tmp / "images", 4096, ref_root=out / "images") if images is not None else []
+                refs = (
+                    write_image_shards(images, tmp / "images", 4096, ref_root=out / "images")
+                    if images is not None
+                    else []
+                )
                 dataset = build_dataset(corpus, chosen, refs)
             else:
                 dataset = _accumulate(previous, corpus, chosen, images, tmp, out, args.generation)
             dataset.write_parquet(tmp / "dataset.parquet", compression="zstd", statistics=True)
         n_synthetic = int(dataset["synthetic"].sum())
-        log.info("dataset for generation %d (%s): %d samples, %d synthetic (%.0f%%), %d new", args.generation, loop.mode,
-                 len(dataset), n_synthetic, 100.0 * n_synthetic / max(len(dataset), 1), len(chosen))
-        run.log_metrics({"n_samples": len(dataset), "n_synthetic": n_synthetic, "n_new_synthetic": len(chosen),
-                         "synthetic_ratio": ratio})
+        log.info(
+            "dataset for generation %d (%s): %d samples, %d synthetic (%.0f%%), %d new",
+            args.generation,
+            loop.mode,
+            len(dataset),
+            n_synthetic,
+            100.0 * n_synthetic / max(len(dataset), 1),
+            len(chosen),
+        )
+        run.log_metrics(
+            {
+                "n_samples": len(dataset),
+                "n_synthetic": n_synthetic,
+                "n_new_synthetic": len(chosen),
+                "synthetic_ratio": ratio,
+            }
+        )
 
 
-def _accumulate(previous: pl.DataFrame, corpus: pl.DataFrame, chosen, images, tmp: Path, out: Path,
-                generation: int) -> pl.DataFrame:
+def _accumulate(
+    previous: pl.DataFrame, corpus: pl.DataFrame, chosen, images, tmp: Path, out: Path, generation: int
+) -> pl.DataFrame:
     """Dataset N-1 plus the new images; dataset N-1's generated images are copied into this stage's shards."""
     import numpy as np
 
@@ -118,7 +147,7 @@ def _accumulate(previous: pl.DataFrame, corpus: pl.DataFrame, chosen, images, tm
     previous_refs = previous["image_ref"].to_list()
     copied = iter(refs[: int(earlier.sum())])
     previous_refs = [next(copied) if flag else ref for flag, ref in zip(earlier.tolist(), previous_refs)]
-    return accumulated_dataset(previous, previous_refs, corpus, chosen, refs[int(earlier.sum()):], generation)
+    return accumulated_dataset(previous, previous_refs, corpus, chosen, refs[int(earlier.sum()) :], generation)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

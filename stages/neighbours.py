@@ -46,8 +46,14 @@ log = logging.getLogger("neighbours")
 
 def main_body(argv: Sequence[str] | None) -> None:
     parser = make_parser(__doc__, "python -m stages.neighbours")
-    parser.add_argument("--matches", default="artifacts/retrieve/matches.parquet", help="retrieve's matches parquet (default: %(default)s)")
-    parser.add_argument("--out", default="artifacts/neighbours/selections.parquet", help="selections parquet (default: %(default)s)")
+    parser.add_argument(
+        "--matches",
+        default="artifacts/retrieve/matches.parquet",
+        help="retrieve's matches parquet (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--out", default="artifacts/neighbours/selections.parquet", help="selections parquet (default: %(default)s)"
+    )
     parser.add_argument("--metrics", default="metrics/neighbours.json", help="metrics JSON (default: %(default)s)")
     args = parser.parse_args(argv)
     configs = load_configs(args.params, {"occupations": None, "neighbours": NeighboursConfig})
@@ -64,15 +70,24 @@ def main_body(argv: Sequence[str] | None) -> None:
         log.warning("ignoring matches for occupations not in params: %s", sorted(unknown))
         matches = matches.filter(pl.col("occupation").is_in(occupations))
 
-    with stage_run("neighbours", configs["tracking"], {"occupations": list(occupations), "neighbours": to_dict(config)}) as run:
+    with stage_run(
+        "neighbours", configs["tracking"], {"occupations": list(occupations), "neighbours": to_dict(config)}
+    ) as run:
         start = time.perf_counter()
         encoder = CachedTextEncoder(
-            load_text_encoder(config.model, device=resolve_device(configs["base"].device), allow_download=config.allow_download)
+            load_text_encoder(
+                config.model, device=resolve_device(configs["base"].device), allow_download=config.allow_download
+            )
         )
         load_seconds = time.perf_counter() - start
         captions = matches.select("caption").unique(maintain_order=True).with_row_index("row")
-        log.info("embedding %d distinct captions and %d prompts with %s (cache %s)",
-                 len(captions), sum(map(len, prompts.values())), encoder.name, encoder.model_dir)
+        log.info(
+            "embedding %d distinct captions and %d prompts with %s (cache %s)",
+            len(captions),
+            sum(map(len, prompts.values())),
+            encoder.name,
+            encoder.model_dir,
+        )
         start = time.perf_counter()
         caption_vectors = encoder.encode(captions["caption"].to_list(), batch_size=config.batch_size, progress=True)
         prompt_vectors = encoder.encode([p for o in occupations for p in prompts[o]], batch_size=config.batch_size)

@@ -53,44 +53,75 @@ def main_body(argv: Sequence[str] | None) -> None:
     parser.add_argument("--out", default="metrics/paradox.json", help="paradox table JSON (default: %(default)s)")
     parser.add_argument("--table", default="plots/paradox.csv", help="CSV for dvc plots (default: %(default)s)")
     parser.add_argument("--plot", default="plots/paradox_shares.png", help="share plot PNG (default: %(default)s)")
-    parser.add_argument("--decomposition-plot", default="plots/decomposition.png",
-                        help="decomposition figure PNG (default: %(default)s)")
+    parser.add_argument(
+        "--decomposition-plot",
+        default="plots/decomposition.png",
+        help="decomposition figure PNG (default: %(default)s)",
+    )
     args = parser.parse_args(argv)
     configs = load_configs(args.params, {"evaluate": EvaluateConfig})
     config: EvaluateConfig = configs["evaluate"]
     with stage_run("paradox", configs["tracking"], {"evaluate": to_dict(config)}, generation=0) as run:
         confusion = read_confusion(args.instrument_metrics)
         generated = pl.read_parquet(args.generated)
-        paradox = paradox_table(pl.read_parquet(args.train_predictions), generated, confusion, n_boot=config.n_boot,
-                                seed=configs["base"].seed, matches=pl.read_parquet(args.matches))
-        write_json(args.out, {"confusion": confusion, "pairings": {k: list(v) for k, v in PAIRINGS.items()},
-                              "table": paradox, "instrument_on_generated": instrument_on_generated(generated)})
+        paradox = paradox_table(
+            pl.read_parquet(args.train_predictions),
+            generated,
+            confusion,
+            n_boot=config.n_boot,
+            seed=configs["base"].seed,
+            matches=pl.read_parquet(args.matches),
+        )
+        write_json(
+            args.out,
+            {
+                "confusion": confusion,
+                "pairings": {k: list(v) for k, v in PAIRINGS.items()},
+                "table": paradox,
+                "instrument_on_generated": instrument_on_generated(generated),
+            },
+        )
         rows = table_rows(paradox)
         with atomic_path(args.table) as tmp:
             pl.DataFrame(rows).write_csv(tmp)
         series = {}
-        for name, label in (("prompt_vs_keyword", "generated, neutral prompts"),
-                            ("captions_vs_keyword", "generated, captions as prompts")):
+        for name, label in (
+            ("prompt_vs_keyword", "generated, neutral prompts"),
+            ("captions_vs_keyword", "generated, captions as prompts"),
+        ):
             measured = paradox[name].get("measured")
             if measured:
                 series[label] = measured["per_occupation"]
         if series:
             share_plot(series, args.plot, "Share of women per occupation: training vs. generation 0")
         for row in rows:
-            log.info("%-45s shift %s [%s, %s], gap %s [%s, %s], raw A_abs %s", row["pairing"],
-                     *("n/a" if row[k] is None else f"{100 * row[k]:+.1f} pp" for k in
-                       ("shift", "shift_lo", "shift_hi", "gap", "gap_lo", "gap_hi", "a_abs_raw")))
-        run.log_metrics({f"{r['name']}.{r['kind']}.{key}": r[key] for r in rows
-                         for key in ("shift", "gap", "a_abs_raw") if r[key] is not None})
+            log.info(
+                "%-45s shift %s [%s, %s], gap %s [%s, %s], raw A_abs %s",
+                row["pairing"],
+                *(
+                    "n/a" if row[k] is None else f"{100 * row[k]:+.1f} pp"
+                    for k in ("shift", "shift_lo", "shift_hi", "gap", "gap_lo", "gap_hi", "a_abs_raw")
+                ),
+            )
+        run.log_metrics(
+            {
+                f"{r['name']}.{r['kind']}.{key}": r[key]
+                for r in rows
+                for key in ("shift", "gap", "a_abs_raw")
+                if r[key] is not None
+            }
+        )
         for name, entry in paradox.items():
             terms = entry.get("decomposition") or {}
             if terms.get("available"):
                 parts = {k: v["estimate"] for k, v in terms.items() if isinstance(v, dict) and "estimate" in v}
                 log.info("%-28s shift %s", name, ", ".join(f"{k} {v * 100:+.1f} pp" for k, v in parts.items()))
                 run.log_metrics({f"{name}.decomposition.{k}": v for k, v in parts.items()})
-        decomposition_figure({name: entry.get("decomposition") for name, entry in paradox.items()},
-                             args.decomposition_plot,
-                             "Generation 0: where each pairing's shift to the training majority comes from")
+        decomposition_figure(
+            {name: entry.get("decomposition") for name, entry in paradox.items()},
+            args.decomposition_plot,
+            "Generation 0: where each pairing's shift to the training majority comes from",
+        )
         run.log_artifact(args.plot)
         run.log_artifact(args.decomposition_plot)
 

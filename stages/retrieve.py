@@ -48,8 +48,12 @@ TRUTH_COLUMNS = ("true_occupation", "true_indicator")
 
 def main_body(argv: Sequence[str] | None) -> None:
     parser = make_parser(__doc__, "python -m stages.retrieve")
-    parser.add_argument("--corpus", default="artifacts/corpus/captions.parquet", help="captions parquet (default: %(default)s)")
-    parser.add_argument("--out", default="artifacts/retrieve/matches.parquet", help="matches parquet (default: %(default)s)")
+    parser.add_argument(
+        "--corpus", default="artifacts/corpus/captions.parquet", help="captions parquet (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--out", default="artifacts/retrieve/matches.parquet", help="matches parquet (default: %(default)s)"
+    )
     parser.add_argument("--metrics", default="metrics/retrieve.json", help="metrics JSON (default: %(default)s)")
     args = parser.parse_args(argv)
     configs = load_configs(args.params, {"occupations": None, "retrieve": RetrieveConfig})
@@ -66,7 +70,9 @@ def main_body(argv: Sequence[str] | None) -> None:
         corpus = corpus.filter(pl.col("split") == config.split)
     truth = [c for c in TRUTH_COLUMNS if c in columns]
 
-    with stage_run("retrieve", configs["tracking"], {"occupations": list(occupations), "retrieve": to_dict(config)}) as run:
+    with stage_run(
+        "retrieve", configs["tracking"], {"occupations": list(occupations), "retrieve": to_dict(config)}
+    ) as run:
         n_captions = corpus.select(pl.len()).collect(engine="streaming").item()
         query = retrieve_lazy(corpus, occupations, config.plurals, config.first_names, keep=truth)
         for node in streaming_problems(query):
@@ -75,13 +81,23 @@ def main_body(argv: Sequence[str] | None) -> None:
         start = time.perf_counter()
         matches = query.collect(engine="streaming")
         seconds = time.perf_counter() - start
-        log.info("retrieved %d matches (%d captions) in %.1f s (%.0f captions/s)",
-                 len(matches), matches["id"].n_unique(), seconds, n_captions / max(seconds, 1e-9))
+        log.info(
+            "retrieved %d matches (%d captions) in %.1f s (%.0f captions/s)",
+            len(matches),
+            matches["id"].n_unique(),
+            seconds,
+            n_captions / max(seconds, 1e-9),
+        )
 
         missing = occupations_without_matches(matches, occupations)
         if missing:
-            log.warning("no caption mentions %d of %d occupations: %s; they have no training share and drop "
-                        "out of every average over occupations", len(missing), len(occupations), ", ".join(missing))
+            log.warning(
+                "no caption mentions %d of %d occupations: %s; they have no training share and drop "
+                "out of every average over occupations",
+                len(missing),
+                len(occupations),
+                ", ".join(missing),
+            )
         metrics = {
             "n_captions": n_captions,
             "n_occupations": len(occupations),
@@ -95,9 +111,12 @@ def main_body(argv: Sequence[str] | None) -> None:
         }
         if truth:
             metrics["ground_truth"] = evaluate_against_truth(matches, corpus, occupations)
-            log.info("against ground truth: precision %s, recall %s, indicator agreement %s",
-                     metrics["ground_truth"].get("precision"), metrics["ground_truth"].get("recall"),
-                     metrics["ground_truth"].get("indicator_agreement"))
+            log.info(
+                "against ground truth: precision %s, recall %s, indicator agreement %s",
+                metrics["ground_truth"].get("precision"),
+                metrics["ground_truth"].get("recall"),
+                metrics["ground_truth"].get("indicator_agreement"),
+            )
         write_parquet(args.out, matches.drop(truth))
         write_json(args.metrics, {**metrics, **runtime_facts()})
         log.info("wrote %s and %s", args.out, args.metrics)

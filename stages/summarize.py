@@ -13,7 +13,8 @@ Outputs:  metrics/summary.json     (what `dvc exp show` / `dvc metrics diff` rea
           plots/generations.png    (curves across generations)
           plots/report.html        (self-contained: figures embedded, opens offline)
           docs/results.md          (the results page the README links to)
-Params:   all of params.yaml (shown in the report)
+Params:   base, tracking, synthetic_ratio, generations, world.seed (the run line of the report and the results
+          page); the report's params table copies params.yaml as it stands when summarize runs
 
 Example:
     python -m stages.summarize --generations metrics/generations --paradox metrics/paradox.json \\
@@ -53,8 +54,21 @@ from biasloop.report.study_html import named_study_section
 log = logging.getLogger("summarize")
 
 # plots/amplification.csv: per generation, the headline estimands and the shift's decomposition (fractions).
-AMPLIFICATION_COLUMNS = ("generation", "shift", "shift_lo", "shift_hi", "gap", "gap_lo", "gap_hi", "a_abs_raw",
-                         "data", "generator", "instrument", "noise_floor_abs", "excess_abs")
+AMPLIFICATION_COLUMNS = (
+    "generation",
+    "shift",
+    "shift_lo",
+    "shift_hi",
+    "gap",
+    "gap_lo",
+    "gap_hi",
+    "a_abs_raw",
+    "data",
+    "generator",
+    "instrument",
+    "noise_floor_abs",
+    "excess_abs",
+)
 
 
 def _write_csv(rows: list[dict], path: Path) -> None:
@@ -71,15 +85,25 @@ def main_body(argv: Sequence[str] | None) -> None:
     parser.add_argument("--out", default="metrics/summary.json", help="summary JSON (default: %(default)s)")
     parser.add_argument("--plots", default="plots", help="folder for plot CSVs and PNGs (default: %(default)s)")
     parser.add_argument("--report", default="plots/report.html", help="HTML report (default: %(default)s)")
-    parser.add_argument("--generated-sheets", default="plots/generated",
-                        help="folder of gen{N}.png contact sheets written by generate@N (default: %(default)s)")
-    parser.add_argument("--results", default="docs/results.md",
-                        help="results page in Markdown, generated from these metrics (default: %(default)s)")
+    parser.add_argument(
+        "--generated-sheets",
+        default="plots/generated",
+        help="folder of gen{N}.png contact sheets written by generate@N (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--results",
+        default="docs/results.md",
+        help="results page in Markdown, generated from these metrics (default: %(default)s)",
+    )
     parser.add_argument("--study", help="metrics/study.json of `biasloop study collect`: adds a Study section")
-    parser.add_argument("--studies", help="metrics/studies of `biasloop study collect --name NAME`: a section per "
-                        "<name>.json")
-    parser.add_argument("--acquisition", help="metrics/acquisition.json of laion_filter: adds the LAION acquisition "
-                        "table (one line when the LAION path is off)")
+    parser.add_argument(
+        "--studies", help="metrics/studies of `biasloop study collect --name NAME`: a section per <name>.json"
+    )
+    parser.add_argument(
+        "--acquisition",
+        help="metrics/acquisition.json of laion_filter: adds the LAION acquisition "
+        "table (one line when the LAION path is off)",
+    )
     args = parser.parse_args(argv)
     configs = load_configs(args.params, {})
     params = read_params(args.params)
@@ -89,11 +113,18 @@ def main_body(argv: Sequence[str] | None) -> None:
         raise FileNotFoundError(f"{args.generations}: no gen*.json metrics files")
     # Only the generations params.yaml lists: a stale file from a longer run must not leak in.
     wanted = {int(g) for g in params.get("generations", [])}
-    generation_metrics = [m for m in (json.loads(f.read_text()) for f in files) if not wanted or m["generation"] in wanted]
+    generation_metrics = [
+        m for m in (json.loads(f.read_text()) for f in files) if not wanted or m["generation"] in wanted
+    ]
     folder = Path(args.generations)
     rows = [
-        {**summary_row(m), **task_row(load_json(folder / f"captioner_gen{m['generation']}.json"),
-                                      load_json(folder / f"classifier_gen{m['generation']}.json"))}
+        {
+            **summary_row(m),
+            **task_row(
+                load_json(folder / f"captioner_gen{m['generation']}.json"),
+                load_json(folder / f"classifier_gen{m['generation']}.json"),
+            ),
+        }
         for m in generation_metrics
     ]
     paradox, instrument = load_json(args.paradox), load_json(args.instrument_metrics)
@@ -103,8 +134,10 @@ def main_body(argv: Sequence[str] | None) -> None:
     if args.acquisition:
         acquisition = load_json(args.acquisition)
         if acquisition is None:
-            raise FileNotFoundError(f"{args.acquisition}: not found (laion_filter writes it, "
-                                    "{\"enabled\": false} when the LAION path is off)")
+            raise FileNotFoundError(
+                f"{args.acquisition}: not found (laion_filter writes it, "
+                '{"enabled": false} when the LAION path is off)'
+            )
 
     with stage_run("summarize", configs["tracking"], {"synthetic_ratio": params.get("synthetic_ratio")}) as run:
         summary = build_summary(rows, paradox, instrument)
@@ -115,22 +148,48 @@ def main_body(argv: Sequence[str] | None) -> None:
         plots = Path(args.plots)
         _write_csv([{k: r.get(k) for k in AMPLIFICATION_COLUMNS} for r in rows], plots / "amplification.csv")
         _write_csv(share_rows(generation_metrics), plots / "shares.csv")
-        _write_csv([{k: r.get(k) for k in ("generation", "recall_at_10", "recall_at_10_gap", "max_skew_vs_training",
-                                              "worst_group_accuracy")} for r in rows], plots / "downstream.csv")
-        _write_csv([{"generation": r["generation"], **{key: r.get(key) for key, _, _ in TASK_COLUMNS}} for r in rows],
-                   plots / "tasks.csv")
+        _write_csv(
+            [
+                {
+                    k: r.get(k)
+                    for k in (
+                        "generation",
+                        "recall_at_10",
+                        "recall_at_10_gap",
+                        "max_skew_vs_training",
+                        "worst_group_accuracy",
+                    )
+                }
+                for r in rows
+            ],
+            plots / "downstream.csv",
+        )
+        _write_csv(
+            [{"generation": r["generation"], **{key: r.get(key) for key, _, _ in TASK_COLUMNS}} for r in rows],
+            plots / "tasks.csv",
+        )
         ratio = params.get("synthetic_ratio")
-        generation_curves(rows, plots / "generations.png",
-                          f"Across generations (synthetic_ratio = {ratio}; generation 0 trained on real data)")
+        generation_curves(
+            rows,
+            plots / "generations.png",
+            f"Across generations (synthetic_ratio = {ratio}; generation 0 trained on real data)",
+        )
         render_report(
-            args.report, rows, paradox, instrument, params,
+            args.report,
+            rows,
+            paradox,
+            instrument,
+            params,
             {
                 "Where the amplification comes from (generation 0)": plots / "decomposition.png",
                 "Share of women per occupation, training vs. generation 0": plots / "paradox_shares.png",
                 "Across generations": plots / "generations.png",
                 "The corpus": plots / "corpus_contact_sheet.png",
-                **{f"Generation {r['generation']}: real beside generated images":
-                   Path(args.generated_sheets) / f"gen{r['generation']}.png" for r in rows},
+                **{
+                    f"Generation {r['generation']}: real beside generated images": Path(args.generated_sheets)
+                    / f"gen{r['generation']}.png"
+                    for r in rows
+                },
             },
             study=study,
             acquisition=acquisition,

@@ -21,7 +21,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # img2dataset imports albumentations, which would ask PyPI for a newer version
+os.environ.setdefault(
+    "NO_ALBUMENTATIONS_UPDATE", "1"
+)  # img2dataset imports albumentations, which would ask PyPI for a newer version
 # Every DVC command a test runs (child processes inherit this), `dvc init` included: no usage report is
 # written to the system temp folder and no daemon tries the network (a fresh repo has no `core.analytics`).
 os.environ["DVC_NO_ANALYTICS"] = "1"
@@ -34,8 +36,9 @@ def committed_text(name: str) -> str:
     """The text of checkout file ``name`` as committed (``git show HEAD:name``); the working copy where
     git or the commit is unavailable (an exported tarball)."""
     try:
-        return subprocess.run(["git", "show", f"HEAD:{name}"], cwd=REPO_ROOT, capture_output=True, check=True,
-                              text=True).stdout
+        return subprocess.run(
+            ["git", "show", f"HEAD:{name}"], cwd=REPO_ROOT, capture_output=True, check=True, text=True
+        ).stdout
     except (OSError, subprocess.CalledProcessError):
         return (REPO_ROOT / name).read_text()
 

@@ -91,7 +91,7 @@ def photo_server(host: str = MIRROR_HOST, requests: list[str] | None = None) -> 
                 self.end_headers()
                 try:
                     for start in range(0, len(body), 512):
-                        self.wfile.write(body[start:start + 512])
+                        self.wfile.write(body[start : start + 512])
                         self.wfile.flush()
                         time.sleep(0.2)
                 except OSError:
@@ -154,8 +154,11 @@ def write_metadata(base_url: str, folder: Path) -> list[Path]:
     """Two LAION-style parquet files (``URL``, ``TEXT``, ``WIDTH``) listing :data:`METADATA_ROWS`."""
     folder.mkdir(parents=True, exist_ok=True)
     frame = pl.DataFrame(
-        {"URL": [base_url + p for p, _, _ in METADATA_ROWS], "TEXT": [c for _, c, _ in METADATA_ROWS],
-         "WIDTH": [512] * len(METADATA_ROWS)}
+        {
+            "URL": [base_url + p for p, _, _ in METADATA_ROWS],
+            "TEXT": [c for _, c, _ in METADATA_ROWS],
+            "WIDTH": [512] * len(METADATA_ROWS),
+        }
     )
     paths = [folder / "part-00000.parquet", folder / "part-00001.parquet"]
     frame[:5].write_parquet(paths[0])

@@ -101,9 +101,24 @@ def test_unreadable_files(tmp_path: Path, capsys: pytest.CaptureFixture) -> None
 def test_help_explains_the_format_and_metrics(capsys: pytest.CaptureFixture) -> None:
     assert main(["--help"]) == 0
     text = capsys.readouterr().out
-    for word in ("occupation,n_female,n_male", "amplification_abs", "amplification_dir", "shift_to_majority",
-                 "bias_amp", "mad_gen", "pearson", "bootstrap", "noise floor", "excess_abs", "p-value",
-                 "--paired", "occupation,train_label,gen_label", "estimands.gap", "p < 0.001", "raw A_abs"):
+    for word in (
+        "occupation,n_female,n_male",
+        "amplification_abs",
+        "amplification_dir",
+        "shift_to_majority",
+        "bias_amp",
+        "mad_gen",
+        "pearson",
+        "bootstrap",
+        "noise floor",
+        "excess_abs",
+        "p-value",
+        "--paired",
+        "occupation,train_label,gen_label",
+        "estimands.gap",
+        "p < 0.001",
+        "raw A_abs",
+    ):
         assert word in text
 
 
@@ -114,8 +129,15 @@ def test_json_estimands_and_text_leads_with_them(tmp_path: Path, capsys: pytest.
     assert main([train, gen, "--json", "--n-boot", "200"]) == 0
     estimands = json.loads(capsys.readouterr().out)["estimands"]
     assert set(estimands) == {"shift", "gap", "a_abs_raw"}
-    assert set(estimands["shift"]) == {"estimate", "ci", "p_value", "p_value_is_bound", "n_boot", "kind",
-                                       "n_unclear_majority"}
+    assert set(estimands["shift"]) == {
+        "estimate",
+        "ci",
+        "p_value",
+        "p_value_is_bound",
+        "n_boot",
+        "kind",
+        "n_unclear_majority",
+    }
     assert set(estimands["gap"]) == {"estimate", "ci", "p_value", "p_value_is_bound", "kind"}
     assert estimands["shift"]["estimate"] == pytest.approx(0.1) and estimands["a_abs_raw"] == pytest.approx(0.1)
     assert main([train, gen, "--n-boot", "200"]) == 0
@@ -139,8 +161,12 @@ def test_p_value_at_the_monte_carlo_floor_is_a_bound(tmp_path: Path, capsys: pyt
 
 PAIRS = "occupation,train_label,gen_label,source_id\n" + "".join(
     [
-        "nurse,female,female,1\n" * 6, "nurse,male,female,2\n" * 2, "nurse,male,male,3\n" * 2,
-        "engineer,male,male,4\n" * 8, "engineer,female,male,5\n" * 2, "engineer,abstain,male,6\n",
+        "nurse,female,female,1\n" * 6,
+        "nurse,male,female,2\n" * 2,
+        "nurse,male,male,3\n" * 2,
+        "engineer,male,male,4\n" * 8,
+        "engineer,female,male,5\n" * 2,
+        "engineer,abstain,male,6\n",
     ]
 )
 
@@ -164,8 +190,10 @@ def test_paired_json_and_table(tmp_path: Path, capsys: pytest.CaptureFixture) ->
     ("content", "message"),
     [
         ("occupation,train_label\nnurse,female\n", "line 1: missing column(s) gen_label"),
-        ("occupation,train_label,gen_label\nnurse,female,woman\n",
-         "line 2: gen_label must be one of female, male, abstain, found 'woman'"),
+        (
+            "occupation,train_label,gen_label\nnurse,female,woman\n",
+            "line 2: gen_label must be one of female, male, abstain, found 'woman'",
+        ),
         ("occupation,train_label,gen_label\nnurse,female,male\n,male,male\n", "line 3: empty occupation"),
         ("occupation,train_label,gen_label\n", "no pair rows"),
         ("occupation,train_label,gen_label\nnurse,abstain,female\n", "has a confident (non-abstained) label on both"),

@@ -32,15 +32,23 @@ def _records(pid: int, stage: str, generation, start: float, startup: float, tot
 
 
 def test_aggregate_splits_startup_and_compute(bench, tmp_path: Path) -> None:
-    records = (_records(11, "corpus", None, 100.0, 1.5, 4.0) + _records(12, "generate", 0, 105.0, 3.0, 13.0)
-               + _records(13, "pretrain", 0, 120.0, 2.0, 52.0))
+    records = (
+        _records(11, "corpus", None, 100.0, 1.5, 4.0)
+        + _records(12, "generate", 0, 105.0, 3.0, 13.0)
+        + _records(13, "pretrain", 0, 120.0, 2.0, 52.0)
+    )
     path = tmp_path / "t.jsonl"
     # end records first and a torn last line: order must not matter, the torn line is skipped
     path.write_text("\n".join(json.dumps(r) for r in sorted(records, key=lambda r: r["event"])) + '\n{"event": "sta')
     phase = bench.aggregate(bench.read_timings(path), wall_seconds=75.0, foreach={"generate"})
     assert set(phase["stages"]) == {"corpus", "generate@0", "pretrain"}  # pretrain is not a foreach stage
-    assert phase["stages"]["generate@0"] == {"startup": 3.0, "compute": 10.0, "process": 13.0, "status": "ok",
-                                             "cpu_threads": None}
+    assert phase["stages"]["generate@0"] == {
+        "startup": 3.0,
+        "compute": 10.0,
+        "process": 13.0,
+        "status": "ok",
+        "cpu_threads": None,
+    }
     assert phase["sum_process"] == 4.0 + 13.0 + 52.0
     assert phase["sum_startup"] == 6.5 and phase["sum_compute"] == 62.5
     assert phase["dvc_overhead"] == 75.0 - 69.0
@@ -55,7 +63,10 @@ def test_a_stage_without_end_is_incomplete(bench) -> None:
 
 def test_ratios_and_targets(bench) -> None:
     def phase(wall, stages):
-        return {"wall": wall, "stages": {k: {"startup": s, "compute": p - s, "process": p} for k, (s, p) in stages.items()}}
+        return {
+            "wall": wall,
+            "stages": {k: {"startup": s, "compute": p - s, "process": p} for k, (s, p) in stages.items()},
+        }
 
     phases = {
         "cold_idle": phase(250.0, {"corpus": (1.0, 5.0), "pretrain": (4.0, 100.0), "classify@0": (2.5, 6.0)}),
@@ -67,8 +78,13 @@ def test_ratios_and_targets(bench) -> None:
     assert out["contended_over_idle"] == 1.8 and out["variant_over_cold"] == 0.36 and out["noop_seconds"] == 1.5
     assert out["stage_contended_over_idle"] == {"corpus": 1.2, "pretrain": 1.8, "classify@0": 1.5}
     assert out["startup_max_light"] == 2.5  # pretrain trains: not held to the 2 s start-up target
-    assert out["met"] == {"cold_idle_seconds": True, "contended_over_idle": False, "noop_seconds": True,
-                          "variant_over_cold": True, "startup_seconds_light": False}
+    assert out["met"] == {
+        "cold_idle_seconds": True,
+        "contended_over_idle": False,
+        "noop_seconds": True,
+        "variant_over_cold": True,
+        "startup_seconds_light": False,
+    }
     partial = bench.ratios({"cold_idle": phases["cold_idle"]})
     assert partial["contended_over_idle"] is None and partial["met"]["contended_over_idle"] is None
 

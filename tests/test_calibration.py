@@ -21,8 +21,8 @@ import pytest
 
 from benchmarks.estimands_calibration import (
     DEFAULT_SHARES,
-    PARITY_SHARES,
     N_TRAIN as CALIBRATION_N_TRAIN,
+    PARITY_SHARES,
     RATIOS,
     SHARE_SETS,
     generated_shares,
@@ -68,9 +68,11 @@ def test_excess_diagnostic_covers_zero_when_nothing_is_amplified() -> None:
     coverage_abs = _coverage(stats, "excess_abs_lo", "excess_abs_hi", 0.0)
     coverage_dir = _coverage(stats, "excess_dir_lo", "excess_dir_hi", 0.0)
     rejections = float(np.mean(stats["p_value_abs"] < 0.05))
-    print(f"\nnull ({N_TABLES} table pairs, {N_BOOT} replicates): excess_abs interval covers 0 in "
-          f"{coverage_abs:.3f}, excess_dir in {coverage_dir:.3f}; p_value_abs < 0.05 in {rejections:.3f}; "
-          f"mean A_abs {stats['amplification_abs'].mean():.4f}, mean noise floor {stats['noise_floor_abs'].mean():.4f}")
+    print(
+        f"\nnull ({N_TABLES} table pairs, {N_BOOT} replicates): excess_abs interval covers 0 in "
+        f"{coverage_abs:.3f}, excess_dir in {coverage_dir:.3f}; p_value_abs < 0.05 in {rejections:.3f}; "
+        f"mean A_abs {stats['amplification_abs'].mean():.4f}, mean noise floor {stats['noise_floor_abs'].mean():.4f}"
+    )
     assert coverage_abs >= 0.90 and coverage_dir >= 0.90
     # The p-value is a calibrated test: about 5% below 0.05 under the null.
     assert 0.02 <= rejections <= 0.08
@@ -90,15 +92,23 @@ def test_known_shift_to_majority_is_recovered_and_the_excess_covers_its_own_esti
     draws = 20_000
 
     def mean_abs(p_train: np.ndarray, p_gen: np.ndarray) -> float:
-        return float(np.mean(amplification_abs(rng.binomial(N_TRAIN, p_train, (draws, 10)) / N_TRAIN,
-                                               rng.binomial(N_GEN, p_gen, (draws, 10)) / N_GEN)))
+        return float(
+            np.mean(
+                amplification_abs(
+                    rng.binomial(N_TRAIN, p_train, (draws, 10)) / N_TRAIN,
+                    rng.binomial(N_GEN, p_gen, (draws, 10)) / N_GEN,
+                )
+            )
+        )
 
     theta = mean_abs(SHARES, share_gen) - mean_abs(pooled, pooled)
     coverage_excess = _coverage(stats, "excess_abs_lo", "excess_abs_hi", theta)
     power = float(np.mean(stats["p_value_abs"] < 0.05))
-    print(f"\nshift of {shift} to the majority: its interval covers it in {coverage:.3f} (mean estimate "
-          f"{stats['shift_to_majority'].mean():.4f}); excess_abs covers theta = {theta:.4f} in {coverage_excess:.3f}; "
-          f"p_value_abs < 0.05 in {power:.3f}")
+    print(
+        f"\nshift of {shift} to the majority: its interval covers it in {coverage:.3f} (mean estimate "
+        f"{stats['shift_to_majority'].mean():.4f}); excess_abs covers theta = {theta:.4f} in {coverage_excess:.3f}; "
+        f"p_value_abs < 0.05 in {power:.3f}"
+    )
     assert coverage >= 0.90
     assert stats["shift_to_majority"].mean() == pytest.approx(shift, abs=0.004)
     assert coverage_excess >= 0.90
@@ -137,10 +147,13 @@ def test_gap_and_shift_intervals_cover_the_noise_free_values(share_set: str, n_g
     lines, failures = [], []
     for i, ratio in enumerate(RATIOS):
         p_gen = generated_shares(p_train, ratio, CALIBRATION_N_TRAIN, n_gen)
-        row = unpaired_setting(1000 + 10 * i + n_gen, p_train, p_gen, CALIBRATION_N_TRAIN, n_gen,
-                               CALIBRATION_TABLES, CALIBRATION_BOOT)
-        lines.append(f"d/sigma {ratio:g}: gap covers {row['gap_coverage']:.3f} (bias {row['gap_bias']:+.4f}, raw "
-                     f"{row['a_abs_raw_bias']:+.4f}), shift covers {row['shift_coverage']:.3f}")
+        row = unpaired_setting(
+            1000 + 10 * i + n_gen, p_train, p_gen, CALIBRATION_N_TRAIN, n_gen, CALIBRATION_TABLES, CALIBRATION_BOOT
+        )
+        lines.append(
+            f"d/sigma {ratio:g}: gap covers {row['gap_coverage']:.3f} (bias {row['gap_bias']:+.4f}, raw "
+            f"{row['a_abs_raw_bias']:+.4f}), shift covers {row['shift_coverage']:.3f}"
+        )
         if row["gap_coverage"] < 0.90 or row["shift_coverage"] < 0.90:
             failures.append(ratio)
         # the debiased gap is closer to the truth than raw A_abs where raw A_abs is biased (small d),
@@ -156,8 +169,10 @@ def test_headline_like_tables_are_covered_where_the_excess_was_not() -> None:
     """The issue's reviewer setting: generated shares 17 pp further towards the majority, 343 / 120 images."""
     p_gen = np.clip(DEFAULT_SHARES + np.sign(DEFAULT_SHARES - 0.5) * 0.17, 0.005, 0.995)
     row = unpaired_setting(7, DEFAULT_SHARES, p_gen, 343, 120, CALIBRATION_TABLES, CALIBRATION_BOOT)
-    print(f"\nheadline-like (true gap {row['truth_gap']:.3f}): gap covers {row['gap_coverage']:.3f}, shift "
-          f"{row['shift_coverage']:.3f}; the excess covers the gap in {row['excess_abs_coverage_of_gap']:.3f}")
+    print(
+        f"\nheadline-like (true gap {row['truth_gap']:.3f}): gap covers {row['gap_coverage']:.3f}, shift "
+        f"{row['shift_coverage']:.3f}; the excess covers the gap in {row['excess_abs_coverage_of_gap']:.3f}"
+    )
     assert row["gap_coverage"] >= 0.90 and row["shift_coverage"] >= 0.90
     assert abs(row["gap_bias"]) < 0.005
     assert row["excess_abs_coverage_of_gap"] < 0.5  # why the excess is no longer the headline
@@ -167,9 +182,11 @@ def test_shift_covers_where_training_majorities_are_unclear() -> None:
     """Training shares within 4 pp of 1/2: the plug-in's signs are often wrong; the interval spans them."""
     p_gen = PARITY_SHARES + np.sign(PARITY_SHARES - 0.5) * 0.15
     row = unpaired_setting(8, PARITY_SHARES, p_gen, CALIBRATION_N_TRAIN, 80, CALIBRATION_TABLES, CALIBRATION_BOOT)
-    print(f"\nnear parity (true shift {row['truth_shift']:.3f}, plug-in bias {row['shift_bias']:+.3f}): the shift's "
-          f"interval covers {row['shift_coverage']:.3f}, the percentile bootstrap "
-          f"{row['shift_bootstrap_coverage']:.3f}")
+    print(
+        f"\nnear parity (true shift {row['truth_shift']:.3f}, plug-in bias {row['shift_bias']:+.3f}): the shift's "
+        f"interval covers {row['shift_coverage']:.3f}, the percentile bootstrap "
+        f"{row['shift_bootstrap_coverage']:.3f}"
+    )
     assert row["shift_coverage"] >= 0.90
 
 
@@ -178,10 +195,12 @@ def test_paired_null_and_paired_shift() -> None:
     null = paired_setting(11, DEFAULT_SHARES, DEFAULT_SHARES, CALIBRATION_TABLES, CALIBRATION_BOOT)
     shifted_shares = DEFAULT_SHARES + np.sign(DEFAULT_SHARES - 0.5) * 0.05
     shifted = paired_setting(12, DEFAULT_SHARES, shifted_shares, CALIBRATION_TABLES, CALIBRATION_BOOT)
-    print(f"\npaired null: shift covers 0 in {null['shift_coverage']:.3f} (mean {null['shift_bias']:+.4f}, "
-          f"p < 0.05 in {null['shift_rejects_at_5pct']:.3f}), gap covers 0 in {null['gap_coverage']:.3f}; "
-          f"5 pp shift: covered in {shifted['shift_coverage']:.3f}, gap in {shifted['gap_coverage']:.3f}, "
-          f"p < 0.05 in {shifted['shift_rejects_at_5pct']:.3f}")
+    print(
+        f"\npaired null: shift covers 0 in {null['shift_coverage']:.3f} (mean {null['shift_bias']:+.4f}, "
+        f"p < 0.05 in {null['shift_rejects_at_5pct']:.3f}), gap covers 0 in {null['gap_coverage']:.3f}; "
+        f"5 pp shift: covered in {shifted['shift_coverage']:.3f}, gap in {shifted['gap_coverage']:.3f}, "
+        f"p < 0.05 in {shifted['shift_rejects_at_5pct']:.3f}"
+    )
     assert null["shift_coverage"] >= 0.90 and null["gap_coverage"] >= 0.90
     assert abs(null["shift_bias"]) < 0.01  # the truth is 0
     assert 0.01 <= null["shift_rejects_at_5pct"] <= 0.09  # the swap null is a calibrated test
@@ -207,15 +226,25 @@ def test_corrected_intervals_cover_with_estimated_confusion_rates() -> None:
     covered = {"shift": 0, "gap": 0}
     for table in range(n_tables):
         right, wrong = rng.binomial(held_out, tpr), rng.binomial(held_out, fpr)
-        confusion = {"tpr": right / held_out, "fpr": wrong / held_out,
-                     "counts": {"female_as_female": right, "female_as_male": held_out - right,
-                                "male_as_female": wrong, "male_as_male": held_out - wrong}}
-        result = amplification_table(observed(shares_train, 335), observed(shares_gen, 80), n_boot=300, seed=table,
-                                     confusion=confusion)["corrected"]["estimands"]
+        confusion = {
+            "tpr": right / held_out,
+            "fpr": wrong / held_out,
+            "counts": {
+                "female_as_female": right,
+                "female_as_male": held_out - right,
+                "male_as_female": wrong,
+                "male_as_male": held_out - wrong,
+            },
+        }
+        result = amplification_table(
+            observed(shares_train, 335), observed(shares_gen, 80), n_boot=300, seed=table, confusion=confusion
+        )["corrected"]["estimands"]
         for name, truth in (("shift", truth_shift), ("gap", truth_gap)):
             lo, hi = result[name]["ci"]
             covered[name] += lo <= truth <= hi
     coverage = {name: count / n_tables for name, count in covered.items()}
-    print(f"\ncorrected shares, estimated confusion rates: shift covered in {coverage['shift']:.3f}, "
-          f"gap in {coverage['gap']:.3f}")
+    print(
+        f"\ncorrected shares, estimated confusion rates: shift covered in {coverage['shift']:.3f}, "
+        f"gap in {coverage['gap']:.3f}"
+    )
     assert coverage["shift"] >= 0.90 and coverage["gap"] >= 0.90

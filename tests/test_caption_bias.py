@@ -73,7 +73,9 @@ def test_leakage_is_positive_when_model_captions_reveal_gender() -> None:
     rng = np.random.default_rng(0)
     genders = rng.choice(["female", "male"], size=160).tolist()
     human = [f"{'a woman' if g == 'female' else 'a man'} at {rng.choice(['work', 'home'])}" for g in genders]
-    model = [f"{'a woman' if g == 'female' else 'a man'} in a {'kitchen' if g == 'female' else 'garage'}" for g in genders]
+    model = [
+        f"{'a woman' if g == 'female' else 'a man'} in a {'kitchen' if g == 'female' else 'garage'}" for g in genders
+    ]
     config = LeakageConfig(seeds=2, epochs=40, cpu_threads=1)
     result = caption_leakage(model, human, genders, config, seed=0)
     assert result["lic_m"] > 0.8 and result["lic_d"] < 0.6

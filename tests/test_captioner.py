@@ -34,9 +34,16 @@ def _stereotype_world(data_dir: Path) -> tuple:
     """Teachers (mostly women) and lawyers (mostly men); half the images gender-ambiguous; every caption
     names the gender ("a young lady who is a teacher"), so a captioner must guess it for ambiguous images."""
     config = WorldConfig(
-        glyphs=str(data_dir / "glyphs" / "mnist"), occupation_table=str(data_dir / "occupations" / "occupations_bls.tsv"),
-        samples_per_occupation=700, distractors=0, near_misses=0, plural_fraction=0.0, ambiguous_fraction=0.5,
-        test_fraction=0.0, markedness=MarkednessConfig(base=1.0, counter=0.0), seed=0,
+        glyphs=str(data_dir / "glyphs" / "mnist"),
+        occupation_table=str(data_dir / "occupations" / "occupations_bls.tsv"),
+        samples_per_occupation=700,
+        distractors=0,
+        near_misses=0,
+        plural_fraction=0.0,
+        ambiguous_fraction=0.5,
+        test_fraction=0.0,
+        markedness=MarkednessConfig(base=1.0, counter=0.0),
+        seed=0,
     )
     return build_world(config, ["teacher", "lawyer"])
 
@@ -70,7 +77,8 @@ def test_a_captioner_trained_on_stereotyped_data_mispredicts_gender_more(data_di
         assert named > 0.8, f"{name}: captions name the right occupation for only {named:.0%} of images"
         errors[name] = misprediction(hypotheses, gender[test].tolist())["error"]
         errors[name + " (clear images)"] = misprediction(
-            [h for h, c in zip(hypotheses, clear) if c], gender[test][clear].tolist())["error"]
+            [h for h, c in zip(hypotheses, clear) if c], gender[test][clear].tolist()
+        )["error"]
     # Ambiguous images: any captioner is right half the time on a balanced test set. Clear images of the
     # minority gender: the stereotyped captioner falls back on the occupation, the balanced one reads the hue.
     assert errors["stereotyped"] > errors["balanced"] + 0.05, errors
@@ -81,20 +89,47 @@ def _tiny_vision_encoder_decoder(folder: Path) -> None:
     """A random-weight ViT encoder + BERT decoder, a word-level tokenizer and an image processor."""
     import torch
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import (BertConfig, PreTrainedTokenizerFast, VisionEncoderDecoderConfig,
-                              VisionEncoderDecoderModel, ViTConfig, ViTImageProcessor)
+    from transformers import (
+        BertConfig,
+        PreTrainedTokenizerFast,
+        VisionEncoderDecoderConfig,
+        VisionEncoderDecoderModel,
+        ViTConfig,
+        ViTImageProcessor,
+    )
 
     words = ["[PAD]", "[CLS]", "[SEP]", "[UNK]"] + "a an nurse engineer at work photo of".split()
     backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
     backend.post_processor = processors.TemplateProcessing(single="$A [SEP]", special_tokens=[("[SEP]", 2)])
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="[PAD]", unk_token="[UNK]",
-                                        cls_token="[CLS]", sep_token="[SEP]", eos_token="[SEP]", bos_token="[CLS]")
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        eos_token="[SEP]",
+        bos_token="[CLS]",
+    )
     config = VisionEncoderDecoderConfig.from_encoder_decoder_configs(
-        ViTConfig(image_size=16, patch_size=4, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                  intermediate_size=64),
-        BertConfig(vocab_size=len(words), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                   intermediate_size=64, max_position_embeddings=32, is_decoder=True, add_cross_attention=True),
+        ViTConfig(
+            image_size=16,
+            patch_size=4,
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=64,
+        ),
+        BertConfig(
+            vocab_size=len(words),
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=32,
+            is_decoder=True,
+            add_cross_attention=True,
+        ),
     )
     config.decoder_start_token_id, config.pad_token_id, config.eos_token_id = 1, 0, 2
     torch.manual_seed(0)
@@ -103,7 +138,9 @@ def _tiny_vision_encoder_decoder(folder: Path) -> None:
         setattr(model.generation_config, key, value)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    ViTImageProcessor(size={"height": 16, "width": 16}, image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(folder)
+    ViTImageProcessor(size={"height": 16, "width": 16}, image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(
+        folder
+    )
 
 
 @pytest.mark.slow
@@ -112,8 +149,15 @@ def test_vision_encoder_decoder_checkpoint_trains_and_captions(tmp_path: Path) -
     folder = tmp_path / "checkpoint"
     _tiny_vision_encoder_decoder(folder)
     assert (folder / "model.safetensors").exists() and not list(folder.glob("*.bin"))
-    config = CaptionerConfig(backend="vision-encoder-decoder", model=str(folder), epochs=2, batch_size=4,
-                             max_length=6, beam_size=2, cpu_threads=1)
+    config = CaptionerConfig(
+        backend="vision-encoder-decoder",
+        model=str(folder),
+        epochs=2,
+        batch_size=4,
+        max_length=6,
+        beam_size=2,
+        cpu_threads=1,
+    )
     captioner = make_captioner(config)
     images = np.random.default_rng(0).integers(0, 256, (6, 16, 16, 3), dtype=np.uint8)
     before = [p.detach().clone() for p in captioner.model.parameters()]

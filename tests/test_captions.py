@@ -24,8 +24,12 @@ def test_bleu_hand_computed() -> None:
     # 3-grams 2/2, 4-grams 1/1. Hypothesis length 8; closest reference lengths 4 + 3 + 2 = 9, so the
     # brevity penalty is exp(1 - 9/8).
     penalty = math.exp(1 - 9 / 8)
-    expected = [7 / 8 * penalty, (7 / 8 * 4 / 5) ** (1 / 2) * penalty, (7 / 8 * 4 / 5) ** (1 / 3) * penalty,
-                (7 / 8 * 4 / 5) ** (1 / 4) * penalty]
+    expected = [
+        7 / 8 * penalty,
+        (7 / 8 * 4 / 5) ** (1 / 2) * penalty,
+        (7 / 8 * 4 / 5) ** (1 / 3) * penalty,
+        (7 / 8 * 4 / 5) ** (1 / 4) * penalty,
+    ]
     assert bleu(REFS, HYPS)["bleu"] == pytest.approx(expected, abs=1e-9)
     # Per image: the exact match scores 1; img3 has no matching bigram, so BLEU-2..4 are (almost) 0.
     per_image = bleu(REFS, HYPS)["per_image"]
@@ -133,7 +137,8 @@ def test_agrees_with_the_coco_caption_evaluation_code() -> None:
         assert ours_rouge["per_image"] == pytest.approx([coco_rouge_per_image[j] for j in order], abs=1e-9)
         for k in range(4):
             assert [row[k] for row in ours_bleu["per_image"]] == pytest.approx(
-                [coco_bleu_per_image[k][j] for j in order], abs=1e-9)
+                [coco_bleu_per_image[k][j] for j in order], abs=1e-9
+            )
 
 
 def test_captions_score_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

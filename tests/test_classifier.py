@@ -44,7 +44,9 @@ def test_classifier_fairness_lists_the_groups_it_left_out_and_gives_intervals() 
     result = classifier_fairness(true, predicted, gender, min_group_size=3, n_boot=200, seed=0)
     assert result["min_group_size"] == 3
     assert sorted((g["occupation"], g["gender"], g["n"]) for g in result["groups_too_small"]) == [
-        ("engineer", "female", 2), ("nurse", "male", 2)]
+        ("engineer", "female", 2),
+        ("nurse", "male", 2),
+    ]
     # Wilson, 8 of 12: p = 2/3, z = 1.96: (p + z^2/24 +- z sqrt(p(1-p)/12 + z^2/576)) / (1 + z^2/12)
     assert result["accuracy_ci"] == pytest.approx([0.3906, 0.8619], abs=1e-4)
     assert result["accuracy_by_gender_ci"]["female"] == pytest.approx([0.2999, 0.9032], abs=1e-4)  # 4 of 6
@@ -93,13 +95,19 @@ def test_timm_architecture_by_name() -> None:
 
 @pytest.mark.slow
 def test_small_cnn_learns_occupations_from_glyphs(data_dir: Path) -> None:
-    params = {"glyphs": str(data_dir / "glyphs" / "mnist"), "occupation_table": str(data_dir / "occupations" / "occupations_bls.tsv"),
-              "samples_per_occupation": 150, "distractors": 0, "near_misses": 0}
+    params = {
+        "glyphs": str(data_dir / "glyphs" / "mnist"),
+        "occupation_table": str(data_dir / "occupations" / "occupations_bls.tsv"),
+        "samples_per_occupation": 150,
+        "distractors": 0,
+        "near_misses": 0,
+    }
     samples, images = build_world(from_dict(WorldConfig, params, "world"), ["engineer", "teacher", "nurse"])
     train = (samples["split"] == "train").to_numpy()
     labels = samples["true_occupation"].to_numpy()
-    classifier, stats = train_classifier(images[train], labels[train].tolist(), ClassifierConfig(cpu_threads=1), seed=0,
-                                         progress=False)
+    classifier, stats = train_classifier(
+        images[train], labels[train].tolist(), ClassifierConfig(cpu_threads=1), seed=0, progress=False
+    )
     assert stats["classes"] == ["engineer", "nurse", "teacher"] and np.isfinite(stats["final_loss"])
     accuracy = np.mean(classifier.predict(images[~train]) == labels[~train])
     assert accuracy > 0.7, accuracy  # chance is 1/3

@@ -86,9 +86,13 @@ def test_cpu_threads_fixed_by_default_automatic_on_request() -> None:
     assert resolve_cpu_threads(2, cwd="/repo/.dvc/tmp/exps/tmpab12cd", cpus=2) == 2  # in queued experiments too
     idle = {"WORLD_SIZE": "1"}
     assert resolve_cpu_threads("auto", cwd="/repo", cpus=2, busy=0, environ=idle) == 2  # every idle core
-    assert resolve_cpu_threads("auto", cwd="/repo", cpus=2, busy=1, environ=idle) == 1  # beside a busy process: the free core
+    assert (
+        resolve_cpu_threads("auto", cwd="/repo", cpus=2, busy=1, environ=idle) == 1
+    )  # beside a busy process: the free core
     assert resolve_cpu_threads("auto", cwd="/repo", cpus=2, busy=5, environ=idle) == 1  # at least one
-    assert resolve_cpu_threads("auto", cwd="/repo/.dvc/tmp/exps/tmpab12cd", cpus=2, environ=idle) == 1  # dvc queue start -j N
+    assert (
+        resolve_cpu_threads("auto", cwd="/repo/.dvc/tmp/exps/tmpab12cd", cpus=2, environ=idle) == 1
+    )  # dvc queue start -j N
     # a process `accelerate launch` started for num_processes takes its launcher's count, not the free CPUs
     launched = {"WORLD_SIZE": "2", "OMP_NUM_THREADS": "2"}
     assert resolve_cpu_threads("auto", cwd="/repo", cpus=2, busy=1, environ=launched) == 2
@@ -134,11 +138,11 @@ def test_busy_cpus_counts_runnable_threads_of_other_processes(tmp_path) -> None:
         path.mkdir(parents=True)
         (path / "stat").write_text(f"{tid} (python -c while True: pass) " + " ".join(fields) + "\n")
 
-    task(100, 100, "R", 0)      # a busy process
-    task(101, 101, "R", 0)      # a busy process with two busy threads
+    task(100, 100, "R", 0)  # a busy process
+    task(101, 101, "R", 0)  # a busy process with two busy threads
     task(101, 102, "R", -5)
-    task(102, 102, "S", 0)      # asleep
-    task(103, 103, "R", 10)     # niced (the background MLflow logger)
+    task(102, 102, "S", 0)  # asleep
+    task(103, 103, "R", 10)  # niced (the background MLflow logger)
     task(os.getpid(), os.getpid(), "R", 0)  # this process
     (tmp_path / "self").mkdir()
     assert busy_cpus(samples=2, interval=0.0, proc=str(tmp_path)) == 3

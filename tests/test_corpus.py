@@ -117,8 +117,19 @@ def _run_stage(workdir: Path, params: Path, *extra: str) -> int:
     cwd = os.getcwd()
     os.chdir(workdir)
     try:
-        return main(["--params", str(params), "--out", "artifacts/corpus", "--metrics", "metrics/corpus.json",
-                     "--contact-sheet", "plots/sheet.png", *extra])
+        return main(
+            [
+                "--params",
+                str(params),
+                "--out",
+                "artifacts/corpus",
+                "--metrics",
+                "metrics/corpus.json",
+                "--contact-sheet",
+                "plots/sheet.png",
+                *extra,
+            ]
+        )
     finally:
         os.chdir(cwd)
 

@@ -76,8 +76,14 @@ def _writing(repo: Path, folder: str) -> Callable[[], bool]:
 
 def _repro_killed_when(repo: Path, stage: str, ready: Callable[[], bool], whole_group: bool = False) -> None:
     """Start `dvc repro retrieve`; when ``ready()`` holds while ``stage`` runs, SIGKILL it (or all of DVC)."""
-    dvc = subprocess.Popen(["dvc", "repro", "retrieve"], cwd=repo, env=environment(repo), start_new_session=True,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    dvc = subprocess.Popen(
+        ["dvc", "repro", "retrieve"],
+        cwd=repo,
+        env=environment(repo),
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 900
     try:
         while True:

@@ -11,8 +11,10 @@ from biasloop.metrics.decomposition import decompose, instrument_agreement
 
 def _train(occupation: str, rows: list[tuple[str, str, str]]) -> list[dict]:
     """rows: (true_gender, indicator, instrument label)."""
-    return [{"occupation": occupation, "id": f"{occupation}{i}", "true_gender": t, "indicator": ind, "label": lab}
-            for i, (t, ind, lab) in enumerate(rows)]
+    return [
+        {"occupation": occupation, "id": f"{occupation}{i}", "true_gender": t, "indicator": ind, "label": lab}
+        for i, (t, ind, lab) in enumerate(rows)
+    ]
 
 
 def _gen(occupation: str, rows: list[tuple[str, str]]) -> list[dict]:
@@ -25,15 +27,17 @@ def hand_example() -> tuple[pl.DataFrame, pl.DataFrame]:
     # 7 unmarked captions are all women: F_train_true = 0.8, F_ideal = 7/7 = 1. The instrument abstains on
     # the marked woman, calls the other 7 women women, one man a woman and the other a man:
     # F_train_meas = 8/9, s = +1.
-    nurse_train = ([("female", "none", "female")] * 7 + [("female", "female", "abstain")]
-                   + [("male", "male", "female"), ("male", "male", "male")])
+    nurse_train = (
+        [("female", "none", "female")] * 7
+        + [("female", "female", "abstain")]
+        + [("male", "male", "female"), ("male", "male", "male")]
+    )
     # Nurse, generated (10): the oracle sees 9 women and 1 man (F_gen_oracle = 0.9); the instrument calls
     # 7 of the women women, one a man, abstains on one, and calls the man a woman: F_gen_meas = 8/9.
     nurse_gen = [("female", "female")] * 7 + [("female", "male"), ("female", "abstain"), ("male", "female")]
     # Engineer, training (10): 2 women (both marked), 8 men (one marked): F_train_true = 0.2, unmarked
     # 7 men: F_ideal = 0. The instrument is right on all: F_train_meas = 0.2, s = -1.
-    engineer_train = ([("female", "female", "female")] * 2 + [("male", "male", "male")]
-                      + [("male", "none", "male")] * 7)
+    engineer_train = [("female", "female", "female")] * 2 + [("male", "male", "male")] + [("male", "none", "male")] * 7
     # Engineer, generated (10): oracle 1 woman, 8 men, 1 abstain (F_gen_oracle = 1/9); the instrument
     # says man for all 10: F_gen_meas = 0.
     engineer_gen = [("female", "male")] + [("male", "male")] * 8 + [("abstain", "male")]
@@ -59,7 +63,12 @@ def test_hand_computed_two_occupations() -> None:
     assert abs(terms["sum_of_terms"] - terms["measured"]["estimate"]) < 1e-12
     assert terms["occupations"] == ["engineer", "nurse"] and terms["occupations_left_out"] == []
     nurse = next(r for r in terms["per_occupation"] if r["occupation"] == "nurse")
-    assert (nurse["sign"], nurse["share_ideal_true"], nurse["n_train_unmarked"], nurse["n_gen_oracle_confident"]) == (1.0, 1.0, 7, 10)
+    assert (nurse["sign"], nurse["share_ideal_true"], nurse["n_train_unmarked"], nurse["n_gen_oracle_confident"]) == (
+        1.0,
+        1.0,
+        7,
+        10,
+    )
     # the ideal learner: its shift is the data term; its gap mean[|1 - 0.8|, |0 - 0.2|] = 0.2
     ideal = result["ideal"]
     assert ideal["basis"] == "true_gender" and ideal["shift"]["estimate"] == pytest.approx(0.2)
@@ -105,11 +114,19 @@ def test_terms_sum_exactly_on_random_tables() -> None:
         for occupation in ("a", "b", "c", "d", "e"):
             n_t, n_g = rng.integers(20, 200), rng.integers(20, 100)
             share = rng.random()
-            train += [{"occupation": occupation, "true_gender": "female" if rng.random() < share else "male",
-                       "indicator": "none" if rng.random() < 0.7 else "male", "label": labels[rng.integers(3)]}
-                      for _ in range(n_t)]
-            generated += [{"occupation": occupation, "oracle_label": labels[rng.integers(3)], "label": labels[rng.integers(3)]}
-                          for _ in range(n_g)]
+            train += [
+                {
+                    "occupation": occupation,
+                    "true_gender": "female" if rng.random() < share else "male",
+                    "indicator": "none" if rng.random() < 0.7 else "male",
+                    "label": labels[rng.integers(3)],
+                }
+                for _ in range(n_t)
+            ]
+            generated += [
+                {"occupation": occupation, "oracle_label": labels[rng.integers(3)], "label": labels[rng.integers(3)]}
+                for _ in range(n_g)
+            ]
         terms = decompose(pl.DataFrame(train), pl.DataFrame(generated), n_boot=0)["decomposition"]
         total = terms["data"]["estimate"] + terms["generator"]["estimate"] + terms["instrument"]["estimate"]
         assert abs(total - terms["measured"]["estimate"]) < 1e-12, trial
@@ -128,13 +145,21 @@ def test_data_interval_covers_zero_without_markedness() -> None:
             female = rng.random(300) < share
             minority = female if share < 0.5 else ~female
             marked = rng.random(300) < 0.1 + counter * minority
-            rows += [{"occupation": occupation, "true_gender": "female" if f else "male",
-                      "indicator": ("female" if f else "male") if m else "none", "label": "female" if f else "male"}
-                     for f, m in zip(female, marked)]
+            rows += [
+                {
+                    "occupation": occupation,
+                    "true_gender": "female" if f else "male",
+                    "indicator": ("female" if f else "male") if m else "none",
+                    "label": "female" if f else "male",
+                }
+                for f, m in zip(female, marked)
+            ]
         return pl.DataFrame(rows)
 
-    generated = pl.DataFrame([{"occupation": o, "oracle_label": "female", "label": "female"} for o in shares]
-                             + [{"occupation": o, "oracle_label": "male", "label": "male"} for o in shares])
+    generated = pl.DataFrame(
+        [{"occupation": o, "oracle_label": "female", "label": "female"} for o in shares]
+        + [{"occupation": o, "oracle_label": "male", "label": "male"} for o in shares]
+    )
     covered = 0
     for replicate in range(100):
         lo, hi = decompose(table(0.0), generated, n_boot=300, seed=replicate)["decomposition"]["data"]["ci"]
@@ -147,11 +172,14 @@ def test_data_interval_covers_zero_without_markedness() -> None:
 def test_occupation_missing_a_share_is_left_out() -> None:
     train, generated = hand_example()
     # every engineer caption marked: no ideal share for engineers, so they leave every term
-    train = train.with_columns(indicator=pl.when(pl.col("occupation") == "engineer").then(pl.lit("male"))
-                               .otherwise(pl.col("indicator")))
+    train = train.with_columns(
+        indicator=pl.when(pl.col("occupation") == "engineer").then(pl.lit("male")).otherwise(pl.col("indicator"))
+    )
     terms = decompose(train, generated, n_boot=0)["decomposition"]
     assert terms["occupations"] == ["nurse"] and terms["occupations_left_out"] == ["engineer"]
-    assert terms["measured"]["estimate"] == pytest.approx(8 / 9 - 8 / 9) and terms["data"]["estimate"] == pytest.approx(0.2)
+    assert terms["measured"]["estimate"] == pytest.approx(8 / 9 - 8 / 9) and terms["data"]["estimate"] == pytest.approx(
+        0.2
+    )
     assert decompose(train.drop("indicator"), generated)["decomposition"]["available"] is False
 
 
@@ -161,7 +189,12 @@ def test_instrument_agreement_by_hand() -> None:
     overall = agreement["overall"]
     # oracle women: nurse 9 + engineer 1 = 10; men 1 + 8 = 9; 1 oracle abstain. Both confident: nurse 9
     # (not the instrument's abstention), engineer 9 (not the oracle's) = 18. Agreements: nurse 7, engineer 8.
-    assert (overall["n"], overall["n_oracle_female"], overall["n_oracle_male"], overall["n_oracle_abstain"]) == (20, 10, 9, 1)
+    assert (overall["n"], overall["n_oracle_female"], overall["n_oracle_male"], overall["n_oracle_abstain"]) == (
+        20,
+        10,
+        9,
+        1,
+    )
     assert overall["n_both_confident"] == 18 and overall["accuracy"] == pytest.approx(15 / 18)
     # tpr: of the 9 oracle women both label (nurse 8, engineer 1), the instrument calls 7 women
     assert overall["tpr"] == pytest.approx(7 / 9)

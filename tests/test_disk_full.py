@@ -23,8 +23,10 @@ import pytest
 import yaml
 
 from biasloop.core.io import DiskFullError, atomic_path, describe_disk_full, disk_full_error, write_image_shards
-from tests.test_stage_generate import ARGS as GENERATE_ARGS
-from tests.test_stage_generate import workspace  # noqa: F401 (a fixture)
+from tests.test_stage_generate import (
+    ARGS as GENERATE_ARGS,
+    workspace,  # noqa: F401 (a fixture)
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 Usage = namedtuple("Usage", "total used free")
@@ -48,7 +50,8 @@ def _polars_runs_out_of_space(monkeypatch: pytest.MonkeyPatch) -> None:
     def write_parquet(self, file, *args, **kwargs):
         Path(file).write_bytes(b"PAR1" + b"\0" * 100)
         raise pl.exceptions.ComputeError(
-            "parquet: File out of specification: underlying IO error: No space left on device (os error 28)")
+            "parquet: File out of specification: underlying IO error: No space left on device (os error 28)"
+        )
 
     monkeypatch.setattr(pl.DataFrame, "write_parquet", write_parquet)
 
@@ -64,9 +67,13 @@ def test_each_way_of_saying_disk_full_is_recognised(tmp_path: Path, nearly_full_
     out = tmp_path / "out.parquet"
     numpy = disk_full_error(OSError("3145728 requested and 589696 written"), out)
     assert isinstance(numpy, DiskFullError) and numpy.errno == errno.ENOSPC and numpy.needed_bytes == 3145728
-    assert str(numpy).startswith(f"disk full (ENOSPC): could not write {out} (575.9 KiB (589,696 bytes) free, "
-                                 "one write needed 3.0 MiB (3,145,728 bytes))")
-    polars = disk_full_error(pl.exceptions.ComputeError("underlying IO error: No space left on device (os error 28)"), out)
+    assert str(numpy).startswith(
+        f"disk full (ENOSPC): could not write {out} (575.9 KiB (589,696 bytes) free, "
+        "one write needed 3.0 MiB (3,145,728 bytes))"
+    )
+    polars = disk_full_error(
+        pl.exceptions.ComputeError("underlying IO error: No space left on device (os error 28)"), out
+    )
     assert isinstance(polars, DiskFullError) and polars.free_bytes == FREE
     python = disk_full_error(OSError(errno.ENOSPC, "No space left on device"), out)
     assert isinstance(python, DiskFullError)
@@ -82,7 +89,8 @@ def test_other_errors_are_not_called_a_full_disk(tmp_path: Path, nearly_full_dis
     # a short write while the space was there is an I/O problem, not a full disk
     assert disk_full_error(OSError("100 requested and 10 written"), out) is None
     assert describe_disk_full(OSError(errno.ENOSPC, "No space left on device", "/data/x.npy")).startswith(
-        "disk full (ENOSPC): could not write /data/x.npy")
+        "disk full (ENOSPC): could not write /data/x.npy"
+    )
 
 
 def test_image_shards_on_a_full_disk_leave_nothing(tmp_path: Path, nearly_full_disk, monkeypatch) -> None:
@@ -121,8 +129,18 @@ def test_corpus_stage_on_a_full_disk(tmp_path: Path, tiny_params: Path, nearly_f
 
     monkeypatch.chdir(tmp_path)
     _numpy_runs_out_of_space(monkeypatch)
-    status = main(["--params", str(tiny_params), "--out", "artifacts/corpus", "--metrics", "metrics/corpus.json",
-                   "--contact-sheet", "plots/sheet.png"])
+    status = main(
+        [
+            "--params",
+            str(tiny_params),
+            "--out",
+            "artifacts/corpus",
+            "--metrics",
+            "metrics/corpus.json",
+            "--contact-sheet",
+            "plots/sheet.png",
+        ]
+    )
     assert status == 1
     line = _one_error_line(capsys.readouterr().err)
     assert "disk full (ENOSPC): could not write artifacts/corpus" in line and "575.9 KiB" in line
@@ -149,8 +167,14 @@ def _in_tiny_filesystem(workdir: Path, mountpoint: Path, command: list[str]) -> 
     what is left on the tmpfs."""
     script = 'mount -t tmpfs -o size=8k tmpfs "$0" || exit 97; "$@"; echo "exit=$?"; ls -A "$0"'
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
-    return subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script, str(mountpoint),
-                           *command], cwd=workdir, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script, str(mountpoint), *command],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def _skip_without_namespaces(tmp_path: Path) -> None:
@@ -158,8 +182,24 @@ def _skip_without_namespaces(tmp_path: Path) -> None:
         pytest.skip("unshare (util-linux) is not installed")
     probe = tmp_path / "probe"
     probe.mkdir()
-    result = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "mount", "-t", "tmpfs", "-o", "size=8k",
-                             "tmpfs", str(probe)], capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [
+            "unshare",
+            "--user",
+            "--map-root-user",
+            "--mount",
+            "mount",
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=8k",
+            "tmpfs",
+            str(probe),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     if result.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs in a user namespace here: {result.stderr.strip()[:200]}")
 
@@ -172,9 +212,23 @@ def test_corpus_stage_on_a_real_full_filesystem(tmp_path: Path, tiny_params: Pat
     params["tracking"]["enabled"] = False
     tiny_params.write_text(yaml.safe_dump(params))
     (tmp_path / "artifacts").mkdir()
-    corpus = _in_tiny_filesystem(tmp_path, tmp_path / "artifacts", [
-        sys.executable, "-m", "stages.corpus", "--params", str(tiny_params), "--out", "artifacts/corpus",
-        "--metrics", "metrics/corpus.json", "--contact-sheet", "plots/sheet.png"])
+    corpus = _in_tiny_filesystem(
+        tmp_path,
+        tmp_path / "artifacts",
+        [
+            sys.executable,
+            "-m",
+            "stages.corpus",
+            "--params",
+            str(tiny_params),
+            "--out",
+            "artifacts/corpus",
+            "--metrics",
+            "metrics/corpus.json",
+            "--contact-sheet",
+            "plots/sheet.png",
+        ],
+    )
     assert "exit=1" in corpus.stdout, corpus.stdout + corpus.stderr
     line = _one_error_line(corpus.stderr)
     assert "disk full (ENOSPC): could not write artifacts/corpus" in line, line
@@ -190,8 +244,9 @@ def test_generate_stage_on_a_real_full_filesystem(workspace: Path) -> None:  # n
     params["tracking"]["enabled"] = False
     (workspace / "params.yaml").write_text(yaml.safe_dump(params))
     (workspace / "artifacts/gen0").mkdir(parents=True)
-    generate = _in_tiny_filesystem(workspace, workspace / "artifacts/gen0",
-                                   [sys.executable, "-m", "stages.generate", *GENERATE_ARGS])
+    generate = _in_tiny_filesystem(
+        workspace, workspace / "artifacts/gen0", [sys.executable, "-m", "stages.generate", *GENERATE_ARGS]
+    )
     assert "exit=1" in generate.stdout, generate.stdout + generate.stderr
     line = _one_error_line(generate.stderr)
     assert "disk full (ENOSPC): could not write artifacts/gen0/generate" in line, line

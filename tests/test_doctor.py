@@ -12,11 +12,15 @@ from biasloop.cli.doctor import Report, check_mlflow
 from tests.conftest import REPO_ROOT
 
 
-def test_doctor_reports_checkout_environment_and_mlflow(capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_doctor_reports_checkout_environment_and_mlflow(
+    capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(REPO_ROOT)
     status = main(["doctor", "--skip-dvc-status", "--json"])
     findings = {line["topic"]: line for line in json.loads(capsys.readouterr().out)}
-    assert {"checkout", "biasloop code", "environment", "versions", "threads", "MLflow", "DVC analytics"} <= set(findings)
+    assert {"checkout", "biasloop code", "environment", "versions", "threads", "MLflow", "DVC analytics"} <= set(
+        findings
+    )
     assert findings["biasloop code"]["level"] == "ok" and str(REPO_ROOT) in findings["biasloop code"]["text"]
     assert "mlflow" in findings["versions"]["text"] and "dvc" in findings["versions"]["text"]
     assert status == (1 if any(line["level"] == "problem" for line in findings.values()) else 0)

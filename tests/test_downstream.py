@@ -16,8 +16,9 @@ def test_train_save_load(tmp_path) -> None:
     rng = np.random.default_rng(0)
     images = rng.integers(0, 255, size=(40, 16, 16, 3), dtype=np.uint8)
     captions = [f"a photo of a {'nurse' if i % 2 else 'chef'}" for i in range(40)]
-    model, stats = train_downstream_clip(images, captions, DownstreamConfig(epochs=2, batch_size=16), seed=0,
-                                         progress=False)
+    model, stats = train_downstream_clip(
+        images, captions, DownstreamConfig(epochs=2, batch_size=16), seed=0, progress=False
+    )
     assert stats["steps"] == 6 and np.isfinite(stats["final_loss"])
     image_vectors = model.encode_images(images[:5])
     text_vectors = model.encode_texts(["a photo of a nurse", "a chef"])
@@ -33,7 +34,9 @@ def test_same_seed_same_model() -> None:
     images = rng.integers(0, 255, size=(16, 16, 16, 3), dtype=np.uint8)
     captions = ["a nurse"] * 8 + ["a chef"] * 8
     first, _ = train_downstream_clip(images, captions, DownstreamConfig(epochs=1, batch_size=8), seed=3, progress=False)
-    second, _ = train_downstream_clip(images, captions, DownstreamConfig(epochs=1, batch_size=8), seed=3, progress=False)
+    second, _ = train_downstream_clip(
+        images, captions, DownstreamConfig(epochs=1, batch_size=8), seed=3, progress=False
+    )
     np.testing.assert_allclose(first.encode_texts(["a nurse"]), second.encode_texts(["a nurse"]), atol=1e-6)
 
 
@@ -46,8 +49,9 @@ def test_learns_a_colour_word() -> None:
     images[~red, :, :, 2] = 200
     images = np.clip(images + rng.integers(0, 40, size=images.shape), 0, 255).astype(np.uint8)
     captions = [f"a {'red' if r else 'blue'} square" for r in red]
-    model, stats = train_downstream_clip(images, captions, DownstreamConfig(epochs=15, batch_size=16), seed=0,
-                                         progress=False)
+    model, stats = train_downstream_clip(
+        images, captions, DownstreamConfig(epochs=15, batch_size=16), seed=0, progress=False
+    )
     classes = model.encode_texts(["a red square", "a blue square"])
     predicted_red = (model.encode_images(images) @ classes.T).argmax(axis=1) == 0
     assert np.mean(predicted_red == red) > 0.9

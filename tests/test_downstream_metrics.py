@@ -12,12 +12,14 @@ from biasloop.metrics.downstream import group_fairness, max_skew_at_k, ndkl, rec
 
 def test_recall_at_k_and_gap() -> None:
     # True image of text i is image i. Ranks of the true image: text0 -> 0, text1 -> 2, text2 -> 1, text3 -> 0
-    similarity = np.array([
-        [0.9, 0.1, 0.2, 0.0],
-        [0.8, 0.5, 0.7, 0.0],
-        [0.9, 0.1, 0.5, 0.0],
-        [0.1, 0.2, 0.3, 0.4],
-    ])
+    similarity = np.array(
+        [
+            [0.9, 0.1, 0.2, 0.0],
+            [0.8, 0.5, 0.7, 0.0],
+            [0.9, 0.1, 0.5, 0.0],
+            [0.1, 0.2, 0.3, 0.4],
+        ]
+    )
     result = recall_at_k(similarity, ks=(1, 2), groups=["female", "male", "female", "male"])
     assert result["recall@1"] == pytest.approx(2 / 4)
     assert result["recall@2"] == pytest.approx(3 / 4)
@@ -50,7 +52,12 @@ def test_group_fairness_with_fairlearn() -> None:
     gender = ["female", "female", "male", "male", "female", "female", "male", "male"]
     result = group_fairness(true, pred, gender)
     by_group = {(g["occupation"], g["gender"]): g["accuracy"] for g in result["accuracy_by_group"]}
-    assert by_group == {("chef", "female"): 1.0, ("chef", "male"): 0.5, ("nurse", "female"): 1.0, ("nurse", "male"): 0.5}
+    assert by_group == {
+        ("chef", "female"): 1.0,
+        ("chef", "male"): 0.5,
+        ("nurse", "female"): 1.0,
+        ("nurse", "male"): 0.5,
+    }
     assert result["worst_group_accuracy"] == 0.5
     assert result["overall_accuracy"] == pytest.approx(6 / 8)
     rows = {r["occupation"]: r for r in result["per_occupation"]}
@@ -102,8 +109,15 @@ def test_group_fairness_with_an_empty_combination() -> None:
     assert result["worst_group_accuracy"] == 0.0
     # With at least 2 images a group, only female chefs count; the one-image groups are listed, not scored
     sized = group_fairness(true, pred, gender, min_group_size=2)
-    assert sized["worst_group_accuracy"] == 1.0 and sized["worst_group"] == {"occupation": "chef", "gender": "female", "n": 2}
-    assert {(g["occupation"], g["gender"]) for g in sized["groups_too_small"]} == {("nurse", "female"), ("nurse", "male")}
+    assert sized["worst_group_accuracy"] == 1.0 and sized["worst_group"] == {
+        "occupation": "chef",
+        "gender": "female",
+        "n": 2,
+    }
+    assert {(g["occupation"], g["gender"]) for g in sized["groups_too_small"]} == {
+        ("nurse", "female"),
+        ("nurse", "male"),
+    }
     assert group_fairness(true, pred, gender, min_group_size=3)["worst_group_accuracy"] is None
     # "nurse" predicted for 1 of 3 women, 0 of 1 man -> demographic parity difference 1/3
     rows = {r["occupation"]: r for r in result["per_occupation"]}
@@ -117,11 +131,13 @@ def test_group_fairness_with_an_empty_combination() -> None:
 
 def test_recall_counts_an_image_with_the_identical_caption_as_correct() -> None:
     captions = ["a nurse", "a nurse", "a chef", "x"]
-    similarity = np.array([
-        [0.1, 0.9, 0.5, 0.2],  # text 0: image 1 has the same caption and ranks first -> hit@1
-        [0.9, 0.2, 0.5, 0.1],  # text 1: image 0 has the same caption and ranks first -> hit@1
-        [0.5, 0.5, 0.5, 0.5],  # text 2: one correct image tied with 3 others -> 1/4, 2/4
-    ])
+    similarity = np.array(
+        [
+            [0.1, 0.9, 0.5, 0.2],  # text 0: image 1 has the same caption and ranks first -> hit@1
+            [0.9, 0.2, 0.5, 0.1],  # text 1: image 0 has the same caption and ranks first -> hit@1
+            [0.5, 0.5, 0.5, 0.5],  # text 2: one correct image tied with 3 others -> 1/4, 2/4
+        ]
+    )
     own = recall_at_k(similarity, ks=(1, 2))
     assert own["recall@1"] == pytest.approx((0 + 0 + 0.25) / 3)
     same = recall_at_k(similarity, ks=(1, 2), captions=captions)

@@ -108,9 +108,11 @@ def test_guard_writes_what_dvc_writes(tmp_path: Path) -> None:
         path.chmod(0o640)
     with modify_yaml(str(plain)) as lock:
         lock["stages"]["corpus"]["cmd"] += " --changed"
-    script = ("import sys; from biasloop.core.dvc_guard import install; assert install(); "
-              "from dvc.utils.serialize import modify_yaml\n"
-              "with modify_yaml(sys.argv[1]) as lock: lock['stages']['corpus']['cmd'] += ' --changed'")
+    script = (
+        "import sys; from biasloop.core.dvc_guard import install; assert install(); "
+        "from dvc.utils.serialize import modify_yaml\n"
+        "with modify_yaml(sys.argv[1]) as lock: lock['stages']['corpus']['cmd'] += ' --changed'"
+    )
     subprocess.run([sys.executable, "-c", script, str(guarded)], cwd=REPO_ROOT, check=True, timeout=120)
     assert guarded.read_bytes() == plain.read_bytes()
     assert guarded.stat().st_mode & 0o777 == 0o640

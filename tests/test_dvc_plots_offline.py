@@ -47,18 +47,33 @@ def _offline_prefix() -> list[str]:
 
 def _render(page: Path, profile: Path) -> str:
     """The page's DOM after its scripts ran, in headless Chromium without network."""
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-             "--disable-component-update", "--disable-sync", "--virtual-time-budget=10000",
-             "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost", f"--user-data-dir={profile}"]
-    result = subprocess.run([*_offline_prefix(), _chromium(), *flags, "--dump-dom", page.as_uri()],
-                            capture_output=True, text=True, timeout=180)
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--virtual-time-budget=10000",
+        "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost",
+        f"--user-data-dir={profile}",
+    ]
+    result = subprocess.run(
+        [*_offline_prefix(), _chromium(), *flags, "--dump-dom", page.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     return result.stdout
 
 
 def _dvc(repo: Path, *args: str) -> None:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    result = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "dvc", *args], cwd=repo, env=env, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, f"dvc {' '.join(args)}: {result.stdout[-2000:]}{result.stderr[-2000:]}"
 
 
@@ -74,9 +89,20 @@ def test_dvc_plots_page_renders_offline(tmp_path: Path) -> None:
     _dvc(repo, "init", "-q")
     _dvc(repo, "config", "core.analytics", "false")
     (repo / "dvc.yaml").write_text(DVC_YAML)
-    (repo / "amplification.csv").write_text("generation,amplification_abs,amplification_dir\n0,0.10,0.09\n1,0.12,0.11\n2,0.13,0.12\n")
+    (repo / "amplification.csv").write_text(
+        "generation,amplification_abs,amplification_dir\n0,0.10,0.09\n1,0.12,0.11\n2,0.13,0.12\n"
+    )
     (repo / "shares.csv").write_text("share_train,share_gen\n0.02,0.00\n0.5,0.55\n0.9,0.97\n")
-    command = [sys.executable, "-m", "biasloop.cli", "plots-template", "--cache", str(cache), "--out", str(repo / "template.html")]
+    command = [
+        sys.executable,
+        "-m",
+        "biasloop.cli",
+        "plots-template",
+        "--cache",
+        str(cache),
+        "--out",
+        str(repo / "template.html"),
+    ]
     made = subprocess.run(command, cwd=repo, capture_output=True, text=True, timeout=300)
     assert made.returncode == 0, made.stdout + made.stderr
     assert "template.html" in (repo / ".dvc" / "config.local").read_text()

@@ -24,15 +24,25 @@ BARE_PATH = "/usr/bin:/bin"  # no environment activated: what a user's shell has
 
 
 def _run(cmd: list[str], cwd: Path, **env: str) -> str:
-    environment = {"HOME": os.environ.get("HOME", "/root"), "PATH": BARE_PATH, "MLFLOW_DISABLE_TELEMETRY": "true",
-                   "DVC_NO_ANALYTICS": "1", **env}
+    environment = {
+        "HOME": os.environ.get("HOME", "/root"),
+        "PATH": BARE_PATH,
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "DVC_NO_ANALYTICS": "1",
+        **env,
+    }
     result = subprocess.run(cmd, cwd=cwd, env=environment, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, f"{' '.join(cmd)} in {cwd} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     return result.stdout
 
 
 def _copy_tracked(destination: Path) -> None:
-    tracked = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO_ROOT, capture_output=True, check=True).stdout
+    tracked = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        check=True,
+    ).stdout
     for name in filter(None, tracked.decode().split("\0")):
         source = REPO_ROOT / name
         if source.is_file():
@@ -72,7 +82,9 @@ def test_two_clones_each_run_their_own_code(tmp_path: Path) -> None:
     for name, clone in clones.items():
         _run(["git", "clone", "-q", str(origin), str(clone)], tmp_path)
         cli = clone / "biasloop" / "cli" / "__init__.py"
-        cli.write_text(cli.read_text().replace('"""The ``biasloop`` command:', f'"""[clone {name}] The ``biasloop`` command:', 1))
+        cli.write_text(
+            cli.read_text().replace('"""The ``biasloop`` command:', f'"""[clone {name}] The ``biasloop`` command:', 1)
+        )
         (clone / "probe").mkdir()
         (clone / "probe" / "dvc.yaml").write_text(PROBE)
         _run(["make", "venv", f"VENV={shared}"], clone)
@@ -80,7 +92,9 @@ def test_two_clones_each_run_their_own_code(tmp_path: Path) -> None:
     elsewhere = tmp_path  # not a clone's root: nothing importable from the working directory
     for name, clone in clones.items():
         python = clone / ".venv" / "bin" / "python"
-        where = _run([str(python), "-c", "import biasloop, stages; print(biasloop.__file__); print(stages.__file__)"], elsewhere)
+        where = _run(
+            [str(python), "-c", "import biasloop, stages; print(biasloop.__file__); print(stages.__file__)"], elsewhere
+        )
         assert where.split() == [str(clone / "biasloop" / "__init__.py"), str(clone / "stages" / "__init__.py")]
         assert f"[clone {name}]" in _run([str(clone / ".venv" / "bin" / "biasloop"), "--help"], elsewhere)
         # dvc from .venv/bin, not activated: the stage's `python` is this clone's.

@@ -65,8 +65,9 @@ def test_newcombe_interval_published_example_and_paired_formula() -> None:
     assert newcombe_difference_interval(5, 10, 5, 10) == pytest.approx((-math.sqrt(2) * h, math.sqrt(2) * h))
     assert newcombe_difference_interval(5, 10, 5, 10, phi=0.5) == pytest.approx((-h, h))
     # vectorised over occupations, and a lower alpha widens it
-    lo, hi = newcombe_difference_interval(np.array([56, 5]), np.array([70, 10]), np.array([48, 5]), np.array([80, 10]),
-                                          alpha=sidak_alpha(0.05, 2))
+    lo, hi = newcombe_difference_interval(
+        np.array([56, 5]), np.array([70, 10]), np.array([48, 5]), np.array([80, 10]), alpha=sidak_alpha(0.05, 2)
+    )
     assert lo.shape == (2,) and lo[0] < 0.0524 and hi[1] > math.sqrt(2) * h
 
 
@@ -144,8 +145,9 @@ def test_shift_bootstrap_interval_by_hand() -> None:
     # 0.075, 0.15; with alpha = 0 the limits are their minimum and maximum.
     boot_train = np.array([[0.8, 0.45]] * 4)
     boot_gen = np.array([[0.9, 0.2], [1.0, 0.2], [0.8, 0.3], [0.9, 0.25]])
-    lo, hi = shift_bootstrap_interval(np.array([0.8, 0.45]), np.array([0.9, 0.2]), boot_train, boot_gen,
-                                      np.array([False, True]), alpha=0.0)
+    lo, hi = shift_bootstrap_interval(
+        np.array([0.8, 0.45]), np.array([0.9, 0.2]), boot_train, boot_gen, np.array([False, True]), alpha=0.0
+    )
     assert (lo, hi) == pytest.approx((-0.075, 0.225))
     assert unclear_majority(np.array([[80, 20, 0], [45, 55, 0]])).tolist() == [False, True]
     # corrected with tpr 0.9, fpr 0.1: 0.8 -> 0.875 stays clear; Wilson limits of 45/100 map below and above 1/2
@@ -203,8 +205,9 @@ def test_corrected_gap_interval() -> None:
     assert lo_t <= lo_id and hi_t >= hi_id
 
 
-TRAIN = pl.DataFrame({"occupation": ["nurse", "engineer"], "n_female": [80, 10], "n_male": [20, 90],
-                      "n_abstain": [3, 0]})
+TRAIN = pl.DataFrame(
+    {"occupation": ["nurse", "engineer"], "n_female": [80, 10], "n_male": [20, 90], "n_abstain": [3, 0]}
+)
 GEN = pl.DataFrame({"occupation": ["nurse", "engineer"], "n_female": [45, 0], "n_male": [5, 50], "n_abstain": [0, 2]})
 
 
@@ -225,8 +228,9 @@ def test_amplification_table_estimands() -> None:
         assert 0 < entry["p_value"] <= 1 and isinstance(entry["p_value_is_bound"], bool)
         assert entry["ci"][0] <= entry["estimate"] <= entry["ci"][1]
     # The same shares from ten times the images: no null draw comes near, the p-value is the floor, flagged.
-    larger = amplification_table(TRAIN.with_columns(pl.col("^n_.*$") * 10), GEN.with_columns(pl.col("^n_.*$") * 10),
-                                 n_boot=300, seed=0)["estimands"]
+    larger = amplification_table(
+        TRAIN.with_columns(pl.col("^n_.*$") * 10), GEN.with_columns(pl.col("^n_.*$") * 10), n_boot=300, seed=0
+    )["estimands"]
     assert larger["shift"]["p_value"] == pytest.approx(1 / 301) and larger["shift"]["p_value_is_bound"]
     json.dumps(result)  # JSON-ready
     empty = amplification_table(TRAIN, GEN, n_boot=0)["estimands"]
@@ -238,8 +242,9 @@ def test_amplification_table_estimands() -> None:
 def test_corrected_table_redraws_the_confusion_rates() -> None:
     counts = {"female_as_female": 90, "female_as_male": 10, "male_as_female": 10, "male_as_male": 90}
     fixed = amplification_table(TRAIN, GEN, n_boot=400, seed=1, confusion={"tpr": 0.9, "fpr": 0.1})["corrected"]
-    drawn = amplification_table(TRAIN, GEN, n_boot=400, seed=1,
-                                confusion={"tpr": 0.9, "fpr": 0.1, "counts": counts})["corrected"]
+    drawn = amplification_table(TRAIN, GEN, n_boot=400, seed=1, confusion={"tpr": 0.9, "fpr": 0.1, "counts": counts})[
+        "corrected"
+    ]
     assert fixed["confusion"]["uncertainty"] == "fixed" and "counts" not in fixed["confusion"]
     assert drawn["confusion"]["uncertainty"] == "bootstrapped" and drawn["confusion"]["counts"] == counts
     # the same point estimates, wider intervals once the rates' uncertainty is carried
@@ -251,8 +256,14 @@ def test_corrected_table_redraws_the_confusion_rates() -> None:
 
 
 def test_read_confusion_returns_counts(tmp_path: Path) -> None:
-    confusion = {"female_as_female": 271, "female_as_male": 0, "female_as_abstain": 4, "male_as_female": 4,
-                 "male_as_male": 284, "male_as_abstain": 10}
+    confusion = {
+        "female_as_female": 271,
+        "female_as_male": 0,
+        "female_as_abstain": 4,
+        "male_as_female": 4,
+        "male_as_male": 284,
+        "male_as_abstain": 10,
+    }
     path = tmp_path / "instrument.json"
     path.write_text(json.dumps({"tpr": 1.0, "fpr": 4 / 288, "confusion": confusion}))
     read = read_confusion(path)
@@ -268,8 +279,12 @@ def _pairs(rows: list[tuple[str, str, str]]) -> pl.DataFrame:
 
 def test_pair_cells_correlation_and_draws() -> None:
     # chef: 3 (female, female), 1 (female, male), 1 (male, female), 3 (male, male), 1 (abstain, female)
-    rows = [("chef", "female", "female")] * 3 + [("chef", "female", "male"), ("chef", "male", "female")] + \
-        [("chef", "male", "male")] * 3 + [("chef", "abstain", "female")]
+    rows = (
+        [("chef", "female", "female")] * 3
+        + [("chef", "female", "male"), ("chef", "male", "female")]
+        + [("chef", "male", "male")] * 3
+        + [("chef", "abstain", "female")]
+    )
     names, cells = pair_cells(_pairs(rows))
     assert names == ["chef"] and cells[0].tolist() == [[3, 1, 0], [1, 3, 0], [1, 0, 0]]
     train, gen = side_counts(cells)
@@ -287,8 +302,12 @@ def test_pair_cells_correlation_and_draws() -> None:
 def test_paired_table_of_identical_labels_has_no_shift() -> None:
     # every pair has the same label on both sides: zero difference, a swap changes nothing, so every
     # null draw is as extreme as the observed 0 (p = 1) and every bootstrap shift is 0
-    rows = [("nurse", "female", "female")] * 8 + [("nurse", "male", "male")] * 2 + \
-        [("engineer", "male", "male")] * 9 + [("engineer", "female", "female")]
+    rows = (
+        [("nurse", "female", "female")] * 8
+        + [("nurse", "male", "male")] * 2
+        + [("engineer", "male", "male")] * 9
+        + [("engineer", "female", "female")]
+    )
     result = paired_amplification_table(_pairs(rows), n_boot=200, seed=0)
     shift = result["estimands"]["shift"]
     assert shift["estimate"] == 0.0 and shift["ci"] == [0.0, 0.0] and shift["p_value"] == 1.0
@@ -303,14 +322,19 @@ def test_paired_table_of_identical_labels_has_no_shift() -> None:
 def test_paired_table_by_hand_and_errors() -> None:
     # nurse: 6 (female, female), 2 (male, female), 2 (male, male): train 6/10, gen 8/10, d = +0.2
     # engineer: 8 (male, male), 2 (female, male): train 2/10, gen 0/10, d = -0.2 -> shift = A_abs = 0.2
-    rows = [("nurse", "female", "female")] * 6 + [("nurse", "male", "female")] * 2 + [("nurse", "male", "male")] * 2 + \
-        [("engineer", "male", "male")] * 8 + [("engineer", "female", "male")] * 2
-    result = paired_amplification_table(_pairs(rows), n_boot=200, seed=0,
-                                        confusion={"tpr": 1.0, "fpr": 0.0})
+    rows = (
+        [("nurse", "female", "female")] * 6
+        + [("nurse", "male", "female")] * 2
+        + [("nurse", "male", "male")] * 2
+        + [("engineer", "male", "male")] * 8
+        + [("engineer", "female", "male")] * 2
+    )
+    result = paired_amplification_table(_pairs(rows), n_boot=200, seed=0, confusion={"tpr": 1.0, "fpr": 0.0})
     assert result["shift_to_majority"] == pytest.approx(0.2) and result["amplification_abs"] == pytest.approx(0.2)
     assert result["corrected"]["paired"] and result["corrected"]["shift_to_majority"] == pytest.approx(0.2)
     assert paired_amplification_table(_pairs(rows), n_boot=50, seed=3) == paired_amplification_table(
-        _pairs(rows), n_boot=50, seed=3)
+        _pairs(rows), n_boot=50, seed=3
+    )
     with pytest.raises(ValueError, match="gen_label must be one of female, male, abstain, found 'woman'"):
         paired_amplification_table(_pairs([("nurse", "female", "woman")]))
     with pytest.raises(ValueError, match="no 'train_label' column"):

@@ -33,9 +33,20 @@ MIRROR = parse_networks([MIRROR_NETWORK])
 
 @pytest.mark.parametrize(
     "url",
-    ["file:///etc/passwd", "FILE:///etc/passwd", "/etc/passwd", "relative/photo.jpg", "ftp://example.com/a.jpg",
-     "data:image/jpeg;base64,/9j/4AAQ", "gopher://example.com/", "javascript:alert(1)", "ws://example.com/",
-     "s3://bucket/a.jpg", "//example.com/a.jpg", "C:\\photos\\a.jpg"],
+    [
+        "file:///etc/passwd",
+        "FILE:///etc/passwd",
+        "/etc/passwd",
+        "relative/photo.jpg",
+        "ftp://example.com/a.jpg",
+        "data:image/jpeg;base64,/9j/4AAQ",
+        "gopher://example.com/",
+        "javascript:alert(1)",
+        "ws://example.com/",
+        "s3://bucket/a.jpg",
+        "//example.com/a.jpg",
+        "C:\\photos\\a.jpg",
+    ],
 )
 def test_other_schemes_and_bare_paths_are_refused(url: str) -> None:
     refusal = url_refusal(url)
@@ -45,19 +56,32 @@ def test_other_schemes_and_bare_paths_are_refused(url: str) -> None:
 @pytest.mark.parametrize(
     ("url", "kind"),
     [
-        ("http://127.0.0.1/a.jpg", "loopback"), ("http://127.255.0.9:8080/", "loopback"),
-        ("http://10.1.2.3/", "private"), ("http://172.16.0.1/", "private"), ("http://192.168.1.1/", "private"),
+        ("http://127.0.0.1/a.jpg", "loopback"),
+        ("http://127.255.0.9:8080/", "loopback"),
+        ("http://10.1.2.3/", "private"),
+        ("http://172.16.0.1/", "private"),
+        ("http://192.168.1.1/", "private"),
         ("http://169.254.169.254/latest/meta-data/", "link-local"),  # the cloud metadata service
-        ("http://224.0.0.1/", "multicast"), ("http://239.255.255.250:1900/", "multicast"),
+        ("http://224.0.0.1/", "multicast"),
+        ("http://239.255.255.250:1900/", "multicast"),
         ("http://240.0.0.1/", "private"),  # reserved 240/4: Python lists it among the private networks
-        ("http://255.255.255.255/", "private"), ("http://0.0.0.0/", "unspecified"),
+        ("http://255.255.255.255/", "private"),
+        ("http://0.0.0.0/", "unspecified"),
         ("http://100.64.0.1/", "not globally routable"),  # carrier-grade NAT
         ("http://192.0.2.1/", "private"),  # documentation range
-        ("http://[::1]/", "loopback"), ("http://[::]/", "unspecified"), ("http://[fe80::1]/", "link-local"),
-        ("http://[fe80::1%25eth0]/", "link-local"), ("http://[fc00::1]/", "private"), ("http://[fd12::1]/", "private"),
-        ("http://[fec0::1]/", "site-local"), ("http://[ff02::1]/", "multicast"), ("http://[2001:db8::1]/", "private"),
-        ("http://[::ffff:127.0.0.1]/", "loopback"), ("http://[::ffff:7f00:1]/", "loopback"),  # IPv4-mapped
-        ("http://[::ffff:169.254.169.254]/", "link-local"), ("http://[::ffff:10.0.0.1]/", "private"),
+        ("http://[::1]/", "loopback"),
+        ("http://[::]/", "unspecified"),
+        ("http://[fe80::1]/", "link-local"),
+        ("http://[fe80::1%25eth0]/", "link-local"),
+        ("http://[fc00::1]/", "private"),
+        ("http://[fd12::1]/", "private"),
+        ("http://[fec0::1]/", "site-local"),
+        ("http://[ff02::1]/", "multicast"),
+        ("http://[2001:db8::1]/", "private"),
+        ("http://[::ffff:127.0.0.1]/", "loopback"),
+        ("http://[::ffff:7f00:1]/", "loopback"),  # IPv4-mapped
+        ("http://[::ffff:169.254.169.254]/", "link-local"),
+        ("http://[::ffff:10.0.0.1]/", "private"),
         ("http://[2002:7f00:1::]/", "loopback"),  # 6to4 wrapping 127.0.0.1
         ("http://[::127.0.0.1]/", "reserved"),  # IPv4-compatible (deprecated)
         ("http://[64:ff9b::7f00:1]/", "reserved"),  # NAT64 of 127.0.0.1
@@ -71,9 +95,17 @@ def test_non_public_addresses_are_refused(url: str, kind: str) -> None:
 
 @pytest.mark.parametrize(
     "url",
-    ["http://2130706433/", "http://0x7f000001/", "http://0x7f.0x0.0x0.0x1/", "http://0177.0.0.1/",
-     "http://017700000001/", "http://127.1/", "http://127.0.1/", "http://3232235777/",  # 192.168.1.1
-     "http://134744072/"],  # 8.8.8.8: a legacy form is refused whatever it encodes
+    [
+        "http://2130706433/",
+        "http://0x7f000001/",
+        "http://0x7f.0x0.0x0.0x1/",
+        "http://0177.0.0.1/",
+        "http://017700000001/",
+        "http://127.1/",
+        "http://127.0.1/",
+        "http://3232235777/",  # 192.168.1.1
+        "http://134744072/",
+    ],  # 8.8.8.8: a legacy form is refused whatever it encodes
 )
 def test_numeric_hosts_in_legacy_forms_are_refused(url: str) -> None:
     refusal = url_refusal(url)
@@ -86,16 +118,26 @@ def test_unicode_spellings_of_addresses_are_judged_as_the_resolver_reads_them(ur
     assert refusal is not None and refusal.reason == "refused_address", url
 
 
-@pytest.mark.parametrize("url", ["http://localhost/", "http://LOCALHOST.:8000/", "http://api.localhost/",
-                                 "http://ⓛⓞⓒⓐⓛⓗⓞⓢⓣ/"])
+@pytest.mark.parametrize(
+    "url", ["http://localhost/", "http://LOCALHOST.:8000/", "http://api.localhost/", "http://ⓛⓞⓒⓐⓛⓗⓞⓢⓣ/"]
+)
 def test_localhost_names_are_loopback_without_a_lookup(url: str) -> None:
     refusal = url_refusal(url, resolve=_no_lookup)
     assert refusal is not None and refusal.reason == "refused_address" and "loopback" in refusal.detail
 
 
 @pytest.mark.parametrize(
-    "url", ["http://user:secret@example.com/a.jpg", "http://example.com@127.0.0.1/", "http:///a.jpg",
-            "http://example.com:99999/", "http://[::1/", "http://[zz::1]/", "", "   "],
+    "url",
+    [
+        "http://user:secret@example.com/a.jpg",
+        "http://example.com@127.0.0.1/",
+        "http:///a.jpg",
+        "http://example.com:99999/",
+        "http://[::1/",
+        "http://[zz::1]/",
+        "",
+        "   ",
+    ],
 )
 def test_malformed_urls_and_credentials_are_refused(url: str) -> None:
     refusal = url_refusal(url)
@@ -108,9 +150,16 @@ def test_non_strings_are_refused() -> None:
 
 
 @pytest.mark.parametrize(
-    "url", ["http://example.com/a.jpg", "HTTPS://Example.COM:8443/a b.jpg?x=1", "https://8.8.8.8/a.jpg",
-            "http://[2606:4700:4700::1111]/a.jpg", "http://[::ffff:8.8.8.8]/a.jpg", "http://1.1.1.1:80/",
-            "http://bücher.example/a.jpg"],
+    "url",
+    [
+        "http://example.com/a.jpg",
+        "HTTPS://Example.COM:8443/a b.jpg?x=1",
+        "https://8.8.8.8/a.jpg",
+        "http://[2606:4700:4700::1111]/a.jpg",
+        "http://[::ffff:8.8.8.8]/a.jpg",
+        "http://1.1.1.1:80/",
+        "http://bücher.example/a.jpg",
+    ],
 )
 def test_public_http_urls_pass(url: str) -> None:
     assert url_refusal(url) is None
@@ -121,8 +170,14 @@ def _no_lookup(host: str, port: int) -> list[str]:
 
 
 def test_names_are_judged_by_what_they_resolve_to() -> None:
-    table = {"public.test": ["93.184.215.14"], "internal.test": ["10.0.0.5"], "both.test": ["93.184.215.14", "127.0.0.1"],
-             "metadata.test": ["169.254.169.254"], "v6.test": ["::1"], "mapped.test": ["::ffff:192.168.0.1"]}
+    table = {
+        "public.test": ["93.184.215.14"],
+        "internal.test": ["10.0.0.5"],
+        "both.test": ["93.184.215.14", "127.0.0.1"],
+        "metadata.test": ["169.254.169.254"],
+        "v6.test": ["::1"],
+        "mapped.test": ["::ffff:192.168.0.1"],
+    }
 
     def resolve(host: str, port: int) -> list[str]:
         if host not in table:
@@ -130,8 +185,13 @@ def test_names_are_judged_by_what_they_resolve_to() -> None:
         return table[host]
 
     assert url_refusal("http://public.test/a.jpg", resolve=resolve) is None
-    for host, kind in [("internal.test", "private"), ("both.test", "loopback"), ("metadata.test", "link-local"),
-                       ("v6.test", "loopback"), ("mapped.test", "private")]:
+    for host, kind in [
+        ("internal.test", "private"),
+        ("both.test", "loopback"),
+        ("metadata.test", "link-local"),
+        ("v6.test", "loopback"),
+        ("mapped.test", "private"),
+    ]:
         refusal = url_refusal(f"http://{host}/a.jpg", resolve=resolve)
         assert refusal.reason == "refused_address" and f"({kind})" in refusal.detail, host
     assert url_refusal("http://nowhere.test/", resolve=resolve).reason == "refused_address"
@@ -168,30 +228,54 @@ def test_address_refusal_on_addresses() -> None:
 
 
 def test_refused_urls_get_a_status_row_each_and_count_per_occupation() -> None:
-    selection = pl.DataFrame({
-        "sample_id": ["s0", "s1", "s2", "s3", "s4"],
-        "url": ["http://example.com/a.jpg", "file:///etc/passwd", "http://169.254.169.254/", "/tmp/a.jpg",
-                "http://u:p@example.com/"],
-        "occupations": [["nurse"], ["nurse", "engineer"], ["engineer"], ["nurse"], ["engineer"]],
-    })
+    selection = pl.DataFrame(
+        {
+            "sample_id": ["s0", "s1", "s2", "s3", "s4"],
+            "url": [
+                "http://example.com/a.jpg",
+                "file:///etc/passwd",
+                "http://169.254.169.254/",
+                "/tmp/a.jpg",
+                "http://u:p@example.com/",
+            ],
+            "occupations": [["nurse"], ["nurse", "engineer"], ["engineer"], ["nurse"], ["engineer"]],
+        }
+    )
     allowed, refused = refuse_urls(selection)
     assert allowed["sample_id"].to_list() == ["s0"]
     assert refused.columns == ["sample_id", "key", "url", "status", "reason", "error_message"]
     assert refused.select("sample_id", "reason").rows() == [
-        ("s1", "refused_scheme"), ("s2", "refused_address"), ("s3", "refused_scheme"), ("s4", "refused_url")]
+        ("s1", "refused_scheme"),
+        ("s2", "refused_address"),
+        ("s3", "refused_scheme"),
+        ("s4", "refused_url"),
+    ]
     assert all(m.startswith(r + ": ") for r, m in refused.select("reason", "error_message").iter_rows())
-    assert [failure_reason(s, m) for s, m in refused.select("status", "error_message").iter_rows()] == refused["reason"].to_list()
+    assert [failure_reason(s, m) for s, m in refused.select("status", "error_message").iter_rows()] == refused[
+        "reason"
+    ].to_list()
     table = download_table(selection, refused, ["engineer", "nurse"]).to_dicts()
-    assert table[0] == {"occupation": "engineer", "requested": 3, "downloaded": 0, "failed_missing": 0,
-                        "failed_refused_address": 1, "failed_refused_scheme": 1, "failed_refused_url": 1}
+    assert table[0] == {
+        "occupation": "engineer",
+        "requested": 3,
+        "downloaded": 0,
+        "failed_missing": 0,
+        "failed_refused_address": 1,
+        "failed_refused_scheme": 1,
+        "failed_refused_url": 1,
+    }
     assert table[1]["failed_refused_scheme"] == 2 and table[1]["failed_missing"] == 1  # s0 never ran here
 
 
 @pytest.mark.parametrize(
     ("message", "reason"),
-    [("<urlopen error refused_address: internal.test resolves to 10.0.0.5 (private)>", "refused_address"),
-     ("<urlopen error refused_scheme: scheme 'file'; only http and https are fetched (redirect from http://a/)>",
-      "refused_scheme")],
+    [
+        ("<urlopen error refused_address: internal.test resolves to 10.0.0.5 (private)>", "refused_address"),
+        (
+            "<urlopen error refused_scheme: scheme 'file'; only http and https are fetched (redirect from http://a/)>",
+            "refused_scheme",
+        ),
+    ],
 )
 def test_connect_time_refusals_keep_their_reason(message: str, reason: str) -> None:
     assert failure_reason("failed_to_download", message) == reason
@@ -218,7 +302,9 @@ def test_connect_checked_refuses_before_any_packet() -> None:
     internal_requests: list[str] = []
     with photo_server("127.0.0.1", internal_requests) as internal:
         port = int(internal.rsplit(":", 1)[1])
-        with pytest.raises(RefusedConnection, match=r"refused_address: rebound\.test resolves to 127\.0\.0\.1 \(loopback\)"):
+        with pytest.raises(
+            RefusedConnection, match=r"refused_address: rebound\.test resolves to 127\.0\.0\.1 \(loopback\)"
+        ):
             connect_checked(("rebound.test", port), 1.0, getaddrinfo=_getaddrinfo({"rebound.test": "127.0.0.1"}))
     assert internal_requests == []
 
@@ -275,8 +361,9 @@ def test_checked_opener_caps_the_response_size() -> None:
             with pytest.raises(URLError) as caught, opener.open(mirror + path, timeout=5) as response:
                 response.read()
             assert failure_reason("failed_to_download", str(caught.value)) == "response_too_large", path
-        with build_checked_opener(MIRROR, max_response_bytes=10_000_000).open(mirror + "/unsized/astronaut.jpg",
-                                                                              timeout=5) as response:
+        with build_checked_opener(MIRROR, max_response_bytes=10_000_000).open(
+            mirror + "/unsized/astronaut.jpg", timeout=5
+        ) as response:
             assert response.read()[:3] == b"\xff\xd8\xff"
 
 

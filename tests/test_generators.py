@@ -154,7 +154,10 @@ def test_ddim_sampler_matches_diffusers_from_config() -> None:
 
     ddpm = make_scheduler(TINY)
     ours, theirs = ddim_from(ddpm), DDIMScheduler.from_config(ddpm.config)
-    public = lambda scheduler: {k: v for k, v in scheduler.config.items() if not k.startswith("_")}
+
+    def public(scheduler) -> dict:
+        return {k: v for k, v in scheduler.config.items() if not k.startswith("_")}
+
     assert public(ours) == public(theirs) and public(ours)["num_train_timesteps"] == TINY.train_timesteps
 
 
@@ -179,8 +182,14 @@ def test_tiny_diffusion_imports_only_the_diffusers_modules_it_uses() -> None:
     import subprocess
     import sys
 
-    result = subprocess.run([sys.executable, "-c", LIGHT_IMPORT], capture_output=True, text=True, check=False,
-                            cwd=Path(__file__).resolve().parents[1], timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", LIGHT_IMPORT],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=Path(__file__).resolve().parents[1],
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().splitlines()[-1] == "[] True False Transformer2DModel"
 
@@ -261,7 +270,11 @@ def tiny_sd_pipeline(folder: Path) -> Path:
         )
     )
     scheduler = DDIMScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
         steps_offset=1,
     )
     pipe = StableDiffusionPipeline(
@@ -282,9 +295,7 @@ def tiny_sd_pipeline(folder: Path) -> Path:
 def test_stable_diffusion_backend_on_tiny_local_pipeline(tmp_path: Path) -> None:
     model = tiny_sd_pipeline(tmp_path / "tiny-sd")
     assert json.loads((model / "model_index.json").read_text())["safety_checker"] == [None, None]
-    config = GeneratorConfig(
-        backend="stable-diffusion", model=str(model), image_size=8, batch_size=2, lora_rank=2
-    )
+    config = GeneratorConfig(backend="stable-diffusion", model=str(model), image_size=8, batch_size=2, lora_rank=2)
     generator = build_generator(config, "cpu")
     assert generator.native_size == 16
     prompts = ["a photo of a nurse", "a male engineer"]

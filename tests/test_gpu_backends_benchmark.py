@@ -29,7 +29,11 @@ def test_gpu_backends_tiny_runs_without_the_packages_the_gpu_machine_lacks(tmp_p
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(blocked), str(REPO_ROOT)]), HF_HUB_OFFLINE="1")
     completed = subprocess.run(
         [sys.executable, "benchmarks/gpu_backends.py", "--tiny", "--out", str(out)],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600,
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     result = json.loads(out.read_text())
@@ -38,7 +42,9 @@ def test_gpu_backends_tiny_runs_without_the_packages_the_gpu_machine_lacks(tmp_p
     assert sd["setup"]["scheduler"] == "DDIMScheduler" and sd["setup"]["image_size"] == 16
     assert set(sd["generate"]["per_batch"]) == {"1", "2"} and sd["generate"]["best_images_per_second"] > 0
     lora = sd["train_lora"]["per_batch"]
-    assert set(lora) == {"1", "2"} and all(v["seconds_per_step"] > 0 and v["lora_parameters"] > 0 for v in lora.values())
+    assert set(lora) == {"1", "2"} and all(
+        v["seconds_per_step"] > 0 and v["lora_parameters"] > 0 for v in lora.values()
+    )
     clip = result["open_clip"]
     assert clip["model"]["name"] == "biasloop-tiny-clip" and clip["model"]["image_size"] == [16, 16]
     assert set(clip["encode_images"]["per_precision"]) == {"float32", "bfloat16"}

@@ -53,7 +53,9 @@ def _png_claiming(width: int, height: int) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    )
 
 
 def _tar(path: Path, members: list) -> Path:
@@ -79,8 +81,9 @@ def _ingest(tmp_path: Path, members: list, **overrides):
     """Ingest one shard of ``members`` (plus two good samples) with skipping always allowed."""
     folder = tmp_path / "shards"
     _tar(folder / "00000.tar", _good("good0") + members + _good("good1"))
-    config = CorpusConfig(source="webdataset", path=str(folder), image_size=8, test_fraction=0.0,
-                          **{"max_bad_fraction": 1.0, **overrides})
+    config = CorpusConfig(
+        source="webdataset", path=str(folder), image_size=8, test_fraction=0.0, **{"max_bad_fraction": 1.0, **overrides}
+    )
     report = ingest_corpus(iter_webdataset(folder, max_member_bytes=config.max_file_bytes), config, tmp_path / "out")
     captions = pl.read_parquet(tmp_path / "out" / "captions.parquet")
     skipped = pl.read_parquet(tmp_path / "out" / "skipped.parquet")
@@ -142,19 +145,37 @@ def _load_fails(path: Path, capsys, message: str) -> None:
         (lambda p: p["corpus"].update(max_bad_fractoin=0.1), "corpus.max_bad_fractoin: unknown key"),
         (lambda p: p["corpus"].update(shard_size="many"), "corpus.shard_size: expected an integer, found 'many'"),
         (lambda p: p["world"].update(plural_fraction=float("nan")), "world.plural_fraction: expected a finite number"),
-        (lambda p: p["corpus"].update(max_bad_fraction=float("inf")), "corpus.max_bad_fraction: expected a finite number"),
+        (
+            lambda p: p["corpus"].update(max_bad_fraction=float("inf")),
+            "corpus.max_bad_fraction: expected a finite number",
+        ),
         (lambda p: p["corpus"].update(max_bad_fraction=1.5), "corpus.max_bad_fraction: expected in [0, 1], found 1.5"),
         (lambda p: p["corpus"].update(min_image_side=0), "corpus.min_image_side: expected at least 1, found 0"),
-        (lambda p: p.update(generations=[0, 1, 2, 3]), "rounds: expected one {gen: N, prev: N-1, previous: <dataset N-1's folder>} item per generation 1..3"),
+        (
+            lambda p: p.update(generations=[0, 1, 2, 3]),
+            "rounds: expected one {gen: N, prev: N-1, previous: <dataset N-1's folder>} item per generation 1..3",
+        ),
         (lambda p: p.update(generations=[0, 2]), "generations: expected [0, 1, ..., G-1], found [0, 2]"),
         (lambda p: p["generator"].update(image_size=32), "generator.image_size is 32 but world.image_size is 16"),
         (lambda p: p["corpus"].update(image_size=24), "corpus.image_size is 24 but world.image_size is 16"),
-        (lambda p: p["corpus"].update(source="webdataset", image_size=64),
-         "generator.image_size is 16 but corpus.image_size is 64"),
+        (
+            lambda p: p["corpus"].update(source="webdataset", image_size=64),
+            "generator.image_size is 16 but corpus.image_size is 64",
+        ),
     ],
-    ids=["unknown-key", "wrong-type", "nan", "inf", "out-of-range-fraction", "out-of-range-int",
-         "rounds-disagree", "generations-gap", "generator-vs-world-size", "corpus-vs-world-size",
-         "generator-vs-ingested-size"],
+    ids=[
+        "unknown-key",
+        "wrong-type",
+        "nan",
+        "inf",
+        "out-of-range-fraction",
+        "out-of-range-int",
+        "rounds-disagree",
+        "generations-gap",
+        "generator-vs-world-size",
+        "corpus-vs-world-size",
+        "generator-vs-ingested-size",
+    ],
 )
 def test_bad_params_fail_naming_the_key(params_file: Path, capsys, edit, message: str) -> None:
     _edit(params_file, edit)
@@ -183,10 +204,15 @@ def _assert_nothing_written(workdir: Path) -> None:
 
 @pytest.mark.parametrize(
     ("occupations", "message"),
-    [([], "occupations: at least one occupation is needed"),
-     (["nurse", "astronaut"], "occupations: ['astronaut'] not in"),
-     (["nurse", "Carpenter", "enginer"], "('Carpenter' is spelled 'carpenter' there; 'enginer': did you mean 'engineer'?)"),
-     (["nurses"], "('nurses' is spelled 'nurse' there)")],
+    [
+        ([], "occupations: at least one occupation is needed"),
+        (["nurse", "astronaut"], "occupations: ['astronaut'] not in"),
+        (
+            ["nurse", "Carpenter", "enginer"],
+            "('Carpenter' is spelled 'carpenter' there; 'enginer': did you mean 'engineer'?)",
+        ),
+        (["nurses"], "('nurses' is spelled 'nurse' there)"),
+    ],
     ids=["empty-occupations", "unknown-occupation", "case-and-misspelling-hints", "plural-hint"],
 )
 def test_bad_occupations_fail_the_corpus_stage(tmp_path, stage_params, capsys, occupations, message) -> None:
@@ -199,10 +225,12 @@ def test_bad_occupations_fail_the_corpus_stage(tmp_path, stage_params, capsys, o
 
 @pytest.mark.parametrize(
     ("occupations", "message"),
-    [(["nurse", "Nurse "], "occupations: 'nurse' and 'Nurse ' name one occupation"),
-     ("nurse", "occupations: expected a list of occupation names, found str 'nurse'"),
-     (["nurse", ""], "occupations: expected non-empty names, found ''"),
-     (["nurse", "chef\x1b[2J"], "occupations: 'chef\\x1b[2J' contains a control character")],
+    [
+        (["nurse", "Nurse "], "occupations: 'nurse' and 'Nurse ' name one occupation"),
+        ("nurse", "occupations: expected a list of occupation names, found str 'nurse'"),
+        (["nurse", ""], "occupations: expected non-empty names, found ''"),
+        (["nurse", "chef\x1b[2J"], "occupations: 'chef\\x1b[2J' contains a control character"),
+    ],
     ids=["case-duplicate", "a-string-not-a-list", "empty-name", "escape-sequence"],
 )
 def test_bad_occupation_lists_fail_naming_the_key(params_file: Path, capsys, occupations, message: str) -> None:
@@ -233,9 +261,12 @@ def test_decompression_bomb_is_skipped_not_a_traceback(tmp_path: Path) -> None:
 
 def test_pixel_limit_is_the_param(tmp_path: Path) -> None:
     # 40 x 40 = 1600 pixels: above a limit of 1000 but below PIL's own error at twice the limit
-    report, _, skipped = _ingest(tmp_path, [("big.png", _png(size=(40, 40))), ("big.txt", b"a chef")],
-                                 max_image_pixels=1000)
-    _assert_skipped(report, skipped, "decompression_bomb", "sample 'big'", "claims 40x40 pixels (corpus.max_image_pixels 1000)")
+    report, _, skipped = _ingest(
+        tmp_path, [("big.png", _png(size=(40, 40))), ("big.txt", b"a chef")], max_image_pixels=1000
+    )
+    _assert_skipped(
+        report, skipped, "decompression_bomb", "sample 'big'", "claims 40x40 pixels (corpus.max_image_pixels 1000)"
+    )
 
 
 def test_cmyk_jpeg_is_converted(tmp_path: Path) -> None:
@@ -282,8 +313,12 @@ def test_megabyte_caption_is_skipped(tmp_path: Path) -> None:
 
 
 def test_nul_and_control_characters_in_captions_become_spaces(tmp_path: Path) -> None:
-    members = [("nul.png", _png()), ("nul.txt", b"a nurse\x00at work"),
-               ("esc.png", _png()), ("esc.txt", b"\x1b[31ma chef\x07 in\ta kitchen\r\n")]
+    members = [
+        ("nul.png", _png()),
+        ("nul.txt", b"a nurse\x00at work"),
+        ("esc.png", _png()),
+        ("esc.txt", b"\x1b[31ma chef\x07 in\ta kitchen\r\n"),
+    ]
     report, captions, skipped = _ingest(tmp_path, members)
     assert report.n_kept == 4 and len(skipped) == 0
     assert report.n_captions_cleaned == 2
@@ -294,7 +329,9 @@ def test_nul_and_control_characters_in_captions_become_spaces(tmp_path: Path) ->
 
 def test_invalid_utf8_caption_is_skipped(tmp_path: Path) -> None:
     report, _, skipped = _ingest(tmp_path, [("latin.png", _png()), ("latin.txt", b"caf\xe9 chef")])
-    _assert_skipped(report, skipped, "caption_not_utf8", "sample 'latin'", "not UTF-8 (invalid continuation byte at byte 3)")
+    _assert_skipped(
+        report, skipped, "caption_not_utf8", "sample 'latin'", "not UTF-8 (invalid continuation byte at byte 3)"
+    )
 
 
 def test_tar_member_climbing_out_is_never_read(tmp_path: Path) -> None:
@@ -318,7 +355,9 @@ def test_tar_symlink_and_hard_link_members_are_never_followed(tmp_path: Path) ->
     report, _, skipped = _ingest(tmp_path, [link, ("link.txt", b"a chef"), hard])
     assert report.skipped_by_reason["not_a_file"] == 2
     assert set(skipped.filter(pl.col("reason") == "not_a_file")["detail"]) == {
-        "member is a symlink; not read", "member is a hard link; not read"}
+        "member is a symlink; not read",
+        "member is a hard link; not read",
+    }
     # the caption left without its image is a record of its own, skipped for having no image
     assert report.skipped_by_reason["no_image"] == 1
 
@@ -378,12 +417,19 @@ def test_laion_filter_survives_bad_json_members(tmp_path: Path, caplog) -> None:
     not an object is replaced by the filter's fields (a warning), the sample still filtered."""
     from biasloop.data.acquisition.filtering import FilterConfig, filter_shards
 
-    shard = _tar(tmp_path / "in" / "00000.tar", [
-        ("a.jpg", _image_bytes(Image.new("RGB", (16, 16)), "JPEG")), ("a.json", b'{"key": "a", "sample_id": "s1"}'),
-        ("b.jpg", _image_bytes(Image.new("RGB", (16, 16)), "JPEG")), ("b.json", b"{not json"),
-        ("c.jpg", _image_bytes(Image.new("RGB", (16, 16)), "JPEG")), ("c.json", b"[" * 200_000),
-        ("d.jpg", _image_bytes(Image.new("RGB", (16, 16)), "JPEG")), ("d.json", b"[1, 2]"),
-    ])
+    shard = _tar(
+        tmp_path / "in" / "00000.tar",
+        [
+            ("a.jpg", _image_bytes(Image.new("RGB", (16, 16)), "JPEG")),
+            ("a.json", b'{"key": "a", "sample_id": "s1"}'),
+            ("b.jpg", _image_bytes(Image.new("RGB", (16, 16)), "JPEG")),
+            ("b.json", b"{not json"),
+            ("c.jpg", _image_bytes(Image.new("RGB", (16, 16)), "JPEG")),
+            ("c.json", b"[" * 200_000),
+            ("d.jpg", _image_bytes(Image.new("RGB", (16, 16)), "JPEG")),
+            ("d.json", b"[1, 2]"),
+        ],
+    )
     (tmp_path / "out").mkdir()
     rows = filter_shards([shard], tmp_path / "out", FilterConfig(faces="off", nsfw_threshold=None), progress=False)
     assert rows["key"].to_list() == ["a", "b", "c", "d"] and set(rows["reason"]) == {"kept"}
@@ -411,10 +457,15 @@ def test_listing_with_wrong_column_types_fails_naming_the_column(tmp_path: Path)
 
 
 def test_listing_paths_outside_the_folder_and_missing_files_are_skipped(tmp_path: Path) -> None:
-    config = _listing(tmp_path, pl.DataFrame({
-        "caption": ["a chef", "a nurse", "a baker"],
-        "image_path": ["img/a.png", "../../../etc/passwd", "img/gone.png"],
-    }))
+    config = _listing(
+        tmp_path,
+        pl.DataFrame(
+            {
+                "caption": ["a chef", "a nurse", "a baker"],
+                "image_path": ["img/a.png", "../../../etc/passwd", "img/gone.png"],
+            }
+        ),
+    )
     report = ingest_corpus(iter_folder(config), config, tmp_path / "out")
     assert report.n_kept == 1 and dict(report.skipped_by_reason) == {"unsafe_name": 1, "missing_file": 1}
     skipped = pl.read_parquet(tmp_path / "out" / "skipped.parquet")
@@ -428,10 +479,15 @@ def test_listing_paths_through_symlinks_out_of_the_folder_are_never_read(tmp_pat
     secret.mkdir()
     (secret / "key.png").write_bytes(_png((1, 2, 3)))
     (tmp_path / "corpus").mkdir()
-    config = _listing(tmp_path / "corpus", pl.DataFrame({
-        "caption": ["a chef", "a nurse", "a baker", "a judge", "a pilot"],
-        "image_path": ["img/a.png", "img/leak.png", "linked/key.png", "img/alias.png", "img/pipe.png"],
-    }))
+    config = _listing(
+        tmp_path / "corpus",
+        pl.DataFrame(
+            {
+                "caption": ["a chef", "a nurse", "a baker", "a judge", "a pilot"],
+                "image_path": ["img/a.png", "img/leak.png", "linked/key.png", "img/alias.png", "img/pipe.png"],
+            }
+        ),
+    )
     root = tmp_path / "corpus"
     (root / "img" / "leak.png").symlink_to(secret / "key.png")
     (root / "linked").symlink_to(secret, target_is_directory=True)
@@ -461,7 +517,9 @@ def test_corpus_stage_records_skips_in_metrics(tmp_path, stage_params) -> None:
     assert _run_stage("corpus", tmp_path, stage_params, *CORPUS_ARGS) == 0
     metrics = json.loads((tmp_path / "metrics/corpus.json").read_text())
     assert metrics["n_samples"] == 24
-    assert metrics["ingestion"]["n_records"] == 25 and metrics["ingestion"]["skipped_by_reason"] == {"unreadable_image": 1}
+    assert metrics["ingestion"]["n_records"] == 25 and metrics["ingestion"]["skipped_by_reason"] == {
+        "unreadable_image": 1
+    }
     skipped = pl.read_parquet(tmp_path / "artifacts/corpus/skipped.parquet")
     assert skipped["id"].to_list() == ["bad"] and skipped["reason"].to_list() == ["unreadable_image"]
 
@@ -491,13 +549,24 @@ def test_corpus_stage_fails_above_max_bad_fraction_writing_nothing(tmp_path, sta
         (b"occupation,n_female,n_male\nchef,1,3\n", "no occupation is in both"),
         (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "not UTF-8"),
         (b"occupation,n_female,n_male\nnur\x00se,1,3\n", "line 2: occupation contains a control character"),
-        ("occupation,n_female,n_male\nnurse\u202e,1,3\n".encode(),
-         "line 2: occupation contains a bidirectional control character (U+202E"),
+        (
+            "occupation,n_female,n_male\nnurse\u202e,1,3\n".encode(),
+            "line 2: occupation contains a bidirectional control character (U+202E",
+        ),
         (b"occupation,n_female,n_male\n" + b"n" * 300 + b",1,3\n", "line 2: occupation is 300 characters long"),
         (b"occupation,n_female,n_male,n_female\nnurse,1,3,9\n", "line 1: column(s) n_female appear more than once"),
     ],
-    ids=["nan-count", "float-count", "overflowing-count", "no-shared-occupation", "binary-file", "nul-in-name",
-         "bidi-override-in-name", "overlong-name", "repeated-column"],
+    ids=[
+        "nan-count",
+        "float-count",
+        "overflowing-count",
+        "no-shared-occupation",
+        "binary-file",
+        "nul-in-name",
+        "bidi-override-in-name",
+        "overlong-name",
+        "repeated-column",
+    ],
 )
 def test_bad_count_files_are_named(tmp_path: Path, capsys, content: bytes, message: str) -> None:
     from biasloop.cli import main
@@ -528,8 +597,12 @@ HEADER = "occupation,n_female,n_male\n"
 
 
 def test_amplify_matches_capitalised_and_plural_occupations(tmp_path: Path) -> None:
-    status, out, err = _amplify(tmp_path, HEADER + "nurse,8,2\ncarpenter,1,9\nsalesperson,4,6\n",
-                                HEADER + "Nurses,9,1\nCarpenter,0,10\n salespeople ,5,5\n", "--json")
+    status, out, err = _amplify(
+        tmp_path,
+        HEADER + "nurse,8,2\ncarpenter,1,9\nsalesperson,4,6\n",
+        HEADER + "Nurses,9,1\nCarpenter,0,10\n salespeople ,5,5\n",
+        "--json",
+    )
     assert status == 0, err
     result = json.loads(out)
     assert [row["occupation"] for row in result["per_occupation"]] == ["carpenter", "nurse", "salesperson"]
@@ -552,8 +625,10 @@ def test_amplify_fails_naming_an_unmatched_occupation(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("gen", "message"),
-    [(HEADER + "nurse,9,1\nNurse,1,1\n", "'nurse' and 'Nurse' name one occupation"),
-     (HEADER + "nurse,9,1\nnurses,1,1\n", "'nurse' and 'nurses' name one occupation (singular and plural)")],
+    [
+        (HEADER + "nurse,9,1\nNurse,1,1\n", "'nurse' and 'Nurse' name one occupation"),
+        (HEADER + "nurse,9,1\nnurses,1,1\n", "'nurse' and 'nurses' name one occupation (singular and plural)"),
+    ],
     ids=["case-duplicate", "plural-duplicate"],
 )
 def test_amplify_one_occupation_twice_in_a_file(tmp_path: Path, gen: str, message: str) -> None:
@@ -681,7 +756,9 @@ def test_deeply_nested_manifest(instrument_folder: Path) -> None:
     from biasloop.models.weights import ModelFileError
 
     (instrument_folder / "instrument.json").write_text("[" * 200_000)
-    _load_instrument_fails(instrument_folder, ModelFileError, "instrument.json: not a readable JSON manifest (nested too deeply)")
+    _load_instrument_fails(
+        instrument_folder, ModelFileError, "instrument.json: not a readable JSON manifest (nested too deeply)"
+    )
 
 
 def test_captions_score_files_nested_too_deeply_are_named(tmp_path: Path, capsys) -> None:
@@ -736,11 +813,24 @@ def test_truncated_safetensors(generator_folder: Path) -> None:
 
 def test_occupation_without_captions_is_named_by_retrieve(tmp_path, stage_params, caplog) -> None:
     corpus = tmp_path / "captions.parquet"
-    pl.DataFrame({"id": ["1", "2"], "caption": ["a nurse at work", "an engineer"], "split": ["train", "train"]}
-                 ).write_parquet(corpus)
+    pl.DataFrame(
+        {"id": ["1", "2"], "caption": ["a nurse at work", "an engineer"], "split": ["train", "train"]}
+    ).write_parquet(corpus)
     _edit(stage_params, lambda p: p.update(occupations=["nurse", "engineer", "astronaut"]))
-    assert _run_stage("retrieve", tmp_path, stage_params, "--corpus", str(corpus), "--out", "matches.parquet",
-                      "--metrics", "retrieve.json") == 0
+    assert (
+        _run_stage(
+            "retrieve",
+            tmp_path,
+            stage_params,
+            "--corpus",
+            str(corpus),
+            "--out",
+            "matches.parquet",
+            "--metrics",
+            "retrieve.json",
+        )
+        == 0
+    )
     metrics = json.loads((tmp_path / "retrieve.json").read_text())
     assert metrics["occupations_without_matches"] == ["astronaut"] and metrics["n_occupations_with_matches"] == 2
     assert any("astronaut" in r.getMessage() and r.levelname == "WARNING" for r in caplog.records)
@@ -772,17 +862,31 @@ def test_failing_corpus_stage_leaves_dvc_lock_unchanged(tmp_path: Path, stage_pa
     _tar(project / "shards" / "00000.tar", [m for i in range(10) for m in _good(f"{i:03d}")])
     (project / "params.yaml").write_text(stage_params.read_text())
     _webdataset_params(project / "params.yaml", project / "shards", max_bad_fraction=0.0)
-    (project / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"corpus": {
-        "cmd": "python -m stages.corpus " + " ".join(CORPUS_ARGS),
-        "deps": ["shards"], "params": ["corpus"],
-        "outs": ["artifacts/corpus", {"metrics/corpus.json": {"cache": False}}, {"plots/sheet.png": {"cache": False}}],
-    }}}))
+    (project / "dvc.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "stages": {
+                    "corpus": {
+                        "cmd": "python -m stages.corpus " + " ".join(CORPUS_ARGS),
+                        "deps": ["shards"],
+                        "params": ["corpus"],
+                        "outs": [
+                            "artifacts/corpus",
+                            {"metrics/corpus.json": {"cache": False}},
+                            {"plots/sheet.png": {"cache": False}},
+                        ],
+                    }
+                }
+            }
+        )
+    )
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "PYTHONPATH": str(root)}
     env.pop("DVC_ROOT", None)
 
     def dvc(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=project, env=env, capture_output=True,
-                              text=True, timeout=300)
+        return subprocess.run(
+            [sys.executable, "-m", "dvc", *args], cwd=project, env=env, capture_output=True, text=True, timeout=300
+        )
 
     assert dvc("init", "--no-scm", "-q").returncode == 0
     first = dvc("repro")
@@ -795,8 +899,10 @@ def test_failing_corpus_stage_leaves_dvc_lock_unchanged(tmp_path: Path, stage_pa
     assert failed.returncode != 0
     assert "corpus: 1 of 11 records skipped (9.1%), above corpus.max_bad_fraction 0.0" in failed.stdout + failed.stderr
     assert (project / "dvc.lock").read_bytes() == lock
-    assert not (project / "metrics" / "corpus.json").exists() or \
-        json.loads((project / "metrics" / "corpus.json").read_text())["n_samples"] == 10
+    assert (
+        not (project / "metrics" / "corpus.json").exists()
+        or json.loads((project / "metrics" / "corpus.json").read_text())["n_samples"] == 10
+    )
 
     # a bad param: the stage exits 2 before reading anything, dvc.lock still as it was
     _edit(project / "params.yaml", lambda p: p["corpus"].update(max_bad_fraction=float("nan")))

@@ -23,9 +23,13 @@ N_TRAIN = 450
 @pytest.fixture(scope="module")
 def glyphs(data_dir):
     config = WorldConfig(
-        samples_per_occupation=300, distractors=0, near_misses=0, ambiguous_fraction=0.0,
+        samples_per_occupation=300,
+        distractors=0,
+        near_misses=0,
+        ambiguous_fraction=0.0,
         markedness=MarkednessConfig(base=0.5, counter=0.0),
-        glyphs=str(data_dir / "glyphs" / "mnist"), occupation_table=str(data_dir / "occupations" / "occupations_bls.tsv"),
+        glyphs=str(data_dir / "glyphs" / "mnist"),
+        occupation_table=str(data_dir / "occupations" / "occupations_bls.tsv"),
     )
     return build_world(config, OCCUPATIONS)
 
@@ -37,16 +41,19 @@ def _captions(samples) -> list[str]:
     themselves (not "she", "female") teach the colour to the prompts' words; the glyph world has few.
     """
     rows = zip(samples["caption"].to_list(), samples["true_gender"].to_list(), samples["true_occupation"].to_list())
-    return [caption if i % 2 else f"a {'woman' if g == 'female' else 'man'} working as a {o}"
-            for i, (caption, g, o) in enumerate(rows)]
+    return [
+        caption if i % 2 else f"a {'woman' if g == 'female' else 'man'} working as a {o}"
+        for i, (caption, g, o) in enumerate(rows)
+    ]
 
 
 @pytest.fixture(scope="module")
 def trained(glyphs):
     samples, images = glyphs
     config = InstrumentConfig(text_encoder="fake:32", epochs=10, batch_size=64)
-    return train_or_load_instrument(config, images[:N_TRAIN], _captions(samples)[:N_TRAIN], OCCUPATIONS,
-                                    seed=0, progress=False)
+    return train_or_load_instrument(
+        config, images[:N_TRAIN], _captions(samples)[:N_TRAIN], OCCUPATIONS, seed=0, progress=False
+    )
 
 
 def test_locked_text_clip_learns_gender_and_occupation(glyphs, trained) -> None:
@@ -70,8 +77,11 @@ def test_save_load_round_trip(glyphs, trained, tmp_path) -> None:
     loaded = load_instrument(tmp_path / "instrument")
     assert loaded.config == instrument.config
     np.testing.assert_allclose(loaded.p_female(images[:40]), instrument.p_female(images[:40]), atol=1e-6)
-    np.testing.assert_allclose(loaded.occupation_probs(images[:5], OCCUPATIONS),
-                               instrument.occupation_probs(images[:5], OCCUPATIONS), atol=1e-6)
+    np.testing.assert_allclose(
+        loaded.occupation_probs(images[:5], OCCUPATIONS),
+        instrument.occupation_probs(images[:5], OCCUPATIONS),
+        atol=1e-6,
+    )
     probs = loaded.occupation_probs(images[:5], OCCUPATIONS, batch_size=2)
     assert probs.shape == (5, 2) and np.allclose(probs.sum(axis=1), 1.0)
     # one pass of the image tower gives both, identical to the separate calls
@@ -102,8 +112,14 @@ def test_evaluate_instrument_hand_case() -> None:
     assert result["accuracy"] == pytest.approx(4 / 6)
     assert result["abstain_rate"] == pytest.approx(2 / 8)
     assert result["n"] == 8 and result["n_confident"] == 6
-    assert result["confusion"] == {"female_as_female": 2, "female_as_male": 1, "female_as_abstain": 1,
-                                   "male_as_female": 1, "male_as_male": 2, "male_as_abstain": 1}
+    assert result["confusion"] == {
+        "female_as_female": 2,
+        "female_as_male": 1,
+        "female_as_abstain": 1,
+        "male_as_female": 1,
+        "male_as_male": 2,
+        "male_as_abstain": 1,
+    }
     # a looser threshold keeps the 0.6 (a man, as female) and the 0.5 (abstains only at p == 0.5)
     loose = evaluate_instrument(_Fixed(p), np.zeros((8, 2, 2, 3), np.uint8), truth, 0.5)
     assert loose["fpr"] == pytest.approx(2 / 4) and loose["abstain_rate"] == pytest.approx(1 / 8)

@@ -39,8 +39,18 @@ class FoldModel:
 
 def test_stream_seeds_are_named_and_stable() -> None:
     assert stream_seed(0, "downstream") == stream_seed(0, "downstream")
-    assert len({stream_seed(0, "downstream"), stream_seed(1, "downstream"), stream_seed(0, "generator-init"),
-                stream_seed(0, "generator-train", 0), stream_seed(0, "generator-train", 1)}) == 5
+    assert (
+        len(
+            {
+                stream_seed(0, "downstream"),
+                stream_seed(1, "downstream"),
+                stream_seed(0, "generator-init"),
+                stream_seed(0, "generator-train", 0),
+                stream_seed(0, "generator-train", 1),
+            }
+        )
+        == 5
+    )
     # seed + generation used to collide: base seed 1 at generation 0 replayed base seed 0 at generation 1
     assert stream_seed(1, "generator-train", 0) != stream_seed(0, "generator-train", 1)
     assert 0 <= stream_seed(2**40, "x", 7) < 2**63
@@ -86,8 +96,9 @@ def test_each_trained_image_is_labelled_by_the_model_that_never_saw_it(tmp_path:
     own = assign_folds(trained, 2, seed=3)
     models = [FoldModel(0), FoldModel(1)]
     labeller = CrossFittedInstrument(models, dict(zip(trained, own.tolist())), seed=3, labels="cross-fitted, 2 folds")
-    labels = label_images(labeller, refs, threshold=0.1, occupations=["nurse", "chef"],
-                          asked=["nurse"] * 6 + ["chef"] * 6)
+    labels = label_images(
+        labeller, refs, threshold=0.1, occupations=["nurse", "chef"], asked=["nurse"] * 6 + ["chef"] * 6
+    )
     fold = labels["instrument_fold"].to_numpy()
     assert (fold[:8] == own).all()  # fold model k trained on every fold but k: it labels fold k
     assert (fold[8:] == mixture_fold(others, 2, seed=3)).all()
@@ -97,8 +108,10 @@ def test_each_trained_image_is_labelled_by_the_model_that_never_saw_it(tmp_path:
     assert np.allclose(labels["p_female"].to_numpy(), expected_p)
     assert labels["label"].to_list() == ["male" if p < 0.1 else "female" if p > 0.9 else "abstain" for p in expected_p]
     assert labels["predicted_occupation"].to_list() == [["nurse", "chef"][k] for k in fold]
-    assert np.allclose(labels["p_occupation"].to_numpy(), [0.8 if ["nurse", "chef"][k] == asked else 0.1
-                                                           for k, asked in zip(fold, ["nurse"] * 6 + ["chef"] * 6)])
+    assert np.allclose(
+        labels["p_occupation"].to_numpy(),
+        [0.8 if ["nurse", "chef"][k] == asked else 0.1 for k, asked in zip(fold, ["nurse"] * 6 + ["chef"] * 6)],
+    )
     assert labels.columns == ["p_female", "label", "instrument_fold", "p_occupation", "predicted_occupation"]
     with pytest.raises(ValueError, match="plumber"):
         label_images(labeller, refs[:1], 0.1, occupations=["nurse"], asked=["plumber"])

@@ -55,9 +55,16 @@ def _metadata(tmp_path: Path, rows: list[tuple[str, str]], split_at: int | None 
 
 
 ROWS = [
-    ("u1", "a nurse at work"), ("u1", "nurse again, same url"), ("u2", "two nurses"), ("u3", "an engineer"),
-    ("u4", "a nurse and an engineer"), ("u5", "the nursery"), ("u6", "engineering school"), ("", "a nurse, no url"),
-    ("u7", "she is a nurse"), ("u8", "he is a nurse"),
+    ("u1", "a nurse at work"),
+    ("u1", "nurse again, same url"),
+    ("u2", "two nurses"),
+    ("u3", "an engineer"),
+    ("u4", "a nurse and an engineer"),
+    ("u5", "the nursery"),
+    ("u6", "engineering school"),
+    ("", "a nurse, no url"),
+    ("u7", "she is a nurse"),
+    ("u8", "he is a nurse"),
 ]
 
 
@@ -81,7 +88,9 @@ def test_selection_does_not_depend_on_file_layout_and_follows_the_seed(tmp_path:
     def urls(folder: str, seed: int, split_at: int | None = None) -> list[str]:
         (tmp_path / folder).mkdir(exist_ok=True)
         config = SelectConfig(url_column="url", caption_column="text", max_per_occupation=2, seed=seed)
-        selection, _ = select_rows(scan_metadata(_metadata(tmp_path / folder, ROWS, split_at), config), OCCUPATIONS, config)
+        selection, _ = select_rows(
+            scan_metadata(_metadata(tmp_path / folder, ROWS, split_at), config), OCCUPATIONS, config
+        )
         return selection["url"].to_list()
 
     assert urls("one", 0) == urls("two", 0, split_at=4)
@@ -122,7 +131,9 @@ def test_failure_reason(status: str, message: str | None, reason: str) -> None:
 
 
 def test_download_table_counts_every_occupation_of_a_url() -> None:
-    selection = pl.DataFrame({"sample_id": ["s0", "s1", "s2"], "occupations": [["nurse", "engineer"], ["nurse"], ["engineer"]]})
+    selection = pl.DataFrame(
+        {"sample_id": ["s0", "s1", "s2"], "occupations": [["nurse", "engineer"], ["nurse"], ["engineer"]]}
+    )
     status = pl.DataFrame({"sample_id": ["s0", "s1"], "reason": ["downloaded", "http_404"]})
     table = download_table(selection, status, OCCUPATIONS)
     assert table.to_dicts() == [
@@ -136,9 +147,15 @@ def test_download_table_counts_every_occupation_of_a_url() -> None:
 
 @pytest.mark.parametrize(
     ("faces", "n_faces", "nsfw", "reason"),
-    [("exactly_one", 1, 0.1, "kept"), ("exactly_one", 2, 0.1, "several_faces"), ("exactly_one", 0, 0.1, "no_face"),
-     ("at_least_one", 2, 0.1, "kept"), ("off", 0, 0.1, "kept"), ("exactly_one", 1, 0.8, "nsfw"),
-     ("exactly_one", None, None, "undecodable")],
+    [
+        ("exactly_one", 1, 0.1, "kept"),
+        ("exactly_one", 2, 0.1, "several_faces"),
+        ("exactly_one", 0, 0.1, "no_face"),
+        ("at_least_one", 2, 0.1, "kept"),
+        ("off", 0, 0.1, "kept"),
+        ("exactly_one", 1, 0.8, "nsfw"),
+        ("exactly_one", None, None, "undecodable"),
+    ],
 )
 def test_decide(faces: str, n_faces: int | None, nsfw: float | None, reason: str) -> None:
     assert decide(n_faces, nsfw, FilterConfig(faces=faces, nsfw_threshold=0.8)) == reason
@@ -172,24 +189,54 @@ def test_filter_table_and_the_share_of_women_among_dropped_images() -> None:
     """Nurse: kept s0 (female), s1 (male), s2 (no indicator); dropped s3 (female, no face), s4 (female, two
     faces), s5 (male, nsfw). Kept share 1/2 over 2 gendered captions, dropped 2/3 over 3. Engineer: only s5,
     dropped, male: dropped share 0, no kept gendered caption."""
-    selection = pl.DataFrame({
-        "sample_id": ["s0", "s1", "s2", "s3", "s4", "s5", "s6"],
-        "occupations": [["nurse"], ["nurse"], ["nurse"], ["nurse"], ["nurse"], ["nurse", "engineer"], ["nurse"]],
-        "indicator": ["female", "male", "none", "female", "female", "male", "female"],  # s6: never downloaded
-    })
-    filtered = pl.DataFrame({"sample_id": ["s0", "s1", "s2", "s3", "s4", "s5"],
-                             "reason": ["kept", "kept", "kept", "no_face", "several_faces", "nsfw"]})
+    selection = pl.DataFrame(
+        {
+            "sample_id": ["s0", "s1", "s2", "s3", "s4", "s5", "s6"],
+            "occupations": [["nurse"], ["nurse"], ["nurse"], ["nurse"], ["nurse"], ["nurse", "engineer"], ["nurse"]],
+            "indicator": ["female", "male", "none", "female", "female", "male", "female"],  # s6: never downloaded
+        }
+    )
+    filtered = pl.DataFrame(
+        {
+            "sample_id": ["s0", "s1", "s2", "s3", "s4", "s5"],
+            "reason": ["kept", "kept", "kept", "no_face", "several_faces", "nsfw"],
+        }
+    )
     assert filter_table(selection, filtered, OCCUPATIONS).to_dicts() == [
-        {"occupation": "engineer", "filtered_undecodable": 0, "filtered_no_face": 0, "filtered_several_faces": 0,
-         "filtered_nsfw": 1, "dropped": 1, "kept": 0},
-        {"occupation": "nurse", "filtered_undecodable": 0, "filtered_no_face": 1, "filtered_several_faces": 1,
-         "filtered_nsfw": 1, "dropped": 3, "kept": 3},
+        {
+            "occupation": "engineer",
+            "filtered_undecodable": 0,
+            "filtered_no_face": 0,
+            "filtered_several_faces": 0,
+            "filtered_nsfw": 1,
+            "dropped": 1,
+            "kept": 0,
+        },
+        {
+            "occupation": "nurse",
+            "filtered_undecodable": 0,
+            "filtered_no_face": 1,
+            "filtered_several_faces": 1,
+            "filtered_nsfw": 1,
+            "dropped": 3,
+            "kept": 3,
+        },
     ]
     assert dropped_gender_shares(selection, filtered, OCCUPATIONS).to_dicts() == [
-        {"occupation": "engineer", "share_female_indicator_kept": None, "n_indicator_kept": 0,
-         "share_female_indicator_dropped": 0.0, "n_indicator_dropped": 1},
-        {"occupation": "nurse", "share_female_indicator_kept": 0.5, "n_indicator_kept": 2,
-         "share_female_indicator_dropped": 2 / 3, "n_indicator_dropped": 3},
+        {
+            "occupation": "engineer",
+            "share_female_indicator_kept": None,
+            "n_indicator_kept": 0,
+            "share_female_indicator_dropped": 0.0,
+            "n_indicator_dropped": 1,
+        },
+        {
+            "occupation": "nurse",
+            "share_female_indicator_kept": 0.5,
+            "n_indicator_kept": 2,
+            "share_female_indicator_dropped": 2 / 3,
+            "n_indicator_dropped": 3,
+        },
     ]
 
 
@@ -197,8 +244,9 @@ def test_filter_table_and_the_share_of_women_among_dropped_images() -> None:
 
 
 @pytest.mark.slow
-def test_metadata_to_classified_faces(tmp_path: Path, tiny_params: Path, face_model: Path,
-                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_metadata_to_classified_faces(
+    tmp_path: Path, tiny_params: Path, face_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from stages import (
         classify_train,
         corpus,
@@ -215,8 +263,14 @@ def test_metadata_to_classified_faces(tmp_path: Path, tiny_params: Path, face_mo
     monkeypatch.setenv("BIASLOOP_EMBEDDING_CACHE", str(tmp_path / "embedding-cache"))
     params = yaml.safe_load(tiny_params.read_text())
     params["occupations"] = OCCUPATIONS
-    params["laion_download"].update(processes_count=1, thread_count=4, timeout=1, retries=0, number_sample_per_shard=4,
-                                    local_mirror_networks=[MIRROR_NETWORK])  # the loopback server stands for the web
+    params["laion_download"].update(
+        processes_count=1,
+        thread_count=4,
+        timeout=1,
+        retries=0,
+        number_sample_per_shard=4,
+        local_mirror_networks=[MIRROR_NETWORK],
+    )  # the loopback server stands for the web
     params["laion_filter"]["face_model"] = str(face_model)
     params["corpus"].update(source="webdataset", path="artifacts/laion_filter/kept", image_size=16, test_fraction=0.0)
     params["neighbours"].update(model="fake:32", k=5)
@@ -225,49 +279,156 @@ def test_metadata_to_classified_faces(tmp_path: Path, tiny_params: Path, face_mo
     params["retrieve"]["split"] = None
 
     def run_download() -> int:
-        return laion_download.main(["--selection", "artifacts/laion_select/selection.parquet", "--out",
-                                    "artifacts/laion_download", "--metrics", "metrics/laion_download.json"])
+        return laion_download.main(
+            [
+                "--selection",
+                "artifacts/laion_select/selection.parquet",
+                "--out",
+                "artifacts/laion_download",
+                "--metrics",
+                "metrics/laion_download.json",
+            ]
+        )
 
     with photo_server() as base:
         params["laion_select"]["metadata"] = [str(p) for p in write_metadata(base, tmp_path / "metadata")]
         Path("params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-        assert laion_select.main(["--out", "artifacts/laion_select/selection.parquet",
-                                  "--metrics", "metrics/laion_select.json"]) == 0
+        assert (
+            laion_select.main(
+                ["--out", "artifacts/laion_select/selection.parquet", "--metrics", "metrics/laion_select.json"]
+            )
+            == 0
+        )
         assert run_download() == 0
         shard_times = {p: p.stat().st_mtime_ns for p in Path("artifacts/laion_download/shards").glob("*.tar")}
         assert run_download() == 0  # resumed: every shard finished, none is fetched again
         assert {p: p.stat().st_mtime_ns for p in shard_times} == shard_times
-    assert laion_filter.main(["--out", "artifacts/laion_filter", "--metrics", "metrics/acquisition.json",
-                              "--table", "plots/acquisition.csv"]) == 0
+    assert (
+        laion_filter.main(
+            [
+                "--out",
+                "artifacts/laion_filter",
+                "--metrics",
+                "metrics/acquisition.json",
+                "--table",
+                "plots/acquisition.csv",
+            ]
+        )
+        == 0
+    )
 
     table = json.loads(Path("metrics/acquisition.json").read_text())["occupations"]
     zero_failures = {k: 0 for k in ("failed_http_404", "failed_not_an_image", "failed_opted_out", "failed_timeout")}
-    zero_filtered = {k: 0 for k in ("filtered_undecodable", "filtered_no_face", "filtered_several_faces", "filtered_nsfw")}
-    shares = {"share_female_indicator_kept": None, "n_indicator_kept": 0, "share_female_indicator_dropped": None,
-              "n_indicator_dropped": 0}  # no caption of the fixture carries a gender word
+    zero_filtered = {
+        k: 0 for k in ("filtered_undecodable", "filtered_no_face", "filtered_several_faces", "filtered_nsfw")
+    }
+    shares = {
+        "share_female_indicator_kept": None,
+        "n_indicator_kept": 0,
+        "share_female_indicator_dropped": None,
+        "n_indicator_dropped": 0,
+    }  # no caption of the fixture carries a gender word
     assert table["nurse"] == {
-        "matched": 5, "duplicate_url": 1, "over_cap": 0, "requested": 4, "downloaded": 1,
-        **zero_failures, "failed_not_an_image": 1, "failed_opted_out": 1, "failed_timeout": 1, **zero_filtered,
-        "dropped": 0, "kept": 1, **shares}
+        "matched": 5,
+        "duplicate_url": 1,
+        "over_cap": 0,
+        "requested": 4,
+        "downloaded": 1,
+        **zero_failures,
+        "failed_not_an_image": 1,
+        "failed_opted_out": 1,
+        "failed_timeout": 1,
+        **zero_filtered,
+        "dropped": 0,
+        "kept": 1,
+        **shares,
+    }
     assert table["engineer"] == {
-        "matched": 4, "duplicate_url": 0, "over_cap": 0, "requested": 4, "downloaded": 3,
-        **zero_failures, "failed_http_404": 1, **zero_filtered, "filtered_no_face": 1, "filtered_several_faces": 1,
-        "dropped": 2, "kept": 1, **shares}
+        "matched": 4,
+        "duplicate_url": 0,
+        "over_cap": 0,
+        "requested": 4,
+        "downloaded": 3,
+        **zero_failures,
+        "failed_http_404": 1,
+        **zero_filtered,
+        "filtered_no_face": 1,
+        "filtered_several_faces": 1,
+        "dropped": 2,
+        "kept": 1,
+        **shares,
+    }
     assert pl.read_csv("plots/acquisition.csv")["kept"].to_list() == [1, 1]
 
-    assert corpus.main(["--out", "artifacts/corpus", "--metrics", "metrics/corpus.json",
-                        "--contact-sheet", "plots/corpus_contact_sheet.png"]) == 0
+    assert (
+        corpus.main(
+            [
+                "--out",
+                "artifacts/corpus",
+                "--metrics",
+                "metrics/corpus.json",
+                "--contact-sheet",
+                "plots/corpus_contact_sheet.png",
+            ]
+        )
+        == 0
+    )
     captions = pl.read_parquet("artifacts/corpus/captions.parquet")
     assert sorted(captions["caption"].to_list()) == ["A photo of a nurse at work", "Portrait of an engineer"]
-    assert retrieve.main(["--corpus", "artifacts/corpus/captions.parquet", "--out", "artifacts/retrieve/matches.parquet",
-                          "--metrics", "metrics/retrieve.json"]) == 0
-    assert neighbours.main(["--matches", "artifacts/retrieve/matches.parquet", "--out",
-                            "artifacts/neighbours/selections.parquet", "--metrics", "metrics/neighbours.json"]) == 0
-    assert instrument.main(["--corpus", "artifacts/corpus/captions.parquet", "--out", "artifacts/instrument",
-                            "--metrics", "metrics/instrument.json"]) == 0
-    assert classify_train.main(["--instrument", "artifacts/instrument", "--selections",
-                                "artifacts/neighbours/selections.parquet", "--corpus", "artifacts/corpus/captions.parquet",
-                                "--out", "artifacts/classify_train/predictions.parquet"]) == 0
+    assert (
+        retrieve.main(
+            [
+                "--corpus",
+                "artifacts/corpus/captions.parquet",
+                "--out",
+                "artifacts/retrieve/matches.parquet",
+                "--metrics",
+                "metrics/retrieve.json",
+            ]
+        )
+        == 0
+    )
+    assert (
+        neighbours.main(
+            [
+                "--matches",
+                "artifacts/retrieve/matches.parquet",
+                "--out",
+                "artifacts/neighbours/selections.parquet",
+                "--metrics",
+                "metrics/neighbours.json",
+            ]
+        )
+        == 0
+    )
+    assert (
+        instrument.main(
+            [
+                "--corpus",
+                "artifacts/corpus/captions.parquet",
+                "--out",
+                "artifacts/instrument",
+                "--metrics",
+                "metrics/instrument.json",
+            ]
+        )
+        == 0
+    )
+    assert (
+        classify_train.main(
+            [
+                "--instrument",
+                "artifacts/instrument",
+                "--selections",
+                "artifacts/neighbours/selections.parquet",
+                "--corpus",
+                "artifacts/corpus/captions.parquet",
+                "--out",
+                "artifacts/classify_train/predictions.parquet",
+            ]
+        )
+        == 0
+    )
     predictions = pl.read_parquet("artifacts/classify_train/predictions.parquet")
     keyword = predictions.filter(pl.col("selection") == "keyword").sort("occupation")
     assert keyword["occupation"].to_list() == OCCUPATIONS
@@ -316,18 +477,36 @@ def test_download_fetches_only_allowed_urls(tmp_path: Path, tiny_params: Path, m
             f"http://user:pw@{mirror.removeprefix('http://')}/two_astronauts.jpg": "refused_url",
         }
         metadata = tmp_path / "metadata.parquet"
-        pl.DataFrame({"URL": list(rows), "TEXT": [f"photo {i} of a nurse" for i in range(len(rows))]}).write_parquet(metadata)
+        pl.DataFrame({"URL": list(rows), "TEXT": [f"photo {i} of a nurse" for i in range(len(rows))]}).write_parquet(
+            metadata
+        )
         params = yaml.safe_load(tiny_params.read_text())
         params["occupations"] = OCCUPATIONS
         params["laion_select"]["metadata"] = [str(metadata)]
-        params["laion_download"].update(processes_count=1, thread_count=4, timeout=2, retries=0,
-                                        local_mirror_networks=[MIRROR_NETWORK])
+        params["laion_download"].update(
+            processes_count=1, thread_count=4, timeout=2, retries=0, local_mirror_networks=[MIRROR_NETWORK]
+        )
         params["laion_filter"].update(faces="off", nsfw_threshold=None)  # keep what was downloaded
         Path("params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-        assert laion_select.main(["--out", "artifacts/laion_select/selection.parquet",
-                                  "--metrics", "metrics/laion_select.json"]) == 0
-        assert laion_download.main(["--selection", "artifacts/laion_select/selection.parquet", "--out",
-                                    "artifacts/laion_download", "--metrics", "metrics/laion_download.json"]) == 0
+        assert (
+            laion_select.main(
+                ["--out", "artifacts/laion_select/selection.parquet", "--metrics", "metrics/laion_select.json"]
+            )
+            == 0
+        )
+        assert (
+            laion_download.main(
+                [
+                    "--selection",
+                    "artifacts/laion_select/selection.parquet",
+                    "--out",
+                    "artifacts/laion_download",
+                    "--metrics",
+                    "metrics/laion_download.json",
+                ]
+            )
+            == 0
+        )
     assert internal_requests == []
 
     status = pl.read_parquet("artifacts/laion_download/status.parquet")
@@ -349,18 +528,39 @@ def test_download_fetches_only_allowed_urls(tmp_path: Path, tiny_params: Path, m
 
     nurse = json.loads(Path("metrics/laion_download.json").read_text())["occupations"]["nurse"]
     assert {k: v for k, v in nurse.items() if k.startswith("failed_refused")} == {
-        "failed_refused_address": 8, "failed_refused_scheme": 6, "failed_refused_url": 1}
+        "failed_refused_address": 8,
+        "failed_refused_scheme": 6,
+        "failed_refused_url": 1,
+    }
     assert nurse["requested"] == len(rows) and nurse["downloaded"] == 2
 
     # the acquisition table (metrics/acquisition.json, plots/acquisition.csv, the report) counts them too
     from stages import laion_filter
 
-    assert laion_filter.main(["--out", "artifacts/laion_filter", "--metrics", "metrics/acquisition.json",
-                              "--table", "plots/acquisition.csv"]) == 0
+    assert (
+        laion_filter.main(
+            [
+                "--out",
+                "artifacts/laion_filter",
+                "--metrics",
+                "metrics/acquisition.json",
+                "--table",
+                "plots/acquisition.csv",
+            ]
+        )
+        == 0
+    )
     acquisition = json.loads(Path("metrics/acquisition.json").read_text())["occupations"]["nurse"]
-    assert (acquisition["failed_refused_address"], acquisition["failed_refused_scheme"], acquisition["failed_refused_url"],
-            acquisition["kept"]) == (8, 6, 1, 2)
-    assert pl.read_csv("plots/acquisition.csv").filter(pl.col("occupation") == "nurse")["failed_refused_scheme"].item() == 6
+    assert (
+        acquisition["failed_refused_address"],
+        acquisition["failed_refused_scheme"],
+        acquisition["failed_refused_url"],
+        acquisition["kept"],
+    ) == (8, 6, 1, 2)
+    assert (
+        pl.read_csv("plots/acquisition.csv").filter(pl.col("occupation") == "nurse")["failed_refused_scheme"].item()
+        == 6
+    )
 
 
 # ------------------------------------------------------------ unfinished shards and a full disk
@@ -383,7 +583,9 @@ def test_unfinished_shards_are_found_and_removed(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["00000.parquet", "00000.tar", "00000_stats.json"]
 
 
-def test_download_stage_on_a_full_disk(tmp_path: Path, tiny_params: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+def test_download_stage_on_a_full_disk(
+    tmp_path: Path, tiny_params: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
     """img2dataset's workers report a full disk only as a failed shard: the stage probes the folder, fails
     with one line naming it (exit 1) and leaves no partial shard behind."""
     import errno
@@ -396,8 +598,15 @@ def test_download_stage_on_a_full_disk(tmp_path: Path, tiny_params: Path, monkey
     params["occupations"] = OCCUPATIONS
     Path("params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     Path("artifacts/laion_select").mkdir(parents=True)
-    pl.DataFrame({"sample_id": ["s000000000"], "url": ["http://example.com/a.jpg"], "caption": ["a nurse"],
-                  "occupations": [["nurse"]], "indicator": ["none"]}).write_parquet("artifacts/laion_select/selection.parquet")
+    pl.DataFrame(
+        {
+            "sample_id": ["s000000000"],
+            "url": ["http://example.com/a.jpg"],
+            "caption": ["a nurse"],
+            "occupations": [["nurse"]],
+            "indicator": ["none"],
+        }
+    ).write_parquet("artifacts/laion_select/selection.parquet")
 
     def run_img2dataset(input_path, shards, config):  # what a worker leaves when its disk fills: no fetch here
         _shard_files(Path(shards), "00000", finished=False)
@@ -407,13 +616,28 @@ def test_download_stage_on_a_full_disk(tmp_path: Path, tiny_params: Path, monkey
 
     monkeypatch.setattr(laion_download, "run_img2dataset", run_img2dataset)
     monkeypatch.setattr(download.os, "fsync", fsync)
-    assert laion_download.main(["--selection", "artifacts/laion_select/selection.parquet", "--out",
-                                "artifacts/laion_download", "--metrics", "metrics/laion_download.json"]) == 1
+    assert (
+        laion_download.main(
+            [
+                "--selection",
+                "artifacts/laion_select/selection.parquet",
+                "--out",
+                "artifacts/laion_download",
+                "--metrics",
+                "metrics/laion_download.json",
+            ]
+        )
+        == 1
+    )
     err = capsys.readouterr().err
     assert "Traceback" not in err
     assert [line for line in err.splitlines() if line.startswith("error:")] == [
-        next(line for line in err.splitlines() if line.startswith("error: disk full (ENOSPC): could not write "
-                                                                  "artifacts/laion_download/shards"))]
+        next(
+            line
+            for line in err.splitlines()
+            if line.startswith("error: disk full (ENOSPC): could not write artifacts/laion_download/shards")
+        )
+    ]
     left = sorted(p.name for p in Path("artifacts/laion_download/shards").iterdir())
     assert not any(name.startswith("00000") or "probe" in name for name in left), left
     assert not Path("metrics/laion_download.json").exists()

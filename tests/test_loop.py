@@ -7,10 +7,10 @@ import polars as pl
 import pytest
 import yaml
 
-from biasloop.cli.generations import rewrite_generations
 from biasloop.core.config import dataset_folder
 from biasloop.loop.mixing import accumulated_dataset, as_dataset, build_dataset, previous_dataset_file, replaced_indices
-from tests.conftest import REPO_ROOT, committed_text
+from biasloop.study.generations import rewrite_generations
+from tests.conftest import committed_text
 
 IDS = [f"s{i:04d}" for i in range(1000)]
 
@@ -63,24 +63,45 @@ def test_generations_command_rewrites_lists() -> None:
     text = committed_text("params.yaml")
     rewritten = yaml.safe_load(rewrite_generations(text, 5))
     assert rewritten["generations"] == [0, 1, 2, 3, 4]
-    assert rewritten["rounds"] == {str(n): {"gen": n, "prev": n - 1, "previous": dataset_folder(n - 1)} for n in range(1, 5)}
-    assert rewritten["rounds"]["1"]["previous"] == "artifacts/corpus" and rewritten["rounds"]["3"]["previous"] == "artifacts/gen2/mix"
+    assert rewritten["rounds"] == {
+        str(n): {"gen": n, "prev": n - 1, "previous": dataset_folder(n - 1)} for n in range(1, 5)
+    }
+    assert (
+        rewritten["rounds"]["1"]["previous"] == "artifacts/corpus"
+        and rewritten["rounds"]["3"]["previous"] == "artifacts/gen2/mix"
+    )
     original = yaml.safe_load(text)
-    assert rewritten["datasets"]["0"] == {"gen": 0, "dataset": "artifacts/corpus/captions.parquet", "folder": "artifacts/corpus"}
-    assert rewritten["datasets"]["4"] == {"gen": 4, "dataset": "artifacts/gen4/mix/dataset.parquet", "folder": "artifacts/gen4/mix"}
+    assert rewritten["datasets"]["0"] == {
+        "gen": 0,
+        "dataset": "artifacts/corpus/captions.parquet",
+        "folder": "artifacts/corpus",
+    }
+    assert rewritten["datasets"]["4"] == {
+        "gen": 4,
+        "dataset": "artifacts/gen4/mix/dataset.parquet",
+        "folder": "artifacts/gen4/mix",
+    }
     assert sorted(rewritten["datasets"]) == ["0", "1", "2", "3", "4"]
     lists = ("generations", "rounds", "datasets")
-    assert {k: v for k, v in rewritten.items() if k not in lists} == {k: v for k, v in original.items() if k not in lists}
+    assert {k: v for k, v in rewritten.items() if k not in lists} == {
+        k: v for k, v in original.items() if k not in lists
+    }
     one = yaml.safe_load(rewrite_generations(text, 1))
     assert one["generations"] == [0] and one["rounds"] == {} and list(one["datasets"]) == ["0"]
     assert yaml.safe_load(rewrite_generations(rewrite_generations(text, 2), 3))["generations"] == [0, 1, 2]
 
 
 def _corpus() -> pl.DataFrame:
-    return pl.DataFrame({
-        "id": ["a", "b", "c"], "caption": ["x", "y", "z"], "image_ref": ["c.npy#0", "c.npy#1", "c.npy#2"],
-        "true_occupation": ["nurse", None, "chef"], "true_gender": ["female", None, "male"], "split": ["train"] * 3,
-    })
+    return pl.DataFrame(
+        {
+            "id": ["a", "b", "c"],
+            "caption": ["x", "y", "z"],
+            "image_ref": ["c.npy#0", "c.npy#1", "c.npy#2"],
+            "true_occupation": ["nurse", None, "chef"],
+            "true_gender": ["female", None, "male"],
+            "split": ["train"] * 3,
+        }
+    )
 
 
 def test_replace_keeps_size_and_names_each_rows_source() -> None:
@@ -100,7 +121,13 @@ def test_accumulate_keeps_the_previous_dataset_and_adds_new_samples(tmp_path) ->
     assert one["synthetic"].to_list() == [False, False, False, True, True]
     assert one["image_ref"].to_list() == ["c.npy#0", "c.npy#1", "c.npy#2", "m1.npy#0", "m1.npy#1"]
     assert one["caption"].to_list()[3:] == ["z", "x"] and one["true_gender"].to_list()[3:] == ["male", "female"]
-    copied = ["c.npy#0", "c.npy#1", "c.npy#2", "m2.npy#0", "m2.npy#1"]  # generation 1's images copied into mix@2's shards
+    copied = [
+        "c.npy#0",
+        "c.npy#1",
+        "c.npy#2",
+        "m2.npy#0",
+        "m2.npy#1",
+    ]  # generation 1's images copied into mix@2's shards
     two = accumulated_dataset(one, copied, corpus, np.array([1]), ["m2.npy#2"], 2)
     assert two["id"].to_list() == ["a", "b", "c", "c@gen1", "a@gen1", "b@gen2"]
     assert two["image_ref"].to_list() == [*copied, "m2.npy#2"]

@@ -47,10 +47,12 @@ def test_hand_computed_aggregates() -> None:
 
 
 def test_abstentions_change_the_share() -> None:
-    predictions = pl.DataFrame({
-        "occupation": ["chef"] * 10,
-        "label": ["female"] * 6 + ["male"] * 2 + ["abstain"] * 2,
-    })
+    predictions = pl.DataFrame(
+        {
+            "occupation": ["chef"] * 10,
+            "label": ["female"] * 6 + ["male"] * 2 + ["abstain"] * 2,
+        }
+    )
     counts = count_table(predictions)
     assert counts.row(0) == ("chef", 6, 2, 2)
     # 6 / (6 + 2) = 0.75, not 6 / 10 = 0.6: abstained images leave the denominator
@@ -61,7 +63,13 @@ def test_abstentions_change_the_share() -> None:
 
 
 def test_labels_from_probabilities() -> None:
-    assert label_from_p([0.95, 0.05, 0.5, 0.9, 0.1], 0.1).tolist() == ["female", "male", "abstain", "abstain", "abstain"]
+    assert label_from_p([0.95, 0.05, 0.5, 0.9, 0.1], 0.1).tolist() == [
+        "female",
+        "male",
+        "abstain",
+        "abstain",
+        "abstain",
+    ]
     with pytest.raises(ValueError):
         label_from_p([0.5], 0.7)
 
@@ -119,7 +127,8 @@ def test_bootstrap_interval_is_seeded_and_covers_the_estimate() -> None:
         lo, hi = first[f"excess_{suffix}_ci"]
         assert lo <= first[f"excess_{suffix}"] <= hi
         assert first[f"excess_{suffix}"] == pytest.approx(
-            first[f"amplification_{suffix}"] - first[f"noise_floor_{suffix}"])
+            first[f"amplification_{suffix}"] - first[f"noise_floor_{suffix}"]
+        )
         assert 0 < first[f"p_value_{suffix}"] <= 1
 
 

@@ -40,8 +40,11 @@ from tests.tiny_repo import GIT, TinyPipeline, copy_repo, environment, mlflow_ru
 
 pytestmark = pytest.mark.slow
 
+
 @pytest.fixture(scope="module")
-def offline_baseline(tiny_pipeline: TinyPipeline, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, list[str]]:
+def offline_baseline(
+    tiny_pipeline: TinyPipeline, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, Path, list[str]]:
     """A copy of the session's offline tiny-world `dvc repro` (conftest.tiny_pipeline): the queued
     experiments below add to it."""
     repo = copy_repo(tiny_pipeline.repo, tmp_path_factory.mktemp("offline") / "repo")
@@ -104,7 +107,10 @@ def test_four_queued_experiments_record_every_run(offline_baseline: tuple[Path, 
     for name, runs in by_experiment.items():
         stages = sorted(r.data.tags["mlflow.runName"] for r in runs)
         assert stages == ["evaluate@0", "evaluate@1", "paradox@0", "summarize"], (name, stages)
-        assert {r.info.status for r in runs} == {"FINISHED"}, (name, [(r.data.tags["mlflow.runName"], r.info.status) for r in runs])
+        assert {r.info.status for r in runs} == {"FINISHED"}, (
+            name,
+            [(r.data.tags["mlflow.runName"], r.info.status) for r in runs],
+        )
     print(f"four queued experiments (-j 4) took {elapsed:.0f} s")
 
 
@@ -205,8 +211,15 @@ def _start_queue(repo: Path, jobs: int, log: Path, **extra: str) -> None:
     """`dvc queue start -j N`, its output to ``log``. Not through pipes: the workers it spawns inherit its
     stdout and stderr, so reading them to EOF (``run``) returns only once every worker has exited."""
     with log.open("w") as output:
-        result = subprocess.run(["dvc", "queue", "start", "-j", str(jobs)], cwd=repo, env=environment(repo, **extra),
-                                stdout=output, stderr=subprocess.STDOUT, timeout=300, check=False)
+        result = subprocess.run(
+            ["dvc", "queue", "start", "-j", str(jobs)],
+            cwd=repo,
+            env=environment(repo, **extra),
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            timeout=300,
+            check=False,
+        )
     assert result.returncode == 0, log.read_text()
 
 
@@ -220,13 +233,16 @@ def _spooled(repo: Path, pid: int) -> dict | None:
     return None
 
 
-def test_killed_experiment_leaves_mlflow_readable(offline_baseline: tuple[Path, Path, list[str]],
-                                                 tmp_path: Path) -> None:
+def test_killed_experiment_leaves_mlflow_readable(
+    offline_baseline: tuple[Path, Path, list[str]], tmp_path: Path
+) -> None:
     """Two queued experiments; the victim's first `evaluate` is held (see HOLD) once its MLflow run is open
     and SIGKILLed there. The victim fails, the survivor succeeds with every run FINISHED, mlflow.db passes
     SQLite's integrity check and the killed run is logged KILLED (not left RUNNING)."""
     repo, _, _ = offline_baseline
-    if subprocess.run([*GIT, "status", "--porcelain"], cwd=repo, capture_output=True, text=True, check=False).stdout.strip():
+    if subprocess.run(
+        [*GIT, "status", "--porcelain"], cwd=repo, capture_output=True, text=True, check=False
+    ).stdout.strip():
         _commit_baseline(repo)  # when run alone, without the four-writer test before it
     before = {r.info.run_id for r in mlflow_runs(repo)}  # also waits for the baseline's logger
     # A worker left idle by an earlier test lacks the hook's environment: wait for it to exit (60 s idle).
@@ -234,8 +250,13 @@ def test_killed_experiment_leaves_mlflow_readable(offline_baseline: tuple[Path, 
     (tmp_path / "sitecustomize.py").write_text(HOLD)
     held = tmp_path / "held"
     held.mkdir()
-    hook = {"PYTHONPATH": str(tmp_path), "BIASLOOP_HOLD_EXP": "victim", "BIASLOOP_HOLD_STAGE": "evaluate",
-            "BIASLOOP_HOLD_DIR": str(held), "BIASLOOP_HOLD_SECONDS": "600"}
+    hook = {
+        "PYTHONPATH": str(tmp_path),
+        "BIASLOOP_HOLD_EXP": "victim",
+        "BIASLOOP_HOLD_STAGE": "evaluate",
+        "BIASLOOP_HOLD_DIR": str(held),
+        "BIASLOOP_HOLD_SECONDS": "600",
+    }
     for name, n_boot in (("victim", 21), ("survivor", 22)):
         run(["dvc", "exp", "run", "--queue", "-n", name, "-S", f"evaluate.n_boot={n_boot}"], repo)
     started = time.monotonic()
@@ -247,8 +268,12 @@ def test_killed_experiment_leaves_mlflow_readable(offline_baseline: tuple[Path, 
         assert record is not None and record["status"] == "RUNNING", record
         assert record["tags"].get("dvc_exp_name") == "victim", record["tags"]
         os.kill(pid, signal.SIGKILL)
-        status = _wait_until(lambda: _queue_finished(repo) and run(["dvc", "queue", "status"], repo).stdout,
-                             900, "the queue to finish", poll=5)
+        status = _wait_until(
+            lambda: _queue_finished(repo) and run(["dvc", "queue", "status"], repo).stdout,
+            900,
+            "the queue to finish",
+            poll=5,
+        )
     finally:
         workers = _queue_workers(repo)
         run(["dvc", "queue", "stop"], repo, check=False, timeout=120)
@@ -256,8 +281,11 @@ def test_killed_experiment_leaves_mlflow_readable(offline_baseline: tuple[Path, 
             _wait_until(lambda: not any(Path(f"/proc/{w}").exists() for w in workers), 120, "workers to stop", poll=1)
         _end(_queue_workers(repo) + [int(m.name.removesuffix(".held")) for m in held.glob("*.held")])
     elapsed = time.monotonic() - started
-    rows = {line.split()[1]: line.split()[-1] for line in status.splitlines()[1:] if len(line.split()) >= 3
-            and line.split()[1] in ("victim", "survivor")}
+    rows = {
+        line.split()[1]: line.split()[-1]
+        for line in status.splitlines()[1:]
+        if len(line.split()) >= 3 and line.split()[1] in ("victim", "survivor")
+    }
     assert rows == {"victim": "Failed", "survivor": "Success"}, status
     with sqlite3.connect(f"file:{repo / 'mlflow.db'}?mode=ro", uri=True) as connection:
         assert connection.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
@@ -269,8 +297,9 @@ def test_killed_experiment_leaves_mlflow_readable(offline_baseline: tuple[Path, 
     killed_stage = f"evaluate@{record['tags']['generation']}"
     assert victim.pop(killed_stage) == "KILLED", states
     assert set(victim.values()) <= {"FINISHED"} and "summarize" not in victim, states  # ran before it; none after
-    killed = next(r for r in runs if r.data.tags.get("dvc_exp_name") == "victim"
-                  and r.data.tags["mlflow.runName"] == killed_stage)
+    killed = next(
+        r for r in runs if r.data.tags.get("dvc_exp_name") == "victim" and r.data.tags["mlflow.runName"] == killed_stage
+    )
     assert "ended without closing the run" in killed.data.tags["biasloop.closed_because"]
     assert not list((repo / ".mlflow-spool").glob("*/record.json")), "runs left in the spool"
     print(f"killed-experiment queue (2 experiments, -j 2) took {elapsed:.0f} s")

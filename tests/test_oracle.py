@@ -27,10 +27,18 @@ def _glyph_image(hue: float, saturation: float = 0.9, value: float = 1.0, size: 
 @pytest.mark.parametrize(
     ("hue", "expected"),
     [
-        (0.93, "female"), (0.90, "female"), (0.99, "female"), (0.01, "female"),  # 0.01 wraps: 0.08 from 0.93
-        (0.57, "male"), (0.52, "male"), (0.63, "male"),
-        (0.75, "abstain"), (0.72, "abstain"), (0.78, "abstain"),  # the ambiguous midpoint, with jitter
-        (0.25, "abstain"), (0.05, "abstain"),  # far from both hues (green; orange 0.12 from 0.93)
+        (0.93, "female"),
+        (0.90, "female"),
+        (0.99, "female"),
+        (0.01, "female"),  # 0.01 wraps: 0.08 from 0.93
+        (0.57, "male"),
+        (0.52, "male"),
+        (0.63, "male"),
+        (0.75, "abstain"),
+        (0.72, "abstain"),
+        (0.78, "abstain"),  # the ambiguous midpoint, with jitter
+        (0.25, "abstain"),
+        (0.05, "abstain"),  # far from both hues (green; orange 0.12 from 0.93)
     ],
 )
 def test_hand_made_hues(hue: float, expected: str) -> None:
@@ -69,9 +77,12 @@ def test_oracle_on_world_images(data_dir) -> None:
     """On the world's own images the oracle is exact: every clear image gets its ``true_gender``
     (accuracy 1.0 on 3,895 images of the default world, params.yaml's occupations), every ambiguous one
     and every grey scene abstains."""
-    config = WorldConfig(samples_per_occupation=200, glyphs=str(data_dir / "glyphs" / "mnist"),
-                         occupation_table=str(data_dir / "occupations" / "occupations_bls.tsv"),
-                         ambiguous_fraction=0.1)
+    config = WorldConfig(
+        samples_per_occupation=200,
+        glyphs=str(data_dir / "glyphs" / "mnist"),
+        occupation_table=str(data_dir / "occupations" / "occupations_bls.tsv"),
+        ambiguous_fraction=0.1,
+    )
     samples, images = build_world(config, ["carpenter", "engineer", "teacher", "nurse"])
     labels = oracle_labels(images, config.hue_female, config.hue_male)
     samples = samples.with_columns(oracle=pl.Series(labels.tolist(), dtype=pl.String))
@@ -88,9 +99,14 @@ def test_oracle_on_world_images(data_dir) -> None:
 
 
 def test_oracle_follows_the_configured_hues(data_dir) -> None:
-    config = WorldConfig(samples_per_occupation=60, hue_female=0.05, hue_male=0.35, ambiguous_fraction=0.0,
-                         glyphs=str(data_dir / "glyphs" / "mnist"),
-                         occupation_table=str(data_dir / "occupations" / "occupations_bls.tsv"))
+    config = WorldConfig(
+        samples_per_occupation=60,
+        hue_female=0.05,
+        hue_male=0.35,
+        ambiguous_fraction=0.0,
+        glyphs=str(data_dir / "glyphs" / "mnist"),
+        occupation_table=str(data_dir / "occupations" / "occupations_bls.tsv"),
+    )
     samples, images = build_world(dataclasses.replace(config, distractors=0, near_misses=0), ["nurse", "engineer"])
     labels = oracle_labels(images, config.hue_female, config.hue_male)
     assert labels.tolist() == samples["true_gender"].to_list()

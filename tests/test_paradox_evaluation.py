@@ -17,27 +17,49 @@ from biasloop.metrics.paradox import paradox_table, table_rows
 
 
 def _train_rows(selection: str, occupation: str, labels: list[str], prefix: str) -> list[dict]:
-    return [{"selection": selection, "occupation": occupation, "id": f"{prefix}{i}", "p_female": 0.5, "label": label,
-             "true_gender": label if label != "abstain" else "female"} for i, label in enumerate(labels)]
+    return [
+        {
+            "selection": selection,
+            "occupation": occupation,
+            "id": f"{prefix}{i}",
+            "p_female": 0.5,
+            "label": label,
+            "true_gender": label if label != "abstain" else "female",
+        }
+        for i, label in enumerate(labels)
+    ]
 
 
 def _hand_world() -> tuple[pl.DataFrame, pl.DataFrame]:
     # keyword: nurse n0..n9 = 8 women (n0-n7), 2 men (n8, n9); engineer e0..e9 = 1 woman (e0), 9 men
-    train = (_train_rows("keyword", "nurse", ["female"] * 8 + ["male"] * 2, "n")
-             + _train_rows("keyword", "engineer", ["female"] + ["male"] * 9, "e")
-             + _train_rows("nn", "nurse", ["female"] * 3 + ["male"], "n")
-             + _train_rows("nn", "engineer", ["male"] * 4, "e"))
+    train = (
+        _train_rows("keyword", "nurse", ["female"] * 8 + ["male"] * 2, "n")
+        + _train_rows("keyword", "engineer", ["female"] + ["male"] * 9, "e")
+        + _train_rows("nn", "nurse", ["female"] * 3 + ["male"], "n")
+        + _train_rows("nn", "engineer", ["male"] * 4, "e")
+    )
     generated = (
         # neutral prompts: nurse 9 women / 1 man, engineer 0 / 10
-        [{"prompt_kind": "neutral", "occupation": "nurse", "source_id": None, "label": lab} for lab in ["female"] * 9 + ["male"]]
+        [
+            {"prompt_kind": "neutral", "occupation": "nurse", "source_id": None, "label": lab}
+            for lab in ["female"] * 9 + ["male"]
+        ]
         + [{"prompt_kind": "neutral", "occupation": "engineer", "source_id": None, "label": "male"}] * 10
         # captions as prompts: from nurse captions n0, n1 (women) and n8 (a man), all generated as women;
         # engineer captions e0 (a woman) and e5 (a man), both generated as men; "zz" is not a keyword caption
-        + [{"prompt_kind": "caption", "occupation": "nurse", "source_id": s, "label": "female"} for s in ("n0", "n1", "n8")]
-        + [{"prompt_kind": "caption", "occupation": "engineer", "source_id": s, "label": "male"} for s in ("e0", "e5", "zz")]
+        + [
+            {"prompt_kind": "caption", "occupation": "nurse", "source_id": s, "label": "female"}
+            for s in ("n0", "n1", "n8")
+        ]
+        + [
+            {"prompt_kind": "caption", "occupation": "engineer", "source_id": s, "label": "male"}
+            for s in ("e0", "e5", "zz")
+        ]
     )
-    generated = pl.DataFrame(generated, schema={"prompt_kind": pl.String, "occupation": pl.String,
-                                                 "source_id": pl.String, "label": pl.String})
+    generated = pl.DataFrame(
+        generated,
+        schema={"prompt_kind": pl.String, "occupation": pl.String, "source_id": pl.String, "label": pl.String},
+    )
     return pl.DataFrame(train), generated.with_columns(p_female=pl.lit(0.5))
 
 
@@ -56,7 +78,11 @@ def test_paradox_pairings_by_hand() -> None:
     paired = table["captions_vs_keyword"]
     assert paired["paired_by_source"] is True and paired["n_pairs"] == 5
     assert paired["measured"]["amplification_abs"] == pytest.approx(5 / 12)
-    assert (paired["measured"]["n_images_train"], paired["measured"]["n_images_gen"], paired["measured"]["n_pairs"]) == (5, 5, 5)
+    assert (
+        paired["measured"]["n_images_train"],
+        paired["measured"]["n_images_gen"],
+        paired["measured"]["n_pairs"],
+    ) == (5, 5, 5)
     # prompt vs nn: nurse 0.75 vs 0.9, engineer 0 vs 0 -> 0.075
     assert table["prompt_vs_nn"]["measured"]["amplification_abs"] == pytest.approx(0.075)
     assert table["prompt_vs_nn_no_indicator"]["missing"] is True
@@ -76,8 +102,10 @@ def test_paradox_null_case_has_no_excess() -> None:
     for occupation, share in shares.items():
         labels = np.where(rng.random(300) < share, "female", "male")
         train += _train_rows("keyword", occupation, labels.tolist(), occupation)
-        generated += [{"prompt_kind": "neutral", "occupation": occupation, "source_id": None, "label": lab}
-                      for lab in np.where(rng.random(80) < share, "female", "male")]
+        generated += [
+            {"prompt_kind": "neutral", "occupation": occupation, "source_id": None, "label": lab}
+            for lab in np.where(rng.random(80) < share, "female", "male")
+        ]
     table = paradox_table(pl.DataFrame(train), pl.DataFrame(generated), None, n_boot=500, seed=0)
     measured = table["prompt_vs_keyword"]["measured"]
     lo, hi = measured["excess_abs_ci"]
@@ -102,12 +130,23 @@ class _FakeCLIP:
 def test_evaluation_by_hand() -> None:
     # 4 held-out images in 2-d: nurses point along x, chefs along y. Captions repeat ("a nurse" twice).
     images = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
-    test = pl.DataFrame({"caption": ["a nurse", "a nurse", "a chef", "chef cooking"],
-                         "true_occupation": ["nurse", "nurse", "chef", "chef"]})
-    vectors = {"a nurse": np.array([1.0, 0.0]), "a chef": np.array([0.0, 1.0]), "chef cooking": np.array([0.1, 0.9]),
-               "a photo of a nurse": np.array([1.0, 0.0]), "a photo of a chef": np.array([0.0, 1.0])}
+    test = pl.DataFrame(
+        {
+            "caption": ["a nurse", "a nurse", "a chef", "chef cooking"],
+            "true_occupation": ["nurse", "nurse", "chef", "chef"],
+        }
+    )
+    vectors = {
+        "a nurse": np.array([1.0, 0.0]),
+        "a chef": np.array([0.0, 1.0]),
+        "chef cooking": np.array([0.1, 0.9]),
+        "a photo of a nurse": np.array([1.0, 0.0]),
+        "a photo of a chef": np.array([0.0, 1.0]),
+    }
     config = EvaluateConfig(recall_ks=(1,), skew_k=2, min_group_size=2)
-    result = downstream_bias(_FakeCLIP(vectors), test, images, ["female", "female", "male", "male"], ["nurse", "chef"], config)
+    result = downstream_bias(
+        _FakeCLIP(vectors), test, images, ["female", "female", "male", "male"], ["nurse", "chef"], config
+    )
     # "a nurse" twice: its best image (0) has the identical caption, so both count as correct at k = 1;
     # "a chef" ranks its image 2 first (1.0 against 0.9); "chef cooking" scores image 2 at 0.9 and its
     # own image 3 at 0.82, and image 2's caption differs: a miss. recall@1 = 3/4.
@@ -144,12 +183,27 @@ def test_evaluation_carries_the_decomposition() -> None:
     # with the instrument everywhere: the instrument term is the training side's error only
     ids = train.select("occupation", "id").unique()
     matches = ids.with_columns(indicator=pl.when(pl.col("id") == "n8").then(pl.lit("male")).otherwise(pl.lit("none")))
-    metrics = evaluate_generation(0, train, generated.with_columns(oracle_label=pl.col("label")), None,
-                                  EvaluateConfig(n_boot=50), seed=0, downstream=None, matches=matches)
+    metrics = evaluate_generation(
+        0,
+        train,
+        generated.with_columns(oracle_label=pl.col("label")),
+        None,
+        EvaluateConfig(n_boot=50),
+        seed=0,
+        downstream=None,
+        matches=matches,
+    )
     keyword = metrics["decomposition"]["prompt_vs_keyword"]
     assert keyword["ground_truth"] is True
-    assert abs(keyword["data"]["estimate"] + keyword["generator"]["estimate"] + keyword["instrument"]["estimate"]
-               - metrics["amplification"]["shift_to_majority"]) < 1e-12
+    assert (
+        abs(
+            keyword["data"]["estimate"]
+            + keyword["generator"]["estimate"]
+            + keyword["instrument"]["estimate"]
+            - metrics["amplification"]["shift_to_majority"]
+        )
+        < 1e-12
+    )
     nurse = next(r for r in keyword["per_occupation"] if r["occupation"] == "nurse")
     # nurse keyword captions: n0-n7 women, n8 and n9 men; n8 marked, so the unmarked ones are 8 women of 9
     assert nurse["share_ideal_true"] == pytest.approx(8 / 9) and nurse["share_train_true"] == pytest.approx(0.8)
@@ -165,13 +219,29 @@ def test_max_skew_and_ndkl_against_the_training_share_by_hand() -> None:
     NDKL: prefix KLs ln(1/0.8), ln(1/0.8), 2/3 ln(5/6) + 1/3 ln(5/3), weights 1, 1/log2 3, 1/2: 0.1822.
     Chef query ranks 2 (M), 3 (M), 1 (F): (1/3, 2/3) against (0.25, 0.75): MaxSkew ln(4/3) = 0.2877."""
     images = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
-    test = pl.DataFrame({"caption": ["a nurse", "a nurse", "a chef", "chef cooking"],
-                         "true_occupation": ["nurse", "nurse", "chef", "chef"]})
-    vectors = {"a nurse": np.array([1.0, 0.0]), "a chef": np.array([0.0, 1.0]), "chef cooking": np.array([0.1, 0.9]),
-               "a photo of a nurse": np.array([1.0, 0.0]), "a photo of a chef": np.array([0.0, 1.0])}
+    test = pl.DataFrame(
+        {
+            "caption": ["a nurse", "a nurse", "a chef", "chef cooking"],
+            "true_occupation": ["nurse", "nurse", "chef", "chef"],
+        }
+    )
+    vectors = {
+        "a nurse": np.array([1.0, 0.0]),
+        "a chef": np.array([0.0, 1.0]),
+        "chef cooking": np.array([0.1, 0.9]),
+        "a photo of a nurse": np.array([1.0, 0.0]),
+        "a photo of a chef": np.array([0.0, 1.0]),
+    }
     shares = {"nurse": 0.8, "chef": 0.25}
-    result = downstream_bias(_FakeCLIP(vectors), test, images, ["female", "female", "male", "male"], ["nurse", "chef"],
-                             EvaluateConfig(recall_ks=(1,), skew_k=3, min_group_size=2, n_boot=20), training_share_female=shares)
+    result = downstream_bias(
+        _FakeCLIP(vectors),
+        test,
+        images,
+        ["female", "female", "male", "male"],
+        ["nurse", "chef"],
+        EvaluateConfig(recall_ks=(1,), skew_k=3, min_group_size=2, n_boot=20),
+        training_share_female=shares,
+    )
     nurse, chef = result["per_query"]
     assert nurse["max_skew_vs_training"] == pytest.approx(np.log(5 / 3))
     assert nurse["max_skew"] == pytest.approx(np.log(4 / 3))
@@ -183,8 +253,15 @@ def test_max_skew_and_ndkl_against_the_training_share_by_hand() -> None:
     assert result["max_skew_vs_training_mean"] == pytest.approx((np.log(5 / 3) + np.log(4 / 3)) / 2)
     assert (result["skew_k"], result["skew_k_effective"], nurse["k_effective"]) == (3, 3, 3)
     # k above the held-out people: every one of the 4 is ranked; the nurse top-4 is half women: ln(0.5 / 0.2)
-    wide = downstream_bias(_FakeCLIP(vectors), test, images, ["female", "female", "male", "male"], ["nurse", "chef"],
-                           EvaluateConfig(recall_ks=(1,), skew_k=50, min_group_size=2), training_share_female=shares)
+    wide = downstream_bias(
+        _FakeCLIP(vectors),
+        test,
+        images,
+        ["female", "female", "male", "male"],
+        ["nurse", "chef"],
+        EvaluateConfig(recall_ks=(1,), skew_k=50, min_group_size=2),
+        training_share_female=shares,
+    )
     assert (wide["skew_k"], wide["skew_k_effective"]) == (50, 4)
     assert wide["per_query"][0]["max_skew_vs_training"] == pytest.approx(np.log(2.5))
     assert result["fairness"]["overall_accuracy_ci"] == pytest.approx([0.5101, 1.0], abs=1e-4)  # Wilson, 4 of 4
@@ -192,11 +269,19 @@ def test_max_skew_and_ndkl_against_the_training_share_by_hand() -> None:
 
 def test_training_shares_are_add_one_smoothed() -> None:
     """Dataset rows behind keyword captions: nurse 5 women 1 man -> 6/8; engineer 1 woman 4 men -> 2/7."""
-    train = pl.DataFrame(_train_rows("keyword", "nurse", ["female"] * 3 + ["male"], "n")
-                         + _train_rows("keyword", "engineer", ["male"] * 3 + ["female"], "e"))
+    train = pl.DataFrame(
+        _train_rows("keyword", "nurse", ["female"] * 3 + ["male"], "n")
+        + _train_rows("keyword", "engineer", ["male"] * 3 + ["female"], "e")
+    )
     real = train.select("id", pl.col("id").alias("source_id"), pl.lit(False).alias("synthetic"), "label")
-    copies = pl.DataFrame({"id": ["n0@gen1", "n3@gen1", "e0@gen1", "e1@gen1"], "source_id": ["n0", "n3", "e0", "e1"],
-                           "synthetic": [True] * 4, "label": ["female", "female", "male", "abstain"]})
+    copies = pl.DataFrame(
+        {
+            "id": ["n0@gen1", "n3@gen1", "e0@gen1", "e1@gen1"],
+            "source_id": ["n0", "n3", "e0", "e1"],
+            "synthetic": [True] * 4,
+            "label": ["female", "female", "male", "abstain"],
+        }
+    )
     assert training_shares(train, pl.concat([real, copies])) == pytest.approx({"nurse": 6 / 8, "engineer": 2 / 7})
 
 
@@ -205,18 +290,28 @@ def test_amplification_against_the_training_dataset_by_hand() -> None:
     generated copies n0 -> F, n3 -> F, e0 -> M: nurse 5/6, engineer 1/5. Generated: nurse 0.9, engineer 0.
     Against the dataset A_abs = (|0.9 - 5/6| + |0 - 0.2|) / 2 = 2/15; against the corpus (0.15 + 0.25) / 2 = 0.2;
     the dataset's own drift from the corpus (|5/6 - 0.75| + |0.2 - 0.25|) / 2 = 1/15."""
-    train = pl.DataFrame(_train_rows("keyword", "nurse", ["female"] * 3 + ["male"], "n")
-                         + _train_rows("keyword", "engineer", ["male"] * 3 + ["female"], "e")
-                         + _train_rows("nn", "nurse", ["male"], "n"))
+    train = pl.DataFrame(
+        _train_rows("keyword", "nurse", ["female"] * 3 + ["male"], "n")
+        + _train_rows("keyword", "engineer", ["male"] * 3 + ["female"], "e")
+        + _train_rows("nn", "nurse", ["male"], "n")
+    )
     real = train.filter(pl.col("selection") == "keyword").select(
-        "id", pl.col("id").alias("source_id"), pl.lit(False).alias("synthetic"), "label")
-    copies = pl.DataFrame({"id": ["n0@gen1", "n3@gen1", "e0@gen1"], "source_id": ["n0", "n3", "e0"],
-                           "synthetic": [True] * 3, "label": ["female", "female", "male"]})
+        "id", pl.col("id").alias("source_id"), pl.lit(False).alias("synthetic"), "label"
+    )
+    copies = pl.DataFrame(
+        {
+            "id": ["n0@gen1", "n3@gen1", "e0@gen1"],
+            "source_id": ["n0", "n3", "e0"],
+            "synthetic": [True] * 3,
+            "label": ["female", "female", "male"],
+        }
+    )
     dataset = pl.concat([real, copies])
     generated = pl.DataFrame(
         [{"prompt_kind": "neutral", "occupation": "nurse", "label": lab} for lab in ["female"] * 9 + ["male"]]
         + [{"prompt_kind": "neutral", "occupation": "engineer", "label": "male"}] * 10
-        + [{"prompt_kind": "caption", "occupation": "nurse", "label": "male", "source_id": "n1"}] * 5)
+        + [{"prompt_kind": "caption", "occupation": "nurse", "label": "male", "source_id": "n1"}] * 5
+    )
     result = amplification_vs_training_dataset(train, dataset, generated, None, n_boot=50, seed=0)
     assert result["available"] and result["corrected"] is None
     assert result["measured"]["amplification_abs"] == pytest.approx(2 / 15)
@@ -225,11 +320,13 @@ def test_amplification_against_the_training_dataset_by_hand() -> None:
     assert result["share_synthetic_dataset"] == pytest.approx(3 / 11)
     shares = {row["occupation"]: row["share_train"] for row in result["per_occupation"]}
     assert shares == pytest.approx({"nurse": 5 / 6, "engineer": 0.2})
-    metrics = evaluate_generation(1, train, generated, None, EvaluateConfig(n_boot=50), seed=0, downstream=None,
-                                  dataset_predictions=dataset)
+    metrics = evaluate_generation(
+        1, train, generated, None, EvaluateConfig(n_boot=50), seed=0, downstream=None, dataset_predictions=dataset
+    )
     assert metrics["amplification"]["amplification_abs"] == pytest.approx(0.2)  # against the real corpus
     assert metrics["amplification_vs_training_dataset"]["measured"]["amplification_abs"] == pytest.approx(2 / 15)
-    assert "amplification_vs_training_dataset" not in evaluate_generation(1, train, generated, None, EvaluateConfig(n_boot=50),
-                                                                          seed=0, downstream=None)
+    assert "amplification_vs_training_dataset" not in evaluate_generation(
+        1, train, generated, None, EvaluateConfig(n_boot=50), seed=0, downstream=None
+    )
     empty = amplification_vs_training_dataset(train, dataset.clear(), generated, None, n_boot=50, seed=0)
     assert empty == {"available": False, "reason": empty["reason"]}

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from biasloop.cli.generations import rewrite_generations
+from biasloop.study.generations import rewrite_generations
 from tests.conftest import committed_text
 
 apply_overrides = pytest.importorskip("dvc.utils.hydra").apply_overrides
@@ -51,11 +51,14 @@ def test_set_param_changes_exactly_one_line(override: str, old: str, new: str, t
     removed, added = _changed_lines(original, rewritten)
     assert len(removed) == 1 and len(added) == 1, (
         f"dvc exp run -S {override} would change {len(removed)} line(s) of params.yaml, not 1; keep the layout "
-        "described at the top of params.yaml:\n" + "\n".join(f"- {r}" for r in removed) + "\n" + "\n".join(f"+ {a}" for a in added)
+        "described at the top of params.yaml:\n"
+        + "\n".join(f"- {r}" for r in removed)
+        + "\n"
+        + "\n".join(f"+ {a}" for a in added)
     )
     assert removed[0].startswith(old) and added[0].startswith(new), (removed, added)
     if "#" in removed[0]:  # the comment on the changed line is kept
-        assert removed[0][removed[0].index("#"):] == added[0][added[0].index("#"):]
+        assert removed[0][removed[0].index("#") :] == added[0][added[0].index("#") :]
 
 
 def test_list_param_changes_only_its_items(tmp_path: Path) -> None:
@@ -63,7 +66,10 @@ def test_list_param_changes_only_its_items(tmp_path: Path) -> None:
     rewritten = _round_trip(original, ["generator.channels=[32,64,64]"], tmp_path)
     removed, added = _changed_lines(original, rewritten)
     # Only the item lines change (difflib may pair them differently): [16, 32, 32] -> [32, 64, 64].
-    assert len(removed) == len(added) <= 3 and all(line.startswith("  - ") for line in removed + added), (removed, added)
+    assert len(removed) == len(added) <= 3 and all(line.startswith("  - ") for line in removed + added), (
+        removed,
+        added,
+    )
     assert len(rewritten.splitlines()) == len(original.splitlines())
     assert yaml.safe_load(rewritten)["generator"]["channels"] == [32, 64, 64]
 

@@ -52,8 +52,14 @@ def _tiny_overrides(params: dict) -> dict:
 
 
 def _run(cmd: list[str], cwd: Path, timeout: int = 1500) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "MLFLOW_DISABLE_TELEMETRY": "true",
-           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "BIASLOOP_EMBEDDING_CACHE": str(cwd / ".cache" / "embeddings")}
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "BIASLOOP_EMBEDDING_CACHE": str(cwd / ".cache" / "embeddings"),
+    }
     env.pop("DVC_ROOT", None)
     result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
@@ -90,12 +96,24 @@ def test_repro_writes_summary_and_report(pipeline_repo: Path) -> None:
         value = summary[generation]["amplification_abs"]
         assert value is None or 0.0 <= value <= 1.0
         assert 0.0 <= summary[generation]["recall_at_10"] <= 1.0
-        for key in ("captioner_bleu4", "captioner_cider_d", "captioner_lic_m", "captioner_lic_d", "captioner_leakage",
-                    "classifier_accuracy", "classifier_dp_difference"):
+        for key in (
+            "captioner_bleu4",
+            "captioner_cider_d",
+            "captioner_lic_m",
+            "captioner_lic_d",
+            "captioner_leakage",
+            "classifier_accuracy",
+            "classifier_dp_difference",
+        ):
             assert summary[generation][key] is not None, (generation, key)
         assert "captioner_error" in summary[generation] and "classifier_worst_group_accuracy" in summary[generation]
     paradox = json.loads((pipeline_repo / "metrics/paradox.json").read_text())
-    assert set(paradox["table"]) == {"prompt_vs_keyword", "captions_vs_keyword", "prompt_vs_nn", "prompt_vs_nn_no_indicator"}
+    assert set(paradox["table"]) == {
+        "prompt_vs_keyword",
+        "captions_vs_keyword",
+        "prompt_vs_nn",
+        "prompt_vs_nn_no_indicator",
+    }
     assert paradox["table"]["captions_vs_keyword"]["paired_by_source"] is True
     for generation in ("gen0", "gen1"):
         assert {"noise_floor_abs", "excess_abs", "excess_abs_lo", "p_value_abs"} <= set(summary[generation])
@@ -104,15 +122,24 @@ def test_repro_writes_summary_and_report(pipeline_repo: Path) -> None:
     assert list(summary)[0] == "headline" and summary["headline"] == keyword
     decomposition = paradox["table"]["prompt_vs_keyword"]["decomposition"]
     if decomposition["available"]:  # the glyph world: ground truth splits the shift
-        assert abs(keyword["data"] + keyword["generator"] + keyword["instrument"]
-                   - decomposition["measured"]["estimate"]) < 1e-12
+        assert (
+            abs(keyword["data"] + keyword["generator"] + keyword["instrument"] - decomposition["measured"]["estimate"])
+            < 1e-12
+        )
     else:  # a tiny generator's images may all be grey: the oracle abstains, and the JSON says why
         assert decomposition["reason"] and "data" not in keyword
     report = (pipeline_repo / "plots/report.html").read_text()
     assert "data:image/png;base64," in report
     assert "Downstream tasks across generations" in report
     assert "The LAION acquisition path is off" in report  # laion_filter's {"enabled": false}, one line
-    for name in ("amplification.csv", "shares.csv", "downstream.csv", "tasks.csv", "paradox_shares.png", "generations.png"):
+    for name in (
+        "amplification.csv",
+        "shares.csv",
+        "downstream.csv",
+        "tasks.csv",
+        "paradox_shares.png",
+        "generations.png",
+    ):
         assert (pipeline_repo / "plots" / name).stat().st_size > 0
     dataset = pipeline_repo / "artifacts/gen1/mix/dataset.parquet"
     assert dataset.exists()
@@ -158,10 +185,11 @@ def _changed_stages(repo: Path, section: str, key: str, value: object) -> set[st
 
 
 def test_changed_params_rerun_only_their_stages(pipeline_repo: Path) -> None:
+    # `dvc status` names the stages whose own declarations changed (their downstream reruns follow from outputs).
+    # summarize declares only the params it reads (base, tracking, synthetic_ratio, generations, world.seed).
     assert _changed_stages(pipeline_repo, "synthetic_ratio", "", 0.8) == {"mix@1", "summarize"}
     # Sampling-time params: the sampling stages rerun, no training stage (pretrain, retrain, instrument) does.
-    assert _changed_stages(pipeline_repo, "sampling", "guidance_scale", 3.0) == {"generate@0", "generate@1", "mix@1",
-                                                                                  "summarize"}
-    assert _changed_stages(pipeline_repo, "neighbours", "k", 7) == {"neighbours", "summarize"}
-    assert _changed_stages(pipeline_repo, "captioner", "epochs", 2) == {"captioner@0", "captioner@1", "summarize"}
-    assert _changed_stages(pipeline_repo, "classifier", "epochs", 2) == {"classifier@0", "classifier@1", "summarize"}
+    assert _changed_stages(pipeline_repo, "sampling", "guidance_scale", 3.0) == {"generate@0", "generate@1", "mix@1"}
+    assert _changed_stages(pipeline_repo, "neighbours", "k", 7) == {"neighbours"}
+    assert _changed_stages(pipeline_repo, "captioner", "epochs", 2) == {"captioner@0", "captioner@1"}
+    assert _changed_stages(pipeline_repo, "classifier", "epochs", 2) == {"classifier@0", "classifier@1"}

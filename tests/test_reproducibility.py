@@ -38,8 +38,11 @@ def test_training_streams_follow_base_seed_and_device(tmp_path: Path, monkeypatc
     import biasloop.models.generators as generators
 
     calls: list = []
-    monkeypatch.setattr(generators, "build_generator",
-                        lambda config, device="cpu", seed=None: calls.append(("device", device)) or _RecordingGenerator(calls, seed))
+    monkeypatch.setattr(
+        generators,
+        "build_generator",
+        lambda config, device="cpu", seed=None: calls.append(("device", device)) or _RecordingGenerator(calls, seed),
+    )
 
     def fake_downstream(images, captions, config, seed, device="cpu", progress=True):
         calls.append(("downstream", seed, device))
@@ -54,11 +57,22 @@ def test_training_streams_follow_base_seed_and_device(tmp_path: Path, monkeypatc
     dataset = pl.DataFrame({"caption": ["a", "b"], "image_ref": refs})
     for seed, generation in ((0, 0), (0, 1), (1, 0)):
         calls.clear()
-        stats = train_generation(dataset, tmp_path / f"out{seed}{generation}", None, None, seed=seed,
-                                 generation=generation, device="cuda:7", generator_steps=3)
-        assert calls == [("device", "cuda:7"), ("init", stream_seed(seed, "generator-init")),
-                         ("train", stream_seed(seed, "generator-train", generation)),
-                         ("downstream", stream_seed(seed, "downstream"), "cuda:7")]
+        stats = train_generation(
+            dataset,
+            tmp_path / f"out{seed}{generation}",
+            None,
+            None,
+            seed=seed,
+            generation=generation,
+            device="cuda:7",
+            generator_steps=3,
+        )
+        assert calls == [
+            ("device", "cuda:7"),
+            ("init", stream_seed(seed, "generator-init")),
+            ("train", stream_seed(seed, "generator-train", generation)),
+            ("downstream", stream_seed(seed, "downstream"), "cuda:7"),
+        ]
         assert stats["seeds"] == training_seeds(seed, generation) and stats["device"] == "cuda:7"
     # common random numbers: the downstream CLIP and the generator's initial weights are shared across
     # generations (and ratios: nothing here depends on the ratio); the generator's training noise is not.
@@ -74,7 +88,7 @@ def workspace(tmp_path: Path, tiny_params: Path, monkeypatch: pytest.MonkeyPatch
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("BIASLOOP_EMBEDDING_CACHE", str(tmp_path / "embedding-cache"))
     params = yaml.safe_load(tiny_params.read_text())
-    params["base"]["cpu_threads"] = 1  # the same thread count in both runs (see the README: reproducibility)
+    params["base"]["cpu_threads"] = 1  # the same thread count in both runs (docs/reproducibility.md)
     params["tracking"]["enabled"] = False
     params["instrument"].update(text_encoder="fake:32", epochs=2, batch_size=64, folds=2)
     params["generator"].update(text_encoder="fake:32", train_steps=3, batch_size=16, warmup_steps=1)
@@ -86,8 +100,11 @@ def workspace(tmp_path: Path, tiny_params: Path, monkeypatch: pytest.MonkeyPatch
 
 
 def _files(folder: Path, skip: tuple[str, ...] = ()) -> dict[str, bytes]:
-    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*"))
-            if p.is_file() and p.name not in skip}
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name not in skip
+    }
 
 
 def _set_seed(seed: int) -> None:
@@ -101,8 +118,21 @@ def test_instrument_stage_twice_is_byte_identical(workspace: Path) -> None:
     from stages import instrument
 
     for run in ("a", "b"):
-        assert instrument.main(["--params", "params.yaml", "--corpus", "artifacts/corpus/captions.parquet",
-                                "--out", f"out/{run}/instrument", "--metrics", f"out/{run}/instrument.json"]) == 0
+        assert (
+            instrument.main(
+                [
+                    "--params",
+                    "params.yaml",
+                    "--corpus",
+                    "artifacts/corpus/captions.parquet",
+                    "--out",
+                    f"out/{run}/instrument",
+                    "--metrics",
+                    f"out/{run}/instrument.json",
+                ]
+            )
+            == 0
+        )
     first, second = _files(Path("out/a/instrument")), _files(Path("out/b/instrument"))
     assert first.keys() == second.keys() and "fold1/image_tower.pt" in first
     assert first == second  # weights, fold table, manifests: identical bytes
@@ -112,8 +142,21 @@ def test_instrument_stage_twice_is_byte_identical(workspace: Path) -> None:
     assert metrics[0] == metrics[1]
 
     _set_seed(1)
-    assert instrument.main(["--params", "params.yaml", "--corpus", "artifacts/corpus/captions.parquet",
-                            "--out", "out/c/instrument", "--metrics", "out/c/instrument.json"]) == 0
+    assert (
+        instrument.main(
+            [
+                "--params",
+                "params.yaml",
+                "--corpus",
+                "artifacts/corpus/captions.parquet",
+                "--out",
+                "out/c/instrument",
+                "--metrics",
+                "out/c/instrument.json",
+            ]
+        )
+        == 0
+    )
     other = _files(Path("out/c/instrument"))
     assert other["fold0/image_tower.pt"] != first["fold0/image_tower.pt"]  # base.seed reaches every fold model
     assert other["folds.parquet"] != first["folds.parquet"]  # and the fold assignment
@@ -124,14 +167,21 @@ def test_pretrain_twice_is_byte_identical_and_follows_base_seed(workspace: Path)
     from stages import pretrain
 
     def run(name: str) -> dict[str, bytes]:
-        assert pretrain.main(["--params", "params.yaml", "--corpus", "artifacts/corpus/captions.parquet",
-                              "--out", f"out/{name}"]) == 0
+        assert (
+            pretrain.main(
+                ["--params", "params.yaml", "--corpus", "artifacts/corpus/captions.parquet", "--out", f"out/{name}"]
+            )
+            == 0
+        )
         # training.json and generator.json hold wall-clock seconds; everything else must repeat exactly
         return _files(Path(f"out/{name}"), skip=("training.json", "generator.json"))
 
     first, second = run("a"), run("b")
-    weights = ("generator/unet/diffusion_pytorch_model.safetensors", "generator/conditioning.safetensors",
-               "downstream/model.pt")
+    weights = (
+        "generator/unet/diffusion_pytorch_model.safetensors",
+        "generator/conditioning.safetensors",
+        "downstream/model.pt",
+    )
     assert set(weights) <= first.keys()
     assert first == second
     _set_seed(1)

@@ -33,7 +33,11 @@ def test_forms_irregular_and_multi_word() -> None:
     assert occupation_forms("Salesperson", PLURALS) == ("salesperson", "salespeople")
     assert occupation_forms("sales person", {"person": "people"}) == ("sales person", "sales people")
     assert occupation_forms("aerospace engineer") == ("aerospace engineer", "aerospace engineers")
-    assert occupation_forms("attorney", {"attorney": ["attorneys", "attornies"]}) == ("attorney", "attorneys", "attornies")
+    assert occupation_forms("attorney", {"attorney": ["attorneys", "attornies"]}) == (
+        "attorney",
+        "attorneys",
+        "attornies",
+    )
 
 
 CASES = [
@@ -72,7 +76,9 @@ def test_matches_equal_per_occupation_search() -> None:
     captions = [c for c, _ in CASES]
     matcher = OccupationMatcher.build(OCCUPATIONS, PLURALS)
     series = pl.Series(captions)
-    expected = [{o for o in matcher.occupations if series.str.contains(matcher.pattern(o))[i]} for i in range(len(captions))]
+    expected = [
+        {o for o in matcher.occupations if series.str.contains(matcher.pattern(o))[i]} for i in range(len(captions))
+    ]
     assert _matched(captions) == expected
 
 

@@ -35,7 +35,9 @@ def test_only_the_sampling_stages_declare_sampling() -> None:
     declared = declared_params()
     for name in SAMPLING_STAGES:
         assert "sampling" in declared[name], f"dvc.yaml stage {name}: add `sampling` to its params"
-    readers = {name for name, keys in declared.items() if any(k == "sampling" or k.startswith("sampling.") for k in keys)}
+    readers = {
+        name for name, keys in declared.items() if any(k == "sampling" or k.startswith("sampling.") for k in keys)
+    }
     assert readers == SAMPLING_STAGES, readers
     for name in TRAINING_STAGES:
         assert not any(k.startswith(("sampling", "generate")) for k in declared[name]), (name, declared[name])
@@ -45,6 +47,7 @@ def test_the_training_section_holds_no_sampling_key() -> None:
     params = read_params(REPO_ROOT / "params.yaml")
     assert not {"guidance_scale", "sampling_steps"} & set(params["generator"])
     assert load_section(SamplingConfig, "sampling", params) == SamplingConfig(
-        guidance_scale=params["sampling"]["guidance_scale"], steps=params["sampling"]["steps"])
+        guidance_scale=params["sampling"]["guidance_scale"], steps=params["sampling"]["steps"]
+    )
     training_keys = {f.name for f in dataclasses.fields(GeneratorConfig)}
     assert not training_keys & {f.name for f in dataclasses.fields(SamplingConfig)}

@@ -59,8 +59,13 @@ def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     corpus.write_parquet("artifacts/corpus/captions.parquet")
     selections.write_parquet("artifacts/neighbours/selections.parquet")
     config = GeneratorConfig(
-        text_encoder="fake:32", image_size=8, channels=(8, 16), mid_attention=False, batch_size=4,
-        warmup_steps=1, train_timesteps=20,
+        text_encoder="fake:32",
+        image_size=8,
+        channels=(8, 16),
+        mid_attention=False,
+        batch_size=4,
+        warmup_steps=1,
+        train_timesteps=20,
     )
     generator = build_generator(config, "cpu")
     images = np.zeros((4, 8, 8, 3), dtype=np.uint8)
@@ -69,8 +74,12 @@ def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     generator.save("artifacts/models/gen0/generator")
     params = {
         "base": {"seed": 0, "device": "cpu", "log_level": "INFO"},
-        "tracking": {"enabled": True, "uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "test",
-                     "background": False},
+        "tracking": {
+            "enabled": True,
+            "uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
+            "experiment": "test",
+            "background": False,
+        },
         "occupations": OCCUPATIONS,
         "generate": {
             "neutral_prompts": ["a photo of {article} {occupation}", "{article} {occupation} at work"],
@@ -87,9 +96,16 @@ def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 ARGS = [
-    "--generation", "0", "--generator", "artifacts/models/gen0/generator",
-    "--selections", "artifacts/neighbours/selections.parquet", "--corpus", "artifacts/corpus/captions.parquet",
-    "--out", "artifacts/gen0/generate",
+    "--generation",
+    "0",
+    "--generator",
+    "artifacts/models/gen0/generator",
+    "--selections",
+    "artifacts/neighbours/selections.parquet",
+    "--corpus",
+    "artifacts/corpus/captions.parquet",
+    "--out",
+    "artifacts/gen0/generate",
 ]
 
 
@@ -101,7 +117,12 @@ def test_generate_stage_writes_manifest_and_images(workspace: Path) -> None:
     assert manifest.columns[:5] == ["prompt_kind", "occupation", "prompt", "seed", "image_ref"]
     assert len(manifest) == 2 * (2 * 3) + 2 + 2
     neutral = manifest.filter(pl.col("prompt_kind") == "neutral")
-    assert set(neutral["prompt"]) == {"a photo of an engineer", "an engineer at work", "a photo of a nurse", "a nurse at work"}
+    assert set(neutral["prompt"]) == {
+        "a photo of an engineer",
+        "an engineer at work",
+        "a photo of a nurse",
+        "a nurse at work",
+    }
     captions = manifest.filter(pl.col("prompt_kind") == "caption")
     assert captions.filter(pl.col("occupation") == "nurse")["source_id"].sort().to_list() == ["c4", "c5"]
     assert set(captions["source_id"]) <= {"c1", "c2", "c3", "c4", "c5"}
@@ -154,7 +175,9 @@ def test_plan_prompts_caps_and_templates() -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("threads", [1, 2])
-def test_two_processes_write_the_same_images_as_one(workspace: Path, monkeypatch: pytest.MonkeyPatch, threads: int) -> None:
+def test_two_processes_write_the_same_images_as_one(
+    workspace: Path, monkeypatch: pytest.MonkeyPatch, threads: int
+) -> None:
     """generate.num_processes: 2 re-runs the stage under `accelerate launch` on CPU (gloo); the batches and
     seeds are fixed by index, and every process runs with base.cpu_threads torch threads, so the shards are
     byte-identical to one process's. Both thread counts, each from a process whose torch started with the
@@ -165,7 +188,9 @@ def test_two_processes_write_the_same_images_as_one(workspace: Path, monkeypatch
 
     from stages.generate import main
 
-    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[1]))  # the launched processes import this checkout
+    monkeypatch.setenv(
+        "PYTHONPATH", str(Path(__file__).resolve().parents[1])
+    )  # the launched processes import this checkout
     other = 3 - threads
     torch.set_num_threads(other)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
@@ -184,7 +209,10 @@ def test_two_processes_write_the_same_images_as_one(workspace: Path, monkeypatch
     shards = sorted(p.name for p in Path("artifacts/one/generate/images").glob("*.npy"))
     assert shards == sorted(p.name for p in Path("artifacts/two/generate/images").glob("*.npy"))
     for name in shards:
-        assert Path(f"artifacts/one/generate/images/{name}").read_bytes() == Path(f"artifacts/two/generate/images/{name}").read_bytes()
+        assert (
+            Path(f"artifacts/one/generate/images/{name}").read_bytes()
+            == Path(f"artifacts/two/generate/images/{name}").read_bytes()
+        )
     assert not list(Path("artifacts/two").glob(".generate*"))  # the parts folder is gone
 
 

@@ -41,8 +41,19 @@ def _set(params_path: Path, **instrument: object) -> None:
 
 
 def _run_instrument(*extra: str) -> int:
-    return instrument.main(["--params", "params.yaml", "--corpus", "artifacts/corpus/captions.parquet",
-                            "--out", "artifacts/instrument", "--metrics", "metrics/instrument.json", *extra])
+    return instrument.main(
+        [
+            "--params",
+            "params.yaml",
+            "--corpus",
+            "artifacts/corpus/captions.parquet",
+            "--out",
+            "artifacts/instrument",
+            "--metrics",
+            "metrics/instrument.json",
+            *extra,
+        ]
+    )
 
 
 def test_instrument_then_classify_stages(workspace: Path) -> None:
@@ -79,19 +90,41 @@ def test_instrument_then_classify_stages(workspace: Path) -> None:
     # classify_train: each distinct id classified once, every selection row labelled.
     train = corpus.filter((pl.col("split") == "train") & pl.col("true_occupation").is_not_null())
     picked = train.head(12)
-    selections = pl.concat([
-        picked.select(selection=pl.lit("keyword"), occupation="true_occupation", id="id"),
-        picked.head(5).select(selection=pl.lit("nn"), occupation="true_occupation", id="id"),
-    ]).with_columns(similarity=pl.lit(0.5), rank=pl.int_range(1, pl.len() + 1).over("selection"))
+    selections = pl.concat(
+        [
+            picked.select(selection=pl.lit("keyword"), occupation="true_occupation", id="id"),
+            picked.head(5).select(selection=pl.lit("nn"), occupation="true_occupation", id="id"),
+        ]
+    ).with_columns(similarity=pl.lit(0.5), rank=pl.int_range(1, pl.len() + 1).over("selection"))
     Path("artifacts/neighbours").mkdir(parents=True)
     selections.write_parquet("artifacts/neighbours/selections.parquet")
-    assert classify_train.main(["--params", "params.yaml", "--instrument", "artifacts/instrument",
-                                "--selections", "artifacts/neighbours/selections.parquet",
-                                "--corpus", "artifacts/corpus/captions.parquet",
-                                "--out", "artifacts/classify_train/predictions.parquet"]) == 0
+    assert (
+        classify_train.main(
+            [
+                "--params",
+                "params.yaml",
+                "--instrument",
+                "artifacts/instrument",
+                "--selections",
+                "artifacts/neighbours/selections.parquet",
+                "--corpus",
+                "artifacts/corpus/captions.parquet",
+                "--out",
+                "artifacts/classify_train/predictions.parquet",
+            ]
+        )
+        == 0
+    )
     predictions = pl.read_parquet("artifacts/classify_train/predictions.parquet")
-    assert predictions.columns == ["selection", "occupation", "id", "p_female", "label", "instrument_fold",
-                                   "true_gender"]
+    assert predictions.columns == [
+        "selection",
+        "occupation",
+        "id",
+        "p_female",
+        "label",
+        "instrument_fold",
+        "true_gender",
+    ]
     assert len(predictions) == 17
     assert predictions.group_by("id").agg(pl.col("p_female").n_unique())["p_female"].max() == 1
     assert set(predictions["label"]) <= {"female", "male", "abstain"}
@@ -110,24 +143,49 @@ def test_instrument_then_classify_stages(workspace: Path) -> None:
         mine = per_image.filter(pl.col("instrument_fold") == k)
         if len(mine):
             alone = load_instrument(f"artifacts/instrument/fold{k}").p_female(
-                load_images([ref_of[i] for i in mine["id"]]))
+                load_images([ref_of[i] for i in mine["id"]])
+            )
             assert alone.tolist() == mine["p_female"].to_list()
 
     # classify@N: the manifest's columns plus gender and occupation predictions.
     # a training image labelled by its own fold's model; held-out ones (as generated images) by the mixture's
     held_out_known = corpus.filter((pl.col("split") == "test") & pl.col("true_occupation").is_not_null())
     manifest = pl.concat([train.head(5), held_out_known.head(4)]).select(
-        prompt_kind=pl.lit("neutral"), occupation="true_occupation", prompt="caption",
-        seed=pl.int_range(0, pl.len()), image_ref="image_ref",
+        prompt_kind=pl.lit("neutral"),
+        occupation="true_occupation",
+        prompt="caption",
+        seed=pl.int_range(0, pl.len()),
+        image_ref="image_ref",
     )
     Path("artifacts/gen0/generate").mkdir(parents=True)
     manifest.write_parquet("artifacts/gen0/generate/manifest.parquet")
-    assert classify.main(["--params", "params.yaml", "--generation", "0", "--instrument", "artifacts/instrument",
-                          "--manifest", "artifacts/gen0/generate/manifest.parquet",
-                          "--out", "artifacts/gen0/classify/predictions.parquet"]) == 0
+    assert (
+        classify.main(
+            [
+                "--params",
+                "params.yaml",
+                "--generation",
+                "0",
+                "--instrument",
+                "artifacts/instrument",
+                "--manifest",
+                "artifacts/gen0/generate/manifest.parquet",
+                "--out",
+                "artifacts/gen0/classify/predictions.parquet",
+            ]
+        )
+        == 0
+    )
     generated = pl.read_parquet("artifacts/gen0/classify/predictions.parquet")
-    assert generated.columns == [*manifest.columns, "p_female", "label", "p_occupation", "predicted_occupation",
-                                 "instrument_fold", "oracle_label"]
+    assert generated.columns == [
+        *manifest.columns,
+        "p_female",
+        "label",
+        "p_occupation",
+        "predicted_occupation",
+        "instrument_fold",
+        "oracle_label",
+    ]
     # the glyph world's oracle reads each image's hue: the true gender, or abstain on an ambiguous hue
     truth = corpus.select("image_ref", "true_gender", "true_ambiguous")
     checked = generated.join(truth, on="image_ref", how="left")
@@ -138,14 +196,34 @@ def test_instrument_then_classify_stages(workspace: Path) -> None:
     params = yaml.safe_load(Path("params.yaml").read_text())
     params["corpus"]["source"] = "folder"
     Path("other.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    assert classify.main(["--params", "other.yaml", "--generation", "0", "--instrument", "artifacts/instrument",
-                          "--manifest", "artifacts/gen0/generate/manifest.parquet", "--out", "other.parquet"]) == 0
+    assert (
+        classify.main(
+            [
+                "--params",
+                "other.yaml",
+                "--generation",
+                "0",
+                "--instrument",
+                "artifacts/instrument",
+                "--manifest",
+                "artifacts/gen0/generate/manifest.parquet",
+                "--out",
+                "other.parquet",
+            ]
+        )
+        == 0
+    )
     other = pl.read_parquet("other.parquet")
     assert other["oracle_label"].is_null().all() and other["label"].to_list() == generated["label"].to_list()
-    assert generated["instrument_fold"].to_list() == load_labeller("artifacts/instrument").fold_for(
-        manifest["image_ref"].to_list()).tolist()
-    assert generated["instrument_fold"].to_list() == [fold_of[r] for r in manifest["image_ref"][:5]] + \
-        mixture_fold(manifest["image_ref"][5:].to_list(), folds, seed=0).tolist()
+    assert (
+        generated["instrument_fold"].to_list()
+        == load_labeller("artifacts/instrument").fold_for(manifest["image_ref"].to_list()).tolist()
+    )
+    assert (
+        generated["instrument_fold"].to_list()
+        == [fold_of[r] for r in manifest["image_ref"][:5]]
+        + mixture_fold(manifest["image_ref"][5:].to_list(), folds, seed=0).tolist()
+    )
     assert len(generated) == 9 and set(generated["predicted_occupation"]) <= set(OCCUPATIONS)
     assert generated["p_occupation"].is_between(0, 1).all() and generated["p_female"].is_between(0, 1).all()
 
@@ -159,7 +237,11 @@ def test_instrument_without_ground_truth_then_labelled_csv(workspace: Path) -> N
     assert _run_instrument() == 0
     metrics = json.loads(Path("metrics/instrument.json").read_text())
     assert metrics["status"] == "unknown" and metrics["accuracy"] is None and metrics["tpr"] is None
-    assert metrics["backend"] == "open-clip" and metrics["folds"] == 1 and "not trained on this corpus" in metrics["labels"]
+    assert (
+        metrics["backend"] == "open-clip"
+        and metrics["folds"] == 1
+        and "not trained on this corpus" in metrics["labels"]
+    )
 
     corpus.filter(pl.col("true_gender").is_not_null()).head(10).select("image_ref", "true_gender").write_csv("lab.csv")
     _set(Path("params.yaml"), labelled_csv="lab.csv")
@@ -176,8 +258,10 @@ def test_stage_errors_are_one_line(workspace: Path, capsys: pytest.CaptureFixtur
     assert exit_info.value.code == 2
     assert "instrument.backend" in capsys.readouterr().err
     _set(Path("params.yaml"), backend="locked-text-clip")
-    assert classify_train.main(["--params", "params.yaml", "--instrument", "nowhere",
-                                "--selections", "missing.parquet"]) == 2
+    assert (
+        classify_train.main(["--params", "params.yaml", "--instrument", "nowhere", "--selections", "missing.parquet"])
+        == 2
+    )
     assert "missing.parquet" in capsys.readouterr().err
 
 
@@ -209,8 +293,9 @@ def test_label_units_cover_every_row_once_in_forward_passes_of_one_model() -> No
 
 
 @pytest.mark.slow
-def test_classify_with_two_processes_writes_the_same_labels_as_one(workspace: Path,
-                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_classify_with_two_processes_writes_the_same_labels_as_one(
+    workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """classify.num_processes: 2 re-runs classify@N under `accelerate launch` on CPU; the forward passes are
     dealt by index, so the predictions file is byte-identical to one process's, and both equal one
     label_images call over every image (the labels of the single-process stage before the split). This
@@ -219,15 +304,26 @@ def test_classify_with_two_processes_writes_the_same_labels_as_one(workspace: Pa
 
     from biasloop.models.labelling import label_images
 
-    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[1]))  # the launched processes import this checkout
+    monkeypatch.setenv(
+        "PYTHONPATH", str(Path(__file__).resolve().parents[1])
+    )  # the launched processes import this checkout
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
     assert _run_instrument() == 0
     corpus = pl.read_parquet("artifacts/corpus/captions.parquet").filter(pl.col("true_occupation").is_not_null())
     # training images (labelled by their own fold's model) and held-out ones (by the fold mixture), interleaved
-    manifest = corpus.sort("split", "id").gather_every(3).head(23).select(
-        prompt_kind=pl.lit("neutral"), occupation="true_occupation", prompt="caption",
-        seed=pl.int_range(0, pl.len()), image_ref="image_ref")
+    manifest = (
+        corpus.sort("split", "id")
+        .gather_every(3)
+        .head(23)
+        .select(
+            prompt_kind=pl.lit("neutral"),
+            occupation="true_occupation",
+            prompt="caption",
+            seed=pl.int_range(0, pl.len()),
+            image_ref="image_ref",
+        )
+    )
     assert set(corpus.filter(pl.col("image_ref").is_in(manifest["image_ref"].implode()))["split"]) == {"train", "test"}
     Path("artifacts/gen0/generate").mkdir(parents=True)
     manifest.write_parquet("artifacts/gen0/generate/manifest.parquet")
@@ -238,15 +334,38 @@ def test_classify_with_two_processes_writes_the_same_labels_as_one(workspace: Pa
     def run(processes: int, out: str) -> pl.DataFrame:
         params["classify"]["num_processes"] = processes
         Path("params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-        assert classify.main(["--params", "params.yaml", "--generation", "0", "--instrument", "artifacts/instrument",
-                              "--manifest", "artifacts/gen0/generate/manifest.parquet", "--out", out]) == 0
+        assert (
+            classify.main(
+                [
+                    "--params",
+                    "params.yaml",
+                    "--generation",
+                    "0",
+                    "--instrument",
+                    "artifacts/instrument",
+                    "--manifest",
+                    "artifacts/gen0/generate/manifest.parquet",
+                    "--out",
+                    out,
+                ]
+            )
+            == 0
+        )
         return pl.read_parquet(out)
 
     one = run(1, "artifacts/one/predictions.parquet")
     two = run(2, "artifacts/two/predictions.parquet")
-    assert Path("artifacts/one/predictions.parquet").read_bytes() == Path("artifacts/two/predictions.parquet").read_bytes()
+    assert (
+        Path("artifacts/one/predictions.parquet").read_bytes() == Path("artifacts/two/predictions.parquet").read_bytes()
+    )
     assert one.equals(two) and len(one) == 23 and one["instrument_fold"].n_unique() == 2
-    whole = label_images(load_labeller("artifacts/instrument"), manifest["image_ref"].to_list(), 0.1,
-                         batch_size=4, occupations=OCCUPATIONS, asked=manifest["occupation"].to_list())
+    whole = label_images(
+        load_labeller("artifacts/instrument"),
+        manifest["image_ref"].to_list(),
+        0.1,
+        batch_size=4,
+        occupations=OCCUPATIONS,
+        asked=manifest["occupation"].to_list(),
+    )
     assert one.select(whole.columns).equals(whole)
     assert not list(Path("artifacts/two").glob(".predictions*"))  # the parts folder is gone

@@ -37,8 +37,12 @@ def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     frame.with_columns(image_ref=pl.lit("images/00000.npy#0")).write_parquet(tmp_path / "captions.parquet")
     params = {
         "base": {"seed": 0, "device": "cpu", "log_level": "INFO"},
-        "tracking": {"enabled": True, "uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "test",
-                     "background": False},
+        "tracking": {
+            "enabled": True,
+            "uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
+            "experiment": "test",
+            "background": False,
+        },
         "occupations": ["nurse", "engineer", "salesperson"],
         "retrieve": {"plurals": {"salesperson": "salespeople"}, "first_names": False, "split": "train"},
         "neighbours": {"model": "fake:32", "k": 2, "prompts": ["A photo of a {occupation}"], "batch_size": 4},
@@ -48,7 +52,9 @@ def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def _run_retrieve() -> int:
-    return retrieve.main(["--corpus", "captions.parquet", "--out", "out/matches.parquet", "--metrics", "m/retrieve.json"])
+    return retrieve.main(
+        ["--corpus", "captions.parquet", "--out", "out/matches.parquet", "--metrics", "m/retrieve.json"]
+    )
 
 
 def _run_neighbours() -> int:

@@ -43,10 +43,25 @@ def workspace(tmp_path: Path, tiny_params: Path, monkeypatch: pytest.MonkeyPatch
 
 
 def _args(generation: int, task: str) -> list[str]:
-    dataset = "artifacts/corpus/captions.parquet" if generation == 0 else f"artifacts/gen{generation}/mix/dataset.parquet"
-    return ["--params", "params.yaml", "--generation", str(generation), "--dataset", dataset,
-            "--corpus", "artifacts/corpus/captions.parquet", "--instrument", "artifacts/instrument",
-            "--out", f"artifacts/gen{generation}/{task}", "--metrics", f"metrics/generations/{task}_gen{generation}.json"]
+    dataset = (
+        "artifacts/corpus/captions.parquet" if generation == 0 else f"artifacts/gen{generation}/mix/dataset.parquet"
+    )
+    return [
+        "--params",
+        "params.yaml",
+        "--generation",
+        str(generation),
+        "--dataset",
+        dataset,
+        "--corpus",
+        "artifacts/corpus/captions.parquet",
+        "--instrument",
+        "artifacts/instrument",
+        "--out",
+        f"artifacts/gen{generation}/{task}",
+        "--metrics",
+        f"metrics/generations/{task}_gen{generation}.json",
+    ]
 
 
 def test_captioner_and_classifier_stages(workspace: Path) -> None:
@@ -62,20 +77,37 @@ def test_captioner_and_classifier_stages(workspace: Path) -> None:
         assert quality["n_images"] == len(test) and 0 <= quality["bleu4"] <= 1 and quality["cider_d"] >= 0
         assert caption_metrics["misprediction"]["n_images"] == test["true_gender"].is_not_null().sum()
         leakage = caption_metrics["leakage"]
-        assert len(leakage["per_seed"]) == 2 and leakage["leakage"] == pytest.approx(leakage["lic_m"] - leakage["lic_d"])
+        assert len(leakage["per_seed"]) == 2 and leakage["leakage"] == pytest.approx(
+            leakage["lic_m"] - leakage["lic_d"]
+        )
         captions = pl.read_parquet(f"artifacts/gen{generation}/captioner/captions.parquet")
-        assert captions["id"].to_list() == test["id"].to_list() and captions["reference"].to_list() == test["caption"].to_list()
+        assert (
+            captions["id"].to_list() == test["id"].to_list()
+            and captions["reference"].to_list() == test["caption"].to_list()
+        )
         assert classifier_metrics["n_test"] == test["true_occupation"].is_not_null().sum()
-        assert 0 <= classifier_metrics["accuracy"] <= 1 and set(classifier_metrics["accuracy_by_gender"]) == {"female", "male"}
+        assert 0 <= classifier_metrics["accuracy"] <= 1 and set(classifier_metrics["accuracy_by_gender"]) == {
+            "female",
+            "male",
+        }
         predictions = pl.read_parquet(f"artifacts/gen{generation}/classifier/predictions.parquet")
         assert set(predictions["predicted"].to_list()) <= {"engineer", "teacher", "nurse"}
         rows.append({"generation": generation, **task_row(caption_metrics, classifier_metrics)})
     # generation 1 trained on the mixed dataset: its training pairs are the dataset's rows.
     gen1 = json.loads(Path("metrics/generations/captioner_gen1.json").read_text())
     assert gen1["training"]["n_pairs"] == len(pl.read_parquet("artifacts/gen1/mix/dataset.parquet"))
-    for key in ("captioner_bleu4", "captioner_cider_d", "captioner_error", "captioner_lic_m", "captioner_lic_d",
-                "captioner_leakage", "classifier_accuracy", "classifier_dp_difference", "classifier_eo_difference",
-                "classifier_worst_group_accuracy"):
+    for key in (
+        "captioner_bleu4",
+        "captioner_cider_d",
+        "captioner_error",
+        "captioner_lic_m",
+        "captioner_lic_d",
+        "captioner_leakage",
+        "classifier_accuracy",
+        "classifier_dp_difference",
+        "classifier_eo_difference",
+        "classifier_worst_group_accuracy",
+    ):
         assert rows[1][key] is not None, key
     text = render_report(workspace / "report.html", rows, None, None, {}, {})
     assert "Downstream tasks across generations" in text and "LIC_M (%)" in text

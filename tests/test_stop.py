@@ -48,8 +48,12 @@ def machine(tmp_path: Path) -> tuple[Path, Path, Path]:
     _fake(proc, 103, [py, "-c", "from multiprocessing.spawn import spawn_main"], ours, ppid=101)
     _fake(proc, 110, ["/usr/bin/python3", "-m", "dvc", "exp", "queue-worker", "dvc-exp-worker-1"], ours)
     _fake(proc, 111, [py, "-m", "stages.corpus"], ours / ".dvc" / "tmp" / "exps" / "tmpx1", ppid=110)
-    _fake(proc, 120, [py, "-m", "biasloop.core.tracking", "--spool", str(ours / ".mlflow-spool"), "--linger", "20"],
-          tmp_path / "elsewhere")
+    _fake(
+        proc,
+        120,
+        [py, "-m", "biasloop.core.tracking", "--spool", str(ours / ".mlflow-spool"), "--linger", "20"],
+        tmp_path / "elsewhere",
+    )
     _fake(proc, 130, ["/bin/bash"], ours)  # the user's shell: never stopped
     _fake(proc, 131, ["vim", "params.yaml"], ours)
     _fake(proc, 200, ["/usr/bin/python3", "/other/.venv/bin/dvc", "repro"], theirs)
@@ -66,8 +70,13 @@ def test_kinds_from_command_lines() -> None:
     assert kind_of(("/x/.venv/bin/python", "/env/site-packages/dvc/__main__.py", "daemon", "-q", "updater")) == "dvc"
     assert kind_of(("python3.11", "-u", "-m", "stages.generate", "--generation", "1")) == "stage"
     assert kind_of(("python", "-m", "biasloop.core.tracking", "--spool", "/x/.mlflow-spool")) == "mlflow logger"
-    for other in (("bash",), ("vim", "dvc.yaml"), ("python", "stages.py"), ("python", "-c", "import dvc"),
-                  ("grep", "-m", "stages.corpus")):
+    for other in (
+        ("bash",),
+        ("vim", "dvc.yaml"),
+        ("python", "stages.py"),
+        ("python", "-c", "import dvc"),
+        ("grep", "-m", "stages.corpus"),
+    ):
         assert kind_of(other) is None
 
 
@@ -79,7 +88,14 @@ def test_finds_this_checkouts_processes_only(machine: tuple[Path, Path, Path]) -
     assert found[101].kind == found[111].kind == "stage" and found[103].kind == "child"
     assert found[111].why == "in a DVC queue copy" and found[120].why == "its arguments name the checkout"
     assert [p.kind for p in checkout_processes(ours, proc=proc)] == [  # the order stop() signals them in
-        "queue worker", "dvc", "stage", "stage", "stage", "mlflow logger", "child"]
+        "queue worker",
+        "dvc",
+        "stage",
+        "stage",
+        "stage",
+        "mlflow logger",
+        "child",
+    ]
     assert {p.pid for p in checkout_processes(theirs, proc=proc)} == {200, 201, 202, 203}
     assert checkout_processes(ours.parent, proc=proc) != []  # a folder above both holds both
     assert checkout_processes(ours / "data", proc=proc) == []
@@ -102,7 +118,8 @@ def test_lock_holders_from_proc_locks(tmp_path: Path) -> None:
     (tmp_path / "locks").write_text(
         f"1: FLOCK  ADVISORY  WRITE 4242 {dev} 0 EOF\n"
         f"1: -> FLOCK  ADVISORY  WRITE 4343 {dev} 0 EOF\n"  # a waiter, not a holder
-        f"2: POSIX  ADVISORY  WRITE 77 {other} 0 EOF\n")  # another file
+        f"2: POSIX  ADVISORY  WRITE 77 {other} 0 EOF\n"
+    )  # another file
     assert lock_holders(lock, tmp_path) == [4242]
     assert lock_holders(tmp_path / "missing", tmp_path) == []
     assert lock_holders(lock, tmp_path / "nowhere") is None
@@ -150,16 +167,31 @@ def test_stop_ends_only_the_checkouts_process(tmp_path: Path) -> None:
 def test_stop_sends_sigkill_after_the_timeout_and_the_command_lists_first(tmp_path: Path) -> None:
     inside = _checkout(tmp_path / "a")
     (inside / "stages" / "stubborn.py").write_text(
-        "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nprint('ready', flush=True)\ntime.sleep(600)\n")
-    stubborn = subprocess.Popen([sys.executable, "-m", "stages.stubborn"], cwd=inside, stdout=subprocess.PIPE, text=True)
+        "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nprint('ready', flush=True)\ntime.sleep(600)\n"
+    )
+    stubborn = subprocess.Popen(
+        [sys.executable, "-m", "stages.stubborn"], cwd=inside, stdout=subprocess.PIPE, text=True
+    )
     try:
         assert stubborn.stdout.readline().strip() == "ready"
-        listed = subprocess.run([sys.executable, "-m", "biasloop.cli", "stop", "--dry-run", "--root", str(inside)],
-                                capture_output=True, text=True, timeout=60)
-        assert listed.returncode == 0 and f"PID {stubborn.pid} (stage" in listed.stdout and "none signalled" in listed.stdout
+        listed = subprocess.run(
+            [sys.executable, "-m", "biasloop.cli", "stop", "--dry-run", "--root", str(inside)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert (
+            listed.returncode == 0
+            and f"PID {stubborn.pid} (stage" in listed.stdout
+            and "none signalled" in listed.stdout
+        )
         assert stubborn.poll() is None
-        ended = subprocess.run([sys.executable, "-m", "biasloop.cli", "stop", "--timeout", "0.5", "--root", str(inside)],
-                               capture_output=True, text=True, timeout=60)
+        ended = subprocess.run(
+            [sys.executable, "-m", "biasloop.cli", "stop", "--timeout", "0.5", "--root", str(inside)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert ended.returncode == 0, ended.stdout + ended.stderr
         assert f"SIGKILL PID {stubborn.pid}" in ended.stdout
         assert stubborn.wait(timeout=10) == -signal.SIGKILL
@@ -171,8 +203,12 @@ def test_stop_sends_sigkill_after_the_timeout_and_the_command_lists_first(tmp_pa
 
 def test_stop_refuses_a_folder_that_is_not_a_checkout(tmp_path: Path) -> None:
     """`--root /` (or the home folder) would take in every checkout's processes."""
-    result = subprocess.run([sys.executable, "-m", "biasloop.cli", "stop", "--dry-run", "--root", str(tmp_path)],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "biasloop.cli", "stop", "--dry-run", "--root", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2 and "is not a DVC checkout" in result.stderr and "Traceback" not in result.stderr
 
 
@@ -195,11 +231,14 @@ def test_doctor_names_the_live_lock_holder_and_never_advises_deleting(tmp_path: 
     tmp.mkdir(parents=True)
     (inside / "stages" / "holder.py").write_text(
         "import fcntl, time\nhandle = open('.dvc/tmp/lock', 'a+')\nfcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
-        "print('ready', flush=True)\ntime.sleep(600)\n")
+        "print('ready', flush=True)\ntime.sleep(600)\n"
+    )
     holder = subprocess.Popen([sys.executable, "-m", "stages.holder"], cwd=inside, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "ready"
-        (tmp / "rwlock").write_text(json.dumps({"write": {str(inside / "artifacts"): {"pid": holder.pid, "cmd": "dvc repro"}}}))
+        (tmp / "rwlock").write_text(
+            json.dumps({"write": {str(inside / "artifacts"): {"pid": holder.pid, "cmd": "dvc repro"}}})
+        )
         report = Report()
         running = check_running(report, inside)
         assert [p.pid for p in running] == [holder.pid]
@@ -223,7 +262,9 @@ def test_doctor_advises_removing_a_recycled_rwlock_only_when_nothing_of_the_chec
     inside = _checkout(tmp_path / "a")
     (inside / ".dvc" / "tmp").mkdir(parents=True)
     # the rwlock names a live process that is not dvc (a recycled PID): this test's own process
-    (inside / ".dvc" / "tmp" / "rwlock").write_text(json.dumps({"read": {"x": [{"pid": os.getpid(), "cmd": "dvc repro"}]}}))
+    (inside / ".dvc" / "tmp" / "rwlock").write_text(
+        json.dumps({"read": {"x": [{"pid": os.getpid(), "cmd": "dvc repro"}]}})
+    )
     idle = Report()
     check_running(idle, inside)
     assert idle.problems == 1 and "rm " in idle.lines[-1][2]
@@ -256,8 +297,14 @@ def test_a_closed_stdout_is_quiet(tmp_path: Path, argv: list[str]) -> None:
     read_end, write_end = os.pipe()
     os.close(read_end)  # every write to the pipe now fails with EPIPE
     try:
-        result = subprocess.run([sys.executable, "-m", "biasloop.cli", *argv], cwd=tmp_path, stdout=write_end,
-                                stderr=subprocess.PIPE, text=True, timeout=60)
+        result = subprocess.run(
+            [sys.executable, "-m", "biasloop.cli", *argv],
+            cwd=tmp_path,
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+        )
     finally:
         os.close(write_end)
     assert "Traceback" not in result.stderr and "BrokenPipeError" not in result.stderr, result.stderr
@@ -266,8 +313,10 @@ def test_a_closed_stdout_is_quiet(tmp_path: Path, argv: list[str]) -> None:
 
 def test_piped_into_head(tmp_path: Path) -> None:
     (tmp_path / "dvc.yaml").write_text("stages: {}\n")
-    script = f"'{sys.executable}' -m biasloop.cli stop --dry-run --root '{tmp_path}' | head -c 0; " \
-             f"'{sys.executable}' -m biasloop.cli --help | head -1"
+    script = (
+        f"'{sys.executable}' -m biasloop.cli stop --dry-run --root '{tmp_path}' | head -c 0; "
+        f"'{sys.executable}' -m biasloop.cli --help | head -1"
+    )
     result = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60)
     assert result.stdout.startswith("usage: biasloop") and result.stdout.count("\n") == 1
     assert result.stderr == "", result.stderr
@@ -281,18 +330,24 @@ def test_doctor_dvc_status_under_a_held_lock_names_the_holder(tmp_path: Path) ->
     inside = _checkout(tmp_path / "a")
     dvc = Path(sys.executable).parent / "dvc"
     command = [str(dvc)] if dvc.exists() else [sys.executable, "-m", "dvc"]
-    subprocess.run([*command, "init", "--no-scm", "-q"], cwd=inside, check=True, timeout=120,
-                   env={**os.environ, "DVC_NO_ANALYTICS": "1"})
+    subprocess.run(
+        [*command, "init", "--no-scm", "-q"],
+        cwd=inside,
+        check=True,
+        timeout=120,
+        env={**os.environ, "DVC_NO_ANALYTICS": "1"},
+    )
     (inside / "stages" / "holder.py").write_text(
         "import fcntl, time\nhandle = open('.dvc/tmp/lock', 'a+')\nfcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
-        "print('ready', flush=True)\ntime.sleep(600)\n")
+        "print('ready', flush=True)\ntime.sleep(600)\n"
+    )
     holder = subprocess.Popen([sys.executable, "-m", "stages.holder"], cwd=inside, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "ready"
         report = Report()
         running = check_running(report, inside)
         check_dvc(report, inside, running)
-        (level, _, text), = [line for line in report.lines if line[1] == "dvc status"]
+        ((level, _, text),) = [line for line in report.lines if line[1] == "dvc status"]
         assert level == "info" and f"PID {holder.pid}" in text and "wait" in text, text
         assert not any("remove" in t or "troubleshooting" in t for _, _, t in report.lines), report.lines
     finally:
@@ -308,13 +363,13 @@ def test_doctor_with_hardlink_locks_judges_by_running_processes(tmp_path: Path) 
     (inside / ".dvc" / "tmp" / "lock").write_text("")
     idle = Report()
     check_running(idle, inside)
-    (level, _, text), = [line for line in idle.lines if line[1] == "DVC lock"]
+    ((level, _, text),) = [line for line in idle.lines if line[1] == "DVC lock"]
     assert level == "problem" and "rm " in text
     sleeper = _start(inside)
     try:
         busy = Report()
         check_running(busy, inside)
-        (level, _, text), = [line for line in busy.lines if line[1] == "DVC lock"]
+        ((level, _, text),) = [line for line in busy.lines if line[1] == "DVC lock"]
         assert level == "info" and "wait" in text and "rm " not in text
     finally:
         sleeper.kill()
@@ -329,5 +384,5 @@ def test_doctor_on_a_garbled_rwlock(tmp_path: Path, content: str) -> None:
     (inside / ".dvc" / "tmp" / "rwlock").write_text(content, errors="surrogateescape")
     report = Report()
     check_running(report, inside)
-    (level, _, text), = [line for line in report.lines if line[1] == "DVC rwlock"]
+    ((level, _, text),) = [line for line in report.lines if line[1] == "DVC rwlock"]
     assert level == "problem" and "unreadable" in text and "rm " in text

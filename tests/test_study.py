@@ -48,22 +48,43 @@ GRID = {
     "metrics": ["gap", "generator"],
     "margins": {"generator": 0.05},
     "endpoints": {
-        "gap_vs_guidance": {"metric": "gap", "generation": 1, "slope_vs": "sampling.guidance_scale",
-                            "at": {"variant": "replace"}, "margin": 0.01},
-        "accumulate_minus_replace": {"metric": "gap", "generation": 1, "at": {"variant": "accumulate",
-                                     "sampling.guidance_scale": 1}, "minus": {"variant": "replace"}},
-        "generator_level": {"metric": "generator", "generation": 0,
-                            "at": {"variant": "replace", "sampling.guidance_scale": 1}, "margin": 0.05},
+        "gap_vs_guidance": {
+            "metric": "gap",
+            "generation": 1,
+            "slope_vs": "sampling.guidance_scale",
+            "at": {"variant": "replace"},
+            "margin": 0.01,
+        },
+        "accumulate_minus_replace": {
+            "metric": "gap",
+            "generation": 1,
+            "at": {"variant": "accumulate", "sampling.guidance_scale": 1},
+            "minus": {"variant": "replace"},
+        },
+        "generator_level": {
+            "metric": "generator",
+            "generation": 0,
+            "at": {"variant": "replace", "sampling.guidance_scale": 1},
+            "margin": 0.05,
+        },
     },
 }
 CONFIG = load_study_config(params_with({"t": GRID}), "t")
 
 # gap at generation 1 by (variant, guidance, seed); generation 0 is 0.01 * seed everywhere.
 GAP1 = {
-    ("replace", 1, 0): 0.01, ("replace", 1, 1): 0.03, ("replace", 1, 2): 0.02,
-    ("replace", 3, 0): 0.05, ("replace", 3, 1): 0.07, ("replace", 3, 2): 0.08,
-    ("accumulate", 1, 0): 0.00, ("accumulate", 1, 1): 0.01, ("accumulate", 1, 2): 0.02,
-    ("accumulate", 3, 0): 0.02, ("accumulate", 3, 1): 0.02, ("accumulate", 3, 2): 0.03,
+    ("replace", 1, 0): 0.01,
+    ("replace", 1, 1): 0.03,
+    ("replace", 1, 2): 0.02,
+    ("replace", 3, 0): 0.05,
+    ("replace", 3, 1): 0.07,
+    ("replace", 3, 2): 0.08,
+    ("accumulate", 1, 0): 0.00,
+    ("accumulate", 1, 1): 0.01,
+    ("accumulate", 1, 2): 0.02,
+    ("accumulate", 3, 0): 0.02,
+    ("accumulate", 3, 1): 0.02,
+    ("accumulate", 3, 2): 0.03,
 }
 GENERATOR = {0: 0.001, 1: -0.002, 2: 0.004}  # generator term at generation 0 (every cell)
 
@@ -75,10 +96,13 @@ def _rev(i: int) -> str:
 def _data(rev: str, params: dict, metrics: dict | None) -> dict:
     """The `data` object of one revision, keys as DVC 3.67 prints them."""
     return {
-        "rev": rev, "timestamp": "2026-11-26T15:27:36",
+        "rev": rev,
+        "timestamp": "2026-11-26T15:27:36",
         "params": {"params.yaml": {"data": params}},
         "metrics": {} if metrics is None else {"metrics/summary.json": {"data": metrics}},
-        "deps": {}, "outs": {}, "meta": {},
+        "deps": {},
+        "outs": {},
+        "meta": {},
     }
 
 
@@ -89,7 +113,9 @@ def _metrics(variant: str, guidance: int, seed: int, gap_key: str = "gap") -> di
     return {"headline": {"generator": GENERATOR[seed]}, "gen0": gen0, "gen1": gen1}
 
 
-def exp_show_json(states: dict[tuple[str, int, int], str], config=CONFIG, gap_key: str = "gap", edit=None) -> list[dict]:
+def exp_show_json(
+    states: dict[tuple[str, int, int], str], config=CONFIG, gap_key: str = "gap", edit=None
+) -> list[dict]:
     """`dvc exp show --json` with one experiment per (variant, guidance, seed) in ``states`` (-> executor state).
 
     A failed experiment carries the baseline's metrics, as DVC shows them (stale), and a queued one none.
@@ -103,23 +129,53 @@ def exp_show_json(states: dict[tuple[str, int, int], str], config=CONFIG, gap_ke
         params["base"]["seed"] = params["world"]["seed"] = seed
         if edit:
             edit(variant, guidance, seed, params)
-        metrics = {"success": _metrics(variant, guidance, seed, gap_key), "failed": baseline_metrics, "queued": None,
-                   "running": None}[state]
+        metrics = {
+            "success": _metrics(variant, guidance, seed, gap_key),
+            "failed": baseline_metrics,
+            "queued": None,
+            "running": None,
+        }[state]
         name = cell_name(config, {"variant": variant, "sampling.guidance_scale": guidance}, seed)
         log = f"/repo/.dvc/tmp/exps/run/{_rev(100 + i)}/{_rev(100 + i)}.out"
-        experiments.append({
-            "revs": [{"rev": _rev(100 + i), "name": name, "data": _data(_rev(100 + i), params, metrics),
-                      "error": {"msg": "Experiment run failed", "type": ""} if state == "failed" else None,
-                      "experiments": None}],
-            "executor": {"state": state, "name": None if state == "failed" else "dvc-task",
-                         "local": {"root": None, "log": log if state != "queued" else None, "pid": 9155,
-                                   "returncode": 255 if state == "failed" else 0, "task_id": _rev(100 + i)}},
-            "name": name,
-        })
-    baseline = {"rev": _rev(1), "name": "main", "data": _data(_rev(1), BASE_PARAMS, baseline_metrics),
-                "error": None, "experiments": experiments}
-    workspace = {"rev": "workspace", "name": None, "data": _data("workspace", BASE_PARAMS, baseline_metrics),
-                 "error": None, "experiments": None}
+        experiments.append(
+            {
+                "revs": [
+                    {
+                        "rev": _rev(100 + i),
+                        "name": name,
+                        "data": _data(_rev(100 + i), params, metrics),
+                        "error": {"msg": "Experiment run failed", "type": ""} if state == "failed" else None,
+                        "experiments": None,
+                    }
+                ],
+                "executor": {
+                    "state": state,
+                    "name": None if state == "failed" else "dvc-task",
+                    "local": {
+                        "root": None,
+                        "log": log if state != "queued" else None,
+                        "pid": 9155,
+                        "returncode": 255 if state == "failed" else 0,
+                        "task_id": _rev(100 + i),
+                    },
+                },
+                "name": name,
+            }
+        )
+    baseline = {
+        "rev": _rev(1),
+        "name": "main",
+        "data": _data(_rev(1), BASE_PARAMS, baseline_metrics),
+        "error": None,
+        "experiments": experiments,
+    }
+    workspace = {
+        "rev": "workspace",
+        "name": None,
+        "data": _data("workspace", BASE_PARAMS, baseline_metrics),
+        "error": None,
+        "experiments": None,
+    }
     return [workspace, baseline]
 
 
@@ -130,18 +186,35 @@ def test_cells_are_every_combination_with_readable_deterministic_names() -> None
     names = [c.name for c in study_cells(CONFIG)]
     assert len(names) == 12 and len(set(names)) == 12
     # variant first, then the axes in declared order, seeds inner
-    assert names[:4] == ["study-t-replace-guidance_scale1-s0", "study-t-replace-guidance_scale1-s1",
-                         "study-t-replace-guidance_scale1-s2", "study-t-replace-guidance_scale3-s0"]
+    assert names[:4] == [
+        "study-t-replace-guidance_scale1-s0",
+        "study-t-replace-guidance_scale1-s1",
+        "study-t-replace-guidance_scale1-s2",
+        "study-t-replace-guidance_scale3-s0",
+    ]
     assert names == [c.name for c in study_cells(CONFIG)]
     cell = study_cells(CONFIG)[-1]
     assert cell.name == "study-t-accumulate-guidance_scale3-s2" and cell.seed == 2
     assert dict(cell.setting) == {"loop.mode": "accumulate", "sampling.guidance_scale": 3}
 
-    generator = {"generations": 1, "axes": {"sampling.guidance_scale": [1, 1.5, 3], "generator.snr_gamma": [0, 5],
-                                            "generator.train_steps": [300, 500]},
-                 "seeds": [0, 1, 2], "primary_seeds": [3, 4], "metrics": ["generator"],
-                 "endpoints": {"slope": {"metric": "generator", "slope_vs": "sampling.guidance_scale",
-                                         "at": {"generator.snr_gamma": 0, "generator.train_steps": 300}}}}
+    generator = {
+        "generations": 1,
+        "axes": {
+            "sampling.guidance_scale": [1, 1.5, 3],
+            "generator.snr_gamma": [0, 5],
+            "generator.train_steps": [300, 500],
+        },
+        "seeds": [0, 1, 2],
+        "primary_seeds": [3, 4],
+        "metrics": ["generator"],
+        "endpoints": {
+            "slope": {
+                "metric": "generator",
+                "slope_vs": "sampling.guidance_scale",
+                "at": {"generator.snr_gamma": 0, "generator.train_steps": 300},
+            }
+        },
+    }
     config = load_study_config(params_with({"generator": generator}))
     cells = study_cells(config)
     # 12 cells x 3 seeds, and the 3 cells the primary endpoint reads get seeds 3 and 4 as well
@@ -152,30 +225,65 @@ def test_cells_are_every_combination_with_readable_deterministic_names() -> None
     # the ratio keeps its short label (the first studies' names), and labels that clash use the full path
     ratio = load_study_config(params_with({"default": {"axes": {"synthetic_ratio": [0.0, 0.4]}, "seeds": [1]}}))
     assert [c.name for c in study_cells(ratio)] == ["study-default-r0-s1", "study-default-r0.4-s1"]
-    clash = load_study_config(params_with({"c": {"axes": {"base.seed": [1], "world.seed": [2]}, "seeds": [0]}}),
-                              "c")
+    clash = load_study_config(params_with({"c": {"axes": {"base.seed": [1], "world.seed": [2]}, "seeds": [0]}}), "c")
     assert study_cells(clash)[0].name == "study-c-base_seed1-world_seed2-s0"
 
 
 def test_queue_command_sets_the_cell_the_seed_params_and_the_generations() -> None:
     cell = study_cells(CONFIG)[4]
-    params = {"generations": [0, 1, 2], "rounds": {"1": {"gen": 1, "prev": 0, "previous": "artifacts/corpus"},
-                                                   "2": {"gen": 2, "prev": 1, "previous": "artifacts/gen1/mix"}}}
+    params = {
+        "generations": [0, 1, 2],
+        "rounds": {
+            "1": {"gen": 1, "prev": 0, "previous": "artifacts/corpus"},
+            "2": {"gen": 2, "prev": 1, "previous": "artifacts/gen1/mix"},
+        },
+    }
     assert queue_command(cell, CONFIG, params) == [
-        "exp", "run", "--queue", "-S", "loop.mode='replace'", "-S", "sampling.guidance_scale=3",
-        "-S", "base.seed=1", "-S", "world.seed=1", "-S", "generations=[0,1]", "-S", "~rounds.2",
-        "--name", "study-t-replace-guidance_scale3-s1"]
-    fixed = load_study_config(params_with({"f": {"variants": {"fixed": {"loop.retrain_generator": False}},
-                                                  "axes": {"synthetic_ratio": [0.8]}, "seeds": [0]}}))
-    assert queue_command(study_cells(fixed)[0], fixed, {"generations": [0], "rounds": {}})[3:7] == ["-S", "loop.retrain_generator=false",
-                                                                   "-S", "synthetic_ratio=0.8"]
+        "exp",
+        "run",
+        "--queue",
+        "-S",
+        "loop.mode='replace'",
+        "-S",
+        "sampling.guidance_scale=3",
+        "-S",
+        "base.seed=1",
+        "-S",
+        "world.seed=1",
+        "-S",
+        "generations=[0,1]",
+        "-S",
+        "~rounds.2",
+        "--name",
+        "study-t-replace-guidance_scale3-s1",
+    ]
+    fixed = load_study_config(
+        params_with(
+            {
+                "f": {
+                    "variants": {"fixed": {"loop.retrain_generator": False}},
+                    "axes": {"synthetic_ratio": [0.8]},
+                    "seeds": [0],
+                }
+            }
+        )
+    )
+    assert queue_command(study_cells(fixed)[0], fixed, {"generations": [0], "rounds": {}})[3:7] == [
+        "-S",
+        "loop.retrain_generator=false",
+        "-S",
+        "synthetic_ratio=0.8",
+    ]
 
 
 def test_unknown_param_paths_and_bad_definitions_are_named() -> None:
     params = params_with({"g": {"axes": {"generate.guidance_scale": [1, 3]}, "seeds": [0]}})
     config = load_study_config(params)  # reading the definition does not look at the paths
-    with pytest.raises(ConfigError, match=r"studies.g.axes: unknown param path 'generate.guidance_scale' "
-                                          r"\(not in the params file\); did you mean sampling.guidance_scale"):
+    with pytest.raises(
+        ConfigError,
+        match=r"studies.g.axes: unknown param path 'generate.guidance_scale' "
+        r"\(not in the params file\); did you mean sampling.guidance_scale",
+    ):
         check_param_paths(config, params)
     section = params_with({"g": {"variants": {"v": {"generator": 1}}, "seeds": [0]}})
     with pytest.raises(ConfigError, match=r"studies.g.variants.v: unknown param path 'generator' \(a section"):
@@ -190,15 +298,26 @@ def test_unknown_param_paths_and_bad_definitions_are_named() -> None:
         ({"axes": {"synthetic_ratio": [0.0]}, "axis": 1}, "studies.x.axis: unknown key"),
         ({}, "no axes and no variants"),
         ({"axes": {"a.b": [1, 2]}, "metrics": ["nope"]}, "metric 'nope' is not in study.metrics"),
-        ({"axes": {"a.b": [1, 2]}, "metrics": ["gap"], "endpoints": {"e": {"metric": "gap"}}},
-         r"studies.x.endpoints.e.at: fix a.b"),
-        ({"axes": {"a.b": [1, 2]}, "metrics": ["gap"], "endpoints": {"e": {"metric": "gap", "slope_vs": "c.d"}}},
-         "slope_vs: 'c.d' is not an axis"),
-        ({"axes": {"a.b": [1, 2]}, "metrics": ["gap"], "endpoints": {"e": {"metric": "gap", "at": {"a.b": 7}}}},
-         r"at.a.b: 7 is not one of its values"),
-        ({"axes": {"a.b": [1, 2]}, "metrics": ["gap"], "endpoints": {"e": {"metric": "gap", "generation": 3,
-                                                                             "at": {"a.b": 1}}}},
-         "generation: 3 is not a generation"),
+        (
+            {"axes": {"a.b": [1, 2]}, "metrics": ["gap"], "endpoints": {"e": {"metric": "gap"}}},
+            r"studies.x.endpoints.e.at: fix a.b",
+        ),
+        (
+            {"axes": {"a.b": [1, 2]}, "metrics": ["gap"], "endpoints": {"e": {"metric": "gap", "slope_vs": "c.d"}}},
+            "slope_vs: 'c.d' is not an axis",
+        ),
+        (
+            {"axes": {"a.b": [1, 2]}, "metrics": ["gap"], "endpoints": {"e": {"metric": "gap", "at": {"a.b": 7}}}},
+            r"at.a.b: 7 is not one of its values",
+        ),
+        (
+            {
+                "axes": {"a.b": [1, 2]},
+                "metrics": ["gap"],
+                "endpoints": {"e": {"metric": "gap", "generation": 3, "at": {"a.b": 1}}},
+            },
+            "generation: 3 is not a generation",
+        ),
     ]
     for spec, message in bad:
         with pytest.raises(ConfigError, match=message):
@@ -210,7 +329,10 @@ def test_unknown_param_paths_and_bad_definitions_are_named() -> None:
 def test_collect_primary_endpoints_by_hand() -> None:
     study = collect_study(parse_exp_show(exp_show_json(FULL)), CONFIG)
     assert study["failed"] == [] and study["missing"] == [] and study["inconsistent"] == []
-    assert study["n_cells_used"] == 12 and study["metric_paths"] == {"gap": "gen{gen}.gap", "generator": "gen{gen}.generator"}
+    assert study["n_cells_used"] == 12 and study["metric_paths"] == {
+        "gap": "gen{gen}.gap",
+        "generator": "gen{gen}.generator",
+    }
 
     # slope of gap vs guidance at generation 1 under replace: per seed (0.05-0.01)/2, (0.07-0.03)/2,
     # (0.08-0.02)/2 = 0.02, 0.02, 0.03 -> mean 0.07/3, sd 0.01/sqrt(3)
@@ -241,8 +363,10 @@ def test_collect_holm_adjusts_every_other_interval() -> None:
     secondary = study["intervals"]
     assert secondary and all(r["adjusted"] and not r["primary"] for r in secondary)
     # the primary endpoints are not repeated among the secondary intervals
-    assert not any(r["kind"] == "slope" and r["metric"] == "gap" and r["generation"] == 1
-                   and r["at"] == {"variant": "replace"} for r in secondary)
+    assert not any(
+        r["kind"] == "slope" and r["metric"] == "gap" and r["generation"] == 1 and r["at"] == {"variant": "replace"}
+        for r in secondary
+    )
     tested = [r for r in secondary if r["p"] is not None]
     assert study["family_size"] == len(tested)
     from statsmodels.stats.multitest import multipletests
@@ -255,8 +379,14 @@ def test_collect_holm_adjusts_every_other_interval() -> None:
         excludes_zero = record["ci"][0] > 0 or record["ci"][1] < 0
         assert excludes_zero == (record["verdict"] == "effect")
     # slope of gap vs guidance under accumulate at generation 1: per seed 0.01, 0.005, 0.005
-    accumulate = next(r for r in secondary if r["kind"] == "slope" and r["at"] == {"variant": "accumulate"}
-                      and r["metric"] == "gap" and r["generation"] == 1)
+    accumulate = next(
+        r
+        for r in secondary
+        if r["kind"] == "slope"
+        and r["at"] == {"variant": "accumulate"}
+        and r["metric"] == "gap"
+        and r["generation"] == 1
+    )
     assert accumulate["values"] == pytest.approx([0.01, 0.005, 0.005])
     # contrasts of the variant and slopes against generation are in the family too
     assert {r["kind"] for r in secondary} == {"level", "slope", "contrast"}
@@ -273,7 +403,9 @@ def test_collect_reads_fallback_keys_and_lists_problems() -> None:
     assert any("gap: read from gen{gen}.excess_abs" in note for note in study["notes"])
     assert [f["name"] for f in study["failed"]] == ["study-t-replace-guidance_scale3-s2"]
     assert {(m["name"], m["state"]) for m in study["missing"]} == {
-        ("study-t-accumulate-guidance_scale1-s0", "queued"), ("study-t-accumulate-guidance_scale3-s1", "absent")}
+        ("study-t-accumulate-guidance_scale1-s0", "queued"),
+        ("study-t-accumulate-guidance_scale3-s1", "absent"),
+    }
     # the slope uses only seeds with every point of the line: seed 2 lacks guidance 3 under replace
     slope = study["endpoints"]["gap_vs_guidance"]
     assert slope["seeds"] == [0, 1] and slope["excluded_seeds"] == [2] and slope["n"] == 2
@@ -304,8 +436,20 @@ def test_collect_command_writes_the_named_study_or_refuses(tmp_path: Path, capsy
     states[("replace", 3, 2)] = "failed"
     params, exp_json = _write(tmp_path, exp_show_json(states))
     out, plots = tmp_path / "metrics" / "studies", tmp_path / "plots" / "studies"
-    args = ["study", "collect", "--params", str(params), "--name", "t", "--exp-json", str(exp_json),
-            "--out-dir", str(out), "--plots", str(plots)]
+    args = [
+        "study",
+        "collect",
+        "--params",
+        str(params),
+        "--name",
+        "t",
+        "--exp-json",
+        str(exp_json),
+        "--out-dir",
+        str(out),
+        "--plots",
+        str(plots),
+    ]
     assert main(args) == 1
     err = capsys.readouterr().err
     assert "failed: study-t-replace-guidance_scale3-s2" in err and "nothing written" in err and not out.exists()
@@ -340,12 +484,19 @@ def test_committed_studies_are_defined_and_name_the_pipeline_params() -> None:
 
 
 def test_generation_overrides_carry_the_previous_dataset() -> None:
-    params = {"generations": [0, 1, 2], "rounds": {"1": {"gen": 1, "prev": 0, "previous": "artifacts/corpus"},
-                                                   "2": {"gen": 2, "prev": 1, "previous": "artifacts/gen1/mix"}}}
+    params = {
+        "generations": [0, 1, 2],
+        "rounds": {
+            "1": {"gen": 1, "prev": 0, "previous": "artifacts/corpus"},
+            "2": {"gen": 2, "prev": 1, "previous": "artifacts/gen1/mix"},
+        },
+    }
     assert generation_overrides(params, 3) == []
     assert generation_overrides(params, 2) == ["generations=[0,1]", "~rounds.2"]
-    assert generation_overrides(params, 4) == ["generations=[0,1,2,3]",
-                                               "+rounds.3={gen: 3, prev: 2, previous: 'artifacts/gen2/mix'}"]
+    assert generation_overrides(params, 4) == [
+        "generations=[0,1,2,3]",
+        "+rounds.3={gen: 3, prev: 2, previous: 'artifacts/gen2/mix'}",
+    ]
 
 
 FAKE_DVC = """#!{python}
@@ -372,15 +523,28 @@ def test_run_study_queues_what_is_left_and_reports_failures(tmp_path: Path) -> N
     fake = tmp_path / "dvc"
     fake.write_text(FAKE_DVC.format(python=sys.executable))
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
-    spec = {**GRID, "variants": {"replace": {"loop.mode": "replace"}}, "seeds": [0, 1],
-            "endpoints": {}, "generations": 2}
+    spec = {
+        **GRID,
+        "variants": {"replace": {"loop.mode": "replace"}},
+        "seeds": [0, 1],
+        "endpoints": {},
+        "generations": 2,
+    }
     params = params_with({"t": spec}, poll_seconds=0.01)
     config = load_study_config(params)
     before = {("replace", 1, 0): "success", ("replace", 1, 1): "failed"}
-    running = {("replace", 1, 0): "success", ("replace", 1, 1): "queued", ("replace", 3, 0): "queued",
-               ("replace", 3, 1): "queued"}
-    after = {("replace", 1, 0): "success", ("replace", 1, 1): "success", ("replace", 3, 0): "failed",
-             ("replace", 3, 1): "success"}
+    running = {
+        ("replace", 1, 0): "success",
+        ("replace", 1, 1): "queued",
+        ("replace", 3, 0): "queued",
+        ("replace", 3, 1): "queued",
+    }
+    after = {
+        ("replace", 1, 0): "success",
+        ("replace", 1, 1): "success",
+        ("replace", 3, 0): "failed",
+        ("replace", 3, 1): "success",
+    }
     for i, states in enumerate((before, running, after)):
         (tmp_path / f"show{i}.json").write_text(json.dumps(exp_show_json(states, config=config)))
     path = tmp_path / "params.yaml"
@@ -390,8 +554,11 @@ def test_run_study_queues_what_is_left_and_reports_failures(tmp_path: Path) -> N
     assert failed == ["study-t-replace-guidance_scale3-s0"]
     calls = [json.loads(line) for line in (tmp_path / "calls.txt").read_text().splitlines()]
     queued = [c[-1] for c in calls if c[:3] == ["exp", "run", "--queue"]]
-    assert queued == ["study-t-replace-guidance_scale1-s1", "study-t-replace-guidance_scale3-s0",
-                      "study-t-replace-guidance_scale3-s1"]
+    assert queued == [
+        "study-t-replace-guidance_scale1-s1",
+        "study-t-replace-guidance_scale3-s0",
+        "study-t-replace-guidance_scale3-s1",
+    ]
     assert ["queue", "remove", "study-t-replace-guidance_scale1-s1"] in calls and ["queue", "start", "-j", "2"] in calls
     assert any("study-t-replace-guidance_scale3-s0: failed" in line and "dvc queue logs" in line for line in lines)
     assert os.path.exists(tmp_path / "shows.txt")
@@ -419,15 +586,23 @@ def test_waiting_ends_when_a_worker_died_or_the_timeout_passes(tmp_path: Path) -
 
     ticks = iter(range(0, 10_000, 60))  # a minute per look
     with pytest.raises(RuntimeError) as timed_out:
-        wait_for_cells(config, names, dvc=str(fake), echo=lambda line: None, sleep=lambda s: None,
-                       timeout=300, clock=lambda: next(ticks))
+        wait_for_cells(
+            config,
+            names,
+            dvc=str(fake),
+            echo=lambda line: None,
+            sleep=lambda s: None,
+            timeout=300,
+            clock=lambda: next(ticks),
+        )
     message = str(timed_out.value)
     assert message.startswith("gave up waiting after 5m00s: study-t-replace-guidance_scale3-s0 running")
     assert "log line 39" in message and "log line 24" not in message and "queue keeps running" in message
 
     (tmp_path / "workers.txt").write_text("0")
-    with pytest.raises(RuntimeError, match="no queue worker is running, yet study-t-replace-guidance_scale3-s0 "
-                                           "running") as died:
+    with pytest.raises(
+        RuntimeError, match="no queue worker is running, yet study-t-replace-guidance_scale3-s0 running"
+    ) as died:
         wait_for_cells(config, names, dvc=str(fake), echo=lambda line: None, sleep=lambda s: None)
     assert "dvc queue kill NAME" in str(died.value)
 
@@ -439,8 +614,10 @@ def test_run_dvc_does_not_wait_for_a_daemon_holding_its_output(tmp_path: Path) -
     from biasloop.study.experiments import run_dvc
 
     fake = tmp_path / "dvc"
-    fake.write_text(f"#!{sys.executable}\nimport os, sys, time\nprint('started')\nsys.stdout.flush()\n"
-                    "if os.fork() == 0:\n    time.sleep(20)\n    os._exit(0)\n")
+    fake.write_text(
+        f"#!{sys.executable}\nimport os, sys, time\nprint('started')\nsys.stdout.flush()\n"
+        "if os.fork() == 0:\n    time.sleep(20)\n    os._exit(0)\n"
+    )
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
     start = time.monotonic()
     assert run_dvc(["queue", "start"], dvc=str(fake)).strip() == "started"

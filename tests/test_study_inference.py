@@ -74,8 +74,10 @@ def test_tost_and_primary_verdicts_by_hand() -> None:
 
 def test_adjusted_intervals_at_the_holm_level_by_hand() -> None:
     # Three secondary intervals of 3 seeds each: p 0.0091 (t = 0.06 / SE), 0.0742 (0.02 / SE), 1 (0).
-    family = [{**t_interval(v, 0.05), "values": v, "margin": m}
-              for v, m in (([0.05, 0.06, 0.07], None), ([0.01, 0.02, 0.03], 0.5), ([-0.01, 0.0, 0.01], None))]
+    family = [
+        {**t_interval(v, 0.05), "values": v, "margin": m}
+        for v, m in (([0.05, 0.06, 0.07], None), ([0.01, 0.02, 0.03], 0.5), ([-0.01, 0.0, 0.01], None))
+    ]
     p = [p_two_sided_2df(0.06 / SE), p_two_sided_2df(0.02 / SE), 1.0]
     assert [r["p"] for r in family] == pytest.approx(p)
     adjust_family(family, alpha=0.05)

@@ -26,10 +26,18 @@ def test_two_cell_study_runs_as_dvc_experiments_and_collects(tiny_pipeline: Tiny
     params["rounds"] = {}
     params["datasets"] = {"0": params["datasets"]["0"]}
     params["study"] = {**params["study"], "default": "tiny", "jobs": 1, "poll_seconds": 10}
-    params["studies"] = {"tiny": {"generations": 2, "axes": {"synthetic_ratio": [0.0, 0.8]}, "seeds": [0],
-                                  "metrics": ["gap", "shift", "recall_at_10"], "secondary": ["slopes"],
-                                  "endpoints": {"gap_vs_ratio": {"metric": "gap", "generation": 1,
-                                                                 "slope_vs": "synthetic_ratio", "margin": 0.05}}}}
+    params["studies"] = {
+        "tiny": {
+            "generations": 2,
+            "axes": {"synthetic_ratio": [0.0, 0.8]},
+            "seeds": [0],
+            "metrics": ["gap", "shift", "recall_at_10"],
+            "secondary": ["slopes"],
+            "endpoints": {
+                "gap_vs_ratio": {"metric": "gap", "generation": 1, "slope_vs": "synthetic_ratio", "margin": 0.05}
+            },
+        }
+    }
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     _run(["dvc", "commit", "-f", "-q", "data.dvc"], repo)  # queued experiments check data/ out of the cache
     _run([*GIT, "add", "-A"], repo)
@@ -59,12 +67,17 @@ def test_two_cell_study_runs_as_dvc_experiments_and_collects(tiny_pipeline: Tiny
     # collect says so in its notes instead of reading anything else.
     gap_path = study["metric_paths"]["gap"]
     assert gap_path in ("gen{gen}.gap", "gen{gen}.excess_abs") or any(
-        note.startswith("gap: none of") for note in study["notes"]), study["notes"]
+        note.startswith("gap: none of") for note in study["notes"]
+    ), study["notes"]
     assert {c["name"] for c in study["cells"]} == {"study-tiny-r0-s0", "study-tiny-r0.8-s0"}
     assert all(c["generations"] == [0, 1] and len(c["rev"]) == 40 for c in study["cells"])
     assert study["common_params"]["generations"] == [0, 1]
     assert [(e["coords"]["synthetic_ratio"], e["generation"]) for e in study["summary"]] == [
-        (0.0, 0), (0.0, 1), (0.8, 0), (0.8, 1)]
+        (0.0, 0),
+        (0.0, 1),
+        (0.8, 0),
+        (0.8, 1),
+    ]
     recall = [e["metrics"]["recall_at_10"] for e in study["summary"]]
     assert all(r["n"] == 1 and r["sd"] is None for r in recall)
     # One seed: the primary slope has a value but no interval, and no verdict beyond "not resolved".

@@ -28,8 +28,13 @@ def test_dvc_init_writes_no_usage_report(tmp_path: Path) -> None:
     assert os.environ.get("DVC_NO_ANALYTICS") == "1"
     system_temp = Path(tempfile.gettempdir())
     before = _usage_reports(system_temp)
-    done = subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "dvc", "init", "--no-scm", "-q"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert (tmp_path / ".dvc").is_dir()
     assert _usage_reports(system_temp) - before == set()

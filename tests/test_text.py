@@ -11,9 +11,19 @@ from biasloop.data.text import article, fill_template, match_occupations, occupa
 
 @pytest.mark.parametrize(
     ("word", "expected"),
-    [("nurse", "nurses"), ("secretary", "secretaries"), ("day", "days"), ("coach", "coaches"),
-     ("boss", "bosses"), ("chairman", "chairmen"), ("mechanic", "mechanics"), ("salesperson", "salespeople"),
-     ("aerospace engineer", "aerospace engineers"), ("woman", "women"), ("box", "boxes")],
+    [
+        ("nurse", "nurses"),
+        ("secretary", "secretaries"),
+        ("day", "days"),
+        ("coach", "coaches"),
+        ("boss", "bosses"),
+        ("chairman", "chairmen"),
+        ("mechanic", "mechanics"),
+        ("salesperson", "salespeople"),
+        ("aerospace engineer", "aerospace engineers"),
+        ("woman", "women"),
+        ("box", "boxes"),
+    ],
 )
 def test_plural(word: str, expected: str) -> None:
     assert plural(word) == expected
@@ -38,9 +48,13 @@ def test_fill_template_articles_follow_the_next_word() -> None:
 
 @pytest.mark.parametrize(
     ("template", "message"),
-    [("a photo of {a} {occupation}", "unknown placeholder {a}"), ("a photo of a {}", "unknown placeholder {}"),
-     ("a photo of {article} {gender}", "needs {gender}"), ("a photo {article}", "must be followed by a word"),
-     ("a photo of {occupation", "template")],
+    [
+        ("a photo of {a} {occupation}", "unknown placeholder {a}"),
+        ("a photo of a {}", "unknown placeholder {}"),
+        ("a photo of {article} {gender}", "needs {gender}"),
+        ("a photo {article}", "must be followed by a word"),
+        ("a photo of {occupation", "template"),
+    ],
 )
 def test_fill_template_rejects_bad_templates(template: str, message: str) -> None:
     with pytest.raises(ValueError, match=message.replace("{", r"\{").replace("}", r"\}")):
@@ -54,10 +68,17 @@ def test_occupation_key_ignores_case_spacing_and_width() -> None:
 
 
 def test_match_by_case_and_plural_keeps_our_names() -> None:
-    match = match_occupations(["nurse", "carpenter", "salesperson", "police officer", "chef", "boss"],
-                              ["Nurses", "Carpenter", "salespeople", "Police Officers", "carpentr", "bosses", "baker"])
-    assert match.renamed == {"Nurses": "nurse", "Carpenter": "carpenter", "salespeople": "salesperson",
-                             "Police Officers": "police officer", "bosses": "boss"}
+    match = match_occupations(
+        ["nurse", "carpenter", "salesperson", "police officer", "chef", "boss"],
+        ["Nurses", "Carpenter", "salespeople", "Police Officers", "carpentr", "bosses", "baker"],
+    )
+    assert match.renamed == {
+        "Nurses": "nurse",
+        "Carpenter": "carpenter",
+        "salespeople": "salesperson",
+        "Police Officers": "police officer",
+        "bosses": "boss",
+    }
     assert match.matched == ["nurse", "carpenter", "salesperson", "police officer", "boss"]
     assert match.only_ours == ["chef"] and match.only_theirs == ["carpentr", "baker"]
     assert match.closest("carpentr", ["nurse", "carpenter"]) == "carpenter"
@@ -74,10 +95,12 @@ def test_match_uses_irregular_plurals_given() -> None:
 
 @pytest.mark.parametrize(
     ("ours", "theirs", "message"),
-    [(["Nurse", "nurse"], ["nurse"], "T: 'Nurse' and 'nurse' name one occupation (case and spacing"),
-     (["nurse"], ["nurse", "nurses"], "G: 'nurse' and 'nurses' name one occupation (singular and plural)"),
-     (["nurse", " "], ["nurse"], "T: an empty occupation name"),
-     (["bu", "buses"], ["bus"], "G: 'bus' matches both 'bu' and 'buses' of T")],
+    [
+        (["Nurse", "nurse"], ["nurse"], "T: 'Nurse' and 'nurse' name one occupation (case and spacing"),
+        (["nurse"], ["nurse", "nurses"], "G: 'nurse' and 'nurses' name one occupation (singular and plural)"),
+        (["nurse", " "], ["nurse"], "T: an empty occupation name"),
+        (["bu", "buses"], ["bus"], "G: 'bus' matches both 'bu' and 'buses' of T"),
+    ],
 )
 def test_one_occupation_named_twice_is_an_error(ours: list[str], theirs: list[str], message: str) -> None:
     with pytest.raises(ValueError, match=re.escape(message)):

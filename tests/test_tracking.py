@@ -19,7 +19,12 @@ INLINE = {"background": False}
 
 
 def test_flatten() -> None:
-    assert flatten({"a": {"b": 1, "c": [1, 2]}, "d": "x", "rows": [{"x": 1}]}) == {"a.b": 1, "a.c.0": 1, "a.c.1": 2, "d": "x"}
+    assert flatten({"a": {"b": 1, "c": [1, 2]}, "d": "x", "rows": [{"x": 1}]}) == {
+        "a.b": 1,
+        "a.c.0": 1,
+        "a.c.1": 2,
+        "d": "x",
+    }
 
 
 def _runs(uri: str) -> list:
@@ -90,9 +95,11 @@ def test_failed_stage_marks_run_failed(tmp_path: Path) -> None:
 
 def test_sigterm_ends_the_run_killed(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    code = ("import os, signal; from biasloop.core.config import TrackingConfig; from biasloop.core.tracking import stage_run\n"
-            f"with stage_run('retrain', TrackingConfig(uri={uri!r}, background=False)) as run:\n"
-            "    os.kill(os.getpid(), signal.SIGTERM)")
+    code = (
+        "import os, signal; from biasloop.core.config import TrackingConfig; from biasloop.core.tracking import stage_run\n"
+        f"with stage_run('retrain', TrackingConfig(uri={uri!r}, background=False)) as run:\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)"
+    )
     result = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1])
     assert result.returncode == 128 + 15
     (recorded,) = _runs(uri)
@@ -102,9 +109,11 @@ def test_sigterm_ends_the_run_killed(tmp_path: Path) -> None:
 def test_a_stage_that_dies_still_leaves_its_run(tmp_path: Path) -> None:
     """A process killed inside a run leaves a RUNNING record; the next drain logs it as KILLED."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    code = ("import os; from biasloop.core.config import TrackingConfig; from biasloop.core.tracking import stage_run\n"
-            f"with stage_run('pretrain', TrackingConfig(uri={uri!r}, background=False)) as run:\n"
-            "    run.log_metrics({'step': 3}); os._exit(9)")
+    code = (
+        "import os; from biasloop.core.config import TrackingConfig; from biasloop.core.tracking import stage_run\n"
+        f"with stage_run('pretrain', TrackingConfig(uri={uri!r}, background=False)) as run:\n"
+        "    run.log_metrics({'step': 3}); os._exit(9)"
+    )
     assert subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1]).returncode == 9
     assert len(pending_records(spool_dir(uri))) == 1
     assert drain(spool_dir(uri)) == 1
@@ -117,12 +126,14 @@ def test_a_stage_that_dies_still_leaves_its_run(tmp_path: Path) -> None:
 def test_background_logger_logs_every_run_and_exits(tmp_path: Path) -> None:
     """The stage imports no MLflow; a detached logger logs the runs and leaves when the spool is empty."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    code = ("import sys; from biasloop.core.config import TrackingConfig; from biasloop.core import tracking\n"
-            "tracking.LINGER_SECONDS = 1.0\n"
-            "for i in range(3):\n"
-            f"    with tracking.stage_run('s', TrackingConfig(uri={uri!r}), {{'i': i}}) as run:\n"
-            "        run.log_metrics({'value': i})\n"
-            "assert 'mlflow' not in sys.modules, 'the stage imported mlflow'")
+    code = (
+        "import sys; from biasloop.core.config import TrackingConfig; from biasloop.core import tracking\n"
+        "tracking.LINGER_SECONDS = 1.0\n"
+        "for i in range(3):\n"
+        f"    with tracking.stage_run('s', TrackingConfig(uri={uri!r}), {{'i': i}}) as run:\n"
+        "        run.log_metrics({'value': i})\n"
+        "assert 'mlflow' not in sys.modules, 'the stage imported mlflow'"
+    )
     subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1], check=True)
     assert wait_for_logger(spool_dir(uri), timeout=180)
     runs = _runs(uri)

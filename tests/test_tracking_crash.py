@@ -31,4 +31,6 @@ def test_experiment_is_model_training_kind(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     with stage_run("corpus", TrackingConfig(uri=uri, experiment="fresh", background=False)):
         pass
-    assert MlflowClient(tracking_uri=uri).get_experiment_by_name("fresh").tags[EXPERIMENT_KIND_TAG] == MODEL_TRAINING_KIND
+    assert (
+        MlflowClient(tracking_uri=uri).get_experiment_by_name("fresh").tags[EXPERIMENT_KIND_TAG] == MODEL_TRAINING_KIND
+    )

@@ -20,15 +20,25 @@ GIT = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
 
 def environment(repo: Path, **extra: str) -> dict[str, str]:
     """The environment of a user in ``repo`` with this test's Python environment activated."""
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "MLFLOW_DISABLE_TELEMETRY": "true",
-           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "BIASLOOP_EMBEDDING_CACHE": str(repo / ".cache" / "embeddings"), **extra}
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "BIASLOOP_EMBEDDING_CACHE": str(repo / ".cache" / "embeddings"),
+        **extra,
+    }
     env.pop("DVC_ROOT", None)
     return env
 
 
-def run(cmd: list[str], repo: Path, timeout: float = 1500, check: bool = True, **extra: str) -> subprocess.CompletedProcess:
-    result = subprocess.run(cmd, cwd=repo, env=environment(repo, **extra), capture_output=True, text=True, timeout=timeout)
+def run(
+    cmd: list[str], repo: Path, timeout: float = 1500, check: bool = True, **extra: str
+) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        cmd, cwd=repo, env=environment(repo, **extra), capture_output=True, text=True, timeout=timeout
+    )
     if check:
         assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
     return result
@@ -40,8 +50,12 @@ def make_tiny_repo(repo: Path, generations: int = 2) -> Path:
         import pytest
 
         pytest.skip("git is needed for dvc")
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO_ROOT,
-                            capture_output=True, check=True).stdout
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        check=True,
+    ).stdout
     for name in filter(None, listed.decode().split("\0")):
         source = REPO_ROOT / name
         # summarize's study inputs are committed placeholders, not outputs of this pipeline
@@ -54,7 +68,9 @@ def make_tiny_repo(repo: Path, generations: int = 2) -> Path:
     params = committed_params()  # not the working copy a `dvc exp run -S` may have left changed
     _merge(params, _tiny_overrides(params))
     params["generations"] = list(range(generations))
-    params["rounds"] = {str(n): {"gen": n, "prev": n - 1, "previous": dataset_folder(n - 1)} for n in range(1, generations)}
+    params["rounds"] = {
+        str(n): {"gen": n, "prev": n - 1, "previous": dataset_folder(n - 1)} for n in range(1, generations)
+    }
     params["datasets"] = {str(n): params["datasets"][str(n)] for n in range(generations)}
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(["git", "init", "-q"], repo)
@@ -136,7 +152,10 @@ socket.socket.connect, socket.socket.connect_ex, socket.getaddrinfo = connect, c
 
 
 def no_network_prefix() -> list[str]:
-    if shutil.which("unshare") and subprocess.run(["unshare", "-n", "true"], capture_output=True, check=False).returncode == 0:
+    if (
+        shutil.which("unshare")
+        and subprocess.run(["unshare", "-n", "true"], capture_output=True, check=False).returncode == 0
+    ):
         return ["unshare", "-n"]
     return []
 

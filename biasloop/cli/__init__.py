@@ -21,11 +21,22 @@ import os
 import sys
 from collections.abc import Sequence
 
-COMMANDS = ("data", "amplify", "generations", "captions-score", "study", "doctor", "stop", "plots-template")  # in --help order
+COMMANDS = (
+    "data",
+    "amplify",
+    "generations",
+    "captions-score",
+    "study",
+    "doctor",
+    "stop",
+    "plots-template",
+)  # in --help order
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="biasloop", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="biasloop", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(f"biasloop.cli.{name.replace('-', '_')}").add_parser(subparsers)

@@ -101,6 +101,8 @@ def _name_problem(occupation: str) -> str | None:
 
 def _repeated_columns(columns: list[str], wanted: Sequence[str]) -> list[str]:
     return [name for name in wanted if columns.count(name) > 1]
+
+
 _MAX_COUNT = 2**63 - 1  # counts are Int64
 
 
@@ -150,8 +152,10 @@ def _parse_counts(path: Path, reader: Any) -> pl.DataFrame:
         )
     repeated = _repeated_columns(columns, (*REQUIRED_COLUMNS, "n_abstain"))
     if repeated:
-        raise CountFileError(f"{path}, line {header_line}: column(s) {', '.join(repeated)} appear more than once "
-                             f"(header: {','.join(columns)})")
+        raise CountFileError(
+            f"{path}, line {header_line}: column(s) {', '.join(repeated)} appear more than once "
+            f"(header: {','.join(columns)})"
+        )
     position = {name: columns.index(name) for name in (*REQUIRED_COLUMNS, "n_abstain") if name in columns}
     rows: dict[str, list] = {"occupation": [], **{column: [] for column in COUNT_COLUMNS}}
     first_seen: dict[str, int] = {}
@@ -220,8 +224,10 @@ def _parse_pairs(path: Path, reader: Any) -> pl.DataFrame:
         )
     repeated = _repeated_columns(columns, PAIR_COLUMNS)
     if repeated:
-        raise CountFileError(f"{path}, line {reader.line_num}: column(s) {', '.join(repeated)} appear more than once "
-                             f"(header: {','.join(columns)})")
+        raise CountFileError(
+            f"{path}, line {reader.line_num}: column(s) {', '.join(repeated)} appear more than once "
+            f"(header: {','.join(columns)})"
+        )
     position = {name: columns.index(name) for name in PAIR_COLUMNS}
     rows: dict[str, list[str]] = {name: [] for name in PAIR_COLUMNS}
     for record in reader:
@@ -270,14 +276,18 @@ def format_estimands(result: dict[str, Any]) -> list[str]:
     for name, entry, signed in (("shift", shift, True), ("gap", gap, False)):
         lo, hi = entry["ci"]
         interval = f"[{_percent(lo, signed)}, {_percent(hi, signed)}]"
-        line = (f"{name:<10}{_percent(entry['estimate'], signed):>8}   {interval:<18}"
-                f"{format_p_value(entry['p_value'], entry['p_value_is_bound']):<12}")
+        line = (
+            f"{name:<10}{_percent(entry['estimate'], signed):>8}   {interval:<18}"
+            f"{format_p_value(entry['p_value'], entry['p_value_is_bound']):<12}"
+        )
         if name == "gap":
             line += f"raw A_abs {_percent(estimands['a_abs_raw'])} pp"
         lines.append(line.rstrip())
     if shift.get("n_unclear_majority"):
-        lines.append(f"(the shift's interval counts {shift['n_unclear_majority']} occupation(s) both ways: "
-                     "their training majority is unclear)")
+        lines.append(
+            f"(the shift's interval counts {shift['n_unclear_majority']} occupation(s) both ways: "
+            "their training majority is unclear)"
+        )
     return lines
 
 
@@ -301,20 +311,26 @@ def format_table(result: dict[str, Any]) -> str:
     if result.get("dropped"):
         lines.append(f"(left out of the aggregates, no confident image on a side: {', '.join(result['dropped'])})")
     lines.append("")
-    lines.append(f"{'diagnostic':<{name_width}}{'pp':>8}{'noise floor':>13}{'excess [95% interval]':>26}{'p':>10}"
-                 f"   (noise floor; the excess is not the amplification)")
+    lines.append(
+        f"{'diagnostic':<{name_width}}{'pp':>8}{'noise floor':>13}{'excess [95% interval]':>26}{'p':>10}"
+        f"   (noise floor; the excess is not the amplification)"
+    )
     for name, suffix in (("amplification_abs", "abs"), ("amplification_dir", "dir")):
         lo, hi = result[f"excess_{suffix}_ci"]
         excess = f"{_percent(result[f'excess_{suffix}'], True)} [{_percent(lo, True)}, {_percent(hi, True)}]"
         p_value = format_p_value(result[f"p_value_{suffix}"], result[f"p_value_{suffix}_is_bound"], with_p=False)
-        lines.append(f"{name:<{name_width}}{_percent(result[name], name == 'amplification_dir'):>8}"
-                     f"{_percent(result[f'noise_floor_{suffix}']):>13}{excess:>26}{p_value:>10}")
+        lines.append(
+            f"{name:<{name_width}}{_percent(result[name], name == 'amplification_dir'):>8}"
+            f"{_percent(result[f'noise_floor_{suffix}']):>13}{excess:>26}{p_value:>10}"
+        )
     lines.append("")
     lines.append(f"{'aggregate':<{name_width}}{'pp':>8}   95% interval")
     for name in ("shift_to_majority", "mad_train", "mad_gen"):
         lo, hi = result[f"{name}_ci"]
         signed = name == "shift_to_majority"
-        lines.append(f"{name:<{name_width}}{_percent(result[name], signed):>8}   [{_percent(lo, signed)}, {_percent(hi, signed)}]")
+        lines.append(
+            f"{name:<{name_width}}{_percent(result[name], signed):>8}   [{_percent(lo, signed)}, {_percent(hi, signed)}]"
+        )
     r_lo, r_hi = result["pearson_ci"]
     lines.append(
         f"{'pearson (r)':<{name_width}}{_correlation(result['pearson']):>8}   [{_correlation(r_lo)}, {_correlation(r_hi)}]"
@@ -332,14 +348,25 @@ def _replicates(text: str) -> int:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("amplify", help="amplification table from two per-occupation count CSVs",
-                                   description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = subparsers.add_parser(
+        "amplify",
+        help="amplification table from two per-occupation count CSVs",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("train", nargs="?", help="count CSV of training images (not with --paired)")
     parser.add_argument("gen", nargs="?", help="count CSV of generated images (not with --paired)")
-    parser.add_argument("--paired", metavar="PAIRS.csv", default=None,
-                        help="analyse pairs instead: a CSV with occupation,train_label,gen_label, one row per pair")
-    parser.add_argument("--allow-unmatched", action="store_true",
-                        help="leave out occupations that are in one count file only (a warning), instead of failing")
+    parser.add_argument(
+        "--paired",
+        metavar="PAIRS.csv",
+        default=None,
+        help="analyse pairs instead: a CSV with occupation,train_label,gen_label, one row per pair",
+    )
+    parser.add_argument(
+        "--allow-unmatched",
+        action="store_true",
+        help="leave out occupations that are in one count file only (a warning), instead of failing",
+    )
     parser.add_argument("--json", action="store_true", help="print the full table as JSON (fractions, not percent)")
     parser.add_argument("--n-boot", type=_replicates, default=1000, help="bootstrap replicates (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: %(default)s)")
@@ -369,8 +396,10 @@ def _run_paired(args: argparse.Namespace) -> int:
         return 2
     result = paired_amplification_table(pairs, n_boot=args.n_boot, seed=args.seed)
     if result["n_occupations"] == 0:
-        print(f"error: no occupation in {args.paired} has a confident (non-abstained) label on both sides",
-              file=sys.stderr)
+        print(
+            f"error: no occupation in {args.paired} has a confident (non-abstained) label on both sides",
+            file=sys.stderr,
+        )
         return 2
     print(json.dumps(result, indent=2) if args.json else format_table(result))
     return 0
@@ -394,23 +423,28 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
-        match = match_occupations(train["occupation"].to_list(), gen["occupation"].to_list(),
-                                  sides=(args.train, args.gen))
+        match = match_occupations(
+            train["occupation"].to_list(), gen["occupation"].to_list(), sides=(args.train, args.gen)
+        )
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if match.renamed:  # the table shows TRAIN.csv's names
         gen = gen.with_columns(pl.col("occupation").replace(match.renamed))
-        print("note: matched ignoring case and plurals: "
-              + ", ".join(f"{theirs!r} ({args.gen}) = {ours!r}" for theirs, ours in match.renamed.items()),
-              file=sys.stderr)
+        print(
+            "note: matched ignoring case and plurals: "
+            + ", ".join(f"{theirs!r} ({args.gen}) = {ours!r}" for theirs, ours in match.renamed.items()),
+            file=sys.stderr,
+        )
     if not match.matched:
         print(f"error: no occupation is in both {args.train} and {args.gen}", file=sys.stderr)
         return 2
     if match.only_ours or match.only_theirs:
         only = []
-        for path, names, other, other_names in ((args.train, match.only_ours, args.gen, match.only_theirs),
-                                                (args.gen, match.only_theirs, args.train, match.only_ours)):
+        for path, names, other, other_names in (
+            (args.train, match.only_ours, args.gen, match.only_theirs),
+            (args.gen, match.only_theirs, args.train, match.only_ours),
+        ):
             if names:
                 described = []
                 for name in names:
@@ -418,15 +452,20 @@ def run(args: argparse.Namespace) -> int:
                     described.append(f"{name!r}" + (f" (did you mean {guess!r} of {other}?)" if guess else ""))
                 only.append(f"only in {path}: {', '.join(described)}")
         if not args.allow_unmatched:
-            print(f"error: occupations in one file only (names are matched ignoring case, spacing and plurals), "
-                  f"{'; '.join(only)}; --allow-unmatched leaves them out", file=sys.stderr)
+            print(
+                f"error: occupations in one file only (names are matched ignoring case, spacing and plurals), "
+                f"{'; '.join(only)}; --allow-unmatched leaves them out",
+                file=sys.stderr,
+            )
             return 2
         print(f"warning: occupations left out (--allow-unmatched), {'; '.join(only)}", file=sys.stderr)
     result = amplification_table(train, gen, n_boot=args.n_boot, seed=args.seed)
     result["matched_spellings"] = match.renamed  # a name of GEN.csv -> the TRAIN.csv name it was matched to
     if result["n_occupations"] == 0:
-        reason = "no occupation is in both files" if not result["per_occupation"] else (
-            "no occupation in both files has a confident (non-abstained) image on both sides"
+        reason = (
+            "no occupation is in both files"
+            if not result["per_occupation"]
+            else ("no occupation in both files has a confident (non-abstained) image on both sides")
         )
         print(f"error: {reason}", file=sys.stderr)
         return 2

@@ -31,8 +31,12 @@ Exit status 2 on a bad file, naming the file and the problem.
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("captions-score", help="BLEU-4, ROUGE-L and CIDEr-D of captions (two JSON files)",
-                                   description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = subparsers.add_parser(
+        "captions-score",
+        help="BLEU-4, ROUGE-L and CIDEr-D of captions (two JSON files)",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("references", metavar="REFS", help='JSON: {"image_id": ["reference", ...]}')
     parser.add_argument("hypotheses", metavar="HYPS", help='JSON: {"image_id": "hypothesis"}')
     parser.add_argument("--json", action="store_true", help="print the scores as one JSON object")
@@ -70,8 +74,10 @@ def read_inputs(references_path: str, hypotheses_path: str) -> tuple[dict[str, l
         clean[image_id] = hyp
     missing, extra = sorted(set(references) - set(clean)), sorted(set(clean) - set(references))
     if missing or extra:
-        raise ValueError(f"{hypotheses_path}: image ids differ from {references_path} "
-                         f"(no hypothesis for {missing[:5]}, no references for {extra[:5]})")
+        raise ValueError(
+            f"{hypotheses_path}: image ids differ from {references_path} "
+            f"(no hypothesis for {missing[:5]}, no references for {extra[:5]})"
+        )
     return references, clean
 
 

@@ -14,12 +14,19 @@ from pathlib import Path
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("data", help="materialise data/: the BLS occupation table and the MNIST glyph pool",
-                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = subparsers.add_parser(
+        "data",
+        help="materialise data/: the BLS occupation table and the MNIST glyph pool",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--out", default="data", help="folder to write (default: %(default)s)")
-    parser.add_argument("--mediapipe-wheel", default=None,
-                        help="the mediapipe==0.10.14 wheel: extract BlazeFace (full-range) and its licence into "
-                             "OUT/face_detection (default: skip; the LAION filter needs it)")
+    parser.add_argument(
+        "--mediapipe-wheel",
+        default=None,
+        help="the mediapipe==0.10.14 wheel: extract BlazeFace (full-range) and its licence into "
+        "OUT/face_detection (default: skip; the LAION filter needs it)",
+    )
     parser.set_defaults(run=run)
 
 

@@ -21,15 +21,30 @@ import subprocess
 import sys
 from pathlib import Path
 
-PACKAGES = ("dvc", "mlflow", "torch", "torchvision", "diffusers", "open_clip_torch", "sentence-transformers",
-            "polars", "numpy", "fairlearn")
+PACKAGES = (
+    "dvc",
+    "mlflow",
+    "torch",
+    "torchvision",
+    "diffusers",
+    "open_clip_torch",
+    "sentence-transformers",
+    "polars",
+    "numpy",
+    "fairlearn",
+)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("doctor", help="environment, versions, threads, dvc status, running processes "
-                                   "and locks, where MLflow writes",
-                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--params", default="params.yaml", help="params file to read base/tracking from (default: %(default)s)")
+    parser = subparsers.add_parser(
+        "doctor",
+        help="environment, versions, threads, dvc status, running processes and locks, where MLflow writes",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--params", default="params.yaml", help="params file to read base/tracking from (default: %(default)s)"
+    )
     parser.add_argument("--skip-dvc-status", action="store_true", help="do not run `dvc status` (a few seconds)")
     parser.add_argument("--json", action="store_true", help="print the findings as JSON")
     parser.set_defaults(run=run)
@@ -78,9 +93,15 @@ def check_environment(report: Report, root: Path) -> None:
     toplevel = _git(root, "rev-parse", "--show-toplevel")
     revision = _git(root, "rev-parse", "--short", "HEAD")
     dirty = _git(root, "status", "--porcelain", "--untracked-files=no")
-    report.add("info", "checkout", f"{toplevel or root} at {revision or '?'}{' (uncommitted changes)' if dirty else ''}")
+    report.add(
+        "info", "checkout", f"{toplevel or root} at {revision or '?'}{' (uncommitted changes)' if dirty else ''}"
+    )
     if toplevel and not _same_file(code, toplevel):
-        report.add("problem", "biasloop code", f"{code} is not this checkout: run `make venv` here and `source .venv/bin/activate`")
+        report.add(
+            "problem",
+            "biasloop code",
+            f"{code} is not this checkout: run `make venv` here and `source .venv/bin/activate`",
+        )
     else:
         report.add("ok", "biasloop code", str(code))
     prefix = Path(sys.prefix)
@@ -97,11 +118,19 @@ def check_environment(report: Report, root: Path) -> None:
         if ours[command]:
             report.add("ok", f"PATH {command}", str(found[command]))
         elif command == "dvc" and found["dvc"]:
-            report.add("problem", "PATH dvc", f"{found['dvc']} is another environment's: its stages may run another python; "
-                       f"`source {bin_dir / 'activate'}`")
+            report.add(
+                "problem",
+                "PATH dvc",
+                f"{found['dvc']} is another environment's: its stages may run another python; "
+                f"`source {bin_dir / 'activate'}`",
+            )
         else:
-            report.add("info", f"PATH {command}", f"{found[command] or 'not on PATH'}; `source {bin_dir / 'activate'}` "
-                       f"puts dvc, biasloop and mlflow on PATH ({bin_dir / 'dvc'} works without it)")
+            report.add(
+                "info",
+                f"PATH {command}",
+                f"{found[command] or 'not on PATH'}; `source {bin_dir / 'activate'}` "
+                f"puts dvc, biasloop and mlflow on PATH ({bin_dir / 'dvc'} works without it)",
+            )
 
 
 def check_versions(report: Report) -> None:
@@ -122,9 +151,17 @@ def check_threads(report: Report, params: dict) -> None:
     setting = (params.get("base") or {}).get("cpu_threads", BaseConfig.cpu_threads)
     try:
         threads = resolve_cpu_threads(setting)
-        how = "fixed: the same numbers at any load" if setting != "auto" else "auto: 1 inside queued experiments; numbers depend on the load"
-        report.add("info", "threads", f"{cpus} CPUs usable of {os.cpu_count()}; base.cpu_threads={setting} -> {threads} per stage "
-                   f"({how}); OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')} (ignored: the params decide)")
+        how = (
+            "fixed: the same numbers at any load"
+            if setting != "auto"
+            else "auto: 1 inside queued experiments; numbers depend on the load"
+        )
+        report.add(
+            "info",
+            "threads",
+            f"{cpus} CPUs usable of {os.cpu_count()}; base.cpu_threads={setting} -> {threads} per stage "
+            f"({how}); OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')} (ignored: the params decide)",
+        )
     except Exception as exc:
         report.add("problem", "threads", f"base.cpu_threads: {exc}")
     try:
@@ -151,15 +188,18 @@ def check_dvc(report: Report, root: Path, running: list | None = None) -> None:
         return
     if result.returncode != 0 and any(text in result.stderr for text in LOCK_MESSAGES):
         who = "; ".join(process.describe(120) for process in running or [])
-        report.add("info" if running else "problem", "dvc status",
-                   f"not checked: the repository is locked by {who}; wait for it to finish (or `biasloop stop`)"
-                   if running
-                   else "not checked: dvc could not take its lock and no process of this checkout runs: see the "
-                   "DVC lock lines (another user's dvc, or a lock on a network file system)")
+        report.add(
+            "info" if running else "problem",
+            "dvc status",
+            f"not checked: the repository is locked by {who}; wait for it to finish (or `biasloop stop`)"
+            if running
+            else "not checked: dvc could not take its lock and no process of this checkout runs: see the "
+            "DVC lock lines (another user's dvc, or a lock on a network file system)",
+        )
         return
     if result.returncode != 0:
         message = (result.stderr.strip().splitlines() or ["failed"])[-1]
-        hint = " (see README, 'Recovering from an interrupted run')" if "dvc.lock" in result.stderr else ""
+        hint = " (see docs/operations.md, 'Recovering from an interrupted run')" if "dvc.lock" in result.stderr else ""
         report.add("problem", "dvc status", f"{message}{hint}")
         return
     try:
@@ -170,8 +210,12 @@ def check_dvc(report: Report, root: Path, running: list | None = None) -> None:
         report.add("ok", "dvc status", "clean: outputs match dvc.lock")
     else:
         names = sorted(name.split(":")[-1] for name in changed)
-        report.add("info", "dvc status", f"{len(names)} changed: {', '.join(names[:12])}{' ...' if len(names) > 12 else ''} "
-                   "(`dvc repro` rebuilds them)")
+        report.add(
+            "info",
+            "dvc status",
+            f"{len(names)} changed: {', '.join(names[:12])}{' ...' if len(names) > 12 else ''} "
+            "(`dvc repro` rebuilds them)",
+        )
 
 
 def check_running(report: Report, root: Path, proc: Path | None = None) -> list:
@@ -193,31 +237,55 @@ def check_running(report: Report, root: Path, proc: Path | None = None) -> list:
         return f"PID {pid}: {info.command[:120]}" if info else f"PID {pid}"
 
     if running:
-        report.add("info", "running", f"{len(running)} process(es) of this checkout: "
-                   + "; ".join(process.describe(120) for process in running)
-                   + " (wait for them to finish, or `biasloop stop` ends them)")
+        report.add(
+            "info",
+            "running",
+            f"{len(running)} process(es) of this checkout: "
+            + "; ".join(process.describe(120) for process in running)
+            + " (wait for them to finish, or `biasloop stop` ends them)",
+        )
     else:
         report.add("ok", "running", "no dvc, stage, queue worker or MLflow logger of this checkout is running")
     tmp = root / ".dvc" / "tmp"
     lock = tmp / "lock"
-    config = "".join(p.read_text(errors="replace") for p in (root / ".dvc" / "config", root / ".dvc" / "config.local")
-                     if p.is_file())
+    config = "".join(
+        p.read_text(errors="replace") for p in (root / ".dvc" / "config", root / ".dvc" / "config.local") if p.is_file()
+    )
     hardlink = "hardlink_lock" in config and "true" in config.split("hardlink_lock", 1)[1].split("\n", 1)[0].lower()
     holders = lock_holders(lock, proc) if lock.exists() and not hardlink else []
     if hardlink:  # flufl's lock: a file that exists while held (a killed dvc leaves it), not in /proc/locks
         if lock.exists() and running:
-            report.add("info", "DVC lock", f"{lock} exists (core.hardlink_lock: held while it exists) and this "
-                       "checkout's processes run: wait for them (or `biasloop stop`); do not delete it")
+            report.add(
+                "info",
+                "DVC lock",
+                f"{lock} exists (core.hardlink_lock: held while it exists) and this "
+                "checkout's processes run: wait for them (or `biasloop stop`); do not delete it",
+            )
         elif lock.exists():
-            report.add("problem", "DVC lock", f"{lock} exists (core.hardlink_lock) and no process of this checkout "
-                       f"runs: a killed dvc left it; `rm {lock}` is safe")
+            report.add(
+                "problem",
+                "DVC lock",
+                f"{lock} exists (core.hardlink_lock) and no process of this checkout "
+                f"runs: a killed dvc left it; `rm {lock}` is safe",
+            )
     elif holders is None:
-        report.add("info", "DVC lock", f"{lock}: who holds it is unknown ({proc}/locks unreadable); "
-                   + ("this checkout's processes run: wait for them (or `biasloop stop`); do not delete it" if running
-                      else "dvc releases it when it exits: nothing to remove"))
+        report.add(
+            "info",
+            "DVC lock",
+            f"{lock}: who holds it is unknown ({proc}/locks unreadable); "
+            + (
+                "this checkout's processes run: wait for them (or `biasloop stop`); do not delete it"
+                if running
+                else "dvc releases it when it exits: nothing to remove"
+            ),
+        )
     elif holders:
-        report.add("info", "DVC lock", f"{lock} held by {', '.join(name(pid) for pid in holders)}: a dvc command is "
-                   "running; wait for it to finish (or `biasloop stop`); do not delete the lock")
+        report.add(
+            "info",
+            "DVC lock",
+            f"{lock} held by {', '.join(name(pid) for pid in holders)}: a dvc command is "
+            "running; wait for it to finish (or `biasloop stop`); do not delete the lock",
+        )
     elif lock.exists():
         report.add("ok", "DVC lock", f"not held ({lock} stays after dvc exits; nothing to remove)")
     rwlock = tmp / "rwlock"
@@ -225,40 +293,68 @@ def check_running(report: Report, root: Path, proc: Path | None = None) -> list:
         return running
     try:
         entries = json.loads(rwlock.read_text() or "{}")
-        users = [(int(info["pid"]), str(info.get("cmd", "?")), path) for mode in ("read", "write")
-                 for path, infos in (entries.get(mode) or {}).items()
-                 for info in (infos if isinstance(infos, list) else [infos])]
+        users = [
+            (int(info["pid"]), str(info.get("cmd", "?")), path)
+            for mode in ("read", "write")
+            for path, infos in (entries.get(mode) or {}).items()
+            for info in (infos if isinstance(infos, list) else [infos])
+        ]
     except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
         if running:
-            report.add("info", "DVC rwlock", f"{rwlock} unreadable ({exc}) while this checkout's processes run: "
-                       "wait for them to finish, then run `biasloop doctor` again")
+            report.add(
+                "info",
+                "DVC rwlock",
+                f"{rwlock} unreadable ({exc}) while this checkout's processes run: "
+                "wait for them to finish, then run `biasloop doctor` again",
+            )
         else:
-            report.add("problem", "DVC rwlock", f"{rwlock} unreadable ({exc}) and no process of this checkout runs: "
-                       f"`rm {rwlock}` is safe")
+            report.add(
+                "problem",
+                "DVC rwlock",
+                f"{rwlock} unreadable ({exc}) and no process of this checkout runs: `rm {rwlock}` is safe",
+            )
         return running
     live = {pid: (cmd, read_process(pid, proc)) for pid, cmd, _ in users if pid > 0}
     live = {pid: (cmd, info) for pid, (cmd, info) in live.items() if info is not None}
     # a live dvc, or a process whose working directory is hidden from us (another user's), may be using it
-    using = {pid: cmd for pid, (cmd, info) in live.items()
-             if pid in by_pid or kind_of(info.cmdline) is not None or info.cwd is None}
+    using = {
+        pid: cmd
+        for pid, (cmd, info) in live.items()
+        if pid in by_pid or kind_of(info.cmdline) is not None or info.cwd is None
+    }
     if using:
         holders_text = "; ".join(f"{name(pid)} (for: {cmd})" for pid, cmd in sorted(using.items()))
-        report.add("info", "DVC rwlock", f"held by {holders_text}"
-                   + ": in use; wait for it to finish (or `biasloop stop`); do not delete the lock")
+        report.add(
+            "info",
+            "DVC rwlock",
+            f"held by {holders_text}" + ": in use; wait for it to finish (or `biasloop stop`); do not delete the lock",
+        )
     elif live and running:
-        report.add("info", "DVC rwlock", "names PID(s) " + ", ".join(str(pid) for pid in sorted(live))
-                   + " that now run something else, while this checkout's processes run: wait for them to finish, "
-                   "then run `biasloop doctor` again")
+        report.add(
+            "info",
+            "DVC rwlock",
+            "names PID(s) "
+            + ", ".join(str(pid) for pid in sorted(live))
+            + " that now run something else, while this checkout's processes run: wait for them to finish, "
+            "then run `biasloop doctor` again",
+        )
     elif live:
-        report.add("problem", "DVC rwlock", f"{rwlock} names PID(s) "
-                   + "; ".join(f"{pid} (was: {cmd}; now: {info.command[:80]})"
-                               for pid, (cmd, info) in sorted(live.items()))
-                   + " that now run other programs (recycled PIDs) and no process of this checkout runs: "
-                   f"`rm {rwlock}` "
-                   "is safe (dvc would wait for them)")
+        report.add(
+            "problem",
+            "DVC rwlock",
+            f"{rwlock} names PID(s) "
+            + "; ".join(f"{pid} (was: {cmd}; now: {info.command[:80]})" for pid, (cmd, info) in sorted(live.items()))
+            + " that now run other programs (recycled PIDs) and no process of this checkout runs: "
+            f"`rm {rwlock}` "
+            "is safe (dvc would wait for them)",
+        )
     elif users:
-        report.add("ok", "DVC rwlock", f"only entries of ended processes ({len(users)}); dvc drops them itself "
-                   "at its next command: nothing to remove")
+        report.add(
+            "ok",
+            "DVC rwlock",
+            f"only entries of ended processes ({len(users)}); dvc drops them itself "
+            "at its next command: nothing to remove",
+        )
     return running
 
 
@@ -290,18 +386,28 @@ def check_mlflow(report: Report, root: Path, params: dict) -> None:
         import sqlite3
 
         with sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=10) as connection:
-            counts = dict(connection.execute(
-                "SELECT r.status, COUNT(*) FROM runs r JOIN experiments e ON r.experiment_id = e.experiment_id "
-                "WHERE e.name = ? AND r.lifecycle_stage = 'active' GROUP BY r.status", (experiment_name,)).fetchall())
+            counts = dict(
+                connection.execute(
+                    "SELECT r.status, COUNT(*) FROM runs r JOIN experiments e ON r.experiment_id = e.experiment_id "
+                    "WHERE e.name = ? AND r.lifecycle_stage = 'active' GROUP BY r.status",
+                    (experiment_name,),
+                ).fetchall()
+            )
     except Exception as exc:
         report.add("problem", "MLflow", f"{database} is not readable: {exc}")
         return
     summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "no runs"
     report.add("ok", "MLflow", f"{uri}, experiment {experiment_name}: {summary}")
     if counts.get("RUNNING"):
-        report.add("info", "MLflow RUNNING", f"{counts['RUNNING']} run(s) RUNNING: stages running now, or killed ones "
-                   "(marked KILLED when the next stage starts)")
-    report.add("info", "MLflow UI", f"MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow ui --backend-store-uri {uri} --port 5000")
+        report.add(
+            "info",
+            "MLflow RUNNING",
+            f"{counts['RUNNING']} run(s) RUNNING: stages running now, or killed ones "
+            "(marked KILLED when the next stage starts)",
+        )
+    report.add(
+        "info", "MLflow UI", f"MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow ui --backend-store-uri {uri} --port 5000"
+    )
 
 
 def check_offline(report: Report, root: Path) -> None:
@@ -310,9 +416,17 @@ def check_offline(report: Report, root: Path) -> None:
     analytics = "analytics = false" in config
     local = root / ".dvc" / "config.local"  # where `biasloop plots-template` records the template
     template = "html_template" in config + (local.read_text() if local.exists() else "")
-    report.add("ok" if analytics else "problem", "DVC analytics", "off" if analytics else "on: `dvc config core.analytics false`")
-    report.add("info", "offline", ", ".join(f"{k}={v}" for k, v in settings.items())
-               + f" (stages set them); dvc plots template: {'local vega' if template else 'CDN (needs network)'}")
+    report.add(
+        "ok" if analytics else "problem",
+        "DVC analytics",
+        "off" if analytics else "on: `dvc config core.analytics false`",
+    )
+    report.add(
+        "info",
+        "offline",
+        ", ".join(f"{k}={v}" for k, v in settings.items())
+        + f" (stages set them); dvc plots template: {'local vega' if template else 'CDN (needs network)'}",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -334,7 +448,11 @@ def run(args: argparse.Namespace) -> int:
     check_mlflow(report, root, params)
     check_offline(report, root)
     if args.json:
-        print(json.dumps([{"level": level, "topic": topic, "text": text} for level, topic, text in report.lines], indent=1))
+        print(
+            json.dumps(
+                [{"level": level, "topic": topic, "text": text} for level, topic, text in report.lines], indent=1
+            )
+        )
     else:
         print(report.render())
         print(f"\n{report.problems} problem(s)" if report.problems else "\nno problems found")

@@ -10,68 +10,22 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from biasloop.core.config import dataset_folder
-
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("generations", help="set the number of generations in params.yaml",
-                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = subparsers.add_parser(
+        "generations",
+        help="set the number of generations in params.yaml",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("count", type=int, help="number of generations, counting generation 0 (trained on real data)")
     parser.add_argument("--params", default="params.yaml", help="params file to rewrite (default: %(default)s)")
     parser.set_defaults(run=run)
 
 
-def rewrite_generations(text: str, count: int) -> str:
-    """Return params.yaml ``text`` with the ``generations``, ``rounds`` and ``datasets`` lists set for ``count``.
-
-    ``generations`` lists 0 .. count-1 (generation 0 is trained on real data); ``rounds`` maps each
-    later generation to its ``{gen, prev, previous}`` item (``previous``: the folder of dataset prev, which
-    ``loop.mode: accumulate`` grows) (keys name the stages: ``mix@1``, ``retrain@1``);
-    ``datasets`` (when the file has it) maps every generation to the dataset its captioner and
-    classifier train on (``captioner@0`` reads the corpus, ``captioner@N`` the mix of generation N).
-    Comments and other keys are kept as they are.
-    """
-    if count < 1:
-        raise ValueError("generations: need at least 1")
-    lines = text.splitlines()
-    out: list[str] = []
-    i = 0
-    found = set()
-    while i < len(lines):
-        line = lines[i]
-        key = line.split(":", 1)[0]
-        if key in ("generations", "rounds", "datasets") and not line.startswith((" ", "#")):
-            found.add(key)
-            comment = line[line.index("#") :] if "#" in line else ""
-            if key == "generations":
-                out.append(f"generations:  {comment}".rstrip())
-                out.extend(f"- {n}" for n in range(count))  # the layout DVC writes (params.yaml's header)
-            elif key == "datasets":
-                out.append(f"datasets:  {comment}".rstrip())
-                # Block mappings: DVC's writer wraps flow mappings longer than 80 characters.
-                for n in range(count):
-                    folder = dataset_folder(n)
-                    dataset = f"{folder}/captions.parquet" if n == 0 else f"{folder}/dataset.parquet"
-                    out.extend([f"  '{n}':", f"    gen: {n}", f"    dataset: {dataset}", f"    folder: {folder}"])
-            else:
-                out.append(f"rounds:  {comment}".rstrip())
-                out.extend(f"  '{n}': {{gen: {n}, prev: {n - 1}, previous: {dataset_folder(n - 1)}}}"
-                           for n in range(1, count))
-                if count == 1:
-                    out[-1] = ("rounds: {}  " + comment).rstrip()
-            i += 1
-            while i < len(lines) and lines[i].startswith((" ", "-")) and lines[i].strip():
-                i += 1
-            continue
-        out.append(line)
-        i += 1
-    missing = {"generations", "rounds"} - found
-    if missing:
-        raise ValueError(f"params file has no top-level {sorted(missing)} list")
-    return "\n".join(out) + "\n"
-
-
 def run(args: argparse.Namespace) -> int:
+    from biasloop.study.generations import rewrite_generations
+
     path = Path(args.params)
     path.write_text(rewrite_generations(path.read_text(), args.count))
     print(f"{path}: {args.count} generations (0..{args.count - 1}); run `dvc repro` to build them")

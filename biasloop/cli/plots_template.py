@@ -16,11 +16,19 @@ from pathlib import Path
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("plots-template", help="an offline HTML template for dvc plots show/diff",
-                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = subparsers.add_parser(
+        "plots-template",
+        help="an offline HTML template for dvc plots show/diff",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--cache", default=".cache/vega", help="folder for the npm tarballs (default: %(default)s)")
-    parser.add_argument("--out", default=".cache/vega/dvc_plots_template.html", help="template to write (default: %(default)s)")
-    parser.add_argument("--no-config", action="store_true", help="write the template only; leave .dvc/config.local alone")
+    parser.add_argument(
+        "--out", default=".cache/vega/dvc_plots_template.html", help="template to write (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--no-config", action="store_true", help="write the template only; leave .dvc/config.local alone"
+    )
     parser.set_defaults(run=run)
 
 
@@ -34,8 +42,11 @@ def run(args: argparse.Namespace) -> int:
         if not Path(".dvc").is_dir():
             raise FileNotFoundError(".dvc: not in a DVC repository's root (or use --no-config)")
         relative = os.path.relpath(out, Path(".dvc").absolute())  # DVC resolves it from .dvc/
-        result = subprocess.run([sys.executable, "-m", "dvc", "config", "--local", "plots.html_template", relative],
-                                capture_output=True, text=True)
+        result = subprocess.run(
+            [sys.executable, "-m", "dvc", "config", "--local", "plots.html_template", relative],
+            capture_output=True,
+            text=True,
+        )
         if result.returncode != 0:
             raise ValueError(f"dvc config --local plots.html_template failed: {result.stderr.strip()}")
         print(f".dvc/config.local: plots.html_template = {relative}")

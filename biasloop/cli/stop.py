@@ -18,13 +18,19 @@ from pathlib import Path
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("stop", help="stop this checkout's dvc, stages and MLflow logger (by PID)",
-                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = subparsers.add_parser(
+        "stop",
+        help="stop this checkout's dvc, stages and MLflow logger (by PID)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--dry-run", action="store_true", help="list the processes, signal none")
-    parser.add_argument("--timeout", type=float, default=10.0,
-                        help="seconds between SIGTERM and SIGKILL (default: %(default)s)")
-    parser.add_argument("--root", default=None,
-                        help="the checkout (default: the git checkout of the current directory)")
+    parser.add_argument(
+        "--timeout", type=float, default=10.0, help="seconds between SIGTERM and SIGKILL (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--root", default=None, help="the checkout (default: the git checkout of the current directory)"
+    )
     parser.set_defaults(run=run)
 
 
@@ -36,8 +42,9 @@ def checkout_root(start: Path) -> Path:
     if marker in f"{start}/":
         return Path(f"{start}/".split(marker, 1)[0])
     try:
-        out = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=start, capture_output=True, text=True,
-                             timeout=20, check=False)
+        out = subprocess.run(
+            ["git", "rev-parse", "--show-toplevel"], cwd=start, capture_output=True, text=True, timeout=20, check=False
+        )
     except (OSError, subprocess.SubprocessError):
         return start
     return Path(out.stdout.strip()).resolve() if out.returncode == 0 and out.stdout.strip() else start
@@ -53,8 +60,10 @@ def run(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"--root {root}: no such folder")
     if not ((root / ".dvc").is_dir() or (root / "dvc.yaml").is_file()):
         # a folder above several checkouts (/, the home folder) would take in every checkout's processes
-        raise ValueError(f"{root} is not a DVC checkout (no .dvc folder or dvc.yaml): run `biasloop stop` "
-                         "inside the checkout, or give --root the checkout")
+        raise ValueError(
+            f"{root} is not a DVC checkout (no .dvc folder or dvc.yaml): run `biasloop stop` "
+            "inside the checkout, or give --root the checkout"
+        )
     found = checkout_processes(root)
     if not found:
         print(f"no process of {root} is running")
@@ -70,7 +79,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"stopped {len(stopped)} process(es)" + (f"; {len(left)} still running" if left else ""))
     spool = root / ".mlflow-spool"
     if spool.is_dir() and any(p.is_dir() and not p.name.startswith(".") for p in spool.iterdir()):
-        print(f"runs not yet in MLflow wait in {spool}: the next stage logs them, or "
-              f"`python -m biasloop.core.tracking --spool {spool}`")
+        print(
+            f"runs not yet in MLflow wait in {spool}: the next stage logs them, or "
+            f"`python -m biasloop.core.tracking --spool {spool}`"
+        )
     print("rerun with `dvc repro` (or the same `dvc exp run`): a stopped stage is redone from scratch")
     return 1 if left else 0

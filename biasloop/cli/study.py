@@ -25,58 +25,94 @@ from pathlib import Path
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("study", help="run and aggregate a replicated grid of DVC experiments",
-                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = subparsers.add_parser(
+        "study",
+        help="run and aggregate a replicated grid of DVC experiments",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     commands = parser.add_subparsers(dest="study_command", required=True, metavar="{list,run,collect}")
 
-    list_parser = commands.add_parser("list", help="the studies of params.yaml with their cells and experiments",
-                                      description="List each study of params.yaml's `studies:` section: its cells, "
-                                                  "experiments, generations and primary endpoints.")
-    list_parser.add_argument("--params", default="params.yaml", help="params file with the studies (default: %(default)s)")
+    list_parser = commands.add_parser(
+        "list",
+        help="the studies of params.yaml with their cells and experiments",
+        description="List each study of params.yaml's `studies:` section: its cells, "
+        "experiments, generations and primary endpoints.",
+    )
+    list_parser.add_argument(
+        "--params", default="params.yaml", help="params file with the studies (default: %(default)s)"
+    )
     list_parser.set_defaults(run=run_list_command)
 
     run_parser = commands.add_parser(
-        "run", help="queue the grid, start workers, wait",
+        "run",
+        help="queue the grid, start workers, wait",
         description="Queue every cell x seed of a study of params.yaml as a DVC experiment "
-                    "(dvc exp run --queue -S PATH=VALUE ... -S base.seed=S -S world.seed=S --name "
-                    "study-<name>-<cell>-sS), start `dvc queue start -j N` and wait, printing a line per finished "
-                    "experiment. Exits 2 naming an unknown param path, 1 naming the failed experiments (their "
-                    "logs: dvc queue logs NAME).")
-    run_parser.add_argument("--params", default="params.yaml", help="params file with the studies (default: %(default)s)")
+        "(dvc exp run --queue -S PATH=VALUE ... -S base.seed=S -S world.seed=S --name "
+        "study-<name>-<cell>-sS), start `dvc queue start -j N` and wait, printing a line per finished "
+        "experiment. Exits 2 naming an unknown param path, 1 naming the failed experiments (their "
+        "logs: dvc queue logs NAME).",
+    )
+    run_parser.add_argument(
+        "--params", default="params.yaml", help="params file with the studies (default: %(default)s)"
+    )
     run_parser.add_argument("--name", help="study to run, a key of `studies:` (default: study.default)")
     run_parser.add_argument("--jobs", "-j", type=int, help="queue workers (default: study.jobs)")
     run_parser.add_argument("--no-wait", action="store_true", help="return after starting the workers")
-    run_parser.add_argument("--timeout", type=float, metavar="MINUTES",
-                            help="stop waiting after this many minutes, naming the unfinished experiments with "
-                                 "the last lines of their logs (exit 1); the queue keeps running (default: no limit)")
+    run_parser.add_argument(
+        "--timeout",
+        type=float,
+        metavar="MINUTES",
+        help="stop waiting after this many minutes, naming the unfinished experiments with "
+        "the last lines of their logs (exit 1); the queue keeps running (default: no limit)",
+    )
     run_parser.add_argument("--rerun", action="store_true", help="run cells that already succeeded again")
     run_parser.add_argument("--dry-run", action="store_true", help="print the dvc commands, run nothing")
     run_parser.set_defaults(run=run_study_command)
 
     collect_parser = commands.add_parser(
-        "collect", help="aggregate the study into metrics/study.json and plots/study_*",
+        "collect",
+        help="aggregate the study into metrics/study.json and plots/study_*",
         description="Read the study's experiments from `dvc exp show --json` (the baseline HEAD unless --rev "
-                    "or --all-commits) and write per cell x generation the mean and SD over seeds of the study's "
-                    "metrics; its primary endpoints with plain 95% t intervals over seeds; every other interval "
-                    "(levels, slopes, contrasts) Holm-adjusted; and for each a p-value, a TOST p-value where a "
-                    "margin is declared, and a verdict (effect / equivalent within +-m / not resolved). Failed or "
-                    "missing cells are listed, never averaged over; they make the command exit 1 without "
-                    "writing anything unless --allow-missing.")
-    collect_parser.add_argument("--params", default="params.yaml", help="params file with the studies (default: %(default)s)")
+        "or --all-commits) and write per cell x generation the mean and SD over seeds of the study's "
+        "metrics; its primary endpoints with plain 95% t intervals over seeds; every other interval "
+        "(levels, slopes, contrasts) Holm-adjusted; and for each a p-value, a TOST p-value where a "
+        "margin is declared, and a verdict (effect / equivalent within +-m / not resolved). Failed or "
+        "missing cells are listed, never averaged over; they make the command exit 1 without "
+        "writing anything unless --allow-missing.",
+    )
+    collect_parser.add_argument(
+        "--params", default="params.yaml", help="params file with the studies (default: %(default)s)"
+    )
     collect_parser.add_argument("--name", help="study to collect, a key of `studies:` (default: study.default)")
-    collect_parser.add_argument("--names", nargs="+", metavar="EXP",
-                                help="explicit experiment names instead of the grid's study-<name>-... names")
+    collect_parser.add_argument(
+        "--names",
+        nargs="+",
+        metavar="EXP",
+        help="explicit experiment names instead of the grid's study-<name>-... names",
+    )
     source = collect_parser.add_mutually_exclusive_group()
     source.add_argument("--rev", help="baseline commit whose experiments to read (default: HEAD)")
     source.add_argument("--all-commits", action="store_true", help="read experiments of every baseline commit")
     source.add_argument("--exp-json", help="read this saved `dvc exp show --json` output instead of running dvc")
-    collect_parser.add_argument("--out-dir", default="metrics/studies", help="folder of <name>.json (default: %(default)s)")
-    collect_parser.add_argument("--plots", default="plots/studies",
-                                help="folder for <name>_*.csv and <name>_intervals.png (default: %(default)s)")
-    collect_parser.add_argument("--allow-missing", action="store_true",
-                                help="write the outputs and exit 0 even when cells failed or are missing (they stay listed)")
-    collect_parser.add_argument("--allow-mixed", action="store_true",
-                                help="accept cells from several baseline commits or differing in unswept params")
+    collect_parser.add_argument(
+        "--out-dir", default="metrics/studies", help="folder of <name>.json (default: %(default)s)"
+    )
+    collect_parser.add_argument(
+        "--plots",
+        default="plots/studies",
+        help="folder for <name>_*.csv and <name>_intervals.png (default: %(default)s)",
+    )
+    collect_parser.add_argument(
+        "--allow-missing",
+        action="store_true",
+        help="write the outputs and exit 0 even when cells failed or are missing (they stay listed)",
+    )
+    collect_parser.add_argument(
+        "--allow-mixed",
+        action="store_true",
+        help="accept cells from several baseline commits or differing in unswept params",
+    )
     collect_parser.set_defaults(run=run_collect_command)
 
 
@@ -104,8 +140,10 @@ def run_list_command(args: argparse.Namespace) -> int:
             print(f"{name}: error: {exc}")
             continue
         endpoints = ", ".join(config.spec.endpoints) or "none"
-        print(f"{name}: {len(grid_points(config))} cells, {len(study_cells(config))} experiments, "
-              f"{config.generations} generation(s); primary endpoints: {endpoints}")
+        print(
+            f"{name}: {len(grid_points(config))} cells, {len(study_cells(config))} experiments, "
+            f"{config.generations} generation(s); primary endpoints: {endpoints}"
+        )
     return 0
 
 
@@ -117,13 +155,23 @@ def run_study_command(args: argparse.Namespace) -> int:
     if config is None:
         return 2
     experiments = len(study_cells(config))
-    print(f"study '{config.name}': {len(grid_points(config))} cells, {experiments} experiments, "
-          f"{config.generations} generation(s) each", flush=True)
+    print(
+        f"study '{config.name}': {len(grid_points(config))} cells, {experiments} experiments, "
+        f"{config.generations} generation(s) each",
+        flush=True,
+    )
     start = time.monotonic()
     try:
-        failed = run_study(config, args.params, jobs=args.jobs, wait=not args.no_wait, rerun=args.rerun,
-                           dry_run=args.dry_run, echo=lambda line: print(line, flush=True),
-                           timeout=None if args.timeout is None else args.timeout * 60)
+        failed = run_study(
+            config,
+            args.params,
+            jobs=args.jobs,
+            wait=not args.no_wait,
+            rerun=args.rerun,
+            dry_run=args.dry_run,
+            echo=lambda line: print(line, flush=True),
+            timeout=None if args.timeout is None else args.timeout * 60,
+        )
     except ConfigError as exc:
         print(f"error: {args.params}: {exc}", file=sys.stderr)
         return 2
@@ -131,13 +179,18 @@ def run_study_command(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     if failed:
-        print(f"error: {len(failed)} of {experiments} experiments failed: {', '.join(failed)} "
-              f"(logs: dvc queue logs NAME; `biasloop study run --name {config.name}` queues them again)", file=sys.stderr)
+        print(
+            f"error: {len(failed)} of {experiments} experiments failed: {', '.join(failed)} "
+            f"(logs: dvc queue logs NAME; `biasloop study run --name {config.name}` queues them again)",
+            file=sys.stderr,
+        )
         return 1
     if not args.no_wait and not args.dry_run:
         minutes = (time.monotonic() - start) / 60
-        print(f"all {experiments} experiments succeeded; this run waited {minutes:.0f} min (write the study's cost "
-              f"beside it); next: biasloop study collect --name {config.name}")
+        print(
+            f"all {experiments} experiments succeeded; this run waited {minutes:.0f} min (write the study's cost "
+            f"beside it); next: biasloop study collect --name {config.name}"
+        )
     return 0
 
 
@@ -169,19 +222,25 @@ def run_collect_command(args: argparse.Namespace) -> int:
     blocking = bool(study["failed"] or study["missing"]) and not args.allow_missing
     mixed = bool(study["inconsistent"]) and not args.allow_mixed
     if study["n_cells_used"] == 0:
-        print("error: no successful experiment of this study to aggregate "
-              f"(looked for {config.prefix + '*' if not args.names else ', '.join(args.names)})", file=sys.stderr)
+        print(
+            "error: no successful experiment of this study to aggregate "
+            f"(looked for {config.prefix + '*' if not args.names else ', '.join(args.names)})",
+            file=sys.stderr,
+        )
         return 1
     if blocking or mixed:
-        reasons = (["failed or missing cells (--allow-missing to aggregate the rest)"] if blocking else []) + \
-                  (["inconsistent cells (--allow-mixed to accept them)"] if mixed else [])
+        reasons = (["failed or missing cells (--allow-missing to aggregate the rest)"] if blocking else []) + (
+            ["inconsistent cells (--allow-mixed to accept them)"] if mixed else []
+        )
         print(f"error: nothing written: {' and '.join(reasons)}", file=sys.stderr)
         return 1
     for note in study["notes"]:
         print(f"note: {note}", file=sys.stderr)
     written = write_study_outputs(study, args.out_dir, args.plots)
-    print(f"{study['n_cells_used']} of {study['n_cells_expected']} experiments aggregated; "
-          f"{study['family_size']} secondary intervals Holm-adjusted")
+    print(
+        f"{study['n_cells_used']} of {study['n_cells_expected']} experiments aggregated; "
+        f"{study['family_size']} secondary intervals Holm-adjusted"
+    )
     for name, endpoint in study["endpoints"].items():
         ci = endpoint["ci"]
         interval = f" [{ci[0]:.4g}, {ci[1]:.4g}]" if ci else " (no interval)"

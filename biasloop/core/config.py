@@ -142,9 +142,7 @@ def from_dict(cls: type[T], data: Any, where: str) -> T:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ConfigError(
-            f"{where}.{unknown[0]}: unknown key (known keys: {', '.join(sorted(fields))})"
-        )
+        raise ConfigError(f"{where}.{unknown[0]}: unknown key (known keys: {', '.join(sorted(fields))})")
     values = {}
     for name, field in fields.items():
         key = f"{where}.{name}"
@@ -166,7 +164,7 @@ def _warn_other_backend_keys(config: Any, fields: dict[str, dataclasses.Field], 
     backend_keys = getattr(type(config), "BACKEND_KEYS", None)
     if not backend_keys:
         return
-    chosen = getattr(config, "backend")
+    chosen = config.backend
     for backend, keys in backend_keys.items():
         if backend == chosen:
             continue
@@ -174,14 +172,21 @@ def _warn_other_backend_keys(config: Any, fields: dict[str, dataclasses.Field], 
             field = fields[name]
             default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
             if getattr(config, name) != default:
-                log.warning("%s.%s is set but only the %s backend reads it (%s.backend is %s): ignored",
-                            where, name, backend, where, chosen)
+                log.warning(
+                    "%s.%s is set but only the %s backend reads it (%s.backend is %s): ignored",
+                    where,
+                    name,
+                    backend,
+                    where,
+                    chosen,
+                )
 
 
 def _check_occupations(occupations: Any) -> None:
     if not isinstance(occupations, list):
-        raise ConfigError(f"occupations: expected a list of occupation names, found {type(occupations).__name__} "
-                          f"{occupations!r}")
+        raise ConfigError(
+            f"occupations: expected a list of occupation names, found {type(occupations).__name__} {occupations!r}"
+        )
     seen: dict[str, str] = {}
     for name in occupations:
         if not isinstance(name, str) or not name.strip():
@@ -190,8 +195,9 @@ def _check_occupations(occupations: Any) -> None:
             raise ConfigError(f"occupations: {name!r} contains a control character")
         key = " ".join(name.casefold().split())
         if key in seen:
-            raise ConfigError(f"occupations: {seen[key]!r} and {name!r} name one occupation "
-                              "(case and spacing are ignored)")
+            raise ConfigError(
+                f"occupations: {seen[key]!r} and {name!r} name one occupation (case and spacing are ignored)"
+            )
         seen[key] = name
 
 
@@ -217,37 +223,51 @@ def check_params(params: dict[str, Any]) -> None:
     world, corpus, generator = (params.get(s) or {} for s in ("world", "corpus", "generator"))
     if isinstance(world, dict) and isinstance(corpus, dict) and isinstance(generator, dict):
         source = corpus.get("source", "world")
-        sizes = {"world.image_size": world.get("image_size"), "corpus.image_size": corpus.get("image_size"),
-                 "generator.image_size": generator.get("image_size")}
+        sizes = {
+            "world.image_size": world.get("image_size"),
+            "corpus.image_size": corpus.get("image_size"),
+            "generator.image_size": generator.get("image_size"),
+        }
         effective = "world.image_size" if source == "world" else "corpus.image_size"
         pairs = [(effective, "generator.image_size")]
         if source == "world":
             pairs.append(("world.image_size", "corpus.image_size"))
         for first, second in pairs:
             if sizes[first] is not None and sizes[second] is not None and sizes[first] != sizes[second]:
-                raise ConfigError(f"{second} is {sizes[second]} but {first} is {sizes[first]}: image sizes must agree "
-                                  f"(corpus.source is {source})")
+                raise ConfigError(
+                    f"{second} is {sizes[second]} but {first} is {sizes[first]}: image sizes must agree "
+                    f"(corpus.source is {source})"
+                )
     if "generations" in params or "rounds" in params:
         generations, rounds = params.get("generations"), params.get("rounds")
         count = len(generations) if isinstance(generations, list) else 0
         if generations != list(range(count)) or count == 0:
-            raise ConfigError(f"generations: expected [0, 1, ..., G-1], found {generations!r} "
-                              "(set it with `biasloop generations G`)")
+            raise ConfigError(
+                f"generations: expected [0, 1, ..., G-1], found {generations!r} (set it with `biasloop generations G`)"
+            )
         expected = {str(n): {"gen": n, "prev": n - 1, "previous": dataset_folder(n - 1)} for n in range(1, count)}
         found = {str(k): v for k, v in (rounds or {}).items()} if isinstance(rounds, dict) else rounds
         if found != expected:
-            raise ConfigError(f"rounds: expected one {{gen: N, prev: N-1, previous: <dataset N-1's folder>}} item per "
-                              f"generation 1..{count - 1} "
-                              f"to match generations, found {rounds!r} (set both with `biasloop generations {count}`)")
+            raise ConfigError(
+                f"rounds: expected one {{gen: N, prev: N-1, previous: <dataset N-1's folder>}} item per "
+                f"generation 1..{count - 1} "
+                f"to match generations, found {rounds!r} (set both with `biasloop generations {count}`)"
+            )
         datasets = params.get("datasets")
         if datasets is not None:
             items = {str(k): v for k, v in datasets.items()} if isinstance(datasets, dict) else None
-            if items is None or sorted(items, key=lambda k: int(k) if k.isdigit() else -1) != [str(n) for n in range(count)] or any(
-                not isinstance(v, dict) or v.get("gen") != int(k) or not v.get("dataset") or not v.get("folder")
-                for k, v in items.items()
+            if (
+                items is None
+                or sorted(items, key=lambda k: int(k) if k.isdigit() else -1) != [str(n) for n in range(count)]
+                or any(
+                    not isinstance(v, dict) or v.get("gen") != int(k) or not v.get("dataset") or not v.get("folder")
+                    for k, v in items.items()
+                )
             ):
-                raise ConfigError(f"datasets: expected one {{gen: N, dataset, folder}} item per generation 0..{count - 1} "
-                                  f"to match generations, found {datasets!r} (set it with `biasloop generations {count}`)")
+                raise ConfigError(
+                    f"datasets: expected one {{gen: N, dataset, folder}} item per generation 0..{count - 1} "
+                    f"to match generations, found {datasets!r} (set it with `biasloop generations {count}`)"
+                )
 
 
 def load_section(cls: type[T], section: str, params: dict[str, Any]) -> T:

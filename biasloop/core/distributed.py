@@ -48,9 +48,23 @@ def process_batches(n_items: int, batch_size: int, rank: int, world: int) -> lis
 def relaunch_command(module: str, argv: Sequence[str], num_processes: int, device: str) -> list[str]:
     """The ``accelerate launch`` command running ``python -m module argv`` in ``num_processes`` processes."""
     return [
-        sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(num_processes),
-        "--num_machines", "1", "--multi_gpu", "--main_process_port", "0", "--mixed_precision", "no",
-        "--dynamo_backend", "no", "-m", module, *argv,
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--num_processes",
+        str(num_processes),
+        "--num_machines",
+        "1",
+        "--multi_gpu",
+        "--main_process_port",
+        "0",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        module,
+        *argv,
     ]
 
 
@@ -80,8 +94,9 @@ def join_or_relaunch(
         tracking: the stage's ``TrackingConfig`` (a dataclass with ``enabled``).
     """
     if num_processes > 1 and launched_world()[1] == 1:
-        logging.getLogger(module.rpartition(".")[2]).info("re-running under accelerate launch with %d processes",
-                                                          num_processes)
+        logging.getLogger(module.rpartition(".")[2]).info(
+            "re-running under accelerate launch with %d processes", num_processes
+        )
         relaunch(module, list(argv) if argv is not None else sys.argv[1:], num_processes, device)
         return None
     group = ProcessGroup(device)

@@ -100,7 +100,8 @@ def _write_commands(shared: Path, target: Path) -> list[str]:
         destination.write_text(
             f"#!{python}\n"
             f"import os; os.environ['PATH'] = {str(bin_dir)!r} + os.pathsep + os.environ.get('PATH', '')\n"
-            + guard + body
+            + guard
+            + body
         )
         destination.chmod(0o755)
         written.append(script.name)
@@ -124,9 +125,22 @@ def create(target: Path, shared: Path, checkout: Path) -> None:
     (own / PTH_NAME).write_text(f"import {PTH_MODULE}\n")
     (target / SHARED_MARKER).write_text(f"{shared}\n")
     install = subprocess.run(
-        [str(target / "bin" / "python"), "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-         "--disable-pip-version-check", "--no-warn-conflicts", "-e", str(checkout)],
-        capture_output=True, text=True, cwd=target,
+        [
+            str(target / "bin" / "python"),
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "--disable-pip-version-check",
+            "--no-warn-conflicts",
+            "-e",
+            str(checkout),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=target,
     )
     if install.returncode != 0:
         raise RuntimeError(f"pip install -e {checkout} into {target} failed:\n{install.stdout}{install.stderr}")
@@ -135,9 +149,14 @@ def create(target: Path, shared: Path, checkout: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m biasloop.core.environment", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--venv", default=".venv", help="where to make the checkout's environment (default: %(default)s)")
+    parser = argparse.ArgumentParser(
+        prog="python -m biasloop.core.environment",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--venv", default=".venv", help="where to make the checkout's environment (default: %(default)s)"
+    )
     parser.add_argument("--shared", default=None, help="the shared environment (default: the one running this)")
     parser.add_argument("--checkout", default=".", help="the checkout to install editable (default: %(default)s)")
     args = parser.parse_args(argv)

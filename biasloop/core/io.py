@@ -35,8 +35,9 @@ log = logging.getLogger(__name__)
 class DiskFullError(OSError):
     """Writing ``path`` failed because its file system is full (``ENOSPC``) or over quota (``EDQUOT``)."""
 
-    def __init__(self, path: str | Path, free_bytes: int | None, needed_bytes: int | None = None,
-                 code: int = errno.ENOSPC) -> None:
+    def __init__(
+        self, path: str | Path, free_bytes: int | None, needed_bytes: int | None = None, code: int = errno.ENOSPC
+    ) -> None:
         super().__init__(code, os.strerror(code), str(path))
         self.path, self.free_bytes, self.needed_bytes = Path(path), free_bytes, needed_bytes
 
@@ -46,8 +47,10 @@ class DiskFullError(OSError):
         if self.needed_bytes is not None:
             space.append(f"one write needed {_bytes(self.needed_bytes)}")
         detail = f" ({', '.join(space)})" if space else ""
-        return (f"disk full ({name}): could not write {self.path}{detail}; nothing was left behind: "
-                f"free space on {self.path.parent.resolve()} and rerun")
+        return (
+            f"disk full ({name}): could not write {self.path}{detail}; nothing was left behind: "
+            f"free space on {self.path.parent.resolve()} and rerun"
+        )
 
 
 def _bytes(n: int) -> str:
@@ -60,8 +63,10 @@ def _bytes(n: int) -> str:
 # numpy's tofile() loses errno ("3145728 requested and 589696 written"); polars (Rust) raises ComputeError
 # "... No space left on device (os error 28)"; Python raises OSError(ENOSPC).
 _SHORT_WRITE = re.compile(r"(\d+) requested and (\d+) written")
-_FULL_MESSAGES = {errno.ENOSPC: ("no space left on device", "os error 28", "database or disk is full"),  # last: sqlite
-                  errno.EDQUOT: ("disk quota exceeded", "os error 122")}
+_FULL_MESSAGES = {
+    errno.ENOSPC: ("no space left on device", "os error 28", "database or disk is full"),  # last: sqlite
+    errno.EDQUOT: ("disk quota exceeded", "os error 122"),
+}
 
 
 def _free_bytes(path: Path) -> int | None:

@@ -135,8 +135,9 @@ def _names_path_in(args: Iterable[str], root: str) -> bool:
     return False
 
 
-def checkout_processes(root: str | Path, processes: Iterable[ProcessInfo] | None = None, *, proc: Path = PROC,
-                       exclude: Iterable[int] = ()) -> list[CheckoutProcess]:
+def checkout_processes(
+    root: str | Path, processes: Iterable[ProcessInfo] | None = None, *, proc: Path = PROC, exclude: Iterable[int] = ()
+) -> list[CheckoutProcess]:
     """The processes of the checkout at ``root`` (see the module's docstring), in ``KINDS`` order.
 
     Args:
@@ -158,7 +159,7 @@ def checkout_processes(root: str | Path, processes: Iterable[ProcessInfo] | None
         if info.pid in skip or kind is None:
             continue
         if info.cwd is not None and _within(info.cwd, root_text):
-            in_queue_copy = "/.dvc/tmp/exps/" in info.cwd[len(root_text):] + "/"
+            in_queue_copy = "/.dvc/tmp/exps/" in info.cwd[len(root_text) :] + "/"
             why = "in a DVC queue copy" if in_queue_copy else "works in the checkout"
         elif _names_path_in(_program(info.cmdline)[1], root_text):
             why = "its arguments name the checkout"
@@ -234,8 +235,15 @@ def _alive(process: CheckoutProcess, proc: Path) -> bool:
         return False
 
 
-def stop(root: str | Path, *, timeout: float = 10.0, proc: Path = PROC, rounds: int = 3,
-         say: Callable[[str], None] = print, exclude: Iterable[int] = ()) -> list[CheckoutProcess]:
+def stop(
+    root: str | Path,
+    *,
+    timeout: float = 10.0,
+    proc: Path = PROC,
+    rounds: int = 3,
+    say: Callable[[str], None] = print,
+    exclude: Iterable[int] = (),
+) -> list[CheckoutProcess]:
     """SIGTERM every process of the checkout at ``root``, wait up to ``timeout`` seconds, SIGKILL the rest.
 
     Looks again after each round (``rounds`` at most) for processes started meanwhile (the next stage of
@@ -243,8 +251,9 @@ def stop(root: str | Path, *, timeout: float = 10.0, proc: Path = PROC, rounds: 
     """
     signalled: dict[tuple[int, str], CheckoutProcess] = {}
     for _ in range(rounds):
-        new = [p for p in checkout_processes(root, proc=proc, exclude=exclude)
-               if (p.pid, p.info.start) not in signalled]
+        new = [
+            p for p in checkout_processes(root, proc=proc, exclude=exclude) if (p.pid, p.info.start) not in signalled
+        ]
         if not new:
             break
         for process in new:  # KINDS order: dvc and its queue workers first, so they start nothing more

@@ -31,9 +31,7 @@ __all__ = ["load_configs", "make_parser", "run_main", "runtime_facts"]
 
 def make_parser(doc: str | None, prog: str) -> argparse.ArgumentParser:
     """A parser whose description is the stage module's docstring, with ``--params``."""
-    parser = argparse.ArgumentParser(
-        prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "--params", default="params.yaml", help="params file to read the stage's sections from (default: %(default)s)"
     )
@@ -71,8 +69,12 @@ def load_configs(params_path: str, sections: dict[str, type]) -> dict[str, Any]:
         # beside a busy process ran 3x slower (benchmarks/threads.py); sleeping at once (PASSIVE) keeps
         # most of it and changes no number (the wait policy only decides how an idle thread waits).
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    logging.getLogger(__name__).info("torch CPU threads: %d (base.cpu_threads %s), OMP_WAIT_POLICY %s", threads,
-                                     configs["base"].cpu_threads, os.environ.get("OMP_WAIT_POLICY", "default"))
+    logging.getLogger(__name__).info(
+        "torch CPU threads: %d (base.cpu_threads %s), OMP_WAIT_POLICY %s",
+        threads,
+        configs["base"].cpu_threads,
+        os.environ.get("OMP_WAIT_POLICY", "default"),
+    )
     annotate(cpu_threads=threads, omp_wait_policy=os.environ.get("OMP_WAIT_POLICY", "default"))
     return configs
 

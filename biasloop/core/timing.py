@@ -37,8 +37,9 @@ def process_started_at() -> float:
         stat = Path("/proc/self/stat").read_text()
         # Field 22 (starttime, clock ticks after boot); fields after the command name, which may hold spaces.
         ticks = int(stat.rsplit(")", 1)[1].split()[19])
-        boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
-                    if line.startswith("btime "))
+        boot = next(
+            int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime ")
+        )
         return boot + ticks / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError, StopIteration):
         pass
@@ -66,8 +67,16 @@ def report(event: str, **fields: Any) -> dict[str, Any]:
         _current.update({k: v for k, v in fields.items() if k in ("stage", "generation")})
     now = time.time()
     started = process_started_at()
-    record = {"event": event, **_current, **_notes, **fields, "pid": os.getpid(), "process_start": round(started, 3),
-              "time": round(now, 3), "seconds_since_start": round(now - started, 3)}
+    record = {
+        "event": event,
+        **_current,
+        **_notes,
+        **fields,
+        "pid": os.getpid(),
+        "process_start": round(started, 3),
+        "time": round(now, 3),
+        "seconds_since_start": round(now - started, 3),
+    }
     log.info("stage timing: %s", json.dumps(record))
     path = os.environ.get(TIMINGS_ENV)
     if path:

@@ -253,17 +253,23 @@ def decode_image(data: bytes | None, config: CorpusConfig) -> np.ndarray:
     if len(data) == 0:
         raise _Skip("empty_file", "image file has 0 bytes")
     if len(data) > config.max_file_bytes:
-        raise _Skip("file_too_large", f"image file has {len(data)} bytes (corpus.max_file_bytes {config.max_file_bytes})")
+        raise _Skip(
+            "file_too_large", f"image file has {len(data)} bytes (corpus.max_file_bytes {config.max_file_bytes})"
+        )
     size = config.image_size
     try:
         with Image.open(_io.BytesIO(data)) as image:
             width, height = image.size
             if width * height > config.max_image_pixels:
-                raise _Skip("decompression_bomb", f"image claims {width}x{height} pixels "
-                            f"(corpus.max_image_pixels {config.max_image_pixels})")
+                raise _Skip(
+                    "decompression_bomb",
+                    f"image claims {width}x{height} pixels (corpus.max_image_pixels {config.max_image_pixels})",
+                )
             if min(width, height) < config.min_image_side:
-                raise _Skip("image_too_small", f"image is {width}x{height} pixels "
-                            f"(corpus.min_image_side {config.min_image_side})")
+                raise _Skip(
+                    "image_too_small",
+                    f"image is {width}x{height} pixels (corpus.min_image_side {config.min_image_side})",
+                )
             image.draft("RGB", (size, size))  # JPEG only: decode at 1/2, 1/4 or 1/8 scale when that is enough
             image = ImageOps.exif_transpose(image)
             image = _to_rgb(image)
@@ -300,8 +306,13 @@ def _webdataset_sample(shard: Path, key: str, parts: dict[str, bytes | int]) -> 
     where = f"{shard}, sample {key!r}"
     for suffix, part in parts.items():
         if isinstance(part, int):
-            return Record(posixpath.basename(key), None, None, where,
-                          ("file_too_large", f"member {suffix} has {part} bytes (corpus.max_file_bytes); not read"))
+            return Record(
+                posixpath.basename(key),
+                None,
+                None,
+                where,
+                ("file_too_large", f"member {suffix} has {part} bytes (corpus.max_file_bytes); not read"),
+            )
     image = next((parts[ext] for ext in IMAGE_EXTENSIONS if ext in parts), None)
     meta: dict = {}
     if ".json" in parts:
@@ -310,11 +321,17 @@ def _webdataset_sample(shard: Path, key: str, parts: dict[str, bytes | int]) -> 
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             return Record(posixpath.basename(key), None, image, where, ("bad_json", f"bad .json member ({exc})"))
         except RecursionError:  # [[[[... nested deeper than Python's parser recurses
-            return Record(posixpath.basename(key), None, image, where,
-                          ("bad_json", "bad .json member (nested too deeply)"))
+            return Record(
+                posixpath.basename(key), None, image, where, ("bad_json", "bad .json member (nested too deeply)")
+            )
         if not isinstance(meta, dict):
-            return Record(posixpath.basename(key), None, image, where,
-                          ("bad_json", f".json member is a {type(meta).__name__}, not an object"))
+            return Record(
+                posixpath.basename(key),
+                None,
+                image,
+                where,
+                ("bad_json", f".json member is a {type(meta).__name__}, not an object"),
+            )
     caption: Any = parts[".txt"] if ".txt" in parts else meta.get("caption")
     sample_id = str(meta.get("key") or posixpath.basename(key))
     return Record(sample_id, caption, image, where)
@@ -355,13 +372,23 @@ def iter_webdataset(folder: str | Path, max_member_bytes: int | None = None) -> 
                     member_key, suffix = posixpath.splitext(member.name)
                     suffix = suffix.lower()
                     if _unsafe_member_name(member.name):
-                        yield Record(None, None, None, f"{shard}, member {member.name!r}",
-                                     ("unsafe_name", "member name is absolute or contains '..'; not read"))
+                        yield Record(
+                            None,
+                            None,
+                            None,
+                            f"{shard}, member {member.name!r}",
+                            ("unsafe_name", "member name is absolute or contains '..'; not read"),
+                        )
                         continue
                     if not member.isfile():
                         kind = "symlink" if member.issym() else "hard link" if member.islnk() else "special file"
-                        yield Record(None, None, None, f"{shard}, member {member.name!r}",
-                                     ("not_a_file", f"member is a {kind}; not read"))
+                        yield Record(
+                            None,
+                            None,
+                            None,
+                            f"{shard}, member {member.name!r}",
+                            ("not_a_file", f"member is a {kind}; not read"),
+                        )
                         continue
                     if member_key != key:
                         if key is not None:
@@ -400,7 +427,9 @@ def _check_listing_columns(listing: Path, config: CorpusConfig) -> dict[str, str
         if dtype != pl.String:
             raise CorpusError(f"{listing}: column {columns[role]!r} ({role}) is {dtype}, expected text (String)")
     if "id" in columns and (schema[columns["id"]].is_nested() or schema[columns["id"]] == pl.Binary):
-        raise CorpusError(f"{listing}: column {columns['id']!r} (id) is {schema[columns['id']]}, expected text or a number")
+        raise CorpusError(
+            f"{listing}: column {columns['id']!r} (id) is {schema[columns['id']]}, expected text or a number"
+        )
     return columns
 
 
@@ -425,22 +454,37 @@ def iter_folder(config: CorpusConfig, batch_rows: int = 1024) -> Iterator[Record
     for batch in pl.scan_parquet(listing).select(list(columns.values())).collect_batches(chunk_size=batch_rows):
         for row in batch.iter_rows(named=True):
             where = f"{listing}, row {row_number}"
-            sample_id = str(row[columns["id"]]) if "id" in columns and row[columns["id"]] is not None else f"{row_number:08d}"
+            sample_id = (
+                str(row[columns["id"]]) if "id" in columns and row[columns["id"]] is not None else f"{row_number:08d}"
+            )
             row_number += 1
             relative = row[columns["image"]]
             if not relative:
                 yield Record(sample_id, row[columns["caption"]], None, where, ("no_image", "empty image path"))
                 continue
             if _unsafe_member_name(relative):
-                yield Record(sample_id, None, None, f"{where} ({relative})",
-                             ("unsafe_name", "image path is absolute or contains '..'; not read"))
+                yield Record(
+                    sample_id,
+                    None,
+                    None,
+                    f"{where} ({relative})",
+                    ("unsafe_name", "image path is absolute or contains '..'; not read"),
+                )
                 continue
             image_path = root / relative
             where = f"{where} ({image_path})"
             target = image_path.resolve()
             if not target.is_relative_to(root):  # a symbolic link on the way points out of the folder
-                yield Record(sample_id, None, None, where, ("outside_folder", f"image path leads to {target}, outside "
-                             f"{root}, through a symbolic link; not read"))
+                yield Record(
+                    sample_id,
+                    None,
+                    None,
+                    where,
+                    (
+                        "outside_folder",
+                        f"image path leads to {target}, outside {root}, through a symbolic link; not read",
+                    ),
+                )
                 continue
             if not target.exists():
                 yield Record(sample_id, None, None, where, ("missing_file", "image file not found"))
@@ -450,14 +494,27 @@ def iter_folder(config: CorpusConfig, batch_rows: int = 1024) -> Iterator[Record
                 continue
             size = target.stat().st_size
             if size > config.max_file_bytes:
-                yield Record(sample_id, None, None, where, ("file_too_large",
-                             f"image file has {size} bytes (corpus.max_file_bytes {config.max_file_bytes})"))
+                yield Record(
+                    sample_id,
+                    None,
+                    None,
+                    where,
+                    ("file_too_large", f"image file has {size} bytes (corpus.max_file_bytes {config.max_file_bytes})"),
+                )
                 continue
             with target.open("rb") as handle:  # at most the limit, even if the file grew since stat
                 data = handle.read(config.max_file_bytes + 1)
             if len(data) > config.max_file_bytes:
-                yield Record(sample_id, None, None, where, ("file_too_large",
-                             f"image file grew past corpus.max_file_bytes {config.max_file_bytes} while read"))
+                yield Record(
+                    sample_id,
+                    None,
+                    None,
+                    where,
+                    (
+                        "file_too_large",
+                        f"image file grew past corpus.max_file_bytes {config.max_file_bytes} while read",
+                    ),
+                )
                 continue
             yield Record(sample_id, row[columns["caption"]], data, where)
 
@@ -536,8 +593,10 @@ class CorpusWriter:
         name = f"{self._shards:05d}.npy"
         np.save(self.tmp / "images" / name, self._images[: len(self._rows)], allow_pickle=False)
         shard_ref = (self.out_dir / "images" / name).as_posix()
-        rows = [{**{c: row.get(c) for c in CAPTION_COLUMNS}, "image_ref": f"{shard_ref}#{i}"}
-                for i, row in enumerate(self._rows)]
+        rows = [
+            {**{c: row.get(c) for c in CAPTION_COLUMNS}, "image_ref": f"{shard_ref}#{i}"}
+            for i, row in enumerate(self._rows)
+        ]
         part = pl.DataFrame(rows, schema=CAPTION_SCHEMA)
         part.write_parquet(self.tmp / "parts" / f"{self._shards:05d}.parquet")
         self.n_written += len(rows)
@@ -664,8 +723,12 @@ def iter_decoded(
                 report.skipped_by_reason[skip.reason] += 1
                 n_logged = sum(report.skipped_by_reason.values())
                 if n_logged <= _WARN_FIRST:
-                    log.warning("skipped %s: %s%s", record.where, skip.detail,
-                                " (further skips only in skipped.parquet)" if n_logged == _WARN_FIRST else "")
+                    log.warning(
+                        "skipped %s: %s%s",
+                        record.where,
+                        skip.detail,
+                        " (further skips only in skipped.parquet)" if n_logged == _WARN_FIRST else "",
+                    )
                 if on_skip is not None:
                     on_skip(skipped)
                 continue
@@ -696,7 +759,9 @@ def ingest_corpus(records: Iterable[Record | tuple], config: CorpusConfig, out_d
             image = row.pop("image")
             writer.add(row, image)
         report.check()
-    log.info("ingested %d of %d records (%d skipped) into %s", report.n_kept, report.n_records, report.n_skipped, out_dir)
+    log.info(
+        "ingested %d of %d records (%d skipped) into %s", report.n_kept, report.n_records, report.n_skipped, out_dir
+    )
     return report
 
 

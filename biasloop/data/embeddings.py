@@ -90,8 +90,9 @@ class SentenceTransformerEncoder:
                 path = self.name
             started = time.perf_counter()
             # No code from the model folder, no pickled .bin weights: safetensors only.
-            self._model = SentenceTransformer(path, device=self.device, trust_remote_code=False,
-                                              model_kwargs={"use_safetensors": True})
+            self._model = SentenceTransformer(
+                path, device=self.device, trust_remote_code=False, model_kwargs={"use_safetensors": True}
+            )
             log.info("loaded sentence encoder %s in %.1f s", self.name, time.perf_counter() - started)
         return self._model
 
@@ -127,12 +128,18 @@ class SentenceTransformerEncoder:
         batch = MODEL_BATCH
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         with cpu_threads(MODEL_THREADS, str(model.device)):
-            for length in tqdm(np.unique(lengths), desc=f"embedding ({self.name})", unit="length",
-                               disable=not progress):
+            for length in tqdm(
+                np.unique(lengths), desc=f"embedding ({self.name})", unit="length", disable=not progress
+            ):
                 rows = np.flatnonzero(lengths == length)
                 filled = np.resize(rows, -(-len(rows) // batch) * batch)  # the group's rows, repeated to full batches
-                vectors = model.encode([texts[row] for row in filled], batch_size=batch, show_progress_bar=False,
-                                       convert_to_numpy=True, normalize_embeddings=True)
+                vectors = model.encode(
+                    [texts[row] for row in filled],
+                    batch_size=batch,
+                    show_progress_bar=False,
+                    convert_to_numpy=True,
+                    normalize_embeddings=True,
+                )
                 out[rows] = np.asarray(vectors[: len(rows)], dtype=np.float32)
         return out
 
@@ -267,7 +274,9 @@ class CachedTextEncoder:
             keys = np.load(keys_path)
             self._loaded.add(stem)
             if vectors.ndim != 2 or vectors.shape[1] != self.dim or len(vectors) != len(keys):
-                log.warning("ignoring embedding cache chunk %s: shape %s does not fit dim %d", stem, vectors.shape, self.dim)
+                log.warning(
+                    "ignoring embedding cache chunk %s: shape %s does not fit dim %d", stem, vectors.shape, self.dim
+                )
                 continue
             chunk = len(self._chunks)
             self._chunks.append(vectors)

@@ -166,7 +166,9 @@ class OccupationMatcher:
             per layer (``_match0``, ...); ``any_found`` is true where any layer matched; ``occupations``
             is the ``list[str]`` of distinct occupations, in order of first mention.
         """
-        found = [pl.col(column).str.extract_all(form_regex(layer)).alias(f"_match{i}") for i, layer in enumerate(self.layers)]
+        found = [
+            pl.col(column).str.extract_all(form_regex(layer)).alias(f"_match{i}") for i, layer in enumerate(self.layers)
+        ]
         any_found = pl.any_horizontal([pl.col(f"_match{i}").list.len() > 0 for i in range(len(self.layers))])
         mapping = {form: _SEPARATOR.join(occs) for form, occs in self.form_occupations.items()}
         # each step costs a pass over the matches, so only the ones these occupations need are added
@@ -224,7 +226,9 @@ def streaming_problems(query: pl.LazyFrame) -> list[str]:
     Reads the colour legend of polars' physical plan graph, which is the only place polars reports this.
     """
     dot = query.show_graph(engine="streaming", plan_stage="physical", raw_output=True) or ""
-    legend = re.search(r'<FONT COLOR="([^"]+)">⬤</FONT> potentially memory-intensive.*?<FONT COLOR="([^"]+)">⬤</FONT> in-memory', dot)
+    legend = re.search(
+        r'<FONT COLOR="([^"]+)">⬤</FONT> potentially memory-intensive.*?<FONT COLOR="([^"]+)">⬤</FONT> in-memory', dot
+    )
     colours = set(legend.groups()) if legend else {"0.16 0.3 1.0", "0.0 0.3 1.0"}
     problems = []
     for label, colour in re.findall(r'\[label="([^"]*(?:\\"[^"]*)*)",style=filled,fillcolor="([^"]+)"\]', dot):
@@ -259,9 +263,7 @@ def evaluate_against_truth(matches: pl.DataFrame, corpus: pl.LazyFrame, occupati
     """
     result: dict = {}
     if "true_occupation" in matches.columns:
-        n_true = dict(
-            corpus.group_by("true_occupation").len().collect(engine="streaming").iter_rows()
-        )
+        n_true = dict(corpus.group_by("true_occupation").len().collect(engine="streaming").iter_rows())
         per_occupation = (
             matches.group_by("occupation")
             .agg(n=pl.len(), correct=(pl.col("true_occupation") == pl.col("occupation")).sum())
@@ -286,7 +288,9 @@ def evaluate_against_truth(matches: pl.DataFrame, corpus: pl.LazyFrame, occupati
     if "true_indicator" in matches.columns:
         labelled = matches.unique("id").filter(pl.col("true_indicator").is_not_null())
         confusion: dict[str, dict[str, int]] = {}
-        for truth, found, n in labelled.group_by("true_indicator", "indicator").len().sort("true_indicator", "indicator").iter_rows():
+        for truth, found, n in (
+            labelled.group_by("true_indicator", "indicator").len().sort("true_indicator", "indicator").iter_rows()
+        ):
             confusion.setdefault(truth, {})[found] = n
         result["indicator_agreement"] = (
             float((labelled["indicator"] == labelled["true_indicator"]).mean()) if len(labelled) else None
@@ -354,9 +358,11 @@ def select_neighbours(matches: pl.DataFrame, similarity: Sequence[float], k: int
     """
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
-    scored = matches.select("occupation", "id", "indicator").with_columns(
-        similarity=pl.Series(np.asarray(similarity, dtype=np.float32))
-    ).unique(["occupation", "id"], maintain_order=True)
+    scored = (
+        matches.select("occupation", "id", "indicator")
+        .with_columns(similarity=pl.Series(np.asarray(similarity, dtype=np.float32)))
+        .unique(["occupation", "id"], maintain_order=True)
+    )
     ranked_frames = []
     for selection, frame in (
         ("keyword", scored),
@@ -368,7 +374,6 @@ def select_neighbours(matches: pl.DataFrame, similarity: Sequence[float], k: int
         nn_name = selection.replace("keyword", "nn")
         ranked_frames += [ranked, ranked.filter(pl.col("rank") <= k).with_columns(selection=pl.lit(nn_name))]
     columns = ["selection", "occupation", "id", "similarity", "rank"]
-    return (
-        pl.concat([f.select(columns) for f in ranked_frames])
-        .sort(pl.col("selection").cast(pl.Enum(list(SELECTIONS))), "occupation", "rank")
+    return pl.concat([f.select(columns) for f in ranked_frames]).sort(
+        pl.col("selection").cast(pl.Enum(list(SELECTIONS))), "occupation", "rank"
     )

@@ -29,7 +29,7 @@ _ARTICLE_MARK = "\x00"
 
 
 def article(word: str) -> str:
-    """"an" before a word starting with a vowel letter, else "a" (a spelling rule, not a sound rule)."""
+    """ "an" before a word starting with a vowel letter, else "a" (a spelling rule, not a sound rule)."""
     return "an" if word[:1].lower() in tuple("aeiou") else "a"
 
 
@@ -171,8 +171,13 @@ def _spellings(names: Iterable[str], side: str, plurals: Mapping[str, str]) -> t
     return by_key, by_plural
 
 
-def match_occupations(ours: Iterable[str], theirs: Iterable[str], *, plurals: Mapping[str, str] | None = None,
-                      sides: tuple[str, str] = ("first list", "second list")) -> OccupationMatch:
+def match_occupations(
+    ours: Iterable[str],
+    theirs: Iterable[str],
+    *,
+    plurals: Mapping[str, str] | None = None,
+    sides: tuple[str, str] = ("first list", "second list"),
+) -> OccupationMatch:
     """Match two lists of occupation names the way a person reads them: ignoring case and spacing
     (:func:`occupation_key`), and a plural against its singular by :func:`plural` ("nurses" = "nurse",
     "salespeople" = "salesperson"; ``plurals`` adds whole-word irregular ones, singular -> plural, as
@@ -211,5 +216,9 @@ def match_occupations(ours: Iterable[str], theirs: Iterable[str], *, plurals: Ma
         matched[hits[0]] = name
         if name != hits[0]:
             renamed[name] = hits[0]
-    return OccupationMatch(renamed=renamed, matched=[n for n in ours if n in matched],
-                           only_ours=[n for n in ours if n not in matched], only_theirs=only_theirs)
+    return OccupationMatch(
+        renamed=renamed,
+        matched=[n for n in ours if n in matched],
+        only_ours=[n for n in ours if n not in matched],
+        only_theirs=only_theirs,
+    )

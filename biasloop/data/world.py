@@ -102,6 +102,7 @@ NEAR_MISSES = {
     "salesperson": ("a sales chart", "salesmanship books"),
 }
 
+
 @dataclasses.dataclass(frozen=True)
 class MarkednessConfig:
     """``world.markedness``: how often captions carry a gender indicator."""
@@ -129,8 +130,6 @@ class WorldConfig:
     glyphs: str = "data/glyphs/mnist"  # glyph pool prefix: <prefix>_images.npy and <prefix>_labels.npy
     occupation_table: str = "data/occupations/occupations_bls.tsv"  # BLS shares of women
     seed: int = 0  # the world's own seed: same seed, same bytes
-
-
 
 
 def read_occupation_shares(path: str | Path) -> dict[str, float]:
@@ -198,9 +197,7 @@ def colour_glyphs(glyphs: np.ndarray, rgb: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(glyphs[..., None] * rgb[:, None, None, :] * 255.0), 0, 255).astype(np.uint8)
 
 
-def gender_colours(
-    genders: np.ndarray, config: WorldConfig, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
+def gender_colours(genders: np.ndarray, config: WorldConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Colours for a gender array; returns ``(rgb (n, 3), ambiguous (n,) bool)``."""
     n = len(genders)
     hue = np.where(genders == "female", config.hue_female, config.hue_male)
@@ -287,9 +284,7 @@ def oracle_labels(
     return labels
 
 
-def _caption(
-    occupation: str, gender: str, indicator: bool, is_plural: bool, rng: np.random.Generator
-) -> str:
+def _caption(occupation: str, gender: str, indicator: bool, is_plural: bool, rng: np.random.Generator) -> str:
     if indicator:
         bank = INDICATOR_PLURAL[gender] if is_plural else INDICATOR_SINGULAR[gender]
     else:
@@ -307,14 +302,15 @@ def _spelling_hints(unknown: list[str], known: Iterable[str]) -> str:
     except ValueError:  # the names themselves clash ("Nurse" and "nurse"): the error says enough
         return ""
     hints = [f"{name!r} is spelled {match.renamed[name]!r} there" for name in unknown if name in match.renamed]
-    hints += [f"{name!r}: did you mean {guess!r}?" for name in match.only_theirs
-              if (guess := match.closest(name, known)) is not None]
+    hints += [
+        f"{name!r}: did you mean {guess!r}?"
+        for name in match.only_theirs
+        if (guess := match.closest(name, known)) is not None
+    ]
     return f" ({'; '.join(hints)})" if hints else ""
 
 
-def build_world(
-    config: WorldConfig, occupations: list[str] | tuple[str, ...]
-) -> tuple[pl.DataFrame, np.ndarray]:
+def build_world(config: WorldConfig, occupations: list[str] | tuple[str, ...]) -> tuple[pl.DataFrame, np.ndarray]:
     """Build the glyph world.
 
     Args:
@@ -436,9 +432,10 @@ def world_statistics(samples: pl.DataFrame, shares: dict[str, float]) -> dict:
         .agg(
             pl.len().alias("n"),
             (pl.col("true_gender") == "female").mean().alias("share_female"),
-            (pl.col("true_gender") == "female").filter(pl.col("true_indicator") == "none").mean().alias(
-                "share_female_no_indicator"
-            ),
+            (pl.col("true_gender") == "female")
+            .filter(pl.col("true_indicator") == "none")
+            .mean()
+            .alias("share_female_no_indicator"),
             (pl.col("true_indicator") != "none").mean().alias("indicator_rate"),
         )
         .sort("true_occupation")

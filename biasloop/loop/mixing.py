@@ -18,9 +18,8 @@ Every row carries ``source_id`` (the real sample its caption comes from; its own
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
-
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import polars as pl
@@ -35,7 +34,9 @@ MODES = ("replace", "accumulate")
 class LoopConfig:
     """``loop``: how each generation's dataset is built and its models retrained."""
 
-    mode: Literal["replace", "accumulate"] = "replace"  # replace: corpus with images regenerated; accumulate: dataset N-1 plus new generated samples
+    mode: Literal["replace", "accumulate"] = (
+        "replace"  # replace: corpus with images regenerated; accumulate: dataset N-1 plus new generated samples
+    )
     retrain_generator: bool = True  # false: the generator stays generation 0's (the replacement study)
     warm_start: bool = True  # fine-tune generation N from N-1's generator instead of training from scratch
     generator_steps: int = 100  # training steps per generation when warm-starting (from scratch: generator.train_steps)
@@ -81,7 +82,9 @@ def build_dataset(corpus: pl.DataFrame, replaced: np.ndarray, generated_refs: li
         refs[index] = ref
         synthetic[index] = True
     return corpus.with_columns(
-        pl.Series("image_ref", refs, dtype=pl.String), pl.Series("synthetic", synthetic), pl.col("id").alias("source_id")
+        pl.Series("image_ref", refs, dtype=pl.String),
+        pl.Series("synthetic", synthetic),
+        pl.col("id").alias("source_id"),
     ).select(DATASET_COLUMNS)
 
 
@@ -100,8 +103,14 @@ def as_dataset(frame: pl.DataFrame) -> pl.DataFrame:
     return frame.select(DATASET_COLUMNS)
 
 
-def accumulated_dataset(previous: pl.DataFrame, previous_refs: list[str], corpus: pl.DataFrame, chosen: np.ndarray,
-                        generated_refs: list[str], generation: int) -> pl.DataFrame:
+def accumulated_dataset(
+    previous: pl.DataFrame,
+    previous_refs: list[str],
+    corpus: pl.DataFrame,
+    chosen: np.ndarray,
+    generated_refs: list[str],
+    generation: int,
+) -> pl.DataFrame:
     """Dataset ``generation`` under ``loop.mode: accumulate``: dataset N-1 plus one generated sample per chosen caption.
 
     Args:
@@ -120,14 +129,20 @@ def accumulated_dataset(previous: pl.DataFrame, previous_refs: list[str], corpus
         raise ValueError("image refs do not match the rows they belong to")
     kept = previous.with_columns(pl.Series("image_ref", previous_refs, dtype=pl.String))
     sources = corpus[chosen.tolist()] if len(chosen) else corpus.clear()
-    new = as_dataset(sources).with_columns(
-        (pl.col("source_id") + f"@gen{generation}").alias("id"),
-        pl.Series("image_ref", generated_refs, dtype=pl.String),
-        pl.lit(True).alias("synthetic"),
-    ).select(DATASET_COLUMNS)
+    new = (
+        as_dataset(sources)
+        .with_columns(
+            (pl.col("source_id") + f"@gen{generation}").alias("id"),
+            pl.Series("image_ref", generated_refs, dtype=pl.String),
+            pl.lit(True).alias("synthetic"),
+        )
+        .select(DATASET_COLUMNS)
+    )
     dataset = pl.concat([kept, new], how="vertical")
     if dataset["id"].n_unique() != len(dataset):
-        raise ValueError(f"dataset {generation}: duplicate ids (was the previous dataset built for generation {generation}?)")
+        raise ValueError(
+            f"dataset {generation}: duplicate ids (was the previous dataset built for generation {generation}?)"
+        )
     return dataset
 
 

@@ -33,7 +33,9 @@ class GenerateConfig:
     max_captions_per_occupation: int = 120  # captions-as-prompts per occupation (seeded sample; one image each)
     batch_size: int = 256  # images per generator call
     shard_size: int = 4096  # images per .npy shard
-    num_processes: int = 1  # processes (GPUs) generating in parallel under `accelerate launch`; results do not depend on it
+    num_processes: int = (
+        1  # processes (GPUs) generating in parallel under `accelerate launch`; results do not depend on it
+    )
 
 
 def plan_prompts(

@@ -54,7 +54,7 @@ the same order in every generation, so a change across generations is the datase
 initialisation's. The generator's training noise is fresh per generation: the loop fine-tunes one
 model round after round, and replaying one noise sequence every round would correlate the rounds.
 Random numbers are drawn on the CPU (``torch.Generator()``, CPU initialisation) and moved to the device,
-so a CPU and a GPU run draw the same numbers (their float arithmetic still differs; see the README); the
+so a CPU and a GPU run draw the same numbers (their float arithmetic still differs; see docs/reproducibility.md); the
 one exception is stable-diffusion's LoRA initialisation, which peft draws on the UNet's device.
 """
 
@@ -121,12 +121,14 @@ def train_generation(
             else:
                 generator = build_generator(generator_config, device, seed=seeds["generator_init"])
             with timed(f"training generator for {generator_steps} steps on {len(captions)} images", log):
-                stats["generator"] = generator.train(images, captions, steps=generator_steps,
-                                                     seed=seeds["generator_train"])
+                stats["generator"] = generator.train(
+                    images, captions, steps=generator_steps, seed=seeds["generator_train"]
+                )
             generator.save(tmp / "generator")
         with timed(f"training downstream CLIP on {len(captions)} pairs", log):
-            model, downstream_stats = train_downstream_clip(images, captions, downstream_config,
-                                                            seed=seeds["downstream"], device=device)
+            model, downstream_stats = train_downstream_clip(
+                images, captions, downstream_config, seed=seeds["downstream"], device=device
+            )
         save_downstream(model, tmp / "downstream")
         stats["downstream"] = downstream_stats
         write_json(tmp / "training.json", stats)

@@ -60,8 +60,8 @@ import numpy as np
 import polars as pl
 
 from biasloop.core.io import json_float
+from biasloop.core.labels import LABELS
 from biasloop.metrics import estimands
-from biasloop.models.labelling import LABELS
 
 log = logging.getLogger(__name__)
 
@@ -316,8 +316,11 @@ def _nan_quantiles(samples: np.ndarray, q: Sequence[float]) -> np.ndarray:
 def _nan_mean(samples: np.ndarray, keepdims: bool = False) -> np.ndarray:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Mean of empty slice")
-        return np.nanmean(samples, axis=-1, keepdims=keepdims) if samples.shape[-1] else np.full(
-            samples.shape[:-1] + ((1,) if keepdims else ()), np.nan)
+        return (
+            np.nanmean(samples, axis=-1, keepdims=keepdims)
+            if samples.shape[-1]
+            else np.full(samples.shape[:-1] + ((1,) if keepdims else ()), np.nan)
+        )
 
 
 def excess_over_noise(point: Any, replicates: np.ndarray, null_replicates: np.ndarray) -> dict[str, np.ndarray]:
@@ -366,8 +369,14 @@ def excess_over_noise(point: Any, replicates: np.ndarray, null_replicates: np.nd
     upper_q, lower_q = _nan_quantiles(centred, (97.5, 2.5))
     # Ties count as at least as extreme (a conservative p-value for a discrete statistic).
     p_value, is_bound = estimands.monte_carlo_p_value(point, null_replicates, two_sided=False)
-    return {"noise_floor": floor, "excess": excess, "excess_lo": excess - upper_q, "excess_hi": excess - lower_q,
-            "p_value": p_value, "p_value_is_bound": is_bound}
+    return {
+        "noise_floor": floor,
+        "excess": excess,
+        "excess_lo": excess - upper_q,
+        "excess_hi": excess - lower_q,
+        "p_value": p_value,
+        "p_value_is_bound": is_bound,
+    }
 
 
 def summarize_aggregates(
@@ -409,7 +418,8 @@ def summarize_aggregates(
         else:
             out[f"{name}_lo"], out[f"{name}_hi"] = _nan_quantiles(np.asarray(boot[name], float), (2.5, 97.5))
     out["p_value_shift"], out["p_value_shift_is_bound"] = estimands.monte_carlo_p_value(
-        point["shift_to_majority"], np.asarray(null["shift_to_majority"], float), two_sided=True)
+        point["shift_to_majority"], np.asarray(null["shift_to_majority"], float), two_sided=True
+    )
     return out
 
 
@@ -432,8 +442,13 @@ def _table(
     (``lo``/``hi``/``kind``/``n_unclear_majority``); empty when no occupation is kept."""
     share_train, share_gen = shares
     out: dict[str, Any] = {}
-    stats = summarize_aggregates(share_train[keep], share_gen[keep], boot[0][:, keep], boot[1][:, keep],
-                                 null[0][:, keep], null[1][:, keep]) if keep.any() else {}
+    stats = (
+        summarize_aggregates(
+            share_train[keep], share_gen[keep], boot[0][:, keep], boot[1][:, keep], null[0][:, keep], null[1][:, keep]
+        )
+        if keep.any()
+        else {}
+    )
     value = lambda key: json_float(stats[key]) if key in stats else None  # noqa: E731
     for name in AGGREGATES:
         out[name] = value(name)
@@ -450,19 +465,24 @@ def _table(
     out["n_boot"] = int(boot[0].shape[0])
     gap, shift = parts.get("gap", {}), parts.get("shift")
     out["estimands"] = {
-        "shift": {"estimate": out["shift_to_majority"],
-                  "ci": [json_float(shift["lo"]), json_float(shift["hi"])] if shift else [None, None],
-                  "p_value": value("p_value_shift"),
-                  "p_value_is_bound": bool(stats.get("p_value_shift_is_bound", False)),
-                  "n_boot": out["n_boot"],
-                  "kind": shift["kind"] if shift else None,
-                  # occupations whose training majority is unclear, counted both ways in the interval
-                  "n_unclear_majority": int(shift["n_unclear_majority"]) if shift else None},
+        "shift": {
+            "estimate": out["shift_to_majority"],
+            "ci": [json_float(shift["lo"]), json_float(shift["hi"])] if shift else [None, None],
+            "p_value": value("p_value_shift"),
+            "p_value_is_bound": bool(stats.get("p_value_shift_is_bound", False)),
+            "n_boot": out["n_boot"],
+            "kind": shift["kind"] if shift else None,
+            # occupations whose training majority is unclear, counted both ways in the interval
+            "n_unclear_majority": int(shift["n_unclear_majority"]) if shift else None,
+        },
         # The gap is 0 exactly under the null "equal shares in every occupation" that p_value_abs tests.
-        "gap": {"estimate": json_float(gap.get("estimate", np.nan)),
-                "ci": [json_float(gap.get("lo", np.nan)), json_float(gap.get("hi", np.nan))],
-                "p_value": out["p_value_abs"], "p_value_is_bound": out["p_value_abs_is_bound"],
-                "kind": gap.get("kind")},
+        "gap": {
+            "estimate": json_float(gap.get("estimate", np.nan)),
+            "ci": [json_float(gap.get("lo", np.nan)), json_float(gap.get("hi", np.nan))],
+            "p_value": out["p_value_abs"],
+            "p_value_is_bound": out["p_value_abs_is_bound"],
+            "kind": gap.get("kind"),
+        },
         "a_abs_raw": out["amplification_abs"],
     }
     for side, counts in (("train", train), ("gen", gen)):
@@ -556,12 +576,19 @@ def amplification_table(
     boot = (bootstrap_shares(train, n_boot, rng), bootstrap_shares(gen, n_boot, rng))
     null = null_shares(train, gen, n_boot, rng)
     unmatched = {"train_only": sorted(train_names - gen_names), "gen_only": sorted(gen_names - train_names)}
-    return table_from_draws(names, train, gen, boot, null, rng=rng, confusion=confusion, correct_train=correct_train,
-                            unmatched=unmatched)
+    return table_from_draws(
+        names, train, gen, boot, null, rng=rng, confusion=confusion, correct_train=correct_train, unmatched=unmatched
+    )
 
 
-def _estimand_parts(train: np.ndarray, gen: np.ndarray, keep: np.ndarray, phi: np.ndarray | None,
-                    shares: tuple[np.ndarray, np.ndarray], boot: tuple[np.ndarray, np.ndarray]) -> dict[str, Any]:
+def _estimand_parts(
+    train: np.ndarray,
+    gen: np.ndarray,
+    keep: np.ndarray,
+    phi: np.ndarray | None,
+    shares: tuple[np.ndarray, np.ndarray],
+    boot: tuple[np.ndarray, np.ndarray],
+) -> dict[str, Any]:
     """The gap and the shift's interval over the kept occupations (:mod:`.estimands`): adjusted Wald
     for independent sides, the pair bootstrap with fixed majorities for pairs."""
     if not keep.any():
@@ -570,13 +597,18 @@ def _estimand_parts(train: np.ndarray, gen: np.ndarray, keep: np.ndarray, phi: n
     gap = estimands.gap_from_counts(train[keep], gen[keep], phi=kept_phi)
     if phi is None:
         shift = estimands.shift_interval(train[keep], gen[keep])
-        return {"gap": {**gap, "kind": estimands.GAP_KIND_INDEPENDENT},
-                "shift": {**shift, "kind": estimands.SHIFT_KIND_WALD}}
+        return {
+            "gap": {**gap, "kind": estimands.GAP_KIND_INDEPENDENT},
+            "shift": {**shift, "kind": estimands.SHIFT_KIND_WALD},
+        }
     unclear = estimands.unclear_majority(train[keep])
-    lo, hi = estimands.shift_bootstrap_interval(shares[0][keep], shares[1][keep], boot[0][:, keep], boot[1][:, keep],
-                                                unclear)
-    return {"gap": {**gap, "kind": estimands.GAP_KIND_PAIRED},
-            "shift": {"lo": lo, "hi": hi, "kind": estimands.SHIFT_KIND_PAIRED, "n_unclear_majority": unclear.sum()}}
+    lo, hi = estimands.shift_bootstrap_interval(
+        shares[0][keep], shares[1][keep], boot[0][:, keep], boot[1][:, keep], unclear
+    )
+    return {
+        "gap": {**gap, "kind": estimands.GAP_KIND_PAIRED},
+        "shift": {"lo": lo, "hi": hi, "kind": estimands.SHIFT_KIND_PAIRED, "n_unclear_majority": unclear.sum()},
+    }
 
 
 def table_from_draws(
@@ -610,12 +642,23 @@ def table_from_draws(
     share_gen = np.asarray(share_female(gen[:, 0], gen[:, 1]), float).reshape(-1)
     keep = ~(np.isnan(share_train) | np.isnan(share_gen))
     result: dict[str, Any] = {"aliases": dict(ALIASES)}
-    result.update(_table(names, train, gen, (share_train, share_gen), boot, null, keep,
-                         _estimand_parts(train, gen, keep, phi, (share_train, share_gen), boot)))
+    result.update(
+        _table(
+            names,
+            train,
+            gen,
+            (share_train, share_gen),
+            boot,
+            null,
+            keep,
+            _estimand_parts(train, gen, keep, phi, (share_train, share_gen), boot),
+        )
+    )
     result["unmatched"] = unmatched or {"train_only": [], "gen_only": []}
     result["dropped"] = [name for name, kept in zip(names, keep) if not kept]
-    result["occupations_left_out"] = sorted({*result["unmatched"]["train_only"], *result["unmatched"]["gen_only"],
-                                             *result["dropped"]})
+    result["occupations_left_out"] = sorted(
+        {*result["unmatched"]["train_only"], *result["unmatched"]["gen_only"], *result["dropped"]}
+    )
     if confusion is not None:
         tpr, fpr = float(confusion["tpr"]), float(confusion["fpr"])
         corrected_share(0.5, tpr, fpr)  # raises unless tpr > fpr
@@ -635,24 +678,54 @@ def table_from_draws(
         parts: dict[str, Any] = {}
         if keep.any():
             difference = corrected_shares[1][keep] - corrected_shares[0][keep]
-            variance = (np.nanvar(corrected_boot[1][:, keep] - corrected_boot[0][:, keep], axis=0, ddof=1)
-                        if n_boot > 1 else np.zeros_like(difference))
-            lo, hi = estimands.corrected_gap_interval(train[keep], gen[keep], confusion, correct_train,
-                                                      phi=None if phi is None else phi[keep])
-            gap = {"estimate": np.mean(estimands.debiased_abs(difference, variance)), "lo": lo, "hi": hi,
-                   "kind": estimands.GAP_KIND_CORRECTED}
+            variance = (
+                np.nanvar(corrected_boot[1][:, keep] - corrected_boot[0][:, keep], axis=0, ddof=1)
+                if n_boot > 1
+                else np.zeros_like(difference)
+            )
+            lo, hi = estimands.corrected_gap_interval(
+                train[keep], gen[keep], confusion, correct_train, phi=None if phi is None else phi[keep]
+            )
+            gap = {
+                "estimate": np.mean(estimands.debiased_abs(difference, variance)),
+                "lo": lo,
+                "hi": hi,
+                "kind": estimands.GAP_KIND_CORRECTED,
+            }
             unclear = estimands.unclear_majority(train[keep], rates=(tpr, fpr) if correct_train else None)
             shift_lo, shift_hi = estimands.shift_bootstrap_interval(
-                corrected_shares[0][keep], corrected_shares[1][keep], corrected_boot[0][:, keep],
-                corrected_boot[1][:, keep], unclear)
-            parts = {"gap": gap, "shift": {"lo": shift_lo, "hi": shift_hi, "n_unclear_majority": unclear.sum(),
-                                           "kind": estimands.SHIFT_KIND_PAIRED if phi is not None
-                                           else estimands.SHIFT_KIND_BOOTSTRAP}}
-        corrected = _table(names, train, gen, corrected_shares, corrected_boot,
-                           (correct(null[0], correct_train), correct(null[1])), keep, parts)
+                corrected_shares[0][keep],
+                corrected_shares[1][keep],
+                corrected_boot[0][:, keep],
+                corrected_boot[1][:, keep],
+                unclear,
+            )
+            parts = {
+                "gap": gap,
+                "shift": {
+                    "lo": shift_lo,
+                    "hi": shift_hi,
+                    "n_unclear_majority": unclear.sum(),
+                    "kind": estimands.SHIFT_KIND_PAIRED if phi is not None else estimands.SHIFT_KIND_BOOTSTRAP,
+                },
+            }
+        corrected = _table(
+            names,
+            train,
+            gen,
+            corrected_shares,
+            corrected_boot,
+            (correct(null[0], correct_train), correct(null[1])),
+            keep,
+            parts,
+        )
         corrected["occupations_left_out"] = result["occupations_left_out"]
-        corrected["confusion"] = {"tpr": tpr, "fpr": fpr, "train_corrected": bool(correct_train),
-                                  "uncertainty": "bootstrapped" if counts and n_boot else "fixed"}
+        corrected["confusion"] = {
+            "tpr": tpr,
+            "fpr": fpr,
+            "train_corrected": bool(correct_train),
+            "uncertainty": "bootstrapped" if counts and n_boot else "fixed",
+        }
         if counts:
             corrected["confusion"]["counts"] = counts
         result["corrected"] = corrected

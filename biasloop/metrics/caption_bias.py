@@ -40,8 +40,8 @@ from typing import Any
 import numpy as np
 
 from biasloop.core.seeds import stream_seed
-from biasloop.metrics.intervals import bootstrap_interval, wilson_interval
 from biasloop.data.indicators import caption_gender, mask_gender_words
+from biasloop.metrics.intervals import bootstrap_interval, wilson_interval
 from biasloop.models.leakage import LeakageConfig, predict_gender_from_captions
 
 log = logging.getLogger(__name__)
@@ -77,6 +77,7 @@ def misprediction(captions: Sequence[str], true_genders: Sequence[str | None]) -
     wrong = (women & (predicted == "male")) | (men & (predicted == "female"))
     n_pred_female = int((labelled & (predicted == "female")).sum())
     n_pred_male = int((labelled & (predicted == "male")).sum())
+
     def interval(mask: np.ndarray, among: np.ndarray) -> list[float] | None:
         return wilson_interval(int((mask & among).sum()), int(among.sum()))
 
@@ -130,7 +131,9 @@ def caption_lic_scores(p_female: Sequence[float] | np.ndarray, is_female: Sequen
     return ((p >= 0.5) == np.asarray(is_female, dtype=bool)) * np.maximum(p, 1 - p)
 
 
-def balanced_split(is_female: np.ndarray, test_fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def balanced_split(
+    is_female: np.ndarray, test_fraction: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """Gender-balanced train and test indices.
 
     Each gender contributes ``m = min(#women, #men)`` images, drawn at random: ``round(m * test_fraction)``
@@ -195,7 +198,9 @@ def caption_leakage(
         estimates are. The classifiers are not retrained per resample: the spread over runs is ``_std``.
     """
     if not len(model_captions) == len(human_captions) == len(genders):
-        raise ValueError(f"{len(model_captions)} model captions, {len(human_captions)} human captions, {len(genders)} genders")
+        raise ValueError(
+            f"{len(model_captions)} model captions, {len(human_captions)} human captions, {len(genders)} genders"
+        )
     if config.seeds < 1:
         raise ValueError("captioner.leakage.seeds must be >= 1")
     labelled = np.array([g in ("female", "male") for g in genders], dtype=bool)
@@ -212,9 +217,13 @@ def caption_leakage(
         train, test = balanced_split(is_female, config.test_fraction, split_rng)
         row: dict[str, Any] = {"seed": run}
         for name, tokens in (("m", model_tokens), ("d", human_tokens)):
-            p_female = predict_gender_from_captions([tokens[i] for i in train], is_female[train],
-                                                    [tokens[i] for i in test], config,
-                                                    stream_seed(seed, "leakage-classifier", run))
+            p_female = predict_gender_from_captions(
+                [tokens[i] for i in train],
+                is_female[train],
+                [tokens[i] for i in test],
+                config,
+                stream_seed(seed, "leakage-classifier", run),
+            )
             row[f"lic_{name}"] = lic_score(p_female, is_female[test])
             row[f"accuracy_{name}"] = float(np.mean((p_female >= 0.5) == is_female[test]))
             row[f"_scores_{name}"] = caption_lic_scores(p_female, is_female[test])
@@ -236,9 +245,22 @@ def caption_leakage(
         for key, pick in (("lic_m", lambda m, d: m), ("lic_d", lambda m, d: d), ("leakage", lambda m, d: m - d)):
             # one resample of test positions, applied to every run (each run's test set has n_test captions)
             out[f"{key}_ci"] = bootstrap_interval(
-                lambda rows, f=pick: float(np.mean([f(m[rows], d[rows]).mean() for m, d in scores])), n_test, n_boot, rng)
+                lambda rows, f=pick: float(np.mean([f(m[rows], d[rows]).mean() for m, d in scores])),
+                n_test,
+                n_boot,
+                rng,
+            )
     out.update(per_seed=runs, n_train=len(train), n_test=len(test), seconds=time.perf_counter() - start)
-    log.info("leakage: LIC_M %.3f +- %.3f, LIC_D %.3f +- %.3f, leakage %.3f (%d runs, %d train / %d test, %.1f s)",
-             out["lic_m"], out["lic_m_std"], out["lic_d"], out["lic_d_std"], out["leakage"], config.seeds,
-             len(train), len(test), out["seconds"])
+    log.info(
+        "leakage: LIC_M %.3f +- %.3f, LIC_D %.3f +- %.3f, leakage %.3f (%d runs, %d train / %d test, %.1f s)",
+        out["lic_m"],
+        out["lic_m_std"],
+        out["lic_d"],
+        out["lic_d_std"],
+        out["leakage"],
+        config.seeds,
+        len(train),
+        len(test),
+        out["seconds"],
+    )
     return out

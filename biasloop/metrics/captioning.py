@@ -19,7 +19,12 @@ log = logging.getLogger(__name__)
 
 
 def captioner_task(
-    dataset: pl.DataFrame, test: pl.DataFrame, groups: list[str | None], config: Any, seed: int, device: str,
+    dataset: pl.DataFrame,
+    test: pl.DataFrame,
+    groups: list[str | None],
+    config: Any,
+    seed: int,
+    device: str,
     progress: bool = True,
 ) -> tuple[dict[str, Any], pl.DataFrame]:
     """Train the captioner on ``dataset`` and score it on ``test``.
@@ -44,30 +49,59 @@ def captioner_task(
 
     captioner = make_captioner(config, device)
     with timed(f"captioner training on {len(dataset)} pairs", log):
-        training = captioner.train(load_images(dataset["image_ref"].to_list()), dataset["caption"].to_list(), seed,
-                                   progress=progress)
+        training = captioner.train(
+            load_images(dataset["image_ref"].to_list()), dataset["caption"].to_list(), seed, progress=progress
+        )
     with timed(f"captioning {len(test)} held-out images", log):
         hypotheses = captioner.caption(load_images(test["image_ref"].to_list()))
     references = test["caption"].to_list()
     ids = test["id"].to_list()
-    quality = score_captions({i: [r] for i, r in zip(ids, references)}, dict(zip(ids, hypotheses)),
-                             n_boot=config.n_boot, seed=stream_seed(seed, "captioner-bootstrap"))
+    quality = score_captions(
+        {i: [r] for i, r in zip(ids, references)},
+        dict(zip(ids, hypotheses)),
+        n_boot=config.n_boot,
+        seed=stream_seed(seed, "captioner-bootstrap"),
+    )
     bias = misprediction(hypotheses, groups)
-    bias["ratio_predicted_ci"] = _ratio_interval([caption_gender(h) for h in hypotheses], groups, config.n_boot,
-                                                 stream_seed(seed, "captioner-ratio-bootstrap"))
+    bias["ratio_predicted_ci"] = _ratio_interval(
+        [caption_gender(h) for h in hypotheses], groups, config.n_boot, stream_seed(seed, "captioner-ratio-bootstrap")
+    )
     with timed(f"leakage classifier ({config.leakage.seeds} runs x 2)", log):
-        leakage = caption_leakage(hypotheses, references, groups, config.leakage, seed, captioner.vocabulary,
-                                  n_boot=config.n_boot)
-    captions = pl.DataFrame({
-        "id": ids, "reference": references, "caption": hypotheses,
-        "gender": [g for g in groups], "caption_gender": [caption_gender(h) for h in hypotheses],
-    }, schema={"id": pl.String, "reference": pl.String, "caption": pl.String, "gender": pl.String,
-               "caption_gender": pl.String})
-    metrics = {"quality": quality, "misprediction": bias, "leakage": leakage, "training": training,
-               "backend": config.backend}
-    log.info("captioner: BLEU-4 %.3f, CIDEr-D %.3f, Error %.3f, LIC_M %.3f, LIC_D %.3f, leakage %.3f",
-             quality["bleu4"], quality["cider_d"], bias["error"] if bias["error"] is not None else float("nan"),
-             leakage["lic_m"], leakage["lic_d"], leakage["leakage"])
+        leakage = caption_leakage(
+            hypotheses, references, groups, config.leakage, seed, captioner.vocabulary, n_boot=config.n_boot
+        )
+    captions = pl.DataFrame(
+        {
+            "id": ids,
+            "reference": references,
+            "caption": hypotheses,
+            "gender": [g for g in groups],
+            "caption_gender": [caption_gender(h) for h in hypotheses],
+        },
+        schema={
+            "id": pl.String,
+            "reference": pl.String,
+            "caption": pl.String,
+            "gender": pl.String,
+            "caption_gender": pl.String,
+        },
+    )
+    metrics = {
+        "quality": quality,
+        "misprediction": bias,
+        "leakage": leakage,
+        "training": training,
+        "backend": config.backend,
+    }
+    log.info(
+        "captioner: BLEU-4 %.3f, CIDEr-D %.3f, Error %.3f, LIC_M %.3f, LIC_D %.3f, leakage %.3f",
+        quality["bleu4"],
+        quality["cider_d"],
+        bias["error"] if bias["error"] is not None else float("nan"),
+        leakage["lic_m"],
+        leakage["lic_d"],
+        leakage["leakage"],
+    )
     return metrics, captions
 
 

@@ -45,6 +45,7 @@ CIDER_ORDERS = 4  # n-gram orders 1..4
 CIDER_SIGMA = 6.0  # CIDEr-D's length-penalty width, in tokens
 CIDER_SCALE = 10.0  # CIDEr-D is reported times 10
 
+
 def tokenize(text: str | None) -> list[str]:
     """Caption tokens (:func:`biasloop.data.text.caption_tokens`): lower-cased, punctuation stripped."""
     return caption_tokens(text)
@@ -77,9 +78,7 @@ def _check(references: Mapping[Any, Sequence[str]], hypotheses: Mapping[Any, str
     return sorted(references, key=str)
 
 
-def bleu(
-    references: Mapping[Any, Sequence[str]], hypotheses: Mapping[Any, str], max_order: int = 4
-) -> dict[str, Any]:
+def bleu(references: Mapping[Any, Sequence[str]], hypotheses: Mapping[Any, str], max_order: int = 4) -> dict[str, Any]:
     """Corpus BLEU-1..``max_order`` of space-tokenised captions (see the module docstring).
 
     Args:
@@ -119,8 +118,11 @@ def bleu(
         total_guessed = [a + b for a, b in zip(total_guessed, guessed)]
         total_hyp_len += len(hyp)
         total_ref_len += ref_len
-    return {"bleu": _bleu_from_counts(total_clipped, total_guessed, total_hyp_len, total_ref_len), "per_image": per_image,
-            "counts": counts}
+    return {
+        "bleu": _bleu_from_counts(total_clipped, total_guessed, total_hyp_len, total_ref_len),
+        "per_image": per_image,
+        "counts": counts,
+    }
 
 
 def bleu_from_image_counts(counts: Sequence[tuple], rows: Sequence[int]) -> list[float]:
@@ -157,7 +159,9 @@ def lcs_length(a: Sequence[str], b: Sequence[str]) -> int:
     return previous[-1]
 
 
-def rouge_l(references: Mapping[Any, Sequence[str]], hypotheses: Mapping[Any, str], beta: float = ROUGE_BETA) -> dict[str, Any]:
+def rouge_l(
+    references: Mapping[Any, Sequence[str]], hypotheses: Mapping[Any, str], beta: float = ROUGE_BETA
+) -> dict[str, Any]:
     """ROUGE-L F-measure of space-tokenised captions (see the module docstring).
 
     Returns:
@@ -235,8 +239,11 @@ def cider_d(
 
 
 def score_captions(
-    references: Mapping[Any, Sequence[str]], hypotheses: Mapping[Any, str], tokenize_first: bool = True,
-    n_boot: int = 0, seed: int = 0,
+    references: Mapping[Any, Sequence[str]],
+    hypotheses: Mapping[Any, str],
+    tokenize_first: bool = True,
+    n_boot: int = 0,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """BLEU-1..4, ROUGE-L and CIDEr-D of hypotheses against references, one call.
 
@@ -254,7 +261,9 @@ def score_captions(
         CIDEr-D as means of the per-image scores, CIDEr-D's document frequencies those of the full set).
     """
     if tokenize_first:
-        references = {i: [tokenized(r) for r in refs] if not isinstance(refs, str) else refs for i, refs in references.items()}
+        references = {
+            i: [tokenized(r) for r in refs] if not isinstance(refs, str) else refs for i, refs in references.items()
+        }
         hypotheses = {i: tokenized(h) if isinstance(h, str) else h for i, h in hypotheses.items()}
     scored_bleu = bleu(references, hypotheses)
     bleus = scored_bleu["bleu"]

@@ -43,9 +43,9 @@ TRUTH_TERMS = ("data", "generator", "instrument")
 NO_TRUTH_TERMS = ("data", "generator_and_instrument")
 NO_TRUTH_REASON = {
     "train": "the training images have no true_gender (not the glyph world): (a) is read from instrument labels, "
-             "(b) and (c) are reported together",
+    "(b) and (c) are reported together",
     "oracle": "the generated images have no oracle_label (the corpus is not the glyph world): (a) is read from "
-              "instrument labels, (b) and (c) are reported together",
+    "instrument labels, (b) and (c) are reported together",
 }
 # Row sums a share needs, per side: name -> (numerator column, denominator column).
 _TRAIN_SHARES = {
@@ -56,8 +56,18 @@ _TRAIN_SHARES = {
 }
 _GEN_SHARES = {"gen_measured": ("meas_female", "meas_confident"), "gen_oracle": ("oracle_female", "oracle_confident")}
 # The 0/1 columns of one image whose sums over an occupation's images give those shares (and counts).
-_TRAIN_NAMES = ["meas_female", "meas_confident", "true_female", "true_known", "unmarked", "unmarked_true_female",
-                "unmarked_true_known", "unmarked_meas_female", "unmarked_meas_confident", "n"]
+_TRAIN_NAMES = [
+    "meas_female",
+    "meas_confident",
+    "true_female",
+    "true_known",
+    "unmarked",
+    "unmarked_true_female",
+    "unmarked_true_known",
+    "unmarked_meas_female",
+    "unmarked_meas_confident",
+    "n",
+]
 _GEN_NAMES = ["meas_female", "meas_confident", "oracle_female", "oracle_confident", "n"]
 
 
@@ -67,8 +77,10 @@ def _train_columns(train: pl.DataFrame) -> np.ndarray:
     truth = pl.col("true_gender") if "true_gender" in train.columns else pl.lit(None, dtype=pl.String)
     unmarked = (pl.col("indicator") == "none").fill_null(False) if "indicator" in train.columns else pl.lit(False)
     frame = train.select(
-        meas_female=label == "female", meas_confident=label.is_in(["female", "male"]),
-        true_female=(truth == "female").fill_null(False), true_known=truth.is_in(["female", "male"]).fill_null(False),
+        meas_female=label == "female",
+        meas_confident=label.is_in(["female", "male"]),
+        true_female=(truth == "female").fill_null(False),
+        true_known=truth.is_in(["female", "male"]).fill_null(False),
         unmarked=unmarked,
     ).with_columns(
         unmarked_true_female=pl.col("true_female") & pl.col("unmarked"),
@@ -85,9 +97,11 @@ def _gen_columns(generated: pl.DataFrame) -> np.ndarray:
     label = pl.col("label")
     oracle = pl.col("oracle_label") if "oracle_label" in generated.columns else pl.lit(None, dtype=pl.String)
     frame = generated.select(
-        meas_female=label == "female", meas_confident=label.is_in(["female", "male"]),
+        meas_female=label == "female",
+        meas_confident=label.is_in(["female", "male"]),
         oracle_female=(oracle == "female").fill_null(False),
-        oracle_confident=oracle.is_in(["female", "male"]).fill_null(False), n=pl.lit(True),
+        oracle_confident=oracle.is_in(["female", "male"]).fill_null(False),
+        n=pl.lit(True),
     )
     return frame.select(_GEN_NAMES).to_numpy().astype(np.float64)
 
@@ -102,7 +116,9 @@ def _shares(sums: np.ndarray, names: list[str], spec: dict[str, tuple[str, str]]
     return out
 
 
-def decomposition_terms(shares: dict[str, np.ndarray], sign: np.ndarray, ground_truth: bool, paired: bool) -> dict[str, Any]:
+def decomposition_terms(
+    shares: dict[str, np.ndarray], sign: np.ndarray, ground_truth: bool, paired: bool
+) -> dict[str, Any]:
     """The terms of the decomposition from per-occupation shares (last axis: occupations).
 
     Args:
@@ -177,11 +193,17 @@ def decompose(
     reason = None if ground_truth else NO_TRUTH_REASON["train" if not has_true else "oracle"]
     has_indicator = "indicator" in train.columns and train["indicator"].is_not_null().any()
     if not paired and not has_indicator:
-        return {"decomposition": {"available": False, "reason": "the training images have no caption indicator column"},
-                "ideal": None}
-    train_spec = {k: v for k, v in _TRAIN_SHARES.items()
-                  if k == "train_measured" or (ground_truth and k in ("train_true", "ideal_true"))
-                  or (not ground_truth and k == "ideal_measured")}
+        return {
+            "decomposition": {"available": False, "reason": "the training images have no caption indicator column"},
+            "ideal": None,
+        }
+    train_spec = {
+        k: v
+        for k, v in _TRAIN_SHARES.items()
+        if k == "train_measured"
+        or (ground_truth and k in ("train_true", "ideal_true"))
+        or (not ground_truth and k == "ideal_measured")
+    }
     gen_spec = {k: v for k, v in _GEN_SHARES.items() if ground_truth or k == "gen_measured"}
     if paired:  # the ideal share is the training share itself: no unmarked subset is needed
         train_spec = {k: v for k, v in train_spec.items() if not k.startswith("ideal")}
@@ -198,8 +220,14 @@ def decompose(
     keep = np.flatnonzero(complete)
     occupations = [candidates[i] for i in keep]
     if not occupations:
-        return {"decomposition": {"available": False, "ground_truth": ground_truth, "reason": "no occupation has every share"},
-                "ideal": None}
+        return {
+            "decomposition": {
+                "available": False,
+                "ground_truth": ground_truth,
+                "reason": "no occupation has every share",
+            },
+            "ideal": None,
+        }
     shares = {k: v[keep] for k, v in shares.items()}
     sign = np.sign(shares["train_measured"] - 0.5)
     point = decomposition_terms(shares, sign, ground_truth, paired)
@@ -216,7 +244,7 @@ def decompose(
                 n = len(units[i])
                 weights = rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot).astype(np.float64)
                 both = weights @ units[i]
-                boot_t[:, j], boot_g[:, j] = both[:, : len(_TRAIN_NAMES)], both[:, len(_TRAIN_NAMES):]
+                boot_t[:, j], boot_g[:, j] = both[:, : len(_TRAIN_NAMES)], both[:, len(_TRAIN_NAMES) :]
                 continue
             for rows, out in ((train_rows[i], boot_t), (gen_rows[i], boot_g)):
                 n = len(rows)
@@ -235,34 +263,57 @@ def decompose(
     for j, i in enumerate(keep):
         row: dict[str, Any] = {"occupation": candidates[i], "sign": float(sign[j])}
         row.update({f"share_{k}": float(v[j]) for k, v in shares.items()})
-        row.update(n_train=int(sums_t[i, _TRAIN_NAMES.index("n")]),
-                   n_train_confident=int(sums_t[i, _TRAIN_NAMES.index("meas_confident")]),
-                   n_train_unmarked=int(sums_t[i, _TRAIN_NAMES.index("unmarked")]),
-                   n_gen=int(sums_g[i, _GEN_NAMES.index("n")]),
-                   n_gen_confident=int(sums_g[i, _GEN_NAMES.index("meas_confident")]))
+        row.update(
+            n_train=int(sums_t[i, _TRAIN_NAMES.index("n")]),
+            n_train_confident=int(sums_t[i, _TRAIN_NAMES.index("meas_confident")]),
+            n_train_unmarked=int(sums_t[i, _TRAIN_NAMES.index("unmarked")]),
+            n_gen=int(sums_g[i, _GEN_NAMES.index("n")]),
+            n_gen_confident=int(sums_g[i, _GEN_NAMES.index("meas_confident")]),
+        )
         if ground_truth:
             row["n_gen_oracle_confident"] = int(sums_g[i, _GEN_NAMES.index("oracle_confident")])
-        one = decomposition_terms({k: v[j:j + 1] for k, v in shares.items()}, sign[j:j + 1], ground_truth, paired)
+        one = decomposition_terms({k: v[j : j + 1] for k, v in shares.items()}, sign[j : j + 1], ground_truth, paired)
         row.update({name: float(one[name]) for name in ("measured", *terms)})
         per_occupation.append(row)
 
     decomposition: dict[str, Any] = {
-        "available": True, "ground_truth": ground_truth, "reason": reason, "paired": paired,
-        "measured": summary("measured"), **{name: summary(name) for name in terms},
+        "available": True,
+        "ground_truth": ground_truth,
+        "reason": reason,
+        "paired": paired,
+        "measured": summary("measured"),
+        **{name: summary(name) for name in terms},
         "sum_of_terms": float(sum(point[name] for name in terms)),
-        "occupations": occupations, "occupations_left_out": [o for o in candidates if o not in occupations],
-        "per_occupation": per_occupation, "n_boot": n_boot, "n_boot_dropped": dropped,
+        "occupations": occupations,
+        "occupations_left_out": [o for o in candidates if o not in occupations],
+        "per_occupation": per_occupation,
+        "n_boot": n_boot,
+        "n_boot_dropped": dropped,
     }
     basis = "true_gender" if ground_truth else "instrument"
     train_share = "share_train_true" if ground_truth else "share_train_measured"
     ideal_share = train_share if paired else ("share_ideal_true" if ground_truth else "share_ideal_measured")
-    note = ("paired: the ideal learner given a caption reproduces its own training image, so the data term is 0 "
-            "by construction" if paired else
-            f"share of women ({basis}) among the selection's captions without a gender indicator")
-    ideal = {"basis": basis, "note": note, "shift": summary("data"), "gap": summary("ideal_gap"),
-             "per_occupation": [{"occupation": r["occupation"], "share_ideal": r[ideal_share],
-                                 "share_train": r[train_share], "n_train_unmarked": r["n_train_unmarked"]}
-                                for r in per_occupation]}
+    note = (
+        "paired: the ideal learner given a caption reproduces its own training image, so the data term is 0 "
+        "by construction"
+        if paired
+        else f"share of women ({basis}) among the selection's captions without a gender indicator"
+    )
+    ideal = {
+        "basis": basis,
+        "note": note,
+        "shift": summary("data"),
+        "gap": summary("ideal_gap"),
+        "per_occupation": [
+            {
+                "occupation": r["occupation"],
+                "share_ideal": r[ideal_share],
+                "share_train": r[train_share],
+                "n_train_unmarked": r["n_train_unmarked"],
+            }
+            for r in per_occupation
+        ],
+    }
     return {"decomposition": decomposition, "ideal": ideal}
 
 
@@ -295,17 +346,24 @@ def instrument_agreement(generated: pl.DataFrame) -> dict[str, Any] | None:
         female, male = oracle == "female", oracle == "male"
         said_female = instrument == "female"
         return {
-            "n": len(frame), "n_oracle_female": int(female.sum()), "n_oracle_male": int(male.sum()),
-            "n_oracle_abstain": int((~female & ~male).sum()), "n_both_confident": int(sure.sum()),
+            "n": len(frame),
+            "n_oracle_female": int(female.sum()),
+            "n_oracle_male": int(male.sum()),
+            "n_oracle_abstain": int((~female & ~male).sum()),
+            "n_both_confident": int(sure.sum()),
             "accuracy": ratio(int((sure & (instrument == oracle)).sum()), int(sure.sum())),
             "tpr": ratio(int((sure & female & said_female).sum()), int((sure & female).sum())),
             "fpr": ratio(int((sure & male & said_female).sum()), int((sure & male).sum())),
             "abstain_rate_female": ratio(int((female & (instrument == "abstain")).sum()), int(female.sum())),
             "abstain_rate_male": ratio(int((male & (instrument == "abstain")).sum()), int(male.sum())),
             "share_female_oracle": ratio(int(female.sum()), int((female | male).sum())),
-            "share_female_instrument": ratio(int(said_female.sum()), int(np.isin(instrument, ["female", "male"]).sum())),
+            "share_female_instrument": ratio(
+                int(said_female.sum()), int(np.isin(instrument, ["female", "male"]).sum())
+            ),
         }
 
     occupations = sorted(generated["occupation"].unique().to_list())
-    return {"overall": row(generated),
-            "per_occupation": [{"occupation": o, **row(generated.filter(pl.col("occupation") == o))} for o in occupations]}
+    return {
+        "overall": row(generated),
+        "per_occupation": [{"occupation": o, **row(generated.filter(pl.col("occupation") == o))} for o in occupations],
+    }

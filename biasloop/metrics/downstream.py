@@ -105,7 +105,9 @@ def recall_at_k(
         values = [out["by_group"][group][f"recall@{k}"] for group in present]
         out[f"recall@{k}_gap"] = float(max(values) - min(values)) if values else None
         if {"female", "male"} <= set(present):
-            out[f"recall@{k}_gap_signed"] = out["by_group"]["male"][f"recall@{k}"] - out["by_group"]["female"][f"recall@{k}"]
+            out[f"recall@{k}_gap_signed"] = (
+                out["by_group"]["male"][f"recall@{k}"] - out["by_group"]["female"][f"recall@{k}"]
+            )
     return out
 
 
@@ -157,7 +159,9 @@ def max_skew_at_k(
 
 
 def ndkl(
-    retrieved_groups: Sequence[str], desired: Sequence[float] | None = None, group_set: Sequence[str] = ("female", "male")
+    retrieved_groups: Sequence[str],
+    desired: Sequence[float] | None = None,
+    group_set: Sequence[str] = ("female", "male"),
 ) -> float:
     """Normalised discounted KL divergence of a ranking from the desired group proportions, in nats.
 
@@ -194,7 +198,9 @@ def _rates_defined(binary_true: np.ndarray, sensitive: np.ndarray) -> bool:
     return True
 
 
-def parity_differences(y_true: np.ndarray, y_pred: np.ndarray, sensitive: np.ndarray) -> tuple[float | None, float | None]:
+def parity_differences(
+    y_true: np.ndarray, y_pred: np.ndarray, sensitive: np.ndarray
+) -> tuple[float | None, float | None]:
     """Mean over occupations of the one-vs-rest demographic parity and equalized odds differences.
 
     The same quantities as Fairlearn's ``demographic_parity_difference`` (max minus min over groups of
@@ -274,13 +280,15 @@ def group_fairness(
         if row["n"] is None or np.isnan(row["n"]) or int(row["n"]) == 0:
             continue
         n = int(row["n"])
-        groups.append({
-            "occupation": str(row["occupation"]),
-            "gender": str(row["gender"]),
-            "accuracy": float(row["accuracy"]),
-            "n": n,
-            "ci": wilson_interval(int(round(float(row["accuracy"]) * n)), n),
-        })
+        groups.append(
+            {
+                "occupation": str(row["occupation"]),
+                "gender": str(row["gender"]),
+                "accuracy": float(row["accuracy"]),
+                "n": n,
+                "ci": wilson_interval(int(round(float(row["accuracy"]) * n)), n),
+            }
+        )
     per_occupation = []
     for occupation in sorted(set(y_true.tolist())):
         binary_true = (y_true == occupation).astype(int)
@@ -291,11 +299,13 @@ def group_fairness(
             if _rates_defined(binary_true, sensitive)
             else np.nan
         )
-        per_occupation.append({
-            "occupation": str(occupation),
-            "demographic_parity_difference": json_float(parity),
-            "equalized_odds_difference": json_float(odds),
-        })
+        per_occupation.append(
+            {
+                "occupation": str(occupation),
+                "demographic_parity_difference": json_float(parity),
+                "equalized_odds_difference": json_float(odds),
+            }
+        )
 
     def summary(key: str, reduce: Any) -> float | None:
         values = [r[key] for r in per_occupation if r[key] is not None]
@@ -308,8 +318,10 @@ def group_fairness(
     rng = np.random.default_rng(seed)
     parity_ci = odds_ci = None
     if n_boot > 0:
-        replicates = [parity_differences(y_true[i], y_pred[i], sensitive[i])
-                      for i in (rng.integers(0, len(y_true), size=len(y_true)) for _ in range(n_boot))]
+        replicates = [
+            parity_differences(y_true[i], y_pred[i], sensitive[i])
+            for i in (rng.integers(0, len(y_true), size=len(y_true)) for _ in range(n_boot))
+        ]
         parity_ci, odds_ci = (_percentiles([r[j] for r in replicates]) for j in (0, 1))
     return {
         "overall_accuracy": float(frame.overall["accuracy"]),
@@ -319,7 +331,9 @@ def group_fairness(
         "worst_group_accuracy_ci": worst["ci"] if worst else None,
         "worst_group": {k: worst[k] for k in ("occupation", "gender", "n")} if worst else None,
         "min_group_size": int(min_group_size),
-        "groups_too_small": [{k: g[k] for k in ("occupation", "gender", "n")} for g in groups if g["n"] < min_group_size],
+        "groups_too_small": [
+            {k: g[k] for k in ("occupation", "gender", "n")} for g in groups if g["n"] < min_group_size
+        ],
         "per_occupation": per_occupation,
         "demographic_parity_difference_mean": summary("demographic_parity_difference", np.mean),
         "demographic_parity_difference_max": summary("demographic_parity_difference", np.max),
@@ -338,8 +352,12 @@ def _percentiles(values: Sequence[float | None]) -> list[float] | None:
 
 
 def classifier_fairness(
-    true_occupation: Sequence[str], predicted_occupation: Sequence[str], gender: Sequence[str | None],
-    min_group_size: int, n_boot: int = 0, seed: int = 0,
+    true_occupation: Sequence[str],
+    predicted_occupation: Sequence[str],
+    gender: Sequence[str | None],
+    min_group_size: int,
+    n_boot: int = 0,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """Accuracy overall and per gender, worst-group accuracy, Fairlearn parity differences.
 
@@ -370,6 +388,7 @@ def classifier_fairness(
         raise ValueError("no held-out images to score the classifier on")
     correct = y_true == y_pred
     by_gender = {g: float(correct[groups == g].mean()) for g in ("female", "male") if (groups == g).any()}
+
     def gap(rows: np.ndarray) -> float | None:
         rates = [correct[rows][groups[rows] == g].mean() for g in ("female", "male") if (groups[rows] == g).any()]
         return float(max(rates) - min(rates)) if len(rates) == 2 else None
@@ -379,8 +398,9 @@ def classifier_fairness(
         "accuracy": float(correct.mean()),
         "accuracy_ci": wilson_interval(int(correct.sum()), len(correct)),
         "accuracy_by_gender": by_gender,
-        "accuracy_by_gender_ci": {g: wilson_interval(int(correct[groups == g].sum()), int((groups == g).sum()))
-                                  for g in by_gender},
+        "accuracy_by_gender_ci": {
+            g: wilson_interval(int(correct[groups == g].sum()), int((groups == g).sum())) for g in by_gender
+        },
         "accuracy_gap": gap(np.arange(len(correct))),
         "accuracy_gap_ci": bootstrap_interval(gap, len(correct), n_boot, rng) if len(by_gender) == 2 else None,
         "n_test": int(len(y_true)),
@@ -388,6 +408,14 @@ def classifier_fairness(
     labelled = groups != ""
     if labelled.any():
         # one place decides which groups are too small, so groups_too_small lists exactly what was left out
-        out.update(group_fairness(y_true[labelled], y_pred[labelled], groups[labelled], min_group_size=min_group_size,
-                                  n_boot=n_boot, seed=int(rng.integers(2**31))))
+        out.update(
+            group_fairness(
+                y_true[labelled],
+                y_pred[labelled],
+                groups[labelled],
+                min_group_size=min_group_size,
+                n_boot=n_boot,
+                seed=int(rng.integers(2**31)),
+            )
+        )
     return out

@@ -173,9 +173,7 @@ def share_variance(women: Any, confident: Any) -> np.ndarray:
     return p * (1 - p) / np.maximum(confident - 1, 1.0)
 
 
-def gap_from_counts(
-    train: np.ndarray, gen: np.ndarray, alpha: float = 0.05, phi: Any = None
-) -> dict[str, np.ndarray]:
+def gap_from_counts(train: np.ndarray, gen: np.ndarray, alpha: float = 0.05, phi: Any = None) -> dict[str, np.ndarray]:
     """The gap ``mean_o |p_gen(o) - p_train(o)|``: raw plug-in, debiased estimate and interval.
 
     The interval's lower limit is the :func:`gap_interval` projection of Newcombe intervals at the Sidak
@@ -204,12 +202,17 @@ def gap_from_counts(
     v_train, v_gen = share_variance(train[..., 0], m_train), share_variance(gen[..., 0], m_gen)
     phi_values = np.zeros_like(difference) if phi is None else np.asarray(phi, float)
     variance = v_train + v_gen - 2 * phi_values * np.sqrt(v_train * v_gen)
-    joint = newcombe_difference_interval(gen[..., 0], m_gen, train[..., 0], m_train,
-                                         sidak_alpha(alpha, difference.shape[-1]), phi_values)
+    joint = newcombe_difference_interval(
+        gen[..., 0], m_gen, train[..., 0], m_train, sidak_alpha(alpha, difference.shape[-1]), phi_values
+    )
     single = newcombe_difference_interval(gen[..., 0], m_gen, train[..., 0], m_train, alpha, phi_values)
     lo, hi = gap_interval(*joint)[0], gap_interval(*single)[1]
-    return {"raw": np.mean(np.abs(difference), axis=-1),
-            "estimate": np.mean(debiased_abs(difference, variance), axis=-1), "lo": lo, "hi": hi}
+    return {
+        "raw": np.mean(np.abs(difference), axis=-1),
+        "estimate": np.mean(debiased_abs(difference, variance), axis=-1),
+        "lo": lo,
+        "hi": hi,
+    }
 
 
 def shift_interval(
@@ -262,8 +265,12 @@ def shift_interval(
     # Occupations at exact parity in training count 0 in the estimate; unclear ones add their variance.
     counted = np.where(unclear, 1.0, sign**2)
     half = norm.ppf(1 - alpha / 2) * np.sqrt(np.sum(counted * (v_train + v_gen), axis=-1))
-    return {"estimate": estimate, "lo": (clear_part - unclear_part - half) / n_occupations,
-            "hi": (clear_part + unclear_part + half) / n_occupations, "n_unclear_majority": unclear.sum(axis=-1)}
+    return {
+        "estimate": estimate,
+        "lo": (clear_part - unclear_part - half) / n_occupations,
+        "hi": (clear_part + unclear_part + half) / n_occupations,
+        "n_unclear_majority": unclear.sum(axis=-1),
+    }
 
 
 def unclear_majority(
@@ -289,8 +296,12 @@ def unclear_majority(
 
 
 def shift_bootstrap_interval(
-    share_train: np.ndarray, share_gen: np.ndarray, boot_train: np.ndarray, boot_gen: np.ndarray,
-    unclear: np.ndarray, alpha: float = 0.05,
+    share_train: np.ndarray,
+    share_gen: np.ndarray,
+    boot_train: np.ndarray,
+    boot_gen: np.ndarray,
+    unclear: np.ndarray,
+    alpha: float = 0.05,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The shift's percentile bootstrap interval with the observed majorities held fixed, and occupations
     whose majority is unclear (:func:`unclear_majority`) counted both ways.
@@ -456,8 +467,9 @@ def corrected_gap_interval(
         fpr_box = (float(confusion["fpr"]),) * 2
     corners = []
     if correct_train:
-        d_box = newcombe_difference_interval(gen[..., 0], m_gen, train[..., 0], m_train, level,
-                                             0.0 if phi is None else phi)
+        d_box = newcombe_difference_interval(
+            gen[..., 0], m_gen, train[..., 0], m_train, level, 0.0 if phi is None else phi
+        )
         for d in d_box:
             for tpr in tpr_box:
                 for fpr in fpr_box:

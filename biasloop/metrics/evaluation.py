@@ -118,28 +118,44 @@ def downstream_bias(
         divergence = ndkl(retrieved, group_set=("female", "male"))
         skews.append(skew)
         ndkls.append(divergence)
-        row = {"occupation": occupation, "max_skew": skew, "ndkl": divergence,
-               "share_female_retrieved": float(np.mean([g == "female" for g in retrieved])), "k_effective": len(retrieved)}
+        row = {
+            "occupation": occupation,
+            "max_skew": skew,
+            "ndkl": divergence,
+            "share_female_retrieved": float(np.mean([g == "female" for g in retrieved])),
+            "k_effective": len(retrieved),
+        }
         share = (training_share_female or {}).get(occupation)
         if share is not None:
             desired = (share, 1.0 - share)
-            row.update(share_female_training=share,
-                       max_skew_vs_training=max_skew_at_k(retrieved, config.skew_k, desired, ("female", "male")),
-                       ndkl_vs_training=ndkl(retrieved, desired, ("female", "male")))
+            row.update(
+                share_female_training=share,
+                max_skew_vs_training=max_skew_at_k(retrieved, config.skew_k, desired, ("female", "male")),
+                ndkl_vs_training=ndkl(retrieved, desired, ("female", "male")),
+            )
             skews_training.append(row["max_skew_vs_training"])
             ndkls_training.append(row["ndkl_vs_training"])
         per_query.append(row)
 
-    labelled = np.flatnonzero(test["true_occupation"].is_not_null().to_numpy() & np.isin(group_array, ["female", "male"]))
+    labelled = np.flatnonzero(
+        test["true_occupation"].is_not_null().to_numpy() & np.isin(group_array, ["female", "male"])
+    )
     fairness: dict[str, Any] = {}
     if len(labelled):
         class_vectors = np.stack(
-            [model.encode_texts([fill_template(t, occupation=o) for t in config.query_templates]).mean(axis=0) for o in occupations]
+            [
+                model.encode_texts([fill_template(t, occupation=o) for t in config.query_templates]).mean(axis=0)
+                for o in occupations
+            ]
         )
         predicted = np.array(occupations, dtype=object)[np.argmax(image_vectors[labelled] @ class_vectors.T, axis=1)]
         fairness = group_fairness(
-            np.array(test["true_occupation"].to_list(), dtype=object)[labelled], predicted, group_array[labelled],
-            min_group_size=config.min_group_size, n_boot=config.n_boot, seed=stream_seed(seed, "downstream-fairness-bootstrap"),
+            np.array(test["true_occupation"].to_list(), dtype=object)[labelled],
+            predicted,
+            group_array[labelled],
+            min_group_size=config.min_group_size,
+            n_boot=config.n_boot,
+            seed=stream_seed(seed, "downstream-fairness-bootstrap"),
         )
     return {
         "recall": recall,
@@ -179,8 +195,9 @@ def evaluate_generation(
         matches: the retrieve stage's matches (caption indicators, for the ideal learner), or None.
         dataset_predictions: classify_dataset@N's labels of dataset N, or None (no ``amplification_vs_training_dataset``).
     """
-    paradox = paradox_table(train_predictions, generated_predictions, confusion, n_boot=config.n_boot, seed=seed,
-                            matches=matches)
+    paradox = paradox_table(
+        train_predictions, generated_predictions, confusion, n_boot=config.n_boot, seed=seed, matches=matches
+    )
     main = paradox["prompt_vs_keyword"]
     metrics = {
         "generation": generation,
@@ -188,8 +205,10 @@ def evaluate_generation(
         "amplification_corrected": headline(main.get("corrected")),
         "amplification_true": headline(main.get("true")),
         "per_occupation": (main.get("measured") or {}).get("per_occupation", []),
-        "paradox": {name: {kind: headline(entry.get(kind)) for kind in ("measured", "corrected", "true")}
-                    for name, entry in paradox.items()},
+        "paradox": {
+            name: {kind: headline(entry.get(kind)) for kind in ("measured", "corrected", "true")}
+            for name, entry in paradox.items()
+        },
         "generator": generator_quality(generated_predictions),
         "downstream": downstream,
         "ideal": {name: entry.get("ideal") for name, entry in paradox.items()},
@@ -198,7 +217,8 @@ def evaluate_generation(
     }
     if dataset_predictions is not None:
         metrics["amplification_vs_training_dataset"] = amplification_vs_training_dataset(
-            train_predictions, dataset_predictions, generated_predictions, confusion, config.n_boot, seed)
+            train_predictions, dataset_predictions, generated_predictions, confusion, config.n_boot, seed
+        )
     return metrics
 
 
@@ -211,12 +231,15 @@ def training_shares(train_predictions: pl.DataFrame, dataset_predictions: pl.Dat
     still has a finite MaxSkew against it (``ln(1 / share)`` would be infinite).
     """
     counts = count_table(training_dataset_rows(train_predictions, dataset_predictions))
-    return {row["occupation"]: (row["n_female"] + 1) / (row["n_female"] + row["n_male"] + 2)
-            for row in counts.iter_rows(named=True)}
+    return {
+        row["occupation"]: (row["n_female"] + 1) / (row["n_female"] + row["n_male"] + 2)
+        for row in counts.iter_rows(named=True)
+    }
 
 
-def training_dataset_rows(train_predictions: pl.DataFrame, dataset_predictions: pl.DataFrame,
-                          selection: str = "keyword") -> pl.DataFrame:
+def training_dataset_rows(
+    train_predictions: pl.DataFrame, dataset_predictions: pl.DataFrame, selection: str = "keyword"
+) -> pl.DataFrame:
     """The rows of a generation's training dataset behind one real selection.
 
     A dataset row belongs to occupation ``o`` when its ``source_id`` (the real caption it was made from)
@@ -230,13 +253,20 @@ def training_dataset_rows(train_predictions: pl.DataFrame, dataset_predictions: 
     Returns:
         ``occupation, id, source_id, synthetic, label`` (and the other label columns).
     """
-    selected = train_predictions.filter(pl.col("selection") == selection).select("occupation", pl.col("id").alias("source_id"))
+    selected = train_predictions.filter(pl.col("selection") == selection).select(
+        "occupation", pl.col("id").alias("source_id")
+    )
     return selected.unique(maintain_order=True).join(dataset_predictions, on="source_id", how="inner")
 
 
-def amplification_vs_training_dataset(train_predictions: pl.DataFrame, dataset_predictions: pl.DataFrame,
-                                      generated_predictions: pl.DataFrame, confusion: dict[str, float] | None,
-                                      n_boot: int, seed: int) -> dict[str, Any]:
+def amplification_vs_training_dataset(
+    train_predictions: pl.DataFrame,
+    dataset_predictions: pl.DataFrame,
+    generated_predictions: pl.DataFrame,
+    confusion: dict[str, float] | None,
+    n_boot: int,
+    seed: int,
+) -> dict[str, Any]:
     """Generation N's neutral-prompt images against the dataset generation N trained on (``keyword`` captions).
 
     Same table as the headline ``amplification`` (:func:`biasloop.metrics.amplification.amplification_table`,
@@ -253,9 +283,14 @@ def amplification_vs_training_dataset(train_predictions: pl.DataFrame, dataset_p
     real = train_predictions.filter(pl.col("selection") == "keyword")
     generated = generated_predictions.filter(pl.col("prompt_kind") == "neutral")
     if rows.is_empty() or generated.is_empty() or real.is_empty():
-        return {"available": False, "reason": "no keyword-selected rows in the training dataset or no neutral-prompt images"}
+        return {
+            "available": False,
+            "reason": "no keyword-selected rows in the training dataset or no neutral-prompt images",
+        }
     bootstrap = stream_seed(seed, "amplification-bootstrap")
-    table = amplification_table(count_table(rows), count_table(generated), n_boot=n_boot, seed=bootstrap, confusion=confusion)
+    table = amplification_table(
+        count_table(rows), count_table(generated), n_boot=n_boot, seed=bootstrap, confusion=confusion
+    )
     drift = amplification_table(count_table(real), count_table(rows), n_boot=n_boot, seed=bootstrap)
     return {
         "available": True,
@@ -279,12 +314,18 @@ def instrument_on_generated(generated: pl.DataFrame) -> dict[str, Any]:
     """
     overall = instrument_agreement(generated)
     if overall is None:
-        return {"available": False,
-                "reason": "the generated images have no oracle_label (the corpus is not the glyph world)"}
+        return {
+            "available": False,
+            "reason": "the generated images have no oracle_label (the corpus is not the glyph world)",
+        }
     kinds = sorted(generated["prompt_kind"].unique().to_list()) if "prompt_kind" in generated.columns else []
-    return {"available": True, "all": overall,
-            "by_prompt_kind": {kind: instrument_agreement(generated.filter(pl.col("prompt_kind") == kind))
-                               for kind in kinds}}
+    return {
+        "available": True,
+        "all": overall,
+        "by_prompt_kind": {
+            kind: instrument_agreement(generated.filter(pl.col("prompt_kind") == kind)) for kind in kinds
+        },
+    }
 
 
 def perceived_groups(test: pl.DataFrame, instrument_dir: str | None, device: str, threshold: float) -> list:

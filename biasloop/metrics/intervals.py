@@ -19,6 +19,7 @@ import numpy as np
 
 from biasloop.metrics import estimands
 
+
 def wilson_interval(successes: int, n: int, alpha: float = 0.05) -> list[float] | None:
     """Wilson score interval of a proportion ``successes / n`` (95% by default); None when ``n`` is 0."""
     if n <= 0:
@@ -29,8 +30,13 @@ def wilson_interval(successes: int, n: int, alpha: float = 0.05) -> list[float] 
     return [float(lo), float(hi)]
 
 
-def bootstrap_interval(statistic: Callable[[np.ndarray], float | None], n_items: int, n_boot: int,
-                       rng: np.random.Generator, level: float = 0.95) -> list[float] | None:
+def bootstrap_interval(
+    statistic: Callable[[np.ndarray], float | None],
+    n_items: int,
+    n_boot: int,
+    rng: np.random.Generator,
+    level: float = 0.95,
+) -> list[float] | None:
     """Percentile bootstrap interval of ``statistic(indices)`` over resamples of ``range(n_items)``.
 
     Args:

@@ -13,7 +13,7 @@ and the shift's interval from the pair bootstrap with the observed majorities he
 
 A pair table holds, per occupation, the counts of pairs by (training label, generated label), each
 ``female``/``male``/``abstain``: ``cells[o, i, j]`` with ``i``, ``j`` indexing
-:data:`biasloop.models.labelling.LABELS`.
+:data:`biasloop.core.labels.LABELS`.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from biasloop.core.labels import LABELS
 from biasloop.metrics.amplification import share_female, table_from_draws
-from biasloop.models.labelling import LABELS
 
 PAIR_COLUMNS = ("occupation", "train_label", "gen_label")
 
@@ -73,8 +73,10 @@ def side_counts(cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _shares(cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     train, gen = side_counts(cells)
-    return (np.asarray(share_female(train[..., 0], train[..., 1]), float),
-            np.asarray(share_female(gen[..., 0], gen[..., 1]), float))
+    return (
+        np.asarray(share_female(train[..., 0], train[..., 1]), float),
+        np.asarray(share_female(gen[..., 0], gen[..., 1]), float),
+    )
 
 
 def pair_correlation(cells: np.ndarray) -> np.ndarray:
@@ -187,8 +189,9 @@ def paired_amplification_table(
     null = swap_null_pairs(cells, n_boot, rng)
     phi = pair_correlation(cells)
     train, gen = side_counts(cells)
-    result = table_from_draws(names, train, gen, boot, null, rng=rng, confusion=confusion,
-                              correct_train=correct_train, phi=phi)
+    result = table_from_draws(
+        names, train, gen, boot, null, rng=rng, confusion=confusion, correct_train=correct_train, phi=phi
+    )
     n_pairs = cells.sum(axis=(-1, -2))
     for table in (result, result.get("corrected")):
         if table is None:

@@ -50,10 +50,27 @@ PAIRINGS = {
 PAIRED_BY_SOURCE = frozenset({"captions_vs_keyword"})
 # The aggregate keys of a table that :func:`headline` keeps (no per-occupation rows).
 HEADLINE_KEYS = (
-    "amplification_abs", "noise_floor_abs", "excess_abs", "excess_abs_ci", "p_value_abs",
-    "amplification_dir", "noise_floor_dir", "excess_dir", "excess_dir_ci", "p_value_dir",
-    "shift_to_majority", "shift_to_majority_ci", "mad_train", "mad_gen", "pearson",
-    "n_occupations", "n_images_train", "n_confident_train", "n_images_gen", "n_confident_gen", "n_pairs",
+    "amplification_abs",
+    "noise_floor_abs",
+    "excess_abs",
+    "excess_abs_ci",
+    "p_value_abs",
+    "amplification_dir",
+    "noise_floor_dir",
+    "excess_dir",
+    "excess_dir_ci",
+    "p_value_dir",
+    "shift_to_majority",
+    "shift_to_majority_ci",
+    "mad_train",
+    "mad_gen",
+    "pearson",
+    "n_occupations",
+    "n_images_train",
+    "n_confident_train",
+    "n_images_gen",
+    "n_confident_gen",
+    "n_pairs",
     "estimands",
 )
 
@@ -108,8 +125,10 @@ def with_indicators(train_predictions: pl.DataFrame, matches: pl.DataFrame | Non
     joined = train_predictions.join(indicators, on=["occupation", "id"], how="left", maintain_order="left")
     missing = joined.filter(pl.col("indicator").is_null())
     if len(missing):
-        raise ValueError(f"{len(missing)} selected captions are not in the matches (first: {missing['id'][0]!r}): "
-                         "selections and matches come from different retrieve runs")
+        raise ValueError(
+            f"{len(missing)} selected captions are not in the matches (first: {missing['id'][0]!r}): "
+            "selections and matches come from different retrieve runs"
+        )
     return joined
 
 
@@ -145,43 +164,75 @@ def paradox_table(
     """
     train_predictions = with_indicators(train_predictions, matches)
     amplification_seed = stream_seed(seed, "amplification-bootstrap")
-    has_truth = (
-        "true_gender" in train_predictions.columns and train_predictions["true_gender"].null_count() < len(train_predictions)
+    has_truth = "true_gender" in train_predictions.columns and train_predictions["true_gender"].null_count() < len(
+        train_predictions
     )
     result: dict[str, Any] = {}
     for index, (name, (prompt_kind, selection)) in enumerate(PAIRINGS.items()):
         train = train_predictions.filter(pl.col("selection") == selection)
         generated = generated_predictions.filter(pl.col("prompt_kind") == prompt_kind)
         if train.is_empty() or generated.is_empty():
-            result[name] = {"measured": None, "corrected": None, "true": None, "missing": True, "ideal": None,
-                            "decomposition": None}
+            result[name] = {
+                "measured": None,
+                "corrected": None,
+                "true": None,
+                "missing": True,
+                "ideal": None,
+                "decomposition": None,
+            }
             continue
         n_pairs = None
         if name in PAIRED_BY_SOURCE:
             train, generated = paired_by_source(train, generated)
             n_pairs = len(generated)
             if n_pairs == 0:
-                result[name] = {"measured": None, "corrected": None, "true": None, "missing": True, "n_pairs": 0,
-                                "ideal": None, "decomposition": None}
+                result[name] = {
+                    "measured": None,
+                    "corrected": None,
+                    "true": None,
+                    "missing": True,
+                    "n_pairs": 0,
+                    "ideal": None,
+                    "decomposition": None,
+                }
                 continue
         if n_pairs is not None:
             # Paired: whole pairs resampled, the null from within-pair label swaps.
-            def table(train_labels: pl.Series, correct_train: bool = True) -> dict[str, Any]:
-                pairs = pl.DataFrame({"occupation": generated["occupation"], "train_label": train_labels,
-                                      "gen_label": generated["label"]}).filter(pl.col("train_label").is_not_null())
-                return paired_amplification_table(pairs, n_boot=n_boot, seed=amplification_seed, confusion=confusion,
-                                                  correct_train=correct_train)
+            def table(train_labels: pl.Series, generated: pl.DataFrame, correct_train: bool = True) -> dict[str, Any]:
+                pairs = pl.DataFrame(
+                    {
+                        "occupation": generated["occupation"],
+                        "train_label": train_labels,
+                        "gen_label": generated["label"],
+                    }
+                ).filter(pl.col("train_label").is_not_null())
+                return paired_amplification_table(
+                    pairs, n_boot=n_boot, seed=amplification_seed, confusion=confusion, correct_train=correct_train
+                )
 
-            measured = table(train["label"])
-            truth = table(train["true_gender"], correct_train=False) if has_truth and confusion is not None else None
+            measured = table(train["label"], generated)
+            truth = (
+                table(train["true_gender"], generated, correct_train=False)
+                if has_truth and confusion is not None
+                else None
+            )
         else:
             generated_counts = count_table(generated)
-            measured = amplification_table(count_table(train), generated_counts, n_boot=n_boot,
-                                           seed=amplification_seed, confusion=confusion)
-            truth = amplification_table(
-                true_count_table(train), generated_counts, n_boot=n_boot, seed=amplification_seed, confusion=confusion,
-                correct_train=False,
-            ) if has_truth and confusion is not None else None
+            measured = amplification_table(
+                count_table(train), generated_counts, n_boot=n_boot, seed=amplification_seed, confusion=confusion
+            )
+            truth = (
+                amplification_table(
+                    true_count_table(train),
+                    generated_counts,
+                    n_boot=n_boot,
+                    seed=amplification_seed,
+                    confusion=confusion,
+                    correct_train=False,
+                )
+                if has_truth and confusion is not None
+                else None
+            )
         entry: dict[str, Any] = {"paired_by_source": name in PAIRED_BY_SOURCE, "n_pairs": n_pairs}
         entry["measured"] = {k: v for k, v in measured.items() if k != "corrected"}
         entry["corrected"] = measured.get("corrected")
@@ -189,8 +240,15 @@ def paradox_table(
         for kind in ("measured", "corrected", "true"):
             if entry[kind] is not None and n_pairs is not None:
                 entry[kind]["n_pairs"] = n_pairs
-        entry.update(decompose(train, generated, paired=name in PAIRED_BY_SOURCE, n_boot=n_boot,
-                               seed=stream_seed(seed, "decomposition-bootstrap", index)))
+        entry.update(
+            decompose(
+                train,
+                generated,
+                paired=name in PAIRED_BY_SOURCE,
+                n_boot=n_boot,
+                seed=stream_seed(seed, "decomposition-bootstrap", index),
+            )
+        )
         result[name] = entry
     return result
 
@@ -219,10 +277,17 @@ def table_rows(paradox: dict) -> list[dict]:
             if not table:
                 continue
             terms = decomposition_values(entry.get("decomposition")) if kind == "measured" else {}
-            rows.append({
-                "pairing": f"{name} ({kind})", "name": name, "kind": kind, **estimand_values(table),
-                **{term: terms.get(term) for term in ("data", "generator", "instrument")},
-                "noise_floor_abs": table.get("noise_floor_abs"), "excess_abs": table.get("excess_abs"),
-                "n_images_train": table.get("n_images_train"), "n_images_gen": table.get("n_images_gen"),
-            })
+            rows.append(
+                {
+                    "pairing": f"{name} ({kind})",
+                    "name": name,
+                    "kind": kind,
+                    **estimand_values(table),
+                    **{term: terms.get(term) for term in ("data", "generator", "instrument")},
+                    "noise_floor_abs": table.get("noise_floor_abs"),
+                    "excess_abs": table.get("excess_abs"),
+                    "n_images_train": table.get("n_images_train"),
+                    "n_images_gen": table.get("n_images_gen"),
+                }
+            )
     return rows

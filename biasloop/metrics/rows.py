@@ -20,8 +20,15 @@ def estimand_values(table: dict[str, Any] | None) -> dict[str, Any]:
     for name in ("shift", "gap"):
         value = estimands.get(name) or {}
         lo, hi = value.get("ci") or (None, None)
-        out.update({name: value.get("estimate"), f"{name}_lo": lo, f"{name}_hi": hi, f"{name}_p": value.get("p_value"),
-                    f"{name}_p_is_bound": value.get("p_value_is_bound")})
+        out.update(
+            {
+                name: value.get("estimate"),
+                f"{name}_lo": lo,
+                f"{name}_hi": hi,
+                f"{name}_p": value.get("p_value"),
+                f"{name}_p_is_bound": value.get("p_value_is_bound"),
+            }
+        )
     out["a_abs_raw"] = estimands.get("a_abs_raw", (table or {}).get("amplification_abs"))
     return out
 

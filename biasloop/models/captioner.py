@@ -59,7 +59,9 @@ class CaptionerConfig:
     max_length: int = 16  # longest caption generated, in tokens
     beam_size: int = 1  # vision-encoder-decoder: beams in generate (glyph-transformer decodes greedily)
     cpu_threads: int | None = None  # torch CPU threads while training/decoding (None: base.cpu_threads)
-    n_boot: int = 200  # bootstrap resamples of the test images/captions for the intervals of BLEU, ROUGE-L, CIDEr-D, LIC
+    n_boot: int = (
+        200  # bootstrap resamples of the test images/captions for the intervals of BLEU, ROUGE-L, CIDEr-D, LIC
+    )
     leakage: LeakageConfig = LeakageConfig()  # the LIC leakage classifier
 
     BACKEND_KEYS: ClassVar[dict[str, tuple[str, ...]]] = {  # keys only one backend reads (a warning otherwise)
@@ -90,7 +92,7 @@ class Vocabulary:
         self.index = {w: i for i, w in enumerate(self.words)}
 
     @classmethod
-    def build(cls, captions: Sequence[str], min_count: int = 1) -> "Vocabulary":
+    def build(cls, captions: Sequence[str], min_count: int = 1) -> Vocabulary:
         counts = Counter(t for c in captions for t in caption_tokens(c))
         return cls(sorted(w for w, n in counts.items() if n >= min_count))
 
@@ -143,8 +145,12 @@ def _build_network(config: CaptionerConfig, vocabulary_size: int, image_size: in
             nn.init.normal_(self.memory_positions, std=0.02)
             nn.init.normal_(self.positions, std=0.02)
             layer = nn.TransformerDecoderLayer(
-                config.d_model, config.heads, dim_feedforward=2 * config.d_model, dropout=config.dropout,
-                batch_first=True, norm_first=True,
+                config.d_model,
+                config.heads,
+                dim_feedforward=2 * config.d_model,
+                dropout=config.dropout,
+                batch_first=True,
+                norm_first=True,
             )
             self.decoder = nn.TransformerDecoder(layer, config.layers)
             self.norm = nn.LayerNorm(config.d_model)
@@ -204,8 +210,9 @@ class GlyphTransformerCaptioner:
             optimiser = torch.optim.AdamW(self.network.parameters(), lr=config.learning_rate, weight_decay=0.01)
             steps_per_epoch = -(-len(images) // config.batch_size)
             total = steps_per_epoch * config.epochs
-            schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=config.learning_rate, total_steps=total,
-                                                           pct_start=0.15)
+            schedule = torch.optim.lr_scheduler.OneCycleLR(
+                optimiser, max_lr=config.learning_rate, total_steps=total, pct_start=0.15
+            )
             loss_fn = torch.nn.CrossEntropyLoss(ignore_index=0)
             generator = torch.Generator().manual_seed(seed)
             self.network.train()
@@ -226,10 +233,21 @@ class GlyphTransformerCaptioner:
                         loss_value = float(loss.item())
                         bar.update(1)
             self.network.eval()
-        stats = {"seconds": time.perf_counter() - start, "steps": total, "final_loss": loss_value,
-                 "n_pairs": len(captions), "vocabulary_size": len(self.words)}
-        log.info("captioner: %d pairs, %d words, %d steps, final loss %.3f, %.1f s", len(captions), len(self.words),
-                 total, loss_value, stats["seconds"])
+        stats = {
+            "seconds": time.perf_counter() - start,
+            "steps": total,
+            "final_loss": loss_value,
+            "n_pairs": len(captions),
+            "vocabulary_size": len(self.words),
+        }
+        log.info(
+            "captioner: %d pairs, %d words, %d steps, final loss %.3f, %.1f s",
+            len(captions),
+            len(self.words),
+            total,
+            loss_value,
+            stats["seconds"],
+        )
         return stats
 
     def caption(self, images: np.ndarray, batch_size: int = 256) -> list[str]:
@@ -248,8 +266,10 @@ class GlyphTransformerCaptioner:
                 finished = torch.zeros(len(pixels), dtype=torch.bool, device=self.device)
                 for _ in range(self.config.max_length + 1):
                     logits = self.network(memory, tokens)[:, -1]
-                    logits[:, :bos + 1] = float("-inf")  # never <pad> or <bos>
-                    following = torch.where(finished, torch.full_like(finished, eos, dtype=torch.long), logits.argmax(-1))
+                    logits[:, : bos + 1] = float("-inf")  # never <pad> or <bos>
+                    following = torch.where(
+                        finished, torch.full_like(finished, eos, dtype=torch.long), logits.argmax(-1)
+                    )
                     tokens = torch.cat([tokens, following[:, None]], dim=1)
                     finished |= following == eos
                     if bool(finished.all()):
@@ -276,12 +296,16 @@ class VisionEncoderDecoderCaptioner:
         self.config = config
         self.device = device
         with cpu_threads(config.cpu_threads, device):
-            self.model = VisionEncoderDecoderModel.from_pretrained(folder, local_files_only=True, use_safetensors=True).to(device)
+            self.model = VisionEncoderDecoderModel.from_pretrained(
+                folder, local_files_only=True, use_safetensors=True
+            ).to(device)
         self.processor = AutoImageProcessor.from_pretrained(folder, local_files_only=True)
         self.tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
         generation = self.model.config
         if generation.decoder_start_token_id is None or generation.pad_token_id is None:
-            raise ValueError(f"{folder}: config needs decoder_start_token_id and pad_token_id for training and generation")
+            raise ValueError(
+                f"{folder}: config needs decoder_start_token_id and pad_token_id for training and generation"
+            )
         self.model.eval()
 
     @property
@@ -306,7 +330,9 @@ class VisionEncoderDecoderCaptioner:
             with cpu_threads(config.cpu_threads, self.device):
                 torch.manual_seed(seed)
                 optimiser = torch.optim.AdamW(self.model.parameters(), lr=config.learning_rate)
-                schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=config.learning_rate, total_steps=total)
+                schedule = torch.optim.lr_scheduler.OneCycleLR(
+                    optimiser, max_lr=config.learning_rate, total_steps=total
+                )
                 generator = torch.Generator().manual_seed(seed)
                 self.model.train()
                 with tqdm(total=total, desc="captioner steps", disable=not progress) as bar:
@@ -314,8 +340,13 @@ class VisionEncoderDecoderCaptioner:
                         order = torch.randperm(len(images), generator=generator).tolist()
                         for batch_start in range(0, len(order), config.batch_size):
                             batch = order[batch_start : batch_start + config.batch_size]
-                            text = self.tokenizer([captions[i] for i in batch], padding=True, truncation=True,
-                                                  max_length=config.max_length + 2, return_tensors="pt")
+                            text = self.tokenizer(
+                                [captions[i] for i in batch],
+                                padding=True,
+                                truncation=True,
+                                max_length=config.max_length + 2,
+                                return_tensors="pt",
+                            )
                             labels = text["input_ids"].masked_fill(text["attention_mask"] == 0, -100).to(self.device)
                             loss = self.model(pixel_values=self._pixels(images[batch]), labels=labels).loss
                             optimiser.zero_grad()
@@ -325,7 +356,12 @@ class VisionEncoderDecoderCaptioner:
                             loss_value = float(loss.item())
                             bar.update(1)
                 self.model.eval()
-        return {"seconds": time.perf_counter() - start, "steps": total, "final_loss": loss_value, "n_pairs": len(captions)}
+        return {
+            "seconds": time.perf_counter() - start,
+            "steps": total,
+            "final_loss": loss_value,
+            "n_pairs": len(captions),
+        }
 
     def caption(self, images: np.ndarray, batch_size: int = 64) -> list[str]:
         import torch
@@ -335,7 +371,8 @@ class VisionEncoderDecoderCaptioner:
             for start in range(0, len(images), batch_size):
                 generated = self.model.generate(
                     pixel_values=self._pixels(images[start : start + batch_size]),
-                    max_new_tokens=self.config.max_length, num_beams=self.config.beam_size,
+                    max_new_tokens=self.config.max_length,
+                    num_beams=self.config.beam_size,
                 )
                 out.extend(t.strip() for t in self.tokenizer.batch_decode(generated, skip_special_tokens=True))
         return out

@@ -57,7 +57,9 @@ def build_classifier(config: ClassifierConfig, classes: int) -> Any:
     try:
         import timm
     except ImportError as exc:  # pragma: no cover - timm comes with open_clip in the locked environment
-        raise ValueError(f"classifier.architecture: {config.architecture!r} needs timm, which is not installed") from exc
+        raise ValueError(
+            f"classifier.architecture: {config.architecture!r} needs timm, which is not installed"
+        ) from exc
     if not timm.is_model(config.architecture):
         raise ValueError(f"classifier.architecture: {config.architecture!r} is neither {SMALL_CNN!r} nor a timm model")
     return timm.create_model(config.architecture, pretrained=False, num_classes=classes)
@@ -66,7 +68,9 @@ def build_classifier(config: ClassifierConfig, classes: int) -> Any:
 class OccupationClassifier:
     """A trained network and its class names; :meth:`predict` returns occupation names."""
 
-    def __init__(self, network: Any, classes: list[str], config: ClassifierConfig, image_size: int, device: str) -> None:
+    def __init__(
+        self, network: Any, classes: list[str], config: ClassifierConfig, image_size: int, device: str
+    ) -> None:
         self.network = network
         self.classes = classes
         self.config = config
@@ -87,7 +91,11 @@ class OccupationClassifier:
 
 
 def train_classifier(
-    images: np.ndarray, labels: Sequence[str], config: ClassifierConfig, seed: int, device: str = "cpu",
+    images: np.ndarray,
+    labels: Sequence[str],
+    config: ClassifierConfig,
+    seed: int,
+    device: str = "cpu",
     progress: bool = True,
 ) -> tuple[OccupationClassifier, dict[str, Any]]:
     """Train the occupation classifier from scratch with cross-entropy, AdamW and a one-cycle schedule.
@@ -123,8 +131,9 @@ def train_classifier(
         targets = torch.tensor([index[label] for label in labels], device=device)
         optimiser = torch.optim.AdamW(network.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
         total = -(-len(images) // config.batch_size) * config.epochs
-        schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=config.learning_rate, total_steps=total,
-                                                       pct_start=0.2)
+        schedule = torch.optim.lr_scheduler.OneCycleLR(
+            optimiser, max_lr=config.learning_rate, total_steps=total, pct_start=0.2
+        )
         generator = torch.Generator().manual_seed(seed)
         loss_value = float("nan")
         network.train()
@@ -145,8 +154,21 @@ def train_classifier(
                     bar.update(1)
         network.eval()
     classifier = OccupationClassifier(network, classes, config, image_size, device)
-    stats = {"seconds": time.perf_counter() - start, "steps": total, "final_loss": loss_value,
-             "n_images": len(images), "classes": classes, "architecture": config.architecture}
-    log.info("occupation classifier %s: %d images, %d classes, %d steps, final loss %.3f, %.1f s",
-             config.architecture, len(images), len(classes), total, loss_value, stats["seconds"])
+    stats = {
+        "seconds": time.perf_counter() - start,
+        "steps": total,
+        "final_loss": loss_value,
+        "n_images": len(images),
+        "classes": classes,
+        "architecture": config.architecture,
+    }
+    log.info(
+        "occupation classifier %s: %d images, %d classes, %d steps, final loss %.3f, %.1f s",
+        config.architecture,
+        len(images),
+        len(classes),
+        total,
+        loss_value,
+        stats["seconds"],
+    )
     return classifier, stats

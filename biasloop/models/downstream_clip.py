@@ -97,7 +97,11 @@ class DownstreamCLIP:
 
 
 def train_downstream_clip(
-    images: np.ndarray, captions: list[str], config: DownstreamConfig, seed: int, device: str = "cpu",
+    images: np.ndarray,
+    captions: list[str],
+    config: DownstreamConfig,
+    seed: int,
+    device: str = "cpu",
     progress: bool = True,
 ) -> tuple[DownstreamCLIP, dict[str, Any]]:
     """Train an open_clip model from scratch with its contrastive loss (``open_clip.ClipLoss``).
@@ -132,8 +136,9 @@ def train_downstream_clip(
         optimiser = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
         steps_per_epoch = -(-len(images) // config.batch_size)
         total = steps_per_epoch * config.epochs
-        schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=config.learning_rate, total_steps=total,
-                                                       pct_start=0.1)
+        schedule = torch.optim.lr_scheduler.OneCycleLR(
+            optimiser, max_lr=config.learning_rate, total_steps=total, pct_start=0.1
+        )
         all_tokens = wrapper.tokenizer(list(captions))
         all_images = wrapper.image_batch(images)
         generator = torch.Generator().manual_seed(seed)
@@ -161,11 +166,22 @@ def train_downstream_clip(
                 bar.update(1)
         bar.close()
         model.eval()
-    stats = {"seconds": time.perf_counter() - start, "steps": total, "final_loss": loss_value,
-             "n_pairs": len(captions), "model": config.model,
-             "logit_scale": float(model.logit_scale.detach().exp().item())}
-    log.info("downstream CLIP %s: %d pairs, %d steps, final loss %.3f, %.1f s", config.model, len(captions), total,
-             loss_value, stats["seconds"])
+    stats = {
+        "seconds": time.perf_counter() - start,
+        "steps": total,
+        "final_loss": loss_value,
+        "n_pairs": len(captions),
+        "model": config.model,
+        "logit_scale": float(model.logit_scale.detach().exp().item()),
+    }
+    log.info(
+        "downstream CLIP %s: %d pairs, %d steps, final loss %.3f, %.1f s",
+        config.model,
+        len(captions),
+        total,
+        loss_value,
+        stats["seconds"],
+    )
     return wrapper, stats
 
 
@@ -193,8 +209,11 @@ def load_downstream(folder: str | Path, device: str = "cpu") -> DownstreamCLIP:
     folder = Path(folder)
     manifest_path = folder / MANIFEST
     manifest = read_manifest(manifest_path, "a downstream CLIP folder (run retrain/pretrain)")
-    config = from_dict(DownstreamConfig, manifest.get("config") or {"model": manifest_field(manifest, "model", manifest_path)},
-                       f"{manifest_path}: config")
+    config = from_dict(
+        DownstreamConfig,
+        manifest.get("config") or {"model": manifest_field(manifest, "model", manifest_path)},
+        f"{manifest_path}: config",
+    )
     open_clip = _open_clip()
     with cpu_threads(config.cpu_threads, device):
         model = open_clip.create_model(config.model, pretrained=None, device=device)

@@ -57,7 +57,11 @@ class InstrumentConfig:
     epochs: int = 20  # locked-text-clip: passes over the training pairs (per fold model)
     batch_size: int = 256  # locked-text-clip: pairs per contrastive batch
     learning_rate: float = 3e-3  # locked-text-clip: AdamW peak learning rate (one-cycle schedule)
-    gender_templates: tuple[str, ...] = ("a photo of {article} {gender}", "a portrait of {article} {gender}", "{article} {gender} at work")  # {gender} = woman / man
+    gender_templates: tuple[str, ...] = (
+        "a photo of {article} {gender}",
+        "a portrait of {article} {gender}",
+        "{article} {gender} at work",
+    )  # {gender} = woman / man
     occupation_templates: tuple[str, ...] = ("a photo of {article} {occupation}", "{article} {occupation} at work")
     labelled_csv: str | None = None  # real corpora: CSV (image_ref, true_gender) to measure accuracy on
     augment: bool = True  # locked-text-clip: random shifts, blur and noise in training (robust on generated images)
@@ -85,7 +89,10 @@ def occupation_prompts(templates: tuple[str, ...], occupation: str) -> list[str]
 
 def gender_prompts(templates: tuple[str, ...]) -> dict[str, list[str]]:
     """``{"female": [...], "male": [...]}``: each template with ``{gender}`` = woman / man."""
-    return {label: [fill_template(t, gender=noun) for t in templates] for label, noun in (("female", "woman"), ("male", "man"))}
+    return {
+        label: [fill_template(t, gender=noun) for t in templates]
+        for label, noun in (("female", "woman"), ("male", "man"))
+    }
 
 
 def _build_tower(widths: tuple[int, ...], embed_dim: int) -> Any:
@@ -160,9 +167,15 @@ class Instrument:
                 # Each "class name" is the class's tuple of ready prompts; template i picks prompt i.
                 templates = [lambda c, i=i: c[i] for i in range(len(prompts_per_class[0]))]
                 with torch.no_grad():
-                    weights = build_zero_shot_classifier(model, tokenizer, list(key), templates,
-                                                         num_classes_per_batch=None, device=self.device,
-                                                         use_tqdm=False)
+                    weights = build_zero_shot_classifier(
+                        model,
+                        tokenizer,
+                        list(key),
+                        templates,
+                        num_classes_per_batch=None,
+                        device=self.device,
+                        use_tqdm=False,
+                    )
                 matrix = weights.T.float().cpu().numpy()
             else:
                 encoder = self._sentence_encoder()
@@ -188,8 +201,9 @@ class Instrument:
                     if tuple(batch.shape[-2:]) != size:
                         # Corpus images are square (ingestion centre-crops), so a resize is open_clip's
                         # resize + centre crop; antialias as PIL does when shrinking (512 px -> 224 px).
-                        batch = torch.nn.functional.interpolate(batch, size=size, mode="bicubic",
-                                                                align_corners=False, antialias=True).clamp(0, 1)
+                        batch = torch.nn.functional.interpolate(
+                            batch, size=size, mode="bicubic", align_corners=False, antialias=True
+                        ).clamp(0, 1)
                     features = model.encode_image((batch - mean.to(self.device)) / std.to(self.device)).float()
                 else:
                     self.image_tower.eval()
@@ -217,7 +231,11 @@ class Instrument:
         return self._probabilities(images, self._gender_classes(), batch_size, progress)[:, 0]
 
     def p_female_and_occupation(
-        self, images: np.ndarray | None, occupations: list[str], batch_size: int = 512, progress: bool = False,
+        self,
+        images: np.ndarray | None,
+        occupations: list[str],
+        batch_size: int = 512,
+        progress: bool = False,
         image_vectors: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`p_female` and :meth:`occupation_probs` from one pass of the image tower (each image encoded once).
@@ -273,8 +291,9 @@ def _load_open_clip(instrument: Instrument) -> None:
     open_clip = _open_clip()  # with the repository's model configs (biasloop-tiny-clip) registered
     config = instrument.config
     # weights_only: a checkpoint file is never unpickled beyond tensors
-    model, _, _ = open_clip.create_model_and_transforms(config.model, pretrained=config.pretrained,
-                                                        device=instrument.device, weights_only=True)
+    model, _, _ = open_clip.create_model_and_transforms(
+        config.model, pretrained=config.pretrained, device=instrument.device, weights_only=True
+    )
     model.eval()
     size = getattr(model.visual, "image_size", 224)
     size = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
@@ -285,7 +304,11 @@ def _load_open_clip(instrument: Instrument) -> None:
 
 
 def train_locked_text_clip(
-    config: InstrumentConfig, images: np.ndarray, captions: list[str], seed: int, device: str = "cpu",
+    config: InstrumentConfig,
+    images: np.ndarray,
+    captions: list[str],
+    seed: int,
+    device: str = "cpu",
     progress: bool = True,
 ) -> tuple[Instrument, dict[str, Any]]:
     """Train the image tower against the frozen sentence encoder's caption embeddings (InfoNCE).
@@ -330,12 +353,14 @@ def train_locked_text_clip(
 
         tower = _build_tower(config.widths, text_vectors.shape[1]).to(device)
         log_scale = torch.nn.Parameter(torch.tensor(float(np.log(30.0)), device=device))
-        optimiser = torch.optim.AdamW(list(tower.parameters()) + [log_scale], lr=config.learning_rate,
-                                      weight_decay=1e-4)
+        optimiser = torch.optim.AdamW(
+            list(tower.parameters()) + [log_scale], lr=config.learning_rate, weight_decay=1e-4
+        )
         steps_per_epoch = -(-len(images) // config.batch_size)
         total = steps_per_epoch * config.epochs
-        schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=config.learning_rate, total_steps=total,
-                                                       pct_start=0.15)
+        schedule = torch.optim.lr_scheduler.OneCycleLR(
+            optimiser, max_lr=config.learning_rate, total_steps=total, pct_start=0.15
+        )
         generator = torch.Generator().manual_seed(seed)
         loss_value = float("nan")
         bar = tqdm(total=total, desc="instrument steps", disable=not progress)
@@ -366,11 +391,24 @@ def train_locked_text_clip(
         bar.close()
     instrument.image_tower = tower.eval()
     instrument.logit_scale = float(log_scale.detach().exp().clamp(max=100).item())
-    stats = {"seconds": time.perf_counter() - start, "text_seconds": text_seconds, "epochs": config.epochs,
-             "steps": total, "final_loss": loss_value, "n_pairs": len(captions), "n_unique_captions": len(unique),
-             "logit_scale": instrument.logit_scale}
-    log.info("locked-text CLIP: %d pairs, %d steps, final loss %.3f, temperature 1/%.1f, %.1f s",
-             len(captions), total, loss_value, instrument.logit_scale, stats["seconds"])
+    stats = {
+        "seconds": time.perf_counter() - start,
+        "text_seconds": text_seconds,
+        "epochs": config.epochs,
+        "steps": total,
+        "final_loss": loss_value,
+        "n_pairs": len(captions),
+        "n_unique_captions": len(unique),
+        "logit_scale": instrument.logit_scale,
+    }
+    log.info(
+        "locked-text CLIP: %d pairs, %d steps, final loss %.3f, temperature 1/%.1f, %.1f s",
+        len(captions),
+        total,
+        loss_value,
+        instrument.logit_scale,
+        stats["seconds"],
+    )
     return instrument, stats
 
 

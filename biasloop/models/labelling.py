@@ -46,6 +46,7 @@ import numpy as np
 import polars as pl
 
 from biasloop.core.io import load_images
+from biasloop.core.labels import LABELS
 from biasloop.core.seeds import stream_seed
 from biasloop.models.instrument import (
     Instrument,
@@ -57,8 +58,6 @@ from biasloop.models.instrument import (
 )
 
 log = logging.getLogger(__name__)
-
-LABELS = ("female", "male", "abstain")  # what a labeller says of an image
 
 
 def label_from_p(p_female: Sequence[float] | np.ndarray, threshold: float = 0.1) -> np.ndarray:
@@ -96,9 +95,7 @@ def confusion_rates(true_gender: Sequence[str | None], predicted_label: Sequence
         raise ValueError(f"{len(truth)} true genders but {len(predicted)} predicted labels")
     known = truth != ""
     truth, predicted = truth[known], predicted[known]
-    counts = {
-        f"{t}_as_{p}": int(np.sum((truth == t) & (predicted == p))) for t in ("female", "male") for p in LABELS
-    }
+    counts = {f"{t}_as_{p}": int(np.sum((truth == t) & (predicted == p))) for t in ("female", "male") for p in LABELS}
     female_confident = counts["female_as_female"] + counts["female_as_male"]
     male_confident = counts["male_as_female"] + counts["male_as_male"]
     n_confident = female_confident + male_confident
@@ -112,6 +109,8 @@ def confusion_rates(true_gender: Sequence[str | None], predicted_label: Sequence
         "n_confident": int(n_confident),
         "confusion": counts,
     }
+
+
 MANIFEST = "labeller.json"
 FOLDS_TABLE = "folds.parquet"
 
@@ -209,28 +208,40 @@ class CrossFittedInstrument:
         own = np.array([self.fold_of_ref.get(ref, -1) for ref in image_refs], dtype=np.int64)
         return np.where(own >= 0, own, mixture)
 
-    def _per_fold(self, fold: np.ndarray, width: int, compute: Callable[[Instrument, np.ndarray], np.ndarray]) -> np.ndarray:
+    def _per_fold(
+        self, fold: np.ndarray, width: int, compute: Callable[[Instrument, np.ndarray], np.ndarray]
+    ) -> np.ndarray:
         out = np.zeros((len(fold), width), dtype=np.float64)
         for k in np.unique(fold).tolist():
             rows = np.flatnonzero(fold == k)
             out[rows] = compute(self.models[k], rows).reshape(len(rows), width)
         return out
 
-    def p_female(self, images: np.ndarray, image_refs: Sequence[str], batch_size: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    def p_female(
+        self, images: np.ndarray, image_refs: Sequence[str], batch_size: int = 512
+    ) -> tuple[np.ndarray, np.ndarray]:
         """``(p_female, fold)`` per image, each from the model :meth:`fold_for` picks."""
         fold = self._fold_checked(images, image_refs)
         p = self._per_fold(fold, 1, lambda model, rows: model.p_female(images[rows], batch_size=batch_size))
         return p[:, 0], fold
 
-    def occupation_probs(self, images: np.ndarray, image_refs: Sequence[str], occupations: list[str],
-                         batch_size: int = 512) -> np.ndarray:
+    def occupation_probs(
+        self, images: np.ndarray, image_refs: Sequence[str], occupations: list[str], batch_size: int = 512
+    ) -> np.ndarray:
         """``(n, len(occupations))`` zero-shot probabilities, each row from the model :meth:`fold_for` picks."""
         fold = self._fold_checked(images, image_refs)
-        return self._per_fold(fold, len(occupations),
-                              lambda model, rows: model.occupation_probs(images[rows], occupations, batch_size=batch_size))
+        return self._per_fold(
+            fold,
+            len(occupations),
+            lambda model, rows: model.occupation_probs(images[rows], occupations, batch_size=batch_size),
+        )
 
     def p_female_and_occupation(
-        self, images: np.ndarray | None, image_refs: Sequence[str], occupations: list[str], batch_size: int = 512,
+        self,
+        images: np.ndarray | None,
+        image_refs: Sequence[str],
+        occupations: list[str],
+        batch_size: int = 512,
         image_vectors: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(p_female, occupation probabilities (n, K), fold)`` from one image-tower pass per image; with
@@ -259,8 +270,10 @@ class CrossFittedInstrument:
         folder.mkdir(parents=True, exist_ok=True)
         for k, model in enumerate(self.models):
             model.save(folder / f"fold{k}")
-        pl.DataFrame({"image_ref": list(self.fold_of_ref), "fold": list(self.fold_of_ref.values())},
-                     schema={"image_ref": pl.String, "fold": pl.Int64}).write_parquet(folder / FOLDS_TABLE)
+        pl.DataFrame(
+            {"image_ref": list(self.fold_of_ref), "fold": list(self.fold_of_ref.values())},
+            schema={"image_ref": pl.String, "fold": pl.Int64},
+        ).write_parquet(folder / FOLDS_TABLE)
         manifest = {"labels": self.labels, "folds": self.folds, "seed": self.seed, "backend": self.config.backend}
         (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
 
@@ -274,8 +287,12 @@ def load_labeller(folder: str | Path, device: str = "cpu") -> CrossFittedInstrum
     manifest = json.loads(manifest_path.read_text())
     models = [load_instrument(folder / f"fold{k}", device) for k in range(int(manifest["folds"]))]
     table = pl.read_parquet(folder / FOLDS_TABLE)
-    return CrossFittedInstrument(models, dict(zip(table["image_ref"].to_list(), table["fold"].to_list())),
-                                 int(manifest["seed"]), str(manifest["labels"]))
+    return CrossFittedInstrument(
+        models,
+        dict(zip(table["image_ref"].to_list(), table["fold"].to_list())),
+        int(manifest["seed"]),
+        str(manifest["labels"]),
+    )
 
 
 def train_labeller(
@@ -302,8 +319,9 @@ def train_labeller(
     """
     start = time.perf_counter()
     if config.backend != "locked-text-clip":
-        model, stats = train_or_load_instrument(config, None, None, occupations, seed=seed, device=device,
-                                                progress=progress)
+        model, stats = train_or_load_instrument(
+            config, None, None, occupations, seed=seed, device=device, progress=progress
+        )
         labels = "pretrained open_clip, not trained on this corpus: one model labels every image"
         return CrossFittedInstrument([model], {}, seed, labels), {**stats, "folds": 1, "labels": labels}
     if train is None or len(train) < 2:
@@ -315,16 +333,33 @@ def train_labeller(
     models, per_fold = [], []
     for k in range(config.folds):
         keep = fold != k
-        log.info("fold %d/%d: training on %d of %d images (fold %d held out)", k + 1, config.folds,
-                 int(keep.sum()), len(refs), k)
-        model, stats = train_or_load_instrument(config, images[keep], captions[keep].tolist(), occupations,
-                                                seed=stream_seed(seed, "instrument-fold", k), device=device,
-                                                progress=progress)
+        log.info(
+            "fold %d/%d: training on %d of %d images (fold %d held out)",
+            k + 1,
+            config.folds,
+            int(keep.sum()),
+            len(refs),
+            k,
+        )
+        model, stats = train_or_load_instrument(
+            config,
+            images[keep],
+            captions[keep].tolist(),
+            occupations,
+            seed=stream_seed(seed, "instrument-fold", k),
+            device=device,
+            progress=progress,
+        )
         models.append(model)
         per_fold.append({key: stats[key] for key in ("n_pairs", "seconds", "final_loss", "steps")})
     labels = f"cross-fitted, {config.folds} folds"
-    stats = {"seconds": time.perf_counter() - start, "folds": config.folds, "labels": labels,
-             "epochs_per_fold": config.epochs, "per_fold": per_fold}
+    stats = {
+        "seconds": time.perf_counter() - start,
+        "folds": config.folds,
+        "labels": labels,
+        "epochs_per_fold": config.epochs,
+        "per_fold": per_fold,
+    }
     return CrossFittedInstrument(models, dict(zip(refs, fold.tolist())), seed, labels), stats
 
 
@@ -354,12 +389,13 @@ def label_units(labeller: CrossFittedInstrument, image_refs: Sequence[str], batc
     units = []
     for k in np.unique(fold).tolist():
         rows = np.flatnonzero(fold == k)
-        units.extend(rows[start:start + batch_size] for start in range(0, len(rows), batch_size))
+        units.extend(rows[start : start + batch_size] for start in range(0, len(rows), batch_size))
     return units
 
 
-def encode_units(labeller: CrossFittedInstrument, image_refs: Sequence[str], units: Sequence[np.ndarray],
-                 batch_size: int) -> np.ndarray:
+def encode_units(
+    labeller: CrossFittedInstrument, image_refs: Sequence[str], units: Sequence[np.ndarray], batch_size: int
+) -> np.ndarray:
     """Image embeddings of the rows of ``units`` (from :func:`label_units`), each unit one forward pass of
     its fold's model: ``(sum of unit sizes, dim)`` float32, rows in the order of the units."""
     refs = list(image_refs)
@@ -412,8 +448,9 @@ def label_images(
     if not refs:
         p_female, fold = np.zeros(0), np.zeros(0, np.int64)
     elif occupations:  # each image through the image tower once, for both questions
-        p_female, probs, fold = labeller.p_female_and_occupation(images, refs, occupations, batch_size,
-                                                                 image_vectors=image_vectors)
+        p_female, probs, fold = labeller.p_female_and_occupation(
+            images, refs, occupations, batch_size, image_vectors=image_vectors
+        )
     else:
         p_female, fold = labeller.p_female(images, refs, batch_size)
     columns = [
@@ -428,7 +465,9 @@ def label_images(
                 raise ValueError(f"asked occupations {unknown} are not among the zero-shot classes {occupations}")
             column = np.array([occupations.index(o) for o in asked], dtype=np.int64)
             columns.append(pl.Series("p_occupation", probs[np.arange(len(refs)), column], dtype=pl.Float64))
-        columns.append(pl.Series("predicted_occupation", [occupations[i] for i in probs.argmax(axis=1)], dtype=pl.String))
+        columns.append(
+            pl.Series("predicted_occupation", [occupations[i] for i in probs.argmax(axis=1)], dtype=pl.String)
+        )
     return pl.DataFrame(columns)
 
 
@@ -454,24 +493,41 @@ def measure_labeller(
         The metrics; rates are None and ``status`` is ``unknown`` without labelled images.
     """
 
-    metrics: dict[str, Any] = {"status": "unknown", "accuracy": None, "abstain_rate": None, "tpr": None,
-                               "fpr": None, "confusion": None, "n": 0, "per_fold": None, "out_of_fold": None}
+    metrics: dict[str, Any] = {
+        "status": "unknown",
+        "accuracy": None,
+        "abstain_rate": None,
+        "tpr": None,
+        "fpr": None,
+        "confusion": None,
+        "n": 0,
+        "per_fold": None,
+        "out_of_fold": None,
+    }
     labelled = labelled_set(corpus, config)
     if labelled is not None:
         refs, genders, source = labelled
         labels = label_images(labeller, refs, threshold, batch_size)
-        metrics.update(confusion_rates(genders, labels["label"].to_list()), status="measured", labelled_source=source,
-                       n_labelled_in_training=sum(ref in labeller.fold_of_ref for ref in refs))
+        metrics.update(
+            confusion_rates(genders, labels["label"].to_list()),
+            status="measured",
+            labelled_source=source,
+            n_labelled_in_training=sum(ref in labeller.fold_of_ref for ref in refs),
+        )
         if labeller.folds > 1:
             images = load_images(refs)
             metrics["per_fold"] = [
-                {key: value for key, value in evaluate_instrument(model, images, genders, threshold, batch_size).items()
-                 if key in ("accuracy", "abstain_rate", "tpr", "fpr")}
+                {
+                    key: value
+                    for key, value in evaluate_instrument(model, images, genders, threshold, batch_size).items()
+                    if key in ("accuracy", "abstain_rate", "tpr", "fpr")
+                }
                 for model in labeller.models
             ]
     if labeller.fold_of_ref and "true_gender" in corpus.columns:
-        trained = corpus.filter(pl.col("image_ref").is_in(list(labeller.fold_of_ref))
-                                & pl.col("true_gender").is_in(["female", "male"]))
+        trained = corpus.filter(
+            pl.col("image_ref").is_in(list(labeller.fold_of_ref)) & pl.col("true_gender").is_in(["female", "male"])
+        )
         if len(trained):
             labels = label_images(labeller, trained["image_ref"].to_list(), threshold, batch_size)
             rates = confusion_rates(trained["true_gender"].to_list(), labels["label"].to_list())
@@ -481,7 +537,8 @@ def measure_labeller(
         test = corpus_split(corpus, "test").filter(pl.col("true_occupation").is_in(occupations))
         if len(test):
             predicted = label_images(labeller, test["image_ref"].to_list(), threshold, batch_size, occupations)
-            metrics["occupation_accuracy"] = float(np.mean(
-                predicted["predicted_occupation"].to_numpy() == test["true_occupation"].to_numpy()))
+            metrics["occupation_accuracy"] = float(
+                np.mean(predicted["predicted_occupation"].to_numpy() == test["true_occupation"].to_numpy())
+            )
             metrics["occupation_chance"] = 1.0 / len(occupations)
     return metrics

@@ -30,7 +30,9 @@ class LeakageConfig:
     layers: int = 1  # stacked bidirectional LSTM layers (Hirota et al.: 2)
     dropout: float = 0.3  # dropout on the embeddings and on the final states
     epochs: int = 60  # passes over the training captions
-    batch_size: int = 512  # distinct captions per batch (identical captions are weighted, see predict_gender_from_captions)
+    batch_size: int = (
+        512  # distinct captions per batch (identical captions are weighted, see predict_gender_from_captions)
+    )
     learning_rate: float = 0.02  # Adam learning rate
     align_vocabulary: bool = True  # human-caption words the captioner never writes become <unk>
     cpu_threads: int | None = None  # torch CPU threads (None: the stage's base.cpu_threads)
@@ -49,8 +51,11 @@ def _encode(token_lists: Sequence[Sequence[str]], index: dict[str, int]) -> tupl
 
 
 def predict_gender_from_captions(
-    train_tokens: Sequence[Sequence[str]], train_female: np.ndarray, test_tokens: Sequence[Sequence[str]],
-    config: LeakageConfig, seed: int,
+    train_tokens: Sequence[Sequence[str]],
+    train_female: np.ndarray,
+    test_tokens: Sequence[Sequence[str]],
+    config: LeakageConfig,
+    seed: int,
 ) -> np.ndarray:
     """Train one bidirectional-LSTM gender classifier on tokenised captions; predict held-out ones.
 
@@ -75,7 +80,9 @@ def predict_gender_from_captions(
     import torch.nn as nn
 
     if len(train_tokens) != len(train_female) or not len(train_tokens) or not len(test_tokens):
-        raise ValueError(f"{len(train_tokens)} training captions, {len(train_female)} labels, {len(test_tokens)} test captions")
+        raise ValueError(
+            f"{len(train_tokens)} training captions, {len(train_female)} labels, {len(test_tokens)} test captions"
+        )
     counts = Counter(t for tokens in train_tokens for t in tokens)
     index = {word: i + 2 for i, word in enumerate(sorted(counts))}  # 0 padding, 1 unknown
     label_counts: dict[tuple[str, ...], list[int]] = {}
@@ -92,14 +99,21 @@ def predict_gender_from_captions(
         def __init__(self) -> None:
             super().__init__()
             self.embed = nn.Embedding(len(index) + 2, config.embedding_dim, padding_idx=0)
-            self.lstm = nn.LSTM(config.embedding_dim, config.hidden_dim, num_layers=config.layers, bidirectional=True,
-                                batch_first=True, dropout=config.dropout if config.layers > 1 else 0.0)
+            self.lstm = nn.LSTM(
+                config.embedding_dim,
+                config.hidden_dim,
+                num_layers=config.layers,
+                bidirectional=True,
+                batch_first=True,
+                dropout=config.dropout if config.layers > 1 else 0.0,
+            )
             self.dropout = nn.Dropout(config.dropout)
             self.out = nn.Linear(2 * config.hidden_dim, 1)
 
         def forward(self, ids: Any, lengths: Any) -> Any:
-            packed = nn.utils.rnn.pack_padded_sequence(self.dropout(self.embed(ids)), lengths, batch_first=True,
-                                                       enforce_sorted=False)
+            packed = nn.utils.rnn.pack_padded_sequence(
+                self.dropout(self.embed(ids)), lengths, batch_first=True, enforce_sorted=False
+            )
             _, (hidden, _) = self.lstm(packed)
             final = torch.cat([hidden[-2], hidden[-1]], dim=1)  # last layer, forward and backward
             return self.out(self.dropout(final)).squeeze(1)
@@ -116,7 +130,9 @@ def predict_gender_from_captions(
                 batch = order[start : start + config.batch_size]
                 logits = model(train_ids[batch], train_lengths[batch])
                 # -log sigmoid(z) = softplus(-z); -log(1 - sigmoid(z)) = softplus(z)
-                loss = (n_female[batch] * nn.functional.softplus(-logits) + n_male[batch] * nn.functional.softplus(logits)).sum()
+                loss = (
+                    n_female[batch] * nn.functional.softplus(-logits) + n_male[batch] * nn.functional.softplus(logits)
+                ).sum()
                 loss = loss / (n_female[batch] + n_male[batch]).sum()
                 optimiser.zero_grad()
                 loss.backward()

@@ -6,7 +6,8 @@ drives DVC's queue (``biasloop study run --name NAME``); :mod:`biasloop.study.co
 experiments back from ``dvc exp show --json`` and aggregates them over seeds with the intervals and
 verdicts of :mod:`biasloop.study.inference` (primary endpoints plain, every other interval Holm-adjusted,
 equivalence only against a declared margin); :mod:`biasloop.study.outputs` writes
-``metrics/studies/<name>.json`` and ``plots/studies/<name>_*`` (``biasloop study collect``).
+``metrics/studies/<name>.json`` and ``plots/studies/<name>_*`` (``biasloop study collect``); :mod:`biasloop.study.generations` writes
+``params.yaml``'s generations lists for a count (a cell's, or ``biasloop generations N``).
 """
 
 from biasloop.study.config import EndpointConfig, StudyConfig, StudySpec, load_study_config

@@ -90,8 +90,9 @@ def read_metric(metrics: dict[str, Any] | None, template: str, generation: int) 
 
 
 def _is_numeric_axis(config: StudyConfig, axis: str) -> bool:
-    return axis != VARIANT and all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                   for v in config.axis_values(axis))
+    return axis != VARIANT and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in config.axis_values(axis)
+    )
 
 
 class _Values:
@@ -125,8 +126,14 @@ class _Values:
         return {s: a[s] - b[s] for s in both}, sorted(set(a) ^ set(b))
 
 
-def _describe(metric: str, generation: int | None, kind: str, at: dict[str, Any], slope_vs: str | None = None,
-              minus: dict[str, Any] | None = None) -> str:
+def _describe(
+    metric: str,
+    generation: int | None,
+    kind: str,
+    at: dict[str, Any],
+    slope_vs: str | None = None,
+    minus: dict[str, Any] | None = None,
+) -> str:
     where = ", ".join(f"{k}={v}" for k, v in at.items())
     gen = "" if generation is None else f" at generation {generation}"
     if kind == "slope":
@@ -139,18 +146,47 @@ def _describe(metric: str, generation: int | None, kind: str, at: dict[str, Any]
     return f"{text} ({where})" if where else text
 
 
-def _record(kind: str, metric: str, generation: int | None, at: dict[str, Any], per_seed: dict[int, float],
-            excluded: list[int], *, slope_vs: str | None = None, minus: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {"kind": kind, "metric": metric, "generation": generation, "at": at, "slope_vs": slope_vs,
-            "minus": minus, "seeds": sorted(per_seed), "excluded_seeds": excluded,
-            "label": _describe(metric, generation, kind, at, slope_vs, minus)}
+def _record(
+    kind: str,
+    metric: str,
+    generation: int | None,
+    at: dict[str, Any],
+    per_seed: dict[int, float],
+    excluded: list[int],
+    *,
+    slope_vs: str | None = None,
+    minus: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    return {
+        "kind": kind,
+        "metric": metric,
+        "generation": generation,
+        "at": at,
+        "slope_vs": slope_vs,
+        "minus": minus,
+        "seeds": sorted(per_seed),
+        "excluded_seeds": excluded,
+        "label": _describe(metric, generation, kind, at, slope_vs, minus),
+    }
 
 
-def _signature(kind: str, metric: str, generation: int | None, at: dict[str, Any], slope_vs: str | None,
-               minus: dict[str, Any] | None) -> tuple:
+def _signature(
+    kind: str,
+    metric: str,
+    generation: int | None,
+    at: dict[str, Any],
+    slope_vs: str | None,
+    minus: dict[str, Any] | None,
+) -> tuple:
     """What an interval estimates (secondary intervals that repeat a primary endpoint are left out)."""
-    return (kind, metric, generation, slope_vs, tuple(sorted((k, repr(v)) for k, v in at.items())),
-            tuple(sorted((k, repr(v)) for k, v in (minus or {}).items())))
+    return (
+        kind,
+        metric,
+        generation,
+        slope_vs,
+        tuple(sorted((k, repr(v)) for k, v in at.items())),
+        tuple(sorted((k, repr(v)) for k, v in (minus or {}).items())),
+    )
 
 
 def _endpoint_values(config: StudyConfig, values: _Values, endpoint: EndpointConfig):
@@ -165,10 +201,18 @@ def _endpoint_values(config: StudyConfig, values: _Values, endpoint: EndpointCon
         return ("slope", *values.slope(line, endpoint.metric), at, endpoint.generation)
     if endpoint.minus is not None:
         second = next(p for p in grid_points(config) if matches(p, {**endpoint.at, **endpoint.minus}))
-        return ("contrast", *values.contrast(points[0], second, endpoint.generation, endpoint.metric),
-                dict(points[0]), endpoint.generation)
-    return ("level", *values.level(points[0], endpoint.generation, endpoint.metric), dict(points[0]),
-            endpoint.generation)
+        return (
+            "contrast",
+            *values.contrast(points[0], second, endpoint.generation, endpoint.metric),
+            dict(points[0]),
+            endpoint.generation,
+        )
+    return (
+        "level",
+        *values.level(points[0], endpoint.generation, endpoint.metric),
+        dict(points[0]),
+        endpoint.generation,
+    )
 
 
 def _secondary(config: StudyConfig, values: _Values, metrics: list[str]) -> list[dict[str, Any]]:
@@ -182,8 +226,9 @@ def _secondary(config: StudyConfig, values: _Values, metrics: list[str]) -> list
         if "levels" in kinds:
             for point in grid_points(config):
                 per_seed, excluded = values.level(point, g, metric)
-                records.append({**_record("level", metric, g, point, per_seed, excluded), "margin": margin,
-                                "per_seed": per_seed})
+                records.append(
+                    {**_record("level", metric, g, point, per_seed, excluded), "margin": margin, "per_seed": per_seed}
+                )
         for axis in axes:
             others = [a for a in axes if a != axis]
             if len(config.axis_values(axis)) < 2:
@@ -194,32 +239,51 @@ def _secondary(config: StudyConfig, values: _Values, metrics: list[str]) -> list
                 if _is_numeric_axis(config, axis) and "slopes" in kinds:
                     line = sorted(((float(p[axis]), p, g) for p in line_points), key=lambda t: t[0])
                     per_seed, excluded = values.slope(line, metric)
-                    records.append({**_record("slope", metric, g, at, per_seed, excluded, slope_vs=axis),
-                                    "margin": margin, "per_seed": per_seed})
+                    records.append(
+                        {
+                            **_record("slope", metric, g, at, per_seed, excluded, slope_vs=axis),
+                            "margin": margin,
+                            "per_seed": per_seed,
+                        }
+                    )
                 elif not _is_numeric_axis(config, axis) and "contrasts" in kinds:
                     first = line_points[0]
                     for point in line_points[1:]:
                         per_seed, excluded = values.contrast(point, first, g, metric)
-                        records.append({**_record("contrast", metric, g, point, per_seed, excluded,
-                                                  minus={axis: first[axis]}), "margin": margin, "per_seed": per_seed})
+                        records.append(
+                            {
+                                **_record("contrast", metric, g, point, per_seed, excluded, minus={axis: first[axis]}),
+                                "margin": margin,
+                                "per_seed": per_seed,
+                            }
+                        )
     if "slopes" in kinds and len(generations) > 1:
         for metric, point in itertools.product(metrics, grid_points(config)):
             line = [(float(g), point, g) for g in generations]
             per_seed, excluded = values.slope(line, metric)
-            records.append({**_record("slope", metric, None, point, per_seed, excluded, slope_vs=GENERATION),
-                            "margin": config.spec.margins.get(metric), "per_seed": per_seed})
+            records.append(
+                {
+                    **_record("slope", metric, None, point, per_seed, excluded, slope_vs=GENERATION),
+                    "margin": config.spec.margins.get(metric),
+                    "per_seed": per_seed,
+                }
+            )
     return records
 
 
-def _resolve_metric_paths(config: StudyConfig, used: list[tuple[Experiment, Cell]]) -> tuple[dict[str, str | None], list[str]]:
+def _resolve_metric_paths(
+    config: StudyConfig, used: list[tuple[Experiment, Cell]]
+) -> tuple[dict[str, str | None], list[str]]:
     """Metric -> the key path read (the first every cell reports in every generation, else the most
     reported one), and a note per metric read from a fallback or not found."""
     chosen, notes = {}, []
     generations = range(config.generations)
     for metric in config.spec.metrics:
         candidates = config.metric_paths(metric)
-        coverage = [sum(read_metric(exp.metrics, path, g) is not None for exp, _ in used for g in generations)
-                    for path in candidates]
+        coverage = [
+            sum(read_metric(exp.metrics, path, g) is not None for exp, _ in used for g in generations)
+            for path in candidates
+        ]
         full = len(used) * config.generations
         best = next((i for i, c in enumerate(coverage) if c == full and full), None)
         if best is None:
@@ -239,12 +303,25 @@ def _expected_cells(config: StudyConfig, names: list[str] | None, by_name: dict[
     for name in names:  # explicit experiments: their cell and seed are read from their params
         exp = by_name.get(name)
         params = exp.params if exp else {}
-        point = next((p for p in grid_points(config) if all(
-            same_value(lookup(params, path), value) for path, value in _setting(config, p).items())), None)
+        point = next(
+            (
+                p
+                for p in grid_points(config)
+                if all(same_value(lookup(params, path), value) for path, value in _setting(config, p).items())
+            ),
+            None,
+        )
         seed = lookup(params, config.seed_params[0])
         coords = tuple((point or {}).items())
-        cells.append(Cell(name, cell_label(config, point) if point else "?", coords,
-                          tuple(_setting(config, point).items()) if point else (), -1 if seed is None else int(seed)))
+        cells.append(
+            Cell(
+                name,
+                cell_label(config, point) if point else "?",
+                coords,
+                tuple(_setting(config, point).items()) if point else (),
+                -1 if seed is None else int(seed),
+            )
+        )
     return cells
 
 
@@ -281,20 +358,35 @@ def collect_study(experiments: list[Experiment], config: StudyConfig, names: lis
         if exp is None:
             missing.append({**base, "state": "absent"})
             continue
-        cells.append({**base, "coords": dict(cell.coords), "state": exp.state, "rev": exp.rev,
-                      "baseline_rev": exp.baseline_rev, "baseline_name": exp.baseline_name, "timestamp": exp.timestamp,
-                      "generations": list(exp.params.get("generations") or []),
-                      "swept_params": {p: lookup(exp.params, p) for p in swept_paths}})
+        cells.append(
+            {
+                **base,
+                "coords": dict(cell.coords),
+                "state": exp.state,
+                "rev": exp.rev,
+                "baseline_rev": exp.baseline_rev,
+                "baseline_name": exp.baseline_name,
+                "timestamp": exp.timestamp,
+                "generations": list(exp.params.get("generations") or []),
+                "swept_params": {p: lookup(exp.params, p) for p in swept_paths},
+            }
+        )
         if exp.state == "failed":
             failed.append({**base, "error": exp.error, "log": exp.log, "logs_command": f"dvc queue logs {cell.name}"})
             continue
         if exp.state != "success":
             missing.append({**base, "state": exp.state})
             continue
-        wrong = [f"{p}={lookup(exp.params, p)!r} (expected {v!r})" for p, v in cell.setting
-                 if not same_value(lookup(exp.params, p), v)]
-        wrong += [f"{p}={lookup(exp.params, p)!r} (expected seed {cell.seed})" for p in config.seed_params
-                  if lookup(exp.params, p) is None or lookup(exp.params, p) != cell.seed]
+        wrong = [
+            f"{p}={lookup(exp.params, p)!r} (expected {v!r})"
+            for p, v in cell.setting
+            if not same_value(lookup(exp.params, p), v)
+        ]
+        wrong += [
+            f"{p}={lookup(exp.params, p)!r} (expected seed {cell.seed})"
+            for p in config.seed_params
+            if lookup(exp.params, p) is None or lookup(exp.params, p) != cell.seed
+        ]
         if not cell.coords or wrong:
             inconsistent.append(f"{cell.name}: params say {', '.join(wrong) or 'no cell of this study'}")
             continue
@@ -303,19 +395,28 @@ def collect_study(experiments: list[Experiment], config: StudyConfig, names: lis
     common_params: dict[str, Any] = {}
     if used:
         # The study sections configure this driver, not the pipeline: a grid extended later keeps its cells.
-        flats = [{k: v for k, v in flatten_params(exp.params).items() if k not in swept_paths
-                  and not k.startswith(("study.", "studies."))} for exp, _ in used]
+        flats = [
+            {
+                k: v
+                for k, v in flatten_params(exp.params).items()
+                if k not in swept_paths and not k.startswith(("study.", "studies."))
+            }
+            for exp, _ in used
+        ]
         keys = sorted(set().union(*flats))
         differing = [k for k in keys if any(f.get(k, "<absent>") != flats[0].get(k, "<absent>") for f in flats)]
         for key in differing:
             shown = sorted({repr(f.get(key, "<absent>")) for f in flats})
-            inconsistent.append(f"param {key} differs between cells ({', '.join(shown[:4])}); only "
-                                f"{', '.join(swept_paths)} may")
+            inconsistent.append(
+                f"param {key} differs between cells ({', '.join(shown[:4])}); only {', '.join(swept_paths)} may"
+            )
         common_params = unflatten_params({k: v for k, v in flats[0].items() if k not in differing})
         baselines = sorted({exp.baseline_rev for exp, _ in used})
         if len(baselines) > 1:
-            inconsistent.append(f"cells come from {len(baselines)} baseline commits ({', '.join(b[:7] for b in baselines)}): "
-                                "their code may differ; collect one baseline with --rev")
+            inconsistent.append(
+                f"cells come from {len(baselines)} baseline commits ({', '.join(b[:7] for b in baselines)}): "
+                "their code may differ; collect one baseline with --rev"
+            )
 
     metric_paths, notes = _resolve_metric_paths(config, used)
     metrics = [m for m in config.spec.metrics if metric_paths[m] is not None]
@@ -340,8 +441,12 @@ def collect_study(experiments: list[Experiment], config: StudyConfig, names: lis
         for metric in metrics:
             by_seed = values.get(point, g, metric)
             stats = t_interval(by_seed.values(), config.alpha)
-            entry["metrics"][metric] = {"mean": stats["estimate"], "sd": stats["sd"], "n": stats["n"],
-                                        "seeds": sorted(by_seed)}
+            entry["metrics"][metric] = {
+                "mean": stats["estimate"],
+                "sd": stats["sd"],
+                "n": stats["n"],
+                "seeds": sorted(by_seed),
+            }
         summary.append(entry)
 
     endpoints, primary_signatures = {}, set()
@@ -353,11 +458,18 @@ def collect_study(experiments: list[Experiment], config: StudyConfig, names: lis
         record = _record(kind, endpoint.metric, generation, at, per_seed, excluded, slope_vs=slope_vs, minus=minus)
         if endpoint.metric not in metrics:
             record["note"] = f"metric {endpoint.metric} not found in any cell"
-        endpoints[endpoint_name] = {**record, "primary": True, "metric_path": metric_paths.get(endpoint.metric),
-                                    **primary_record(list(per_seed.values()), config.alpha, endpoint.margin)}
-    secondary = [r for r in _secondary(config, values, metrics)
-                 if _signature(r["kind"], r["metric"], r["generation"], r["at"], r["slope_vs"], r["minus"])
-                 not in primary_signatures]
+        endpoints[endpoint_name] = {
+            **record,
+            "primary": True,
+            "metric_path": metric_paths.get(endpoint.metric),
+            **primary_record(list(per_seed.values()), config.alpha, endpoint.margin),
+        }
+    secondary = [
+        r
+        for r in _secondary(config, values, metrics)
+        if _signature(r["kind"], r["metric"], r["generation"], r["at"], r["slope_vs"], r["minus"])
+        not in primary_signatures
+    ]
     for record in secondary:
         per_seed = record.pop("per_seed")
         record.update(t_interval(per_seed.values(), config.alpha))
@@ -392,14 +504,24 @@ def _definition(config: StudyConfig) -> dict[str, Any]:
     from biasloop.core.config import to_dict
 
     spec = to_dict(config.spec)
-    return {"name": config.name, **spec, "seed_params": list(config.seed_params), "alpha": config.alpha,
-            "experiment_prefix": config.prefix, "n_cells": len(grid_points(config))}
+    return {
+        "name": config.name,
+        **spec,
+        "seed_params": list(config.seed_params),
+        "alpha": config.alpha,
+        "experiment_prefix": config.prefix,
+        "n_cells": len(grid_points(config)),
+    }
 
 
 def study_problems(study: dict[str, Any]) -> list[str]:
     """One line per failed, missing or inconsistent cell, and per missing metric value."""
-    lines = [f"failed: {f['name']} (cell {f['cell']}, seed {f['seed']}); see `{f['logs_command']}`" for f in study["failed"]]
+    lines = [
+        f"failed: {f['name']} (cell {f['cell']}, seed {f['seed']}); see `{f['logs_command']}`" for f in study["failed"]
+    ]
     lines += [f"missing: {m['name']} (cell {m['cell']}, seed {m['seed']}): {m['state']}" for m in study["missing"]]
     lines += [f"inconsistent: {line}" for line in study["inconsistent"]]
-    lines += [f"missing value: {m['name']} gen{m['generation']} {m['metric']} ({m['path']})" for m in study["missing_values"]]
+    lines += [
+        f"missing value: {m['name']} gen{m['generation']} {m['metric']} ({m['path']})" for m in study["missing_values"]
+    ]
     return lines

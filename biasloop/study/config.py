@@ -179,25 +179,30 @@ def _validate(config: StudyConfig) -> None:
     for path, values in spec.axes.items():
         if not values or any(isinstance(v, (dict, list, tuple)) or v is None for v in values):
             raise ConfigError(f"{where}.axes.{path}: a non-empty list of scalar values needed, found {list(values)}")
-        if any(same_value(a, b) for i, a in enumerate(values) for b in values[i + 1:]):
+        if any(same_value(a, b) for i, a in enumerate(values) for b in values[i + 1 :]):
             raise ConfigError(f"{where}.axes.{path}: values must be distinct, found {list(values)}")
     for variant, setting in spec.variants.items():
         if not NAME_PATTERN.match(variant) or not setting:
-            raise ConfigError(f"{where}.variants.{variant}: a name of letters, digits, '-', '_' and a non-empty "
-                              "mapping of param path -> value needed")
+            raise ConfigError(
+                f"{where}.variants.{variant}: a name of letters, digits, '-', '_' and a non-empty "
+                "mapping of param path -> value needed"
+            )
         if overlap := sorted(set(setting) & set(spec.axes)):
             raise ConfigError(f"{where}.variants.{variant}: {overlap[0]} is also an axis")
     if not spec.seeds or len({*spec.seeds, *spec.primary_seeds}) != len(spec.seeds) + len(spec.primary_seeds):
-        raise ConfigError(f"{where}.seeds, primary_seeds: distinct integers needed, found {list(spec.seeds)}, "
-                          f"{list(spec.primary_seeds)}")
+        raise ConfigError(
+            f"{where}.seeds, primary_seeds: distinct integers needed, found {list(spec.seeds)}, "
+            f"{list(spec.primary_seeds)}"
+        )
     if not settings.seed_params:
         raise ConfigError("study.seed_params: at least one param (base.seed) must carry the seed")
     if settings.jobs < 1 or settings.poll_seconds <= 0 or not 0 < settings.alpha < 1:
         raise ConfigError("study.jobs >= 1, study.poll_seconds > 0 and 0 < study.alpha < 1 needed")
     for metric in list(spec.metrics) + list(spec.margins):
         if metric not in settings.metrics:
-            raise ConfigError(f"{where}: metric {metric!r} is not in study.metrics "
-                              f"(known: {', '.join(settings.metrics)})")
+            raise ConfigError(
+                f"{where}: metric {metric!r} is not in study.metrics (known: {', '.join(settings.metrics)})"
+            )
     if unknown := sorted(set(spec.secondary) - set(SECONDARY_KINDS)):
         raise ConfigError(f"{where}.secondary: unknown kind {unknown[0]!r} (known: {', '.join(SECONDARY_KINDS)})")
     for endpoint_name, endpoint in spec.endpoints.items():
@@ -209,8 +214,9 @@ def _validate_endpoint(config: StudyConfig, where: str, endpoint: EndpointConfig
     if endpoint.metric not in spec.metrics:
         raise ConfigError(f"{where}.metric: {endpoint.metric!r} is not one of the study's metrics {list(spec.metrics)}")
     if not 0 <= endpoint.generation < spec.generations:
-        raise ConfigError(f"{where}.generation: {endpoint.generation} is not a generation of the study "
-                          f"(0..{spec.generations - 1})")
+        raise ConfigError(
+            f"{where}.generation: {endpoint.generation} is not a generation of the study (0..{spec.generations - 1})"
+        )
     if endpoint.slope_vs is not None and endpoint.minus is not None:
         raise ConfigError(f"{where}: slope_vs and minus exclude each other (a slope or a contrast)")
     axes = config.axis_names()
@@ -220,8 +226,10 @@ def _validate_endpoint(config: StudyConfig, where: str, endpoint: EndpointConfig
             if spec.generations < 2:
                 raise ConfigError(f"{where}.slope_vs: generation needs a study of at least 2 generations")
         elif endpoint.slope_vs not in spec.axes:
-            raise ConfigError(f"{where}.slope_vs: {endpoint.slope_vs!r} is not an axis of the study "
-                              f"(axes: {', '.join(spec.axes) or 'none'}; or 'generation')")
+            raise ConfigError(
+                f"{where}.slope_vs: {endpoint.slope_vs!r} is not an axis of the study "
+                f"(axes: {', '.join(spec.axes) or 'none'}; or 'generation')"
+            )
         elif any(not isinstance(v, (int, float)) or isinstance(v, bool) for v in spec.axes[endpoint.slope_vs]):
             raise ConfigError(f"{where}.slope_vs: {endpoint.slope_vs} has non-numeric values")
         else:
@@ -231,7 +239,9 @@ def _validate_endpoint(config: StudyConfig, where: str, endpoint: EndpointConfig
             if axis not in axes:
                 raise ConfigError(f"{where}.{key}: {axis!r} is not an axis of the study (axes: {', '.join(axes)})")
             if not any(same_value(value, v) for v in config.axis_values(axis)):
-                raise ConfigError(f"{where}.{key}.{axis}: {value!r} is not one of its values {config.axis_values(axis)}")
+                raise ConfigError(
+                    f"{where}.{key}.{axis}: {value!r} is not one of its values {config.axis_values(axis)}"
+                )
     if endpoint.minus is not None and not endpoint.minus:
         raise ConfigError(f"{where}.minus: name the axis values of the subtracted cell")
     unfixed = [a for a in axes if a not in varied and a not in endpoint.at and len(config.axis_values(a)) > 1]
@@ -289,7 +299,7 @@ def check_param_paths(config: StudyConfig, params: dict[str, Any]) -> None:
         ConfigError: naming the study key and the unknown path, with the closest existing paths.
     """
     leaves = [p for p in _leaf_paths({k: v for k, v in params.items() if k not in ("study", "studies")})]
-    named = [(f"study.seed_params", p) for p in config.seed_params]
+    named = [("study.seed_params", p) for p in config.seed_params]
     named += [(f"studies.{config.name}.axes", p) for p in config.spec.axes]
     named += [(f"studies.{config.name}.variants.{v}", p) for v, s in config.spec.variants.items() for p in s]
     for where, path in named:

@@ -104,18 +104,20 @@ def parse_exp_show(data: list[dict[str, Any]]) -> list[Experiment]:
             if state not in STATES:
                 raise ValueError(f"dvc exp show --json: experiment {group.get('name')!r} has unknown state {state!r}")
             local = executor.get("local") or {}
-            experiments.append(Experiment(
-                name=group.get("name") or last.get("name") or last["rev"][:7],
-                rev=last["rev"],
-                baseline_rev=baseline["rev"],
-                baseline_name=baseline.get("name"),
-                state=state,
-                params=_file_data(exp_data.get("params"), PARAMS_FILE) or {},
-                metrics=_file_data(exp_data.get("metrics"), METRICS_FILE) if state == "success" else None,
-                error=(error or {}).get("msg") if isinstance(error, dict) else error,
-                timestamp=exp_data.get("timestamp"),
-                log=local.get("log"),
-            ))
+            experiments.append(
+                Experiment(
+                    name=group.get("name") or last.get("name") or last["rev"][:7],
+                    rev=last["rev"],
+                    baseline_rev=baseline["rev"],
+                    baseline_name=baseline.get("name"),
+                    state=state,
+                    params=_file_data(exp_data.get("params"), PARAMS_FILE) or {},
+                    metrics=_file_data(exp_data.get("metrics"), METRICS_FILE) if state == "success" else None,
+                    error=(error or {}).get("msg") if isinstance(error, dict) else error,
+                    timestamp=exp_data.get("timestamp"),
+                    log=local.get("log"),
+                )
+            )
     return experiments
 
 
@@ -158,8 +160,9 @@ def run_dvc(args: list[str], dvc: str = "dvc", cwd: str | None = None, timeout: 
     # to its end would wait for the worker (the whole queue) to finish.
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         try:
-            returncode = subprocess.run([dvc, *args], stdout=out, stderr=err, stdin=subprocess.DEVNULL, cwd=cwd,
-                                        timeout=timeout).returncode
+            returncode = subprocess.run(
+                [dvc, *args], stdout=out, stderr=err, stdin=subprocess.DEVNULL, cwd=cwd, timeout=timeout
+            ).returncode
         except FileNotFoundError as exc:
             raise FileNotFoundError(f"{dvc}: not found (activate the project's environment)") from exc
         except subprocess.TimeoutExpired as exc:

@@ -75,8 +75,9 @@ def format_ratio(ratio: float) -> str:
 def axis_labels(paths: list[str]) -> dict[str, str]:
     """Axis path -> its label in cell names (see the module docstring)."""
     last = [p.rsplit(".", 1)[-1] for p in paths]
-    return {p: LABELS.get(p) or (short if last.count(short) == 1 else p.replace(".", "_"))
-            for p, short in zip(paths, last)}
+    return {
+        p: LABELS.get(p) or (short if last.count(short) == 1 else p.replace(".", "_")) for p, short in zip(paths, last)
+    }
 
 
 def cell_label(config: StudyConfig, coords: dict[str, Any]) -> str:
@@ -130,8 +131,11 @@ def study_cells(config: StudyConfig) -> list[Cell]:
         seeds = list(config.spec.seeds) + (list(config.spec.primary_seeds) if point in primary else [])
         setting = tuple(cell_setting(config, point).items())
         for seed in seeds:
-            cells.append(Cell(cell_name(config, point, seed), cell_label(config, point), tuple(point.items()),
-                              setting, int(seed)))
+            cells.append(
+                Cell(
+                    cell_name(config, point, seed), cell_label(config, point), tuple(point.items()), setting, int(seed)
+                )
+            )
     return cells
 
 
@@ -160,7 +164,7 @@ def generation_overrides(params: dict[str, Any], generations: int) -> list[str]:
     """
     import yaml
 
-    from biasloop.cli.generations import rewrite_generations
+    from biasloop.study.generations import rewrite_generations
 
     target = yaml.safe_load(rewrite_generations(yaml.safe_dump(params, sort_keys=False), generations))
     overrides = []
@@ -185,9 +189,11 @@ def generation_overrides(params: dict[str, Any], generations: int) -> list[str]:
 
 def cell_overrides(cell: Cell, config: StudyConfig, params: dict[str, Any]) -> list[str]:
     """Every ``-S`` override of a cell: its setting, the seed params, then the generation lists."""
-    return ([f"{path}={_hydra_value(value)}" for path, value in cell.setting]
-            + [f"{key}={cell.seed}" for key in config.seed_params]
-            + generation_overrides(params, config.generations))
+    return (
+        [f"{path}={_hydra_value(value)}" for path, value in cell.setting]
+        + [f"{key}={cell.seed}" for key in config.seed_params]
+        + generation_overrides(params, config.generations)
+    )
 
 
 def queue_command(cell: Cell, config: StudyConfig, params: dict[str, Any]) -> list[str]:
@@ -328,7 +334,9 @@ def wait_for_cells(
             if exp.state in ("success", "failed") and name not in reported:
                 reported[name] = exp.state
                 note = f"; log: dvc queue logs {name}" if exp.state == "failed" else f" ({exp.rev[:7]})"
-                echo(f"[{len(reported)}/{len(names)}] {name}: {exp.state} after {_format_seconds(time.monotonic() - start)}{note}")
+                echo(
+                    f"[{len(reported)}/{len(names)}] {name}: {exp.state} after {_format_seconds(time.monotonic() - start)}{note}"
+                )
                 sys.stdout.flush()
         if len(reported) == len(names):
             return [n for n in names if reported[n] == "failed"]
@@ -337,15 +345,19 @@ def wait_for_cells(
         stalled = bool(unfinished) and not _workers_alive(dvc)
         idle_looks = idle_looks + 1 if stalled else 0
         if idle_looks >= 2:
-            raise RuntimeError(f"no queue worker is running, yet {_describe(unfinished)}"
-                               f"{_log_tails(unfinished, dvc)}\nstart one with `dvc queue start -j N` (a cell left "
-                               "'running' by a worker that died: `dvc queue kill NAME` first) and run "
-                               "`biasloop study run` again to wait")
+            raise RuntimeError(
+                f"no queue worker is running, yet {_describe(unfinished)}"
+                f"{_log_tails(unfinished, dvc)}\nstart one with `dvc queue start -j N` (a cell left "
+                "'running' by a worker that died: `dvc queue kill NAME` first) and run "
+                "`biasloop study run` again to wait"
+            )
         waited = clock() - start
         if timeout is not None and waited >= timeout:
-            raise RuntimeError(f"gave up waiting after {_format_seconds(waited)}: {_describe(unfinished)}"
-                               f"{_log_tails(unfinished, dvc)}\nthe queue keeps running (`dvc queue status`); "
-                               "`biasloop study run` again waits for it")
+            raise RuntimeError(
+                f"gave up waiting after {_format_seconds(waited)}: {_describe(unfinished)}"
+                f"{_log_tails(unfinished, dvc)}\nthe queue keeps running (`dvc queue status`); "
+                "`biasloop study run` again waits for it"
+            )
         sleep(config.poll_seconds)
 
 

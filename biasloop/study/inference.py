@@ -74,8 +74,15 @@ def t_interval(values: Iterable[float], alpha: float = 0.05) -> dict[str, Any]:
         p = float(2 * stats.t.sf(abs(mean) / se, n - 1))
     else:
         p = 1.0 if mean == 0 else 0.0
-    return {"estimate": mean, "sd": sd, "n": n, "se": se, "ci": [mean - half, mean + half], "ci_level": 1 - alpha,
-            "p": p}
+    return {
+        "estimate": mean,
+        "sd": sd,
+        "n": n,
+        "se": se,
+        "ci": [mean - half, mean + half],
+        "ci_level": 1 - alpha,
+        "p": p,
+    }
 
 
 def tost_p(values: Iterable[float], margin: float) -> float | None:
@@ -121,8 +128,11 @@ def holm_levels(p_values: list[float], alpha: float = 0.05) -> dict[str, list]:
     per_test = np.empty(m)
     for rank, index in enumerate(order):
         per_test[index] = step_alpha[rank] if rank < stop else step_alpha[stop]
-    return {"reject": [bool(r) for r in reject], "p_adjusted": [float(q) for q in p_adjusted],
-            "alpha_per_test": [float(a) for a in per_test]}
+    return {
+        "reject": [bool(r) for r in reject],
+        "p_adjusted": [float(q) for q in p_adjusted],
+        "alpha_per_test": [float(a) for a in per_test],
+    }
 
 
 def primary_record(values: list[float], alpha: float, margin: float | None) -> dict[str, Any]:
@@ -139,8 +149,15 @@ def primary_record(values: list[float], alpha: float, margin: float | None) -> d
         verdict = equivalent_label(margin)
     else:
         verdict = NOT_RESOLVED
-    return {**record, "adjusted": False, "p_adjusted": None, "margin": margin, "tost_p": equivalence,
-            "verdict": verdict, "values": [float(v) for v in values]}
+    return {
+        **record,
+        "adjusted": False,
+        "p_adjusted": None,
+        "margin": margin,
+        "tost_p": equivalence,
+        "verdict": verdict,
+        "values": [float(v) for v in values],
+    }
 
 
 def adjust_family(records: list[dict[str, Any]], alpha: float) -> None:
@@ -157,8 +174,16 @@ def adjust_family(records: list[dict[str, Any]], alpha: float) -> None:
     tested = [r for r in records if r.get("p") is not None]
     holm = holm_levels([r["p"] for r in tested], alpha)
     for record in records:
-        record.update({"adjusted": True, "p_adjusted": None, "alpha_per_test": None, "family_size": len(tested),
-                       "ci": None, "verdict": NOT_RESOLVED})
+        record.update(
+            {
+                "adjusted": True,
+                "p_adjusted": None,
+                "alpha_per_test": None,
+                "family_size": len(tested),
+                "ci": None,
+                "verdict": NOT_RESOLVED,
+            }
+        )
         margin = record.get("margin")
         record["tost_p"] = None if margin is None else tost_p(record["values"], margin)
     for record, reject, p_adj, level in zip(tested, holm["reject"], holm["p_adjusted"], holm["alpha_per_test"]):
@@ -171,5 +196,6 @@ def adjust_family(records: list[dict[str, Any]], alpha: float) -> None:
             verdict = equivalent_label(margin)
         else:
             verdict = NOT_RESOLVED
-        record.update({"p_adjusted": p_adj, "alpha_per_test": level, "ci": ci, "ci_level": 1 - level,
-                       "verdict": verdict})
+        record.update(
+            {"p_adjusted": p_adj, "alpha_per_test": level, "ci": ci, "ci_level": 1 - level, "verdict": verdict}
+        )

@@ -25,6 +25,17 @@ from biasloop.data.acquisition.filtering import (
 from biasloop.data.acquisition.selection import SelectConfig, scan_metadata, select_rows
 
 __all__ = [
-    "DownloadConfig", "FilterConfig", "Refusal", "SelectConfig", "download_table", "failure_reason", "filter_shards",
-    "filter_table", "read_download_status", "refuse_urls", "scan_metadata", "select_rows", "url_refusal",
+    "DownloadConfig",
+    "FilterConfig",
+    "Refusal",
+    "SelectConfig",
+    "download_table",
+    "failure_reason",
+    "filter_shards",
+    "filter_table",
+    "read_download_status",
+    "refuse_urls",
+    "scan_metadata",
+    "select_rows",
+    "url_refusal",
 ]

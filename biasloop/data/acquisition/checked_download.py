@@ -32,8 +32,8 @@ from __future__ import annotations
 import functools
 import http.client
 import importlib
-import socket
 import os
+import socket
 import time
 import urllib.request
 from collections.abc import Iterator, Sequence
@@ -60,7 +60,8 @@ def _checked_connection(connection_class: type, allowed_networks: Sequence[Netwo
         # http.client's connect() opens its socket with self._create_connection (socket.create_connection
         # by default): replacing it puts the check under every HTTP and HTTPS connection.
         connection._create_connection = functools.partial(
-            connect_checked, allowed_networks=allowed_networks, getaddrinfo=getaddrinfo)
+            connect_checked, allowed_networks=allowed_networks, getaddrinfo=getaddrinfo
+        )
         return connection
 
     return make
@@ -119,8 +120,10 @@ class _ResponseLimits(urllib.request.BaseHandler):
         declared = response.headers.get("Content-Length", "")
         if limit is not None and declared.strip().isdigit() and int(declared) > limit:
             response.close()
-            raise URLError(f"{RESPONSE_TOO_LARGE}: Content-Length {int(declared):,} bytes is over {limit:,} "
-                           "(laion_download.max_response_bytes)")
+            raise URLError(
+                f"{RESPONSE_TOO_LARGE}: Content-Length {int(declared):,} bytes is over {limit:,} "
+                "(laion_download.max_response_bytes)"
+            )
         deadline = None if seconds is None else time.monotonic() + seconds
         # read1: at most one read of the socket, so the clock is checked between drips (read(n) on the
         # buffered socket waits for all n bytes)
@@ -139,8 +142,9 @@ class _ResponseLimits(urllib.request.BaseHandler):
                 received += len(chunk)
                 if limit is not None and received > limit:
                     response.close()
-                    raise URLError(f"{RESPONSE_TOO_LARGE}: the body is over {limit:,} bytes "
-                                   "(laion_download.max_response_bytes)")
+                    raise URLError(
+                        f"{RESPONSE_TOO_LARGE}: the body is over {limit:,} bytes (laion_download.max_response_bytes)"
+                    )
                 if deadline is not None and time.monotonic() > deadline:
                     response.close()
                     raise URLError(f"timed out: the body took over {seconds:g} s (laion_download.max_response_seconds)")
@@ -177,8 +181,12 @@ class CheckedOpener(urllib.request.OpenerDirector):
         return super().open(fullurl, data, timeout)
 
 
-def build_checked_opener(allowed_networks: Sequence[Network] = (), getaddrinfo: GetAddrInfo = socket.getaddrinfo,
-                         max_response_bytes: int | None = None, max_response_seconds: float | None = None) -> CheckedOpener:
+def build_checked_opener(
+    allowed_networks: Sequence[Network] = (),
+    getaddrinfo: GetAddrInfo = socket.getaddrinfo,
+    max_response_bytes: int | None = None,
+    max_response_seconds: float | None = None,
+) -> CheckedOpener:
     """An opener for ``http``/``https`` to allowed addresses only (see the module docstring).
 
     ``max_response_bytes`` and ``max_response_seconds`` cap each response body's size and the time to
@@ -210,8 +218,14 @@ class CheckedDownloader(Downloader):
     ``max_response_bytes`` / ``max_response_seconds`` cap each response body.
     """
 
-    def __init__(self, *args, allowed_networks: Sequence[str] = (), max_response_bytes: int | None = None,
-                 max_response_seconds: float | None = None, **kwargs) -> None:
+    def __init__(
+        self,
+        *args,
+        allowed_networks: Sequence[str] = (),
+        max_response_bytes: int | None = None,
+        max_response_seconds: float | None = None,
+        **kwargs,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.allowed_networks = tuple(str(n) for n in allowed_networks)
         self.max_response_bytes, self.max_response_seconds = max_response_bytes, max_response_seconds
@@ -219,22 +233,31 @@ class CheckedDownloader(Downloader):
     def __call__(self, row):
         # img2dataset calls urllib.request.urlopen, which uses the process's installed opener: this
         # process is one of the distributor's workers, which only download.
-        opener = build_checked_opener(parse_networks(self.allowed_networks), max_response_bytes=self.max_response_bytes,
-                                      max_response_seconds=self.max_response_seconds)
+        opener = build_checked_opener(
+            parse_networks(self.allowed_networks),
+            max_response_bytes=self.max_response_bytes,
+            max_response_seconds=self.max_response_seconds,
+        )
         urllib.request.install_opener(opener)
         return super().__call__(row)
 
 
 @contextmanager
-def checked_img2dataset(allowed_networks: Sequence[str] = (), max_response_bytes: int | None = None,
-                        max_response_seconds: float | None = None) -> Iterator[None]:
+def checked_img2dataset(
+    allowed_networks: Sequence[str] = (),
+    max_response_bytes: int | None = None,
+    max_response_seconds: float | None = None,
+) -> Iterator[None]:
     """While open, :func:`img2dataset.download` builds a :class:`CheckedDownloader` instead of its own."""
     # the module, not the package attribute: img2dataset/__init__.py rebinds the name `main` to a function
     img2dataset_main = importlib.import_module("img2dataset.main")
     original = img2dataset_main.Downloader
-    img2dataset_main.Downloader = functools.partial(CheckedDownloader, allowed_networks=tuple(allowed_networks),
-                                                    max_response_bytes=max_response_bytes,
-                                                    max_response_seconds=max_response_seconds)
+    img2dataset_main.Downloader = functools.partial(
+        CheckedDownloader,
+        allowed_networks=tuple(allowed_networks),
+        max_response_bytes=max_response_bytes,
+        max_response_seconds=max_response_seconds,
+    )
     try:
         yield
     finally:

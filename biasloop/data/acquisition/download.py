@@ -66,9 +66,16 @@ class DownloadConfig:
     number_sample_per_shard: int = 10000  # rows of the selection per tar shard (the resumable unit)
     min_image_size: int = 0  # drop images whose smaller side is under this many pixels
     user_agent_token: str | None = "biasloop"  # names the crawler in the User-Agent and in X-Robots-Tag matching
-    disallowed_header_directives: tuple[str, ...] = ("noai", "noimageai", "noindex", "noimageindex")  # opt-outs honoured
+    disallowed_header_directives: tuple[str, ...] = (
+        "noai",
+        "noimageai",
+        "noindex",
+        "noimageindex",
+    )  # opt-outs honoured
     cluster_address: str | None = None  # pyspark: Spark master URL; ray: Ray address; null: a local session/cluster
-    local_mirror_networks: tuple[str, ...] = ()  # networks (CIDR) fetched although private/loopback: your own mirror, a test server
+    local_mirror_networks: tuple[
+        str, ...
+    ] = ()  # networks (CIDR) fetched although private/loopback: your own mirror, a test server
     max_response_bytes: int = 50_000_000  # bytes of one response body at most (img2dataset holds it in memory)
     max_response_seconds: float = 60.0  # seconds to receive one body after its headers (timeout is per network read)
 
@@ -101,7 +108,9 @@ def connect_cluster(config: DownloadConfig) -> None:
         ray.init(address=config.cluster_address, ignore_reinit_error=True)
 
 
-def refuse_urls(selection: pl.DataFrame, local_mirror_networks: Sequence[str] = ()) -> tuple[pl.DataFrame, pl.DataFrame]:
+def refuse_urls(
+    selection: pl.DataFrame, local_mirror_networks: Sequence[str] = ()
+) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Split the selection into the rows img2dataset may fetch and a status row per refused URL.
 
     The check is :func:`.fetch_policy.url_refusal` on the URL string, without DNS lookups (names are
@@ -269,11 +278,17 @@ def failure_reason(status: str | None, error_message: str | None) -> str:
     if "timed out" in message or "timeout" in message:
         return "timeout"
     if status == "failed_to_resize" or "decoding error" in message:
-        for needle, reason in (("too small", "too_small"), ("too large", "too_large"), ("aspect ratio", "aspect_ratio")):
+        for needle, reason in (
+            ("too small", "too_small"),
+            ("too large", "too_large"),
+            ("aspect ratio", "aspect_ratio"),
+        ):
             if needle in message:
                 return reason
         return "not_an_image"
-    if any(w in message for w in ("urlopen error", "connection", "name or service", "remote end closed", "reset by peer")):
+    if any(
+        w in message for w in ("urlopen error", "connection", "name or service", "remote end closed", "reset by peer")
+    ):
         return "connection"
     return "other"
 
@@ -314,7 +329,11 @@ def download_table(selection: pl.DataFrame, status: pl.DataFrame, occupations: S
         part = joined.filter(pl.col("occupation") == name)
         counts = dict(part.group_by("reason").len().iter_rows())
         rows.append(
-            {"occupation": name, "requested": len(part), "downloaded": counts.get("downloaded", 0),
-             **{f"failed_{r}": counts.get(r, 0) for r in reasons}}
+            {
+                "occupation": name,
+                "requested": len(part),
+                "downloaded": counts.get("downloaded", 0),
+                **{f"failed_{r}": counts.get(r, 0) for r in reasons},
+            }
         )
     return pl.DataFrame(rows, schema_overrides={"requested": pl.Int64, "downloaded": pl.Int64})

@@ -120,7 +120,9 @@ def _legacy_numeric_ipv4(host: str) -> str | None:
     return str(ipaddress.IPv4Address(packed))
 
 
-def url_refusal(url: object, allowed_networks: Sequence[Network] = (), resolve: Resolver | None = None) -> Refusal | None:
+def url_refusal(
+    url: object, allowed_networks: Sequence[Network] = (), resolve: Resolver | None = None
+) -> Refusal | None:
     """Why ``url`` must not be fetched, or None when it may be.
 
     Args:
@@ -189,7 +191,6 @@ def url_refusal(url: object, allowed_networks: Sequence[Network] = (), resolve: 
         if why:
             return Refusal(REFUSED_ADDRESS, f"{host} resolves to {why}")
     return None
-
 
 
 def connect_checked(

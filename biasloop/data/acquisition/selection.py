@@ -54,7 +54,9 @@ def metadata_files(patterns: Sequence[str]) -> list[Path]:
     """
     files: list[Path] = []
     for pattern in patterns:
-        found = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else ([pattern] if Path(pattern).is_file() else [])
+        found = (
+            sorted(glob.glob(pattern)) if glob.has_magic(pattern) else ([pattern] if Path(pattern).is_file() else [])
+        )
         if not found:
             raise FileNotFoundError(f"laion_select.metadata: {pattern!r} names no file")
         files.extend(Path(f) for f in found)
@@ -76,7 +78,9 @@ def scan_metadata(files: Sequence[str | Path], config: SelectConfig) -> pl.LazyF
             raise ValueError(f"{path}: not a readable parquet file ({type(exc).__name__}: {exc})") from exc
         missing = [c for c in wanted if c not in names]
         if missing:
-            raise ValueError(f"{path}: missing column(s) {missing} (has {names}); see laion_select.url_column/caption_column")
+            raise ValueError(
+                f"{path}: missing column(s) {missing} (has {names}); see laion_select.url_column/caption_column"
+            )
     clash = {"id", "caption", "url"} & set(config.keep_columns)
     if clash:
         raise ValueError(f"laion_select.keep_columns: {sorted(clash)} would clash with the selection's own columns")
@@ -118,7 +122,9 @@ def select_rows(
     if config.max_per_occupation < 1:
         raise ValueError(f"laion_select.max_per_occupation must be at least 1, got {config.max_per_occupation}")
     matches = retrieve_lazy(scan, occupations, plurals, first_names, keep=list(config.keep_columns))
-    matches = matches.select("occupation", "id", "caption", "indicator", *config.keep_columns).collect(engine="streaming")
+    matches = matches.select("occupation", "id", "caption", "indicator", *config.keep_columns).collect(
+        engine="streaming"
+    )
     matched = dict(matches.group_by("occupation").len().iter_rows())
     unique = matches.unique(["occupation", "id"], keep="first", maintain_order=True)
     unique_counts = dict(unique.group_by("occupation").len().iter_rows())

@@ -56,14 +56,29 @@ class GeneratorConfig:
     train_timesteps: int = 200  # tiny: diffusion timesteps of the training schedule
     snr_gamma: float = 0.0  # tiny: min-SNR-gamma loss weighting (Hang et al. 2023); 0: none (x0 target: 0 learns the glyphs in fewer steps)
     cond_dropout: float = 0.1  # share of training captions replaced by the null condition (for guidance)
-    precision: Literal["auto", "fp32", "bf16"] = "auto"  # tiny: training autocast; auto = bf16 on a CPU with AMX or a bf16 GPU
+    precision: Literal["auto", "fp32", "bf16"] = (
+        "auto"  # tiny: training autocast; auto = bf16 on a CPU with AMX or a bf16 GPU
+    )
     lora_rank: int = 4  # stable-diffusion: LoRA rank of the UNet attention adapters trained by train()
     lora_learning_rate: float = 1e-4  # stable-diffusion: AdamW learning rate of the LoRA weights
-    native_size: int | None = None  # stable-diffusion: generation/training resolution (None: the model's, 512 for SD 1.5)
+    native_size: int | None = (
+        None  # stable-diffusion: generation/training resolution (None: the model's, 512 for SD 1.5)
+    )
 
     BACKEND_KEYS: ClassVar[dict[str, tuple[str, ...]]] = {  # keys only one backend reads (a warning otherwise)
-        "tiny-diffusion": ("text_encoder", "channels", "layers_per_block", "mid_attention", "learning_rate",
-                           "ema_decay", "prediction_type", "beta_schedule", "train_timesteps", "snr_gamma", "precision"),
+        "tiny-diffusion": (
+            "text_encoder",
+            "channels",
+            "layers_per_block",
+            "mid_attention",
+            "learning_rate",
+            "ema_decay",
+            "prediction_type",
+            "beta_schedule",
+            "train_timesteps",
+            "snr_gamma",
+            "precision",
+        ),
         "stable-diffusion": ("model", "lora_rank", "lora_learning_rate", "native_size"),
     }
 
@@ -97,8 +112,12 @@ class Generator(Protocol):
         ...
 
     def generate(
-        self, prompts: list[str], seeds: list[int], batch_size: int = 64,
-        guidance_scale: float | None = None, steps: int | None = None,
+        self,
+        prompts: list[str],
+        seeds: list[int],
+        batch_size: int = 64,
+        guidance_scale: float | None = None,
+        steps: int | None = None,
     ) -> np.ndarray:
         """One image per ``(prompt, seed)``: ``uint8 (n, image_size, image_size, 3)``.
 

@@ -220,11 +220,16 @@ def check_scheduler_config(scheduler: Any, path: Path) -> None:
 
     saved = read_manifest(path, "a saved tiny-diffusion generator's scheduler")
     built = dict(scheduler.config)
-    differ = sorted(key for key, value in saved.items()
-                    if not key.startswith("_") and key in built and json.loads(json.dumps(built[key])) != value)
+    differ = sorted(
+        key
+        for key, value in saved.items()
+        if not key.startswith("_") and key in built and json.loads(json.dumps(built[key])) != value
+    )
     if differ:
-        raise ModelFileError(f"{path}: {', '.join(f'{k}={saved[k]!r}' for k in differ)} differ from the "
-                             f"generator.json config's schedule ({', '.join(f'{k}={built[k]!r}' for k in differ)})")
+        raise ModelFileError(
+            f"{path}: {', '.join(f'{k}={saved[k]!r}' for k in differ)} differ from the "
+            f"generator.json config's schedule ({', '.join(f'{k}={built[k]!r}' for k in differ)})"
+        )
 
 
 def use_bf16(precision: str, device: torch.device) -> bool:
@@ -240,8 +245,6 @@ def use_bf16(precision: str, device: torch.device) -> bool:
         except Exception:
             return False
     return False
-
-
 
 
 class TinyDiffusion:
@@ -286,8 +289,8 @@ class TinyDiffusion:
         (perceived gender), both global features. Measured on the default world: gamma 5 reached occupation
         accuracy 0.31 after 350 steps and 0.525 after 500 (one seed,
         ``benchmarks/results/generator_quality_guidance.json``); no weighting 0.63 after 300 and 0.78 after
-        400 (3 seeds, ``generator_quality_snr.json``). The better generator also amplifies more: README,
-        "What the default run found".
+        400 (3 seeds, ``generator_quality_snr.json``). The better generator also amplifies more: the generator
+        term in docs/results.md.
         """
         alphas = self.scheduler.alphas_cumprod.to(self.device)[timesteps]
         snr = alphas / (1.0 - alphas).clamp_min(1e-8)
@@ -410,7 +413,11 @@ class TinyDiffusion:
         self.history.append({k: stats[k] for k in ("steps", "seconds", "final_loss", "warm_start", "n_images")})
         log.info(
             "tiny-diffusion: %d steps in %.1f s (%s), loss %.4f -> %.4f",
-            steps, seconds, "warm start" if warm_start else "from scratch", stats["first_loss"], stats["final_loss"],
+            steps,
+            seconds,
+            "warm start" if warm_start else "from scratch",
+            stats["first_loss"],
+            stats["final_loss"],
         )
         return stats
 
