@@ -80,10 +80,15 @@ def make_tiny_repo(repo: Path, generations: int = 2) -> Path:
     return repo
 
 
-def lock_outs(repo: Path) -> dict[str, str]:
-    """``{out path: md5}`` of every stage in ``dvc.lock``."""
+def lock_outs(repo: Path, stages: set[str] | None = None) -> dict[str, str]:
+    """``{out path: md5}`` of every stage in ``dvc.lock`` (only those named in ``stages`` when given)."""
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
-    return {out["path"]: out["md5"] for stage in lock["stages"].values() for out in stage.get("outs", [])}
+    return {
+        out["path"]: out["md5"]
+        for name, stage in lock["stages"].items()
+        if stages is None or name in stages
+        for out in stage.get("outs", [])
+    }
 
 
 def mlflow_runs(repo: Path) -> list:
