@@ -42,6 +42,10 @@ GEN_METRICS = {
         }
     },
     "amplification_corrected": {"amplification_abs": 0.11, "excess_abs": 0.07},
+    "amplification_vs_training_dataset": {
+        "available": True,
+        "measured": {"estimands": {"shift": {"estimate": 0.015, "ci": [-0.005, 0.035]}, "gap": {"estimate": 0.06}}},
+    },
     "amplification_true": {"amplification_abs": 0.09, "excess_abs": 0.05},
     "per_occupation": [
         {
@@ -410,6 +414,6 @@ def test_results_page_is_generated_from_the_metrics() -> None:
         "| 17.3 | 12.57 | +8.9 [+8.0, +9.8] | +7.9 [+5.0, +10.0] | +0.5 [-1.0, +2.0] |" in text
     )
     assert (
-        "| 1 | +4.0 [+1.0, +7.0] | 10.0 [5.0, 16.0] | +3.0 [+2.0, +4.0] | +2.0 [-1.0, +5.0] | -1.0 [-2.0, +0.0] | 70.0 | – |"
-        in text
+        "| 1 | +4.0 [+1.0, +7.0] | 10.0 [5.0, 16.0] | +3.0 [+2.0, +4.0] | +2.0 [-1.0, +5.0] | -1.0 [-2.0, +0.0] "
+        "| +1.5 [-0.5, +3.5] | 70.0 | – |" in text
     )

@@ -52,6 +52,7 @@ def summary_row(metrics: dict[str, Any]) -> dict[str, Any]:
     row["shift_true"] = _get(metrics, "amplification_true", "estimands", "shift", "estimate")
     vs_dataset = _get(metrics, "amplification_vs_training_dataset", "measured")
     row["shift_vs_training_dataset"] = _get(vs_dataset, "estimands", "shift", "estimate")
+    _flat_interval(row, "shift_vs_training_dataset", _get(vs_dataset, "estimands", "shift", "ci"))
     row["gap_vs_training_dataset"] = _get(vs_dataset, "estimands", "gap", "estimate")
     row["instrument_accuracy_on_generated"] = _get(metrics, "instrument_on_generated", "by_prompt_kind", "neutral",
                                                    "overall", "accuracy")

@@ -99,15 +99,20 @@ def results_markdown(paradox: dict[str, Any] | None, rows: list[dict[str, Any]],
         lines.append("")
     if rows:
         lines += ["## Across generations (neutral prompt vs. keyword captions)", "",
+                  "Shift, gap and terms against the real corpus's keyword captions; *shift vs. dataset N*: the "
+                  "same shift against the images generation N was trained on (dataset N, labelled by the same "
+                  "instrument), so what generation N adds beyond its own training data.", "",
                   "| generation | shift (pp) | gap (pp) | data (pp) | generator (pp) | instrument (pp) "
-                  "| generator occupation accuracy (%) | instrument accuracy on generated images (%) |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "| shift vs. dataset N (pp) | generator occupation accuracy (%) "
+                  "| instrument accuracy on generated images (%) |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for r in rows:
             accuracy = r.get("generator_occupation_accuracy")
             agreement = r.get("instrument_accuracy_on_generated")
             lines.append(
                 f"| {r['generation']} | {_pp(r.get('shift'))} {_ci(r, 'shift')} | {_pp(r.get('gap'), False)} "
                 f"{_ci(r, 'gap', False)} | {_term(r, 'data')} | {_term(r, 'generator')} | {_term(r, 'instrument')} "
+                f"| {_term(r, 'shift_vs_training_dataset')} "
                 f"| {'–' if accuracy is None else f'{100 * accuracy:.1f}'} "
                 f"| {'–' if agreement is None else f'{100 * agreement:.1f}'} |")
         lines += ["", "![generations](../plots/generations.png)", ""]
