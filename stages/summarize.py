@@ -8,7 +8,9 @@ Inputs:   metrics/generations/gen*.json (and captioner_gen*.json, classifier_gen
           metrics/studies/<name>.json (`biasloop study collect --name NAME`, with plots/studies/<name>_*.png),
           metrics/acquisition.json (laion_filter's per-occupation acquisition table; {"enabled": false}
           when the LAION path is off)
-Outputs:  metrics/summary.json     (what `dvc exp show` / `dvc metrics diff` read)
+Outputs:  metrics/headline.json    (the first columns of `dvc exp show`: the last generation's shift [95%],
+                                   gap and the shift's decomposition, in pp; see HEADLINE_KEYS)
+          metrics/summary.json     (every number, in fractions: what `dvc metrics diff` reads in detail)
           plots/amplification.csv, plots/shares.csv, plots/downstream.csv, plots/tasks.csv   (named plots in dvc.yaml)
           plots/generations.png    (curves across generations)
           plots/report.html        (self-contained: figures embedded, opens offline)
@@ -18,7 +20,7 @@ Params:   all of params.yaml (shown in the report)
 Example:
     python -m stages.summarize --generations metrics/generations --paradox metrics/paradox.json \\
         --instrument-metrics metrics/instrument.json --corpus-metrics metrics/corpus.json \\
-        --out metrics/summary.json --plots plots --report plots/report.html --results docs/results.md \\
+        --out metrics/summary.json --headline metrics/headline.json --plots plots --report plots/report.html --results docs/results.md \\
         --generated-sheets plots/generated --study metrics/study.json --studies metrics/studies \\
         --acquisition metrics/acquisition.json
 """
@@ -57,6 +59,25 @@ AMPLIFICATION_COLUMNS = ("generation", "shift", "shift_lo", "shift_hi", "gap", "
                          "data", "generator", "instrument", "noise_floor_abs", "excess_abs")
 
 
+# metrics/headline.json, in this order: the keys `dvc exp show` prints first. With the Experiment column
+# (an auto-named experiment is 24 characters wide) and synthetic_ratio they fill 116 of 120 columns
+# (tests/test_exp_show.py), so the generator's accuracy and the downstream numbers stay in summary.json.
+HEADLINE_KEYS = ("shift", "shift_lo", "shift_hi", "gap", "data", "generator", "instrument")
+
+
+def headline_metrics(rows: list[dict]) -> dict[str, float | None]:
+    """``metrics/headline.json``: the last generation's headline pairing (neutral prompt vs. keyword
+    captions) in percentage points, rounded to 0.01 pp.
+
+    ``shift`` to the training majority with its 95% interval (``shift_lo``, ``shift_hi``), the noise-free
+    ``gap`` (mean |p_gen - p_train|), and the shift's decomposition ``data + generator + instrument``
+    (docs/estimands.md). A term is None when the decomposition is unavailable (no ground truth, or a
+    world too small for it); summary.json keeps every number, with intervals, in fractions.
+    """
+    last = max(rows, key=lambda row: row["generation"]) if rows else {}
+    return {key: None if last.get(key) is None else round(100 * last[key], 2) for key in HEADLINE_KEYS}
+
+
 def _write_csv(rows: list[dict], path: Path) -> None:
     with atomic_path(path) as tmp:
         pl.DataFrame(rows, infer_schema_length=None).write_csv(tmp)
@@ -69,6 +90,8 @@ def main_body(argv: Sequence[str] | None) -> None:
     parser.add_argument("--instrument-metrics", default="metrics/instrument.json", help="instrument metrics JSON")
     parser.add_argument("--corpus-metrics", default="metrics/corpus.json", help="corpus metrics JSON")
     parser.add_argument("--out", default="metrics/summary.json", help="summary JSON (default: %(default)s)")
+    parser.add_argument("--headline", default="metrics/headline.json",
+                        help="short headline JSON, the first columns of `dvc exp show` (default: %(default)s)")
     parser.add_argument("--plots", default="plots", help="folder for plot CSVs and PNGs (default: %(default)s)")
     parser.add_argument("--report", default="plots/report.html", help="HTML report (default: %(default)s)")
     parser.add_argument("--generated-sheets", default="plots/generated",
@@ -112,6 +135,7 @@ def main_body(argv: Sequence[str] | None) -> None:
         threads = sorted({m["cpu_threads"] for m in [instrument, *generation_metrics] if m and "cpu_threads" in m})
         summary["cpu_threads"] = threads[0] if len(threads) == 1 else (threads or None)
         write_json(args.out, summary)
+        write_json(args.headline, headline_metrics(rows))
         plots = Path(args.plots)
         _write_csv([{k: r.get(k) for k in AMPLIFICATION_COLUMNS} for r in rows], plots / "amplification.csv")
         _write_csv(share_rows(generation_metrics), plots / "shares.csv")
