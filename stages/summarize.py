@@ -65,6 +65,11 @@ AMPLIFICATION_COLUMNS = ("generation", "shift", "shift_lo", "shift_hi", "gap", "
 HEADLINE_KEYS = ("shift", "shift_lo", "shift_hi", "gap", "data", "generator", "instrument")
 
 
+# logged to MLflow per generation (step = generation), fractions
+SERIES_KEYS = ("shift", "shift_lo", "shift_hi", "gap", "data", "generator", "instrument", "generator_occupation_accuracy",
+               "recall_at_10_gap", "classifier_accuracy_gap")
+
+
 def headline_metrics(rows: list[dict]) -> dict[str, float | None]:
     """``metrics/headline.json``: the last generation's headline pairing (neutral prompt vs. keyword
     captions) in percentage points, rounded to 0.01 pp.
@@ -135,7 +140,8 @@ def main_body(argv: Sequence[str] | None) -> None:
         threads = sorted({m["cpu_threads"] for m in [instrument, *generation_metrics] if m and "cpu_threads" in m})
         summary["cpu_threads"] = threads[0] if len(threads) == 1 else (threads or None)
         write_json(args.out, summary)
-        write_json(args.headline, headline_metrics(rows))
+        headline = headline_metrics(rows)
+        write_json(args.headline, headline)
         plots = Path(args.plots)
         _write_csv([{k: r.get(k) for k in AMPLIFICATION_COLUMNS} for r in rows], plots / "amplification.csv")
         _write_csv(share_rows(generation_metrics), plots / "shares.csv")
@@ -164,6 +170,10 @@ def main_body(argv: Sequence[str] | None) -> None:
             tmp.write_text(results_markdown(paradox, rows, params), encoding="utf-8")
         log.info("summary of %d generations -> %s; report -> %s", len(rows), args.out, args.report)
         run.log_metrics(summary)
+        # curves against generation, in this run and on the pipeline's parent run (its row in `mlflow ui`)
+        for row in rows:
+            run.log_metrics({key: row.get(key) for key in SERIES_KEYS}, step=row["generation"], pipeline=True)
+        run.log_metrics({"headline_pp": headline}, pipeline=True)
         run.log_artifact(args.out)
         run.log_artifact(args.report)
 
