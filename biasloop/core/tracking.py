@@ -343,10 +343,13 @@ def start_logger(spool: Path, linger: float | None = None) -> bool:
         log_path.unlink(missing_ok=True)
     with open(log_path, "ab") as output:
         # A new session, no inherited pipes: DVC (which reads the stage's output) does not wait for it.
+        # It works in the spool, not the stage's folder: a queued experiment's temporary copy is deleted
+        # when the experiment ends, and a process whose working directory is gone cannot import MLflow.
         subprocess.Popen(
-            [sys.executable, "-m", "biasloop.core.tracking", "--spool", str(spool), "--linger", str(linger), "--follow"],
+            [sys.executable, "-m", "biasloop.core.tracking", "--spool", str(spool.resolve()), "--linger", str(linger),
+             "--follow"],
             stdin=subprocess.DEVNULL, stdout=output, stderr=output, start_new_session=True, env=env,
-            close_fds=True,
+            close_fds=True, cwd=spool.resolve(),
         )
     return True
 
