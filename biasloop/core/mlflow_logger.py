@@ -127,7 +127,6 @@ def parent_run_id(spool: Path, key: str, client: Any, experiment_id: str) -> str
 
 def running_pipelines(spool: Path) -> list[Path]:
     """Pipeline-run folders in ``spool`` whose DVC process still runs on this host."""
-
     host = socket.gethostname()
     running = []
     for folder in sorted((spool / PIPELINES).glob("[!.]*")):
@@ -145,7 +144,6 @@ def close_ended_pipelines(spool: Path, clients: dict[str, Any], waiting_children
     logged (``waiting_children``: keys of records still in the spool); returns how many were ended."""
     from mlflow.tracking import MlflowClient
 
-
     running = set(running_pipelines(spool))
     closed = 0
     for folder in sorted((spool / PIPELINES).glob("[!.]*")):
@@ -155,8 +153,12 @@ def close_ended_pipelines(spool: Path, clients: dict[str, Any], waiting_children
             record = json.loads((folder / RECORD).read_text())
         except (OSError, ValueError):
             continue
+        if record.get("host") != socket.gethostname():
+            continue  # another machine's pipeline run (a shared folder): only its own logger can tell it ended
         uri = record["uri"]
-        client = clients.setdefault(uri, MlflowClient(tracking_uri=uri))
+        if uri not in clients:
+            clients[uri] = MlflowClient(tracking_uri=uri)
+        client = clients[uri]
         experiment = retry(lambda: experiment_id_for(client, record["experiment"], uri), "get experiment")
         run_id = parent_run_id(spool, folder.name, client, experiment)
         if run_id is None:

@@ -75,9 +75,11 @@ def process_start_ms(info: ProcessInfo) -> int:
     """When ``info``'s process started (ms since the epoch; now when /proc cannot tell)."""
     boot = _boot_time()
     try:
-        return int((boot + int(info.start) / os.sysconf("SC_CLK_TCK")) * 1000) if boot is not None else int(time.time() * 1000)
+        if boot is not None:
+            return int((boot + int(info.start) / os.sysconf("SC_CLK_TCK")) * 1000)
     except (ValueError, OSError):
-        return int(time.time() * 1000)
+        pass
+    return int(time.time() * 1000)
 
 
 def pipeline_name(commit: str | None) -> str:
