@@ -60,9 +60,11 @@ AMPLIFICATION_COLUMNS = ("generation", "shift", "shift_lo", "shift_hi", "gap", "
 
 
 # metrics/headline.json, in this order: the keys `dvc exp show` prints first. With the Experiment column
-# (an auto-named experiment is 24 characters wide) and synthetic_ratio they fill 116 of 120 columns
+# (an auto-named experiment is 24 characters wide) and synthetic_ratio they fill the 120 columns
 # (tests/test_exp_show.py), so the generator's accuracy and the downstream numbers stay in summary.json.
-HEADLINE_KEYS = ("shift", "shift_lo", "shift_hi", "gap", "data", "generator", "instrument")
+# The data term is ``data_term``: a column ``data`` would be taken by the data/ dependency's hash.
+HEADLINE_KEYS = ("shift", "shift_lo", "shift_hi", "gap", "data_term", "generator", "instrument")
+HEADLINE_SOURCE = {"data_term": "data"}  # headline key -> summary row key, where they differ
 
 
 # logged to MLflow per generation (step = generation), fractions
@@ -72,15 +74,16 @@ SERIES_KEYS = ("shift", "shift_lo", "shift_hi", "gap", "data", "generator", "ins
 
 def headline_metrics(rows: list[dict]) -> dict[str, float | None]:
     """``metrics/headline.json``: the last generation's headline pairing (neutral prompt vs. keyword
-    captions) in percentage points, rounded to 0.01 pp.
+    captions) in percentage points, rounded to 0.1 pp (the intervals are about 2 pp wide).
 
     ``shift`` to the training majority with its 95% interval (``shift_lo``, ``shift_hi``), the noise-free
-    ``gap`` (mean |p_gen - p_train|), and the shift's decomposition ``data + generator + instrument``
+    ``gap`` (mean |p_gen - p_train|), and the shift's decomposition ``data_term + generator + instrument``
     (docs/estimands.md). A term is None when the decomposition is unavailable (no ground truth, or a
     world too small for it); summary.json keeps every number, with intervals, in fractions.
     """
     last = max(rows, key=lambda row: row["generation"]) if rows else {}
-    return {key: None if last.get(key) is None else round(100 * last[key], 2) for key in HEADLINE_KEYS}
+    values = {key: last.get(HEADLINE_SOURCE.get(key, key)) for key in HEADLINE_KEYS}
+    return {key: None if value is None else round(100 * value, 1) for key, value in values.items()}
 
 
 def _write_csv(rows: list[dict], path: Path) -> None:

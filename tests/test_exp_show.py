@@ -40,7 +40,7 @@ def test_headline_is_the_last_generation_in_percentage_points() -> None:
     rows[0].update(shift_lo=0.181234, shift_hi=0.22, gap=0.19, generator=0.08, instrument=None)
     headline = headline_metrics(rows)
     assert list(headline) == list(HEADLINE_KEYS)
-    assert headline == {"shift": 20.0, "shift_lo": 18.12, "shift_hi": 22.0, "gap": 19.0, "data": 10.0,
+    assert headline == {"shift": 20.0, "shift_lo": 18.1, "shift_hi": 22.0, "gap": 19.0, "data_term": 10.0,
                         "generator": 8.0, "instrument": None}
     assert len(HEADLINE_KEYS) <= 12
 
@@ -53,6 +53,20 @@ def test_headline_is_declared_first_and_written_by_summarize() -> None:
     assert any("metrics/headline.json" in out for out in summarize["outs"] if isinstance(out, dict))
     headline = json.loads((REPO_ROOT / "metrics" / "headline.json").read_text())
     assert list(headline) == list(HEADLINE_KEYS)
+
+
+def test_no_headline_key_is_also_a_param_or_a_dependency_column() -> None:
+    """`dvc exp show` names a column by the key alone; a dependency path or param of the same name takes
+    the column (the data term is ``data_term``, since ``data`` is the data/ dependency)."""
+    from biasloop.core.tracking import flatten
+
+    pipeline = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())
+    paths = set()
+    for stage in pipeline["stages"].values():
+        body = stage.get("do", stage)
+        for item in [*(body.get("deps") or []), *(body.get("outs") or [])]:
+            paths.update(item if isinstance(item, dict) else [item])
+    assert not set(HEADLINE_KEYS) & (paths | set(flatten(committed_params())))
 
 
 def _dvc(args: list[str], repo: Path, **extra: str) -> str:
@@ -71,13 +85,18 @@ def test_documented_exp_show_puts_the_headline_and_synthetic_ratio_on_the_first_
     repo = tmp_path / "repo"
     (repo / "metrics").mkdir(parents=True)
     declared = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["metrics"]
-    (repo / "dvc.yaml").write_text(yaml.safe_dump({"metrics": declared}))
+    # a stage with the checkout's `data` dependency: its column shares a name space with the metrics
+    stage = {"use_data": {"cmd": "echo ok", "deps": ["data"]}}
+    (repo / "dvc.yaml").write_text(yaml.safe_dump({"metrics": declared, "stages": stage}))
+    (repo / "data").mkdir()
+    (repo / "data" / "glyphs.txt").write_text("0\n")
     for name in declared:
         shutil.copy(REPO_ROOT / name, repo / name)
     params = committed_params()
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     _dvc(["git", "init", "-q"], repo)
     _dvc(["dvc", "init", "-q"], repo)
+    _dvc(["dvc", "repro", "-q"], repo)
     _dvc(["git", "add", "-A"], repo)
     _dvc(["git", "commit", "-qm", "baseline"], repo)
     varied = 0.8 if params["synthetic_ratio"] != 0.8 else 0.2
