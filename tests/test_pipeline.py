@@ -141,7 +141,8 @@ def test_every_stage_run_reaches_mlflow_through_the_background_logger(pipeline_r
                for parent in parents.values())
     evaluate = next(run for run in stage_runs if run.data.tags["mlflow.runName"] == "evaluate@1")
     assert evaluate.data.params["synthetic_ratio"] and evaluate.data.tags["mlflow.source.name"] == "stages/evaluate.py"
-    assert {m.step for m in client.get_metric_history(evaluate.info.run_id, "shift")} == {1}
+    logged = sorted(evaluate.data.metrics)  # on a tiny world the estimands may be undefined (None, not logged)
+    assert logged and {m.step for m in client.get_metric_history(evaluate.info.run_id, logged[0])} == {1}
 
 
 def test_second_repro_is_a_no_op(pipeline_repo: Path) -> None:
