@@ -36,7 +36,7 @@ from biasloop.metrics.evaluation import (
     perceived_groups,
     training_shares,
 )
-from biasloop.metrics.rows import estimand_values
+from biasloop.metrics.rows import decomposition_values, estimand_values
 from biasloop.models.instrument import ClassifyConfig
 
 log = logging.getLogger("evaluate")
@@ -123,6 +123,8 @@ def main_body(argv: Sequence[str] | None) -> None:
                 ),
             )
         run.log_metrics({k: v for k, v in metrics.items() if k != "per_occupation"})
+        # the headline pairing's estimands and decomposition under flat names, at step = generation
+        run.log_metrics({**row, **decomposition_values(terms)})
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -8,7 +8,9 @@ Inputs:   metrics/generations/gen*.json (and captioner_gen*.json, classifier_gen
           metrics/studies/<name>.json (`biasloop study collect --name NAME`, with plots/studies/<name>_*.png),
           metrics/acquisition.json (laion_filter's per-occupation acquisition table; {"enabled": false}
           when the LAION path is off)
-Outputs:  metrics/summary.json     (what `dvc exp show` / `dvc metrics diff` read)
+Outputs:  metrics/headline.json    (the first columns of `dvc exp show`: the last generation's shift [95%],
+                                   gap and the shift's decomposition, in pp; see HEADLINE_KEYS)
+          metrics/summary.json     (every number, in fractions: what `dvc metrics diff` reads in detail)
           plots/amplification.csv, plots/shares.csv, plots/downstream.csv, plots/tasks.csv   (named plots in dvc.yaml)
           plots/generations.png    (curves across generations)
           plots/report.html        (self-contained: figures embedded, opens offline)
@@ -19,7 +21,7 @@ Params:   base, tracking, synthetic_ratio, generations, world.seed (the run line
 Example:
     python -m stages.summarize --generations metrics/generations --paradox metrics/paradox.json \\
         --instrument-metrics metrics/instrument.json --corpus-metrics metrics/corpus.json \\
-        --out metrics/summary.json --plots plots --report plots/report.html --results docs/results.md \\
+        --out metrics/summary.json --headline metrics/headline.json --plots plots --report plots/report.html --results docs/results.md \\
         --generated-sheets plots/generated --study metrics/study.json --studies metrics/studies \\
         --acquisition metrics/acquisition.json
 """
@@ -71,6 +73,33 @@ AMPLIFICATION_COLUMNS = (
 )
 
 
+# metrics/headline.json, in this order: the keys `dvc exp show` prints first. With the Experiment column
+# (an auto-named experiment is 24 characters wide) and synthetic_ratio they fill the 120 columns
+# (tests/test_exp_show.py), so the generator's accuracy and the downstream numbers stay in summary.json.
+# The data term is ``data_term``: a column ``data`` would be taken by the data/ dependency's hash.
+HEADLINE_KEYS = ("shift", "shift_lo", "shift_hi", "gap", "data_term", "generator", "instrument")
+HEADLINE_SOURCE = {"data_term": "data"}  # headline key -> summary row key, where they differ
+
+
+# logged to MLflow per generation (step = generation), fractions
+SERIES_KEYS = ("shift", "shift_lo", "shift_hi", "gap", "data", "generator", "instrument", "generator_occupation_accuracy",
+               "recall_at_10_gap", "classifier_accuracy_gap")
+
+
+def headline_metrics(rows: list[dict]) -> dict[str, float | None]:
+    """``metrics/headline.json``: the last generation's headline pairing (neutral prompt vs. keyword
+    captions) in percentage points, rounded to 0.1 pp (the intervals are about 2 pp wide).
+
+    ``shift`` to the training majority with its 95% interval (``shift_lo``, ``shift_hi``), the noise-free
+    ``gap`` (mean |p_gen - p_train|), and the shift's decomposition ``data_term + generator + instrument``
+    (docs/estimands.md). A term is None when the decomposition is unavailable (no ground truth, or a
+    world too small for it); summary.json keeps every number, with intervals, in fractions.
+    """
+    last = max(rows, key=lambda row: row["generation"]) if rows else {}
+    values = {key: last.get(HEADLINE_SOURCE.get(key, key)) for key in HEADLINE_KEYS}
+    return {key: None if value is None else round(100 * value, 1) for key, value in values.items()}
+
+
 def _write_csv(rows: list[dict], path: Path) -> None:
     with atomic_path(path) as tmp:
         pl.DataFrame(rows, infer_schema_length=None).write_csv(tmp)
@@ -83,6 +112,8 @@ def main_body(argv: Sequence[str] | None) -> None:
     parser.add_argument("--instrument-metrics", default="metrics/instrument.json", help="instrument metrics JSON")
     parser.add_argument("--corpus-metrics", default="metrics/corpus.json", help="corpus metrics JSON")
     parser.add_argument("--out", default="metrics/summary.json", help="summary JSON (default: %(default)s)")
+    parser.add_argument("--headline", default="metrics/headline.json",
+                        help="short headline JSON, the first columns of `dvc exp show` (default: %(default)s)")
     parser.add_argument("--plots", default="plots", help="folder for plot CSVs and PNGs (default: %(default)s)")
     parser.add_argument("--report", default="plots/report.html", help="HTML report (default: %(default)s)")
     parser.add_argument(
@@ -145,6 +176,8 @@ def main_body(argv: Sequence[str] | None) -> None:
         threads = sorted({m["cpu_threads"] for m in [instrument, *generation_metrics] if m and "cpu_threads" in m})
         summary["cpu_threads"] = threads[0] if len(threads) == 1 else (threads or None)
         write_json(args.out, summary)
+        headline = headline_metrics(rows)
+        write_json(args.headline, headline)
         plots = Path(args.plots)
         _write_csv([{k: r.get(k) for k in AMPLIFICATION_COLUMNS} for r in rows], plots / "amplification.csv")
         _write_csv(share_rows(generation_metrics), plots / "shares.csv")
@@ -199,6 +232,10 @@ def main_body(argv: Sequence[str] | None) -> None:
             tmp.write_text(results_markdown(paradox, rows, params), encoding="utf-8")
         log.info("summary of %d generations -> %s; report -> %s", len(rows), args.out, args.report)
         run.log_metrics(summary)
+        # curves against generation, in this run and on the pipeline's parent run (its row in `mlflow ui`)
+        for row in rows:
+            run.log_metrics({key: row.get(key) for key in SERIES_KEYS}, step=row["generation"], pipeline=True)
+        run.log_metrics({"headline_pp": headline}, pipeline=True)
         run.log_artifact(args.out)
         run.log_artifact(args.report)
 

@@ -100,17 +100,19 @@ def test_four_queued_experiments_record_every_run(offline_baseline: tuple[Path, 
     assert "database is locked" not in logs
     assert status.count("Success") >= 4, status
     new = [r for r in mlflow_runs(repo) if r.info.run_id not in before]
+    parents = {r.data.tags["mlflow.runName"]: r for r in new if "stage" not in r.data.tags}
+    assert set(parents) == set(names), sorted(parents)  # one parent run per experiment, named after it
     by_experiment: dict[str, list] = {}
     for recorded in new:
-        by_experiment.setdefault(recorded.data.tags.get("dvc_exp_name", "?"), []).append(recorded)
+        if "stage" in recorded.data.tags:
+            by_experiment.setdefault(recorded.data.tags.get("dvc_exp_name", "?"), []).append(recorded)
     assert set(by_experiment) == set(names), sorted(by_experiment)
     for name, runs in by_experiment.items():
         stages = sorted(r.data.tags["mlflow.runName"] for r in runs)
         assert stages == ["evaluate@0", "evaluate@1", "paradox@0", "summarize"], (name, stages)
-        assert {r.info.status for r in runs} == {"FINISHED"}, (
-            name,
-            [(r.data.tags["mlflow.runName"], r.info.status) for r in runs],
-        )
+        assert {r.info.status for r in runs} == {"FINISHED"}, (name, [(r.data.tags["mlflow.runName"], r.info.status) for r in runs])
+        assert {r.data.tags.get("mlflow.parentRunId") for r in runs} == {parents[name].info.run_id}, name
+        assert parents[name].info.status == "FINISHED", name
     print(f"four queued experiments (-j 4) took {elapsed:.0f} s")
 
 
@@ -290,6 +292,9 @@ def test_killed_experiment_leaves_mlflow_readable(
     with sqlite3.connect(f"file:{repo / 'mlflow.db'}?mode=ro", uri=True) as connection:
         assert connection.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     runs = [r for r in mlflow_runs(repo) if r.info.run_id not in before]
+    parents = {r.data.tags["mlflow.runName"]: r.info.status for r in runs if "stage" not in r.data.tags}
+    assert parents == {"victim": "FAILED", "survivor": "FINISHED"}, parents
+    runs = [r for r in runs if "stage" in r.data.tags]
     states = {(r.data.tags.get("dvc_exp_name"), r.data.tags["mlflow.runName"]): r.info.status for r in runs}
     survivor = {stage: state for (exp, stage), state in states.items() if exp == "survivor"}
     assert survivor == dict.fromkeys(["evaluate@0", "evaluate@1", "paradox@0", "summarize"], "FINISHED"), states

@@ -156,9 +156,20 @@ def test_every_stage_run_reaches_mlflow_through_the_background_logger(pipeline_r
     assert pending_records(spool) == []
     client = MlflowClient(tracking_uri=f"sqlite:///{pipeline_repo / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("biasloop")
-    names = sorted(run.data.tags["mlflow.runName"] for run in client.search_runs([experiment.experiment_id]))
+    runs = client.search_runs([experiment.experiment_id])
+    stage_runs = [run for run in runs if "stage" in run.data.tags]
+    names = sorted(run.data.tags["mlflow.runName"] for run in stage_runs)
     assert "corpus" in names and "summarize" in names and "generate@1" in names and "retrain@1" in names
     assert len(names) == len(set(names))  # one run per stage execution, none twice
+    # nested under the `dvc repro`'s parent run, which has ended; the per-generation metrics at their step
+    parents = {run.info.run_id: run for run in runs if "stage" not in run.data.tags}
+    assert {run.data.tags.get("mlflow.parentRunId") for run in stage_runs} <= set(parents)
+    assert all(parent.data.tags["mlflow.runName"].startswith("repro-") and parent.info.status == "FINISHED"
+               for parent in parents.values())
+    evaluate = next(run for run in stage_runs if run.data.tags["mlflow.runName"] == "evaluate@1")
+    assert evaluate.data.params["synthetic_ratio"] and evaluate.data.tags["mlflow.source.name"] == "stages/evaluate.py"
+    logged = sorted(evaluate.data.metrics)  # on a tiny world the estimands may be undefined (None, not logged)
+    assert logged and {m.step for m in client.get_metric_history(evaluate.info.run_id, logged[0])} == {1}
 
 
 def test_second_repro_is_a_no_op(pipeline_repo: Path) -> None:

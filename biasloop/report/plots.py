@@ -227,57 +227,65 @@ def share_plot(per_occupation_by_series: dict[str, list[dict]], out_path: str | 
     plt.close(fig)
 
 
-def generation_curves(rows: list[dict], out_path: str | Path, title: str) -> None:
-    """Amplification (shift, gap, the shift's decomposition) and downstream bias across generations, with 95% intervals.
+# The across-generations figure: (panel title, y-axis label with its unit, scale applied to the stored
+# fraction, [(row key, legend label, colour)]). One unit per panel.
+GENERATION_PANELS = (
+    ("Shift and gap (neutral prompt vs. keyword)", "percentage points (pp)", 100.0,
+     [("shift", "shift to the training majority", "#333333"), ("gap", "gap, noise-free |p_gen - p_train|", "#ff7f0e")]),
+    ("Where the shift comes from", "percentage points (pp)", 100.0,
+     [("data", "(a) data: ideal learner", "#8c8c8c"), ("generator", "(b) generator", "#d62728"),
+      ("instrument", "(c) instrument", "#1f77b4")]),
+    ("Downstream accuracy", "accuracy or recall (%)", 100.0,
+     [("recall_at_10", "CLIP recall@10", "#333333"), ("worst_group_accuracy", "CLIP zero-shot worst group", "#ff7f0e"),
+      ("classifier_accuracy", "classifier", "#1f77b4"), ("classifier_worst_group_accuracy", "classifier worst group", "#2ca02c")]),
+    ("Downstream gaps between groups", "percentage points (pp)", 100.0,
+     [("recall_at_10_gap", "CLIP recall@10 gap", "#333333"), ("classifier_dp_difference", "classifier DP difference", "#1f77b4"),
+      ("classifier_eo_difference", "classifier EO difference", "#2ca02c"),
+      ("captioner_leakage", "captioner leakage LIC_M - LIC_D", "#9467bd")]),
+    ("Retrieved images vs. training share", "MaxSkew@k (nats)", 1.0,
+     [("max_skew_vs_training", "MaxSkew@k vs. training share", "#9467bd")]),
+    ("Captioner", "BLEU-4 and Error (x 100)", 100.0,
+     [("captioner_bleu4", "BLEU-4", "#333333"), ("captioner_error", "gender Error (% of captions)", "#d62728")]),
+)
 
-    ``rows`` are :func:`biasloop.report.html.summary_row` dicts (merged with ``task_row`` for the
-    captioner and classifier panels, drawn when present); a series ``key`` gets a band when the
-    rows carry ``key_lo`` and ``key_hi``.
+
+def generation_curves(rows: list[dict], out_path: str | Path, title: str) -> None:
+    """Amplification, its decomposition and the downstream models across generations, 95% intervals as bands.
+
+    One unit per panel (:data:`GENERATION_PANELS`: pp for differences of shares, % for accuracies, nats
+    for MaxSkew), integer generation ticks, each panel's legend under it. ``rows`` are
+    :func:`biasloop.report.html.summary_row` dicts (merged with ``task_row``); a panel none of whose
+    series has a number is left out; a series gets a band when the rows carry ``key_lo`` and ``key_hi``.
     """
     plt = _pyplot()
     generations = [r["generation"] for r in rows]
-    panels = [
-        ("amplification (neutral prompt vs. keyword)", [("shift", "shift to majority", "#333333"),
-                                                        ("gap", "gap (noise-free |F_gen - F_train|)", "#ff7f0e"),
-                                                        ("data", "(a) data", "#8c8c8c"),
-                                                        ("generator", "(b) generator", "#d62728"),
-                                                        ("instrument", "(c) instrument", "#1f77b4")],
-         "fraction (share of women)"),
-        ("downstream retrieval", [("recall_at_10", "recall@10", "#333333"), ("recall_at_10_gap", "recall@10 gap", "#d62728")],
-         "recall"),
-        ("downstream fairness", [("max_skew_vs_training", "MaxSkew@k vs. training share", "#9467bd"), ("worst_group_accuracy", "worst-group acc.", "#ff7f0e")],
-         "value"),
-        ("captioner", [("captioner_bleu4", "BLEU-4", "#333333"), ("captioner_error", "Error", "#d62728"),
-                       ("captioner_leakage", "leakage (LIC_M - LIC_D)", "#9467bd")], "fraction"),
-        ("occupation classifier", [("classifier_accuracy", "accuracy", "#333333"),
-                                   ("classifier_worst_group_accuracy", "worst-group acc.", "#ff7f0e"),
-                                   ("classifier_dp_difference", "DP difference", "#1f77b4"),
-                                   ("classifier_eo_difference", "EO difference", "#2ca02c")], "fraction"),
-    ]
-    # The task panels only when some row has their numbers (older runs, or a run without the tasks).
-    panels = [p for p in panels[:3]] + [p for p in panels[3:] if any(r.get(k) is not None for r in rows for k, _, _ in p[1])]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 3.6), squeeze=False)
-    axes = axes[0]
-    for ax, (panel_title, series, ylabel) in zip(axes, panels):
+    panels = [p for p in GENERATION_PANELS if any(r.get(key) is not None for r in rows for key, _, _ in p[3])]
+    columns = min(3, max(len(panels), 1))
+    n_rows = -(-len(panels) // columns)
+    fig, axes = plt.subplots(n_rows, columns, figsize=(5.2 * columns, 4.3 * n_rows), squeeze=False)
+    for ax, (panel_title, ylabel, scale, series) in zip(axes.flat, panels):
         for key, label, colour in series:
             values = [r.get(key) for r in rows]
             if all(v is None for v in values):
                 continue
             xs = [g for g, v in zip(generations, values) if v is not None]
-            ys = [v for v in values if v is not None]
+            ys = [scale * v for v in values if v is not None]
             ax.plot(xs, ys, marker="o", color=colour, label=label)
             lows = [r.get(f"{key}_lo") for r in rows]
             highs = [r.get(f"{key}_hi") for r in rows]
             if all(v is not None for v in lows + highs):
-                ax.fill_between(generations, lows, highs, color=colour, alpha=0.15)
+                ax.fill_between(generations, [scale * v for v in lows], [scale * v for v in highs], color=colour,
+                                alpha=0.15)
         ax.axhline(0, color="#bbbbbb", lw=1)
         ax.set_xticks(generations)
         ax.set_xlabel("generation")
         ax.set_ylabel(ylabel)
-        ax.set_title(panel_title, fontsize=10)
-        ax.legend(fontsize=8)
+        ax.set_title(panel_title, fontsize=11)
+        ax.legend(fontsize=9, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=1, frameon=False)
         ax.grid(alpha=0.3)
-    fig.suptitle(title, fontsize=11)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    fig.suptitle(title, fontsize=12)
     fig.tight_layout()
     _save(fig, out_path)
     plt.close(fig)
