@@ -82,8 +82,18 @@ HEADLINE_SOURCE = {"data_term": "data"}  # headline key -> summary row key, wher
 
 
 # logged to MLflow per generation (step = generation), fractions
-SERIES_KEYS = ("shift", "shift_lo", "shift_hi", "gap", "data", "generator", "instrument", "generator_occupation_accuracy",
-               "recall_at_10_gap", "classifier_accuracy_gap")
+SERIES_KEYS = (
+    "shift",
+    "shift_lo",
+    "shift_hi",
+    "gap",
+    "data",
+    "generator",
+    "instrument",
+    "generator_occupation_accuracy",
+    "recall_at_10_gap",
+    "classifier_accuracy_gap",
+)
 
 
 def headline_metrics(rows: list[dict]) -> dict[str, float | None]:
@@ -112,8 +122,11 @@ def main_body(argv: Sequence[str] | None) -> None:
     parser.add_argument("--instrument-metrics", default="metrics/instrument.json", help="instrument metrics JSON")
     parser.add_argument("--corpus-metrics", default="metrics/corpus.json", help="corpus metrics JSON")
     parser.add_argument("--out", default="metrics/summary.json", help="summary JSON (default: %(default)s)")
-    parser.add_argument("--headline", default="metrics/headline.json",
-                        help="short headline JSON, the first columns of `dvc exp show` (default: %(default)s)")
+    parser.add_argument(
+        "--headline",
+        default="metrics/headline.json",
+        help="short headline JSON, the first columns of `dvc exp show` (default: %(default)s)",
+    )
     parser.add_argument("--plots", default="plots", help="folder for plot CSVs and PNGs (default: %(default)s)")
     parser.add_argument("--report", default="plots/report.html", help="HTML report (default: %(default)s)")
     parser.add_argument(

@@ -40,8 +40,15 @@ def test_headline_is_the_last_generation_in_percentage_points() -> None:
     rows[0].update(shift_lo=0.181234, shift_hi=0.22, gap=0.19, generator=0.08, instrument=None)
     headline = headline_metrics(rows)
     assert list(headline) == list(HEADLINE_KEYS)
-    assert headline == {"shift": 20.0, "shift_lo": 18.1, "shift_hi": 22.0, "gap": 19.0, "data_term": 10.0,
-                        "generator": 8.0, "instrument": None}
+    assert headline == {
+        "shift": 20.0,
+        "shift_lo": 18.1,
+        "shift_hi": 22.0,
+        "gap": 19.0,
+        "data_term": 10.0,
+        "generator": 8.0,
+        "instrument": None,
+    }
     assert len(HEADLINE_KEYS) <= 12
 
 
@@ -70,9 +77,16 @@ def test_no_headline_key_is_also_a_param_or_a_dependency_column() -> None:
 
 
 def _dvc(args: list[str], repo: Path, **extra: str) -> str:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1",
-           "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t",
-           **extra}
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        "DVC_NO_ANALYTICS": "1",
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@t",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@t",
+        **extra,
+    }
     env.pop("DVC_ROOT", None)
     result = subprocess.run(args, cwd=repo, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, f"{' '.join(args)}:\n{result.stdout}\n{result.stderr}"
@@ -117,6 +131,6 @@ def test_documented_exp_show_puts_the_headline_and_synthetic_ratio_on_the_first_
     assert cell_len(experiment_row) <= SCREEN_COLUMNS
     assert experiment_row.split()[-1] == str(varied)
     headline = json.loads((repo / "metrics" / "headline.json").read_text())
-    shown = experiment_row.split()[-1 - len(HEADLINE_KEYS):-1]
+    shown = experiment_row.split()[-1 - len(HEADLINE_KEYS) : -1]
     for key, cell in zip(HEADLINE_KEYS, shown):
         assert cell == "-" if headline[key] is None else float(cell) == pytest.approx(headline[key]), (key, cell)

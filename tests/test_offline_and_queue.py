@@ -110,7 +110,10 @@ def test_four_queued_experiments_record_every_run(offline_baseline: tuple[Path, 
     for name, runs in by_experiment.items():
         stages = sorted(r.data.tags["mlflow.runName"] for r in runs)
         assert stages == ["evaluate@0", "evaluate@1", "paradox@0", "summarize"], (name, stages)
-        assert {r.info.status for r in runs} == {"FINISHED"}, (name, [(r.data.tags["mlflow.runName"], r.info.status) for r in runs])
+        assert {r.info.status for r in runs} == {"FINISHED"}, (
+            name,
+            [(r.data.tags["mlflow.runName"], r.info.status) for r in runs],
+        )
         assert {r.data.tags.get("mlflow.parentRunId") for r in runs} == {parents[name].info.run_id}, name
         assert parents[name].info.status == "FINISHED", name
     print(f"four queued experiments (-j 4) took {elapsed:.0f} s")

@@ -164,8 +164,10 @@ def test_every_stage_run_reaches_mlflow_through_the_background_logger(pipeline_r
     # nested under the `dvc repro`'s parent run, which has ended; the per-generation metrics at their step
     parents = {run.info.run_id: run for run in runs if "stage" not in run.data.tags}
     assert {run.data.tags.get("mlflow.parentRunId") for run in stage_runs} <= set(parents)
-    assert all(parent.data.tags["mlflow.runName"].startswith("repro-") and parent.info.status == "FINISHED"
-               for parent in parents.values())
+    assert all(
+        parent.data.tags["mlflow.runName"].startswith("repro-") and parent.info.status == "FINISHED"
+        for parent in parents.values()
+    )
     evaluate = next(run for run in stage_runs if run.data.tags["mlflow.runName"] == "evaluate@1")
     assert evaluate.data.params["synthetic_ratio"] and evaluate.data.tags["mlflow.source.name"] == "stages/evaluate.py"
     logged = sorted(evaluate.data.metrics)  # on a tiny world the estimands may be undefined (None, not logged)

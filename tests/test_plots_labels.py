@@ -52,8 +52,14 @@ def test_generation_plots_use_whole_generations_and_one_unit() -> None:
 def test_dvc_plots_show_fills_titles_and_labels() -> None:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
     env.pop("DVC_ROOT", None)
-    result = subprocess.run([sys.executable, "-m", "dvc", "plots", "show", "--json"], cwd=REPO_ROOT, env=env,
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "dvc", "plots", "show", "--json"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     rendered = json.loads(result.stdout)["data"]
     for name, spec in _data_plots().items():

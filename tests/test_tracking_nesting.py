@@ -43,17 +43,24 @@ for spec in sys.argv[2:]:
         sys.exit(code)
 """
 
-PIPELINE = {"stages": {
-    "corpus": {"cmd": "x", "params": ["base"]},
-    "evaluate": {"foreach": [0, 1], "do": {"cmd": "x", "params": ["evaluate", "base.seed"]}},
-    "summarize": {"cmd": "x", "params": [{"params.yaml": None}]},
-}}
+PIPELINE = {
+    "stages": {
+        "corpus": {"cmd": "x", "params": ["base"]},
+        "evaluate": {"foreach": [0, 1], "do": {"cmd": "x", "params": ["evaluate", "base.seed"]}},
+        "summarize": {"cmd": "x", "params": [{"params.yaml": None}]},
+    }
+}
 PARAMS = {"base": {"seed": 3, "device": "cpu"}, "synthetic_ratio": 0.6, "evaluate": {"k": 10}, "other": {"x": 1}}
 
 
 def _git(repo: Path, *args: str) -> str:
-    return subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", *args], cwd=repo, check=True,
-                          capture_output=True, text=True).stdout.strip()
+    return subprocess.run(
+        ["git", "-c", "user.email=t@t", "-c", "user.name=t", *args],
+        cwd=repo,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
 
 
 def _pipeline_repo(tmp_path: Path) -> tuple[Path, str]:
@@ -75,8 +82,9 @@ def _dvc_repro(repo: Path, uri: str, specs: list[str], monkeypatch: pytest.Monke
             patch.setenv(name, value)
         if "DVC_EXP_NAME" not in env:
             patch.delenv("DVC_EXP_NAME", raising=False)
-        return subprocess.run([sys.executable, str(repo / "bin" / "dvc"), "repro", *specs], cwd=repo,
-                              timeout=300).returncode
+        return subprocess.run(
+            [sys.executable, str(repo / "bin" / "dvc"), "repro", *specs], cwd=repo, timeout=300
+        ).returncode
 
 
 def test_stage_runs_nest_under_one_parent_per_pipeline_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -111,14 +119,19 @@ def test_stage_runs_nest_under_one_parent_per_pipeline_run(tmp_path: Path, monke
         assert child.data.params["synthetic_ratio"] == "0.6"  # the varied param, declared or not
     assert children["corpus"].data.params["base.device"] == "cpu" and "evaluate.k" not in children["corpus"].data.params
     assert children["evaluate@1"].data.params["evaluate.k"] == "10"
-    assert children["evaluate@1"].data.params["base.seed"] == "3" and "base.device" not in children["evaluate@1"].data.params
+    assert (
+        children["evaluate@1"].data.params["base.seed"] == "3"
+        and "base.device" not in children["evaluate@1"].data.params
+    )
     assert children["summarize"].data.params["other.x"] == "1"
     (point,) = client.get_metric_history(children["evaluate@1"].info.run_id, "shift")
     assert point.step == 1  # per-generation metrics at step = generation
 
     failed = [r for r in runs if r.data.tags.get(PARENT_TAG) == parents[f"repro-{commit[:7]}"].info.run_id]
     assert sorted((r.data.tags["mlflow.runName"], r.info.status) for r in failed) == [
-        ("corpus", "FINISHED"), ("evaluate@0", "FAILED")]
+        ("corpus", "FINISHED"),
+        ("evaluate@0", "FAILED"),
+    ]
 
 
 def test_a_stage_run_outside_dvc_has_no_parent(tmp_path: Path) -> None:
@@ -137,6 +150,9 @@ def test_a_stage_run_outside_dvc_has_no_parent(tmp_path: Path) -> None:
 def test_declared_params_follow_dvc_yaml(tmp_path: Path) -> None:
     (tmp_path / "dvc.yaml").write_text(yaml.safe_dump(PIPELINE))
     assert declared_params("evaluate", PARAMS, tmp_path / "dvc.yaml") == {
-        "evaluate": {"k": 10}, "base.seed": 3, "synthetic_ratio": 0.6}
+        "evaluate": {"k": 10},
+        "base.seed": 3,
+        "synthetic_ratio": 0.6,
+    }
     assert declared_params("summarize", PARAMS, tmp_path / "dvc.yaml") == {**PARAMS}
     assert declared_params("missing", PARAMS, tmp_path / "dvc.yaml") == {}

@@ -12,6 +12,7 @@ import shutil
 import socket
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +43,11 @@ def experiment_id_for(client: Any, name: str, uri: str) -> str:
     try:
         # Artifacts beside the database (not in whichever folder a stage ran from).
         database = Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else repo_root() / "x"
-        return client.create_experiment(name, artifact_location=(database.parent / "mlartifacts").as_uri(),
-                                        tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND})
+        return client.create_experiment(
+            name,
+            artifact_location=(database.parent / "mlartifacts").as_uri(),
+            tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND},
+        )
     except mlflow.exceptions.MlflowException:
         found = client.get_experiment_by_name(name)  # created by another writer
         if found is None:
@@ -81,8 +85,7 @@ def log_record(folder: Path, clients: dict[str, Any] | None = None) -> str:
         run_id = run_id_path.read_text().strip()  # a logger died halfway: resume the same run
     else:
         tags = {**record["tags"], PARENT_TAG: parent} if parent else record["tags"]
-        run = retry(lambda: client.create_run(experiment, start_time=record["start_time"], tags=tags),
-                     "create run")
+        run = retry(lambda: client.create_run(experiment, start_time=record["start_time"], tags=tags), "create run")
         run_id = run.info.run_id
         run_id_path.write_text(run_id + "\n")
     params = [Param(k, v) for k, v in record["params"].items()]
@@ -116,8 +119,10 @@ def parent_run_id(spool: Path, key: str, client: Any, experiment_id: str) -> str
         record = json.loads((folder / RECORD).read_text())
     except (OSError, ValueError):
         return None
-    run = retry(lambda: client.create_run(experiment_id, start_time=record["start_time"], tags=record["tags"]),
-                 "create parent run")
+    run = retry(
+        lambda: client.create_run(experiment_id, start_time=record["start_time"], tags=record["tags"]),
+        "create parent run",
+    )
     run_id_path.write_text(run.info.run_id + "\n")
     params = [Param(k, v) for k, v in record["params"].items()]
     for start in range(0, len(params), 100):
@@ -159,15 +164,16 @@ def close_ended_pipelines(spool: Path, clients: dict[str, Any], waiting_children
         if uri not in clients:
             clients[uri] = MlflowClient(tracking_uri=uri)
         client = clients[uri]
-        experiment = retry(lambda: experiment_id_for(client, record["experiment"], uri), "get experiment")
+        experiment = retry(partial(experiment_id_for, client, record["experiment"], uri), "get experiment")
         run_id = parent_run_id(spool, folder.name, client, experiment)
         if run_id is None:
             continue
-        children = retry(lambda: client.search_runs([experiment], f"tags.`{PARENT_TAG}` = '{run_id}'"),
-                          "search child runs")
+        children = retry(
+            partial(client.search_runs, [experiment], f"tags.`{PARENT_TAG}` = '{run_id}'"), "search child runs"
+        )
         failed = any(child.info.status in ("FAILED", "KILLED") for child in children)
         end = max([c.info.end_time for c in children if c.info.end_time] or [int(time.time() * 1000)])
-        retry(lambda: client.set_terminated(run_id, "FAILED" if failed else "FINISHED", end), "end parent run")
+        retry(partial(client.set_terminated, run_id, "FAILED" if failed else "FINISHED", end), "end parent run")
         shutil.rmtree(folder, ignore_errors=True)
         log.info("ended parent run %s (%s) of pipeline run %s", run_id, "FAILED" if failed else "FINISHED", folder.name)
         closed += 1

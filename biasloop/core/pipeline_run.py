@@ -131,8 +131,13 @@ def pipeline_key(ancestor: ProcessInfo) -> str:
 
 def parent_record(ancestor: ProcessInfo, key: str, uri: str, experiment: str, commit: str | None) -> dict[str, Any]:
     """The parent run's record (tags, all of params.yaml unflattened, its DVC process as owner)."""
-    tags = {RUN_NAME_TAG: pipeline_name(commit), SOURCE_TAG: "dvc.yaml", SOURCE_TYPE_TAG: "LOCAL",
-            PIPELINE_TAG: key, "dvc_command": " ".join(ancestor.cmdline[1:])[:500]}
+    tags = {
+        RUN_NAME_TAG: pipeline_name(commit),
+        SOURCE_TAG: "dvc.yaml",
+        SOURCE_TYPE_TAG: "LOCAL",
+        PIPELINE_TAG: key,
+        "dvc_command": " ".join(ancestor.cmdline[1:])[:500],
+    }
     if commit:
         tags[COMMIT_TAG] = commit
     for env_name in ("DVC_EXP_NAME", "DVC_EXP_BASELINE_REV"):
@@ -142,6 +147,12 @@ def parent_record(ancestor: ProcessInfo, key: str, uri: str, experiment: str, co
         tags[USER_TAG] = getpass.getuser()
     except (KeyError, OSError):
         pass
-    return {"uri": uri, "experiment": experiment, "tags": tags, "params": read_params_file(),
-            "start_time": process_start_ms(ancestor), "process": f"{ancestor.pid}:{ancestor.start}",
-            "host": socket.gethostname()}
+    return {
+        "uri": uri,
+        "experiment": experiment,
+        "tags": tags,
+        "params": read_params_file(),
+        "start_time": process_start_ms(ancestor),
+        "process": f"{ancestor.pid}:{ancestor.start}",
+        "host": socket.gethostname(),
+    }

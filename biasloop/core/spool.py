@@ -42,10 +42,12 @@ def _process_start(pid: int) -> str | None:
         return None
     return stat.rsplit(")", 1)[1].split()[19]  # field 22, counted after the parenthesised command name
 
+
 def process_identity(pid: int | None = None) -> str:
     """``"<pid>:<start time>"``: names a process, not a recycled pid."""
     pid = os.getpid() if pid is None else pid
     return f"{pid}:{_process_start(pid) or '?'}"
+
 
 def process_alive(identity: str) -> bool:
     """Whether the process named by :func:`process_identity` still runs (on this host)."""
@@ -62,12 +64,15 @@ def process_alive(identity: str) -> bool:
     now = _process_start(pid)
     return start in ("", "?") or now is None or now == start
 
+
 def repo_root() -> Path:
     return Path(os.environ.get("DVC_ROOT") or os.getcwd()).resolve()
+
 
 def default_uri() -> str:
     """``sqlite:///<DVC_ROOT or cwd>/mlflow.db``."""
     return f"sqlite:///{repo_root() / 'mlflow.db'}"
+
 
 def spool_dir(uri: str) -> Path:
     """Where runs wait for the logger: ``$BIASLOOP_TRACKING_SPOOL``, else beside a SQLite database
@@ -78,6 +83,7 @@ def spool_dir(uri: str) -> Path:
     if uri.startswith("sqlite:///"):
         return Path(uri.removeprefix("sqlite:///")).resolve().parent / ".mlflow-spool"
     return repo_root() / ".cache" / "mlflow-spool"
+
 
 def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """Flatten nested mappings into ``a.b.c`` keys; lists of scalars become ``a.0``, ``a.1``."""
@@ -98,7 +104,9 @@ def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
             flat[name] = value
     return flat
 
+
 _NOT_TRANSIENT = {"INVALID_PARAMETER_VALUE", "BAD_REQUEST", "RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST"}
+
 
 def mlflow_key(name: str) -> str:
     """``name`` with the characters MLflow rejects in param/metric keys replaced (``recall@10`` -> ``recall_at_10``).
@@ -106,6 +114,7 @@ def mlflow_key(name: str) -> str:
     MLflow keys may hold alphanumerics, ``_ - . / :`` and spaces; anything else fails the whole batch.
     """
     return re.sub(r"[^A-Za-z0-9_\-./: ]", "_", name.replace("@", "_at_"))
+
 
 def retry(call: Callable[[], T], what: str, attempts: int = 12) -> T:
     """Run ``call``, retrying with jittered backoff (SQLite lock contention between writers)."""
@@ -121,13 +130,16 @@ def retry(call: Callable[[], T], what: str, attempts: int = 12) -> T:
             delay = min(delay * 2, 5.0)
     raise AssertionError("unreachable")
 
+
 def now_ms() -> int:
     return int(time.time() * 1000)
+
 
 def write_json_atomic(path: Path, data: Any) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(data, indent=1))
     os.replace(tmp, path)
+
 
 # ------------------------------------------------------------------------------------ the logger side
 def spool_lock(spool: Path, blocking: bool) -> Any:
@@ -143,6 +155,7 @@ def spool_lock(spool: Path, blocking: bool) -> Any:
             return None
         raise
     return handle
+
 
 def pending_records(spool: Path) -> list[Path]:
     """Record folders in ``spool`` that are ready to log: ended, or left RUNNING by a process that died."""

@@ -108,9 +108,7 @@ def _sigterm_unwinds() -> Iterator[None]:
 
 def _git_revision() -> str | None:
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=False
-        )
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=False)
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None
@@ -150,8 +148,12 @@ class StageRun:
             if only_new and key in logged:
                 continue
             if key in logged and logged[key] != value:
-                log.warning("MLflow log_params failed: param %r changed from %r to %r (params are immutable)",
-                            key, logged[key], value)
+                log.warning(
+                    "MLflow log_params failed: param %r changed from %r to %r (params are immutable)",
+                    key,
+                    logged[key],
+                    value,
+                )
                 continue
             logged[key] = value
         self._save()
@@ -168,8 +170,11 @@ class StageRun:
         if not self.active:
             return
         now = now_ms()
-        rows = [[mlflow_key(k), float(v), now, self.step if step is None else step]
-                for k, v in flatten(metrics).items() if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v]
+        rows = [
+            [mlflow_key(k), float(v), now, self.step if step is None else step]
+            for k, v in flatten(metrics).items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v
+        ]
         self.record["metrics"].extend(rows)
         if pipeline and self.record.get("parent"):
             self.record.setdefault("parent_metrics", []).extend(rows)
@@ -265,9 +270,14 @@ def stage_run(
         return
     uri = config.uri or default_uri()
     try:
-        tags = {"stage": stage, HOST_TAG: socket.gethostname(), PROCESS_TAG: process_identity(),
-                pipeline_run.RUN_NAME_TAG: stage if generation is None else f"{stage}@{generation}",
-                pipeline_run.SOURCE_TAG: f"stages/{stage}.py", pipeline_run.SOURCE_TYPE_TAG: "LOCAL"}
+        tags = {
+            "stage": stage,
+            HOST_TAG: socket.gethostname(),
+            PROCESS_TAG: process_identity(),
+            pipeline_run.RUN_NAME_TAG: stage if generation is None else f"{stage}@{generation}",
+            pipeline_run.SOURCE_TAG: f"stages/{stage}.py",
+            pipeline_run.SOURCE_TYPE_TAG: "LOCAL",
+        }
         if generation is not None:
             tags["generation"] = str(generation)
         revision = _git_revision()
@@ -280,9 +290,20 @@ def stage_run(
         parent = _open_pipeline(spool, uri, config.experiment, revision)
         if parent:
             tags[pipeline_run.PIPELINE_TAG] = parent
-        record = {"uri": uri, "experiment": config.experiment, "tags": tags, "params": {}, "metrics": [],
-                  "artifacts": [], "status": "RUNNING", "start_time": now_ms(), "end_time": None,
-                  "process": tags[PROCESS_TAG], "host": tags[HOST_TAG], "parent": parent}
+        record = {
+            "uri": uri,
+            "experiment": config.experiment,
+            "tags": tags,
+            "params": {},
+            "metrics": [],
+            "artifacts": [],
+            "status": "RUNNING",
+            "start_time": now_ms(),
+            "end_time": None,
+            "process": tags[PROCESS_TAG],
+            "host": tags[HOST_TAG],
+            "parent": parent,
+        }
         handle = StageRun(_open_record(spool, record), record, step=generation or 0)
         if params:
             handle.log_params(params)
@@ -346,10 +367,23 @@ def start_logger(spool: Path, linger: float | None = None) -> bool:
         # It works in the spool, not the stage's folder: a queued experiment's temporary copy is deleted
         # when the experiment ends, and a process whose working directory is gone cannot import MLflow.
         subprocess.Popen(
-            [sys.executable, "-m", "biasloop.core.tracking", "--spool", str(spool.resolve()), "--linger", str(linger),
-             "--follow"],
-            stdin=subprocess.DEVNULL, stdout=output, stderr=output, start_new_session=True, env=env,
-            close_fds=True, cwd=spool.resolve(),
+            [
+                sys.executable,
+                "-m",
+                "biasloop.core.tracking",
+                "--spool",
+                str(spool.resolve()),
+                "--linger",
+                str(linger),
+                "--follow",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=output,
+            start_new_session=True,
+            env=env,
+            close_fds=True,
+            cwd=spool.resolve(),
         )
     return True
 
@@ -359,8 +393,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m biasloop.core.tracking", description=main.__doc__)
     parser.add_argument("--spool", required=True, help="spool folder (beside the tracking database: .mlflow-spool)")
     parser.add_argument("--linger", type=float, default=0.0, help="seconds to wait for new records once empty")
-    parser.add_argument("--follow", action="store_true",
-                        help="also wait while a DVC pipeline run that logged here is alive, and end its parent run")
+    parser.add_argument(
+        "--follow",
+        action="store_true",
+        help="also wait while a DVC pipeline run that logged here is alive, and end its parent run",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(process)d %(levelname)s %(message)s")
     with contextlib.suppress(OSError):

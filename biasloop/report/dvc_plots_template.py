@@ -48,12 +48,24 @@ class VendoredScript:
 # vega-embed 6 needs vega ^5.21 and vega-lite 5 (DVC's specs use the vega-lite v5 schema). Order matters:
 # vega-lite and vega-embed read the `vega` global.
 SCRIPTS = (
-    VendoredScript("vega", "5.33.1", "package/build/vega.min.js",
-                   "sha512-1fArfVDUqVbb5z8n+/nVQb+VNBzx8svY6CrsyTK4Ujm4yrd9I1auoKxBAPXLCavY1LcrbHUskQbGUP8gXOzyQw=="),
-    VendoredScript("vega-lite", "5.23.0", "package/build/vega-lite.min.js",
-                   "sha512-l4J6+AWE3DIjvovEoHl2LdtCUkfm4zs8Xxx7INwZEAv+XVb6kR6vIN1gt3t2gN2gs/y4DYTs/RPoTeYAuEg6mA=="),
-    VendoredScript("vega-embed", "6.29.0", "package/build/vega-embed.min.js",
-                   "sha512-PmlshTLtLFLgWtF/b23T1OwX53AugJ9RZ3qPE2c01VFAbgt3/GSNI/etzA/GzdrkceXFma+FDHNXUppKuM0U6Q=="),
+    VendoredScript(
+        "vega",
+        "5.33.1",
+        "package/build/vega.min.js",
+        "sha512-1fArfVDUqVbb5z8n+/nVQb+VNBzx8svY6CrsyTK4Ujm4yrd9I1auoKxBAPXLCavY1LcrbHUskQbGUP8gXOzyQw==",
+    ),
+    VendoredScript(
+        "vega-lite",
+        "5.23.0",
+        "package/build/vega-lite.min.js",
+        "sha512-l4J6+AWE3DIjvovEoHl2LdtCUkfm4zs8Xxx7INwZEAv+XVb6kR6vIN1gt3t2gN2gs/y4DYTs/RPoTeYAuEg6mA==",
+    ),
+    VendoredScript(
+        "vega-embed",
+        "6.29.0",
+        "package/build/vega-embed.min.js",
+        "sha512-PmlshTLtLFLgWtF/b23T1OwX53AugJ9RZ3qPE2c01VFAbgt3/GSNI/etzA/GzdrkceXFma+FDHNXUppKuM0U6Q==",
+    ),
 )
 
 PAGE = """<!DOCTYPE html>
@@ -91,8 +103,12 @@ def fetch(cache: Path, npm: str = "npm") -> list[Path]:
     if missing:
         if shutil.which(npm) is None:
             raise RuntimeError(f"npm is not installed (needed once to fetch {', '.join(s.spec for s in missing)})")
-        result = subprocess.run([npm, "pack", "--silent", "--pack-destination", str(cache), *(s.spec for s in missing)],
-                                capture_output=True, text=True, timeout=300)
+        result = subprocess.run(
+            [npm, "pack", "--silent", "--pack-destination", str(cache), *(s.spec for s in missing)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         if result.returncode != 0:
             raise RuntimeError(f"npm pack {' '.join(s.spec for s in missing)} failed: {result.stderr.strip()[-500:]}")
     paths = []
@@ -141,8 +157,10 @@ def inline_template(cache: Path) -> str:
             if placeholder in code:  # DVC's str.replace would splice plots into the library
                 raise RuntimeError(f"{script.spec}: its build contains {placeholder}")
         code = code.replace("</script", "<\\/script")  # the only sequence that ends an inline script early
-        blocks.append(f"    <!-- {script.spec} ({script.build.removeprefix('package/')}), licence:\n"
-                      f"{html.escape(licence).replace('--', '- -')}\n    -->\n    <script>{code}</script>")
+        blocks.append(
+            f"    <!-- {script.spec} ({script.build.removeprefix('package/')}), licence:\n"
+            f"{html.escape(licence).replace('--', '- -')}\n    -->\n    <script>{code}</script>"
+        )
     note = "vega, vega-lite and vega-embed inlined from npm: " + ", ".join(s.spec for s in SCRIPTS)
     return PAGE.format(note=note, scripts="\n".join(blocks))
 
@@ -170,4 +188,3 @@ def write_template(out: Path, cache: Path) -> tuple[bool, str]:
     with atomic_path(out) as partial:
         partial.write_text(text, encoding="utf-8")
     return offline, message
-

@@ -54,8 +54,9 @@ def summary_row(metrics: dict[str, Any]) -> dict[str, Any]:
     row["shift_vs_training_dataset"] = _get(vs_dataset, "estimands", "shift", "estimate")
     _flat_interval(row, "shift_vs_training_dataset", _get(vs_dataset, "estimands", "shift", "ci"))
     row["gap_vs_training_dataset"] = _get(vs_dataset, "estimands", "gap", "estimate")
-    row["instrument_accuracy_on_generated"] = _get(metrics, "instrument_on_generated", "by_prompt_kind", "neutral",
-                                                   "overall", "accuracy")
+    row["instrument_accuracy_on_generated"] = _get(
+        metrics, "instrument_on_generated", "by_prompt_kind", "neutral", "overall", "accuracy"
+    )
     row["amplification_abs"] = amplification.get("amplification_abs")
     for suffix in ("abs", "dir"):
         row[f"noise_floor_{suffix}"] = amplification.get(f"noise_floor_{suffix}")
@@ -113,13 +114,20 @@ def task_row(captioner: dict[str, Any] | None, classifier: dict[str, Any] | None
 
 
 TASK_COLUMNS = (  # (summary key, header, unit) of the downstream-task table in the report
-    ("captioner_bleu4", "BLEU-4 (%)", "%"), ("captioner_rouge_l", "ROUGE-L (%)", "%"),
-    ("captioner_cider_d", "CIDEr-D", "num"), ("captioner_error", "Error (%)", "%"),
-    ("captioner_ratio", "Ratio W/M", "num"), ("captioner_ratio_true", "true ratio W/M", "num"),
-    ("captioner_lic_m", "LIC_M (%)", "%"), ("captioner_lic_d", "LIC_D (%)", "%"),
-    ("captioner_leakage", "leakage (pp)", "pp+"), ("captioner_leakage_std", "leakage sd (pp)", "pp"),
-    ("classifier_accuracy", "classifier acc. (%)", "%"), ("classifier_accuracy_gap", "acc. gap W/M (pp)", "pp"),
-    ("classifier_dp_difference", "DP diff. (pp)", "pp"), ("classifier_eo_difference", "EO diff. (pp)", "pp"),
+    ("captioner_bleu4", "BLEU-4 (%)", "%"),
+    ("captioner_rouge_l", "ROUGE-L (%)", "%"),
+    ("captioner_cider_d", "CIDEr-D", "num"),
+    ("captioner_error", "Error (%)", "%"),
+    ("captioner_ratio", "Ratio W/M", "num"),
+    ("captioner_ratio_true", "true ratio W/M", "num"),
+    ("captioner_lic_m", "LIC_M (%)", "%"),
+    ("captioner_lic_d", "LIC_D (%)", "%"),
+    ("captioner_leakage", "leakage (pp)", "pp+"),
+    ("captioner_leakage_std", "leakage sd (pp)", "pp"),
+    ("classifier_accuracy", "classifier acc. (%)", "%"),
+    ("classifier_accuracy_gap", "acc. gap W/M (pp)", "pp"),
+    ("classifier_dp_difference", "DP diff. (pp)", "pp"),
+    ("classifier_eo_difference", "EO diff. (pp)", "pp"),
     ("classifier_worst_group_accuracy", "worst-group acc. (%)", "%"),
 )
 
@@ -134,8 +142,9 @@ def paradox_summary(entry: dict[str, Any] | None, kind: str = "measured") -> dic
     out = estimand_values(table)
     if kind == "measured":
         out.update(decomposition_values(_get(entry, "decomposition")))
-    out.update({key: table.get(key) for key in ("excess_abs", "n_images_train", "n_images_gen", "n_pairs")
-                if key in table})
+    out.update(
+        {key: table.get(key) for key in ("excess_abs", "n_images_train", "n_images_gen", "n_pairs") if key in table}
+    )
     return out
 
 
@@ -164,8 +173,9 @@ def build_summary(
     for row in rows:
         summary[f"gen{row['generation']}"] = {k: v for k, v in row.items() if k != "generation"}
     if instrument:
-        summary["instrument"] = {k: instrument.get(k) for k in ("accuracy", "abstain_rate", "tpr", "fpr", "cpu_threads")
-                                 if k in instrument}
+        summary["instrument"] = {
+            k: instrument.get(k) for k in ("accuracy", "abstain_rate", "tpr", "fpr", "cpu_threads") if k in instrument
+        }
     return summary
 
 
@@ -174,10 +184,14 @@ def share_rows(generation_metrics: list[dict[str, Any]]) -> list[dict[str, Any]]
     rows = []
     for metrics in generation_metrics:
         for item in metrics.get("per_occupation") or []:
-            rows.append({
-                "generation": metrics["generation"], "occupation": item["occupation"],
-                "share_train": item.get("share_train"), "share_gen": item.get("share_gen"),
-            })
+            rows.append(
+                {
+                    "generation": metrics["generation"],
+                    "occupation": item["occupation"],
+                    "share_train": item.get("share_train"),
+                    "share_gen": item.get("share_gen"),
+                }
+            )
     return rows
 
 
@@ -238,9 +252,17 @@ th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}img{max-widt
 
 
 # How the report shows each study metric (see UNITS): fractions in percent or percentage points.
-STUDY_UNITS = {"excess_abs": "pp+", "amplification_abs": "pp", "shift_to_majority": "pp+",
-               "generator_occupation_accuracy": "%", "recall_at_10": "%", "recall_at_10_gap": "pp+",
-               "max_skew_vs_training": "num", "worst_group_accuracy": "%", "equalized_odds_difference": "num"}
+STUDY_UNITS = {
+    "excess_abs": "pp+",
+    "amplification_abs": "pp",
+    "shift_to_majority": "pp+",
+    "generator_occupation_accuracy": "%",
+    "recall_at_10": "%",
+    "recall_at_10_gap": "pp+",
+    "max_skew_vs_training": "num",
+    "worst_group_accuracy": "%",
+    "equalized_odds_difference": "num",
+}
 
 
 def study_section(study: dict[str, Any] | None) -> str:
@@ -254,23 +276,33 @@ def study_section(study: dict[str, Any] | None) -> str:
     if not study:
         return ""
     if "summary" not in study:  # the placeholder committed before any study was collected
-        return ("<h2>Study</h2><p class='note'>No study collected yet: <code>biasloop study run</code>, "
-                "<code>biasloop study collect</code>, then <code>dvc repro</code> (README, Studies).</p>")
+        return (
+            "<h2>Study</h2><p class='note'>No study collected yet: <code>biasloop study run</code>, "
+            "<code>biasloop study collect</code>, then <code>dvc repro</code> (README, Studies).</p>"
+        )
     config = study["study"]
     amplification = study["amplification_metric"]
-    parts = [f"<h2>Study '{html.escape(str(config['name']))}': {len(config['ratios'])} ratios &times; "
-             f"{len(config['seeds'])} seeds &times; {config['generations']} generations</h2>"]
+    parts = [
+        f"<h2>Study '{html.escape(str(config['name']))}': {len(config['ratios'])} ratios &times; "
+        f"{len(config['seeds'])} seeds &times; {config['generations']} generations</h2>"
+    ]
     parts.append(
         f"<p class='note'>{study['n_cells_used']} of {study['n_cells_expected']} experiments aggregated. Per cell: "
         "mean over seeds, between-seed SD, 95% t interval over seeds, n seeds (values in percent). Slopes: "
         "mean of per-seed least-squares slopes with a 95% t interval over seeds (seeds are the independent "
         "units: cells of one seed share random streams); per unit of synthetic_ratio (0 &rarr; 1) or per "
-        "generation.</p>")
+        "generation.</p>"
+    )
     if study.get("amplification_note"):
         parts.append(f"<p class='missing'>{html.escape(study['amplification_note'])}</p>")
-    problems = ([f"failed: {html.escape(f['name'])} (see <code>{html.escape(f['logs_command'])}</code>)" for f in study["failed"]]
-                + [f"missing: {html.escape(m['name'])} ({html.escape(str(m['state']))})" for m in study["missing"]]
-                + [f"inconsistent: {html.escape(line)}" for line in study["inconsistent"]])
+    problems = (
+        [
+            f"failed: {html.escape(f['name'])} (see <code>{html.escape(f['logs_command'])}</code>)"
+            for f in study["failed"]
+        ]
+        + [f"missing: {html.escape(m['name'])} ({html.escape(str(m['state']))})" for m in study["missing"]]
+        + [f"inconsistent: {html.escape(line)}" for line in study["inconsistent"]]
+    )
     if problems:
         parts.append("<p class='missing'>Not averaged over: " + "; ".join(problems) + "</p>")
     last = config["generations"] - 1
@@ -284,31 +316,73 @@ def study_section(study: dict[str, Any] | None) -> str:
         vs_ratio = study["trends"][key]["vs_ratio"].get(f"gen{last}") or {}
         vs_generation = study["trends"][key]["vs_generation"].get(top_ratio) or {}
         unit = slope_unit(key)
-        rows.append([label, _fmt(vs_ratio.get("slope"), unit), _fmt(vs_ratio.get("ci"), unit), vs_ratio.get("n"),
-                     _fmt(vs_generation.get("slope"), unit), _fmt(vs_generation.get("ci"), unit), vs_generation.get("n")])
-    parts.append(_table([("metric", "text"), (f"slope vs ratio, generation {last}", "text"), ("95% CI", "text"),
-                         ("seeds", "int"), (f"slope vs generation, ratio {top_ratio}", "text"), ("95% CI", "text"),
-                         ("seeds", "int")], rows))
+        rows.append(
+            [
+                label,
+                _fmt(vs_ratio.get("slope"), unit),
+                _fmt(vs_ratio.get("ci"), unit),
+                vs_ratio.get("n"),
+                _fmt(vs_generation.get("slope"), unit),
+                _fmt(vs_generation.get("ci"), unit),
+                vs_generation.get("n"),
+            ]
+        )
+    parts.append(
+        _table(
+            [
+                ("metric", "text"),
+                (f"slope vs ratio, generation {last}", "text"),
+                ("95% CI", "text"),
+                ("seeds", "int"),
+                (f"slope vs generation, ratio {top_ratio}", "text"),
+                ("95% CI", "text"),
+                ("seeds", "int"),
+            ],
+            rows,
+        )
+    )
     unit = STUDY_UNITS.get(amplification, "pp")
     spread = "num" if unit == "num" else "pp"
-    rows = [[f"{entry['ratio']:g}", entry["generation"], s["mean"], s["sd"], s["ci"], s["n"]]
-            for entry in study["summary"] for s in [entry["metrics"][amplification]]]
+    rows = [
+        [f"{entry['ratio']:g}", entry["generation"], s["mean"], s["sd"], s["ci"], s["n"]]
+        for entry in study["summary"]
+        for s in [entry["metrics"][amplification]]
+    ]
     parts.append(f"<p class='note'>{html.escape(study['metrics'][amplification])} per cell (percentage points):</p>")
-    parts.append(_table([("synthetic_ratio", "text"), ("generation", "int"), ("mean", unit), ("between-seed SD", spread),
-                         ("95% CI", unit), ("seeds", "int")], rows))
+    parts.append(
+        _table(
+            [
+                ("synthetic_ratio", "text"),
+                ("generation", "int"),
+                ("mean", unit),
+                ("between-seed SD", spread),
+                ("95% CI", unit),
+                ("seeds", "int"),
+            ],
+            rows,
+        )
+    )
     for caption, path in (study.get("figures") or {}).items():
         parts.append(_image_tag(path, f"study {caption}"))
     revisions = sorted({c["baseline_rev"][:7] for c in study["cells"]})
-    parts.append(f"<p class='note'>Baseline commit(s) {', '.join(revisions)}; every cell's revision and params: "
-                 "metrics/study.json (cells, common_params).</p>")
+    parts.append(
+        f"<p class='note'>Baseline commit(s) {', '.join(revisions)}; every cell's revision and params: "
+        "metrics/study.json (cells, common_params).</p>"
+    )
     return "\n".join(parts)
 
 
 # The acquisition table's fixed columns in order (metrics/acquisition.json, written by laion_filter); the
 # failed_<reason> and filtered_<reason> columns between them are whichever reasons occurred.
 ACQUISITION_HEAD = ("matched", "duplicate_url", "over_cap", "requested", "downloaded")
-ACQUISITION_TAIL = ("dropped", "kept", "share_female_indicator_kept", "n_indicator_kept",
-                    "share_female_indicator_dropped", "n_indicator_dropped")
+ACQUISITION_TAIL = (
+    "dropped",
+    "kept",
+    "share_female_indicator_kept",
+    "n_indicator_kept",
+    "share_female_indicator_dropped",
+    "n_indicator_dropped",
+)
 
 
 def acquisition_section(acquisition: dict[str, Any] | None) -> str:
@@ -324,33 +398,45 @@ def acquisition_section(acquisition: dict[str, Any] | None) -> str:
     if acquisition is None:
         return ""
     if not acquisition.get("enabled"):
-        return ("<h2>From LAION metadata</h2><p class='note'>The LAION acquisition path is off "
-                "(<code>laion_select.metadata</code> is empty): the corpus comes from the <code>corpus</code> "
-                "stage's own source; see docs/laion.md.</p>")
+        return (
+            "<h2>From LAION metadata</h2><p class='note'>The LAION acquisition path is off "
+            "(<code>laion_select.metadata</code> is empty): the corpus comes from the <code>corpus</code> "
+            "stage's own source; see docs/laion.md.</p>"
+        )
     table = acquisition["occupations"]
     keys = list(dict.fromkeys(k for row in table.values() for k in row))
     failed = sorted(k for k in keys if k.startswith("failed_"))
     filtered = [k for k in keys if k.startswith("filtered_")]
     columns = [*ACQUISITION_HEAD, *failed, *filtered, *ACQUISITION_TAIL]
     units = {k: "%" if k.startswith("share_") else "int" for k in columns}
-    headers = {"share_female_indicator_kept": "women among kept, by caption (%)",
-               "n_indicator_kept": "kept with a gender word",
-               "share_female_indicator_dropped": "women among dropped, by caption (%)",
-               "n_indicator_dropped": "dropped with a gender word"}
-    parts = ["<h2>From LAION metadata: acquisition per occupation</h2>",
-             ("<p class='note'>Counts of images (a URL selected for several occupations counts for each). "
-             "matched = requested + duplicate URLs + over the per-occupation cap; requested = downloaded + "
-             "failed; downloaded = dropped + kept, dropped being the sum of the filter columns. Women among "
-             "kept or dropped images: women / (women + men) among the captions with a female or a male gender "
-             "word (counted beside it), a caption proxy: a filter that drops women's images more often shifts "
-             "the measured share. <b>The instrument's share of women among the dropped images is not "
-             "measured</b> by the pipeline (docs/laion.md says how to classify <code>dropped/</code>).</p>"),
-             _table([("occupation", "text")] + [(headers.get(k, k.replace("_", " ")), units[k]) for k in columns],
-                    [[name] + [row.get(k) for k in columns] for name, row in table.items()])]
+    headers = {
+        "share_female_indicator_kept": "women among kept, by caption (%)",
+        "n_indicator_kept": "kept with a gender word",
+        "share_female_indicator_dropped": "women among dropped, by caption (%)",
+        "n_indicator_dropped": "dropped with a gender word",
+    }
+    parts = [
+        "<h2>From LAION metadata: acquisition per occupation</h2>",
+        (
+            "<p class='note'>Counts of images (a URL selected for several occupations counts for each). "
+            "matched = requested + duplicate URLs + over the per-occupation cap; requested = downloaded + "
+            "failed; downloaded = dropped + kept, dropped being the sum of the filter columns. Women among "
+            "kept or dropped images: women / (women + men) among the captions with a female or a male gender "
+            "word (counted beside it), a caption proxy: a filter that drops women's images more often shifts "
+            "the measured share. <b>The instrument's share of women among the dropped images is not "
+            "measured</b> by the pipeline (docs/laion.md says how to classify <code>dropped/</code>).</p>"
+        ),
+        _table(
+            [("occupation", "text")] + [(headers.get(k, k.replace("_", " ")), units[k]) for k in columns],
+            [[name] + [row.get(k) for k in columns] for name, row in table.items()],
+        ),
+    ]
     if acquisition.get("reasons"):
         total = ", ".join(f"{html.escape(str(k))}: {v}" for k, v in sorted(acquisition["reasons"].items()))
-        parts.append(f"<p class='note'>Filter outcome over all {acquisition.get('n_filtered', '?')} downloaded "
-                     f"images: {total}.</p>")
+        parts.append(
+            f"<p class='note'>Filter outcome over all {acquisition.get('n_filtered', '?')} downloaded "
+            f"images: {total}.</p>"
+        )
     return "\n".join(parts)
 
 
@@ -364,23 +450,33 @@ def headline_section(paradox: dict[str, Any] | None, params: dict[str, Any]) -> 
     pp = lambda key: _fmt(h.get(key), "pp+")  # noqa: E731
     interval = lambda key: _fmt([h.get(f"{key}_lo"), h.get(f"{key}_hi")], "pp+")  # noqa: E731
     p_text = "p " + _fmt(h.get("shift_p"), "p") if h.get("shift_p") is not None else ""
-    sentence = (f"In generation 0, images generated for a neutral prompt lean <b>{pp('shift')} pp</b> "
-                f"{interval('shift')} further towards each occupation's training majority than the keyword-retrieved "
-                f"training images ({p_text}).")
+    sentence = (
+        f"In generation 0, images generated for a neutral prompt lean <b>{pp('shift')} pp</b> "
+        f"{interval('shift')} further towards each occupation's training majority than the keyword-retrieved "
+        f"training images ({p_text})."
+    )
     if h.get("generator") is not None:
-        sentence += (f" Of that, the <b>data</b> (an ideal learner of these captions) accounts for {pp('data')} pp "
-                     f"{interval('data')}, the <b>generator</b> for {pp('generator')} pp {interval('generator')}, "
-                     f"and the <b>instrument</b> for {pp('instrument')} pp {interval('instrument')}.")
+        sentence += (
+            f" Of that, the <b>data</b> (an ideal learner of these captions) accounts for {pp('data')} pp "
+            f"{interval('data')}, the <b>generator</b> for {pp('generator')} pp {interval('generator')}, "
+            f"and the <b>instrument</b> for {pp('instrument')} pp {interval('instrument')}."
+        )
     elif h.get("generator_and_instrument") is not None:
-        sentence += (f" Of that, the data account for {pp('data')} pp {interval('data')}; the generator and the "
-                     f"instrument together for {pp('generator_and_instrument')} pp (no ground truth to split them).")
-    sentence += (f" Gap (noise-free mean |F<sub>gen</sub> − F<sub>train</sub>|): {_fmt(h.get('gap'), 'pp')} pp "
-                 f"{_fmt([h.get('gap_lo'), h.get('gap_hi')], 'pp')}; the paper's raw A<sub>abs</sub>: "
-                 f"{_fmt(h.get('a_abs_raw'), 'pp')} pp (Seshadri et al.: 12.57 pp).")
+        sentence += (
+            f" Of that, the data account for {pp('data')} pp {interval('data')}; the generator and the "
+            f"instrument together for {pp('generator_and_instrument')} pp (no ground truth to split them)."
+        )
+    sentence += (
+        f" Gap (noise-free mean |F<sub>gen</sub> − F<sub>train</sub>|): {_fmt(h.get('gap'), 'pp')} pp "
+        f"{_fmt([h.get('gap_lo'), h.get('gap_hi')], 'pp')}; the paper's raw A<sub>abs</sub>: "
+        f"{_fmt(h.get('a_abs_raw'), 'pp')} pp (Seshadri et al.: 12.57 pp)."
+    )
     base = params.get("base") or {}
-    identity = (f"synthetic_ratio {params.get('synthetic_ratio')}, base.seed {base.get('seed')}, "
-                f"world.seed {_get(params, 'world', 'seed')}, base.cpu_threads {base.get('cpu_threads')}, "
-                f"generations {len(params.get('generations') or [])}")
+    identity = (
+        f"synthetic_ratio {params.get('synthetic_ratio')}, base.seed {base.get('seed')}, "
+        f"world.seed {_get(params, 'world', 'seed')}, base.cpu_threads {base.get('cpu_threads')}, "
+        f"generations {len(params.get('generations') or [])}"
+    )
     return f"<p class='headline'>{sentence}</p><p class='note'>This run: {html.escape(identity)}.</p>"
 
 
@@ -437,86 +533,175 @@ def render_report(
         "et al. 2017) equals the shift to the majority.</p>",
     )
     parts.append("<h2>Across generations</h2>")
-    parts.append("<p class='note'>Neutral prompt vs. keyword captions, per generation: shift, gap and raw "
-                 "A<sub>abs</sub> as above; data / generator / instrument: the shift's decomposition. Instrument "
-                 "accuracy on generated images: agreement with the hue oracle. Downstream: a CLIP trained from "
-                 "scratch on each generation's dataset, scored on held-out real pairs; recall@10 counts an image "
-                 "whose caption is identical to the query as correct; worst-group accuracy is over (occupation, "
-                 "gender) groups with at least the minimum number of images (smaller groups are listed in the "
-                 "metrics JSON, not scored).</p>")
-    parts.append(_table(
-        [("generation", "int"), ("shift (pp)", "pp+"), ("shift 95% CI", "pp+"), ("p", "p"), ("gap (pp)", "pp"),
-         ("gap 95% CI", "pp"), ("raw A_abs (pp)", "pp"), ("data (pp)", "pp+"), ("generator (pp)", "pp+"),
-         ("instrument (pp)", "pp+"), ("generator occ. acc. (%)", "%"), ("instrument acc. on generated (%)", "%"),
-         ("recall@10 (%)", "%"), ("recall@10 gap (pp)", "pp"), ("MaxSkew@k vs. training share", "num"), ("worst-group acc. (%)", "%")],
-        [[r["generation"], r.get("shift"), [r.get("shift_lo"), r.get("shift_hi")], r.get("shift_p"), r.get("gap"),
-          [r.get("gap_lo"), r.get("gap_hi")], r.get("a_abs_raw"), r.get("data"), r.get("generator"),
-          r.get("instrument"), r.get("generator_occupation_accuracy"), r.get("instrument_accuracy_on_generated"),
-          r.get("recall_at_10"), r.get("recall_at_10_gap"), r.get("max_skew_vs_training"), r.get("worst_group_accuracy")]
-         for r in rows],
-    ))
+    parts.append(
+        "<p class='note'>Neutral prompt vs. keyword captions, per generation: shift, gap and raw "
+        "A<sub>abs</sub> as above; data / generator / instrument: the shift's decomposition. Instrument "
+        "accuracy on generated images: agreement with the hue oracle. Downstream: a CLIP trained from "
+        "scratch on each generation's dataset, scored on held-out real pairs; recall@10 counts an image "
+        "whose caption is identical to the query as correct; worst-group accuracy is over (occupation, "
+        "gender) groups with at least the minimum number of images (smaller groups are listed in the "
+        "metrics JSON, not scored).</p>"
+    )
+    parts.append(
+        _table(
+            [
+                ("generation", "int"),
+                ("shift (pp)", "pp+"),
+                ("shift 95% CI", "pp+"),
+                ("p", "p"),
+                ("gap (pp)", "pp"),
+                ("gap 95% CI", "pp"),
+                ("raw A_abs (pp)", "pp"),
+                ("data (pp)", "pp+"),
+                ("generator (pp)", "pp+"),
+                ("instrument (pp)", "pp+"),
+                ("generator occ. acc. (%)", "%"),
+                ("instrument acc. on generated (%)", "%"),
+                ("recall@10 (%)", "%"),
+                ("recall@10 gap (pp)", "pp"),
+                ("MaxSkew@k vs. training share", "num"),
+                ("worst-group acc. (%)", "%"),
+            ],
+            [
+                [
+                    r["generation"],
+                    r.get("shift"),
+                    [r.get("shift_lo"), r.get("shift_hi")],
+                    r.get("shift_p"),
+                    r.get("gap"),
+                    [r.get("gap_lo"), r.get("gap_hi")],
+                    r.get("a_abs_raw"),
+                    r.get("data"),
+                    r.get("generator"),
+                    r.get("instrument"),
+                    r.get("generator_occupation_accuracy"),
+                    r.get("instrument_accuracy_on_generated"),
+                    r.get("recall_at_10"),
+                    r.get("recall_at_10_gap"),
+                    r.get("max_skew_vs_training"),
+                    r.get("worst_group_accuracy"),
+                ]
+                for r in rows
+            ],
+        )
+    )
     if any(r.get(key) is not None for r in rows for key, _, _ in TASK_COLUMNS):
         parts.append("<h2>Downstream tasks across generations: captioner and classifier</h2>")
-        parts.append("<p class='note'>Each trained from scratch on the generation's dataset (generation 0: the real "
-                     "corpus) and scored on the held-out real images. Captioner (Chen et al. 2024): BLEU-4, ROUGE-L "
-                     "and CIDEr-D (COCO caption code's definitions, 0..10 for CIDEr-D) against the human captions; "
-                     "Error (Burns et al. 2018): images of women described with male words plus images of men "
-                     "described with female words, over gender-labelled images; Ratio: captions with female over "
-                     "male words, beside the true ratio of women to men; LIC (Hirota et al. 2022): mean confidence "
-                     "in the correct gender of a classifier reading gender-masked captions (0 when wrong), on the "
-                     "model's captions (LIC_M) and the human ones (LIC_D); leakage = LIC_M − LIC_D, mean and sd "
-                     "over classifier runs. Classifier (Zhang et al. 2024): occupation accuracy, its gap between "
-                     "women's and men's images, Fairlearn demographic parity and equalized odds differences "
-                     "(one-vs-rest, mean over occupations), worst-group accuracy over (occupation, gender) groups "
-                     "of a minimum size.</p>")
-        parts.append(_table([("generation", "int")] + [(header, unit) for _, header, unit in TASK_COLUMNS],
-                            [[r["generation"]] + [r.get(key) for key, _, _ in TASK_COLUMNS] for r in rows]))
+        parts.append(
+            "<p class='note'>Each trained from scratch on the generation's dataset (generation 0: the real "
+            "corpus) and scored on the held-out real images. Captioner (Chen et al. 2024): BLEU-4, ROUGE-L "
+            "and CIDEr-D (COCO caption code's definitions, 0..10 for CIDEr-D) against the human captions; "
+            "Error (Burns et al. 2018): images of women described with male words plus images of men "
+            "described with female words, over gender-labelled images; Ratio: captions with female over "
+            "male words, beside the true ratio of women to men; LIC (Hirota et al. 2022): mean confidence "
+            "in the correct gender of a classifier reading gender-masked captions (0 when wrong), on the "
+            "model's captions (LIC_M) and the human ones (LIC_D); leakage = LIC_M − LIC_D, mean and sd "
+            "over classifier runs. Classifier (Zhang et al. 2024): occupation accuracy, its gap between "
+            "women's and men's images, Fairlearn demographic parity and equalized odds differences "
+            "(one-vs-rest, mean over occupations), worst-group accuracy over (occupation, gender) groups "
+            "of a minimum size.</p>"
+        )
+        parts.append(
+            _table(
+                [("generation", "int")] + [(header, unit) for _, header, unit in TASK_COLUMNS],
+                [[r["generation"]] + [r.get(key) for key, _, _ in TASK_COLUMNS] for r in rows],
+            )
+        )
     parts.append(study_section(study))
     parts.extend(study_sections or [])
     if paradox and paradox.get("table"):
         parts.append("<h2>The paradox table (generation 0)</h2>")
-        parts.append("<p class='note'>Seshadri et al. (2023): amplification measured against keyword-retrieved "
-                     "training captions shrinks when the comparison controls for what the captions say. "
-                     "Raw A_abs is the paper's number (12.57 pp with keyword captions, 4.35 pp with nearest "
-                     "neighbours without gender indicators); the shift and gap are the estimates to compare. "
-                     "<b>Captions as prompts is paired</b>: each image generated from a training caption is "
-                     "compared with the training image of that same caption (matched by caption id), per "
-                     "occupation; the pairs column counts them. The other pairings compare the images of a "
-                     "neutral prompt with a whole selection of training images. Corrected: both shares "
-                     "corrected with the instrument's confusion rates; true: training share from ground truth.</p>")
+        parts.append(
+            "<p class='note'>Seshadri et al. (2023): amplification measured against keyword-retrieved "
+            "training captions shrinks when the comparison controls for what the captions say. "
+            "Raw A_abs is the paper's number (12.57 pp with keyword captions, 4.35 pp with nearest "
+            "neighbours without gender indicators); the shift and gap are the estimates to compare. "
+            "<b>Captions as prompts is paired</b>: each image generated from a training caption is "
+            "compared with the training image of that same caption (matched by caption id), per "
+            "occupation; the pairs column counts them. The other pairings compare the images of a "
+            "neutral prompt with a whole selection of training images. Corrected: both shares "
+            "corrected with the instrument's confusion rates; true: training share from ground truth.</p>"
+        )
         table_rows = []
         for name, entry in paradox["table"].items():
             measured = paradox_summary(entry)
-            table_rows.append([
-                name.replace("_", " "), measured.get("n_images_train"), measured.get("n_images_gen"),
-                entry.get("n_pairs"), measured.get("shift"), [measured.get("shift_lo"), measured.get("shift_hi")],
-                measured.get("shift_p"), measured.get("gap"), [measured.get("gap_lo"), measured.get("gap_hi")],
-                measured.get("a_abs_raw"), measured.get("data"), measured.get("generator"), measured.get("instrument"),
-                paradox_summary(entry, "corrected").get("shift"), paradox_summary(entry, "true").get("shift"),
-            ])
-        parts.append(_table(
-            [("pairing", "text"), ("training images", "int"), ("generated images", "int"), ("pairs", "int"),
-             ("shift (pp)", "pp+"), ("shift 95% CI", "pp+"), ("p", "p"), ("gap (pp)", "pp"), ("gap 95% CI", "pp"),
-             ("raw A_abs (pp)", "pp"), ("data (pp)", "pp+"), ("generator (pp)", "pp+"), ("instrument (pp)", "pp+"),
-             ("shift, corrected (pp)", "pp+"), ("shift, true training share (pp)", "pp+")],
-            table_rows,
-        ))
+            table_rows.append(
+                [
+                    name.replace("_", " "),
+                    measured.get("n_images_train"),
+                    measured.get("n_images_gen"),
+                    entry.get("n_pairs"),
+                    measured.get("shift"),
+                    [measured.get("shift_lo"), measured.get("shift_hi")],
+                    measured.get("shift_p"),
+                    measured.get("gap"),
+                    [measured.get("gap_lo"), measured.get("gap_hi")],
+                    measured.get("a_abs_raw"),
+                    measured.get("data"),
+                    measured.get("generator"),
+                    measured.get("instrument"),
+                    paradox_summary(entry, "corrected").get("shift"),
+                    paradox_summary(entry, "true").get("shift"),
+                ]
+            )
+        parts.append(
+            _table(
+                [
+                    ("pairing", "text"),
+                    ("training images", "int"),
+                    ("generated images", "int"),
+                    ("pairs", "int"),
+                    ("shift (pp)", "pp+"),
+                    ("shift 95% CI", "pp+"),
+                    ("p", "p"),
+                    ("gap (pp)", "pp"),
+                    ("gap 95% CI", "pp"),
+                    ("raw A_abs (pp)", "pp"),
+                    ("data (pp)", "pp+"),
+                    ("generator (pp)", "pp+"),
+                    ("instrument (pp)", "pp+"),
+                    ("shift, corrected (pp)", "pp+"),
+                    ("shift, true training share (pp)", "pp+"),
+                ],
+                table_rows,
+            )
+        )
     if instrument:
         parts.append("<h2>The instrument (perceived-gender classifier)</h2>")
-        parts.append(_table(
-            [("accuracy, confident (%)", "%"), ("abstain rate (%)", "%"), ("TPR, female (%)", "%"),
-             ("FPR, female (%)", "%"), ("occupation accuracy (%)", "%"), ("n", "int")],
-            [[instrument.get("accuracy"), instrument.get("abstain_rate"), instrument.get("tpr"), instrument.get("fpr"),
-              instrument.get("occupation_accuracy"), instrument.get("n")]],
-        ))
+        parts.append(
+            _table(
+                [
+                    ("accuracy, confident (%)", "%"),
+                    ("abstain rate (%)", "%"),
+                    ("TPR, female (%)", "%"),
+                    ("FPR, female (%)", "%"),
+                    ("occupation accuracy (%)", "%"),
+                    ("n", "int"),
+                ],
+                [
+                    [
+                        instrument.get("accuracy"),
+                        instrument.get("abstain_rate"),
+                        instrument.get("tpr"),
+                        instrument.get("fpr"),
+                        instrument.get("occupation_accuracy"),
+                        instrument.get("n"),
+                    ]
+                ],
+            )
+        )
         if instrument.get("labels"):
-            parts.append(f"<p class='note'>Labels: {html.escape(str(instrument['labels']))}; the rates above are "
-                         "measured on held-out images no labelling model trained on.</p>")
+            parts.append(
+                f"<p class='note'>Labels: {html.escape(str(instrument['labels']))}; the rates above are "
+                "measured on held-out images no labelling model trained on.</p>"
+            )
     parts.append(acquisition_section(acquisition))
     for caption, path in figures.items():
         parts.append(f"<h2>{html.escape(caption)}</h2>{_image_tag(path, caption)}")
     parts.append("<h2>Params of this run</h2><pre>" + html.escape(yaml.safe_dump(params, sort_keys=False)) + "</pre>")
-    parts.append("<p class='note'>Raw numbers: metrics/summary.json, metrics/generations/*.json, metrics/paradox.json.</p>")
+    parts.append(
+        "<p class='note'>Raw numbers: metrics/summary.json, metrics/generations/*.json, metrics/paradox.json.</p>"
+    )
     parts.append("</body></html>")
     text = "\n".join(parts)
     with atomic_path(out_path) as tmp:

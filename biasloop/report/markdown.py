@@ -17,8 +17,12 @@ PAIRING_LABELS = {
     "prompt_vs_nn_no_indicator": "neutral prompt vs. nearest neighbours without gender indicators",
 }
 # Seshadri et al. (2023), raw A_abs in pp, for the same pairings.
-PAPER_A_ABS = {"prompt_vs_keyword": 12.57, "captions_vs_keyword": 7.92, "prompt_vs_nn": 7.55,
-               "prompt_vs_nn_no_indicator": 4.35}
+PAPER_A_ABS = {
+    "prompt_vs_keyword": 12.57,
+    "captions_vs_keyword": 7.92,
+    "prompt_vs_nn": 7.55,
+    "prompt_vs_nn_no_indicator": 4.35,
+}
 
 
 def _pp(value: Any, signed: bool = True) -> str:
@@ -72,20 +76,29 @@ def results_markdown(paradox: dict[str, Any] | None, rows: list[dict[str, Any]],
     headline = table.get("prompt_vs_keyword")
     if headline and headline.get("measured"):
         h = {**estimand_values(headline["measured"]), **decomposition_values(headline.get("decomposition"))}
-        sentence = (f"**Headline (generation 0, neutral prompt vs. keyword captions):** generated images lean "
-                    f"**{_pp(h['shift'])} pp** {_ci(h, 'shift')} (p {_p(h, 'shift')}) further towards each "
-                    "occupation's training majority than the training images.")
+        sentence = (
+            f"**Headline (generation 0, neutral prompt vs. keyword captions):** generated images lean "
+            f"**{_pp(h['shift'])} pp** {_ci(h, 'shift')} (p {_p(h, 'shift')}) further towards each "
+            "occupation's training majority than the training images."
+        )
         if h.get("generator") is not None:
-            sentence += (f" Of that, **data** (an ideal learner of the captions) {_term(h, 'data')}, **generator** "
-                         f"{_term(h, 'generator')}, **instrument** {_term(h, 'instrument')} pp.")
-        sentence += (f" Gap {_pp(h['gap'], False)} pp {_ci(h, 'gap', False)}; the paper's raw A_abs "
-                     f"{_pp(h['a_abs_raw'], False)} pp (Seshadri et al.: 12.57).")
+            sentence += (
+                f" Of that, **data** (an ideal learner of the captions) {_term(h, 'data')}, **generator** "
+                f"{_term(h, 'generator')}, **instrument** {_term(h, 'instrument')} pp."
+            )
+        sentence += (
+            f" Gap {_pp(h['gap'], False)} pp {_ci(h, 'gap', False)}; the paper's raw A_abs "
+            f"{_pp(h['a_abs_raw'], False)} pp (Seshadri et al.: 12.57)."
+        )
         lines += [sentence, "", "![decomposition](../plots/decomposition.png)", ""]
     if table:
-        lines += ["## The paradox table (generation 0)", "",
-                  "| pairing | images (train / gen) | shift (pp) | p | gap (pp) | raw A_abs (pp) | paper's A_abs (pp) "
-                  "| data (pp) | generator (pp) | instrument (pp) |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "## The paradox table (generation 0)",
+            "",
+            "| pairing | images (train / gen) | shift (pp) | p | gap (pp) | raw A_abs (pp) | paper's A_abs (pp) "
+            "| data (pp) | generator (pp) | instrument (pp) |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for name, entry in table.items():
             measured = entry.get("measured")
             if not measured:
@@ -95,17 +108,22 @@ def results_markdown(paradox: dict[str, Any] | None, rows: list[dict[str, Any]],
                 f"| {PAIRING_LABELS.get(name, name)} | {measured.get('n_images_train')} / {measured.get('n_images_gen')} "
                 f"| {_pp(r['shift'])} {_ci(r, 'shift')} | {_p(r, 'shift')} | {_pp(r['gap'], False)} "
                 f"{_ci(r, 'gap', False)} | {_pp(r['a_abs_raw'], False)} | {PAPER_A_ABS.get(name, '–')} "
-                f"| {_term(r, 'data')} | {_term(r, 'generator')} | {_term(r, 'instrument')} |")
+                f"| {_term(r, 'data')} | {_term(r, 'generator')} | {_term(r, 'instrument')} |"
+            )
         lines.append("")
     if rows:
-        lines += ["## Across generations (neutral prompt vs. keyword captions)", "",
-                  "Shift, gap and terms against the real corpus's keyword captions; *shift vs. dataset N*: the "
-                  "same shift against the images generation N was trained on (dataset N, labelled by the same "
-                  "instrument), so what generation N adds beyond its own training data.", "",
-                  "| generation | shift (pp) | gap (pp) | data (pp) | generator (pp) | instrument (pp) "
-                  "| shift vs. dataset N (pp) | generator occupation accuracy (%) "
-                  "| instrument accuracy on generated images (%) |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "## Across generations (neutral prompt vs. keyword captions)",
+            "",
+            "Shift, gap and terms against the real corpus's keyword captions; *shift vs. dataset N*: the "
+            "same shift against the images generation N was trained on (dataset N, labelled by the same "
+            "instrument), so what generation N adds beyond its own training data.",
+            "",
+            "| generation | shift (pp) | gap (pp) | data (pp) | generator (pp) | instrument (pp) "
+            "| shift vs. dataset N (pp) | generator occupation accuracy (%) "
+            "| instrument accuracy on generated images (%) |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
         for r in rows:
             accuracy = r.get("generator_occupation_accuracy")
             agreement = r.get("instrument_accuracy_on_generated")
@@ -114,9 +132,16 @@ def results_markdown(paradox: dict[str, Any] | None, rows: list[dict[str, Any]],
                 f"{_ci(r, 'gap', False)} | {_term(r, 'data')} | {_term(r, 'generator')} | {_term(r, 'instrument')} "
                 f"| {_term(r, 'shift_vs_training_dataset')} "
                 f"| {'–' if accuracy is None else f'{100 * accuracy:.1f}'} "
-                f"| {'–' if agreement is None else f'{100 * agreement:.1f}'} |")
+                f"| {'–' if agreement is None else f'{100 * agreement:.1f}'} |"
+            )
         lines += ["", "![generations](../plots/generations.png)", ""]
-    lines += ["## Reproduce", "", "```bash", "make repro                       # this page, metrics/ and plots/",
-              "biasloop amplify --json TRAIN.csv GEN.csv   # the same estimands for your own count tables",
-              "```", ""]
+    lines += [
+        "## Reproduce",
+        "",
+        "```bash",
+        "make repro                       # this page, metrics/ and plots/",
+        "biasloop amplify --json TRAIN.csv GEN.csv   # the same estimands for your own count tables",
+        "```",
+        "",
+    ]
     return "\n".join(lines)

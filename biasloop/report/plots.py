@@ -57,8 +57,12 @@ def contact_sheet(
         mark = INDICATOR_MARKS.get(indicator[i], "") if indicator is not None and indicator[i] else ""
         return images[i], f"{mark} {_short(captions[i])}".strip()
 
-    _tile_rows([(label, [tile(int(i)) for i in idx]) for label, idx in rows], per_row, out_path,
-               "Corpus contact sheet (♀/♂: the caption carries a gender indicator)")
+    _tile_rows(
+        [(label, [tile(int(i)) for i in idx]) for label, idx in rows],
+        per_row,
+        out_path,
+        "Corpus contact sheet (♀/♂: the caption carries a gender indicator)",
+    )
 
 
 def _short(text: str, width: int = 22) -> str:
@@ -145,18 +149,22 @@ def generated_contact_sheet(
         per_side: tiles per occupation on each side (a seeded random choice).
         seed: which images to show.
     """
-    occupations = sorted(set(real["occupation"].drop_nulls().to_list()) | set(generated["occupation"].drop_nulls().to_list()))
+    occupations = sorted(
+        set(real["occupation"].drop_nulls().to_list()) | set(generated["occupation"].drop_nulls().to_list())
+    )
     if not occupations:
         raise ValueError("generated_contact_sheet: no occupation to show")
 
     def side(frame: pl.DataFrame, images: np.ndarray, text: str, occupation: str) -> list:
-        picked = pick_per_group(frame.with_row_index("_tile").filter(pl.col("occupation") == occupation),
-                                "occupation", per_side, seed)
+        picked = pick_per_group(
+            frame.with_row_index("_tile").filter(pl.col("occupation") == occupation), "occupation", per_side, seed
+        )
         tiles = [(images[i], _short(t)) for i, t in zip(picked["_tile"].to_list(), picked[text].to_list())]
         return tiles + [None] * (per_side - len(tiles))
 
-    rows = [(o, side(real, real_images, "caption", o) + side(generated, generated_images, "prompt", o))
-            for o in occupations]
+    rows = [
+        (o, side(real, real_images, "caption", o) + side(generated, generated_images, "prompt", o)) for o in occupations
+    ]
     _tile_rows(rows, 2 * per_side, out_path, title, gap_after=per_side)
 
 
@@ -230,22 +238,59 @@ def share_plot(per_occupation_by_series: dict[str, list[dict]], out_path: str | 
 # The across-generations figure: (panel title, y-axis label with its unit, scale applied to the stored
 # fraction, [(row key, legend label, colour)]). One unit per panel.
 GENERATION_PANELS = (
-    ("Shift and gap (neutral prompt vs. keyword)", "percentage points (pp)", 100.0,
-     [("shift", "shift to the training majority", "#333333"), ("gap", "gap, noise-free |p_gen - p_train|", "#ff7f0e")]),
-    ("Where the shift comes from", "percentage points (pp)", 100.0,
-     [("data", "(a) data: ideal learner", "#8c8c8c"), ("generator", "(b) generator", "#d62728"),
-      ("instrument", "(c) instrument", "#1f77b4")]),
-    ("Downstream accuracy", "accuracy or recall (%)", 100.0,
-     [("recall_at_10", "CLIP recall@10", "#333333"), ("worst_group_accuracy", "CLIP zero-shot worst group", "#ff7f0e"),
-      ("classifier_accuracy", "classifier", "#1f77b4"), ("classifier_worst_group_accuracy", "classifier worst group", "#2ca02c")]),
-    ("Downstream gaps between groups", "percentage points (pp)", 100.0,
-     [("recall_at_10_gap", "CLIP recall@10 gap", "#333333"), ("classifier_dp_difference", "classifier DP difference", "#1f77b4"),
-      ("classifier_eo_difference", "classifier EO difference", "#2ca02c"),
-      ("captioner_leakage", "captioner leakage LIC_M - LIC_D", "#9467bd")]),
-    ("Retrieved images vs. training share", "MaxSkew@k (nats)", 1.0,
-     [("max_skew_vs_training", "MaxSkew@k vs. training share", "#9467bd")]),
-    ("Captioner", "BLEU-4 and Error (x 100)", 100.0,
-     [("captioner_bleu4", "BLEU-4", "#333333"), ("captioner_error", "gender Error (% of captions)", "#d62728")]),
+    (
+        "Shift and gap (neutral prompt vs. keyword)",
+        "percentage points (pp)",
+        100.0,
+        [
+            ("shift", "shift to the training majority", "#333333"),
+            ("gap", "gap, noise-free |p_gen - p_train|", "#ff7f0e"),
+        ],
+    ),
+    (
+        "Where the shift comes from",
+        "percentage points (pp)",
+        100.0,
+        [
+            ("data", "(a) data: ideal learner", "#8c8c8c"),
+            ("generator", "(b) generator", "#d62728"),
+            ("instrument", "(c) instrument", "#1f77b4"),
+        ],
+    ),
+    (
+        "Downstream accuracy",
+        "accuracy or recall (%)",
+        100.0,
+        [
+            ("recall_at_10", "CLIP recall@10", "#333333"),
+            ("worst_group_accuracy", "CLIP zero-shot worst group", "#ff7f0e"),
+            ("classifier_accuracy", "classifier", "#1f77b4"),
+            ("classifier_worst_group_accuracy", "classifier worst group", "#2ca02c"),
+        ],
+    ),
+    (
+        "Downstream gaps between groups",
+        "percentage points (pp)",
+        100.0,
+        [
+            ("recall_at_10_gap", "CLIP recall@10 gap", "#333333"),
+            ("classifier_dp_difference", "classifier DP difference", "#1f77b4"),
+            ("classifier_eo_difference", "classifier EO difference", "#2ca02c"),
+            ("captioner_leakage", "captioner leakage LIC_M - LIC_D", "#9467bd"),
+        ],
+    ),
+    (
+        "Retrieved images vs. training share",
+        "MaxSkew@k (nats)",
+        1.0,
+        [("max_skew_vs_training", "MaxSkew@k vs. training share", "#9467bd")],
+    ),
+    (
+        "Captioner",
+        "BLEU-4 and Error (x 100)",
+        100.0,
+        [("captioner_bleu4", "BLEU-4", "#333333"), ("captioner_error", "gender Error (% of captions)", "#d62728")],
+    ),
 )
 
 
@@ -274,8 +319,9 @@ def generation_curves(rows: list[dict], out_path: str | Path, title: str) -> Non
             lows = [r.get(f"{key}_lo") for r in rows]
             highs = [r.get(f"{key}_hi") for r in rows]
             if all(v is not None for v in lows + highs):
-                ax.fill_between(generations, [scale * v for v in lows], [scale * v for v in highs], color=colour,
-                                alpha=0.15)
+                ax.fill_between(
+                    generations, [scale * v for v in lows], [scale * v for v in highs], color=colour, alpha=0.15
+                )
         ax.axhline(0, color="#bbbbbb", lw=1)
         ax.set_xticks(generations)
         ax.set_xlabel("generation")
@@ -283,7 +329,7 @@ def generation_curves(rows: list[dict], out_path: str | Path, title: str) -> Non
         ax.set_title(panel_title, fontsize=11)
         ax.legend(fontsize=9, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=1, frameon=False)
         ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(panels):]:
+    for ax in list(axes.flat)[len(panels) :]:
         ax.set_visible(False)
     fig.suptitle(title, fontsize=12)
     fig.tight_layout()
@@ -307,8 +353,9 @@ def study_figure(study: dict, metric_keys: list[str], out_path: str | Path, titl
     """
     plt = _pyplot()
     summary = study["summary"]
-    keys = [k for k in metric_keys if k in study["metrics"]
-            and any(e["metrics"][k]["mean"] is not None for e in summary)]
+    keys = [
+        k for k in metric_keys if k in study["metrics"] and any(e["metrics"][k]["mean"] is not None for e in summary)
+    ]
     ratios = sorted({e["ratio"] for e in summary})
     generations = sorted({e["generation"] for e in summary})
     last = generations[-1] if generations else 0
@@ -322,12 +369,19 @@ def study_figure(study: dict, metric_keys: list[str], out_path: str | Path, titl
             stats = [(e["generation"], e["metrics"][key]) for e in cells if e["metrics"][key]["mean"] is not None]
             if not stats:
                 continue
-            left.plot([g for g, _ in stats], [s["mean"] for _, s in stats], marker="o", color=colour,
-                      label=f"ratio {ratio:g}")
+            left.plot(
+                [g for g, _ in stats], [s["mean"] for _, s in stats], marker="o", color=colour, label=f"ratio {ratio:g}"
+            )
             banded = [(g, s["ci"]) for g, s in stats if s["ci"]]
             if banded:
-                left.fill_between([g for g, _ in banded], [c[0] for _, c in banded], [c[1] for _, c in banded],
-                                  color=colour, alpha=0.18, lw=0)
+                left.fill_between(
+                    [g for g, _ in banded],
+                    [c[0] for _, c in banded],
+                    [c[1] for _, c in banded],
+                    color=colour,
+                    alpha=0.18,
+                    lw=0,
+                )
         for ax in (left, right):
             ax.axhline(0, color="#bbbbbb", lw=1, zorder=0)
         left.set_xticks(generations)
@@ -337,27 +391,46 @@ def study_figure(study: dict, metric_keys: list[str], out_path: str | Path, titl
         left.legend(fontsize=7, title="synthetic_ratio (band: 95% over seeds)", title_fontsize=7)
 
         runs = [r for r in study["runs"] if r["generation"] == last and r.get(key) is not None]
-        right.scatter([r["ratio"] for r in runs], [r[key] for r in runs], color="#999999", s=14, zorder=2,
-                      label="one seed")
-        at_last = [(e["ratio"], e["metrics"][key]) for e in summary
-                   if e["generation"] == last and e["metrics"][key]["mean"] is not None]
+        right.scatter(
+            [r["ratio"] for r in runs], [r[key] for r in runs], color="#999999", s=14, zorder=2, label="one seed"
+        )
+        at_last = [
+            (e["ratio"], e["metrics"][key])
+            for e in summary
+            if e["generation"] == last and e["metrics"][key]["mean"] is not None
+        ]
         if at_last:
             xs = [r for r, _ in at_last]
             means = [s["mean"] for _, s in at_last]
             lows = [m - s["ci"][0] if s["ci"] else 0.0 for m, (_, s) in zip(means, at_last)]
             highs = [s["ci"][1] - m if s["ci"] else 0.0 for m, (_, s) in zip(means, at_last)]
-            right.errorbar(xs, means, yerr=[lows, highs], fmt="o", color="#d62728", capsize=3, zorder=3,
-                           label="mean, 95% over seeds")
+            right.errorbar(
+                xs,
+                means,
+                yerr=[lows, highs],
+                fmt="o",
+                color="#d62728",
+                capsize=3,
+                zorder=3,
+                label="mean, 95% over seeds",
+            )
             trend = study["trends"][key]["vs_ratio"].get(f"gen{last}") or {}
             if trend.get("slope") is not None:
                 x0, y0 = float(np.mean(xs)), float(np.mean(means))
                 line_x = np.array([min(xs), max(xs)])
-                right.plot(line_x, y0 + trend["slope"] * (line_x - x0), ls="--", color="#d62728", lw=1,
-                           label="seed-clustered trend")
+                right.plot(
+                    line_x,
+                    y0 + trend["slope"] * (line_x - x0),
+                    ls="--",
+                    color="#d62728",
+                    lw=1,
+                    label="seed-clustered trend",
+                )
                 ci = trend.get("ci")
                 interval = f" [{ci[0]:.3g}, {ci[1]:.3g}]" if ci else ""
-                right.set_title(f"slope {trend['slope']:.3g}{interval} per unit ratio (n={trend['n']} seeds)",
-                                fontsize=8)
+                right.set_title(
+                    f"slope {trend['slope']:.3g}{interval} per unit ratio (n={trend['n']} seeds)", fontsize=8
+                )
         right.set_xticks(ratios)
         right.set_xlabel(f"synthetic_ratio (generation {last})")
         right.grid(alpha=0.3)
@@ -394,8 +467,9 @@ def decomposition_figure(pairings: dict[str, dict], out_path: str | Path, title:
     shown = {name: d for name, d in pairings.items() if d and d.get("available", True) and d.get("measured")}
     names = list(shown)
     terms = [t for t in DECOMPOSITION_TERMS if any(t[0] in d for d in shown.values())]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12.5, 0.75 * max(len(names), 1) + 2.4),
-                                      gridspec_kw={"width_ratios": [1.25, 1]}, sharey=True)
+    fig, (left, right) = plt.subplots(
+        1, 2, figsize=(12.5, 0.75 * max(len(names), 1) + 2.4), gridspec_kw={"width_ratios": [1.25, 1]}, sharey=True
+    )
     y = np.arange(len(names))[::-1]
     for row, name in zip(y, names):
         entry = shown[name]
@@ -403,8 +477,15 @@ def decomposition_figure(pairings: dict[str, dict], out_path: str | Path, title:
         for key, label, colour in terms:
             value = 100.0 * ((entry.get(key) or {}).get("estimate") or 0.0)
             start = positive if value >= 0 else negative
-            left.barh(row, value, left=start, color=colour, height=0.55, edgecolor="white",
-                      label=label if row == y[0] else None)
+            left.barh(
+                row,
+                value,
+                left=start,
+                color=colour,
+                height=0.55,
+                edgecolor="white",
+                label=label if row == y[0] else None,
+            )
             if value >= 0:
                 positive += value
             else:
@@ -412,10 +493,18 @@ def decomposition_figure(pairings: dict[str, dict], out_path: str | Path, title:
         measured = entry["measured"]
         lo, hi = [100.0 * (c if c is not None else measured["estimate"]) for c in measured.get("ci") or [None, None]]
         value = 100.0 * measured["estimate"]
-        left.errorbar([value], [row], xerr=[[value - lo], [hi - value]], fmt="D", color="black", ms=6, capsize=3,
-                      label="measured shift (95% CI)" if row == y[0] else None)
+        left.errorbar(
+            [value],
+            [row],
+            xerr=[[value - lo], [hi - value]],
+            fmt="D",
+            color="black",
+            ms=6,
+            capsize=3,
+            label="measured shift (95% CI)" if row == y[0] else None,
+        )
     step = 0.7 / max(len(terms), 1)
-    for k, (key, label, colour) in enumerate(terms):
+    for k, (key, _label, colour) in enumerate(terms):
         for row, name in zip(y, names):
             term = shown[name].get(key)
             if not term or term.get("estimate") is None:
@@ -423,8 +512,9 @@ def decomposition_figure(pairings: dict[str, dict], out_path: str | Path, title:
             value = 100.0 * term["estimate"]
             ci = [100.0 * (c if c is not None else term["estimate"]) for c in term.get("ci") or [None, None]]
             offset = 0.35 - step * (k + 0.5)
-            right.errorbar([value], [row + offset], xerr=[[value - ci[0]], [ci[1] - value]], fmt="o", color=colour,
-                           ms=5, capsize=2)
+            right.errorbar(
+                [value], [row + offset], xerr=[[value - ci[0]], [ci[1] - value]], fmt="o", color=colour, ms=5, capsize=2
+            )
     for ax in (left, right):
         ax.axvline(0, color="#555555", lw=1)
         ax.grid(axis="x", alpha=0.3)

@@ -24,8 +24,13 @@ def _forest(ax, rows: list[dict[str, Any]], title: str) -> None:
         if row.get("estimate") is not None:
             ax.plot([row["estimate"]], [y], "o", color=colour, zorder=3)
         level = f"{100 * row['ci_level']:.2f}%" if row.get("ci") else "no interval"
-        ax.annotate(f"{row['verdict']} ({level}, n={row['n']})", (1.01, y), xycoords=("axes fraction", "data"),
-                    fontsize=6, va="center")
+        ax.annotate(
+            f"{row['verdict']} ({level}, n={row['n']})",
+            (1.01, y),
+            xycoords=("axes fraction", "data"),
+            fontsize=6,
+            va="center",
+        )
     ax.axvline(0, color="#444444", lw=0.8)
     ax.set_yticks(range(len(rows)))
     ax.set_yticklabels([r["label"] for r in reversed(rows)], fontsize=6)
@@ -51,8 +56,13 @@ def study_intervals_figure(study: dict[str, Any], out_path: str | Path, title: s
     first = next((m for m in metrics if study["metric_paths"].get(m)), None)
     levels = [r for r in study["intervals"] if r["metric"] == first and r["generation"] in (last, None)][:MAX_ROWS]
     height = 1.2 + 0.28 * (len(primary) + len(levels))
-    fig, axes = plt.subplots(2, 1, figsize=(9, max(height, 3.5)), squeeze=False,
-                             gridspec_kw={"height_ratios": [max(len(primary), 1), max(len(levels), 1)]})
+    fig, axes = plt.subplots(
+        2,
+        1,
+        figsize=(9, max(height, 3.5)),
+        squeeze=False,
+        gridspec_kw={"height_ratios": [max(len(primary), 1), max(len(levels), 1)]},
+    )
     _forest(axes[0][0], primary, f"primary endpoints: plain {100 * (1 - study['alpha']):g}% t intervals over seeds")
     family = study["family_size"]
     _forest(axes[1][0], levels, f"{first}, secondary intervals: Holm-adjusted over the study's {family} intervals")
