@@ -8,6 +8,7 @@ edit may have left changed.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import subprocess
 import sys
@@ -29,6 +30,13 @@ os.environ.setdefault(
 os.environ["DVC_NO_ANALYTICS"] = "1"
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY")
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Two workers share the machine's cores: torch in each on one thread (two threads per worker would
+    # oversubscribe 2 cores and slow every training step several-fold). Stages set their own count.
+    import torch
+
+    torch.set_num_threads(1)
 
 
 @functools.cache
@@ -103,10 +111,36 @@ def tiny_params(tmp_path: Path, data_dir: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_pipeline(tmp_path_factory: pytest.TempPathFactory):  # -> tests.tiny_repo.TinyPipeline
-    """One offline `dvc repro` of the tiny world (2 generations) per session, shared by the tests that read
-    a pipeline's outputs (test_pipeline, test_offline_and_queue). Read-only: a test that changes the
-    repository works on its own copy (``tests.tiny_repo.copy_repo``)."""
-    from tests.tiny_repo import offline_pipeline
+    """One offline `dvc repro` of the tiny world (2 generations) per test run, shared by the tests that read
+    a pipeline's outputs (test_pipeline, test_offline_and_queue, test_study_pipeline, test_crash_safety).
+    Read-only: a test that changes the repository works on its own copy (``tests.tiny_repo.copy_repo``).
 
-    root = tmp_path_factory.mktemp("tiny-pipeline")
-    return offline_pipeline(root / "repo", root / "guard")
+    Under pytest-xdist (``make test`` runs two workers) the first worker that needs it builds it in the
+    run's shared temporary folder while holding a file lock; the others wait for it and read it there.
+    """
+    from filelock import FileLock
+
+    from tests.tiny_repo import TinyPipeline, offline_pipeline
+
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        root = tmp_path_factory.mktemp("tiny-pipeline")
+        return offline_pipeline(root / "repo", root / "guard")
+    shared = tmp_path_factory.getbasetemp().parent / "tiny-pipeline"  # the folder every worker's basetemp is in
+    made = shared / "pipeline.json"
+    with FileLock(f"{shared}.lock"):
+        if made.exists():
+            fields = json.loads(made.read_text())
+            return TinyPipeline(Path(fields["repo"]), Path(fields["network_log"]), fields["prefix"], fields["stdout"])
+        shared.mkdir(exist_ok=True)
+        pipeline = offline_pipeline(shared / "repo", shared / "guard")
+        made.write_text(
+            json.dumps(
+                {
+                    "repo": str(pipeline.repo),
+                    "network_log": str(pipeline.network_log),
+                    "prefix": pipeline.prefix,
+                    "stdout": pipeline.stdout,
+                }
+            )
+        )
+        return pipeline
