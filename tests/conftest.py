@@ -56,6 +56,29 @@ def committed_params() -> dict:
     return yaml.safe_load(committed_text("params.yaml"))
 
 
+# Test files that read the session's tiny-world run (the `tiny_pipeline` fixture): under pytest-xdist they
+# form one group on one worker, started first, so no other worker waits idle for the run to be made.
+TINY_PIPELINE_FILES = (
+    "test_crash_safety.py",
+    "test_offline_and_queue.py",
+    "test_pipeline.py",
+    "test_study_pipeline.py",
+)
+EARLY_FILES = ("test_pipeline_accumulate.py",)  # the next longest file: first on the other worker
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Order and group the tests for ``make test``'s workers (``--dist loadgroup --no-loadscope-reorder``):
+    a file's tests form one group (they share module fixtures and run in order), the tiny-pipeline files one
+    group together; the longest groups come first. Without xdist the marks do nothing."""
+    for item in items:
+        name = item.path.name
+        item.add_marker(pytest.mark.xdist_group("tiny-pipeline" if name in TINY_PIPELINE_FILES else name))
+    rank = {name: 0 for name in TINY_PIPELINE_FILES} | {name: 1 for name in EARLY_FILES}
+    items.sort(key=lambda item: rank.get(item.path.name, 2))  # stable: files keep their order within a rank
+
+
 @pytest.fixture(autouse=True)
 def _restore_threads() -> Iterator[None]:
     """A stage called in-process sets torch's thread count and the thread variables for its params
