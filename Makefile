@@ -81,10 +81,10 @@ lint: venv  ## ruff: lint and format check (config in pyproject.toml; `.venv/bin
 # pytest's exit status 5 (no test collected, e.g. a -k that matches nothing) is not a failure.
 PYTEST_STATUS = status=$$?; if [ $$status -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$status
 
-# Test workers (pytest-xdist): a file's tests stay together on one worker, in order, and the files that read
-# the tiny-world run share one worker (groups and order: tests/conftest.py). TEST_JOBS=0: one process.
+# Test workers (pytest-xdist): a file's tests stay together on one worker, in order; the long files first
+# (order: tests/conftest.py). TEST_JOBS=0: one process.
 TEST_JOBS ?= 2
-XDIST = $(if $(filter 0,$(TEST_JOBS)),-p no:xdist,-n $(TEST_JOBS) --dist loadgroup --no-loadscope-reorder)
+XDIST = $(if $(filter 0,$(TEST_JOBS)),-p no:xdist,-n $(TEST_JOBS) --dist loadfile --no-loadscope-reorder)
 
 test: data chromium  ## set up and run the tests: the whole suite, what CI (.ci/run) runs
 	$(RUN) python -m pytest -q $(XDIST) --durations=10 $(PYTEST_ARGS); $(PYTEST_STATUS)

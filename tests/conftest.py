@@ -56,27 +56,23 @@ def committed_params() -> dict:
     return yaml.safe_load(committed_text("params.yaml"))
 
 
-# Test files that read the session's tiny-world run (the `tiny_pipeline` fixture): under pytest-xdist they
-# form one group on one worker, started first, so no other worker waits idle for the run to be made.
-TINY_PIPELINE_FILES = (
+# The order `make test` hands files to its two xdist workers (``--dist loadfile --no-loadscope-reorder``):
+# the longest first. The crash test makes the tiny-world run while the accumulate pipeline runs on the other
+# worker; the other files that read the tiny-world run follow. (Pinning them to one worker with
+# `xdist_group` needs `--dist loadgroup`, which does nothing under pytest 9: xdist 3.8 renames `_nodeid`.)
+LONG_FILES_FIRST = (
     "test_crash_safety.py",
+    "test_pipeline_accumulate.py",
     "test_offline_and_queue.py",
-    "test_pipeline.py",
     "test_study_pipeline.py",
+    "test_pipeline.py",
 )
-EARLY_FILES = ("test_pipeline_accumulate.py",)  # the next longest file: first on the other worker
 
 
-@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Order and group the tests for ``make test``'s workers (``--dist loadgroup --no-loadscope-reorder``):
-    a file's tests form one group (they share module fixtures and run in order), the tiny-pipeline files one
-    group together; the longest groups come first. Without xdist the marks do nothing."""
-    for item in items:
-        name = item.path.name
-        item.add_marker(pytest.mark.xdist_group("tiny-pipeline" if name in TINY_PIPELINE_FILES else name))
-    rank = {name: 0 for name in TINY_PIPELINE_FILES} | {name: 1 for name in EARLY_FILES}
-    items.sort(key=lambda item: rank.get(item.path.name, 2))  # stable: files keep their order within a rank
+    """Run the long files first (:data:`LONG_FILES_FIRST`, in that order), then the rest as collected."""
+    rank = {name: position for position, name in enumerate(LONG_FILES_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file's tests keep their order
 
 
 @pytest.fixture(autouse=True)
