@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from biasloop.cli import main
 from biasloop.core.config import ConfigError
@@ -481,6 +482,28 @@ def test_committed_studies_are_defined_and_name_the_pipeline_params() -> None:
     generator = load_study_config(params, "generator")
     assert len(study_cells(generator)) == 12 * 3 + 4 * 2  # 4 primary cells get 5 seeds
     assert len(load_study_config(params, "loop").spec.variants) == 3
+
+
+def test_committed_studies_overrides_leave_a_valid_params_file(tmp_path: Path) -> None:
+    """Each committed study's -S overrides (its generations and a cell's values), applied by DVC's own writer
+    to the committed params.yaml as `dvc exp run --queue` does, give a file that parses to those values.
+    (A comment on the `rounds:` line made DVC write an emptied `rounds` as an invalid '{}' line.)"""
+    from dvc.utils.hydra import apply_overrides
+
+    from biasloop.study.grid import cell_overrides
+    from tests.conftest import committed_text
+
+    text = committed_text("params.yaml")
+    params = yaml.safe_load(text)
+    for name in ("default", "generator", "markedness", "loop"):
+        config = load_study_config(params, name)
+        overrides = cell_overrides(study_cells(config)[0], config, params)
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(text)
+        apply_overrides(str(path), overrides)
+        written = yaml.safe_load(path.read_text())
+        assert written["generations"] == list(range(config.generations)), name
+        assert sorted(written["rounds"]) == [str(n) for n in range(1, config.generations)], name
 
 
 def test_generation_overrides_carry_the_previous_dataset() -> None:
