@@ -167,11 +167,18 @@ def test_report_leads_with_the_decomposition_sentence(tmp_path: Path) -> None:
         None,
         {"synthetic_ratio": 0.4, "base": {"seed": 0, "cpu_threads": 1}},
         {},
+        commit="0123abcdef0123abcdef0123abcdef0123abcdef",
     )
-    first = text[text.index("<h1>") : text.index("<h2>")]
+    first = text[text.index("<h1>") : text.index("<h2")]
     assert "<b>+17.3 pp</b> [+15.1, +19.5]" in first and "p &lt; 0.001" in first
     assert "accounts for +8.9 pp [+8.0, +9.8]" in first and "<b>generator</b> for +7.9 pp" in first
-    assert "synthetic_ratio 0.4, base.seed 0" in first and "base.cpu_threads 1" in first
+    assert "<span>synthetic_ratio 0.4</span><span>base.seed 0</span>" in first
+    assert "<span>base.cpu_threads 1</span>" in first and "<span>commit 0123abc</span>" in first
+    verdict = re.search(r"<p class='verdict' id='verdict'>(.*?)</p>", first).group(1)
+    assert verdict == (
+        "<b>Verdict: amplified.</b> Generated images lean +17.3 pp further to each occupation's majority; "
+        "the generator itself adds +7.9 pp."
+    )
 
 
 def _chromium() -> str | None:

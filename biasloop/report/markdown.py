@@ -9,20 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from biasloop.metrics.rows import decomposition_values, estimand_values
-
-PAIRING_LABELS = {
-    "prompt_vs_keyword": "neutral prompt vs. keyword-retrieved captions",
-    "captions_vs_keyword": "captions as prompts vs. their own training images (paired)",
-    "prompt_vs_nn": "neutral prompt vs. nearest-neighbour captions",
-    "prompt_vs_nn_no_indicator": "neutral prompt vs. nearest neighbours without gender indicators",
-}
-# Seshadri et al. (2023), raw A_abs in pp, for the same pairings.
-PAPER_A_ABS = {
-    "prompt_vs_keyword": 12.57,
-    "captions_vs_keyword": 7.92,
-    "prompt_vs_nn": 7.55,
-    "prompt_vs_nn_no_indicator": 4.35,
-}
+from biasloop.report.summary import PAIRING_LABELS, PAPER_A_ABS
 
 
 def _pp(value: Any, signed: bool = True) -> str:
@@ -47,12 +34,89 @@ def _term(row: dict[str, Any], key: str) -> str:
     return "–" if row.get(key) is None else f"{_pp(row[key])} {_ci(row, key)}"
 
 
+def _headline_lines(entry: dict[str, Any] | None) -> list[str]:
+    """The headline sentence (generation 0, neutral prompt vs. keyword captions) and the decomposition
+    figure; [] without a measured table."""
+    if not entry or not entry.get("measured"):
+        return []
+    h = {**estimand_values(entry["measured"]), **decomposition_values(entry.get("decomposition"))}
+    sentence = (
+        f"**Headline (generation 0, neutral prompt vs. keyword captions):** generated images lean "
+        f"**{_pp(h['shift'])} pp** {_ci(h, 'shift')} (p {_p(h, 'shift')}) further towards each "
+        "occupation's training majority than the training images."
+    )
+    if h.get("generator") is not None:
+        sentence += (
+            f" Of that, **data** (an ideal learner of the captions) {_term(h, 'data')}, **generator** "
+            f"{_term(h, 'generator')}, **instrument** {_term(h, 'instrument')} pp."
+        )
+    sentence += (
+        f" Gap {_pp(h['gap'], False)} pp {_ci(h, 'gap', False)}; the paper's raw A_abs "
+        f"{_pp(h['a_abs_raw'], False)} pp (Seshadri et al.: 12.57)."
+    )
+    return [sentence, "", "![decomposition](../plots/decomposition.png)", ""]
+
+
+def _paradox_lines(table: dict[str, Any]) -> list[str]:
+    """The paradox table (generation 0): one row per pairing with a measured table; [] without pairings."""
+    if not table:
+        return []
+    lines = [
+        "## The paradox table (generation 0)",
+        "",
+        "| pairing | images (train / gen) | shift (pp) | p | gap (pp) | raw A_abs (pp) | paper's A_abs (pp) "
+        "| data (pp) | generator (pp) | instrument (pp) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, entry in table.items():
+        measured = entry.get("measured")
+        if not measured:
+            continue
+        r = {**estimand_values(measured), **decomposition_values(entry.get("decomposition"))}
+        lines.append(
+            f"| {PAIRING_LABELS.get(name, name)} | {measured.get('n_images_train')} / {measured.get('n_images_gen')} "
+            f"| {_pp(r['shift'])} {_ci(r, 'shift')} | {_p(r, 'shift')} | {_pp(r['gap'], False)} "
+            f"{_ci(r, 'gap', False)} | {_pp(r['a_abs_raw'], False)} | {PAPER_A_ABS.get(name, '–')} "
+            f"| {_term(r, 'data')} | {_term(r, 'generator')} | {_term(r, 'instrument')} |"
+        )
+    return lines + [""]
+
+
+def _generation_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """The table across generations and the generations figure; [] without rows."""
+    if not rows:
+        return []
+    lines = [
+        "## Across generations (neutral prompt vs. keyword captions)",
+        "",
+        "Shift, gap and terms against the real corpus's keyword captions; *shift vs. dataset N*: the "
+        "same shift against the images generation N was trained on (dataset N, labelled by the same "
+        "instrument), so what generation N adds beyond its own training data.",
+        "",
+        "| generation | shift (pp) | gap (pp) | data (pp) | generator (pp) | instrument (pp) "
+        "| shift vs. dataset N (pp) | generator occupation accuracy (%) "
+        "| instrument accuracy on generated images (%) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        accuracy = r.get("generator_occupation_accuracy")
+        agreement = r.get("instrument_accuracy_on_generated")
+        lines.append(
+            f"| {r['generation']} | {_pp(r.get('shift'))} {_ci(r, 'shift')} | {_pp(r.get('gap'), False)} "
+            f"{_ci(r, 'gap', False)} | {_term(r, 'data')} | {_term(r, 'generator')} | {_term(r, 'instrument')} "
+            f"| {_term(r, 'shift_vs_training_dataset')} "
+            f"| {'–' if accuracy is None else f'{100 * accuracy:.1f}'} "
+            f"| {'–' if agreement is None else f'{100 * agreement:.1f}'} |"
+        )
+    return lines + ["", "![generations](../plots/generations.png)", ""]
+
+
 def results_markdown(paradox: dict[str, Any] | None, rows: list[dict[str, Any]], params: dict[str, Any]) -> str:
     """The results page (Markdown) of one run.
 
     Args:
         paradox: ``metrics/paradox.json``.
-        rows: :func:`biasloop.report.html.summary_row` per generation.
+        rows: :func:`biasloop.report.summary.summary_row` per generation.
         params: the run's params (its identity line).
 
     Returns:
@@ -73,68 +137,9 @@ def results_markdown(paradox: dict[str, Any] | None, rows: list[dict[str, Any]],
         f"{len(params.get('generations') or [])} generations.",
         "",
     ]
-    headline = table.get("prompt_vs_keyword")
-    if headline and headline.get("measured"):
-        h = {**estimand_values(headline["measured"]), **decomposition_values(headline.get("decomposition"))}
-        sentence = (
-            f"**Headline (generation 0, neutral prompt vs. keyword captions):** generated images lean "
-            f"**{_pp(h['shift'])} pp** {_ci(h, 'shift')} (p {_p(h, 'shift')}) further towards each "
-            "occupation's training majority than the training images."
-        )
-        if h.get("generator") is not None:
-            sentence += (
-                f" Of that, **data** (an ideal learner of the captions) {_term(h, 'data')}, **generator** "
-                f"{_term(h, 'generator')}, **instrument** {_term(h, 'instrument')} pp."
-            )
-        sentence += (
-            f" Gap {_pp(h['gap'], False)} pp {_ci(h, 'gap', False)}; the paper's raw A_abs "
-            f"{_pp(h['a_abs_raw'], False)} pp (Seshadri et al.: 12.57)."
-        )
-        lines += [sentence, "", "![decomposition](../plots/decomposition.png)", ""]
-    if table:
-        lines += [
-            "## The paradox table (generation 0)",
-            "",
-            "| pairing | images (train / gen) | shift (pp) | p | gap (pp) | raw A_abs (pp) | paper's A_abs (pp) "
-            "| data (pp) | generator (pp) | instrument (pp) |",
-            "|---|---|---|---|---|---|---|---|---|---|",
-        ]
-        for name, entry in table.items():
-            measured = entry.get("measured")
-            if not measured:
-                continue
-            r = {**estimand_values(measured), **decomposition_values(entry.get("decomposition"))}
-            lines.append(
-                f"| {PAIRING_LABELS.get(name, name)} | {measured.get('n_images_train')} / {measured.get('n_images_gen')} "
-                f"| {_pp(r['shift'])} {_ci(r, 'shift')} | {_p(r, 'shift')} | {_pp(r['gap'], False)} "
-                f"{_ci(r, 'gap', False)} | {_pp(r['a_abs_raw'], False)} | {PAPER_A_ABS.get(name, '–')} "
-                f"| {_term(r, 'data')} | {_term(r, 'generator')} | {_term(r, 'instrument')} |"
-            )
-        lines.append("")
-    if rows:
-        lines += [
-            "## Across generations (neutral prompt vs. keyword captions)",
-            "",
-            "Shift, gap and terms against the real corpus's keyword captions; *shift vs. dataset N*: the "
-            "same shift against the images generation N was trained on (dataset N, labelled by the same "
-            "instrument), so what generation N adds beyond its own training data.",
-            "",
-            "| generation | shift (pp) | gap (pp) | data (pp) | generator (pp) | instrument (pp) "
-            "| shift vs. dataset N (pp) | generator occupation accuracy (%) "
-            "| instrument accuracy on generated images (%) |",
-            "|---|---|---|---|---|---|---|---|---|",
-        ]
-        for r in rows:
-            accuracy = r.get("generator_occupation_accuracy")
-            agreement = r.get("instrument_accuracy_on_generated")
-            lines.append(
-                f"| {r['generation']} | {_pp(r.get('shift'))} {_ci(r, 'shift')} | {_pp(r.get('gap'), False)} "
-                f"{_ci(r, 'gap', False)} | {_term(r, 'data')} | {_term(r, 'generator')} | {_term(r, 'instrument')} "
-                f"| {_term(r, 'shift_vs_training_dataset')} "
-                f"| {'–' if accuracy is None else f'{100 * accuracy:.1f}'} "
-                f"| {'–' if agreement is None else f'{100 * agreement:.1f}'} |"
-            )
-        lines += ["", "![generations](../plots/generations.png)", ""]
+    lines += _headline_lines(table.get("prompt_vs_keyword"))
+    lines += _paradox_lines(table)
+    lines += _generation_lines(rows)
     lines += [
         "## Reproduce",
         "",

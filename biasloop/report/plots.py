@@ -305,7 +305,7 @@ def generation_curves(rows: list[dict], out_path: str | Path, title: str) -> Non
     plt = _pyplot()
     generations = [r["generation"] for r in rows]
     panels = [p for p in GENERATION_PANELS if any(r.get(key) is not None for r in rows for key, _, _ in p[3])]
-    columns = min(3, max(len(panels), 1))
+    columns = min(2, max(len(panels), 1))  # two panels a row: legends stay legible in the report
     n_rows = -(-len(panels) // columns)
     fig, axes = plt.subplots(n_rows, columns, figsize=(5.2 * columns, 4.3 * n_rows), squeeze=False)
     for ax, (panel_title, ylabel, scale, series) in zip(axes.flat, panels):
@@ -337,116 +337,64 @@ def generation_curves(rows: list[dict], out_path: str | Path, title: str) -> Non
     plt.close(fig)
 
 
-def study_figure(study: dict, metric_keys: list[str], out_path: str | Path, title: str) -> None:
-    """A study's metrics across the grid: one row per metric, two panels each.
-
-    Left: the metric against generation, one line per ``synthetic_ratio`` (mean over seeds) with its
-    95% t band over seeds. Right: the metric against ratio at the last generation (the replacement
-    study's figure): each seed's value (grey dots), the mean with its 95% interval, and the
-    seed-clustered trend line with its slope and interval in the panel title.
-
-    Args:
-        study: ``metrics/study.json`` as :func:`biasloop.study.collect.collect_study` builds it.
-        metric_keys: the metrics to draw (keys of ``study["metrics"]``; absent keys are skipped).
-        out_path: PNG path (written atomically).
-        title: figure title.
-    """
-    plt = _pyplot()
-    summary = study["summary"]
-    keys = [
-        k for k in metric_keys if k in study["metrics"] and any(e["metrics"][k]["mean"] is not None for e in summary)
-    ]
-    ratios = sorted({e["ratio"] for e in summary})
-    generations = sorted({e["generation"] for e in summary})
-    last = generations[-1] if generations else 0
-    fig, axes = plt.subplots(max(len(keys), 1), 2, figsize=(11, 3.1 * max(len(keys), 1)), squeeze=False)
-    colours = plt.get_cmap("viridis")(np.linspace(0.0, 0.85, max(len(ratios), 1)))
-    for row, key in enumerate(keys):
-        label = study["metrics"][key]
-        left, right = axes[row]
-        for colour, ratio in zip(colours, ratios):
-            cells = sorted((e for e in summary if e["ratio"] == ratio), key=lambda e: e["generation"])
-            stats = [(e["generation"], e["metrics"][key]) for e in cells if e["metrics"][key]["mean"] is not None]
-            if not stats:
-                continue
-            left.plot(
-                [g for g, _ in stats], [s["mean"] for _, s in stats], marker="o", color=colour, label=f"ratio {ratio:g}"
-            )
-            banded = [(g, s["ci"]) for g, s in stats if s["ci"]]
-            if banded:
-                left.fill_between(
-                    [g for g, _ in banded],
-                    [c[0] for _, c in banded],
-                    [c[1] for _, c in banded],
-                    color=colour,
-                    alpha=0.18,
-                    lw=0,
-                )
-        for ax in (left, right):
-            ax.axhline(0, color="#bbbbbb", lw=1, zorder=0)
-        left.set_xticks(generations)
-        left.set_xlabel("generation")
-        left.set_ylabel(label, fontsize=8)
-        left.grid(alpha=0.3)
-        left.legend(fontsize=7, title="synthetic_ratio (band: 95% over seeds)", title_fontsize=7)
-
-        runs = [r for r in study["runs"] if r["generation"] == last and r.get(key) is not None]
-        right.scatter(
-            [r["ratio"] for r in runs], [r[key] for r in runs], color="#999999", s=14, zorder=2, label="one seed"
-        )
-        at_last = [
-            (e["ratio"], e["metrics"][key])
-            for e in summary
-            if e["generation"] == last and e["metrics"][key]["mean"] is not None
-        ]
-        if at_last:
-            xs = [r for r, _ in at_last]
-            means = [s["mean"] for _, s in at_last]
-            lows = [m - s["ci"][0] if s["ci"] else 0.0 for m, (_, s) in zip(means, at_last)]
-            highs = [s["ci"][1] - m if s["ci"] else 0.0 for m, (_, s) in zip(means, at_last)]
-            right.errorbar(
-                xs,
-                means,
-                yerr=[lows, highs],
-                fmt="o",
-                color="#d62728",
-                capsize=3,
-                zorder=3,
-                label="mean, 95% over seeds",
-            )
-            trend = study["trends"][key]["vs_ratio"].get(f"gen{last}") or {}
-            if trend.get("slope") is not None:
-                x0, y0 = float(np.mean(xs)), float(np.mean(means))
-                line_x = np.array([min(xs), max(xs)])
-                right.plot(
-                    line_x,
-                    y0 + trend["slope"] * (line_x - x0),
-                    ls="--",
-                    color="#d62728",
-                    lw=1,
-                    label="seed-clustered trend",
-                )
-                ci = trend.get("ci")
-                interval = f" [{ci[0]:.3g}, {ci[1]:.3g}]" if ci else ""
-                right.set_title(
-                    f"slope {trend['slope']:.3g}{interval} per unit ratio (n={trend['n']} seeds)", fontsize=8
-                )
-        right.set_xticks(ratios)
-        right.set_xlabel(f"synthetic_ratio (generation {last})")
-        right.grid(alpha=0.3)
-        right.legend(fontsize=7)
-    fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
-    _save(fig, out_path)
-    plt.close(fig)
-
-
 DECOMPOSITION_TERMS = (  # (key, legend label, colour) of the terms of a pairing's measured shift
     ("data", "(a) data: the ideal learner vs. the selection", "#8c8c8c"),
     ("generator", "(b) generator vs. the ideal learner", "#d62728"),
     ("instrument", "(c) instrument error", "#1f77b4"),
     ("generator_and_instrument", "(b)+(c) generator and instrument (no ground truth)", "#9467bd"),
 )
+
+
+def _stacked_terms(ax, shown: dict[str, dict], terms: list[tuple[str, str, str]], y: np.ndarray) -> None:
+    """Left panel of :func:`decomposition_figure`: per pairing, its terms stacked (positive ones right of 0,
+    negative ones left of it) and the measured shift as a black diamond with its 95% interval (pp)."""
+    for row, entry in zip(y, shown.values()):
+        positive = negative = 0.0
+        for key, label, colour in terms:
+            value = 100.0 * ((entry.get(key) or {}).get("estimate") or 0.0)
+            start = positive if value >= 0 else negative
+            ax.barh(
+                row,
+                value,
+                left=start,
+                color=colour,
+                height=0.55,
+                edgecolor="white",
+                label=label if row == y[0] else None,
+            )
+            if value >= 0:
+                positive += value
+            else:
+                negative += value
+        measured = entry["measured"]
+        lo, hi = [100.0 * (c if c is not None else measured["estimate"]) for c in measured.get("ci") or [None, None]]
+        value = 100.0 * measured["estimate"]
+        ax.errorbar(
+            [value],
+            [row],
+            xerr=[[value - lo], [hi - value]],
+            fmt="D",
+            color="black",
+            ms=6,
+            capsize=3,
+            label="measured shift (95% CI)" if row == y[0] else None,
+        )
+
+
+def _term_intervals(ax, shown: dict[str, dict], terms: list[tuple[str, str, str]], y: np.ndarray) -> None:
+    """Right panel of :func:`decomposition_figure`: each term of each pairing with its 95% interval (pp)."""
+    step = 0.7 / max(len(terms), 1)
+    for k, (key, _label, colour) in enumerate(terms):
+        for row, entry in zip(y, shown.values()):
+            term = entry.get(key)
+            if not term or term.get("estimate") is None:
+                continue
+            value = 100.0 * term["estimate"]
+            ci = [100.0 * (c if c is not None else term["estimate"]) for c in term.get("ci") or [None, None]]
+            offset = 0.35 - step * (k + 0.5)
+            ax.errorbar(
+                [value], [row + offset], xerr=[[value - ci[0]], [ci[1] - value]], fmt="o", color=colour, ms=5, capsize=2
+            )
 
 
 def decomposition_figure(pairings: dict[str, dict], out_path: str | Path, title: str) -> None:
@@ -471,50 +419,8 @@ def decomposition_figure(pairings: dict[str, dict], out_path: str | Path, title:
         1, 2, figsize=(12.5, 0.75 * max(len(names), 1) + 2.4), gridspec_kw={"width_ratios": [1.25, 1]}, sharey=True
     )
     y = np.arange(len(names))[::-1]
-    for row, name in zip(y, names):
-        entry = shown[name]
-        positive = negative = 0.0
-        for key, label, colour in terms:
-            value = 100.0 * ((entry.get(key) or {}).get("estimate") or 0.0)
-            start = positive if value >= 0 else negative
-            left.barh(
-                row,
-                value,
-                left=start,
-                color=colour,
-                height=0.55,
-                edgecolor="white",
-                label=label if row == y[0] else None,
-            )
-            if value >= 0:
-                positive += value
-            else:
-                negative += value
-        measured = entry["measured"]
-        lo, hi = [100.0 * (c if c is not None else measured["estimate"]) for c in measured.get("ci") or [None, None]]
-        value = 100.0 * measured["estimate"]
-        left.errorbar(
-            [value],
-            [row],
-            xerr=[[value - lo], [hi - value]],
-            fmt="D",
-            color="black",
-            ms=6,
-            capsize=3,
-            label="measured shift (95% CI)" if row == y[0] else None,
-        )
-    step = 0.7 / max(len(terms), 1)
-    for k, (key, _label, colour) in enumerate(terms):
-        for row, name in zip(y, names):
-            term = shown[name].get(key)
-            if not term or term.get("estimate") is None:
-                continue
-            value = 100.0 * term["estimate"]
-            ci = [100.0 * (c if c is not None else term["estimate"]) for c in term.get("ci") or [None, None]]
-            offset = 0.35 - step * (k + 0.5)
-            right.errorbar(
-                [value], [row + offset], xerr=[[value - ci[0]], [ci[1] - value]], fmt="o", color=colour, ms=5, capsize=2
-            )
+    _stacked_terms(left, shown, terms, y)
+    _term_intervals(right, shown, terms, y)
     for ax in (left, right):
         ax.axvline(0, color="#555555", lw=1)
         ax.grid(axis="x", alpha=0.3)

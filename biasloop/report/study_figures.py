@@ -28,12 +28,12 @@ def _forest(ax, rows: list[dict[str, Any]], title: str) -> None:
             f"{row['verdict']} ({level}, n={row['n']})",
             (1.01, y),
             xycoords=("axes fraction", "data"),
-            fontsize=6,
+            fontsize=8,
             va="center",
         )
     ax.axvline(0, color="#444444", lw=0.8)
     ax.set_yticks(range(len(rows)))
-    ax.set_yticklabels([r["label"] for r in reversed(rows)], fontsize=6)
+    ax.set_yticklabels([r["label"] for r in reversed(rows)], fontsize=8)
     ax.set_ylim(-0.8, max(len(rows), 1) - 0.2)
     ax.set_title(title, fontsize=8)
     ax.grid(axis="x", alpha=0.3)
