@@ -69,10 +69,13 @@ data: env  ## materialise data/ (same bytes on every machine, so data.dvc matche
 repro: data  ## set up and run the default pipeline (dvc repro on the glyph world)
 	$(RUN) dvc repro
 
-chromium:  ## Debian's Chromium, for the test that opens the report in a headless browser
-	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
-	  { apt-get install -y -q chromium >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }; }; } || \
-	  echo "warning: chromium could not be installed; the report's browser test will be skipped"
+# chromium-driver: Debian's chromedriver, the same version as its chromium, for the tests that read element
+# geometry through Selenium (the report's first screen, `mlflow ui`); never a downloaded driver or browser.
+chromium:  ## Debian's Chromium and chromedriver, for the tests that open the report and `mlflow ui` headless
+	@{ command -v chromium && command -v chromedriver; } >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  { apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null && apt-get install -y -q chromium chromium-driver >/dev/null; }; }; } || \
+	  echo "warning: chromium or chromedriver could not be installed; the browser tests will be skipped"
 
 lint: venv  ## ruff: lint and format check (config in pyproject.toml; `.venv/bin/ruff format` fixes the layout)
 	$(RUN) ruff check .

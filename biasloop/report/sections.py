@@ -219,12 +219,12 @@ ACQUISITION_TAIL = (
 def acquisition_section(acquisition: dict[str, Any] | None) -> str:
     """The report's "From LAION metadata" section from ``metrics/acquisition.json`` ("" when None).
 
-    Disabled (``{"enabled": false}``, the default): one line saying the LAION path is off. Enabled: one
-    row per occupation with the selection counts (matched, duplicate URLs, over the cap, requested), the
-    download outcome (downloaded, ``failed_<reason>``), the filter outcome (``filtered_<reason>``,
-    dropped, kept) and the share of women among kept and among dropped images by their captions' gender
-    indicators with its denominator (the instrument's share among dropped images is not measured: said
-    in the section).
+    Disabled (``{"enabled": false}``, the default): one line saying the LAION path is off. Enabled: two
+    tables of one row per occupation. First the selection counts (matched, duplicate URLs, over the cap,
+    requested) and the download outcome (downloaded, ``failed_<reason>``); then, from the downloaded
+    images, the filter outcome (``filtered_<reason>``, dropped, kept) and the share of women among kept
+    and among dropped images by their captions' gender indicators with its denominator (the
+    instrument's share among dropped images is not measured: said in the section).
     """
     if acquisition is None:
         return ""
@@ -238,8 +238,8 @@ def acquisition_section(acquisition: dict[str, Any] | None) -> str:
     keys = list(dict.fromkeys(k for row in occupations.values() for k in row))
     failed = sorted(k for k in keys if k.startswith("failed_"))
     filtered = [k for k in keys if k.startswith("filtered_")]
-    columns = [*ACQUISITION_HEAD, *failed, *filtered, *ACQUISITION_TAIL]
-    units = {k: "%" if k.startswith("share_") else "int" for k in columns}
+    # two tables, so each fits 1,280 px: selection and download, then the filter (from the downloaded images)
+    steps = [[*ACQUISITION_HEAD, *failed], ["downloaded", *filtered, *ACQUISITION_TAIL]]
     headers = {
         "share_female_indicator_kept": "women among kept, by caption (%)",
         "n_indicator_kept": "kept with a gender word",
@@ -257,11 +257,15 @@ def acquisition_section(acquisition: dict[str, Any] | None) -> str:
             "the measured share. <b>The instrument's share of women among the dropped images is not "
             "measured</b> by the pipeline (docs/laion.md says how to classify <code>dropped/</code>).</p>"
         ),
-        table(
-            [("occupation", "text")] + [(headers.get(k, k.replace("_", " ")), units[k]) for k in columns],
-            [[name] + [row.get(k) for k in columns] for name, row in occupations.items()],
-        ),
     ]
+    for columns in steps:
+        parts.append(
+            table(
+                [("occupation", "text")]
+                + [(headers.get(k, k.replace("_", " ")), "%" if k.startswith("share_") else "int") for k in columns],
+                [[name] + [row.get(k) for k in columns] for name, row in occupations.items()],
+            )
+        )
     if acquisition.get("reasons"):
         total = ", ".join(f"{html.escape(str(k))}: {v}" for k, v in sorted(acquisition["reasons"].items()))
         parts.append(
