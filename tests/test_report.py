@@ -176,8 +176,8 @@ def test_report_leads_with_the_decomposition_sentence(tmp_path: Path) -> None:
     assert "<span>base.cpu_threads 1</span>" in first and "<span>commit 0123abc</span>" in first
     verdict = re.search(r"<p class='verdict' id='verdict'>(.*?)</p>", first).group(1)
     assert verdict == (
-        "<b>Verdict: amplified.</b> Generated images lean +17.3 pp further to each occupation's majority; "
-        "the generator itself adds +7.9 pp."
+        "<b>Verdict: amplified.</b> Generation 0's images lean 17.3 pp further to each occupation's majority; "
+        "the generator itself adds 7.9 pp."
     )
 
 
@@ -407,3 +407,51 @@ def test_results_page_is_generated_from_the_metrics() -> None:
         "| 1 | +4.0 [+1.0, +7.0] | 10.0 [5.0, 16.0] | +3.0 [+2.0, +4.0] | +2.0 [-1.0, +5.0] | -1.0 [-2.0, +0.0] "
         "| +1.5 [-0.5, +3.5] | 70.0 | – |" in text
     )
+
+
+def _headline(shift: tuple[float, float, float], generator: tuple[float, float, float] | None) -> dict:
+    """A headline pairing's summary (fractions): the shift and, when given, the generator term with intervals."""
+    h = {"shift": shift[0], "shift_lo": shift[1], "shift_hi": shift[2]}
+    if generator:
+        h.update(generator=generator[0], generator_lo=generator[1], generator_hi=generator[2])
+    return h
+
+
+@pytest.mark.parametrize(
+    ("shift", "generator", "expected"),
+    [
+        (
+            (0.178, 0.156, 0.199),
+            (0.078, 0.057, 0.099),
+            "<b>Verdict: amplified.</b> Generation 0's images lean 17.8 pp further to each occupation's majority; "
+            "the generator itself adds 7.8 pp.",
+        ),
+        (
+            (0.05, 0.01, 0.09),
+            (0.012, -0.004, 0.03),
+            "<b>Verdict: amplified.</b> Generation 0's images lean 5.0 pp further to each occupation's majority; "
+            "the generator's own part (+1.2 pp) is not resolved.",
+        ),
+        (
+            (-0.04, -0.07, -0.01),
+            (-0.03, -0.05, -0.01),
+            "<b>Verdict: reduced.</b> Generation 0's images lean 4.0 pp less to each occupation's majority; "
+            "the generator itself takes 3.0 pp off.",
+        ),
+        (
+            (0.05, 0.01, 0.09),
+            None,  # a real corpus: no ground truth, no generator term
+            "<b>Verdict: amplified.</b> Generation 0's images lean 5.0 pp further to each occupation's majority.",
+        ),
+        (
+            (0.01, -0.02, 0.04),
+            (0.02, 0.0, 0.04),
+            "<b>Verdict: not resolved.</b> Generation 0's shift to each occupation's majority, +1.0 pp "
+            "[-2.0, +4.0], holds 0 at 95%.",
+        ),
+    ],
+)
+def test_verdict_reads_the_headline_intervals(shift: tuple, generator: tuple | None, expected: str) -> None:
+    from biasloop.report.headline_html import verdict
+
+    assert verdict(_headline(shift, generator))[1] == expected

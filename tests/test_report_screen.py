@@ -217,8 +217,8 @@ def test_first_screen_holds_identity_verdict_and_headline_figure(tmp_path: Path)
         "commit 6b91f3a synthetic_ratio 0.4 base.seed 0 world.seed 0 base.cpu_threads 1 generations 3".split()
     )
     assert geometry["verdict_text"] == (
-        "Verdict: amplified. Generated images lean +17.8 pp further to each occupation's majority; "
-        "the generator itself adds +7.8 pp."
+        "Verdict: amplified. Generation 0's images lean 17.8 pp further to each occupation's majority; "
+        "the generator itself adds 7.8 pp."
     )
     assert geometry["verdict"]["height"] < 2 * geometry["verdict_line"] + 16  # one line (+ its padding)
     assert geometry["figure"]["height"] > 300  # the figure itself, not a "not found" line

@@ -43,24 +43,23 @@ def verdict(h: dict[str, Any]) -> tuple[str, str]:
     Args:
         h: :func:`~biasloop.report.summary.paradox_summary` of the headline pairing (fractions).
     """
-    shift = f"{fmt(h.get('shift'), 'pp+')} pp"
+    size = lambda key: f"{fmt(abs(h[key]), 'pp')} pp"  # noqa: E731
     sign = _sign(h, "shift")
     if sign == 1:
-        text = f"<b>Verdict: amplified.</b> Generated images lean {shift} further to each occupation's majority"
+        text = f"<b>Verdict: amplified.</b> Generation 0's images lean {size('shift')} further to each occupation's majority"
     elif sign == -1:
-        text = f"<b>Verdict: reduced.</b> Generated images lean {shift} away from each occupation's majority"
+        text = f"<b>Verdict: reduced.</b> Generation 0's images lean {size('shift')} less to each occupation's majority"
     else:
         return "verdict none", (
-            f"<b>Verdict: not resolved.</b> The shift to each occupation's majority, {shift} "
-            f"{fmt([h.get('shift_lo'), h.get('shift_hi')], 'pp+')}, holds 0 at 95%."
+            f"<b>Verdict: not resolved.</b> Generation 0's shift to each occupation's majority, "
+            f"{fmt(h.get('shift'), 'pp+')} pp {fmt([h.get('shift_lo'), h.get('shift_hi')], 'pp+')}, holds 0 at 95%."
         )
-    generator = f"{fmt(h.get('generator'), 'pp+')} pp"
     clause = {
-        1: f"; the generator itself adds {generator}.",
-        -1: f"; the generator itself takes {generator} off.",
-        0: f"; the generator's own part ({generator}) is not resolved.",
-    }.get(_sign(h, "generator"), ".")
-    return "verdict", text + clause
+        1: lambda: f"; the generator itself adds {size('generator')}.",
+        -1: lambda: f"; the generator itself takes {size('generator')} off.",
+        0: lambda: f"; the generator's own part ({fmt(h['generator'], 'pp+')} pp) is not resolved.",
+    }.get(_sign(h, "generator"), lambda: ".")
+    return "verdict", text + clause()
 
 
 def headline_sentence(h: dict[str, Any]) -> str:
