@@ -56,14 +56,16 @@ __all__ = [
 ]
 
 
-def _navigation(has_paradox: bool, has_instrument: bool, has_studies: bool) -> str:
+def _navigation(has_paradox: bool, has_instrument: bool, has_figures: bool, has_studies: bool) -> str:
     """Links to the report's sections, this run's first, the other runs' last."""
     anchors = {"generations": "Across generations"}
     if has_paradox:
         anchors["paradox"] = "Paradox table"
     if has_instrument:
         anchors["instrument"] = "Instrument"
-    anchors.update({"figures": "Figures", "params": "Params"})
+    if has_figures:
+        anchors["figures"] = "Figures"
+    anchors["params"] = "Params"
     if has_studies:
         anchors["studies"] = "Studies (other runs)"
     links = "".join(f"<a href='#{anchor}'>{html.escape(label)}</a>" for anchor, label in anchors.items())
@@ -108,7 +110,7 @@ def render_report(
         headline_figure = image_tag(path, caption)
         del figures[caption]
     others = [section for section in [study_section(study), *(study_sections or [])] if section]
-    navigation = _navigation(bool(paradox and paradox.get("table")), bool(instrument), bool(others))
+    navigation = _navigation(bool(paradox and paradox.get("table")), bool(instrument), bool(figures), bool(others))
     parts = [
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
         "<meta name='viewport' content='width=device-width, initial-scale=1'><title>biasloop report</title>",
@@ -120,7 +122,7 @@ def render_report(
         paradox_section(paradox),
         instrument_section(instrument),
         acquisition_section(acquisition),
-        "<h2 id='figures'>Figures</h2>" if figures else "<span id='figures'></span>",
+        "<h2 id='figures'>Figures</h2>" if figures else "",
     ]
     for caption, path in figures.items():
         parts.append(f"<h3>{html.escape(caption)}</h3>{image_tag(path, caption)}")
