@@ -44,7 +44,6 @@ def run(args: argparse.Namespace) -> int:
     import polars as pl
 
     from biasloop.core.config import BaseConfig, load_section, read_params
-
     from biasloop.loop.export import export_prompts, write_prompts
     from biasloop.loop.prompts import GenerateConfig
 
