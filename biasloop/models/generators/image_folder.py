@@ -230,8 +230,8 @@ class ImageFolderGenerator:
     def train(
         self, images: np.ndarray, captions: list[str], *, steps: int, seed: int, progress: bool = True
     ) -> dict[str, Any]:
-        """Nothing to train: the images were made elsewhere. Returns ``steps`` 0 and ``seconds`` 0."""
-        return {"steps": 0, "seconds": 0.0, "final_loss": float("nan"), "trained": False}
+        """Nothing to train: the images were made elsewhere. Returns ``steps`` 0, ``seconds`` 0 and ``final_loss`` None."""
+        return {"steps": 0, "seconds": 0.0, "final_loss": None, "trained": False}
 
     def save(self, folder: str | Path) -> None:
         """Write ``generator.json`` (backend and config, whose ``images`` names the folder; images not copied)."""
