@@ -96,6 +96,7 @@ def test_audit_reproduces_the_oracle_shares_within_the_stated_error(audit_dir: P
     # A confident label is right with probability tpr (women) or 1 - fpr (men): the measured share of
     # women is tpr F + fpr (1 - F), off the true F by at most max(1 - tpr, fpr) (plus sampling noise).
     error = max(1 - stated["tpr"], stated["fpr"])
+    assert error < 0.2, stated  # an instrument good enough for the bound to say something
     oracle = pl.read_csv(audit_dir / "oracle.csv").filter(pl.col("oracle") != "abstain")
     truth = dict(oracle.group_by("occupation").agg((pl.col("oracle") == "female").mean()).rows())
     rows = result["pairings"]["prompt_vs_reference"]["table"]["per_occupation"]
