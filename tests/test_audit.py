@@ -110,6 +110,13 @@ def test_audit_reproduces_the_oracle_shares_within_the_stated_error(audit_dir: P
     assert result["images"]["n_served"] == 3 * N_PER_OCCUPATION and result["images"]["n_skipped"] == 0
     assert result["reference"] == {"kind": "counts", "source": str(audit_dir / "train_counts.csv"), "corrected": True}
     assert result["pairings"]["prompt_vs_reference"]["corrected"]["estimands"]["shift"]["estimate"] is not None
+    from mlflow.tracking import MlflowClient  # tracking.enabled: the audit is one MLflow run
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{audit_dir / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("biasloop").experiment_id])
+    audits = [r for r in runs if r.data.tags.get("mlflow.runName") == "audit"]
+    shift = result["pairings"]["prompt_vs_reference"]["overall"]["estimands"]["shift"]["estimate"]
+    assert audits and audits[0].data.metrics["prompt_vs_reference.shift"] == pytest.approx(shift)
 
 
 @pytest.mark.slow
