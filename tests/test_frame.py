@@ -87,3 +87,18 @@ def test_bad_labels_are_named() -> None:
         amplification_frame(
             pl.concat([TRAIN, GEN]), pl.DataFrame({"occupation": ["x"], "n_female": [1], "n_male": [1]})
         )
+
+
+def test_same_numbers_as_the_paradox_stage() -> None:
+    """The frame of a pairing equals that pairing in paradox_table (same functions, same seed streams)."""
+    from biasloop.metrics.paradox import headline, paradox_table
+
+    train = TRAIN.drop("side").with_columns(
+        selection=pl.lit("keyword"), id=pl.Series([f"c{i}" for i in range(len(TRAIN))])
+    )
+    generated = GEN.drop("side").with_columns(prompt_kind=pl.lit("neutral"), source_id=pl.lit(None, pl.String))
+    confusion = {"tpr": 0.9, "fpr": 0.05}
+    table = paradox_table(train, generated, confusion, n_boot=100, seed=7)["prompt_vs_keyword"]
+    frame = amplification_frame(pl.concat([TRAIN, GEN]), confusion=confusion, n_boot=100, seed=7)
+    assert frame.overall == headline(table["measured"])
+    assert frame.corrected == headline(table["corrected"])
