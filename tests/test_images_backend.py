@@ -187,3 +187,34 @@ def test_generator_outside_the_stage_names_an_unexported_request(folder: tuple[P
     assert generator.train(np.zeros((1, 8, 8, 3), np.uint8), ["x"], steps=5, seed=0)["steps"] == 0
     with pytest.raises(ValueError, match="generator.images"):
         build_generator(GeneratorConfig(backend="images", images=None))
+
+
+def test_webdataset_shards_serve_the_same_images(folder: tuple[Path, pl.DataFrame]) -> None:
+    """The images as webdataset shards (members <prompt_id>.png, with a .json beside each) instead of files
+    listed in manifest.csv: the same manifest and images; a key in two members is an error naming it."""
+    import tarfile
+
+    from stages.generate import main
+
+    images, exported = folder
+    assert main(ARGS) == 0
+    from_files = load_images(pl.read_parquet("artifacts/gen0/generate/manifest.parquet")["image_ref"].to_list())
+    rows = list(csv.DictReader((images / "manifest.csv").open()))
+    for number, part in enumerate((rows[:5], rows[5:])):
+        with tarfile.open(images / f"shard-{number:05d}.tar", "w") as tar:
+            for row in part:
+                tar.add(images / row["file"], arcname=f"{row['prompt_id']}.png")
+                (images / "meta.json").write_text(json.dumps({"prompt_id": row["prompt_id"]}))
+                tar.add(images / "meta.json", arcname=f"{row['prompt_id']}.json")
+    for path in [*images.glob("*.png"), images / "manifest.csv", images / "meta.json"]:
+        path.unlink()
+    assert main(ARGS) == 0
+    manifest = pl.read_parquet("artifacts/gen0/generate/manifest.parquet")
+    assert manifest["seed"].to_list() == exported["seed"].to_list()
+    np.testing.assert_array_equal(load_images(manifest["image_ref"].to_list()), from_files)
+    with tarfile.open(images / "shard-00002.tar", "w") as tar:
+        tar.add(images / "shard-00000.tar", arcname="ignored.tar")
+        (images / "again.png").write_bytes(b"")
+        tar.add(images / "again.png", arcname=f"{rows[0]['prompt_id']}.png")
+    with pytest.raises(ValueError, match=f"prompt_id '{rows[0]['prompt_id']}' in two members"):
+        load_generator("artifacts/models/gen0/generator").index()

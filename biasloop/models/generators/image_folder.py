@@ -3,7 +3,8 @@
 For audits of a model the pipeline cannot train (a hosted API, SDXL, someone's fine-tune): export the
 prompts (``biasloop prompts export``, one row per image with its ``prompt_id`` and seed), make the images
 anywhere, put them in a folder with a ``manifest.csv`` (columns ``prompt_id,file``; ``file`` relative to
-the folder, any format Pillow reads), and point ``generator.images`` at the folder. ``generate@N`` then
+the folder, any format Pillow reads) or as webdataset shards (``*.tar`` in the folder, each image a member
+named ``<prompt_id>.<ext>``, :func:`read_shard_index`), and point ``generator.images`` at the folder. ``generate@N`` then
 asks this backend for exactly the exported ``(prompt, seed)`` pairs, and classify, paradox and evaluate
 run on the images like on any generator's (docs/audit.md).
 
@@ -32,7 +33,9 @@ from __future__ import annotations
 import csv
 import dataclasses
 import hashlib
+import io
 import json
+import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -99,12 +102,15 @@ class ImportReport:
 
 
 def read_images_manifest(folder: str | Path) -> dict[str, str]:
-    """``{prompt_id: file}`` from ``folder/manifest.csv``; errors name the file, the line and the problem."""
+    """``{prompt_id: file}`` from ``folder/manifest.csv`` and its webdataset shards (:func:`read_shard_index`);
+    errors name the file, the line and the problem."""
     folder = Path(folder)
     path = folder / IMAGES_MANIFEST
+    index = read_shard_index(folder)
     if not path.is_file():
+        if index:
+            return index
         raise FileNotFoundError(f"{path}: not found (an images folder needs a manifest.csv with prompt_id,file)")
-    index: dict[str, str] = {}
     with path.open(newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
         missing = [c for c in ("prompt_id", "file") if c not in (reader.fieldnames or [])]
@@ -116,15 +122,33 @@ def read_images_manifest(folder: str | Path) -> dict[str, str]:
             if not key or not file:
                 raise ValueError(f"{path}, line {line}: empty prompt_id or file")
             if key in index:
-                raise ValueError(f"{path}, line {line}: prompt_id {key!r} named twice")
+                raise ValueError(f"{path}, line {line}: prompt_id {key!r} named twice (or also in a shard)")
             if not (folder / file).resolve().is_relative_to(root):
                 raise ValueError(f"{path}, line {line}: file {file!r} is outside the images folder")
             index[key] = file
     return index
 
 
-def load_image(path: Path, size: int) -> np.ndarray:
-    """One image as ``uint8 (size, size, 3)`` RGB.
+def read_shard_index(folder: Path) -> dict[str, str]:
+    """``{prompt_id: "<shard>.tar#<member>"}`` of the webdataset shards ``folder/*.tar``: each image member
+    (by suffix, :data:`IMAGE_SUFFIXES`) is keyed by its file name up to the first dot, as webdataset keys
+    samples; other members (``.json``, ``.txt``) are ignored. A key in two members is an error."""
+    index: dict[str, str] = {}
+    for shard in sorted(folder.glob("*.tar")):
+        with tarfile.open(shard) as tar:
+            for member in tar.getmembers():
+                name = Path(member.name)
+                if not member.isfile() or name.suffix.lower() not in IMAGE_SUFFIXES:
+                    continue
+                key = name.name.split(".", 1)[0]
+                if key in index:
+                    raise ValueError(f"{shard}: prompt_id {key!r} in two members ({index[key]}, {member.name})")
+                index[key] = f"{shard.name}#{member.name}"
+    return index
+
+
+def load_image(path: Path | io.BytesIO, size: int) -> np.ndarray:
+    """One image (a file, or a shard member's bytes) as ``uint8 (size, size, 3)`` RGB.
 
     Raises:
         OSError: Pillow cannot read or decode the file.
@@ -151,12 +175,26 @@ class ImageFolderGenerator:
         self.folder = Path(config.images)
         self._index: dict[str, str] | None = None
         self._cache: dict[str, np.ndarray] = {}
+        self._shards: dict[str, tarfile.TarFile] = {}
 
     def index(self) -> dict[str, str]:
-        """The folder's ``{prompt_id: file}`` (read once)."""
+        """The folder's ``{prompt_id: file or shard member}`` (read once)."""
         if self._index is None:
             self._index = read_images_manifest(self.folder)
         return self._index
+
+    def _exists(self, entry: str | None) -> bool:
+        return entry is not None and ("#" in entry or (self.folder / entry).is_file())
+
+    def _load(self, entry: str) -> np.ndarray:
+        """The image of an index entry: a file of the folder or a member of a shard."""
+        if "#" not in entry:
+            return load_image(self.folder / entry, self.config.image_size)
+        shard, member = entry.split("#", 1)
+        if shard not in self._shards:  # kept open: a member lookup reads the shard's headers once
+            self._shards[shard] = tarfile.open(self.folder / shard)
+        handle = self._shards[shard].extractfile(member)
+        return load_image(io.BytesIO(handle.read() if handle is not None else b""), self.config.image_size)
 
     def check_requests(self, prompts: list[str], seeds: list[int]) -> ImportReport:
         """Check every request at once (decoding each image, kept for :meth:`generate`); under
@@ -167,11 +205,11 @@ class ImageFolderGenerator:
         report = ImportReport(str(self.folder), self.config.images_on_error, len(ids), kept=[])
         for i, key in enumerate(ids):
             file = index.get(key)
-            if file is None or not (self.folder / file).is_file():
+            if not self._exists(file):
                 report.missing.append(key)
                 continue
             try:
-                self._cache[key] = load_image(self.folder / file, self.config.image_size)
+                self._cache[key] = self._load(file)
             except ValueError as exc:
                 report.wrong_size.append(f"{file} ({exc})")
                 continue
@@ -215,13 +253,13 @@ class ImageFolderGenerator:
             key = prompt_id(prompt, seed)
             if key not in self._cache:
                 file = index.get(key)
-                if file is None or not (self.folder / file).is_file():
+                if not self._exists(file):
                     raise ValueError(
                         f"{self.folder}: no image for prompt_id {key} ({prompt!r}, seed {seed}); the images "
                         "backend serves only exported requests (biasloop prompts export)"
                     )
                 try:
-                    self._cache[key] = load_image(self.folder / file, size)
+                    self._cache[key] = self._load(file)
                 except (OSError, ValueError) as exc:
                     raise ValueError(f"{self.folder / file}: unreadable or not {size} x {size} ({exc})") from exc
             out[i] = self._cache[key]
