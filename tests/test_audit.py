@@ -155,3 +155,32 @@ def test_bls_reference_is_not_corrected_and_bad_images_are_named(
     assert _audit(audit_dir, bls, "skipped", "--on-error", "skip", images="broken") == 0
     skipped = json.loads((audit_dir / "skipped/audit.json").read_text())
     assert skipped["images"]["unreadable"] == ["0001.png"] and skipped["n_labelled"] == 3 * N_PER_OCCUPATION - 1
+
+
+@pytest.mark.slow
+def test_corpus_reference_gives_the_keyword_pairing_and_its_decomposition(audit_dir: Path) -> None:
+    """An ingested corpus as the reference: its training captions that mention each occupation, labelled by
+    the instrument, are the reference side; their gender indicators give the decomposition."""
+    from biasloop.data.retrieval import retrieve_lazy
+
+    assert _audit(audit_dir, str(audit_dir / "artifacts/corpus"), "corpus") == 0
+    result = json.loads((audit_dir / "corpus/audit.json").read_text())
+    assert result["reference"]["kind"] == "corpus" and list(result["pairings"]) == ["prompt_vs_keyword"]
+    entry = result["pairings"]["prompt_vs_keyword"]
+    corpus = pl.read_parquet(audit_dir / "artifacts/corpus/captions.parquet").filter(pl.col("split") == "train")
+    matches = retrieve_lazy(corpus.lazy(), ["engineer", "nurse", "teacher"], keep=["true_gender"]).collect()
+    truth = (
+        matches.filter(pl.col("true_gender").is_not_null())
+        .group_by("occupation")
+        .agg((pl.col("true_gender") == "female").mean().alias("share"), pl.len().alias("n"))
+    )
+    stated = json.loads((audit_dir / "metrics/instrument.json").read_text())
+    error = max(1 - stated["tpr"], stated["fpr"])
+    rows = {r["occupation"]: r for r in entry["table"]["per_occupation"]}
+    for occupation, share, n in truth.iter_rows():
+        assert rows[occupation]["n_female_train"] + rows[occupation]["n_male_train"] <= n
+        assert abs(rows[occupation]["share_train"] - share) <= error + 2 * np.sqrt(share * (1 - share) / n)
+    decomposition = entry["decomposition"]
+    assert decomposition["available"] is not False and decomposition["data"]["estimate"] is not None
+    terms = decomposition["data"]["estimate"] + decomposition["generator_and_instrument"]["estimate"]
+    assert terms == pytest.approx(entry["overall"]["estimands"]["shift"]["estimate"])

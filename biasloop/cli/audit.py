@@ -7,6 +7,9 @@ correct the shares), and the shares of women per occupation are compared with RE
 
   counts.csv          occupation,n_female,n_male[,n_abstain]: e.g. the training images' counts
   bls | bls:PATH      the labour force's shares (BLS table; not corrected: not the instrument's labels)
+  CORPUS_DIR          an ingested corpus (captions.parquet + image shards, e.g. artifacts/corpus): the
+                      captions that mention each occupation (retrieve params), their images labelled by
+                      the instrument: the keyword pairings and the decomposition
   predictions.parquet a corpus's classified selections (classify_train); with --matches (retrieve's
                       matches.parquet) the captions' gender indicators: every paradox pairing and the
                       decomposition of the shift into data and generator (+ instrument)
@@ -33,7 +36,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--images", required=True, help="folder of images with manifest.csv (prompt_id,file)")
     parser.add_argument("--prompts", required=True, help="the export (biasloop prompts export): .csv or .jsonl")
-    parser.add_argument("--reference", required=True, help="counts .csv, bls[:PATH], or predictions .parquet")
+    parser.add_argument(
+        "--reference", required=True, help="counts .csv, bls[:PATH], a corpus folder, or predictions .parquet"
+    )
     parser.add_argument("--matches", help="retrieve's matches.parquet (caption indicators; predictions reference)")
     parser.add_argument("--out", default="audit", help="output folder (default: %(default)s)")
     parser.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
@@ -63,22 +68,32 @@ def _instrument_facts(path: str) -> tuple[dict | None, dict | None]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from biasloop.core.config import BaseConfig, TrackingConfig, load_section, read_params, to_dict
     from biasloop.core.tracking import stage_run
+    from biasloop.data.retrieval import RetrieveConfig
     from biasloop.loop.export import read_prompts
     from biasloop.models.generators import GeneratorConfig
     from biasloop.models.instrument import ClassifyConfig
     from biasloop.models.labelling import load_labeller
-    from biasloop.report.audit import read_reference, run_audit
+    from biasloop.report.audit import corpus_reference, read_reference, run_audit
 
     params = read_params(args.params)
     base, classify = load_section(BaseConfig, "base", params), load_section(ClassifyConfig, "classify", params)
     tracking = load_section(TrackingConfig, "tracking", params)
     image_size = args.image_size or load_section(GeneratorConfig, "generator", params).image_size
     prompts = read_prompts(args.prompts)
-    reference = read_reference(args.reference, prompts["occupation"].unique().sort().to_list(), args.matches)
+    occupations = prompts["occupation"].unique().sort().to_list()
     confusion, instrument = _instrument_facts(args.instrument_metrics)
     labeller = load_labeller(args.instrument)
+    if Path(args.reference).is_dir():
+        reference = corpus_reference(
+            args.reference, occupations, labeller, load_section(RetrieveConfig, "retrieve", params),
+            threshold=classify.abstain_threshold, batch_size=classify.batch_size,
+        )  # fmt: skip
+    else:
+        reference = read_reference(args.reference, occupations, args.matches)
     logged = {"classify": to_dict(classify), "audit": {"images": args.images, "reference": args.reference}}
     with stage_run("audit", tracking, logged) as mlflow_run:
         result = run_audit(

@@ -20,6 +20,10 @@ References (``--reference``):
 - ``bls`` (or ``bls:PATH``): the labour force's share of women per occupation (BLS, ``data/occupations``),
   entered as counts of :data:`BLS_WORKERS` workers (their sampling noise negligible beside the images'),
   never corrected (not the instrument's labels): "compared with the labour force";
+- an ingested corpus (a folder with ``captions.parquet`` and its image shards, :func:`corpus_reference`):
+  the training captions that mention each occupation (keyword retrieval with the captions' gender
+  indicators, ``retrieve`` params), their images labelled by the same instrument: the ``keyword``
+  pairings (neutral prompts; captions as prompts paired by ``source_id``) and the decomposition;
 - a corpus's classified selections (``classify_train``'s ``predictions.parquet``; with ``--matches``,
   retrieve's ``matches.parquet`` for the captions' gender indicators): every pairing of
   :data:`biasloop.metrics.paradox.PAIRINGS` the images allow (neutral prompts against keyword captions and
@@ -94,6 +98,42 @@ def read_reference(spec: str, occupations: list[str], matches: str | None = None
     if missing:
         raise ValueError(f"{path}: missing column(s) {missing} (a counts CSV: occupation,n_female,n_male[,n_abstain])")
     return Reference("counts", str(path), counts=counts)
+
+
+def corpus_reference(
+    folder: str | Path, occupations: list[str], labeller: Any, retrieve: Any, *, threshold: float, batch_size: int
+) -> Reference:
+    """The ``keyword`` selection of an ingested corpus, labelled by the instrument (see the module docstring).
+
+    Args:
+        folder: a corpus folder (``captions.parquet``: ``id, caption, image_ref[, split, true_gender]``).
+        occupations: the audited occupations.
+        labeller: the cross-fitted instrument (a training image is labelled by the fold model that never
+            saw it, as in ``classify_train``).
+        retrieve: the ``retrieve`` params (plurals, first names, the split searched).
+        threshold, batch_size: the ``classify`` params.
+    """
+    from biasloop.data.retrieval import retrieve_lazy
+    from biasloop.models.labelling import label_images
+
+    path = Path(folder) / "captions.parquet"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found (an ingested corpus folder has a captions.parquet)")
+    corpus = pl.read_parquet(path)
+    if retrieve.split is not None and "split" in corpus.columns:
+        corpus = corpus.filter(pl.col("split") == retrieve.split)
+    if "true_gender" not in corpus.columns:
+        corpus = corpus.with_columns(true_gender=pl.lit(None, dtype=pl.String))
+    matches = retrieve_lazy(corpus.lazy(), occupations, retrieve.plurals, retrieve.first_names).collect()
+    if matches.is_empty():
+        raise ValueError(f"{path}: no caption mentions any of {occupations}")
+    images = matches.select("id").unique().sort("id").join(corpus.select("id", "image_ref", "true_gender"), on="id")
+    labels = label_images(labeller, images["image_ref"].to_list(), threshold, batch_size=batch_size)
+    per_image = pl.concat([images.select("id", "true_gender"), labels.select("label")], how="horizontal")
+    predictions = matches.select("occupation", "id", "indicator", selection=pl.lit("keyword")).join(
+        per_image, on="id", how="left"
+    )
+    return Reference("corpus", str(folder), predictions=predictions)
 
 
 def classify_images(
