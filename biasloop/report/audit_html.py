@@ -107,7 +107,7 @@ def render_audit_page(result: dict[str, Any], figures: Path) -> str:
     )
     first = next(iter(pairings.values()))
     instrument = result.get("instrument") or {}
-    stated = ", ".join(f"{key} {_fmt(instrument.get(key), '%')}" for key in ("accuracy", "tpr", "fpr", "abstain_rate"))
+    stated = ", ".join(f"{key} {_fmt(instrument.get(key), '%')}%" for key in ("accuracy", "tpr", "fpr", "abstain_rate"))
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>biasloop audit</title>",
         f"<style>{CSS}</style></head><body><h1>biasloop audit</h1>",
