@@ -186,7 +186,7 @@ def test_generator_outside_the_stage_names_an_unexported_request(folder: tuple[P
         generator.generate(["a caption mix@1 would ask for"], [7])
     assert generator.train(np.zeros((1, 8, 8, 3), np.uint8), ["x"], steps=5, seed=0)["steps"] == 0
     with pytest.raises(ValueError, match="generator.images"):
-        build_generator(GeneratorConfig(backend="images", images=None))
+        build_generator(GeneratorConfig(backend="images", images=""))
 
 
 def test_webdataset_shards_serve_the_same_images(folder: tuple[Path, pl.DataFrame]) -> None:

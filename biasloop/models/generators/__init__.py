@@ -66,7 +66,9 @@ class GeneratorConfig:
     native_size: int | None = (
         None  # stable-diffusion: generation/training resolution (None: the model's, 512 for SD 1.5)
     )
-    images: str | None = "imports"  # images: folder of pre-made images with a manifest.csv (docs/audit.md)
+    images: str = (
+        "imports"  # images: folder of pre-made images (manifest.csv or shards; docs/audit.md); a dep of generate@N
+    )
     images_on_error: Literal["error", "skip"] = "error"  # images: on a bad image, error or recorded skip
 
     BACKEND_KEYS: ClassVar[dict[str, tuple[str, ...]]] = {  # keys only one backend reads (a warning otherwise)
