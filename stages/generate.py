@@ -16,6 +16,8 @@ Inputs:   --generator artifacts/models/gen{N}/generator  (a saved generator, any
 Outputs:  artifacts/gen{N}/generate/manifest.parquet  (prompt_kind in {neutral, caption}, occupation,
                                                        prompt, seed, image_ref, template, source_id)
           artifacts/gen{N}/generate/images/*.npy      (uint8 image shards)
+          artifacts/gen{N}/generate/import.json       (generator.backend images only: requested, served,
+                                                       and the missing/unreadable/wrong-size/extra images)
           plots/generated/gen{N}.png  (--contact-sheet: per occupation, real images of the selection
                                        beside generated ones for the neutral prompts)
 Params:   base, tracking, occupations, generate, sampling (guidance scale and denoising steps: read here,
@@ -40,17 +42,16 @@ import polars as pl
 
 from biasloop.core.config import to_dict
 from biasloop.core.distributed import join_or_relaunch, process_batches
-from biasloop.core.io import atomic_path, load_images, timed, write_image_shards
+from biasloop.core.io import atomic_path, load_images, timed, write_image_shards, write_json
 from biasloop.core.runtime import resolve_device
 from biasloop.core.stage import load_configs, make_parser, run_main
 from biasloop.core.tracking import stage_run
-from biasloop.loop.mixing import generation_seeds
+from biasloop.loop.export import image_seeds
 from biasloop.loop.prompts import MANIFEST_COLUMNS, GenerateConfig, plan_prompts
 from biasloop.models.generators import SamplingConfig, validate_sampling
 
 log = logging.getLogger("generate")
 
-SEED_STREAM = "generate-noise"  # generation_seeds stream of this stage (mix uses mix-noise)
 SHEET_PER_SIDE = 6  # contact sheet: real and generated images per occupation
 
 
@@ -85,7 +86,7 @@ def main_body(argv: Sequence[str] | None) -> None:
     plan = plan_prompts(config, occupations, selections, corpus, seed)
     if len(plan) == 0:
         raise ValueError("nothing to generate: no neutral prompts and no selected captions")
-    seeds = generation_seeds(seed, args.generation, len(plan), stream=SEED_STREAM)
+    seeds = image_seeds(seed, args.generation, len(plan))
     counts = plan.group_by("prompt_kind").len().sort("prompt_kind").rows()
     log.info(
         "generation %d: %d images (%s) for %d occupations",
@@ -111,9 +112,11 @@ def main_body(argv: Sequence[str] | None) -> None:
         from tqdm.auto import tqdm
 
         from biasloop.models.generators import load_generator, read_manifest
+        from biasloop.models.generators.image_folder import served_subset
 
         with timed(f"loading generator {args.generator}", log):
             generator = load_generator(args.generator, group.device(device))
+        plan, seeds, served = served_subset(generator, plan, seeds)  # images backend: what the folder has
         prompts = plan["prompt"].to_list()
         # batches are fixed by index (and each image's seed too), so the images do not depend on the
         # number of processes; process r takes batches r, r + P, ...
@@ -152,6 +155,8 @@ def main_body(argv: Sequence[str] | None) -> None:
                 pl.Series("seed", seeds, dtype=pl.Int64), pl.Series("image_ref", refs, dtype=pl.String)
             ).select(MANIFEST_COLUMNS)
             manifest.write_parquet(tmp / "manifest.parquet", compression="zstd", statistics=True)
+            if served is not None:
+                write_json(tmp / "import.json", served.to_dict())
         if args.contact_sheet:
             _contact_sheet(args, config, selections, plan, images, seed)
             run.log_artifact(args.contact_sheet)
@@ -165,6 +170,7 @@ def main_body(argv: Sequence[str] | None) -> None:
                 "generation_seconds": seconds,
                 "images_per_second": len(images) / max(seconds, 1e-9),
                 "num_processes": group.world,
+                **({f"import_{k}": v for k, v in served.counts().items()} if served is not None else {}),
             }
         )
 

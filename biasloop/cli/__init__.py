@@ -2,6 +2,8 @@
 
     biasloop data                  materialise data/ (occupation table + MNIST glyph pool)
     biasloop amplify TRAIN GEN     amplification table from two per-occupation count files
+    biasloop prompts export        every prompt generate@N asks for (prompt_id, seed) for images made elsewhere
+    biasloop audit --images DIR --prompts FILE --reference REF  label images made elsewhere, compare (JSON+HTML)
     biasloop generations N         rewrite the generation lists in params.yaml for N generations
     biasloop captions-score R H    BLEU-4, ROUGE-L and CIDEr-D of hypothesis captions against references
     biasloop study list|run|collect  named studies over any params x seeds as queued DVC experiments
@@ -24,6 +26,8 @@ from collections.abc import Sequence
 COMMANDS = (
     "data",
     "amplify",
+    "prompts",
+    "audit",
     "generations",
     "captions-score",
     "study",

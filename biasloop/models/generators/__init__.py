@@ -6,6 +6,8 @@
 - ``stable-diffusion``: ``StableDiffusionPipeline.from_pretrained(generator.model)`` (SD 1.4/1.5 from the
   hub, only when a user sets it, or a local folder), optionally fine-tuned with LoRA per generation
   (:mod:`biasloop.models.generators.stable_diffusion`).
+- ``images``: no model; pre-made images from the folder ``generator.images`` served by prompt and seed
+  (:mod:`biasloop.models.generators.image_folder`, docs/audit.md).
 
 Data contract: images are ``uint8`` arrays ``(n, H, W, 3)``; captions and prompts are strings. Image ``i``
 of :meth:`Generator.generate` depends only on ``(prompts[i], seeds[i])``, never on the batch it ran in.
@@ -30,7 +32,7 @@ import numpy as np
 
 from biasloop.core.config import from_dict
 
-BACKENDS = ("tiny-diffusion", "stable-diffusion")
+BACKENDS = ("tiny-diffusion", "stable-diffusion", "images")
 MANIFEST = "generator.json"
 
 
@@ -38,7 +40,7 @@ MANIFEST = "generator.json"
 class GeneratorConfig:
     """``generator``: which text-to-image model, and how it is trained and sampled."""
 
-    backend: Literal["tiny-diffusion", "stable-diffusion"] = "tiny-diffusion"  # which implementation
+    backend: Literal["tiny-diffusion", "stable-diffusion", "images"] = "tiny-diffusion"  # which implementation
     model: str | None = None  # stable-diffusion: hub name (SD 1.4/1.5) or local pipeline folder; tiny: unused
     allow_download: bool = False  # let from_pretrained fetch a hub name that is not in the local cache
     text_encoder: str | None = None  # tiny: sentence encoder for captions (None: packaged MiniLM; "fake:32" in tests)
@@ -64,6 +66,10 @@ class GeneratorConfig:
     native_size: int | None = (
         None  # stable-diffusion: generation/training resolution (None: the model's, 512 for SD 1.5)
     )
+    images: str = (
+        "imports"  # images: folder of pre-made images (manifest.csv or shards; docs/audit.md); a dep of generate@N
+    )
+    images_on_error: Literal["error", "skip"] = "error"  # images: on a bad image, error or recorded skip
 
     BACKEND_KEYS: ClassVar[dict[str, tuple[str, ...]]] = {  # keys only one backend reads (a warning otherwise)
         "tiny-diffusion": (
@@ -80,6 +86,7 @@ class GeneratorConfig:
             "precision",
         ),
         "stable-diffusion": ("model", "lora_rank", "lora_learning_rate", "native_size"),
+        "images": ("images", "images_on_error"),
     }
 
 
@@ -162,6 +169,8 @@ def validate_config(config: GeneratorConfig) -> None:
             )
         if any(c % 8 for c in config.channels):
             raise ValueError(f"generator.channels: every width must be a multiple of 8, got {list(config.channels)}")
+    if config.backend == "images" and not config.images:
+        raise ValueError("generator.images: the images backend needs the folder of pre-made images")
     if config.backend == "stable-diffusion" and not config.model:
         raise ValueError("generator.model: the stable-diffusion backend needs a hub name or a local pipeline folder")
     for name in ("train_steps", "batch_size", "train_timesteps"):
@@ -190,6 +199,10 @@ def build_generator(config: GeneratorConfig, device: str = "cpu", seed: int = 0)
         from biasloop.models.generators.stable_diffusion import StableDiffusionGenerator
 
         return StableDiffusionGenerator(config, device=device, seed=seed)
+    if config.backend == "images":
+        from biasloop.models.generators.image_folder import ImageFolderGenerator
+
+        return ImageFolderGenerator(config, device=device, seed=seed)
     raise ValueError(f"generator.backend: expected one of {list(BACKENDS)}, found {config.backend!r}")
 
 
@@ -212,6 +225,10 @@ def load_generator(folder: str | Path, device: str = "cpu") -> Generator:
         from biasloop.models.generators.stable_diffusion import StableDiffusionGenerator
 
         return StableDiffusionGenerator.load(folder, device=device)
+    if backend == "images":
+        from biasloop.models.generators.image_folder import ImageFolderGenerator
+
+        return ImageFolderGenerator.load(folder, device=device)
     raise ValueError(f"{Path(folder) / MANIFEST}: unknown backend {backend!r} (known: {list(BACKENDS)})")
 
 
