@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from biasloop.core.io import atomic_path
-from biasloop.report.html import CSS, _fmt, _image_tag, _table
+from biasloop.report.page import CSS, fmt, image_tag, table
 from biasloop.report.plots import decomposition_figure, share_plot
 
 ESTIMAND_COLUMNS = [
@@ -79,7 +79,7 @@ def _decomposition_section(pairings: dict[str, Any], figure: Path) -> str:
         for name, d in available.items()
     ]
     columns = [("pairing", "text"), ("measured shift (pp)", "pp+")] + [(f"{t} (pp)", "pp+") for t in terms]
-    return _table(columns, rows) + _image_tag(figure, "decomposition")
+    return table(columns, rows) + image_tag(figure, "decomposition")
 
 
 def _images_section(images: dict[str, Any]) -> str:
@@ -107,7 +107,7 @@ def render_audit_page(result: dict[str, Any], figures: Path) -> str:
     )
     first = next(iter(pairings.values()))
     instrument = result.get("instrument") or {}
-    stated = ", ".join(f"{key} {_fmt(instrument.get(key), '%')}%" for key in ("accuracy", "tpr", "fpr", "abstain_rate"))
+    stated = ", ".join(f"{key} {fmt(instrument.get(key), '%')}%" for key in ("accuracy", "tpr", "fpr", "abstain_rate"))
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>biasloop audit</title>",
         f"<style>{CSS}</style></head><body><h1>biasloop audit</h1>",
@@ -116,11 +116,11 @@ def render_audit_page(result: dict[str, Any], figures: Path) -> str:
         "the share of women towards each occupation's reference majority; gap: the mean distance without "
         "sampling noise (docs/estimands.md).</p>",
         "<h2>Estimands</h2>",
-        _table(ESTIMAND_COLUMNS, _estimand_rows(pairings)),
+        table(ESTIMAND_COLUMNS, _estimand_rows(pairings)),
         "<h2>Share of women per occupation</h2>",
-        _image_tag(figures / "shares.png", "shares per occupation"),
+        image_tag(figures / "shares.png", "shares per occupation"),
         f"<p class='note'>Rows: {html.escape(next(iter(pairings)))}, measured.</p>",
-        _table(OCCUPATION_COLUMNS, _occupation_rows(first["table"])),
+        table(OCCUPATION_COLUMNS, _occupation_rows(first["table"])),
         "<h2>Decomposition</h2>",
         _decomposition_section(pairings, figures / "decomposition.png"),
         "<h2>Images</h2>",
