@@ -242,7 +242,7 @@ def main_body(argv: Sequence[str] | None) -> None:
             study_sections=[named_study_section(s) for s in studies],
         )
         with atomic_path(args.results) as tmp:
-            tmp.write_text(results_markdown(paradox, rows, params), encoding="utf-8")
+            tmp.write_text(results_markdown(paradox, rows, params, studies), encoding="utf-8")
         log.info("summary of %d generations -> %s; report -> %s", len(rows), args.out, args.report)
         run.log_metrics(summary)
         # curves against generation, in this run and on the pipeline's parent run (its row in `mlflow ui`)

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from biasloop.report.html import build_summary, render_report, share_rows, summary_row
+from biasloop.report.markdown import results_markdown
 from tests.headless import CHROMIUM_FLAGS, chromium_binary
 
 GEN_METRICS = {
@@ -455,3 +456,46 @@ def test_verdict_reads_the_headline_intervals(shift: tuple, generator: tuple | N
     from biasloop.report.headline_html import verdict
 
     assert verdict(_headline(shift, generator))[1] == expected
+
+
+def test_results_page_lists_each_study_endpoint_in_pp() -> None:
+    """A study's endpoints go on the results page x 100, with the Holm level and the margin in the same units."""
+    study = {
+        "study": {"name": "toy", "axes": {"sampling.guidance_scale": [1, 3]}, "variants": {}, "seeds": [0, 1, 2]},
+        "cells": [{"baseline_rev": "abcdef0123"}],
+        "n_cells_used": 6,
+        "n_cells_expected": 6,
+        "family_size": 2,
+        "endpoints": {
+            "e": {
+                "label": "generator at generation 0",
+                "estimate": 0.0123,
+                "ci": [-0.004, 0.0286],
+                "ci_level": 0.95,
+                "p": 0.0004,
+                "verdict": "effect",
+                "n": 5,
+                "adjusted": False,
+                "margin": 0.01,
+            }
+        },
+        "intervals": [
+            {
+                "label": "slope of gap vs g",
+                "estimate": -0.001,
+                "ci": [-0.0052, 0.0031],
+                "ci_level": 0.975,
+                "p": 0.2,
+                "p_adjusted": 0.4,
+                "verdict": "equivalent within ±0.01",
+                "n": 3,
+                "adjusted": True,
+                "margin": 0.01,
+            }
+        ],
+    }
+    page = results_markdown(None, [], {"base": {}}, [study])
+    assert "## Studies (other runs)" in page and "### `toy`" in page and "`abcdef0`" in page
+    assert "| generator at generation 0 | +1.2 [-0.4, +2.9] | 95.0% | < 0.001 | effect | 5 |" in page
+    assert "| slope of gap vs g | -0.1 [-0.5, +0.3] | 97.5% (Holm) | 0.400 | equivalent within ±1 | 3 |" in page
+    assert "Studies" not in results_markdown(None, [], {"base": {}})

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from biasloop.metrics.rows import decomposition_values, estimand_values
+from biasloop.report.study_markdown import studies_lines
 from biasloop.report.summary import PAIRING_LABELS, PAPER_A_ABS
 
 
@@ -111,17 +112,23 @@ def _generation_lines(rows: list[dict[str, Any]]) -> list[str]:
     return lines + ["", "![generations](../plots/generations.png)", ""]
 
 
-def results_markdown(paradox: dict[str, Any] | None, rows: list[dict[str, Any]], params: dict[str, Any]) -> str:
+def results_markdown(
+    paradox: dict[str, Any] | None,
+    rows: list[dict[str, Any]],
+    params: dict[str, Any],
+    studies: list[dict[str, Any]] | None = None,
+) -> str:
     """The results page (Markdown) of one run.
 
     Args:
         paradox: ``metrics/paradox.json``.
         rows: :func:`biasloop.report.summary.summary_row` per generation.
         params: the run's params (its identity line).
+        studies: the collected ``metrics/studies/<name>.json`` (a section after this run's tables).
 
     Returns:
         The page's text: the headline sentence and the decomposition figure, the paradox table (generation 0),
-        the table across generations, and the commands that reproduce them.
+        the table across generations, the studies, and the commands that reproduce them.
     """
     table = (paradox or {}).get("table") or {}
     base = params.get("base") or {}
@@ -140,6 +147,7 @@ def results_markdown(paradox: dict[str, Any] | None, rows: list[dict[str, Any]],
     lines += _headline_lines(table.get("prompt_vs_keyword"))
     lines += _paradox_lines(table)
     lines += _generation_lines(rows)
+    lines += studies_lines(studies or [])
     lines += [
         "## Reproduce",
         "",
