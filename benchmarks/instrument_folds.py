@@ -2,7 +2,7 @@
 
 On the default glyph world (``params.yaml``: world, occupations, instrument, classify), with the packaged
 all-MiniLM-L6-v2 text tower, for each (K, epochs) of the grid this trains the K fold models
-(:func:`biasloop.models.labelling.train_labeller`) and measures (:func:`measure_labeller`):
+(:func:`biasloop.models.instrument.cross_fitting.train_labeller`) and measures (:func:`measure_labeller`):
 
 - ``seconds`` / ``cpu_seconds``: wall and process CPU time of training all K models (text embeddings
   come from a warm cache); on a shared machine CPU time with one thread is the steadier measure;
@@ -43,14 +43,12 @@ from biasloop.data.embeddings import load_cached_text_encoder
 from biasloop.data.world import WorldConfig, build_world
 from biasloop.models.instrument import (
     InstrumentConfig,
-    corpus_split,
-    train_or_load_instrument,
-)
-from biasloop.models.labelling import (
     confusion_rates,
+    corpus_split,
     label_from_p,
     measure_labeller,
     train_labeller,
+    train_or_load_instrument,
 )
 
 HERE = Path(__file__).resolve().parent

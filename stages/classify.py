@@ -2,7 +2,7 @@
 
 No model of the cross-fitted instrument trained on a generated image: each is labelled by the fold model
 a seeded hash of its ``image_ref`` picks, the rule that labelled the held-out images the confusion rates
-come from (``biasloop.models.labelling``). With ``classify.num_processes`` above 1 the stage re-runs
+come from (``biasloop.models.instrument.cross_fitting``). With ``classify.num_processes`` above 1 the stage re-runs
 itself under ``accelerate launch``; the processes share the image tower's forward passes
 (``label_units``: unit u to process u mod P), the main process gathers the embeddings by row, scores
 them and writes the output atomically, bit-identical to one process's (:mod:`biasloop.core.distributed`).
@@ -40,8 +40,8 @@ from biasloop.core.runtime import resolve_device
 from biasloop.core.stage import load_configs, make_parser, run_main
 from biasloop.core.tracking import stage_run
 from biasloop.data.world import WorldConfig, oracle_labels
-from biasloop.models.instrument import ClassifyConfig
-from biasloop.models.labelling import (
+from biasloop.models.instrument import (
+    ClassifyConfig,
     encode_units,
     label_images,
     label_units,

@@ -3,7 +3,7 @@
 Dataset 0 is the corpus's training split; dataset N (N >= 1) is mix@N's (real images and the images
 generated for it, which nothing else classifies). Each image is labelled as classify_train labels
 training images: a real image by the cross-fitted instrument's model that never trained on it, a
-generated one by the instrument's mixture (``biasloop.models.labelling``); ``classify.abstain_threshold``
+generated one by the instrument's mixture (``biasloop.models.instrument.cross_fitting``); ``classify.abstain_threshold``
 decides ``female``/``male``/``abstain``. evaluate@N compares generation N's images with these labels
 (``amplification_vs_training_dataset``), beside the comparison with the real corpus.
 
@@ -30,8 +30,7 @@ from biasloop.core.runtime import resolve_device
 from biasloop.core.stage import load_configs, make_parser, run_main
 from biasloop.core.tracking import stage_run
 from biasloop.loop.mixing import as_dataset
-from biasloop.models.instrument import ClassifyConfig
-from biasloop.models.labelling import label_images, load_labeller
+from biasloop.models.instrument import ClassifyConfig, label_images, load_labeller
 
 log = logging.getLogger("classify_dataset")
 

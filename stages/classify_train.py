@@ -1,7 +1,7 @@
 """classify_train: perceived gender of the training images behind each retrieval selection.
 
 Each distinct image is classified once, out of sample: by the cross-fitted instrument's model of the
-image's own fold, the one that never trained on it (``biasloop.models.labelling``). Every (selection,
+image's own fold, the one that never trained on it (``biasloop.models.instrument.cross_fitting``). Every (selection,
 occupation) row that includes it gets its ``p_female``, label (``female``/``male``/``abstain`` by
 ``classify.abstain_threshold``) and ``instrument_fold``. The world's ``true_gender`` rides along for
 evaluation only.
@@ -29,8 +29,7 @@ from biasloop.core.io import timed, write_parquet
 from biasloop.core.runtime import resolve_device
 from biasloop.core.stage import load_configs, make_parser, run_main
 from biasloop.core.tracking import stage_run
-from biasloop.models.instrument import ClassifyConfig
-from biasloop.models.labelling import label_images, load_labeller
+from biasloop.models.instrument import ClassifyConfig, label_images, load_labeller
 
 log = logging.getLogger("classify_train")
 

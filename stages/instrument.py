@@ -4,7 +4,7 @@
 ``instrument.folds`` folds and one image tower per fold is trained (against the frozen Sentence-BERT
 caption embeddings) on every other fold, so each training image is later labelled by the one model that
 never saw it, and every other image by a fold model a seeded hash of its ref picks (see
-``biasloop.models.labelling``). ``open-clip`` loads one pretrained model (not trained on the corpus).
+``biasloop.models.instrument.cross_fitting``). ``open-clip`` loads one pretrained model (not trained on the corpus).
 Accuracy, abstain rate and the confusion rates (tpr, fpr, "female" the positive class, over confident
 images) of that labelling rule come from the held-out split's ground truth (glyph world), or from
 ``instrument.labelled_csv`` (``image_ref, true_gender``) for a real corpus; without either they are
@@ -33,8 +33,7 @@ from biasloop.core.io import atomic_path, timed, write_json
 from biasloop.core.runtime import resolve_device
 from biasloop.core.stage import load_configs, make_parser, run_main, runtime_facts
 from biasloop.core.tracking import stage_run
-from biasloop.models.instrument import ClassifyConfig, InstrumentConfig, corpus_split
-from biasloop.models.labelling import measure_labeller, train_labeller
+from biasloop.models.instrument import ClassifyConfig, InstrumentConfig, corpus_split, measure_labeller, train_labeller
 
 log = logging.getLogger("instrument")
 

@@ -9,7 +9,7 @@ import pytest
 
 from biasloop.core.io import write_image_shards
 from biasloop.core.seeds import stream_seed
-from biasloop.models.labelling import (
+from biasloop.models.instrument import (
     CrossFittedInstrument,
     assign_folds,
     label_images,

@@ -14,8 +14,7 @@ from biasloop.core.config import from_dict
 from biasloop.core.io import load_images
 from biasloop.data.corpus import write_corpus
 from biasloop.data.world import WorldConfig, build_world
-from biasloop.models.instrument import load_instrument
-from biasloop.models.labelling import load_labeller, mixture_fold
+from biasloop.models.instrument import load_instrument, load_labeller, mixture_fold
 from stages import classify, classify_train, instrument
 
 OCCUPATIONS = ["engineer", "teacher", "nurse"]
@@ -268,7 +267,7 @@ def test_stage_errors_are_one_line(workspace: Path, capsys: pytest.CaptureFixtur
 def test_evaluate_groups_unlabelled_held_out_images_with_the_labeller(workspace: Path) -> None:
     """evaluate@N's perceived groups, for a corpus without gender labels: the labeller's out-of-sample labels."""
     from biasloop.metrics.evaluation import perceived_groups
-    from biasloop.models.labelling import label_images
+    from biasloop.models.instrument import label_images
 
     assert _run_instrument() == 0
     test = pl.read_parquet("artifacts/corpus/captions.parquet").filter(pl.col("split") == "test").head(20)
@@ -280,7 +279,7 @@ def test_evaluate_groups_unlabelled_held_out_images_with_the_labeller(workspace:
 
 
 def test_label_units_cover_every_row_once_in_forward_passes_of_one_model() -> None:
-    from biasloop.models.labelling import label_units
+    from biasloop.models.instrument import label_units
 
     class TwoFolds:  # rows 0, 2, 3, 5, 6 go to model 1, the rest to model 0
         def fold_for(self, refs: list[str]) -> np.ndarray:
@@ -302,7 +301,7 @@ def test_classify_with_two_processes_writes_the_same_labels_as_one(
     process's torch starts with another thread count than base.cpu_threads (see test_stage_generate)."""
     import torch
 
-    from biasloop.models.labelling import label_images
+    from biasloop.models.instrument import label_images
 
     monkeypatch.setenv(
         "PYTHONPATH", str(Path(__file__).resolve().parents[1])
