@@ -78,7 +78,6 @@ def train_locked_text_clip(
         ``(instrument, stats)`` with training seconds, steps and the final loss.
     """
     import torch
-    from tqdm.auto import tqdm
 
     from biasloop.data.embeddings import load_cached_text_encoder
 
@@ -101,44 +100,9 @@ def train_locked_text_clip(
         image_tensor = images_to_tensor(images).to(device)
         text_seconds = time.perf_counter() - start
 
-        tower = _build_tower(config.widths, text_vectors.shape[1]).to(device)
-        log_scale = torch.nn.Parameter(torch.tensor(float(np.log(30.0)), device=device))
-        optimiser = torch.optim.AdamW(
-            list(tower.parameters()) + [log_scale], lr=config.learning_rate, weight_decay=1e-4
+        tower, log_scale, total, loss_value = _fit_image_tower(
+            config, image_tensor, text_vectors, caption_index, seed, device, progress
         )
-        steps_per_epoch = -(-len(images) // config.batch_size)
-        total = steps_per_epoch * config.epochs
-        schedule = torch.optim.lr_scheduler.OneCycleLR(
-            optimiser, max_lr=config.learning_rate, total_steps=total, pct_start=0.15
-        )
-        generator = torch.Generator().manual_seed(seed)
-        loss_value = float("nan")
-        bar = tqdm(total=total, desc="instrument steps", disable=not progress)
-        for _ in range(config.epochs):
-            tower.train()
-            order = torch.randperm(len(images), generator=generator)
-            for batch_start in range(0, len(order), config.batch_size):
-                batch = order[batch_start : batch_start + config.batch_size]
-                if len(batch) < 2:  # BatchNorm and a contrastive loss need two pairs
-                    schedule.step()
-                    continue
-                pixels = image_tensor[batch]
-                if config.augment:
-                    pixels = _augment(pixels, generator)
-                image_features = torch.nn.functional.normalize(tower(pixels), dim=-1)
-                texts = caption_index[batch]
-                targets = (texts[:, None] == texts[None, :]).float()
-                logits = log_scale.exp().clamp(max=100) * image_features @ text_vectors[texts].T
-                loss_images = -(targets / targets.sum(1, keepdim=True) * logits.log_softmax(1)).sum(1).mean()
-                loss_texts = -(targets / targets.sum(0, keepdim=True) * logits.log_softmax(0)).sum(0).mean()
-                loss = (loss_images + loss_texts) / 2
-                optimiser.zero_grad()
-                loss.backward()
-                optimiser.step()
-                schedule.step()
-                loss_value = float(loss.item())
-                bar.update(1)
-        bar.close()
     instrument.image_tower = tower.eval()
     instrument.logit_scale = float(log_scale.detach().exp().clamp(max=100).item())
     stats = {
@@ -160,6 +124,62 @@ def train_locked_text_clip(
         stats["seconds"],
     )
     return instrument, stats
+
+
+def _fit_image_tower(
+    config: InstrumentConfig,
+    image_tensor: Any,
+    text_vectors: Any,
+    caption_index: Any,
+    seed: int,
+    device: str,
+    progress: bool,
+) -> tuple[Any, Any, int, float]:
+    """Train a fresh image tower against fixed caption embeddings: symmetric InfoNCE where every pair
+    sharing the anchor's caption is a positive, AdamW with a one-cycle learning rate.
+
+    Returns ``(tower, log_scale, steps, final_loss)``; ``log_scale`` is the learnt log temperature.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    tower = _build_tower(config.widths, text_vectors.shape[1]).to(device)
+    log_scale = torch.nn.Parameter(torch.tensor(float(np.log(30.0)), device=device))
+    optimiser = torch.optim.AdamW(list(tower.parameters()) + [log_scale], lr=config.learning_rate, weight_decay=1e-4)
+    steps_per_epoch = -(-len(image_tensor) // config.batch_size)
+    total = steps_per_epoch * config.epochs
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimiser, max_lr=config.learning_rate, total_steps=total, pct_start=0.15
+    )
+    generator = torch.Generator().manual_seed(seed)
+    loss_value = float("nan")
+    bar = tqdm(total=total, desc="instrument steps", disable=not progress)
+    for _ in range(config.epochs):
+        tower.train()
+        order = torch.randperm(len(image_tensor), generator=generator)
+        for batch_start in range(0, len(order), config.batch_size):
+            batch = order[batch_start : batch_start + config.batch_size]
+            if len(batch) < 2:  # BatchNorm and a contrastive loss need two pairs
+                schedule.step()
+                continue
+            pixels = image_tensor[batch]
+            if config.augment:
+                pixels = _augment(pixels, generator)
+            image_features = torch.nn.functional.normalize(tower(pixels), dim=-1)
+            texts = caption_index[batch]
+            targets = (texts[:, None] == texts[None, :]).float()
+            logits = log_scale.exp().clamp(max=100) * image_features @ text_vectors[texts].T
+            loss_images = -(targets / targets.sum(1, keepdim=True) * logits.log_softmax(1)).sum(1).mean()
+            loss_texts = -(targets / targets.sum(0, keepdim=True) * logits.log_softmax(0)).sum(0).mean()
+            loss = (loss_images + loss_texts) / 2
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            schedule.step()
+            loss_value = float(loss.item())
+            bar.update(1)
+    bar.close()
+    return tower, log_scale, total, loss_value
 
 
 def train_or_load_instrument(
