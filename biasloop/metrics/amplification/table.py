@@ -13,7 +13,7 @@ import polars as pl
 
 from biasloop.core.io import json_float
 from biasloop.core.labels import LABELS
-from biasloop.metrics import estimands
+from biasloop.metrics import correction, estimands
 from biasloop.metrics.amplification.resampling import (
     AGGREGATES,
     NOISE_FLOORED,
@@ -316,10 +316,10 @@ def _corrected_table(
     """:func:`_table` on shares corrected for the instrument's confusion rates (``tpr``, ``fpr``)."""
     tpr, fpr = float(confusion["tpr"]), float(confusion["fpr"])
     corrected_share(0.5, tpr, fpr)  # raises unless tpr > fpr
-    counts, n_boot = estimands.confusion_counts(confusion), boot[0].shape[0]
+    counts, n_boot = correction.confusion_counts(confusion), boot[0].shape[0]
     # Each replicate (bootstrap and null alike) is corrected with its own draw of the rates, so the
     # intervals carry the uncertainty of rates measured on a few hundred held-out images.
-    tpr_draws, fpr_draws = estimands.confusion_rate_draws(counts, n_boot, rng) if counts and n_boot else (tpr, fpr)
+    tpr_draws, fpr_draws = correction.confusion_rate_draws(counts, n_boot, rng) if counts and n_boot else (tpr, fpr)
     rates = (np.reshape(tpr_draws, (-1, 1)), np.reshape(fpr_draws, (-1, 1)))
 
     def correct(shares: np.ndarray, side_corrected: bool = True, replicate_rates: bool = True) -> np.ndarray:
@@ -357,7 +357,7 @@ def _corrected_parts(
     correct_train: bool,
     phi: np.ndarray | None,
 ) -> dict[str, Any]:
-    """The corrected table's gap (debiased, its interval from :func:`.estimands.corrected_gap_interval`)
+    """The corrected table's gap (debiased, its interval from :func:`biasloop.metrics.correction.corrected_gap_interval`)
     and shift interval (bootstrap with fixed majorities) over the kept occupations."""
     tpr, fpr = float(confusion["tpr"]), float(confusion["fpr"])
     n_boot = corrected_boot[0].shape[0]
@@ -367,7 +367,7 @@ def _corrected_parts(
         if n_boot > 1
         else np.zeros_like(difference)
     )
-    lo, hi = estimands.corrected_gap_interval(
+    lo, hi = correction.corrected_gap_interval(
         train[keep], gen[keep], confusion, correct_train, phi=None if phi is None else phi[keep]
     )
     gap = {
@@ -397,7 +397,7 @@ def _corrected_parts(
 
 def _confusion_entry(confusion: dict[str, Any], correct_train: bool, n_boot: int) -> dict[str, Any]:
     """The corrected table's ``confusion``: the rates, whether training was corrected, their uncertainty."""
-    counts = estimands.confusion_counts(confusion)
+    counts = correction.confusion_counts(confusion)
     entry = {
         "tpr": float(confusion["tpr"]),
         "fpr": float(confusion["fpr"]),
@@ -411,7 +411,7 @@ def _confusion_entry(confusion: dict[str, Any], correct_train: bool, n_boot: int
 
 def read_confusion(path: str | Path) -> dict[str, Any] | None:
     """The instrument's ``{"tpr", "fpr"}`` from its metrics file, with ``"counts"`` (its held-out
-    ``confusion`` counts, :func:`biasloop.metrics.estimands.confusion_counts`) when the file has them, so
+    ``confusion`` counts, :func:`biasloop.metrics.correction.confusion_counts`) when the file has them, so
     that :func:`amplification_table` redraws the rates in each replicate; None when unknown or unusable."""
     metrics = json.loads(Path(path).read_text())
     tpr, fpr = metrics.get("tpr"), metrics.get("fpr")
@@ -419,7 +419,7 @@ def read_confusion(path: str | Path) -> dict[str, Any] | None:
         log.warning("instrument confusion rates unknown or unusable (tpr=%s, fpr=%s): no correction", tpr, fpr)
         return None
     confusion: dict[str, Any] = {"tpr": float(tpr), "fpr": float(fpr)}
-    counts = estimands.confusion_counts({"counts": metrics.get("confusion")})
+    counts = correction.confusion_counts({"counts": metrics.get("confusion")})
     if counts is not None:
         confusion["counts"] = counts
     return confusion
