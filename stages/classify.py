@@ -8,7 +8,7 @@ itself under ``accelerate launch``; the processes share the image tower's forwar
 them and writes the output atomically, bit-identical to one process's (:mod:`biasloop.core.distributed`).
 
 When the corpus is the glyph world (``corpus.source: world``), each generated image also gets the
-world's ground truth read off its hue, ``oracle_label`` (``biasloop.data.world.oracle_labels``, from
+world's ground truth read off its hue, ``oracle_label`` (``biasloop.data.hues.oracle_labels``, from
 ``world.hue_female`` / ``world.hue_male``): the yardstick of the instrument on generated images and of the
 generator term of the decomposition. Another corpus has no oracle: the column is null.
 
@@ -39,7 +39,8 @@ from biasloop.core.io import load_images, timed, write_parquet
 from biasloop.core.runtime import resolve_device
 from biasloop.core.stage import load_configs, make_parser, run_main
 from biasloop.core.tracking import stage_run
-from biasloop.data.world import WorldConfig, oracle_labels
+from biasloop.data.hues import oracle_labels
+from biasloop.data.world import WorldConfig
 from biasloop.models.instrument import (
     ClassifyConfig,
     encode_units,

@@ -9,7 +9,7 @@ learner**. With shares of women per occupation ``o``
 - ``F_train_true``: the training images' ``true_gender``;
 - ``F_ideal``: ``true_gender`` of the training images whose caption has no gender indicator;
 - ``F_gen_oracle``: the hue oracle's confident labels of the generated images
-  (:func:`biasloop.data.world.oracle_labels`);
+  (:func:`biasloop.data.hues.oracle_labels`);
 
 and the weights ``s_o = sign(F_train_meas(o) - 1/2)`` of the measured shift (DESIGN.md, "What a number
 means"), the measured shift ``mean_o s_o (F_gen_meas - F_train_meas)`` is, exactly,
@@ -168,7 +168,7 @@ def decompose(
             ``abstain``) and, where known, ``true_gender`` and ``indicator`` (the caption's gender
             indicator from the retrieve stage: ``none`` when unmarked).
         generated: the pairing's generated images, ``occupation, label`` and, in the glyph world,
-            ``oracle_label`` (:func:`biasloop.data.world.oracle_labels`).
+            ``oracle_label`` (:func:`biasloop.data.hues.oracle_labels`).
         paired: ``train`` and ``generated`` are aligned pairs, one row each (captions as prompts:
             :func:`biasloop.metrics.paradox.paired_by_source`); pairs are resampled whole and (a) is 0.
         n_boot: bootstrap replicates (0: no intervals).
