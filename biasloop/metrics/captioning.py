@@ -18,6 +18,10 @@ from biasloop.core.seeds import stream_seed
 log = logging.getLogger(__name__)
 
 
+# The columns of the captions frame captioner_task returns, all strings.
+CAPTIONS_COLUMNS = ("id", "reference", "caption", "gender", "caption_gender")
+
+
 def captioner_task(
     dataset: pl.DataFrame,
     test: pl.DataFrame,
@@ -78,13 +82,7 @@ def captioner_task(
             "gender": [g for g in groups],
             "caption_gender": [caption_gender(h) for h in hypotheses],
         },
-        schema={
-            "id": pl.String,
-            "reference": pl.String,
-            "caption": pl.String,
-            "gender": pl.String,
-            "caption_gender": pl.String,
-        },
+        schema=dict.fromkeys(CAPTIONS_COLUMNS, pl.String),
     )
     metrics = {
         "quality": quality,
