@@ -179,67 +179,65 @@ def iter_folder(config: CorpusConfig, batch_rows: int = 1024) -> Iterator[Record
     row_number = 0
     for batch in pl.scan_parquet(listing).select(list(columns.values())).collect_batches(chunk_size=batch_rows):
         for row in batch.iter_rows(named=True):
-            where = f"{listing}, row {row_number}"
-            sample_id = (
-                str(row[columns["id"]]) if "id" in columns and row[columns["id"]] is not None else f"{row_number:08d}"
-            )
+            yield _listed_record(row, row_number, columns, listing, root, config.max_file_bytes)
             row_number += 1
-            relative = row[columns["image"]]
-            if not relative:
-                yield Record(sample_id, row[columns["caption"]], None, where, ("no_image", "empty image path"))
-                continue
-            if _unsafe_member_name(relative):
-                yield Record(
-                    sample_id,
-                    None,
-                    None,
-                    f"{where} ({relative})",
-                    ("unsafe_name", "image path is absolute or contains '..'; not read"),
-                )
-                continue
-            image_path = root / relative
-            where = f"{where} ({image_path})"
-            target = image_path.resolve()
-            if not target.is_relative_to(root):  # a symbolic link on the way points out of the folder
-                yield Record(
-                    sample_id,
-                    None,
-                    None,
-                    where,
-                    (
-                        "outside_folder",
-                        f"image path leads to {target}, outside {root}, through a symbolic link; not read",
-                    ),
-                )
-                continue
-            if not target.exists():
-                yield Record(sample_id, None, None, where, ("missing_file", "image file not found"))
-                continue
-            if not target.is_file():  # a folder, a FIFO (reading would block), a device
-                yield Record(sample_id, None, None, where, ("not_a_file", "image path is not a regular file; not read"))
-                continue
-            size = target.stat().st_size
-            if size > config.max_file_bytes:
-                yield Record(
-                    sample_id,
-                    None,
-                    None,
-                    where,
-                    ("file_too_large", f"image file has {size} bytes (corpus.max_file_bytes {config.max_file_bytes})"),
-                )
-                continue
-            with target.open("rb") as handle:  # at most the limit, even if the file grew since stat
-                data = handle.read(config.max_file_bytes + 1)
-            if len(data) > config.max_file_bytes:
-                yield Record(
-                    sample_id,
-                    None,
-                    None,
-                    where,
-                    (
-                        "file_too_large",
-                        f"image file grew past corpus.max_file_bytes {config.max_file_bytes} while read",
-                    ),
-                )
-                continue
-            yield Record(sample_id, row[columns["caption"]], data, where)
+
+
+def _listed_record(
+    row: dict[str, Any], row_number: int, columns: dict[str, str], listing: Path, root: Path, max_file_bytes: int
+) -> Record:
+    """The :class:`Record` of one listing row: its image file's bytes, or the problem that left it unread."""
+    where = f"{listing}, row {row_number}"
+    sample_id = str(row[columns["id"]]) if "id" in columns and row[columns["id"]] is not None else f"{row_number:08d}"
+    relative = row[columns["image"]]
+    if not relative:
+        return Record(sample_id, row[columns["caption"]], None, where, ("no_image", "empty image path"))
+    if _unsafe_member_name(relative):
+        return Record(
+            sample_id,
+            None,
+            None,
+            f"{where} ({relative})",
+            ("unsafe_name", "image path is absolute or contains '..'; not read"),
+        )
+    image_path = root / relative
+    where = f"{where} ({image_path})"
+    target = image_path.resolve()
+    if not target.is_relative_to(root):  # a symbolic link on the way points out of the folder
+        return Record(
+            sample_id,
+            None,
+            None,
+            where,
+            (
+                "outside_folder",
+                f"image path leads to {target}, outside {root}, through a symbolic link; not read",
+            ),
+        )
+    if not target.exists():
+        return Record(sample_id, None, None, where, ("missing_file", "image file not found"))
+    if not target.is_file():  # a folder, a FIFO (reading would block), a device
+        return Record(sample_id, None, None, where, ("not_a_file", "image path is not a regular file; not read"))
+    size = target.stat().st_size
+    if size > max_file_bytes:
+        return Record(
+            sample_id,
+            None,
+            None,
+            where,
+            ("file_too_large", f"image file has {size} bytes (corpus.max_file_bytes {max_file_bytes})"),
+        )
+    with target.open("rb") as handle:  # at most the limit, even if the file grew since stat
+        data = handle.read(max_file_bytes + 1)
+    if len(data) > max_file_bytes:
+        return Record(
+            sample_id,
+            None,
+            None,
+            where,
+            (
+                "file_too_large",
+                f"image file grew past corpus.max_file_bytes {max_file_bytes} while read",
+            ),
+        )
+    return Record(sample_id, row[columns["caption"]], data, where)
