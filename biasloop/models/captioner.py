@@ -33,6 +33,7 @@ import numpy as np
 from biasloop.core.runtime import cpu_threads
 from biasloop.data.text import caption_tokens
 from biasloop.models.leakage import LeakageConfig
+from biasloop.models.optimisation import run_epochs
 from biasloop.models.tensors import images_to_tensor
 
 log = logging.getLogger(__name__)
@@ -216,22 +217,24 @@ class GlyphTransformerCaptioner:
             loss_fn = torch.nn.CrossEntropyLoss(ignore_index=0)
             generator = torch.Generator().manual_seed(seed)
             self.network.train()
-            loss_value = float("nan")
+
+            def batch_loss(batch: Any) -> Any:
+                batch_tokens = tokens[batch]
+                batch_tokens = batch_tokens[:, : int((batch_tokens != 0).sum(1).max())]
+                logits = self.network(self.network.encode(pixels[batch]), batch_tokens[:, :-1])
+                return loss_fn(logits.reshape(-1, logits.shape[-1]), batch_tokens[:, 1:].reshape(-1))
+
             with tqdm(total=total, desc="captioner steps", disable=not progress) as bar:
-                for _ in range(config.epochs):
-                    order = torch.randperm(len(images), generator=generator)
-                    for batch_start in range(0, len(order), config.batch_size):
-                        batch = order[batch_start : batch_start + config.batch_size]
-                        batch_tokens = tokens[batch]
-                        batch_tokens = batch_tokens[:, : int((batch_tokens != 0).sum(1).max())]
-                        logits = self.network(self.network.encode(pixels[batch]), batch_tokens[:, :-1])
-                        loss = loss_fn(logits.reshape(-1, logits.shape[-1]), batch_tokens[:, 1:].reshape(-1))
-                        optimiser.zero_grad()
-                        loss.backward()
-                        optimiser.step()
-                        schedule.step()
-                        loss_value = float(loss.item())
-                        bar.update(1)
+                loss_value = run_epochs(
+                    batch_loss,
+                    optimiser,
+                    schedule,
+                    len(images),
+                    epochs=config.epochs,
+                    batch_size=config.batch_size,
+                    generator=generator,
+                    bar=bar,
+                )
             self.network.eval()
         stats = {
             "seconds": time.perf_counter() - start,

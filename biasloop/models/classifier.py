@@ -23,6 +23,7 @@ import numpy as np
 
 from biasloop.core.runtime import cpu_threads
 from biasloop.models.layers import conv_tower
+from biasloop.models.optimisation import run_epochs
 from biasloop.models.tensors import images_to_tensor
 
 log = logging.getLogger(__name__)
@@ -135,23 +136,19 @@ def train_classifier(
             optimiser, max_lr=config.learning_rate, total_steps=total, pct_start=0.2
         )
         generator = torch.Generator().manual_seed(seed)
-        loss_value = float("nan")
         network.train()
         with tqdm(total=total, desc="classifier steps", disable=not progress) as bar:
-            for _ in range(config.epochs):
-                order = torch.randperm(len(images), generator=generator)
-                for batch_start in range(0, len(order), config.batch_size):
-                    batch = order[batch_start : batch_start + config.batch_size]
-                    if len(batch) < 2:  # batch norm needs two images
-                        schedule.step()
-                        continue
-                    loss = torch.nn.functional.cross_entropy(network(pixels[batch]), targets[batch])
-                    optimiser.zero_grad()
-                    loss.backward()
-                    optimiser.step()
-                    schedule.step()
-                    loss_value = float(loss.item())
-                    bar.update(1)
+            loss_value = run_epochs(
+                lambda batch: torch.nn.functional.cross_entropy(network(pixels[batch]), targets[batch]),
+                optimiser,
+                schedule,
+                len(images),
+                epochs=config.epochs,
+                batch_size=config.batch_size,
+                generator=generator,
+                bar=bar,
+                min_batch=2,  # batch norm needs two images
+            )
         network.eval()
     classifier = OccupationClassifier(network, classes, config, image_size, device)
     stats = {

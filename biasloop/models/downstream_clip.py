@@ -22,6 +22,7 @@ import numpy as np
 
 from biasloop.core.config import from_dict, to_dict
 from biasloop.core.runtime import cpu_threads
+from biasloop.models.optimisation import run_epochs
 from biasloop.models.tensors import images_to_tensor
 
 log = logging.getLogger(__name__)
@@ -142,28 +143,20 @@ def train_downstream_clip(
         all_tokens = wrapper.tokenizer(list(captions))
         all_images = wrapper.image_batch(images)
         generator = torch.Generator().manual_seed(seed)
-        loss_value = float("nan")
         bar = tqdm(total=total, desc="downstream CLIP steps", disable=not progress)
         model.train()
-        for _ in range(config.epochs):
-            order = torch.randperm(len(images), generator=generator)
-            for batch_start in range(0, len(order), config.batch_size):
-                batch = order[batch_start : batch_start + config.batch_size]
-                if len(batch) < 2:  # a contrastive batch needs two pairs
-                    schedule.step()
-                    continue
-                output = model(all_images[batch], all_tokens[batch].to(device))
-                if isinstance(output, dict):
-                    output = (output["image_features"], output["text_features"], output["logit_scale"])
-                loss = loss_fn(*output[:3])
-                optimiser.zero_grad()
-                loss.backward()
-                optimiser.step()
-                schedule.step()
-                with torch.no_grad():
-                    model.logit_scale.clamp_(0, float(np.log(100)))
-                loss_value = float(loss.item())
-                bar.update(1)
+        loss_value = run_epochs(
+            lambda batch: _clip_loss(model, loss_fn, all_images[batch], all_tokens[batch].to(device)),
+            optimiser,
+            schedule,
+            len(images),
+            epochs=config.epochs,
+            batch_size=config.batch_size,
+            generator=generator,
+            bar=bar,
+            min_batch=2,  # a contrastive batch needs two pairs
+            after_step=lambda: _clamp_temperature(model),
+        )
         bar.close()
         model.eval()
     stats = {
@@ -183,6 +176,22 @@ def train_downstream_clip(
         stats["seconds"],
     )
     return wrapper, stats
+
+
+def _clip_loss(model: Any, loss_fn: Any, images: Any, tokens: Any) -> Any:
+    """open_clip's contrastive loss of one batch (the model returns a tuple or, in newer versions, a dict)."""
+    output = model(images, tokens)
+    if isinstance(output, dict):
+        output = (output["image_features"], output["text_features"], output["logit_scale"])
+    return loss_fn(*output[:3])
+
+
+def _clamp_temperature(model: Any) -> None:
+    """Keep the learned logit scale in [0, log 100], as CLIP's training does."""
+    import torch
+
+    with torch.no_grad():
+        model.logit_scale.clamp_(0, float(np.log(100)))
 
 
 def save_downstream(model: DownstreamCLIP, folder: str | Path, config: DownstreamConfig | None = None) -> None:

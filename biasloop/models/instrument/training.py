@@ -18,6 +18,7 @@ from biasloop.models.instrument.zero_shot import (
     gender_prompts,
     occupation_prompts,
 )
+from biasloop.models.optimisation import run_epochs
 from biasloop.models.tensors import images_to_tensor
 
 if TYPE_CHECKING:  # polars is imported where corpora are read: the open-clip path runs without it
@@ -152,32 +153,32 @@ def _fit_image_tower(
         optimiser, max_lr=config.learning_rate, total_steps=total, pct_start=0.15
     )
     generator = torch.Generator().manual_seed(seed)
-    loss_value = float("nan")
     bar = tqdm(total=total, desc="instrument steps", disable=not progress)
-    for _ in range(config.epochs):
-        tower.train()
-        order = torch.randperm(len(image_tensor), generator=generator)
-        for batch_start in range(0, len(order), config.batch_size):
-            batch = order[batch_start : batch_start + config.batch_size]
-            if len(batch) < 2:  # BatchNorm and a contrastive loss need two pairs
-                schedule.step()
-                continue
-            pixels = image_tensor[batch]
-            if config.augment:
-                pixels = _augment(pixels, generator)
-            image_features = torch.nn.functional.normalize(tower(pixels), dim=-1)
-            texts = caption_index[batch]
-            targets = (texts[:, None] == texts[None, :]).float()
-            logits = log_scale.exp().clamp(max=100) * image_features @ text_vectors[texts].T
-            loss_images = -(targets / targets.sum(1, keepdim=True) * logits.log_softmax(1)).sum(1).mean()
-            loss_texts = -(targets / targets.sum(0, keepdim=True) * logits.log_softmax(0)).sum(0).mean()
-            loss = (loss_images + loss_texts) / 2
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-            schedule.step()
-            loss_value = float(loss.item())
-            bar.update(1)
+    tower.train()
+
+    def batch_loss(batch: Any) -> Any:
+        pixels = image_tensor[batch]
+        if config.augment:
+            pixels = _augment(pixels, generator)
+        image_features = torch.nn.functional.normalize(tower(pixels), dim=-1)
+        texts = caption_index[batch]
+        targets = (texts[:, None] == texts[None, :]).float()
+        logits = log_scale.exp().clamp(max=100) * image_features @ text_vectors[texts].T
+        loss_images = -(targets / targets.sum(1, keepdim=True) * logits.log_softmax(1)).sum(1).mean()
+        loss_texts = -(targets / targets.sum(0, keepdim=True) * logits.log_softmax(0)).sum(0).mean()
+        return (loss_images + loss_texts) / 2
+
+    loss_value = run_epochs(
+        batch_loss,
+        optimiser,
+        schedule,
+        len(image_tensor),
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        generator=generator,
+        bar=bar,
+        min_batch=2,  # BatchNorm and a contrastive loss need two pairs
+    )
     bar.close()
     return tower, log_scale, total, loss_value
 
