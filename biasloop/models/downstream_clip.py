@@ -11,10 +11,12 @@ open_clip architecture instead (RN50, ViT-B-32 for the real study). Training use
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +52,28 @@ def _open_clip() -> Any:
     if "biasloop-tiny-clip" not in open_clip.list_models():
         open_clip.add_model_config(CONFIG_DIR)
     return open_clip
+
+
+# open_clip logs this on the root logger, as a warning, whenever a model gets no pretrained weights.
+_RANDOM_INIT_MESSAGE = "No pretrained weights loaded for model"
+
+
+class _DropRandomInitWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(_RANDOM_INIT_MESSAGE)
+
+
+@contextlib.contextmanager
+def expected_random_init() -> Iterator[None]:
+    """Around an open_clip model built with ``pretrained=None`` on purpose (a tiny local model trained here,
+    or one whose weights are loaded next): drop open_clip's warning "No pretrained weights loaded ...
+    Model initialized randomly", which would read like an error in every run's log."""
+    root, drop = logging.getLogger(), _DropRandomInitWarning()
+    root.addFilter(drop)
+    try:
+        yield
+    finally:
+        root.removeFilter(drop)
 
 
 class DownstreamCLIP:
@@ -131,7 +155,9 @@ def train_downstream_clip(
     start = time.perf_counter()
     with cpu_threads(config.cpu_threads, device):
         torch.manual_seed(seed)
-        model = open_clip.create_model(config.model, pretrained=None, device=device)
+        with expected_random_init():
+            model = open_clip.create_model(config.model, pretrained=None, device=device)
+        log.info("downstream CLIP %s initialised randomly (trained here from scratch, by design)", config.model)
         wrapper = DownstreamCLIP(model, config, device)
         loss_fn = open_clip.ClipLoss()
         optimiser = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
@@ -225,7 +251,8 @@ def load_downstream(folder: str | Path, device: str = "cpu") -> DownstreamCLIP:
     )
     open_clip = _open_clip()
     with cpu_threads(config.cpu_threads, device):
-        model = open_clip.create_model(config.model, pretrained=None, device=device)
+        with expected_random_init():  # the saved weights are loaded next
+            model = open_clip.create_model(config.model, pretrained=None, device=device)
         load_weights_into(model, load_state_dict_file(folder / WEIGHTS, device), folder / WEIGHTS)
     model.eval()
     return DownstreamCLIP(model, config, device)

@@ -21,8 +21,10 @@ oversubscription); the previous thread count is restored afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -38,6 +40,7 @@ if TYPE_CHECKING:  # polars is imported where corpora are read: the open-clip pa
     pass
 
 
+log = logging.getLogger(__name__)
 MANIFEST = "instrument.json"
 WEIGHTS = "image_tower.pt"
 
@@ -258,14 +261,17 @@ class Instrument:
 def _load_open_clip(instrument: Instrument) -> None:
     import torch
 
-    from biasloop.models.downstream_clip import _open_clip
+    from biasloop.models.downstream_clip import _open_clip, expected_random_init
 
     open_clip = _open_clip()  # with the repository's model configs (biasloop-tiny-clip) registered
     config = instrument.config
-    # weights_only: a checkpoint file is never unpickled beyond tensors
-    model, _, _ = open_clip.create_model_and_transforms(
-        config.model, pretrained=config.pretrained, device=instrument.device, weights_only=True
-    )
+    random_init = expected_random_init() if config.pretrained is None else contextlib.nullcontext()
+    with random_init:  # weights_only: a checkpoint file is never unpickled beyond tensors
+        model, _, _ = open_clip.create_model_and_transforms(
+            config.model, pretrained=config.pretrained, device=instrument.device, weights_only=True
+        )
+    if config.pretrained is None:
+        log.info("open_clip instrument %s initialised randomly (instrument.pretrained: null, for tests)", config.model)
     model.eval()
     size = getattr(model.visual, "image_size", 224)
     size = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
