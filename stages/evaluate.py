@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import argparse
 import logging
 from collections.abc import Sequence
 
@@ -43,24 +44,7 @@ log = logging.getLogger("evaluate")
 
 
 def main_body(argv: Sequence[str] | None) -> None:
-    parser = make_parser(__doc__, "python -m stages.evaluate")
-    parser.add_argument("--generation", type=int, required=True, help="generation N")
-    parser.add_argument("--train-predictions", required=True, help="classify_train predictions parquet")
-    parser.add_argument("--generated", required=True, help="classify@N predictions parquet")
-    parser.add_argument("--instrument-metrics", required=True, help="metrics/instrument.json (tpr, fpr)")
-    parser.add_argument("--downstream", required=True, help="generation N's downstream CLIP folder")
-    parser.add_argument("--corpus", required=True, help="corpus caption table (held-out split)")
-    parser.add_argument(
-        "--instrument", default=None, help="instrument folder, used when the corpus has no gender labels"
-    )
-    parser.add_argument("--matches", required=True, help="retrieve's matches parquet (caption gender indicators)")
-    parser.add_argument(
-        "--dataset-predictions",
-        default=None,
-        help="classify_dataset@N predictions (dataset N's labels); omitted: no amplification_vs_training_dataset",
-    )
-    parser.add_argument("--out", required=True, help="metrics JSON to write")
-    args = parser.parse_args(argv)
+    args = _parser().parse_args(argv)
     configs = load_configs(args.params, {"occupations": None, "evaluate": EvaluateConfig, "classify": ClassifyConfig})
     config: EvaluateConfig = configs["evaluate"]
     occupations = list(configs["occupations"] or [])
@@ -125,6 +109,27 @@ def main_body(argv: Sequence[str] | None) -> None:
         run.log_metrics({k: v for k, v in metrics.items() if k != "per_occupation"})
         # the headline pairing's estimands and decomposition under flat names, at step = generation
         run.log_metrics({**row, **decomposition_values(terms)})
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = make_parser(__doc__, "python -m stages.evaluate")
+    parser.add_argument("--generation", type=int, required=True, help="generation N")
+    parser.add_argument("--train-predictions", required=True, help="classify_train predictions parquet")
+    parser.add_argument("--generated", required=True, help="classify@N predictions parquet")
+    parser.add_argument("--instrument-metrics", required=True, help="metrics/instrument.json (tpr, fpr)")
+    parser.add_argument("--downstream", required=True, help="generation N's downstream CLIP folder")
+    parser.add_argument("--corpus", required=True, help="corpus caption table (held-out split)")
+    parser.add_argument(
+        "--instrument", default=None, help="instrument folder, used when the corpus has no gender labels"
+    )
+    parser.add_argument("--matches", required=True, help="retrieve's matches parquet (caption gender indicators)")
+    parser.add_argument(
+        "--dataset-predictions",
+        default=None,
+        help="classify_dataset@N predictions (dataset N's labels); omitted: no amplification_vs_training_dataset",
+    )
+    parser.add_argument("--out", required=True, help="metrics JSON to write")
+    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -23,6 +23,7 @@ import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -101,18 +102,7 @@ def main_body(argv: Sequence[str] | None) -> None:
         similarity = np.einsum("ij,ij->i", caption_vectors[rows], queries[occupation_index])
         selections = select_neighbours(matches, similarity, config.k)
 
-        per_selection = {}
-        for name in SELECTIONS:
-            chosen = selections.filter(pl.col("selection") == name)
-            counts = dict(chosen.group_by("occupation").len().iter_rows())
-            per_selection[name] = {
-                "n": len(chosen),
-                "mean_similarity": float(chosen["similarity"].mean()) if len(chosen) else None,
-                "occupations": {o: int(counts.get(o, 0)) for o in occupations},
-            }
-            short = [o for o in occupations if counts.get(o, 0) < config.k]
-            if name.startswith("nn") and short:
-                log.warning("%s: fewer than k=%d captions for %s", name, config.k, ", ".join(short))
+        per_selection = {name: _selection_summary(selections, name, occupations, config.k) for name in SELECTIONS}
         stats = encoder.stats()
         metrics = {
             "model": encoder.name,
@@ -130,6 +120,21 @@ def main_body(argv: Sequence[str] | None) -> None:
         log.info("wrote %d selection rows to %s", len(selections), args.out)
         run.log_metrics(metrics)
         run.log_artifact(args.metrics)
+
+
+def _selection_summary(selections: pl.DataFrame, name: str, occupations: Sequence[str], k: int) -> dict[str, Any]:
+    """One selection's size, mean similarity and captions per occupation; warns when a nearest-neighbour
+    selection has fewer than ``k`` captions for an occupation."""
+    chosen = selections.filter(pl.col("selection") == name)
+    counts = dict(chosen.group_by("occupation").len().iter_rows())
+    short = [o for o in occupations if counts.get(o, 0) < k]
+    if name.startswith("nn") and short:
+        log.warning("%s: fewer than k=%d captions for %s", name, k, ", ".join(short))
+    return {
+        "n": len(chosen),
+        "mean_similarity": float(chosen["similarity"].mean()) if len(chosen) else None,
+        "occupations": {o: int(counts.get(o, 0)) for o in occupations},
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
