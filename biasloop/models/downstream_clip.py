@@ -136,8 +136,7 @@ def train_downstream_clip(
         captions: their captions.
         config: the ``downstream`` params.
         seed: initialisation and batch-order seed.
-        device: torch device.
-        progress: tqdm bar over steps.
+        device, progress: torch device; a tqdm bar over steps.
 
     Returns:
         ``(model, stats)``; stats hold seconds, steps, the final loss and the learned temperature.
