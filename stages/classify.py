@@ -46,7 +46,7 @@ from biasloop.models.instrument import (
     encode_units,
     label_images,
     label_units,
-    load_labeller,
+    load_cross_fitted,
 )
 
 log = logging.getLogger("classify")
@@ -76,19 +76,19 @@ def main_body(argv: Sequence[str] | None) -> None:
     group, tracking = started
 
     with stage_run("classify", tracking, {"classify": to_dict(config)}, generation=args.generation) as run:
-        labeller = load_labeller(args.instrument, group.device(device))
+        instrument = load_cross_fitted(args.instrument, group.device(device))
         refs = manifest["image_ref"].to_list()
         # the image tower's forward passes are the same units whatever the number of processes: process r
         # encodes units r, r + P, ...; the main process scores every embedding in one call, as one process would
-        units = label_units(labeller, refs, config.batch_size)
+        units = label_units(instrument, refs, config.batch_size)
         mine = units[group.rank :: group.world]
         rows = np.concatenate(mine) if mine else np.zeros(0, dtype=np.int64)
         with timed(
-            f"encoding {len(rows)} of {len(manifest)} generated images ({labeller.labels}) "
+            f"encoding {len(rows)} of {len(manifest)} generated images ({instrument.labels}) "
             f"in process {group.rank} of {group.world}",
             log,
         ):
-            vectors = encode_units(labeller, refs, mine, config.batch_size)
+            vectors = encode_units(instrument, refs, mine, config.batch_size)
         out = Path(args.out)
         vectors = group.gather(out.parent / f".{out.name}.parts", rows, vectors)
         if not group.is_main:
@@ -96,7 +96,7 @@ def main_body(argv: Sequence[str] | None) -> None:
         if len(vectors) != len(manifest):
             raise RuntimeError(f"gathered {len(vectors)} image embeddings for {len(manifest)} images")
         labels = label_images(
-            labeller,
+            instrument,
             refs,
             config.abstain_threshold,
             batch_size=config.batch_size,

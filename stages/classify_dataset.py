@@ -30,7 +30,7 @@ from biasloop.core.runtime import resolve_device
 from biasloop.core.stage import load_configs, make_parser, run_main
 from biasloop.core.tracking import stage_run
 from biasloop.loop.mixing import as_dataset
-from biasloop.models.instrument import ClassifyConfig, label_images, load_labeller
+from biasloop.models.instrument import ClassifyConfig, label_images, load_cross_fitted
 
 log = logging.getLogger("classify_dataset")
 
@@ -53,10 +53,10 @@ def main_body(argv: Sequence[str] | None) -> None:
     with stage_run(
         "classify_dataset", configs["tracking"], {"classify": to_dict(config)}, generation=args.generation
     ) as run:
-        labeller = load_labeller(args.instrument, resolve_device(configs["base"].device))
+        instrument = load_cross_fitted(args.instrument, resolve_device(configs["base"].device))
         with timed(f"classifying the {len(dataset)} training images of dataset {args.generation}", log):
             labels = label_images(
-                labeller, dataset["image_ref"].to_list(), config.abstain_threshold, batch_size=config.batch_size
+                instrument, dataset["image_ref"].to_list(), config.abstain_threshold, batch_size=config.batch_size
             )
         predictions = pl.concat(
             [

@@ -29,7 +29,7 @@ from biasloop.core.io import timed, write_parquet
 from biasloop.core.runtime import resolve_device
 from biasloop.core.stage import load_configs, make_parser, run_main
 from biasloop.core.tracking import stage_run
-from biasloop.models.instrument import ClassifyConfig, label_images, load_labeller
+from biasloop.models.instrument import ClassifyConfig, label_images, load_cross_fitted
 
 log = logging.getLogger("classify_train")
 
@@ -54,12 +54,12 @@ def main_body(argv: Sequence[str] | None) -> None:
     images_needed = selections.select("id").unique().sort("id").join(corpus, on="id", how="left")
 
     with stage_run("classify_train", configs["tracking"], {"classify": to_dict(config)}) as run:
-        labeller = load_labeller(args.instrument, resolve_device(configs["base"].device))
+        instrument = load_cross_fitted(args.instrument, resolve_device(configs["base"].device))
         if not len(images_needed):
             log.warning("%s: no selected captions, so no images to classify", args.selections)
-        with timed(f"classifying {len(images_needed)} training images ({labeller.labels})", log):
+        with timed(f"classifying {len(images_needed)} training images ({instrument.labels})", log):
             labels = label_images(
-                labeller, images_needed["image_ref"].to_list(), config.abstain_threshold, batch_size=config.batch_size
+                instrument, images_needed["image_ref"].to_list(), config.abstain_threshold, batch_size=config.batch_size
             )
         per_image = pl.concat([images_needed.select("id", "true_gender"), labels], how="horizontal")
         predictions = (

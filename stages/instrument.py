@@ -33,7 +33,13 @@ from biasloop.core.io import atomic_path, timed, write_json
 from biasloop.core.runtime import resolve_device
 from biasloop.core.stage import load_configs, make_parser, run_main, runtime_facts
 from biasloop.core.tracking import stage_run
-from biasloop.models.instrument import ClassifyConfig, InstrumentConfig, corpus_split, measure_labeller, train_labeller
+from biasloop.models.instrument import (
+    ClassifyConfig,
+    InstrumentConfig,
+    corpus_split,
+    measure_cross_fitted,
+    train_cross_fitted,
+)
 
 log = logging.getLogger("instrument")
 
@@ -62,18 +68,18 @@ def main_body(argv: Sequence[str] | None) -> None:
             else f"loading open_clip {config.model} ({config.pretrained or 'random weights'})"
         )
         with timed(what, log):
-            labeller, stats = train_labeller(config, train, occupations, seed=configs["base"].seed, device=device)
+            instrument, stats = train_cross_fitted(config, train, occupations, seed=configs["base"].seed, device=device)
         with atomic_path(args.out) as tmp:
-            labeller.save(tmp)
+            instrument.save(tmp)
 
         with timed("measuring the instrument's labels", log):
-            measured = measure_labeller(
-                labeller, corpus, config, occupations, classify.abstain_threshold, batch_size=classify.batch_size
+            measured = measure_cross_fitted(
+                instrument, corpus, config, occupations, classify.abstain_threshold, batch_size=classify.batch_size
             )
         metrics = {
             "backend": config.backend,
-            "labels": labeller.labels,
-            "folds": labeller.folds,
+            "labels": instrument.labels,
+            "folds": instrument.folds,
             **measured,
             "training_seconds": stats.get("seconds"),
             "threshold": classify.abstain_threshold,

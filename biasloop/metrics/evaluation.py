@@ -359,9 +359,9 @@ def perceived_groups(test: pl.DataFrame, instrument_dir: str | None, device: str
     """Gender group per held-out row: ground truth when the corpus has it, else the instrument's label."""
     if test["true_gender"].null_count() < len(test) or instrument_dir is None:
         return test["true_gender"].to_list()
-    from biasloop.models.instrument import label_images, load_labeller
+    from biasloop.models.instrument import label_images, load_cross_fitted
 
-    labels = label_images(load_labeller(instrument_dir, device), test["image_ref"].to_list(), threshold)["label"]
+    labels = label_images(load_cross_fitted(instrument_dir, device), test["image_ref"].to_list(), threshold)["label"]
     return [label if label != "abstain" else None for label in labels.to_list()]
 
 

@@ -1,5 +1,9 @@
 """The perceived-gender instrument: a zero-shot CLIP-style classifier, cross-fitted on the corpus.
 
+One name: "the instrument" is what labels images, a :class:`CrossFittedInstrument` of K fold models
+(:func:`train_cross_fitted`, :func:`load_cross_fitted`, :func:`measure_cross_fitted`); each fold model is
+an :class:`Instrument`. Its folder's manifest keeps the file name ``labeller.json``.
+
 - :mod:`~.zero_shot`: :class:`Instrument` (two backends, ``instrument.backend``), its configs and prompts;
 - :mod:`~.training`: training the locked-text CLIP, and the corpus splits it trains and is measured on;
 - :mod:`~.rule`: the labelling rule (``female``/``male``/``abstain``) and its confusion rates;
@@ -11,11 +15,11 @@
 from biasloop.models.instrument.cross_fitting import (
     CrossFittedInstrument,
     assign_folds,
-    load_labeller,
+    load_cross_fitted,
     mixture_fold,
-    train_labeller,
+    train_cross_fitted,
 )
-from biasloop.models.instrument.labelling import encode_units, label_images, label_units, measure_labeller
+from biasloop.models.instrument.labelling import encode_units, label_images, label_units, measure_cross_fitted
 from biasloop.models.instrument.rule import confusion_rates, evaluate_instrument, label_from_p
 from biasloop.models.instrument.training import (
     corpus_split,
@@ -50,11 +54,11 @@ __all__ = [
     "label_units",
     "labelled_set",
     "load_instrument",
-    "load_labeller",
-    "measure_labeller",
+    "load_cross_fitted",
+    "measure_cross_fitted",
     "mixture_fold",
     "occupation_prompts",
-    "train_labeller",
+    "train_cross_fitted",
     "train_locked_text_clip",
     "train_or_load_instrument",
 ]

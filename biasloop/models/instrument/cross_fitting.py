@@ -15,13 +15,13 @@ learning", sample splitting; the usual K-fold out-of-fold prediction):
 Rule 4 is the **fold mixture**. It is chosen over the two alternatives because it makes both sides of
 every comparison use the same instrument: each training image is labelled by a uniformly chosen fold
 model (balanced folds), and so is each generated and each held-out image, so the confusion rates
-measured on the held-out split under rule 4 are the rates of exactly the labeller both sides used, and no
+measured on the held-out split under rule 4 are the rates of exactly the instrument both sides used, and no
 labelling model saw the held-out split. The alternatives label generated images with a different
 instrument than the training images: averaging the K models' probabilities (an ensemble) changed the
 held-out abstain rate by 0.5 to 2.1 points against the fold mixture's, in either direction, over seven
 (K, epochs) settings on the default world (2.1% against 2.6% at K=2;
 ``benchmarks/results/instrument_folds.json``), and a model retrained on all folds (K + 1 trainings) is
-stronger than any fold model. A labeller difference between the sides would enter F_gen - F_train, the
+stronger than any fold model. An instrument difference between the sides would enter F_gen - F_train, the
 quantity the study measures, and one set of held-out rates could not correct both sides. The fold each
 image was labelled by is kept (column ``instrument_fold``).
 
@@ -201,7 +201,7 @@ class CrossFittedInstrument:
         (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
 
 
-def load_labeller(folder: str | Path, device: str = "cpu") -> CrossFittedInstrument:
+def load_cross_fitted(folder: str | Path, device: str = "cpu") -> CrossFittedInstrument:
     """Load what :meth:`CrossFittedInstrument.save` wrote (the ``instrument`` stage's output folder)."""
     folder = Path(folder)
     manifest_path = folder / MANIFEST
@@ -218,7 +218,7 @@ def load_labeller(folder: str | Path, device: str = "cpu") -> CrossFittedInstrum
     )
 
 
-def train_labeller(
+def train_cross_fitted(
     config: InstrumentConfig,
     train: pl.DataFrame | None,
     occupations: list[str] | None,
@@ -237,7 +237,7 @@ def train_labeller(
         progress: tqdm bars.
 
     Returns:
-        ``(labeller, stats)``: ``seconds`` (all training), ``folds``, ``labels`` and, per fold model,
+        ``(instrument, stats)``: ``seconds`` (all training), ``folds``, ``labels`` and, per fold model,
         its ``n_pairs``, ``seconds`` and ``final_loss``.
     """
     start = time.perf_counter()

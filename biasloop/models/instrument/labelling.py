@@ -1,5 +1,5 @@
 """Labelling image sets with the cross-fitted instrument (:func:`label_images`, :func:`label_units` for
-forward passes shared by processes), and measuring it on the labelled set (:func:`measure_labeller`)."""
+forward passes shared by processes), and measuring it on the labelled set (:func:`measure_cross_fitted`)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from biasloop.models.instrument.zero_shot import (
 )
 
 
-def label_units(labeller: CrossFittedInstrument, image_refs: Sequence[str], batch_size: int) -> list[np.ndarray]:
+def label_units(instrument: CrossFittedInstrument, image_refs: Sequence[str], batch_size: int) -> list[np.ndarray]:
     """The forward passes :func:`label_images` makes over ``image_refs``, as row indices: for each fold model
     (ascending), the rows it labels in order, in chunks of ``batch_size``.
 
@@ -30,7 +30,7 @@ def label_units(labeller: CrossFittedInstrument, image_refs: Sequence[str], batc
     the similarity matrix product rounds differently with fewer rows, by about 1e-8.)
 
     Args:
-        labeller: the cross-fitted instrument (its :meth:`CrossFittedInstrument.fold_for` rule).
+        instrument: the cross-fitted instrument (its :meth:`CrossFittedInstrument.fold_for` rule).
         image_refs: the images to label (``"<shard>#<row>"``).
         batch_size: images per forward pass (``classify.batch_size``).
 
@@ -40,7 +40,7 @@ def label_units(labeller: CrossFittedInstrument, image_refs: Sequence[str], batc
     """
     if batch_size < 1:
         raise ValueError(f"classify.batch_size must be at least 1, got {batch_size}")
-    fold = labeller.fold_for(list(image_refs))
+    fold = instrument.fold_for(list(image_refs))
     units = []
     for k in np.unique(fold).tolist():
         rows = np.flatnonzero(fold == k)
@@ -49,7 +49,7 @@ def label_units(labeller: CrossFittedInstrument, image_refs: Sequence[str], batc
 
 
 def encode_units(
-    labeller: CrossFittedInstrument, image_refs: Sequence[str], units: Sequence[np.ndarray], batch_size: int
+    instrument: CrossFittedInstrument, image_refs: Sequence[str], units: Sequence[np.ndarray], batch_size: int
 ) -> np.ndarray:
     """Image embeddings of the rows of ``units`` (from :func:`label_units`), each unit one forward pass of
     its fold's model: ``(sum of unit sizes, dim)`` float32, rows in the order of the units."""
@@ -57,15 +57,15 @@ def encode_units(
     vectors = []
     for rows in units:
         unit_refs = [refs[i] for i in rows]
-        folds = np.unique(labeller.fold_for(unit_refs))
+        folds = np.unique(instrument.fold_for(unit_refs))
         if len(folds) != 1:
             raise ValueError(f"a label unit spans fold models {folds.tolist()}; units come from label_units")
-        vectors.append(labeller.models[int(folds[0])].encode_images(load_images(unit_refs), batch_size))
+        vectors.append(instrument.models[int(folds[0])].encode_images(load_images(unit_refs), batch_size))
     return np.concatenate(vectors) if vectors else np.zeros((0, 0), dtype=np.float32)
 
 
 def label_images(
-    labeller: CrossFittedInstrument,
+    instrument: CrossFittedInstrument,
     image_refs: Sequence[str],
     threshold: float,
     batch_size: int = 512,
@@ -76,7 +76,7 @@ def label_images(
     """Perceived gender (and optionally occupation) of the images behind ``image_refs``, out of sample.
 
     Args:
-        labeller: the cross-fitted instrument.
+        instrument: the cross-fitted instrument.
         image_refs: the images (``"<shard>#<row>"``).
         threshold: the abstain threshold (``classify.abstain_threshold``; rule in
             :func:`label_from_p`).
@@ -103,11 +103,11 @@ def label_images(
     if not refs:
         p_female, fold = np.zeros(0), np.zeros(0, np.int64)
     elif occupations:  # each image through the image tower once, for both questions
-        p_female, probs, fold = labeller.p_female_and_occupation(
+        p_female, probs, fold = instrument.p_female_and_occupation(
             images, refs, occupations, batch_size, image_vectors=image_vectors
         )
     else:
-        p_female, fold = labeller.p_female(images, refs, batch_size)
+        p_female, fold = instrument.p_female(images, refs, batch_size)
     columns = [
         pl.Series("p_female", p_female, dtype=pl.Float64),
         pl.Series("label", label_from_p(p_female, threshold).tolist(), dtype=pl.String),
@@ -126,15 +126,15 @@ def label_images(
     return pl.DataFrame(columns)
 
 
-def measure_labeller(
-    labeller: CrossFittedInstrument,
+def measure_cross_fitted(
+    instrument: CrossFittedInstrument,
     corpus: pl.DataFrame,
     config: InstrumentConfig,
     occupations: list[str],
     threshold: float,
     batch_size: int = 512,
 ) -> dict[str, Any]:
-    """Accuracy and confusion rates of the labeller, on images no labelling model trained on.
+    """Accuracy and confusion rates of the instrument, on images no labelling model trained on.
 
     The headline rates (``accuracy``, ``abstain_rate``, ``tpr``, ``fpr``, ``confusion``, ``n``) are those
     of the labelling rule itself on the labelled set (:func:`biasloop.models.instrument.labelled_set`:
@@ -162,14 +162,14 @@ def measure_labeller(
     labelled = labelled_set(corpus, config)
     if labelled is not None:
         refs, genders, source = labelled
-        labels = label_images(labeller, refs, threshold, batch_size)
+        labels = label_images(instrument, refs, threshold, batch_size)
         metrics.update(
             confusion_rates(genders, labels["label"].to_list()),
             status="measured",
             labelled_source=source,
-            n_labelled_in_training=sum(ref in labeller.fold_of_ref for ref in refs),
+            n_labelled_in_training=sum(ref in instrument.fold_of_ref for ref in refs),
         )
-        if labeller.folds > 1:
+        if instrument.folds > 1:
             images = load_images(refs)
             metrics["per_fold"] = [
                 {
@@ -177,21 +177,21 @@ def measure_labeller(
                     for key, value in evaluate_instrument(model, images, genders, threshold, batch_size).items()
                     if key in ("accuracy", "abstain_rate", "tpr", "fpr")
                 }
-                for model in labeller.models
+                for model in instrument.models
             ]
-    if labeller.fold_of_ref and "true_gender" in corpus.columns:
+    if instrument.fold_of_ref and "true_gender" in corpus.columns:
         trained = corpus.filter(
-            pl.col("image_ref").is_in(list(labeller.fold_of_ref)) & pl.col("true_gender").is_in(["female", "male"])
+            pl.col("image_ref").is_in(list(instrument.fold_of_ref)) & pl.col("true_gender").is_in(["female", "male"])
         )
         if len(trained):
-            labels = label_images(labeller, trained["image_ref"].to_list(), threshold, batch_size)
+            labels = label_images(instrument, trained["image_ref"].to_list(), threshold, batch_size)
             rates = confusion_rates(trained["true_gender"].to_list(), labels["label"].to_list())
             metrics["out_of_fold"] = {key: rates[key] for key in ("accuracy", "abstain_rate", "tpr", "fpr", "n")}
     metrics["occupation_accuracy"] = None
     if "true_occupation" in corpus.columns and occupations:
         test = corpus_split(corpus, "test").filter(pl.col("true_occupation").is_in(occupations))
         if len(test):
-            predicted = label_images(labeller, test["image_ref"].to_list(), threshold, batch_size, occupations)
+            predicted = label_images(instrument, test["image_ref"].to_list(), threshold, batch_size, occupations)
             metrics["occupation_accuracy"] = float(
                 np.mean(predicted["predicted_occupation"].to_numpy() == test["true_occupation"].to_numpy())
             )
