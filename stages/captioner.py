@@ -28,7 +28,7 @@ from biasloop.core.config import to_dict
 from biasloop.core.io import load_images, timed, write_json, write_parquet
 from biasloop.core.runtime import resolve_device
 from biasloop.core.seeds import stream_seed
-from biasloop.core.stage import load_configs, make_parser, run_main, runtime_facts
+from biasloop.core.stage import load_configs, make_parser, runtime_facts, stage_main
 from biasloop.core.tracking import stage_run
 from biasloop.metrics.captioning import captioner_scores
 from biasloop.metrics.evaluation import held_out, held_out_genders, training_pairs
@@ -38,7 +38,8 @@ from biasloop.models.instrument import ClassifyConfig
 log = logging.getLogger("captioner")
 
 
-def main_body(argv: Sequence[str] | None) -> None:
+@stage_main(log)
+def main(argv: Sequence[str] | None = None) -> None:
     parser = make_parser(__doc__, "python -m stages.captioner")
     parser.add_argument("--generation", type=int, required=True, help="generation N")
     parser.add_argument("--dataset", required=True, help="generation N's dataset (corpus captions.parquet for N = 0)")
@@ -66,10 +67,6 @@ def main_body(argv: Sequence[str] | None) -> None:
         write_parquet(Path(args.out) / "captions.parquet", captions)
         write_json(args.metrics, {**metrics, **runtime_facts()})
         run.log_metrics({k: v for k, v in metrics.items() if k != "training"})
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    return run_main(main_body, argv, log)
 
 
 if __name__ == "__main__":

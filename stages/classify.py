@@ -37,7 +37,7 @@ from biasloop.core.config import to_dict
 from biasloop.core.distributed import join_or_relaunch
 from biasloop.core.io import load_images, timed, write_parquet
 from biasloop.core.runtime import resolve_device
-from biasloop.core.stage import load_configs, make_parser, run_main
+from biasloop.core.stage import load_configs, make_parser, stage_main
 from biasloop.core.tracking import stage_run
 from biasloop.data.hues import oracle_labels
 from biasloop.data.world import WorldConfig
@@ -52,7 +52,8 @@ from biasloop.models.instrument import (
 log = logging.getLogger("classify")
 
 
-def main_body(argv: Sequence[str] | None) -> None:
+@stage_main(log)
+def main(argv: Sequence[str] | None = None) -> None:
     parser = make_parser(__doc__, "python -m stages.classify")
     parser.add_argument("--generation", type=int, required=True, help="generation N")
     parser.add_argument("--instrument", default="artifacts/instrument", help="instrument folder")
@@ -132,10 +133,6 @@ def main_body(argv: Sequence[str] | None) -> None:
         }
         log.info("generation %d: %s", args.generation, metrics)
         run.log_metrics(metrics)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    return run_main(main_body, argv, log)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ import polars as pl
 from biasloop.core.config import to_dict
 from biasloop.core.io import timed, write_parquet
 from biasloop.core.runtime import resolve_device
-from biasloop.core.stage import load_configs, make_parser, run_main
+from biasloop.core.stage import load_configs, make_parser, stage_main
 from biasloop.core.tracking import stage_run
 from biasloop.loop.mixing import as_dataset
 from biasloop.models.instrument import ClassifyConfig, label_images, load_cross_fitted
@@ -35,7 +35,8 @@ from biasloop.models.instrument import ClassifyConfig, label_images, load_cross_
 log = logging.getLogger("classify_dataset")
 
 
-def main_body(argv: Sequence[str] | None) -> None:
+@stage_main(log)
+def main(argv: Sequence[str] | None = None) -> None:
     parser = make_parser(__doc__, "python -m stages.classify_dataset")
     parser.add_argument("--generation", type=int, required=True, help="generation N whose training dataset is labelled")
     parser.add_argument("--instrument", default="artifacts/instrument", help="instrument folder")
@@ -78,10 +79,6 @@ def main_body(argv: Sequence[str] | None) -> None:
                     metrics[f"{name}.share_female"] = float((confident["label"] == "female").mean())
         log.info("dataset %d: %s", args.generation, metrics)
         run.log_metrics(metrics)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    return run_main(main_body, argv, log)
 
 
 if __name__ == "__main__":

@@ -27,14 +27,15 @@ import polars as pl
 from biasloop.core.config import to_dict
 from biasloop.core.io import timed, write_parquet
 from biasloop.core.runtime import resolve_device
-from biasloop.core.stage import load_configs, make_parser, run_main
+from biasloop.core.stage import load_configs, make_parser, stage_main
 from biasloop.core.tracking import stage_run
 from biasloop.models.instrument import ClassifyConfig, label_images, load_cross_fitted
 
 log = logging.getLogger("classify_train")
 
 
-def main_body(argv: Sequence[str] | None) -> None:
+@stage_main(log)
+def main(argv: Sequence[str] | None = None) -> None:
     parser = make_parser(__doc__, "python -m stages.classify_train")
     parser.add_argument("--instrument", default="artifacts/instrument", help="instrument folder")
     parser.add_argument("--selections", default="artifacts/neighbours/selections.parquet", help="selections parquet")
@@ -90,10 +91,6 @@ def main_body(argv: Sequence[str] | None) -> None:
             run.log_metrics(
                 {f"{row['selection']}.abstain_rate": row["abstain_rate"], f"{row['selection']}.n": row["n"]}
             )
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    return run_main(main_body, argv, log)
 
 
 if __name__ == "__main__":

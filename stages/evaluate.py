@@ -27,7 +27,7 @@ import polars as pl
 from biasloop.core.config import to_dict
 from biasloop.core.io import load_images, timed, write_json
 from biasloop.core.runtime import resolve_device
-from biasloop.core.stage import load_configs, make_parser, run_main, runtime_facts
+from biasloop.core.stage import load_configs, make_parser, runtime_facts, stage_main
 from biasloop.core.tracking import stage_run
 from biasloop.metrics.amplification import read_confusion
 from biasloop.metrics.evaluation import (
@@ -43,7 +43,8 @@ from biasloop.models.instrument import ClassifyConfig
 log = logging.getLogger("evaluate")
 
 
-def main_body(argv: Sequence[str] | None) -> None:
+@stage_main(log)
+def main(argv: Sequence[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     configs = load_configs(args.params, {"occupations": None, "evaluate": EvaluateConfig, "classify": ClassifyConfig})
     config: EvaluateConfig = configs["evaluate"]
@@ -130,10 +131,6 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--out", required=True, help="metrics JSON to write")
     return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    return run_main(main_body, argv, log)
 
 
 if __name__ == "__main__":

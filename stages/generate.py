@@ -44,7 +44,7 @@ from biasloop.core.config import to_dict
 from biasloop.core.distributed import join_or_relaunch, process_batches
 from biasloop.core.io import atomic_path, load_images, timed, write_image_shards
 from biasloop.core.runtime import resolve_device
-from biasloop.core.stage import load_configs, make_parser, run_main
+from biasloop.core.stage import load_configs, make_parser, stage_main
 from biasloop.core.tracking import stage_run
 from biasloop.loop.mixing import generation_seeds
 from biasloop.loop.prompts import MANIFEST_COLUMNS, GenerateConfig, plan_prompts
@@ -56,7 +56,8 @@ SEED_STREAM = "generate-noise"  # generation_seeds stream of this stage (mix use
 SHEET_PER_SIDE = 6  # contact sheet: real and generated images per occupation
 
 
-def main_body(argv: Sequence[str] | None) -> None:
+@stage_main(log)
+def main(argv: Sequence[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     configs = load_configs(args.params, {"occupations": None, "generate": GenerateConfig, "sampling": SamplingConfig})
     config: GenerateConfig = configs["generate"]
@@ -227,10 +228,6 @@ def _contact_sheet(
             per_side=SHEET_PER_SIDE,
             seed=seed,
         )
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    return run_main(main_body, argv, log)
 
 
 if __name__ == "__main__":

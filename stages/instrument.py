@@ -31,7 +31,7 @@ import polars as pl
 from biasloop.core.config import to_dict
 from biasloop.core.io import atomic_path, timed, write_json
 from biasloop.core.runtime import resolve_device
-from biasloop.core.stage import load_configs, make_parser, run_main, runtime_facts
+from biasloop.core.stage import load_configs, make_parser, runtime_facts, stage_main
 from biasloop.core.tracking import stage_run
 from biasloop.models.instrument import (
     ClassifyConfig,
@@ -44,7 +44,8 @@ from biasloop.models.instrument import (
 log = logging.getLogger("instrument")
 
 
-def main_body(argv: Sequence[str] | None) -> None:
+@stage_main(log)
+def main(argv: Sequence[str] | None = None) -> None:
     parser = make_parser(__doc__, "python -m stages.instrument")
     parser.add_argument("--corpus", default="artifacts/corpus/captions.parquet", help="corpus caption table")
     parser.add_argument("--out", default="artifacts/instrument", help="instrument folder (default: %(default)s)")
@@ -111,10 +112,6 @@ def main_body(argv: Sequence[str] | None) -> None:
 
 def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    return run_main(main_body, argv, log)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ import polars as pl
 from biasloop.core.config import to_dict
 from biasloop.core.io import write_json, write_parquet
 from biasloop.core.runtime import resolve_device
-from biasloop.core.stage import load_configs, make_parser, run_main, runtime_facts
+from biasloop.core.stage import load_configs, make_parser, runtime_facts, stage_main
 from biasloop.core.tracking import stage_run
 from biasloop.data.embeddings import CachedTextEncoder, load_text_encoder
 from biasloop.data.retrieval import (
@@ -45,7 +45,8 @@ from biasloop.data.text import fill_template
 log = logging.getLogger("neighbours")
 
 
-def main_body(argv: Sequence[str] | None) -> None:
+@stage_main(log)
+def main(argv: Sequence[str] | None = None) -> None:
     parser = make_parser(__doc__, "python -m stages.neighbours")
     parser.add_argument(
         "--matches",
@@ -135,10 +136,6 @@ def _selection_summary(selections: pl.DataFrame, name: str, occupations: Sequenc
         "mean_similarity": float(chosen["similarity"].mean()) if len(chosen) else None,
         "occupations": {o: int(counts.get(o, 0)) for o in occupations},
     }
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    return run_main(main_body, argv, log)
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ import polars as pl
 
 from biasloop.core.config import read_params
 from biasloop.core.io import atomic_path, write_json
-from biasloop.core.stage import load_configs, make_parser, run_main
+from biasloop.core.stage import load_configs, make_parser, stage_main
 from biasloop.core.tracking import stage_run
 from biasloop.report.html import (
     TASK_COLUMNS,
@@ -117,7 +117,8 @@ def _write_csv(rows: list[dict], path: Path) -> None:
         pl.DataFrame(rows, infer_schema_length=None).write_csv(tmp)
 
 
-def main_body(argv: Sequence[str] | None) -> None:
+@stage_main(log)
+def main(argv: Sequence[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     configs = load_configs(args.params, {})
     params = read_params(args.params)
@@ -268,10 +269,6 @@ def _write_plot_tables(rows: list[dict[str, Any]], generation_metrics: list[dict
         [{"generation": r["generation"], **{key: r.get(key) for key, _, _ in TASK_COLUMNS}} for r in rows],
         plots / "tasks.csv",
     )
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    return run_main(main_body, argv, log)
 
 
 if __name__ == "__main__":
