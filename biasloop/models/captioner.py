@@ -33,7 +33,7 @@ import numpy as np
 from biasloop.core.runtime import cpu_threads
 from biasloop.data.text import caption_tokens
 from biasloop.models.leakage import LeakageConfig
-from biasloop.models.optimisation import run_epochs
+from biasloop.models.optimisation import fit_one_cycle
 from biasloop.models.tensors import images_to_tensor
 
 log = logging.getLogger(__name__)
@@ -187,7 +187,6 @@ class GlyphTransformerCaptioner:
 
     def train(self, images: np.ndarray, captions: Sequence[str], seed: int, progress: bool = True) -> dict[str, Any]:
         import torch
-        from tqdm.auto import tqdm
 
         config = self.config
         if len(images) != len(captions):
@@ -208,12 +207,6 @@ class GlyphTransformerCaptioner:
             self.network = _build_network(config, len(self.words), self.image_size).to(self.device)
             pixels = images_to_tensor(images).to(self.device)
             tokens = tokens.to(self.device)
-            optimiser = torch.optim.AdamW(self.network.parameters(), lr=config.learning_rate, weight_decay=0.01)
-            steps_per_epoch = -(-len(images) // config.batch_size)
-            total = steps_per_epoch * config.epochs
-            schedule = torch.optim.lr_scheduler.OneCycleLR(
-                optimiser, max_lr=config.learning_rate, total_steps=total, pct_start=0.15
-            )
             loss_fn = torch.nn.CrossEntropyLoss(ignore_index=0)
             generator = torch.Generator().manual_seed(seed)
             self.network.train()
@@ -224,17 +217,17 @@ class GlyphTransformerCaptioner:
                 logits = self.network(self.network.encode(pixels[batch]), batch_tokens[:, :-1])
                 return loss_fn(logits.reshape(-1, logits.shape[-1]), batch_tokens[:, 1:].reshape(-1))
 
-            with tqdm(total=total, desc="captioner steps", disable=not progress) as bar:
-                loss_value = run_epochs(
-                    batch_loss,
-                    optimiser,
-                    schedule,
-                    len(images),
-                    epochs=config.epochs,
-                    batch_size=config.batch_size,
-                    generator=generator,
-                    bar=bar,
-                )
+            total, loss_value = fit_one_cycle(
+                self.network.parameters(),
+                batch_loss,
+                len(images),
+                config,
+                weight_decay=0.01,
+                pct_start=0.15,
+                generator=generator,
+                desc="captioner steps",
+                progress=progress,
+            )
             self.network.eval()
         stats = {
             "seconds": time.perf_counter() - start,

@@ -24,7 +24,7 @@ import numpy as np
 
 from biasloop.core.config import from_dict, to_dict
 from biasloop.core.runtime import cpu_threads
-from biasloop.models.optimisation import run_epochs
+from biasloop.models.optimisation import fit_one_cycle
 from biasloop.models.tensors import images_to_tensor
 
 log = logging.getLogger(__name__)
@@ -142,7 +142,6 @@ def train_downstream_clip(
         ``(model, stats)``; stats hold seconds, steps, the final loss and the learned temperature.
     """
     import torch
-    from tqdm.auto import tqdm
 
     if len(images) != len(captions):
         raise ValueError(f"{len(images)} images but {len(captions)} captions")
@@ -159,30 +158,23 @@ def train_downstream_clip(
         log.info("downstream CLIP %s initialised randomly (trained here from scratch, by design)", config.model)
         wrapper = DownstreamCLIP(model, config, device)
         loss_fn = open_clip.ClipLoss()
-        optimiser = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
-        steps_per_epoch = -(-len(images) // config.batch_size)
-        total = steps_per_epoch * config.epochs
-        schedule = torch.optim.lr_scheduler.OneCycleLR(
-            optimiser, max_lr=config.learning_rate, total_steps=total, pct_start=0.1
-        )
         all_tokens = wrapper.tokenizer(list(captions))
         all_images = wrapper.image_batch(images)
         generator = torch.Generator().manual_seed(seed)
-        bar = tqdm(total=total, desc="downstream CLIP steps", disable=not progress)
         model.train()
-        loss_value = run_epochs(
+        total, loss_value = fit_one_cycle(
+            model.parameters(),
             lambda batch: _clip_loss(model, loss_fn, all_images[batch], all_tokens[batch].to(device)),
-            optimiser,
-            schedule,
             len(images),
-            epochs=config.epochs,
-            batch_size=config.batch_size,
+            config,
+            weight_decay=config.weight_decay,
+            pct_start=0.1,
             generator=generator,
-            bar=bar,
+            desc="downstream CLIP steps",
+            progress=progress,
             min_batch=2,  # a contrastive batch needs two pairs
             after_step=lambda: _clamp_temperature(model),
         )
-        bar.close()
         model.eval()
     stats = {
         "seconds": time.perf_counter() - start,

@@ -18,7 +18,7 @@ from biasloop.models.instrument.zero_shot import (
     gender_prompts,
     occupation_prompts,
 )
-from biasloop.models.optimisation import run_epochs
+from biasloop.models.optimisation import fit_one_cycle
 from biasloop.models.tensors import images_to_tensor
 
 if TYPE_CHECKING:  # polars is imported where corpora are read: the open-clip path runs without it
@@ -142,18 +142,10 @@ def _fit_image_tower(
     Returns ``(tower, log_scale, steps, final_loss)``; ``log_scale`` is the learnt log temperature.
     """
     import torch
-    from tqdm.auto import tqdm
 
     tower = _build_tower(config.widths, text_vectors.shape[1]).to(device)
     log_scale = torch.nn.Parameter(torch.tensor(float(np.log(30.0)), device=device))
-    optimiser = torch.optim.AdamW(list(tower.parameters()) + [log_scale], lr=config.learning_rate, weight_decay=1e-4)
-    steps_per_epoch = -(-len(image_tensor) // config.batch_size)
-    total = steps_per_epoch * config.epochs
-    schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimiser, max_lr=config.learning_rate, total_steps=total, pct_start=0.15
-    )
     generator = torch.Generator().manual_seed(seed)
-    bar = tqdm(total=total, desc="instrument steps", disable=not progress)
     tower.train()
 
     def batch_loss(batch: Any) -> Any:
@@ -168,18 +160,18 @@ def _fit_image_tower(
         loss_texts = -(targets / targets.sum(0, keepdim=True) * logits.log_softmax(0)).sum(0).mean()
         return (loss_images + loss_texts) / 2
 
-    loss_value = run_epochs(
+    total, loss_value = fit_one_cycle(
+        list(tower.parameters()) + [log_scale],
         batch_loss,
-        optimiser,
-        schedule,
         len(image_tensor),
-        epochs=config.epochs,
-        batch_size=config.batch_size,
+        config,
+        weight_decay=1e-4,
+        pct_start=0.15,
         generator=generator,
-        bar=bar,
+        desc="instrument steps",
+        progress=progress,
         min_batch=2,  # BatchNorm and a contrastive loss need two pairs
     )
-    bar.close()
     return tower, log_scale, total, loss_value
 
 
