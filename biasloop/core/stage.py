@@ -80,12 +80,12 @@ def load_configs(params_path: str, sections: dict[str, type]) -> dict[str, Any]:
     return configs
 
 
-def run_main(main_body: Any, argv: Sequence[str] | None, logger: logging.Logger) -> int:
-    """Call ``main_body(argv)`` turning input errors into a one-line message and exit status 2, and a full
+def run_main(body: Any, argv: Sequence[str] | None, logger: logging.Logger) -> int:
+    """Call ``body(argv)`` turning input errors into a one-line message and exit status 2, and a full
     disk (:class:`biasloop.core.io.DiskFullError`, or any error saying ENOSPC) into one line and status 1."""
     status = "failed"
     try:
-        main_body(argv)
+        body(argv)
         status = "ok"
     except (ConfigError, FileNotFoundError, ValueError) as exc:
         logger.error("%s", exc)
