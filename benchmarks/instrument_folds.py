@@ -2,14 +2,14 @@
 
 On the default glyph world (``params.yaml``: world, occupations, instrument, classify), with the packaged
 all-MiniLM-L6-v2 text tower, for each (K, epochs) of the grid this trains the K fold models
-(:func:`biasloop.models.labelling.train_labeller`) and measures (:func:`measure_labeller`):
+(:func:`biasloop.models.instrument.cross_fitting.train_cross_fitted`) and measures (:func:`measure_cross_fitted`):
 
 - ``seconds`` / ``cpu_seconds``: wall and process CPU time of training all K models (text embeddings
   come from a warm cache); on a shared machine CPU time with one thread is the steadier measure;
 - ``accuracy`` / ``abstain_rate`` / ``tpr`` / ``fpr``: the labelling rule on the held-out split (the
   rates that correct the shares), ``out_of_fold_*``: the training images each labelled by its own
   fold's model (the labels ``classify_train`` writes), ``occupation_accuracy`` (zero-shot, held out);
-- ``ensemble_*``: the alternative the labeller does not use, the mean of the K models' p_female.
+- ``ensemble_*``: the alternative the instrument does not use, the mean of the K models' p_female.
 
 A reference row ``K=1`` is the pre-cross-fitting instrument: one model on the whole train split, its
 held-out rates beside its **in-sample** rates on the images it trained on (what ``classify_train`` used
@@ -43,14 +43,12 @@ from biasloop.data.embeddings import load_cached_text_encoder
 from biasloop.data.world import WorldConfig, build_world
 from biasloop.models.instrument import (
     InstrumentConfig,
-    corpus_split,
-    train_or_load_instrument,
-)
-from biasloop.models.labelling import (
     confusion_rates,
+    corpus_split,
     label_from_p,
-    measure_labeller,
-    train_labeller,
+    measure_cross_fitted,
+    train_cross_fitted,
+    train_or_load_instrument,
 )
 
 HERE = Path(__file__).resolve().parent
@@ -130,10 +128,12 @@ def main(argv: list[str] | None = None) -> int:
             folds, epochs = map(int, pair.split(":"))
             config = dataclasses.replace(base_config, folds=folds, epochs=epochs, cpu_threads=threads)
             cpu_start = time.process_time()
-            labeller, stats = train_labeller(config, train, occupations, seed=params["base"]["seed"], progress=False)
+            instrument, stats = train_cross_fitted(
+                config, train, occupations, seed=params["base"]["seed"], progress=False
+            )
             cpu_seconds = time.process_time() - cpu_start
-            measured = measure_labeller(labeller, corpus, config, occupations, threshold)
-            ensemble_p = np.mean([model.p_female(test_images) for model in labeller.models], axis=0)
+            measured = measure_cross_fitted(instrument, corpus, config, occupations, threshold)
+            ensemble_p = np.mean([model.p_female(test_images) for model in instrument.models], axis=0)
             ensemble = confusion_rates(test["true_gender"].to_list(), label_from_p(ensemble_p, threshold))
             per_fold_accuracy = [f["accuracy"] or 0.0 for f in measured["per_fold"]]
             rows.append(

@@ -8,7 +8,7 @@ includes what a stage really pays (disk cache warm after the first). Imports are
   to the background logger), ``diffusers`` top-level ``UNet2DModel`` vs. the submodule
   ``diffusers.models.unets.unet_2d`` (and whether peft / transformers / torch._dynamo come with it),
   the DDIM scheduler module alone, the three modules tiny-diffusion uses imported plainly vs. through
-  ``biasloop.models.generators.tiny_diffusion.diffusers_class`` (bare eager packages, no torch._dynamo),
+  ``biasloop.models.generators.diffusers_parts.diffusers_class`` (bare eager packages, no torch._dynamo),
   ``sentence_transformers``, ``open_clip``, ``fairlearn.metrics``,
   ``matplotlib.pyplot``, ``polars``;
 - each stage's ``python -m stages.<name> --help`` (module imports only: the lazy imports stay unpaid).
@@ -68,7 +68,7 @@ IMPORTS = {  # name: (set-up not timed, statement timed)
         "diffusers.schedulers.scheduling_ddpm, diffusers.schedulers.scheduling_ddim",
     ),
     "diffusers_tiny_diffusion_parts_light": (
-        "import torch; from biasloop.models.generators.tiny_diffusion import diffusers_class",
+        "import torch; from biasloop.models.generators.diffusers_parts import diffusers_class",
         "[diffusers_class(n) for n in ('UNet2DModel', 'DDPMScheduler', 'DDIMScheduler')]",
     ),
     "sentence_transformers": ("import torch", "from sentence_transformers import SentenceTransformer"),

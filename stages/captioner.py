@@ -25,20 +25,21 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from biasloop.core.config import to_dict
-from biasloop.core.io import write_json, write_parquet
+from biasloop.core.io import load_images, timed, write_json, write_parquet
 from biasloop.core.runtime import resolve_device
 from biasloop.core.seeds import stream_seed
-from biasloop.core.stage import load_configs, make_parser, run_main, runtime_facts
+from biasloop.core.stage import load_configs, make_parser, runtime_facts, stage_main
 from biasloop.core.tracking import stage_run
-from biasloop.metrics.captioning import captioner_task
+from biasloop.metrics.captioning import captioner_scores
 from biasloop.metrics.evaluation import held_out, held_out_genders, training_pairs
-from biasloop.models.captioner import CaptionerConfig
+from biasloop.models.captioner import CaptionerConfig, make_captioner
 from biasloop.models.instrument import ClassifyConfig
 
 log = logging.getLogger("captioner")
 
 
-def main_body(argv: Sequence[str] | None) -> None:
+@stage_main(log)
+def main(argv: Sequence[str] | None = None) -> None:
     parser = make_parser(__doc__, "python -m stages.captioner")
     parser.add_argument("--generation", type=int, required=True, help="generation N")
     parser.add_argument("--dataset", required=True, help="generation N's dataset (corpus captions.parquet for N = 0)")
@@ -57,15 +58,15 @@ def main_body(argv: Sequence[str] | None) -> None:
         # its own stream per generation: seed s at generation g+1 does not replay seed s+1 at generation g
         seed = stream_seed(configs["base"].seed, "captioner", args.generation)
         groups = held_out_genders(test, args.instrument, device, configs["classify"].abstain_threshold)
-        metrics, captions = captioner_task(dataset, test, groups, config, seed, device)
-        metrics = {"generation": args.generation, **metrics}
+        captioner = make_captioner(config, device)
+        with timed(f"captioner training on {len(dataset)} pairs", log):
+            images = load_images(dataset["image_ref"].to_list())
+            training = captioner.train(images, dataset["caption"].to_list(), seed, progress=True)
+        metrics, captions = captioner_scores(captioner, test, groups, config, seed)
+        metrics = {"generation": args.generation, **metrics, "training": training, "backend": config.backend}
         write_parquet(Path(args.out) / "captions.parquet", captions)
         write_json(args.metrics, {**metrics, **runtime_facts()})
         run.log_metrics({k: v for k, v in metrics.items() if k != "training"})
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    return run_main(main_body, argv, log)
 
 
 if __name__ == "__main__":

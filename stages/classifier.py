@@ -25,20 +25,21 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from biasloop.core.config import to_dict
-from biasloop.core.io import write_json, write_parquet
+from biasloop.core.io import load_images, timed, write_json, write_parquet
 from biasloop.core.runtime import resolve_device
 from biasloop.core.seeds import stream_seed
-from biasloop.core.stage import load_configs, make_parser, run_main, runtime_facts
+from biasloop.core.stage import load_configs, make_parser, runtime_facts, stage_main
 from biasloop.core.tracking import stage_run
-from biasloop.metrics.classification import classifier_task
+from biasloop.metrics.classification import classifier_scores, labelled_split
 from biasloop.metrics.evaluation import held_out, held_out_genders, training_pairs
-from biasloop.models.classifier import ClassifierConfig
+from biasloop.models.classifier import ClassifierConfig, train_classifier
 from biasloop.models.instrument import ClassifyConfig
 
 log = logging.getLogger("classifier")
 
 
-def main_body(argv: Sequence[str] | None) -> None:
+@stage_main(log)
+def main(argv: Sequence[str] | None = None) -> None:
     parser = make_parser(__doc__, "python -m stages.classifier")
     parser.add_argument("--generation", type=int, required=True, help="generation N")
     parser.add_argument("--dataset", required=True, help="generation N's dataset (corpus captions.parquet for N = 0)")
@@ -59,17 +60,19 @@ def main_body(argv: Sequence[str] | None) -> None:
         # its own stream per generation: seed s at generation g+1 does not replay seed s+1 at generation g
         seed = stream_seed(configs["base"].seed, "classifier", args.generation)
         groups = held_out_genders(test, args.instrument, device, configs["classify"].abstain_threshold)
-        metrics, predictions = classifier_task(dataset, test, groups, config, seed, device)
-        metrics = {"generation": args.generation, **metrics}
+        train_rows, test_rows, test_groups = labelled_split(dataset, test, groups, config.label_column)
+        with timed(f"occupation classifier training on {len(train_rows)} images", log):
+            images = load_images(train_rows["image_ref"].to_list())
+            classifier, training = train_classifier(
+                images, train_rows[config.label_column].to_list(), config, seed, device
+            )
+        metrics, predictions = classifier_scores(classifier, test_rows, test_groups, config, seed)
+        metrics = {"generation": args.generation, **metrics, "training": training, "architecture": config.architecture}
         write_parquet(Path(args.out) / "predictions.parquet", predictions)
         write_json(args.metrics, {**metrics, **runtime_facts()})
         run.log_metrics(
             {k: v for k, v in metrics.items() if k not in ("training", "accuracy_by_group", "per_occupation")}
         )
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    return run_main(main_body, argv, log)
 
 
 if __name__ == "__main__":

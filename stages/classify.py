@@ -2,13 +2,13 @@
 
 No model of the cross-fitted instrument trained on a generated image: each is labelled by the fold model
 a seeded hash of its ``image_ref`` picks, the rule that labelled the held-out images the confusion rates
-come from (``biasloop.models.labelling``). With ``classify.num_processes`` above 1 the stage re-runs
+come from (``biasloop.models.instrument.cross_fitting``). With ``classify.num_processes`` above 1 the stage re-runs
 itself under ``accelerate launch``; the processes share the image tower's forward passes
 (``label_units``: unit u to process u mod P), the main process gathers the embeddings by row, scores
 them and writes the output atomically, bit-identical to one process's (:mod:`biasloop.core.distributed`).
 
 When the corpus is the glyph world (``corpus.source: world``), each generated image also gets the
-world's ground truth read off its hue, ``oracle_label`` (``biasloop.data.world.oracle_labels``, from
+world's ground truth read off its hue, ``oracle_label`` (``biasloop.data.hues.oracle_labels``, from
 ``world.hue_female`` / ``world.hue_male``): the yardstick of the instrument on generated images and of the
 generator term of the decomposition. Another corpus has no oracle: the column is null.
 
@@ -37,21 +37,23 @@ from biasloop.core.config import to_dict
 from biasloop.core.distributed import join_or_relaunch
 from biasloop.core.io import load_images, timed, write_parquet
 from biasloop.core.runtime import resolve_device
-from biasloop.core.stage import load_configs, make_parser, run_main
+from biasloop.core.stage import load_configs, make_parser, stage_main
 from biasloop.core.tracking import stage_run
-from biasloop.data.world import WorldConfig, oracle_labels
-from biasloop.models.instrument import ClassifyConfig
-from biasloop.models.labelling import (
+from biasloop.data.hues import oracle_labels
+from biasloop.data.world import WorldConfig
+from biasloop.models.instrument import (
+    ClassifyConfig,
     encode_units,
     label_images,
     label_units,
-    load_labeller,
+    load_cross_fitted,
 )
 
 log = logging.getLogger("classify")
 
 
-def main_body(argv: Sequence[str] | None) -> None:
+@stage_main(log)
+def main(argv: Sequence[str] | None = None) -> None:
     parser = make_parser(__doc__, "python -m stages.classify")
     parser.add_argument("--generation", type=int, required=True, help="generation N")
     parser.add_argument("--instrument", default="artifacts/instrument", help="instrument folder")
@@ -75,19 +77,19 @@ def main_body(argv: Sequence[str] | None) -> None:
     group, tracking = started
 
     with stage_run("classify", tracking, {"classify": to_dict(config)}, generation=args.generation) as run:
-        labeller = load_labeller(args.instrument, group.device(device))
+        instrument = load_cross_fitted(args.instrument, group.device(device))
         refs = manifest["image_ref"].to_list()
         # the image tower's forward passes are the same units whatever the number of processes: process r
         # encodes units r, r + P, ...; the main process scores every embedding in one call, as one process would
-        units = label_units(labeller, refs, config.batch_size)
+        units = label_units(instrument, refs, config.batch_size)
         mine = units[group.rank :: group.world]
         rows = np.concatenate(mine) if mine else np.zeros(0, dtype=np.int64)
         with timed(
-            f"encoding {len(rows)} of {len(manifest)} generated images ({labeller.labels}) "
+            f"encoding {len(rows)} of {len(manifest)} generated images ({instrument.labels}) "
             f"in process {group.rank} of {group.world}",
             log,
         ):
-            vectors = encode_units(labeller, refs, mine, config.batch_size)
+            vectors = encode_units(instrument, refs, mine, config.batch_size)
         out = Path(args.out)
         vectors = group.gather(out.parent / f".{out.name}.parts", rows, vectors)
         if not group.is_main:
@@ -95,7 +97,7 @@ def main_body(argv: Sequence[str] | None) -> None:
         if len(vectors) != len(manifest):
             raise RuntimeError(f"gathered {len(vectors)} image embeddings for {len(manifest)} images")
         labels = label_images(
-            labeller,
+            instrument,
             refs,
             config.abstain_threshold,
             batch_size=config.batch_size,
@@ -131,10 +133,6 @@ def main_body(argv: Sequence[str] | None) -> None:
         }
         log.info("generation %d: %s", args.generation, metrics)
         run.log_metrics(metrics)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    return run_main(main_body, argv, log)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 Dataset 0 is the corpus's training split; dataset N (N >= 1) is mix@N's (real images and the images
 generated for it, which nothing else classifies). Each image is labelled as classify_train labels
 training images: a real image by the cross-fitted instrument's model that never trained on it, a
-generated one by the instrument's mixture (``biasloop.models.labelling``); ``classify.abstain_threshold``
+generated one by the instrument's mixture (``biasloop.models.instrument.cross_fitting``); ``classify.abstain_threshold``
 decides ``female``/``male``/``abstain``. evaluate@N compares generation N's images with these labels
 (``amplification_vs_training_dataset``), beside the comparison with the real corpus.
 
@@ -27,16 +27,16 @@ import polars as pl
 from biasloop.core.config import to_dict
 from biasloop.core.io import timed, write_parquet
 from biasloop.core.runtime import resolve_device
-from biasloop.core.stage import load_configs, make_parser, run_main
+from biasloop.core.stage import load_configs, make_parser, stage_main
 from biasloop.core.tracking import stage_run
 from biasloop.loop.mixing import as_dataset
-from biasloop.models.instrument import ClassifyConfig
-from biasloop.models.labelling import label_images, load_labeller
+from biasloop.models.instrument import ClassifyConfig, label_images, load_cross_fitted
 
 log = logging.getLogger("classify_dataset")
 
 
-def main_body(argv: Sequence[str] | None) -> None:
+@stage_main(log)
+def main(argv: Sequence[str] | None = None) -> None:
     parser = make_parser(__doc__, "python -m stages.classify_dataset")
     parser.add_argument("--generation", type=int, required=True, help="generation N whose training dataset is labelled")
     parser.add_argument("--instrument", default="artifacts/instrument", help="instrument folder")
@@ -54,10 +54,10 @@ def main_body(argv: Sequence[str] | None) -> None:
     with stage_run(
         "classify_dataset", configs["tracking"], {"classify": to_dict(config)}, generation=args.generation
     ) as run:
-        labeller = load_labeller(args.instrument, resolve_device(configs["base"].device))
+        instrument = load_cross_fitted(args.instrument, resolve_device(configs["base"].device))
         with timed(f"classifying the {len(dataset)} training images of dataset {args.generation}", log):
             labels = label_images(
-                labeller, dataset["image_ref"].to_list(), config.abstain_threshold, batch_size=config.batch_size
+                instrument, dataset["image_ref"].to_list(), config.abstain_threshold, batch_size=config.batch_size
             )
         predictions = pl.concat(
             [
@@ -79,10 +79,6 @@ def main_body(argv: Sequence[str] | None) -> None:
                     metrics[f"{name}.share_female"] = float((confident["label"] == "female").mean())
         log.info("dataset %d: %s", args.generation, metrics)
         run.log_metrics(metrics)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    return run_main(main_body, argv, log)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """classify_train: perceived gender of the training images behind each retrieval selection.
 
 Each distinct image is classified once, out of sample: by the cross-fitted instrument's model of the
-image's own fold, the one that never trained on it (``biasloop.models.labelling``). Every (selection,
+image's own fold, the one that never trained on it (``biasloop.models.instrument.cross_fitting``). Every (selection,
 occupation) row that includes it gets its ``p_female``, label (``female``/``male``/``abstain`` by
 ``classify.abstain_threshold``) and ``instrument_fold``. The world's ``true_gender`` rides along for
 evaluation only.
@@ -27,15 +27,15 @@ import polars as pl
 from biasloop.core.config import to_dict
 from biasloop.core.io import timed, write_parquet
 from biasloop.core.runtime import resolve_device
-from biasloop.core.stage import load_configs, make_parser, run_main
+from biasloop.core.stage import load_configs, make_parser, stage_main
 from biasloop.core.tracking import stage_run
-from biasloop.models.instrument import ClassifyConfig
-from biasloop.models.labelling import label_images, load_labeller
+from biasloop.models.instrument import ClassifyConfig, label_images, load_cross_fitted
 
 log = logging.getLogger("classify_train")
 
 
-def main_body(argv: Sequence[str] | None) -> None:
+@stage_main(log)
+def main(argv: Sequence[str] | None = None) -> None:
     parser = make_parser(__doc__, "python -m stages.classify_train")
     parser.add_argument("--instrument", default="artifacts/instrument", help="instrument folder")
     parser.add_argument("--selections", default="artifacts/neighbours/selections.parquet", help="selections parquet")
@@ -55,12 +55,12 @@ def main_body(argv: Sequence[str] | None) -> None:
     images_needed = selections.select("id").unique().sort("id").join(corpus, on="id", how="left")
 
     with stage_run("classify_train", configs["tracking"], {"classify": to_dict(config)}) as run:
-        labeller = load_labeller(args.instrument, resolve_device(configs["base"].device))
+        instrument = load_cross_fitted(args.instrument, resolve_device(configs["base"].device))
         if not len(images_needed):
             log.warning("%s: no selected captions, so no images to classify", args.selections)
-        with timed(f"classifying {len(images_needed)} training images ({labeller.labels})", log):
+        with timed(f"classifying {len(images_needed)} training images ({instrument.labels})", log):
             labels = label_images(
-                labeller, images_needed["image_ref"].to_list(), config.abstain_threshold, batch_size=config.batch_size
+                instrument, images_needed["image_ref"].to_list(), config.abstain_threshold, batch_size=config.batch_size
             )
         per_image = pl.concat([images_needed.select("id", "true_gender"), labels], how="horizontal")
         predictions = (
@@ -91,10 +91,6 @@ def main_body(argv: Sequence[str] | None) -> None:
             run.log_metrics(
                 {f"{row['selection']}.abstain_rate": row["abstain_rate"], f"{row['selection']}.n": row["n"]}
             )
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    return run_main(main_body, argv, log)
 
 
 if __name__ == "__main__":

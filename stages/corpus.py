@@ -30,7 +30,7 @@ import polars as pl
 
 from biasloop.core.config import to_dict
 from biasloop.core.io import load_images, timed, write_json
-from biasloop.core.stage import load_configs, make_parser, run_main, runtime_facts
+from biasloop.core.stage import load_configs, make_parser, runtime_facts, stage_main
 from biasloop.core.tracking import stage_run
 from biasloop.data.corpus import (
     CorpusConfig,
@@ -51,7 +51,8 @@ from biasloop.report.plots import contact_sheet
 log = logging.getLogger("corpus")
 
 
-def main_body(argv: Sequence[str] | None) -> None:
+@stage_main(log)
+def main(argv: Sequence[str] | None = None) -> None:
     parser = make_parser(__doc__, "python -m stages.corpus")
     parser.add_argument("--out", default="artifacts/corpus", help="output folder (default: %(default)s)")
     parser.add_argument("--metrics", default="metrics/corpus.json", help="metrics JSON (default: %(default)s)")
@@ -115,10 +116,6 @@ def main_body(argv: Sequence[str] | None) -> None:
         contact_sheet(table, images, args.contact_sheet, seed=configs["base"].seed)
         run.log_metrics({k: v for k, v in metrics.items() if k != "per_occupation"})
         run.log_artifact(args.contact_sheet)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    return run_main(main_body, argv, log)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import argparse
 import logging
 from collections.abc import Sequence
 
@@ -26,7 +27,7 @@ import polars as pl
 from biasloop.core.config import to_dict
 from biasloop.core.io import load_images, timed, write_json
 from biasloop.core.runtime import resolve_device
-from biasloop.core.stage import load_configs, make_parser, run_main, runtime_facts
+from biasloop.core.stage import load_configs, make_parser, runtime_facts, stage_main
 from biasloop.core.tracking import stage_run
 from biasloop.metrics.amplification import read_confusion
 from biasloop.metrics.evaluation import (
@@ -42,25 +43,9 @@ from biasloop.models.instrument import ClassifyConfig
 log = logging.getLogger("evaluate")
 
 
-def main_body(argv: Sequence[str] | None) -> None:
-    parser = make_parser(__doc__, "python -m stages.evaluate")
-    parser.add_argument("--generation", type=int, required=True, help="generation N")
-    parser.add_argument("--train-predictions", required=True, help="classify_train predictions parquet")
-    parser.add_argument("--generated", required=True, help="classify@N predictions parquet")
-    parser.add_argument("--instrument-metrics", required=True, help="metrics/instrument.json (tpr, fpr)")
-    parser.add_argument("--downstream", required=True, help="generation N's downstream CLIP folder")
-    parser.add_argument("--corpus", required=True, help="corpus caption table (held-out split)")
-    parser.add_argument(
-        "--instrument", default=None, help="instrument folder, used when the corpus has no gender labels"
-    )
-    parser.add_argument("--matches", required=True, help="retrieve's matches parquet (caption gender indicators)")
-    parser.add_argument(
-        "--dataset-predictions",
-        default=None,
-        help="classify_dataset@N predictions (dataset N's labels); omitted: no amplification_vs_training_dataset",
-    )
-    parser.add_argument("--out", required=True, help="metrics JSON to write")
-    args = parser.parse_args(argv)
+@stage_main(log)
+def main(argv: Sequence[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
     configs = load_configs(args.params, {"occupations": None, "evaluate": EvaluateConfig, "classify": ClassifyConfig})
     config: EvaluateConfig = configs["evaluate"]
     occupations = list(configs["occupations"] or [])
@@ -127,8 +112,25 @@ def main_body(argv: Sequence[str] | None) -> None:
         run.log_metrics({**row, **decomposition_values(terms)})
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    return run_main(main_body, argv, log)
+def _parser() -> argparse.ArgumentParser:
+    parser = make_parser(__doc__, "python -m stages.evaluate")
+    parser.add_argument("--generation", type=int, required=True, help="generation N")
+    parser.add_argument("--train-predictions", required=True, help="classify_train predictions parquet")
+    parser.add_argument("--generated", required=True, help="classify@N predictions parquet")
+    parser.add_argument("--instrument-metrics", required=True, help="metrics/instrument.json (tpr, fpr)")
+    parser.add_argument("--downstream", required=True, help="generation N's downstream CLIP folder")
+    parser.add_argument("--corpus", required=True, help="corpus caption table (held-out split)")
+    parser.add_argument(
+        "--instrument", default=None, help="instrument folder, used when the corpus has no gender labels"
+    )
+    parser.add_argument("--matches", required=True, help="retrieve's matches parquet (caption gender indicators)")
+    parser.add_argument(
+        "--dataset-predictions",
+        default=None,
+        help="classify_dataset@N predictions (dataset N's labels); omitted: no amplification_vs_training_dataset",
+    )
+    parser.add_argument("--out", required=True, help="metrics JSON to write")
+    return parser
 
 
 if __name__ == "__main__":

@@ -31,11 +31,13 @@ Example:
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -44,7 +46,7 @@ from biasloop.core.config import to_dict
 from biasloop.core.distributed import join_or_relaunch, process_batches
 from biasloop.core.io import atomic_path, load_images, timed, write_image_shards, write_json
 from biasloop.core.runtime import resolve_device
-from biasloop.core.stage import load_configs, make_parser, run_main
+from biasloop.core.stage import load_configs, make_parser, stage_main
 from biasloop.core.tracking import stage_run
 from biasloop.loop.export import image_seeds
 from biasloop.loop.prompts import MANIFEST_COLUMNS, GenerateConfig, plan_prompts
@@ -55,30 +57,14 @@ log = logging.getLogger("generate")
 SHEET_PER_SIDE = 6  # contact sheet: real and generated images per occupation
 
 
-def main_body(argv: Sequence[str] | None) -> None:
-    parser = make_parser(__doc__, "python -m stages.generate")
-    parser.add_argument("--generation", type=int, required=True, help="generation N")
-    parser.add_argument("--generator", required=True, help="generation N's generator folder")
-    parser.add_argument("--selections", default="artifacts/neighbours/selections.parquet", help="selections table")
-    parser.add_argument("--corpus", default="artifacts/corpus/captions.parquet", help="corpus caption table")
-    parser.add_argument("--out", required=True, help="output folder (artifacts/gen{N}/generate)")
-    parser.add_argument(
-        "--contact-sheet", help="PNG of real beside generated images per occupation (none when omitted)"
-    )
-    args = parser.parse_args(argv)
+@stage_main(log)
+def main(argv: Sequence[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
     configs = load_configs(args.params, {"occupations": None, "generate": GenerateConfig, "sampling": SamplingConfig})
     config: GenerateConfig = configs["generate"]
     sampling: SamplingConfig = configs["sampling"]
-    validate_sampling(sampling)
-    occupations = list(configs["occupations"] or [])
-    if not occupations:
-        raise ValueError("occupations: at least one occupation is needed")
-    if config.batch_size < 1 or config.shard_size < 1:
-        raise ValueError("generate.batch_size and generate.shard_size must be at least 1")
+    occupations = _checked_inputs(args, config, sampling, configs["occupations"])
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    for path in (args.selections, args.corpus):
-        if not Path(path).exists():
-            raise FileNotFoundError(f"{path}: not found")
     seed = configs["base"].seed
 
     selections = pl.read_parquet(args.selections)
@@ -121,42 +107,20 @@ def main_body(argv: Sequence[str] | None) -> None:
         # batches are fixed by index (and each image's seed too), so the images do not depend on the
         # number of processes; process r takes batches r, r + P, ...
         batches = process_batches(len(prompts), config.batch_size, group.rank, group.world)
-        chunks, indices = [], []
         start = time.perf_counter()
-        for batch in tqdm(batches, desc=f"generate@{args.generation} [{group.rank}/{group.world}]", unit="batch"):
-            chunks.append(
-                generator.generate(
-                    prompts[batch.start : batch.stop],
-                    seeds[batch.start : batch.stop],
-                    batch_size=config.batch_size,
-                    guidance_scale=sampling.guidance_scale,
-                    steps=sampling.steps,
-                )
-            )
-            indices.extend(batch)
-        mine = np.concatenate(chunks) if chunks else np.empty((0,), dtype=np.uint8)
+        progress = tqdm(batches, desc=f"generate@{args.generation} [{group.rank}/{group.world}]", unit="batch")
+        indices, mine = _generate_batches(generator, progress, prompts, seeds, config, sampling)
         out = Path(args.out)
         images = group.gather(out.parent / f".{out.name}.parts", np.asarray(indices, dtype=np.int64), mine)
         if not group.is_main:
             return
         seconds = time.perf_counter() - start
+        rate = len(images) / max(seconds, 1e-9)
         log.info(
-            "generated %d images in %.1f s (%.1f images/s) with %d process(es)",
-            len(images),
-            seconds,
-            len(images) / seconds,
-            group.world,
+            "generated %d images in %.1f s (%.1f images/s), %d process(es)", len(images), seconds, rate, group.world
         )
 
-        with atomic_path(out) as tmp:
-            tmp.mkdir()
-            refs = write_image_shards(images, tmp / "images", config.shard_size, ref_root=out / "images")
-            manifest = plan.with_columns(
-                pl.Series("seed", seeds, dtype=pl.Int64), pl.Series("image_ref", refs, dtype=pl.String)
-            ).select(MANIFEST_COLUMNS)
-            manifest.write_parquet(tmp / "manifest.parquet", compression="zstd", statistics=True)
-            if served is not None:
-                write_json(tmp / "import.json", served.to_dict())
+        _write_images(out, images, plan, seeds, config.shard_size, served)
         if args.contact_sheet:
             _contact_sheet(args, config, selections, plan, images, seed)
             run.log_artifact(args.contact_sheet)
@@ -165,14 +129,81 @@ def main_body(argv: Sequence[str] | None) -> None:
         run.log_metrics(
             {
                 "n_images": len(images),
-                "n_neutral": int((plan["prompt_kind"] == "neutral").sum()),
-                "n_caption": int((plan["prompt_kind"] == "caption").sum()),
+                **{f"n_{kind}": int((plan["prompt_kind"] == kind).sum()) for kind in ("neutral", "caption")},
                 "generation_seconds": seconds,
-                "images_per_second": len(images) / max(seconds, 1e-9),
+                "images_per_second": rate,
                 "num_processes": group.world,
                 **({f"import_{k}": v for k, v in served.counts().items()} if served is not None else {}),
             }
         )
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = make_parser(__doc__, "python -m stages.generate")
+    parser.add_argument("--generation", type=int, required=True, help="generation N")
+    parser.add_argument("--generator", required=True, help="generation N's generator folder")
+    parser.add_argument("--selections", default="artifacts/neighbours/selections.parquet", help="selections table")
+    parser.add_argument("--corpus", default="artifacts/corpus/captions.parquet", help="corpus caption table")
+    parser.add_argument("--out", required=True, help="output folder (artifacts/gen{N}/generate)")
+    parser.add_argument(
+        "--contact-sheet", help="PNG of real beside generated images per occupation (none when omitted)"
+    )
+    return parser
+
+
+def _checked_inputs(
+    args: argparse.Namespace, config: GenerateConfig, sampling: SamplingConfig, occupations: list[str] | None
+) -> list[str]:
+    """The occupations, after checking the sampling and generate params and that the input tables exist."""
+    validate_sampling(sampling)
+    if not occupations:
+        raise ValueError("occupations: at least one occupation is needed")
+    if config.batch_size < 1 or config.shard_size < 1:
+        raise ValueError("generate.batch_size and generate.shard_size must be at least 1")
+    for path in (args.selections, args.corpus):
+        if not Path(path).exists():
+            raise FileNotFoundError(f"{path}: not found")
+    return list(occupations)
+
+
+def _generate_batches(
+    generator: Any,
+    batches: Iterable[range],
+    prompts: list[str],
+    seeds: Sequence[int],
+    config: GenerateConfig,
+    sampling: SamplingConfig,
+) -> tuple[list[int], np.ndarray]:
+    """This process's batches of images, in order, and the plan indices they belong to."""
+    chunks, indices = [], []
+    for batch in batches:
+        chunks.append(
+            generator.generate(
+                prompts[batch.start : batch.stop],
+                seeds[batch.start : batch.stop],
+                batch_size=config.batch_size,
+                guidance_scale=sampling.guidance_scale,
+                steps=sampling.steps,
+            )
+        )
+        indices.extend(batch)
+    return indices, np.concatenate(chunks) if chunks else np.empty((0,), dtype=np.uint8)
+
+
+def _write_images(
+    out: Path, images: np.ndarray, plan: pl.DataFrame, seeds: Sequence[int], shard_size: int, served=None
+) -> None:
+    """The output folder, atomically: image shards, ``manifest.parquet`` (the plan, seeds, image refs) and,
+    for the images backend, ``import.json`` (what the folder served)."""
+    with atomic_path(out) as tmp:
+        tmp.mkdir()
+        refs = write_image_shards(images, tmp / "images", shard_size, ref_root=out / "images")
+        manifest = plan.with_columns(
+            pl.Series("seed", seeds, dtype=pl.Int64), pl.Series("image_ref", refs, dtype=pl.String)
+        ).select(MANIFEST_COLUMNS)
+        manifest.write_parquet(tmp / "manifest.parquet", compression="zstd", statistics=True)
+        if served is not None:
+            write_json(tmp / "import.json", served.to_dict())
 
 
 def _contact_sheet(
@@ -203,10 +234,6 @@ def _contact_sheet(
             per_side=SHEET_PER_SIDE,
             seed=seed,
         )
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    return run_main(main_body, argv, log)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@
 ``instrument.folds`` folds and one image tower per fold is trained (against the frozen Sentence-BERT
 caption embeddings) on every other fold, so each training image is later labelled by the one model that
 never saw it, and every other image by a fold model a seeded hash of its ref picks (see
-``biasloop.models.labelling``). ``open-clip`` loads one pretrained model (not trained on the corpus).
+``biasloop.models.instrument.cross_fitting``). ``open-clip`` loads one pretrained model (not trained on the corpus).
 Accuracy, abstain rate and the confusion rates (tpr, fpr, "female" the positive class, over confident
 images) of that labelling rule come from the held-out split's ground truth (glyph world), or from
 ``instrument.labelled_csv`` (``image_ref, true_gender``) for a real corpus; without either they are
@@ -31,15 +31,21 @@ import polars as pl
 from biasloop.core.config import to_dict
 from biasloop.core.io import atomic_path, timed, write_json
 from biasloop.core.runtime import resolve_device
-from biasloop.core.stage import load_configs, make_parser, run_main, runtime_facts
+from biasloop.core.stage import load_configs, make_parser, runtime_facts, stage_main
 from biasloop.core.tracking import stage_run
-from biasloop.models.instrument import ClassifyConfig, InstrumentConfig, corpus_split
-from biasloop.models.labelling import measure_labeller, train_labeller
+from biasloop.models.instrument import (
+    ClassifyConfig,
+    InstrumentConfig,
+    corpus_split,
+    measure_cross_fitted,
+    train_cross_fitted,
+)
 
 log = logging.getLogger("instrument")
 
 
-def main_body(argv: Sequence[str] | None) -> None:
+@stage_main(log)
+def main(argv: Sequence[str] | None = None) -> None:
     parser = make_parser(__doc__, "python -m stages.instrument")
     parser.add_argument("--corpus", default="artifacts/corpus/captions.parquet", help="corpus caption table")
     parser.add_argument("--out", default="artifacts/instrument", help="instrument folder (default: %(default)s)")
@@ -63,18 +69,18 @@ def main_body(argv: Sequence[str] | None) -> None:
             else f"loading open_clip {config.model} ({config.pretrained or 'random weights'})"
         )
         with timed(what, log):
-            labeller, stats = train_labeller(config, train, occupations, seed=configs["base"].seed, device=device)
+            instrument, stats = train_cross_fitted(config, train, occupations, seed=configs["base"].seed, device=device)
         with atomic_path(args.out) as tmp:
-            labeller.save(tmp)
+            instrument.save(tmp)
 
         with timed("measuring the instrument's labels", log):
-            measured = measure_labeller(
-                labeller, corpus, config, occupations, classify.abstain_threshold, batch_size=classify.batch_size
+            measured = measure_cross_fitted(
+                instrument, corpus, config, occupations, classify.abstain_threshold, batch_size=classify.batch_size
             )
         metrics = {
             "backend": config.backend,
-            "labels": labeller.labels,
-            "folds": labeller.folds,
+            "labels": instrument.labels,
+            "folds": instrument.folds,
             **measured,
             "training_seconds": stats.get("seconds"),
             "threshold": classify.abstain_threshold,
@@ -106,10 +112,6 @@ def main_body(argv: Sequence[str] | None) -> None:
 
 def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    return run_main(main_body, argv, log)
 
 
 if __name__ == "__main__":

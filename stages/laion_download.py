@@ -28,7 +28,7 @@ import polars as pl
 
 from biasloop.core.config import to_dict
 from biasloop.core.io import timed, write_json, write_parquet
-from biasloop.core.stage import load_configs, make_parser, run_main
+from biasloop.core.stage import load_configs, make_parser, stage_main
 from biasloop.core.tracking import stage_run
 from biasloop.data.acquisition.download import (
     DOWNLOAD_COLUMNS,
@@ -48,7 +48,8 @@ from biasloop.data.retrieval import parse_occupations
 log = logging.getLogger("laion_download")
 
 
-def main_body(argv: Sequence[str] | None) -> None:
+@stage_main(log)
+def main(argv: Sequence[str] | None = None) -> None:
     parser = make_parser(__doc__, "python -m stages.laion_download")
     parser.add_argument("--selection", default="artifacts/laion_select/selection.parquet", help="selection parquet")
     parser.add_argument("--out", default="artifacts/laion_download", help="output folder (default: %(default)s)")
@@ -124,10 +125,6 @@ def main_body(argv: Sequence[str] | None) -> None:
             },
         )
         run.log_metrics({"n_urls": len(selection), "n_downloaded": n_ok, "n_refused": len(refused)})
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    return run_main(main_body, argv, log)
 
 
 if __name__ == "__main__":  # img2dataset's processes are spawned: they re-import the main module

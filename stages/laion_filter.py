@@ -32,7 +32,7 @@ import polars as pl
 
 from biasloop.core.config import to_dict
 from biasloop.core.io import atomic_path, timed, write_json
-from biasloop.core.stage import load_configs, make_parser, run_main
+from biasloop.core.stage import load_configs, make_parser, stage_main
 from biasloop.core.tracking import stage_run
 from biasloop.data.acquisition.download import download_table
 from biasloop.data.acquisition.filtering import (
@@ -48,7 +48,8 @@ from biasloop.data.retrieval import parse_occupations
 log = logging.getLogger("laion_filter")
 
 
-def main_body(argv: Sequence[str] | None) -> None:
+@stage_main(log)
+def main(argv: Sequence[str] | None = None) -> None:
     parser = make_parser(__doc__, "python -m stages.laion_filter")
     parser.add_argument("--selection", default="artifacts/laion_select/selection.parquet", help="selection parquet")
     parser.add_argument("--select-metrics", default="metrics/laion_select.json", help="laion_select metrics JSON")
@@ -106,10 +107,6 @@ def main_body(argv: Sequence[str] | None) -> None:
         with atomic_path(args.table) as tmp:
             table.write_csv(tmp)
         run.log_metrics({"n_kept": reasons.get("kept", 0), "n_filtered": len(filtered)})
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    return run_main(main_body, argv, log)
 
 
 if __name__ == "__main__":

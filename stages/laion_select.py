@@ -23,7 +23,7 @@ import polars as pl
 
 from biasloop.core.config import to_dict
 from biasloop.core.io import timed, write_json, write_parquet
-from biasloop.core.stage import load_configs, make_parser, run_main
+from biasloop.core.stage import load_configs, make_parser, stage_main
 from biasloop.core.tracking import stage_run
 from biasloop.data.acquisition.selection import (
     SELECTION_COLUMNS,
@@ -37,7 +37,8 @@ from biasloop.data.retrieval import RetrieveConfig, parse_occupations
 log = logging.getLogger("laion_select")
 
 
-def main_body(argv: Sequence[str] | None) -> None:
+@stage_main(log)
+def main(argv: Sequence[str] | None = None) -> None:
     parser = make_parser(__doc__, "python -m stages.laion_select")
     parser.add_argument(
         "--out", default="artifacts/laion_select/selection.parquet", help="selection parquet (default: %(default)s)"
@@ -80,10 +81,6 @@ def main_body(argv: Sequence[str] | None) -> None:
         }
         write_json(args.metrics, metrics)
         run.log_metrics({"n_rows": n_rows, "n_urls": len(selection)})
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    return run_main(main_body, argv, log)
 
 
 if __name__ == "__main__":

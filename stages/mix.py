@@ -35,7 +35,7 @@ import polars as pl
 from biasloop.core.config import to_dict
 from biasloop.core.io import atomic_path, load_images, timed, write_image_shards
 from biasloop.core.runtime import resolve_device
-from biasloop.core.stage import load_configs, make_parser, run_main
+from biasloop.core.stage import load_configs, make_parser, stage_main
 from biasloop.core.tracking import stage_run
 from biasloop.loop.mixing import (
     LoopConfig,
@@ -51,7 +51,8 @@ from biasloop.models.generators import SamplingConfig, validate_sampling
 log = logging.getLogger("mix")
 
 
-def main_body(argv: Sequence[str] | None) -> None:
+@stage_main(log)
+def main(argv: Sequence[str] | None = None) -> None:
     parser = make_parser(__doc__, "python -m stages.mix")
     parser.add_argument("--generation", type=int, required=True, help="generation N whose dataset is built (N >= 1)")
     parser.add_argument("--corpus", default="artifacts/corpus/captions.parquet", help="corpus caption table")
@@ -148,10 +149,6 @@ def _accumulate(
     copied = iter(refs[: int(earlier.sum())])
     previous_refs = [next(copied) if flag else ref for flag, ref in zip(earlier.tolist(), previous_refs)]
     return accumulated_dataset(previous, previous_refs, corpus, chosen, refs[int(earlier.sum()) :], generation)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    return run_main(main_body, argv, log)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -30,7 +31,7 @@ import polars as pl
 from biasloop.core.config import to_dict
 from biasloop.core.io import write_json, write_parquet
 from biasloop.core.runtime import resolve_device
-from biasloop.core.stage import load_configs, make_parser, run_main, runtime_facts
+from biasloop.core.stage import load_configs, make_parser, runtime_facts, stage_main
 from biasloop.core.tracking import stage_run
 from biasloop.data.embeddings import CachedTextEncoder, load_text_encoder
 from biasloop.data.retrieval import (
@@ -44,7 +45,8 @@ from biasloop.data.text import fill_template
 log = logging.getLogger("neighbours")
 
 
-def main_body(argv: Sequence[str] | None) -> None:
+@stage_main(log)
+def main(argv: Sequence[str] | None = None) -> None:
     parser = make_parser(__doc__, "python -m stages.neighbours")
     parser.add_argument(
         "--matches",
@@ -101,18 +103,7 @@ def main_body(argv: Sequence[str] | None) -> None:
         similarity = np.einsum("ij,ij->i", caption_vectors[rows], queries[occupation_index])
         selections = select_neighbours(matches, similarity, config.k)
 
-        per_selection = {}
-        for name in SELECTIONS:
-            chosen = selections.filter(pl.col("selection") == name)
-            counts = dict(chosen.group_by("occupation").len().iter_rows())
-            per_selection[name] = {
-                "n": len(chosen),
-                "mean_similarity": float(chosen["similarity"].mean()) if len(chosen) else None,
-                "occupations": {o: int(counts.get(o, 0)) for o in occupations},
-            }
-            short = [o for o in occupations if counts.get(o, 0) < config.k]
-            if name.startswith("nn") and short:
-                log.warning("%s: fewer than k=%d captions for %s", name, config.k, ", ".join(short))
+        per_selection = {name: _selection_summary(selections, name, occupations, config.k) for name in SELECTIONS}
         stats = encoder.stats()
         metrics = {
             "model": encoder.name,
@@ -132,8 +123,19 @@ def main_body(argv: Sequence[str] | None) -> None:
         run.log_artifact(args.metrics)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    return run_main(main_body, argv, log)
+def _selection_summary(selections: pl.DataFrame, name: str, occupations: Sequence[str], k: int) -> dict[str, Any]:
+    """One selection's size, mean similarity and captions per occupation; warns when a nearest-neighbour
+    selection has fewer than ``k`` captions for an occupation."""
+    chosen = selections.filter(pl.col("selection") == name)
+    counts = dict(chosen.group_by("occupation").len().iter_rows())
+    short = [o for o in occupations if counts.get(o, 0) < k]
+    if name.startswith("nn") and short:
+        log.warning("%s: fewer than k=%d captions for %s", name, k, ", ".join(short))
+    return {
+        "n": len(chosen),
+        "mean_similarity": float(chosen["similarity"].mean()) if len(chosen) else None,
+        "occupations": {o: int(counts.get(o, 0)) for o in occupations},
+    }
 
 
 if __name__ == "__main__":

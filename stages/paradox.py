@@ -34,7 +34,7 @@ import polars as pl
 
 from biasloop.core.config import to_dict
 from biasloop.core.io import atomic_path, write_json
-from biasloop.core.stage import load_configs, make_parser, run_main
+from biasloop.core.stage import load_configs, make_parser, stage_main
 from biasloop.core.tracking import stage_run
 from biasloop.metrics.amplification import read_confusion
 from biasloop.metrics.evaluation import EvaluateConfig, instrument_on_generated
@@ -44,7 +44,8 @@ from biasloop.report.plots import decomposition_figure, share_plot
 log = logging.getLogger("paradox")
 
 
-def main_body(argv: Sequence[str] | None) -> None:
+@stage_main(log)
+def main(argv: Sequence[str] | None = None) -> None:
     parser = make_parser(__doc__, "python -m stages.paradox")
     parser.add_argument("--train-predictions", required=True, help="classify_train predictions parquet")
     parser.add_argument("--generated", required=True, help="classify@0 predictions parquet")
@@ -124,10 +125,6 @@ def main_body(argv: Sequence[str] | None) -> None:
         )
         run.log_artifact(args.plot)
         run.log_artifact(args.decomposition_plot)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    return run_main(main_body, argv, log)
 
 
 if __name__ == "__main__":

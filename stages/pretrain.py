@@ -20,7 +20,7 @@ import polars as pl
 
 from biasloop.core.config import to_dict
 from biasloop.core.runtime import resolve_device
-from biasloop.core.stage import load_configs, make_parser, run_main
+from biasloop.core.stage import load_configs, make_parser, stage_main
 from biasloop.core.tracking import stage_run
 from biasloop.loop.training import train_generation
 from biasloop.models.downstream_clip import DownstreamConfig
@@ -29,7 +29,8 @@ from biasloop.models.generators import GeneratorConfig
 log = logging.getLogger("pretrain")
 
 
-def main_body(argv: Sequence[str] | None) -> None:
+@stage_main(log)
+def main(argv: Sequence[str] | None = None) -> None:
     parser = make_parser(__doc__, "python -m stages.pretrain")
     parser.add_argument("--corpus", default="artifacts/corpus/captions.parquet", help="corpus caption table")
     parser.add_argument("--out", default="artifacts/models/gen0", help="output folder (default: %(default)s)")
@@ -50,10 +51,6 @@ def main_body(argv: Sequence[str] | None) -> None:
             generator_steps=generator.train_steps,
         )
         run.log_metrics(stats)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    return run_main(main_body, argv, log)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import polars as pl
 
 from biasloop.core.config import to_dict
 from biasloop.core.runtime import resolve_device
-from biasloop.core.stage import load_configs, make_parser, run_main
+from biasloop.core.stage import load_configs, make_parser, stage_main
 from biasloop.core.tracking import stage_run
 from biasloop.loop.mixing import LoopConfig
 from biasloop.loop.training import train_generation
@@ -32,7 +32,8 @@ from biasloop.models.generators import GeneratorConfig
 log = logging.getLogger("retrain")
 
 
-def main_body(argv: Sequence[str] | None) -> None:
+@stage_main(log)
+def main(argv: Sequence[str] | None = None) -> None:
     parser = make_parser(__doc__, "python -m stages.retrain")
     parser.add_argument("--generation", type=int, required=True, help="generation N being trained (N >= 1)")
     parser.add_argument("--dataset", required=True, help="generation N's dataset manifest (from mix@N)")
@@ -59,10 +60,6 @@ def main_body(argv: Sequence[str] | None) -> None:
             copy_generator_from=None if loop.retrain_generator else args.previous,
         )
         run.log_metrics(stats)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    return run_main(main_body, argv, log)
 
 
 if __name__ == "__main__":

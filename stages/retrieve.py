@@ -30,7 +30,7 @@ import polars as pl
 
 from biasloop.core.config import to_dict
 from biasloop.core.io import write_json, write_parquet
-from biasloop.core.stage import load_configs, make_parser, run_main, runtime_facts
+from biasloop.core.stage import load_configs, make_parser, runtime_facts, stage_main
 from biasloop.core.tracking import stage_run
 from biasloop.data.retrieval import (
     RetrieveConfig,
@@ -46,7 +46,8 @@ log = logging.getLogger("retrieve")
 TRUTH_COLUMNS = ("true_occupation", "true_indicator")
 
 
-def main_body(argv: Sequence[str] | None) -> None:
+@stage_main(log)
+def main(argv: Sequence[str] | None = None) -> None:
     parser = make_parser(__doc__, "python -m stages.retrieve")
     parser.add_argument(
         "--corpus", default="artifacts/corpus/captions.parquet", help="captions parquet (default: %(default)s)"
@@ -122,10 +123,6 @@ def main_body(argv: Sequence[str] | None) -> None:
         log.info("wrote %s and %s", args.out, args.metrics)
         run.log_metrics(metrics)
         run.log_artifact(args.metrics)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    return run_main(main_body, argv, log)
 
 
 if __name__ == "__main__":

@@ -28,17 +28,19 @@ Example:
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 
 from biasloop.core.config import read_params
 from biasloop.core.io import atomic_path, write_json
-from biasloop.core.stage import load_configs, make_parser, run_main
+from biasloop.core.stage import load_configs, make_parser, stage_main
 from biasloop.core.tracking import stage_run
 from biasloop.report.html import (
     TASK_COLUMNS,
@@ -115,62 +117,13 @@ def _write_csv(rows: list[dict], path: Path) -> None:
         pl.DataFrame(rows, infer_schema_length=None).write_csv(tmp)
 
 
-def main_body(argv: Sequence[str] | None) -> None:
-    parser = make_parser(__doc__, "python -m stages.summarize")
-    parser.add_argument("--generations", default="metrics/generations", help="folder of gen{N}.json files")
-    parser.add_argument("--paradox", default="metrics/paradox.json", help="paradox table JSON")
-    parser.add_argument("--instrument-metrics", default="metrics/instrument.json", help="instrument metrics JSON")
-    parser.add_argument("--corpus-metrics", default="metrics/corpus.json", help="corpus metrics JSON")
-    parser.add_argument("--out", default="metrics/summary.json", help="summary JSON (default: %(default)s)")
-    parser.add_argument(
-        "--headline",
-        default="metrics/headline.json",
-        help="short headline JSON, the first columns of `dvc exp show` (default: %(default)s)",
-    )
-    parser.add_argument("--plots", default="plots", help="folder for plot CSVs and PNGs (default: %(default)s)")
-    parser.add_argument("--report", default="plots/report.html", help="HTML report (default: %(default)s)")
-    parser.add_argument(
-        "--generated-sheets",
-        default="plots/generated",
-        help="folder of gen{N}.png contact sheets written by generate@N (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--results",
-        default="docs/results.md",
-        help="results page in Markdown, generated from these metrics (default: %(default)s)",
-    )
-    parser.add_argument("--study", help="metrics/study.json of `biasloop study collect`: adds a Study section")
-    parser.add_argument(
-        "--studies", help="metrics/studies of `biasloop study collect --name NAME`: a section per <name>.json"
-    )
-    parser.add_argument(
-        "--acquisition",
-        help="metrics/acquisition.json of laion_filter: adds the LAION acquisition "
-        "table (one line when the LAION path is off)",
-    )
-    args = parser.parse_args(argv)
+@stage_main(log)
+def main(argv: Sequence[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
     configs = load_configs(args.params, {})
     params = read_params(args.params)
 
-    files = sorted(Path(args.generations).glob("gen*.json"), key=lambda p: int(re.sub(r"\D", "", p.stem) or 0))
-    if not files:
-        raise FileNotFoundError(f"{args.generations}: no gen*.json metrics files")
-    # Only the generations params.yaml lists: a stale file from a longer run must not leak in.
-    wanted = {int(g) for g in params.get("generations", [])}
-    generation_metrics = [
-        m for m in (json.loads(f.read_text()) for f in files) if not wanted or m["generation"] in wanted
-    ]
-    folder = Path(args.generations)
-    rows = [
-        {
-            **summary_row(m),
-            **task_row(
-                load_json(folder / f"captioner_gen{m['generation']}.json"),
-                load_json(folder / f"classifier_gen{m['generation']}.json"),
-            ),
-        }
-        for m in generation_metrics
-    ]
+    generation_metrics, rows = _generation_rows(Path(args.generations), params)
     paradox, instrument = load_json(args.paradox), load_json(args.instrument_metrics)
     study = load_json(args.study) if args.study else None
     studies = [json.loads(p.read_text()) for p in sorted(Path(args.studies).glob("*.json"))] if args.studies else []
@@ -192,28 +145,7 @@ def main_body(argv: Sequence[str] | None) -> None:
         headline = headline_metrics(rows)
         write_json(args.headline, headline)
         plots = Path(args.plots)
-        _write_csv([{k: r.get(k) for k in AMPLIFICATION_COLUMNS} for r in rows], plots / "amplification.csv")
-        _write_csv(share_rows(generation_metrics), plots / "shares.csv")
-        _write_csv(
-            [
-                {
-                    k: r.get(k)
-                    for k in (
-                        "generation",
-                        "recall_at_10",
-                        "recall_at_10_gap",
-                        "max_skew_vs_training",
-                        "worst_group_accuracy",
-                    )
-                }
-                for r in rows
-            ],
-            plots / "downstream.csv",
-        )
-        _write_csv(
-            [{"generation": r["generation"], **{key: r.get(key) for key, _, _ in TASK_COLUMNS}} for r in rows],
-            plots / "tasks.csv",
-        )
+        _write_plot_tables(rows, generation_metrics, plots)
         ratio = params.get("synthetic_ratio")
         generation_curves(
             rows,
@@ -253,8 +185,90 @@ def main_body(argv: Sequence[str] | None) -> None:
         run.log_artifact(args.report)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    return run_main(main_body, argv, log)
+def _parser() -> argparse.ArgumentParser:
+    parser = make_parser(__doc__, "python -m stages.summarize")
+    parser.add_argument("--generations", default="metrics/generations", help="folder of gen{N}.json files")
+    parser.add_argument("--paradox", default="metrics/paradox.json", help="paradox table JSON")
+    parser.add_argument("--instrument-metrics", default="metrics/instrument.json", help="instrument metrics JSON")
+    parser.add_argument("--corpus-metrics", default="metrics/corpus.json", help="corpus metrics JSON")
+    parser.add_argument("--out", default="metrics/summary.json", help="summary JSON (default: %(default)s)")
+    parser.add_argument(
+        "--headline",
+        default="metrics/headline.json",
+        help="short headline JSON, the first columns of `dvc exp show` (default: %(default)s)",
+    )
+    parser.add_argument("--plots", default="plots", help="folder for plot CSVs and PNGs (default: %(default)s)")
+    parser.add_argument("--report", default="plots/report.html", help="HTML report (default: %(default)s)")
+    parser.add_argument(
+        "--generated-sheets",
+        default="plots/generated",
+        help="folder of gen{N}.png contact sheets written by generate@N (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--results",
+        default="docs/results.md",
+        help="results page in Markdown, generated from these metrics (default: %(default)s)",
+    )
+    parser.add_argument("--study", help="metrics/study.json of `biasloop study collect`: adds a Study section")
+    parser.add_argument(
+        "--studies", help="metrics/studies of `biasloop study collect --name NAME`: a section per <name>.json"
+    )
+    parser.add_argument(
+        "--acquisition",
+        help="metrics/acquisition.json of laion_filter: adds the LAION acquisition "
+        "table (one line when the LAION path is off)",
+    )
+    return parser
+
+
+def _generation_rows(folder: Path, params: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The ``gen{N}.json`` metrics of the generations params.yaml lists, in order, and one summary row per
+    generation (with its captioner and classifier metrics)."""
+    files = sorted(folder.glob("gen*.json"), key=lambda p: int(re.sub(r"\D", "", p.stem) or 0))
+    if not files:
+        raise FileNotFoundError(f"{folder}: no gen*.json metrics files")
+    # Only the generations params.yaml lists: a stale file from a longer run must not leak in.
+    wanted = {int(g) for g in params.get("generations", [])}
+    generation_metrics = [
+        m for m in (json.loads(f.read_text()) for f in files) if not wanted or m["generation"] in wanted
+    ]
+    rows = [
+        {
+            **summary_row(m),
+            **task_row(
+                load_json(folder / f"captioner_gen{m['generation']}.json"),
+                load_json(folder / f"classifier_gen{m['generation']}.json"),
+            ),
+        }
+        for m in generation_metrics
+    ]
+    return generation_metrics, rows
+
+
+def _write_plot_tables(rows: list[dict[str, Any]], generation_metrics: list[dict[str, Any]], plots: Path) -> None:
+    """The CSVs ``dvc plots`` reads: amplification, shares, downstream and tasks per generation."""
+    _write_csv([{k: r.get(k) for k in AMPLIFICATION_COLUMNS} for r in rows], plots / "amplification.csv")
+    _write_csv(share_rows(generation_metrics), plots / "shares.csv")
+    _write_csv(
+        [
+            {
+                k: r.get(k)
+                for k in (
+                    "generation",
+                    "recall_at_10",
+                    "recall_at_10_gap",
+                    "max_skew_vs_training",
+                    "worst_group_accuracy",
+                )
+            }
+            for r in rows
+        ],
+        plots / "downstream.csv",
+    )
+    _write_csv(
+        [{"generation": r["generation"], **{key: r.get(key) for key, _, _ in TASK_COLUMNS}} for r in rows],
+        plots / "tasks.csv",
+    )
 
 
 if __name__ == "__main__":

@@ -240,7 +240,7 @@ def test_the_layer_check_fails_on_an_upward_import() -> None:
     assert upward_imports(metrics_module, source="from ..cli import generations\n")  # biasloop.cli.generations
     assert upward_imports(ROOT / "biasloop" / "core" / "made_up.py", source="from biasloop import models\n")
     allowed = (
-        "import numpy\nfrom biasloop.core.io import write_json\nfrom biasloop.models import labelling\n"
+        "import numpy\nfrom biasloop.core.io import write_json\nfrom biasloop.models import instrument\n"
         "from . import paired\nfrom biasloop.metrics.rows import x\n"
     )
     assert upward_imports(metrics_module, source=allowed) == []

@@ -12,7 +12,7 @@ import pytest
 
 from biasloop.cli import main as cli_main
 from biasloop.data.text import caption_tokens
-from biasloop.metrics.captions import bleu, bleu_from_image_counts, cider_d, lcs_length, rouge_l, score_captions
+from biasloop.metrics.caption_quality import bleu, bleu_from_image_counts, cider_d, lcs_length, rouge_l, score_captions
 
 # Three images: an exact match, a short hypothesis, and two references of different lengths.
 REFS = {"img1": ["a b c d"], "img2": ["a b e"], "img3": ["f g h i", "f g"]}

@@ -151,3 +151,23 @@ def test_busy_cpus_counts_runnable_threads_of_other_processes(tmp_path) -> None:
     (tmp_path / "stat").write_text("cpu  1 2 3\nprocs_running 4\nprocs_blocked 0\n")
     assert busy_cpus(samples=1, proc=str(tmp_path)) == 3
     assert busy_cpus(proc=str(tmp_path / "missing")) == 0
+
+
+def test_stage_main_turns_a_stage_body_into_an_exit_status(capsys) -> None:
+    import logging
+
+    from biasloop.core.stage import stage_main
+
+    seen = []
+
+    @stage_main(logging.getLogger("test"))
+    def main(argv=None) -> None:
+        seen.append(argv)
+        if argv == ["bad"]:
+            raise ValueError("corpus.path: not found")
+
+    assert main(["ok"]) == 0
+    assert main(["bad"]) == 2
+    assert seen == [["ok"], ["bad"]]
+    assert capsys.readouterr().err.strip() == "error: corpus.path: not found"
+    assert main.__name__ == "main"

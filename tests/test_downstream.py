@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
 from biasloop.models.downstream_clip import (
     DownstreamConfig,
+    _open_clip,
+    expected_random_init,
     load_downstream,
     save_downstream,
     train_downstream_clip,
@@ -56,3 +60,26 @@ def test_learns_a_colour_word() -> None:
     predicted_red = (model.encode_images(images) @ classes.T).argmax(axis=1) == 0
     assert np.mean(predicted_red == red) > 0.9
     assert model.config.cpu_threads is None and stats["seconds"] > 0
+
+
+def test_expected_random_initialisation_is_not_a_warning(caplog) -> None:
+    """open_clip warns "No pretrained weights loaded ... initialized randomly" for pretrained=None; around
+    our own tiny models that is the plan, so the warning is dropped (and only there)."""
+    open_clip = _open_clip()
+    with caplog.at_level(logging.INFO):
+        with expected_random_init():
+            open_clip.create_model("biasloop-tiny-clip", pretrained=None)
+        assert not [r for r in caplog.records if "No pretrained weights loaded" in r.getMessage()]
+        open_clip.create_model("biasloop-tiny-clip", pretrained=None)  # outside: open_clip's own warning stays
+    assert [r.levelname for r in caplog.records if "No pretrained weights loaded" in r.getMessage()] == ["WARNING"]
+
+    caplog.clear()
+    images = np.random.default_rng(0).integers(0, 255, (8, 16, 16, 3), dtype=np.uint8)
+    with caplog.at_level(logging.INFO):
+        train_downstream_clip(images, ["a"] * 8, DownstreamConfig(epochs=1, batch_size=4), seed=0, progress=False)
+    messages = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert not [m for m in messages if "No pretrained weights loaded" in m[1]]
+    assert (
+        "INFO",
+        "downstream CLIP biasloop-tiny-clip initialised randomly (trained here from scratch, by design)",
+    ) in messages

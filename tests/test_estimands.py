@@ -13,12 +13,11 @@ import pytest
 from scipy.optimize import brentq
 
 from biasloop.metrics.amplification import amplification_table, read_confusion
+from biasloop.metrics.correction import confusion_rate_draws, corrected_gap_interval
 from biasloop.metrics.estimands import (
     GAP_KIND_CORRECTED,
     GAP_KIND_INDEPENDENT,
-    confusion_rate_draws,
     correct_shares,
-    corrected_gap_interval,
     debiased_abs,
     folded_normal_mean,
     format_p_value,

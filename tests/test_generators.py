@@ -150,7 +150,7 @@ def test_saved_scheduler_that_disagrees_with_the_config_is_refused(trained, tmp_
 def test_ddim_sampler_matches_diffusers_from_config() -> None:
     from diffusers import DDIMScheduler
 
-    from biasloop.models.generators.tiny_diffusion import ddim_from, make_scheduler
+    from biasloop.models.generators.diffusers_parts import ddim_from, make_scheduler
 
     ddpm = make_scheduler(TINY)
     ours, theirs = ddim_from(ddpm), DDIMScheduler.from_config(ddpm.config)
@@ -163,7 +163,7 @@ def test_ddim_sampler_matches_diffusers_from_config() -> None:
 
 LIGHT_IMPORT = """
 import sys
-from biasloop.models.generators.tiny_diffusion import diffusers_class
+from biasloop.models.generators.diffusers_parts import diffusers_class
 unet = diffusers_class("UNet2DModel")
 light = sorted(m for m in ("torch._dynamo", "peft", "scipy.stats", "diffusers.models.transformers",
                            "diffusers.models.transformers.transformer_flux", "diffusers.models.unets.unet_1d")

@@ -686,7 +686,7 @@ class _Payload:
 @pytest.fixture()
 def instrument_folder(tmp_path: Path) -> Path:
     """A saved locked-text-clip instrument (untrained tower; nothing needs the text encoder)."""
-    from biasloop.models.instrument import Instrument, InstrumentConfig, _build_tower
+    from biasloop.models.instrument.zero_shot import Instrument, InstrumentConfig, _build_tower
 
     instrument = Instrument(InstrumentConfig(widths=(4, 8)), "cpu")
     instrument.image_tower = _build_tower((4, 8), 16)

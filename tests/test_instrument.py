@@ -11,10 +11,10 @@ from biasloop.core.runtime import cpu_threads
 from biasloop.data.world import MarkednessConfig, WorldConfig, build_world
 from biasloop.models.instrument import (
     InstrumentConfig,
+    evaluate_instrument,
     load_instrument,
     train_or_load_instrument,
 )
-from biasloop.models.labelling import evaluate_instrument
 
 OCCUPATIONS = ["engineer", "nurse"]
 N_TRAIN = 450

@@ -9,7 +9,7 @@ import pytest
 
 from biasloop.core.io import write_image_shards
 from biasloop.core.seeds import stream_seed
-from biasloop.models.labelling import (
+from biasloop.models.instrument import (
     CrossFittedInstrument,
     assign_folds,
     label_images,
@@ -95,9 +95,9 @@ def test_each_trained_image_is_labelled_by_the_model_that_never_saw_it(tmp_path:
     trained, others = refs[:8], refs[8:]
     own = assign_folds(trained, 2, seed=3)
     models = [FoldModel(0), FoldModel(1)]
-    labeller = CrossFittedInstrument(models, dict(zip(trained, own.tolist())), seed=3, labels="cross-fitted, 2 folds")
+    instrument = CrossFittedInstrument(models, dict(zip(trained, own.tolist())), seed=3, labels="cross-fitted, 2 folds")
     labels = label_images(
-        labeller, refs, threshold=0.1, occupations=["nurse", "chef"], asked=["nurse"] * 6 + ["chef"] * 6
+        instrument, refs, threshold=0.1, occupations=["nurse", "chef"], asked=["nurse"] * 6 + ["chef"] * 6
     )
     fold = labels["instrument_fold"].to_numpy()
     assert (fold[:8] == own).all()  # fold model k trained on every fold but k: it labels fold k
@@ -114,10 +114,10 @@ def test_each_trained_image_is_labelled_by_the_model_that_never_saw_it(tmp_path:
     )
     assert labels.columns == ["p_female", "label", "instrument_fold", "p_occupation", "predicted_occupation"]
     with pytest.raises(ValueError, match="plumber"):
-        label_images(labeller, refs[:1], 0.1, occupations=["nurse"], asked=["plumber"])
+        label_images(instrument, refs[:1], 0.1, occupations=["nurse"], asked=["plumber"])
 
 
 def test_label_images_of_nothing(tmp_path: Path) -> None:
-    labeller = CrossFittedInstrument([FoldModel(0), FoldModel(1)], {}, seed=0, labels="x")
-    labels = label_images(labeller, [], threshold=0.1, occupations=["nurse"], asked=[])
+    instrument = CrossFittedInstrument([FoldModel(0), FoldModel(1)], {}, seed=0, labels="x")
+    labels = label_images(instrument, [], threshold=0.1, occupations=["nurse"], asked=[])
     assert len(labels) == 0 and "instrument_fold" in labels.columns

@@ -17,7 +17,7 @@ from biasloop.metrics.amplification import (
     share_female,
     shift_to_majority,
 )
-from biasloop.models.labelling import confusion_rates, label_from_p
+from biasloop.models.instrument import confusion_rates, label_from_p
 
 # Two occupations. Training: nurse 8 women / 2 men (F = 0.8), engineer 1 / 9 (F = 0.1).
 # Generated:             nurse 9 / 1 (F = 0.9),         engineer 0 / 10 (F = 0.0).

@@ -9,7 +9,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from biasloop.data.world import WorldConfig, build_world, image_hues, oracle_labels
+from biasloop.data.hues import image_hues, oracle_labels
+from biasloop.data.world import WorldConfig, build_world
 
 HUE_FEMALE, HUE_MALE = 0.93, 0.57  # the default world's; midpoint 0.75, bands +-0.09
 

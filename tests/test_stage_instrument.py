@@ -14,8 +14,7 @@ from biasloop.core.config import from_dict
 from biasloop.core.io import load_images
 from biasloop.data.corpus import write_corpus
 from biasloop.data.world import WorldConfig, build_world
-from biasloop.models.instrument import load_instrument
-from biasloop.models.labelling import load_labeller, mixture_fold
+from biasloop.models.instrument import load_cross_fitted, load_instrument, mixture_fold
 from stages import classify, classify_train, instrument
 
 OCCUPATIONS = ["engineer", "teacher", "nurse"]
@@ -217,7 +216,7 @@ def test_instrument_then_classify_stages(workspace: Path) -> None:
     assert other["oracle_label"].is_null().all() and other["label"].to_list() == generated["label"].to_list()
     assert (
         generated["instrument_fold"].to_list()
-        == load_labeller("artifacts/instrument").fold_for(manifest["image_ref"].to_list()).tolist()
+        == load_cross_fitted("artifacts/instrument").fold_for(manifest["image_ref"].to_list()).tolist()
     )
     assert (
         generated["instrument_fold"].to_list()
@@ -265,22 +264,24 @@ def test_stage_errors_are_one_line(workspace: Path, capsys: pytest.CaptureFixtur
     assert "missing.parquet" in capsys.readouterr().err
 
 
-def test_evaluate_groups_unlabelled_held_out_images_with_the_labeller(workspace: Path) -> None:
-    """evaluate@N's perceived groups, for a corpus without gender labels: the labeller's out-of-sample labels."""
+def test_evaluate_groups_unlabelled_held_out_images_with_the_instrument(workspace: Path) -> None:
+    """evaluate@N's perceived groups, for a corpus without gender labels: the instrument's out-of-sample labels."""
     from biasloop.metrics.evaluation import perceived_groups
-    from biasloop.models.labelling import label_images
+    from biasloop.models.instrument import label_images
 
     assert _run_instrument() == 0
     test = pl.read_parquet("artifacts/corpus/captions.parquet").filter(pl.col("split") == "test").head(20)
     unlabelled = test.with_columns(true_gender=pl.lit(None, dtype=pl.String))
     groups = perceived_groups(unlabelled, "artifacts/instrument", "cpu", 0.1)
-    labels = label_images(load_labeller("artifacts/instrument"), test["image_ref"].to_list(), 0.1)["label"].to_list()
+    labels = label_images(load_cross_fitted("artifacts/instrument"), test["image_ref"].to_list(), 0.1)[
+        "label"
+    ].to_list()
     assert groups == [None if label == "abstain" else label for label in labels]
     assert perceived_groups(test, "artifacts/instrument", "cpu", 0.1) == test["true_gender"].to_list()
 
 
 def test_label_units_cover_every_row_once_in_forward_passes_of_one_model() -> None:
-    from biasloop.models.labelling import label_units
+    from biasloop.models.instrument import label_units
 
     class TwoFolds:  # rows 0, 2, 3, 5, 6 go to model 1, the rest to model 0
         def fold_for(self, refs: list[str]) -> np.ndarray:
@@ -302,7 +303,7 @@ def test_classify_with_two_processes_writes_the_same_labels_as_one(
     process's torch starts with another thread count than base.cpu_threads (see test_stage_generate)."""
     import torch
 
-    from biasloop.models.labelling import label_images
+    from biasloop.models.instrument import label_images
 
     monkeypatch.setenv(
         "PYTHONPATH", str(Path(__file__).resolve().parents[1])
@@ -360,7 +361,7 @@ def test_classify_with_two_processes_writes_the_same_labels_as_one(
     )
     assert one.equals(two) and len(one) == 23 and one["instrument_fold"].n_unique() == 2
     whole = label_images(
-        load_labeller("artifacts/instrument"),
+        load_cross_fitted("artifacts/instrument"),
         manifest["image_ref"].to_list(),
         0.1,
         batch_size=4,

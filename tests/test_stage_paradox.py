@@ -15,7 +15,8 @@ import yaml
 from biasloop.core.config import from_dict
 from biasloop.core.io import load_images
 from biasloop.data.corpus import write_corpus
-from biasloop.data.world import MarkednessConfig, WorldConfig, build_world, oracle_labels
+from biasloop.data.hues import oracle_labels
+from biasloop.data.world import MarkednessConfig, WorldConfig, build_world
 from biasloop.metrics.decomposition import decompose
 from stages import neighbours, paradox, retrieve
 

@@ -75,8 +75,7 @@ def run(args: argparse.Namespace) -> int:
     from biasloop.data.retrieval import RetrieveConfig
     from biasloop.loop.export import read_prompts
     from biasloop.models.generators import GeneratorConfig
-    from biasloop.models.instrument import ClassifyConfig
-    from biasloop.models.labelling import load_labeller
+    from biasloop.models.instrument import ClassifyConfig, load_cross_fitted
     from biasloop.report.audit import corpus_reference, read_reference, run_audit
 
     params = read_params(args.params)
@@ -86,10 +85,10 @@ def run(args: argparse.Namespace) -> int:
     prompts = read_prompts(args.prompts)
     occupations = prompts["occupation"].unique().sort().to_list()
     confusion, instrument = _instrument_facts(args.instrument_metrics)
-    labeller = load_labeller(args.instrument)
+    cross_fitted = load_cross_fitted(args.instrument)
     if Path(args.reference).is_dir():
         reference = corpus_reference(
-            args.reference, occupations, labeller, load_section(RetrieveConfig, "retrieve", params),
+            args.reference, occupations, cross_fitted, load_section(RetrieveConfig, "retrieve", params),
             threshold=classify.abstain_threshold, batch_size=classify.batch_size,
         )  # fmt: skip
     else:
@@ -97,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
     logged = {"classify": to_dict(classify), "audit": {"images": args.images, "reference": args.reference}}
     with stage_run("audit", tracking, logged) as mlflow_run:
         result = run_audit(
-            args.images, prompts, reference, labeller, args.out, classify=classify, image_size=image_size,
+            args.images, prompts, reference, cross_fitted, args.out, classify=classify, image_size=image_size,
             confusion=confusion, instrument=instrument, n_boot=args.n_boot, seed=base.seed,
             on_error=args.on_error, progress=not args.no_progress,
         )  # fmt: skip

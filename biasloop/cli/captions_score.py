@@ -1,6 +1,6 @@
 """``biasloop captions-score REFS HYPS``: BLEU-4, ROUGE-L and CIDEr-D of captions produced anywhere.
 
-Scores with the same code as the captioner stage (:mod:`biasloop.metrics.captions`), so captions made
+Scores with the same code as the captioner stage (:mod:`biasloop.metrics.caption_quality`), so captions made
 by another model can be compared with the pipeline's numbers.
 """
 
@@ -82,7 +82,7 @@ def read_inputs(references_path: str, hypotheses_path: str) -> tuple[dict[str, l
 
 
 def run(args: argparse.Namespace) -> int:
-    from biasloop.metrics.captions import score_captions
+    from biasloop.metrics.caption_quality import score_captions
 
     references, hypotheses = read_inputs(args.references, args.hypotheses)
     scores = score_captions(references, hypotheses, tokenize_first=not args.no_tokenize)

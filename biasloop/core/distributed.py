@@ -7,7 +7,7 @@ started under ``accelerate launch`` / ``torchrun`` by the user, e.g. across node
 batches with ``b % P == r``. Every batch holds the same items whatever ``P`` is, and each item's seed
 is fixed by its index, so the outputs do not depend on the number of processes (a test checks that 2
 CPU processes write byte-identical images to 1; ``classify@N`` deals its forward passes the same way,
-``biasloop.models.labelling.label_units``, and a test checks its predictions file likewise). Each
+``biasloop.models.instrument.labelling.label_units``, and a test checks its predictions file likewise). Each
 process saves its part beside the output; after a barrier the main process merges the parts in index
 order and writes the output atomically.
 

@@ -8,10 +8,11 @@ atomically, and records the run with :mod:`biasloop.core.tracking`.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from biasloop.core.config import (
@@ -26,7 +27,7 @@ from biasloop.core.io import describe_disk_full, setup_logging
 from biasloop.core.runtime import QUEUE_WORKSPACE, apply_cpu_threads, resolve_cpu_threads
 from biasloop.core.timing import annotate, runtime_facts, stage_finished
 
-__all__ = ["load_configs", "make_parser", "run_main", "runtime_facts"]
+__all__ = ["load_configs", "make_parser", "run_main", "runtime_facts", "stage_main"]
 
 
 def make_parser(doc: str | None, prog: str) -> argparse.ArgumentParser:
@@ -79,12 +80,12 @@ def load_configs(params_path: str, sections: dict[str, type]) -> dict[str, Any]:
     return configs
 
 
-def run_main(main_body: Any, argv: Sequence[str] | None, logger: logging.Logger) -> int:
-    """Call ``main_body(argv)`` turning input errors into a one-line message and exit status 2, and a full
+def run_main(body: Any, argv: Sequence[str] | None, logger: logging.Logger) -> int:
+    """Call ``body(argv)`` turning input errors into a one-line message and exit status 2, and a full
     disk (:class:`biasloop.core.io.DiskFullError`, or any error saying ENOSPC) into one line and status 1."""
     status = "failed"
     try:
-        main_body(argv)
+        body(argv)
         status = "ok"
     except (ConfigError, FileNotFoundError, ValueError) as exc:
         logger.error("%s", exc)
@@ -100,3 +101,21 @@ def run_main(main_body: Any, argv: Sequence[str] | None, logger: logging.Logger)
     finally:
         stage_finished(status)
     return 0
+
+
+def stage_main(logger: logging.Logger) -> Callable[[Callable[[Sequence[str] | None], None]], Callable[..., int]]:
+    """Make a stage's ``main(argv)`` (its work, returning nothing) the entry point that returns the exit
+    status: :func:`run_main` around it, logging to ``logger``. A stage module writes::
+
+        @stage_main(log)
+        def main(argv: Sequence[str] | None = None) -> None: ...
+    """
+
+    def decorate(body: Callable[[Sequence[str] | None], None]) -> Callable[..., int]:
+        @functools.wraps(body)
+        def main(argv: Sequence[str] | None = None) -> int:
+            return run_main(body, argv, logger)
+
+        return main
+
+    return decorate

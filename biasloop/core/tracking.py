@@ -244,6 +244,26 @@ def _open_pipeline(spool: Path, uri: str, experiment: str, commit: str | None) -
     return key
 
 
+def _run_tags(stage: str, generation: int | None, revision: str | None) -> dict[str, str]:
+    """A stage run's MLflow tags: stage, host, process, run name, source file, commit and DVC experiment."""
+    tags = {
+        "stage": stage,
+        HOST_TAG: socket.gethostname(),
+        PROCESS_TAG: process_identity(),
+        pipeline_run.RUN_NAME_TAG: stage if generation is None else f"{stage}@{generation}",
+        pipeline_run.SOURCE_TAG: f"stages/{stage}.py",
+        pipeline_run.SOURCE_TYPE_TAG: "LOCAL",
+    }
+    if generation is not None:
+        tags["generation"] = str(generation)
+    if revision:
+        tags[pipeline_run.COMMIT_TAG] = revision
+    for env_name in ("DVC_EXP_NAME", "DVC_EXP_BASELINE_REV"):
+        if os.environ.get(env_name):
+            tags[env_name.lower()] = os.environ[env_name]
+    return tags
+
+
 @contextlib.contextmanager
 def stage_run(
     stage: str,
@@ -270,22 +290,8 @@ def stage_run(
         return
     uri = config.uri or default_uri()
     try:
-        tags = {
-            "stage": stage,
-            HOST_TAG: socket.gethostname(),
-            PROCESS_TAG: process_identity(),
-            pipeline_run.RUN_NAME_TAG: stage if generation is None else f"{stage}@{generation}",
-            pipeline_run.SOURCE_TAG: f"stages/{stage}.py",
-            pipeline_run.SOURCE_TYPE_TAG: "LOCAL",
-        }
-        if generation is not None:
-            tags["generation"] = str(generation)
         revision = _git_revision()
-        if revision:
-            tags[pipeline_run.COMMIT_TAG] = revision
-        for env_name in ("DVC_EXP_NAME", "DVC_EXP_BASELINE_REV"):
-            if os.environ.get(env_name):
-                tags[env_name.lower()] = os.environ[env_name]
+        tags = _run_tags(stage, generation, revision)
         spool = spool_dir(uri)
         parent = _open_pipeline(spool, uri, config.experiment, revision)
         if parent:

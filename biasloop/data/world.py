@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from biasloop.data.hues import colour_glyphs, hsv_to_rgb
 from biasloop.data.text import fill_template, match_occupations
 
 GENDERS = ("female", "male")
@@ -103,6 +104,18 @@ NEAR_MISSES = {
 }
 
 
+# The columns build_world returns, in order (ground truth null for distractors).
+SAMPLES_SCHEMA = {
+    "id": pl.String,
+    "caption": pl.String,
+    "true_occupation": pl.String,
+    "true_gender": pl.String,
+    "true_indicator": pl.String,
+    "true_ambiguous": pl.Boolean,
+    "split": pl.String,
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class MarkednessConfig:
     """``world.markedness``: how often captions carry a gender indicator."""
@@ -170,33 +183,6 @@ def load_glyphs(prefix: str | Path, image_size: int) -> tuple[np.ndarray, np.nda
     return images.astype(np.float32) / 255.0, labels
 
 
-def _hsv_to_rgb(hue: np.ndarray, saturation: np.ndarray, value: np.ndarray) -> np.ndarray:
-    """Vectorised HSV -> RGB, all inputs in [0, 1], output (n, 3)."""
-    h6 = (hue % 1.0) * 6.0
-    sector = np.floor(h6).astype(int) % 6
-    frac = h6 - np.floor(h6)
-    p = value * (1 - saturation)
-    q = value * (1 - saturation * frac)
-    t = value * (1 - saturation * (1 - frac))
-    table = np.stack(
-        [
-            np.stack([value, t, p], 1),
-            np.stack([q, value, p], 1),
-            np.stack([p, value, t], 1),
-            np.stack([p, q, value], 1),
-            np.stack([t, p, value], 1),
-            np.stack([value, p, q], 1),
-        ],
-        1,
-    )
-    return table[np.arange(len(hue)), sector]
-
-
-def colour_glyphs(glyphs: np.ndarray, rgb: np.ndarray) -> np.ndarray:
-    """Tint grey glyphs ``(n, h, w)`` in [0, 1] with colours ``(n, 3)``; returns uint8 ``(n, h, w, 3)``."""
-    return np.clip(np.rint(glyphs[..., None] * rgb[:, None, None, :] * 255.0), 0, 255).astype(np.uint8)
-
-
 def gender_colours(genders: np.ndarray, config: WorldConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Colours for a gender array; returns ``(rgb (n, 3), ambiguous (n,) bool)``."""
     n = len(genders)
@@ -206,82 +192,7 @@ def gender_colours(genders: np.ndarray, config: WorldConfig, rng: np.random.Gene
     hue = np.where(ambiguous, midpoint, hue) + rng.uniform(-config.hue_jitter, config.hue_jitter, n)
     saturation = rng.uniform(0.75, 1.0, n)
     value = rng.uniform(1.0 - config.brightness_jitter, 1.0, n)
-    return _hsv_to_rgb(hue, saturation, value), ambiguous
-
-
-def _circular_distance(hue: np.ndarray, centre: float) -> np.ndarray:
-    """Distance on the hue circle (hues in [0, 1)), in [0, 1/2]."""
-    difference = np.abs((np.asarray(hue, float) - centre) % 1.0)
-    return np.minimum(difference, 1.0 - difference)
-
-
-def image_hues(images: np.ndarray, min_chroma: float = 0.15, min_pixels: int = 3) -> np.ndarray:
-    """The hue of each image's coloured pixels: their chroma-weighted circular mean hue.
-
-    A glyph pixel is the glyph's grey level times one colour, so all of an image's glyph pixels share
-    one hue; the weighting by chroma (``max(r, g, b) - min(r, g, b)``) lets the bright, saturated pixels
-    decide it and keeps the noisy hue of dim or grey pixels out.
-
-    Args:
-        images: ``uint8`` ``(n, h, w, 3)`` RGB images (or floats in [0, 1]).
-        min_chroma: a pixel counts as coloured when its chroma is at least this (fraction of full scale).
-        min_pixels: fewer coloured pixels than this and the image has no hue (nan).
-
-    Returns:
-        ``(n,)`` hues in [0, 1), nan for an image without enough coloured pixels (a grey scene, a
-        blank image).
-    """
-    images = np.asarray(images)
-    if images.ndim != 4 or images.shape[-1] != 3:
-        raise ValueError(f"image_hues: expected (n, h, w, 3) RGB images, got shape {images.shape}")
-    rgb = images.reshape(len(images), -1, 3).astype(np.float64)
-    if images.dtype == np.uint8:
-        rgb /= 255.0
-    top, bottom = rgb.max(axis=2), rgb.min(axis=2)
-    chroma = top - bottom
-    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
-    safe = np.where(chroma > 0, chroma, 1.0)
-    # the hexagonal HSV hue, in sixths of the circle
-    sector = np.where(top == r, ((g - b) / safe) % 6.0, np.where(top == g, (b - r) / safe + 2.0, (r - g) / safe + 4.0))
-    angle = 2.0 * np.pi * sector / 6.0
-    weight = np.where(chroma >= min_chroma, chroma, 0.0)
-    x, y = (weight * np.cos(angle)).sum(axis=1), (weight * np.sin(angle)).sum(axis=1)
-    hue = (np.arctan2(y, x) / (2.0 * np.pi)) % 1.0
-    enough = (chroma >= min_chroma).sum(axis=1) >= min_pixels
-    return np.where(enough, hue, np.nan)
-
-
-def oracle_labels(
-    images: np.ndarray, hue_female: float, hue_male: float, min_chroma: float = 0.15, min_pixels: int = 3
-) -> np.ndarray:
-    """Perceived gender read off the hue, as the glyph world codes it: the ground-truth labeller.
-
-    An image's hue (:func:`image_hues`) is ``female`` when it lies within a quarter of the female-male
-    hue distance of ``hue_female`` (closer to it than to the midpoint the world gives its ambiguous
-    samples), ``male`` likewise, and ``abstain`` otherwise: an ambiguous sample (hue near the midpoint),
-    a hue far from both, or an image with too few coloured pixels (the grey scenes without a person).
-    With the default world (hues 0.93 and 0.57, jitter 0.03) the bands are +-0.09 around each hue.
-
-    Args:
-        images: ``uint8`` ``(n, h, w, 3)`` RGB images.
-        hue_female, hue_male: the world's ``world.hue_female`` and ``world.hue_male`` (HSV hues in [0, 1)).
-        min_chroma, min_pixels: what counts as a coloured pixel and how many an image needs
-            (:func:`image_hues`).
-
-    Returns:
-        ``(n,)`` object array of ``"female"``, ``"male"`` or ``"abstain"``.
-    """
-    separation = float(_circular_distance(np.array(hue_female), hue_male))
-    if separation <= 0:
-        raise ValueError(f"oracle_labels: hue_female and hue_male must differ, got {hue_female} and {hue_male}")
-    band = separation / 4.0
-    hue = image_hues(images, min_chroma, min_pixels)
-    known = ~np.isnan(hue)
-    filled = np.where(known, hue, 0.0)
-    labels = np.full(len(hue), "abstain", dtype=object)
-    labels[known & (_circular_distance(filled, hue_female) < band)] = "female"
-    labels[known & (_circular_distance(filled, hue_male) < band)] = "male"
-    return labels
+    return hsv_to_rgb(hue, saturation, value), ambiguous
 
 
 def _caption(occupation: str, gender: str, indicator: bool, is_plural: bool, rng: np.random.Generator) -> str:
@@ -310,19 +221,8 @@ def _spelling_hints(unknown: list[str], known: Iterable[str]) -> str:
     return f" ({'; '.join(hints)})" if hints else ""
 
 
-def build_world(config: WorldConfig, occupations: list[str] | tuple[str, ...]) -> tuple[pl.DataFrame, np.ndarray]:
-    """Build the glyph world.
-
-    Args:
-        config: the ``world`` params.
-        occupations: occupation names, each present in ``config.occupation_table``; occupation i is
-            drawn with digit ``i mod 10``.
-
-    Returns:
-        ``(samples, images)``: a frame with ``id, caption, true_occupation, true_gender,
-        true_indicator, true_ambiguous, split`` (one row per image, distractors with null occupation and
-        gender) and the ``uint8`` images ``(n, size, size, 3)`` in the same order.
-    """
+def _checked_shares(config: WorldConfig, occupations: list[str] | tuple[str, ...]) -> dict[str, float]:
+    """The occupation table's shares of women, after checking the occupations and the world's fractions."""
     if not occupations:
         raise ValueError("occupations: at least one occupation is needed")
     shares = read_occupation_shares(config.occupation_table)
@@ -336,7 +236,23 @@ def build_world(config: WorldConfig, occupations: list[str] | tuple[str, ...]) -
         raise ValueError("world.markedness: base and base + counter must be probabilities")
     if not 8 <= config.image_size <= 64:
         raise ValueError(f"world.image_size: expected 8 to 64 pixels, got {config.image_size}")
+    return shares
 
+
+def build_world(config: WorldConfig, occupations: list[str] | tuple[str, ...]) -> tuple[pl.DataFrame, np.ndarray]:
+    """Build the glyph world.
+
+    Args:
+        config: the ``world`` params.
+        occupations: occupation names, each present in ``config.occupation_table``; occupation i is
+            drawn with digit ``i mod 10``.
+
+    Returns:
+        ``(samples, images)``: a frame with ``id, caption, true_occupation, true_gender,
+        true_indicator, true_ambiguous, split`` (one row per image, distractors with null occupation and
+        gender) and the ``uint8`` images ``(n, size, size, 3)`` in the same order.
+    """
+    shares = _checked_shares(config, occupations)
     rng = np.random.default_rng(config.seed)
     glyphs, labels = load_glyphs(config.glyphs, config.image_size)
     by_digit = {d: np.flatnonzero(labels == d) for d in range(10)}
@@ -388,22 +304,11 @@ def build_world(config: WorldConfig, occupations: list[str] | tuple[str, ...]) -
     samples = pl.DataFrame(
         {
             "id": [f"w{i:06d}" for i in range(n_total)],
-            "caption": [rows["caption"][j] for j in order],
-            "true_occupation": [rows["true_occupation"][j] for j in order],
-            "true_gender": [rows["true_gender"][j] for j in order],
-            "true_indicator": [rows["true_indicator"][j] for j in order],
+            **{key: [rows[key][j] for j in order] for key in rows},
             "true_ambiguous": ambiguous[order],
             "split": split,
         },
-        schema={
-            "id": pl.String,
-            "caption": pl.String,
-            "true_occupation": pl.String,
-            "true_gender": pl.String,
-            "true_indicator": pl.String,
-            "true_ambiguous": pl.Boolean,
-            "split": pl.String,
-        },
+        schema=SAMPLES_SCHEMA,
     )
     return samples, images[order]
 

@@ -213,22 +213,8 @@ def caption_leakage(
     start = time.perf_counter()
     runs, scores = [], []
     for run in range(config.seeds):
-        split_rng = np.random.default_rng(stream_seed(seed, "leakage-split", run))
-        train, test = balanced_split(is_female, config.test_fraction, split_rng)
-        row: dict[str, Any] = {"seed": run}
-        for name, tokens in (("m", model_tokens), ("d", human_tokens)):
-            p_female = predict_gender_from_captions(
-                [tokens[i] for i in train],
-                is_female[train],
-                [tokens[i] for i in test],
-                config,
-                stream_seed(seed, "leakage-classifier", run),
-            )
-            row[f"lic_{name}"] = lic_score(p_female, is_female[test])
-            row[f"accuracy_{name}"] = float(np.mean((p_female >= 0.5) == is_female[test]))
-            row[f"_scores_{name}"] = caption_lic_scores(p_female, is_female[test])
-        row["leakage"] = row["lic_m"] - row["lic_d"]
-        scores.append((row.pop("_scores_m"), row.pop("_scores_d")))
+        row, run_scores, (train, test) = _leakage_run(run, is_female, (model_tokens, human_tokens), config, seed)
+        scores.append(run_scores)
         runs.append(row)
 
     def mean_std(key: str) -> tuple[float, float]:
@@ -240,16 +226,7 @@ def caption_leakage(
         out[key], out[f"{key}_std"] = mean_std(key)
     out["accuracy_m"], out["accuracy_d"] = mean_std("accuracy_m")[0], mean_std("accuracy_d")[0]
     if n_boot > 0:
-        rng = np.random.default_rng(stream_seed(seed, "leakage-bootstrap"))
-        n_test = len(scores[0][0])
-        for key, pick in (("lic_m", lambda m, d: m), ("lic_d", lambda m, d: d), ("leakage", lambda m, d: m - d)):
-            # one resample of test positions, applied to every run (each run's test set has n_test captions)
-            out[f"{key}_ci"] = bootstrap_interval(
-                lambda rows, f=pick: float(np.mean([f(m[rows], d[rows]).mean() for m, d in scores])),
-                n_test,
-                n_boot,
-                rng,
-            )
+        out.update(_leakage_intervals(scores, n_boot, seed))
     out.update(per_seed=runs, n_train=len(train), n_test=len(test), seconds=time.perf_counter() - start)
     log.info(
         "leakage: LIC_M %.3f +- %.3f, LIC_D %.3f +- %.3f, leakage %.3f (%d runs, %d train / %d test, %.1f s)",
@@ -263,4 +240,48 @@ def caption_leakage(
         len(test),
         out["seconds"],
     )
+    return out
+
+
+def _leakage_run(
+    run: int,
+    is_female: np.ndarray,
+    tokens: tuple[list[list[str]], list[list[str]]],
+    config: LeakageConfig,
+    seed: int,
+) -> tuple[dict[str, Any], tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """Run ``run`` of :func:`caption_leakage`: a balanced split, then a classifier on the model's and one
+    on the human captions. Returns the run's row (LIC_M, LIC_D, leakage, accuracies), the per-caption
+    LIC scores of its test captions (model, human) and the split's ``(train, test)`` indices."""
+    split_rng = np.random.default_rng(stream_seed(seed, "leakage-split", run))
+    train, test = balanced_split(is_female, config.test_fraction, split_rng)
+    row: dict[str, Any] = {"seed": run}
+    for name, side_tokens in zip(("m", "d"), tokens):
+        p_female = predict_gender_from_captions(
+            [side_tokens[i] for i in train],
+            is_female[train],
+            [side_tokens[i] for i in test],
+            config,
+            stream_seed(seed, "leakage-classifier", run),
+        )
+        row[f"lic_{name}"] = lic_score(p_female, is_female[test])
+        row[f"accuracy_{name}"] = float(np.mean((p_female >= 0.5) == is_female[test]))
+        row[f"_scores_{name}"] = caption_lic_scores(p_female, is_female[test])
+    row["leakage"] = row["lic_m"] - row["lic_d"]
+    return row, (row.pop("_scores_m"), row.pop("_scores_d")), (train, test)
+
+
+def _leakage_intervals(scores: list[tuple[np.ndarray, np.ndarray]], n_boot: int, seed: int) -> dict[str, Any]:
+    """``lic_m_ci``, ``lic_d_ci``, ``leakage_ci``: percentile bootstrap over test positions, one resample
+    applied to every run (each run's test set has the same number of captions), averaged over runs."""
+    rng = np.random.default_rng(stream_seed(seed, "leakage-bootstrap"))
+    n_test = len(scores[0][0])
+    out = {}
+    for key, pick in (("lic_m", lambda m, d: m), ("lic_d", lambda m, d: d), ("leakage", lambda m, d: m - d)):
+        out[f"{key}_ci"] = bootstrap_interval(
+            lambda rows, f=pick: float(np.mean([f(m[rows], d[rows]).mean() for m, d in scores])),
+            n_test,
+            n_boot,
+            rng,
+        )
     return out

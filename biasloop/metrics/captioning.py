@@ -1,6 +1,7 @@
-"""The captioning task of a generation (Chen et al., CVPR 2024): train a captioner, score quality and gender bias.
+"""Scoring the captioning task of a generation (Chen et al., CVPR 2024): a trained captioner's quality and
+gender bias (``captioner@N`` trains it: :func:`biasloop.models.captioner.make_captioner`).
 
-Quality: BLEU-4, ROUGE-L and CIDEr-D against the held-out human captions (:mod:`biasloop.metrics.captions`);
+Quality: BLEU-4, ROUGE-L and CIDEr-D against the held-out human captions (:mod:`biasloop.metrics.caption_quality`);
 bias: gender misprediction Error and Ratio (:mod:`biasloop.metrics.caption_bias`) and LIC_M, LIC_D and
 leakage (:func:`biasloop.metrics.caption_bias.caption_leakage`). Data helpers: :mod:`biasloop.metrics.evaluation`.
 """
@@ -18,40 +19,31 @@ from biasloop.core.seeds import stream_seed
 log = logging.getLogger(__name__)
 
 
-def captioner_task(
-    dataset: pl.DataFrame,
-    test: pl.DataFrame,
-    groups: list[str | None],
-    config: Any,
-    seed: int,
-    device: str,
-    progress: bool = True,
+# The columns of the captions frame captioner_scores returns, all strings.
+CAPTIONS_COLUMNS = ("id", "reference", "caption", "gender", "caption_gender")
+
+
+def captioner_scores(
+    captioner: Any, test: pl.DataFrame, groups: list[str | None], config: Any, seed: int
 ) -> tuple[dict[str, Any], pl.DataFrame]:
-    """Train the captioner on ``dataset`` and score it on ``test``.
+    """Score a trained captioner on the held-out images: quality against their human captions, gender
+    misprediction and leakage.
 
     Args:
-        dataset: training rows (``caption``, ``image_ref``).
+        captioner: a trained captioner (:func:`biasloop.models.captioner.make_captioner`).
         test: held-out rows (``id``, ``caption``, ``image_ref``), one human caption per image.
         groups: gender per held-out row (``female`` / ``male`` / None).
         config: the ``captioner`` params (:class:`biasloop.models.captioner.CaptionerConfig`).
-        seed: training seed (the leakage classifier's runs derive theirs from it).
-        device: torch device.
-        progress: tqdm bars.
+        seed: the training seed (the bootstrap and the leakage classifier's runs derive theirs from it).
 
     Returns:
-        ``(metrics, captions)``: metrics with ``quality`` (bleu1..4, rouge_l, cider_d), ``misprediction``,
-        ``leakage`` and ``training``; captions a frame ``id, reference, caption, gender, caption_gender``.
+        ``(metrics, captions)``: metrics with ``quality`` (bleu1..4, rouge_l, cider_d), ``misprediction``
+        and ``leakage``; captions a frame ``id, reference, caption, gender, caption_gender``.
     """
     from biasloop.data.indicators import caption_gender
     from biasloop.metrics.caption_bias import caption_leakage, misprediction
-    from biasloop.metrics.captions import score_captions
-    from biasloop.models.captioner import make_captioner
+    from biasloop.metrics.caption_quality import score_captions
 
-    captioner = make_captioner(config, device)
-    with timed(f"captioner training on {len(dataset)} pairs", log):
-        training = captioner.train(
-            load_images(dataset["image_ref"].to_list()), dataset["caption"].to_list(), seed, progress=progress
-        )
     with timed(f"captioning {len(test)} held-out images", log):
         hypotheses = captioner.caption(load_images(test["image_ref"].to_list()))
     references = test["caption"].to_list()
@@ -78,21 +70,8 @@ def captioner_task(
             "gender": [g for g in groups],
             "caption_gender": [caption_gender(h) for h in hypotheses],
         },
-        schema={
-            "id": pl.String,
-            "reference": pl.String,
-            "caption": pl.String,
-            "gender": pl.String,
-            "caption_gender": pl.String,
-        },
+        schema=dict.fromkeys(CAPTIONS_COLUMNS, pl.String),
     )
-    metrics = {
-        "quality": quality,
-        "misprediction": bias,
-        "leakage": leakage,
-        "training": training,
-        "backend": config.backend,
-    }
     log.info(
         "captioner: BLEU-4 %.3f, CIDEr-D %.3f, Error %.3f, LIC_M %.3f, LIC_D %.3f, leakage %.3f",
         quality["bleu4"],
@@ -102,7 +81,7 @@ def captioner_task(
         leakage["lic_d"],
         leakage["leakage"],
     )
-    return metrics, captions
+    return {"quality": quality, "misprediction": bias, "leakage": leakage}, captions
 
 
 def _ratio_interval(predicted: list[str], groups: list[str | None], n_boot: int, seed: int) -> list[float] | None:

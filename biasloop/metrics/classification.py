@@ -1,7 +1,10 @@
-"""The classification task of a generation (Zhang et al. 2024): train an occupation classifier, score subgroup fairness.
+"""Scoring the classification task of a generation (Zhang et al. 2024): an occupation classifier's accuracy
+overall and per perceived gender, worst-group accuracy, Fairlearn demographic parity and equalized odds
+differences (:func:`biasloop.metrics.downstream.classifier_fairness`).
 
-Accuracy overall and per perceived gender, worst-group accuracy, Fairlearn demographic parity and equalized
-odds differences (:func:`biasloop.metrics.downstream.classifier_fairness`). Data helpers: :mod:`biasloop.metrics.evaluation`.
+``classifier@N`` trains the classifier (:func:`biasloop.models.classifier.train_classifier`) on the rows
+:func:`labelled_split` keeps and scores it with :func:`classifier_scores`. Data helpers:
+:mod:`biasloop.metrics.evaluation`.
 """
 
 from __future__ import annotations
@@ -11,40 +14,21 @@ from typing import Any
 
 import polars as pl
 
-from biasloop.core.io import load_images, timed
+from biasloop.core.io import load_images
 from biasloop.core.seeds import stream_seed
 
 log = logging.getLogger(__name__)
 
 
-def classifier_task(
-    dataset: pl.DataFrame,
-    test: pl.DataFrame,
-    groups: list[str | None],
-    config: Any,
-    seed: int,
-    device: str,
-    progress: bool = True,
-) -> tuple[dict[str, Any], pl.DataFrame]:
-    """Train the occupation classifier on ``dataset``'s labelled rows and score it on ``test``'s.
+def labelled_split(
+    dataset: pl.DataFrame, test: pl.DataFrame, groups: list[str | None], column: str
+) -> tuple[pl.DataFrame, pl.DataFrame, list[str | None]]:
+    """The training and held-out rows with a label in ``column`` (``classifier.label_column``), and the
+    held-out rows' genders (``female`` / ``male`` / None, aligned with ``test``).
 
-    Args:
-        dataset: training rows with ``image_ref`` and ``config.label_column``; unlabelled rows skipped.
-        test: held-out rows, likewise.
-        groups: gender per held-out row (``female`` / ``male`` / None).
-        config: the ``classifier`` params (:class:`biasloop.models.classifier.ClassifierConfig`).
-        seed: training seed.
-        device: torch device.
-        progress: tqdm bar.
-
-    Returns:
-        ``(metrics, predictions)``: :func:`biasloop.metrics.downstream.classifier_fairness` plus
-        ``training``; predictions a frame ``id, occupation, predicted, gender``.
+    Raises:
+        ValueError: a frame without ``column``, or no labelled row on a side.
     """
-    from biasloop.metrics.downstream import classifier_fairness
-    from biasloop.models.classifier import train_classifier
-
-    column = config.label_column
     for name, frame in (("dataset", dataset), ("held-out split", test)):
         if column not in frame.columns:
             raise ValueError(f"classifier.label_column: the {name} has no column {column!r}")
@@ -56,10 +40,28 @@ def classifier_task(
         raise ValueError(
             f"classifier.label_column: no labelled rows in {column!r} ({len(train_rows)} train, {len(test_rows)} test)"
         )
-    with timed(f"occupation classifier training on {len(train_rows)} images", log):
-        classifier, training = train_classifier(
-            load_images(train_rows["image_ref"].to_list()), train_rows[column].to_list(), config, seed, device, progress
-        )
+    return train_rows, test_rows, test_groups
+
+
+def classifier_scores(
+    classifier: Any, test_rows: pl.DataFrame, test_groups: list[str | None], config: Any, seed: int
+) -> tuple[dict[str, Any], pl.DataFrame]:
+    """Score a trained occupation classifier on the labelled held-out rows.
+
+    Args:
+        classifier: anything with ``predict(images)`` (:class:`biasloop.models.classifier.OccupationClassifier`).
+        test_rows: held-out rows with ``id``, ``image_ref`` and ``config.label_column``.
+        test_groups: their genders.
+        config: the ``classifier`` params (``label_column``, ``min_group_size``, ``n_boot``).
+        seed: the training seed; the intervals draw from its stream ``classifier-bootstrap``.
+
+    Returns:
+        ``(metrics, predictions)``: :func:`biasloop.metrics.downstream.classifier_fairness`'s dict, and a
+        frame ``id, occupation, predicted, gender``.
+    """
+    from biasloop.metrics.downstream import classifier_fairness
+
+    column = config.label_column
     predicted = classifier.predict(load_images(test_rows["image_ref"].to_list()))
     metrics = classifier_fairness(
         test_rows[column].to_list(),
@@ -69,8 +71,6 @@ def classifier_task(
         n_boot=config.n_boot,
         seed=stream_seed(seed, "classifier-bootstrap"),
     )
-    metrics["training"] = training
-    metrics["architecture"] = config.architecture
     predictions = pl.DataFrame(
         {
             "id": test_rows["id"].to_list(),

@@ -9,7 +9,7 @@ learner**. With shares of women per occupation ``o``
 - ``F_train_true``: the training images' ``true_gender``;
 - ``F_ideal``: ``true_gender`` of the training images whose caption has no gender indicator;
 - ``F_gen_oracle``: the hue oracle's confident labels of the generated images
-  (:func:`biasloop.data.world.oracle_labels`);
+  (:func:`biasloop.data.hues.oracle_labels`);
 
 and the weights ``s_o = sign(F_train_meas(o) - 1/2)`` of the measured shift (DESIGN.md, "What a number
 means"), the measured shift ``mean_o s_o (F_gen_meas - F_train_meas)`` is, exactly,
@@ -168,7 +168,7 @@ def decompose(
             ``abstain``) and, where known, ``true_gender`` and ``indicator`` (the caption's gender
             indicator from the retrieve stage: ``none`` when unmarked).
         generated: the pairing's generated images, ``occupation, label`` and, in the glyph world,
-            ``oracle_label`` (:func:`biasloop.data.world.oracle_labels`).
+            ``oracle_label`` (:func:`biasloop.data.hues.oracle_labels`).
         paired: ``train`` and ``generated`` are aligned pairs, one row each (captions as prompts:
             :func:`biasloop.metrics.paradox.paired_by_source`); pairs are resampled whole and (a) is 0.
         n_boot: bootstrap replicates (0: no intervals).
@@ -193,89 +193,31 @@ def decompose(
     reason = None if ground_truth else NO_TRUTH_REASON["train" if not has_true else "oracle"]
     has_indicator = "indicator" in train.columns and train["indicator"].is_not_null().any()
     if not paired and not has_indicator:
-        return {
-            "decomposition": {"available": False, "reason": "the training images have no caption indicator column"},
-            "ideal": None,
-        }
-    train_spec = {
-        k: v
-        for k, v in _TRAIN_SHARES.items()
-        if k == "train_measured"
-        or (ground_truth and k in ("train_true", "ideal_true"))
-        or (not ground_truth and k == "ideal_measured")
-    }
-    gen_spec = {k: v for k, v in _GEN_SHARES.items() if ground_truth or k == "gen_measured"}
-    if paired:  # the ideal share is the training share itself: no unmarked subset is needed
-        train_spec = {k: v for k, v in train_spec.items() if not k.startswith("ideal")}
+        return _unavailable("the training images have no caption indicator column")
+    specs = _share_specs(ground_truth, paired)
 
     candidates = sorted(set(train["occupation"].unique().to_list()) | set(generated["occupation"].unique().to_list()))
     train_rows = [_train_columns(train.filter(pl.col("occupation") == o)) for o in candidates]
     gen_rows = [_gen_columns(generated.filter(pl.col("occupation") == o)) for o in candidates]
-    if paired:  # a pair's two rows are one resampling unit
-        units = [np.concatenate([t, g], axis=1) for t, g in zip(train_rows, gen_rows)]
     sums_t = np.stack([r.sum(axis=0) if len(r) else np.zeros(len(_TRAIN_NAMES)) for r in train_rows])
     sums_g = np.stack([r.sum(axis=0) if len(r) else np.zeros(len(_GEN_NAMES)) for r in gen_rows])
-    shares = {**_shares(sums_t, _TRAIN_NAMES, train_spec), **_shares(sums_g, _GEN_NAMES, gen_spec)}
+    shares = {**_shares(sums_t, _TRAIN_NAMES, specs[0]), **_shares(sums_g, _GEN_NAMES, specs[1])}
     complete = np.all(np.isfinite(np.stack(list(shares.values()))), axis=0)
     keep = np.flatnonzero(complete)
     occupations = [candidates[i] for i in keep]
     if not occupations:
-        return {
-            "decomposition": {
-                "available": False,
-                "ground_truth": ground_truth,
-                "reason": "no occupation has every share",
-            },
-            "ideal": None,
-        }
+        return _unavailable("no occupation has every share", ground_truth=ground_truth)
     shares = {k: v[keep] for k, v in shares.items()}
     sign = np.sign(shares["train_measured"] - 0.5)
     point = decomposition_terms(shares, sign, ground_truth, paired)
     terms = TRUTH_TERMS if ground_truth else NO_TRUTH_TERMS
-
-    replicates: dict[str, np.ndarray] = {}
-    dropped = 0
-    if n_boot > 0:
-        rng = np.random.default_rng(seed)
-        boot_t = np.empty((n_boot, len(keep), len(_TRAIN_NAMES)))
-        boot_g = np.empty((n_boot, len(keep), len(_GEN_NAMES)))
-        for j, i in enumerate(keep):
-            if paired:
-                n = len(units[i])
-                weights = rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot).astype(np.float64)
-                both = weights @ units[i]
-                boot_t[:, j], boot_g[:, j] = both[:, : len(_TRAIN_NAMES)], both[:, len(_TRAIN_NAMES) :]
-                continue
-            for rows, out in ((train_rows[i], boot_t), (gen_rows[i], boot_g)):
-                n = len(rows)
-                weights = rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot).astype(np.float64)
-                out[:, j] = weights @ rows
-        boot_shares = {**_shares(boot_t, _TRAIN_NAMES, train_spec), **_shares(boot_g, _GEN_NAMES, gen_spec)}
-        replicates = decomposition_terms(boot_shares, sign, ground_truth, paired)
-        finite = np.all(np.isfinite(np.stack([replicates[k] for k in ("measured", *terms)])), axis=0)
-        dropped = int((~finite).sum())
-        replicates = {k: np.where(finite, v, np.nan) for k, v in replicates.items()}
+    rows = [(train_rows[i], gen_rows[i]) for i in keep]
+    replicates, dropped = _bootstrap_terms(rows, specs, sign, ground_truth, paired, n_boot, seed)
 
     def summary(name: str) -> dict[str, Any]:
         return {"estimate": float(point[name]), "ci": _interval(replicates[name]) if replicates else [None, None]}
 
-    per_occupation = []
-    for j, i in enumerate(keep):
-        row: dict[str, Any] = {"occupation": candidates[i], "sign": float(sign[j])}
-        row.update({f"share_{k}": float(v[j]) for k, v in shares.items()})
-        row.update(
-            n_train=int(sums_t[i, _TRAIN_NAMES.index("n")]),
-            n_train_confident=int(sums_t[i, _TRAIN_NAMES.index("meas_confident")]),
-            n_train_unmarked=int(sums_t[i, _TRAIN_NAMES.index("unmarked")]),
-            n_gen=int(sums_g[i, _GEN_NAMES.index("n")]),
-            n_gen_confident=int(sums_g[i, _GEN_NAMES.index("meas_confident")]),
-        )
-        if ground_truth:
-            row["n_gen_oracle_confident"] = int(sums_g[i, _GEN_NAMES.index("oracle_confident")])
-        one = decomposition_terms({k: v[j : j + 1] for k, v in shares.items()}, sign[j : j + 1], ground_truth, paired)
-        row.update({name: float(one[name]) for name in ("measured", *terms)})
-        per_occupation.append(row)
-
+    per_occupation = _per_occupation_rows(occupations, shares, sign, (sums_t[keep], sums_g[keep]), ground_truth, paired)
     decomposition: dict[str, Any] = {
         "available": True,
         "ground_truth": ground_truth,
@@ -290,6 +232,103 @@ def decompose(
         "n_boot": n_boot,
         "n_boot_dropped": dropped,
     }
+    ideal = _ideal_entry(per_occupation, ground_truth, paired, summary("data"), summary("ideal_gap"))
+    return {"decomposition": decomposition, "ideal": ideal}
+
+
+def _unavailable(reason: str, **flags: Any) -> dict[str, Any]:
+    """:func:`decompose`'s result when it cannot decompose: why, and no ideal learner."""
+    return {"decomposition": {"available": False, **flags, "reason": reason}, "ideal": None}
+
+
+def _share_specs(ground_truth: bool, paired: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The training and generated shares the decomposition needs (of :data:`_TRAIN_SHARES`, :data:`_GEN_SHARES`)."""
+    train_spec = {
+        k: v
+        for k, v in _TRAIN_SHARES.items()
+        if k == "train_measured"
+        or (ground_truth and k in ("train_true", "ideal_true"))
+        or (not ground_truth and k == "ideal_measured")
+    }
+    gen_spec = {k: v for k, v in _GEN_SHARES.items() if ground_truth or k == "gen_measured"}
+    if paired:  # the ideal share is the training share itself: no unmarked subset is needed
+        train_spec = {k: v for k, v in train_spec.items() if not k.startswith("ideal")}
+    return train_spec, gen_spec
+
+
+def _bootstrap_terms(
+    rows: list[tuple[np.ndarray, np.ndarray]],
+    specs: tuple[dict[str, Any], dict[str, Any]],
+    sign: np.ndarray,
+    ground_truth: bool,
+    paired: bool,
+    n_boot: int,
+    seed: int,
+) -> tuple[dict[str, np.ndarray], int]:
+    """Bootstrap replicates of every term, images resampled within each kept occupation (pairs whole).
+
+    ``rows``: per kept occupation, its training and generated image columns. Returns the replicates (nan
+    where a resampled occupation lost a share) and how many replicates were dropped so; ``({}, 0)`` when
+    ``n_boot`` is 0.
+    """
+    if n_boot <= 0:
+        return {}, 0
+    rng = np.random.default_rng(seed)
+    boot_t = np.empty((n_boot, len(rows), len(_TRAIN_NAMES)))
+    boot_g = np.empty((n_boot, len(rows), len(_GEN_NAMES)))
+    for j, (train_rows, gen_rows) in enumerate(rows):
+        if paired:  # a pair's two rows are one resampling unit
+            unit = np.concatenate([train_rows, gen_rows], axis=1)
+            n = len(unit)
+            weights = rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot).astype(np.float64)
+            both = weights @ unit
+            boot_t[:, j], boot_g[:, j] = both[:, : len(_TRAIN_NAMES)], both[:, len(_TRAIN_NAMES) :]
+            continue
+        for side_rows, out in ((train_rows, boot_t), (gen_rows, boot_g)):
+            n = len(side_rows)
+            weights = rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot).astype(np.float64)
+            out[:, j] = weights @ side_rows
+    boot_shares = {**_shares(boot_t, _TRAIN_NAMES, specs[0]), **_shares(boot_g, _GEN_NAMES, specs[1])}
+    replicates = decomposition_terms(boot_shares, sign, ground_truth, paired)
+    terms = TRUTH_TERMS if ground_truth else NO_TRUTH_TERMS
+    finite = np.all(np.isfinite(np.stack([replicates[k] for k in ("measured", *terms)])), axis=0)
+    return {k: np.where(finite, v, np.nan) for k, v in replicates.items()}, int((~finite).sum())
+
+
+def _per_occupation_rows(
+    occupations: list[str],
+    shares: dict[str, np.ndarray],
+    sign: np.ndarray,
+    sums: tuple[np.ndarray, np.ndarray],
+    ground_truth: bool,
+    paired: bool,
+) -> list[dict[str, Any]]:
+    """One row per kept occupation: its shares, counts, weight ``sign`` and each term's contribution."""
+    sums_t, sums_g = sums
+    terms = TRUTH_TERMS if ground_truth else NO_TRUTH_TERMS
+    per_occupation = []
+    for j, occupation in enumerate(occupations):
+        row: dict[str, Any] = {"occupation": occupation, "sign": float(sign[j])}
+        row.update({f"share_{k}": float(v[j]) for k, v in shares.items()})
+        row.update(
+            n_train=int(sums_t[j, _TRAIN_NAMES.index("n")]),
+            n_train_confident=int(sums_t[j, _TRAIN_NAMES.index("meas_confident")]),
+            n_train_unmarked=int(sums_t[j, _TRAIN_NAMES.index("unmarked")]),
+            n_gen=int(sums_g[j, _GEN_NAMES.index("n")]),
+            n_gen_confident=int(sums_g[j, _GEN_NAMES.index("meas_confident")]),
+        )
+        if ground_truth:
+            row["n_gen_oracle_confident"] = int(sums_g[j, _GEN_NAMES.index("oracle_confident")])
+        one = decomposition_terms({k: v[j : j + 1] for k, v in shares.items()}, sign[j : j + 1], ground_truth, paired)
+        row.update({name: float(one[name]) for name in ("measured", *terms)})
+        per_occupation.append(row)
+    return per_occupation
+
+
+def _ideal_entry(
+    per_occupation: list[dict[str, Any]], ground_truth: bool, paired: bool, shift: dict, gap: dict
+) -> dict[str, Any]:
+    """The ideal learner: its ``shift`` (the data term), ``gap``, the basis of its shares and a note."""
     basis = "true_gender" if ground_truth else "instrument"
     train_share = "share_train_true" if ground_truth else "share_train_measured"
     ideal_share = train_share if paired else ("share_ideal_true" if ground_truth else "share_ideal_measured")
@@ -299,11 +338,11 @@ def decompose(
         if paired
         else f"share of women ({basis}) among the selection's captions without a gender indicator"
     )
-    ideal = {
+    return {
         "basis": basis,
         "note": note,
-        "shift": summary("data"),
-        "gap": summary("ideal_gap"),
+        "shift": shift,
+        "gap": gap,
         "per_occupation": [
             {
                 "occupation": r["occupation"],
@@ -314,7 +353,6 @@ def decompose(
             for r in per_occupation
         ],
     }
-    return {"decomposition": decomposition, "ideal": ideal}
 
 
 def instrument_agreement(generated: pl.DataFrame) -> dict[str, Any] | None:

@@ -253,12 +253,7 @@ def group_fairness(
         ``demographic_parity_difference_mean_ci`` and ``equalized_odds_difference_mean_ci`` are percentile
         bootstrap intervals over the images (``numpy.random.default_rng(seed)``; None otherwise).
     """
-    from fairlearn.metrics import (
-        MetricFrame,
-        count,
-        demographic_parity_difference,
-        equalized_odds_difference,
-    )
+    from fairlearn.metrics import MetricFrame, count
     from sklearn.metrics import accuracy_score
 
     y_true = np.asarray(true_occupation, dtype=object)
@@ -274,38 +269,8 @@ def group_fairness(
         y_pred=y_pred.astype(str),
         sensitive_features={"occupation": y_true.astype(str), "gender": sensitive.astype(str)},
     )
-    groups = []
-    for row in frame.by_group.reset_index().to_dict("records"):
-        # Depending on the Fairlearn version, (occupation, gender) pairs without images appear as nan.
-        if row["n"] is None or np.isnan(row["n"]) or int(row["n"]) == 0:
-            continue
-        n = int(row["n"])
-        groups.append(
-            {
-                "occupation": str(row["occupation"]),
-                "gender": str(row["gender"]),
-                "accuracy": float(row["accuracy"]),
-                "n": n,
-                "ci": wilson_interval(int(round(float(row["accuracy"]) * n)), n),
-            }
-        )
-    per_occupation = []
-    for occupation in sorted(set(y_true.tolist())):
-        binary_true = (y_true == occupation).astype(int)
-        binary_pred = (y_pred == occupation).astype(int)
-        parity = demographic_parity_difference(binary_true, binary_pred, sensitive_features=sensitive)
-        odds = (
-            equalized_odds_difference(binary_true, binary_pred, sensitive_features=sensitive)
-            if _rates_defined(binary_true, sensitive)
-            else np.nan
-        )
-        per_occupation.append(
-            {
-                "occupation": str(occupation),
-                "demographic_parity_difference": json_float(parity),
-                "equalized_odds_difference": json_float(odds),
-            }
-        )
+    groups = _accuracy_groups(frame)
+    per_occupation = _per_occupation_differences(y_true, y_pred, sensitive)
 
     def summary(key: str, reduce: Any) -> float | None:
         values = [r[key] for r in per_occupation if r[key] is not None]
@@ -315,14 +280,7 @@ def group_fairness(
         raise ValueError(f"min_group_size must be at least 1, got {min_group_size}")
     large = [g for g in groups if g["n"] >= min_group_size]
     worst = min(large, key=lambda g: g["accuracy"], default=None)
-    rng = np.random.default_rng(seed)
-    parity_ci = odds_ci = None
-    if n_boot > 0:
-        replicates = [
-            parity_differences(y_true[i], y_pred[i], sensitive[i])
-            for i in (rng.integers(0, len(y_true), size=len(y_true)) for _ in range(n_boot))
-        ]
-        parity_ci, odds_ci = (_percentiles([r[j] for r in replicates]) for j in (0, 1))
+    parity_ci, odds_ci = _parity_intervals(y_true, y_pred, sensitive, n_boot, seed)
     return {
         "overall_accuracy": float(frame.overall["accuracy"]),
         "overall_accuracy_ci": wilson_interval(int((y_true == y_pred).sum()), len(y_true)),
@@ -343,6 +301,68 @@ def group_fairness(
         "equalized_odds_difference_mean_ci": odds_ci,
         "n_boot": int(n_boot),
     }
+
+
+def _accuracy_groups(frame: Any) -> list[dict[str, Any]]:
+    """Accuracy, n and Wilson interval of each (occupation, gender) group with images, from a Fairlearn
+    ``MetricFrame`` with metrics ``accuracy`` and ``n``."""
+    groups = []
+    for row in frame.by_group.reset_index().to_dict("records"):
+        # Depending on the Fairlearn version, (occupation, gender) pairs without images appear as nan.
+        if row["n"] is None or np.isnan(row["n"]) or int(row["n"]) == 0:
+            continue
+        n = int(row["n"])
+        groups.append(
+            {
+                "occupation": str(row["occupation"]),
+                "gender": str(row["gender"]),
+                "accuracy": float(row["accuracy"]),
+                "n": n,
+                "ci": wilson_interval(int(round(float(row["accuracy"]) * n)), n),
+            }
+        )
+    return groups
+
+
+def _per_occupation_differences(y_true: np.ndarray, y_pred: np.ndarray, sensitive: np.ndarray) -> list[dict[str, Any]]:
+    """One-vs-rest demographic parity and equalized odds differences per occupation (Fairlearn); the
+    equalized-odds difference None where a gender lacks positives or negatives."""
+    from fairlearn.metrics import demographic_parity_difference, equalized_odds_difference
+
+    per_occupation = []
+    for occupation in sorted(set(y_true.tolist())):
+        binary_true = (y_true == occupation).astype(int)
+        binary_pred = (y_pred == occupation).astype(int)
+        parity = demographic_parity_difference(binary_true, binary_pred, sensitive_features=sensitive)
+        odds = (
+            equalized_odds_difference(binary_true, binary_pred, sensitive_features=sensitive)
+            if _rates_defined(binary_true, sensitive)
+            else np.nan
+        )
+        per_occupation.append(
+            {
+                "occupation": str(occupation),
+                "demographic_parity_difference": json_float(parity),
+                "equalized_odds_difference": json_float(odds),
+            }
+        )
+    return per_occupation
+
+
+def _parity_intervals(
+    y_true: np.ndarray, y_pred: np.ndarray, sensitive: np.ndarray, n_boot: int, seed: int
+) -> tuple[list[float] | None, list[float] | None]:
+    """95% percentile bootstrap intervals (images resampled) of the mean parity and odds differences;
+    ``(None, None)`` when ``n_boot`` is 0."""
+    rng = np.random.default_rng(seed)
+    parity_ci = odds_ci = None
+    if n_boot > 0:
+        replicates = [
+            parity_differences(y_true[i], y_pred[i], sensitive[i])
+            for i in (rng.integers(0, len(y_true), size=len(y_true)) for _ in range(n_boot))
+        ]
+        parity_ci, odds_ci = (_percentiles([r[j] for r in replicates]) for j in (0, 1))
+    return parity_ci, odds_ci
 
 
 def _percentiles(values: Sequence[float | None]) -> list[float] | None:

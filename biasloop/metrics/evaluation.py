@@ -106,18 +106,47 @@ def downstream_bias(
 
     people = np.flatnonzero(np.isin(group_array, ["female", "male"]))
     k_effective = min(config.skew_k, len(people))
-    skews, ndkls, per_query = [], [], []
-    skews_training, ndkls_training = [], []
+    per_query = _skew_per_query(
+        model, image_vectors[people], group_array[people], occupations, config, training_share_female
+    )
+    skews, ndkls = [r["max_skew"] for r in per_query], [r["ndkl"] for r in per_query]
+    skews_training = [r["max_skew_vs_training"] for r in per_query if "max_skew_vs_training" in r]
+    ndkls_training = [r["ndkl_vs_training"] for r in per_query if "ndkl_vs_training" in r]
+    fairness = _zero_shot_fairness(model, test, image_vectors, group_array, occupations, config, seed)
+    return {
+        "recall": recall,
+        "max_skew_mean": float(np.mean(skews)) if skews else None,
+        "max_skew_max": float(np.max(skews)) if skews else None,
+        "ndkl_mean": float(np.mean(ndkls)) if ndkls else None,
+        "max_skew_vs_training_mean": float(np.mean(skews_training)) if skews_training else None,
+        "max_skew_vs_training_max": float(np.max(skews_training)) if skews_training else None,
+        "ndkl_vs_training_mean": float(np.mean(ndkls_training)) if ndkls_training else None,
+        "skew_k": config.skew_k,
+        "skew_k_effective": k_effective,
+        "per_query": per_query,
+        "fairness": fairness,
+        "n_test": len(test),
+    }
+
+
+def _skew_per_query(
+    model: Any,
+    people_vectors: np.ndarray,
+    people_groups: np.ndarray,
+    occupations: list[str],
+    config: EvaluateConfig,
+    training_share_female: dict[str, float] | None,
+) -> list[dict[str, Any]]:
+    """Per occupation query, the top ``config.skew_k`` images of people: MaxSkew@k and NDKL against
+    parity and, where the training share is known, against it; the share of women retrieved."""
+    per_query = []
     for occupation in occupations:
         prompts = [fill_template(t, occupation=occupation) for t in config.query_templates]
         query = model.encode_texts(prompts).mean(axis=0)
-        scores = image_vectors[people] @ query
-        top = people[np.argsort(-scores, kind="stable")[: config.skew_k]]
-        retrieved = group_array[top].tolist()
+        scores = people_vectors @ query
+        retrieved = people_groups[np.argsort(-scores, kind="stable")[: config.skew_k]].tolist()
         skew = max_skew_at_k(retrieved, config.skew_k, group_set=("female", "male"))
         divergence = ndkl(retrieved, group_set=("female", "male"))
-        skews.append(skew)
-        ndkls.append(divergence)
         row = {
             "occupation": occupation,
             "max_skew": skew,
@@ -133,10 +162,21 @@ def downstream_bias(
                 max_skew_vs_training=max_skew_at_k(retrieved, config.skew_k, desired, ("female", "male")),
                 ndkl_vs_training=ndkl(retrieved, desired, ("female", "male")),
             )
-            skews_training.append(row["max_skew_vs_training"])
-            ndkls_training.append(row["ndkl_vs_training"])
         per_query.append(row)
+    return per_query
 
+
+def _zero_shot_fairness(
+    model: Any,
+    test: pl.DataFrame,
+    image_vectors: np.ndarray,
+    group_array: np.ndarray,
+    occupations: list[str],
+    config: EvaluateConfig,
+    seed: int,
+) -> dict[str, Any]:
+    """:func:`group_fairness` of zero-shot occupation classification on held-out images of people with a
+    true occupation; empty when there is none."""
     labelled = np.flatnonzero(
         test["true_occupation"].is_not_null().to_numpy() & np.isin(group_array, ["female", "male"])
     )
@@ -157,20 +197,7 @@ def downstream_bias(
             n_boot=config.n_boot,
             seed=stream_seed(seed, "downstream-fairness-bootstrap"),
         )
-    return {
-        "recall": recall,
-        "max_skew_mean": float(np.mean(skews)) if skews else None,
-        "max_skew_max": float(np.max(skews)) if skews else None,
-        "ndkl_mean": float(np.mean(ndkls)) if ndkls else None,
-        "max_skew_vs_training_mean": float(np.mean(skews_training)) if skews_training else None,
-        "max_skew_vs_training_max": float(np.max(skews_training)) if skews_training else None,
-        "ndkl_vs_training_mean": float(np.mean(ndkls_training)) if ndkls_training else None,
-        "skew_k": config.skew_k,
-        "skew_k_effective": k_effective,
-        "per_query": per_query,
-        "fairness": fairness,
-        "n_test": len(test),
-    }
+    return fairness
 
 
 def evaluate_generation(
@@ -332,9 +359,9 @@ def perceived_groups(test: pl.DataFrame, instrument_dir: str | None, device: str
     """Gender group per held-out row: ground truth when the corpus has it, else the instrument's label."""
     if test["true_gender"].null_count() < len(test) or instrument_dir is None:
         return test["true_gender"].to_list()
-    from biasloop.models.labelling import label_images, load_labeller
+    from biasloop.models.instrument import label_images, load_cross_fitted
 
-    labels = label_images(load_labeller(instrument_dir, device), test["image_ref"].to_list(), threshold)["label"]
+    labels = label_images(load_cross_fitted(instrument_dir, device), test["image_ref"].to_list(), threshold)["label"]
     return [label if label != "abstain" else None for label in labels.to_list()]
 
 

@@ -172,67 +172,18 @@ def paradox_table(
         train = train_predictions.filter(pl.col("selection") == selection)
         generated = generated_predictions.filter(pl.col("prompt_kind") == prompt_kind)
         if train.is_empty() or generated.is_empty():
-            result[name] = {
-                "measured": None,
-                "corrected": None,
-                "true": None,
-                "missing": True,
-                "ideal": None,
-                "decomposition": None,
-            }
+            result[name] = _missing_entry()
             continue
         n_pairs = None
         if name in PAIRED_BY_SOURCE:
             train, generated = paired_by_source(train, generated)
             n_pairs = len(generated)
             if n_pairs == 0:
-                result[name] = {
-                    "measured": None,
-                    "corrected": None,
-                    "true": None,
-                    "missing": True,
-                    "n_pairs": 0,
-                    "ideal": None,
-                    "decomposition": None,
-                }
+                result[name] = _missing_entry(n_pairs=0)
                 continue
-        if n_pairs is not None:
-            # Paired: whole pairs resampled, the null from within-pair label swaps.
-            def table(train_labels: pl.Series, generated: pl.DataFrame, correct_train: bool = True) -> dict[str, Any]:
-                pairs = pl.DataFrame(
-                    {
-                        "occupation": generated["occupation"],
-                        "train_label": train_labels,
-                        "gen_label": generated["label"],
-                    }
-                ).filter(pl.col("train_label").is_not_null())
-                return paired_amplification_table(
-                    pairs, n_boot=n_boot, seed=amplification_seed, confusion=confusion, correct_train=correct_train
-                )
-
-            measured = table(train["label"], generated)
-            truth = (
-                table(train["true_gender"], generated, correct_train=False)
-                if has_truth and confusion is not None
-                else None
-            )
-        else:
-            generated_counts = count_table(generated)
-            measured = amplification_table(
-                count_table(train), generated_counts, n_boot=n_boot, seed=amplification_seed, confusion=confusion
-            )
-            truth = (
-                amplification_table(
-                    true_count_table(train),
-                    generated_counts,
-                    n_boot=n_boot,
-                    seed=amplification_seed,
-                    confusion=confusion,
-                    correct_train=False,
-                )
-                if has_truth and confusion is not None
-                else None
-            )
+        measured, truth = _pairing_tables(
+            train, generated, n_pairs is not None, has_truth, confusion, n_boot, amplification_seed
+        )
         entry: dict[str, Any] = {"paired_by_source": name in PAIRED_BY_SOURCE, "n_pairs": n_pairs}
         entry["measured"] = {k: v for k, v in measured.items() if k != "corrected"}
         entry["corrected"] = measured.get("corrected")
@@ -251,6 +202,68 @@ def paradox_table(
         )
         result[name] = entry
     return result
+
+
+def _missing_entry(**extra: Any) -> dict[str, Any]:
+    """A pairing with no images on a side (or no pairs): no tables, no decomposition."""
+    return {
+        "measured": None,
+        "corrected": None,
+        "true": None,
+        "missing": True,
+        **extra,
+        "ideal": None,
+        "decomposition": None,
+    }
+
+
+def _pairing_tables(
+    train: pl.DataFrame,
+    generated: pl.DataFrame,
+    paired: bool,
+    has_truth: bool,
+    confusion: dict[str, float] | None,
+    n_boot: int,
+    seed: int,
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """One pairing's measured amplification table and, with ground truth and confusion rates, the table
+    against true training genders (None otherwise); paired tables for a pairing paired by source."""
+    if paired:
+        # Paired: whole pairs resampled, the null from within-pair label swaps.
+        def table(train_labels: pl.Series, generated: pl.DataFrame, correct_train: bool = True) -> dict[str, Any]:
+            pairs = pl.DataFrame(
+                {
+                    "occupation": generated["occupation"],
+                    "train_label": train_labels,
+                    "gen_label": generated["label"],
+                }
+            ).filter(pl.col("train_label").is_not_null())
+            return paired_amplification_table(
+                pairs, n_boot=n_boot, seed=seed, confusion=confusion, correct_train=correct_train
+            )
+
+        measured = table(train["label"], generated)
+        truth = (
+            table(train["true_gender"], generated, correct_train=False) if has_truth and confusion is not None else None
+        )
+    else:
+        generated_counts = count_table(generated)
+        measured = amplification_table(
+            count_table(train), generated_counts, n_boot=n_boot, seed=seed, confusion=confusion
+        )
+        truth = (
+            amplification_table(
+                true_count_table(train),
+                generated_counts,
+                n_boot=n_boot,
+                seed=seed,
+                confusion=confusion,
+                correct_train=False,
+            )
+            if has_truth and confusion is not None
+            else None
+        )
+    return measured, truth
 
 
 def headline(table: dict[str, Any] | None) -> dict[str, Any]:

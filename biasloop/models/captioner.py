@@ -33,6 +33,7 @@ import numpy as np
 from biasloop.core.runtime import cpu_threads
 from biasloop.data.text import caption_tokens
 from biasloop.models.leakage import LeakageConfig
+from biasloop.models.optimisation import fit_one_cycle
 from biasloop.models.tensors import images_to_tensor
 
 log = logging.getLogger(__name__)
@@ -186,7 +187,6 @@ class GlyphTransformerCaptioner:
 
     def train(self, images: np.ndarray, captions: Sequence[str], seed: int, progress: bool = True) -> dict[str, Any]:
         import torch
-        from tqdm.auto import tqdm
 
         config = self.config
         if len(images) != len(captions):
@@ -207,31 +207,27 @@ class GlyphTransformerCaptioner:
             self.network = _build_network(config, len(self.words), self.image_size).to(self.device)
             pixels = images_to_tensor(images).to(self.device)
             tokens = tokens.to(self.device)
-            optimiser = torch.optim.AdamW(self.network.parameters(), lr=config.learning_rate, weight_decay=0.01)
-            steps_per_epoch = -(-len(images) // config.batch_size)
-            total = steps_per_epoch * config.epochs
-            schedule = torch.optim.lr_scheduler.OneCycleLR(
-                optimiser, max_lr=config.learning_rate, total_steps=total, pct_start=0.15
-            )
             loss_fn = torch.nn.CrossEntropyLoss(ignore_index=0)
             generator = torch.Generator().manual_seed(seed)
             self.network.train()
-            loss_value = float("nan")
-            with tqdm(total=total, desc="captioner steps", disable=not progress) as bar:
-                for _ in range(config.epochs):
-                    order = torch.randperm(len(images), generator=generator)
-                    for batch_start in range(0, len(order), config.batch_size):
-                        batch = order[batch_start : batch_start + config.batch_size]
-                        batch_tokens = tokens[batch]
-                        batch_tokens = batch_tokens[:, : int((batch_tokens != 0).sum(1).max())]
-                        logits = self.network(self.network.encode(pixels[batch]), batch_tokens[:, :-1])
-                        loss = loss_fn(logits.reshape(-1, logits.shape[-1]), batch_tokens[:, 1:].reshape(-1))
-                        optimiser.zero_grad()
-                        loss.backward()
-                        optimiser.step()
-                        schedule.step()
-                        loss_value = float(loss.item())
-                        bar.update(1)
+
+            def batch_loss(batch: Any) -> Any:
+                batch_tokens = tokens[batch]
+                batch_tokens = batch_tokens[:, : int((batch_tokens != 0).sum(1).max())]
+                logits = self.network(self.network.encode(pixels[batch]), batch_tokens[:, :-1])
+                return loss_fn(logits.reshape(-1, logits.shape[-1]), batch_tokens[:, 1:].reshape(-1))
+
+            total, loss_value = fit_one_cycle(
+                self.network.parameters(),
+                batch_loss,
+                len(images),
+                config,
+                weight_decay=0.01,
+                pct_start=0.15,
+                generator=generator,
+                desc="captioner steps",
+                progress=progress,
+            )
             self.network.eval()
         stats = {
             "seconds": time.perf_counter() - start,

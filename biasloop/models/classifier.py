@@ -23,6 +23,7 @@ import numpy as np
 
 from biasloop.core.runtime import cpu_threads
 from biasloop.models.layers import conv_tower
+from biasloop.models.optimisation import fit_one_cycle
 from biasloop.models.tensors import images_to_tensor
 
 log = logging.getLogger(__name__)
@@ -112,7 +113,6 @@ def train_classifier(
         ``(classifier, stats)``; stats hold seconds, steps, the final loss and the training accuracy.
     """
     import torch
-    from tqdm.auto import tqdm
 
     if len(images) != len(labels):
         raise ValueError(f"{len(images)} images but {len(labels)} labels")
@@ -129,29 +129,20 @@ def train_classifier(
         network = build_classifier(config, len(classes)).to(device)
         pixels = images_to_tensor(images, image_size).to(device)
         targets = torch.tensor([index[label] for label in labels], device=device)
-        optimiser = torch.optim.AdamW(network.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
-        total = -(-len(images) // config.batch_size) * config.epochs
-        schedule = torch.optim.lr_scheduler.OneCycleLR(
-            optimiser, max_lr=config.learning_rate, total_steps=total, pct_start=0.2
-        )
         generator = torch.Generator().manual_seed(seed)
-        loss_value = float("nan")
         network.train()
-        with tqdm(total=total, desc="classifier steps", disable=not progress) as bar:
-            for _ in range(config.epochs):
-                order = torch.randperm(len(images), generator=generator)
-                for batch_start in range(0, len(order), config.batch_size):
-                    batch = order[batch_start : batch_start + config.batch_size]
-                    if len(batch) < 2:  # batch norm needs two images
-                        schedule.step()
-                        continue
-                    loss = torch.nn.functional.cross_entropy(network(pixels[batch]), targets[batch])
-                    optimiser.zero_grad()
-                    loss.backward()
-                    optimiser.step()
-                    schedule.step()
-                    loss_value = float(loss.item())
-                    bar.update(1)
+        total, loss_value = fit_one_cycle(
+            network.parameters(),
+            lambda batch: torch.nn.functional.cross_entropy(network(pixels[batch]), targets[batch]),
+            len(images),
+            config,
+            weight_decay=config.weight_decay,
+            pct_start=0.2,
+            generator=generator,
+            desc="classifier steps",
+            progress=progress,
+            min_batch=2,  # batch norm needs two images
+        )
         network.eval()
     classifier = OccupationClassifier(network, classes, config, image_size, device)
     stats = {

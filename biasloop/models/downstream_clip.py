@@ -11,10 +11,12 @@ open_clip architecture instead (RN50, ViT-B-32 for the real study). Training use
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,7 @@ import numpy as np
 
 from biasloop.core.config import from_dict, to_dict
 from biasloop.core.runtime import cpu_threads
+from biasloop.models.optimisation import fit_one_cycle
 from biasloop.models.tensors import images_to_tensor
 
 log = logging.getLogger(__name__)
@@ -49,6 +52,28 @@ def _open_clip() -> Any:
     if "biasloop-tiny-clip" not in open_clip.list_models():
         open_clip.add_model_config(CONFIG_DIR)
     return open_clip
+
+
+# open_clip logs this on the root logger, as a warning, whenever a model gets no pretrained weights.
+_RANDOM_INIT_MESSAGE = "No pretrained weights loaded for model"
+
+
+class _DropRandomInitWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(_RANDOM_INIT_MESSAGE)
+
+
+@contextlib.contextmanager
+def expected_random_init() -> Iterator[None]:
+    """Around an open_clip model built with ``pretrained=None`` on purpose (a tiny local model trained here,
+    or one whose weights are loaded next): drop open_clip's warning "No pretrained weights loaded ...
+    Model initialized randomly", which would read like an error in every run's log."""
+    root, drop = logging.getLogger(), _DropRandomInitWarning()
+    root.addFilter(drop)
+    try:
+        yield
+    finally:
+        root.removeFilter(drop)
 
 
 class DownstreamCLIP:
@@ -111,14 +136,12 @@ def train_downstream_clip(
         captions: their captions.
         config: the ``downstream`` params.
         seed: initialisation and batch-order seed.
-        device: torch device.
-        progress: tqdm bar over steps.
+        device, progress: torch device; a tqdm bar over steps.
 
     Returns:
         ``(model, stats)``; stats hold seconds, steps, the final loss and the learned temperature.
     """
     import torch
-    from tqdm.auto import tqdm
 
     if len(images) != len(captions):
         raise ValueError(f"{len(images)} images but {len(captions)} captions")
@@ -130,41 +153,28 @@ def train_downstream_clip(
     start = time.perf_counter()
     with cpu_threads(config.cpu_threads, device):
         torch.manual_seed(seed)
-        model = open_clip.create_model(config.model, pretrained=None, device=device)
+        with expected_random_init():
+            model = open_clip.create_model(config.model, pretrained=None, device=device)
+        log.info("downstream CLIP %s initialised randomly (trained here from scratch, by design)", config.model)
         wrapper = DownstreamCLIP(model, config, device)
         loss_fn = open_clip.ClipLoss()
-        optimiser = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
-        steps_per_epoch = -(-len(images) // config.batch_size)
-        total = steps_per_epoch * config.epochs
-        schedule = torch.optim.lr_scheduler.OneCycleLR(
-            optimiser, max_lr=config.learning_rate, total_steps=total, pct_start=0.1
-        )
         all_tokens = wrapper.tokenizer(list(captions))
         all_images = wrapper.image_batch(images)
         generator = torch.Generator().manual_seed(seed)
-        loss_value = float("nan")
-        bar = tqdm(total=total, desc="downstream CLIP steps", disable=not progress)
         model.train()
-        for _ in range(config.epochs):
-            order = torch.randperm(len(images), generator=generator)
-            for batch_start in range(0, len(order), config.batch_size):
-                batch = order[batch_start : batch_start + config.batch_size]
-                if len(batch) < 2:  # a contrastive batch needs two pairs
-                    schedule.step()
-                    continue
-                output = model(all_images[batch], all_tokens[batch].to(device))
-                if isinstance(output, dict):
-                    output = (output["image_features"], output["text_features"], output["logit_scale"])
-                loss = loss_fn(*output[:3])
-                optimiser.zero_grad()
-                loss.backward()
-                optimiser.step()
-                schedule.step()
-                with torch.no_grad():
-                    model.logit_scale.clamp_(0, float(np.log(100)))
-                loss_value = float(loss.item())
-                bar.update(1)
-        bar.close()
+        total, loss_value = fit_one_cycle(
+            model.parameters(),
+            lambda batch: _clip_loss(model, loss_fn, all_images[batch], all_tokens[batch].to(device)),
+            len(images),
+            config,
+            weight_decay=config.weight_decay,
+            pct_start=0.1,
+            generator=generator,
+            desc="downstream CLIP steps",
+            progress=progress,
+            min_batch=2,  # a contrastive batch needs two pairs
+            after_step=lambda: _clamp_temperature(model),
+        )
         model.eval()
     stats = {
         "seconds": time.perf_counter() - start,
@@ -183,6 +193,22 @@ def train_downstream_clip(
         stats["seconds"],
     )
     return wrapper, stats
+
+
+def _clip_loss(model: Any, loss_fn: Any, images: Any, tokens: Any) -> Any:
+    """open_clip's contrastive loss of one batch (the model returns a tuple or, in newer versions, a dict)."""
+    output = model(images, tokens)
+    if isinstance(output, dict):
+        output = (output["image_features"], output["text_features"], output["logit_scale"])
+    return loss_fn(*output[:3])
+
+
+def _clamp_temperature(model: Any) -> None:
+    """Keep the learned logit scale in [0, log 100], as CLIP's training does."""
+    import torch
+
+    with torch.no_grad():
+        model.logit_scale.clamp_(0, float(np.log(100)))
 
 
 def save_downstream(model: DownstreamCLIP, folder: str | Path, config: DownstreamConfig | None = None) -> None:
@@ -216,7 +242,8 @@ def load_downstream(folder: str | Path, device: str = "cpu") -> DownstreamCLIP:
     )
     open_clip = _open_clip()
     with cpu_threads(config.cpu_threads, device):
-        model = open_clip.create_model(config.model, pretrained=None, device=device)
+        with expected_random_init():  # the saved weights are loaded next
+            model = open_clip.create_model(config.model, pretrained=None, device=device)
         load_weights_into(model, load_state_dict_file(folder / WEIGHTS, device), folder / WEIGHTS)
     model.eval()
     return DownstreamCLIP(model, config, device)

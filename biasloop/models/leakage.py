@@ -95,32 +95,9 @@ def predict_gender_from_captions(
     distinct_test = sorted(set(map(tuple, test_tokens)))
     test_ids, test_lengths = _encode(distinct_test, index)
 
-    class LeakageLSTM(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.embed = nn.Embedding(len(index) + 2, config.embedding_dim, padding_idx=0)
-            self.lstm = nn.LSTM(
-                config.embedding_dim,
-                config.hidden_dim,
-                num_layers=config.layers,
-                bidirectional=True,
-                batch_first=True,
-                dropout=config.dropout if config.layers > 1 else 0.0,
-            )
-            self.dropout = nn.Dropout(config.dropout)
-            self.out = nn.Linear(2 * config.hidden_dim, 1)
-
-        def forward(self, ids: Any, lengths: Any) -> Any:
-            packed = nn.utils.rnn.pack_padded_sequence(
-                self.dropout(self.embed(ids)), lengths, batch_first=True, enforce_sorted=False
-            )
-            _, (hidden, _) = self.lstm(packed)
-            final = torch.cat([hidden[-2], hidden[-1]], dim=1)  # last layer, forward and backward
-            return self.out(self.dropout(final)).squeeze(1)
-
     with cpu_threads(config.cpu_threads):
         torch.manual_seed(seed)
-        model = LeakageLSTM()
+        model = _leakage_lstm(len(index) + 2, config)
         optimiser = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
         generator = torch.Generator().manual_seed(seed)
         model.train()
@@ -142,3 +119,35 @@ def predict_gender_from_captions(
             p_distinct = torch.sigmoid(model(test_ids, test_lengths)).numpy().astype(float)
     position = {tokens: i for i, tokens in enumerate(distinct_test)}
     return np.array([p_distinct[position[tuple(tokens)]] for tokens in test_tokens])
+
+
+def _leakage_lstm(n_words: int, config: LeakageConfig) -> Any:
+    """The leakage classifier: word embeddings, a bidirectional LSTM, dropout and one logit (P(female))
+    from the last layer's final forward and backward states. ``n_words`` counts padding (0) and unknown (1)."""
+    import torch
+    import torch.nn as nn
+
+    class LeakageLSTM(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = nn.Embedding(n_words, config.embedding_dim, padding_idx=0)
+            self.lstm = nn.LSTM(
+                config.embedding_dim,
+                config.hidden_dim,
+                num_layers=config.layers,
+                bidirectional=True,
+                batch_first=True,
+                dropout=config.dropout if config.layers > 1 else 0.0,
+            )
+            self.dropout = nn.Dropout(config.dropout)
+            self.out = nn.Linear(2 * config.hidden_dim, 1)
+
+        def forward(self, ids: Any, lengths: Any) -> Any:
+            packed = nn.utils.rnn.pack_padded_sequence(
+                self.dropout(self.embed(ids)), lengths, batch_first=True, enforce_sorted=False
+            )
+            _, (hidden, _) = self.lstm(packed)
+            final = torch.cat([hidden[-2], hidden[-1]], dim=1)  # last layer, forward and backward
+            return self.out(self.dropout(final)).squeeze(1)
+
+    return LeakageLSTM()

@@ -101,20 +101,20 @@ def read_reference(spec: str, occupations: list[str], matches: str | None = None
 
 
 def corpus_reference(
-    folder: str | Path, occupations: list[str], labeller: Any, retrieve: Any, *, threshold: float, batch_size: int
+    folder: str | Path, occupations: list[str], cross_fitted: Any, retrieve: Any, *, threshold: float, batch_size: int
 ) -> Reference:
     """The ``keyword`` selection of an ingested corpus, labelled by the instrument (see the module docstring).
 
     Args:
         folder: a corpus folder (``captions.parquet``: ``id, caption, image_ref[, split, true_gender]``).
         occupations: the audited occupations.
-        labeller: the cross-fitted instrument (a training image is labelled by the fold model that never
+        cross_fitted: the cross-fitted instrument (a training image is labelled by the fold model that never
             saw it, as in ``classify_train``).
         retrieve: the ``retrieve`` params (plurals, first names, the split searched).
         threshold, batch_size: the ``classify`` params.
     """
     from biasloop.data.retrieval import retrieve_lazy
-    from biasloop.models.labelling import label_images
+    from biasloop.models.instrument import label_images
 
     path = Path(folder) / "captions.parquet"
     if not path.is_file():
@@ -128,7 +128,7 @@ def corpus_reference(
     if matches.is_empty():
         raise ValueError(f"{path}: no caption mentions any of {occupations}")
     images = matches.select("id").unique().sort("id").join(corpus.select("id", "image_ref", "true_gender"), on="id")
-    labels = label_images(labeller, images["image_ref"].to_list(), threshold, batch_size=batch_size)
+    labels = label_images(cross_fitted, images["image_ref"].to_list(), threshold, batch_size=batch_size)
     per_image = pl.concat([images.select("id", "true_gender"), labels.select("label")], how="horizontal")
     predictions = matches.select("occupation", "id", "indicator", selection=pl.lit("keyword")).join(
         per_image, on="id", how="left"
@@ -139,7 +139,7 @@ def corpus_reference(
 def classify_images(
     folder: str | Path,
     prompts: pl.DataFrame,
-    labeller: Any,
+    cross_fitted: Any,
     *,
     image_size: int,
     threshold: float,
@@ -158,7 +158,7 @@ def classify_images(
 
     from biasloop.models.generators import GeneratorConfig
     from biasloop.models.generators.image_folder import ImageFolderGenerator
-    from biasloop.models.labelling import label_from_p
+    from biasloop.models.instrument import label_from_p
 
     config = GeneratorConfig(backend="images", images=str(folder), image_size=image_size, images_on_error=on_error)
     server = ImageFolderGenerator(config)
@@ -172,7 +172,7 @@ def classify_images(
         for start in range(0, len(served), batch_size):
             chunk = served[start : start + batch_size]
             images = server.generate(chunk["prompt"].to_list(), chunk["seed"].to_list())
-            p_female[start : start + len(chunk)], _ = labeller.p_female(
+            p_female[start : start + len(chunk)], _ = cross_fitted.p_female(
                 images, chunk["prompt_id"].to_list(), batch_size
             )
             bar.update(len(chunk))
@@ -241,7 +241,7 @@ def run_audit(
     images: str | Path,
     prompts: pl.DataFrame,
     reference: Reference,
-    labeller: Any,
+    cross_fitted: Any,
     out: str | Path,
     *,
     classify: Any,
@@ -260,7 +260,7 @@ def run_audit(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     labels, imported = classify_images(
-        images, prompts, labeller, image_size=image_size, threshold=classify.abstain_threshold,
+        images, prompts, cross_fitted, image_size=image_size, threshold=classify.abstain_threshold,
         batch_size=classify.batch_size, on_error=on_error, progress=progress,
     )  # fmt: skip
     frames = audit_pairings(labels, reference, confusion, n_boot, seed)

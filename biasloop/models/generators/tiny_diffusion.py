@@ -45,6 +45,13 @@ from biasloop.models.generators import (
     check_prompts_seeds,
     config_from_manifest,
 )
+from biasloop.models.generators.diffusers_parts import (
+    check_scheduler_config,
+    ddim_from,
+    diffusers_class,
+    make_scheduler,
+    make_unet,
+)
 from biasloop.models.tensors import images_to_tensor, tensor_to_images
 
 log = logging.getLogger(__name__)
@@ -109,127 +116,6 @@ class Denoiser(nn.Module):
         self, sample: torch.Tensor, timesteps: torch.Tensor, text: torch.Tensor, drop: torch.Tensor | None = None
     ) -> torch.Tensor:
         return self.unet(sample, timesteps, class_labels=self.cond(text, drop)).sample
-
-
-# The diffusers modules tiny-diffusion uses, and the imports they would drag in without using them:
-# the __init__ of two packages that imports every model of its kind (about 60 transformers and 11 UNets,
-# with peft and transformers), and torch._dynamo, which diffusers.utils imports for a decorator and
-# replaces with a no-op when it cannot be imported.
-_DIFFUSERS_PARTS = {
-    "UNet2DModel": "diffusers.models.unets.unet_2d",
-    "DDPMScheduler": "diffusers.schedulers.scheduling_ddpm",
-    "DDIMScheduler": "diffusers.schedulers.scheduling_ddim",
-}
-_EAGER_DIFFUSERS_PACKAGES = ("diffusers.models.unets", "diffusers.models.transformers")
-_UNUSED_BY_DIFFUSERS_PARTS = "torch._dynamo"
-
-
-def diffusers_class(name: str) -> type:
-    """``UNet2DModel``, ``DDPMScheduler`` or ``DDIMScheduler``: diffusers' own class, imported lightly.
-
-    A stage that loads a generator paid about 8 s for these imports, most of it for modules it never
-    runs. The first call imports the three modules of ``_DIFFUSERS_PARTS`` with
-
-    - each package of ``_EAGER_DIFFUSERS_PACKAGES`` that is not imported yet registered as a bare package
-      (its ``__path__`` only, ``__init__`` not run), so ``unet_2d`` loads the two transformer modules it
-      needs and not the 60 others;
-    - ``torch._dynamo`` blocked (``sys.modules[name] = None``, the standard way to make an import fail),
-      so ``diffusers.utils.torch_utils`` takes its own fallback (a no-op ``maybe_allow_in_graph``).
-
-    Both are undone before returning: a later ``import diffusers.models.transformers`` (the
-    stable-diffusion backend) runs the real ``__init__`` and reuses the modules loaded here, and
-    ``torch._dynamo`` imports normally. ``benchmarks/startup.py`` measures both ways
-    (``diffusers_tiny_diffusion_parts_plain`` and ``_light``: 7.4 s and 1.6 s here).
-    """
-    import importlib
-    import importlib.util
-    import sys
-
-    module_name = _DIFFUSERS_PARTS[name]
-    if any(module not in sys.modules for module in _DIFFUSERS_PARTS.values()):
-        placed: list[str] = []
-        if _UNUSED_BY_DIFFUSERS_PARTS not in sys.modules:
-            sys.modules[_UNUSED_BY_DIFFUSERS_PARTS] = None  # type: ignore[assignment]
-            placed.append(_UNUSED_BY_DIFFUSERS_PARTS)
-        try:
-            importlib.import_module("diffusers.models")
-            for package in _EAGER_DIFFUSERS_PACKAGES:
-                if package not in sys.modules:
-                    spec = importlib.util.find_spec(package)
-                    sys.modules[package] = importlib.util.module_from_spec(spec)
-                    placed.append(package)
-            for module in _DIFFUSERS_PARTS.values():
-                importlib.import_module(module)
-        finally:
-            for module in placed:
-                sys.modules.pop(module, None)
-    return getattr(sys.modules[module_name], name)
-
-
-def make_unet(config: GeneratorConfig) -> nn.Module:
-    """The UNet2DModel the config describes (class embedding = identity: we pass the projected caption)."""
-    UNet2DModel = diffusers_class("UNet2DModel")
-    levels = len(config.channels)
-    return UNet2DModel(
-        sample_size=config.image_size,
-        in_channels=3,
-        out_channels=3,
-        block_out_channels=tuple(config.channels),
-        layers_per_block=config.layers_per_block,
-        down_block_types=("DownBlock2D",) * levels,
-        up_block_types=("UpBlock2D",) * levels,
-        add_attention=config.mid_attention,
-        attention_head_dim=8,
-        norm_num_groups=8,
-        class_embed_type="identity",
-    )
-
-
-def make_scheduler(config: GeneratorConfig) -> Any:
-    """The training noise schedule (DDPM); sampling derives a DDIM scheduler from its config."""
-    return diffusers_class("DDPMScheduler")(
-        num_train_timesteps=config.train_timesteps,
-        beta_schedule=config.beta_schedule,
-        prediction_type=config.prediction_type,
-        clip_sample=True,
-        clip_sample_range=1.0,
-    )
-
-
-def ddim_from(ddpm: Any) -> Any:
-    """The DDIM sampler of a DDPM training schedule: the keys of ``ddpm.config`` that DDIM accepts.
-
-    What ``DDIMScheduler.from_config`` passes, without its ``_compatibles`` look-up, which imports every
-    scheduler module diffusers has (scipy.stats with them: 1.1 s).
-    """
-    import inspect
-
-    ddim_class = diffusers_class("DDIMScheduler")
-    accepted = inspect.signature(ddim_class.__init__).parameters
-    return ddim_class(**{key: value for key, value in ddpm.config.items() if key in accepted})
-
-
-def check_scheduler_config(scheduler: Any, path: Path) -> None:
-    """Fail, naming ``path``, when a saved ``scheduler_config.json`` differs from ``scheduler``'s config.
-
-    ``load`` rebuilds the training schedule from the manifest's config (the scheduler is a function of
-    it) rather than with ``DDPMScheduler.from_pretrained``, which imports every scheduler module; the
-    saved file stays for diffusers tools and is checked against the rebuilt one.
-    """
-    from biasloop.models.weights import ModelFileError, read_manifest
-
-    saved = read_manifest(path, "a saved tiny-diffusion generator's scheduler")
-    built = dict(scheduler.config)
-    differ = sorted(
-        key
-        for key, value in saved.items()
-        if not key.startswith("_") and key in built and json.loads(json.dumps(built[key])) != value
-    )
-    if differ:
-        raise ModelFileError(
-            f"{path}: {', '.join(f'{k}={saved[k]!r}' for k in differ)} differ from the "
-            f"generator.json config's schedule ({', '.join(f'{k}={built[k]!r}' for k in differ)})"
-        )
 
 
 def use_bf16(precision: str, device: torch.device) -> bool:
@@ -329,6 +215,30 @@ class TinyDiffusion:
         else:
             torch._foreach_lerp_(ema_params, params, 1.0 - decay)
 
+    def _train_step(
+        self, x0: torch.Tensor, cond: torch.Tensor, rng: torch.Generator, optimisation: tuple[Any, Any], autocast: Any
+    ) -> torch.Tensor:
+        """One AdamW step on a batch: noise, timesteps and caption drops drawn from ``rng`` (in that
+        order), the weighted x0 / epsilon loss, gradient clipping at norm 1, then the EMA update."""
+        config, batch = self.config, len(x0)
+        optimizer, scheduler = optimisation
+        noise = torch.randn(x0.shape, generator=rng).to(self.device)
+        timesteps = torch.randint(0, config.train_timesteps, (batch,), generator=rng).to(self.device)
+        drop = (torch.rand(batch, generator=rng) < config.cond_dropout).to(self.device)
+        noisy = self.scheduler.add_noise(x0, noise, timesteps)
+        with autocast:
+            output = self.model(noisy, timesteps, cond, drop)
+        per_sample = (output.float() - self._target(x0, noise, timesteps)).pow(2).mean(dim=(1, 2, 3))
+        loss = (per_sample * self._loss_weights(timesteps)).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        self.trained_steps += 1
+        self._update_ema()
+        return loss
+
     def train(
         self, images: np.ndarray, captions: list[str], *, steps: int, seed: int, progress: bool = True
     ) -> dict[str, Any]:
@@ -376,22 +286,8 @@ class TinyDiffusion:
                 cursor = 0
             index = order[cursor : cursor + batch]
             cursor += batch
-            x0 = data[index.to(self.device)]
-            noise = torch.randn(x0.shape, generator=rng).to(self.device)
-            timesteps = torch.randint(0, config.train_timesteps, (batch,), generator=rng).to(self.device)
-            drop = (torch.rand(batch, generator=rng) < config.cond_dropout).to(self.device)
-            noisy = self.scheduler.add_noise(x0, noise, timesteps)
-            with autocast:
-                output = self.model(noisy, timesteps, text[caption_rows_t[index.to(self.device)]], drop)
-            per_sample = (output.float() - self._target(x0, noise, timesteps)).pow(2).mean(dim=(1, 2, 3))
-            loss = (per_sample * self._loss_weights(timesteps)).mean()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
-            self.trained_steps += 1
-            self._update_ema()
+            rows = index.to(self.device)
+            loss = self._train_step(data[rows], text[caption_rows_t[rows]], rng, (optimizer, scheduler), autocast)
             losses.append(float(loss.detach()))
             if progress and len(losses) % 25 == 0:
                 bar.set_postfix(loss=f"{np.mean(losses[-25:]):.4f}")

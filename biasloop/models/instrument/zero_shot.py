@@ -12,7 +12,7 @@ Two backends behind :class:`Instrument`, selected by ``instrument.backend``:
 
 Both classify by a softmax over class embeddings, each the normalised mean of its prompt templates'
 embeddings. ``p_female`` is the probability of the "woman" class; the abstain rule
-(:func:`biasloop.models.labelling.label_from_p`) keeps only confident images.
+(:func:`biasloop.models.instrument.rule.label_from_p`) keeps only confident images.
 
 The default models are tiny: on CPU they run with ``cpu_threads`` torch threads (1 by default), which
 on a shared 2-core machine trained the image tower about 25 times faster than 2 threads (thread
@@ -21,10 +21,10 @@ oversubscription); the previous thread count is restored afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -37,7 +37,8 @@ from biasloop.models.layers import conv_tower
 from biasloop.models.tensors import images_to_tensor
 
 if TYPE_CHECKING:  # polars is imported where corpora are read: the open-clip path runs without it
-    import polars as pl
+    pass
+
 
 log = logging.getLogger(__name__)
 MANIFEST = "instrument.json"
@@ -98,32 +99,6 @@ def gender_prompts(templates: tuple[str, ...]) -> dict[str, list[str]]:
 def _build_tower(widths: tuple[int, ...], embed_dim: int) -> Any:
     """The image tower: a conv tower projecting to the text tower's dimension."""
     return conv_tower(widths, embed_dim, "instrument.widths")
-
-
-def _augment(batch: Any, generator: Any) -> Any:
-    """Random sub-pixel shifts (up to 1.5 px), a 3x3 box blur on a third of the images, Gaussian noise.
-
-    Generated images are blurrier and noisier than the corpus's; these keep the zero-shot occupation
-    accuracy of noisy images near that of clean ones.
-    """
-    import torch
-    import torch.nn.functional as F
-
-    n, _, h, w = batch.shape
-    shift = (torch.rand(n, 2, generator=generator) * 2 - 1) * 1.5 * 2 / torch.tensor([w, h])
-    theta = torch.zeros(n, 2, 3)
-    theta[:, 0, 0] = theta[:, 1, 1] = 1.0
-    theta[:, :, 2] = shift
-    grid = F.affine_grid(theta.to(batch.device), list(batch.shape), align_corners=False)
-    batch = F.grid_sample(batch, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    blur = (torch.rand(n, generator=generator) < 1 / 3).to(batch.device)
-    if blur.any():
-        blurred = F.avg_pool2d(F.pad(batch[blur], (1, 1, 1, 1), mode="replicate"), 3, stride=1)
-        batch = batch.clone()
-        batch[blur] = blurred
-    sigma = (torch.rand(n, 1, 1, 1, generator=generator) * 0.25).to(batch.device)
-    noise = torch.randn(batch.shape, generator=generator).to(batch.device)
-    return (batch + sigma * noise).clamp(-1, 1)
 
 
 class Instrument:
@@ -286,14 +261,17 @@ class Instrument:
 def _load_open_clip(instrument: Instrument) -> None:
     import torch
 
-    from biasloop.models.downstream_clip import _open_clip
+    from biasloop.models.downstream_clip import _open_clip, expected_random_init
 
     open_clip = _open_clip()  # with the repository's model configs (biasloop-tiny-clip) registered
     config = instrument.config
-    # weights_only: a checkpoint file is never unpickled beyond tensors
-    model, _, _ = open_clip.create_model_and_transforms(
-        config.model, pretrained=config.pretrained, device=instrument.device, weights_only=True
-    )
+    random_init = expected_random_init() if config.pretrained is None else contextlib.nullcontext()
+    with random_init:  # weights_only: a checkpoint file is never unpickled beyond tensors
+        model, _, _ = open_clip.create_model_and_transforms(
+            config.model, pretrained=config.pretrained, device=instrument.device, weights_only=True
+        )
+    if config.pretrained is None:
+        log.info("open_clip instrument %s initialised randomly (instrument.pretrained: null, for tests)", config.model)
     model.eval()
     size = getattr(model.visual, "image_size", 224)
     size = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
@@ -303,159 +281,12 @@ def _load_open_clip(instrument: Instrument) -> None:
     instrument.logit_scale = float(model.logit_scale.exp().item())
 
 
-def train_locked_text_clip(
-    config: InstrumentConfig,
-    images: np.ndarray,
-    captions: list[str],
-    seed: int,
-    device: str = "cpu",
-    progress: bool = True,
-) -> tuple[Instrument, dict[str, Any]]:
-    """Train the image tower against the frozen sentence encoder's caption embeddings (InfoNCE).
-
-    Both directions of the contrastive loss; captions repeat (templates), so every pair in a batch
-    whose caption equals the anchor's counts as a positive. AdamW with a one-cycle learning rate.
-
-    Args:
-        config: the ``instrument`` params.
-        images: ``uint8`` training images ``(n, h, w, 3)``.
-        captions: their captions.
-        seed: torch seed (initialisation and batch order).
-        device: torch device.
-        progress: show a tqdm bar over batches.
-
-    Returns:
-        ``(instrument, stats)`` with training seconds, steps and the final loss.
-    """
-    import torch
-    from tqdm.auto import tqdm
-
-    from biasloop.data.embeddings import load_cached_text_encoder
-
-    if len(images) != len(captions):
-        raise ValueError(f"{len(images)} images but {len(captions)} captions")
-    if len(images) < 2:
-        raise ValueError("the locked-text CLIP needs at least 2 (image, caption) pairs")
-    if config.epochs < 1 or config.batch_size < 2:
-        raise ValueError("instrument.epochs must be >= 1 and instrument.batch_size >= 2")
-    start = time.perf_counter()
-    with cpu_threads(config.cpu_threads, device):
-        torch.manual_seed(seed)
-        instrument = Instrument(config, device)
-        cached = load_cached_text_encoder(config.text_encoder, device=device)
-        instrument._text_encoder = cached
-        unique = sorted(set(captions))
-        index = {c: i for i, c in enumerate(unique)}
-        text_vectors = torch.from_numpy(cached.encode(unique, progress=progress)).to(device)
-        caption_index = torch.tensor([index[c] for c in captions], device=device)
-        image_tensor = images_to_tensor(images).to(device)
-        text_seconds = time.perf_counter() - start
-
-        tower = _build_tower(config.widths, text_vectors.shape[1]).to(device)
-        log_scale = torch.nn.Parameter(torch.tensor(float(np.log(30.0)), device=device))
-        optimiser = torch.optim.AdamW(
-            list(tower.parameters()) + [log_scale], lr=config.learning_rate, weight_decay=1e-4
-        )
-        steps_per_epoch = -(-len(images) // config.batch_size)
-        total = steps_per_epoch * config.epochs
-        schedule = torch.optim.lr_scheduler.OneCycleLR(
-            optimiser, max_lr=config.learning_rate, total_steps=total, pct_start=0.15
-        )
-        generator = torch.Generator().manual_seed(seed)
-        loss_value = float("nan")
-        bar = tqdm(total=total, desc="instrument steps", disable=not progress)
-        for _ in range(config.epochs):
-            tower.train()
-            order = torch.randperm(len(images), generator=generator)
-            for batch_start in range(0, len(order), config.batch_size):
-                batch = order[batch_start : batch_start + config.batch_size]
-                if len(batch) < 2:  # BatchNorm and a contrastive loss need two pairs
-                    schedule.step()
-                    continue
-                pixels = image_tensor[batch]
-                if config.augment:
-                    pixels = _augment(pixels, generator)
-                image_features = torch.nn.functional.normalize(tower(pixels), dim=-1)
-                texts = caption_index[batch]
-                targets = (texts[:, None] == texts[None, :]).float()
-                logits = log_scale.exp().clamp(max=100) * image_features @ text_vectors[texts].T
-                loss_images = -(targets / targets.sum(1, keepdim=True) * logits.log_softmax(1)).sum(1).mean()
-                loss_texts = -(targets / targets.sum(0, keepdim=True) * logits.log_softmax(0)).sum(0).mean()
-                loss = (loss_images + loss_texts) / 2
-                optimiser.zero_grad()
-                loss.backward()
-                optimiser.step()
-                schedule.step()
-                loss_value = float(loss.item())
-                bar.update(1)
-        bar.close()
-    instrument.image_tower = tower.eval()
-    instrument.logit_scale = float(log_scale.detach().exp().clamp(max=100).item())
-    stats = {
-        "seconds": time.perf_counter() - start,
-        "text_seconds": text_seconds,
-        "epochs": config.epochs,
-        "steps": total,
-        "final_loss": loss_value,
-        "n_pairs": len(captions),
-        "n_unique_captions": len(unique),
-        "logit_scale": instrument.logit_scale,
-    }
-    log.info(
-        "locked-text CLIP: %d pairs, %d steps, final loss %.3f, temperature 1/%.1f, %.1f s",
-        len(captions),
-        total,
-        loss_value,
-        instrument.logit_scale,
-        stats["seconds"],
-    )
-    return instrument, stats
-
-
 def build_open_clip_instrument(config: InstrumentConfig, device: str = "cpu") -> Instrument:
     """A pretrained (or, with ``pretrained: null``, random-weight) open_clip model as the instrument."""
     instrument = Instrument(config, device)
     with cpu_threads(config.cpu_threads, device):
         _load_open_clip(instrument)
     return instrument
-
-
-def train_or_load_instrument(
-    config: InstrumentConfig,
-    images: np.ndarray | None,
-    captions: list[str] | None,
-    occupations: list[str] | None = None,
-    seed: int = 0,
-    device: str = "cpu",
-    progress: bool = True,
-) -> tuple[Instrument, dict[str, Any]]:
-    """The instrument ``config`` asks for: trained (locked-text-clip) or loaded (open-clip).
-
-    Args:
-        config: the ``instrument`` params.
-        images: ``uint8`` training images (locked-text-clip; ignored by open-clip).
-        captions: their captions.
-        occupations: the occupations it will be asked about; their zero-shot class embeddings are
-            computed once here, so a bad template fails before any image is classified.
-        seed: training seed.
-        device: torch device.
-        progress: tqdm bars.
-
-    Returns:
-        ``(instrument, stats)``; ``stats["seconds"]`` is the training (or loading) time.
-    """
-    if config.backend == "locked-text-clip":
-        if images is None or captions is None:
-            raise ValueError("instrument.backend locked-text-clip is trained: images and captions are needed")
-        instrument, stats = train_locked_text_clip(config, images, captions, seed, device, progress)
-    else:
-        start = time.perf_counter()
-        instrument = build_open_clip_instrument(config, device)
-        stats = {"seconds": time.perf_counter() - start, "model": config.model, "pretrained": config.pretrained}
-    instrument.class_embeddings(list(gender_prompts(config.gender_templates).values()))
-    if occupations:
-        instrument.class_embeddings([occupation_prompts(config.occupation_templates, o) for o in occupations])
-    return instrument, stats
 
 
 def load_instrument(folder: str | Path, device: str = "cpu") -> Instrument:
@@ -481,35 +312,3 @@ def load_instrument(folder: str | Path, device: str = "cpu") -> Instrument:
     instrument.image_tower = tower.to(device).eval()
     instrument.logit_scale = float(manifest_field(manifest, "logit_scale", manifest_path))
     return instrument
-
-
-def corpus_split(corpus: pl.DataFrame, name: str) -> pl.DataFrame:
-    """The rows of one split (``train``/``test``); a corpus without splits is all ``train``."""
-    import polars as pl
-
-    if "split" not in corpus.columns:
-        return corpus if name == "train" else corpus.clear()
-    return corpus.filter(pl.col("split") == name)
-
-
-def labelled_set(corpus: pl.DataFrame, config: InstrumentConfig) -> tuple[list[str], list[str], str] | None:
-    """(image refs, true genders, source) to measure the instrument on, or None when there is none.
-
-    The held-out split's ground truth when it has any; else ``instrument.labelled_csv``.
-    """
-    import polars as pl
-
-    if "true_gender" in corpus.columns:
-        test = corpus_split(corpus, "test").filter(pl.col("true_gender").is_in(["female", "male"]))
-        if len(test):
-            return test["image_ref"].to_list(), test["true_gender"].to_list(), "held-out split (ground truth)"
-    if config.labelled_csv:
-        labelled = pl.read_csv(config.labelled_csv, schema_overrides={"true_gender": pl.String})
-        missing = [c for c in ("image_ref", "true_gender") if c not in labelled.columns]
-        if missing:
-            raise ValueError(f"instrument.labelled_csv {config.labelled_csv}: missing column(s) {missing}")
-        labelled = labelled.filter(pl.col("true_gender").is_in(["female", "male"]))
-        if not len(labelled):
-            raise ValueError(f"instrument.labelled_csv {config.labelled_csv}: no row with true_gender female/male")
-        return labelled["image_ref"].to_list(), labelled["true_gender"].to_list(), config.labelled_csv
-    return None
