@@ -76,7 +76,12 @@ def _add_run_parser(commands: argparse._SubParsersAction) -> None:
         help="ray: the cluster to join, e.g. ray://head:10001 or auto (default: study.ray.address; "
         "none: a local Ray instance on this machine, loopback only)",
     )
-    run_parser.add_argument("--jobs", "-j", type=int, help="dvc-queue: queue workers (default: study.jobs)")
+    run_parser.add_argument(
+        "--jobs",
+        "-j",
+        type=int,
+        help="cells at once: queue workers, or a local Ray instance's cells (default: study.jobs)",
+    )
     run_parser.add_argument("--no-wait", action="store_true", help="dvc-queue: return after starting the workers")
     run_parser.add_argument(
         "--timeout",
@@ -223,7 +228,13 @@ def _run_cells(config, args: argparse.Namespace, executor: str) -> list[str]:
         from biasloop.study.ray_executor import run_study_ray
 
         failed = run_study_ray(
-            config, args.params, address=args.address, rerun=args.rerun, dry_run=args.dry_run, echo=echo
+            config,
+            args.params,
+            address=args.address,
+            jobs=args.jobs,
+            rerun=args.rerun,
+            dry_run=args.dry_run,
+            echo=echo,
         )
         return [record["name"] for record in failed]
     from biasloop.study.grid import run_study

@@ -113,10 +113,10 @@ def cell_jobs(
     return jobs
 
 
-def start_ray(config: StudyConfig, address: str | None, echo: Callable[[str], None] = print):
+def start_ray(config: StudyConfig, address: str | None, echo: Callable[[str], None] = print, jobs: int | None = None):
     """``ray.init`` on the cluster at ``address`` (``study.ray.address`` when None), or a local instance.
 
-    The local instance: ``study.jobs x study.ray.cpus`` CPUs (and as many GPUs per cell as asked), every
+    The local instance: ``jobs`` (None: ``study.jobs``) cells at once, so ``jobs x study.ray.cpus`` CPUs (and as many GPUs per cell as asked), every
     server bound to the loopback address, no dashboard. Ray turns ``_node_ip_address="127.0.0.1"`` into
     the machine's own address unless told that it runs on one machine (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``,
     read into ``ray_constants.ENABLE_RAY_CLUSTER`` when ray is imported, checked in Ray 2.60), so both are
@@ -147,8 +147,8 @@ def start_ray(config: StudyConfig, address: str | None, echo: Callable[[str], No
     ray._private.ray_constants.ENABLE_RAY_CLUSTER = False  # the same, for a ray imported before the variable was set
     settings = config.settings.ray
     ray.init(
-        num_cpus=max(1, round(config.jobs * settings.cpus)),
-        num_gpus=round(config.jobs * settings.gpus),
+        num_cpus=max(1, round((jobs or config.jobs) * settings.cpus)),
+        num_gpus=round((jobs or config.jobs) * settings.gpus),
         include_dashboard=False,
         _node_ip_address=LOOPBACK,
         log_to_driver=False,
@@ -223,6 +223,7 @@ def run_study_ray(
     params_path: str | Path = "params.yaml",
     *,
     address: str | None = None,
+    jobs: int | None = None,
     rerun: bool = False,
     dry_run: bool = False,
     repo: str | Path = ".",
@@ -230,7 +231,8 @@ def run_study_ray(
     echo: Callable[[str], None] = print,
 ) -> list[dict[str, Any]]:
     """Run the study's cells that the Git remote lacks on Ray, and return the failed ones (see the
-    module docstring). ``dry_run``: print the cells and their overrides, start nothing."""
+    module docstring). ``jobs``: cells at once on a local instance (None: ``study.jobs``); ``dry_run``:
+    print the cells and their overrides, start nothing."""
     jobs = cell_jobs(config, params_path, repo=repo, rerun=rerun, dvc=dvc, echo=echo)
     for job in jobs:
         echo(
@@ -238,7 +240,7 @@ def run_study_ray(
         )
     if dry_run or not jobs:
         return []
-    ray = start_ray(config, address, echo)
+    ray = start_ray(config, address, echo, jobs)
     try:
         return run_jobs(ray, jobs, config, echo)
     finally:
