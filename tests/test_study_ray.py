@@ -6,6 +6,7 @@ pipeline through Ray: tests/test_study_pipeline.py."""
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 import os
 import signal
@@ -19,11 +20,12 @@ import yaml
 
 from biasloop.study.cell import CellJob, stop_leftover
 from biasloop.study.config import load_study_config
+from biasloop.study.experiments import pull_experiments
 from biasloop.study.ray_executor import cell_jobs, run_jobs, start_ray
 from tests.test_study import BASE_PARAMS
 
-pytest.importorskip("ray")
 pytestmark = pytest.mark.slow
+needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="ray is not installed (make venv)")
 
 GIT = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
 
@@ -93,6 +95,7 @@ def _project(tmp_path: Path, behaviour: dict[str, str], retries: int = 2) -> tup
 @pytest.fixture(scope="module")
 def local_ray():
     """One local Ray instance for the in-process tests: 2 CPUs (study.jobs 2 x 1 CPU), loopback only."""
+    pytest.importorskip("ray")
     config = load_study_config({"study": {"default": "t", "jobs": 2}, "studies": {"t": STUDY}})
     lines: list[str] = []
     ray = start_ray(config, None, lines.append)
@@ -164,6 +167,7 @@ def _cli(repo: Path, fake: Path, *extra: str) -> subprocess.Popen:
     )
 
 
+@needs_ray
 def test_a_cell_that_always_fails_is_reported_with_its_log_and_exit_status(tmp_path: Path) -> None:
     repo, fake, state = _project(tmp_path, {"study-t-r0-s0": "fail"}, retries=1)
     process = _cli(repo, fake)
@@ -180,6 +184,7 @@ def test_a_cell_that_always_fails_is_reported_with_its_log_and_exit_status(tmp_p
     assert (state / "pushed.txt").read_text().split() == ["study-t-r0.8-s0"]
 
 
+@needs_ray
 def test_ctrl_c_cancels_the_unfinished_cells(tmp_path: Path) -> None:
     repo, fake, state = _project(tmp_path, {"study-t-r0-s0": "sleep", "study-t-r0.8-s0": "sleep"})
     process = _cli(repo, fake)
@@ -216,3 +221,37 @@ def test_stop_leftover_leaves_an_unrelated_process_group_alone(tmp_path: Path) -
     assert steps["pull"] == ["dvc", "pull", "--allow-missing", "--run-cache", "-r", "store"]
     assert steps["run"] == ["dvc", "exp", "run", "-S", "synthetic_ratio=0", "--name", "study-t-r0-s0"]
     assert steps["push"] == ["dvc", "exp", "push", "--run-cache", "-r", "store", "origin", "study-t-r0-s0"]
+
+
+def test_collect_pulls_what_the_remote_has_once(tmp_path: Path) -> None:
+    """`dvc exp pull` through pull_experiments, with real DVC: a fresh clone fetches the two pushed
+    experiments; again, nothing; a name the remote lacks is named, and nothing fails."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
+    work, bare = tmp_path / "work", tmp_path / "remote.git"
+    work.mkdir()
+
+    def sh(*command: str, cwd: Path = work) -> str:
+        return subprocess.run(command, cwd=cwd, env=env, check=True, capture_output=True, text=True).stdout
+
+    (work / "params.yaml").write_text("p: 1\n")
+    sh("git", "init", "-q")
+    sh("dvc", "init", "-q")
+    sh("dvc", "remote", "add", "-q", "-d", "store", str(tmp_path / "store"))
+    script = "import json, yaml; json.dump({'v': yaml.safe_load(open('params.yaml'))['p'] * 2}, open('m.json', 'w'))"
+    sh("dvc", "stage", "add", "-q", "-n", "s", "-p", "p", "-M", "m.json", f'python -c "{script}"')
+    sh("dvc", "repro", "-q")
+    sh(*GIT, "add", "-A")
+    sh(*GIT, "commit", "-qm", "base")
+    sh("git", "clone", "-q", "--bare", str(work), str(bare), cwd=tmp_path)
+    for value, name in ((2, "study-t-a"), (3, "study-t-b")):
+        sh("dvc", "exp", "run", "-q", "-S", f"p={value}", "--name", name)
+        sh("dvc", "exp", "push", "-q", str(bare), name)
+    laptop = tmp_path / "laptop"
+    sh("git", "clone", "-q", str(bare), str(laptop), cwd=tmp_path)
+    names = ["study-t-a", "study-t-b", "study-t-c"]
+    assert pull_experiments(str(bare), names, cwd=str(laptop)) == (["study-t-a", "study-t-b"], ["study-t-c"])
+    shown = json.loads(sh("dvc", "exp", "show", "--json", cwd=laptop))
+    metrics = {e["name"]: e["revs"][0]["data"]["metrics"]["m.json"]["data"] for e in shown[1]["experiments"]}
+    assert metrics == {"study-t-a": {"v": 4}, "study-t-b": {"v": 6}}
+    present = set(metrics)
+    assert pull_experiments(str(bare), names, present=present, cwd=str(laptop)) == ([], ["study-t-c"])
