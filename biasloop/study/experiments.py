@@ -211,6 +211,9 @@ def git_remote_url(remote: str, repo: str | Path = ".") -> str:
 
     A relative path is made absolute against ``repo``, so a clone elsewhere (a cluster's node) reads the
     same remote.
+
+    Raises:
+        RuntimeError: when ``remote`` is none of these.
     """
     names = subprocess.run(["git", "remote"], cwd=repo, capture_output=True, text=True).stdout.split()
     if remote in names:
@@ -219,7 +222,13 @@ def git_remote_url(remote: str, repo: str | Path = ".") -> str:
         ).stdout.strip()
     if "://" in remote or re.match(r"^[\w.-]+@[\w.-]+:", remote):  # a URL, or scp-like user@host:path
         return remote
-    return str((Path(repo) / remote).resolve())
+    path = (Path(repo) / remote).resolve()
+    if not path.exists():
+        raise RuntimeError(
+            f"Git remote {remote!r}: neither a remote of this repository ({', '.join(names) or 'none'}; "
+            "`git remote add NAME URL`) nor a URL or an existing path (study.ray.git_remote)"
+        )
+    return str(path)
 
 
 def remote_experiment_names(
