@@ -170,7 +170,7 @@ def _cli(repo: Path, fake: Path, *extra: str) -> subprocess.Popen:
 @needs_ray
 def test_a_cell_that_always_fails_is_reported_with_its_log_and_exit_status(tmp_path: Path) -> None:
     repo, fake, state = _project(tmp_path, {"study-t-r0-s0": "fail"}, retries=1)
-    process = _cli(repo, fake)
+    process = _cli(repo, fake, "--jobs", "2")
     stdout, stderr = process.communicate(timeout=300)
     assert process.returncode == 1, stdout + stderr
     assert "study-t-r0.8-s0: success" in stdout, stdout

@@ -233,15 +233,15 @@ def run_study_ray(
     """Run the study's cells that the Git remote lacks on Ray, and return the failed ones (see the
     module docstring). ``jobs``: cells at once on a local instance (None: ``study.jobs``); ``dry_run``:
     print the cells and their overrides, start nothing."""
-    jobs = cell_jobs(config, params_path, repo=repo, rerun=rerun, dvc=dvc, echo=echo)
-    for job in jobs:
+    to_run = cell_jobs(config, params_path, repo=repo, rerun=rerun, dvc=dvc, echo=echo)
+    for job in to_run:
         echo(
             ("would run: " if dry_run else "") + f"{job.name}: dvc exp run {' '.join('-S ' + o for o in job.overrides)}"
         )
-    if dry_run or not jobs:
+    if dry_run or not to_run:
         return []
     ray = start_ray(config, address, echo, jobs)
     try:
-        return run_jobs(ray, jobs, config, echo)
+        return run_jobs(ray, to_run, config, echo)
     finally:
         ray.shutdown()
