@@ -34,6 +34,7 @@ from pathlib import Path
 
 LOG_TAIL_LINES = 20
 STOP_GRACE_SECONDS = 10.0  # SIGTERM, then SIGKILL after this long
+WAIT_SECONDS = 1.0  # a cancelled cell stops its commands within about this long
 
 
 @dataclass(frozen=True)
@@ -145,7 +146,11 @@ def _run_in_group(command: list[str], cwd: Path, out, folder: Path) -> int:
     marker = folder / "running.pgid"
     marker.write_text(str(process.pid))
     try:
-        return process.wait()
+        while True:  # short waits: Ray raises the cancel's KeyboardInterrupt only while Python code runs
+            try:
+                return process.wait(timeout=WAIT_SECONDS)
+            except subprocess.TimeoutExpired:
+                continue
     except BaseException:
         _stop_group(process.pid)
         raise
