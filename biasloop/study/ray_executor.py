@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import textwrap
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -168,7 +169,7 @@ def run_jobs(
     Returns:
         One record per cell failed after its last attempt: ``name``, ``log`` (``host:path``, or the
         cell's folder on its node when its worker died), ``returncode`` (None when the worker died),
-        ``error``.
+        ``error`` (the step and its exit status, or the worker's death) and ``tail`` (the log's last lines).
 
     Raises:
         KeyboardInterrupt: after cancelling the unfinished cells (Ctrl-C).
@@ -195,6 +196,8 @@ def run_jobs(
                 except Exception as exc:  # the cell's last attempt failed, or its worker died
                     failed.append(_failure(job, exc))
                     echo(f"{count}: failed after {after}: {failed[-1]['error']}; log: {failed[-1]['log']}")
+                    if failed[-1]["tail"]:
+                        echo(textwrap.indent(failed[-1]["tail"], "    "))
                     continue
                 echo(f"{count}: success after {after} on {result['host']} (attempt {result['attempt']})")
     except KeyboardInterrupt:
@@ -209,10 +212,12 @@ def run_jobs(
 def _failure(job: CellJob, exc: Exception) -> dict[str, Any]:
     cause = getattr(exc, "cause", None) or exc
     if isinstance(cause, CellFailed):
-        return {"name": job.name, "log": cause.log, "returncode": cause.returncode, "error": str(cause).rstrip()}
+        error = f"{cause.step} exited with {cause.returncode}"
+        return {"name": job.name, "log": cause.log, "returncode": cause.returncode, "error": error, "tail": cause.tail}
     return {
         "name": job.name,
         "log": f"{job.folder()} on its node",
+        "tail": "",
         "returncode": None,
         "error": f"{type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}",
     }
