@@ -171,11 +171,14 @@ def _stop_group(pgid: int) -> None:
 
 
 def _group_alive(pgid: int) -> bool:
+    """Whether a process of group ``pgid`` still runs (a zombie, exited but not yet reaped, does not)."""
     try:
         os.killpg(pgid, 0)
     except (ProcessLookupError, PermissionError):
         return False
-    return True
+    if not Path("/proc").is_dir():
+        return True
+    return any(state != "Z" for state in _group_members(pgid).values())
 
 
 def stop_leftover(folder: Path) -> bool:
@@ -194,16 +197,17 @@ def stop_leftover(folder: Path) -> bool:
     return bool(inside)
 
 
-def _group_members(pgid: int) -> list[int]:
-    """Process ids of group ``pgid``, read from /proc (empty where there is no /proc)."""
-    members = []
+def _group_members(pgid: int) -> dict[int, str]:
+    """Process id -> state letter (``R``, ``S``, ``Z``, ...) of each process of group ``pgid``, read from
+    /proc (empty where there is no /proc)."""
+    members = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
         except (OSError, IndexError):
             continue
         if len(fields) > 2 and fields[2] == str(pgid):
-            members.append(int(stat.parent.name))
+            members[int(stat.parent.name)] = fields[0]
     return members
 
 
