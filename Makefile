@@ -34,13 +34,19 @@ WHEELS := $(VENV_ROOT)/wheels
 TEST_INSTALL := $(CHECKOUT_VENV)/bin/python -m pip install -q --no-deps --require-hashes --no-index \
   --find-links $(WHEELS) -r requirements-test.txt
 
+# The Ray executor of studies (docs/cluster.md), installed the same way.
+CLUSTER_INSTALL := $(CHECKOUT_VENV)/bin/python -m pip install -q --no-deps --require-hashes --no-index \
+  --find-links $(WHEELS) -r requirements-cluster.txt
+
 # This checkout's .venv: remade when requirements.lock (hence the shared environment), pyproject.toml
-# (packages, commands) or requirements-test.txt (test-only packages, installed here) changes. Writes
-# nothing into the shared environment.
-$(CHECKOUT_READY): pyproject.toml requirements-test.txt | $(VENV)/.ready
+# (packages, commands), requirements-test.txt (test-only packages, installed here) or
+# requirements-cluster.txt (Ray, installed here) changes. Writes nothing into the shared environment.
+$(CHECKOUT_READY): pyproject.toml requirements-test.txt requirements-cluster.txt | $(VENV)/.ready
 	@$(BIN)/python -m biasloop.core.environment --venv $(CHECKOUT_VENV) --shared $(VENV)
 	@$(TEST_INSTALL) 2>/dev/null || { $(BIN)/python -m pip download -q --no-deps --require-hashes \
 	  -r requirements-test.txt -d $(WHEELS) && $(TEST_INSTALL); }
+	@$(CLUSTER_INSTALL) 2>/dev/null || { $(BIN)/python -m pip download -q --no-deps --require-hashes \
+	  -r requirements-cluster.txt -d $(WHEELS) && $(CLUSTER_INSTALL); }
 	@touch $@
 
 venv: $(CHECKOUT_READY)  ## make this checkout's .venv (seconds) over the shared environment

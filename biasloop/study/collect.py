@@ -4,24 +4,8 @@ Input: the study's experiments (:func:`biasloop.study.experiments.parse_exp_show
 ``params.yaml`` and its ``metrics/summary.json``. Each metric is read by a dotted key path
 (``study.metrics``: ``gen{gen}.generator | headline.generator``, first the path every cell reports), so
 the pipeline's key names plug in without code changes. Output: the content of
-``metrics/studies/<name>.json``.
-
-Seeds are the independent units (cells of one seed share the corpus draw and random streams: common
-random numbers), so every interval is a t interval over seed-level values (:mod:`biasloop.study.inference`):
-
-- a **level**: the metric in one cell at one generation, one value per seed;
-- a **slope**: per seed, the least-squares slope ``b_s = sum_i (x_i - xbar)(y_i - ybar) / sum_i (x_i -
-  xbar)^2`` over the cells of a line (one axis varying, the others fixed; or the generations of a cell);
-  a seed enters only with every point of the line. In a balanced grid the mean of the ``b_s`` is the
-  pooled OLS slope and its t interval is the cluster-robust one with ``n_seeds - 1`` degrees of freedom;
-- a **contrast**: per seed, one cell minus another (paired by seed).
-
-The study's pre-declared primary endpoints (``studies.<name>.endpoints``) get plain ``1 - alpha``
-intervals; every other interval (``secondary``: levels of every cell, slopes along every numeric axis and
-across generations, contrasts of every variant or non-numeric value with the first) is Holm-adjusted in
-one family. Every interval carries its estimate, interval and level, whether it is adjusted, p (and the
-adjusted p), the TOST p when a margin is declared, and a verdict: ``effect``, ``equivalent within ±m``
-or ``not resolved``.
+``metrics/studies/<name>.json``; its estimates (levels, slopes, contrasts over seed-level values, the
+primary endpoints and the Holm-adjusted family) are :mod:`biasloop.study.estimates`'.
 
 Missing, failed or queued cells are listed and never averaged over; a successful experiment without a
 value is listed too.
@@ -29,16 +13,13 @@ value is listed too.
 
 from __future__ import annotations
 
-import itertools
 import math
 from typing import Any
 
-import numpy as np
-
-from biasloop.study.config import GENERATION, VARIANT, EndpointConfig, StudyConfig, lookup, same_value
+from biasloop.study.config import StudyConfig, lookup, same_value
+from biasloop.study.estimates import SeedValues, cell_summaries, primary_endpoints, secondary_intervals
 from biasloop.study.experiments import Experiment, latest_by_name
-from biasloop.study.grid import Cell, cell_label, grid_points, matches, study_cells
-from biasloop.study.inference import adjust_family, primary_record, t_interval
+from biasloop.study.grid import Cell, cell_label, grid_points, study_cells
 
 
 def flatten_params(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -65,14 +46,6 @@ def unflatten_params(flat: dict[str, Any]) -> dict[str, Any]:
     return nested
 
 
-def ols_slope(xs: list[float], ys: list[float]) -> float:
-    """Least-squares slope of ``ys`` on ``xs`` (needs two distinct x)."""
-    x = np.asarray(xs, dtype=float)
-    y = np.asarray(ys, dtype=float)
-    dx = x - x.mean()
-    return float((dx * (y - y.mean())).sum() / (dx**2).sum())
-
-
 def _number(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(float(value)):
         return None
@@ -87,188 +60,6 @@ def read_metric(metrics: dict[str, Any] | None, template: str, generation: int) 
     if "{gen}" not in template and generation != 0:
         return None
     return _number(lookup(metrics or {}, template.format(gen=generation)))
-
-
-def _is_numeric_axis(config: StudyConfig, axis: str) -> bool:
-    return axis != VARIANT and all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) for v in config.axis_values(axis)
-    )
-
-
-class _Values:
-    """Seed-level values: (cell label, generation, metric) -> {seed: value}, and each label's coords."""
-
-    def __init__(self, config: StudyConfig) -> None:
-        self.config = config
-        self.by_key: dict[tuple[str, int, str], dict[int, float]] = {}
-
-    def get(self, coords: dict[str, Any], generation: int, metric: str) -> dict[int, float]:
-        return self.by_key.get((cell_label(self.config, coords), generation, metric), {})
-
-    def level(self, coords, generation, metric) -> tuple[dict[int, float], list[int]]:
-        return dict(sorted(self.get(coords, generation, metric).items())), []
-
-    def slope(self, line: list[tuple[float, dict[str, Any], int]], metric: str) -> tuple[dict[int, float], list[int]]:
-        """Per-seed slopes over ``line`` = [(x, coords, generation)]; seeds missing a point are excluded."""
-        points = [self.get(coords, g, metric) for _, coords, g in line]
-        seeds = sorted(set().union(*points)) if points else []
-        per_seed, excluded = {}, []
-        for seed in seeds:
-            if len(line) < 2 or any(seed not in p for p in points):
-                excluded.append(seed)
-                continue
-            per_seed[seed] = ols_slope([x for x, _, _ in line], [p[seed] for p in points])
-        return per_seed, excluded
-
-    def contrast(self, first, second, generation, metric) -> tuple[dict[int, float], list[int]]:
-        a, b = self.get(first, generation, metric), self.get(second, generation, metric)
-        both = sorted(set(a) & set(b))
-        return {s: a[s] - b[s] for s in both}, sorted(set(a) ^ set(b))
-
-
-def _describe(
-    metric: str,
-    generation: int | None,
-    kind: str,
-    at: dict[str, Any],
-    slope_vs: str | None = None,
-    minus: dict[str, Any] | None = None,
-) -> str:
-    where = ", ".join(f"{k}={v}" for k, v in at.items())
-    gen = "" if generation is None else f" at generation {generation}"
-    if kind == "slope":
-        text = f"slope of {metric} vs {slope_vs}{gen}"
-    elif kind == "contrast":
-        text = f"{metric}{gen}: ({where}) minus ({', '.join(f'{k}={v}' for k, v in (minus or {}).items())})"
-        return text
-    else:
-        text = f"{metric}{gen}"
-    return f"{text} ({where})" if where else text
-
-
-def _record(
-    kind: str,
-    metric: str,
-    generation: int | None,
-    at: dict[str, Any],
-    per_seed: dict[int, float],
-    excluded: list[int],
-    *,
-    slope_vs: str | None = None,
-    minus: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    return {
-        "kind": kind,
-        "metric": metric,
-        "generation": generation,
-        "at": at,
-        "slope_vs": slope_vs,
-        "minus": minus,
-        "seeds": sorted(per_seed),
-        "excluded_seeds": excluded,
-        "label": _describe(metric, generation, kind, at, slope_vs, minus),
-    }
-
-
-def _signature(
-    kind: str,
-    metric: str,
-    generation: int | None,
-    at: dict[str, Any],
-    slope_vs: str | None,
-    minus: dict[str, Any] | None,
-) -> tuple:
-    """What an interval estimates (secondary intervals that repeat a primary endpoint are left out)."""
-    return (
-        kind,
-        metric,
-        generation,
-        slope_vs,
-        tuple(sorted((k, repr(v)) for k, v in at.items())),
-        tuple(sorted((k, repr(v)) for k, v in (minus or {}).items())),
-    )
-
-
-def _endpoint_values(config: StudyConfig, values: _Values, endpoint: EndpointConfig):
-    """(kind, per-seed values, excluded seeds, at, generation) of a primary endpoint."""
-    points = [p for p in grid_points(config) if matches(p, endpoint.at)]
-    if endpoint.slope_vs == GENERATION:
-        line = [(float(g), points[0], g) for g in range(config.generations)]
-        return ("slope", *values.slope(line, endpoint.metric), dict(points[0]), None)
-    if endpoint.slope_vs is not None:
-        line = sorted(((float(p[endpoint.slope_vs]), p, endpoint.generation) for p in points), key=lambda t: t[0])
-        at = {k: v for k, v in points[0].items() if k != endpoint.slope_vs}
-        return ("slope", *values.slope(line, endpoint.metric), at, endpoint.generation)
-    if endpoint.minus is not None:
-        second = next(p for p in grid_points(config) if matches(p, {**endpoint.at, **endpoint.minus}))
-        return (
-            "contrast",
-            *values.contrast(points[0], second, endpoint.generation, endpoint.metric),
-            dict(points[0]),
-            endpoint.generation,
-        )
-    return (
-        "level",
-        *values.level(points[0], endpoint.generation, endpoint.metric),
-        dict(points[0]),
-        endpoint.generation,
-    )
-
-
-def _secondary(config: StudyConfig, values: _Values, metrics: list[str]) -> list[dict[str, Any]]:
-    """Every secondary interval's record (before the Holm adjustment), per ``studies.<name>.secondary``."""
-    records = []
-    axes = config.axis_names()
-    generations = list(range(config.generations))
-    kinds = set(config.spec.secondary)
-    for metric, g in itertools.product(metrics, generations):
-        margin = config.spec.margins.get(metric)
-        if "levels" in kinds:
-            for point in grid_points(config):
-                per_seed, excluded = values.level(point, g, metric)
-                records.append(
-                    {**_record("level", metric, g, point, per_seed, excluded), "margin": margin, "per_seed": per_seed}
-                )
-        for axis in axes:
-            others = [a for a in axes if a != axis]
-            if len(config.axis_values(axis)) < 2:
-                continue
-            for fixed in itertools.product(*(config.axis_values(a) for a in others)):
-                at = dict(zip(others, fixed))
-                line_points = [p for p in grid_points(config) if matches(p, at)]
-                if _is_numeric_axis(config, axis) and "slopes" in kinds:
-                    line = sorted(((float(p[axis]), p, g) for p in line_points), key=lambda t: t[0])
-                    per_seed, excluded = values.slope(line, metric)
-                    records.append(
-                        {
-                            **_record("slope", metric, g, at, per_seed, excluded, slope_vs=axis),
-                            "margin": margin,
-                            "per_seed": per_seed,
-                        }
-                    )
-                elif not _is_numeric_axis(config, axis) and "contrasts" in kinds:
-                    first = line_points[0]
-                    for point in line_points[1:]:
-                        per_seed, excluded = values.contrast(point, first, g, metric)
-                        records.append(
-                            {
-                                **_record("contrast", metric, g, point, per_seed, excluded, minus={axis: first[axis]}),
-                                "margin": margin,
-                                "per_seed": per_seed,
-                            }
-                        )
-    if "slopes" in kinds and len(generations) > 1:
-        for metric, point in itertools.product(metrics, grid_points(config)):
-            line = [(float(g), point, g) for g in generations]
-            per_seed, excluded = values.slope(line, metric)
-            records.append(
-                {
-                    **_record("slope", metric, None, point, per_seed, excluded, slope_vs=GENERATION),
-                    "margin": config.spec.margins.get(metric),
-                    "per_seed": per_seed,
-                }
-            )
-    return records
 
 
 def _resolve_metric_paths(
@@ -350,15 +141,48 @@ def collect_study(experiments: list[Experiment], config: StudyConfig, names: lis
     by_name = latest_by_name(experiments)
     expected = _expected_cells(config, names, by_name)
     swept_paths = sorted({p for c in expected for p, _ in c.setting} | set(config.seed_params))
-    cells, failed, missing, inconsistent = [], [], [], []
-    used: list[tuple[Experiment, Cell]] = []
+    found = _sort_cells(config, expected, by_name, swept_paths)
+    common_params = _common_params(found["used"], swept_paths, found["inconsistent"])
+    metric_paths, notes = _resolve_metric_paths(config, found["used"])
+    metrics = [m for m in config.spec.metrics if metric_paths[m] is not None]
+    values, runs, missing_values = _seed_values(config, found["used"], metrics, metric_paths)
+    endpoints, primary_signatures = primary_endpoints(config, values, metrics, metric_paths)
+    secondary = secondary_intervals(config, values, metrics, metric_paths, primary_signatures)
+    return {
+        "study": _definition(config),
+        "alpha": config.alpha,
+        "metric_paths": metric_paths,
+        "notes": notes,
+        "n_cells_expected": len(expected),
+        "n_cells_used": len(found["used"]),
+        "cells": found["cells"],
+        "common_params": common_params,
+        "summary": cell_summaries(config, values, metrics),
+        "runs": runs,
+        "endpoints": endpoints,
+        "intervals": secondary,
+        "family_size": sum(r["p"] is not None for r in secondary),
+        "failed": found["failed"],
+        "missing": found["missing"],
+        "missing_values": missing_values,
+        "inconsistent": found["inconsistent"],
+    }
+
+
+def _sort_cells(
+    config: StudyConfig, expected: list[Cell], by_name: dict[str, Experiment], swept_paths: list[str]
+) -> dict[str, list]:
+    """Each expected cell's record (``cells``), sorted into ``used`` (successful, with the params of its
+    cell: (experiment, cell) pairs), ``failed``, ``missing`` (absent or unfinished) and ``inconsistent``
+    (successful, but its params are not its cell's)."""
+    found: dict[str, list] = {"cells": [], "used": [], "failed": [], "missing": [], "inconsistent": []}
     for cell in expected:
         exp = by_name.get(cell.name)
         base = {"name": cell.name, "cell": cell.label, "seed": cell.seed}
         if exp is None:
-            missing.append({**base, "state": "absent"})
+            found["missing"].append({**base, "state": "absent"})
             continue
-        cells.append(
+        found["cells"].append(
             {
                 **base,
                 "coords": dict(cell.coords),
@@ -372,55 +196,69 @@ def collect_study(experiments: list[Experiment], config: StudyConfig, names: lis
             }
         )
         if exp.state == "failed":
-            failed.append({**base, "error": exp.error, "log": exp.log, "logs_command": f"dvc queue logs {cell.name}"})
-            continue
-        if exp.state != "success":
-            missing.append({**base, "state": exp.state})
-            continue
-        wrong = [
-            f"{p}={lookup(exp.params, p)!r} (expected {v!r})"
-            for p, v in cell.setting
-            if not same_value(lookup(exp.params, p), v)
-        ]
-        wrong += [
-            f"{p}={lookup(exp.params, p)!r} (expected seed {cell.seed})"
-            for p in config.seed_params
-            if lookup(exp.params, p) is None or lookup(exp.params, p) != cell.seed
-        ]
-        if not cell.coords or wrong:
-            inconsistent.append(f"{cell.name}: params say {', '.join(wrong) or 'no cell of this study'}")
-            continue
-        used.append((exp, cell))
-
-    common_params: dict[str, Any] = {}
-    if used:
-        # The study sections configure this driver, not the pipeline: a grid extended later keeps its cells.
-        flats = [
-            {
-                k: v
-                for k, v in flatten_params(exp.params).items()
-                if k not in swept_paths and not k.startswith(("study.", "studies."))
-            }
-            for exp, _ in used
-        ]
-        keys = sorted(set().union(*flats))
-        differing = [k for k in keys if any(f.get(k, "<absent>") != flats[0].get(k, "<absent>") for f in flats)]
-        for key in differing:
-            shown = sorted({repr(f.get(key, "<absent>")) for f in flats})
-            inconsistent.append(
-                f"param {key} differs between cells ({', '.join(shown[:4])}); only {', '.join(swept_paths)} may"
+            found["failed"].append(
+                {**base, "error": exp.error, "log": exp.log, "logs_command": f"dvc queue logs {cell.name}"}
             )
-        common_params = unflatten_params({k: v for k, v in flats[0].items() if k not in differing})
-        baselines = sorted({exp.baseline_rev for exp, _ in used})
-        if len(baselines) > 1:
-            inconsistent.append(
-                f"cells come from {len(baselines)} baseline commits ({', '.join(b[:7] for b in baselines)}): "
-                "their code may differ; collect one baseline with --rev"
-            )
+        elif exp.state != "success":
+            found["missing"].append({**base, "state": exp.state})
+        elif wrong := _wrong_params(config, cell, exp):
+            found["inconsistent"].append(f"{cell.name}: params say {', '.join(wrong)}")
+        else:
+            found["used"].append((exp, cell))
+    return found
 
-    metric_paths, notes = _resolve_metric_paths(config, used)
-    metrics = [m for m in config.spec.metrics if metric_paths[m] is not None]
-    values = _Values(config)
+
+def _wrong_params(config: StudyConfig, cell: Cell, exp: Experiment) -> list[str]:
+    """The params of ``exp`` that differ from its cell's setting and seed (``no cell of this study``
+    for an experiment whose params match no cell)."""
+    wrong = [
+        f"{p}={lookup(exp.params, p)!r} (expected {v!r})"
+        for p, v in cell.setting
+        if not same_value(lookup(exp.params, p), v)
+    ]
+    wrong += [
+        f"{p}={lookup(exp.params, p)!r} (expected seed {cell.seed})"
+        for p in config.seed_params
+        if lookup(exp.params, p) is None or lookup(exp.params, p) != cell.seed
+    ]
+    return wrong or ([] if cell.coords else ["no cell of this study"])
+
+
+def _common_params(used: list[tuple[Experiment, Cell]], swept_paths: list[str], inconsistent: list[str]) -> dict:
+    """The params every used cell shares (nested), appending a line to ``inconsistent`` per unswept param
+    that differs between cells and when the cells come from several baseline commits."""
+    if not used:
+        return {}
+    # The study sections configure this driver, not the pipeline: a grid extended later keeps its cells.
+    flats = [
+        {
+            k: v
+            for k, v in flatten_params(exp.params).items()
+            if k not in swept_paths and not k.startswith(("study.", "studies."))
+        }
+        for exp, _ in used
+    ]
+    keys = sorted(set().union(*flats))
+    differing = [k for k in keys if any(f.get(k, "<absent>") != flats[0].get(k, "<absent>") for f in flats)]
+    for key in differing:
+        shown = sorted({repr(f.get(key, "<absent>")) for f in flats})
+        inconsistent.append(
+            f"param {key} differs between cells ({', '.join(shown[:4])}); only {', '.join(swept_paths)} may"
+        )
+    baselines = sorted({exp.baseline_rev for exp, _ in used})
+    if len(baselines) > 1:
+        inconsistent.append(
+            f"cells come from {len(baselines)} baseline commits ({', '.join(b[:7] for b in baselines)}): "
+            "their code may differ; collect one baseline with --rev"
+        )
+    return unflatten_params({k: v for k, v in flats[0].items() if k not in differing})
+
+
+def _seed_values(
+    config: StudyConfig, used: list[tuple[Experiment, Cell]], metrics: list[str], metric_paths: dict[str, str | None]
+) -> tuple[SeedValues, list[dict[str, Any]], list[dict[str, Any]]]:
+    """The seed-level values of every used cell, its raw ``runs`` rows, and the ``missing_values``."""
+    values = SeedValues(config)
     runs, missing_values = [], []
     for exp, cell in used:
         for g in range(config.generations):
@@ -434,70 +272,7 @@ def collect_study(experiments: list[Experiment], config: StudyConfig, names: lis
                     continue
                 values.by_key.setdefault((cell.label, g, metric), {})[cell.seed] = value
             runs.append(run)
-
-    summary = []
-    for point, g in itertools.product(grid_points(config), range(config.generations)):
-        entry = {"cell": cell_label(config, point), "coords": point, "generation": g, "metrics": {}}
-        for metric in metrics:
-            by_seed = values.get(point, g, metric)
-            stats = t_interval(by_seed.values(), config.alpha)
-            entry["metrics"][metric] = {
-                "mean": stats["estimate"],
-                "sd": stats["sd"],
-                "n": stats["n"],
-                "seeds": sorted(by_seed),
-            }
-        summary.append(entry)
-
-    endpoints, primary_signatures = {}, set()
-    for endpoint_name, endpoint in config.spec.endpoints.items():
-        kind, per_seed, excluded, at, generation = _endpoint_values(config, values, endpoint)
-        slope_vs = endpoint.slope_vs
-        minus = dict(endpoint.minus) if endpoint.minus is not None else None
-        primary_signatures.add(_signature(kind, endpoint.metric, generation, at, slope_vs, minus))
-        record = _record(kind, endpoint.metric, generation, at, per_seed, excluded, slope_vs=slope_vs, minus=minus)
-        if endpoint.metric not in metrics:
-            record["note"] = f"metric {endpoint.metric} not found in any cell"
-        endpoints[endpoint_name] = {
-            **record,
-            "primary": True,
-            "metric_path": metric_paths.get(endpoint.metric),
-            **primary_record(list(per_seed.values()), config.alpha, endpoint.margin),
-        }
-    secondary = [
-        r
-        for r in _secondary(config, values, metrics)
-        if _signature(r["kind"], r["metric"], r["generation"], r["at"], r["slope_vs"], r["minus"])
-        not in primary_signatures
-    ]
-    for record in secondary:
-        per_seed = record.pop("per_seed")
-        record.update(t_interval(per_seed.values(), config.alpha))
-        record["values"] = list(per_seed.values())
-    adjust_family(secondary, config.alpha)
-    for record in secondary:
-        record["primary"] = False
-        record["metric_path"] = metric_paths.get(record["metric"])
-
-    return {
-        "study": _definition(config),
-        "alpha": config.alpha,
-        "metric_paths": metric_paths,
-        "notes": notes,
-        "n_cells_expected": len(expected),
-        "n_cells_used": len(used),
-        "cells": cells,
-        "common_params": common_params,
-        "summary": summary,
-        "runs": runs,
-        "endpoints": endpoints,
-        "intervals": secondary,
-        "family_size": sum(r["p"] is not None for r in secondary),
-        "failed": failed,
-        "missing": missing,
-        "missing_values": missing_values,
-        "inconsistent": inconsistent,
-    }
+    return values, runs, missing_values
 
 
 def _definition(config: StudyConfig) -> dict[str, Any]:

@@ -92,6 +92,35 @@ class StudySpec:
     secondary: tuple[str, ...] = SECONDARY_KINDS
 
 
+EXECUTORS = ("dvc-queue", "ray")
+
+
+@dataclass(frozen=True)
+class RaySettings:
+    """``study.ray``: the Ray executor (docs/cluster.md): each cell a Ray task on a cluster's node.
+
+    Attributes:
+        address: the cluster ``ray.init`` joins (``ray://head:10001``, ``auto``: the cluster this node
+            belongs to); None: a local Ray instance on this machine (loopback only).
+        retries: times a failed or killed cell is tried again before it is reported failed.
+        cpus: CPUs Ray reserves for each cell (logical: what the scheduler counts).
+        gpus: GPUs Ray reserves for each cell (0: none; fractions share a GPU).
+        git_remote: Git remote (a name of this repository's remotes, or a URL or path) the cells clone the
+            baseline commit from, push their experiments to, and ``study collect`` pulls them from.
+        dvc_remote: DVC remote (a name in the committed .dvc/config) the cells pull the baseline's
+            outputs from and push their own to; None: the default remote.
+        scratch: folder on each node the cells clone into; None: the node's temporary folder.
+    """
+
+    address: str | None = None
+    retries: int = 2
+    cpus: float = 1.0
+    gpus: float = 0.0
+    git_remote: str = "origin"
+    dvc_remote: str | None = None
+    scratch: str | None = None
+
+
 @dataclass(frozen=True)
 class StudySettings:
     """``study``: what every study shares.
@@ -104,6 +133,8 @@ class StudySettings:
         seed_params: params a replicate seed sets in every cell.
         metrics: metric name -> dotted key path(s) in metrics/summary.json, ``{gen}`` the generation,
             alternatives separated by ``|`` (the first one every cell reports is read).
+        executor: where cells run: ``dvc-queue`` (this machine's ``dvc queue`` workers) or ``ray``.
+        ray: the Ray executor's settings.
     """
 
     default: str = "default"
@@ -112,6 +143,8 @@ class StudySettings:
     alpha: float = 0.05
     seed_params: tuple[str, ...] = ("base.seed", "world.seed")
     metrics: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_METRICS))
+    executor: str = "dvc-queue"
+    ray: RaySettings = field(default_factory=RaySettings)
 
 
 @dataclass(frozen=True)
@@ -198,6 +231,10 @@ def _validate(config: StudyConfig) -> None:
         raise ConfigError("study.seed_params: at least one param (base.seed) must carry the seed")
     if settings.jobs < 1 or settings.poll_seconds <= 0 or not 0 < settings.alpha < 1:
         raise ConfigError("study.jobs >= 1, study.poll_seconds > 0 and 0 < study.alpha < 1 needed")
+    if settings.executor not in EXECUTORS:
+        raise ConfigError(f"study.executor: one of {', '.join(EXECUTORS)} needed, found {settings.executor!r}")
+    if settings.ray.retries < 0 or settings.ray.cpus < 0 or settings.ray.gpus < 0:
+        raise ConfigError("study.ray: retries, cpus and gpus must be >= 0")
     for metric in list(spec.metrics) + list(spec.margins):
         if metric not in settings.metrics:
             raise ConfigError(

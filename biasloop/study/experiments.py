@@ -23,10 +23,12 @@ baseline's (stale), and a queued one's are empty: metrics are read only from suc
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 STATES = ("success", "failed", "queued", "running")
@@ -202,3 +204,67 @@ def exp_show(rev: str | None = None, all_commits: bool = False, dvc: str = "dvc"
         return json.loads(out or "[]")
     except json.JSONDecodeError as exc:
         raise ValueError(f"`dvc {' '.join(args)}` printed something that is not JSON: {out[:200]!r}") from exc
+
+
+def git_remote_url(remote: str, repo: str | Path = ".") -> str:
+    """The URL (or absolute path) of ``remote``: a name of ``repo``'s Git remotes, or a URL or path.
+
+    A relative path is made absolute against ``repo``, so a clone elsewhere (a cluster's node) reads the
+    same remote.
+
+    Raises:
+        RuntimeError: when ``remote`` is none of these.
+    """
+    names = subprocess.run(["git", "remote"], cwd=repo, capture_output=True, text=True).stdout.split()
+    if remote in names:
+        remote = subprocess.run(
+            ["git", "remote", "get-url", remote], cwd=repo, capture_output=True, text=True, check=True
+        ).stdout.strip()
+    if "://" in remote or re.match(r"^[\w.-]+@[\w.-]+:", remote):  # a URL, or scp-like user@host:path
+        return remote
+    path = (Path(repo) / remote).resolve()
+    if not path.exists():
+        raise RuntimeError(
+            f"Git remote {remote!r}: neither a remote of this repository ({', '.join(names) or 'none'}; "
+            "`git remote add NAME URL`) nor a URL or an existing path (study.ray.git_remote)"
+        )
+    return str(path)
+
+
+def remote_experiment_names(
+    git_url: str, rev: str | None = None, all_commits: bool = False, dvc: str = "dvc", cwd: str | None = None
+) -> list[str]:
+    """Names of the experiments on a Git remote (``dvc exp list URL --name-only``) derived from ``rev``
+    (HEAD when None), or from every commit."""
+    args = ["exp", "list", git_url, "--name-only"]
+    if all_commits:
+        args.append("--all-commits")
+    elif rev:
+        args += ["--rev", rev]
+    return [line.strip() for line in run_dvc(args, dvc=dvc, cwd=cwd).splitlines() if line.strip()]
+
+
+def pull_experiments(
+    git_url: str,
+    names: list[str],
+    *,
+    present: set[str] | frozenset[str] = frozenset(),
+    rev: str | None = None,
+    all_commits: bool = False,
+    dvc: str = "dvc",
+    cwd: str | None = None,
+) -> tuple[list[str], list[str]]:
+    """Fetch the named experiments from a Git remote that are not here yet (``dvc exp pull --no-cache``).
+
+    Only the experiments' commits come (``metrics/summary.json`` and params are in them, which is what a
+    study's aggregation reads); ``dvc exp pull REMOTE NAME`` fetches one's data too. Running it again
+    fetches nothing new: an experiment already ``present`` is left as it is.
+
+    Returns:
+        (pulled, not on the remote): the names fetched now, and those the remote does not have.
+    """
+    on_remote = set(remote_experiment_names(git_url, rev=rev, all_commits=all_commits, dvc=dvc, cwd=cwd))
+    wanted = [n for n in names if n in on_remote and n not in present]
+    if wanted:
+        run_dvc(["exp", "pull", "--no-cache", git_url, *wanted], dvc=dvc, cwd=cwd)
+    return wanted, [n for n in names if n not in on_remote and n not in present]

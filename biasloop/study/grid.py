@@ -204,7 +204,8 @@ def queue_command(cell: Cell, config: StudyConfig, params: dict[str, Any]) -> li
     return args + ["--name", cell.name]
 
 
-def _format_seconds(seconds: float) -> str:
+def format_seconds(seconds: float) -> str:
+    """``75.2`` -> ``"1m15s"``, ``3725`` -> ``"1h02m05s"``: how long a cell or a study took."""
     minutes, secs = divmod(int(round(seconds)), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
@@ -335,7 +336,7 @@ def wait_for_cells(
                 reported[name] = exp.state
                 note = f"; log: dvc queue logs {name}" if exp.state == "failed" else f" ({exp.rev[:7]})"
                 echo(
-                    f"[{len(reported)}/{len(names)}] {name}: {exp.state} after {_format_seconds(time.monotonic() - start)}{note}"
+                    f"[{len(reported)}/{len(names)}] {name}: {exp.state} after {format_seconds(time.monotonic() - start)}{note}"
                 )
                 sys.stdout.flush()
         if len(reported) == len(names):
@@ -354,7 +355,7 @@ def wait_for_cells(
         waited = clock() - start
         if timeout is not None and waited >= timeout:
             raise RuntimeError(
-                f"gave up waiting after {_format_seconds(waited)}: {_describe(unfinished)}"
+                f"gave up waiting after {format_seconds(waited)}: {_describe(unfinished)}"
                 f"{_log_tails(unfinished, dvc)}\nthe queue keeps running (`dvc queue status`); "
                 "`biasloop study run` again waits for it"
             )
