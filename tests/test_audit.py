@@ -18,7 +18,8 @@ import yaml
 from biasloop.cli import main
 from biasloop.core.config import from_dict
 from biasloop.data.corpus import write_corpus
-from biasloop.data.world import WorldConfig, build_world, oracle_labels
+from biasloop.data.hues import oracle_labels
+from biasloop.data.world import WorldConfig, build_world
 from biasloop.models.generators.image_folder import prompt_id
 from stages import instrument
 
