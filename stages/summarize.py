@@ -42,18 +42,11 @@ from biasloop.core.config import read_params
 from biasloop.core.io import atomic_path, write_json
 from biasloop.core.stage import load_configs, make_parser, stage_main
 from biasloop.core.tracking import stage_run
-from biasloop.report.html import (
-    TASK_COLUMNS,
-    build_summary,
-    load_json,
-    render_report,
-    share_rows,
-    summary_row,
-    task_row,
-)
+from biasloop.report.html import render_report
 from biasloop.report.markdown import results_markdown
 from biasloop.report.plots import generation_curves
 from biasloop.report.study_html import named_study_section
+from biasloop.report.summary import TASK_COLUMNS, build_summary, load_json, share_rows, summary_row, task_row
 
 log = logging.getLogger("summarize")
 

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from biasloop.report.html import build_summary, render_report, share_rows, summary_row
+from biasloop.report.html import render_report
 from biasloop.report.markdown import results_markdown
+from biasloop.report.summary import build_summary, share_rows, summary_row
 from tests.headless import CHROMIUM_FLAGS, chromium_binary
 
 GEN_METRICS = {

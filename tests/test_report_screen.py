@@ -15,10 +15,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from biasloop.report.html import render_report, summary_row, task_row
+from biasloop.report.html import render_report
 from biasloop.report.plots import decomposition_figure, generation_curves
 from biasloop.report.study_figures import study_intervals_figure
 from biasloop.report.study_html import named_study_section
+from biasloop.report.summary import summary_row, task_row
 from tests.headless import headless_chromium
 from tests.test_report import ACQUISITION, GEN_METRICS
 

@@ -16,7 +16,8 @@ from biasloop.core.io import load_images, write_image_shards
 from biasloop.data.corpus import write_corpus
 from biasloop.data.world import WorldConfig, build_world
 from biasloop.loop.mixing import build_dataset
-from biasloop.report.html import render_report, task_row
+from biasloop.report.html import render_report
+from biasloop.report.summary import task_row
 from stages import captioner, classifier
 
 pytestmark = pytest.mark.slow

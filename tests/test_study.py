@@ -480,7 +480,8 @@ def test_committed_studies_are_defined_and_name_the_pipeline_params() -> None:
         assert config.spec.endpoints, name
         check_param_paths(config, params)
     generator = load_study_config(params, "generator")
-    assert len(study_cells(generator)) == 12 * 3 + 4 * 2  # 4 primary cells get 5 seeds
+    # 2 generators x 3 guidance scales x 3 seeds, plus 2 seeds more for the 4 cells a primary endpoint reads
+    assert len(study_cells(generator)) == 6 * 3 + 4 * 2
     assert len(load_study_config(params, "loop").spec.variants) == 3
 
 
@@ -727,3 +728,22 @@ def test_study_run_command_names_an_unknown_path_and_exits_2(tmp_path: Path, cap
     assert "studies.g.axes: unknown param path 'generate.guidance_scale'" in err
     assert main(["study", "run", "--dry-run", "--params", str(params), "--name", "nope"]) == 2
     assert "studies.nope: no such study (defined: g)" in capsys.readouterr().err
+
+
+def test_waiting_reads_the_cells_baseline_not_whatever_head_is_now(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A commit made while a study runs moves HEAD; the wait keeps asking `dvc exp show` for the cells' baseline."""
+    import biasloop.study.grid as grid
+
+    spec = {**GRID, "variants": {"replace": {"loop.mode": "replace"}}, "seeds": [0], "endpoints": {}, "generations": 2}
+    config = load_study_config(params_with({"t": spec}, poll_seconds=0.01))
+    states = {("replace", 1, 0): "success", ("replace", 3, 0): "success"}
+    asked: list[str | None] = []
+
+    def fake_exp_show(rev=None, all_commits=False, dvc="dvc", cwd=None):
+        asked.append(rev)
+        return exp_show_json(states, config=config)
+
+    monkeypatch.setattr(grid, "exp_show", fake_exp_show)
+    names = [c.name for c in study_cells(config)]
+    assert grid.wait_for_cells(config, names, echo=lambda line: None, sleep=lambda s: None, rev="abc1234") == []
+    assert asked == ["abc1234"]

@@ -106,7 +106,8 @@ def _sigterm_unwinds() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _git_revision() -> str | None:
+def git_revision() -> str | None:
+    """The commit checked out in the working folder (``git rev-parse HEAD``), or None outside a Git work tree."""
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=False)
     except (OSError, subprocess.SubprocessError):
@@ -290,7 +291,7 @@ def stage_run(
         return
     uri = config.uri or default_uri()
     try:
-        revision = _git_revision()
+        revision = git_revision()
         tags = _run_tags(stage, generation, revision)
         spool = spool_dir(uri)
         parent = _open_pipeline(spool, uri, config.experiment, revision)

@@ -7,9 +7,6 @@ paradox table, the instrument, the remaining figures and this run's params; then
 saying which experiments and baseline commit it comes from. Figures are base64 PNG and the stylesheet is
 inline, so the page opens without network. The section builders live in :mod:`biasloop.report.sections`,
 :mod:`biasloop.report.headline_html` and :mod:`biasloop.report.study_html`.
-
-The summary rows (:mod:`biasloop.report.summary`) are re-exported here for the stages that import them
-from this module.
 """
 
 from __future__ import annotations
@@ -20,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from biasloop.core.tracking import _git_revision as code_commit  # the commit MLflow's runs carry too
+from biasloop.core.tracking import git_revision as code_commit  # the commit MLflow's runs carry too
 from biasloop.report.headline_html import first_screen
 from biasloop.report.page import CSS, image_tag
 from biasloop.report.sections import (
@@ -32,28 +29,6 @@ from biasloop.report.sections import (
     tasks_section,
 )
 from biasloop.report.study_html import study_section
-from biasloop.report.summary import (
-    HEADLINE_PAIRING,
-    TASK_COLUMNS,
-    build_summary,
-    load_json,
-    paradox_summary,
-    share_rows,
-    summary_row,
-    task_row,
-)
-
-__all__ = [
-    "HEADLINE_PAIRING",
-    "TASK_COLUMNS",
-    "build_summary",
-    "load_json",
-    "paradox_summary",
-    "render_report",
-    "share_rows",
-    "summary_row",
-    "task_row",
-]
 
 
 def _navigation(has_paradox: bool, has_instrument: bool, has_figures: bool, has_studies: bool) -> str:
@@ -88,7 +63,7 @@ def render_report(
 
     Args:
         out_path: HTML path (written atomically).
-        rows: :func:`summary_row` per generation.
+        rows: :func:`biasloop.report.summary.summary_row` per generation.
         paradox: ``metrics/paradox.json``.
         instrument: ``metrics/instrument.json``.
         params: the run's params (its identity on the first screen; all of them at the end).

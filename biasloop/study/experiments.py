@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -158,6 +160,8 @@ def run_dvc(args: list[str], dvc: str = "dvc", cwd: str | None = None, timeout: 
         DvcTimeout: naming the command when it ran past ``timeout``.
         FileNotFoundError: when the ``dvc`` executable is not on PATH.
     """
+    if dvc == "dvc" and shutil.which("dvc") is None and (Path(sys.executable).parent / "dvc").is_file():
+        dvc = str(Path(sys.executable).parent / "dvc")  # `.venv/bin/biasloop` run without the venv on PATH
     # Files, not pipes: `dvc queue start` leaves a daemon worker holding its stdout, and reading a pipe
     # to its end would wait for the worker (the whole queue) to finish.
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:

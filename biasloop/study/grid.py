@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import itertools
 import re
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -286,7 +287,15 @@ def run_study(
         echo(f"queued {len(to_queue)} of {len(cells)} cells; started {workers} worker(s) (`dvc queue status` to watch)")
     if not wait:
         return []
-    return wait_for_cells(config, [c.name for c in cells], dvc=dvc, echo=echo, sleep=sleep, timeout=timeout)
+    baseline = _head_commit()  # a commit made while the study runs moves HEAD, not the cells' baseline
+    names = [c.name for c in cells]
+    return wait_for_cells(config, names, dvc=dvc, echo=echo, sleep=sleep, timeout=timeout, rev=baseline)
+
+
+def _head_commit() -> str | None:
+    """The commit checked out now (the baseline of the cells queued now), or None outside a Git work tree."""
+    done = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False)
+    return (done.stdout.strip() or None) if done.returncode == 0 else None
 
 
 def _quote(arg: str) -> str:
@@ -302,10 +311,12 @@ def wait_for_cells(
     sleep: Callable[[float], None] = time.sleep,
     timeout: float | None = None,
     clock: Callable[[], float] = time.monotonic,
+    rev: str | None = None,
 ) -> list[str]:
     """Poll ``dvc exp show`` until every named cell has succeeded or failed; a line per finished cell.
 
     Args:
+        rev: the cells' baseline commit (None: HEAD at each look).
         timeout: seconds to wait at most (None: no limit); the queue keeps running after it.
         clock: the time source (tests pass a fake one).
 
@@ -323,7 +334,7 @@ def wait_for_cells(
     idle_looks = 0  # consecutive looks with unfinished cells and no worker (one look may catch a worker starting)
     absent_looks = {name: 0 for name in names}  # a task moving from the queue to a worker may be unlisted once
     while True:
-        found = latest_by_name(parse_exp_show(exp_show(dvc=dvc)), config.prefix)
+        found = latest_by_name(parse_exp_show(exp_show(rev=rev, dvc=dvc)), config.prefix)
         for name in names:
             exp = found.get(name)
             if exp is None:

@@ -149,6 +149,9 @@ def check_mlflow(report: Report, root: Path, params: dict) -> None:
                     (experiment_name,),
                 ).fetchall()
             )
+            found = connection.execute(
+                "SELECT experiment_id FROM experiments WHERE name = ?", (experiment_name,)
+            ).fetchone()
     except Exception as exc:
         report.add("problem", "MLflow", f"{database} is not readable: {exc}")
         return
@@ -161,8 +164,13 @@ def check_mlflow(report: Report, root: Path, params: dict) -> None:
             f"{counts['RUNNING']} run(s) RUNNING: stages running now, or killed ones "
             "(marked KILLED when the next stage starts)",
         )
+    # workflowType=machine_learning: MLflow 3's UI otherwise opens its GenAI overview, not the runs table
+    runs_table = f"http://127.0.0.1:5000/#/experiments/{found[0]}?workflowType=machine_learning" if found else None
     report.add(
-        "info", "MLflow UI", f"MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow ui --backend-store-uri {uri} --port 5000"
+        "info",
+        "MLflow UI",
+        f"MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow ui --backend-store-uri {uri} --port 5000"
+        + (f", then open {runs_table} (the runs table)" if runs_table else ""),
     )
 
 
