@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -15,14 +16,14 @@ def _forest(ax, rows: list[dict[str, Any]], title: str) -> None:
     colours = {"effect": "#d62728", "not resolved": "#7f7f7f"}
     for i, row in enumerate(rows):
         y = len(rows) - 1 - i
-        margin = row.get("margin")
+        margin = 100 * row["margin"] if row.get("margin") else None
         if margin:
             ax.fill_betweenx([y - 0.4, y + 0.4], -margin, margin, color="#dddddd", lw=0, zorder=0)
         colour = colours.get(row["verdict"], "#2ca02c")
         if row.get("ci"):
-            ax.plot(row["ci"], [y, y], color=colour, lw=2, zorder=2)
+            ax.plot([100 * v for v in row["ci"]], [y, y], color=colour, lw=2, zorder=2)
         if row.get("estimate") is not None:
-            ax.plot([row["estimate"]], [y], "o", color=colour, zorder=3)
+            ax.plot([100 * row["estimate"]], [y], "o", color=colour, zorder=3)
         level = f"{100 * row['ci_level']:.2f}%" if row.get("ci") else "no interval"
         ax.annotate(
             f"{row['verdict']} ({level}, n={row['n']})",
@@ -33,7 +34,8 @@ def _forest(ax, rows: list[dict[str, Any]], title: str) -> None:
         )
     ax.axvline(0, color="#444444", lw=0.8)
     ax.set_yticks(range(len(rows)))
-    ax.set_yticklabels([r["label"] for r in reversed(rows)], fontsize=8)
+    ax.set_yticklabels([textwrap.fill(r["label"], 48) for r in reversed(rows)], fontsize=8)
+    ax.set_xlabel("x 100: pp (accuracy: points); a slope per unit of its axis", fontsize=8)
     ax.set_ylim(-0.8, max(len(rows), 1) - 0.2)
     ax.set_title(title, fontsize=8)
     ax.grid(axis="x", alpha=0.3)
@@ -42,7 +44,7 @@ def _forest(ax, rows: list[dict[str, Any]], title: str) -> None:
 def study_intervals_figure(study: dict[str, Any], out_path: str | Path, title: str) -> None:
     """Primary endpoints (plain ``1 - alpha`` intervals) and the secondary intervals of the study's first
     metric at the last generation and across generations (Holm-adjusted); grey band: the declared
-    equivalence margin.
+    equivalence margin. Values are drawn x 100 (pp for shares and terms).
 
     Args:
         study: ``metrics/studies/<name>.json`` as :func:`biasloop.study.collect.collect_study` builds it.
@@ -55,11 +57,11 @@ def study_intervals_figure(study: dict[str, Any], out_path: str | Path, title: s
     last = study["study"]["generations"] - 1
     first = next((m for m in metrics if study["metric_paths"].get(m)), None)
     levels = [r for r in study["intervals"] if r["metric"] == first and r["generation"] in (last, None)][:MAX_ROWS]
-    height = 1.2 + 0.28 * (len(primary) + len(levels))
+    height = 1.8 + 0.6 * (len(primary) + len(levels))  # wrapped labels take up to three lines
     fig, axes = plt.subplots(
         2,
         1,
-        figsize=(9, max(height, 3.5)),
+        figsize=(10, max(height, 3.5)),
         squeeze=False,
         gridspec_kw={"height_ratios": [max(len(primary), 1), max(len(levels), 1)]},
     )
