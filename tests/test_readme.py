@@ -89,3 +89,16 @@ def test_commands_name_existing_targets_flags_and_params(page: Path) -> None:
                 parser.parse_args(words[1:])
             except SystemExit as exc:
                 pytest.fail(f"{page.name}: `{command}` is not a valid biasloop command line ({exc})")
+
+
+def test_readme_study_findings_are_the_generated_results() -> None:
+    """Every "estimate pp [lo, hi]" in the README's Studies table is on docs/results.md, which `summarize`
+    writes from metrics/studies/ (no study result is typed by hand without a generated twin)."""
+    text = README.read_text()
+    table = text[text.index("| study | grid |") :].split("\n\n", 1)[0]
+    findings = re.findall(r"([+-]\d+\.\d) (?:pp|points)[^\[|]{0,40}\[([+-]\d+\.\d), ([+-]\d+\.\d)\]", table)
+    assert len(findings) >= 4, table
+    results = (ROOT / "docs" / "results.md").read_text()
+    studies = results[results.index("## Studies (other runs)") :]
+    for estimate, lo, hi in findings:
+        assert f"{estimate} [{lo}, {hi}]" in studies, f"README's {estimate} [{lo}, {hi}] is not on docs/results.md"
