@@ -61,11 +61,14 @@ def committed_params() -> dict:
 # worker; the other files that read the tiny-world run follow. (Pinning them to one worker with
 # `xdist_group` needs `--dist loadgroup`, which does nothing under pytest 9: xdist 3.8 renames `_nodeid`.)
 LONG_FILES_FIRST = (
+    "test_study_pipeline.py",  # the queue and the Ray executor on the tiny world: the longest file
     "test_crash_safety.py",
     "test_pipeline_accumulate.py",
+    "test_audit_round_trip.py",
     "test_offline_and_queue.py",
-    "test_study_pipeline.py",
     "test_pipeline.py",
+    "test_study_ray.py",
+    "test_mlflow_ui.py",
 )
 
 
