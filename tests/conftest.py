@@ -62,8 +62,8 @@ def committed_params() -> dict:
 # `xdist_group` needs `--dist loadgroup`, which does nothing under pytest 9: xdist 3.8 renames `_nodeid`.)
 LONG_FILES_FIRST = (
     "test_study_pipeline.py",  # the queue and the Ray executor on the tiny world: the longest file
+    "test_pipeline_accumulate.py",  # its own pipeline: runs while the other worker builds the tiny one
     "test_crash_safety.py",
-    "test_pipeline_accumulate.py",
     "test_audit_round_trip.py",
     "test_offline_and_queue.py",
     "test_pipeline.py",
