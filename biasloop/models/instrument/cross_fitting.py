@@ -40,10 +40,9 @@ import time
 import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import polars as pl
 
 from biasloop.core.io import load_images
 from biasloop.core.seeds import stream_seed
@@ -53,6 +52,9 @@ from biasloop.models.instrument.zero_shot import (
     InstrumentConfig,
     load_instrument,
 )
+
+if TYPE_CHECKING:
+    import polars as pl
 
 log = logging.getLogger(__name__)
 
@@ -189,6 +191,8 @@ class CrossFittedInstrument:
 
     def save(self, folder: str | Path) -> None:
         """``labeller.json`` (labels, folds, seed), ``folds.parquet`` (image_ref, fold), ``fold{k}/`` per model."""
+        import polars as pl  # here, not at import: the GPU benchmark imports this package without polars
+
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         for k, model in enumerate(self.models):
@@ -203,6 +207,8 @@ class CrossFittedInstrument:
 
 def load_cross_fitted(folder: str | Path, device: str = "cpu") -> CrossFittedInstrument:
     """Load what :meth:`CrossFittedInstrument.save` wrote (the ``instrument`` stage's output folder)."""
+    import polars as pl  # here, not at import: the GPU benchmark imports this package without polars
+
     folder = Path(folder)
     manifest_path = folder / MANIFEST
     if not manifest_path.exists():

@@ -4,10 +4,9 @@ forward passes shared by processes), and measuring it on the labelled set (:func
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import polars as pl
 
 from biasloop.core.io import load_images
 from biasloop.models.instrument.cross_fitting import CrossFittedInstrument
@@ -16,6 +15,9 @@ from biasloop.models.instrument.training import corpus_split, labelled_set
 from biasloop.models.instrument.zero_shot import (
     InstrumentConfig,
 )
+
+if TYPE_CHECKING:
+    import polars as pl
 
 
 def label_units(instrument: CrossFittedInstrument, image_refs: Sequence[str], batch_size: int) -> list[np.ndarray]:
@@ -92,6 +94,7 @@ def label_images(
         ``instrument_fold`` (the model that labelled it), and with ``occupations``
         ``predicted_occupation`` (argmax) and, with ``asked``, ``p_occupation`` (probability of the asked one).
     """
+    import polars as pl  # here, not at import: the GPU benchmark imports this package without polars
 
     refs = list(image_refs)
     if image_vectors is not None and not occupations:
@@ -147,6 +150,7 @@ def measure_cross_fitted(
     Returns:
         The metrics; rates are None and ``status`` is ``unknown`` without labelled images.
     """
+    import polars as pl  # here, not at import: the GPU benchmark imports this package without polars
 
     metrics: dict[str, Any] = {
         "status": "unknown",
