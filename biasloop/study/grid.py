@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import itertools
 import re
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -287,15 +286,11 @@ def run_study(
         echo(f"queued {len(to_queue)} of {len(cells)} cells; started {workers} worker(s) (`dvc queue status` to watch)")
     if not wait:
         return []
-    baseline = _head_commit()  # a commit made while the study runs moves HEAD, not the cells' baseline
+    from biasloop.core.tracking import git_revision
+
+    baseline = git_revision()  # the cells' baseline: a commit made while the study runs moves HEAD, not it
     names = [c.name for c in cells]
     return wait_for_cells(config, names, dvc=dvc, echo=echo, sleep=sleep, timeout=timeout, rev=baseline)
-
-
-def _head_commit() -> str | None:
-    """The commit checked out now (the baseline of the cells queued now), or None outside a Git work tree."""
-    done = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False)
-    return (done.stdout.strip() or None) if done.returncode == 0 else None
 
 
 def _quote(arg: str) -> str:
