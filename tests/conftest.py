@@ -82,13 +82,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def _restore_threads() -> Iterator[None]:
     """A stage called in-process sets torch's thread count and the thread variables for its params
     (``biasloop.core.runtime.apply_cpu_threads``) and notes the count for its metrics and MLflow params
-    (``biasloop.core.timing.runtime_facts``); put them back so no test sees another's setting."""
+    (``biasloop.core.timing.runtime_facts``); each test starts with none noted and they are put back after
+    it, so no test sees another's setting."""
     from biasloop.core import timing
 
     saved = {name: os.environ.get(name) for name in THREAD_VARIABLES}
     torch = sys.modules.get("torch")
     threads = torch.get_num_threads() if torch is not None else None
     notes = dict(timing._notes)
+    timing._notes.clear()  # a module fixture that ran a stage in-process noted its threads before this saved them
     yield
     timing._notes.clear()
     timing._notes.update(notes)
