@@ -1,6 +1,6 @@
 """Cross-fitting the instrument: cost and accuracy against the number of folds K and epochs per fold.
 
-On the default glyph world (``params.yaml``: world, occupations, instrument, classify), with the packaged
+On the default glyph world (``params.yaml``: world, occupations, instrument, label), with the packaged
 all-MiniLM-L6-v2 text tower, for each (K, epochs) of the grid this trains the K fold models
 (:func:`biasloop.models.instrument.cross_fitting.train_cross_fitted`) and measures (:func:`measure_cross_fitted`):
 
@@ -8,11 +8,11 @@ all-MiniLM-L6-v2 text tower, for each (K, epochs) of the grid this trains the K 
   come from a warm cache); on a shared machine CPU time with one thread is the steadier measure;
 - ``accuracy`` / ``abstain_rate`` / ``tpr`` / ``fpr``: the labelling rule on the held-out split (the
   rates that correct the shares), ``out_of_fold_*``: the training images each labelled by its own
-  fold's model (the labels ``classify_train`` writes), ``occupation_accuracy`` (zero-shot, held out);
+  fold's model (the labels ``label_train`` writes), ``occupation_accuracy`` (zero-shot, held out);
 - ``ensemble_*``: the alternative the instrument does not use, the mean of the K models' p_female.
 
 A reference row ``K=1`` is the pre-cross-fitting instrument: one model on the whole train split, its
-held-out rates beside its **in-sample** rates on the images it trained on (what ``classify_train`` used
+held-out rates beside its **in-sample** rates on the images it trained on (what ``label_train`` used
 to label with). Times depend on the machine and its load: compare rows of one run.
 
 Usage (repository root)::
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     threads = args.threads or None
     if threads:
         torch.set_num_threads(threads)
-    threshold = float(params["classify"]["abstain_threshold"])
+    threshold = float(params["label"]["abstain_threshold"])
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         os.environ.setdefault("BIASLOOP_EMBEDDING_CACHE", f"{tmp}/embeddings")

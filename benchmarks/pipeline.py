@@ -51,7 +51,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS = REPO_ROOT / "benchmarks" / "results" / "pipeline.json"
 BUSY_CODE = "while True: pass"
 # Stages that neither train nor sample a model: their start-up target is 2 s.
-LIGHT_STAGES = ("corpus", "retrieve", "neighbours", "classify_train", "classify", "paradox", "evaluate", "summarize")
+LIGHT_STAGES = ("corpus", "retrieve", "neighbours", "label_train", "label", "paradox", "evaluate", "summarize")
 TARGETS = {
     "cold_idle_seconds": 300.0,
     "contended_over_idle": 1.6,

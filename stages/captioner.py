@@ -10,7 +10,7 @@ Inputs:   the generation's dataset (artifacts/corpus/captions.parquet for N = 0,
           artifacts/instrument (genders, when the corpus has no ground truth)
 Outputs:  artifacts/gen{N}/captioner/captions.parquet   (id, reference, caption, gender, caption_gender)
           metrics/generations/captioner_gen{N}.json
-Params:   base, tracking, captioner, classify
+Params:   base, tracking, captioner, label
 
 Example:
     python -m stages.captioner --generation 1 --dataset artifacts/gen1/mix/dataset.parquet \\
@@ -33,7 +33,7 @@ from biasloop.core.tracking import stage_run
 from biasloop.metrics.captioning import captioner_scores
 from biasloop.metrics.evaluation import held_out, held_out_genders, training_pairs
 from biasloop.models.captioner import CaptionerConfig, make_captioner
-from biasloop.models.instrument import ClassifyConfig
+from biasloop.models.instrument import LabelConfig
 
 log = logging.getLogger("captioner")
 
@@ -50,14 +50,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", required=True, help="output folder for captions.parquet")
     parser.add_argument("--metrics", required=True, help="metrics JSON to write")
     args = parser.parse_args(argv)
-    configs = load_configs(args.params, {"captioner": CaptionerConfig, "classify": ClassifyConfig})
+    configs = load_configs(args.params, {"captioner": CaptionerConfig, "label": LabelConfig})
     config: CaptionerConfig = configs["captioner"]
     device = resolve_device(configs["base"].device)
     with stage_run("captioner", configs["tracking"], {"captioner": to_dict(config)}, generation=args.generation) as run:
         dataset, test = training_pairs(args.dataset), held_out(args.corpus)
         # its own stream per generation: seed s at generation g+1 does not replay seed s+1 at generation g
         seed = stream_seed(configs["base"].seed, "captioner", args.generation)
-        groups = held_out_genders(test, args.instrument, device, configs["classify"].abstain_threshold)
+        groups = held_out_genders(test, args.instrument, device, configs["label"].abstain_threshold)
         captioner = make_captioner(config, device)
         with timed(f"captioner training on {len(dataset)} pairs", log):
             images = load_images(dataset["image_ref"].to_list())

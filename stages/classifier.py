@@ -10,7 +10,7 @@ Inputs:   the generation's dataset (artifacts/corpus/captions.parquet for N = 0,
           artifacts/instrument (genders, when the corpus has no ground truth)
 Outputs:  artifacts/gen{N}/classifier/predictions.parquet   (id, occupation, predicted, gender)
           metrics/generations/classifier_gen{N}.json
-Params:   base, tracking, classifier, classify
+Params:   base, tracking, classifier, label
 
 Example:
     python -m stages.classifier --generation 1 --dataset artifacts/gen1/mix/dataset.parquet \\
@@ -33,7 +33,7 @@ from biasloop.core.tracking import stage_run
 from biasloop.metrics.classification import classifier_scores, labelled_split
 from biasloop.metrics.evaluation import held_out, held_out_genders, training_pairs
 from biasloop.models.classifier import ClassifierConfig, train_classifier
-from biasloop.models.instrument import ClassifyConfig
+from biasloop.models.instrument import LabelConfig
 
 log = logging.getLogger("classifier")
 
@@ -50,7 +50,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", required=True, help="output folder for predictions.parquet")
     parser.add_argument("--metrics", required=True, help="metrics JSON to write")
     args = parser.parse_args(argv)
-    configs = load_configs(args.params, {"classifier": ClassifierConfig, "classify": ClassifyConfig})
+    configs = load_configs(args.params, {"classifier": ClassifierConfig, "label": LabelConfig})
     config: ClassifierConfig = configs["classifier"]
     device = resolve_device(configs["base"].device)
     with stage_run(
@@ -59,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         dataset, test = training_pairs(args.dataset), held_out(args.corpus)
         # its own stream per generation: seed s at generation g+1 does not replay seed s+1 at generation g
         seed = stream_seed(configs["base"].seed, "classifier", args.generation)
-        groups = held_out_genders(test, args.instrument, device, configs["classify"].abstain_threshold)
+        groups = held_out_genders(test, args.instrument, device, configs["label"].abstain_threshold)
         train_rows, test_rows, test_groups = labelled_split(dataset, test, groups, config.label_column)
         with timed(f"occupation classifier training on {len(train_rows)} images", log):
             images = load_images(train_rows["image_ref"].to_list())

@@ -1,19 +1,19 @@
 """evaluate@N: amplification of generation N's images and the bias of generation N's downstream CLIP.
 
-Inputs:   artifacts/classify_train/predictions.parquet, artifacts/gen{N}/classify/predictions.parquet,
+Inputs:   artifacts/label_train/predictions.parquet, artifacts/gen{N}/label/predictions.parquet,
           metrics/instrument.json (confusion rates), artifacts/models/gen{N}/downstream,
           artifacts/corpus (held-out real pairs), artifacts/retrieve/matches.parquet (caption indicators,
-          for the ideal learner of the decomposition), artifacts/gen{N}/classify_dataset/predictions.parquet
+          for the ideal learner of the decomposition), artifacts/gen{N}/label_dataset/predictions.parquet
           (labels of dataset N, the data generation N trained on: amplification_vs_training_dataset)
 Outputs:  metrics/generations/gen{N}.json
-Params:   base, tracking, occupations, evaluate, classify
+Params:   base, tracking, occupations, evaluate, label
 
 Example:
-    python -m stages.evaluate --generation 0 --train-predictions artifacts/classify_train/predictions.parquet \\
-        --generated artifacts/gen0/classify/predictions.parquet --instrument-metrics metrics/instrument.json \\
+    python -m stages.evaluate --generation 0 --train-predictions artifacts/label_train/predictions.parquet \\
+        --generated artifacts/gen0/label/predictions.parquet --instrument-metrics metrics/instrument.json \\
         --downstream artifacts/models/gen0/downstream --corpus artifacts/corpus/captions.parquet \\
         --matches artifacts/retrieve/matches.parquet \\
-        --dataset-predictions artifacts/gen0/classify_dataset/predictions.parquet --out metrics/generations/gen0.json
+        --dataset-predictions artifacts/gen0/label_dataset/predictions.parquet --out metrics/generations/gen0.json
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from biasloop.metrics.evaluation import (
     training_shares,
 )
 from biasloop.metrics.rows import decomposition_values, estimand_values
-from biasloop.models.instrument import ClassifyConfig
+from biasloop.models.instrument import LabelConfig
 
 log = logging.getLogger("evaluate")
 
@@ -46,7 +46,7 @@ log = logging.getLogger("evaluate")
 @stage_main(log)
 def main(argv: Sequence[str] | None = None) -> None:
     args = _parser().parse_args(argv)
-    configs = load_configs(args.params, {"occupations": None, "evaluate": EvaluateConfig, "classify": ClassifyConfig})
+    configs = load_configs(args.params, {"occupations": None, "evaluate": EvaluateConfig, "label": LabelConfig})
     config: EvaluateConfig = configs["evaluate"]
     occupations = list(configs["occupations"] or [])
     device = resolve_device(configs["base"].device)
@@ -62,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
             test = pl.read_parquet(args.corpus).filter(pl.col("split") == "test")
             model = load_downstream(args.downstream, device)
-            groups = perceived_groups(test, args.instrument, device, configs["classify"].abstain_threshold)
+            groups = perceived_groups(test, args.instrument, device, configs["label"].abstain_threshold)
             downstream = downstream_bias(
                 model,
                 test,
@@ -115,8 +115,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 def _parser() -> argparse.ArgumentParser:
     parser = make_parser(__doc__, "python -m stages.evaluate")
     parser.add_argument("--generation", type=int, required=True, help="generation N")
-    parser.add_argument("--train-predictions", required=True, help="classify_train predictions parquet")
-    parser.add_argument("--generated", required=True, help="classify@N predictions parquet")
+    parser.add_argument("--train-predictions", required=True, help="label_train predictions parquet")
+    parser.add_argument("--generated", required=True, help="label@N predictions parquet")
     parser.add_argument("--instrument-metrics", required=True, help="metrics/instrument.json (tpr, fpr)")
     parser.add_argument("--downstream", required=True, help="generation N's downstream CLIP folder")
     parser.add_argument("--corpus", required=True, help="corpus caption table (held-out split)")
@@ -127,7 +127,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--dataset-predictions",
         default=None,
-        help="classify_dataset@N predictions (dataset N's labels); omitted: no amplification_vs_training_dataset",
+        help="label_dataset@N predictions (dataset N's labels); omitted: no amplification_vs_training_dataset",
     )
     parser.add_argument("--out", required=True, help="metrics JSON to write")
     return parser

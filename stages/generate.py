@@ -1,4 +1,4 @@
-"""generate@N: generation N's generator makes the images the amplification measurements classify.
+"""generate@N: generation N's generator makes the images the amplification measurements label.
 
 For each occupation (params ``occupations``): ``generate.n_per_prompt`` images for each neutral prompt
 template (``"a photo of {a} {occupation}"``), and one image for each of a seeded sample of at most

@@ -14,7 +14,7 @@ Inputs:   artifacts/corpus (captions.parquet + image shards)
 Outputs:  artifacts/instrument/ (labeller.json, folds.parquet, fold{k}/{instrument.json,image_tower.pt}),
           metrics/instrument.json (labels, folds, accuracy, abstain_rate, tpr, fpr, confusion, n, per_fold,
           out_of_fold, occupation_accuracy, training_seconds, status)
-Params:   base, tracking, occupations, instrument, classify
+Params:   base, tracking, occupations, instrument, label
 
 Example:
     python -m stages.instrument --corpus artifacts/corpus/captions.parquet --out artifacts/instrument \\
@@ -34,8 +34,8 @@ from biasloop.core.runtime import resolve_device
 from biasloop.core.stage import load_configs, make_parser, runtime_facts, stage_main
 from biasloop.core.tracking import stage_run
 from biasloop.models.instrument import (
-    ClassifyConfig,
     InstrumentConfig,
+    LabelConfig,
     corpus_split,
     measure_cross_fitted,
     train_cross_fitted,
@@ -51,16 +51,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", default="artifacts/instrument", help="instrument folder (default: %(default)s)")
     parser.add_argument("--metrics", default="metrics/instrument.json", help="metrics JSON (default: %(default)s)")
     args = parser.parse_args(argv)
-    configs = load_configs(
-        args.params, {"occupations": None, "instrument": InstrumentConfig, "classify": ClassifyConfig}
-    )
+    configs = load_configs(args.params, {"occupations": None, "instrument": InstrumentConfig, "label": LabelConfig})
     config: InstrumentConfig = configs["instrument"]
-    classify: ClassifyConfig = configs["classify"]
+    labelling: LabelConfig = configs["label"]
     occupations = [str(o) for o in configs["occupations"] or []]
     device = resolve_device(configs["base"].device)
     corpus = pl.read_parquet(args.corpus)
 
-    params = {"instrument": to_dict(config), "classify": to_dict(classify), "occupations": occupations}
+    params = {"instrument": to_dict(config), "label": to_dict(labelling), "occupations": occupations}
     with stage_run("instrument", configs["tracking"], params) as run:
         train = corpus_split(corpus, "train") if config.backend == "locked-text-clip" else None
         what = (
@@ -75,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
         with timed("measuring the instrument's labels", log):
             measured = measure_cross_fitted(
-                instrument, corpus, config, occupations, classify.abstain_threshold, batch_size=classify.batch_size
+                instrument, corpus, config, occupations, labelling.abstain_threshold, batch_size=labelling.batch_size
             )
         metrics = {
             "backend": config.backend,
@@ -83,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             "folds": instrument.folds,
             **measured,
             "training_seconds": stats.get("seconds"),
-            "threshold": classify.abstain_threshold,
+            "threshold": labelling.abstain_threshold,
         }
         if metrics["status"] == "unknown":
             log.warning(

@@ -10,7 +10,7 @@ learner: the share of women among the selection's captions without a gender indi
 instrument, with intervals (``ideal``, ``decomposition``); ``instrument_on_generated`` checks the
 instrument against the hue oracle on generation 0's images (glyph world).
 
-Inputs:   artifacts/classify_train/predictions.parquet, artifacts/gen0/classify/predictions.parquet,
+Inputs:   artifacts/label_train/predictions.parquet, artifacts/gen0/label/predictions.parquet,
           metrics/instrument.json, artifacts/retrieve/matches.parquet (caption indicators)
 Outputs:  metrics/paradox.json, plots/paradox.csv (one row per pairing and kind: shift, gap, raw A_abs, decomposition),
           plots/paradox_shares.png (share of women per occupation, training vs. generated),
@@ -18,8 +18,8 @@ Outputs:  metrics/paradox.json, plots/paradox.csv (one row per pairing and kind:
 Params:   base, tracking, evaluate
 
 Example:
-    python -m stages.paradox --train-predictions artifacts/classify_train/predictions.parquet \\
-        --generated artifacts/gen0/classify/predictions.parquet --instrument-metrics metrics/instrument.json \\
+    python -m stages.paradox --train-predictions artifacts/label_train/predictions.parquet \\
+        --generated artifacts/gen0/label/predictions.parquet --instrument-metrics metrics/instrument.json \\
         --matches artifacts/retrieve/matches.parquet \\
         --out metrics/paradox.json --table plots/paradox.csv --plot plots/paradox_shares.png \\
         --decomposition-plot plots/decomposition.png
@@ -47,8 +47,8 @@ log = logging.getLogger("paradox")
 @stage_main(log)
 def main(argv: Sequence[str] | None = None) -> None:
     parser = make_parser(__doc__, "python -m stages.paradox")
-    parser.add_argument("--train-predictions", required=True, help="classify_train predictions parquet")
-    parser.add_argument("--generated", required=True, help="classify@0 predictions parquet")
+    parser.add_argument("--train-predictions", required=True, help="label_train predictions parquet")
+    parser.add_argument("--generated", required=True, help="label@0 predictions parquet")
     parser.add_argument("--instrument-metrics", required=True, help="metrics/instrument.json (tpr, fpr)")
     parser.add_argument("--matches", required=True, help="retrieve's matches parquet (caption gender indicators)")
     parser.add_argument("--out", default="metrics/paradox.json", help="paradox table JSON (default: %(default)s)")

@@ -1,6 +1,6 @@
 """The audit round trip on the tiny-world run: export its prompts, make the images outside the pipeline
 with its own generator (a short script, as a user would with any model), import them with
-``generator.backend: images`` and `dvc repro`: classify, paradox and evaluate give the in-pipeline numbers."""
+``generator.backend: images`` and `dvc repro`: label, paradox and evaluate give the in-pipeline numbers."""
 
 from __future__ import annotations
 
@@ -65,9 +65,9 @@ def test_images_made_outside_give_the_in_pipeline_paradox_table(tiny_pipeline, t
     params["generator"]["backend"] = "images"
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     result = run(["dvc", "repro", "paradox", "evaluate@0"], repo)
-    for stage in ("pretrain", "generate@0", "classify@0"):
+    for stage in ("pretrain", "generate@0", "label@0"):
         assert f"Running stage '{stage}'" in result.stdout
-    # classify@0 labelled the imported images exactly as the generated ones: DVC sees paradox's inputs
+    # label@0 labelled the imported images exactly as the generated ones: DVC sees paradox's inputs
     # unchanged and skips it; run paradox and evaluate@0 on them anyway
     assert "Stage 'paradox' didn't change" in result.stdout
     result = run(["dvc", "repro", "--force", "--single-item", "paradox", "evaluate@0"], repo)

@@ -69,14 +69,14 @@ def test_ratios_and_targets(bench) -> None:
         }
 
     phases = {
-        "cold_idle": phase(250.0, {"corpus": (1.0, 5.0), "pretrain": (4.0, 100.0), "classify@0": (2.5, 6.0)}),
-        "cold_contended": phase(450.0, {"corpus": (1.0, 6.0), "pretrain": (4.0, 180.0), "classify@0": (3.0, 9.0)}),
+        "cold_idle": phase(250.0, {"corpus": (1.0, 5.0), "pretrain": (4.0, 100.0), "label@0": (2.5, 6.0)}),
+        "cold_contended": phase(450.0, {"corpus": (1.0, 6.0), "pretrain": (4.0, 180.0), "label@0": (3.0, 9.0)}),
         "noop": phase(1.5, {}),
         "variant": phase(90.0, {}),
     }
     out = bench.ratios(phases)
     assert out["contended_over_idle"] == 1.8 and out["variant_over_cold"] == 0.36 and out["noop_seconds"] == 1.5
-    assert out["stage_contended_over_idle"] == {"corpus": 1.2, "pretrain": 1.8, "classify@0": 1.5}
+    assert out["stage_contended_over_idle"] == {"corpus": 1.2, "pretrain": 1.8, "label@0": 1.5}
     assert out["startup_max_light"] == 2.5  # pretrain trains: not held to the 2 s start-up target
     assert out["met"] == {
         "cold_idle_seconds": True,
@@ -91,7 +91,7 @@ def test_ratios_and_targets(bench) -> None:
 
 def test_foreach_stages_from_dvc_yaml(bench) -> None:
     found = bench.foreach_stages(REPO_ROOT / "dvc.yaml")
-    assert {"generate", "classify", "mix", "retrain", "evaluate"} <= found
+    assert {"generate", "label", "mix", "retrain", "evaluate"} <= found
     assert not found & {"corpus", "pretrain", "summarize"}
 
 
@@ -99,10 +99,10 @@ def test_timing_records_written_by_a_stage_process(tmp_path: Path, monkeypatch: 
     """The stage side: a start-up and an end record, measured from the process's start (before this test)."""
     path = tmp_path / "timings.jsonl"
     monkeypatch.setenv(timing.TIMINGS_ENV, str(path))
-    timing.stage_started("classify", 2)
+    timing.stage_started("label", 2)
     timing.stage_finished("ok")
     startup, end = (json.loads(line) for line in path.read_text().splitlines())
-    assert (startup["event"], startup["stage"], startup["generation"]) == ("startup", "classify", 2)
-    assert (end["event"], end["stage"], end["status"], end["pid"]) == ("end", "classify", "ok", os.getpid())
+    assert (startup["event"], startup["stage"], startup["generation"]) == ("startup", "label", 2)
+    assert (end["event"], end["stage"], end["status"], end["pid"]) == ("end", "label", "ok", os.getpid())
     assert 0 < startup["seconds_since_start"] <= end["seconds_since_start"]
     assert startup["process_start"] <= startup["time"]

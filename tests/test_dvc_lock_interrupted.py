@@ -33,8 +33,8 @@ def dump_then_stall(data, stream):
     text = io.StringIO()
     real_dump(data, text)
     text = text.getvalue()
-    # Where the kill lands: inside classify@1's second deps entry (the issue's message), else half way.
-    stage = text.find("  classify@1:")
+    # Where the kill lands: inside label@1's second deps entry (the issue's message), else half way.
+    stage = text.find("  label@1:")
     second_dep = text.find("    - path:", text.find("    - path:", stage) + 1) if stage >= 0 else -1
     cut = second_dep + len("    - pa") if second_dep >= 0 else len(text) // 2
     stream.write(text[:cut])
@@ -83,8 +83,8 @@ def test_unguarded_dvc_truncates_the_lock_on_sigterm(tmp_path: Path) -> None:
     assert 0 < lock.stat().st_size < len(committed_text("dvc.lock").encode())
     problem = _lock_problem(lock)
     assert problem is not None
-    if "classify@1" in committed_text("dvc.lock"):
-        assert "expected a dictionary" in problem and "classify@1" in problem, problem
+    if "label@1" in committed_text("dvc.lock"):
+        assert "expected a dictionary" in problem and "label@1" in problem, problem
 
 
 def test_guarded_dvc_keeps_the_previous_lock_on_sigterm(tmp_path: Path) -> None:

@@ -248,9 +248,9 @@ def test_metadata_to_classified_faces(
     tmp_path: Path, tiny_params: Path, face_model: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from stages import (
-        classify_train,
         corpus,
         instrument,
+        label_train,
         laion_download,
         laion_filter,
         laion_select,
@@ -415,7 +415,7 @@ def test_metadata_to_classified_faces(
         == 0
     )
     assert (
-        classify_train.main(
+        label_train.main(
             [
                 "--instrument",
                 "artifacts/instrument",
@@ -424,12 +424,12 @@ def test_metadata_to_classified_faces(
                 "--corpus",
                 "artifacts/corpus/captions.parquet",
                 "--out",
-                "artifacts/classify_train/predictions.parquet",
+                "artifacts/label_train/predictions.parquet",
             ]
         )
         == 0
     )
-    predictions = pl.read_parquet("artifacts/classify_train/predictions.parquet")
+    predictions = pl.read_parquet("artifacts/label_train/predictions.parquet")
     keyword = predictions.filter(pl.col("selection") == "keyword").sort("occupation")
     assert keyword["occupation"].to_list() == OCCUPATIONS
     assert keyword["p_female"].is_between(0, 1).all() and keyword["label"].is_in(["female", "male", "abstain"]).all()

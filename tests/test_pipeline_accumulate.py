@@ -38,7 +38,7 @@ def test_accumulate_grows_each_dataset_from_the_previous_one(accumulate_repo: Pa
     assert set(corpus["id"]) <= set(one.filter(~pl.col("synthetic"))["id"])  # real data kept
     assert one["id"].to_list() == two["id"].to_list()[: len(one)]  # dataset 1 inside dataset 2
     assert all(ref.startswith("artifacts/gen2/mix/") for ref in two.filter(pl.col("synthetic"))["image_ref"])
-    labelled = pl.read_parquet(accumulate_repo / "artifacts/gen2/classify_dataset/predictions.parquet")
+    labelled = pl.read_parquet(accumulate_repo / "artifacts/gen2/label_dataset/predictions.parquet")
     assert len(labelled) == len(two) and int(labelled["synthetic"].sum()) == 2 * new
 
 

@@ -1,4 +1,4 @@
-"""The instrument, classify_train and classify@N stages, in-process, on a tiny glyph corpus."""
+"""The instrument, label_train and label@N stages, in-process, on a tiny glyph corpus."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from biasloop.core.io import load_images
 from biasloop.data.corpus import write_corpus
 from biasloop.data.world import WorldConfig, build_world
 from biasloop.models.instrument import load_cross_fitted, load_instrument, mixture_fold
-from stages import classify, classify_train, instrument
+from stages import instrument, label, label_train
 
 OCCUPATIONS = ["engineer", "teacher", "nurse"]
 
@@ -55,7 +55,7 @@ def _run_instrument(*extra: str) -> int:
     )
 
 
-def test_instrument_then_classify_stages(workspace: Path) -> None:
+def test_instrument_then_label_stages(workspace: Path) -> None:
     assert _run_instrument() == 0
     metrics = json.loads((workspace / "metrics/instrument.json").read_text())
     corpus = pl.read_parquet("artifacts/corpus/captions.parquet")
@@ -86,7 +86,7 @@ def test_instrument_then_classify_stages(workspace: Path) -> None:
     for k in range(folds):
         assert (workspace / f"artifacts/instrument/fold{k}/instrument.json").exists()
 
-    # classify_train: each distinct id classified once, every selection row labelled.
+    # label_train: each distinct id classified once, every selection row labelled.
     train = corpus.filter((pl.col("split") == "train") & pl.col("true_occupation").is_not_null())
     picked = train.head(12)
     selections = pl.concat(
@@ -98,7 +98,7 @@ def test_instrument_then_classify_stages(workspace: Path) -> None:
     Path("artifacts/neighbours").mkdir(parents=True)
     selections.write_parquet("artifacts/neighbours/selections.parquet")
     assert (
-        classify_train.main(
+        label_train.main(
             [
                 "--params",
                 "params.yaml",
@@ -109,12 +109,12 @@ def test_instrument_then_classify_stages(workspace: Path) -> None:
                 "--corpus",
                 "artifacts/corpus/captions.parquet",
                 "--out",
-                "artifacts/classify_train/predictions.parquet",
+                "artifacts/label_train/predictions.parquet",
             ]
         )
         == 0
     )
-    predictions = pl.read_parquet("artifacts/classify_train/predictions.parquet")
+    predictions = pl.read_parquet("artifacts/label_train/predictions.parquet")
     assert predictions.columns == [
         "selection",
         "occupation",
@@ -127,7 +127,7 @@ def test_instrument_then_classify_stages(workspace: Path) -> None:
     assert len(predictions) == 17
     assert predictions.group_by("id").agg(pl.col("p_female").n_unique())["p_female"].max() == 1
     assert set(predictions["label"]) <= {"female", "male", "abstain"}
-    threshold = yaml.safe_load(Path("params.yaml").read_text())["classify"]["abstain_threshold"]
+    threshold = yaml.safe_load(Path("params.yaml").read_text())["label"]["abstain_threshold"]
     for row in predictions.iter_rows(named=True):
         expected = "female" if row["p_female"] > 1 - threshold else "male" if row["p_female"] < threshold else "abstain"
         assert row["label"] == expected
@@ -146,7 +146,7 @@ def test_instrument_then_classify_stages(workspace: Path) -> None:
             )
             assert alone.tolist() == mine["p_female"].to_list()
 
-    # classify@N: the manifest's columns plus gender and occupation predictions.
+    # label@N: the manifest's columns plus gender and occupation predictions.
     # a training image labelled by its own fold's model; held-out ones (as generated images) by the mixture's
     held_out_known = corpus.filter((pl.col("split") == "test") & pl.col("true_occupation").is_not_null())
     manifest = pl.concat([train.head(5), held_out_known.head(4)]).select(
@@ -159,7 +159,7 @@ def test_instrument_then_classify_stages(workspace: Path) -> None:
     Path("artifacts/gen0/generate").mkdir(parents=True)
     manifest.write_parquet("artifacts/gen0/generate/manifest.parquet")
     assert (
-        classify.main(
+        label.main(
             [
                 "--params",
                 "params.yaml",
@@ -170,12 +170,12 @@ def test_instrument_then_classify_stages(workspace: Path) -> None:
                 "--manifest",
                 "artifacts/gen0/generate/manifest.parquet",
                 "--out",
-                "artifacts/gen0/classify/predictions.parquet",
+                "artifacts/gen0/label/predictions.parquet",
             ]
         )
         == 0
     )
-    generated = pl.read_parquet("artifacts/gen0/classify/predictions.parquet")
+    generated = pl.read_parquet("artifacts/gen0/label/predictions.parquet")
     assert generated.columns == [
         *manifest.columns,
         "p_female",
@@ -196,7 +196,7 @@ def test_instrument_then_classify_stages(workspace: Path) -> None:
     params["corpus"]["source"] = "folder"
     Path("other.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     assert (
-        classify.main(
+        label.main(
             [
                 "--params",
                 "other.yaml",
@@ -258,8 +258,7 @@ def test_stage_errors_are_one_line(workspace: Path, capsys: pytest.CaptureFixtur
     assert "instrument.backend" in capsys.readouterr().err
     _set(Path("params.yaml"), backend="locked-text-clip")
     assert (
-        classify_train.main(["--params", "params.yaml", "--instrument", "nowhere", "--selections", "missing.parquet"])
-        == 2
+        label_train.main(["--params", "params.yaml", "--instrument", "nowhere", "--selections", "missing.parquet"]) == 2
     )
     assert "missing.parquet" in capsys.readouterr().err
 
@@ -294,10 +293,10 @@ def test_label_units_cover_every_row_once_in_forward_passes_of_one_model() -> No
 
 
 @pytest.mark.slow
-def test_classify_with_two_processes_writes_the_same_labels_as_one(
+def test_label_with_two_processes_writes_the_same_labels_as_one(
     workspace: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """classify.num_processes: 2 re-runs classify@N under `accelerate launch` on CPU; the forward passes are
+    """label.num_processes: 2 re-runs label@N under `accelerate launch` on CPU; the forward passes are
     dealt by index, so the predictions file is byte-identical to one process's, and both equal one
     label_images call over every image (the labels of the single-process stage before the split). This
     process's torch starts with another thread count than base.cpu_threads (see test_stage_generate)."""
@@ -329,14 +328,14 @@ def test_classify_with_two_processes_writes_the_same_labels_as_one(
     Path("artifacts/gen0/generate").mkdir(parents=True)
     manifest.write_parquet("artifacts/gen0/generate/manifest.parquet")
     params = yaml.safe_load(Path("params.yaml").read_text())
-    params["classify"]["batch_size"] = 4  # 23 images over 2 fold models: 6 or 7 forward passes, 3 or 4 per process
+    params["label"]["batch_size"] = 4  # 23 images over 2 fold models: 6 or 7 forward passes, 3 or 4 per process
     torch.set_num_threads(3 - params["base"]["cpu_threads"])
 
     def run(processes: int, out: str) -> pl.DataFrame:
-        params["classify"]["num_processes"] = processes
+        params["label"]["num_processes"] = processes
         Path("params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         assert (
-            classify.main(
+            label.main(
                 [
                     "--params",
                     "params.yaml",

@@ -136,14 +136,14 @@ def test_stage_runs_nest_under_one_parent_per_pipeline_run(tmp_path: Path, monke
 
 def test_a_stage_run_outside_dvc_has_no_parent(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    with stage_run("classify", TrackingConfig(uri=uri, background=False), generation=2) as run:
+    with stage_run("label", TrackingConfig(uri=uri, background=False), generation=2) as run:
         run.log_metrics({"abstain_rate": 0.1})
         run.log_metrics({"shift": 0.3}, pipeline=True)  # no pipeline run: only this run
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=uri)
     (recorded,) = client.search_runs([client.get_experiment_by_name("biasloop").experiment_id])
-    assert PARENT_TAG not in recorded.data.tags and recorded.data.tags["mlflow.runName"] == "classify@2"
+    assert PARENT_TAG not in recorded.data.tags and recorded.data.tags["mlflow.runName"] == "label@2"
     assert [m.step for m in client.get_metric_history(recorded.info.run_id, "abstain_rate")] == [2]
 
 

@@ -2,7 +2,7 @@
 
 DIR holds the images and a manifest.csv (prompt_id,file) naming the image of each row of FILE, the export
 of `biasloop prompts export` (CSV or JSONL). Each image is labelled by the configured instrument
-(--instrument, its classify.abstain_threshold from --params; with --instrument-metrics its confusion rates
+(--instrument, its label.abstain_threshold from --params; with --instrument-metrics its confusion rates
 correct the shares), and the shares of women per occupation are compared with REF:
 
   counts.csv          occupation,n_female,n_male[,n_abstain]: e.g. the training images' counts
@@ -10,7 +10,7 @@ correct the shares), and the shares of women per occupation are compared with RE
   CORPUS_DIR          an ingested corpus (captions.parquet + image shards, e.g. artifacts/corpus): the
                       captions that mention each occupation (retrieve params), their images labelled by
                       the instrument: the keyword pairings and the decomposition
-  predictions.parquet a corpus's classified selections (classify_train); with --matches (retrieve's
+  predictions.parquet a corpus's classified selections (label_train); with --matches (retrieve's
                       matches.parquet) the captions' gender indicators: every paradox pairing and the
                       decomposition of the shift into data and generator (+ instrument)
 
@@ -75,11 +75,11 @@ def run(args: argparse.Namespace) -> int:
     from biasloop.data.retrieval import RetrieveConfig
     from biasloop.loop.export import read_prompts
     from biasloop.models.generators import GeneratorConfig
-    from biasloop.models.instrument import ClassifyConfig, load_cross_fitted
+    from biasloop.models.instrument import LabelConfig, load_cross_fitted
     from biasloop.report.audit import corpus_reference, read_reference, run_audit
 
     params = read_params(args.params)
-    base, classify = load_section(BaseConfig, "base", params), load_section(ClassifyConfig, "classify", params)
+    base, labelling = load_section(BaseConfig, "base", params), load_section(LabelConfig, "label", params)
     tracking = load_section(TrackingConfig, "tracking", params)
     image_size = args.image_size or load_section(GeneratorConfig, "generator", params).image_size
     prompts = read_prompts(args.prompts)
@@ -89,14 +89,14 @@ def run(args: argparse.Namespace) -> int:
     if Path(args.reference).is_dir():
         reference = corpus_reference(
             args.reference, occupations, cross_fitted, load_section(RetrieveConfig, "retrieve", params),
-            threshold=classify.abstain_threshold, batch_size=classify.batch_size,
+            threshold=labelling.abstain_threshold, batch_size=labelling.batch_size,
         )  # fmt: skip
     else:
         reference = read_reference(args.reference, occupations, args.matches)
-    logged = {"classify": to_dict(classify), "audit": {"images": args.images, "reference": args.reference}}
+    logged = {"label": to_dict(labelling), "audit": {"images": args.images, "reference": args.reference}}
     with stage_run("audit", tracking, logged) as mlflow_run:
         result = run_audit(
-            args.images, prompts, reference, cross_fitted, args.out, classify=classify, image_size=image_size,
+            args.images, prompts, reference, cross_fitted, args.out, labelling=labelling, image_size=image_size,
             confusion=confusion, instrument=instrument, n_boot=args.n_boot, seed=base.seed,
             on_error=args.on_error, progress=not args.no_progress,
         )  # fmt: skip

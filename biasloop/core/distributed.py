@@ -1,4 +1,4 @@
-"""Several processes (GPUs, nodes) for the embarrassingly parallel stages (``generate@N``, ``classify@N``),
+"""Several processes (GPUs, nodes) for the embarrassingly parallel stages (``generate@N``, ``label@N``),
 with Hugging Face accelerate.
 
 A stage whose ``num_processes`` param is above 1 re-runs itself under ``accelerate launch`` (or is
@@ -6,7 +6,7 @@ started under ``accelerate launch`` / ``torchrun`` by the user, e.g. across node
 **batch index**: with batches ``b = 0, 1, ...`` of ``batch_size`` items, process ``r`` of ``P`` takes the
 batches with ``b % P == r``. Every batch holds the same items whatever ``P`` is, and each item's seed
 is fixed by its index, so the outputs do not depend on the number of processes (a test checks that 2
-CPU processes write byte-identical images to 1; ``classify@N`` deals its forward passes the same way,
+CPU processes write byte-identical images to 1; ``label@N`` deals its forward passes the same way,
 ``biasloop.models.instrument.labelling.label_units``, and a test checks its predictions file likewise). Each
 process saves its part beside the output; after a barrier the main process merges the parts in index
 order and writes the output atomically.

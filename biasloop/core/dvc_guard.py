@@ -5,7 +5,7 @@ mode ``"w+"`` (truncating it) and streams ruamel's output into it. Rewriting the
 43 kB lock (once per finished stage) took 1.4 s here, during which the file holds a prefix of the new
 text. A ``dvc repro`` killed in that window (SIGTERM from ``timeout``, a closed terminal, a job
 scheduler; SIGKILL; a power cut) leaves a truncated ``dvc.lock`` that still parses as YAML but fails
-DVC's schema (``expected a dictionary, in stages -> classify@1 -> deps -> 1``: the cut fell inside a
+DVC's schema (``expected a dictionary, in stages -> label@1 -> deps -> 1``: the cut fell inside a
 deps entry), and every later DVC command refuses to start. Killing a stage process itself cannot do
 this: DVC writes the lock only between stages.
 

@@ -220,7 +220,7 @@ def evaluate_generation(
         seed: ``base.seed`` (the bootstrap streams are named in :func:`~biasloop.metrics.paradox.paradox_table`).
         downstream: :func:`downstream_bias`'s result, or None.
         matches: the retrieve stage's matches (caption indicators, for the ideal learner), or None.
-        dataset_predictions: classify_dataset@N's labels of dataset N, or None (no ``amplification_vs_training_dataset``).
+        dataset_predictions: label_dataset@N's labels of dataset N, or None (no ``amplification_vs_training_dataset``).
     """
     paradox = paradox_table(
         train_predictions, generated_predictions, confusion, n_boot=config.n_boot, seed=seed, matches=matches
@@ -253,7 +253,7 @@ def training_shares(train_predictions: pl.DataFrame, dataset_predictions: pl.Dat
     """Per occupation, the share of women among the training images a generation's models saw.
 
     The images of dataset N behind the ``keyword`` captions (:func:`training_dataset_rows`), labelled by
-    the instrument (classify_dataset@N; abstentions left out), add-one smoothed,
+    the instrument (label_dataset@N; abstentions left out), add-one smoothed,
     ``(n_female + 1) / (n_female + n_male + 2)``, so an occupation with no woman (or no man) in training
     still has a finite MaxSkew against it (``ln(1 / share)`` would be infinite).
     """
@@ -274,8 +274,8 @@ def training_dataset_rows(
     image), in accumulate mode the real one plus every generated copy.
 
     Args:
-        train_predictions: classify_train's ``selection, occupation, id`` rows.
-        dataset_predictions: classify_dataset's ``id, source_id, synthetic, label`` rows.
+        train_predictions: label_train's ``selection, occupation, id`` rows.
+        dataset_predictions: label_dataset's ``id, source_id, synthetic, label`` rows.
 
     Returns:
         ``occupation, id, source_id, synthetic, label`` (and the other label columns).

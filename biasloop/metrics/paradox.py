@@ -143,9 +143,9 @@ def paradox_table(
     """Amplification for every pairing in :data:`PAIRINGS`, and its decomposition.
 
     Args:
-        train_predictions: ``classify_train`` output (``selection, occupation, id, p_female, label`` and,
+        train_predictions: ``label_train`` output (``selection, occupation, id, p_female, label`` and,
             in the glyph world, ``true_gender``).
-        generated_predictions: ``classify@N`` output (``prompt_kind, occupation, p_female, label`` and,
+        generated_predictions: ``label@N`` output (``prompt_kind, occupation, p_female, label`` and,
             in the glyph world, ``oracle_label``).
         confusion: the instrument's ``{"tpr", "fpr"}`` on labelled data, or None when unknown.
         n_boot: bootstrap replicates for the 95% intervals.

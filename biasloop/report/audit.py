@@ -7,7 +7,7 @@ Steps (:func:`run_audit`):
    (:class:`biasloop.models.generators.image_folder.ImageFolderGenerator`: the same missing / extra /
    unreadable / wrong-size rules, error or recorded skip).
 2. Each image labelled by the configured instrument (``artifacts/instrument``: any backend, cross-fitted;
-   ``classify.abstain_threshold``), with a progress bar over images.
+   ``label.abstain_threshold``), with a progress bar over images.
 3. The amplification against the reference (:func:`read_reference`), per pairing, with
    :func:`biasloop.metrics.frame.amplification_frame`; with the instrument's confusion rates
    (``metrics/instrument.json``) also on corrected shares.
@@ -24,7 +24,7 @@ References (``--reference``):
   the training captions that mention each occupation (keyword retrieval with the captions' gender
   indicators, ``retrieve`` params), their images labelled by the same instrument: the ``keyword``
   pairings (neutral prompts; captions as prompts paired by ``source_id``) and the decomposition;
-- a corpus's classified selections (``classify_train``'s ``predictions.parquet``; with ``--matches``,
+- a corpus's classified selections (``label_train``'s ``predictions.parquet``; with ``--matches``,
   retrieve's ``matches.parquet`` for the captions' gender indicators): every pairing of
   :data:`biasloop.metrics.paradox.PAIRINGS` the images allow (neutral prompts against keyword captions and
   nearest neighbours, captions as prompts paired with their own training image by ``source_id``), and
@@ -89,7 +89,7 @@ def read_reference(spec: str, occupations: list[str], matches: str | None = None
         predictions = pl.read_parquet(path)
         missing = [c for c in ("selection", "occupation", "id", "label") if c not in predictions.columns]
         if missing:
-            raise ValueError(f"{path}: missing column(s) {missing}: not classify_train's predictions")
+            raise ValueError(f"{path}: missing column(s) {missing}: not label_train's predictions")
         if matches is not None:
             predictions = with_indicators(predictions, pl.read_parquet(matches))
         return Reference("corpus", str(path), predictions=predictions)
@@ -109,9 +109,9 @@ def corpus_reference(
         folder: a corpus folder (``captions.parquet``: ``id, caption, image_ref[, split, true_gender]``).
         occupations: the audited occupations.
         cross_fitted: the cross-fitted instrument (a training image is labelled by the fold model that never
-            saw it, as in ``classify_train``).
+            saw it, as in ``label_train``).
         retrieve: the ``retrieve`` params (plurals, first names, the split searched).
-        threshold, batch_size: the ``classify`` params.
+        threshold, batch_size: the ``label`` params.
     """
     from biasloop.data.retrieval import retrieve_lazy
     from biasloop.models.instrument import label_images
@@ -244,7 +244,7 @@ def run_audit(
     cross_fitted: Any,
     out: str | Path,
     *,
-    classify: Any,
+    labelling: Any,
     image_size: int,
     confusion: dict[str, Any] | None,
     instrument: dict[str, Any] | None = None,
@@ -254,14 +254,14 @@ def run_audit(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Steps 1-4 of the module docstring; writes ``out/audit.json``, ``out/labels.csv`` and ``out/audit.html``
-    (with its figures) and returns the JSON's dict. ``classify``: the ``classify`` params section."""
+    (with its figures) and returns the JSON's dict. ``labelling``: the ``label`` params section."""
     from biasloop.report.audit_html import write_audit_page
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     labels, imported = classify_images(
-        images, prompts, cross_fitted, image_size=image_size, threshold=classify.abstain_threshold,
-        batch_size=classify.batch_size, on_error=on_error, progress=progress,
+        images, prompts, cross_fitted, image_size=image_size, threshold=labelling.abstain_threshold,
+        batch_size=labelling.batch_size, on_error=on_error, progress=progress,
     )  # fmt: skip
     frames = audit_pairings(labels, reference, confusion, n_boot, seed)
     result = audit_result(labels, frames, reference, imported, instrument)

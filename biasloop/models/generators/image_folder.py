@@ -5,7 +5,7 @@ prompts (``biasloop prompts export``, one row per image with its ``prompt_id`` a
 anywhere, put them in a folder with a ``manifest.csv`` (columns ``prompt_id,file``; ``file`` relative to
 the folder, any format Pillow reads) or as webdataset shards (``*.tar`` in the folder, each image a member
 named ``<prompt_id>.<ext>``, :func:`read_shard_index`), and point ``generator.images`` at the folder. ``generate@N`` then
-asks this backend for exactly the exported ``(prompt, seed)`` pairs, and classify, paradox and evaluate
+asks this backend for exactly the exported ``(prompt, seed)`` pairs, and label, paradox and evaluate
 run on the images like on any generator's (docs/audit.md).
 
 An image is keyed by :func:`prompt_id`, a hash of its prompt and seed, so the backend needs nothing but

@@ -28,9 +28,9 @@ from biasloop.models.instrument.training import (
     train_or_load_instrument,
 )
 from biasloop.models.instrument.zero_shot import (
-    ClassifyConfig,
     Instrument,
     InstrumentConfig,
+    LabelConfig,
     build_open_clip_instrument,
     gender_prompts,
     load_instrument,
@@ -38,7 +38,7 @@ from biasloop.models.instrument.zero_shot import (
 )
 
 __all__ = [
-    "ClassifyConfig",
+    "LabelConfig",
     "CrossFittedInstrument",
     "Instrument",
     "InstrumentConfig",

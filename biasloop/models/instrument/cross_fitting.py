@@ -28,8 +28,8 @@ image was labelled by is kept (column ``instrument_fold``).
 A pretrained open_clip instrument never trained on the corpus: it is one model and labels everything
 ("pretrained, not trained on this corpus").
 
-:func:`biasloop.models.instrument.labelling.label_images` is the labelling step of ``classify_train``,
-``classify@N`` and ``evaluate@N``.
+:func:`biasloop.models.instrument.labelling.label_images` is the labelling step of ``label_train``,
+``label@N`` and ``evaluate@N``.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ def label_units(instrument: CrossFittedInstrument, image_refs: Sequence[str], ba
 
     Encoding each unit on its own (:func:`encode_units`) runs the image tower on exactly the batches one
     call over every image runs, so the units can be dealt to several processes
-    (``classify.num_processes``): unit ``u`` to process ``u mod P``, the embeddings gathered by row and
+    (``label.num_processes``): unit ``u`` to process ``u mod P``, the embeddings gathered by row and
     scored in one :func:`label_images` call (``image_vectors``). Labels and probabilities are then
     bit-identical to one call over every image, whatever ``P`` is. (Scoring each unit apart would not be:
     the similarity matrix product rounds differently with fewer rows, by about 1e-8.)
@@ -34,14 +34,14 @@ def label_units(instrument: CrossFittedInstrument, image_refs: Sequence[str], ba
     Args:
         instrument: the cross-fitted instrument (its :meth:`CrossFittedInstrument.fold_for` rule).
         image_refs: the images to label (``"<shard>#<row>"``).
-        batch_size: images per forward pass (``classify.batch_size``).
+        batch_size: images per forward pass (``label.batch_size``).
 
     Returns:
         ``int64`` row-index arrays, each of at most ``batch_size`` rows of one fold model, covering every
         row once.
     """
     if batch_size < 1:
-        raise ValueError(f"classify.batch_size must be at least 1, got {batch_size}")
+        raise ValueError(f"label.batch_size must be at least 1, got {batch_size}")
     fold = instrument.fold_for(list(image_refs))
     units = []
     for k in np.unique(fold).tolist():
@@ -80,7 +80,7 @@ def label_images(
     Args:
         instrument: the cross-fitted instrument.
         image_refs: the images (``"<shard>#<row>"``).
-        threshold: the abstain threshold (``classify.abstain_threshold``; rule in
+        threshold: the abstain threshold (``label.abstain_threshold``; rule in
             :func:`label_from_p`).
         batch_size: images per forward pass.
         occupations: zero-shot occupation classes; None skips occupation.
@@ -143,7 +143,7 @@ def measure_cross_fitted(
     of the labelling rule itself on the labelled set (:func:`biasloop.models.instrument.labelled_set`:
     the held-out split's ground truth, else ``instrument.labelled_csv``); they correct the shares.
     Also: ``per_fold`` (each model on the whole labelled set), ``out_of_fold`` (the training images,
-    each labelled by its own fold's model, where ground truth exists: the labels ``classify_train``
+    each labelled by its own fold's model, where ground truth exists: the labels ``label_train``
     gives), ``occupation_accuracy`` on the held-out split, ``n_labelled_in_training`` (labelled images
     that some model trained on; they were labelled by a model that did not).
 

@@ -71,7 +71,7 @@ def evaluate_instrument(
         instrument: anything with ``p_female(images, batch_size=...)``.
         images: ``uint8`` images.
         true_gender: ``female``/``male`` per image (None rows are ignored).
-        threshold: the abstain threshold (``classify.abstain_threshold``).
+        threshold: the abstain threshold (``label.abstain_threshold``).
         batch_size: images per forward pass.
 
     Returns:

@@ -75,12 +75,12 @@ class InstrumentConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class ClassifyConfig:
-    """``classify``: how images are labelled."""
+class LabelConfig:
+    """``label``: how images are labelled."""
 
     abstain_threshold: float = 0.1  # keep only p_female < t (male) or > 1 - t (female); else abstain
     batch_size: int = 512  # images per forward pass
-    num_processes: int = 1  # classify@N's processes (GPUs) under `accelerate launch`; labels do not depend on it
+    num_processes: int = 1  # label@N's processes (GPUs) under `accelerate launch`; labels do not depend on it
 
 
 def occupation_prompts(templates: tuple[str, ...], occupation: str) -> list[str]:
@@ -218,7 +218,7 @@ class Instrument:
         Args:
             images: ``uint8`` images ``(n, h, w, 3)``; None when ``image_vectors`` is given.
             image_vectors: this model's :meth:`encode_images` of the images, computed elsewhere (by several
-                processes, ``classify.num_processes``); the tower is then not run.
+                processes, ``label.num_processes``); the tower is then not run.
 
         Returns:
             ``(p_female (n,), occupation probabilities (n, K))``.

@@ -1,8 +1,8 @@
-"""classify@N: perceived gender and occupation of the images generation N made.
+"""label@N: perceived gender and occupation of the images generation N made.
 
 No model of the cross-fitted instrument trained on a generated image: each is labelled by the fold model
 a seeded hash of its ``image_ref`` picks, the rule that labelled the held-out images the confusion rates
-come from (``biasloop.models.instrument.cross_fitting``). With ``classify.num_processes`` above 1 the stage re-runs
+come from (``biasloop.models.instrument.cross_fitting``). With ``label.num_processes`` above 1 the stage re-runs
 itself under ``accelerate launch``; the processes share the image tower's forward passes
 (``label_units``: unit u to process u mod P), the main process gathers the embeddings by row, scores
 them and writes the output atomically, bit-identical to one process's (:mod:`biasloop.core.distributed`).
@@ -13,15 +13,15 @@ world's ground truth read off its hue, ``oracle_label`` (``biasloop.data.hues.or
 generator term of the decomposition. Another corpus has no oracle: the column is null.
 
 Inputs:   artifacts/instrument, artifacts/gen{N}/generate/manifest.parquet (+ image shards)
-Outputs:  artifacts/gen{N}/classify/predictions.parquet: the manifest's columns (prompt_kind,
+Outputs:  artifacts/gen{N}/label/predictions.parquet: the manifest's columns (prompt_kind,
           occupation, prompt, seed, image_ref) plus p_female, label, p_occupation (the instrument's
           zero-shot probability of the asked occupation), predicted_occupation, instrument_fold and
           oracle_label (female | male | abstain; null when the corpus is not the glyph world)
-Params:   base, tracking, occupations, classify, corpus.source, world.hue_female, world.hue_male
+Params:   base, tracking, occupations, label, corpus.source, world.hue_female, world.hue_male
 
 Example:
-    python -m stages.classify --generation 0 --instrument artifacts/instrument \\
-        --manifest artifacts/gen0/generate/manifest.parquet --out artifacts/gen0/classify/predictions.parquet
+    python -m stages.label --generation 0 --instrument artifacts/instrument \\
+        --manifest artifacts/gen0/generate/manifest.parquet --out artifacts/gen0/label/predictions.parquet
 """
 
 from __future__ import annotations
@@ -42,28 +42,28 @@ from biasloop.core.tracking import stage_run
 from biasloop.data.hues import oracle_labels
 from biasloop.data.world import WorldConfig
 from biasloop.models.instrument import (
-    ClassifyConfig,
+    LabelConfig,
     encode_units,
     label_images,
     label_units,
     load_cross_fitted,
 )
 
-log = logging.getLogger("classify")
+log = logging.getLogger("label")
 
 
 @stage_main(log)
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = make_parser(__doc__, "python -m stages.classify")
+    parser = make_parser(__doc__, "python -m stages.label")
     parser.add_argument("--generation", type=int, required=True, help="generation N")
     parser.add_argument("--instrument", default="artifacts/instrument", help="instrument folder")
     parser.add_argument("--manifest", required=True, help="generate@N manifest parquet")
     parser.add_argument("--out", required=True, help="output parquet")
     args = parser.parse_args(argv)
     configs = load_configs(
-        args.params, {"occupations": None, "classify": ClassifyConfig, "world": WorldConfig, "corpus": None}
+        args.params, {"occupations": None, "label": LabelConfig, "world": WorldConfig, "corpus": None}
     )
-    config: ClassifyConfig = configs["classify"]
+    config: LabelConfig = configs["label"]
     occupations = list(configs["occupations"] or [])
     manifest = pl.read_parquet(args.manifest)
     stray = sorted(set(manifest["occupation"].unique().to_list()) - set(occupations))
@@ -71,12 +71,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise ValueError(f"{args.manifest}: occupations {stray} are not in params occupations")
 
     device = resolve_device(configs["base"].device)
-    started = join_or_relaunch("stages.classify", argv, config.num_processes, device, configs["tracking"])
+    started = join_or_relaunch("stages.label", argv, config.num_processes, device, configs["tracking"])
     if started is None:
         return
     group, tracking = started
 
-    with stage_run("classify", tracking, {"classify": to_dict(config)}, generation=args.generation) as run:
+    with stage_run("label", tracking, {"label": to_dict(config)}, generation=args.generation) as run:
         instrument = load_cross_fitted(args.instrument, group.device(device))
         refs = manifest["image_ref"].to_list()
         # the image tower's forward passes are the same units whatever the number of processes: process r

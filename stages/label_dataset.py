@@ -1,20 +1,20 @@
-"""classify_dataset@N: perceived gender of every training image of dataset N, the data generation N trained on.
+"""label_dataset@N: perceived gender of every training image of dataset N, the data generation N trained on.
 
 Dataset 0 is the corpus's training split; dataset N (N >= 1) is mix@N's (real images and the images
-generated for it, which nothing else classifies). Each image is labelled as classify_train labels
+generated for it, which nothing else classifies). Each image is labelled as label_train labels
 training images: a real image by the cross-fitted instrument's model that never trained on it, a
-generated one by the instrument's mixture (``biasloop.models.instrument.cross_fitting``); ``classify.abstain_threshold``
+generated one by the instrument's mixture (``biasloop.models.instrument.cross_fitting``); ``label.abstain_threshold``
 decides ``female``/``male``/``abstain``. evaluate@N compares generation N's images with these labels
 (``amplification_vs_training_dataset``), beside the comparison with the real corpus.
 
 Inputs:   artifacts/instrument, dataset N (artifacts/corpus/captions.parquet or artifacts/gen{N}/mix/dataset.parquet)
-Outputs:  artifacts/gen{N}/classify_dataset/predictions.parquet
+Outputs:  artifacts/gen{N}/label_dataset/predictions.parquet
           (id, source_id, synthetic, p_female, label, instrument_fold, true_gender: the source's)
-Params:   base, tracking, classify
+Params:   base, tracking, label
 
 Example:
-    python -m stages.classify_dataset --generation 1 --instrument artifacts/instrument \\
-        --dataset artifacts/gen1/mix/dataset.parquet --out artifacts/gen1/classify_dataset/predictions.parquet
+    python -m stages.label_dataset --generation 1 --instrument artifacts/instrument \\
+        --dataset artifacts/gen1/mix/dataset.parquet --out artifacts/gen1/label_dataset/predictions.parquet
 """
 
 from __future__ import annotations
@@ -30,14 +30,14 @@ from biasloop.core.runtime import resolve_device
 from biasloop.core.stage import load_configs, make_parser, stage_main
 from biasloop.core.tracking import stage_run
 from biasloop.loop.mixing import as_dataset
-from biasloop.models.instrument import ClassifyConfig, label_images, load_cross_fitted
+from biasloop.models.instrument import LabelConfig, label_images, load_cross_fitted
 
-log = logging.getLogger("classify_dataset")
+log = logging.getLogger("label_dataset")
 
 
 @stage_main(log)
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = make_parser(__doc__, "python -m stages.classify_dataset")
+    parser = make_parser(__doc__, "python -m stages.label_dataset")
     parser.add_argument("--generation", type=int, required=True, help="generation N whose training dataset is labelled")
     parser.add_argument("--instrument", default="artifacts/instrument", help="instrument folder")
     parser.add_argument(
@@ -45,17 +45,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--out", required=True, help="output parquet")
     args = parser.parse_args(argv)
-    configs = load_configs(args.params, {"classify": ClassifyConfig})
-    config: ClassifyConfig = configs["classify"]
+    configs = load_configs(args.params, {"label": LabelConfig})
+    config: LabelConfig = configs["label"]
     dataset = as_dataset(pl.read_parquet(args.dataset))
     if dataset.is_empty():
         raise ValueError(f"{args.dataset}: no training rows")
 
-    with stage_run(
-        "classify_dataset", configs["tracking"], {"classify": to_dict(config)}, generation=args.generation
-    ) as run:
+    with stage_run("label_dataset", configs["tracking"], {"label": to_dict(config)}, generation=args.generation) as run:
         instrument = load_cross_fitted(args.instrument, resolve_device(configs["base"].device))
-        with timed(f"classifying the {len(dataset)} training images of dataset {args.generation}", log):
+        with timed(f"labelling the {len(dataset)} training images of dataset {args.generation}", log):
             labels = label_images(
                 instrument, dataset["image_ref"].to_list(), config.abstain_threshold, batch_size=config.batch_size
             )

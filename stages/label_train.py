@@ -1,20 +1,20 @@
-"""classify_train: perceived gender of the training images behind each retrieval selection.
+"""label_train: perceived gender of the training images behind each retrieval selection.
 
 Each distinct image is classified once, out of sample: by the cross-fitted instrument's model of the
 image's own fold, the one that never trained on it (``biasloop.models.instrument.cross_fitting``). Every (selection,
 occupation) row that includes it gets its ``p_female``, label (``female``/``male``/``abstain`` by
-``classify.abstain_threshold``) and ``instrument_fold``. The world's ``true_gender`` rides along for
+``label.abstain_threshold``) and ``instrument_fold``. The world's ``true_gender`` rides along for
 evaluation only.
 
 Inputs:   artifacts/instrument, artifacts/neighbours/selections.parquet, artifacts/corpus
-Outputs:  artifacts/classify_train/predictions.parquet
+Outputs:  artifacts/label_train/predictions.parquet
           (selection, occupation, id, p_female, label, instrument_fold, true_gender)
-Params:   base, tracking, classify
+Params:   base, tracking, label
 
 Example:
-    python -m stages.classify_train --instrument artifacts/instrument \\
+    python -m stages.label_train --instrument artifacts/instrument \\
         --selections artifacts/neighbours/selections.parquet --corpus artifacts/corpus/captions.parquet \\
-        --out artifacts/classify_train/predictions.parquet
+        --out artifacts/label_train/predictions.parquet
 """
 
 from __future__ import annotations
@@ -29,21 +29,21 @@ from biasloop.core.io import timed, write_parquet
 from biasloop.core.runtime import resolve_device
 from biasloop.core.stage import load_configs, make_parser, stage_main
 from biasloop.core.tracking import stage_run
-from biasloop.models.instrument import ClassifyConfig, label_images, load_cross_fitted
+from biasloop.models.instrument import LabelConfig, label_images, load_cross_fitted
 
-log = logging.getLogger("classify_train")
+log = logging.getLogger("label_train")
 
 
 @stage_main(log)
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = make_parser(__doc__, "python -m stages.classify_train")
+    parser = make_parser(__doc__, "python -m stages.label_train")
     parser.add_argument("--instrument", default="artifacts/instrument", help="instrument folder")
     parser.add_argument("--selections", default="artifacts/neighbours/selections.parquet", help="selections parquet")
     parser.add_argument("--corpus", default="artifacts/corpus/captions.parquet", help="corpus caption table")
-    parser.add_argument("--out", default="artifacts/classify_train/predictions.parquet", help="output parquet")
+    parser.add_argument("--out", default="artifacts/label_train/predictions.parquet", help="output parquet")
     args = parser.parse_args(argv)
-    configs = load_configs(args.params, {"classify": ClassifyConfig})
-    config: ClassifyConfig = configs["classify"]
+    configs = load_configs(args.params, {"label": LabelConfig})
+    config: LabelConfig = configs["label"]
     selections = pl.read_parquet(args.selections)
     corpus = pl.read_parquet(args.corpus)
     if "true_gender" not in corpus.columns:  # a corpus without ground truth
@@ -54,11 +54,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise ValueError(f"{args.selections}: {len(unknown)} ids not in {args.corpus} (first: {unknown['id'][0]!r})")
     images_needed = selections.select("id").unique().sort("id").join(corpus, on="id", how="left")
 
-    with stage_run("classify_train", configs["tracking"], {"classify": to_dict(config)}) as run:
+    with stage_run("label_train", configs["tracking"], {"label": to_dict(config)}) as run:
         instrument = load_cross_fitted(args.instrument, resolve_device(configs["base"].device))
         if not len(images_needed):
-            log.warning("%s: no selected captions, so no images to classify", args.selections)
-        with timed(f"classifying {len(images_needed)} training images ({instrument.labels})", log):
+            log.warning("%s: no selected captions, so no images to label", args.selections)
+        with timed(f"labelling {len(images_needed)} training images ({instrument.labels})", log):
             labels = label_images(
                 instrument, images_needed["image_ref"].to_list(), config.abstain_threshold, batch_size=config.batch_size
             )
