@@ -103,7 +103,7 @@ def _add_collect_parser(commands: argparse._SubParsersAction) -> None:
         "or --all-commits) and write per cell x generation the mean and SD over seeds of the study's "
         "metrics; its primary endpoints with plain 95% t intervals over seeds; every other interval "
         "(levels, slopes, contrasts) Holm-adjusted; and for each a p-value, a TOST p-value where a "
-        "margin is declared, and a verdict (effect / equivalent within +-m / not resolved). Failed or "
+        "margin is declared, and a verdict (effect / equivalent within +-m / not resolved / zero in every seed). Failed or "
         "missing cells are listed, never averaged over; they make the command exit 1 without "
         "writing anything unless --allow-missing. With --pull (the default when study.executor is ray), "
         "first fetch the study's experiments that are not here yet from study.ray.git_remote "

@@ -189,8 +189,8 @@ def studies_lines(studies: list[dict[str, Any]]) -> list[str]:
         "",
         "Each study is a grid of DVC experiments replicated over seeds (`biasloop study run --name NAME`, then "
         "`biasloop study collect --name NAME`); values x 100: pp for shares and terms, points for accuracies. "
-        "Verdicts: *effect*, *equivalent within +-m* (TOST against the declared margin) or *not resolved* "
-        "([studies.md](studies.md)).",
+        "Verdicts: *effect*, *equivalent within +-m* (TOST against the declared margin), *not resolved*, or "
+        "*zero in every seed* (no variation to test; outside the Holm family) ([studies.md](studies.md)).",
         "",
     ]
     for study in studies:

@@ -13,7 +13,7 @@ MAX_ROWS = 24  # secondary rows drawn at most (the JSON and CSV keep every inter
 
 def _forest(ax, rows: list[dict[str, Any]], title: str) -> None:
     """One horizontal interval per row (top to bottom), the margin as a grey band, the verdict beside it."""
-    colours = {"effect": "#d62728", "not resolved": "#7f7f7f"}
+    colours = {"effect": "#d62728", "not resolved": "#7f7f7f", "zero in every seed": "#bbbbbb"}
     for i, row in enumerate(rows):
         y = len(rows) - 1 - i
         margin = 100 * row["margin"] if row.get("margin") else None

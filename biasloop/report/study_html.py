@@ -190,7 +190,7 @@ def named_study_section(study: dict[str, Any]) -> str:
         parts.append("<p class='missing'>" + "; ".join(problems) + "</p>")
     endpoints = [_endpoint_row(f"{name}: {r['label']}", r) for name, r in study["endpoints"].items()]
     parts.append(table(ENDPOINT_COLUMNS, endpoints))
-    resolved = [r for r in study["intervals"] if r["verdict"] != "not resolved"]
+    resolved = [r for r in study["intervals"] if r["verdict"] not in ("not resolved", "zero in every seed")]
     if resolved:
         parts.append(
             f"<p class='note'>Secondary intervals with a verdict ({len(resolved)} of "

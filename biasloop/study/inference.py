@@ -22,6 +22,10 @@ construction serves levels, slopes and contrasts (docs/studies.md):
   ``(-m, m)``); an adjusted interval is when the adjusted interval itself lies inside ``(-m, m)`` (TOST
   at half its per-test level: conservative). Without a margin a non-significant result is ``not resolved``,
   never "no effect".
+- **Zero in every seed** (:data:`ZERO_EVERY_SEED`): every seed's value exactly 0.0, e.g. a contrast between
+  two loop variants at generation 0, which share their runs through DVC's run cache. There is no sampling
+  variation, so no test: the record keeps its ``[0, 0]`` interval, gets no p-value and stays out of the
+  Holm family (counting it would make every other adjusted interval wider for nothing).
 
 References: S. Holm, "A simple sequentially rejective multiple test procedure", Scand. J. Statist. 6
 (1979) 65-70; K. Strassburger, F. Bretz, "Compatible simultaneous lower confidence bounds for the Holm
@@ -40,6 +44,13 @@ import numpy as np
 
 EFFECT = "effect"
 NOT_RESOLVED = "not resolved"
+ZERO_EVERY_SEED = "zero in every seed"
+
+
+def zero_in_every_seed(values: Iterable[float]) -> bool:
+    """True for two or more seed-level values that are all exactly 0.0 (nothing to test; module docstring)."""
+    x = [float(v) for v in values]
+    return len(x) >= 2 and all(v == 0.0 for v in x)
 
 
 def equivalent_label(margin: float) -> str:
@@ -139,11 +150,15 @@ def primary_record(values: list[float], alpha: float, margin: float | None) -> d
     """A primary endpoint: plain ``1 - alpha`` t interval, p, TOST p and verdict.
 
     The verdict is ``effect`` when ``p < alpha``; else ``equivalent within ±m`` when a margin is declared
-    and the TOST p is below ``alpha``; else ``not resolved``.
+    and the TOST p is below ``alpha``; else ``not resolved``; ``zero in every seed`` (p None) when every
+    value is exactly 0.
     """
     record = t_interval(values, alpha)
     equivalence = None if margin is None else tost_p(values, margin)
-    if record["p"] is not None and record["p"] < alpha:
+    if zero_in_every_seed(values):
+        record["p"], equivalence = None, None
+        verdict = ZERO_EVERY_SEED
+    elif record["p"] is not None and record["p"] < alpha:
         verdict = EFFECT
     elif equivalence is not None and equivalence < alpha:
         verdict = equivalent_label(margin)
@@ -167,10 +182,15 @@ def adjust_family(records: list[dict[str, Any]], alpha: float) -> None:
     level, ``family_size``, ``tost_p`` (when ``margin`` is set) and ``verdict``: ``effect`` when Holm
     rejects, ``equivalent within ±m`` when the adjusted interval lies inside ``(-m, m)``, else
     ``not resolved``. Records without a p-value (fewer than 2 seeds) are left out of the family and
-    get ``not resolved``.
+    get ``not resolved``; records that are zero in every seed are left out too, with that verdict, their
+    ``[0, 0]`` interval and no p-value.
     """
     from scipy import stats
 
+    for record in records:
+        if zero_in_every_seed(record.get("values", [])):
+            record["p"] = None
+            record["zero_in_every_seed"] = True
     tested = [r for r in records if r.get("p") is not None]
     holm = holm_levels([r["p"] for r in tested], alpha)
     for record in records:
@@ -186,6 +206,8 @@ def adjust_family(records: list[dict[str, Any]], alpha: float) -> None:
         )
         margin = record.get("margin")
         record["tost_p"] = None if margin is None else tost_p(record["values"], margin)
+        if record.pop("zero_in_every_seed", False):
+            record.update({"ci": [0.0, 0.0], "tost_p": None, "verdict": ZERO_EVERY_SEED})
     for record, reject, p_adj, level in zip(tested, holm["reject"], holm["p_adjusted"], holm["alpha_per_test"]):
         half = float(stats.t.ppf(1 - level / 2, record["n"] - 1)) * record["se"]
         ci = [record["estimate"] - half, record["estimate"] + half]
