@@ -104,6 +104,7 @@ def render_audit_page(result: dict[str, Any], figures: Path) -> str:
         {name: entry["table"]["per_occupation"] for name, entry in pairings.items()},
         figures / "shares.png",
         f"Share of women per occupation: generated images vs. the reference ({reference['kind']})",
+        reference_label=f"reference: {reference['kind']}",
     )
     first = next(iter(pairings.values()))
     instrument = result.get("instrument") or {}

@@ -184,15 +184,21 @@ def _save(fig, out_path: str | Path) -> None:
         fig.savefig(tmp, dpi=120, format="png", bbox_inches="tight")
 
 
-def share_plot(per_occupation_by_series: dict[str, list[dict]], out_path: str | Path, title: str) -> None:
+def share_plot(
+    per_occupation_by_series: dict[str, list[dict]],
+    out_path: str | Path,
+    title: str,
+    reference_label: str = "training images (keyword captions)",
+) -> None:
     """Share of women per occupation for training vs. generated images, with 95% intervals.
 
     Args:
         per_occupation_by_series: ``{series label: per_occupation rows}``; each row has ``occupation``,
             ``share_train``, ``share_train_ci``, ``share_gen``, ``share_gen_ci``. The first series'
-            training shares are drawn once as "training"; each series adds its generated shares.
+            training shares are drawn once, as ``reference_label``; each series adds its generated shares.
         out_path: PNG path (written atomically).
         title: figure title.
+        reference_label: the legend's name for the ``share_train`` side (an audit's BLS table or counts).
     """
     plt = _pyplot()
     first = next(iter(per_occupation_by_series.values()))
@@ -219,7 +225,7 @@ def share_plot(per_occupation_by_series: dict[str, list[dict]], out_path: str | 
 
     series = list(per_occupation_by_series.items())
     step = 0.6 / max(len(series), 1)
-    draw(series[0][1], "share_train", -0.3, "training images (keyword captions)", "#333333", "s")
+    draw(series[0][1], "share_train", -0.3, reference_label, "#333333", "s")
     palette = ["#d62728", "#ff7f0e", "#9467bd", "#1f77b4", "#2ca02c"]
     for k, (label, rows) in enumerate(series):
         draw(rows, "share_gen", -0.3 + step * (k + 1), label, palette[k % len(palette)], "o")
