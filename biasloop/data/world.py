@@ -151,7 +151,7 @@ class ToneConfig:
     markedness: MarkednessConfig = MarkednessConfig()  # P(tone adjective in caption), as for gender
     value_light: float = 0.92  # brightness (HSV value) of light glyphs
     value_medium: float = 0.63  # brightness of medium glyphs
-    value_dark: float = 0.40  # brightness of dark glyphs
+    value_dark: float = 0.4  # brightness of dark glyphs
     value_jitter: float = 0.08  # brightness drawn as value * U(1 - jitter, 1 + jitter)
 
     @property
