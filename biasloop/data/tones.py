@@ -216,10 +216,10 @@ def tone_statistics(samples: pl.DataFrame, table: Mapping[str, np.ndarray]) -> d
         table_row = {f"table_{t}": float(fractions[i]) if fractions is not None else None for i, t in enumerate(TONES)}
         per_occupation.append({"occupation": row["true_occupation"], **table_row, **row})
         tv_all.append(0.5 * sum(abs(row[f"share_{t}"] - 1 / len(TONES)) for t in TONES))
-        tv_unmarked.append(0.5 * sum(abs((row[f"share_{t}_no_indicator"] or 0.0) - 1 / len(TONES)) for t in TONES))
-    n = max(len(tv_all), 1)
+        if row["indicator_rate"] < 1.0:  # an occupation whose captions are all marked has no unmarked share
+            tv_unmarked.append(0.5 * sum(abs(row[f"share_{t}_no_indicator"] - 1 / len(TONES)) for t in TONES))
     return {
-        "mtv_all_captions": sum(tv_all) / n,
-        "mtv_no_indicator_captions": sum(tv_unmarked) / n,
+        "mtv_all_captions": sum(tv_all) / max(len(tv_all), 1),
+        "mtv_no_indicator_captions": sum(tv_unmarked) / max(len(tv_unmarked), 1),
         "per_occupation": per_occupation,
     }
