@@ -28,6 +28,13 @@ Burns et al., "Women also Snowboard" (ECCV 2018). They are matched as whole capt
 
 Terms are ``list[str]`` columns in polars and tuples in Python, in the order they occur (a null
 caption gets null term lists in polars, empty tuples in Python, and the label ``none``).
+
+**Tone lists.** The glyph world's second attribute, tone (:mod:`biasloop.data.tones`), has its own lists,
+:data:`TONE_TERMS`: skin-tone adjectives and nouns per class ("dark-skinned", "fair skin"). A caption is
+labelled with the class whose terms it contains, ``mixed`` with terms of several classes, ``none``
+without (:func:`tone_indicator_columns`, :func:`label_tone_caption`). They match whole words,
+case-insensitively, and a hyphen or space inside a term matches a hyphen, a space or nothing
+("dark-skinned", "dark skinned", "darkskinned"). Gender's lists and labels do not change.
 """
 
 from __future__ import annotations
@@ -250,3 +257,61 @@ def mask_gender_words(caption: str, mask: str = MASK_TOKEN) -> str:
     'genderword is a nurse genderword shift starts'
     """
     return " ".join(mask if t in _MASCULINE or t in _FEMININE else t for t in caption_tokens(caption))
+
+
+# --- tone lists (the glyph world's tone; see the module docstring) -----------------------------------
+
+TONE_TERMS: dict[str, tuple[str, ...]] = {
+    "light": ("light-skinned", "fair-skinned", "pale-skinned", "light skin", "fair skin", "pale skin"),
+    "medium": ("medium-skinned", "tan-skinned", "olive-skinned", "medium skin", "tan skin", "olive skin"),
+    "dark": ("dark-skinned", "brown-skinned", "deep-skinned", "dark skin", "brown skin", "deep skin"),
+}
+TONE_LABELS: tuple[str, ...] = (*TONE_TERMS, "mixed", "none")
+
+
+def tone_term_regex(terms: Iterable[str]) -> str:
+    """A case-insensitive whole-word regex matching any of ``terms`` (valid in Rust regex and Python re),
+    a hyphen or space inside a term matching a hyphen, a space or nothing; longer terms first."""
+    ordered = sorted(set(terms), key=lambda t: (-len(t), t))
+    alternatives = "|".join(r"[-\s]?".join(re.escape(part) for part in re.split(r"[- ]", t)) for t in ordered)
+    return rf"(?i)\b(?:{alternatives})\b"
+
+
+TONE_REGEX: dict[str, str] = {tone: tone_term_regex(terms) for tone, terms in TONE_TERMS.items()}
+_TONE_PY = {tone: re.compile(regex) for tone, regex in TONE_REGEX.items()}
+
+
+def tone_indicator_columns(column: str = "caption") -> list[pl.Expr]:
+    """Expressions adding ``<tone>_terms`` (``list[str]``, lower-cased) per class of :data:`TONE_TERMS`,
+    then ``tone_indicator`` (a class, ``mixed`` or ``none``); use as :func:`tag_tone_indicators` does."""
+    terms = [
+        pl.col(column).str.extract_all(regex).list.eval(pl.element().str.to_lowercase()).alias(f"{tone}_terms")
+        for tone, regex in TONE_REGEX.items()
+    ]
+    found = [pl.col(f"{tone}_terms").list.len().fill_null(0) > 0 for tone in TONE_TERMS]
+    n_found = pl.sum_horizontal([f.cast(pl.Int32) for f in found])
+    label = pl.when(n_found > 1).then(pl.lit("mixed"))
+    for tone, has in zip(TONE_TERMS, found):
+        label = label.when(has).then(pl.lit(tone))
+    return [*terms, label.otherwise(pl.lit("none")).alias("tone_indicator")]
+
+
+def tag_tone_indicators(frame: pl.LazyFrame | pl.DataFrame, column: str = "caption"):
+    """Add ``<tone>_terms`` and ``tone_indicator`` to a (lazy) frame with a caption column."""
+    *terms, label = tone_indicator_columns(column)
+    return frame.with_columns(terms).with_columns(label)
+
+
+class ToneMatch(NamedTuple):
+    """The tone label of one caption and the terms that caused it, per class."""
+
+    label: str
+    terms: dict[str, tuple[str, ...]]
+
+
+def label_tone_caption(caption: str | None) -> ToneMatch:
+    """Label one caption's tone; the plain-Python twin of :func:`tone_indicator_columns`."""
+    terms = {tone: tuple(t.lower() for t in pattern.findall(caption or "")) for tone, pattern in _TONE_PY.items()}
+    found = [tone for tone, matched in terms.items() if matched]
+    label = "mixed" if len(found) > 1 else found[0] if found else "none"
+    return ToneMatch(label, terms)

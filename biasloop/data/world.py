@@ -18,6 +18,13 @@ Ground truth (``true_occupation``, ``true_gender``, ``true_indicator``) travels 
 is read only by evaluation. Because gender is coded as hue, any image of this world (a generated one
 included) can be labelled without a learned model: :func:`oracle_labels`, the yardstick the instrument is
 checked against on generated images.
+
+A second attribute, **tone** (``light``, ``medium``, ``dark``; :mod:`biasloop.data.tones`), is off by
+default (``world.tone.enabled``). On, each sample also draws a tone from a per-occupation table, its
+colour's brightness codes the tone (the hue still codes gender), its caption may carry a tone adjective,
+and the samples gain ``true_tone`` and ``true_tone_indicator``. The tone draws come from their own random
+stream, so everything else is the same with tone on or off; off, the world is byte-identical to a world
+built before tone existed.
 """
 
 from __future__ import annotations
@@ -32,6 +39,17 @@ import polars as pl
 
 from biasloop.data.hues import colour_glyphs, hsv_to_rgb
 from biasloop.data.text import fill_template, match_occupations
+from biasloop.data.tones import (
+    TONE_SCHEMA,
+    TONES,
+    ToneDraws,
+    check_tone_brightness,
+    draw_tones,
+    read_tone_table,
+    tone_columns,
+    tone_images,
+    tone_template,
+)
 
 GENDERS = ("female", "male")
 
@@ -118,10 +136,28 @@ SAMPLES_SCHEMA = {
 
 @dataclasses.dataclass(frozen=True)
 class MarkednessConfig:
-    """``world.markedness``: how often captions carry a gender indicator."""
+    """``world.markedness`` (gender) and ``world.tone.markedness``: how often captions carry an indicator."""
 
-    base: float = 0.1  # P(indicator) for the occupation's majority gender
-    counter: float = 0.4  # extra P(indicator) when the sample's gender is the occupation's minority
+    base: float = 0.1  # P(indicator) for the occupation's majority class (gender or tone)
+    counter: float = 0.4  # extra P(indicator) when the sample's class is not the occupation's majority
+
+
+@dataclasses.dataclass(frozen=True)
+class ToneConfig:
+    """``world.tone``: the second attribute of the world (:mod:`biasloop.data.tones`); off by default."""
+
+    enabled: bool = False  # off: the world is byte-identical to one without tone
+    table: str = "biasloop/data/assets/tone_by_occupation.csv"  # synthetic tone fractions per occupation
+    markedness: MarkednessConfig = MarkednessConfig()  # P(tone adjective in caption), as for gender
+    value_light: float = 0.92  # brightness (HSV value) of light glyphs
+    value_medium: float = 0.63  # brightness of medium glyphs
+    value_dark: float = 0.4  # brightness of dark glyphs
+    value_jitter: float = 0.08  # brightness drawn as value * U(1 - jitter, 1 + jitter)
+
+    @property
+    def values(self) -> dict[str, float]:
+        """Tone -> brightness, in the order of :data:`biasloop.data.tones.TONES`."""
+        return {t: getattr(self, f"value_{t}") for t in TONES}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,6 +179,7 @@ class WorldConfig:
     glyphs: str = "data/glyphs/mnist"  # glyph pool prefix: <prefix>_images.npy and <prefix>_labels.npy
     occupation_table: str = "data/occupations/occupations_bls.tsv"  # BLS shares of women
     seed: int = 0  # the world's own seed: same seed, same bytes
+    tone: ToneConfig = ToneConfig()  # the second attribute (off by default)
 
 
 def read_occupation_shares(path: str | Path) -> dict[str, float]:
@@ -195,12 +232,17 @@ def gender_colours(genders: np.ndarray, config: WorldConfig, rng: np.random.Gene
     return hsv_to_rgb(hue, saturation, value), ambiguous
 
 
-def _caption(occupation: str, gender: str, indicator: bool, is_plural: bool, rng: np.random.Generator) -> str:
+def _caption(
+    occupation: str, gender: str, indicator: bool, is_plural: bool, rng: np.random.Generator, tone_adjective: str = ""
+) -> str:
+    """One caption; ``tone_adjective`` (tone on, the caption marked for tone) goes before the occupation."""
     if indicator:
         bank = INDICATOR_PLURAL[gender] if is_plural else INDICATOR_SINGULAR[gender]
     else:
         bank = NEUTRAL_PLURAL if is_plural else NEUTRAL_SINGULAR
     template = bank[rng.integers(len(bank))]
+    if tone_adjective:
+        template = tone_template(template, tone_adjective)
     return fill_template(template, occupation=occupation)
 
 
@@ -232,11 +274,27 @@ def _checked_shares(config: WorldConfig, occupations: list[str] | tuple[str, ...
     for name in ("plural_fraction", "ambiguous_fraction", "test_fraction"):
         if not 0.0 <= getattr(config, name) <= 1.0:
             raise ValueError(f"world.{name}: must be in [0, 1], got {getattr(config, name)}")
-    if not 0.0 <= config.markedness.base + config.markedness.counter <= 1.0 or config.markedness.base < 0:
-        raise ValueError("world.markedness: base and base + counter must be probabilities")
+    _check_markedness(config.markedness, "world.markedness")
     if not 8 <= config.image_size <= 64:
         raise ValueError(f"world.image_size: expected 8 to 64 pixels, got {config.image_size}")
     return shares
+
+
+def _check_markedness(markedness: MarkednessConfig, where: str) -> None:
+    if not 0.0 <= markedness.base + markedness.counter <= 1.0 or markedness.base < 0:
+        raise ValueError(f"{where}: base and base + counter must be probabilities")
+
+
+def _checked_tones(tone: ToneConfig, occupations: list[str] | tuple[str, ...]) -> dict[str, np.ndarray]:
+    """The tone table, after checking that it covers ``occupations`` and that ``world.tone`` is sound."""
+    _check_markedness(tone.markedness, "world.tone.markedness")
+    check_tone_brightness(tone.values, tone.value_jitter)
+    table = read_tone_table(tone.table)
+    unknown = [o for o in occupations if o not in table]
+    if unknown:
+        hints = _spelling_hints(unknown, table)
+        raise ValueError(f"world.tone.table: occupations {unknown} not in {tone.table}{hints}")
+    return table
 
 
 def build_world(config: WorldConfig, occupations: list[str] | tuple[str, ...]) -> tuple[pl.DataFrame, np.ndarray]:
@@ -249,10 +307,12 @@ def build_world(config: WorldConfig, occupations: list[str] | tuple[str, ...]) -
 
     Returns:
         ``(samples, images)``: a frame with ``id, caption, true_occupation, true_gender,
-        true_indicator, true_ambiguous, split`` (one row per image, distractors with null occupation and
-        gender) and the ``uint8`` images ``(n, size, size, 3)`` in the same order.
+        true_indicator, true_ambiguous, split`` and, tone on, ``true_tone, true_tone_indicator`` (one row
+        per image, distractors with null ground truth) and the ``uint8`` images ``(n, size, size, 3)`` in
+        the same order.
     """
     shares = _checked_shares(config, occupations)
+    tones = _world_tones(config, occupations)
     rng = np.random.default_rng(config.seed)
     glyphs, labels = load_glyphs(config.glyphs, config.image_size)
     by_digit = {d: np.flatnonzero(labels == d) for d in range(10)}
@@ -271,8 +331,9 @@ def build_world(config: WorldConfig, occupations: list[str] | tuple[str, ...]) -
         pool = by_digit[position % 10]
         glyph_index.append(rng.choice(pool, size=n, replace=n > len(pool)))
         genders_all.append(genders)
-        for g, ind, plu in zip(genders, has_indicator, is_plural):
-            rows["caption"].append(_caption(occupation, str(g), bool(ind), bool(plu), rng))
+        adjectives = tones.adjective[position * n : (position + 1) * n] if tones is not None else [""] * n
+        for g, ind, plu, adjective in zip(genders, has_indicator, is_plural, adjectives):
+            rows["caption"].append(_caption(occupation, str(g), bool(ind), bool(plu), rng, adjective))
             rows["true_occupation"].append(occupation)
             rows["true_gender"].append(str(g))
             rows["true_indicator"].append(str(g) if ind else "none")
@@ -297,6 +358,9 @@ def build_world(config: WorldConfig, occupations: list[str] | tuple[str, ...]) -
     rgb[len(rgb) - n_other :] = grey
     ambiguous[len(ambiguous) - n_other :] = False
     images = colour_glyphs(glyphs[index], rgb)
+    if tones is not None:  # people's glyphs at their tone's brightness; the grey scenes stay as they are
+        n_people = len(tones.tone)
+        images[:n_people] = tone_images(glyphs[index[:n_people]], rgb[:n_people], tones.value)
 
     n_total = len(index)
     order = rng.permutation(n_total)  # interleave occupations and distractors
@@ -310,7 +374,20 @@ def build_world(config: WorldConfig, occupations: list[str] | tuple[str, ...]) -
         },
         schema=SAMPLES_SCHEMA,
     )
+    if tones is not None:
+        samples = samples.hstack(pl.DataFrame(tone_columns(tones, n_other, order), schema=TONE_SCHEMA))
     return samples, images[order]
+
+
+def _world_tones(config: WorldConfig, occupations: list[str] | tuple[str, ...]) -> ToneDraws | None:
+    """The tone draws of the world's people (:func:`biasloop.data.tones.draw_tones`); None with tone off."""
+    tone = config.tone
+    if not tone.enabled:
+        return None
+    table = _checked_tones(tone, occupations)
+    markedness = (tone.markedness.base, tone.markedness.counter)
+    n = config.samples_per_occupation
+    return draw_tones(table, occupations, n, markedness, tone.values, tone.value_jitter, config.seed)
 
 
 def materialise_glyph_pool(prefix: str | Path) -> None:

@@ -4,7 +4,8 @@ Whatever the source (the glyph world, img2dataset-style webdataset tar shards, o
 listed in a parquet), the ``corpus`` stage writes:
 
 - ``captions.parquet``: ``id, caption, image_ref, true_occupation, true_gender, true_indicator,
-  true_ambiguous, split`` (ground truth null where unknown; ``split`` is ``train`` or ``test``);
+  true_ambiguous, split`` (ground truth null where unknown; ``split`` is ``train`` or ``test``), then
+  ``true_tone, true_tone_indicator`` only for a glyph world with tone (:data:`OPTIONAL_CAPTION_SCHEMA`);
 - ``images/NNNNN.npy``: ``uint8`` image shards (see :mod:`biasloop.core.io`), every image square at the
   corpus's image size;
 - ``skipped.parquet``: ``where, id, reason, detail``, one row per record left out of an ingested
@@ -34,6 +35,7 @@ from biasloop.data.corpus.records import (
     CAPTION_COLUMNS,
     CAPTION_SCHEMA,
     IMAGE_EXTENSIONS,
+    OPTIONAL_CAPTION_SCHEMA,
     SKIP_REASONS,
     SKIPPED_SCHEMA,
     CorpusConfig,
@@ -50,6 +52,7 @@ __all__ = [
     "CAPTION_COLUMNS",
     "CAPTION_SCHEMA",
     "IMAGE_EXTENSIONS",
+    "OPTIONAL_CAPTION_SCHEMA",
     "SKIPPED_SCHEMA",
     "SKIP_REASONS",
     "CorpusConfig",

@@ -41,6 +41,9 @@ CAPTION_SCHEMA = {
     "true_ambiguous": pl.Boolean,
     "split": pl.String,
 }
+# Ground truth of the glyph world's second attribute (world.tone): written after CAPTION_COLUMNS, and only
+# when the source has it, so a corpus without tone is byte for byte what it was before tone existed.
+OPTIONAL_CAPTION_SCHEMA = {"true_tone": pl.String, "true_tone_indicator": pl.String}
 SKIPPED_SCHEMA = {"where": pl.String, "id": pl.String, "reason": pl.String, "detail": pl.String}
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
 SKIP_REASONS = {

@@ -19,6 +19,7 @@ from biasloop.data.corpus.records import (
     _WARN_FIRST,
     CAPTION_COLUMNS,
     CAPTION_SCHEMA,
+    OPTIONAL_CAPTION_SCHEMA,
     SKIPPED_SCHEMA,
     CorpusConfig,
     CorpusError,
@@ -43,11 +44,17 @@ class CorpusWriter:
     and its images); every ``shard_size`` images become ``images/NNNNN.npy`` and a caption part, so
     at most one shard is in memory. On a clean exit the parts are joined into ``captions.parquet``
     and the folder is renamed onto ``out_dir``; on an exception nothing is left behind.
+    ``optional_columns`` (keys of :data:`OPTIONAL_CAPTION_SCHEMA`) are written after the caption columns.
     """
 
-    def __init__(self, out_dir: str | Path, shard_size: int) -> None:
+    def __init__(self, out_dir: str | Path, shard_size: int, optional_columns: tuple[str, ...] = ()) -> None:
         if shard_size < 1:
             raise ValueError(f"shard_size must be at least 1, got {shard_size}")
+        unknown = [c for c in optional_columns if c not in OPTIONAL_CAPTION_SCHEMA]
+        if unknown:
+            raise ValueError(f"optional column {unknown[0]!r} unknown (known: {', '.join(OPTIONAL_CAPTION_SCHEMA)})")
+        self.columns = CAPTION_COLUMNS + tuple(optional_columns)
+        self.schema = CAPTION_SCHEMA | {c: OPTIONAL_CAPTION_SCHEMA[c] for c in optional_columns}
         self.out_dir = Path(out_dir)
         self.shard_size = shard_size
         self.n_written = 0
@@ -107,10 +114,10 @@ class CorpusWriter:
         np.save(self.tmp / "images" / name, self._images[: len(self._rows)], allow_pickle=False)
         shard_ref = (self.out_dir / "images" / name).as_posix()
         rows = [
-            {**{c: row.get(c) for c in CAPTION_COLUMNS}, "image_ref": f"{shard_ref}#{i}"}
+            {**{c: row.get(c) for c in self.columns}, "image_ref": f"{shard_ref}#{i}"}
             for i, row in enumerate(self._rows)
         ]
-        part = pl.DataFrame(rows, schema=CAPTION_SCHEMA)
+        part = pl.DataFrame(rows, schema=self.schema)
         part.write_parquet(self.tmp / "parts" / f"{self._shards:05d}.parquet")
         self.n_written += len(rows)
         self._shards += 1
@@ -123,7 +130,7 @@ class CorpusWriter:
         if parts:
             pl.scan_parquet(parts).sink_parquet(self.tmp / "captions.parquet", compression="zstd", statistics=True)
         else:
-            pl.DataFrame(schema=CAPTION_SCHEMA).write_parquet(self.tmp / "captions.parquet")
+            pl.DataFrame(schema=self.schema).write_parquet(self.tmp / "captions.parquet")
         for part in parts:
             part.unlink()
         (self.tmp / "parts").rmdir()
@@ -133,12 +140,14 @@ class CorpusWriter:
 def write_corpus(samples: pl.DataFrame, images: np.ndarray, out_dir: str | Path, shard_size: int) -> pl.DataFrame:
     """Write ``captions.parquet`` and the image shards of an in-memory corpus into ``out_dir`` atomically.
 
-    The rows go through :class:`CorpusWriter` one shard at a time (``images`` may be a memory map).
+    The rows go through :class:`CorpusWriter` one shard at a time (``images`` may be a memory map); the
+    columns of :data:`OPTIONAL_CAPTION_SCHEMA` that ``samples`` has (a world with tone) are written too.
 
     Returns:
         The written caption table (with ``image_ref``).
     """
-    with CorpusWriter(out_dir, shard_size) as writer:
+    optional = tuple(c for c in OPTIONAL_CAPTION_SCHEMA if c in samples.columns)
+    with CorpusWriter(out_dir, shard_size, optional) as writer:
         writer.add_frame(samples, images)
     return pl.read_parquet(Path(out_dir) / "captions.parquet")
 
