@@ -112,6 +112,9 @@ def test_two_classes_match_the_binary_file(tmp_path: Path, capsys: pytest.Captur
         ("occupation,light\nnurse,3\n", WIDE_GEN, "at least two class columns"),
         (WIDE_TRAIN, "occupation,n_female,n_male\nnurse,1,1\n", "is binary (n_female, n_male)"),
         (WIDE_TRAIN, ",light,medium\nnurse,1,2\n", "missing column(s) occupation"),
+        (WIDE_TRAIN, "occupation,a,b,abstain,n_abstain\nnurse,1,2,0,0\n", "both abstain and n_abstain"),
+        (WIDE_TRAIN, "occupation,li\u202eght,dark\nnurse,1,2\n", "line 1: class contains a bidirectional control"),
+        (WIDE_TRAIN, "occupation,class,count\nnurse,da\x07rk,1\n", "line 2: class contains a control character"),
     ],
 )
 def test_bad_class_files_are_named(

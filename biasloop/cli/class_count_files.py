@@ -94,6 +94,14 @@ def _occupation(path: Path, line: int, text: str) -> str:
     return text
 
 
+def _check_class_names(path: Path, line: int, classes: Sequence[str]) -> None:
+    """A class name is shown in every table row's header: the occupation names' rules apply."""
+    for name in classes:
+        problem = _name_problem(name)
+        if problem:
+            raise CountFileError(f"{path}, line {line}: class {problem.replace('occupation ', '', 1)}")
+
+
 def _check_header(path: Path, line: int, columns: list[str], required: Sequence[str]) -> None:
     missing = [name for name in required if name not in columns]
     if missing:
@@ -111,7 +119,13 @@ def _parse_wide(path: Path, reader: Any) -> ClassCounts:
     if "" in columns:
         raise CountFileError(f"{path}, line {header_line}: column {columns.index('') + 1} has no name")
     classes = [name for name in columns if name != "occupation" and name not in ABSTAIN_NAMES]
-    abstain_column = next((name for name in ABSTAIN_NAMES if name in columns), None)
+    abstain_columns = [name for name in ABSTAIN_NAMES if name in columns]
+    if len(abstain_columns) > 1:
+        raise CountFileError(
+            f"{path}, line {header_line}: both {' and '.join(abstain_columns)}: give one abstain column"
+        )
+    abstain_column = abstain_columns[0] if abstain_columns else None
+    _check_class_names(path, header_line, classes)
     if len(classes) < 2:
         raise CountFileError(
             f"{path}, line {header_line}: a K-class count file needs at least two class columns besides "
@@ -151,6 +165,7 @@ def _parse_long(path: Path, reader: Any) -> ClassCounts:
         occupation = _occupation(path, line, cells["occupation"])
         if not cells["class"]:
             raise CountFileError(f"{path}, line {line}: empty class")
+        _check_class_names(path, line, [cells["class"]])
         key = (occupation, "abstain" if cells["class"] in ABSTAIN_NAMES else cells["class"])
         if key in first_line:
             raise CountFileError(
