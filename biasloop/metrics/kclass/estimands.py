@@ -140,7 +140,8 @@ def majority_weights(shares: Any) -> np.ndarray:
     """
     shares = np.asarray(shares, float)
     top = shares == np.max(shares, axis=-1, keepdims=True)
-    return top / top.sum(axis=-1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return top / top.sum(axis=-1, keepdims=True)
 
 
 def _candidates(train: np.ndarray, sign_alpha: float) -> np.ndarray:
