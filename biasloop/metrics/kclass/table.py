@@ -140,13 +140,16 @@ def _estimands_entry(train: np.ndarray, gen: np.ndarray, n_boot: int, seed: int)
         null_tv, null_shift = _plug_in_statistics(*null_class_counts(train, gen, n_boot, np.random.default_rng(seed)))
         p_values["gap"] = estimands.monte_carlo_p_value(gap["raw"], null_tv, two_sided=False)
         p_values["shift"] = estimands.monte_carlo_p_value(shift["estimate"], null_shift, two_sided=True)
-    entry = lambda name, values, kind: {  # noqa: E731
-        "estimate": json_float(values["estimate"]),
-        "ci": [json_float(values["lo"]), json_float(values["hi"])],
-        "p_value": json_float(p_values[name][0]),
-        "p_value_is_bound": bool(p_values[name][1]),
-        "kind": kind,
-    }
+
+    def entry(name: str, values: dict[str, np.ndarray], kind: str) -> dict[str, Any]:
+        return {
+            "estimate": json_float(values["estimate"]),
+            "ci": [json_float(values["lo"]), json_float(values["hi"])],
+            "p_value": json_float(p_values[name][0]),
+            "p_value_is_bound": bool(p_values[name][1]),
+            "kind": kind,
+        }
+
     return {
         "shift": {**entry("shift", shift, SHIFT_KIND), "n_unclear_majority": int(shift["n_unclear_majority"])},
         "gap": entry("gap", gap, GAP_KIND),
