@@ -14,11 +14,12 @@ from typing import Any
 
 import polars as pl
 
+from biasloop.cli.class_count_files import count_file_form
 from biasloop.cli.count_files import CountFileError, read_count_file, read_pair_file
 
 DESCRIPTION = """\
 Bias amplification of generated images against training images, from two per-occupation count files
-or from one file of pairs.
+(a binary attribute, perceived gender, or one with K classes) or from one file of pairs.
 
 Each count file is a CSV with a header and one row per occupation (other columns are ignored):
     occupation,n_female,n_male,n_abstain
@@ -68,6 +69,29 @@ are drawn for all (--seed). The table shows shares in percent and differences in
 --json prints everything as fractions (keys estimands.shift, estimands.gap, estimands.a_abs_raw, and
 the diagnostics noise_floor_abs, excess_abs, excess_abs_ci, p_value_abs, p_value_abs_is_bound, and the
 same with _dir). Exit status 2 on a bad file, naming the file and line.
+
+K classes (skin tone, age, gender with an "unclear" class): count files without n_female/n_male columns
+are read as K-class count tables, in either of two forms (both files must name the same classes):
+  wide: occupation and one column per class (every other column is a class, except an optional
+        abstain or n_abstain), one row per occupation:
+    occupation,light,medium,dark,abstain
+    nurse,120,60,20,4
+  long: occupation,class,count, one row per (occupation, class); a missing pair counts 0, the class
+        abstain counts abstentions:
+    occupation,class,count
+    nurse,light,120
+    nurse,medium,60
+With p_train(o, k), p_gen(o, k) the class distributions among confident images and TV(o) =
+1/2 sum_k |p_gen - p_train| their total-variation distance, the K-class table leads with
+  shift   mean_o (p_gen - p_train) of the occupation's training majority class (classes tied for it
+          averaged); adjusted Wald interval, occupations whose majority is unclear spanning their
+          candidate classes; two-sided p-value against equal distributions in every occupation
+  gap     mean_o TV(o) without sampling noise: a debiased estimate and an interval projected from
+          per-class Newcombe intervals; raw TV, the plug-in, beside it (docs/attributes.md)
+then per-occupation class shares (percent, training/generated), training majority, TV and abstain
+rates, and directional bias amplification (Wang & Russakovsky 2021) in both directions. For two classes
+the shift and the gap equal the binary table's. --json prints it all as fractions (keys estimands.shift,
+estimands.gap, estimands.tv_raw, bias_amp, per_occupation).
 """
 
 
@@ -223,32 +247,17 @@ def _run_paired(args: argparse.Namespace) -> int:
     return 0
 
 
-def run(args: argparse.Namespace) -> int:
+def _match_occupations(args: argparse.Namespace, train_names: list[str], gen_names: list[str]) -> Any:
+    """Match the two files' occupations (:func:`biasloop.data.text.match_occupations`), printing the
+    spellings matched and, with --allow-unmatched, those left out; None after printing an error."""
     from biasloop.data.text import match_occupations
-    from biasloop.metrics.amplification import amplification_table
 
-    if args.paired is not None:
-        if args.train is not None or args.gen is not None:
-            print("error: give either TRAIN.csv GEN.csv or --paired PAIRS.csv, not both", file=sys.stderr)
-            return 2
-        return _run_paired(args)
-    if args.train is None or args.gen is None:
-        print("error: give TRAIN.csv and GEN.csv (two count files), or --paired PAIRS.csv", file=sys.stderr)
-        return 2
     try:
-        train, gen = read_count_file(args.train), read_count_file(args.gen)
-    except CountFileError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    try:
-        match = match_occupations(
-            train["occupation"].to_list(), gen["occupation"].to_list(), sides=(args.train, args.gen)
-        )
+        match = match_occupations(train_names, gen_names, sides=(args.train, args.gen))
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if match.renamed:  # the table shows TRAIN.csv's names
-        gen = gen.with_columns(pl.col("occupation").replace(match.renamed))
+        return None
+    if match.renamed:
         print(
             "note: matched ignoring case and plurals: "
             + ", ".join(f"{theirs!r} ({args.gen}) = {ours!r}" for theirs, ours in match.renamed.items()),
@@ -256,7 +265,7 @@ def run(args: argparse.Namespace) -> int:
         )
     if not match.matched:
         print(f"error: no occupation is in both {args.train} and {args.gen}", file=sys.stderr)
-        return 2
+        return None
     if match.only_ours or match.only_theirs:
         only = []
         for path, names, other, other_names in (
@@ -275,8 +284,44 @@ def run(args: argparse.Namespace) -> int:
                 f"{'; '.join(only)}; --allow-unmatched leaves them out",
                 file=sys.stderr,
             )
-            return 2
+            return None
         print(f"warning: occupations left out (--allow-unmatched), {'; '.join(only)}", file=sys.stderr)
+    return match
+
+
+def run(args: argparse.Namespace) -> int:
+    from biasloop.metrics.amplification import amplification_table
+
+    if args.paired is not None:
+        if args.train is not None or args.gen is not None:
+            print("error: give either TRAIN.csv GEN.csv or --paired PAIRS.csv, not both", file=sys.stderr)
+            return 2
+        return _run_paired(args)
+    if args.train is None or args.gen is None:
+        print("error: give TRAIN.csv and GEN.csv (two count files), or --paired PAIRS.csv", file=sys.stderr)
+        return 2
+    forms = {path: count_file_form(path) for path in (args.train, args.gen)}
+    if set(forms.values()) != {"binary"}:
+        if "binary" in forms.values():
+            described = ", ".join(
+                f"{path} is {'binary (n_female, n_male)' if form == 'binary' else f'K-class ({form} form)'}"
+                for path, form in forms.items()
+            )
+            print(f"error: {described}: give two binary or two K-class count files", file=sys.stderr)
+            return 2
+        from biasloop.cli.amplify_classes import run_classes
+
+        return run_classes(args, lambda train_names, gen_names: _match_occupations(args, train_names, gen_names))
+    try:
+        train, gen = read_count_file(args.train), read_count_file(args.gen)
+    except CountFileError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    match = _match_occupations(args, train["occupation"].to_list(), gen["occupation"].to_list())
+    if match is None:
+        return 2
+    if match.renamed:  # the table shows TRAIN.csv's names
+        gen = gen.with_columns(pl.col("occupation").replace(match.renamed))
     result = amplification_table(train, gen, n_boot=args.n_boot, seed=args.seed)
     result["matched_spellings"] = match.renamed  # a name of GEN.csv -> the TRAIN.csv name it was matched to
     if result["n_occupations"] == 0:
