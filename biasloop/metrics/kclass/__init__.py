@@ -1,0 +1,1 @@
+"""K-class attribute metrics."""
