@@ -28,7 +28,10 @@ def test_gender_reproduces_todays_prompts_words_and_threshold() -> None:
     params = committed_params()
     gender = load_attributes(params)["gender"]
     assert gender.classes == ("female", "male") == LABELS[:2]
-    for templates in (load_section(InstrumentConfig, "instrument", params).gender_templates, InstrumentConfig().gender_templates):
+    for templates in (
+        load_section(InstrumentConfig, "instrument", params).gender_templates,
+        InstrumentConfig().gender_templates,
+    ):
         today = gender_prompts(templates)
         assert gender.prompts_per_class() == [today["female"], today["male"]]
     assert gender.prompts_per_class()[0] == ["a photo of a woman", "a portrait of a woman", "a woman at work"]
@@ -72,14 +75,23 @@ def _with(**changes: object) -> dict:
             _with(prompts={**TONE["prompts"], "purple": ["c"]}),
             r"attributes\.tone\.prompts\.purple: not one of the classes",
         ),
-        (_with(abstain={"min_top_probability": 1 / 3}), r"attributes\.tone\.abstain\.min_top_probability: .*\(1/3, 1\)"),
+        (
+            _with(abstain={"min_top_probability": 1 / 3}),
+            r"attributes\.tone\.abstain\.min_top_probability: .*\(1/3, 1\)",
+        ),
         (_with(abstain={"min_top_probability": 1.0}), r"attributes\.tone\.abstain\.min_top_probability: .*found 1\.0"),
-        (_with(abstain={"min_top_probability": "high"}), r"attributes\.tone\.abstain\.min_top_probability: expected a number"),
+        (
+            _with(abstain={"min_top_probability": "high"}),
+            r"attributes\.tone\.abstain\.min_top_probability: expected a number",
+        ),
         (
             _with(indicators={"light": ["tan"], "medium": ["Tan"]}),
             r"attributes\.tone\.indicators: the word 'Tan' is listed for both 'light' and 'medium'",
         ),
-        (_with(indicators={"dark": ["deep", "deep"]}), r"attributes\.tone\.indicators: the word 'deep' is listed twice"),
+        (
+            _with(indicators={"dark": ["deep", "deep"]}),
+            r"attributes\.tone\.indicators: the word 'deep' is listed twice",
+        ),
         (_with(indicators={"grey": ["x"]}), r"attributes\.tone\.indicators\.grey: not one of the classes"),
         (_with(colour="red"), r"attributes\.tone\.colour: unknown key"),
         ({k: v for k, v in TONE.items() if k != "abstain"}, r"attributes\.tone\.abstain: required key is missing"),

@@ -62,7 +62,9 @@ class Confusion:
         totals = self.counts.sum(axis=1)
         if np.any(totals == 0):
             missing = [c for c, n in zip(self.classes, totals) if n == 0]
-            raise ValueError(f"no confidently labelled held-out image of true class {missing}: its confusion row is unknown")
+            raise ValueError(
+                f"no confidently labelled held-out image of true class {missing}: its confusion row is unknown"
+            )
         return self.counts / totals[:, None]
 
     def to_dict(self) -> dict[str, Any]:
@@ -134,8 +136,8 @@ def project_to_simplex(values: Any) -> np.ndarray:
     positive = u - cumulative / j > 0
     rho = v.shape[-1] - np.argmax(positive[..., ::-1], axis=-1)  # the last j where the condition holds
     theta = np.take_along_axis(cumulative, (rho - 1)[..., None], axis=-1) / rho[..., None]
-    with np.errstate(invalid="ignore"):
-        return np.maximum(v - theta, 0.0)
+    projected = np.maximum(v - theta, 0.0)
+    return np.where(np.isnan(v).any(axis=-1, keepdims=True), np.nan, projected)
 
 
 def correct_distribution(observed: Any, rates: Any) -> np.ndarray:
