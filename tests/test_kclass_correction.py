@@ -111,7 +111,7 @@ def test_interval_shapes_point_and_empty_rows() -> None:
     np.testing.assert_allclose(result["point"][0], correct_distribution([47, 29, 24], confusion.rates()))
     assert np.all(result["lower"][0] <= result["point"][0]) and np.all(result["point"][0] <= result["upper"][0])
     assert np.isnan(result["point"][1]).all() and np.isnan(result["lower"][1]).all()
-    assert float(result["undefined_share"]) == 0.0
+    assert result["undefined_share"] == 0.0
     single = corrected_distribution_interval([47, 29, 24], confusion, 500, np.random.default_rng(1))
     assert single["lower"].shape == (3,)
     with pytest.raises(ValueError, match="observed has 2 classes"):
@@ -136,3 +136,16 @@ def test_interval_covers_the_true_distribution(truth: list[float]) -> None:
         )
         hits += (result["lower"] <= q) & (q <= result["upper"])
     assert np.all(hits / reps >= 0.90), hits / reps
+
+
+def test_a_smaller_labelled_set_widens_the_interval() -> None:
+    """The confusion matrix's own uncertainty is in the interval: same observed counts, same rates, fewer
+    labelled images -> wider."""
+    observed = [470, 290, 240]
+    widths = []
+    for per_class in (20, 20_000):
+        confusion = Confusion(("a", "b", "c"), np.round(SKEWED * per_class).astype(int), np.zeros(3, int))
+        result = corrected_distribution_interval(observed, confusion, 2000, np.random.default_rng(3))
+        np.testing.assert_allclose(result["point"], [0.5, 0.3, 0.2], atol=1e-12)
+        widths.append(result["upper"] - result["lower"])
+    assert np.all(widths[0] > 1.5 * widths[1]), widths

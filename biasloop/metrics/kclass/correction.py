@@ -181,7 +181,7 @@ def corrected_distribution_interval(
     n_draws: int,
     rng: np.random.Generator,
     level: float = 0.95,
-) -> dict[str, np.ndarray]:
+) -> dict[str, Any]:
     """The corrected distribution with percentile intervals that include the confusion matrix's uncertainty.
 
     Each of ``n_draws`` replicates draws C (:func:`confusion_draws`) and each observed distribution from
@@ -199,7 +199,13 @@ def corrected_distribution_interval(
         ``point`` (the correction with the held-out rates), ``lower`` and ``upper`` (each the shape of
         ``observed``, fractions; nan for a row without counts) and ``undefined_share`` (share of
         replicates with a singular C).
+
+    Raises:
+        ValueError: shapes disagree, a count is negative, or a true class has no confident labelled image
+            (:meth:`Confusion.rates`).
     """
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level}")
     obs = np.asarray(observed, dtype=float)
     if obs.shape[-1] != len(confusion.classes):
         raise ValueError(f"observed has {obs.shape[-1]} classes, the confusion {len(confusion.classes)}")
@@ -223,5 +229,5 @@ def corrected_distribution_interval(
         "point": correct_distribution(obs, confusion.rates()),
         "lower": lower.reshape(obs.shape),
         "upper": upper.reshape(obs.shape),
-        "undefined_share": np.asarray(1.0 - defined.mean()),
+        "undefined_share": float(1.0 - defined.mean()),
     }

@@ -12,7 +12,9 @@ Two backends behind :class:`Instrument`, selected by ``instrument.backend``:
 
 Both classify by a softmax over class embeddings, each the normalised mean of its prompt templates'
 embeddings. ``p_female`` is the probability of the "woman" class; the abstain rule
-(:func:`biasloop.models.instrument.rule.label_from_p`) keeps only confident images.
+(:func:`biasloop.models.instrument.rule.label_from_p`) keeps only confident images. Any attribute's K
+classes are scored the same way (:meth:`Instrument.class_probabilities`;
+:mod:`biasloop.models.instrument.kclass`).
 
 The default models are tiny: on CPU they run with ``cpu_threads`` torch threads (1 by default), which
 on a shared 2-core machine trained the image tower about 25 times faster than 2 threads (thread
