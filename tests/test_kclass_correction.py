@@ -15,6 +15,7 @@ from biasloop.metrics.kclass.correction import (
     corrected_distribution_interval,
     project_to_simplex,
 )
+from biasloop.models.instrument.rule import confusion_rates
 
 SYMMETRIC = np.array([[0.8, 0.1, 0.1], [0.1, 0.8, 0.1], [0.1, 0.1, 0.8]])  # 0.7 I + 0.1 J
 SKEWED = np.array([[0.9, 0.1, 0.0], [0.0, 0.8, 0.2], [0.1, 0.0, 0.9]])
@@ -30,6 +31,7 @@ def test_confusion_counts_by_hand() -> None:
     summary = confusion.to_dict()
     assert summary["accuracy"] == pytest.approx(5 / 7) and summary["n"] == 9 and summary["n_confident"] == 7
     assert summary["abstain_rate"] == {"a": 0.25, "b": 0.0, "c": 0.5}
+    assert summary["confusion"]["a_as_b"] == 1 and summary["confusion"]["c_as_abstain"] == 1
     with pytest.raises(ValueError, match=r"neither classes"):
         confusion_matrix(["a"], ["purple"], ("a", "b"))
     with pytest.raises(ValueError, match="1 true classes but 2"):
@@ -149,3 +151,17 @@ def test_a_smaller_labelled_set_widens_the_interval() -> None:
         np.testing.assert_allclose(result["point"], [0.5, 0.3, 0.2], atol=1e-12)
         widths.append(result["upper"] - result["lower"])
     assert np.all(widths[0] > 1.5 * widths[1]), widths
+
+
+def test_the_binary_confusion_dict_round_trips() -> None:
+    """The binary instrument's ``confusion`` counts are the K = 2 confusion's label counts."""
+    truth = ["female"] * 4 + ["male"] * 4 + [None]
+    labels = ["female", "female", "male", "abstain", "male", "male", "female", "abstain", "female"]
+    binary = confusion_rates(truth, labels)
+    confusion = confusion_matrix(truth, labels, ("female", "male"))
+    assert confusion.label_counts() == binary["confusion"]
+    again = Confusion.from_label_counts(binary["confusion"], ("female", "male"))
+    assert again.counts.tolist() == [[2, 1], [1, 2]] and again.abstained.tolist() == [1, 1]
+    rates = confusion.rates()
+    assert (rates[0, 0], rates[1, 0]) == (binary["tpr"], binary["fpr"])
+    assert confusion.to_dict()["accuracy"] == binary["accuracy"] and confusion.to_dict()["n"] == binary["n"]

@@ -28,7 +28,7 @@ onto the simplex and the l1 ball", Math Program 158:575-585, Algorithm 1 (the sa
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -67,9 +67,25 @@ class Confusion:
             )
         return self.counts / totals[:, None]
 
+    @classmethod
+    def from_label_counts(cls, counts: Mapping[str, int], classes: Sequence[str]) -> Confusion:
+        """From ``{"<true>_as_<label>": count}`` (the binary instrument's ``confusion`` dict, from
+        :func:`biasloop.models.instrument.rule.confusion_rates`, is this form for female/male); a missing
+        key counts 0."""
+        names = [*classes, ABSTAIN]
+        table = np.array([[int(counts.get(f"{t}_as_{j}", 0)) for j in names] for t in classes], dtype=np.int64)
+        return cls(tuple(classes), table[:, :-1], table[:, -1])
+
+    def label_counts(self) -> dict[str, int]:
+        """``{"<true>_as_<label>": count}`` for every class and label, ``abstain`` included (the binary form)."""
+        table = np.column_stack([self.counts, self.abstained])
+        names = [*self.classes, ABSTAIN]
+        return {f"{t}_as_{j}": int(table[i, k]) for i, t in enumerate(self.classes) for k, j in enumerate(names)}
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: ``classes``, ``counts`` (rows true, columns label), ``abstained``, ``rates`` (None
-        where a row is unknown), ``accuracy`` over confident labels and ``abstain_rate`` per true class."""
+        where a row is unknown), ``accuracy`` over confident labels, ``abstain_rate`` per true class, ``n``,
+        ``n_confident`` and ``confusion`` (:meth:`label_counts`)."""
         totals = self.counts.sum(axis=1)
         labelled = totals + self.abstained
         confident = int(totals.sum())
@@ -84,6 +100,7 @@ class Confusion:
             },
             "n": int(labelled.sum()),
             "n_confident": confident,
+            "confusion": self.label_counts(),
         }
 
 
