@@ -6,11 +6,19 @@ Modules: :mod:`~.estimands` (distributions, total variation, the gap and the shi
 reduce to the binary ones at K = 2), :mod:`~.bias_amplification` (directional bias amplification, Wang &
 Russakovsky 2021), :mod:`~.ranking` (MaxSkew@k and NDKL against the training distribution),
 :mod:`~.decomposition` (data / generator / instrument terms), :mod:`~.cells` (intersectional cells with a
-minimum size), :mod:`~.table` (the table ``biasloop amplify`` prints for K-class count files).
+minimum size), :mod:`~.table` (the table ``biasloop amplify`` prints for K-class count files), :mod:`~.correction` (the KxK
+confusion matrix and the correction of an observed distribution by inverting it, with intervals).
 """
 
 from biasloop.metrics.kclass.bias_amplification import directional_bias_amplification
 from biasloop.metrics.kclass.cells import intersectional_counts
+from biasloop.metrics.kclass.correction import (
+    Confusion,
+    confusion_matrix,
+    correct_distribution,
+    corrected_distribution_interval,
+    project_to_simplex,
+)
 from biasloop.metrics.kclass.decomposition import class_decomposition_terms
 from biasloop.metrics.kclass.estimands import (
     class_distributions,
@@ -23,6 +31,11 @@ from biasloop.metrics.kclass.ranking import skew_against_training
 from biasloop.metrics.kclass.table import class_amplification_table
 
 __all__ = [
+    "Confusion",
+    "confusion_matrix",
+    "correct_distribution",
+    "corrected_distribution_interval",
+    "project_to_simplex",
     "class_amplification_table",
     "class_decomposition_terms",
     "class_distributions",

@@ -12,7 +12,9 @@ Two backends behind :class:`Instrument`, selected by ``instrument.backend``:
 
 Both classify by a softmax over class embeddings, each the normalised mean of its prompt templates'
 embeddings. ``p_female`` is the probability of the "woman" class; the abstain rule
-(:func:`biasloop.models.instrument.rule.label_from_p`) keeps only confident images.
+(:func:`biasloop.models.instrument.rule.label_from_p`) keeps only confident images. Any attribute's K
+classes are scored the same way (:meth:`Instrument.class_probabilities`;
+:mod:`biasloop.models.instrument.kclass`).
 
 The default models are tiny: on CPU they run with ``cpu_threads`` torch threads (1 by default), which
 on a shared 2-core machine trained the image tower about 25 times faster than 2 threads (thread
@@ -196,6 +198,28 @@ class Instrument:
         logits -= logits.max(axis=1, keepdims=True)
         weights = np.exp(logits.astype(np.float64))
         return weights / weights.sum(axis=1, keepdims=True)
+
+    def class_probabilities(
+        self,
+        prompts_per_class: list[list[str]],
+        images: np.ndarray | None,
+        batch_size: int = 512,
+        progress: bool = False,
+        image_vectors: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """``(n, K)`` zero-shot probabilities over K classes, each given by its prompts (a K-class attribute).
+
+        The computation of :meth:`p_female` (a softmax over :meth:`class_embeddings`) for any classes:
+        with the gender prompts, column 0 is :meth:`p_female`, bit for bit.
+
+        Args:
+            prompts_per_class: K lists of ready prompts.
+            images: ``uint8`` images ``(n, h, w, 3)``; None when ``image_vectors`` is given.
+            image_vectors: this model's :meth:`encode_images` of the images (the tower is then not run).
+        """
+        classes = self.class_embeddings(prompts_per_class)
+        vectors = self.encode_images(images, batch_size, progress) if image_vectors is None else image_vectors
+        return self._softmax(vectors, classes)
 
     def _gender_classes(self) -> np.ndarray:
         prompts = gender_prompts(self.config.gender_templates)
