@@ -12,7 +12,7 @@ import pytest
 from biasloop.core.attributes import ABSTAIN, attribute_from_dict, load_attributes
 from biasloop.core.config import ConfigError, load_section
 from biasloop.core.labels import LABELS
-from biasloop.data.indicators import FEMALE_TERMS, MALE_TERMS
+from biasloop.data.indicators import FEMALE_TERMS, MALE_TERMS, TONE_TERMS
 from biasloop.models.instrument import InstrumentConfig, LabelConfig, gender_prompts
 from tests.conftest import committed_params, committed_text
 
@@ -46,6 +46,8 @@ def test_tone_has_three_classes_with_prompts_and_words() -> None:
     assert tone.classes == ("light", "medium", "dark") and tone.k == 3
     assert tone.prompts["dark"][0] == "a photo of a dark-toned person"
     assert "medium-skinned" in tone.indicator_words("medium")
+    # one word list: the world's captions and the caption tagger use TONE_TERMS, the params repeat it
+    assert {c: tone.indicator_words(c) for c in tone.classes} == TONE_TERMS
     assert 1 / 3 < tone.abstain.min_top_probability < 1
     with pytest.raises(KeyError, match="purple"):
         tone.indicator_words("purple")
