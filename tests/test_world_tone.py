@@ -67,9 +67,9 @@ def test_tone_off_is_byte_identical_to_the_world_before_tone(small: WorldConfig)
     assert odd_samples.equals(samples) and np.array_equal(odd_images, images)
 
 
-def test_committed_params_keep_tone_off_with_the_code_defaults() -> None:
+def test_committed_params_turn_tone_on_with_the_code_defaults_otherwise() -> None:
     world = from_dict(WorldConfig, committed_params()["world"], "world")
-    assert world.tone == ToneConfig() and not world.tone.enabled
+    assert world.tone == dataclasses.replace(ToneConfig(), enabled=True) and not ToneConfig().enabled
     assert world.tone.values == {"light": 0.92, "medium": 0.63, "dark": 0.4}
 
 
@@ -303,3 +303,9 @@ def test_the_corpus_keeps_tone_columns_only_when_the_world_has_them(small: World
     on = write_corpus(samples, images, tmp_path / "on", shard_size=100)
     assert tuple(on.columns) == (*CAPTION_COLUMNS, *TONE_SCHEMA)
     assert on.select(*TONE_SCHEMA).equals(samples.select(*TONE_SCHEMA))
+
+
+def test_the_packaged_table_is_found_from_any_working_directory(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)  # stages in DVC's queue copies and in-process tests run elsewhere
+    table = read_tone_table(WorldConfig().tone.table)
+    assert "nurse" in table and abs(float(table["nurse"].sum()) - 1) < 1e-9

@@ -53,9 +53,14 @@ def tone_rng(seed: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(TONE_STREAM,)))
 
 
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the folder holding biasloop/
+
+
 def read_tone_table(path: str | Path) -> dict[str, np.ndarray]:
     """Read ``occupation -> (light, medium, dark)`` fractions from a CSV (lines starting with ``#`` are
-    comments; columns ``occupation`` and exactly the classes of :data:`TONES`, in any order).
+    comments; columns ``occupation`` and exactly the classes of :data:`TONES`, in any order). A relative
+    path is read from the working directory, else from the checkout that holds ``biasloop/`` (so the
+    packaged ``biasloop/data/assets/tone_by_occupation.csv`` is found from anywhere).
 
     Raises:
         FileNotFoundError: no such file.
@@ -64,6 +69,8 @@ def read_tone_table(path: str | Path) -> dict[str, np.ndarray]:
             occupation listed twice.
     """
     path = Path(path)
+    if not path.is_absolute() and not path.exists() and (PACKAGE_ROOT / path).exists():
+        path = PACKAGE_ROOT / path  # the packaged table, from a stage or test running elsewhere
     if not path.exists():
         raise FileNotFoundError(f"world.tone.table: {path} not found")
     with path.open(newline="") as handle:

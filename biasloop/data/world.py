@@ -19,8 +19,8 @@ is read only by evaluation. Because gender is coded as hue, any image of this wo
 included) can be labelled without a learned model: :func:`oracle_labels`, the yardstick the instrument is
 checked against on generated images.
 
-A second attribute, **tone** (``light``, ``medium``, ``dark``; :mod:`biasloop.data.tones`), is off by
-default (``world.tone.enabled``). On, each sample also draws a tone from a per-occupation table, its
+A second attribute, **tone** (``light``, ``medium``, ``dark``; :mod:`biasloop.data.tones`), is drawn
+when ``world.tone.enabled`` (``params.yaml`` turns it on; the config's default is off). On, each sample also draws a tone from a per-occupation table, its
 colour's brightness codes the tone (the hue still codes gender), its caption may carry a tone adjective,
 and the samples gain ``true_tone`` and ``true_tone_indicator``. The tone draws come from their own random
 stream, so everything else is the same with tone on or off; off, the world is byte-identical to a world
@@ -144,7 +144,7 @@ class MarkednessConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ToneConfig:
-    """``world.tone``: the second attribute of the world (:mod:`biasloop.data.tones`); off by default."""
+    """``world.tone``: the second attribute of the world (:mod:`biasloop.data.tones`); off unless enabled."""
 
     enabled: bool = False  # off: the world is byte-identical to one without tone
     table: str = "biasloop/data/assets/tone_by_occupation.csv"  # synthetic tone fractions per occupation
