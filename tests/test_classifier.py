@@ -9,7 +9,8 @@ import pytest
 
 from biasloop.core.config import from_dict
 from biasloop.data.world import WorldConfig, build_world
-from biasloop.metrics.downstream import classifier_fairness, group_fairness, parity_differences
+from biasloop.metrics.classification import classifier_fairness
+from biasloop.metrics.downstream import group_fairness, parity_differences
 from biasloop.models.classifier import ClassifierConfig, build_classifier, train_classifier
 
 
