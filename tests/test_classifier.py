@@ -102,8 +102,8 @@ def test_attribute_fairness_per_tone_by_hand() -> None:
     tone = _attribute_fairness()["tone"]
     # the abstained image 7 is in no group; medium has no image (not listed as too small)
     assert tone["groups"] == {"light": 3, "dark": 4} and tone["groups_excluded"] == [] and tone["n_unlabelled"] == 1
-    by_class = {g["tone"]: (g["accuracy"], g["n"]) for g in tone["accuracy_by_class"]}
-    assert by_class == {"light": (1.0, 3), "dark": (0.5, 4)}  # light: 0, 1, 4 right; dark: 3, 6 of 2, 3, 5, 6
+    by_class = [(g["tone"], g["accuracy"], g["n"]) for g in tone["accuracy_by_class"]]  # in class order
+    assert by_class == [("light", 1.0, 3), ("dark", 0.5, 4)]  # light: 0, 1, 4 right; dark: 3, 6 of 2, 3, 5, 6
     assert tone["accuracy_gap"] == pytest.approx(0.5)
     # (occupation, tone): nurse/light 2 of 2, nurse/dark 1 of 2, engineer/light 1 of 1, engineer/dark 1 of 2
     assert tone["worst_group_accuracy"] == pytest.approx(0.5) and tone["worst_group"]["tone"] == "dark"
@@ -196,3 +196,41 @@ def test_small_cnn_learns_occupations_from_glyphs(data_dir: Path) -> None:
     assert stats["classes"] == ["engineer", "nurse", "teacher"] and np.isfinite(stats["final_loss"])
     accuracy = np.mean(classifier.predict(images[~train]) == labels[~train])
     assert accuracy > 0.7, accuracy  # chance is 1/3
+
+
+@pytest.mark.slow
+def test_classifier_stage_writes_the_attributes(
+    tmp_path: Path, tiny_params: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """classifier@0 in-process on a tiny world with tone: ``attributes`` holds tone and gender x tone, their
+    groups counted from the corpus's ground truth (the world has true_tone), beside the gender keys."""
+    import json
+
+    import polars as pl
+    import yaml
+
+    from biasloop.data.corpus import write_corpus
+    from stages import classifier
+    from tests.conftest import REPO_ROOT
+
+    monkeypatch.chdir(tmp_path)
+    params = yaml.safe_load(tiny_params.read_text())
+    params["classifier"].update(epochs=1, cpu_threads=1, min_group_size=3, n_boot=20)
+    params["world"]["tone"]["table"] = str(REPO_ROOT / params["world"]["tone"]["table"])  # the test runs in tmp_path
+    tiny_params.write_text(yaml.safe_dump(params, sort_keys=False))
+    samples, images = build_world(from_dict(WorldConfig, params["world"], "world"), params["occupations"])
+    write_corpus(samples, images, "artifacts/corpus", shard_size=64)
+    corpus = "artifacts/corpus/captions.parquet"
+    args = ["--params", "params.yaml", "--generation", "0", "--dataset", corpus, "--corpus", corpus]
+    args += ["--instrument", "artifacts/instrument", "--out", "out", "--metrics", "classifier_gen0.json"]
+    assert classifier.main(args) == 0
+    metrics = json.loads(Path("classifier_gen0.json").read_text())
+    assert set(metrics["accuracy_by_gender"]) == {"female", "male"}
+    test = pl.read_parquet(corpus).filter((pl.col("split") == "test") & pl.col("true_occupation").is_not_null())
+    tone = metrics["attributes"]["tone"]
+    sizes = {t: n for t, n in test["true_tone"].value_counts().iter_rows() if n >= 3}
+    assert tone["groups"] == {t: sizes[t] for t in ("light", "medium", "dark") if t in sizes}
+    assert set(metrics["attributes"]) == {"tone", "gender_x_tone"}
+    assert 0.0 <= metrics["attributes"]["gender_x_tone"]["overall_accuracy"] <= 1.0
+    predictions = pl.read_parquet("out/predictions.parquet")
+    assert predictions["tone"].to_list() == test["true_tone"].to_list()

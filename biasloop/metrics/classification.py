@@ -24,6 +24,7 @@ from biasloop.core.seeds import stream_seed
 from biasloop.metrics.downstream import accuracy_groups, group_fairness
 from biasloop.metrics.downstream_attributes import GENDERS, Groups, group_labels, intersection_name
 from biasloop.metrics.intervals import bootstrap_interval, wilson_interval
+from biasloop.metrics.kclass.cells import SEPARATOR
 
 log = logging.getLogger(__name__)
 
@@ -194,10 +195,11 @@ def _subgroup_scores(
         y_pred=y_pred[kept].astype(str),
         sensitive_features={name: column.astype(str) for name, column in columns.items()},
     )
-    out["accuracy_by_class"] = accuracy_groups(frame, tuple(features))
+    names = list(grouped.sizes)  # the kept groups, in class order
+    rows = accuracy_groups(frame, tuple(features))
+    out["accuracy_by_class"] = sorted(rows, key=lambda r: names.index(SEPARATOR.join(r[f] for f in features)))
     correct = (y_true == y_pred)[kept]
     group = np.asarray(grouped.labels, dtype=object)[kept]
-    names = list(grouped.sizes)
 
     def gap(rows: np.ndarray) -> float | None:
         present = [correct[rows][group[rows] == g] for g in names]
