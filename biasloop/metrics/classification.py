@@ -22,7 +22,7 @@ from biasloop.core.attributes import AttributeSpec
 from biasloop.core.io import load_images
 from biasloop.core.seeds import stream_seed
 from biasloop.metrics.downstream import accuracy_groups, group_fairness
-from biasloop.metrics.downstream_attributes import GENDERS, Groups, group_labels, intersection_name
+from biasloop.metrics.downstream_attributes import GENDERS, Groups, attribute_and_intersection, group_labels
 from biasloop.metrics.intervals import bootstrap_interval, wilson_interval
 from biasloop.metrics.kclass.cells import SEPARATOR
 
@@ -160,11 +160,7 @@ def attribute_fairness(
     genders = [g if g in GENDERS else None for g in gender]
     out: dict[str, dict[str, Any]] = {}
     for name, labels in attribute_classes.items():
-        classes = specs[name].classes
-        for key, features, feature_classes in (
-            (name, {name: labels}, {name: classes}),
-            (intersection_name(name), {"gender": genders, name: labels}, {"gender": GENDERS, name: classes}),
-        ):
+        for key, features, feature_classes in attribute_and_intersection(name, labels, genders, specs[name].classes):
             grouped = group_labels(features, feature_classes, min_group_size)
             rng_seed = stream_seed(seed, f"classifier-bootstrap-{key}")
             out[key] = _subgroup_scores(y_true, y_pred, features, grouped, min_group_size, n_boot, rng_seed)

@@ -51,6 +51,17 @@ def intersection_name(name: str) -> str:
     return f"gender_x_{name}"
 
 
+def attribute_and_intersection(
+    name: str, labels: Sequence[str | None], gender: Sequence[str | None], classes: Sequence[str]
+) -> list[tuple[str, dict[str, Sequence[str | None]], dict[str, Sequence[str]]]]:
+    """The two blocks of one attribute, as ``(key, features, classes per feature)``: the attribute alone
+    (``name``) and crossed with perceived gender (``gender_x_<name>``), for :func:`group_labels`."""
+    return [
+        (name, {name: labels}, {name: classes}),
+        (intersection_name(name), {"gender": gender, name: labels}, {"gender": GENDERS, name: classes}),
+    ]
+
+
 @dataclasses.dataclass(frozen=True)
 class Groups:
     """Each row's group under one or more sensitive features, with the groups too small left out."""
@@ -168,15 +179,10 @@ def training_class_counts(
     for name, spec in specs.items():
         if f"{name}_label" not in rows.columns:
             continue
-        attribute = rows[f"{name}_label"].to_list()
-        for key, features, classes in (
-            (name, {name: attribute}, {name: spec.classes}),
-            (
-                intersection_name(name),
-                {"gender": rows["label"].to_list(), name: attribute},
-                {"gender": GENDERS, name: spec.classes},
-            ),
-        ):
+        blocks = attribute_and_intersection(
+            name, rows[f"{name}_label"].to_list(), rows["label"].to_list(), spec.classes
+        )
+        for key, features, classes in blocks:
             labels = group_labels(features, classes, min_group_size=1).labels
             table: dict[str, dict[str, int]] = {}
             for (occupation, label), n in sorted(Counter(zip(occupations, labels)).items(), key=str):
@@ -228,11 +234,7 @@ def downstream_attribute_bias(
     gender = [g if g in GENDERS else None for g in groups]
     out: dict[str, dict[str, Any]] = {}
     for name, labels in attribute_classes.items():
-        classes = specs[name].classes
-        for key, features, feature_classes in (
-            (name, {name: labels}, {name: classes}),
-            (intersection_name(name), {"gender": gender, name: labels}, {"gender": GENDERS, name: classes}),
-        ):
+        for key, features, feature_classes in attribute_and_intersection(name, labels, gender, specs[name].classes):
             grouped = group_labels(features, feature_classes, config.min_group_size)
             out[key] = {
                 **grouped.report(config.min_group_size),
