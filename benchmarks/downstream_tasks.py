@@ -32,7 +32,7 @@ from biasloop.core.config import from_dict, read_params, to_dict
 from biasloop.data.world import WorldConfig, build_world
 from biasloop.metrics.caption_bias import caption_leakage, misprediction
 from biasloop.metrics.caption_quality import score_captions
-from biasloop.metrics.downstream import classifier_fairness
+from biasloop.metrics.classification import classifier_fairness
 from biasloop.models.captioner import CaptionerConfig, make_captioner
 from biasloop.models.classifier import ClassifierConfig, train_classifier
 

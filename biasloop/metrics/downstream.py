@@ -2,9 +2,9 @@
 
 - text-to-image recall@k, overall and per perceived-gender group, with the gap between groups;
 - MaxSkew@k and NDKL (Geyik et al., 2019) of the groups among the images retrieved for a neutral query;
-- zero-shot occupation accuracy per (occupation, gender) group, worst-group accuracy over groups with
-  a minimum number of images, and one-vs-rest
-  demographic parity and equalized odds differences, computed with Fairlearn.
+- zero-shot occupation accuracy per (occupation, gender) group (or per occupation and any sensitive
+  features, e.g. skin tone or gender x tone), worst-group accuracy over groups with a minimum number of
+  images, and one-vs-rest demographic parity and equalized odds differences, computed with Fairlearn.
 
 Recalls, accuracies and differences are fractions in [0, 1]; MaxSkew and NDKL are in nats. Accuracies
 carry Wilson 95% intervals (``_ci``), differences percentile bootstrap ones over the test images
@@ -13,13 +13,13 @@ carry Wilson 95% intervals (``_ci``), differences percentile bootstrap ones over
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from biasloop.core.io import json_float
-from biasloop.metrics.intervals import bootstrap_interval, wilson_interval
+from biasloop.metrics.intervals import wilson_interval
 
 NO_GROUP = "none"
 
@@ -224,17 +224,19 @@ def parity_differences(
 def group_fairness(
     true_occupation: Sequence[str],
     predicted_occupation: Sequence[str],
-    gender: Sequence[str],
+    sensitive: Sequence[str] | Mapping[str, Sequence[str]],
     min_group_size: int = 1,
     n_boot: int = 0,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Zero-shot occupation classification fairness across perceived gender, with Fairlearn.
+    """Zero-shot occupation classification fairness across perceived gender (or any features), with Fairlearn.
 
     Args:
         true_occupation: occupation per image.
         predicted_occupation: the model's zero-shot occupation per image.
-        gender: sensitive feature per image (``female``/``male``).
+        sensitive: perceived gender per image (``female``/``male``; named ``gender`` below), or ``{name:
+            labels}`` of any features (``{"tone": ..}``, ``{"gender": .., "tone": ..}``: MetricFrame columns;
+            groups name every feature and the differences compare their intersections).
         min_group_size: the fewest images an (occupation, gender) group needs to enter the worst-group
             accuracy; an accuracy over one or two images is 0 or 1 by chance and would pin the minimum.
 
@@ -258,18 +260,19 @@ def group_fairness(
 
     y_true = np.asarray(true_occupation, dtype=object)
     y_pred = np.asarray(predicted_occupation, dtype=object)
-    sensitive = np.asarray(gender, dtype=object)
-    if not len(y_true) == len(y_pred) == len(sensitive):
-        raise ValueError(f"{len(y_true)} true occupations, {len(y_pred)} predictions, {len(sensitive)} genders")
+    features = _as_features(sensitive, len(y_true))
+    if len(y_true) != len(y_pred):
+        raise ValueError(f"{len(y_true)} true occupations, {len(y_pred)} predictions")
     if not len(y_true):
         raise ValueError("no images to evaluate")
     frame = MetricFrame(
         metrics={"accuracy": accuracy_score, "n": count},
         y_true=y_true.astype(str),
         y_pred=y_pred.astype(str),
-        sensitive_features={"occupation": y_true.astype(str), "gender": sensitive.astype(str)},
+        sensitive_features={"occupation": y_true.astype(str), **{k: v.astype(str) for k, v in features.items()}},
     )
-    groups = _accuracy_groups(frame)
+    groups, names = accuracy_groups(frame, ("occupation", *features)), ("occupation", *features, "n")
+    sensitive = _intersection_ids(features)
     per_occupation = _per_occupation_differences(y_true, y_pred, sensitive)
 
     def summary(key: str, reduce: Any) -> float | None:
@@ -278,8 +281,7 @@ def group_fairness(
 
     if min_group_size < 1:
         raise ValueError(f"min_group_size must be at least 1, got {min_group_size}")
-    large = [g for g in groups if g["n"] >= min_group_size]
-    worst = min(large, key=lambda g: g["accuracy"], default=None)
+    worst = min((g for g in groups if g["n"] >= min_group_size), key=lambda g: g["accuracy"], default=None)
     parity_ci, odds_ci = _parity_intervals(y_true, y_pred, sensitive, n_boot, seed)
     return {
         "overall_accuracy": float(frame.overall["accuracy"]),
@@ -287,11 +289,9 @@ def group_fairness(
         "accuracy_by_group": groups,
         "worst_group_accuracy": worst["accuracy"] if worst else None,
         "worst_group_accuracy_ci": worst["ci"] if worst else None,
-        "worst_group": {k: worst[k] for k in ("occupation", "gender", "n")} if worst else None,
+        "worst_group": {k: worst[k] for k in names} if worst else None,
         "min_group_size": int(min_group_size),
-        "groups_too_small": [
-            {k: g[k] for k in ("occupation", "gender", "n")} for g in groups if g["n"] < min_group_size
-        ],
+        "groups_too_small": [{k: g[k] for k in names} for g in groups if g["n"] < min_group_size],
         "per_occupation": per_occupation,
         "demographic_parity_difference_mean": summary("demographic_parity_difference", np.mean),
         "demographic_parity_difference_max": summary("demographic_parity_difference", np.max),
@@ -303,9 +303,31 @@ def group_fairness(
     }
 
 
-def _accuracy_groups(frame: Any) -> list[dict[str, Any]]:
-    """Accuracy, n and Wilson interval of each (occupation, gender) group with images, from a Fairlearn
-    ``MetricFrame`` with metrics ``accuracy`` and ``n``."""
+def _as_features(sensitive: Sequence[str] | Mapping[str, Sequence[str]], n: int) -> dict[str, np.ndarray]:
+    """``{name: labels}`` as object arrays: a mapping's features (at least one), a sequence as ``gender``;
+    each must label the ``n`` images."""
+    if isinstance(sensitive, Mapping) and not sensitive:
+        raise ValueError("no sensitive feature given")
+    features = sensitive if isinstance(sensitive, Mapping) else {"gender": sensitive}
+    arrays = {name: np.asarray(labels, dtype=object) for name, labels in features.items()}
+    wrong = {name: len(labels) for name, labels in arrays.items() if len(labels) != n}
+    if wrong:
+        raise ValueError(f"{n} true occupations but labels of other lengths: {wrong}")
+    return arrays
+
+
+def _intersection_ids(features: Mapping[str, np.ndarray]) -> np.ndarray:
+    """Per image, its group for the one-vs-rest differences: one feature's own labels (so gender's numbers
+    are as they were), or an integer naming the combination of several features' labels."""
+    if len(features) == 1:
+        return next(iter(features.values()))
+    _, ids = np.unique(np.stack([v.astype(str) for v in features.values()], axis=1), axis=0, return_inverse=True)
+    return ids.reshape(-1)
+
+
+def accuracy_groups(frame: Any, names: Sequence[str] = ("occupation", "gender")) -> list[dict[str, Any]]:
+    """Accuracy, n and Wilson interval of each group with images, from a Fairlearn ``MetricFrame`` with
+    metrics ``accuracy`` and ``n`` and the sensitive features ``names`` (each row names the group by them)."""
     groups = []
     for row in frame.by_group.reset_index().to_dict("records"):
         # Depending on the Fairlearn version, (occupation, gender) pairs without images appear as nan.
@@ -314,8 +336,7 @@ def _accuracy_groups(frame: Any) -> list[dict[str, Any]]:
         n = int(row["n"])
         groups.append(
             {
-                "occupation": str(row["occupation"]),
-                "gender": str(row["gender"]),
+                **{name: str(row[name]) for name in names},
                 "accuracy": float(row["accuracy"]),
                 "n": n,
                 "ci": wilson_interval(int(round(float(row["accuracy"]) * n)), n),
@@ -369,73 +390,3 @@ def _percentiles(values: Sequence[float | None]) -> list[float] | None:
     """2.5% and 97.5% percentiles of the defined values (None when there are none)."""
     kept = [v for v in values if v is not None and np.isfinite(v)]
     return [float(q) for q in np.quantile(kept, [0.025, 0.975])] if kept else None
-
-
-def classifier_fairness(
-    true_occupation: Sequence[str],
-    predicted_occupation: Sequence[str],
-    gender: Sequence[str | None],
-    min_group_size: int,
-    n_boot: int = 0,
-    seed: int = 0,
-) -> dict[str, Any]:
-    """Accuracy overall and per gender, worst-group accuracy, Fairlearn parity differences.
-
-    Args:
-        true_occupation: occupation per held-out image.
-        predicted_occupation: the classifier's prediction per image.
-        gender: perceived gender per image (``female`` / ``male``; others count in ``accuracy`` only).
-        min_group_size: the smallest (occupation, gender) group that counts for worst-group accuracy.
-        n_boot: bootstrap resamples of the images for the intervals of differences (0: none).
-        seed: seed of those resamples.
-
-    Returns:
-        ``accuracy`` (all images), ``accuracy_by_gender`` ({gender: accuracy}), ``accuracy_gap``
-        (max minus min over genders), ``worst_group_accuracy`` over (occupation, gender) groups with at
-        least ``min_group_size`` images (None when none is that large) and ``worst_group``, plus
-        :func:`biasloop.metrics.downstream.group_fairness` over the gender-labelled images
-        (``demographic_parity_difference_mean`` / ``_max``, ``equalized_odds_difference_mean`` / ``_max``,
-        ``accuracy_by_group``, ``per_occupation``, ``groups_too_small``). Intervals (95%): Wilson for
-        ``accuracy_ci`` and ``accuracy_by_gender_ci``, bootstrap for ``accuracy_gap_ci`` and the
-        differences (see :func:`group_fairness`).
-    """
-    y_true = np.asarray(true_occupation, dtype=object)
-    y_pred = np.asarray(predicted_occupation, dtype=object)
-    groups = np.asarray([g if g in ("female", "male") else "" for g in gender], dtype=object)
-    if not len(y_true) == len(y_pred) == len(groups):
-        raise ValueError(f"{len(y_true)} true occupations, {len(y_pred)} predictions, {len(groups)} genders")
-    if not len(y_true):
-        raise ValueError("no held-out images to score the classifier on")
-    correct = y_true == y_pred
-    by_gender = {g: float(correct[groups == g].mean()) for g in ("female", "male") if (groups == g).any()}
-
-    def gap(rows: np.ndarray) -> float | None:
-        rates = [correct[rows][groups[rows] == g].mean() for g in ("female", "male") if (groups[rows] == g).any()]
-        return float(max(rates) - min(rates)) if len(rates) == 2 else None
-
-    rng = np.random.default_rng(seed)
-    out: dict[str, Any] = {
-        "accuracy": float(correct.mean()),
-        "accuracy_ci": wilson_interval(int(correct.sum()), len(correct)),
-        "accuracy_by_gender": by_gender,
-        "accuracy_by_gender_ci": {
-            g: wilson_interval(int(correct[groups == g].sum()), int((groups == g).sum())) for g in by_gender
-        },
-        "accuracy_gap": gap(np.arange(len(correct))),
-        "accuracy_gap_ci": bootstrap_interval(gap, len(correct), n_boot, rng) if len(by_gender) == 2 else None,
-        "n_test": int(len(y_true)),
-    }
-    labelled = groups != ""
-    if labelled.any():
-        # one place decides which groups are too small, so groups_too_small lists exactly what was left out
-        out.update(
-            group_fairness(
-                y_true[labelled],
-                y_pred[labelled],
-                groups[labelled],
-                min_group_size=min_group_size,
-                n_boot=n_boot,
-                seed=int(rng.integers(2**31)),
-            )
-        )
-    return out

@@ -3,7 +3,7 @@
 Zhang et al. (2024) retrain image classifiers on real/generated mixtures generation after generation and
 follow their subgroup fairness. Here a classifier of the occupation shown in an image is trained from
 scratch on dataset N's images and their occupation labels; its scores (accuracy per perceived gender,
-worst-group accuracy, Fairlearn parity differences) are :func:`biasloop.metrics.downstream.classifier_fairness`.
+worst-group accuracy, Fairlearn parity differences) are :func:`biasloop.metrics.classification.classifier_fairness`.
 
 ``classifier.architecture``: ``small-cnn`` (default; conv-BN-ReLU stages with max-pooling, global
 average pooling, a linear head) or any ``timm`` architecture name (``resnet18``, ``test_resnet`` in
