@@ -87,8 +87,10 @@ def with_unmarked(
 ) -> pl.DataFrame:
     """``train`` with ``<name>_unmarked``: the caption (from retrieve's ``matches``: ``occupation, id,
     caption``) contains none of the attribute's indicator ``words`` (class -> words); null when the
-    caption is unknown (no ``matches``, or no ``caption`` column)."""
+    caption is unknown (no ``matches``, or no ``caption`` column). Unchanged when the column is there."""
     column = columns(name)["unmarked"]
+    if column in train.columns:
+        return train
     if matches is None or "caption" not in matches.columns:
         return train.with_columns(pl.lit(None, dtype=pl.Boolean).alias(column))
     every = [w for class_words in words.values() for w in class_words]
