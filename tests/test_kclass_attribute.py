@@ -214,13 +214,14 @@ def _binary_world(rng: np.random.Generator) -> tuple[pl.DataFrame, pl.DataFrame,
 
 def test_two_classes_equal_the_binary_paradox_numbers() -> None:
     train, gen, matches = _binary_world(np.random.default_rng(2))
-    binary = paradox_table(train.with_columns(p_female=pl.lit(0.5)), gen, None, n_boot=50, seed=0, matches=matches)
+    rates = {"tpr": 0.9, "fpr": 0.15}
+    binary = paradox_table(train.with_columns(p_female=pl.lit(0.5)), gen, rates, n_boot=50, seed=0, matches=matches)
     kclass = attribute_amplification(
         "g",
         ("female", "male"),
         train.with_columns(g_label=pl.col("label"), true_g=pl.col("true_gender")),
         gen.with_columns(g_label=pl.col("label"), oracle_g=pl.col("oracle_label")),
-        None,
+        Confusion(("female", "male"), np.array([[90, 10], [15, 85]]), np.zeros(2, np.int64)),
         matches=matches,
         words={"female": FEMALE_TERMS, "male": MALE_TERMS},
         n_boot=50,
@@ -233,6 +234,14 @@ def test_two_classes_equal_the_binary_paradox_numbers() -> None:
             assert mine["ci"] == pytest.approx(reference["ci"], abs=1e-12)
         assert ours["measured"]["estimands"]["tv_raw"] == pytest.approx(
             theirs["measured"]["amplification_abs"], abs=1e-12
+        )
+        # the correction's point values: the binary corrected shares, and their mean absolute difference
+        corrected = {r["occupation"]: r for r in ours["corrected"]["per_occupation"]}
+        for row in theirs["corrected"]["per_occupation"]:
+            assert corrected[row["occupation"]]["p_train"]["female"] == pytest.approx(row["share_train"], abs=1e-12)
+            assert corrected[row["occupation"]]["p_gen"]["female"] == pytest.approx(row["share_gen"], abs=1e-12)
+        assert ours["corrected"]["estimands"]["tv_raw"] == pytest.approx(
+            theirs["corrected"]["amplification_abs"], abs=1e-12
         )
         for term in ("measured", "data", "generator", "instrument"):
             assert ours["decomposition"][term]["estimate"] == pytest.approx(
