@@ -74,7 +74,7 @@ def confusion_from_instrument(entry: Mapping[str, Any]) -> Confusion:
     return Confusion(classes, counts, abstained)
 
 
-def measured_attributes(
+def attributes_with_labels(
     instrument: Mapping[str, Any], frame: pl.DataFrame, skip: Sequence[str] = ("gender",)
 ) -> list[str]:
     """The K-class attributes instrument.json's ``attributes`` lists (but ``skip``) whose label column
@@ -355,7 +355,7 @@ def measure_attributes(
     words), gender aside, with its label column on both sides. Empty when none is (e.g. a run from
     before the K-class instrument): the caller then writes nothing new."""
     out = {}
-    for name in measured_attributes(instrument, train_predictions):
+    for name in attributes_with_labels(instrument, train_predictions):
         if name not in specs or columns(name)["label"] not in generated_predictions.columns:
             continue
         entry = instrument["attributes"][name]

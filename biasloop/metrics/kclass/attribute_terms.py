@@ -54,7 +54,9 @@ def one_hot(values: Sequence[Any], classes: Sequence[str]) -> np.ndarray:
     return out
 
 
-def _blocks(train: pl.DataFrame, gen: pl.DataFrame, columns: dict[str, str], classes: Sequence[str]):
+def _blocks(
+    train: pl.DataFrame, gen: pl.DataFrame, columns: dict[str, str], classes: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray]:
     """Per image the one-hot blocks of :data:`_TRAIN_BLOCKS` / :data:`_GEN_BLOCKS`, side by side."""
 
     def column(frame: pl.DataFrame, name: str) -> list:
@@ -171,7 +173,16 @@ def decompose_classes(
     }
 
 
-def _bootstrap(rows, wanted, k, weights, ground_truth, paired, n_boot, seed) -> dict[str, np.ndarray]:
+def _bootstrap(
+    rows: list[tuple[np.ndarray, np.ndarray]],
+    wanted: tuple[list[str], list[str]],
+    k: int,
+    weights: np.ndarray,
+    ground_truth: bool,
+    paired: bool,
+    n_boot: int,
+    seed: int,
+) -> dict[str, np.ndarray]:
     """Replicates of every term, images resampled within each kept occupation (pairs whole when paired)."""
     if n_boot <= 0:
         return {}
@@ -193,7 +204,14 @@ def _bootstrap(rows, wanted, k, weights, ground_truth, paired, n_boot, seed) -> 
     return class_decomposition_terms(shares, ground_truth, paired, weights)
 
 
-def _per_occupation(occupations, classes, shares, weights, ground_truth, paired) -> list[dict[str, Any]]:
+def _per_occupation(
+    occupations: list[str],
+    classes: Sequence[str],
+    shares: dict[str, np.ndarray],
+    weights: np.ndarray,
+    ground_truth: bool,
+    paired: bool,
+) -> list[dict[str, Any]]:
     """One row per kept occupation: its distributions, majority class(es) and each term's contribution."""
     terms = ("measured", *(TRUTH_TERMS if ground_truth else NO_TRUTH_TERMS))
     rows = []
@@ -278,7 +296,12 @@ def corrected_class_table(
     }
 
 
-def _corrected_rows(names, classes, points, bounds) -> list[dict[str, Any]]:
+def _corrected_rows(
+    names: list[str],
+    classes: Sequence[str],
+    points: tuple[np.ndarray, np.ndarray],
+    bounds: tuple[np.ndarray, np.ndarray],
+) -> list[dict[str, Any]]:
     """Per occupation the corrected ``p_train`` / ``p_gen`` and their ``_ci`` per class; ``bounds`` are the
     ``(2 * occupations, K)`` lower and upper percentiles, training rows first."""
     o = len(names)
