@@ -1,5 +1,5 @@
 """Coverage of the K x K confusion correction's intervals on simulated studies
-(``docs/attributes_instrument.md`` shows the results).
+(``docs/attributes.md`` shows the results).
 
 Each study draws a labelled held-out set (``labelled`` images per true class, labels from a known
 confusion C), an observed set (``observed`` images with true classes from a known distribution q, labels

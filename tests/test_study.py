@@ -594,7 +594,7 @@ def test_run_study_queues_what_is_left_and_reports_failures(tmp_path: Path) -> N
         run_study(bad, path, dvc=str(fake), echo=lines.append, sleep=lambda s: None, dry_run=True)
 
 
-def test_waiting_ends_when_a_worker_died_or_the_timeout_passes(tmp_path: Path) -> None:
+def test_waiting_ends_when_a_worker_died_or_the_timeout_passes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A cell left "running" by a worker that died, or a wait past ``timeout``: an error naming the cell,
     its state and the tail of its log, never an endless wait."""
     from biasloop.study.grid import wait_for_cells
@@ -624,6 +624,26 @@ def test_waiting_ends_when_a_worker_died_or_the_timeout_passes(tmp_path: Path) -
     assert "log line 39" in message and "log line 24" not in message and "queue keeps running" in message
 
     (tmp_path / "workers.txt").write_text("0")
+    # DVC says 0 workers, but a queue worker of this checkout runs (seen after `dvc queue kill` + start): wait on
+    from biasloop.core.processes import CheckoutProcess, ProcessInfo
+    from biasloop.study import grid
+
+    worker = CheckoutProcess(
+        ProcessInfo(4242, 1, "1", str(tmp_path), ("python", "-m", "dvc", "exp", "queue-worker", "dvc-exp-worker-1")),
+        "queue worker",
+        "works in the checkout",
+    )
+    finished = iter([{**states, ("replace", 3, 0): "running"}] * 3 + [{**states, ("replace", 3, 0): "success"}])
+    shows = [tmp_path / f"show{i}.json" for i in range(4)]
+    for show, frame in zip(shows, finished):
+        show.write_text(json.dumps(exp_show_json(frame, config=config)))
+    (tmp_path / "shows.txt").write_text("0")
+    with monkeypatch.context() as patched:
+        patched.setattr(grid, "checkout_processes", lambda root: [worker])
+        assert wait_for_cells(config, names, dvc=str(fake), echo=lambda line: None, sleep=lambda s: None) == []
+    for show in shows[1:]:
+        show.unlink()
+    (tmp_path / "shows.txt").write_text("0")
     with pytest.raises(
         RuntimeError, match="no queue worker is running, yet study-t-replace-guidance_scale3-s0 running"
     ) as died:

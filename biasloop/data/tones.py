@@ -3,7 +3,7 @@
 Each sample of occupation ``o`` draws a tone ``t`` in :data:`TONES` (``light``, ``medium``, ``dark``) from
 ``table[o]``, a synthetic table of tone distributions per occupation (``world.tone.table``, by default
 ``biasloop/data/assets/tone_by_occupation.csv``: invented numbers, not statistics of any population; see
-docs/attributes_world.md). Tone is rendered as the **brightness** (HSV value) of the glyph's colour, a
+docs/attributes.md). Tone is rendered as the **brightness** (HSV value) of the glyph's colour, a
 channel independent of the hue that codes gender: the glyph is scaled so that its brightest pixel is 1,
 then tinted with the sample's hue and saturation at the tone's brightness (:func:`tone_images`), so the
 brightest glyph pixel reads back the tone (:func:`biasloop.data.hues.oracle_tones`). Captions are marked

@@ -28,6 +28,18 @@ DEFINITIONS = (
 )
 
 
+# A pairing's estimands and the shift's terms, in the order of every table that shows them.
+ESTIMAND_COLUMNS = (
+    ("shift (pp)", "pp+"),
+    ("p", "p"),
+    ("gap (pp)", "pp"),
+    ("raw A_abs (pp)", "pp"),
+    ("data (pp)", "pp+"),
+    ("generator (pp)", "pp+"),
+    ("instrument (pp)", "pp+"),
+)
+
+
 def generations_section(rows: list[dict[str, Any]]) -> str:
     """ "Across generations": the headline estimands and the shift's terms per generation (estimate with its
     interval), then the generator, the instrument and the downstream CLIP per generation."""
@@ -37,16 +49,7 @@ def generations_section(rows: list[dict[str, Any]]) -> str:
         "A<sub>abs</sub> as above; data / generator / instrument: the shift's decomposition; 95% intervals "
         "in grey.</p>",
         table(
-            [
-                ("generation", "int"),
-                ("shift (pp)", "pp+"),
-                ("p", "p"),
-                ("gap (pp)", "pp"),
-                ("raw A_abs (pp)", "pp"),
-                ("data (pp)", "pp+"),
-                ("generator (pp)", "pp+"),
-                ("instrument (pp)", "pp+"),
-            ],
+            [("generation", "int"), *ESTIMAND_COLUMNS],
             [
                 [
                     r["generation"],
@@ -150,13 +153,7 @@ def paradox_section(paradox: dict[str, Any] | None) -> str:
         ("pairing", "text"),
         ("images (training / generated)", "text"),
         ("pairs", "int"),
-        ("shift (pp)", "pp+"),
-        ("p", "p"),
-        ("gap (pp)", "pp"),
-        ("raw A_abs (pp)", "pp"),
-        ("data (pp)", "pp+"),
-        ("generator (pp)", "pp+"),
-        ("instrument (pp)", "pp+"),
+        *ESTIMAND_COLUMNS,
         ("shift, corrected (pp)", "pp+"),
         ("shift, true training share (pp)", "pp+"),
     ]

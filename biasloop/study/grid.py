@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from biasloop.core.config import read_params
+from biasloop.core.processes import checkout_processes
 from biasloop.study.config import VARIANT, StudyConfig, check_param_paths, same_value
 from biasloop.study.experiments import exp_show, latest_by_name, parse_exp_show, run_dvc
 
@@ -393,7 +394,11 @@ def _log_tails(states: dict[str, str], dvc: str) -> str:
 
 
 def _workers_alive(dvc: str) -> bool:
-    """Whether ``dvc queue status`` reports an active or idle worker (a worker may be starting up)."""
+    """Whether a queue worker is there: ``dvc queue status`` reports an active or idle one (a worker may be
+    starting up), or a ``dvc exp queue-worker`` process of this checkout runs. DVC's count alone is not
+    enough: right after ``dvc queue kill`` and ``dvc queue start`` it has said "0 active" while a worker ran."""
     status = run_dvc(["queue", "status"], dvc=dvc)
     match = re.search(r"Worker status:\s*(\d+)\s*active,\s*(\d+)\s*idle", status)
-    return match is None or int(match.group(1)) + int(match.group(2)) > 0
+    if match is None or int(match.group(1)) + int(match.group(2)) > 0:
+        return True
+    return any(p.kind == "queue worker" for p in checkout_processes(Path.cwd()))
