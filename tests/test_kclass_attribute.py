@@ -288,6 +288,8 @@ def test_confusion_from_instrument_and_counts() -> None:
         {"classes": list(CLASSES), "confusion": [[8, 1, 1], [0, 9, 1], [0, 0, 10]], "abstained": [2, 0, 1]}
     )
     assert confusion.rates()[0].tolist() == pytest.approx([0.8, 0.1, 0.1])
+    same = confusion_from_instrument({"classes": list(CLASSES), "confusion": confusion.label_counts()})
+    assert same.counts.tolist() == confusion.counts.tolist() and same.abstained.tolist() == [2, 0, 1]
     frame = pl.DataFrame({"occupation": ["a", "a", "b", "b"], "c": ["dark", "abstain", None, "light"]})
     counts, other = class_counts(frame, "c", CLASSES, ["a", "b"])
     assert counts.tolist() == [[0, 0, 1], [1, 0, 0]] and other.tolist() == [1, 1]

@@ -62,9 +62,12 @@ def columns(name: str) -> dict[str, str]:
 
 
 def confusion_from_instrument(entry: Mapping[str, Any]) -> Confusion:
-    """The held-out :class:`Confusion` of instrument.json's ``attributes.<name>`` (``classes``,
-    ``confusion``: K x K counts, rows true, columns label; ``abstained``: K counts)."""
+    """The held-out :class:`Confusion` of instrument.json's ``attributes.<name>``: ``classes`` and
+    ``confusion``, either K x K counts (rows true, columns label) with ``abstained`` (K counts), or the
+    label-count form ``{"<true>_as_<label>": count}`` of :meth:`Confusion.label_counts` (abstentions in it)."""
     classes = tuple(entry["classes"])
+    if isinstance(entry["confusion"], Mapping):
+        return Confusion.from_label_counts(entry["confusion"], classes)
     counts = np.asarray(entry["confusion"], dtype=np.int64)
     abstained = np.asarray(entry.get("abstained") or [0] * len(classes), dtype=np.int64)
     if counts.shape != (len(classes), len(classes)) or abstained.shape != (len(classes),):
