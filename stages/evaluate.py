@@ -5,8 +5,10 @@ Inputs:   artifacts/label_train/predictions.parquet, artifacts/gen{N}/label/pred
           artifacts/corpus (held-out real pairs), artifacts/retrieve/matches.parquet (caption indicators,
           for the ideal learner of the decomposition), artifacts/gen{N}/label_dataset/predictions.parquet
           (labels of dataset N, the data generation N trained on: amplification_vs_training_dataset)
-Outputs:  metrics/generations/gen{N}.json
-Params:   base, tracking, occupations, evaluate, label
+Outputs:  metrics/generations/gen{N}.json; every measured K-class attribute (params and instrument.json's
+          ``attributes``, gender aside: e.g. tone) under ``attributes.<name>``, the same comparisons
+          (:func:`biasloop.metrics.kclass.attribute.generation_attributes`)
+Params:   base, tracking, occupations, evaluate, label, attributes
 
 Example:
     python -m stages.evaluate --generation 0 --train-predictions artifacts/label_train/predictions.parquet \\
@@ -19,11 +21,14 @@ Example:
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 
 import polars as pl
 
+from biasloop.core.attributes import load_attributes
 from biasloop.core.config import to_dict
 from biasloop.core.io import load_images, timed, write_json
 from biasloop.core.runtime import resolve_device
@@ -37,6 +42,7 @@ from biasloop.metrics.evaluation import (
     perceived_groups,
     training_shares,
 )
+from biasloop.metrics.kclass.attribute import generation_attributes
 from biasloop.metrics.rows import decomposition_values, estimand_values
 from biasloop.models.instrument import LabelConfig
 
@@ -46,7 +52,9 @@ log = logging.getLogger("evaluate")
 @stage_main(log)
 def main(argv: Sequence[str] | None = None) -> None:
     args = _parser().parse_args(argv)
-    configs = load_configs(args.params, {"occupations": None, "evaluate": EvaluateConfig, "label": LabelConfig})
+    configs = load_configs(
+        args.params, {"occupations": None, "evaluate": EvaluateConfig, "label": LabelConfig, "attributes": None}
+    )
     config: EvaluateConfig = configs["evaluate"]
     occupations = list(configs["occupations"] or [])
     device = resolve_device(configs["base"].device)
@@ -73,18 +81,21 @@ def main(argv: Sequence[str] | None = None) -> None:
                 training_share_female=shares,
                 seed=configs["base"].seed,
             )
+        generated, matches = pl.read_parquet(args.generated), pl.read_parquet(args.matches)
         with timed("amplification with bootstrap intervals", log):
             metrics = evaluate_generation(
                 args.generation,
                 train_predictions,
-                pl.read_parquet(args.generated),
+                generated,
                 confusion,
                 config,
                 configs["base"].seed,
                 downstream,
-                matches=pl.read_parquet(args.matches),
+                matches=matches,
                 dataset_predictions=dataset_predictions,
             )
+        with timed("K-class attributes' amplification", log):
+            metrics.update(_attributes(args, configs, train_predictions, generated, matches, dataset_predictions))
         write_json(args.out, {**metrics, **runtime_facts()})
         row = estimand_values(metrics["amplification"])
         log.info(
@@ -107,9 +118,37 @@ def main(argv: Sequence[str] | None = None) -> None:
                     if isinstance(v, dict) and "estimate" in v
                 ),
             )
-        run.log_metrics({k: v for k, v in metrics.items() if k != "per_occupation"})
+        run.log_metrics({k: v for k, v in metrics.items() if k not in ("per_occupation", "attributes")})
         # the headline pairing's estimands and decomposition under flat names, at step = generation
         run.log_metrics({**row, **decomposition_values(terms)})
+        for name, entry in (metrics.get("attributes") or {}).items():
+            kinds = ("amplification", "amplification_corrected", "amplification_true")
+            values = {f"{name}.{kind}": estimand_values(entry[kind]) for kind in kinds if entry[kind]}
+            run.log_metrics({**values, name: decomposition_values(entry["decomposition"].get("prompt_vs_keyword"))})
+
+
+def _attributes(
+    args: argparse.Namespace,
+    configs: dict,
+    train_predictions: pl.DataFrame,
+    generated: pl.DataFrame,
+    matches: pl.DataFrame,
+    dataset_predictions: pl.DataFrame | None,
+) -> dict:
+    """``{"attributes": {name: ...}}`` for the measured K-class attributes, or {} when there is none."""
+    config: EvaluateConfig = configs["evaluate"]
+    attributes = generation_attributes(
+        json.loads(Path(args.instrument_metrics).read_text()),
+        load_attributes({"attributes": configs["attributes"]}) if configs["attributes"] else {},
+        train_predictions,
+        generated,
+        matches,
+        dataset_predictions,
+        n_boot=config.n_boot,
+        seed=configs["base"].seed,
+        min_cell_size=config.min_group_size,
+    )
+    return {"attributes": attributes} if attributes else {}
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -7,7 +7,9 @@ reduce to the binary ones at K = 2), :mod:`~.bias_amplification` (directional bi
 Russakovsky 2021), :mod:`~.ranking` (MaxSkew@k and NDKL against the training distribution),
 :mod:`~.decomposition` (data / generator / instrument terms), :mod:`~.cells` (intersectional cells with a
 minimum size), :mod:`~.table` (the table ``biasloop amplify`` prints for K-class count files), :mod:`~.correction` (the KxK
-confusion matrix and the correction of an observed distribution by inverting it, with intervals).
+confusion matrix and the correction of an observed distribution by inverting it, with intervals); :mod:`~.attribute` and
+:mod:`~.attribute_terms` measure one attribute from per-image frames for the paradox and evaluate stages
+(imported from there, not re-exported here: they read polars frames and the paradox pairings).
 """
 
 from biasloop.metrics.kclass.bias_amplification import directional_bias_amplification

@@ -192,6 +192,17 @@ def confusion_draws(counts: np.ndarray, n_draws: int, rng: np.random.Generator) 
     return np.stack([rng.dirichlet(row + JEFFREYS, size=n_draws) for row in counts], axis=1)
 
 
+def corrected_replicates(rows: Any, confusion: Confusion, n_draws: int, rng: np.random.Generator) -> np.ndarray:
+    """``(n_draws, m, K)`` corrected distributions of ``(m, K)`` observed counts, each replicate with one
+    draw of C (:func:`confusion_draws`, shared by all m rows) and of every row from ``Dirichlet(row + 1/2)``;
+    nan where C is singular (:func:`correct_distribution`). Rows corrected together (e.g. the training and
+    generated sides of one table) see the same C in a replicate, as they are read by one instrument."""
+    rows = np.asarray(rows, dtype=float)
+    rates = confusion_draws(confusion.counts, n_draws, rng)  # (n_draws, K, K)
+    drawn = np.stack([rng.dirichlet(row + JEFFREYS, size=n_draws) for row in rows], axis=1)  # (n_draws, m, K)
+    return correct_distribution(drawn, rates[:, None])
+
+
 def corrected_distribution_interval(
     observed: Any,
     confusion: Confusion,
@@ -229,9 +240,7 @@ def corrected_distribution_interval(
     if np.any(obs < 0):
         raise ValueError("observed counts must be non-negative")
     rows = obs.reshape(-1, obs.shape[-1])
-    rates = confusion_draws(confusion.counts, n_draws, rng)  # (n_draws, K, K)
-    drawn = np.stack([rng.dirichlet(row + JEFFREYS, size=n_draws) for row in rows], axis=1)  # (n_draws, m, K)
-    replicates = correct_distribution(drawn, rates[:, None])  # (n_draws, m, K)
+    replicates = corrected_replicates(rows, confusion, n_draws, rng)
     empty = rows.sum(axis=1) == 0  # no confident label: nothing to correct (nan, as the point)
     replicates[:, empty] = 0.0
     defined = np.isfinite(replicates).all(axis=(1, 2))
