@@ -35,6 +35,7 @@ from biasloop.core.runtime import resolve_device
 from biasloop.core.stage import load_configs, make_parser, runtime_facts, stage_main
 from biasloop.core.tracking import stage_run
 from biasloop.metrics.amplification import read_confusion
+from biasloop.metrics.downstream_attributes import downstream_attribute_bias, held_out_classes, training_class_counts
 from biasloop.metrics.evaluation import (
     EvaluateConfig,
     downstream_bias,
@@ -71,10 +72,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             test = pl.read_parquet(args.corpus).filter(pl.col("split") == "test")
             model = load_downstream(args.downstream, device)
             groups = perceived_groups(test, args.instrument, device, configs["label"].abstain_threshold)
+            images = load_images(test["image_ref"].to_list())
             downstream = downstream_bias(
                 model,
                 test,
-                load_images(test["image_ref"].to_list()),
+                images,
                 groups,
                 occupations,
                 config,
@@ -96,6 +98,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             )
         with timed("K-class attributes' amplification", log):
             metrics.update(_attributes(args, configs, train_predictions, generated, matches, dataset_predictions))
+        _attribute_downstream(
+            metrics, configs, args, (model, test, images, groups), train_predictions, dataset_predictions, device
+        )
         write_json(args.out, {**metrics, **runtime_facts()})
         row = estimand_values(metrics["amplification"])
         log.info(
@@ -121,10 +126,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         run.log_metrics({k: v for k, v in metrics.items() if k not in ("per_occupation", "attributes")})
         # the headline pairing's estimands and decomposition under flat names, at step = generation
         run.log_metrics({**row, **decomposition_values(terms)})
-        for name, entry in (metrics.get("attributes") or {}).items():
-            kinds = ("amplification", "amplification_corrected", "amplification_true")
-            values = {f"{name}.{kind}": estimand_values(entry[kind]) for kind in kinds if entry[kind]}
-            run.log_metrics({**values, name: decomposition_values(entry["decomposition"].get("prompt_vs_keyword"))})
+        _log_attributes(run, metrics)
 
 
 def _attributes(
@@ -139,7 +141,7 @@ def _attributes(
     config: EvaluateConfig = configs["evaluate"]
     attributes = generation_attributes(
         json.loads(Path(args.instrument_metrics).read_text()),
-        load_attributes({"attributes": configs["attributes"]}) if configs["attributes"] else {},
+        _kclass_specs(configs),
         train_predictions,
         generated,
         matches,
@@ -149,6 +151,53 @@ def _attributes(
         min_cell_size=config.min_group_size,
     )
     return {"attributes": attributes} if attributes else {}
+
+
+def _attribute_downstream(
+    metrics: dict,
+    configs: dict,
+    args: argparse.Namespace,
+    held_out: tuple,
+    train_predictions: pl.DataFrame,
+    dataset_predictions: pl.DataFrame | None,
+    device: str,
+) -> None:
+    """Adds each K-class attribute's downstream CLIP block (retrieval gaps, MaxSkew/NDKL, zero-shot
+    fairness) and its gender x attribute block to ``metrics["attributes"][name]``."""
+    specs = _kclass_specs(configs)
+    if not specs:
+        return
+    model, test, images, groups = held_out
+    with timed("K-class attributes' downstream CLIP", log):
+        classes = held_out_classes(test, specs, args.instrument, device)
+        counts = (
+            None
+            if dataset_predictions is None
+            else training_class_counts(train_predictions, dataset_predictions, specs)
+        )
+        blocks = downstream_attribute_bias(
+            model, test, images, groups, classes, list(configs["occupations"] or []), configs["evaluate"], specs,
+            training_counts=counts, seed=configs["base"].seed,
+        )  # fmt: skip
+    for name in specs:
+        entry = metrics.setdefault("attributes", {}).setdefault(name, {})
+        entry["downstream"] = blocks.get(name)
+        entry["downstream_gender_x"] = blocks.get(f"gender_x_{name}")
+
+
+def _log_attributes(run, metrics: dict) -> None:
+    """Each K-class attribute's headline estimands and decomposition to MLflow (step = generation)."""
+    for name, entry in (metrics.get("attributes") or {}).items():
+        kinds = ("amplification", "amplification_corrected", "amplification_true")
+        values = {f"{name}.{kind}": estimand_values(entry[kind]) for kind in kinds if entry.get(kind)}
+        terms = (entry.get("decomposition") or {}).get("prompt_vs_keyword")
+        run.log_metrics({**values, name: decomposition_values(terms)})
+
+
+def _kclass_specs(configs: dict) -> dict:
+    """The K-class attributes to measure: every one in ``attributes`` but gender (the binary path)."""
+    specs = load_attributes({"attributes": configs["attributes"]}) if configs["attributes"] else {}
+    return {name: spec for name, spec in specs.items() if name != "gender"}
 
 
 def _parser() -> argparse.ArgumentParser:
