@@ -124,8 +124,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                 metrics["occupation_accuracy"],
                 metrics["occupation_chance"],
             )
-        for name, measured in measured_attributes.items():
-            _log_attribute(name, measured)
+        for name, entry in measured_attributes.items():
+            _log_attribute(name, entry)
         write_json(args.metrics, {**metrics, **runtime_facts()})
         run.log_metrics(metrics)
 
