@@ -8,9 +8,18 @@ Outputs:  artifacts/corpus/captions.parquet  (id, caption, image_ref, true_occup
           artifacts/corpus/skipped.parquet    (where, id, reason, detail: records left out of an
                                              ingested corpus; empty for the world)
           metrics/corpus.json                 (counts, skipped records by reason; world: share of women
-                                             per occupation, markedness check)
+                                             per occupation, markedness check; with world.tone.enabled,
+                                             attributes.tone: the training split's tone statistics)
           plots/corpus_contact_sheet.png      (a grid of samples per occupation)
 Params:   base, tracking, occupations, world, corpus
+
+With ``world.tone.enabled`` the world's samples also have ``true_tone`` and ``true_tone_indicator``
+(``biasloop.data.tones``), and ``metrics/corpus.json`` gets ``attributes.tone`` over the training split:
+``overall`` (each tone's share of all people), ``per_occupation`` (``table_<tone>``: the tone table's
+fraction; ``share_<tone>``: the drawn share; ``share_<tone>_no_indicator``: that share among captions
+without a tone adjective; ``indicator_rate``: the share of captions with one; ``n``), and the mean total
+variation distance from uniform of all captions and of unmarked ones (``mtv_all_captions``,
+``mtv_no_indicator_captions``; :func:`biasloop.data.tones.tone_statistics`). Tone off: no such key.
 
 Ingested corpora stream: one shard of images is in memory at a time. Unreadable records are skipped
 and listed in skipped.parquet; the stage fails (exit 2, nothing written) when more than
@@ -40,6 +49,7 @@ from biasloop.data.corpus import (
     iter_webdataset,
     write_corpus,
 )
+from biasloop.data.tones import TONES, read_tone_table, tone_statistics
 from biasloop.data.world import (
     WorldConfig,
     build_world,
@@ -112,10 +122,27 @@ def main(argv: Sequence[str] | None = None) -> None:
             metrics["ingestion"] = ingestion.to_metrics()
         if corpus.source == "world":
             metrics.update(world_statistics(table, read_occupation_shares(world.occupation_table)))
+            if world.tone.enabled:
+                metrics["attributes"] = {"tone": _tone_metrics(table, world)}
         write_json(args.metrics, {**metrics, **runtime_facts()})
         contact_sheet(table, images, args.contact_sheet, seed=configs["base"].seed)
-        run.log_metrics({k: v for k, v in metrics.items() if k != "per_occupation"})
+        run.log_metrics({k: v for k, v in metrics.items() if k not in ("per_occupation", "attributes")})
         run.log_artifact(args.contact_sheet)
+
+
+def _tone_metrics(table: pl.DataFrame, world: WorldConfig) -> dict:
+    """``attributes.tone`` of metrics/corpus.json: the training split's tone shares and markedness."""
+    train = table.filter(pl.col("split") == "train")
+    people = train.filter(pl.col("true_tone").is_not_null())
+    overall = {t: float((people["true_tone"] == t).mean()) if len(people) else None for t in TONES}
+    statistics = tone_statistics(train, read_tone_table(world.tone.table))
+    log.info(
+        "tone (training split): shares %s, mean TV from uniform %.3f (captions without a tone word %.3f)",
+        {t: round(v, 3) for t, v in overall.items() if v is not None},
+        statistics["mtv_all_captions"],
+        statistics["mtv_no_indicator_captions"],
+    )
+    return {"split": "train", "classes": list(TONES), "n": len(people), "overall": overall, **statistics}
 
 
 if __name__ == "__main__":

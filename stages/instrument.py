@@ -10,11 +10,19 @@ images) of that labelling rule come from the held-out split's ground truth (glyp
 ``instrument.labelled_csv`` (``image_ref, true_gender``) for a real corpus; without either they are
 written as null with ``"status": "unknown"``, and the downstream stages leave shares uncorrected.
 
+Every other attribute of ``attributes:`` (K classes, e.g. ``tone``) is measured the same way on the
+held-out split, from the image embeddings gender's measurement computed (the tower runs once per image):
+``attributes.<name>`` holds ``classes``, ``confusion`` (K x K counts, rows the true class, columns the
+label, confident images only), ``abstained`` (per true class), ``accuracy`` (over confident images),
+``abstain_rate``, ``threshold`` (``abstain.min_top_probability``), ``shares`` (each class's share of the
+confident labels), ``n``, ``n_confident`` and ``status``; without ``true_<name>`` in the corpus only
+``abstain_rate``, ``shares`` and ``n`` (``status: unknown``, no confusion).
+
 Inputs:   artifacts/corpus (captions.parquet + image shards)
 Outputs:  artifacts/instrument/ (labeller.json, folds.parquet, fold{k}/{instrument.json,image_tower.pt}),
           metrics/instrument.json (labels, folds, accuracy, abstain_rate, tpr, fpr, confusion, n, per_fold,
-          out_of_fold, occupation_accuracy, training_seconds, status)
-Params:   base, tracking, occupations, instrument, label
+          out_of_fold, occupation_accuracy, training_seconds, status, attributes.<name>)
+Params:   base, tracking, occupations, instrument, label, attributes
 
 Example:
     python -m stages.instrument --corpus artifacts/corpus/captions.parquet --out artifacts/instrument \\
@@ -24,19 +32,27 @@ Example:
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
+import numpy as np
 import polars as pl
 
+from biasloop.core.attributes import ABSTAIN, AttributeSpec
 from biasloop.core.config import to_dict
 from biasloop.core.io import atomic_path, timed, write_json
 from biasloop.core.runtime import resolve_device
 from biasloop.core.stage import load_configs, make_parser, runtime_facts, stage_main
 from biasloop.core.tracking import stage_run
+from biasloop.metrics.kclass.correction import confusion_matrix
 from biasloop.models.instrument import (
+    CrossFittedInstrument,
     InstrumentConfig,
     LabelConfig,
     corpus_split,
+    encode_cross_fitted,
+    held_out_attribute_labels,
+    kclass_attributes,
+    labelled_set,
     measure_cross_fitted,
     train_cross_fitted,
 )
@@ -51,9 +67,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", default="artifacts/instrument", help="instrument folder (default: %(default)s)")
     parser.add_argument("--metrics", default="metrics/instrument.json", help="metrics JSON (default: %(default)s)")
     args = parser.parse_args(argv)
-    configs = load_configs(args.params, {"occupations": None, "instrument": InstrumentConfig, "label": LabelConfig})
+    configs = load_configs(
+        args.params,
+        {"occupations": None, "instrument": InstrumentConfig, "label": LabelConfig, "attributes": None},
+    )
     config: InstrumentConfig = configs["instrument"]
     labelling: LabelConfig = configs["label"]
+    attributes = kclass_attributes(configs["attributes"])
     occupations = [str(o) for o in configs["occupations"] or []]
     device = resolve_device(configs["base"].device)
     corpus = pl.read_parquet(args.corpus)
@@ -72,9 +92,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             instrument.save(tmp)
 
         with timed("measuring the instrument's labels", log):
-            measured = measure_cross_fitted(
-                instrument, corpus, config, occupations, labelling.abstain_threshold, batch_size=labelling.batch_size
-            )
+            measured, measured_attributes = _measure(instrument, corpus, config, labelling, occupations, attributes)
         metrics = {
             "backend": config.backend,
             "labels": instrument.labels,
@@ -83,6 +101,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             "training_seconds": stats.get("seconds"),
             "threshold": labelling.abstain_threshold,
         }
+        if measured_attributes:
+            metrics["attributes"] = measured_attributes
         if metrics["status"] == "unknown":
             log.warning(
                 "no labelled images (no held-out ground truth, instrument.labelled_csv unset): the "
@@ -104,8 +124,95 @@ def main(argv: Sequence[str] | None = None) -> None:
                 metrics["occupation_accuracy"],
                 metrics["occupation_chance"],
             )
+        for name, entry in measured_attributes.items():
+            _log_attribute(name, entry)
         write_json(args.metrics, {**metrics, **runtime_facts()})
         run.log_metrics(metrics)
+
+
+def _measure(
+    instrument: CrossFittedInstrument,
+    corpus: pl.DataFrame,
+    config: InstrumentConfig,
+    labelling: LabelConfig,
+    occupations: list[str],
+    attributes: Mapping[str, AttributeSpec],
+) -> tuple[dict, dict]:
+    """Gender's measurement (:func:`measure_cross_fitted`) and each K-class attribute's entry, the
+    held-out images encoded once for all."""
+    labelled = labelled_set(corpus, config)
+    refs = labelled[0] if labelled is not None else []
+    known = (refs, encode_cross_fitted(instrument, refs, labelling.batch_size))
+    measured = measure_cross_fitted(
+        instrument,
+        corpus,
+        config,
+        occupations,
+        labelling.abstain_threshold,
+        batch_size=labelling.batch_size,
+        image_vectors=known[1] if labelled is not None else None,
+    )
+    per_attribute = {
+        name: _attribute_metrics(
+            spec, *held_out_attribute_labels(instrument, corpus, name, spec, labelling.batch_size, known)
+        )
+        for name, spec in attributes.items()
+    }
+    return measured, per_attribute
+
+
+def _attribute_metrics(spec: AttributeSpec, truth: list[str] | None, labels: list[str]) -> dict:
+    """One K-class attribute's entry of ``metrics/instrument.json`` from its held-out labels and truth
+    (the contract in this module's docstring); counts from :func:`confusion_matrix`."""
+    label = np.asarray(labels, dtype=object)
+    confident = label[label != ABSTAIN]
+    entry: dict = {
+        "classes": list(spec.classes),
+        "status": "unknown",
+        "threshold": spec.abstain.min_top_probability,
+        "n": len(label),
+        "abstain_rate": float(np.mean(label == ABSTAIN)) if len(label) else None,
+        "shares": {c: (float(np.mean(confident == c)) if len(confident) else None) for c in spec.classes},
+    }
+    if truth is None:
+        return entry
+    confusion = confusion_matrix(truth, labels, spec.classes)
+    counted = confusion.to_dict()
+    n = counted["n"]
+    return entry | {
+        "status": "measured",
+        "confusion": confusion.counts.tolist(),
+        "abstained": confusion.abstained.tolist(),
+        "accuracy": counted["accuracy"],
+        "abstain_rate": float(confusion.abstained.sum() / n) if n else None,
+        "abstain_rate_per_class": counted["abstain_rate"],
+        "n": n,
+        "n_confident": counted["n_confident"],
+    }
+
+
+def _log_attribute(name: str, measured: dict) -> None:
+    if measured["status"] == "unknown":
+        log.warning(
+            "%s: no ground truth (true_%s) in the held-out split: abstain rate %s, label shares %s (n=%d), "
+            "accuracy unknown",
+            name,
+            name,
+            _fmt(measured["abstain_rate"]),
+            {c: _fmt(v) for c, v in measured["shares"].items()},
+            measured["n"],
+        )
+        return
+    log.info(
+        "%s (%s): accuracy %s on confident held-out images, abstain rate %s (n=%d, %d confident), confusion %s",
+        name,
+        "/".join(measured["classes"]),
+        _fmt(measured["accuracy"]),
+        _fmt(measured["abstain_rate"]),
+        measured["n"],
+        measured["n_confident"],
+        measured["confusion"],
+    )
 
 
 def _fmt(value: float | None) -> str:

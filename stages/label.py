@@ -12,12 +12,20 @@ world's ground truth read off its hue, ``oracle_label`` (``biasloop.data.hues.or
 ``world.hue_female`` / ``world.hue_male``): the yardstick of the instrument on generated images and of the
 generator term of the decomposition. Another corpus has no oracle: the column is null.
 
+Every other attribute of ``attributes:`` (e.g. ``tone``) is labelled from the same image embeddings
+(``biasloop.models.instrument.kclass``): ``<name>_label`` (a class or ``abstain``) and ``<name>_p_<class>``
+per class. With ``tone`` among them, ``oracle_tone`` is the glyph world's tone read off each image's
+brightness (``biasloop.data.hues.oracle_tones`` with ``world.tone.value_*``; a class or ``abstain``), null
+when the corpus is not the glyph world or its world draws no tone (``world.tone.enabled: false``).
+
 Inputs:   artifacts/instrument, artifacts/gen{N}/generate/manifest.parquet (+ image shards)
 Outputs:  artifacts/gen{N}/label/predictions.parquet: the manifest's columns (prompt_kind,
           occupation, prompt, seed, image_ref) plus p_female, label, p_occupation (the instrument's
           zero-shot probability of the asked occupation), predicted_occupation, instrument_fold and
-          oracle_label (female | male | abstain; null when the corpus is not the glyph world)
-Params:   base, tracking, occupations, label, corpus.source, world.hue_female, world.hue_male
+          oracle_label (female | male | abstain; null when the corpus is not the glyph world), and per
+          K-class attribute <name>_label, <name>_p_<class>... (tone: then oracle_tone)
+Params:   base, tracking, occupations, label, attributes, corpus.source, world.hue_female, world.hue_male,
+          world.tone.enabled, world.tone.value_light, world.tone.value_medium, world.tone.value_dark
 
 Example:
     python -m stages.label --generation 0 --instrument artifacts/instrument \\
@@ -27,23 +35,26 @@ Example:
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
+from biasloop.core.attributes import AttributeSpec
 from biasloop.core.config import to_dict
 from biasloop.core.distributed import join_or_relaunch
 from biasloop.core.io import load_images, timed, write_parquet
 from biasloop.core.runtime import resolve_device
 from biasloop.core.stage import load_configs, make_parser, stage_main
 from biasloop.core.tracking import stage_run
-from biasloop.data.hues import oracle_labels
+from biasloop.data.hues import oracle_labels, oracle_tones
 from biasloop.data.world import WorldConfig
 from biasloop.models.instrument import (
     LabelConfig,
+    attribute_columns,
     encode_units,
+    kclass_attributes,
     label_images,
     label_units,
     load_cross_fitted,
@@ -61,9 +72,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", required=True, help="output parquet")
     args = parser.parse_args(argv)
     configs = load_configs(
-        args.params, {"occupations": None, "label": LabelConfig, "world": WorldConfig, "corpus": None}
+        args.params,
+        {"occupations": None, "label": LabelConfig, "world": WorldConfig, "corpus": None, "attributes": None},
     )
     config: LabelConfig = configs["label"]
+    attributes = kclass_attributes(configs["attributes"])
     occupations = list(configs["occupations"] or [])
     manifest = pl.read_parquet(args.manifest)
     stray = sorted(set(manifest["occupation"].unique().to_list()) - set(occupations))
@@ -109,30 +122,60 @@ def main(argv: Sequence[str] | None = None) -> None:
             [manifest, labels.select("p_female", "label", "p_occupation", "predicted_occupation", "instrument_fold")],
             how="horizontal",
         )
-        glyph_world = (configs["corpus"] or {}).get("source", "world") == "world"
-        oracle = None
-        if glyph_world and len(refs):
-            world: WorldConfig = configs["world"]
-            oracle = oracle_labels(load_images(refs), world.hue_female, world.hue_male).tolist()
-        else:
-            log.info("corpus.source is not the glyph world: no oracle labels for generated images")
-        predictions = predictions.with_columns(
-            pl.Series("oracle_label", oracle or [None] * len(predictions), dtype=pl.String)
+        oracles = _oracles(refs, configs, attributes)
+        predictions = pl.concat(
+            [
+                predictions.with_columns(pl.Series("oracle_label", oracles["oracle_label"], dtype=pl.String)),
+                attribute_columns(instrument, attributes, refs, vectors, config.batch_size),
+            ],
+            how="horizontal",
         )
+        if "oracle_tone" in oracles:
+            predictions = predictions.with_columns(pl.Series("oracle_tone", oracles["oracle_tone"], dtype=pl.String))
         write_parquet(args.out, predictions)
-        neutral = predictions.filter(pl.col("prompt_kind") == "neutral")
-        metrics = {
-            "n_images": len(predictions),
-            "abstain_rate": float((predictions["label"] == "abstain").mean()),
-            "occupation_accuracy_neutral": float((neutral["predicted_occupation"] == neutral["occupation"]).mean())
-            if len(neutral)
-            else None,
-            "num_processes": group.world,
-            "oracle_abstain_rate": float((predictions["oracle_label"] == "abstain").mean()) if oracle else None,
-            "oracle_agreement": float((predictions["oracle_label"] == predictions["label"]).mean()) if oracle else None,
-        }
+        metrics = _metrics(predictions, attributes) | {"num_processes": group.world}
         log.info("generation %d: %s", args.generation, metrics)
         run.log_metrics(metrics)
+
+
+def _oracles(refs: list[str], configs: dict, attributes: Mapping[str, AttributeSpec]) -> dict[str, list]:
+    """The glyph world's ground truth of each image: ``oracle_label`` (hue) and, with a ``tone``
+    attribute, ``oracle_tone`` (brightness, when the world draws tone); nulls for another corpus."""
+    world: WorldConfig = configs["world"]
+    glyph_world = (configs["corpus"] or {}).get("source", "world") == "world"
+    images = load_images(refs) if glyph_world and refs else None
+    if images is None:
+        log.info("corpus.source is not the glyph world: no oracle labels for generated images")
+    nulls = [None] * len(refs)
+    oracles = {
+        "oracle_label": oracle_labels(images, world.hue_female, world.hue_male).tolist()
+        if images is not None
+        else nulls
+    }
+    if "tone" in attributes:
+        drawn = images is not None and world.tone.enabled
+        oracles["oracle_tone"] = oracle_tones(images, world.tone.values).tolist() if drawn else nulls
+    return oracles
+
+
+def _metrics(predictions: pl.DataFrame, attributes: Mapping[str, AttributeSpec]) -> dict:
+    """The MLflow metrics of label@N: abstain rates, zero-shot occupation accuracy, agreement with the oracles."""
+    neutral = predictions.filter(pl.col("prompt_kind") == "neutral")
+    oracle = predictions["oracle_label"].is_not_null().any()
+    metrics = {
+        "n_images": len(predictions),
+        "abstain_rate": float((predictions["label"] == "abstain").mean()),
+        "occupation_accuracy_neutral": float((neutral["predicted_occupation"] == neutral["occupation"]).mean())
+        if len(neutral)
+        else None,
+        "oracle_abstain_rate": float((predictions["oracle_label"] == "abstain").mean()) if oracle else None,
+        "oracle_agreement": float((predictions["oracle_label"] == predictions["label"]).mean()) if oracle else None,
+    }
+    for name in attributes:
+        metrics[f"{name}.abstain_rate"] = float((predictions[f"{name}_label"] == "abstain").mean())
+    if "oracle_tone" in predictions.columns and predictions["oracle_tone"].is_not_null().any():
+        metrics["tone.oracle_agreement"] = float((predictions["oracle_tone"] == predictions["tone_label"]).mean())
+    return metrics
 
 
 if __name__ == "__main__":

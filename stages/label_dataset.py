@@ -7,10 +7,17 @@ generated one by the instrument's mixture (``biasloop.models.instrument.cross_fi
 decides ``female``/``male``/``abstain``. evaluate@N compares generation N's images with these labels
 (``amplification_vs_training_dataset``), beside the comparison with the real corpus.
 
-Inputs:   artifacts/instrument, dataset N (artifacts/corpus/captions.parquet or artifacts/gen{N}/mix/dataset.parquet)
+Every other attribute of ``attributes:`` (e.g. ``tone``) is labelled from the same image embeddings
+(``biasloop.models.instrument.kclass``): ``<name>_label`` (a class or ``abstain``), ``<name>_p_<class>``
+per class, and ``true_<name>``: the source caption's (the dataset's own column when it has one, else the
+corpus row ``source_id`` names; null for a corpus without it).
+
+Inputs:   artifacts/instrument, dataset N (artifacts/corpus/captions.parquet or artifacts/gen{N}/mix/dataset.parquet),
+          artifacts/corpus/captions.parquet (the sources' true_<name>)
 Outputs:  artifacts/gen{N}/label_dataset/predictions.parquet
-          (id, source_id, synthetic, p_female, label, instrument_fold, true_gender: the source's)
-Params:   base, tracking, label
+          (id, source_id, synthetic, p_female, label, instrument_fold, true_gender: the source's, and per
+          K-class attribute <name>_label, <name>_p_<class>..., true_<name>)
+Params:   base, tracking, label, attributes
 
 Example:
     python -m stages.label_dataset --generation 1 --instrument artifacts/instrument \\
@@ -30,7 +37,14 @@ from biasloop.core.runtime import resolve_device
 from biasloop.core.stage import load_configs, make_parser, stage_main
 from biasloop.core.tracking import stage_run
 from biasloop.loop.mixing import as_dataset
-from biasloop.models.instrument import LabelConfig, label_images, load_cross_fitted
+from biasloop.models.instrument import (
+    LabelConfig,
+    attribute_columns,
+    encode_cross_fitted,
+    kclass_attributes,
+    label_images,
+    load_cross_fitted,
+)
 
 log = logging.getLogger("label_dataset")
 
@@ -43,27 +57,42 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--dataset", required=True, help="dataset N: the corpus captions.parquet (N = 0) or mix@N's dataset.parquet"
     )
+    parser.add_argument(
+        "--corpus", default="artifacts/corpus/captions.parquet", help="corpus caption table (the sources' truth)"
+    )
     parser.add_argument("--out", required=True, help="output parquet")
     args = parser.parse_args(argv)
-    configs = load_configs(args.params, {"label": LabelConfig})
+    configs = load_configs(args.params, {"label": LabelConfig, "attributes": None})
     config: LabelConfig = configs["label"]
-    dataset = as_dataset(pl.read_parquet(args.dataset))
+    attributes = kclass_attributes(configs["attributes"])
+    raw = pl.read_parquet(args.dataset)
+    dataset = as_dataset(raw)
     if dataset.is_empty():
         raise ValueError(f"{args.dataset}: no training rows")
+    truths = _source_truths(dataset, raw, args.corpus, [f"true_{name}" for name in attributes])
 
     with stage_run("label_dataset", configs["tracking"], {"label": to_dict(config)}, generation=args.generation) as run:
         instrument = load_cross_fitted(args.instrument, resolve_device(configs["base"].device))
+        refs = dataset["image_ref"].to_list()
         with timed(f"labelling the {len(dataset)} training images of dataset {args.generation}", log):
+            vectors = encode_cross_fitted(instrument, refs, config.batch_size)  # once, for every attribute
             labels = label_images(
-                instrument, dataset["image_ref"].to_list(), config.abstain_threshold, batch_size=config.batch_size
+                instrument, refs, config.abstain_threshold, batch_size=config.batch_size, image_vectors=vectors
             )
+            others = attribute_columns(instrument, attributes, refs, vectors, config.batch_size)
         predictions = pl.concat(
             [
                 dataset.select("id", "source_id", "synthetic", "true_gender"),
                 labels.select("p_female", "label", "instrument_fold"),
+                others,
+                truths,
             ],
             how="horizontal",
-        ).select("id", "source_id", "synthetic", "p_female", "label", "instrument_fold", "true_gender")
+        )
+        columns = ["id", "source_id", "synthetic", "p_female", "label", "instrument_fold", "true_gender"]
+        for name, spec in attributes.items():
+            columns += [f"{name}_label", *(f"{name}_p_{c}" for c in spec.classes), f"true_{name}"]
+        predictions = predictions.select(columns)
         write_parquet(args.out, predictions)
         metrics = {"n_images": len(predictions), "n_synthetic": int(predictions["synthetic"].sum())}
         for name, rows in (
@@ -77,6 +106,28 @@ def main(argv: Sequence[str] | None = None) -> None:
                     metrics[f"{name}.share_female"] = float((confident["label"] == "female").mean())
         log.info("dataset %d: %s", args.generation, metrics)
         run.log_metrics(metrics)
+
+
+def _source_truths(dataset: pl.DataFrame, raw: pl.DataFrame, corpus_path: str, columns: list[str]) -> pl.DataFrame:
+    """``columns`` (``true_<name>``) of each dataset row, row-aligned: the dataset's own column when it
+    has one, else the corpus row its ``source_id`` names (a generated image's truth is its source's, as
+    ``true_gender`` is); null when neither has it."""
+    own = [c for c in columns if c in raw.columns]
+    frame = dataset.select("id")
+    if own:  # as_dataset kept the training split's rows of raw, in order
+        rows = raw.filter(pl.col("split") == "train") if "split" in raw.columns else raw
+        frame = frame.with_columns(rows.select(own).get_columns())
+    rest = [c for c in columns if c not in own]
+    if rest:
+        corpus = pl.read_parquet(corpus_path)
+        found = [c for c in rest if c in corpus.columns]
+        sources = dataset.select("source_id").join(
+            corpus.select(pl.col("id").alias("source_id"), *found), on="source_id", how="left", maintain_order="left"
+        )
+        frame = frame.with_columns(
+            *(sources[c] for c in found), *(pl.lit(None, dtype=pl.String).alias(c) for c in rest if c not in found)
+        )
+    return frame.select(columns)
 
 
 if __name__ == "__main__":

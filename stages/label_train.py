@@ -6,10 +6,16 @@ occupation) row that includes it gets its ``p_female``, label (``female``/``male
 ``label.abstain_threshold``) and ``instrument_fold``. The world's ``true_gender`` rides along for
 evaluation only.
 
+Every other attribute of ``attributes:`` (e.g. ``tone``) is labelled from the same image embeddings (each
+image passes the tower once; ``biasloop.models.instrument.kclass``): ``<name>_label`` (a class or
+``abstain``, by ``attributes.<name>.abstain``), ``<name>_p_<class>`` per class, and the corpus's
+``true_<name>`` (null when the corpus has none).
+
 Inputs:   artifacts/instrument, artifacts/neighbours/selections.parquet, artifacts/corpus
 Outputs:  artifacts/label_train/predictions.parquet
-          (selection, occupation, id, p_female, label, instrument_fold, true_gender)
-Params:   base, tracking, label
+          (selection, occupation, id, p_female, label, instrument_fold, true_gender, and per K-class
+          attribute <name>_label, <name>_p_<class>..., true_<name>)
+Params:   base, tracking, label, attributes
 
 Example:
     python -m stages.label_train --instrument artifacts/instrument \\
@@ -29,7 +35,14 @@ from biasloop.core.io import timed, write_parquet
 from biasloop.core.runtime import resolve_device
 from biasloop.core.stage import load_configs, make_parser, stage_main
 from biasloop.core.tracking import stage_run
-from biasloop.models.instrument import LabelConfig, label_images, load_cross_fitted
+from biasloop.models.instrument import (
+    LabelConfig,
+    attribute_columns,
+    encode_cross_fitted,
+    kclass_attributes,
+    label_images,
+    load_cross_fitted,
+)
 
 log = logging.getLogger("label_train")
 
@@ -42,13 +55,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--corpus", default="artifacts/corpus/captions.parquet", help="corpus caption table")
     parser.add_argument("--out", default="artifacts/label_train/predictions.parquet", help="output parquet")
     args = parser.parse_args(argv)
-    configs = load_configs(args.params, {"label": LabelConfig})
+    configs = load_configs(args.params, {"label": LabelConfig, "attributes": None})
     config: LabelConfig = configs["label"]
+    attributes = kclass_attributes(configs["attributes"])
+    truths = ["true_gender", *(f"true_{name}" for name in attributes)]
     selections = pl.read_parquet(args.selections)
     corpus = pl.read_parquet(args.corpus)
-    if "true_gender" not in corpus.columns:  # a corpus without ground truth
-        corpus = corpus.with_columns(true_gender=pl.lit(None, dtype=pl.String))
-    corpus = corpus.select("id", "image_ref", "true_gender")
+    for truth in truths:
+        if truth not in corpus.columns:  # a corpus without ground truth
+            corpus = corpus.with_columns(pl.lit(None, dtype=pl.String).alias(truth))
+    corpus = corpus.select("id", "image_ref", *truths)
     unknown = selections.join(corpus, on="id", how="anti")
     if len(unknown):
         raise ValueError(f"{args.selections}: {len(unknown)} ids not in {args.corpus} (first: {unknown['id'][0]!r})")
@@ -58,15 +74,21 @@ def main(argv: Sequence[str] | None = None) -> None:
         instrument = load_cross_fitted(args.instrument, resolve_device(configs["base"].device))
         if not len(images_needed):
             log.warning("%s: no selected captions, so no images to label", args.selections)
+        refs = images_needed["image_ref"].to_list()
         with timed(f"labelling {len(images_needed)} training images ({instrument.labels})", log):
+            vectors = encode_cross_fitted(instrument, refs, config.batch_size)  # once, for every attribute
             labels = label_images(
-                instrument, images_needed["image_ref"].to_list(), config.abstain_threshold, batch_size=config.batch_size
+                instrument, refs, config.abstain_threshold, batch_size=config.batch_size, image_vectors=vectors
             )
-        per_image = pl.concat([images_needed.select("id", "true_gender"), labels], how="horizontal")
+            others = attribute_columns(instrument, attributes, refs, vectors, config.batch_size)
+        per_image = pl.concat([images_needed.select("id", *truths), labels, others], how="horizontal")
+        columns = ["p_female", "label", "instrument_fold", "true_gender"]
+        for name, spec in attributes.items():
+            columns += [f"{name}_label", *(f"{name}_p_{c}" for c in spec.classes), f"true_{name}"]
         predictions = (
             selections.select("selection", "occupation", "id")
             .join(per_image, on="id", how="left")
-            .select("selection", "occupation", "id", "p_female", "label", "instrument_fold", "true_gender")
+            .select("selection", "occupation", "id", *columns)
         )
         write_parquet(args.out, predictions)
         summary = (

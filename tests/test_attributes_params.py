@@ -44,7 +44,7 @@ def test_gender_reproduces_todays_prompts_words_and_threshold() -> None:
 def test_tone_has_three_classes_with_prompts_and_words() -> None:
     tone = load_attributes(committed_params())["tone"]
     assert tone.classes == ("light", "medium", "dark") and tone.k == 3
-    assert tone.prompts["dark"][0] == "a photo of a dark-toned person"
+    assert tone.prompts["dark"][0] == "a dark-skinned woman"
     assert "medium-skinned" in tone.indicator_words("medium")
     # one word list: the world's captions and the caption tagger use TONE_TERMS, the params repeat it
     assert {c: tone.indicator_words(c) for c in tone.classes} == TONE_TERMS

@@ -16,6 +16,7 @@ from biasloop.data.corpus import write_corpus
 from biasloop.data.world import WorldConfig, build_world
 from biasloop.models.instrument import load_cross_fitted, load_instrument, mixture_fold
 from stages import instrument, label, label_train
+from tests.conftest import REPO_ROOT
 
 OCCUPATIONS = ["engineer", "teacher", "nurse"]
 
@@ -27,6 +28,8 @@ def workspace(tmp_path: Path, tiny_params: Path, monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("BIASLOOP_EMBEDDING_CACHE", str(tmp_path / "embedding-cache"))
     params = yaml.safe_load(tiny_params.read_text())
     params["instrument"].update(text_encoder="fake:32", epochs=3, batch_size=64)
+    # the tone table is a repository path: absolute, since the stages run in tmp_path
+    params["world"]["tone"]["table"] = str(REPO_ROOT / params["world"]["tone"]["table"])
     tiny_params.write_text(yaml.safe_dump(params, sort_keys=False))
     samples, images = build_world(from_dict(WorldConfig, params["world"], "world"), params["occupations"])
     write_corpus(samples, images, "artifacts/corpus", shard_size=64)
@@ -115,6 +118,12 @@ def test_instrument_then_label_stages(workspace: Path) -> None:
         == 0
     )
     predictions = pl.read_parquet("artifacts/label_train/predictions.parquet")
+    tone = [
+        "tone_label",
+        "tone_p_light",
+        "tone_p_medium",
+        "tone_p_dark",
+    ]  # the K-class attribute (test_stage_attributes)
     assert predictions.columns == [
         "selection",
         "occupation",
@@ -123,6 +132,8 @@ def test_instrument_then_label_stages(workspace: Path) -> None:
         "label",
         "instrument_fold",
         "true_gender",
+        *tone,
+        "true_tone",
     ]
     assert len(predictions) == 17
     assert predictions.group_by("id").agg(pl.col("p_female").n_unique())["p_female"].max() == 1
@@ -184,6 +195,8 @@ def test_instrument_then_label_stages(workspace: Path) -> None:
         "predicted_occupation",
         "instrument_fold",
         "oracle_label",
+        *tone,
+        "oracle_tone",
     ]
     # the glyph world's oracle reads each image's hue: the true gender, or abstain on an ambiguous hue
     truth = corpus.select("image_ref", "true_gender", "true_ambiguous")

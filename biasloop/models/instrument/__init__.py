@@ -9,7 +9,9 @@ an :class:`Instrument`. Its folder's manifest keeps the file name ``labeller.jso
 - :mod:`~.rule`: the labelling rule (``female``/``male``/``abstain``) and its confusion rates;
 - :mod:`~.cross_fitting`: :class:`CrossFittedInstrument`, K fold models none of which labels an image it
   trained on (why, in that module's docstring);
-- :mod:`~.labelling`: labelling image sets with it, and measuring it on held-out labelled images.
+- :mod:`~.labelling`: labelling image sets with it, and measuring it on held-out labelled images;
+- :mod:`~.kclass`: any other attribute of ``params.yaml``'s ``attributes:`` (K classes, e.g. tone), scored
+  from the image embeddings gender's labels come from.
 """
 
 from biasloop.models.instrument.cross_fitting import (
@@ -19,7 +21,20 @@ from biasloop.models.instrument.cross_fitting import (
     mixture_fold,
     train_cross_fitted,
 )
-from biasloop.models.instrument.labelling import encode_units, label_images, label_units, measure_cross_fitted
+from biasloop.models.instrument.kclass import (
+    BINARY_ATTRIBUTE,
+    attribute_columns,
+    held_out_attribute_labels,
+    kclass_attributes,
+    label_attribute,
+)
+from biasloop.models.instrument.labelling import (
+    encode_cross_fitted,
+    encode_units,
+    label_images,
+    label_units,
+    measure_cross_fitted,
+)
 from biasloop.models.instrument.rule import confusion_rates, evaluate_instrument, label_from_p
 from biasloop.models.instrument.training import (
     corpus_split,
@@ -38,17 +53,23 @@ from biasloop.models.instrument.zero_shot import (
 )
 
 __all__ = [
+    "BINARY_ATTRIBUTE",
     "LabelConfig",
     "CrossFittedInstrument",
     "Instrument",
     "InstrumentConfig",
     "assign_folds",
+    "attribute_columns",
     "build_open_clip_instrument",
     "confusion_rates",
     "corpus_split",
+    "encode_cross_fitted",
     "encode_units",
     "evaluate_instrument",
     "gender_prompts",
+    "held_out_attribute_labels",
+    "kclass_attributes",
+    "label_attribute",
     "label_from_p",
     "label_images",
     "label_units",

@@ -50,6 +50,7 @@ from biasloop.models.instrument.training import train_or_load_instrument
 from biasloop.models.instrument.zero_shot import (
     Instrument,
     InstrumentConfig,
+    gender_prompts,
     load_instrument,
 )
 
@@ -143,12 +144,27 @@ class CrossFittedInstrument:
         return out
 
     def p_female(
-        self, images: np.ndarray, image_refs: Sequence[str], batch_size: int = 512
+        self,
+        images: np.ndarray | None,
+        image_refs: Sequence[str],
+        batch_size: int = 512,
+        image_vectors: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """``(p_female, fold)`` per image, each from the model :meth:`fold_for` picks."""
-        fold = self._fold_checked(images, image_refs)
-        p = self._per_fold(fold, 1, lambda model, rows: model.p_female(images[rows], batch_size=batch_size))
-        return p[:, 0], fold
+        """``(p_female, fold)`` per image, each from the model :meth:`fold_for` picks; with ``image_vectors``
+        (row i: the embedding by image i's fold model) and ``images=None``, without running the tower
+        (the same class embeddings and softmax: the same numbers, bit for bit)."""
+        fold = self._fold_checked(images if image_vectors is None else image_vectors, image_refs)
+
+        def p(model: Instrument, rows: np.ndarray) -> np.ndarray:
+            if image_vectors is None:
+                return model.p_female(images[rows], batch_size=batch_size)
+            prompts = gender_prompts(model.config.gender_templates)
+            both = model.class_probabilities(
+                [prompts["female"], prompts["male"]], None, image_vectors=image_vectors[rows]
+            )
+            return both[:, 0]
+
+        return self._per_fold(fold, 1, p)[:, 0], fold
 
     def occupation_probs(
         self, images: np.ndarray, image_refs: Sequence[str], occupations: list[str], batch_size: int = 512

@@ -66,6 +66,43 @@ def encode_units(
     return np.concatenate(vectors) if vectors else np.zeros((0, 0), dtype=np.float32)
 
 
+def encode_cross_fitted(
+    instrument: CrossFittedInstrument,
+    image_refs: Sequence[str],
+    batch_size: int,
+    known: tuple[Sequence[str], np.ndarray] | None = None,
+) -> np.ndarray:
+    """Each image's embedding by its fold model, row-aligned with ``image_refs``: ``(n, dim)`` float32.
+
+    The forward passes are :func:`label_units`' (per fold model, its rows in order, ``batch_size`` at a
+    time), those :func:`label_images` runs without ``image_vectors``, so the labels scored from these
+    vectors are bit-identical to that call's. Perceived gender and every K-class attribute
+    (:func:`biasloop.models.instrument.kclass.attribute_columns`) are scored from the same vectors: the
+    image tower runs once per image.
+
+    Args:
+        known: ``(refs, vectors)`` encoded already (gender's held-out pass): those images are taken from
+            there, only the others are encoded.
+    """
+    refs = list(image_refs)
+    if known is not None:
+        index = {ref: i for i, ref in enumerate(known[0])}
+        missing = list(dict.fromkeys(ref for ref in refs if ref not in index))
+        pool = known[1]
+        if missing:
+            extra = encode_cross_fitted(instrument, missing, batch_size)
+            pool = np.concatenate([pool, extra]) if len(known[0]) else extra
+            index.update({ref: len(known[0]) + i for i, ref in enumerate(missing)})
+        return pool[np.array([index[ref] for ref in refs], dtype=np.int64)]
+    units = label_units(instrument, refs, batch_size)
+    vectors = encode_units(instrument, refs, units, batch_size)
+    if not units:
+        return vectors
+    by_row = np.empty_like(vectors)
+    by_row[np.concatenate(units)] = vectors
+    return by_row
+
+
 def label_images(
     instrument: CrossFittedInstrument,
     image_refs: Sequence[str],
@@ -85,9 +122,9 @@ def label_images(
         batch_size: images per forward pass.
         occupations: zero-shot occupation classes; None skips occupation.
         asked: with ``occupations``, the occupation each image was meant to show (for ``p_occupation``).
-        image_vectors: with ``occupations``, the images' embeddings by their fold models (row-aligned with
-            ``image_refs``; :func:`encode_units`, possibly from several processes) instead of loading and
-            encoding the images here. The numbers are the same either way.
+        image_vectors: the images' embeddings by their fold models (row-aligned with ``image_refs``;
+            :func:`encode_cross_fitted`, or :func:`encode_units` from several processes) instead of loading
+            and encoding the images here. The numbers are the same either way.
 
     Returns:
         One row per image, in order: ``p_female`` (Float64), ``label`` (female/male/abstain),
@@ -97,8 +134,6 @@ def label_images(
     import polars as pl  # here, not at import: the GPU benchmark imports this package without polars
 
     refs = list(image_refs)
-    if image_vectors is not None and not occupations:
-        raise ValueError("label_images: image_vectors need occupations (the one-pass path)")
     images = None
     if image_vectors is None:
         images = load_images(refs) if refs else np.zeros((0, 1, 1, 3), dtype=np.uint8)
@@ -110,7 +145,7 @@ def label_images(
             images, refs, occupations, batch_size, image_vectors=image_vectors
         )
     else:
-        p_female, fold = instrument.p_female(images, refs, batch_size)
+        p_female, fold = instrument.p_female(images, refs, batch_size, image_vectors=image_vectors)
     columns = [
         pl.Series("p_female", p_female, dtype=pl.Float64),
         pl.Series("label", label_from_p(p_female, threshold).tolist(), dtype=pl.String),
@@ -136,6 +171,7 @@ def measure_cross_fitted(
     occupations: list[str],
     threshold: float,
     batch_size: int = 512,
+    image_vectors: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Accuracy and confusion rates of the instrument, on images no labelling model trained on.
 
@@ -146,6 +182,11 @@ def measure_cross_fitted(
     each labelled by its own fold's model, where ground truth exists: the labels ``label_train``
     gives), ``occupation_accuracy`` on the held-out split, ``n_labelled_in_training`` (labelled images
     that some model trained on; they were labelled by a model that did not).
+
+    Args:
+        image_vectors: the labelled set's embeddings (:func:`encode_cross_fitted` of
+            :func:`~biasloop.models.instrument.labelled_set`'s refs, reused by the K-class attributes'
+            measurement); None encodes them here. The numbers are the same either way.
 
     Returns:
         The metrics; rates are None and ``status`` is ``unknown`` without labelled images.
@@ -166,7 +207,9 @@ def measure_cross_fitted(
     labelled = labelled_set(corpus, config)
     if labelled is not None:
         refs, genders, source = labelled
-        labels = label_images(instrument, refs, threshold, batch_size)
+        if image_vectors is not None and len(image_vectors) != len(refs):
+            raise ValueError(f"{len(image_vectors)} image vectors for {len(refs)} labelled images")
+        labels = label_images(instrument, refs, threshold, batch_size, image_vectors=image_vectors)
         metrics.update(
             confusion_rates(genders, labels["label"].to_list()),
             status="measured",
