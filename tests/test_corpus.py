@@ -18,6 +18,7 @@ from PIL import Image
 from biasloop.core.io import load_images
 from biasloop.data.corpus import (
     CAPTION_COLUMNS,
+    OPTIONAL_CAPTION_SCHEMA,
     CorpusConfig,
     CorpusError,
     ingest,
@@ -145,7 +146,7 @@ def _tree_digest(folder: Path) -> str:
 def test_corpus_stage_world(tmp_path: Path, tiny_params: Path) -> None:
     assert _run_stage(tmp_path, tiny_params) == 0
     table = pl.read_parquet(tmp_path / "artifacts/corpus/captions.parquet")
-    assert tuple(table.columns) == CAPTION_COLUMNS
+    assert tuple(table.columns) == (*CAPTION_COLUMNS, *OPTIONAL_CAPTION_SCHEMA)  # the tone world's true_tone columns
     assert len(table) == 3 * 40 + 10 + 6
     cwd = os.getcwd()
     os.chdir(tmp_path)
