@@ -9,8 +9,12 @@ Inputs:   metrics/generations/gen*.json (and captioner_gen*.json, classifier_gen
           metrics/acquisition.json (laion_filter's per-occupation acquisition table; {"enabled": false}
           when the LAION path is off)
 Outputs:  metrics/headline.json    (the first columns of `dvc exp show`: the last generation's shift [95%],
-                                   gap and the shift's decomposition, in pp; see HEADLINE_KEYS)
-          metrics/summary.json     (every number, in fractions: what `dvc metrics diff` reads in detail)
+                                   gap and the shift's decomposition, in pp; see HEADLINE_KEYS; then each
+                                   K-class attribute's <name>_shift and <name>_gap)
+          metrics/summary.json     (every number, in fractions: what `dvc metrics diff` reads in detail;
+                                   the K-class attributes under `attributes`)
+          plots/attributes/        (per K-class attribute: <name>.csv, its estimands per generation;
+                                   <name>.png, its class distribution per occupation, generation 0)
           plots/amplification.csv, plots/shares.csv, plots/downstream.csv, plots/tasks.csv   (named plots in dvc.yaml)
           plots/generations.png    (curves across generations)
           plots/report.html        (self-contained: figures embedded, opens offline)
@@ -23,7 +27,7 @@ Example:
         --instrument-metrics metrics/instrument.json --corpus-metrics metrics/corpus.json \\
         --out metrics/summary.json --headline metrics/headline.json --plots plots --report plots/report.html --results docs/results.md \\
         --generated-sheets plots/generated --study metrics/study.json --studies metrics/studies \\
-        --acquisition metrics/acquisition.json
+        --acquisition metrics/acquisition.json --attributes plots/attributes
 """
 
 from __future__ import annotations
@@ -42,6 +46,15 @@ from biasloop.core.config import read_params
 from biasloop.core.io import atomic_path, write_json
 from biasloop.core.stage import load_configs, make_parser, stage_main
 from biasloop.core.tracking import stage_run
+from biasloop.report.attribute_figures import class_distribution_plot
+from biasloop.report.attributes import (
+    attribute_headline,
+    attribute_rows,
+    attribute_section,
+    attribute_summary,
+    distribution_rows,
+    plot_rows,
+)
 from biasloop.report.html import render_report
 from biasloop.report.markdown import results_markdown
 from biasloop.report.plots import generation_curves
@@ -131,14 +144,25 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     with stage_run("summarize", configs["tracking"], {"synthetic_ratio": params.get("synthetic_ratio")}) as run:
         summary = build_summary(rows, paradox, instrument)
+        by_attribute = attribute_rows(generation_metrics)
+        if by_attribute:
+            summary["attributes"] = attribute_summary(by_attribute, paradox, instrument)
         # the torch thread counts the numbers were computed with (one count unless base.cpu_threads is auto)
         threads = sorted({m["cpu_threads"] for m in [instrument, *generation_metrics] if m and "cpu_threads" in m})
         summary["cpu_threads"] = threads[0] if len(threads) == 1 else (threads or None)
         write_json(args.out, summary)
-        headline = headline_metrics(rows)
+        headline = {**headline_metrics(rows), **attribute_headline(by_attribute)}
         write_json(args.headline, headline)
         plots = Path(args.plots)
         _write_plot_tables(rows, generation_metrics, plots)
+        attribute_plots = Path(args.attributes)
+        attribute_plots.mkdir(parents=True, exist_ok=True)
+        for name in by_attribute:
+            _write_csv(plot_rows({name: by_attribute[name]}), attribute_plots / f"{name}.csv")
+        sections = {
+            name: attribute_section(name, name_rows, instrument, _attribute_figure(paradox, name, attribute_plots))
+            for name, name_rows in by_attribute.items()
+        }
         ratio = params.get("synthetic_ratio")
         generation_curves(
             rows,
@@ -165,9 +189,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             study=study,
             acquisition=acquisition,
             study_sections=[named_study_section(s) for s in studies],
+            attribute_sections=sections,
         )
         with atomic_path(args.results) as tmp:
-            tmp.write_text(results_markdown(paradox, rows, params, studies), encoding="utf-8")
+            tmp.write_text(results_markdown(paradox, rows, params, studies, by_attribute), encoding="utf-8")
         log.info("summary of %d generations -> %s; report -> %s", len(rows), args.out, args.report)
         run.log_metrics(summary)
         # curves against generation, in this run and on the pipeline's parent run (its row in `mlflow ui`)
@@ -192,6 +217,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--plots", default="plots", help="folder for plot CSVs and PNGs (default: %(default)s)")
     parser.add_argument("--report", default="plots/report.html", help="HTML report (default: %(default)s)")
+    parser.add_argument(
+        "--attributes",
+        default="plots/attributes",
+        help="folder for each K-class attribute's <name>.csv (per generation) and <name>.png (default: %(default)s)",
+    )
     parser.add_argument(
         "--generated-sheets",
         default="plots/generated",
@@ -236,6 +266,25 @@ def _generation_rows(folder: Path, params: dict[str, Any]) -> tuple[list[dict[st
         for m in generation_metrics
     ]
     return generation_metrics, rows
+
+
+def _attribute_figure(paradox: dict[str, Any] | None, name: str, plots: Path) -> Path | None:
+    """``<plots>/<name>.png``: generation 0's class distribution per occupation (None without data)."""
+    classes, rows = distribution_rows(paradox, name)
+    if not rows:
+        return None
+    path = plots / f"{name}.png"
+    series = [("train", "training (labels)"), ("gen", "generated (labels)")]
+    if any(r["true_train"] for r in rows):
+        series += [("true_train", "training (truth)"), ("oracle_gen", "generated (oracle)")]
+    class_distribution_plot(
+        rows,
+        classes,
+        path,
+        f"{name.capitalize()} per occupation, generation 0 (neutral prompt vs. keyword captions)",
+        series,
+    )
+    return path
 
 
 def _write_plot_tables(rows: list[dict[str, Any]], generation_metrics: list[dict[str, Any]], plots: Path) -> None:

@@ -59,10 +59,8 @@ def class_distribution_plot(
     ax.invert_yaxis()
     ax.set_xlim(0, 1)
     ax.set_xlabel("share of confidently labelled images (0 to 1)")
-    ax.set_title(title, fontsize=11)
-    ax.legend(
-        loc="upper center", bbox_to_anchor=(0.5, -0.12 - 0.6 / max(len(rows), 1)), ncol=len(classes), frameon=False
-    )
+    ax.set_title(title, fontsize=11, pad=22)
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(classes), frameon=False, fontsize=9)
     fig.tight_layout()
     _save(fig, out_path)
     plt.close(fig)

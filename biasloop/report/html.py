@@ -31,13 +31,17 @@ from biasloop.report.sections import (
 from biasloop.report.study_html import study_section
 
 
-def _navigation(has_paradox: bool, has_instrument: bool, has_figures: bool, has_studies: bool) -> str:
+def _navigation(
+    has_paradox: bool, has_instrument: bool, has_figures: bool, has_studies: bool, attributes: tuple[str, ...] = ()
+) -> str:
     """Links to the report's sections, this run's first, the other runs' last."""
     anchors = {"generations": "Across generations"}
     if has_paradox:
         anchors["paradox"] = "Paradox table"
     if has_instrument:
         anchors["instrument"] = "Instrument"
+    for name in attributes:
+        anchors[f"attribute-{name}"] = name.capitalize()
     if has_figures:
         anchors["figures"] = "Figures"
     anchors["params"] = "Params"
@@ -58,6 +62,7 @@ def render_report(
     acquisition: dict[str, Any] | None = None,
     study_sections: list[str] | None = None,
     commit: str | None = None,
+    attribute_sections: dict[str, str] | None = None,
 ) -> str:
     """Write the self-contained HTML report and return its text.
 
@@ -75,6 +80,8 @@ def render_report(
         study_sections: HTML of the named studies' sections
             (:func:`biasloop.report.study_html.named_study_section`), after the ``study`` section.
         commit: the commit of the code that made the run; None: the checked-out one (``git rev-parse HEAD``).
+        attribute_sections: ``{name: HTML}`` of each K-class attribute's section
+            (:func:`biasloop.report.attributes.attribute_section`), after the instrument.
     """
     from biasloop.core.io import atomic_path
 
@@ -85,7 +92,13 @@ def render_report(
         headline_figure = image_tag(path, caption)
         del figures[caption]
     others = [section for section in [study_section(study), *(study_sections or [])] if section]
-    navigation = _navigation(bool(paradox and paradox.get("table")), bool(instrument), bool(figures), bool(others))
+    navigation = _navigation(
+        bool(paradox and paradox.get("table")),
+        bool(instrument),
+        bool(figures),
+        bool(others),
+        tuple(attribute_sections or {}),
+    )
     parts = [
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
         "<meta name='viewport' content='width=device-width, initial-scale=1'><title>biasloop report</title>",
@@ -96,6 +109,7 @@ def render_report(
         tasks_section(rows),
         paradox_section(paradox),
         instrument_section(instrument),
+        *(attribute_sections or {}).values(),
         acquisition_section(acquisition),
         "<h2 id='figures'>Figures</h2>" if figures else "",
     ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from biasloop.metrics.rows import decomposition_values, estimand_values
+from biasloop.report.attributes import attribute_markdown
 from biasloop.report.summary import PAIRING_LABELS, PAPER_A_ABS
 
 
@@ -203,6 +204,7 @@ def results_markdown(
     rows: list[dict[str, Any]],
     params: dict[str, Any],
     studies: list[dict[str, Any]] | None = None,
+    attributes: dict[str, list[dict[str, Any]]] | None = None,
 ) -> str:
     """The results page (Markdown) of one run.
 
@@ -211,6 +213,7 @@ def results_markdown(
         rows: :func:`biasloop.report.summary.summary_row` per generation.
         params: the run's params (its identity line).
         studies: the collected ``metrics/studies/<name>.json`` (a section after this run's tables).
+        attributes: :func:`biasloop.report.attributes.attribute_rows` (a section per K-class attribute).
 
     Returns:
         The page's text: the headline sentence and the decomposition figure, the paradox table (generation 0),
@@ -233,6 +236,10 @@ def results_markdown(
     lines += _headline_lines(table.get("prompt_vs_keyword"))
     lines += _paradox_lines(table)
     lines += _generation_lines(rows)
+    if attributes:
+        lines += ["## Attributes beyond binary gender", ""]
+        for name, name_rows in attributes.items():
+            lines += attribute_markdown(name, name_rows)
     lines += studies_lines(studies or [])
     lines += [
         "## Reproduce",
