@@ -128,7 +128,20 @@ def test_repro_writes_summary_and_report(pipeline_repo: Path) -> None:
         )
     else:  # a tiny generator's images may all be grey: the oracle abstains, and the JSON says why
         assert decomposition["reason"] and "data" not in keyword
+    # tone, the committed params' second attribute: measured beside gender, with its decomposition when the
+    # tiny generator's images let the oracle read them
+    tone = paradox["attributes"]["tone"]["pairings"]["prompt_vs_keyword"]
+    assert set(tone) >= {"measured", "corrected", "truth", "decomposition", "cells"}
+    terms = tone["decomposition"]
+    if terms.get("available") and terms.get("ground_truth"):
+        total = terms["data"]["estimate"] + terms["generator"]["estimate"] + terms["instrument"]["estimate"]
+        assert abs(total - terms["measured"]["estimate"]) < 1e-12
+    assert {"gen0", "gen1", "classes", "paradox"} <= set(summary["attributes"]["tone"])
+    headline = json.loads((pipeline_repo / "metrics/headline.json").read_text())
+    assert {"tone_shift", "tone_gap"} <= set(headline)
+    assert (pipeline_repo / "plots/attributes/tone.csv").stat().st_size > 0
     report = (pipeline_repo / "plots/report.html").read_text()
+    assert "id='attribute-tone'" in report
     assert "data:image/png;base64," in report
     assert "Downstream tasks across generations" in report
     assert "The LAION acquisition path is off" in report  # laion_filter's {"enabled": false}, one line
