@@ -39,10 +39,8 @@ from biasloop.core.tracking import stage_run
 from biasloop.loop.mixing import as_dataset
 from biasloop.models.instrument import (
     LabelConfig,
-    attribute_columns,
-    encode_cross_fitted,
     kclass_attributes,
-    label_images,
+    label_every_attribute,
     load_cross_fitted,
 )
 
@@ -75,11 +73,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         instrument = load_cross_fitted(args.instrument, resolve_device(configs["base"].device))
         refs = dataset["image_ref"].to_list()
         with timed(f"labelling the {len(dataset)} training images of dataset {args.generation}", log):
-            vectors = encode_cross_fitted(instrument, refs, config.batch_size)  # once, for every attribute
-            labels = label_images(
-                instrument, refs, config.abstain_threshold, batch_size=config.batch_size, image_vectors=vectors
+            labels, others = label_every_attribute(
+                instrument, attributes, refs, config.abstain_threshold, config.batch_size
             )
-            others = attribute_columns(instrument, attributes, refs, vectors, config.batch_size)
         predictions = pl.concat(
             [
                 dataset.select("id", "source_id", "synthetic", "true_gender"),

@@ -37,10 +37,8 @@ from biasloop.core.stage import load_configs, make_parser, stage_main
 from biasloop.core.tracking import stage_run
 from biasloop.models.instrument import (
     LabelConfig,
-    attribute_columns,
-    encode_cross_fitted,
     kclass_attributes,
-    label_images,
+    label_every_attribute,
     load_cross_fitted,
 )
 
@@ -76,11 +74,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             log.warning("%s: no selected captions, so no images to label", args.selections)
         refs = images_needed["image_ref"].to_list()
         with timed(f"labelling {len(images_needed)} training images ({instrument.labels})", log):
-            vectors = encode_cross_fitted(instrument, refs, config.batch_size)  # once, for every attribute
-            labels = label_images(
-                instrument, refs, config.abstain_threshold, batch_size=config.batch_size, image_vectors=vectors
+            labels, others = label_every_attribute(
+                instrument, attributes, refs, config.abstain_threshold, config.batch_size
             )
-            others = attribute_columns(instrument, attributes, refs, vectors, config.batch_size)
         per_image = pl.concat([images_needed.select("id", *truths), labels, others], how="horizontal")
         columns = ["p_female", "label", "instrument_fold", "true_gender"]
         for name, spec in attributes.items():

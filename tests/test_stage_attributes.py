@@ -21,6 +21,7 @@ from stages import corpus as corpus_stage, instrument, label, label_dataset, lab
 from tests.conftest import REPO_ROOT, committed_params
 
 TONES = ["light", "medium", "dark"]
+THRESHOLD = committed_params()["attributes"]["tone"]["abstain"]["min_top_probability"]  # 0.5
 TONE_COLUMNS = ["tone_label", "tone_p_light", "tone_p_medium", "tone_p_dark"]
 GENDER_TRAIN = ["selection", "occupation", "id", "p_female", "label", "instrument_fold", "true_gender"]
 
@@ -103,10 +104,10 @@ def _label_dataset(params: str, out: str) -> pl.DataFrame:
 
 
 def _check_tone_columns(frame: pl.DataFrame) -> None:
-    """Probabilities sum to 1; the label is the top class when its probability exceeds 0.9, else abstain."""
+    """Probabilities sum to 1; the label is the top class when its probability exceeds the threshold, else abstain."""
     probs = frame.select("tone_p_light", "tone_p_medium", "tone_p_dark").to_numpy()
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=0, atol=1e-12)
-    expected = np.where(probs.max(axis=1) > 0.9, np.array(TONES, dtype=object)[probs.argmax(axis=1)], "abstain")
+    expected = np.where(probs.max(axis=1) > THRESHOLD, np.array(TONES, dtype=object)[probs.argmax(axis=1)], "abstain")
     assert frame["tone_label"].to_list() == expected.tolist()
 
 
@@ -135,7 +136,7 @@ def test_instrument_json_has_tone_counted_against_the_truth(workspace: Path) -> 
     assert tone["abstained"] == [pairs.count((t, "abstain")) for t in TONES]
     assert tone["accuracy"] == pytest.approx(np.trace(confusion) / confusion.sum())
     assert tone["abstain_rate"] == pytest.approx(abstained.sum() / len(held_out))
-    assert tone["threshold"] == 0.9
+    assert tone["threshold"] == THRESHOLD
     # gender's keys as before
     assert metrics["status"] == "measured" and sum(metrics["confusion"].values()) == metrics["n"]
 

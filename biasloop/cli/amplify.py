@@ -95,7 +95,7 @@ estimands.gap, estimands.tv_raw, bias_amp, per_occupation).
 """
 
 
-def _percent(value: float | None, signed: bool = False) -> str:
+def percent(value: float | None, signed: bool = False) -> str:
     if value is None:
         return "n/a"
     return f"{100 * value:+.1f}" if signed else f"{100 * value:.1f}"
@@ -105,32 +105,37 @@ def _correlation(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
-def format_estimands(result: dict[str, Any]) -> list[str]:
-    """The shift and the gap (percentage points, 95% intervals, p-values), raw A_abs beside the gap."""
+def estimand_lines(estimands: dict[str, Any], sampled: str, raw: tuple[str, float | None], majority: str) -> list[str]:
+    """The shift and the gap (percentage points, 95% intervals, p-values) with ``raw`` (label, fraction)
+    beside the gap, under a header naming what was ``sampled``; a note when some training ``majority`` is
+    unclear (the shift's interval then counts those occupations both ways)."""
     from biasloop.metrics.estimands import format_p_value
 
-    estimands = result["estimands"]
-    shift, gap = estimands["shift"], estimands["gap"]
-    sampled = f"{result['n_occupations']} occupations, {result['n_boot']} replicates"
-    if result.get("paired"):
-        sampled += f", {result['n_pairs']} pairs (paired)"
     lines = [f"{'estimand':<10}{'pp':>8}   {'95% interval':<18}{'p':<12}({sampled})"]
-    for name, entry, signed in (("shift", shift, True), ("gap", gap, False)):
+    for name, signed in (("shift", True), ("gap", False)):
+        entry = estimands[name]
         lo, hi = entry["ci"]
-        interval = f"[{_percent(lo, signed)}, {_percent(hi, signed)}]"
+        interval = f"[{percent(lo, signed)}, {percent(hi, signed)}]"
         line = (
-            f"{name:<10}{_percent(entry['estimate'], signed):>8}   {interval:<18}"
+            f"{name:<10}{percent(entry['estimate'], signed):>8}   {interval:<18}"
             f"{format_p_value(entry['p_value'], entry['p_value_is_bound']):<12}"
         )
         if name == "gap":
-            line += f"raw A_abs {_percent(estimands['a_abs_raw'])} pp"
+            line += f"{raw[0]} {percent(raw[1])} pp"
         lines.append(line.rstrip())
-    if shift.get("n_unclear_majority"):
-        lines.append(
-            f"(the shift's interval counts {shift['n_unclear_majority']} occupation(s) both ways: "
-            "their training majority is unclear)"
-        )
+    unclear = estimands["shift"].get("n_unclear_majority")
+    if unclear:
+        lines.append(f"(the shift's interval counts {unclear} occupation(s) both ways: their {majority} is unclear)")
     return lines
+
+
+def format_estimands(result: dict[str, Any]) -> list[str]:
+    """The shift and the gap (percentage points, 95% intervals, p-values), raw A_abs beside the gap."""
+    estimands = result["estimands"]
+    sampled = f"{result['n_occupations']} occupations, {result['n_boot']} replicates"
+    if result.get("paired"):
+        sampled += f", {result['n_pairs']} pairs (paired)"
+    return estimand_lines(estimands, sampled, ("raw A_abs", estimands["a_abs_raw"]), "training majority")
 
 
 def format_table(result: dict[str, Any]) -> str:
@@ -145,10 +150,10 @@ def format_table(result: dict[str, Any]) -> str:
     lines = [*format_estimands(result), ""]
     lines += [f"{'occupation':<{name_width}}{'train %F':>10}{'gen %F':>10}{'diff pp':>10}{'abstain % (train/gen)':>24}"]
     for row in rows:
-        abstain = f"{_percent(row['abstain_rate_train'])}/{_percent(row['abstain_rate_gen'])}"
+        abstain = f"{percent(row['abstain_rate_train'])}/{percent(row['abstain_rate_gen'])}"
         lines.append(
-            f"{row['occupation']:<{name_width}}{_percent(row['share_train']):>10}{_percent(row['share_gen']):>10}"
-            f"{_percent(row['difference'], signed=True):>10}{abstain:>24}"
+            f"{row['occupation']:<{name_width}}{percent(row['share_train']):>10}{percent(row['share_gen']):>10}"
+            f"{percent(row['difference'], signed=True):>10}{abstain:>24}"
         )
     if result.get("dropped"):
         lines.append(f"(left out of the aggregates, no confident image on a side: {', '.join(result['dropped'])})")
@@ -159,11 +164,11 @@ def format_table(result: dict[str, Any]) -> str:
     )
     for name, suffix in (("amplification_abs", "abs"), ("amplification_dir", "dir")):
         lo, hi = result[f"excess_{suffix}_ci"]
-        excess = f"{_percent(result[f'excess_{suffix}'], True)} [{_percent(lo, True)}, {_percent(hi, True)}]"
+        excess = f"{percent(result[f'excess_{suffix}'], True)} [{percent(lo, True)}, {percent(hi, True)}]"
         p_value = format_p_value(result[f"p_value_{suffix}"], result[f"p_value_{suffix}_is_bound"], with_p=False)
         lines.append(
-            f"{name:<{name_width}}{_percent(result[name], name == 'amplification_dir'):>8}"
-            f"{_percent(result[f'noise_floor_{suffix}']):>13}{excess:>26}{p_value:>10}"
+            f"{name:<{name_width}}{percent(result[name], name == 'amplification_dir'):>8}"
+            f"{percent(result[f'noise_floor_{suffix}']):>13}{excess:>26}{p_value:>10}"
         )
     lines.append("")
     lines.append(f"{'aggregate':<{name_width}}{'pp':>8}   95% interval")
@@ -171,7 +176,7 @@ def format_table(result: dict[str, Any]) -> str:
         lo, hi = result[f"{name}_ci"]
         signed = name == "shift_to_majority"
         lines.append(
-            f"{name:<{name_width}}{_percent(result[name], signed):>8}   [{_percent(lo, signed)}, {_percent(hi, signed)}]"
+            f"{name:<{name_width}}{percent(result[name], signed):>8}   [{percent(lo, signed)}, {percent(hi, signed)}]"
         )
     r_lo, r_hi = result["pearson_ci"]
     lines.append(

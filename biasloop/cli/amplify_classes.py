@@ -11,43 +11,19 @@ from typing import Any
 
 import numpy as np
 
+from biasloop.cli.amplify import estimand_lines, percent
 from biasloop.cli.class_count_files import ClassCounts, aligned_classes, read_class_count_file
 from biasloop.cli.count_files import CountFileError
 
 
-def _percent(value: float | None, signed: bool = False) -> str:
-    if value is None:
-        return "n/a"
-    return f"{100 * value:+.1f}" if signed else f"{100 * value:.1f}"
-
-
 def format_class_estimands(result: dict[str, Any]) -> list[str]:
     """The shift and the gap (percentage points, 95% intervals, p-values), raw TV beside the gap."""
-    from biasloop.metrics.estimands import format_p_value
-
     estimands = result["estimands"]
     sampled = (
         f"{result['n_classes']} classes: {', '.join(result['classes'])}; {result['n_occupations']} occupations, "
         f"{result['n_boot']} null draws"
     )
-    lines = [f"{'estimand':<10}{'pp':>8}   {'95% interval':<18}{'p':<12}({sampled})"]
-    for name, signed in (("shift", True), ("gap", False)):
-        entry = estimands[name]
-        lo, hi = entry["ci"]
-        interval = f"[{_percent(lo, signed)}, {_percent(hi, signed)}]"
-        line = (
-            f"{name:<10}{_percent(entry['estimate'], signed):>8}   {interval:<18}"
-            f"{format_p_value(entry['p_value'], entry['p_value_is_bound']):<12}"
-        )
-        if name == "gap":
-            line += f"raw TV {_percent(estimands['tv_raw'])} pp"
-        lines.append(line.rstrip())
-    if estimands["shift"]["n_unclear_majority"]:
-        lines.append(
-            f"(the shift's interval counts {estimands['shift']['n_unclear_majority']} occupation(s) both ways: "
-            "their training majority class is unclear)"
-        )
-    return lines
+    return estimand_lines(estimands, sampled, ("raw TV", estimands["tv_raw"]), "training majority class")
 
 
 def format_class_table(result: dict[str, Any]) -> str:
@@ -65,12 +41,12 @@ def format_class_table(result: dict[str, Any]) -> str:
         + f"{'majority (train)':>{majority_width}}{'TV pp':>8}{'abstain % (train/gen)':>24}"
     )
     for row in rows:
-        shares = [f"{_percent(row['p_train'][c])}/{_percent(row['p_gen'][c])}" for c in classes]
-        abstain = f"{_percent(row['abstain_rate_train'])}/{_percent(row['abstain_rate_gen'])}"
+        shares = [f"{percent(row['p_train'][c])}/{percent(row['p_gen'][c])}" for c in classes]
+        abstain = f"{percent(row['abstain_rate_train'])}/{percent(row['abstain_rate_gen'])}"
         lines.append(
             f"{row['occupation']:<{name_width}}"
             + "".join(f"{s:>{w}}" for s, w in zip(shares, widths))
-            + f"{'/'.join(row['majority_train']) or 'n/a':>{majority_width}}{_percent(row['tv']):>8}{abstain:>24}"
+            + f"{'/'.join(row['majority_train']) or 'n/a':>{majority_width}}{percent(row['tv']):>8}{abstain:>24}"
         )
     if result.get("dropped"):
         lines.append(f"(left out of the aggregates, no confident image on a side: {', '.join(result['dropped'])})")
@@ -79,7 +55,7 @@ def format_class_table(result: dict[str, Any]) -> str:
     for direction, meaning in (("A->T", "attribute -> occupation"), ("T->A", "occupation -> attribute")):
         value = bias_amp.get(direction)
         lines.append(
-            f"{'bias_amp ' + direction:<{name_width}}{_percent(value, True):>8}   "
+            f"{'bias_amp ' + direction:<{name_width}}{percent(value, True):>8}   "
             f"directional BiasAmp (Wang & Russakovsky 2021), {meaning}"
         )
     return "\n".join(lines)

@@ -27,6 +27,7 @@ from biasloop.models.instrument.kclass import (
     held_out_attribute_labels,
     kclass_attributes,
     label_attribute,
+    label_every_attribute,
 )
 from biasloop.models.instrument.labelling import (
     encode_cross_fitted,
@@ -60,6 +61,7 @@ __all__ = [
     "InstrumentConfig",
     "assign_folds",
     "attribute_columns",
+    "label_every_attribute",
     "build_open_clip_instrument",
     "confusion_rates",
     "corpus_split",

@@ -28,7 +28,7 @@ import numpy as np
 from biasloop.core.attributes import ABSTAIN, SECTION, AttributeSpec, load_attributes
 from biasloop.core.io import load_images
 from biasloop.models.instrument.cross_fitting import CrossFittedInstrument
-from biasloop.models.instrument.labelling import encode_cross_fitted
+from biasloop.models.instrument.labelling import encode_cross_fitted, label_images
 from biasloop.models.instrument.training import corpus_split
 from biasloop.models.instrument.zero_shot import Instrument
 
@@ -184,6 +184,21 @@ def attribute_columns(
             )
         )
     return pl.concat(frames, how="horizontal") if frames else pl.DataFrame()
+
+
+def label_every_attribute(
+    instrument: CrossFittedInstrument,
+    attributes: Mapping[str, AttributeSpec],
+    image_refs: Sequence[str],
+    threshold: float,
+    batch_size: int = 512,
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Gender's labels (:func:`~biasloop.models.instrument.labelling.label_images`, abstain threshold
+    ``threshold``) and every K-class attribute's columns (:func:`attribute_columns`), from one pass of
+    the image tower over ``image_refs``."""
+    vectors = encode_cross_fitted(instrument, image_refs, batch_size)
+    labels = label_images(instrument, image_refs, threshold, batch_size=batch_size, image_vectors=vectors)
+    return labels, attribute_columns(instrument, attributes, image_refs, vectors, batch_size)
 
 
 def held_out_attribute_labels(
