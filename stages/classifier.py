@@ -56,10 +56,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     configs = load_configs(args.params, {"classifier": ClassifierConfig, "label": LabelConfig, "attributes": None})
     config: ClassifierConfig = configs["classifier"]
-    # gender keeps the binary path; every other attribute is scored by class and crossed with gender
-    specs = {
-        name: spec for name, spec in load_attributes({"attributes": configs["attributes"]}).items() if name != "gender"
-    }
+    # gender keeps the binary path; the attributes beside it are scored by class and crossed with gender
+    specs = dict(load_attributes({"attributes": configs["attributes"]}))
     device = resolve_device(configs["base"].device)
     with stage_run(
         "classifier", configs["tracking"], {"classifier": to_dict(config)}, generation=args.generation

@@ -195,9 +195,8 @@ def _log_attributes(run, metrics: dict) -> None:
 
 
 def _kclass_specs(configs: dict) -> dict:
-    """The K-class attributes to measure: every one in ``attributes`` but gender (the binary path)."""
-    specs = load_attributes({"attributes": configs["attributes"]}) if configs["attributes"] else {}
-    return {name: spec for name, spec in specs.items() if name != "gender"}
+    """The K-class attributes to measure: those of ``attributes`` (gender is the binary path's)."""
+    return dict(load_attributes({"attributes": configs["attributes"]}))
 
 
 def _parser() -> argparse.ArgumentParser:

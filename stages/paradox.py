@@ -93,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         result = {"confusion": confusion, "pairings": {k: list(v) for k, v in PAIRINGS.items()}, "table": paradox}
         result["instrument_on_generated"] = instrument_on_generated(generated)
         write_json(args.out, {**result, "attributes": attributes} if attributes else result)  # gender's keys as before
-        _write_attribute_tables(args.attribute_tables, [n for n in specs if n != "gender"], attributes, run)
+        _write_attribute_tables(args.attribute_tables, list(specs), attributes, run)
         rows = table_rows(paradox)
         with atomic_path(args.table) as tmp:
             pl.DataFrame(rows).write_csv(tmp)

@@ -1,5 +1,5 @@
-"""params.yaml's ``attributes:``: the gender attribute is today's binary path, and bad specs fail naming
-the attribute and the field."""
+"""params.yaml's ``attributes:`` (the attributes beside perceived gender): gender as a spec is today's
+binary path, from its own params, and bad specs fail naming the attribute and the field."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from biasloop.core.attributes import ABSTAIN, attribute_from_dict, load_attribut
 from biasloop.core.config import ConfigError, load_section
 from biasloop.core.labels import LABELS
 from biasloop.data.indicators import FEMALE_TERMS, MALE_TERMS, TONE_TERMS
-from biasloop.models.instrument import InstrumentConfig, LabelConfig, gender_prompts
+from biasloop.models.instrument import InstrumentConfig, LabelConfig, gender_attribute, gender_prompts
 from tests.conftest import committed_params, committed_text
 
 TONE = {
@@ -26,19 +26,22 @@ TONE = {
 
 def test_gender_reproduces_todays_prompts_words_and_threshold() -> None:
     params = committed_params()
-    gender = load_attributes(params)["gender"]
+    instrument, labelling = (
+        load_section(InstrumentConfig, "instrument", params),
+        load_section(LabelConfig, "label", params),
+    )
+    gender = gender_attribute(instrument, labelling)
     assert gender.classes == ("female", "male") == LABELS[:2]
-    for templates in (
-        load_section(InstrumentConfig, "instrument", params).gender_templates,
-        InstrumentConfig().gender_templates,
-    ):
-        today = gender_prompts(templates)
-        assert gender.prompts_per_class() == [today["female"], today["male"]]
+    today = gender_prompts(instrument.gender_templates)
+    assert gender.prompts_per_class() == [today["female"], today["male"]]
     assert gender.prompts_per_class()[0] == ["a photo of a woman", "a portrait of a woman", "a woman at work"]
     assert gender.indicator_words("female") == FEMALE_TERMS and gender.indicator_words("male") == MALE_TERMS
-    for labelling in (load_section(LabelConfig, "label", params), LabelConfig()):
-        assert gender.abstain.min_top_probability == 1 - labelling.abstain_threshold  # exactly: 0.9 == 1 - 0.1
+    assert gender.abstain.min_top_probability == 1 - labelling.abstain_threshold  # exactly: 0.9 == 1 - 0.1
     assert ABSTAIN == LABELS[2] == "abstain"
+    # the section holds the attributes beside gender; gender there is refused, naming where it lives
+    assert list(load_attributes(params)) == ["tone"]
+    with pytest.raises(ConfigError, match="attributes.gender: .*instrument.gender_templates"):
+        load_attributes({"attributes": {"gender": TONE}})
 
 
 def test_tone_has_three_classes_with_prompts_and_words() -> None:
@@ -110,11 +113,10 @@ def test_a_valid_spec_loads_and_a_class_may_have_no_words() -> None:
     assert spec.prompts_per_class() == [["a light one"], ["a medium one"], ["a dark one"]]
 
 
-def test_the_section_must_hold_attributes() -> None:
-    with pytest.raises(ConfigError, match="attributes: section is missing"):
-        load_attributes({})
+def test_no_section_measures_gender_alone_and_a_bad_one_is_named() -> None:
+    assert dict(load_attributes({})) == {} and dict(load_attributes({"attributes": None})) == {}
     with pytest.raises(ConfigError, match="attributes: expected a mapping"):
-        load_attributes({"attributes": None})
+        load_attributes({"attributes": ["tone"]})
     assert list(load_attributes({"attributes": {"tone": TONE}})) == ["tone"]
 
 

@@ -9,25 +9,31 @@ import numpy as np
 import pytest
 
 from biasloop.core.attributes import attribute_from_dict, load_attributes
+from biasloop.core.config import load_section
 from biasloop.core.io import write_image_shards
 from biasloop.models.instrument import (
     CrossFittedInstrument,
     Instrument,
     InstrumentConfig,
+    LabelConfig,
     build_open_clip_instrument,
     label_from_p,
 )
 from biasloop.models.instrument.kclass import (
     attribute_probabilities,
     cross_fitted_probabilities,
+    gender_attribute,
     label_attribute,
     label_from_probabilities,
 )
 from biasloop.models.instrument.zero_shot import _build_tower
 from tests.conftest import committed_params
 
-ATTRIBUTES = load_attributes(committed_params())
-GENDER, TONE = ATTRIBUTES["gender"], ATTRIBUTES["tone"]
+PARAMS = committed_params()
+GENDER = gender_attribute(
+    load_section(InstrumentConfig, "instrument", PARAMS), load_section(LabelConfig, "label", PARAMS)
+)
+TONE = load_attributes(PARAMS)["tone"]
 
 
 def _locked_text_clip(seed: int, logit_scale: float = 300.0) -> Instrument:

@@ -6,11 +6,13 @@ class's embedding is the normalised mean of its prompts' embeddings), the captio
 rule: label an image with its most probable class when that class's probability exceeds
 ``abstain.min_top_probability``, else ``abstain``.
 
-Perceived gender (``female``, ``male``) is the default attribute and today's binary path: its prompts
-are ``instrument.gender_templates`` filled with woman / man, its words
-:data:`biasloop.data.indicators.FEMALE_TERMS` / ``MALE_TERMS``, and ``min_top_probability`` is
-``1 - label.abstain_threshold`` (``tests/test_attributes_params.py`` checks all three), so with K = 2
-the rule is :func:`biasloop.models.instrument.rule.label_from_p`'s (``p_female > 1 - t``, ``p_male > 1 - t``).
+The section lists the attributes measured *beside* perceived gender. Gender (``female``, ``male``) is the
+default attribute, always measured, by the binary path, and its settings have one home each: prompts
+``instrument.gender_templates`` filled with woman / man, words :data:`biasloop.data.indicators.FEMALE_TERMS`
+/ ``MALE_TERMS``, abstain threshold ``label.abstain_threshold`` (``t``).
+:func:`biasloop.models.instrument.kclass.gender_attribute` gives it as an :class:`AttributeSpec` with
+``min_top_probability = 1 - t``, so with K = 2 the K-class rule is
+:func:`biasloop.models.instrument.rule.label_from_p`'s (``p_female > 1 - t``, ``p_male > 1 - t``).
 
 The section lives in ``core`` because the instrument (``models``), the caption indicators (``data``)
 and the K-class metrics all read it.
@@ -28,6 +30,7 @@ from biasloop.core.labels import LABELS
 
 ABSTAIN = LABELS[-1]  # the label of an image no class is confident enough for (the binary path's too)
 SECTION = "attributes"
+BINARY_ATTRIBUTE = "gender"  # perceived gender: always measured, by the binary path (p_female, label)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,18 +139,23 @@ def attribute_from_dict(name: str, data: Any) -> AttributeSpec:
 
 
 def load_attributes(params: Mapping[str, Any]) -> Mapping[str, AttributeSpec]:
-    """Every attribute of ``params["attributes"]``, checked, in file order (read-only mapping name -> spec).
+    """Every attribute of ``params["attributes"]``, checked, in file order (read-only mapping name -> spec):
+    the attributes measured beside perceived gender. A missing, null or empty section: none.
 
     Raises:
-        ConfigError: when the section is missing or empty, or an attribute is invalid
-            (:func:`attribute_from_dict`).
+        ConfigError: a section that is not a mapping, an attribute named ``gender`` (the binary path's,
+            configured by ``instrument.gender_templates`` and ``label.abstain_threshold``), or an invalid
+            attribute (:func:`attribute_from_dict`).
     """
-    if SECTION not in params:
-        raise ConfigError(f"{SECTION}: section is missing from params.yaml")
-    section = params[SECTION]
-    if not isinstance(section, dict) or not section:
+    section = params.get(SECTION) or {}
+    if not isinstance(section, dict):
         raise ConfigError(f"{SECTION}: expected a mapping of attribute name -> spec, found {section!r}")
     for name in section:
         if not isinstance(name, str) or not name.strip():
             raise ConfigError(f"{SECTION}: attribute names must be non-empty strings, found {name!r}")
+        if name == BINARY_ATTRIBUTE:
+            raise ConfigError(
+                f"{SECTION}.{name}: perceived gender is measured by the binary path; set its prompts in "
+                "instrument.gender_templates and its abstain rule in label.abstain_threshold"
+            )
     return types.MappingProxyType({name: attribute_from_dict(name, data) for name, data in section.items()})

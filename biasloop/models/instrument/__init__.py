@@ -22,8 +22,8 @@ from biasloop.models.instrument.cross_fitting import (
     train_cross_fitted,
 )
 from biasloop.models.instrument.kclass import (
-    BINARY_ATTRIBUTE,
     attribute_columns,
+    gender_attribute,
     held_out_attribute_labels,
     kclass_attributes,
     label_attribute,
@@ -54,7 +54,6 @@ from biasloop.models.instrument.zero_shot import (
 )
 
 __all__ = [
-    "BINARY_ATTRIBUTE",
     "LabelConfig",
     "CrossFittedInstrument",
     "Instrument",
@@ -70,6 +69,7 @@ __all__ = [
     "evaluate_instrument",
     "gender_prompts",
     "held_out_attribute_labels",
+    "gender_attribute",
     "kclass_attributes",
     "label_attribute",
     "label_from_p",

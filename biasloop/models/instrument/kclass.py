@@ -25,17 +25,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from biasloop.core.attributes import ABSTAIN, SECTION, AttributeSpec, load_attributes
+from biasloop.core.attributes import ABSTAIN, SECTION, AbstainRule, AttributeSpec, load_attributes
 from biasloop.core.io import load_images
 from biasloop.models.instrument.cross_fitting import CrossFittedInstrument
 from biasloop.models.instrument.labelling import encode_cross_fitted, label_images
 from biasloop.models.instrument.training import corpus_split
-from biasloop.models.instrument.zero_shot import Instrument
+from biasloop.models.instrument.zero_shot import Instrument, InstrumentConfig, LabelConfig, gender_prompts
 
 if TYPE_CHECKING:
     import polars as pl
-
-BINARY_ATTRIBUTE = "gender"  # labelled by the binary path (p_female, label); every other attribute by this module
 
 
 def attribute_probabilities(
@@ -151,15 +149,31 @@ def label_attribute(
 
 
 def kclass_attributes(section: Any) -> Mapping[str, AttributeSpec]:
-    """The attributes of ``params.yaml``'s ``attributes:`` section (``section``: its raw mapping) that the
-    K-class path measures: every one but :data:`BINARY_ATTRIBUTE`, which the binary path labels
-    (``p_female``, ``label``), in file order.
+    """The attributes the K-class path measures: those of ``params.yaml``'s ``attributes:`` section
+    (``section``: its raw mapping, None or {} for none), in file order; gender is the binary path's.
 
     Raises:
-        ConfigError: the section is missing, empty or invalid (:func:`biasloop.core.attributes.load_attributes`).
+        ConfigError: an invalid section (:func:`biasloop.core.attributes.load_attributes`).
     """
-    attributes = load_attributes({SECTION: section} if section is not None else {})
-    return {name: spec for name, spec in attributes.items() if name != BINARY_ATTRIBUTE}
+    return load_attributes({SECTION: section})
+
+
+def gender_attribute(instrument: InstrumentConfig, labelling: LabelConfig) -> AttributeSpec:
+    """Perceived gender as a K = 2 attribute, from the binary path's own settings: prompts
+    ``instrument.gender_templates`` filled with woman / man, words ``FEMALE_TERMS`` / ``MALE_TERMS``,
+    ``min_top_probability = 1 - label.abstain_threshold``. The K-class code given this spec labels as the
+    binary path does (``tests/test_kclass_instrument.py``)."""
+    import types
+
+    from biasloop.data.indicators import FEMALE_TERMS, MALE_TERMS
+
+    prompts = gender_prompts(tuple(instrument.gender_templates))
+    return AttributeSpec(
+        classes=("female", "male"),
+        prompts=types.MappingProxyType({c: tuple(prompts[c]) for c in ("female", "male")}),
+        abstain=AbstainRule(min_top_probability=1 - labelling.abstain_threshold),
+        indicators=types.MappingProxyType({"female": tuple(FEMALE_TERMS), "male": tuple(MALE_TERMS)}),
+    )
 
 
 def attribute_columns(
