@@ -13,7 +13,8 @@ from biasloop.core.attributes import ABSTAIN, attribute_from_dict, load_attribut
 from biasloop.core.config import ConfigError, load_section
 from biasloop.core.labels import LABELS
 from biasloop.data.indicators import FEMALE_TERMS, MALE_TERMS, TONE_TERMS
-from biasloop.models.instrument import InstrumentConfig, LabelConfig, gender_attribute, gender_prompts
+from biasloop.models.instrument import InstrumentConfig, LabelConfig, gender_prompts
+from biasloop.models.instrument.gender_spec import gender_attribute
 from tests.conftest import committed_params, committed_text
 
 TONE = {
@@ -132,6 +133,6 @@ def test_dvc_exp_run_sets_an_attribute_key_in_one_line(tmp_path: Path) -> None:
         if line[:1] in "+-" and not line.startswith(("---", "+++"))
     ]
     assert [line.split("#")[0].strip() for line in changed] == [
-        "-      min_top_probability: 0.9",
+        "-      min_top_probability: 0.5",
         "+      min_top_probability: 0.8",
     ]

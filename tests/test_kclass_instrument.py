@@ -19,10 +19,10 @@ from biasloop.models.instrument import (
     build_open_clip_instrument,
     label_from_p,
 )
+from biasloop.models.instrument.gender_spec import gender_attribute
 from biasloop.models.instrument.kclass import (
     attribute_probabilities,
     cross_fitted_probabilities,
-    gender_attribute,
     label_attribute,
     label_from_probabilities,
 )
@@ -151,7 +151,10 @@ def test_cross_fitted_labels_come_from_the_fold_model_that_never_saw_the_image(t
     table = label_attribute(instrument, TONE, refs, batch_size=4)
     assert table.columns == ["p_light", "p_medium", "p_dark", "label", "instrument_fold"]
     np.testing.assert_allclose(table.select("p_light", "p_medium", "p_dark").to_numpy(), probs, atol=1e-12)
-    assert table["label"].to_list() == label_from_probabilities(probs, TONE.classes, 0.9).tolist()
+    assert (
+        table["label"].to_list()
+        == label_from_probabilities(probs, TONE.classes, TONE.abstain.min_top_probability).tolist()
+    )
     assert table["instrument_fold"].to_list() == fold.tolist()
     gender = label_attribute(instrument, GENDER, refs)
     p_female, _ = instrument.p_female(images, refs)

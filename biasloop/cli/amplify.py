@@ -16,6 +16,7 @@ import polars as pl
 
 from biasloop.cli.class_count_files import count_file_form
 from biasloop.cli.count_files import CountFileError, read_count_file, read_pair_file
+from biasloop.cli.estimand_lines import estimand_lines, percent
 
 DESCRIPTION = """\
 Bias amplification of generated images against training images, from two per-occupation count files
@@ -95,38 +96,8 @@ estimands.gap, estimands.tv_raw, bias_amp, per_occupation).
 """
 
 
-def percent(value: float | None, signed: bool = False) -> str:
-    if value is None:
-        return "n/a"
-    return f"{100 * value:+.1f}" if signed else f"{100 * value:.1f}"
-
-
 def _correlation(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
-
-
-def estimand_lines(estimands: dict[str, Any], sampled: str, raw: tuple[str, float | None], majority: str) -> list[str]:
-    """The shift and the gap (percentage points, 95% intervals, p-values) with ``raw`` (label, fraction)
-    beside the gap, under a header naming what was ``sampled``; a note when some training ``majority`` is
-    unclear (the shift's interval then counts those occupations both ways)."""
-    from biasloop.metrics.estimands import format_p_value
-
-    lines = [f"{'estimand':<10}{'pp':>8}   {'95% interval':<18}{'p':<12}({sampled})"]
-    for name, signed in (("shift", True), ("gap", False)):
-        entry = estimands[name]
-        lo, hi = entry["ci"]
-        interval = f"[{percent(lo, signed)}, {percent(hi, signed)}]"
-        line = (
-            f"{name:<10}{percent(entry['estimate'], signed):>8}   {interval:<18}"
-            f"{format_p_value(entry['p_value'], entry['p_value_is_bound']):<12}"
-        )
-        if name == "gap":
-            line += f"{raw[0]} {percent(raw[1])} pp"
-        lines.append(line.rstrip())
-    unclear = estimands["shift"].get("n_unclear_majority")
-    if unclear:
-        lines.append(f"(the shift's interval counts {unclear} occupation(s) both ways: their {majority} is unclear)")
-    return lines
 
 
 def format_estimands(result: dict[str, Any]) -> list[str]:

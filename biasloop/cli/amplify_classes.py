@@ -11,9 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from biasloop.cli.amplify import estimand_lines, percent
 from biasloop.cli.class_count_files import ClassCounts, aligned_classes, read_class_count_file
 from biasloop.cli.count_files import CountFileError
+from biasloop.cli.estimand_lines import estimand_lines, percent
 
 
 def format_class_estimands(result: dict[str, Any]) -> list[str]:

@@ -92,13 +92,8 @@ def render_report(
         headline_figure = image_tag(path, caption)
         del figures[caption]
     others = [section for section in [study_section(study), *(study_sections or [])] if section]
-    navigation = _navigation(
-        bool(paradox and paradox.get("table")),
-        bool(instrument),
-        bool(figures),
-        bool(others),
-        tuple(attribute_sections or {}),
-    )
+    has = (bool(paradox and paradox.get("table")), bool(instrument), bool(figures), bool(others))
+    navigation = _navigation(*has, tuple(attribute_sections or {}))
     parts = [
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
         "<meta name='viewport' content='width=device-width, initial-scale=1'><title>biasloop report</title>",

@@ -23,7 +23,6 @@ from biasloop.models.instrument.cross_fitting import (
 )
 from biasloop.models.instrument.kclass import (
     attribute_columns,
-    gender_attribute,
     held_out_attribute_labels,
     kclass_attributes,
     label_attribute,
@@ -69,7 +68,6 @@ __all__ = [
     "evaluate_instrument",
     "gender_prompts",
     "held_out_attribute_labels",
-    "gender_attribute",
     "kclass_attributes",
     "label_attribute",
     "label_from_p",

@@ -25,12 +25,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from biasloop.core.attributes import ABSTAIN, SECTION, AbstainRule, AttributeSpec, load_attributes
+from biasloop.core.attributes import ABSTAIN, SECTION, AttributeSpec, load_attributes
 from biasloop.core.io import load_images
 from biasloop.models.instrument.cross_fitting import CrossFittedInstrument
 from biasloop.models.instrument.labelling import encode_cross_fitted, label_images
 from biasloop.models.instrument.training import corpus_split
-from biasloop.models.instrument.zero_shot import Instrument, InstrumentConfig, LabelConfig, gender_prompts
+from biasloop.models.instrument.zero_shot import Instrument
 
 if TYPE_CHECKING:
     import polars as pl
@@ -156,24 +156,6 @@ def kclass_attributes(section: Any) -> Mapping[str, AttributeSpec]:
         ConfigError: an invalid section (:func:`biasloop.core.attributes.load_attributes`).
     """
     return load_attributes({SECTION: section})
-
-
-def gender_attribute(instrument: InstrumentConfig, labelling: LabelConfig) -> AttributeSpec:
-    """Perceived gender as a K = 2 attribute, from the binary path's own settings: prompts
-    ``instrument.gender_templates`` filled with woman / man, words ``FEMALE_TERMS`` / ``MALE_TERMS``,
-    ``min_top_probability = 1 - label.abstain_threshold``. The K-class code given this spec labels as the
-    binary path does (``tests/test_kclass_instrument.py``)."""
-    import types
-
-    from biasloop.data.indicators import FEMALE_TERMS, MALE_TERMS
-
-    prompts = gender_prompts(tuple(instrument.gender_templates))
-    return AttributeSpec(
-        classes=("female", "male"),
-        prompts=types.MappingProxyType({c: tuple(prompts[c]) for c in ("female", "male")}),
-        abstain=AbstainRule(min_top_probability=1 - labelling.abstain_threshold),
-        indicators=types.MappingProxyType({"female": tuple(FEMALE_TERMS), "male": tuple(MALE_TERMS)}),
-    )
 
 
 def attribute_columns(
