@@ -42,6 +42,11 @@ def audit_dir(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Path:
         occupation_table=str(data_dir / "occupations" / "occupations_bls.tsv"),
     )  # fmt: skip
     params["instrument"].update(epochs=20, batch_size=64)  # the packaged MiniLM text tower (offline)
+    # gender only: with tone on, this small instrument (150 samples per occupation, 20 epochs) abstained on
+    # 32% of dark-toned women's glyphs and 3% of dark-toned men's, a bias of the confident shares that its
+    # tpr and fpr do not state (the default run's instrument: 2.0% and 5.4%)
+    params["world"]["tone"]["enabled"] = False
+    params["attributes"] = {}
     params["tracking"].update(uri=f"sqlite:///{root / 'mlflow.db'}", background=False)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     world = from_dict(WorldConfig, params["world"], "world")
