@@ -114,9 +114,8 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-@pytest.fixture()
-def tiny_params(tmp_path: Path, data_dir: Path) -> Path:
-    """A params.yaml for a tiny world (3 occupations, 40 samples each), tracking into tmp_path."""
+def tiny_world_params(data_dir: Path, root: Path) -> dict:
+    """The committed params on a tiny world (3 occupations, 40 samples each), tracking into ``root``."""
     params = committed_params()
     params["occupations"] = ["engineer", "teacher", "nurse"]
     params["world"].update(
@@ -126,8 +125,15 @@ def tiny_params(tmp_path: Path, data_dir: Path) -> Path:
         glyphs=str(data_dir / "glyphs" / "mnist"),
         occupation_table=str(data_dir / "occupations" / "occupations_bls.tsv"),
     )
-    params["tracking"]["uri"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    params["tracking"]["uri"] = f"sqlite:///{root / 'mlflow.db'}"
     params["tracking"]["background"] = False  # in-process stage tests log synchronously: no process outlives them
+    return params
+
+
+@pytest.fixture()
+def tiny_params(tmp_path: Path, data_dir: Path) -> Path:
+    """A params.yaml for a tiny world (:func:`tiny_world_params`), tracking into tmp_path."""
+    params = tiny_world_params(data_dir, tmp_path)
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(params, sort_keys=False))
     return path

@@ -18,7 +18,7 @@ from biasloop.data.corpus import write_corpus
 from biasloop.data.world import WorldConfig, build_world
 from biasloop.models.instrument import encode_cross_fitted, label_images, load_cross_fitted
 from stages import corpus as corpus_stage, instrument, label, label_dataset, label_train
-from tests.conftest import REPO_ROOT, committed_params
+from tests.conftest import committed_params, tiny_world_params
 
 TONES = ["light", "medium", "dark"]
 THRESHOLD = committed_params()["attributes"]["tone"]["abstain"]["min_top_probability"]  # 0.5
@@ -28,17 +28,7 @@ GENDER_TRAIN = ["selection", "occupation", "id", "p_female", "label", "instrumen
 
 def _params(data_dir: Path, root: Path) -> dict:
     """The committed params on a tiny world (3 occupations, 40 samples each), a fast instrument."""
-    params = committed_params()
-    params["occupations"] = ["engineer", "teacher", "nurse"]
-    params["world"].update(
-        samples_per_occupation=40,
-        distractors=10,
-        near_misses=6,
-        glyphs=str(data_dir / "glyphs" / "mnist"),
-        occupation_table=str(data_dir / "occupations" / "occupations_bls.tsv"),
-    )
-    params["world"]["tone"]["table"] = str(REPO_ROOT / params["world"]["tone"]["table"])
-    params["tracking"].update(uri=f"sqlite:///{root / 'mlflow.db'}", background=False)
+    params = tiny_world_params(data_dir, root)
     params["instrument"].update(text_encoder="fake:32", epochs=3, batch_size=64)
     return params
 
