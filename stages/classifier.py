@@ -57,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     configs = load_configs(args.params, {"classifier": ClassifierConfig, "label": LabelConfig, "attributes": None})
     config: ClassifierConfig = configs["classifier"]
     # gender keeps the binary path; the attributes beside it are scored by class and crossed with gender
-    specs = dict(load_attributes({"attributes": configs["attributes"]}))
+    specs = load_attributes(configs)
     device = resolve_device(configs["base"].device)
     with stage_run(
         "classifier", configs["tracking"], {"classifier": to_dict(config)}, generation=args.generation

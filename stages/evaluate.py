@@ -39,6 +39,7 @@ from biasloop.metrics.downstream_attributes import downstream_attribute_bias, he
 from biasloop.metrics.evaluation import (
     EvaluateConfig,
     downstream_bias,
+    encode_held_out,
     evaluate_generation,
     perceived_groups,
     training_shares,
@@ -67,22 +68,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         # MaxSkew/NDKL against what the CLIP saw: dataset N's share of women per occupation
         shares = training_shares(train_predictions, dataset_predictions) if dataset_predictions is not None else None
         with timed("downstream CLIP on held-out pairs", log):
-            from biasloop.models.downstream_clip import load_downstream
-
-            test = pl.read_parquet(args.corpus).filter(pl.col("split") == "test")
-            model = load_downstream(args.downstream, device)
-            groups = perceived_groups(test, args.instrument, device, configs["label"].abstain_threshold)
-            images = load_images(test["image_ref"].to_list())
+            held_out = _held_out(args, configs, device)
+            model, test, images, groups, vectors = held_out
             downstream = downstream_bias(
-                model,
-                test,
-                images,
-                groups,
-                occupations,
-                config,
-                training_share_female=shares,
-                seed=configs["base"].seed,
-            )
+                model, test, images, groups, occupations, config,
+                training_share_female=shares, seed=configs["base"].seed, vectors=vectors,
+            )  # fmt: skip
         generated, matches = pl.read_parquet(args.generated), pl.read_parquet(args.matches)
         with timed("amplification with bootstrap intervals", log):
             metrics = evaluate_generation(
@@ -98,9 +89,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             )
         with timed("K-class attributes' amplification", log):
             metrics.update(_attributes(args, configs, train_predictions, generated, matches, dataset_predictions))
-        _attribute_downstream(
-            metrics, configs, args, (model, test, images, groups), train_predictions, dataset_predictions, device
-        )
+        _attribute_downstream(metrics, configs, args, held_out, train_predictions, dataset_predictions, device)
         write_json(args.out, {**metrics, **runtime_facts()})
         row = estimand_values(metrics["amplification"])
         log.info(
@@ -141,7 +130,7 @@ def _attributes(
     config: EvaluateConfig = configs["evaluate"]
     attributes = generation_attributes(
         json.loads(Path(args.instrument_metrics).read_text()),
-        _kclass_specs(configs),
+        load_attributes(configs),
         train_predictions,
         generated,
         matches,
@@ -151,6 +140,20 @@ def _attributes(
         min_cell_size=config.min_group_size,
     )
     return {"attributes": attributes} if attributes else {}
+
+
+def _held_out(args: argparse.Namespace, configs: dict, device: str) -> tuple:
+    """The held-out rows, generation N's downstream CLIP, their images, perceived genders and
+    :func:`~biasloop.metrics.evaluation.encode_held_out` vectors (encoded once, for gender and every
+    attribute): ``(model, test, images, groups, vectors)``."""
+    from biasloop.models.downstream_clip import load_downstream
+
+    test = pl.read_parquet(args.corpus).filter(pl.col("split") == "test")
+    model = load_downstream(args.downstream, device)
+    groups = perceived_groups(test, args.instrument, device, configs["label"].abstain_threshold)
+    images = load_images(test["image_ref"].to_list())
+    occupations = list(configs["occupations"] or [])
+    return model, test, images, groups, encode_held_out(model, test, images, occupations, configs["evaluate"])
 
 
 def _attribute_downstream(
@@ -164,10 +167,10 @@ def _attribute_downstream(
 ) -> None:
     """Adds each K-class attribute's downstream CLIP block (retrieval gaps, MaxSkew/NDKL, zero-shot
     fairness) and its gender x attribute block to ``metrics["attributes"][name]``."""
-    specs = _kclass_specs(configs)
+    specs = load_attributes(configs)
     if not specs:
         return
-    model, test, images, groups = held_out
+    model, test, images, groups, vectors = held_out
     with timed("K-class attributes' downstream CLIP", log):
         classes = held_out_classes(test, specs, args.instrument, device)
         counts = (
@@ -177,7 +180,7 @@ def _attribute_downstream(
         )
         blocks = downstream_attribute_bias(
             model, test, images, groups, classes, list(configs["occupations"] or []), configs["evaluate"], specs,
-            training_counts=counts, seed=configs["base"].seed,
+            training_counts=counts, seed=configs["base"].seed, vectors=vectors,
         )  # fmt: skip
     for name in specs:
         entry = metrics.setdefault("attributes", {}).setdefault(name, {})
@@ -192,11 +195,6 @@ def _log_attributes(run, metrics: dict) -> None:
         values = {f"{name}.{kind}": estimand_values(entry[kind]) for kind in kinds if entry.get(kind)}
         terms = (entry.get("decomposition") or {}).get("prompt_vs_keyword")
         run.log_metrics({**values, name: decomposition_values(terms)})
-
-
-def _kclass_specs(configs: dict) -> dict:
-    """The K-class attributes to measure: those of ``attributes`` (gender is the binary path's)."""
-    return dict(load_attributes({"attributes": configs["attributes"]}))
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -37,7 +37,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import polars as pl
 
-from biasloop.core.attributes import ABSTAIN, AttributeSpec
+from biasloop.core.attributes import ABSTAIN, AttributeSpec, load_attributes
 from biasloop.core.config import to_dict
 from biasloop.core.io import atomic_path, timed, write_json
 from biasloop.core.runtime import resolve_device
@@ -51,7 +51,6 @@ from biasloop.models.instrument import (
     corpus_split,
     encode_cross_fitted,
     held_out_attribute_labels,
-    kclass_attributes,
     labelled_set,
     measure_cross_fitted,
     train_cross_fitted,
@@ -73,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     config: InstrumentConfig = configs["instrument"]
     labelling: LabelConfig = configs["label"]
-    attributes = kclass_attributes(configs["attributes"])
+    attributes = load_attributes(configs)
     occupations = [str(o) for o in configs["occupations"] or []]
     device = resolve_device(configs["base"].device)
     corpus = pl.read_parquet(args.corpus)

@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from biasloop.core.attributes import AttributeSpec
+from biasloop.core.attributes import AttributeSpec, load_attributes
 from biasloop.core.config import to_dict
 from biasloop.core.distributed import join_or_relaunch
 from biasloop.core.io import load_images, timed, write_parquet
@@ -54,7 +54,6 @@ from biasloop.models.instrument import (
     LabelConfig,
     attribute_columns,
     encode_units,
-    kclass_attributes,
     label_images,
     label_units,
     load_cross_fitted,
@@ -76,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         {"occupations": None, "label": LabelConfig, "world": WorldConfig, "corpus": None, "attributes": None},
     )
     config: LabelConfig = configs["label"]
-    attributes = kclass_attributes(configs["attributes"])
+    attributes = load_attributes(configs)
     occupations = list(configs["occupations"] or [])
     manifest = pl.read_parquet(args.manifest)
     stray = sorted(set(manifest["occupation"].unique().to_list()) - set(occupations))

@@ -31,6 +31,7 @@ from collections.abc import Sequence
 
 import polars as pl
 
+from biasloop.core.attributes import load_attributes
 from biasloop.core.config import to_dict
 from biasloop.core.io import timed, write_parquet
 from biasloop.core.runtime import resolve_device
@@ -39,7 +40,6 @@ from biasloop.core.tracking import stage_run
 from biasloop.loop.mixing import as_dataset
 from biasloop.models.instrument import (
     LabelConfig,
-    kclass_attributes,
     label_every_attribute,
     load_cross_fitted,
 )
@@ -62,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     configs = load_configs(args.params, {"label": LabelConfig, "attributes": None})
     config: LabelConfig = configs["label"]
-    attributes = kclass_attributes(configs["attributes"])
+    attributes = load_attributes(configs)
     raw = pl.read_parquet(args.dataset)
     dataset = as_dataset(raw)
     if dataset.is_empty():

@@ -30,6 +30,7 @@ from collections.abc import Sequence
 
 import polars as pl
 
+from biasloop.core.attributes import load_attributes
 from biasloop.core.config import to_dict
 from biasloop.core.io import timed, write_parquet
 from biasloop.core.runtime import resolve_device
@@ -37,7 +38,6 @@ from biasloop.core.stage import load_configs, make_parser, stage_main
 from biasloop.core.tracking import stage_run
 from biasloop.models.instrument import (
     LabelConfig,
-    kclass_attributes,
     label_every_attribute,
     load_cross_fitted,
 )
@@ -55,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     configs = load_configs(args.params, {"label": LabelConfig, "attributes": None})
     config: LabelConfig = configs["label"]
-    attributes = kclass_attributes(configs["attributes"])
+    attributes = load_attributes(configs)
     truths = ["true_gender", *(f"true_{name}" for name in attributes)]
     selections = pl.read_parquet(args.selections)
     corpus = pl.read_parquet(args.corpus)

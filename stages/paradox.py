@@ -85,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         paradox = paradox_table(
             train, generated, confusion, n_boot=config.n_boot, seed=configs["base"].seed, matches=matches
         )
-        specs = load_attributes({"attributes": configs["attributes"]}) if configs["attributes"] else {}
+        specs = load_attributes(configs)
         attributes = measure_attributes(
             json.loads(Path(args.instrument_metrics).read_text()), specs, train, generated, matches,
             n_boot=config.n_boot, seed=configs["base"].seed, min_cell_size=config.min_group_size,

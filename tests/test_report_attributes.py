@@ -6,13 +6,13 @@ import pytest
 
 from biasloop.report.attributes import (
     attribute_headline,
-    attribute_markdown,
     attribute_rows,
     attribute_section,
     attribute_summary,
     distribution_rows,
     plot_rows,
 )
+from biasloop.report.markdown import _attribute_lines
 
 
 def _table(shift: float, gap: float, tv_raw: float) -> dict:
@@ -136,7 +136,7 @@ def test_distribution_rows_section_and_markdown() -> None:
     assert "id='attribute-tone'" in html and "Tone (3 classes: light, medium, dark)" in html
     assert "shift +10.0 [+8.0, +12.0] pp" in html.replace("<span class='ci'>", "").replace("</span>", "")
     assert "<td>8</td><td>2</td><td>0</td><td>0</td>" in html  # the confusion's first row and its abstentions
-    markdown = attribute_markdown("tone", rows_by_name["tone"])
+    markdown = _attribute_lines("tone", rows_by_name["tone"])
     assert "| 0 | +10.0 [+8.0, +12.0] | 8.0 [5.0, 11.0] | +11.0 [+9.0, +13.0] | +9.0 [+7.0, +11.0] |" in "\n".join(
         markdown
     )

@@ -37,9 +37,8 @@ import polars as pl
 from biasloop.core.attributes import AttributeSpec
 from biasloop.core.labels import LABELS
 from biasloop.core.seeds import stream_seed
-from biasloop.data.text import fill_template
 from biasloop.metrics.downstream import group_fairness, max_skew_at_k, ndkl, recall_at_k
-from biasloop.metrics.evaluation import EvaluateConfig, training_dataset_rows
+from biasloop.metrics.evaluation import EvaluateConfig, HeldOutVectors, encode_held_out, training_dataset_rows
 from biasloop.metrics.kclass.cells import SEPARATOR
 from biasloop.metrics.kclass.ranking import skew_against_training
 
@@ -203,6 +202,7 @@ def downstream_attribute_bias(
     specs: Mapping[str, AttributeSpec],
     training_counts: Mapping[str, Mapping[str, Mapping[str, int]]] | None = None,
     seed: int = 0,
+    vectors: HeldOutVectors | None = None,
 ) -> dict[str, dict[str, Any]]:
     """:func:`~biasloop.metrics.evaluation.downstream_bias`'s measures per K-class attribute and per gender x attribute.
 
@@ -213,6 +213,8 @@ def downstream_attribute_bias(
         specs: the K-class attributes (their classes order the groups).
         training_counts: :func:`training_class_counts`; adds the ``_vs_training`` MaxSkew and NDKL.
         seed: ``base.seed``; the group metrics' bootstrap streams are ``downstream-fairness-bootstrap-<key>``.
+        vectors: :func:`~biasloop.metrics.evaluation.encode_held_out` of these inputs, the ones gender's
+            block used (None: encoded here).
 
     Returns:
         ``{"<name>": block, "gender_x_<name>": block}`` per attribute, each block shaped like the gender
@@ -221,14 +223,9 @@ def downstream_attribute_bias(
         ``skew_k``, ``skew_k_effective``, ``per_query``, ``fairness`` (:func:`group_fairness`), ``n_test``,
         and the groups (:meth:`Groups.report`).
     """
-    image_vectors = model.encode_images(images)
-    similarity = model.encode_texts(test["caption"].to_list()) @ image_vectors.T
-    queries = np.stack(
-        [
-            model.encode_texts([fill_template(t, occupation=o) for t in config.query_templates]).mean(axis=0)
-            for o in occupations
-        ]
-    )
+    vectors = vectors or encode_held_out(model, test, images, occupations, config)
+    image_vectors, queries = vectors.images, vectors.queries
+    similarity = vectors.captions @ image_vectors.T
     scores = image_vectors @ queries.T  # (images, occupations): each image's score for each occupation query
     predicted = np.array(occupations, dtype=object)[np.argmax(scores, axis=1)]  # zero-shot occupation
     gender = [g if g in GENDERS else None for g in groups]

@@ -62,6 +62,31 @@ def generator_quality(generated: pl.DataFrame) -> dict[str, Any]:
     return out
 
 
+@dataclasses.dataclass(frozen=True)
+class HeldOutVectors:
+    """A downstream CLIP's unit embeddings of the held-out rows, computed once for every measure of them."""
+
+    images: np.ndarray  # (n, d): the held-out images
+    captions: np.ndarray  # (n, d): their captions
+    queries: np.ndarray  # (occupations, d): per occupation, the mean of its query templates' embeddings
+
+
+def encode_held_out(
+    model: Any, test: pl.DataFrame, images: np.ndarray, occupations: list[str], config: EvaluateConfig
+) -> HeldOutVectors:
+    """:class:`HeldOutVectors` of ``test`` (``caption``), its ``images`` and the occupation queries
+    (``config.query_templates`` filled per occupation)."""
+    queries = [
+        model.encode_texts([fill_template(t, occupation=o) for t in config.query_templates]).mean(axis=0)
+        for o in occupations
+    ]
+    return HeldOutVectors(
+        images=model.encode_images(images),
+        captions=model.encode_texts(test["caption"].to_list()),
+        queries=np.stack(queries) if queries else np.zeros((0, 0)),
+    )
+
+
 def downstream_bias(
     model: Any,
     test: pl.DataFrame,
@@ -71,6 +96,7 @@ def downstream_bias(
     config: EvaluateConfig,
     training_share_female: dict[str, float] | None = None,
     seed: int = 0,
+    vectors: HeldOutVectors | None = None,
 ) -> dict[str, Any]:
     """Quality and bias of a downstream CLIP on held-out real pairs.
 
@@ -84,6 +110,7 @@ def downstream_bias(
         training_share_female: per occupation, the share of women the CLIP saw in training
             (:func:`training_shares`); adds the ``_vs_training`` MaxSkew and NDKL. None: parity only.
         seed: seed of the group metrics' bootstrap intervals (``config.n_boot`` resamples).
+        vectors: :func:`encode_held_out` of these inputs, when the caller has them (None: encoded here).
 
     Returns:
         recall@k (overall, per group, gap; identical captions count as correct) with its chance level,
@@ -93,8 +120,8 @@ def downstream_bias(
         and Fairlearn group metrics of zero-shot occupation classification (worst-group accuracy over
         groups of ``config.min_group_size``, with intervals).
     """
-    image_vectors = model.encode_images(images)
-    caption_vectors = model.encode_texts(test["caption"].to_list())
+    vectors = vectors or encode_held_out(model, test, images, occupations, config)
+    image_vectors, caption_vectors = vectors.images, vectors.captions
     group_array = np.array([g if g is not None else "none" for g in groups], dtype=object)
     captions = test["caption"].to_list()
     recall = recall_at_k(caption_vectors @ image_vectors.T, ks=config.recall_ks, groups=group_array, captions=captions)
@@ -107,12 +134,12 @@ def downstream_bias(
     people = np.flatnonzero(np.isin(group_array, ["female", "male"]))
     k_effective = min(config.skew_k, len(people))
     per_query = _skew_per_query(
-        model, image_vectors[people], group_array[people], occupations, config, training_share_female
+        vectors.queries, image_vectors[people], group_array[people], occupations, config, training_share_female
     )
     skews, ndkls = [r["max_skew"] for r in per_query], [r["ndkl"] for r in per_query]
     skews_training = [r["max_skew_vs_training"] for r in per_query if "max_skew_vs_training" in r]
     ndkls_training = [r["ndkl_vs_training"] for r in per_query if "ndkl_vs_training" in r]
-    fairness = _zero_shot_fairness(model, test, image_vectors, group_array, occupations, config, seed)
+    fairness = _zero_shot_fairness(test, image_vectors, vectors.queries, group_array, occupations, config, seed)
     return {
         "recall": recall,
         "max_skew_mean": float(np.mean(skews)) if skews else None,
@@ -130,19 +157,18 @@ def downstream_bias(
 
 
 def _skew_per_query(
-    model: Any,
+    queries: np.ndarray,
     people_vectors: np.ndarray,
     people_groups: np.ndarray,
     occupations: list[str],
     config: EvaluateConfig,
     training_share_female: dict[str, float] | None,
 ) -> list[dict[str, Any]]:
-    """Per occupation query, the top ``config.skew_k`` images of people: MaxSkew@k and NDKL against
-    parity and, where the training share is known, against it; the share of women retrieved."""
+    """Per occupation query (``queries``: their embeddings, in ``occupations`` order), the top
+    ``config.skew_k`` images of people: MaxSkew@k and NDKL against parity and, where the training share is
+    known, against it; the share of women retrieved."""
     per_query = []
-    for occupation in occupations:
-        prompts = [fill_template(t, occupation=occupation) for t in config.query_templates]
-        query = model.encode_texts(prompts).mean(axis=0)
+    for occupation, query in zip(occupations, queries):
         scores = people_vectors @ query
         retrieved = people_groups[np.argsort(-scores, kind="stable")[: config.skew_k]].tolist()
         skew = max_skew_at_k(retrieved, config.skew_k, group_set=("female", "male"))
@@ -167,27 +193,21 @@ def _skew_per_query(
 
 
 def _zero_shot_fairness(
-    model: Any,
     test: pl.DataFrame,
     image_vectors: np.ndarray,
+    class_vectors: np.ndarray,
     group_array: np.ndarray,
     occupations: list[str],
     config: EvaluateConfig,
     seed: int,
 ) -> dict[str, Any]:
-    """:func:`group_fairness` of zero-shot occupation classification on held-out images of people with a
-    true occupation; empty when there is none."""
+    """:func:`group_fairness` of zero-shot occupation classification (``class_vectors``: the occupation
+    queries' embeddings) on held-out images of people with a true occupation; empty when there is none."""
     labelled = np.flatnonzero(
         test["true_occupation"].is_not_null().to_numpy() & np.isin(group_array, ["female", "male"])
     )
     fairness: dict[str, Any] = {}
     if len(labelled):
-        class_vectors = np.stack(
-            [
-                model.encode_texts([fill_template(t, occupation=o) for t in config.query_templates]).mean(axis=0)
-                for o in occupations
-            ]
-        )
         predicted = np.array(occupations, dtype=object)[np.argmax(image_vectors[labelled] @ class_vectors.T, axis=1)]
         fairness = group_fairness(
             np.array(test["true_occupation"].to_list(), dtype=object)[labelled],

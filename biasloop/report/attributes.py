@@ -205,37 +205,3 @@ def attribute_section(
     if figure:
         parts.append(image_tag(figure, f"{name} per occupation"))
     return "\n".join(parts)
-
-
-def attribute_markdown(name: str, rows: list[dict[str, Any]]) -> list[str]:
-    """The results page's table of one K-class attribute, per generation (values x 100: pp)."""
-
-    def cell(row: dict[str, Any], key: str, signed: bool = True) -> str:
-        value, lo, hi = with_interval(row, key)
-        if value is None:
-            return "–"
-        sign = "+" if signed else ""
-        text = f"{100 * value:{sign}.1f}"
-        return text if lo is None or hi is None else f"{text} [{100 * lo:{sign}.1f}, {100 * hi:{sign}.1f}]"
-
-    lines = [
-        f"### {name.capitalize()}",
-        "",
-        "Neutral prompt vs. keyword captions, per generation, in pp ([attributes.md](attributes.md)).",
-        "",
-        "| generation | shift | gap | shift, corrected | shift, truth | gap, truth | data | generator | instrument |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for row in sorted(rows, key=lambda r: r["generation"]):
-        cells = [
-            cell(row, "shift"),
-            cell(row, "gap", False),
-            cell(row, "corrected_shift"),
-            cell(row, "true_shift"),
-            cell(row, "true_gap", False),
-            cell(row, "data"),
-            cell(row, "generator"),
-            cell(row, "instrument"),
-        ]
-        lines.append(f"| {row['generation']} | " + " | ".join(cells) + " |")
-    return [*lines, ""]

@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import Any
 
 from biasloop.metrics.rows import decomposition_values, estimand_values
-from biasloop.report.attributes import attribute_markdown
 from biasloop.report.summary import PAIRING_LABELS, PAPER_A_ABS
 
 
@@ -31,8 +30,8 @@ def _p(row: dict[str, Any], key: str) -> str:
     return f"< {p:.3f}" if row.get(f"{key}_p_is_bound") else f"{p:.3f}"
 
 
-def _term(row: dict[str, Any], key: str) -> str:
-    return "–" if row.get(key) is None else f"{_pp(row[key])} {_ci(row, key)}"
+def _term(row: dict[str, Any], key: str, signed: bool = True) -> str:
+    return "–" if row.get(key) is None else f"{_pp(row[key], signed)} {_ci(row, key, signed)}"
 
 
 def _headline_lines(entry: dict[str, Any] | None) -> list[str]:
@@ -199,6 +198,23 @@ def studies_lines(studies: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _attribute_lines(name: str, rows: list[dict[str, Any]]) -> list[str]:
+    """The table of one K-class attribute (:func:`biasloop.report.attributes.attribute_rows`), per generation."""
+    columns = [("shift", True), ("gap", False), ("corrected_shift", True), ("true_shift", True)]
+    columns += [("true_gap", False), ("data", True), ("generator", True), ("instrument", True)]
+    lines = [
+        f"### {name.capitalize()}",
+        "",
+        "Neutral prompt vs. keyword captions, per generation, in pp ([attributes.md](attributes.md)).",
+        "",
+        "| generation | shift | gap | shift, corrected | shift, truth | gap, truth | data | generator | instrument |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in sorted(rows, key=lambda r: r["generation"]):
+        lines.append(f"| {row['generation']} | " + " | ".join(_term(row, k, s) for k, s in columns) + " |")
+    return [*lines, ""]
+
+
 def results_markdown(
     paradox: dict[str, Any] | None,
     rows: list[dict[str, Any]],
@@ -239,7 +255,7 @@ def results_markdown(
     if attributes:
         lines += ["## Attributes beyond binary gender", ""]
         for name, name_rows in attributes.items():
-            lines += attribute_markdown(name, name_rows)
+            lines += _attribute_lines(name, name_rows)
     lines += studies_lines(studies or [])
     lines += [
         "## Reproduce",

@@ -24,7 +24,6 @@ from biasloop.models.instrument.cross_fitting import (
 from biasloop.models.instrument.kclass import (
     attribute_columns,
     held_out_attribute_labels,
-    kclass_attributes,
     label_attribute,
     label_every_attribute,
 )
@@ -68,7 +67,6 @@ __all__ = [
     "evaluate_instrument",
     "gender_prompts",
     "held_out_attribute_labels",
-    "kclass_attributes",
     "label_attribute",
     "label_from_p",
     "label_images",

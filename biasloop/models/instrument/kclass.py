@@ -11,8 +11,9 @@ The rule (:func:`label_from_probabilities`): the most probable class when its pr
 :func:`biasloop.models.instrument.rule.label_from_p` with threshold t (``p_female > 1 - t``: female;
 ``p_male > 1 - t``, i.e. ``p_female < t``: male), so the default gender attribute labels as today.
 
-In the pipeline, gender keeps the binary path; every other attribute (:func:`kclass_attributes`) is
-scored from the embeddings gender's labels come from (``image_vectors``,
+In the pipeline, gender keeps the binary path; every attribute of ``attributes:``
+(:func:`biasloop.core.attributes.load_attributes`) is scored from the embeddings gender's labels come from
+(``image_vectors``,
 :func:`~biasloop.models.instrument.labelling.encode_cross_fitted`), so each image passes the tower once:
 the labelling stages' ``<name>_label`` / ``<name>_p_<class>`` columns (:func:`attribute_columns`) and the
 instrument stage's held-out measurement (:func:`held_out_attribute_labels`).
@@ -21,11 +22,11 @@ instrument stage's held-out measurement (:func:`held_out_attribute_labels`).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from biasloop.core.attributes import ABSTAIN, SECTION, AttributeSpec, load_attributes
+from biasloop.core.attributes import ABSTAIN, AttributeSpec
 from biasloop.core.io import load_images
 from biasloop.models.instrument.cross_fitting import CrossFittedInstrument
 from biasloop.models.instrument.labelling import encode_cross_fitted, label_images
@@ -146,16 +147,6 @@ def label_attribute(
         pl.Series("instrument_fold", fold, dtype=pl.Int64),
     ]
     return pl.DataFrame(columns)
-
-
-def kclass_attributes(section: Any) -> Mapping[str, AttributeSpec]:
-    """The attributes the K-class path measures: those of ``params.yaml``'s ``attributes:`` section
-    (``section``: its raw mapping, None or {} for none), in file order; gender is the binary path's.
-
-    Raises:
-        ConfigError: an invalid section (:func:`biasloop.core.attributes.load_attributes`).
-    """
-    return load_attributes({SECTION: section})
 
 
 def attribute_columns(
